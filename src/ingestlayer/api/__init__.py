@@ -1,0 +1,1 @@
+"""HTTP API: the raw-ASGI ingest hot path and FastAPI routers for everything else."""

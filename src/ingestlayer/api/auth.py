@@ -1,0 +1,66 @@
+"""API key authentication, with a short-lived in-process cache so the hot path rarely queries.
+
+A revoked key stops working everywhere within ``POSITIVE_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ingestlayer.api.errors import ApiError
+from ingestlayer.store.store import Store
+
+POSITIVE_TTL = 10.0
+NEGATIVE_TTL = 2.0
+MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    project_id: str
+    kind: str  # ingest | admin
+
+
+class KeyCache:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def lookup(self, key: str) -> Principal | None:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = await self._store.resolve_key(key)
+        principal = Principal(found[0], found[1]) if found else None
+        if len(self._cache) >= MAX_ENTRIES:
+            self._cache.clear()  # bounded: a flood of bad keys cannot grow memory
+        self._cache[key] = (now + (POSITIVE_TTL if principal else NEGATIVE_TTL), principal)
+        return principal
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise ApiError(401, "missing Authorization header: send `Authorization: Bearer il_…`")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "the Authorization header must be `Bearer il_…`")
+    return token.strip()
+
+
+async def authenticate(cache: KeyCache, header: str | None, *, admin: bool) -> Principal:
+    token = bearer_token(header)
+    if not token.startswith(("il_ingest_", "il_admin_")):
+        raise ApiError(401, "that is not an ingestlayer API key")
+    principal = await cache.lookup(token)
+    if principal is None:
+        raise ApiError(401, "invalid or revoked API key")
+    if admin and principal.kind != "admin":
+        raise ApiError(
+            403, "this operation needs an admin key (il_admin_…); ingest keys may only send events"
+        )
+    return principal

@@ -1,0 +1,219 @@
+"""Webhook endpoints (``/v1/endpoints``), as in "Webhooks → Add Endpoint".
+
+An endpoint is a pipeline with one ``webhook.out`` destination and a list of event types. With
+``auth: hmac`` and no secret given, a signing secret is generated, stored encrypted, and shown
+once in the create (or rotate) response.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingestlayer.api.deps import Admin, RuntimeDep
+from ingestlayer.api.errors import ApiError
+from ingestlayer.api.manage import config_error
+from ingestlayer.delivery.signing import generate_secret
+from ingestlayer.ids import new_id
+from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
+from ingestlayer.pipeline.matching import is_valid_pattern
+from ingestlayer.records import DestinationRow, PipelineRow
+from ingestlayer.runtime import Runtime
+from ingestlayer.timefmt import iso
+
+router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str
+    events: list[str] = Field(min_length=1, description="Event types or patterns, e.g. invoice.*")
+    auth: Literal["none", "bearer", "hmac"] = "hmac"
+    secret: str | None = Field(default=None, description="Write-only. Generated for hmac when omitted.")
+    signing: Literal["ingestlayer", "standard"] = "ingestlayer"
+    format: Literal["ingestlayer", "data"] = "ingestlayer"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float = 10.0
+    retry: dict[str, Any] | None = None
+    description: str | None = None
+    enabled: bool = True
+
+
+class EndpointPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    events: list[str] | None = Field(default=None, min_length=1)
+    auth: Literal["none", "bearer", "hmac"] | None = None
+    secret: str | None = None
+    signing: Literal["ingestlayer", "standard"] | None = None
+    format: Literal["ingestlayer", "data"] | None = None
+    headers: dict[str, str] | None = None
+    timeout: float | None = None
+    retry: dict[str, Any] | None = None
+    description: str | None = None
+    enabled: bool | None = None
+
+
+def _secret_name(endpoint_id: str) -> str:
+    return f"endpoint-{endpoint_id}"
+
+
+def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
+    settings = d.config.get("settings", {}) if d else {}
+    return {
+        "id": p.id,
+        "url": settings.get("url"),
+        "events": p.config["source"]["match"],
+        "auth": settings.get("auth"),
+        "signing": settings.get("signing"),
+        "format": settings.get("format"),
+        "headers": settings.get("headers", {}),
+        "timeout": settings.get("timeout"),
+        "retry": d.config.get("retry") if d else None,
+        "description": p.config.get("description"),
+        "enabled": p.enabled,
+        "destination_id": d.id if d else None,
+        "created_at": iso(p.created_at),
+        "updated_at": iso(p.updated_at),
+    }
+
+
+async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> tuple[PipelineRow, DestinationRow | None]:
+    cfg = await rt.store.load_project_config(project_id)
+    for p in cfg.pipelines:
+        if p.endpoint and p.id == endpoint_id:
+            routes = p.config.get("destinations", [])
+            return p, cfg.destinations.get(routes[0]["destination_id"]) if routes else None
+    raise ApiError(404, f"no endpoint {endpoint_id!r}")
+
+
+async def _save(
+    rt: Runtime, project_id: str, endpoint_id: str, dest_id: str, spec: dict[str, Any], new_secret: str | None
+) -> None:
+    for i, pattern in enumerate(spec["events"]):
+        if not is_valid_pattern(pattern):
+            raise ApiError(
+                422, f"events[{i}]: {pattern!r} is not an event type or pattern", field=f"events[{i}]"
+            )
+    settings = {
+        k: spec[k]
+        for k in ("url", "auth", "signing", "format", "headers", "timeout")
+        if spec.get(k) is not None
+    }
+    if spec["auth"] != "none" or spec["signing"] == "standard":
+        settings["secret"] = f"ref:{_secret_name(endpoint_id)}"
+    entry = {"webhook.out": settings, "name": f"endpoint:{endpoint_id}"}
+    if spec.get("retry") is not None:
+        entry["retry"] = spec["retry"]
+    try:
+        dest, _, _ = parse_destination_entry("", entry, None)
+    except ConfigError as exc:
+        raise config_error(exc) from None
+    assert dest is not None
+    if new_secret is not None:
+        await rt.store.set_secret(project_id, _secret_name(endpoint_id), rt.box.encrypt(new_secret))
+    pipeline_cfg = {
+        "description": spec.get("description"),
+        "source": {"match": spec["events"]},
+        "steps": [],
+        "destinations": [{"destination_id": dest_id, "destination": dest.name, "when": None}],
+    }
+    await rt.store.apply_config(
+        project_id,
+        [
+            {
+                "id": dest_id,
+                "name": dest.name,
+                "kind": dest.kind,
+                "config": dest.stored_config(),
+                "enabled": spec["enabled"],
+            }
+        ],
+        [
+            {
+                "id": endpoint_id,
+                "name": f"endpoint:{endpoint_id}",
+                "config": pipeline_cfg,
+                "endpoint": True,
+                "enabled": spec["enabled"],
+            }
+        ],
+    )
+
+
+@router.post("", status_code=201, summary="Add an endpoint: POST these event types to a URL")
+async def create_endpoint(body: EndpointIn, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    endpoint_id = new_id("ep")
+    secret = body.secret
+    generated = False
+    if secret is None and (body.auth != "none" or body.signing == "standard"):
+        if body.auth == "bearer":
+            raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
+        secret, generated = generate_secret(), True
+    await _save(rt, principal.project_id, endpoint_id, new_id("dst"), body.model_dump(), secret)
+    p, d = await _load(rt, principal.project_id, endpoint_id)
+    out = _endpoint_json(p, d)
+    if generated:
+        out["secret"] = secret  # shown once; store it in your receiver's configuration
+    return out
+
+
+@router.get("", summary="List endpoints")
+async def list_endpoints(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    out = []
+    for p in cfg.pipelines:
+        if p.endpoint:
+            routes = p.config.get("destinations", [])
+            out.append(
+                _endpoint_json(p, cfg.destinations.get(routes[0]["destination_id"]) if routes else None)
+            )
+    return {"data": out}
+
+
+@router.get("/{endpoint_id}")
+async def get_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
+
+
+@router.patch("/{endpoint_id}", summary="Update, disable (enabled: false) or re-enable an endpoint")
+async def update_endpoint(
+    endpoint_id: str, body: EndpointPatch, principal: Admin, rt: RuntimeDep
+) -> dict[str, Any]:
+    p, d = await _load(rt, principal.project_id, endpoint_id)
+    current = _endpoint_json(p, d)
+    changes = body.model_dump(exclude_unset=True)
+    secret = changes.pop("secret", None)
+    spec = {**current, **changes}
+    await _save(rt, principal.project_id, endpoint_id, d.id if d else new_id("dst"), spec, secret)
+    return _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
+
+
+@router.post("/{endpoint_id}/rotate-secret", summary="Replace the signing secret; the new one is shown once")
+async def rotate_secret(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    p, d = await _load(rt, principal.project_id, endpoint_id)
+    current = _endpoint_json(p, d)
+    if current["auth"] == "bearer":
+        raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
+    secret = generate_secret()
+    current["auth"] = (
+        "hmac" if current["auth"] == "none" and current["signing"] != "standard" else current["auth"]
+    )
+    await _save(rt, principal.project_id, endpoint_id, d.id if d else new_id("dst"), current, secret)
+    return {"id": endpoint_id, "secret": secret}
+
+
+@router.delete("/{endpoint_id}", status_code=204)
+async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> Response:
+    p, d = await _load(rt, principal.project_id, endpoint_id)
+    # Deliveries still pending for it end as dead ("destination was deleted"); their logs stay.
+    await rt.store.apply_config(
+        principal.project_id,
+        [],
+        [],
+        delete_pipeline_ids=[p.id],
+        delete_destination_ids=[d.id] if d else [],
+    )
+    return Response(status_code=204)

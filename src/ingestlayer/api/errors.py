@@ -1,0 +1,96 @@
+"""The one error shape: ``{"error": {"code", "message", "field"?}}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.code = code or STATUS_CODES.get(status, "error")
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.code, self.message, self.field)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        err["field"] = field
+    return orjson.dumps({"error": err})
+
+
+def _loc_to_field(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> Response:
+        return Response(
+            exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> Response:
+        err = exc.errors()[0]
+        if err.get("type") == "json_invalid":
+            return Response(
+                error_body("invalid_json", "the request body is not valid JSON"),
+                400,
+                media_type="application/json",
+            )
+        field = _loc_to_field(tuple(err.get("loc", ())))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = f"{field}: {msg}" if field else msg
+        return Response(
+            error_body("validation_error", message, field or None), 422, media_type="application/json"
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> Response:
+        code = STATUS_CODES.get(exc.status_code, "error")
+        return Response(
+            error_body(code, str(exc.detail)),
+            exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )

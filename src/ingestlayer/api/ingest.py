@@ -1,0 +1,273 @@
+"""``POST /v1/events``: the ingest hot path, as a bare ASGI handler.
+
+Measured on this hardware, a FastAPI route costs about 70 % of a bare ASGI endpoint's
+throughput; this path is where that shows first, so it parses, validates and answers by hand.
+The contract (errors, limits, idempotency) is the same as every other route's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from ingestlayer import metrics
+from ingestlayer.api.auth import KeyCache, authenticate
+from ingestlayer.api.errors import ApiError
+from ingestlayer.ids import new_id
+from ingestlayer.pipeline.matching import is_valid_event_type
+from ingestlayer.records import IngestResult, NewEvent
+from ingestlayer.timefmt import parse_iso
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
+
+EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class RateLimiter:
+    """Per-project token bucket; ``rate`` events/s with one second of burst. 0 disables it."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, project_id: str, n: int) -> float | None:
+        """Take ``n`` tokens; return None if allowed, else seconds to wait."""
+        if self.rate <= 0:
+            return None
+        now = time.monotonic()
+        tokens, last = self._buckets.get(project_id, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        if tokens >= n:
+            self._buckets[project_id] = (tokens - n, now)
+            return None
+        self._buckets[project_id] = (tokens, now)
+        return max(0.001, (n - tokens) / self.rate)
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds {limit // (1024 * 1024)} MiB")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class IngestHandler:
+    def __init__(
+        self,
+        keys: KeyCache,
+        submit: Submit,
+        *,
+        max_event_bytes: int,
+        max_request_bytes: int,
+        max_batch_items: int,
+        rate_limit: float = 0.0,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.keys = keys
+        self.submit = submit
+        self.max_event_bytes = max_event_bytes
+        self.max_request_bytes = max_request_bytes
+        self.max_batch_items = max_batch_items
+        self.limiter = RateLimiter(rate_limit)
+        self.on_stored = on_stored
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, body = await self._handle(scope, receive)
+        except ApiError as exc:
+            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            await send_json(send, exc.status, exc.body(), extra)
+            return
+        except ConnectionAbortedError:
+            return
+        await send_json(send, status, body)
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        if scope["method"] != "POST":
+            raise ApiError(405, "use POST to send events", headers={"Allow": "POST"})
+        auth_header: str | None = None
+        idem_header: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                auth_header = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                idem_header = value.decode("latin-1")
+            elif name == b"content-length" and int(value or 0) > self.max_request_bytes:
+                raise ApiError(413, f"request body exceeds {self.max_request_bytes // (1024 * 1024)} MiB")
+        principal = await authenticate(self.keys, auth_header, admin=False)
+        raw = await read_body(receive, self.max_request_bytes)
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(doc, dict):
+            raise ApiError(422, 'the body must be a JSON object: an event or {"batch": [...]}')
+        now = time.time()
+        if "batch" in doc:
+            items = doc["batch"]
+            if set(doc) - {"batch"}:
+                extra = sorted(set(doc) - {"batch"})[0]
+                raise ApiError(422, f"unknown field {extra!r} beside batch", field=extra)
+            if not isinstance(items, list):
+                raise ApiError(422, "batch must be a list of events", field="batch")
+            if not items:
+                raise ApiError(422, "batch must hold at least one event", field="batch")
+            if len(items) > self.max_batch_items:
+                raise ApiError(
+                    413,
+                    f"batch holds {len(items)} events; the limit is {self.max_batch_items}",
+                    field="batch",
+                )
+            events = [
+                self._event(
+                    item,
+                    f"batch[{i}].",
+                    principal.project_id,
+                    now,
+                    f"{idem_header}:{i}" if idem_header else None,
+                )
+                for i, item in enumerate(items)
+            ]
+        else:
+            events = [self._event(doc, "", principal.project_id, now, idem_header)]
+        wait = self.limiter.take(principal.project_id, len(events))
+        if wait is not None:
+            raise ApiError(
+                429,
+                "ingest rate limit exceeded for this project",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
+        try:
+            results = await self.submit(events)
+        except RuntimeError as exc:
+            raise ApiError(
+                503,
+                f"the event was not stored: {exc}; retry with the same idempotency key",
+                headers={"Retry-After": "1"},
+            ) from None
+        except Exception:
+            raise ApiError(
+                503,
+                "the event was not stored (database unavailable); retry with the same idempotency key",
+                headers={"Retry-After": "1"},
+            ) from None
+        dupes = sum(r.duplicate for r in results)
+        metrics.EVENTS_INGESTED.inc(len(results) - dupes)
+        if dupes:
+            metrics.EVENTS_DUPLICATE.inc(dupes)
+        if self.on_stored is not None and dupes < len(results):
+            self.on_stored()
+        if "batch" in doc:
+            body = orjson.dumps(
+                {
+                    "items": [{"id": r.id, "duplicate": r.duplicate} for r in results],
+                    "accepted": len(results) - dupes,
+                    "duplicates": dupes,
+                }
+            )
+            return (200 if dupes == len(results) else 202), body
+        r = results[0]
+        return (200 if r.duplicate else 202), orjson.dumps({"id": r.id, "duplicate": r.duplicate})
+
+    def _event(
+        self, item: Any, prefix: str, project_id: str, now: float, default_key: str | None
+    ) -> NewEvent:
+        if not isinstance(item, dict):
+            raise ApiError(
+                422, f"{prefix or 'the body'} must be an event object", field=prefix.rstrip(".") or None
+            )
+        unknown = set(item) - EVENT_FIELDS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ApiError(
+                422,
+                f"unknown field {prefix}{name} (an event has type, payload, idempotency_key, occurred_at)",
+                field=f"{prefix}{name}",
+            )
+        etype = item.get("type")
+        if not isinstance(etype, str) or not etype:
+            raise ApiError(
+                422,
+                f"{prefix}type is required: a dotted event name such as feature.used",
+                field=f"{prefix}type",
+            )
+        if not is_valid_event_type(etype):
+            raise ApiError(
+                422,
+                f"{prefix}type {etype[:80]!r} is not a valid event name (letters, digits, _ and -, "
+                "separated by dots)",
+                field=f"{prefix}type",
+            )
+        payload = item.get("payload", {})
+        if not isinstance(payload, dict):
+            raise ApiError(422, f"{prefix}payload must be a JSON object", field=f"{prefix}payload")
+        payload_json = orjson.dumps(payload)
+        if len(payload_json) > self.max_event_bytes:
+            raise ApiError(
+                413,
+                f"{prefix}payload is {len(payload_json)} bytes; the limit is "
+                f"{self.max_event_bytes // 1024} KiB per event",
+                field=f"{prefix}payload",
+            )
+        key = item.get("idempotency_key", default_key)
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
+            raise ApiError(
+                422,
+                f"{prefix}idempotency_key must be a string of 1 to 255 characters",
+                field=f"{prefix}idempotency_key",
+            )
+        occurred = item.get("occurred_at")
+        if occurred is None:
+            occurred_at = now
+        elif isinstance(occurred, str):
+            try:
+                occurred_at = parse_iso(occurred)
+            except ValueError:
+                raise ApiError(
+                    422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
+                ) from None
+        elif isinstance(occurred, int | float) and not isinstance(occurred, bool):
+            occurred_at = float(occurred)
+        else:
+            raise ApiError(
+                422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
+            )
+        return NewEvent(
+            id=new_id("evt"),
+            project_id=project_id,
+            type=etype,
+            payload_json=payload_json.decode(),
+            idempotency_key=key,
+            source="api",
+            occurred_at=occurred_at,
+            received_at=now,
+        )

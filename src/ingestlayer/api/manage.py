@@ -1,0 +1,210 @@
+"""Management API (admin key): apply, pipelines, destinations, secrets, keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ingestlayer.api.deps import Admin, RuntimeDep
+from ingestlayer.api.errors import ApiError
+from ingestlayer.api.render import destination_json, pipeline_json
+from ingestlayer.pipeline.apply import apply_plan, plan
+from ingestlayer.pipeline.config import ConfigError, parse_config
+from ingestlayer.store.store import Conflict, NotFound
+
+router = APIRouter(prefix="/v1", tags=["manage"])
+
+
+class ApplyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    document: dict[str, Any] = Field(description="The configuration: pipelines, destinations, sources.")
+    dry_run: bool = False
+    prune: bool = Field(default=False, description="Delete pipelines and destinations not in the document.")
+
+
+def config_error(exc: ConfigError) -> ApiError:
+    return ApiError(422, str(exc), field=exc.path or None)
+
+
+async def run_apply(rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool) -> dict[str, Any]:
+    try:
+        cfg = parse_config(document)
+        p = await plan(rt.store, project_id, cfg, prune=prune)
+    except ConfigError as exc:
+        raise config_error(exc) from None
+    if not dry_run:
+        await apply_plan(rt.store, p)
+    return {
+        "dry_run": dry_run,
+        "summary": p.summary(),
+        "changes": [
+            {"action": c.action, "kind": c.kind, "name": c.name, "id": c.id, "diff": c.diff}
+            for c in p.changes
+        ],
+    }
+
+
+@router.post(
+    "/apply", summary="Apply a configuration document (JSON, or YAML with Content-Type application/yaml)"
+)
+async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "")
+    raw = await request.body()
+    if "yaml" in ctype:
+        try:
+            document = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+        dry_run = request.query_params.get("dry_run") in ("1", "true")
+        prune = request.query_params.get("prune") in ("1", "true")
+    else:
+        try:
+            req = ApplyRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0].get("type") == "json_invalid":
+                raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+            loc = ".".join(str(x) for x in errors[0].get("loc", ()))
+            raise ApiError(422, f"{loc}: {errors[0].get('msg')}", field=loc or None) from None
+        document, dry_run, prune = req.document, req.dry_run, req.prune
+    return await run_apply(rt, principal.project_id, document, dry_run=dry_run, prune=prune)
+
+
+@router.get("/pipelines")
+async def list_pipelines(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return {"data": [pipeline_json(p, cfg.destinations) for p in cfg.pipelines]}
+
+
+def _find(items: Any, key: str, what: str) -> Any:
+    for item in items:
+        if key in (item.id, item.name):
+            return item
+    raise ApiError(404, f"no {what} {key!r}")
+
+
+@router.get("/pipelines/{pipeline}")
+async def get_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return pipeline_json(_find(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
+
+
+@router.post("/pipelines", status_code=201, summary="Create or update a pipeline (the YAML shape, as JSON)")
+async def put_pipeline(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    await run_apply(rt, principal.project_id, {"pipelines": [body]}, dry_run=False, prune=False)
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return pipeline_json(_find(cfg.pipelines, str(body.get("name")), "pipeline"), cfg.destinations)
+
+
+@router.put("/pipelines/{pipeline}")
+async def replace_pipeline(
+    pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep
+) -> dict[str, Any]:
+    body = {**body, "name": body.get("name", pipeline)}
+    if body["name"] != pipeline:
+        raise ApiError(
+            422, "the name in the body must match the path (renames are a delete and a create)", field="name"
+        )
+    return await put_pipeline(body, principal, rt)
+
+
+@router.delete("/pipelines/{pipeline}", status_code=204)
+async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    found = _find(cfg.pipelines, pipeline, "pipeline")
+    await rt.store.apply_config(principal.project_id, [], [], delete_pipeline_ids=[found.id])
+    return Response(status_code=204)
+
+
+@router.get("/destinations")
+async def list_destinations(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return {"data": [destination_json(d) for d in sorted(cfg.destinations.values(), key=lambda d: d.name)]}
+
+
+@router.get("/destinations/{destination}")
+async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return destination_json(_find(cfg.destinations.values(), destination, "destination"))
+
+
+@router.post("/destinations", status_code=201, summary="Create or update a named destination")
+async def put_destination(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    await run_apply(rt, principal.project_id, {"destinations": [body]}, dry_run=False, prune=False)
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return destination_json(_find(cfg.destinations.values(), str(body.get("name")), "destination"))
+
+
+@router.delete("/destinations/{destination}", status_code=204)
+async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep) -> Response:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    found = _find(cfg.destinations.values(), destination, "destination")
+    users = [
+        p.name
+        for p in cfg.pipelines
+        if any(r["destination_id"] == found.id for r in p.config["destinations"])
+    ]
+    if users:
+        raise ApiError(409, f"destination {found.name!r} is used by pipelines: {', '.join(users)}")
+    await rt.store.apply_config(principal.project_id, [], [], delete_destination_ids=[found.id])
+    return Response(status_code=204)
+
+
+class SecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(min_length=1, max_length=65536, description="Write-only: never returned.")
+
+
+@router.put("/secrets/{name}", summary="Set a secret (write-only; stored encrypted)")
+async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ApiError(422, "secret names use letters, digits, '-', '_' and '.'", field="name")
+    replaced = await rt.store.set_secret(principal.project_id, name, rt.box.encrypt(body.value))
+    return {"name": name, "replaced": replaced}
+
+
+@router.get("/secrets")
+async def list_secrets(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return {"data": [{"name": s["name"]} for s in await rt.store.list_secrets(principal.project_id)]}
+
+
+@router.delete("/secrets/{name}", status_code=204)
+async def delete_secret(name: str, principal: Admin, rt: RuntimeDep) -> Response:
+    try:
+        await rt.store.delete_secret(principal.project_id, name)
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    return Response(status_code=204)
+
+
+class KeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(pattern="^(ingest|admin)$")
+    name: str | None = None
+
+
+@router.get("/keys")
+async def list_keys(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return {"data": await rt.store.list_keys(principal.project_id)}
+
+
+@router.post("/keys", status_code=201, summary="Create an API key; the key is shown once")
+async def create_key(body: KeyBody, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    kid, key = await rt.store.create_key(principal.project_id, body.kind, body.name)
+    return {"id": kid, "kind": body.kind, "key": key}
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def revoke_key(key_id: str, principal: Admin, rt: RuntimeDep) -> Response:
+    try:
+        await rt.store.revoke_key(principal.project_id, key_id)
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    rt.keys.forget()
+    return Response(status_code=204)
+
+
+__all__ = ["Conflict", "router", "run_apply"]

@@ -1,0 +1,98 @@
+"""Turn stored rows into the API's JSON shapes (times as ISO 8601)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ingestlayer.records import DestinationRow, PipelineRow, StoredEvent
+from ingestlayer.timefmt import iso
+
+
+def event_json(e: StoredEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "type": e.type,
+        "payload": orjson.loads(e.payload_json),
+        "idempotency_key": e.idempotency_key,
+        "source": e.source,
+        "occurred_at": iso(e.occurred_at),
+        "received_at": iso(e.received_at),
+        "trace": e.trace,
+    }
+
+
+def attempt_json(a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "n": a["n"],
+        "started_at": iso(a["started_at"]),
+        "duration_ms": round(a["duration_ms"], 2),
+        "status_code": a["status_code"],
+        "error": a["error"],
+        "response_excerpt": a["response_excerpt"],
+        "next_retry_at": iso(a["next_retry_at"]),
+    }
+
+
+def delivery_json(d: dict[str, Any], destination_names: dict[str, str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": d["id"],
+        "status": d["status"],
+        "event_id": d["event_id"],
+        "event_type": d["event_type"],
+        "pipeline_id": d["pipeline_id"],
+        "destination_id": d["destination_id"],
+        "destination": (destination_names or {}).get(d["destination_id"], d["destination_id"]),
+        "attempt_count": d["attempts"],
+        "last_status_code": d["last_status_code"],
+        "last_error": d["last_error"],
+        "next_attempt_at": iso(d["due_at"]) if d["status"] in ("pending", "retrying") else None,
+        "created_at": iso(d["created_at"]),
+        "updated_at": iso(d["updated_at"]),
+        "finished_at": iso(d["finished_at"]),
+    }
+    if "attempt_log" in d:
+        out["attempts"] = [attempt_json(a) for a in d["attempt_log"]]
+    if "body" in d:
+        out["body"] = orjson.loads(d["body"])
+    return out
+
+
+def pipeline_json(p: PipelineRow, destinations: dict[str, DestinationRow]) -> dict[str, Any]:
+    cfg = p.config
+    return {
+        "id": p.id,
+        "name": p.name,
+        "description": cfg.get("description"),
+        "enabled": p.enabled,
+        "endpoint": p.endpoint,
+        "source": cfg["source"],
+        "steps": [{s["name"]: s["config"]} for s in cfg.get("steps", [])],
+        "destinations": [
+            {
+                "id": r["destination_id"],
+                "name": r.get("destination"),
+                "kind": destinations[r["destination_id"]].kind
+                if r["destination_id"] in destinations
+                else None,
+                "when": r.get("when"),
+            }
+            for r in cfg.get("destinations", [])
+        ],
+        "created_at": iso(p.created_at),
+        "updated_at": iso(p.updated_at),
+    }
+
+
+def destination_json(d: DestinationRow) -> dict[str, Any]:
+    # Configs hold only secret references (env:/ref:), never secret values.
+    return {
+        "id": d.id,
+        "name": d.name,
+        "kind": d.kind,
+        "enabled": d.enabled,
+        "config": d.config.get("settings", {}),
+        "retry": d.config.get("retry"),
+        "updated_at": iso(d.updated_at),
+    }

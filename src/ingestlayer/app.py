@@ -1,0 +1,149 @@
+"""The ASGI application: the ingest hot path in front of the FastAPI app.
+
+``POST /v1/events`` is served by :class:`~ingestlayer.api.ingest.IngestHandler` directly; every
+other request goes to FastAPI, which also documents the ingest route in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from pydantic import BaseModel, Field
+
+from ingestlayer import __version__
+from ingestlayer.api import endpoints, health, logs, manage
+from ingestlayer.api.errors import install_error_handlers
+from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
+from ingestlayer.runtime import Runtime
+
+
+class EventIn(BaseModel):
+    type: str = Field(description="Dotted event name, e.g. feature.used", examples=["feature.used"])
+    payload: dict[str, Any] = Field(default_factory=dict, description="Stored whole, exactly as sent")
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    occurred_at: str | None = Field(default=None, description="ISO 8601; defaults to the time received")
+
+
+class BatchIn(BaseModel):
+    batch: list[EventIn] = Field(max_length=1000)
+
+
+class IngestOut(BaseModel):
+    id: str
+    duplicate: bool
+
+
+def _document_ingest(app: FastAPI) -> None:
+    """Describe the hand-written ingest route in the OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (EventIn, BatchIn, IngestOut):
+            comps[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(comps[model.__name__].pop("$defs", {}))
+        err = {"description": "Error", "content": {"application/json": {"schema": {"type": "object"}}}}
+        schema["paths"]["/v1/events"] = {
+            **schema["paths"].get("/v1/events", {}),
+            "post": {
+                "tags": ["ingest"],
+                "summary": "Send one event or a batch of up to 1000 (ingest or admin key)",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/EventIn"},
+                                    {"$ref": "#/components/schemas/BatchIn"},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Stored durably",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/IngestOut"}}
+                        },
+                    },
+                    "200": {
+                        "description": "A repeated idempotency key: the first event's id, duplicate true"
+                    },
+                    **{str(c): err for c in (400, 401, 413, 422, 429, 503)},
+                },
+            },
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_fastapi(rt: Runtime) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.shutdown()
+
+    app = FastAPI(
+        title="ingestlayer",
+        version=__version__,
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(manage.router)
+    app.include_router(endpoints.router)
+    app.include_router(logs.router)
+    _document_ingest(app)
+    return app
+
+
+class IngestLayerApp:
+    """The process's ASGI callable."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.runtime = rt
+        self.api = build_fastapi(rt)
+        s = rt.settings
+        self.ingest = IngestHandler(
+            rt.keys,
+            rt.committer.submit,
+            max_event_bytes=s.max_event_bytes,
+            max_request_bytes=s.max_request_bytes,
+            max_batch_items=s.max_batch_items,
+            rate_limit=s.ingest_rate_limit,
+            on_stored=rt.event_stored,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "POST":
+            await self.ingest(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_app(rt: Runtime) -> IngestLayerApp:
+    return IngestLayerApp(rt)

@@ -1,0 +1,352 @@
+"""The ``ingestlayer`` command line.
+
+Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from ingestlayer import __version__
+from ingestlayer.cli_backend import Backend, CliError, LocalBackend, RemoteBackend
+from ingestlayer.config import Settings
+from ingestlayer.logsetup import configure
+
+app = typer.Typer(
+    name="ingestlayer",
+    help="Event pipelines and webhook delivery: ingest, route, deliver, replay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+secrets_app = typer.Typer(help="Encrypted secrets referenced as ref:NAME.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+out = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", help="Default: INGESTLAYER_DATABASE_URL or ./ingestlayer.db")
+]
+ProjectOpt = Annotated[
+    str | None, typer.Option("--project", help="Project name or id (default: the only one)")
+]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="Act on a remote server instead of the database")]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", envvar="INGESTLAYER_ADMIN_KEY", help="Admin key for --url")
+]
+
+
+def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
+    return Settings.from_env().with_overrides(database_url=database_url, **overrides)
+
+
+def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (CliError, ValueError, OSError, LookupError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # anything else: still one line, with its type
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _with_backend(
+    database_url: str | None,
+    project: str | None,
+    url: str | None,
+    key: str | None,
+    action: Callable[[Backend], Coroutine[Any, Any, T]],
+) -> T:
+    backend: Backend
+    if url:
+        if not key:
+            raise CliError("--url needs an admin key: --key or INGESTLAYER_ADMIN_KEY")
+        backend = RemoteBackend(url, key)
+    else:
+        # Migrates before any event loop runs (Alembic drives its own).
+        backend = LocalBackend(_settings(database_url), project)
+
+    async def run() -> T:
+        try:
+            return await action(backend)
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
+
+
+@app.command()
+@cli_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default 127.0.0.1 or INGESTLAYER_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Default 8000 or INGESTLAYER_PORT")] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Run the API, the worker and the dashboard in one process."""
+    from ingestlayer.server import run_http
+
+    settings = _settings(database_url, host=host, port=port)
+    configure(settings.log_level)
+    err.print(f"ingestlayer {__version__} serving on http://{settings.host}:{settings.port}", highlight=False)
+    run_http(settings, worker=True)
+
+
+@app.command()
+@cli_errors
+def api(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Run only the HTTP API (scale it apart from workers)."""
+    from ingestlayer.server import run_http
+
+    settings = _settings(database_url, host=host, port=port)
+    configure(settings.log_level)
+    run_http(settings, worker=False)
+
+
+@app.command()
+@cli_errors
+def worker(database_url: DbOpt = None) -> None:
+    """Run only the router and dispatcher."""
+    from ingestlayer.server import run_worker
+
+    settings = _settings(database_url)
+    configure(settings.log_level)
+    run_worker(settings)
+
+
+@app.command()
+@cli_errors
+def migrate(database_url: DbOpt = None) -> None:
+    """Bring the database schema up to date."""
+    from ingestlayer.store.migrate import upgrade
+
+    settings = _settings(database_url)
+    upgrade(settings.database_url)
+    out.print("database is up to date")
+
+
+@app.command()
+@cli_errors
+def init(
+    name: Annotated[str, typer.Option(help="Project name")] = "default",
+    database_url: DbOpt = None,
+) -> None:
+    """Create a project and print its ingest and admin keys (shown once)."""
+    from ingestlayer.store.migrate import upgrade
+    from ingestlayer.store.store import Conflict, Store
+
+    settings = _settings(database_url)
+    upgrade(settings.database_url)
+
+    async def run() -> tuple[str, str, str]:
+        store = Store.from_url(settings.database_url)
+        try:
+            return await store.create_project(name)
+        except Conflict as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            await store.close()
+
+    pid, ingest_key, admin_key = asyncio.run(run())
+    out.print(f"project  {name} ({pid})", highlight=False)
+    out.print(f"ingest   {ingest_key}", highlight=False)
+    out.print(f"admin    {admin_key}", highlight=False)
+    err.print("These keys are shown once; store them now.")
+
+
+@app.command()
+@cli_errors
+def apply(
+    file: Annotated[Path, typer.Option("-f", "--file", help="YAML file with pipelines/destinations/sources")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff; change nothing")] = False,
+    prune: Annotated[bool, typer.Option(help="Delete pipelines and destinations not in the file")] = False,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Create or update pipelines and destinations from a file, by name."""
+    try:
+        document = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise CliError(f"{file}: not valid YAML: {exc}") from None
+    result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
+    for change in result["changes"]:
+        colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")
+        out.print(
+            f"[{colour}]{change['action']:>9}[/{colour}] {change['kind']} {change['name']}", highlight=False
+        )
+        if dry_run and change["diff"]:
+            out.print(change["diff"], highlight=False, markup=False)
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(result["summary"].items())) or "nothing to do"
+    out.print(("dry run: " if dry_run else "applied: ") + summary)
+
+
+@app.command()
+@cli_errors
+def send(
+    type_: Annotated[str, typer.Argument(metavar="TYPE", help="Event type, e.g. feature.used")],
+    payload: Annotated[str, typer.Argument(metavar="JSON", help="The payload, a JSON object")] = "{}",
+    idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Send one event."""
+    from ingestlayer.pipeline.matching import is_valid_event_type
+
+    if not is_valid_event_type(type_):
+        raise CliError(f"{type_!r} is not a valid event type (dotted name such as feature.used)")
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise CliError("JSON must be a valid JSON object") from None
+    if not isinstance(body, dict):
+        raise CliError("JSON must be a JSON object")
+    result = _with_backend(database_url, project, url, key, lambda b: b.send(type_, body, idempotency_key))
+    out.print(f"{result['id']}" + (" (duplicate)" if result["duplicate"] else ""), highlight=False)
+
+
+@app.command()
+@cli_errors
+def events(
+    type_: Annotated[str | None, typer.Option("--type", help="Type or prefix*")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """List recent events."""
+    rows = _with_backend(database_url, project, url, key, lambda b: b.events(type_, limit))
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table("id", "type", "received", "payload")
+    for e in rows:
+        table.add_row(e["id"], e["type"], e["received_at"], orjson.dumps(e["payload"]).decode()[:60])
+    out.print(table)
+
+
+@app.command()
+@cli_errors
+def deliveries(
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="pending|delivering|retrying|delivered|dead")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """List recent deliveries."""
+    valid = {"pending", "delivering", "retrying", "delivered", "dead"}
+    for s in status or []:
+        if s not in valid:
+            raise CliError(f"--status {s!r} is not one of {', '.join(sorted(valid))}")
+    rows = _with_backend(database_url, project, url, key, lambda b: b.deliveries(status, limit))
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table("id", "status", "event", "type", "destination", "attempts", "last")
+    for d in rows:
+        last = str(d["last_status_code"] or d["last_error"] or "")
+        table.add_row(
+            d["id"],
+            d["status"],
+            d["event_id"],
+            d["event_type"],
+            d["destination"],
+            str(d["attempt_count"]),
+            last[:40],
+        )
+    out.print(table)
+
+
+@app.command()
+@cli_errors
+def replay(
+    delivery_id: Annotated[
+        str | None, typer.Argument(help="One delivery id; omit to replay by filter")
+    ] = None,
+    status: Annotated[list[str] | None, typer.Option("--status", help="Default: dead")] = None,
+    destination: Annotated[str | None, typer.Option("--destination")] = None,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Replay one delivery, or every delivery matching a filter (new attempts, same ids)."""
+    ids = _with_backend(
+        database_url, project, url, key, lambda b: b.replay(delivery_id, status or ["dead"], destination)
+    )
+    out.print(f"replayed {len(ids)} deliveries")
+
+
+@secrets_app.command("set")
+@cli_errors
+def secrets_set(
+    name: Annotated[str, typer.Argument(help="Referenced as ref:NAME")],
+    value: Annotated[
+        str | None, typer.Option(help="Default: read from stdin or prompt (never echoed)")
+    ] = None,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Store a secret, encrypted with the server's master key."""
+    if value is None:
+        value = (
+            sys.stdin.read().rstrip("\n")
+            if not sys.stdin.isatty()
+            else typer.prompt("value", hide_input=True)
+        )
+    if not value:
+        raise CliError("the secret value is empty")
+    secret = value
+    replaced = _with_backend(database_url, project, url, key, lambda b: b.set_secret(name, secret))
+    out.print(f"secret {name} {'replaced' if replaced else 'stored'}", highlight=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

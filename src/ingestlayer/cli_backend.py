@@ -1,0 +1,192 @@
+"""What CLI management commands act on: the configured database, or a server over REST.
+
+Both backends offer the same few operations, so each command is written once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import orjson
+
+from ingestlayer.api.manage import run_apply
+from ingestlayer.api.render import delivery_json, event_json
+from ingestlayer.config import Settings
+from ingestlayer.ids import new_id
+from ingestlayer.pipeline.config import ConfigError
+from ingestlayer.records import NewEvent
+from ingestlayer.secretbox import SecretBox
+from ingestlayer.store.migrate import upgrade
+from ingestlayer.store.store import Store
+
+
+class CliError(Exception):
+    """A failure reported as one line and a non-zero exit."""
+
+
+class LocalBackend:
+    """Works on the database directly (migrating it first), scoped to one project."""
+
+    def __init__(self, settings: Settings, project: str | None) -> None:
+        self.settings = settings
+        self.project_arg = project
+        upgrade(settings.database_url)
+        self.store = Store.from_url(settings.database_url)
+        self._project_id: str | None = None
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def project_id(self) -> str:
+        if self._project_id:
+            return self._project_id
+        projects = await self.store.list_projects()
+        if self.project_arg:
+            match = [p for p in projects if self.project_arg in (p["id"], p["name"])]
+            if not match:
+                raise CliError(f"no project {self.project_arg!r}")
+            self._project_id = match[0]["id"]
+        elif len(projects) == 1:
+            self._project_id = projects[0]["id"]
+        elif not projects:
+            raise CliError("no project yet: run `ingestlayer init` first")
+        else:
+            names = ", ".join(p["name"] for p in projects)
+            raise CliError(f"several projects ({names}): choose one with --project")
+        assert self._project_id is not None
+        return self._project_id
+
+    async def apply(self, document: Any, dry_run: bool, prune: bool) -> dict[str, Any]:
+        class _Rt:
+            store = self.store
+
+        from ingestlayer.api.errors import ApiError
+
+        try:
+            return await run_apply(_Rt(), await self.project_id(), document, dry_run=dry_run, prune=prune)
+        except (ApiError, ConfigError) as exc:
+            raise CliError(str(exc)) from None
+
+    async def send(self, type_: str, payload: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        now = time.time()
+        ev = NewEvent(
+            id=new_id("evt"),
+            project_id=await self.project_id(),
+            type=type_,
+            payload_json=orjson.dumps(payload).decode(),
+            idempotency_key=idempotency_key,
+            source="cli",
+            occurred_at=now,
+            received_at=now,
+        )
+        r = (await self.store.insert_events([ev]))[0]
+        return {"id": r.id, "duplicate": r.duplicate}
+
+    async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
+        return [
+            event_json(e)
+            for e in await self.store.list_events(await self.project_id(), type_=type_, limit=limit)
+        ]
+
+    async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        pid = await self.project_id()
+        cfg = await self.store.load_project_config(pid)
+        names = {d.id: d.name for d in cfg.destinations.values()}
+        return [
+            delivery_json(d, names) for d in await self.store.list_deliveries(pid, status=status, limit=limit)
+        ]
+
+    async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
+        pid = await self.project_id()
+        if delivery_id:
+            found = await self.store.replay(pid, [delivery_id])
+            if not found:
+                raise CliError(f"no delivery {delivery_id!r} that can be replayed")
+            return found
+        dest_id = None
+        if destination:
+            cfg = await self.store.load_project_config(pid)
+            dest_id = next((d.id for d in cfg.destinations.values() if destination in (d.id, d.name)), None)
+            if dest_id is None:
+                raise CliError(f"no destination {destination!r}")
+        return await self.store.replay(pid, status=status, destination_id=dest_id)
+
+    async def set_secret(self, name: str, value: str) -> bool:
+        box = SecretBox.load(self.settings.secret_key, self.settings.secret_key_file)
+        return await self.store.set_secret(await self.project_id(), name, box.encrypt(value))
+
+
+class RemoteBackend:
+    """Talks to a running server with an admin key."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+
+    async def close(self) -> None:
+        return None
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except Exception:
+                message = exc.reason
+            raise CliError(f"{self.url} answered {exc.code}: {message}") from None
+        except urllib.error.URLError as exc:
+            raise CliError(f"cannot reach {self.url}: {exc.reason}") from None
+        return json.loads(raw) if raw else None
+
+    async def apply(self, document: Any, dry_run: bool, prune: bool) -> dict[str, Any]:
+        out: dict[str, Any] = self._call(
+            "POST", "/v1/apply", {"document": document, "dry_run": dry_run, "prune": prune}
+        )
+        return out
+
+    async def send(self, type_: str, payload: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": type_, "payload": payload}
+        if idempotency_key:
+            body["idempotency_key"] = idempotency_key
+        out: dict[str, Any] = self._call("POST", "/v1/events", body)
+        return out
+
+    async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
+        q = f"?limit={limit}" + (f"&type={urllib.parse.quote(type_)}" if type_ else "")
+        out: list[dict[str, Any]] = self._call("GET", "/v1/events" + q)["data"]
+        return out
+
+    async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        q = f"?limit={limit}" + "".join(f"&status={s}" for s in status or [])
+        out: list[dict[str, Any]] = self._call("GET", "/v1/deliveries" + q)["data"]
+        return out
+
+    async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
+        if delivery_id:
+            out: list[str] = self._call("POST", f"/v1/deliveries/{delivery_id}/replay", {})["replayed"]
+            return out
+        body: dict[str, Any] = {"status": status}
+        if destination:
+            body["destination"] = destination
+        out = self._call("POST", "/v1/deliveries/replay", body)["replayed"]
+        return out
+
+    async def set_secret(self, name: str, value: str) -> bool:
+        return bool(self._call("PUT", f"/v1/secrets/{name}", {"value": value})["replaced"])
+
+
+Backend = LocalBackend | RemoteBackend

@@ -1,0 +1,89 @@
+"""Settings, read once from ``INGESTLAYER_*`` environment variables (and CLI flags).
+
+Every tunable of the server lives here so a reader can see them all in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DEFAULT_SQLITE_URL = "sqlite:///./ingestlayer.db"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings. Build with :meth:`from_env`, override with :meth:`with_overrides`."""
+
+    database_url: str = DEFAULT_SQLITE_URL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Outbound requests to private/loopback/link-local addresses are refused unless allowed,
+    # so one tenant cannot probe the operator's internal network.
+    allow_private_destinations: bool = False
+    secret_key: str | None = None
+    secret_key_file: str = "./ingestlayer.key"
+    # Group commit: ingest requests arriving together share one transaction.
+    ingest_batch_max: int = 2000
+    # Dispatcher
+    delivery_concurrency: int = 128
+    delivery_lease_seconds: float = 60.0
+    delivery_batch: int = 256
+    poll_interval: float = 0.05
+    # Router
+    route_batch: int = 500
+    route_lease_seconds: float = 60.0
+    # How long in-flight attempts may run on shutdown before their leases are released.
+    shutdown_grace_seconds: float = 15.0
+    max_event_bytes: int = 256 * 1024
+    max_request_bytes: int = 5 * 1024 * 1024
+    max_batch_items: int = 1000
+    # Per-project ingest rate limit (events/s, 0 = unlimited) with a burst of one second's worth.
+    ingest_rate_limit: float = 0.0
+    retention_days: float = 0.0
+    log_level: str = "INFO"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=os.environ.get("INGESTLAYER_DATABASE_URL") or DEFAULT_SQLITE_URL,
+            host=os.environ.get("INGESTLAYER_HOST") or "127.0.0.1",
+            port=_env_int("INGESTLAYER_PORT", 8000),
+            allow_private_destinations=_env_bool("INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS", False),
+            secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,
+            secret_key_file=os.environ.get("INGESTLAYER_SECRET_KEY_FILE") or "./ingestlayer.key",
+            delivery_concurrency=_env_int("INGESTLAYER_DELIVERY_CONCURRENCY", 128),
+            delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 60.0),
+            poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
+            route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 60.0),
+            shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),
+            ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
+            retention_days=_env_float("INGESTLAYER_RETENTION_DAYS", 0.0),
+            log_level=os.environ.get("INGESTLAYER_LOG_LEVEL") or "INFO",
+        )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

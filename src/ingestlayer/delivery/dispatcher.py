@@ -1,0 +1,280 @@
+"""The dispatcher: lease due deliveries, send them with bounded concurrency, record attempts.
+
+Leases are taken in batches up to the free concurrency; results are written back in batches
+by one writer task, so the database sees a few large transactions instead of many small ones.
+A delivery whose worker dies keeps its lease until ``due_at`` passes, then any worker retakes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ingestlayer import __version__, metrics
+from ingestlayer.config import Settings
+from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
+from ingestlayer.delivery.retry import RetryPolicy
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.registry import build_destination
+from ingestlayer.records import AttemptResult, LeasedDelivery
+from ingestlayer.secretbox import SecretBox
+from ingestlayer.store.store import Store
+
+log = logging.getLogger("ingestlayer.delivery")
+
+SECRET_CACHE_SECONDS = 5.0
+
+
+@dataclass
+class _Dest:
+    updated_at: float
+    enabled: bool
+    instance: Any
+    policy: RetryPolicy
+
+
+class SecretResolver:
+    """Resolves ``env:VAR`` and ``ref:NAME`` at send time; stored secrets are cached briefly."""
+
+    def __init__(self, store: Store, box: SecretBox) -> None:
+        self._store = store
+        self._box = box
+        self._cache: dict[tuple[str, str], tuple[float, str]] = {}
+
+    async def __call__(self, project_id: str, ref: str) -> str:
+        if ref.startswith("env:"):
+            value = os.environ.get(ref[4:])
+            if value is None:
+                raise LookupError(f"secret {ref} is not set in the worker's environment")
+            return value
+        if ref.startswith("ref:"):
+            key = (project_id, ref[4:])
+            hit = self._cache.get(key)
+            now = time.monotonic()
+            if hit and hit[0] > now:
+                return hit[1]
+            token = await self._store.get_secret(project_id, ref[4:])
+            if token is None:
+                raise LookupError(
+                    f"secret {ref} does not exist (set it with `ingestlayer secrets set {ref[4:]}`)"
+                )
+            value = self._box.decrypt(token)
+            self._cache[key] = (now + SECRET_CACHE_SECONDS, value)
+            return value
+        raise LookupError("a secret must be referenced as env:VAR or ref:NAME")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        box: SecretBox,
+        *,
+        on_finished: Callable[[AttemptResult], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.resolver = SecretResolver(store, box)
+        self.egress = EgressPolicy(allow_private=settings.allow_private_destinations)
+        self.wake = asyncio.Event()
+        self._dests: dict[str, _Dest] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._results: list[AttemptResult] = []
+        self._results_ready = asyncio.Event()
+        self._on_finished = on_finished
+        self._session: aiohttp.ClientSession | None = None
+        self._ctx: SendContext | None = None
+
+    async def _open(self) -> SendContext:
+        if self._ctx is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.delivery_concurrency,
+                resolver=GuardedResolver(self.egress),
+                ttl_dns_cache=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+            self._ctx = SendContext(
+                session=self._session,
+                resolve_secret=self.resolver,
+                egress=self.egress,
+                user_agent=f"ingestlayer/{__version__}",
+            )
+        return self._ctx
+
+    async def _destinations(self, ids: set[str]) -> dict[str, _Dest | None]:
+        rows = await self.store.get_destinations(ids)
+        out: dict[str, _Dest | None] = {}
+        for did in ids:
+            row = rows.get(did)
+            if row is None:
+                out[did] = None
+                continue
+            cached = self._dests.get(did)
+            if cached is None or cached.updated_at != row.updated_at:
+                cached = _Dest(
+                    updated_at=row.updated_at,
+                    enabled=row.enabled,
+                    instance=build_destination(row.kind, row.config["settings"]),
+                    policy=RetryPolicy.from_config(row.config.get("retry")),
+                )
+                self._dests[did] = cached
+            out[did] = cached
+        return out
+
+    async def send_one(self, d: LeasedDelivery, dest: _Dest | None) -> AttemptResult:
+        """Make one attempt and decide the delivery's next state."""
+        n = d.attempts + 1
+        started = time.time()
+        t0 = time.perf_counter()
+        if dest is None:
+            outcome = Outcome(ok=False, error="destination was deleted", permanent=True)
+        elif not dest.enabled:
+            outcome = Outcome(ok=False, error="destination is disabled", permanent=True)
+        else:
+            ctx = await self._open()
+            event = orjson.loads(d.body)
+            request = SendRequest(
+                delivery_id=d.id,
+                project_id=d.project_id,
+                event_id=d.event_id,
+                event_type=d.event_type,
+                attempt=n,
+                event=event,
+                body_json=d.body,
+            )
+            try:
+                outcome = await dest.instance.send(request, ctx)
+            except Exception as exc:  # a destination bug must not strand the delivery
+                log.exception("destination %s raised on delivery %s", d.destination_id, d.id)
+                outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+        duration_ms = (time.perf_counter() - t0) * 1000
+        next_at: float | None = None
+        if outcome.ok:
+            status = "delivered"
+        elif outcome.permanent or dest is None:
+            status = "dead"
+        else:
+            delay = dest.policy.next_delay(n - d.retry_base, outcome.retry_after)
+            if delay is None:
+                status = "dead"
+            else:
+                status = "retrying"
+                next_at = time.time() + delay
+        result = AttemptResult(
+            delivery_id=d.id,
+            project_id=d.project_id,
+            lease_token=d.lease_token,
+            n=n,
+            started_at=started,
+            duration_ms=duration_ms,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            response_excerpt=outcome.response_excerpt,
+            status=status,
+            next_retry_at=next_at,
+            worker=self.store.worker_id,
+        )
+        metrics.ATTEMPTS.labels(result=status).inc()
+        metrics.ATTEMPT_SECONDS.observe(duration_ms / 1000)
+        log.info(
+            "attempt delivery=%s event=%s destination=%s n=%d status=%s code=%s duration_ms=%.1f error=%s",
+            d.id,
+            d.event_id,
+            d.destination_id,
+            n,
+            status,
+            outcome.status_code,
+            duration_ms,
+            outcome.error,
+        )
+        return result
+
+    async def _run_one(self, d: LeasedDelivery, dest: _Dest | None) -> None:
+        result = await self.send_one(d, dest)
+        self._results.append(result)
+        self._results_ready.set()
+
+    async def _writer(self, stop: asyncio.Event) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            if self._results:
+                batch, self._results = self._results, []
+                try:
+                    await self.store.record_attempts(batch)
+                except Exception:
+                    # The lease still holds these deliveries; they will be retaken after it
+                    # expires and attempted again (at-least-once).
+                    log.exception("recording %d attempts failed", len(batch))
+                else:
+                    if self._on_finished is not None:
+                        for r in batch:
+                            self._on_finished(r)
+            if stop.is_set() and not self._inflight and not self._results:
+                return
+
+    async def run(self, stop: asyncio.Event) -> None:
+        writer = asyncio.create_task(self._writer(stop), name="attempt-writer")
+        limit = self.settings.delivery_concurrency
+        try:
+            while not stop.is_set():
+                free = limit - len(self._inflight)
+                leased: list[LeasedDelivery] = []
+                if free > 0:
+                    try:
+                        leased = await self.store.lease_deliveries(
+                            min(free, self.settings.delivery_batch), self.settings.delivery_lease_seconds
+                        )
+                    except Exception:
+                        log.exception("leasing deliveries failed; retrying shortly")
+                        await asyncio.sleep(1.0)
+                        continue
+                if leased:
+                    if stop.is_set():
+                        await self.store.release_leases(leased)
+                        break
+                    dests = await self._destinations({d.destination_id for d in leased})
+                    for d in leased:
+                        task = asyncio.create_task(self._run_one(d, dests[d.destination_id]))
+                        self._inflight.add(task)
+                        task.add_done_callback(self._task_done)
+                    if len(leased) == min(free, self.settings.delivery_batch):
+                        continue  # more may be due: lease again straight away
+                self.wake.clear()
+                waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(
+                    waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters:
+                    w.cancel()
+        finally:
+            await self._drain()
+            self._results_ready.set()
+            await writer
+            if self._session is not None:
+                await self._session.close()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self.wake.set()  # a slot is free
+
+    async def _drain(self) -> None:
+        """Let in-flight attempts finish (up to the grace period) before the process exits."""
+        if not self._inflight:
+            return
+        log.info("waiting for %d in-flight deliveries", len(self._inflight))
+        _done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.shutdown_grace_seconds)
+        for task in pending:
+            task.cancel()
+        # Cancelled attempts keep their lease and are retaken after it expires.

@@ -1,0 +1,89 @@
+"""Outbound address policy: refuse private, loopback and link-local targets unless allowed.
+
+Checked on the addresses a host name resolves to (at connect time, via the resolver), so DNS
+cannot be used to point an allowed name at the internal network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+
+class EgressDenied(Exception):
+    pass
+
+
+def is_public_address(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or (
+            isinstance(ip, ipaddress.IPv6Address)
+            and ip.ipv4_mapped is not None
+            and not is_public_address(str(ip.ipv4_mapped))
+        )
+    )
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    allow_private: bool = False
+
+    def check_url(self, url: str) -> None:
+        """Reject URLs whose host is a literal private address (names are checked on resolve)."""
+        host = urlsplit(url).hostname or ""
+        if self.allow_private:
+            return
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host == "localhost" or host.endswith(".localhost"):
+                raise EgressDenied(
+                    f"destination host {host!r} is local; private destinations are not allowed"
+                ) from None
+            return
+        if not is_public_address(host):
+            raise EgressDenied(
+                f"destination address {host} is private; "
+                "set INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS=1 to allow"
+            )
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default, then drops non-public addresses."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self._inner = DefaultResolver()
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        if self._policy.allow_private:
+            return found
+        public = [r for r in found if is_public_address(r["host"])]
+        if not public:
+            raise EgressDenied(
+                f"{host} resolves only to private addresses; private destinations are not allowed"
+            )
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def connector_kwargs(policy: EgressPolicy) -> dict[str, Any]:
+    return {"resolver": GuardedResolver(policy)}

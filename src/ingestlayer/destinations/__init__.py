@@ -1,0 +1,1 @@
+"""Destinations: one module each, behind the one-method :class:`~.base.Destination` protocol."""

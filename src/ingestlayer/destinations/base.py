@@ -1,0 +1,65 @@
+"""The destination protocol: ``async def send(request, ctx) -> Outcome``.
+
+Destinations never touch the database: the dispatcher hands them what to send and records what
+they answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+
+from ingestlayer.delivery.egress import EgressPolicy
+
+EXCERPT_BYTES = 1024
+
+
+@dataclass(slots=True)
+class SendRequest:
+    delivery_id: str
+    project_id: str
+    event_id: str
+    event_type: str
+    attempt: int
+    event: dict[str, Any]  # {"id", "type", "occurred_at", "payload"}: the processed event
+    body_json: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+    response_excerpt: str | None = None
+    retry_after: float | None = None
+    # True when retrying cannot help (e.g. a channel that does not exist): dead at once.
+    permanent: bool = False
+
+
+SecretResolver = Callable[[str, str], Awaitable[str]]
+
+
+@dataclass(slots=True)
+class SendContext:
+    session: aiohttp.ClientSession
+    resolve_secret: SecretResolver  # (project_id, "env:X" | "ref:y") -> value
+    egress: EgressPolicy
+    user_agent: str
+
+
+class Destination(Protocol):
+    kind: ClassVar[str]
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome: ...
+
+    def target(self) -> str: ...
+
+
+def excerpt(data: bytes | str | None) -> str | None:
+    if data is None:
+        return None
+    raw = data.encode() if isinstance(data, str) else data
+    return raw[:EXCERPT_BYTES].decode("utf-8", "replace")

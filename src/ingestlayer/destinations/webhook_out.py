@@ -1,0 +1,188 @@
+"""``webhook.out``: POST the processed event as JSON to an HTTP(S) endpoint.
+
+Example::
+
+    destinations:
+      - webhook.out:
+          url: https://api.acme.com/hooks
+          auth: hmac            # none | bearer | hmac
+          secret: ref:acme-hooks
+          signing: standard     # also send Standard Webhooks headers
+          format: ingestlayer   # ingestlayer | data
+          timeout: 10
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ingestlayer.delivery.egress import EgressDenied
+from ingestlayer.delivery.retry import parse_retry_after
+from ingestlayer.delivery.signing import (
+    SIGNATURE_HEADER,
+    ingestlayer_signature,
+    standard_webhooks_headers,
+)
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
+
+RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "x-ingestlayer-event",
+    "x-ingestlayer-delivery",
+    "x-ingestlayer-attempt",
+    SIGNATURE_HEADER.lower(),
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+}
+
+
+def is_secret_reference(value: str) -> bool:
+    return value.startswith(("env:", "ref:"))
+
+
+class WebhookOutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="The endpoint; https, or http where private destinations are allowed.")
+    auth: Literal["none", "bearer", "hmac"] = Field(
+        default="none", description="How requests are authenticated."
+    )
+    secret: str | list[str] | None = Field(
+        default=None,
+        description="`ref:NAME` (stored encrypted) or `env:VAR`; a list signs with each (secret rotation).",
+    )
+    signing: Literal["ingestlayer", "standard"] = Field(
+        default="ingestlayer", description="`standard` also sends Standard Webhooks headers."
+    )
+    format: Literal["ingestlayer", "data"] = Field(default="ingestlayer", description="The body's shape.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for a 2xx.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
+        if clash:
+            raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
+        return v
+
+    @model_validator(mode="after")
+    def _secret(self) -> WebhookOutConfig:
+        refs = [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
+        for ref in refs:
+            if not is_secret_reference(ref):
+                raise ValueError(
+                    "secret must be a reference, `ref:NAME` or `env:VAR`, never the secret itself"
+                )
+        if self.auth in ("bearer", "hmac") and not refs:
+            raise ValueError(f"auth: {self.auth} needs a secret")
+        if self.signing == "standard" and not refs:
+            raise ValueError("signing: standard needs a secret")
+        return self
+
+    def secret_refs(self) -> list[str]:
+        return [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
+
+
+def render_body(event: dict[str, Any], fmt: str) -> bytes:
+    if fmt == "data":
+        return orjson.dumps({"type": event["type"], "data": event["payload"]})
+    return orjson.dumps(
+        {
+            "id": event["id"],
+            "type": event["type"],
+            "occurred_at": event["occurred_at"],
+            "payload": event["payload"],
+        }
+    )
+
+
+class WebhookOut:
+    kind: ClassVar[str] = "webhook.out"
+    config_model: ClassVar[type[BaseModel]] = WebhookOutConfig
+
+    def __init__(self, config: WebhookOutConfig) -> None:
+        self.config = config
+
+    def target(self) -> str:
+        return self.config.url
+
+    async def build_headers(self, request: SendRequest, body: bytes, ctx: SendContext) -> dict[str, str]:
+        cfg = self.config
+        headers = {
+            **cfg.headers,
+            "Content-Type": "application/json",
+            "User-Agent": ctx.user_agent,
+            "X-Ingestlayer-Event": request.event_type,
+            "X-Ingestlayer-Delivery": request.delivery_id,
+            "X-Ingestlayer-Attempt": str(request.attempt),
+        }
+        secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.secret_refs()]
+        now = int(time.time())
+        if cfg.auth == "bearer":
+            headers["Authorization"] = f"Bearer {secrets[0]}"
+        elif cfg.auth == "hmac":
+            headers[SIGNATURE_HEADER] = ingestlayer_signature(secrets, now, body)
+        if cfg.signing == "standard":
+            headers.update(standard_webhooks_headers(secrets, request.delivery_id, now, body))
+        return headers
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
+        cfg = self.config
+        try:
+            ctx.egress.check_url(cfg.url)
+        except EgressDenied as exc:
+            return Outcome(ok=False, error=str(exc), permanent=True)
+        body = render_body(request.event, cfg.format)
+        try:
+            headers = await self.build_headers(request, body, ctx)
+        except LookupError as exc:  # a secret reference that cannot be resolved
+            return Outcome(ok=False, error=str(exc))
+        try:
+            async with ctx.session.post(
+                cfg.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(1024)
+                ok = 200 <= resp.status < 300
+                retry_after = None
+                if resp.status in (429, 503):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                return Outcome(
+                    ok=ok,
+                    status_code=resp.status,
+                    error=None if ok else f"HTTP {resp.status}",
+                    response_excerpt=excerpt(raw),
+                    retry_after=retry_after,
+                )
+        except TimeoutError:
+            return Outcome(ok=False, error=f"timed out after {cfg.timeout:g}s")
+        except EgressDenied as exc:
+            return Outcome(ok=False, error=str(exc), permanent=True)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, EgressDenied):
+                return Outcome(ok=False, error=str(exc.os_error), permanent=True)
+            return Outcome(ok=False, error=f"connection error: {exc.os_error or exc}")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,26 @@
+"""Prometheus metrics, served at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_INGESTED = Counter(
+    "ingestlayer_events_ingested_total", "Events accepted and stored", registry=REGISTRY
+)
+EVENTS_DUPLICATE = Counter(
+    "ingestlayer_events_duplicate_total", "Events refused as idempotent repeats", registry=REGISTRY
+)
+DELIVERIES_CREATED = Counter(
+    "ingestlayer_deliveries_created_total", "Deliveries created by routing", registry=REGISTRY
+)
+ATTEMPTS = Counter(
+    "ingestlayer_delivery_attempts_total", "Delivery attempts by result", ["result"], registry=REGISTRY
+)
+ATTEMPT_SECONDS = Histogram(
+    "ingestlayer_delivery_attempt_seconds",
+    "Duration of delivery attempts",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)

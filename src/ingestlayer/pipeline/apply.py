@@ -1,0 +1,136 @@
+"""Plan and apply a configuration file: create or update by name, idempotently.
+
+``plan`` compares the file with what is stored and returns the changes (with a readable diff for
+``--dry-run``); ``apply_plan`` writes them in one transaction. Applying the same file twice
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from ingestlayer.ids import new_id
+from ingestlayer.pipeline.config import ConfigError, ConfigFile
+from ingestlayer.store.store import Store
+
+Action = Literal["create", "update", "unchanged", "delete"]
+
+
+@dataclass
+class Change:
+    action: Action
+    kind: Literal["pipeline", "destination"]
+    name: str
+    id: str
+    diff: str = ""
+
+
+@dataclass
+class Plan:
+    project_id: str
+    changes: list[Change] = field(default_factory=list)
+    destination_rows: list[dict[str, Any]] = field(default_factory=list)
+    pipeline_rows: list[dict[str, Any]] = field(default_factory=list)
+    delete_pipeline_ids: list[str] = field(default_factory=list)
+    delete_destination_ids: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action != "unchanged" for c in self.changes)
+
+    def summary(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.changes:
+            out[c.action] = out.get(c.action, 0) + 1
+        return out
+
+
+def _dump(obj: Any) -> list[str]:
+    if obj is None:
+        return []
+    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False).splitlines(keepends=True)
+
+
+def _diff(name: str, old: Any, new: Any) -> str:
+    return "".join(difflib.unified_diff(_dump(old), _dump(new), f"stored/{name}", f"file/{name}"))
+
+
+async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = False) -> Plan:
+    current = await store.load_project_config(project_id)
+    dest_by_name = {d.name: d for d in current.destinations.values()}
+    pipe_by_name = {p.name: p for p in current.pipelines}
+    out = Plan(project_id=project_id)
+
+    dest_ids: dict[str, str] = {name: d.id for name, d in dest_by_name.items()}
+    for spec in cfg.destinations:
+        new_cfg = spec.stored_config()
+        old = dest_by_name.get(spec.name)
+        did = old.id if old else new_id("dst")
+        dest_ids[spec.name] = did
+        if old is None:
+            action: Action = "create"
+        elif old.kind == spec.kind and old.config == new_cfg:
+            action = "unchanged"
+        else:
+            action = "update"
+        old_view = {"kind": old.kind, **old.config} if old else None
+        diff = _diff(spec.name, old_view, {"kind": spec.kind, **new_cfg}) if action != "unchanged" else ""
+        out.changes.append(Change(action, "destination", spec.name, did, diff))
+        if action != "unchanged":
+            out.destination_rows.append({"id": did, "name": spec.name, "kind": spec.kind, "config": new_cfg})
+
+    for i, p in enumerate(cfg.pipelines):
+        for j, route in enumerate(p.routes):
+            if route.destination not in dest_ids:
+                raise ConfigError(
+                    f"pipelines[{i}].destinations[{j}].ref", f"no destination named {route.destination!r}"
+                )
+        new_cfg = p.stored_config(dest_ids)
+        old_p = pipe_by_name.get(p.name)
+        pid = old_p.id if old_p else new_id("pip")
+        if old_p is None:
+            action = "create"
+        elif old_p.config == new_cfg and old_p.enabled == p.enabled and not old_p.endpoint:
+            action = "unchanged"
+        else:
+            action = "update"
+        diff = _diff(p.name, old_p.config if old_p else None, new_cfg) if action != "unchanged" else ""
+        out.changes.append(Change(action, "pipeline", p.name, pid, diff))
+        if action != "unchanged":
+            out.pipeline_rows.append({"id": pid, "name": p.name, "config": new_cfg, "enabled": p.enabled})
+
+    if prune:
+        keep_p = {p.name for p in cfg.pipelines}
+        for old_p in current.pipelines:
+            if old_p.name not in keep_p and not old_p.endpoint:
+                out.changes.append(
+                    Change("delete", "pipeline", old_p.name, old_p.id, _diff(old_p.name, old_p.config, None))
+                )
+                out.delete_pipeline_ids.append(old_p.id)
+        used = {
+            r["destination_id"] for p in current.pipelines if p.endpoint for r in p.config["destinations"]
+        }
+        keep_d = {d.name for d in cfg.destinations}
+        for d in current.destinations.values():
+            if d.name not in keep_d and d.id not in used:
+                out.changes.append(
+                    Change("delete", "destination", d.name, d.id, _diff(d.name, d.config, None))
+                )
+                out.delete_destination_ids.append(d.id)
+    return out
+
+
+async def apply_plan(store: Store, p: Plan) -> None:
+    if not p.has_changes:
+        return
+    await store.apply_config(
+        p.project_id,
+        p.destination_rows,
+        p.pipeline_rows,
+        delete_pipeline_ids=p.delete_pipeline_ids,
+        delete_destination_ids=p.delete_destination_ids,
+    )

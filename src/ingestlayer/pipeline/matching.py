@@ -1,0 +1,37 @@
+"""``source.match`` patterns: exact event types or ``*`` wildcards (``invoice.*``, ``*``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_TYPE_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_PATTERN_RE = re.compile(r"^(\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*)$")
+
+
+def is_valid_event_type(value: str) -> bool:
+    return len(value) <= 200 and bool(_TYPE_RE.match(value))
+
+
+def is_valid_pattern(value: str) -> bool:
+    return len(value) <= 200 and bool(_PATTERN_RE.match(value))
+
+
+class TypeMatcher:
+    """Compiled list of patterns; ``*`` matches any run of characters, dots included."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.patterns = tuple(patterns)
+        exact = {p for p in patterns if "*" not in p}
+        wild = [p for p in patterns if "*" in p]
+        self._exact = frozenset(exact)
+        self._regex = (
+            re.compile("|".join("(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in wild) + r"\Z")
+            if wild
+            else None
+        )
+
+    def __call__(self, event_type: str) -> bool:
+        if event_type in self._exact:
+            return True
+        return self._regex is not None and self._regex.match(event_type) is not None

@@ -1,0 +1,43 @@
+"""``filter.match`` (CTL): drop the event unless an expression holds.
+
+Example::
+
+    steps:
+      - filter.match: feature in {export, api, webhook}
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext
+from ingestlayer.pipeline.expressions import Expression, compile_expression
+
+
+class FilterMatchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expression: str = Field(description="Keep the event only when this expression holds (SPEC §3).")
+    on_error: str = Field(default="skip", description="skip | drop | retry")
+
+
+class FilterMatch:
+    name: ClassVar[str] = "filter.match"
+    kind: ClassVar[str] = "CTL"
+    config_model: ClassVar[type[BaseModel]] = FilterMatchConfig
+    # A bare string in YAML (`- filter.match: plan = "pro"`) is this field.
+    shorthand_field: ClassVar[str] = "expression"
+
+    def __init__(self, config: FilterMatchConfig) -> None:
+        self.config = config
+        self.expression: Expression = compile_expression(config.expression)
+
+    async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop:
+        if self.expression(event.eval_context()):
+            return event
+        return Drop(f"filter.match: {self.config.expression!r} did not hold")
+
+    def summary(self) -> str:
+        return self.config.expression

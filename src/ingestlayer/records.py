@@ -1,0 +1,123 @@
+"""Plain dataclasses that cross layer boundaries (API → store → worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event accepted by the API, not yet stored."""
+
+    id: str
+    project_id: str
+    type: str
+    payload_json: str
+    idempotency_key: str | None
+    source: str
+    occurred_at: float
+    received_at: float
+
+
+@dataclass(slots=True)
+class IngestResult:
+    id: str
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    id: str
+    project_id: str
+    type: str
+    payload_json: str
+    idempotency_key: str | None
+    source: str
+    occurred_at: float
+    received_at: float
+    trace: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
+class RouteLease:
+    """Route jobs leased by one router pass; ``token`` proves the lease on completion."""
+
+    token: float
+    events: list[StoredEvent]
+
+
+@dataclass(slots=True)
+class NewDelivery:
+    id: str
+    project_id: str
+    event_id: str
+    event_type: str
+    pipeline_id: str
+    destination_id: str
+    body: str
+
+
+@dataclass(slots=True)
+class LeasedDelivery:
+    id: str
+    project_id: str
+    event_id: str
+    event_type: str
+    destination_id: str
+    attempts: int  # attempts made before this one
+    retry_base: int
+    body: str
+    lease_token: str
+
+
+@dataclass(slots=True)
+class AttemptResult:
+    """The outcome of one attempt, as the dispatcher records it."""
+
+    delivery_id: str
+    project_id: str
+    lease_token: str
+    n: int
+    started_at: float
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    # The delivery's new state.
+    status: str  # delivered | retrying | dead
+    next_retry_at: float | None
+    worker: str | None = None
+
+
+@dataclass(slots=True)
+class DestinationRow:
+    id: str
+    project_id: str
+    name: str
+    kind: str
+    config: dict[str, Any]
+    enabled: bool
+    updated_at: float
+
+
+@dataclass(slots=True)
+class PipelineRow:
+    id: str
+    project_id: str
+    name: str
+    config: dict[str, Any]
+    endpoint: bool
+    enabled: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(slots=True)
+class ProjectConfig:
+    """Everything the router needs to route a project's events, at one config version."""
+
+    project_id: str
+    version: int
+    pipelines: list[PipelineRow] = field(default_factory=list)
+    destinations: dict[str, DestinationRow] = field(default_factory=dict)

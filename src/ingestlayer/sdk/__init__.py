@@ -1,0 +1,1 @@
+"""Public SDK surface for ingestlayer users; webhook verification is in :mod:`ingestlayer.sdk.webhooks`."""

@@ -1,0 +1,64 @@
+"""Run the roles: ``serve`` (api + worker), ``api`` or ``worker``, with graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import uvicorn
+
+from ingestlayer.app import create_app
+from ingestlayer.config import Settings
+from ingestlayer.runtime import Runtime
+from ingestlayer.store.migrate import upgrade
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        pass
+
+
+def run_http(settings: Settings, *, worker: bool) -> None:
+    """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM."""
+    upgrade(settings.database_url)
+    rt_holder: dict[str, Runtime] = {}
+
+    async def main() -> None:
+        rt = Runtime(settings, api=True, worker=worker)
+        rt_holder["rt"] = rt
+        config = uvicorn.Config(
+            create_app(rt),
+            host=settings.host,
+            port=settings.port,
+            loop="none",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        )
+        await uvicorn.Server(config).serve()
+
+    _install_uvloop()
+    asyncio.run(main())
+
+
+def run_worker(settings: Settings) -> None:
+    upgrade(settings.database_url)
+
+    async def main() -> None:
+        rt = Runtime(settings, api=False, worker=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await rt.start()
+        await stop.wait()
+        await rt.shutdown()
+
+    _install_uvloop()
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""Persistence. :mod:`ingestlayer.store.store` is the only module that issues SQL."""

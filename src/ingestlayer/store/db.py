@@ -1,0 +1,86 @@
+"""Engines for SQLite and PostgreSQL.
+
+SQLite allows one writer at a time. Inside a process all writes go through a single pooled
+connection (the pool is the queue); across processes ``BEGIN IMMEDIATE`` takes the write lock up
+front and ``busy_timeout`` waits for it, so no transaction fails half-way on a lock upgrade.
+Reads use their own connections, which WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseURLError(ValueError):
+    pass
+
+
+def async_url(url: str) -> str:
+    """Map a user-facing URL (``sqlite:///x.db``, ``postgresql://…``) to its async driver."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite"))
+    if backend in {"postgresql", "postgres"}:
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise DatabaseURLError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
+
+
+@dataclass
+class Engines:
+    """A write engine and a read engine (the same engine on PostgreSQL)."""
+
+    write: AsyncEngine
+    read: AsyncEngine
+    dialect: str
+
+    async def dispose(self) -> None:
+        await self.write.dispose()
+        if self.read is not self.write:
+            await self.read.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=120,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to issue.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        # FULL: a 202 means the event survives power loss, not just a process crash.
+        cur.execute("PRAGMA synchronous = FULL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def create_engines(url: str) -> Engines:
+    aurl = async_url(url)
+    if aurl.startswith("sqlite"):
+        write = _sqlite_engine(aurl, immediate=True, pool_size=1)
+        read = _sqlite_engine(aurl, immediate=False, pool_size=4)
+        return Engines(write=write, read=read, dialect="sqlite")
+    engine = create_async_engine(aurl, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return Engines(write=engine, read=engine, dialect="postgresql")

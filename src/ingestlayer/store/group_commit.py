@@ -1,0 +1,92 @@
+"""Group commit: concurrent ingest requests share one transaction.
+
+Each request hands its events to :class:`GroupCommitter` and awaits a future. A single writer
+task drains everything that queued up while the previous transaction was committing and writes
+it in one go, so a durable (synchronous=FULL / fsync) commit is paid once per group, not once
+per event. Under light load a group is one request and latency is one commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from ingestlayer.records import IngestResult, NewEvent
+
+log = logging.getLogger("ingestlayer.ingest")
+
+InsertFn = Callable[[Sequence[NewEvent]], Awaitable[list[IngestResult]]]
+
+
+class GroupCommitter:
+    def __init__(
+        self,
+        insert: InsertFn,
+        *,
+        max_batch: int = 2000,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self._insert = insert
+        self._max_batch = max_batch
+        self._on_commit = on_commit
+        self._queue: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ingest-group-commit")
+
+    async def submit(self, items: list[NewEvent]) -> list[IngestResult]:
+        """Store ``items`` durably; return once their transaction has committed."""
+        if self._closing:
+            raise RuntimeError("the server is shutting down")
+        fut: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
+        self._queue.append((items, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
+                size = 0
+                while self._queue and (not group or size + len(self._queue[0][0]) <= self._max_batch):
+                    items, fut = self._queue.pop(0)
+                    group.append((items, fut))
+                    size += len(items)
+                await self._commit(group)
+            if self._closing and not self._queue:
+                return
+
+    async def _commit(self, group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]) -> None:
+        flat = [ev for items, _ in group for ev in items]
+        try:
+            results = await self._insert(flat)
+        except Exception as exc:
+            # Nothing was committed: every request in the group gets the error (a 503), and
+            # its client retries with the same idempotency key.
+            log.exception("ingest transaction failed for %d events", len(flat))
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        if self._on_commit is not None:
+            self._on_commit(len(flat))
+        pos = 0
+        for items, fut in group:
+            if not fut.done():
+                fut.set_result(results[pos : pos + len(items)])
+            pos += len(items)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

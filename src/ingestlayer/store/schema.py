@@ -1,0 +1,182 @@
+"""SQLAlchemy Core tables: the same schema on SQLite and PostgreSQL.
+
+Times are stored as epoch seconds (double precision): portable across both databases, cheap to
+compare in the leasing queries, and rendered as ISO 8601 at the API edge.
+Payloads are JSON text, stored exactly as serialized at ingest.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Time = Float(precision=53)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    # Bumped in the same transaction as any pipeline/destination/secret change, so workers in
+    # other processes know when their cached, compiled configuration is stale.
+    Column("config_version", Integer, nullable=False, server_default=text("1")),
+    Column("created_at", Time, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(10), nullable=False),  # ingest | admin
+    # sha256 of the whole key: the key itself is shown once and never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(24), nullable=False),  # first characters, to recognise a key in lists
+    Column("name", String(200), nullable=True),
+    Column("created_at", Time, nullable=False),
+    Column("revoked_at", Time, nullable=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), nullable=False),
+    Column("type", String(200), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("source", String(200), nullable=False),
+    Column("occurred_at", Time, nullable=False),
+    Column("received_at", Time, nullable=False),
+    # What each pipeline and step did with the event (JSON), written by the router.
+    Column("trace", Text, nullable=True),
+    UniqueConstraint("project_id", "idempotency_key", name="uq_events_project_idempotency"),
+    Index("ix_events_project_id_id", "project_id", "id"),
+    Index("ix_events_project_type_id", "project_id", "type", "id"),
+)
+
+# The outbox: one row per accepted event, inserted in the same transaction as the event and
+# deleted in the same transaction that inserts the event's deliveries.
+route_jobs = Table(
+    "route_jobs",
+    metadata,
+    Column("event_id", String(40), primary_key=True),
+    Column("project_id", String(40), nullable=False),
+    Column("due_at", Time, nullable=False),  # when it may next be leased
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Index("ix_route_jobs_due_at", "due_at"),
+)
+
+pipelines = Table(
+    "pipelines",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("config", Text, nullable=False),  # canonical JSON of the pipeline spec
+    Column("endpoint", Boolean, nullable=False, server_default=text("false")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    UniqueConstraint("project_id", "name", name="uq_pipelines_project_name"),
+)
+
+destinations = Table(
+    "destinations",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("config", Text, nullable=False),  # canonical JSON; secrets only as env:/ref: references
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    UniqueConstraint("project_id", "name", name="uq_destinations_project_name"),
+)
+
+secrets = Table(
+    "secrets",
+    metadata,
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("ciphertext", LargeBinary, nullable=False),  # Fernet token under the master key
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("event_type", String(200), nullable=False),
+    Column("pipeline_id", String(40), nullable=False),
+    Column("destination_id", String(40), nullable=False),
+    # pending | delivering | retrying | delivered | dead
+    Column("status", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # Attempts made before the current retry cycle: a replay starts the schedule afresh.
+    Column("retry_base", Integer, nullable=False, server_default=text("0")),
+    # For pending/retrying: when the next attempt is due. For delivering: when the lease expires
+    # and another worker may take it over. Null once delivered or dead.
+    Column("due_at", Time, nullable=True),
+    Column("lease_token", String(40), nullable=True),
+    Column("body", Text, nullable=False),  # the processed event, as the destination receives it
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Column("finished_at", Time, nullable=True),
+    Index(
+        "ix_deliveries_due",
+        "due_at",
+        sqlite_where=text("status IN ('pending', 'retrying', 'delivering')"),
+        postgresql_where=text("status IN ('pending', 'retrying', 'delivering')"),
+    ),
+    Index("ix_deliveries_project_id_id", "project_id", "id"),
+    Index("ix_deliveries_project_status_id", "project_id", "status", "id"),
+    Index("ix_deliveries_project_destination_id", "project_id", "destination_id", "id"),
+    Index("ix_deliveries_event_id", "event_id"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(40), nullable=False),
+    Column("project_id", String(40), nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("started_at", Time, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("response_excerpt", Text, nullable=True),
+    Column("next_retry_at", Time, nullable=True),
+    Column("worker", String(80), nullable=True),
+    Index("ix_attempts_delivery_id_n", "delivery_id", "n"),
+    Index("ix_attempts_project_started", "project_id", "started_at"),
+)
