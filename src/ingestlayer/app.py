@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 
 from ingestlayer import __version__
@@ -108,7 +107,6 @@ def build_fastapi(rt: Runtime) -> FastAPI:
     app = FastAPI(
         title="ingestlayer",
         version=__version__,
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
     )
     app.state.runtime = rt

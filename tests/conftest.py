@@ -1,0 +1,69 @@
+"""Shared fixtures: databases on both backends, an in-process server, a real receiver."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.databases import PgTemplates, SqliteTemplates, require_pg
+from tests.support.receiver import Receiver
+from tests.support.server import RunningServer, start_server
+
+
+@pytest.fixture(scope="session")
+def pg_templates() -> Iterator[PgTemplates]:
+    templates = PgTemplates()
+    yield templates
+    # The server may be gone at teardown; then there is nothing to clean.
+    with contextlib.suppress(Exception):
+        templates.drop_all()
+
+
+@pytest.fixture(scope="session")
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplates:
+    return SqliteTemplates(tmp_path_factory.mktemp("sqlite"))
+
+
+@pytest.fixture
+def pg_url(pg_templates: PgTemplates) -> str:
+    require_pg()
+    return pg_templates.new_database()
+
+
+@pytest.fixture
+def sqlite_url(sqlite_templates: SqliteTemplates) -> str:
+    return sqlite_templates.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(
+    request: pytest.FixtureRequest, sqlite_templates: SqliteTemplates, pg_templates: PgTemplates
+) -> str:
+    """A fresh, migrated database: the test runs once on each backend."""
+    if request.param == "postgres":
+        require_pg()
+        return pg_templates.new_database()
+    return sqlite_templates.new_database()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def server(db_url: str) -> AsyncIterator[RunningServer]:
+    s = await start_server(db_url)
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -1,0 +1,234 @@
+"""Events reach a real receiver signed, are retried on failure, go dead, and can be replayed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from standardwebhooks import Webhook
+
+from ingestlayer.sdk.webhooks import WebhookVerificationError
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, wait_for
+
+SECRET = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
+
+
+def webhook_pipeline(url: str, **settings: Any) -> dict[str, Any]:
+    retry = settings.pop("retry", FAST)
+    return {
+        "pipelines": [
+            {
+                "name": "features",
+                "source": {"match": ["feature.*"]},
+                "steps": [{"filter.match": "feature in {export, api, webhook}"}],
+                "destinations": [{"webhook.out": {"url": url + "/hooks", **settings}, "retry": retry}],
+            }
+        ]
+    }
+
+
+async def delivery_of(server: RunningServer, event_id: str) -> dict[str, Any]:
+    status, body = await server.request("GET", f"/v1/events/{event_id}")
+    assert status == 200
+    assert len(body["deliveries"]) == 1, body
+    status, d = await server.request("GET", f"/v1/deliveries/{body['deliveries'][0]['id']}")
+    assert status == 200
+    result: dict[str, Any] = d
+    return result
+
+
+async def final_delivery(server: RunningServer, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        status, body = await server.request("GET", f"/v1/events/{event_id}")
+        if status != 200 or not body["deliveries"]:
+            return None
+        d = await delivery_of(server, event_id)
+        return d if d["status"] in ("delivered", "dead") else None
+
+    result: dict[str, Any] = await wait_for(done, timeout)
+    return result
+
+
+async def test_signed_delivery_verifies_at_the_receiver(server: RunningServer, receiver: Receiver) -> None:
+    await server.set_secret("acme-hooks", SECRET)
+    await server.apply(webhook_pipeline(receiver.url, auth="hmac", secret="ref:acme-hooks"))
+    status, body = await server.ingest("feature.used", {"user_id": "u1", "feature": "csv.export", "count": 1})
+    assert status == 202 and body["duplicate"] is False
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered"
+    assert len(receiver.requests) == 1
+    req = receiver.requests[0]
+    assert req.path == "/hooks"
+    # What a receiver checks: our own verify(), and the documented headers.
+    event = req.verify(SECRET)
+    assert event == {
+        "id": body["id"],
+        "type": "feature.used",
+        "occurred_at": event["occurred_at"],
+        "payload": {"user_id": "u1", "feature": "csv.export", "count": 1},
+    }
+    h = req.headers
+    assert h["Content-Type"] == "application/json"
+    assert h["User-Agent"].startswith("ingestlayer/")
+    assert h["X-Ingestlayer-Event"] == "feature.used"
+    assert h["X-Ingestlayer-Delivery"] == d["id"]
+    assert h["X-Ingestlayer-Attempt"] == "1"
+    assert "webhook-signature" not in {k.lower() for k in h}
+    with pytest.raises(WebhookVerificationError):
+        req.verify("whsec_d3Jvbmctc2VjcmV0")
+    # The attempt log has what the dashboard shows.
+    (attempt,) = d["attempts"]
+    assert attempt["status_code"] == 200 and attempt["error"] is None
+    assert attempt["response_excerpt"] == '{"received": true}'
+    assert attempt["duration_ms"] >= 0
+
+
+async def test_filtered_events_are_not_delivered(server: RunningServer, receiver: Receiver) -> None:
+    await server.apply(webhook_pipeline(receiver.url))
+    _, kept = await server.ingest("feature.used", {"feature": "api"})
+    _, dropped = await server.ingest("feature.used", {"feature": "csv.import"})
+    await final_delivery(server, kept["id"])
+    status, body = await server.request("GET", f"/v1/events/{dropped['id']}")
+    assert status == 200
+    assert body["deliveries"] == []
+    assert body["trace"][0]["outcome"] == "dropped"
+    assert "filter.match" in body["trace"][0]["steps"][0]["reason"]
+    assert [r.json()["id"] for r in receiver.requests] == [kept["id"]]
+
+
+async def test_standard_webhooks_signature_accepted_by_reference_library(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    await server.set_secret("std", SECRET)
+    await server.apply(webhook_pipeline(receiver.url, auth="hmac", secret="ref:std", signing="standard"))
+    _, body = await server.ingest("feature.used", {"feature": "webhook"})
+    d = await final_delivery(server, body["id"])
+    req = receiver.requests[0]
+    payload = Webhook(SECRET).verify(req.body, req.headers)
+    assert payload["id"] == body["id"]
+    assert req.headers["webhook-id"] == d["id"]
+    req.verify(SECRET)  # our header is sent alongside
+
+
+async def test_bearer_auth_and_data_format(
+    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACME_TOKEN", "tok-123")
+    await server.apply(webhook_pipeline(receiver.url, auth="bearer", secret="env:ACME_TOKEN", format="data"))
+    _, body = await server.ingest("feature.used", {"feature": "api", "n": 2})
+    await final_delivery(server, body["id"])
+    req = receiver.requests[0]
+    assert req.headers["Authorization"] == "Bearer tok-123"
+    assert req.json() == {"type": "feature.used", "data": {"feature": "api", "n": 2}}
+
+
+async def test_retries_until_the_receiver_recovers(server: RunningServer, receiver: Receiver) -> None:
+    receiver.fail_times(2, status=503)
+    await server.apply(webhook_pipeline(receiver.url))
+    _, body = await server.ingest("feature.used", {"feature": "export"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered"
+    assert [a["status_code"] for a in d["attempts"]] == [503, 503, 200]
+    assert [a["n"] for a in d["attempts"]] == [1, 2, 3]
+    # One delivery id across retries, attempt numbers counting up: receivers can dedupe.
+    assert {r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests} == {d["id"]}
+    assert [r.headers["X-Ingestlayer-Attempt"] for r in receiver.requests] == ["1", "2", "3"]
+    assert d["attempts"][0]["next_retry_at"] is not None
+    assert d["attempts"][-1]["next_retry_at"] is None
+
+
+async def test_dead_after_the_schedule_then_replay_delivers(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    receiver.default = Reply(status=500, body=b"boom " * 400)
+    await server.apply(webhook_pipeline(receiver.url))
+    _, body = await server.ingest("feature.used", {"feature": "export"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "dead"
+    assert len(d["attempts"]) == 4  # the schedule's length
+    assert all(a["status_code"] == 500 for a in d["attempts"])
+    assert len(d["attempts"][0]["response_excerpt"].encode()) <= 1024
+    status, listed = await server.request("GET", "/v1/deliveries?status=dead")
+    assert [x["id"] for x in listed["data"]] == [d["id"]]
+
+    receiver.default = Reply(status=200)
+    status, replay = await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
+    assert status == 200 and replay["replayed"] == [d["id"]]
+    after = await final_delivery(server, body["id"])
+    assert after["id"] == d["id"] and after["status"] == "delivered"
+    assert [a["n"] for a in after["attempts"]] == [1, 2, 3, 4, 5]
+    assert receiver.requests[-1].headers["X-Ingestlayer-Attempt"] == "5"
+
+
+async def test_bulk_replay_of_dead_deliveries(server: RunningServer, receiver: Receiver) -> None:
+    receiver.default = Reply(status=410)
+    await server.apply(webhook_pipeline(receiver.url, retry={"schedule": [0]}))
+    ids = []
+    for i in range(5):
+        _, body = await server.ingest("feature.used", {"feature": "api", "i": i})
+        ids.append(body["id"])
+    for eid in ids:
+        assert (await final_delivery(server, eid))["status"] == "dead"
+    receiver.default = Reply(status=204)
+    status, body = await server.request("POST", "/v1/deliveries/replay", json={"status": ["dead"]})
+    assert status == 200 and body["count"] == 5
+    for eid in ids:
+        assert (await final_delivery(server, eid))["status"] == "delivered"
+
+
+async def test_retry_after_is_honoured(server: RunningServer, receiver: Receiver) -> None:
+    receiver.plan = [Reply(status=429, headers={"Retry-After": "1"})]
+    await server.apply(webhook_pipeline(receiver.url))
+    _, body = await server.ingest("feature.used", {"feature": "api"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered"
+    first, second = receiver.requests
+    # The schedule says 0.05 s; the server asked for 1 s, and got at least that.
+    assert second.at - first.at >= 0.95
+
+
+async def test_timeout_counts_as_failure(server: RunningServer, receiver: Receiver) -> None:
+    receiver.plan = [Reply(status=200, delay=1.5)]
+    await server.apply(webhook_pipeline(receiver.url, timeout=0.5))
+    _, body = await server.ingest("feature.used", {"feature": "api"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered"
+    assert "timed out" in d["attempts"][0]["error"]
+    assert d["attempts"][1]["status_code"] == 200
+
+
+async def test_connection_refused_is_retried_then_dead(server: RunningServer) -> None:
+    await server.apply(webhook_pipeline("http://127.0.0.1:9", retry={"schedule": [0, 0.01]}))
+    _, body = await server.ingest("feature.used", {"feature": "api"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "dead"
+    assert all("connection error" in a["error"] for a in d["attempts"])
+
+
+async def test_when_conditions_fan_out(server: RunningServer, receiver: Receiver) -> None:
+    doc = {
+        "pipelines": [
+            {
+                "name": "plans",
+                "source": {"match": ["feature.used"]},
+                "destinations": [
+                    {"webhook.out": {"url": receiver.url + "/free", "when": 'plan = "free"'}},
+                    {"webhook.out": {"url": receiver.url + "/all"}},
+                ],
+            }
+        ]
+    }
+    await server.apply(doc)
+    await server.ingest("feature.used", {"plan": "free"})
+    await server.ingest("feature.used", {"plan": "pro"})
+    await wait_for(lambda: _count(receiver, 3))
+    await asyncio.sleep(0.1)  # nothing more arrives
+    paths = sorted(r.path for r in receiver.requests)
+    assert paths == ["/all", "/all", "/free"]
+
+
+async def _count(receiver: Receiver, n: int) -> bool:
+    return len(receiver.requests) >= n

@@ -1,0 +1,100 @@
+"""Test databases: a migrated template per session, copied per test (fast), on both backends.
+
+PostgreSQL tests need INGESTLAYER_TEST_PG_URL (default: the local server). With CI=true a missing
+PostgreSQL is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingestlayer.store.migrate import upgrade
+
+PG_URL = os.environ.get("INGESTLAYER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _pg_base() -> str:
+    return PG_URL.rsplit("/", 1)[0]
+
+
+async def _pg_exec(sql: str) -> None:
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def pg_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    try:
+        asyncio.run(_pg_exec("SELECT 1"))
+    except Exception as exc:
+        return f"PostgreSQL at {PG_URL} is not reachable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def require_pg() -> None:
+    reason = pg_available()
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true requires PostgreSQL: {reason}")
+    pytest.skip(reason)
+
+
+class PgTemplates:
+    """One migrated template database per session; each test gets a fresh copy of it."""
+
+    def __init__(self) -> None:
+        self.template = f"il_tmpl_{uuid.uuid4().hex[:10]}"
+        self.created: list[str] = []
+        self._ready = False
+
+    def ensure_template(self) -> None:
+        if self._ready:
+            return
+        asyncio.run(_pg_exec(f'CREATE DATABASE "{self.template}"'))
+        upgrade(f"{_pg_base()}/{self.template}")
+        self._ready = True
+
+    def new_database(self) -> str:
+        self.ensure_template()
+        name = f"il_t_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        self.created.append(name)
+        return f"{_pg_base()}/{name}"
+
+    def drop_all(self) -> None:
+        async def run() -> None:
+            conn = await asyncpg.connect(PG_URL, timeout=5)
+            try:
+                for name in [*self.created, self.template] if self._ready else self.created:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+
+class SqliteTemplates:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.template = root / "template.db"
+        self._ready = False
+
+    def new_database(self) -> str:
+        if not self._ready:
+            upgrade(f"sqlite:///{self.template}")
+            self._ready = True
+        path = self.root / f"t_{uuid.uuid4().hex[:12]}.db"
+        shutil.copyfile(self.template, path)
+        return f"sqlite:///{path}"

@@ -1,0 +1,85 @@
+"""A real HTTP receiver on 127.0.0.1 for delivery tests.
+
+It records every request (headers and raw body) and answers from a programmable plan: a list of
+status codes consumed one per request (then ``default``), optional delays, and extra headers
+such as ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ingestlayer.sdk.webhooks import verify
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    def verify(self, secret: str, tolerance: int = 300) -> Any:
+        return verify(secret, self.headers, self.body, tolerance=tolerance)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b'{"received": true}'
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.plan: list[Reply] = []
+        self.default = Reply()
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self.arrived = asyncio.Event()
+
+    def fail_times(self, n: int, status: int = 500) -> None:
+        self.plan = [Reply(status=status) for _ in range(n)]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Received(request.path, dict(request.headers), body, time.time()))
+        self.arrived.set()
+        reply = self.plan.pop(0) if self.plan else self.default
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return web.Response(
+            status=reply.status, body=reply.body, headers=reply.headers, content_type="application/json"
+        )
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def by_delivery(self) -> dict[str, list[Received]]:
+        out: dict[str, list[Received]] = {}
+        for r in self.requests:
+            out.setdefault(r.headers.get("X-Ingestlayer-Delivery", ""), []).append(r)
+        return out
