@@ -8,7 +8,9 @@ idle system delivers without waiting for a poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache
@@ -20,6 +22,8 @@ from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer")
+
+RETENTION_INTERVAL_SECONDS = 600.0
 
 
 class Runtime:
@@ -49,9 +53,28 @@ class Runtime:
         if self.run_worker:
             self._tasks.append(asyncio.create_task(self.router.run(self.stop), name="router"))
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self.stop), name="dispatcher"))
+            if self.settings.retention_days > 0:
+                self._tasks.append(asyncio.create_task(self._retention(), name="retention"))
         log.info(
             "ingestlayer started (api=%s worker=%s, %s)", self.run_api, self.run_worker, self.store.dialect
         )
+
+    async def _retention(self) -> None:
+        """Purge events (with their finished deliveries and attempts) past the retention age."""
+        while not self.stop.is_set():
+            cutoff = time.time() - self.settings.retention_days * 86400
+            try:
+                removed = await self.store.purge_older_than(cutoff)
+                if removed:
+                    log.info(
+                        "retention purged %d events older than %.1f days",
+                        removed,
+                        self.settings.retention_days,
+                    )
+            except Exception:
+                log.exception("retention purge failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), RETENTION_INTERVAL_SECONDS)
 
     async def shutdown(self) -> None:
         """Stop taking work, commit queued events, let in-flight attempts finish, close."""
