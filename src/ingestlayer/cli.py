@@ -197,9 +197,12 @@ def apply(
     result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
     for change in result["changes"]:
         colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")
-        out.print(
-            f"[{colour}]{change['action']:>9}[/{colour}] {change['kind']} {change['name']}", highlight=False
-        )
+        line = f"[{colour}]{change['action']:>9}[/{colour}] {change['kind']} {change['name']}"
+        if change.get("ingress_path"):
+            local = _settings(database_url)
+            base = url or local.public_url or f"http://{local.host}:{local.port}"
+            line += f"  ingress: {base.rstrip('/')}{change['ingress_path']}"
+        out.print(line, highlight=False)
         if dry_run and change["diff"]:
             out.print(change["diff"], highlight=False, markup=False)
     summary = ", ".join(f"{n} {a}" for a, n in sorted(result["summary"].items())) or "nothing to do"

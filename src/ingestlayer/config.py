@@ -36,6 +36,8 @@ class Settings:
     database_url: str = DEFAULT_SQLITE_URL
     host: str = "127.0.0.1"
     port: int = 8000
+    # The address senders use to reach this server (printed with ingress URLs).
+    public_url: str | None = None
     # Outbound requests to private/loopback/link-local addresses are refused unless allowed,
     # so one tenant cannot probe the operator's internal network.
     allow_private_destinations: bool = False
@@ -68,6 +70,7 @@ class Settings:
             database_url=os.environ.get("INGESTLAYER_DATABASE_URL") or DEFAULT_SQLITE_URL,
             host=os.environ.get("INGESTLAYER_HOST") or "127.0.0.1",
             port=_env_int("INGESTLAYER_PORT", 8000),
+            public_url=os.environ.get("INGESTLAYER_PUBLIC_URL") or None,
             allow_private_destinations=_env_bool("INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS", False),
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,
             secret_key_file=os.environ.get("INGESTLAYER_SECRET_KEY_FILE") or "./ingestlayer.key",

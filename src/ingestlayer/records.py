@@ -114,6 +114,16 @@ class PipelineRow:
 
 
 @dataclass(slots=True)
+class SourceRow:
+    id: str
+    project_id: str
+    name: str
+    config: dict[str, Any]
+    enabled: bool
+    updated_at: float
+
+
+@dataclass(slots=True)
 class ProjectConfig:
     """Everything the router needs to route a project's events, at one config version."""
 
@@ -121,3 +131,4 @@ class ProjectConfig:
     version: int
     pipelines: list[PipelineRow] = field(default_factory=list)
     destinations: dict[str, DestinationRow] = field(default_factory=dict)
+    sources: dict[str, SourceRow] = field(default_factory=dict)

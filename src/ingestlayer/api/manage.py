@@ -41,7 +41,18 @@ async def run_apply(rt: Any, project_id: str, document: Any, *, dry_run: bool, p
         "dry_run": dry_run,
         "summary": p.summary(),
         "changes": [
-            {"action": c.action, "kind": c.kind, "name": c.name, "id": c.id, "diff": c.diff}
+            {
+                "action": c.action,
+                "kind": c.kind,
+                "name": c.name,
+                "id": c.id,
+                "diff": c.diff,
+                **(
+                    {"ingress_path": f"/v1/ingress/{c.id}"}
+                    if c.kind == "source" and c.action != "delete"
+                    else {}
+                ),
+            }
             for c in p.changes
         ],
     }

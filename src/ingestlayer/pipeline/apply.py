@@ -23,7 +23,7 @@ Action = Literal["create", "update", "unchanged", "delete"]
 @dataclass
 class Change:
     action: Action
-    kind: Literal["pipeline", "destination"]
+    kind: Literal["pipeline", "destination", "source"]
     name: str
     id: str
     diff: str = ""
@@ -37,6 +37,8 @@ class Plan:
     pipeline_rows: list[dict[str, Any]] = field(default_factory=list)
     delete_pipeline_ids: list[str] = field(default_factory=list)
     delete_destination_ids: list[str] = field(default_factory=list)
+    source_rows: list[dict[str, Any]] = field(default_factory=list)
+    delete_source_ids: list[str] = field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -103,7 +105,29 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
         if action != "unchanged":
             out.pipeline_rows.append({"id": pid, "name": p.name, "config": new_cfg, "enabled": p.enabled})
 
+    src_by_name = {s.name: s for s in current.sources.values()}
+    for src in cfg.sources:
+        old_s = src_by_name.get(src["name"])
+        sid = old_s.id if old_s else new_id("src")
+        if old_s is None:
+            action = "create"
+        elif old_s.config == src:
+            action = "unchanged"
+        else:
+            action = "update"
+        diff = _diff(src["name"], old_s.config if old_s else None, src) if action != "unchanged" else ""
+        out.changes.append(Change(action, "source", src["name"], sid, diff))
+        if action != "unchanged":
+            out.source_rows.append({"id": sid, "name": src["name"], "config": src, "enabled": src["enabled"]})
+
     if prune:
+        keep_s = {s["name"] for s in cfg.sources}
+        for old_s in current.sources.values():
+            if old_s.name not in keep_s:
+                out.changes.append(
+                    Change("delete", "source", old_s.name, old_s.id, _diff(old_s.name, old_s.config, None))
+                )
+                out.delete_source_ids.append(old_s.id)
         keep_p = {p.name for p in cfg.pipelines}
         for old_p in current.pipelines:
             if old_p.name not in keep_p and not old_p.endpoint:
@@ -133,4 +157,6 @@ async def apply_plan(store: Store, p: Plan) -> None:
         p.pipeline_rows,
         delete_pipeline_ids=p.delete_pipeline_ids,
         delete_destination_ids=p.delete_destination_ids,
+        upsert_sources=p.source_rows,
+        delete_source_ids=p.delete_source_ids,
     )

@@ -16,7 +16,7 @@ from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.destinations.registry import DESTINATIONS, parse_destination_config
 from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
-from ingestlayer.pipeline.steps.registry import parse_step_config
+from ingestlayer.pipeline.steps.registry import parse_step_config, step_class
 
 META_KEYS = ("name", "when", "retry", "ref")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$"
@@ -188,6 +188,8 @@ def parse_step(path: str, raw: Any) -> dict[str, Any]:
     ((name, cfg),) = raw.items()
     try:
         model = parse_step_config(str(name), cfg)
+        # Build the step as the router will, so its expressions are compiled (and rejected) now.
+        step_class(str(name))(model)
     except ValueError as exc:
         if isinstance(exc, ValidationError):
             loc, msg = _pydantic_message(exc)
@@ -241,11 +243,19 @@ def parse_config(doc: Any) -> ConfigFile:
     unknown = sorted(set(doc) - {"pipelines", "destinations", "sources"})
     if unknown:
         raise ConfigError(unknown[0], "unknown top-level key (expected pipelines, destinations, sources)")
+    for key in ("pipelines", "destinations", "sources"):
+        if doc.get(key) is not None and not isinstance(doc[key], list):
+            raise ConfigError(key, "must be a list")
     out = ConfigFile()
     named: dict[str, DestinationSpec] = {}
     for i, raw in enumerate(doc.get("destinations") or []):
         spec, _, _ = parse_destination_entry(f"destinations[{i}]", raw, None)
-        assert spec is not None
+        if spec is None:
+            raise ConfigError(
+                f"destinations[{i}].ref",
+                "`ref` belongs in a pipeline's destinations; a named destination needs a kind "
+                "such as webhook.out",
+            )
         if spec.name in named:
             raise ConfigError(f"destinations[{i}].name", f"duplicate destination name {spec.name!r}")
         named[spec.name] = spec
@@ -262,5 +272,17 @@ def parse_config(doc: Any) -> ConfigFile:
             named[spec.name] = spec
             out.destinations.append(spec)
         out.pipelines.append(pipeline)
-    out.sources = list(doc.get("sources") or [])
+    from ingestlayer.sources.config import SourceConfig
+
+    names: set[str] = set()
+    for i, raw in enumerate(doc.get("sources") or []):
+        try:
+            src = SourceConfig.model_validate(raw)
+        except ValidationError as exc:
+            loc, msg = _pydantic_message(exc)
+            raise ConfigError(f"sources[{i}].{loc}" if loc else f"sources[{i}]", msg) from None
+        if src.name in names:
+            raise ConfigError(f"sources[{i}].name", f"duplicate source name {src.name!r}")
+        names.add(src.name)
+        out.sources.append(src.model_dump(mode="json"))
     return out

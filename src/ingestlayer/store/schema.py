@@ -180,3 +180,17 @@ attempts = Table(
     Index("ix_attempts_delivery_id_n", "delivery_id", "n"),
     Index("ix_attempts_project_started", "project_id", "started_at"),
 )
+
+# Signed webhook ingress: a third party POSTs to /v1/ingress/{id}; the id is global.
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("config", Text, nullable=False),  # canonical JSON; the secret only as env:/ref:
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    UniqueConstraint("project_id", "name", name="uq_sources_project_name"),
+)

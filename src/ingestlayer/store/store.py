@@ -29,6 +29,7 @@ from ingestlayer.records import (
     PipelineRow,
     ProjectConfig,
     RouteLease,
+    SourceRow,
     StoredEvent,
 )
 from ingestlayer.store.db import Engines, create_engines
@@ -42,6 +43,7 @@ from ingestlayer.store.schema import (
     projects,
     route_jobs,
     secrets,
+    sources,
 )
 from ingestlayer.timefmt import iso
 
@@ -84,6 +86,17 @@ def _pipeline_from_row(row: Any) -> PipelineRow:
         endpoint=bool(row.endpoint),
         enabled=bool(row.enabled),
         created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _source_from_row(row: Any) -> SourceRow:
+    return SourceRow(
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        config=orjson.loads(row.config),
+        enabled=bool(row.enabled),
         updated_at=row.updated_at,
     )
 
@@ -439,12 +452,20 @@ class Store:
                 select(pipelines).where(pipelines.c.project_id == project_id).order_by(pipelines.c.name)
             )
             drow = await conn.execute(select(destinations).where(destinations.c.project_id == project_id))
+            srow = await conn.execute(select(sources).where(sources.c.project_id == project_id))
             return ProjectConfig(
                 project_id=project_id,
                 version=int(version),
                 pipelines=[_pipeline_from_row(r) for r in prow],
                 destinations={r.id: _destination_from_row(r) for r in drow},
+                sources={r.id: _source_from_row(r) for r in srow},
             )
+
+    async def get_source(self, source_id: str) -> SourceRow | None:
+        """A source by its global id (the ingress URL carries no key)."""
+        async with self.engines.read.connect() as conn:
+            row = (await conn.execute(select(sources).where(sources.c.id == source_id))).first()
+            return _source_from_row(row) if row else None
 
     async def _bump_config(self, conn: AsyncConnection, project_id: str) -> None:
         await conn.execute(
@@ -460,6 +481,8 @@ class Store:
         upsert_pipelines: Sequence[dict[str, Any]],
         delete_pipeline_ids: Sequence[str] = (),
         delete_destination_ids: Sequence[str] = (),
+        upsert_sources: Sequence[dict[str, Any]] = (),
+        delete_source_ids: Sequence[str] = (),
     ) -> None:
         """Create/update/delete pipelines and destinations in one transaction.
 
@@ -520,6 +543,31 @@ class Store:
                             updated_at=now,
                         )
                     )
+            for src in upsert_sources:
+                cfg = orjson.dumps(src["config"], option=orjson.OPT_SORT_KEYS).decode()
+                res = await conn.execute(
+                    update(sources)
+                    .where(sources.c.project_id == project_id, sources.c.id == src["id"])
+                    .values(name=src["name"], config=cfg, enabled=src.get("enabled", True), updated_at=now)
+                )
+                if res.rowcount == 0:
+                    await conn.execute(
+                        insert(sources).values(
+                            id=src["id"],
+                            project_id=project_id,
+                            name=src["name"],
+                            config=cfg,
+                            enabled=src.get("enabled", True),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            if delete_source_ids:
+                await conn.execute(
+                    delete(sources).where(
+                        sources.c.project_id == project_id, sources.c.id.in_(list(delete_source_ids))
+                    )
+                )
             if delete_pipeline_ids:
                 await conn.execute(
                     delete(pipelines).where(

@@ -1,0 +1,125 @@
+"""A source's configuration: how to verify a sender and where the event type and key come from.
+
+Example::
+
+    sources:
+      - name: stripe
+        verify: stripe                 # stripe | github | standard-webhooks | hmac-sha256 | none
+        secret: ref:stripe-signing     # the endpoint's signing secret (ref:NAME or env:VAR)
+      - name: github
+        verify: github
+        secret: env:GITHUB_WEBHOOK_SECRET
+        type_prefix: github.           # push → github.push
+      - name: billing
+        verify: hmac-sha256
+        secret: ref:billing
+        header: X-Billing-Signature
+        encoding: base64
+        timestamp_header: X-Billing-Timestamp
+        event_type: body:event
+        idempotency_key: header:X-Billing-Id
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ingestlayer.destinations.webhook_out import is_secret_reference
+from ingestlayer.pipeline.config import NAME_RE
+
+Scheme = Literal["stripe", "github", "standard-webhooks", "hmac-sha256", "none"]
+
+# Where each scheme's senders put the event type and a unique delivery id.
+DEFAULT_TYPE = {
+    "stripe": "body:type",
+    "github": "header:X-GitHub-Event",
+    "standard-webhooks": "body:type",
+    "hmac-sha256": "body:type",
+    "none": "body:type",
+}
+DEFAULT_KEY: dict[str, str | None] = {
+    "stripe": "body:id",
+    "github": "header:X-GitHub-Delivery",
+    "standard-webhooks": "header:webhook-id",
+    "hmac-sha256": None,
+    "none": None,
+}
+
+
+def _check_locator(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    kind, _, rest = value.partition(":")
+    if kind not in ("body", "header", "const") or not rest:
+        raise ValueError(f"{field} must be body:<path>, header:<Name> or const:<value>")
+    return value
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_RE, description="Unique within the project; becomes the event's source.")
+    verify: Scheme = Field(description="How requests are authenticated.")
+    secret: str | None = Field(default=None, description="ref:NAME or env:VAR; required unless verify: none.")
+    tolerance: int = Field(default=300, ge=1, le=86400, description="Seconds a signed timestamp may be off.")
+    header: str | None = Field(default=None, description="hmac-sha256: the signature header.")
+    encoding: Literal["hex", "base64"] = Field(default="hex", description="hmac-sha256: signature encoding.")
+    prefix: str = Field(default="", description="hmac-sha256: a prefix before the signature, e.g. sha256=.")
+    timestamp_header: str | None = Field(default=None, description="hmac-sha256: signs '<timestamp>.<body>'.")
+    event_type: str | None = Field(
+        default=None, description="Where the type is: body:<path>, header:<Name>, const:<type>."
+    )
+    idempotency_key: str | None = Field(
+        default=None, description="Where a unique id is: body:<path> or header:<Name>."
+    )
+    type_prefix: str = Field(default="", max_length=50, description="Prepended to the type, e.g. 'github.'.")
+    enabled: bool = True
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        if v is not None and not is_secret_reference(v):
+            raise ValueError("secret must be a reference, `ref:NAME` or `env:VAR`, never the secret itself")
+        return v
+
+    @model_validator(mode="after")
+    def _rules(self) -> SourceConfig:
+        if self.verify != "none" and not self.secret:
+            raise ValueError(f"verify: {self.verify} needs a secret")
+        hmac_only = {
+            "header": self.header,
+            "timestamp_header": self.timestamp_header,
+            "prefix": self.prefix or None,
+        }
+        if self.verify != "hmac-sha256":
+            extra = [k for k, v in hmac_only.items() if v]
+            if extra:
+                raise ValueError(f"{extra[0]} applies only to verify: hmac-sha256")
+        _check_locator(self.event_type, "event_type")
+        _check_locator(self.idempotency_key, "idempotency_key")
+        return self
+
+    def type_locator(self) -> str:
+        return self.event_type or DEFAULT_TYPE[self.verify]
+
+    def key_locator(self) -> str | None:
+        return self.idempotency_key or DEFAULT_KEY[self.verify]
+
+
+def locate(locator: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> Any:
+    """Read ``body:a.b``, ``header:Name`` or ``const:value``; None when absent."""
+    kind, _, rest = locator.partition(":")
+    if kind == "const":
+        return rest
+    if kind == "header":
+        lname = rest.lower()
+        return next((v for k, v in headers.items() if k.lower() == lname), None)
+    node: Any = body
+    for part in rest.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node

@@ -1,0 +1,245 @@
+"""Signed webhook ingress: Stripe, GitHub, Standard Webhooks and generic HMAC senders.
+
+Requests are signed with the senders' own libraries where they exist (``stripe``,
+``standardwebhooks``) and by the documented algorithm where they do not (GitHub).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+import stripe
+from standardwebhooks import Webhook
+
+from tests.support.receiver import Receiver
+from tests.support.server import RunningServer, wait_for
+
+STRIPE_SECRET = "whsec_stripe_test_secret_1234567890"
+GITHUB_SECRET = "It's a Secret to Everybody"
+STANDARD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+HMAC_SECRET = "billing-shared-secret"
+
+STRIPE_EVENT = {
+    "id": "evt_1PxStripe",
+    "object": "event",
+    "type": "invoice.payment_failed",
+    "data": {"object": {"id": "in_123", "amount_due": 12000, "customer": "cus_9"}},
+}
+
+
+async def configure(server: RunningServer, receiver: Receiver) -> dict[str, str]:
+    await server.set_secret("stripe", STRIPE_SECRET)
+    await server.set_secret("github", GITHUB_SECRET)
+    await server.set_secret("standard", STANDARD_SECRET)
+    await server.set_secret("billing", HMAC_SECRET)
+    result = await server.apply(
+        {
+            "sources": [
+                {"name": "stripe", "verify": "stripe", "secret": "ref:stripe"},
+                {"name": "github", "verify": "github", "secret": "ref:github", "type_prefix": "github."},
+                {"name": "std", "verify": "standard-webhooks", "secret": "ref:standard"},
+                {
+                    "name": "billing",
+                    "verify": "hmac-sha256",
+                    "secret": "ref:billing",
+                    "header": "X-Billing-Signature",
+                    "encoding": "base64",
+                    "prefix": "sha256=",
+                    "timestamp_header": "X-Billing-Timestamp",
+                    "event_type": "body:event",
+                    "idempotency_key": "header:X-Billing-Id",
+                },
+                {"name": "open", "verify": "none"},
+            ],
+            "pipelines": [
+                {
+                    "name": "all-inbound",
+                    "source": {"match": ["*"]},
+                    "destinations": [{"webhook.out": {"url": receiver.url + "/in"}}],
+                }
+            ],
+        }
+    )
+    paths = {c["name"]: c["ingress_path"] for c in result["changes"] if c["kind"] == "source"}
+    assert set(paths) == {"stripe", "github", "std", "billing", "open"}
+    return paths
+
+
+async def post(server: RunningServer, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    async with server.session.post(server.url + path, data=body, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_stripe_signed_event_is_accepted_deduplicated_and_routed(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    paths = await configure(server, receiver)
+    body = orjson.dumps(STRIPE_EVENT)
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
+    status, first = await post(server, paths["stripe"], body, {"Stripe-Signature": header})
+    assert status == 202, first
+    # Stripe retries with the same event id: stored once, routed once.
+    status, again = await post(server, paths["stripe"], body, {"Stripe-Signature": header})
+    assert status == 200 and again == {"id": first["id"], "duplicate": True}
+    status, event = await server.request("GET", f"/v1/events/{first['id']}")
+    assert event["type"] == "invoice.payment_failed"
+    assert event["source"] == "stripe"
+    assert event["payload"] == STRIPE_EVENT
+    await wait_for(lambda: _arrived(receiver, 1))
+    assert receiver.requests[0].json()["payload"]["data"]["object"]["id"] == "in_123"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda b, h: (b + b" ", h), "no Stripe-Signature v1 signature matches"),
+        (lambda b, h: (b, {}), "missing Stripe-Signature header"),
+        (lambda b, h: (b, {"Stripe-Signature": "garbage"}), "malformed Stripe-Signature"),
+        (
+            lambda b, h: (
+                b,
+                {
+                    "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(
+                        b.decode(), STRIPE_SECRET, timestamp=int(time.time()) - 600
+                    )
+                },
+            ),
+            "timestamp is 600 s off",
+        ),
+        (
+            lambda b, h: (
+                b,
+                {
+                    "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(
+                        b.decode(), "whsec_wrong"
+                    )
+                },
+            ),
+            "no Stripe-Signature v1 signature matches",
+        ),
+    ],
+)
+async def test_stripe_bad_signatures_get_401_with_the_reason(
+    server: RunningServer, receiver: Receiver, mutate: Any, reason: str
+) -> None:
+    paths = await configure(server, receiver)
+    body = orjson.dumps(STRIPE_EVENT)
+    header = {
+        "Stripe-Signature": stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
+    }
+    bad_body, bad_headers = mutate(body, header)
+    status, err = await post(server, paths["stripe"], bad_body, bad_headers)
+    assert status == 401
+    assert err["error"]["code"] == "invalid_signature"
+    assert reason in err["error"]["message"]
+    status, listed = await server.request("GET", "/v1/events")
+    assert listed["data"] == []  # nothing stored
+
+
+async def test_github_signature_type_and_delivery_id(server: RunningServer, receiver: Receiver) -> None:
+    paths = await configure(server, receiver)
+    body = b'{"ref":"refs/heads/main","commits":[]}'
+    sig = "sha256=" + hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "X-GitHub-Delivery": "72d3162e-cc78"}
+    status, first = await post(server, paths["github"], body, headers)
+    assert status == 202
+    status, again = await post(server, paths["github"], body, headers)
+    assert status == 200 and again["duplicate"] is True
+    _, event = await server.request("GET", f"/v1/events/{first['id']}")
+    assert event["type"] == "github.push"
+    assert event["idempotency_key"] == "github:72d3162e-cc78"
+    headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+    status, err = await post(server, paths["github"], body, headers)
+    assert status == 401 and "does not match" in err["error"]["message"]
+
+
+async def test_standard_webhooks_signed_by_the_reference_library(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    paths = await configure(server, receiver)
+    body = '{"type":"invoice.paid","data":{"invoiceId":"inv_1"}}'
+    now = datetime.now(UTC)
+    sig = Webhook(STANDARD_SECRET).sign("msg_2Lh9", now, body)
+    headers = {
+        "webhook-id": "msg_2Lh9",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sig,
+    }
+    status, first = await post(server, paths["std"], body.encode(), headers)
+    assert status == 202, first
+    _, event = await server.request("GET", f"/v1/events/{first['id']}")
+    assert event["type"] == "invoice.paid" and event["idempotency_key"] == "std:msg_2Lh9"
+    stale = datetime.fromtimestamp(time.time() - 400, UTC)
+    headers.update(
+        {
+            "webhook-timestamp": str(int(stale.timestamp())),
+            "webhook-signature": Webhook(STANDARD_SECRET).sign("msg_2Lh9", stale, body),
+        }
+    )
+    status, err = await post(server, paths["std"], body.encode(), headers)
+    assert status == 401 and "off (tolerance 300 s)" in err["error"]["message"]
+
+
+async def test_generic_hmac_with_timestamp_header(server: RunningServer, receiver: Receiver) -> None:
+    paths = await configure(server, receiver)
+    body = b'{"event":"subscription.suspended","data":{"subscriptionId":"sub_1"}}'
+    ts = str(int(time.time()))
+    digest = hmac.new(HMAC_SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).digest()
+    headers = {
+        "X-Billing-Signature": "sha256=" + base64.b64encode(digest).decode(),
+        "X-Billing-Timestamp": ts,
+        "X-Billing-Id": "b-77",
+    }
+    status, first = await post(server, paths["billing"], body, headers)
+    assert status == 202, first
+    _, event = await server.request("GET", f"/v1/events/{first['id']}")
+    assert event["type"] == "subscription.suspended"
+    headers["X-Billing-Timestamp"] = str(int(ts) + 1)  # the timestamp is signed too
+    status, _ = await post(server, paths["billing"], body, headers)
+    assert status == 401
+
+
+async def test_unsigned_source_bad_bodies_and_unknown_source(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    paths = await configure(server, receiver)
+    status, _ = await post(server, paths["open"], b'{"type":"form.submitted","email":"a@b.co"}', {})
+    assert status == 202
+    status, err = await post(server, paths["open"], b"not json", {})
+    assert status == 400 and err["error"]["code"] == "invalid_json"
+    status, err = await post(server, paths["open"], b'{"no_type": 1}', {})
+    assert status == 422 and err["error"]["field"] == "body:type"
+    status, err = await post(server, "/v1/ingress/src_doesnotexist", b"{}", {})
+    assert status == 404
+    status, err = await post(server, paths["open"], b'{"type":"x","pad":"' + b"a" * 300_000 + b'"}', {})
+    assert status == 413
+
+
+async def test_sources_are_listed_with_ingress_paths_and_never_show_secrets(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    paths = await configure(server, receiver)
+    status, body = await server.request("GET", "/v1/sources")
+    assert status == 200
+    listed = {s["name"]: s for s in body["data"]}
+    assert listed["stripe"]["ingress_path"] == paths["stripe"]
+    raw = orjson.dumps(body).decode()
+    for secret in (STRIPE_SECRET, GITHUB_SECRET, STANDARD_SECRET, HMAC_SECRET):
+        assert secret not in raw
+    status, err = await server.request(
+        "POST", "/v1/sources", json={"name": "bad", "verify": "stripe", "secret": "whsec_inline"}
+    )
+    assert status == 422 and "reference" in err["error"]["message"]
+    status, err = await server.request("POST", "/v1/sources", json={"name": "bad", "verify": "github"})
+    assert status == 422 and "needs a secret" in err["error"]["message"]
+
+
+async def _arrived(receiver: Receiver, n: int) -> bool:
+    return len(receiver.requests) >= n
