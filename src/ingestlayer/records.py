@@ -45,6 +45,7 @@ class RouteLease:
 
     token: float
     events: list[StoredEvent]
+    attempts: dict[str, int] = field(default_factory=dict)  # routing attempts, this one included
 
 
 @dataclass(slots=True)

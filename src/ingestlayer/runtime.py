@@ -17,6 +17,7 @@ from ingestlayer.api.auth import KeyCache
 from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
+from ingestlayer.delivery.step_services import build_services
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.store import Store
@@ -36,7 +37,10 @@ class Runtime:
         self.keys = KeyCache(self.store)
         self.stop = asyncio.Event()
         self.dispatcher = Dispatcher(self.store, settings, self.box)
-        self.router = Router(self.store, settings, on_routed=self._routed)
+        services, self._step_http = build_services(
+            self.store, self.dispatcher.resolver, self.dispatcher.egress
+        )
+        self.router = Router(self.store, settings, on_routed=self._routed, services=services)
         self.committer = GroupCommitter(self.store.insert_events, max_batch=settings.ingest_batch_max)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -82,5 +86,6 @@ class Runtime:
         await self.committer.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._step_http.close()
         await self.store.close()
         log.info("ingestlayer stopped")

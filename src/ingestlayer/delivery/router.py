@@ -13,14 +13,20 @@ from collections.abc import Callable
 from typing import Any
 
 from ingestlayer.config import Settings
-from ingestlayer.pipeline.runner import CompiledProject, compile_project, route_event
+from ingestlayer.pipeline.event import StepServices
+from ingestlayer.pipeline.runner import CompiledProject, StepRetry, compile_project, route_event
 from ingestlayer.records import NewDelivery, RouteLease
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer.router")
 
-# Back-off for an event whose routing raised: it stays queued and is tried again.
-ROUTE_RETRY_DELAY = 5.0
+# Back-off for an event whose routing failed (a step with on_error: retry, or a bug): it stays
+# queued and is tried again after these delays, by routing attempt.
+ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
+
+
+def retry_delay(attempt: int) -> float:
+    return ROUTE_RETRY_DELAYS[max(1, min(attempt, len(ROUTE_RETRY_DELAYS))) - 1]
 
 
 class ConfigCache:
@@ -47,10 +53,15 @@ class ConfigCache:
 
 class Router:
     def __init__(
-        self, store: Store, settings: Settings, on_routed: Callable[[int], None] | None = None
+        self,
+        store: Store,
+        settings: Settings,
+        on_routed: Callable[[int], None] | None = None,
+        services: StepServices | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.services = services
         self.configs = ConfigCache(store)
         self._on_routed = on_routed
         self.wake = asyncio.Event()
@@ -65,32 +76,33 @@ class Router:
         projects = await self.configs.get_many({e.project_id for e in lease.events})
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
-        failed: dict[str, str] = {}
+        failed: dict[str, float] = {}
         for ev in lease.events:
             compiled = projects.get(ev.project_id)
             if compiled is None:  # project deleted: nothing to route to
-                traces[ev.id] = []
                 continue
+            attempt = lease.attempts.get(ev.id, 1)
             try:
-                dels, trace = await route_event(compiled, ev)
-            except Exception as exc:
+                dels, trace = await route_event(compiled, ev, self.services, attempt)
+            except StepRetry as exc:
+                log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
+                failed[ev.id] = retry_delay(attempt)
+                continue
+            except Exception:
                 log.exception("routing event %s failed; it will be retried", ev.id)
-                failed[ev.id] = f"{type(exc).__name__}: {exc}"
+                failed[ev.id] = retry_delay(attempt)
                 continue
             new.extend(dels)
             if trace:
                 traces[ev.id] = trace
         if failed:
-            await self._defer(lease, failed)
-            lease = RouteLease(lease.token, [e for e in lease.events if e.id not in failed])
+            await self.store.defer_route_jobs(lease, failed)
+            lease = RouteLease(lease.token, [e for e in lease.events if e.id not in failed], lease.attempts)
         if lease.events:
             created = await self.store.complete_routing(lease, new, traces)
             if self._on_routed is not None and created:
                 self._on_routed(created)
         return len(lease.events) + len(failed)
-
-    async def _defer(self, lease: RouteLease, failed: dict[str, str]) -> None:
-        await self.store.defer_route_jobs(lease, failed, ROUTE_RETRY_DELAY)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -84,14 +84,20 @@ class WebhookOutConfig(BaseModel):
             raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
         return v
 
-    @model_validator(mode="after")
-    def _secret(self) -> WebhookOutConfig:
-        refs = [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
-        for ref in refs:
+    @field_validator("secret")
+    @classmethod
+    def _secret_refs(cls, v: str | list[str] | None) -> str | list[str] | None:
+        # A field validator, so the error names `…secret`, the field to fix.
+        for ref in [v] if isinstance(v, str) else list(v or []):
             if not is_secret_reference(ref):
                 raise ValueError(
                     "secret must be a reference, `ref:NAME` or `env:VAR`, never the secret itself"
                 )
+        return v
+
+    @model_validator(mode="after")
+    def _secret(self) -> WebhookOutConfig:
+        refs = self.secret_refs()
         if self.auth in ("bearer", "hmac") and not refs:
             raise ValueError(f"auth: {self.auth} needs a secret")
         if self.signing == "standard" and not refs:

@@ -1,11 +1,29 @@
-"""The event as pipeline steps see it, and the step protocol."""
+"""The event as pipeline steps see it, the services they may use, and the step protocol."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from ingestlayer.pipeline.expressions import EvalContext
+from ingestlayer.timefmt import iso
+
+OnError = Literal["skip", "drop", "retry"]
+
+
+class StepConfig(BaseModel):
+    """Fields every step accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_error: OnError = Field(
+        default="skip",
+        description="When the step fails (lookup down, model timeout): skip the step, drop the event, "
+        "or retry the whole event later. The failure is recorded in the event's trace either way.",
+    )
 
 
 @dataclass(slots=True)
@@ -18,8 +36,6 @@ class PipelineEvent:
     payload: dict[str, Any]
 
     def envelope(self) -> dict[str, Any]:
-        from ingestlayer.timefmt import iso
-
         return {
             "id": self.id,
             "type": self.type,
@@ -39,16 +55,40 @@ class Drop:
     reason: str
 
 
+class EntityReader(Protocol):
+    async def get(self, project_id: str, kind: str, entity_id: str) -> dict[str, Any] | None: ...
+
+
+class StepCache(Protocol):
+    async def get(self, project_id: str, key: str) -> str | None: ...
+
+    async def put(self, project_id: str, key: str, value: str, ttl: float | None) -> None: ...
+
+
+@dataclass
+class StepServices:
+    """What steps may use. Steps never reach the database or the network any other way."""
+
+    entities: EntityReader
+    cache: StepCache
+    http: Callable[[], Awaitable[Any]]  # returns the shared aiohttp.ClientSession
+    resolve_secret: Callable[[str, str], Awaitable[str]]
+    allow_private: bool = False
+
+
 @dataclass(slots=True)
 class StepContext:
     project_id: str
     pipeline: str
+    services: StepServices | None = None
+    # Free-form notes a step adds for the trace (e.g. "user u_1 not found").
     notes: list[str] = field(default_factory=list)
 
 
 class Step(Protocol):
     name: ClassVar[str]
     kind: ClassVar[str]  # CTL | ENR | MUT
+    config: StepConfig
 
     async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop: ...
 

@@ -26,7 +26,8 @@ class TypeMatcher:
         wild = [p for p in patterns if "*" in p]
         self._exact = frozenset(exact)
         self._regex = (
-            re.compile("|".join("(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in wild) + r"\Z")
+            # The group keeps the anchor on every alternative, not only the last one.
+            re.compile("(?:" + "|".join(".*".join(map(re.escape, p.split("*"))) for p in wild) + r")\Z")
             if wild
             else None
         )

@@ -2,11 +2,14 @@
 
 A project's configuration is compiled once per config version (expressions parsed, steps
 built) and reused for every event until the configuration changes.
+
+Steps that name ``destinations`` (``redact.pii``) change only the copies of the event those
+destinations receive: the runner keeps a base payload plus one variant per named destination,
+so one event can reach Postgres whole and Slack masked.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import orjson
 
 from ingestlayer.ids import new_id
-from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext
+from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 from ingestlayer.pipeline.matching import TypeMatcher
 from ingestlayer.pipeline.steps.registry import step_class
@@ -23,9 +26,13 @@ from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.router")
 
+# After this many routing attempts a step with on_error: retry is skipped instead, so one
+# broken lookup cannot hold an event back forever; the trace says so.
+MAX_STEP_RETRIES = 8
+
 
 class StepRetry(Exception):
-    """A step asked for the whole event to be routed again later (``on_error: retry``)."""
+    """A step with ``on_error: retry`` failed: route the whole event again later."""
 
 
 @dataclass
@@ -87,10 +94,57 @@ def compile_project(cfg: ProjectConfig) -> CompiledProject:
     return CompiledProject(cfg.project_id, cfg.version, compiled)
 
 
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:
+    """Top-level keys a step added, changed or removed (steps copy what they change)."""
+    added = [k for k in after if k not in before]
+    removed = [k for k in before if k not in after]
+    changed = [k for k in after if k in before and (after[k] is not before[k]) and after[k] != before[k]]
+    return {k: v for k, v in (("added", added), ("changed", changed), ("removed", removed)) if v}
+
+
+async def _run_step(
+    step: Any, event: PipelineEvent, ctx: StepContext, attempt: int
+) -> tuple[PipelineEvent | Drop, dict[str, Any]]:
+    """Run one step under its on_error policy; return the result and its trace entry."""
+    before = event.payload
+    event.payload = dict(before)  # each step starts from its own shallow copy
+    ctx.notes = []
+    entry: dict[str, Any] = {"step": step.name}
+    try:
+        result = await step(event, ctx)
+    except Exception as exc:
+        policy = step.config.on_error
+        reason = f"{type(exc).__name__}: {exc}"
+        entry["error"] = reason
+        event.payload = before
+        if policy == "retry" and attempt < MAX_STEP_RETRIES:
+            raise StepRetry(f"{step.name}: {reason}") from exc
+        if policy == "drop":
+            entry["outcome"] = "dropped"
+            return Drop(f"{step.name} failed: {reason}"), entry
+        entry["outcome"] = "skipped"
+        if policy == "retry":
+            entry["note"] = f"gave up retrying after {attempt} attempts"
+        return event, entry
+    if ctx.notes:
+        entry["notes"] = list(ctx.notes)
+    if isinstance(result, Drop):
+        entry["outcome"] = "dropped"
+        entry["reason"] = result.reason
+        return result, entry
+    diff = _diff(before, result.payload)
+    entry["outcome"] = "changed" if diff else "kept"
+    entry.update(diff)
+    return result, entry
+
+
 async def route_event(
-    project: CompiledProject, stored: StoredEvent
+    project: CompiledProject,
+    stored: StoredEvent,
+    services: StepServices | None = None,
+    attempt: int = 1,
 ) -> tuple[list[NewDelivery], list[dict[str, Any]]]:
-    """Return the deliveries to create for an event, and its trace."""
+    """Return the deliveries to create for an event, and its trace. Raises StepRetry."""
     deliveries: list[NewDelivery] = []
     trace: list[dict[str, Any]] = []
     payload: dict[str, Any] | None = None
@@ -105,39 +159,54 @@ async def route_event(
             occurred_at=stored.occurred_at,
             received_at=stored.received_at,
             source=stored.source,
-            # Each pipeline works on its own copy: one pipeline's steps never leak into another.
-            payload=copy.deepcopy(payload) if pipe.steps else payload,
+            payload=payload,  # never mutated: steps work on copies
         )
         entry: dict[str, Any] = {"pipeline": pipe.name, "pipeline_id": pipe.id, "steps": []}
         trace.append(entry)
-        ctx = StepContext(project_id=project.project_id, pipeline=pipe.name)
-        dropped: str | None = None
+        ctx = StepContext(project_id=project.project_id, pipeline=pipe.name, services=services)
+        variants: dict[str, PipelineEvent] = {}  # destination name → its own copy of the event
+        dropped = False
         for step in pipe.steps:
-            before = event.payload
-            result = await step(event, ctx)
+            scoped = getattr(step.config, "destinations", None)
+            if scoped:
+                for name in scoped:
+                    base = variants.get(name) or PipelineEvent(**{**_fields(event), "payload": event.payload})
+                    result, step_entry = await _run_step(step, base, ctx, attempt)
+                    step_entry["destination"] = name
+                    entry["steps"].append(step_entry)
+                    if isinstance(result, PipelineEvent):
+                        variants[name] = result
+                continue
+            result, step_entry = await _run_step(step, event, ctx, attempt)
+            entry["steps"].append(step_entry)
             if isinstance(result, Drop):
-                dropped = result.reason
-                entry["steps"].append({"step": step.name, "outcome": "dropped", "reason": result.reason})
+                dropped = True
                 break
             event = result
-            entry["steps"].append(
-                {"step": step.name, "outcome": "kept" if event.payload == before else "changed"}
-            )
-        if dropped is not None:
+            for name, variant in list(variants.items()):  # later steps apply to every variant too
+                vres, _ = await _run_step(step, variant, ctx, attempt)
+                if isinstance(vres, PipelineEvent):
+                    variants[name] = vres
+        if dropped:
             entry["outcome"] = "dropped"
             continue
-        body_event = {
-            "id": event.id,
-            "type": event.type,
-            "occurred_at": iso(event.occurred_at),
-            "payload": event.payload,
-        }
-        body = orjson.dumps(body_event).decode()
-        ctx_eval = event.eval_context()
+        bodies: dict[str, str] = {}
         routed = []
+        base_ctx = event.eval_context()
         for route in pipe.routes:
-            if route.when is not None and not route.when(ctx_eval):
+            if route.when is not None and not route.when(base_ctx):
                 continue
+            target = variants.get(route.destination, event)
+            key = route.destination if route.destination in variants else ""
+            if key not in bodies:
+                bodies[key] = orjson.dumps(
+                    {
+                        "id": target.id,
+                        "type": target.type,
+                        "occurred_at": iso(target.occurred_at),
+                        "payload": target.payload,
+                    }
+                ).decode()
             routed.append(route.destination)
             deliveries.append(
                 NewDelivery(
@@ -147,9 +216,19 @@ async def route_event(
                     event_type=stored.type,
                     pipeline_id=pipe.id,
                     destination_id=route.destination_id,
-                    body=body,
+                    body=bodies[key],
                 )
             )
-        entry["outcome"] = "routed"
+        entry["outcome"] = "routed" if routed else "no destination matched"
         entry["destinations"] = routed
     return deliveries, trace
+
+
+def _fields(event: PipelineEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "source": event.source,
+    }

@@ -194,3 +194,25 @@ sources = Table(
     Column("updated_at", Time, nullable=False),
     UniqueConstraint("project_id", "name", name="uq_sources_project_name"),
 )
+
+# The project's entity store (users, accounts, companies, any kind), read by enrich steps.
+entities = Table(
+    "entities",
+    metadata,
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(64), primary_key=True),
+    Column("id", String(255), primary_key=True),
+    Column("traits", Text, nullable=False),  # JSON object
+    Column("updated_at", Time, nullable=False),
+)
+
+# Results of expensive steps (classify, HTTP lookups), keyed by a hash of config and input.
+step_cache = Table(
+    "step_cache",
+    metadata,
+    Column("project_id", String(40), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("expires_at", Time, nullable=True),
+    Column("created_at", Time, nullable=False),
+)

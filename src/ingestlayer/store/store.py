@@ -38,12 +38,14 @@ from ingestlayer.store.schema import (
     attempts,
     deliveries,
     destinations,
+    entities,
     events,
     pipelines,
     projects,
     route_jobs,
     secrets,
     sources,
+    step_cache,
 )
 from ingestlayer.timefmt import iso
 
@@ -316,13 +318,15 @@ class Store:
                 update(route_jobs)
                 .where(route_jobs.c.event_id.in_(due.scalar_subquery()))
                 .values(due_at=token, attempts=route_jobs.c.attempts + 1)
-                .returning(route_jobs.c.event_id)
+                .returning(route_jobs.c.event_id, route_jobs.c.attempts)
             )
-            ids = list(res.scalars().all())
-            if not ids:
+            attempts = {r.event_id: r.attempts for r in res}
+            if not attempts:
                 return RouteLease(token, [])
-            rows = await conn.execute(select(events).where(events.c.id.in_(ids)).order_by(events.c.id))
-            return RouteLease(token, [_event_from_row(r) for r in rows])
+            rows = await conn.execute(
+                select(events).where(events.c.id.in_(list(attempts))).order_by(events.c.id)
+            )
+            return RouteLease(token, [_event_from_row(r) for r in rows], attempts)
 
     async def complete_routing(
         self,
@@ -377,13 +381,15 @@ class Store:
                 )
             return len(rows)
 
-    async def defer_route_jobs(self, lease: RouteLease, event_ids: Iterable[str], delay: float) -> None:
-        """Give leased jobs back to the queue after a failure, to be tried again after ``delay``."""
+    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
+        """Give leased jobs back to the queue after a failure, each due again after its delay."""
+        now = time.time()
         async with self.engines.write.begin() as conn:
             await conn.execute(
                 update(route_jobs)
-                .where(route_jobs.c.event_id.in_(list(event_ids)), route_jobs.c.due_at == lease.token)
-                .values(due_at=time.time() + delay)
+                .where(route_jobs.c.event_id == bindparam("b_id"), route_jobs.c.due_at == lease.token)
+                .values(due_at=bindparam("b_due")),
+                [{"b_id": eid, "b_due": now + delay} for eid, delay in delays.items()],
             )
 
     async def create_test_delivery(self, event: NewEvent, destination_id: str) -> str:
@@ -927,3 +933,113 @@ class Store:
                 await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
                 await conn.execute(delete(events).where(events.c.id.in_(gone)))
                 removed += len(gone)
+
+    # ---- entities ------------------------------------------------------------------------------
+
+    async def upsert_entities(
+        self, project_id: str, items: Sequence[tuple[str, str, dict[str, Any], bool]]
+    ) -> None:
+        """Write entities in one transaction: (kind, id, traits, merge). Merge keeps other traits;
+        a trait set to null is removed."""
+        now = time.time()
+        async with self.engines.write.begin() as conn:
+            keys = {(k, i) for k, i, _, merge in items if merge}
+            existing: dict[tuple[str, str], dict[str, Any]] = {}
+            for kind, group in itertools.groupby(sorted(keys), key=lambda k: k[0]):
+                ids = [i for _, i in group]
+                stmt = self._skip_locked_for_update(
+                    select(entities.c.kind, entities.c.id, entities.c.traits).where(
+                        entities.c.project_id == project_id, entities.c.kind == kind, entities.c.id.in_(ids)
+                    )
+                )
+                for row in await conn.execute(stmt):
+                    existing[(row.kind, row.id)] = orjson.loads(row.traits)
+            final: dict[tuple[str, str], dict[str, Any]] = {}
+            for kind, eid, traits, merge in items:
+                base = (final.get((kind, eid)) or existing.get((kind, eid)) or {}) if merge else {}
+                merged = {**base, **traits}
+                final[(kind, eid)] = {k: v for k, v in merged.items() if v is not None}
+            rows = [
+                {
+                    "project_id": project_id,
+                    "kind": k,
+                    "id": i,
+                    "traits": orjson.dumps(t).decode(),
+                    "updated_at": now,
+                }
+                for (k, i), t in final.items()
+            ]
+            stmt = self._insert(entities)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["project_id", "kind", "id"],
+                set_={"traits": stmt.excluded.traits, "updated_at": stmt.excluded.updated_at},
+            )
+            await conn.execute(stmt, rows)
+
+    def _skip_locked_for_update(self, stmt: Any) -> Any:
+        # Read-modify-write of traits: lock the rows on PostgreSQL (SQLite's writer lock suffices).
+        return stmt.with_for_update() if self.dialect == "postgresql" else stmt
+
+    async def get_entities(
+        self, project_id: str, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        wanted = sorted(set(keys))
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        if not wanted:
+            return out
+        async with self.engines.read.connect() as conn:
+            for kind, group in itertools.groupby(wanted, key=lambda k: k[0]):
+                ids = [i for _, i in group]
+                rows = await conn.execute(
+                    select(entities.c.kind, entities.c.id, entities.c.traits).where(
+                        entities.c.project_id == project_id, entities.c.kind == kind, entities.c.id.in_(ids)
+                    )
+                )
+                for row in rows:
+                    out[(row.kind, row.id)] = orjson.loads(row.traits)
+        return out
+
+    async def delete_entity(self, project_id: str, kind: str, entity_id: str) -> bool:
+        async with self.engines.write.begin() as conn:
+            res = await conn.execute(
+                delete(entities).where(
+                    entities.c.project_id == project_id, entities.c.kind == kind, entities.c.id == entity_id
+                )
+            )
+            return bool(res.rowcount)
+
+    # ---- step cache ----------------------------------------------------------------------------
+
+    async def cache_get(self, project_id: str, key: str) -> str | None:
+        async with self.engines.read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(step_cache.c.value, step_cache.c.expires_at).where(
+                        step_cache.c.project_id == project_id, step_cache.c.key == key
+                    )
+                )
+            ).first()
+        if row is None or (row.expires_at is not None and row.expires_at < time.time()):
+            return None
+        return str(row.value)
+
+    async def cache_put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
+        now = time.time()
+        async with self.engines.write.begin() as conn:
+            stmt = self._insert(step_cache).values(
+                project_id=project_id,
+                key=key,
+                value=value,
+                expires_at=now + ttl if ttl else None,
+                created_at=now,
+            )
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["project_id", "key"],
+                    set_={
+                        "value": stmt.excluded.value,
+                        "expires_at": stmt.excluded.expires_at,
+                        "created_at": stmt.excluded.created_at,
+                    },
+                )
+            )

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext
+from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 
 
-class FilterMatchConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FilterMatchConfig(StepConfig):
     expression: str = Field(description="Keep the event only when this expression holds (SPEC §3).")
-    on_error: str = Field(default="skip", description="skip | drop | retry")
 
 
 class FilterMatch:

@@ -1,0 +1,97 @@
+"""The services pipeline steps use, backed by the store, with short-lived in-process caches.
+
+Entity reads are cached for a few seconds: enrich steps look up the same users and accounts over
+and over, and a trait changed through the API is seen within ``ENTITY_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+
+from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
+from ingestlayer.pipeline.event import StepServices
+from ingestlayer.store.store import Store
+
+ENTITY_TTL = 5.0
+ENTITY_CACHE_SIZE = 100_000
+
+
+class CachedEntities:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: OrderedDict[tuple[str, str, str], tuple[float, dict[str, Any] | None]] = OrderedDict()
+
+    async def get(self, project_id: str, kind: str, entity_id: str) -> dict[str, Any] | None:
+        key = (project_id, kind, entity_id)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = (await self._store.get_entities(project_id, [(kind, entity_id)])).get((kind, entity_id))
+        self._cache[key] = (now + ENTITY_TTL, found)
+        self._cache.move_to_end(key)
+        while len(self._cache) > ENTITY_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return found
+
+
+class StoreCache:
+    """The step cache (classify results, lookups), in the database so every worker shares it."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._local: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
+
+    async def get(self, project_id: str, key: str) -> str | None:
+        hit = self._local.get((project_id, key))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        value = await self._store.cache_get(project_id, key)
+        if value is not None:
+            self._remember(project_id, key, value, 60.0)
+        return value
+
+    async def put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
+        await self._store.cache_put(project_id, key, value, ttl)
+        self._remember(project_id, key, value, min(ttl or 60.0, 60.0))
+
+    def _remember(self, project_id: str, key: str, value: str, ttl: float) -> None:
+        self._local[(project_id, key)] = (time.monotonic() + ttl, value)
+        self._local.move_to_end((project_id, key))
+        while len(self._local) > 50_000:
+            self._local.popitem(last=False)
+
+
+class HttpSessions:
+    def __init__(self, egress: EgressPolicy) -> None:
+        self._egress = egress
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=GuardedResolver(self._egress))
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def build_services(
+    store: Store, resolve_secret: Any, egress: EgressPolicy
+) -> tuple[StepServices, HttpSessions]:
+    http = HttpSessions(egress)
+    services = StepServices(
+        entities=CachedEntities(store),
+        cache=StoreCache(store),
+        http=http,
+        resolve_secret=resolve_secret,
+        allow_private=egress.allow_private,
+    )
+    return services, http
