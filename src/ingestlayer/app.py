@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from ingestlayer import __version__
-from ingestlayer.api import endpoints, health, ingress, logs, manage
+from ingestlayer.api import endpoints, entities, health, ingress, logs, manage
 from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
 from ingestlayer.runtime import Runtime
@@ -116,6 +116,7 @@ def build_fastapi(rt: Runtime) -> FastAPI:
     app.include_router(endpoints.router)
     app.include_router(logs.router)
     app.include_router(ingress.router)
+    app.include_router(entities.router)
     _document_ingest(app)
     return app
 

@@ -6,6 +6,7 @@ and over, and a trait changed through the API is seen within ``ENTITY_TTL`` seco
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -15,6 +16,8 @@ import aiohttp
 from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.store.store import Store
+
+log = logging.getLogger("ingestlayer.router")
 
 ENTITY_TTL = 5.0
 ENTITY_CACHE_SIZE = 100_000
@@ -56,7 +59,11 @@ class StoreCache:
         return value
 
     async def put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
-        await self._store.cache_put(project_id, key, value, ttl)
+        try:
+            await self._store.cache_put(project_id, key, value, ttl)
+        except Exception:
+            # A cache that cannot be written costs a repeated call later, not this event.
+            log.warning("step cache write failed", exc_info=True)
         self._remember(project_id, key, value, min(ttl or 60.0, 60.0))
 
     def _remember(self, project_id: str, key: str, value: str, ttl: float) -> None:

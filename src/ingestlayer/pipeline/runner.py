@@ -29,6 +29,7 @@ log = logging.getLogger("ingestlayer.router")
 # After this many routing attempts a step with on_error: retry is skipped instead, so one
 # broken lookup cannot hold an event back forever; the trace says so.
 MAX_STEP_RETRIES = 8
+TRACE_ERROR_CHARS = 300
 
 
 class StepRetry(Exception):
@@ -114,7 +115,7 @@ async def _run_step(
         result = await step(event, ctx)
     except Exception as exc:
         policy = step.config.on_error
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = f"{type(exc).__name__}: {exc}"[:TRACE_ERROR_CHARS]
         entry["error"] = reason
         event.payload = before
         if policy == "retry" and attempt < MAX_STEP_RETRIES:

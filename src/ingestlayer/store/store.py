@@ -1011,6 +1011,7 @@ class Store:
     # ---- step cache ----------------------------------------------------------------------------
 
     async def cache_get(self, project_id: str, key: str) -> str | None:
+        key = hashlib.sha256(key.encode()).hexdigest()  # any caller key fits the column
         async with self.engines.read.connect() as conn:
             row = (
                 await conn.execute(
@@ -1024,6 +1025,7 @@ class Store:
         return str(row.value)
 
     async def cache_put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
+        key = hashlib.sha256(key.encode()).hexdigest()
         now = time.time()
         async with self.engines.write.begin() as conn:
             stmt = self._insert(step_cache).values(

@@ -1,0 +1,82 @@
+"""``transform`` (MUT): set, rename and drop fields, with ``$event.*`` templates.
+
+Applied in that order: ``rename``, then ``set``, then ``drop``. Paths are dotted.
+
+Example::
+
+    steps:
+      - transform:
+          rename: { user_id: user.id }
+          set:
+            summary: "$event.type from $event.payload.email"
+            received: $event.received_at
+            user.plan: $event.plan
+          drop: [internal_notes, debug]
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, model_validator
+
+from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
+from ingestlayer.pipeline.paths import MISSING, delete_path, get_path, set_path
+from ingestlayer.pipeline.templates import render_value
+
+PATH = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+class TransformConfig(StepConfig):
+    set: dict[str, Any] = Field(default_factory=dict, description="path → value or $event.* template.")
+    rename: dict[str, str] = Field(default_factory=dict, description="old path → new path.")
+    drop: list[str] = Field(default_factory=list, description="Paths to remove.")
+
+    @model_validator(mode="after")
+    def _paths(self) -> TransformConfig:
+        for label, paths in (
+            ("set", list(self.set)),
+            ("rename", [*self.rename, *self.rename.values()]),
+            ("drop", self.drop),
+        ):
+            for p in paths:
+                if not re.match(PATH, p):
+                    raise ValueError(f"{label}: {p!r} is not a dotted field path")
+        if not (self.set or self.rename or self.drop):
+            raise ValueError("transform needs at least one of set, rename, drop")
+        return self
+
+
+class Transform:
+    name: ClassVar[str] = "transform"
+    kind: ClassVar[str] = "MUT"
+    config_model: ClassVar[type[BaseModel]] = TransformConfig
+
+    def __init__(self, config: TransformConfig) -> None:
+        self.config = config
+
+    async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop:
+        payload = event.payload
+        for old, new in self.config.rename.items():
+            value = get_path(payload, old, MISSING)
+            if value is not MISSING:
+                delete_path(payload, old)
+                set_path(payload, new, value)
+        if self.config.set:
+            envelope = event.envelope()
+            for path, value in self.config.set.items():
+                set_path(payload, path, render_value(value, envelope, payload))
+        for path in self.config.drop:
+            delete_path(payload, path)
+        return event
+
+    def summary(self) -> str:
+        parts = []
+        if self.config.rename:
+            parts.append("rename " + ", ".join(f"{a} → {b}" for a, b in self.config.rename.items()))
+        if self.config.set:
+            parts.append("set " + ", ".join(self.config.set))
+        if self.config.drop:
+            parts.append("drop " + ", ".join(self.config.drop))
+        return "; ".join(parts)

@@ -1,0 +1,76 @@
+"""``$event.*`` templates, used by ``transform`` and by destinations' message templates.
+
+- ``$event.type``, ``$event.id``, ``$event.occurred_at``, ``$event.received_at``, ``$event.source``:
+  the envelope; ``$event.payload.a.b``: the payload; any other ``$event.a.b``: the payload too.
+- ``${event.a.b}`` delimits a placeholder inside a word.
+- A template that is exactly one placeholder keeps the value's type (a number stays a number);
+  inside text, values are rendered as text (JSON for objects and lists, empty for null).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ingestlayer.pipeline.paths import get_path
+
+ENVELOPE = frozenset({"type", "id", "occurred_at", "received_at", "source"})
+_PLACEHOLDER = re.compile(r"\$\{event\.([A-Za-z0-9_.\-]+)\}|\$event\.([A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*)")
+
+
+def lookup(path: str, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
+    if path in ENVELOPE:
+        return envelope.get(path)
+    if path == "payload":
+        return payload
+    if path.startswith("payload."):
+        return get_path(payload, path[8:])
+    return get_path(payload, path)
+
+
+def as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+class Template:
+    """A template parsed once; ``render`` is called per event."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        whole = _PLACEHOLDER.fullmatch(source)
+        self._single = (whole.group(1) or whole.group(2)) if whole else None
+        self._has_placeholders = bool(_PLACEHOLDER.search(source))
+
+    def render(self, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
+        if self._single is not None:
+            return lookup(self._single, envelope, payload)
+        if not self._has_placeholders:
+            return self.source
+        return _PLACEHOLDER.sub(
+            lambda m: as_text(lookup(m.group(1) or m.group(2), envelope, payload)), self.source
+        )
+
+    def render_text(self, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+        return as_text(self.render(envelope, payload))
+
+
+def render_value(value: Any, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
+    """Render templates inside a JSON-like value (strings anywhere in dicts and lists)."""
+    if isinstance(value, str):
+        return Template(value).render(envelope, payload)
+    if isinstance(value, list):
+        return [render_value(v, envelope, payload) for v in value]
+    if isinstance(value, dict):
+        return {k: render_value(v, envelope, payload) for k, v in value.items()}
+    return value

@@ -1,0 +1,236 @@
+"""The entity store API and the enrich steps, through a running server on both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, wait_for
+
+FAST = {"schedule": [0, 0.05], "jitter": 0}
+
+
+def pipeline(receiver: Receiver, match: str, steps: list[Any], name: str = "p") -> dict[str, Any]:
+    return {
+        "pipelines": [
+            {
+                "name": name,
+                "source": {"match": [match]},
+                "steps": steps,
+                "destinations": [{"webhook.out": {"url": receiver.url + "/hooks"}, "retry": FAST}],
+            }
+        ]
+    }
+
+
+async def arrived(receiver: Receiver, n: int) -> list[dict[str, Any]]:
+    await wait_for(lambda: _at_least(receiver, n))
+    return [r.json()["payload"] for r in receiver.requests]
+
+
+async def _at_least(receiver: Receiver, n: int) -> bool:
+    return len(receiver.requests) >= n
+
+
+async def trace_of(server: RunningServer, event_id: str) -> list[dict[str, Any]]:
+    async def get() -> list[dict[str, Any]] | None:
+        _, ev = await server.request("GET", f"/v1/events/{event_id}")
+        return ev["trace"]
+
+    result: list[dict[str, Any]] = await wait_for(get)
+    return result
+
+
+async def test_identify_group_and_entities_api(server: RunningServer) -> None:
+    status, _ = await server.request(
+        "POST",
+        "/v1/identify",
+        key=server.ingest_key,
+        json={"user_id": "u1", "traits": {"name": "Ada", "x": 1}},
+    )
+    assert status == 200
+    status, _ = await server.request(
+        "POST",
+        "/v1/group",
+        key=server.ingest_key,
+        json={"user_id": "u1", "account_id": "acc_1", "traits": {"plan": "free", "owner": "sam@acme.com"}},
+    )
+    assert status == 200
+    _, user = await server.request("GET", "/v1/entities/user/u1")
+    assert user["traits"] == {"name": "Ada", "x": 1, "account_id": "acc_1"}
+    await server.request(
+        "POST", "/v1/identify", key=server.ingest_key, json={"user_id": "u1", "traits": {"x": None}}
+    )
+    _, user = await server.request("GET", "/v1/entities/user/u1")
+    assert user["traits"] == {"name": "Ada", "account_id": "acc_1"}  # merged; null removed a trait
+    status, put = await server.request(
+        "PUT", "/v1/entities/company/acme.com", json={"traits": {"name": "Acme"}}
+    )
+    assert status == 200 and put["traits"] == {"name": "Acme"}
+    status, bulk = await server.request(
+        "POST",
+        "/v1/entities/bulk",
+        json={
+            "entities": [
+                {"kind": "company", "id": f"c{i}.com", "traits": {"name": f"C{i}"}} for i in range(50)
+            ]
+        },
+    )
+    assert status == 200 and bulk["upserted"] == 50
+    _, c7 = await server.request("GET", "/v1/entities/company/c7.com")
+    assert c7["traits"] == {"name": "C7"}
+    # Reading entities needs an admin key; bad input names the field.
+    status, _ = await server.request("GET", "/v1/entities/user/u1", key=server.ingest_key)
+    assert status == 403
+    status, err = await server.request("POST", "/v1/identify", key=server.ingest_key, json={"traits": {}})
+    assert status == 422 and err["error"]["field"] == "user_id"
+    status, err = await server.request("PUT", "/v1/entities/Bad Kind/x", json={"traits": {}})
+    assert status == 422 and err["error"]["field"] == "kind"
+    assert (await server.request("DELETE", "/v1/entities/company/c7.com"))[0] == 204
+    assert (await server.request("GET", "/v1/entities/company/c7.com"))[0] == 404
+
+
+async def test_enrich_entity_attaches_account_plan_owner(server: RunningServer, receiver: Receiver) -> None:
+    await server.request(
+        "POST",
+        "/v1/group",
+        json={"user_id": "u1", "account_id": "acc_1", "traits": {"plan": "scale", "owner": "sam@acme.com"}},
+    )
+    await server.apply(
+        pipeline(
+            receiver,
+            "feature.used",
+            [
+                {"filter.match": "feature in {export, api, webhook}"},
+                {
+                    "enrich.entity": {
+                        "from": "user_id",
+                        "entity": "user",
+                        "attach": ["account", "plan", "owner"],
+                    }
+                },
+            ],
+        )
+    )
+    _, known = await server.ingest("feature.used", {"user_id": "u1", "feature": "csv.export", "count": 1})
+    _, unknown = await server.ingest("feature.used", {"user_id": "u404", "feature": "api", "plan": "free"})
+    payloads = await arrived(receiver, 2)
+    by_user = {p["user_id"]: p for p in payloads}
+    assert by_user["u1"] == {
+        "user_id": "u1",
+        "feature": "csv.export",
+        "count": 1,
+        "account": "acc_1",
+        "plan": "scale",
+        "owner": "sam@acme.com",
+    }
+    # A missing entity leaves nulls (keeping what the sender set) and the trace says why.
+    assert by_user["u404"]["account"] is None and by_user["u404"]["owner"] is None
+    assert by_user["u404"]["plan"] == "free"
+    trace = await trace_of(server, unknown["id"])
+    enrich = trace[0]["steps"][1]
+    assert enrich["step"] == "enrich.entity" and "user u404 not found" in enrich["notes"]
+    trace = await trace_of(server, known["id"])
+    assert trace[0]["steps"][1]["added"] == ["account", "plan", "owner"]
+
+
+async def test_enrich_person_from_identify_company_and_provider(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    people = Receiver()
+    await people.start()
+    try:
+        people.default = Reply(status=200, body=b'{"person": {"title": "CTO"}, "company": {"country": "DE"}}')
+        await server.request(
+            "PUT", "/v1/entities/company/acme.com", json={"traits": {"name": "Acme", "country": "US"}}
+        )
+        await server.request("POST", "/v1/identify", json={"user_id": "u2", "traits": {"role": "Engineer"}})
+        await server.set_secret("people-api", "people-token")
+        await server.apply(
+            pipeline(
+                receiver,
+                "user.signed_up",
+                [
+                    {
+                        "enrich.person": {
+                            "from": "email",
+                            "provider": {
+                                "url": people.url + "/lookup?email={email}",
+                                "headers": {"Authorization": "Bearer $secret"},
+                                "secret": "ref:people-api",
+                                "mapping": {
+                                    "role": "person.title",
+                                    "country": "company.country",
+                                    "company": "company.name",
+                                },
+                            },
+                        }
+                    },
+                ],
+            )
+        )
+        await server.ingest("user.signed_up", {"user_id": "u2", "email": "ada@acme.com"})
+        await server.ingest("user.signed_up", {"user_id": "u3", "email": "bob@gmail.com"})
+        await server.ingest("user.signed_up", {"user_id": "u4", "email": "cy@unknown.io"})
+        await server.ingest("user.signed_up", {"user_id": "u5", "email": "cy@unknown.io"})
+        payloads = {p["user_id"]: p for p in await arrived(receiver, 4)}
+        # identify traits first, then the company entity: no provider call needed for u2.
+        assert payloads["u2"] | {} == {
+            "user_id": "u2",
+            "email": "ada@acme.com",
+            "company": "Acme",
+            "role": "Engineer",
+            "country": "US",
+        }
+        # free mail: no company, whatever the provider says.
+        assert payloads["u3"]["company"] is None and payloads["u3"]["role"] == "CTO"
+        assert payloads["u4"]["role"] == "CTO" and payloads["u4"]["country"] == "DE"
+        assert payloads["u5"] == payloads["u4"] | {"user_id": "u5"}
+        # u3 and u4 asked the provider; u5 was answered from the cache; the secret was substituted.
+        assert len(people.requests) == 2
+        assert {r.headers["Authorization"] for r in people.requests} == {"Bearer people-token"}
+    finally:
+        await people.stop()
+
+
+async def test_on_error_policies(server: RunningServer, receiver: Receiver) -> None:
+    down = Receiver()
+    await down.start()
+    try:
+        down.default = Reply(status=500)
+        provider = {
+            "url": down.url + "/x?e={email}",
+            "mapping": {"role": "title"},
+            "timeout": 1,
+            "cache_ttl": 0,
+        }
+        doc = {
+            "pipelines": [
+                {
+                    "name": policy,
+                    "source": {"match": [f"{policy}.test"]},
+                    "steps": [{"enrich.person": {"provider": provider, "on_error": policy}}],
+                    "destinations": [{"webhook.out": {"url": f"{receiver.url}/{policy}"}}],
+                }
+                for policy in ("skip", "drop", "retry")
+            ]
+        }
+        await server.apply(doc)
+        _, skipped = await server.ingest("skip.test", {"email": "a@corp.io"})
+        _, dropped = await server.ingest("drop.test", {"email": "a@corp.io"})
+        _, retried = await server.ingest("retry.test", {"email": "a@corp.io"})
+        await wait_for(lambda: _at_least(receiver, 1))
+        trace = await trace_of(server, skipped["id"])
+        assert trace[0]["steps"][0]["outcome"] == "skipped" and "HTTP 500" in trace[0]["steps"][0]["error"]
+        trace = await trace_of(server, dropped["id"])
+        assert trace[0]["outcome"] == "dropped" and "HTTP 500" in trace[0]["steps"][0]["error"]
+        # retry: the event is routed again later; once the provider recovers it goes through.
+        down.default = Reply(status=200, body=b'{"title": "CFO"}')
+        await wait_for(lambda: _at_least(receiver, 2), timeout=15)
+        assert sorted(r.path for r in receiver.requests) == ["/retry", "/skip"]
+        retry_payload = next(r.json()["payload"] for r in receiver.requests if r.path == "/retry")
+        assert retry_payload["role"] == "CFO"
+        assert len(down.requests) >= 4  # skip, drop, the failed retry, the successful one
+        _ = retried
+    finally:
+        await down.stop()

@@ -1,0 +1,95 @@
+"""``$event.*`` templates and the transform step, on plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ingestlayer.pipeline.event import PipelineEvent, StepContext
+from ingestlayer.pipeline.paths import delete_path, get_path, set_path
+from ingestlayer.pipeline.steps.transform import Transform, TransformConfig
+from ingestlayer.pipeline.templates import Template
+
+ENVELOPE = {
+    "type": "user.signed_up",
+    "id": "evt_1",
+    "occurred_at": "2026-01-01T00:00:00.000Z",
+    "source": "api",
+}
+PAYLOAD: dict[str, Any] = {"email": "ada@acme.com", "count": 3, "user": {"plan": "pro"}, "tags": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("$event.type", "user.signed_up"),
+        ("$event.count", 3),  # one placeholder keeps its type
+        ("$event.payload.user.plan", "pro"),
+        ("$event.user.plan", "pro"),
+        ("$event.missing", None),
+        ("$event.type from $event.email", "user.signed_up from ada@acme.com"),
+        ("n=${event.count}x", "n=3x"),
+        ("tags: $event.tags", 'tags: ["a","b"]'),
+        ("missing: [$event.nope]", "missing: []"),
+        ("no placeholders", "no placeholders"),
+    ],
+)
+def test_templates_render(template: str, expected: Any) -> None:
+    assert Template(template).render(ENVELOPE, PAYLOAD) == expected
+
+
+def test_paths_copy_on_write() -> None:
+    original: dict[str, Any] = {"a": {"b": 1, "c": 2}}
+    copy = dict(original)
+    set_path(copy, "a.b", 9)
+    assert original == {"a": {"b": 1, "c": 2}}  # the nested dict was copied, not changed
+    assert copy == {"a": {"b": 9, "c": 2}}
+    assert delete_path(copy, "a.c") and copy == {"a": {"b": 9}} and original["a"]["c"] == 2
+    assert not delete_path(copy, "x.y")
+    set_path(copy, "new.deep.key", "v")
+    assert get_path(copy, "new.deep.key") == "v"
+
+
+async def test_transform_renames_sets_and_drops() -> None:
+    step = Transform(
+        TransformConfig.model_validate(
+            {
+                "rename": {"email": "contact.email"},
+                "set": {
+                    "summary": "$event.type for $event.contact.email",
+                    "plan": "$event.user.plan",
+                    "n": 1,
+                },
+                "drop": ["tags", "user"],
+            }
+        )
+    )
+    payload = dict(PAYLOAD)
+    event = PipelineEvent("evt_1", "user.signed_up", 0.0, 0.0, "api", payload)
+    out = await step(event, StepContext("prj", "p"))
+    assert isinstance(out, PipelineEvent)
+    assert out.payload == {
+        "contact": {"email": "ada@acme.com"},
+        "count": 3,
+        "summary": "user.signed_up for ada@acme.com",
+        "plan": "pro",
+        "n": 1,
+    }
+    assert PAYLOAD["email"] == "ada@acme.com" and "tags" in PAYLOAD  # the input was not mutated
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "at least one of set, rename, drop"),
+        ({"drop": ["bad path!"]}, "not a dotted field path"),
+        ({"set": {"a": 1}, "sett": {}}, "Extra inputs are not permitted"),
+        ({"set": {"a": 1}, "on_error": "explode"}, "on_error"),
+    ],
+)
+def test_transform_config_errors(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        TransformConfig.model_validate(config)
+    assert message in str(err.value)
