@@ -15,7 +15,7 @@ from typing import Any
 from ingestlayer.config import Settings
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.pipeline.runner import CompiledProject, StepRetry, compile_project, route_event
-from ingestlayer.records import NewDelivery, RouteLease
+from ingestlayer.records import NewDelivery, RouteLease, StoredEvent
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer.router")
@@ -23,6 +23,9 @@ log = logging.getLogger("ingestlayer.router")
 # Back-off for an event whose routing failed (a step with on_error: retry, or a bug): it stays
 # queued and is tried again after these delays, by routing attempt.
 ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
+
+
+ROUTE_CONCURRENCY = 64
 
 
 def retry_delay(attempt: int) -> float:
@@ -77,24 +80,31 @@ class Router:
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
         failed: dict[str, float] = {}
-        for ev in lease.events:
+        # Events are routed concurrently (bounded), so one slow step call (a model, a lookup)
+        # does not hold up the rest of the batch.
+        limit = asyncio.Semaphore(ROUTE_CONCURRENCY)
+
+        async def one(ev: StoredEvent) -> None:
             compiled = projects.get(ev.project_id)
             if compiled is None:  # project deleted: nothing to route to
-                continue
+                return
             attempt = lease.attempts.get(ev.id, 1)
             try:
-                dels, trace = await route_event(compiled, ev, self.services, attempt)
+                async with limit:
+                    dels, trace = await route_event(compiled, ev, self.services, attempt)
             except StepRetry as exc:
                 log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
                 failed[ev.id] = retry_delay(attempt)
-                continue
+                return
             except Exception:
                 log.exception("routing event %s failed; it will be retried", ev.id)
                 failed[ev.id] = retry_delay(attempt)
-                continue
+                return
             new.extend(dels)
             if trace:
                 traces[ev.id] = trace
+
+        await asyncio.gather(*(one(ev) for ev in lease.events))
         if failed:
             await self.store.defer_route_jobs(lease, failed)
             lease = RouteLease(lease.token, [e for e in lease.events if e.id not in failed], lease.attempts)

@@ -117,6 +117,8 @@ async def _run_step(
         policy = step.config.on_error
         reason = f"{type(exc).__name__}: {exc}"[:TRACE_ERROR_CHARS]
         entry["error"] = reason
+        if ctx.notes:
+            entry["notes"] = list(ctx.notes)
         event.payload = before
         if policy == "retry" and attempt < MAX_STEP_RETRIES:
             raise StepRetry(f"{step.name}: {reason}") from exc

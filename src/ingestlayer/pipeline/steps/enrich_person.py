@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -128,6 +129,8 @@ class EnrichPerson:
     def __init__(self, config: EnrichPersonConfig) -> None:
         self.config = config
         self.free_mail = FREE_MAIL | {d.lower() for d in config.free_mail_domains}
+        # Lookups in flight, so events routed together for one address share one request.
+        self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
 
     async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop:
         cfg = self.config
@@ -174,6 +177,17 @@ class EnrichPerson:
         return event
 
     async def _lookup(self, email: str, domain: str, ctx: StepContext) -> dict[str, Any]:
+        key = (ctx.project_id, email.lower())
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(email, domain, ctx))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        else:
+            ctx.notes.append("shared a lookup in flight")
+        return await asyncio.shield(task)
+
+    async def _fetch(self, email: str, domain: str, ctx: StepContext) -> dict[str, Any]:
         provider = self.config.provider
         assert provider is not None and ctx.services is not None
         key = (
