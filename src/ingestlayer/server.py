@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -20,6 +22,27 @@ def _install_uvloop() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
         pass
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, exiting 0 after a graceful shutdown on SIGTERM/SIGINT.
+
+    uvicorn re-raises a captured signal once it has shut down, so the process would die of
+    SIGTERM (status 143) after draining cleanly, and supervisors would report a crash. Here the
+    signals only ask the server to stop (a second SIGINT still forces it), like ``worker``.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGINT, signal.SIGTERM)
+        for sig in handled:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
 
 
 def run_http(settings: Settings, *, worker: bool) -> None:
@@ -41,7 +64,7 @@ def run_http(settings: Settings, *, worker: bool) -> None:
             log_config=None,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
-        await uvicorn.Server(config).serve()
+        await _Server(config).serve()
 
     _install_uvloop()
     asyncio.run(main())

@@ -71,6 +71,11 @@ class SecretResolver:
             return value
         raise LookupError("a secret must be referenced as env:VAR or ref:NAME")
 
+    def forget(self, project_id: str) -> None:
+        """Drop a project's cached secrets, so the next send reads them afresh."""
+        for key in [k for k in self._cache if k[0] == project_id]:
+            del self._cache[key]
+
 
 class Dispatcher:
     def __init__(
@@ -122,6 +127,9 @@ class Dispatcher:
                 continue
             cached = self._dests.get(did)
             if cached is None or cached.updated_at != row.updated_at:
+                # A changed destination (e.g. an endpoint whose secret was rotated) must not be
+                # signed with a secret cached before the change.
+                self.resolver.forget(row.project_id)
                 cached = _Dest(
                     updated_at=row.updated_at,
                     enabled=row.enabled,
@@ -277,4 +285,8 @@ class Dispatcher:
         _done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.shutdown_grace_seconds)
         for task in pending:
             task.cancel()
+        if pending:
+            # Wait for the cancellations to land: until they leave ``_inflight`` the writer
+            # would wait for their results forever and the process would never exit.
+            await asyncio.wait(pending, timeout=5)
         # Cancelled attempts keep their lease and are retaken after it expires.

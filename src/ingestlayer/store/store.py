@@ -647,7 +647,9 @@ class Store:
     async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
         """Lease up to ``limit`` due deliveries (including ones whose lease has expired)."""
         now = time.time()
-        token = f"{self.worker_id}:{next(_lease_counter)}"
+        # Unique per lease and always 30 characters: the column is VARCHAR(40), and a token built
+        # from the host name overflowed it on PostgreSQL for long host names (EC2, Kubernetes).
+        token = new_id("lse")
         async with self.engines.write.begin() as conn:
             due = self._skip_locked(
                 select(deliveries.c.id)

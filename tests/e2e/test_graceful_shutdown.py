@@ -1,0 +1,123 @@
+"""SIGTERM drains in-flight deliveries and exits 0 (SPEC §6, §9; INGESTLAYER_SHUTDOWN_GRACE_SECONDS).
+
+``ingestlayer serve`` gets SIGTERM while its attempts wait on a slow receiver: the attempts
+finish and are recorded before the process exits, so nothing is left ``delivering`` and nothing
+is sent again after a restart. An attempt that outlasts the grace period does not hold the
+process up; its lease expires and a restarted server delivers it, on the same delivery id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.processes import Cluster, Keys, Proc, wait_until
+from tests.support.receiver import Receiver, Reply
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+GRACE_SECONDS = 8.0
+REPLY_DELAY = 2.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
+    return url
+
+
+def pipeline(receiver_url: str) -> dict[str, Any]:
+    return {
+        "pipelines": [
+            {
+                "name": "signups",
+                "source": {"match": ["user.signed_up"]},
+                "destinations": [
+                    {
+                        "webhook.out": {"url": receiver_url + "/hooks", "timeout": 30},
+                        "retry": {"schedule": [0, 0.2, 0.5], "jitter": 0},
+                    }
+                ],
+            }
+        ]
+    }
+
+
+async def send_events(cluster: Cluster, proc: Proc, keys: Keys, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        status, body = await cluster.request(
+            proc, "POST", "/v1/events", key=keys.ingest, json={"type": "user.signed_up", "payload": {"i": i}}
+        )
+        assert status == 202, body
+        ids.append(body["id"])
+    return ids
+
+
+async def test_sigterm_drains_in_flight_attempts_and_exits_0(
+    database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.default = Reply(status=200, delay=REPLY_DELAY)
+    async with Cluster(tmp_path, database_url, grace_seconds=GRACE_SECONDS) as cluster:
+        keys = await cluster.init_project()
+        await cluster.apply(pipeline(receiver.url))
+        serve = await cluster.start("serve")
+        event_ids = await send_events(cluster, serve, keys, 3)
+        await wait_until(lambda: len(receiver.requests) == 3, 20, "the attempts reach the receiver", serve)
+
+        sigterm_at = time.time()
+        serve.signal(signal.SIGTERM)
+        code = await serve.wait_exit(GRACE_SECONDS + 5)
+        exited_at = time.time()
+        assert code == 0, f"exit status {code} after SIGTERM: {serve.describe()}"
+        # It waited for the replies (they come REPLY_DELAY after arrival), not for the grace limit.
+        last_reply_due = max(r.at for r in receiver.requests) + REPLY_DELAY
+        assert exited_at >= last_reply_due - 0.1, (exited_at - sigterm_at, serve.describe())
+        assert exited_at - sigterm_at < GRACE_SECONDS, serve.describe()
+
+        # A fresh server reads what the first one recorded before it exited.
+        receiver.default = Reply(status=200)
+        serve2 = await cluster.start("serve")
+        deliveries = await cluster.all_deliveries(serve2, keys.admin)
+        assert sorted(d["event_id"] for d in deliveries) == sorted(event_ids)
+        assert {d["status"] for d in deliveries} == {"delivered"}, deliveries
+        for d in deliveries:
+            status, detail = await cluster.request(serve2, "GET", f"/v1/deliveries/{d['id']}", key=keys.admin)
+            assert status == 200
+            assert [(a["n"], a["status_code"]) for a in detail["attempts"]] == [(1, 200)]
+            assert detail["attempts"][0]["duration_ms"] >= REPLY_DELAY * 1000 * 0.9
+        await asyncio.sleep(0.5)  # the restarted server re-sends nothing
+        assert len(receiver.requests) == 3
+
+
+async def test_attempt_outlasting_the_grace_period_is_retaken_after_restart(
+    database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    grace, lease = 1.0, 3.0
+    receiver.plan = [Reply(status=200, delay=4.0)]  # the first attempt outlasts the grace period
+    async with Cluster(tmp_path, database_url, grace_seconds=grace, lease_seconds=lease) as cluster:
+        keys = await cluster.init_project()
+        await cluster.apply(pipeline(receiver.url))
+        serve = await cluster.start("serve")
+        (event_id,) = await send_events(cluster, serve, keys, 1)
+        await wait_until(lambda: receiver.requests, 20, "the attempt reaches the receiver", serve)
+
+        sigterm_at = time.monotonic()
+        serve.signal(signal.SIGTERM)
+        code = await serve.wait_exit(grace + 5)
+        assert code == 0, f"exit status {code} after SIGTERM: {serve.describe()}"
+        assert time.monotonic() - sigterm_at < grace + 3, serve.describe()
+
+        serve2 = await cluster.start("serve")
+
+        # The abandoned attempt's lease expires and the new server takes it over.
+        await cluster.wait_for_counts(serve2, keys.admin, {"delivered": 1}, lease + 15)
+        assert len(receiver.requests) == 2
+        first, second = receiver.requests
+        assert first.json()["id"] == second.json()["id"] == event_id
+        assert first.headers["X-Ingestlayer-Delivery"] == second.headers["X-Ingestlayer-Delivery"]
