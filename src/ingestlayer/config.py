@@ -47,7 +47,8 @@ class Settings:
     ingest_batch_max: int = 2000
     # Dispatcher
     delivery_concurrency: int = 128
-    delivery_lease_seconds: float = 60.0
+    # Longer than the longest destination timeout (60 s), so a lease never lapses mid-attempt.
+    delivery_lease_seconds: float = 90.0
     delivery_batch: int = 256
     poll_interval: float = 0.05
     # Router
@@ -75,7 +76,7 @@ class Settings:
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,
             secret_key_file=os.environ.get("INGESTLAYER_SECRET_KEY_FILE") or "./ingestlayer.key",
             delivery_concurrency=_env_int("INGESTLAYER_DELIVERY_CONCURRENCY", 128),
-            delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 60.0),
+            delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 90.0),
             poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
             route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 60.0),
             shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),

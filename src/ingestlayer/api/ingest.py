@@ -7,6 +7,8 @@ The contract (errors, limits, idempotency) is the same as every other route's.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -27,6 +29,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
 
 EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
+# occurred_at must render as an ISO 8601 timestamp: years 0001 to 9999 (epoch seconds).
+MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -44,11 +48,31 @@ class RateLimiter:
         now = time.monotonic()
         tokens, last = self._buckets.get(project_id, (self.rate, now))
         tokens = min(self.rate, tokens + (now - last) * self.rate)
-        if tokens >= n:
+        # A batch larger than the burst is let through once the bucket is full, leaving a debt
+        # that later requests wait out; otherwise it could never pass, whatever Retry-After said.
+        need = min(n, self.rate)
+        if tokens >= need:
             self._buckets[project_id] = (tokens - n, now)
             return None
         self._buckets[project_id] = (tokens, now)
-        return max(0.001, (n - tokens) / self.rate)
+        return max(0.001, (need - tokens) / self.rate)
+
+
+LONG_DIGITS = re.compile(rb"\d{19,}")
+INT64 = (-(2**63), 2**64 - 1)
+
+
+def has_huge_int(value: Any) -> bool:
+    """True when a JSON value holds an integer outside what orjson keeps exactly."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return not INT64[0] <= value <= INT64[1]
+    if isinstance(value, dict):
+        return any(has_huge_int(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_huge_int(v) for v in value)
+    return False
 
 
 async def send_json(
@@ -129,6 +153,11 @@ class IngestHandler:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+        if LONG_DIGITS.search(raw) and has_huge_int(json.loads(raw)):
+            # orjson would read it as a float: refuse rather than store something else than was sent.
+            raise ApiError(
+                422, "numbers must fit in 64 bits; send larger ones as strings", code="number_out_of_range"
+            )
         if not isinstance(doc, dict):
             raise ApiError(422, 'the body must be a JSON object: an event or {"batch": [...]}')
         now = time.time()
@@ -260,6 +289,12 @@ class IngestHandler:
         else:
             raise ApiError(
                 422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
+            )
+        if not MIN_TIMESTAMP <= occurred_at <= MAX_TIMESTAMP:
+            raise ApiError(
+                422,
+                f"{prefix}occurred_at must lie between the years 0001 and 9999",
+                field=f"{prefix}occurred_at",
             )
         return NewEvent(
             id=new_id("evt"),

@@ -73,7 +73,15 @@ def _json_loader() -> Callable[[bytes], Any]:
         import orjson
     except ImportError:  # pragma: no cover - orjson is a dependency of the full package
         return json.loads
-    return orjson.loads
+
+    def loads(body: bytes) -> Any:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            # orjson refuses integers beyond 64 bits; the standard library reads any valid JSON.
+            return json.loads(body)
+
+    return loads
 
 
 _loads = _json_loader()
