@@ -223,6 +223,16 @@ def parse_pipeline(path: str, raw: Any) -> tuple[PipelineSpec, list[DestinationS
             inline.append(spec)
         assert route is not None
         routes.append(route)
+    names = {r.destination for r in routes}
+    for i, step in enumerate(steps):
+        scoped = step["config"].get("destinations")
+        for name in scoped or []:
+            if name not in names:
+                known = ", ".join(sorted(names))
+                raise ConfigError(
+                    f"{path}.steps[{i}].{step['name']}.destinations",
+                    f"{name!r} is not a destination of this pipeline (its destinations: {known})",
+                )
     pipeline = PipelineSpec(
         name=model.name,
         match=model.source.match,

@@ -168,16 +168,24 @@ async def route_event(
         trace.append(entry)
         ctx = StepContext(project_id=project.project_id, pipeline=pipe.name, services=services)
         variants: dict[str, PipelineEvent] = {}  # destination name → its own copy of the event
+        # Destinations whose own copy failed a scoped step: they receive nothing, because what
+        # they would get is the event without, say, its redaction.
+        blocked: dict[str, str] = {}
         dropped = False
         for step in pipe.steps:
             scoped = getattr(step.config, "destinations", None)
             if scoped:
                 for name in scoped:
+                    if name in blocked:
+                        continue
                     base = variants.get(name) or PipelineEvent(**{**_fields(event), "payload": event.payload})
                     result, step_entry = await _run_step(step, base, ctx, attempt)
                     step_entry["destination"] = name
                     entry["steps"].append(step_entry)
-                    if isinstance(result, PipelineEvent):
+                    if isinstance(result, Drop) or step_entry.get("outcome") == "skipped":
+                        blocked[name] = f"{step.name} did not complete for this destination"
+                        variants.pop(name, None)
+                    else:
                         variants[name] = result
                 continue
             result, step_entry = await _run_step(step, event, ctx, attempt)
@@ -187,8 +195,11 @@ async def route_event(
                 break
             event = result
             for name, variant in list(variants.items()):  # later steps apply to every variant too
-                vres, _ = await _run_step(step, variant, ctx, attempt)
-                if isinstance(vres, PipelineEvent):
+                vres, ventry = await _run_step(step, variant, ctx, attempt)
+                if isinstance(vres, Drop):
+                    blocked[name] = ventry.get("reason") or f"{step.name} dropped this destination's copy"
+                    variants.pop(name)
+                else:
                     variants[name] = vres
         if dropped:
             entry["outcome"] = "dropped"
@@ -198,6 +209,9 @@ async def route_event(
         base_ctx = event.eval_context()
         for route in pipe.routes:
             if route.when is not None and not route.when(base_ctx):
+                continue
+            if route.destination in blocked:
+                entry.setdefault("blocked", {})[route.destination] = blocked[route.destination]
                 continue
             target = variants.get(route.destination, event)
             key = route.destination if route.destination in variants else ""
