@@ -75,15 +75,16 @@ def _json_loader() -> Callable[[bytes], Any]:
         return json.loads
 
     def loads(body: bytes) -> Any:
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            # orjson refuses integers beyond 64 bits; the standard library reads any valid JSON.
+        # orjson reads integers beyond 64 bits as floats: hand bodies that may hold one to the
+        # standard library, which keeps them exact.
+        if _LONG_DIGITS.search(body):
             return json.loads(body)
+        return orjson.loads(body)
 
     return loads
 
 
+_LONG_DIGITS = re.compile(rb"\d{19,}")
 _loads = _json_loader()
 
 

@@ -1,0 +1,246 @@
+/**
+ * Verify webhooks delivered by ingestlayer, in your receiver (node:crypto, HMAC-SHA256, constant-time
+ * comparison). Byte-for-byte the rules of the Python `ingestlayer.sdk.webhooks.verify`.
+ *
+ * Two schemes are understood:
+ * - `X-Ingestlayer-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>…]`: the hex HMAC-SHA256 of
+ *   `"<t>." + rawBody` keyed with the secret's UTF-8 bytes (the whole secret, `whsec_` included), as
+ *   Stripe signs. Several `v1=` appear while a secret is rotated; entries of other schemes are ignored.
+ * - Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64> …`),
+ *   used only when `X-Ingestlayer-Signature` is absent. The key is the base64-decoded secret after an
+ *   optional `whsec_` prefix.
+ */
+
+import { createHmac, timingSafeEqual } from "node:crypto";
+
+import { WebhookVerificationError } from "./errors.js";
+
+export const SIGNATURE_HEADER = "X-Ingestlayer-Signature";
+export const DEFAULT_TOLERANCE = 300;
+
+const SIG = SIGNATURE_HEADER.toLowerCase();
+const STD_ID = "webhook-id";
+const STD_TS = "webhook-timestamp";
+const STD_SIG = "webhook-signature";
+const WANTED = new Set([SIG, STD_ID, STD_TS, STD_SIG]);
+const TIMESTAMP = /^[0-9]{1,15}$/;
+const HEX_SHA256 = /^[0-9a-fA-F]{64}$/;
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** Request headers in any common shape: a fetch `Headers`, Node's `req.headers`, a `Map` or pairs. */
+export type WebhookHeaders =
+  | Headers
+  | Map<string, string>
+  | Iterable<readonly [string, string]>
+  | Record<string, string | string[] | undefined>;
+
+export interface VerifyOptions {
+  /** Reject timestamps more than this many seconds away from now (default 300). */
+  tolerance?: number;
+  /** "Now" in unix seconds, for tests (default: the current time). */
+  now?: number;
+}
+
+function secretList(secret: string | readonly string[]): string[] {
+  const secrets = typeof secret === "string" ? [secret] : [...secret];
+  if (secrets.length === 0) throw new Error("at least one webhook secret is required");
+  secrets.forEach((item, i) => {
+    if (typeof item !== "string") throw new TypeError(`secret[${i}] must be a string`);
+    // An empty key would accept anything signed with an empty key: refuse the misconfiguration.
+    if (item === "") throw new Error(`secret[${i}] is empty; check your configuration`);
+  });
+  return secrets;
+}
+
+function bodyBytes(rawBody: unknown): Buffer {
+  if (typeof rawBody === "string") return Buffer.from(rawBody, "utf8");
+  if (rawBody instanceof Uint8Array) return Buffer.from(rawBody.buffer, rawBody.byteOffset, rawBody.byteLength);
+  if (rawBody instanceof ArrayBuffer) return Buffer.from(rawBody);
+  // A parsed object would have to be re-serialised, which cannot reproduce the signed bytes.
+  throw new TypeError(
+    "rawBody must be the raw request body (string, Buffer, Uint8Array or ArrayBuffer), not parsed JSON",
+  );
+}
+
+function entries(headers: WebhookHeaders): Iterable<readonly [string, string | string[] | undefined]> {
+  if (typeof Headers !== "undefined" && headers instanceof Headers) return headers.entries();
+  if (headers instanceof Map) return headers.entries();
+  if (typeof (headers as Iterable<unknown>)[Symbol.iterator] === "function") {
+    return headers as Iterable<readonly [string, string]>;
+  }
+  return Object.entries(headers as Record<string, string | string[] | undefined>);
+}
+
+/** Pick the headers we care about, case-insensitively; conflicting duplicates are refused. */
+function findHeaders(headers: WebhookHeaders): Map<string, string> {
+  const found = new Map<string, string>();
+  for (const [name, raw] of entries(headers)) {
+    const key = name.toLowerCase();
+    if (!WANTED.has(key) || raw === undefined) continue;
+    for (const value of Array.isArray(raw) ? raw : [raw]) {
+      const seen = found.get(key);
+      // If two copies disagree we cannot know which one the proxy chain meant; guessing lets an attacker pick.
+      if (seen !== undefined && seen !== value) {
+        throw new WebhookVerificationError(`malformed header: conflicting values for ${key}`);
+      }
+      found.set(key, value);
+    }
+  }
+  return found;
+}
+
+function checkTimestamp(timestamp: number, tolerance: number, now: number): void {
+  const age = now - timestamp;
+  if (age > tolerance) {
+    throw new WebhookVerificationError(
+      `timestamp outside tolerance: ${age.toFixed(0)}s old (tolerance ${tolerance}s); replayed or clock skew?`,
+    );
+  }
+  if (-age > tolerance) {
+    throw new WebhookVerificationError(
+      `timestamp outside tolerance: ${(-age).toFixed(0)}s in the future (tolerance ${tolerance}s); clock skew?`,
+    );
+  }
+}
+
+function verifyIngestlayer(secrets: string[], header: string, body: Buffer, tolerance: number, now: number): void {
+  let timestamp: number | undefined;
+  const signatures: Buffer[] = [];
+  for (const item of header.split(",")) {
+    const entry = item.trim();
+    const eq = entry.indexOf("=");
+    if (eq < 0) throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} entry without '='`);
+    const key = entry.slice(0, eq);
+    const value = entry.slice(eq + 1);
+    if (key === "t") {
+      if (timestamp !== undefined) {
+        throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} has several t= entries`);
+      }
+      if (!TIMESTAMP.test(value)) {
+        throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} t= is not unix seconds`);
+      }
+      timestamp = Number(value);
+    } else if (key === "v1") {
+      if (!HEX_SHA256.test(value)) {
+        throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} v1= is not a hex SHA-256`);
+      }
+      signatures.push(Buffer.from(value, "hex"));
+    }
+    // Other schemes (v0=, a future v2=) are skipped so the sender can add them without breaking us.
+  }
+  if (timestamp === undefined) {
+    throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} has no t= timestamp`);
+  }
+  if (signatures.length === 0) {
+    throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} has no v1= signature`);
+  }
+  checkTimestamp(timestamp, tolerance, now);
+  const signed = Buffer.concat([Buffer.from(`${timestamp}.`, "ascii"), body]);
+  for (const secret of secrets) {
+    const expected = createHmac("sha256", Buffer.from(secret, "utf8")).update(signed).digest();
+    // timingSafeEqual: the time taken must not reveal how much of a guess matched.
+    if (signatures.some((candidate) => timingSafeEqual(expected, candidate))) return;
+  }
+  throw new WebhookVerificationError("no matching signature: wrong secret, or the body was modified");
+}
+
+function standardKey(secret: string): Buffer {
+  const raw = secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret;
+  const data = raw.replace(/=+$/, "");
+  if (!BASE64.test(raw) || data === "" || data.length % 4 === 1) {
+    // A configuration error on the receiver's side, not a bad request.
+    throw new Error(
+      "Standard Webhooks secret must be non-empty base64 (A-Z a-z 0-9 + /, optional '=' padding) " +
+        "after an optional 'whsec_' prefix",
+    );
+  }
+  return Buffer.from(data, "base64");
+}
+
+function verifyStandard(
+  secrets: string[],
+  found: Map<string, string>,
+  body: Buffer,
+  tolerance: number,
+  now: number,
+): void {
+  const missing = [STD_ID, STD_TS, STD_SIG].filter((name) => !found.get(name));
+  if (missing.length > 0) throw new WebhookVerificationError(`missing header: ${missing.join(", ")}`);
+  const msgId = found.get(STD_ID) ?? "";
+  const rawTs = (found.get(STD_TS) ?? "").trim();
+  if (!TIMESTAMP.test(rawTs)) throw new WebhookVerificationError(`malformed header: ${STD_TS} is not unix seconds`);
+  const timestamp = Number(rawTs);
+  const signatures: Buffer[] = [];
+  for (const entry of (found.get(STD_SIG) ?? "").split(/\s+/).filter(Boolean)) {
+    const comma = entry.indexOf(",");
+    if (comma < 0) {
+      throw new WebhookVerificationError(`malformed header: ${STD_SIG} entry is not '<version>,<signature>'`);
+    }
+    if (entry.slice(0, comma) !== "v1") continue; // e.g. v1a (ed25519): not ours to check here
+    const value = entry.slice(comma + 1);
+    if (!BASE64.test(value) || value.length % 4 !== 0) {
+      throw new WebhookVerificationError(`malformed header: ${STD_SIG} v1 signature is not base64`);
+    }
+    signatures.push(Buffer.from(value, "base64"));
+  }
+  if (signatures.length === 0) throw new WebhookVerificationError(`malformed header: ${STD_SIG} has no v1 signature`);
+  checkTimestamp(timestamp, tolerance, now);
+  const signed = Buffer.concat([Buffer.from(`${msgId}.${timestamp}.`, "utf8"), body]);
+  for (const secret of secrets) {
+    const expected = createHmac("sha256", standardKey(secret)).update(signed).digest();
+    if (signatures.some((c) => c.length === expected.length && timingSafeEqual(expected, c))) return;
+  }
+  throw new WebhookVerificationError("no matching signature: wrong secret, or the body was modified");
+}
+
+/**
+ * Check that a webhook request came from ingestlayer and return its parsed JSON body.
+ *
+ * `secret` is the endpoint's signing secret, or several (new and old) while rotating: one matching
+ * is enough. `headers` may be `req.headers` (Node), a fetch `Headers`, a `Map` or a plain object;
+ * names are matched case-insensitively. `rawBody` must be the exact bytes received, before any JSON
+ * parsing (with Express: `express.raw({ type: "application/json" })`).
+ *
+ * Throws {@link WebhookVerificationError} when the request must be rejected (answer 400), and a
+ * plain `Error`/`TypeError` for a misconfiguration on your side (no secret, a negative tolerance,
+ * a Standard Webhooks secret that is not base64, a parsed body).
+ *
+ * @example
+ * const event = verifyWebhook<{ id: string; type: string; payload: Record<string, unknown> }>(
+ *   process.env.INGESTLAYER_WEBHOOK_SECRET!, req.headers, rawBody,
+ * );
+ */
+export function verifyWebhook<T = unknown>(
+  secret: string | readonly string[],
+  headers: WebhookHeaders,
+  rawBody: string | Uint8Array | ArrayBuffer,
+  options: VerifyOptions = {},
+): T {
+  const secrets = secretList(secret);
+  const tolerance = options.tolerance ?? DEFAULT_TOLERANCE;
+  if (typeof tolerance !== "number" || !Number.isFinite(tolerance) || tolerance < 0) {
+    throw new RangeError(`tolerance must be a non-negative number of seconds, got ${String(tolerance)}`);
+  }
+  const body = bodyBytes(rawBody);
+  const now = options.now ?? Date.now() / 1000;
+  const found = findHeaders(headers);
+  // Our own header wins whenever present: falling back to another scheme after it failed would let
+  // an attacker choose the weaker check.
+  const ours = found.get(SIG);
+  if (ours !== undefined) {
+    verifyIngestlayer(secrets, ours, body, tolerance, now);
+  } else if (found.has(STD_ID) || found.has(STD_TS) || found.has(STD_SIG)) {
+    verifyStandard(secrets, found, body, tolerance, now);
+  } else {
+    throw new WebhookVerificationError(
+      `missing header: expected ${SIGNATURE_HEADER} (or Standard Webhooks webhook-id, webhook-timestamp and webhook-signature)`,
+    );
+  }
+  try {
+    return JSON.parse(body.toString("utf8")) as T;
+  } catch (err) {
+    throw new WebhookVerificationError(
+      `signature is valid but the body is not JSON: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  }
+}
