@@ -13,6 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Browser tests drive Debian's Chromium (never a downloaded browser build).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "note: $(CHROMIUM) is missing; browser tests need Debian's chromium (apt-get install chromium)"; \
+	fi
+
 setup: $(STAMP)
 
 run: $(STAMP)
@@ -27,7 +36,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-test: $(STAMP) check
+test: $(STAMP) check $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
