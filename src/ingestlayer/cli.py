@@ -17,6 +17,7 @@ import orjson
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ingestlayer import __version__
@@ -62,13 +63,27 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except typer.Exit:
             raise
         except (CliError, ValueError, OSError, LookupError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            _print_error(str(exc))
             raise typer.Exit(1) from None
         except Exception as exc:  # anything else: still one line, with its type
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+            _print_error(f"{type(exc).__name__}: {exc}")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    # One line whatever the message holds or the terminal's width: no wrapping, no markup.
+    one_line = " ".join(message.split())
+    err.print(f"[red]error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def _with_backend(
@@ -193,7 +208,7 @@ def apply(
     try:
         document = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
-        raise CliError(f"{file}: not valid YAML: {exc}") from None
+        raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
     result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
     for change in result["changes"]:
         colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")

@@ -7,6 +7,7 @@ once in the create (or rotate) response.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
@@ -21,6 +22,7 @@ from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
+from ingestlayer.store.store import NotFound
 from ingestlayer.timefmt import iso
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
@@ -216,4 +218,7 @@ async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) ->
         delete_pipeline_ids=[p.id],
         delete_destination_ids=[d.id] if d else [],
     )
+    # Its signing secret goes with it (there is none for auth: none).
+    with contextlib.suppress(NotFound):
+        await rt.store.delete_secret(principal.project_id, _secret_name(endpoint_id))
     return Response(status_code=204)

@@ -126,7 +126,20 @@ async def replace_pipeline(
 async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
     cfg = await rt.store.load_project_config(principal.project_id)
     found = _find(cfg.pipelines, pipeline, "pipeline")
-    await rt.store.apply_config(principal.project_id, [], [], delete_pipeline_ids=[found.id])
+    # Its inline destinations (named "<pipeline>/<kind>") go with it, unless another pipeline uses them.
+    others = {
+        r["destination_id"] for p in cfg.pipelines if p.id != found.id for r in p.config["destinations"]
+    }
+    inline = [
+        r["destination_id"]
+        for r in found.config["destinations"]
+        if r["destination_id"] not in others
+        and r["destination_id"] in cfg.destinations
+        and cfg.destinations[r["destination_id"]].name.startswith(f"{found.name}/")
+    ]
+    await rt.store.apply_config(
+        principal.project_id, [], [], delete_pipeline_ids=[found.id], delete_destination_ids=inline
+    )
     return Response(status_code=204)
 
 
@@ -174,6 +187,7 @@ async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeD
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ApiError(422, "secret names use letters, digits, '-', '_' and '.'", field="name")
     replaced = await rt.store.set_secret(principal.project_id, name, rt.box.encrypt(body.value))
+    rt.dispatcher.resolver.forget(principal.project_id)  # this process's worker sees it at once
     return {"name": name, "replaced": replaced}
 
 

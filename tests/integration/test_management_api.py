@@ -1,0 +1,657 @@
+"""Management API (admin key): apply, pipelines, destinations, secrets, keys, health, OpenAPI, errors."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support.server import RunningServer, start_server
+
+HOOK = "https://hooks.acme.example/in"
+
+RECIPE_YAML = f"""
+pipelines:
+  - name: feature-usage-to-webhook
+    source: {{ match: [feature.used] }}
+    steps:
+      - filter.match: feature in {{export, api, webhook}}
+    destinations:
+      - webhook.out: {{ url: {HOOK}, auth: hmac, secret: ref:acme-hooks }}
+  - name: signups
+    source: {{ match: ["user.*"] }}
+    destinations:
+      - webhook.out: {{ url: {HOOK}/signups, when: plan = "free" }}
+"""
+
+
+def recipe_doc() -> dict[str, Any]:
+    return {
+        "pipelines": [
+            {
+                "name": "feature-usage-to-webhook",
+                "source": {"match": ["feature.used"]},
+                "steps": [{"filter.match": "feature in {export, api, webhook}"}],
+                "destinations": [{"webhook.out": {"url": HOOK, "auth": "hmac", "secret": "ref:acme-hooks"}}],
+            },
+            {
+                "name": "signups",
+                "source": {"match": ["user.*"]},
+                "destinations": [{"webhook.out": {"url": HOOK + "/signups", "when": 'plan = "free"'}}],
+            },
+        ]
+    }
+
+
+async def start(database_url: str, **overrides: Any) -> RunningServer:
+    """``start_server`` with TCP_NODELAY on the listener (see test_ingest_api.start)."""
+    s = await start_server(database_url, **overrides)
+    for listener in s._server.servers:
+        for sock in listener.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+@pytest.fixture
+async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
+    s = await start(sqlite_url)
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def server(db_url: str) -> AsyncIterator[RunningServer]:
+    s = await start(db_url)
+    yield s
+    await s.stop()
+
+
+def error_of(body: Any) -> dict[str, Any]:
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    err: dict[str, Any] = body["error"]
+    assert set(err) <= {"code", "message", "field"}, err
+    assert isinstance(err["code"], str) and err["code"], err
+    assert isinstance(err["message"], str) and err["message"], err
+    return err
+
+
+async def raw_request(
+    server: RunningServer, method: str, path: str, data: bytes, content_type: str = "application/json"
+) -> tuple[int, Any, bytes]:
+    async with server.session.request(
+        method, server.url + path, data=data, headers={**server.auth(), "Content-Type": content_type}
+    ) as resp:
+        raw = await resp.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        return resp.status, body, raw
+
+
+async def pipeline_names(server: RunningServer) -> list[str]:
+    status, body = await server.request("GET", "/v1/pipelines")
+    assert status == 200
+    return [p["name"] for p in body["data"]]
+
+
+# ---- apply ---------------------------------------------------------------------------------------
+
+
+async def test_apply_json_creates_then_is_unchanged(server: RunningServer) -> None:
+    result = await server.apply(recipe_doc())
+    assert result["dry_run"] is False
+    assert result["summary"] == {"create": 4}
+    kinds = sorted((c["kind"], c["name"], c["action"]) for c in result["changes"])
+    assert kinds == [
+        ("destination", "feature-usage-to-webhook/webhook.out", "create"),
+        ("destination", "signups/webhook.out", "create"),
+        ("pipeline", "feature-usage-to-webhook", "create"),
+        ("pipeline", "signups", "create"),
+    ]
+    ids = {c["name"]: c["id"] for c in result["changes"]}
+    assert ids["signups"].startswith("pip_") and ids["signups/webhook.out"].startswith("dst_")
+
+    status, listed = await server.request("GET", "/v1/pipelines")
+    assert status == 200
+    by_name = {p["name"]: p for p in listed["data"]}
+    assert set(by_name) == {"feature-usage-to-webhook", "signups"}
+    usage = by_name["feature-usage-to-webhook"]
+    assert usage["id"] == ids["feature-usage-to-webhook"]
+    assert usage["source"] == {"match": ["feature.used"]}
+    assert usage["steps"] == [
+        {"filter.match": {"expression": "feature in {export, api, webhook}", "on_error": "skip"}}
+    ]
+    assert usage["enabled"] is True and usage["endpoint"] is False
+    assert [(d["name"], d["kind"], d["when"]) for d in by_name["signups"]["destinations"]] == [
+        ("signups/webhook.out", "webhook.out", 'plan = "free"')
+    ]
+
+    again = await server.apply(recipe_doc())
+    assert again["summary"] == {"unchanged": 4}
+    assert all(c["action"] == "unchanged" and c["diff"] == "" for c in again["changes"])
+    assert {c["name"]: c["id"] for c in again["changes"]} == ids
+
+
+async def test_apply_yaml_with_dry_run_changes_nothing(srv: RunningServer) -> None:
+    status, body, _ = await raw_request(
+        srv, "POST", "/v1/apply?dry_run=true", RECIPE_YAML.encode(), "application/yaml"
+    )
+    assert status == 200, body
+    assert body["dry_run"] is True
+    assert body["summary"] == {"create": 4}
+    diff = next(c["diff"] for c in body["changes"] if c["name"] == "feature-usage-to-webhook")
+    assert "+++ file/feature-usage-to-webhook" in diff
+    assert "+    expression: feature in {export, api, webhook}" in diff
+    assert await pipeline_names(srv) == []
+    _, dests = await srv.request("GET", "/v1/destinations")
+    assert dests["data"] == []
+
+    status, body, _ = await raw_request(srv, "POST", "/v1/apply", RECIPE_YAML.encode(), "application/yaml")
+    assert status == 200
+    assert body["dry_run"] is False and body["summary"] == {"create": 4}
+    assert await pipeline_names(srv) == ["feature-usage-to-webhook", "signups"]
+
+    # The same document as YAML again: unchanged. Same content as JSON: unchanged too.
+    _, body, _ = await raw_request(srv, "POST", "/v1/apply", RECIPE_YAML.encode(), "application/x-yaml")
+    assert body["summary"] == {"unchanged": 4}
+    assert (await srv.apply(recipe_doc()))["summary"] == {"unchanged": 4}
+
+
+async def test_apply_dry_run_update_shows_diff_and_keeps_the_old_config(srv: RunningServer) -> None:
+    await srv.apply(recipe_doc())
+    changed = recipe_doc()
+    changed["pipelines"][0]["steps"] = [{"filter.match": "feature in {export}"}]
+    status, body = await srv.request("POST", "/v1/apply", json={"document": changed, "dry_run": True})
+    assert status == 200
+    assert body["summary"] == {"update": 1, "unchanged": 3}
+    (upd,) = [c for c in body["changes"] if c["action"] == "update"]
+    assert upd["name"] == "feature-usage-to-webhook"
+    assert "-    expression: feature in {export, api, webhook}" in upd["diff"]
+    assert "+    expression: feature in {export}" in upd["diff"]
+    _, p = await srv.request("GET", "/v1/pipelines/feature-usage-to-webhook")
+    assert p["steps"][0]["filter.match"]["expression"] == "feature in {export, api, webhook}"
+
+    body = await srv.apply(changed)
+    assert body["summary"] == {"update": 1, "unchanged": 3}
+    _, p = await srv.request("GET", "/v1/pipelines/feature-usage-to-webhook")
+    assert p["steps"][0]["filter.match"]["expression"] == "feature in {export}"
+
+
+async def test_apply_prune_removes_what_is_not_in_the_document(srv: RunningServer) -> None:
+    await srv.apply(recipe_doc())
+    only = {"pipelines": recipe_doc()["pipelines"][1:]}
+    status, body = await srv.request("POST", "/v1/apply", json={"document": only, "prune": True})
+    assert status == 200
+    deleted = sorted((c["kind"], c["name"]) for c in body["changes"] if c["action"] == "delete")
+    assert deleted == [
+        ("destination", "feature-usage-to-webhook/webhook.out"),
+        ("pipeline", "feature-usage-to-webhook"),
+    ]
+    assert await pipeline_names(srv) == ["signups"]
+
+
+CONFIG_ERRORS: list[tuple[dict[str, Any], str, list[str]]] = [
+    (
+        {"steps": [{"filter.match": "feature in {export, api"}]},
+        "pipelines[0].steps[0].filter.match",
+        ["position", "expected"],
+    ),
+    ({"steps": [{"enrich.telepathy": {"from": "user_id"}}]}, "pipelines[0].steps[0]", ["unknown step"]),
+    (
+        {"destinations": [{"carrier.pigeon": {"url": HOOK}}]},
+        "pipelines[0].destinations[0].carrier.pigeon",
+        ["unknown destination kind", "webhook.out"],
+    ),
+    (
+        {"destinations": [{"webhook.out": {"url": HOOK, "auth": "hmac", "secret": "whsec_LITERAL"}}]},
+        "pipelines[0].destinations[0].webhook.out.secret",
+        ["ref:", "env:"],
+    ),
+    (
+        {"destinations": [{"webhook.out": {"url": HOOK, "when": "plan = "}}]},
+        "pipelines[0].destinations[0].when",
+        ["position"],
+    ),
+    ({"destinations": [{"ref": "does-not-exist"}]}, "pipelines[0].destinations[0].ref", ["does-not-exist"]),
+    ({"source": {"match": ["invoice..x"]}}, "pipelines[0].source.match", ["invoice..x"]),
+    ({"name": "bad name!"}, "pipelines[0].name", []),
+]
+
+
+async def test_config_errors_are_422_naming_the_path(srv: RunningServer) -> None:
+    for override, field, words in CONFIG_ERRORS:
+        doc = recipe_doc()
+        doc["pipelines"][0].update(override)
+        status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+        assert status == 422, (override, body)
+        err = error_of(body)
+        assert err["code"] == "validation_error"
+        assert err["field"] == field, (override, err)
+        assert err["message"].startswith(field + ": "), err
+        for w in words:
+            assert w in err["message"], (w, err)
+        assert "LITERAL" not in err["message"]  # an inlined secret is never echoed back
+    # Nothing was applied by any of them.
+    assert await pipeline_names(srv) == []
+
+
+async def test_filter_error_names_position_in_the_expression(srv: RunningServer) -> None:
+    doc = recipe_doc()
+    doc["pipelines"][1]["steps"] = [{"filter.match": "plan ~ 3"}]
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 422
+    err = error_of(body)
+    assert err["field"] == "pipelines[1].steps[0].filter.match"
+    assert "at position 5: expected an operator" in err["message"]
+    assert "found '~'" in err["message"]
+
+
+async def test_apply_request_errors(srv: RunningServer) -> None:
+    cases: list[tuple[bytes, str, int, str | None]] = [
+        (b"pipelines: [\n  - name: x\n    source: {match: [a", "application/yaml", 400, None),
+        (b"- just\n- a list\n", "application/yaml", 422, None),
+        (b"pipelines: 5\n", "application/yaml", 422, "pipelines"),
+        (b"{", "application/json", 400, None),
+        (b"{}", "application/json", 422, "document"),
+        (b'{"document": {}, "dryrun": true}', "application/json", 422, "dryrun"),
+        (b'{"document": []}', "application/json", 422, "document"),
+        (b'{"document": {"pipelines": {"a": 1}}}', "application/json", 422, "pipelines"),
+        (b'{"document": {"pipelines": [], "extras": []}}', "application/json", 422, "extras"),
+    ]
+    for raw, ctype, code, field in cases:
+        status, body, _ = await raw_request(srv, "POST", "/v1/apply", raw, ctype)
+        assert status == code, (raw, body)
+        err = error_of(body)
+        if field is not None:
+            assert err["field"] == field, (raw, err)
+
+
+# ---- pipelines CRUD -------------------------------------------------------------------------------
+
+
+async def test_pipelines_crud(srv: RunningServer) -> None:
+    spec = recipe_doc()["pipelines"][1]
+    status, created = await srv.request("POST", "/v1/pipelines", json=spec)
+    assert status == 201, created
+    assert created["name"] == "signups" and created["id"].startswith("pip_")
+    assert created["source"] == {"match": ["user.*"]}
+    pid = created["id"]
+
+    for key in ("signups", pid):
+        status, got = await srv.request("GET", f"/v1/pipelines/{key}")
+        assert status == 200 and got["id"] == pid
+
+    status, updated = await srv.request(
+        "PUT", "/v1/pipelines/signups", json={**spec, "source": {"match": ["user.signed_up"]}}
+    )
+    assert status == 200, updated
+    assert updated["id"] == pid
+    assert updated["source"] == {"match": ["user.signed_up"]}
+    # The name may be left out of a PUT body; a different name is refused.
+    status, updated = await srv.request(
+        "PUT", "/v1/pipelines/signups", json={k: v for k, v in spec.items() if k != "name"}
+    )
+    assert status == 200 and updated["source"] == {"match": ["user.*"]}
+    status, body = await srv.request("PUT", "/v1/pipelines/signups", json={**spec, "name": "renamed"})
+    assert status == 422 and error_of(body)["field"] == "name"
+    status, body = await srv.request(
+        "PUT", "/v1/pipelines/signups", json={**spec, "steps": [{"filter.match": "a ="}]}
+    )
+    assert status == 422 and error_of(body)["field"] == "pipelines[0].steps[0].filter.match"
+    _, got = await srv.request("GET", "/v1/pipelines/signups")
+    assert got["steps"] == []
+
+    status, body = await srv.request("POST", "/v1/pipelines", json={"name": "x"})
+    assert status == 422
+    assert error_of(body)["field"] == "pipelines[0].source"
+
+    _, dests = await srv.request("GET", "/v1/destinations")
+    inline = [d["name"] for d in dests["data"] if d["name"].startswith("signups/")]
+    assert inline, dests
+    status, _ = await srv.request("DELETE", f"/v1/pipelines/{pid}")
+    assert status == 204
+    # Its inline destinations went with it.
+    _, dests = await srv.request("GET", "/v1/destinations")
+    assert not [d for d in dests["data"] if d["name"].startswith("signups/")]
+    for key in ("signups", pid):
+        status, body = await srv.request("GET", f"/v1/pipelines/{key}")
+        assert status == 404 and error_of(body)["code"] == "not_found"
+    status, body = await srv.request("DELETE", "/v1/pipelines/signups")
+    assert status == 404
+    error_of(body)
+    assert await pipeline_names(srv) == []
+
+
+# ---- destinations CRUD ------------------------------------------------------------------------------
+
+
+async def test_destinations_crud_and_in_use_conflict(srv: RunningServer) -> None:
+    status, dest = await srv.request(
+        "POST",
+        "/v1/destinations",
+        json={
+            "name": "central",
+            "webhook.out": {"url": HOOK, "auth": "bearer", "secret": "env:CENTRAL_TOKEN"},
+        },
+    )
+    assert status == 201, dest
+    assert dest["name"] == "central" and dest["kind"] == "webhook.out" and dest["id"].startswith("dst_")
+    assert dest["config"]["url"] == HOOK
+    assert dest["config"]["secret"] == "env:CENTRAL_TOKEN"
+    did = dest["id"]
+
+    for key in ("central", did):
+        status, got = await srv.request("GET", f"/v1/destinations/{key}")
+        assert status == 200 and got["id"] == did
+    _, listed = await srv.request("GET", "/v1/destinations")
+    assert [d["name"] for d in listed["data"]] == ["central"]
+
+    # Updating by name keeps the id.
+    status, dest2 = await srv.request(
+        "POST", "/v1/destinations", json={"name": "central", "webhook.out": {"url": HOOK + "/v2"}}
+    )
+    assert status == 201 and dest2["id"] == did and dest2["config"]["url"] == HOOK + "/v2"
+
+    status, p = await srv.request(
+        "POST",
+        "/v1/pipelines",
+        json={"name": "uses-central", "source": {"match": ["*"]}, "destinations": [{"ref": "central"}]},
+    )
+    assert status == 201, p
+    assert p["destinations"][0]["id"] == did
+
+    status, body = await srv.request("DELETE", "/v1/destinations/central")
+    assert status == 409
+    err = error_of(body)
+    assert err["code"] == "conflict"
+    assert "uses-central" in err["message"]
+    assert (await srv.request("GET", f"/v1/destinations/{did}"))[0] == 200
+
+    assert (await srv.request("DELETE", "/v1/pipelines/uses-central"))[0] == 204
+    status, _ = await srv.request("DELETE", f"/v1/destinations/{did}")
+    assert status == 204
+    status, body = await srv.request("GET", "/v1/destinations/central")
+    assert status == 404
+    error_of(body)
+    status, body = await srv.request("DELETE", "/v1/destinations/central")
+    assert status == 404
+
+    for bad, field in [
+        ({"webhook.out": {"url": HOOK}}, "destinations[0]"),
+        ({"name": "x", "webhook.out": {"url": "not a url"}}, "destinations[0].webhook.out.url"),
+        ({"name": "x", "webhook.out": {"url": HOOK, "auth": "bearer", "secret": "tok_LITERAL"}}, None),
+    ]:
+        status, body = await srv.request("POST", "/v1/destinations", json=bad)
+        assert status == 422, (bad, body)
+        err = error_of(body)
+        if field:
+            assert err["field"] == field
+        assert "LITERAL" not in err["message"]
+
+
+# ---- secrets --------------------------------------------------------------------------------------
+
+
+async def test_secret_values_never_appear_in_any_response(srv: RunningServer) -> None:
+    value = "whsec_VERY-SECRET-VALUE-4242"
+    responses: list[bytes] = []
+
+    async def call(method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        async with srv.session.request(method, srv.url + path, json=json, headers=srv.auth()) as resp:
+            raw = await resp.read()
+            responses.append(raw)
+            return resp.status, (orjson.loads(raw) if raw else None)
+
+    assert await call("PUT", "/v1/secrets/acme-hooks", {"value": value}) == (
+        200,
+        {"name": "acme-hooks", "replaced": False},
+    )
+    assert await call("PUT", "/v1/secrets/acme-hooks", {"value": value + "-v2"}) == (
+        200,
+        {"name": "acme-hooks", "replaced": True},
+    )
+    status, body = await call("PUT", "/v1/secrets/other.token_1", {"value": value})
+    assert status == 200
+    status, listed = await call("GET", "/v1/secrets")
+    assert status == 200
+    assert listed == {"data": [{"name": "acme-hooks"}, {"name": "other.token_1"}]}
+
+    status, _ = await call("POST", "/v1/apply", {"document": recipe_doc()})
+    assert status == 200
+    status, dests = await call("GET", "/v1/destinations")
+    secrets_shown = [d["config"].get("secret") for d in dests["data"]]
+    assert "ref:acme-hooks" in secrets_shown
+    assert all(s is None or s.startswith(("ref:", "env:")) for s in secrets_shown)
+    await call("GET", "/v1/pipelines")
+    await call("GET", "/v1/pipelines/feature-usage-to-webhook")
+    await call("GET", "/v1/destinations/feature-usage-to-webhook/webhook.out")
+
+    for bad_name in ("bad name", "slash%2Fname", "semi;colon"):
+        status, body = await call("PUT", f"/v1/secrets/{bad_name}", {"value": value})
+        assert status in (404, 422), (bad_name, body)
+        error_of(body)
+    status, body = await call("PUT", "/v1/secrets/empty", {"value": ""})
+    assert status == 422 and error_of(body)["field"] == "value"
+    status, body = await call("PUT", "/v1/secrets/x", {"value": value, "extra": 1})
+    assert status == 422 and error_of(body)["field"] == "extra"
+
+    assert (await call("DELETE", "/v1/secrets/other.token_1"))[0] == 204
+    status, body = await call("DELETE", "/v1/secrets/other.token_1")
+    assert status == 404 and error_of(body)["code"] == "not_found"
+    assert (await call("GET", "/v1/secrets"))[1] == {"data": [{"name": "acme-hooks"}]}
+
+    for raw in responses:
+        assert b"VERY-SECRET-VALUE" not in raw, raw
+
+
+# ---- keys ----------------------------------------------------------------------------------------
+
+
+async def test_keys_create_list_revoke(srv: RunningServer) -> None:
+    status, ingest = await srv.request("POST", "/v1/keys", json={"kind": "ingest", "name": "backend"})
+    assert status == 201, ingest
+    assert ingest["kind"] == "ingest" and ingest["key"].startswith("il_ingest_")
+    status, admin = await srv.request("POST", "/v1/keys", json={"kind": "admin"})
+    assert status == 201 and admin["key"].startswith("il_admin_")
+    assert admin["id"] != ingest["id"]
+
+    async with srv.session.get(srv.url + "/v1/keys", headers=srv.auth()) as resp:
+        raw = await resp.read()
+    listed = orjson.loads(raw)["data"]
+    assert len(listed) == 4  # the two made with the project, and these two
+    by_id = {k["id"]: k for k in listed}
+    assert by_id[ingest["id"]]["name"] == "backend"
+    assert by_id[ingest["id"]]["kind"] == "ingest"
+    assert by_id[ingest["id"]]["revoked_at"] is None
+    assert ingest["key"].startswith(by_id[ingest["id"]]["prefix"])
+    # Keys are shown once: neither the keys nor their hashes are listed.
+    for key in (ingest["key"], admin["key"], srv.admin_key, srv.ingest_key):
+        assert key.encode() not in raw
+    assert all(set(k) <= {"id", "kind", "prefix", "name", "created_at", "revoked_at"} for k in listed)
+
+    # The new keys work for what they may do.
+    assert (await srv.ingest("a.b", {}))[0] == 202
+    status, _ = await srv.request("POST", "/v1/events", key=ingest["key"], json={"type": "a.b"})
+    assert status == 202
+    assert (await srv.request("GET", "/v1/pipelines", key=admin["key"]))[0] == 200
+    assert (await srv.request("GET", "/v1/pipelines", key=ingest["key"]))[0] == 403
+
+    # Revoking is immediate on this server.
+    for k in (ingest, admin):
+        status, _ = await srv.request("DELETE", f"/v1/keys/{k['id']}")
+        assert status == 204
+    status, body = await srv.request("POST", "/v1/events", key=ingest["key"], json={"type": "a.b"})
+    assert status == 401 and error_of(body)["code"] == "unauthorized"
+    status, body = await srv.request("GET", "/v1/pipelines", key=admin["key"])
+    assert status == 401
+    _, listed2 = await srv.request("GET", "/v1/keys")
+    revoked = {k["id"]: k["revoked_at"] for k in listed2["data"]}
+    assert revoked[ingest["id"]] is not None and revoked[admin["id"]] is not None
+    # The project's own keys still work.
+    assert (await srv.request("GET", "/v1/keys"))[0] == 200
+    assert (await srv.ingest("a.b", {}))[0] == 202
+
+    status, body = await srv.request("DELETE", "/v1/keys/key_nope")
+    assert status == 404 and error_of(body)["code"] == "not_found"
+    for bad in ({"kind": "root"}, {}, {"kind": "admin", "scope": "all"}):
+        status, body = await srv.request("POST", "/v1/keys", json=bad)
+        assert status == 422, (bad, body)
+        error_of(body)
+
+
+# ---- health, metrics, OpenAPI ------------------------------------------------------------------------
+
+
+async def test_health_ready_and_metrics(srv: RunningServer) -> None:
+    async with srv.session.get(srv.url + "/healthz") as resp:  # no key needed
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+    async with srv.session.get(srv.url + "/readyz") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ready"}
+
+    async def metric(name: str) -> float:
+        async with srv.session.get(srv.url + "/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = await resp.text()
+        assert f"# TYPE {name}_total counter" in text or f"# TYPE {name} counter" in text
+        m = re.search(rf"^{name}_total (\S+)$", text, re.M)
+        assert m, text
+        return float(m.group(1))
+
+    ingested = await metric("ingestlayer_events_ingested")
+    dupes = await metric("ingestlayer_events_duplicate")
+    for i in range(3):
+        assert (await srv.ingest("m.x", {"i": i}))[0] == 202
+    assert (await srv.ingest("m.x", {}, idempotency_key="once"))[0] == 202
+    assert (await srv.ingest("m.x", {}, idempotency_key="once"))[0] == 200
+    assert await metric("ingestlayer_events_ingested") == ingested + 4
+    assert await metric("ingestlayer_events_duplicate") == dupes + 1
+
+
+async def test_openapi_documents_ingest_and_management(srv: RunningServer) -> None:
+    async with srv.session.get(srv.url + "/openapi.json") as resp:
+        assert resp.status == 200
+        doc = await resp.json()
+    paths = doc["paths"]
+    events_post = paths["/v1/events"]["post"]
+    assert "202" in events_post["responses"]
+    assert "application/json" in events_post["requestBody"]["content"]
+    assert "get" in paths["/v1/events"]
+    expected = {
+        "/v1/apply": {"post"},
+        "/v1/pipelines": {"get", "post"},
+        "/v1/pipelines/{pipeline}": {"get", "put", "delete"},
+        "/v1/destinations": {"get", "post"},
+        "/v1/destinations/{destination}": {"get", "delete"},
+        "/v1/destinations/{destination}/test": {"post"},
+        "/v1/secrets": {"get"},
+        "/v1/secrets/{name}": {"put", "delete"},
+        "/v1/keys": {"get", "post"},
+        "/v1/keys/{key_id}": {"delete"},
+        "/v1/events/{event_id}": {"get"},
+        "/v1/deliveries": {"get"},
+        "/v1/deliveries/{delivery_id}": {"get"},
+        "/v1/deliveries/{delivery_id}/replay": {"post"},
+        "/v1/deliveries/replay": {"post"},
+        "/v1/endpoints": {"get", "post"},
+        "/v1/endpoints/{endpoint_id}": {"get", "patch", "delete"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+        "/metrics": {"get"},
+    }
+    for path, methods in expected.items():
+        assert path in paths, path
+        assert methods <= set(paths[path]), (path, set(paths[path]))
+    assert {"EventIn", "BatchIn", "IngestOut"} <= set(doc["components"]["schemas"])
+
+
+# ---- errors everywhere ------------------------------------------------------------------------------
+
+GARBAGE: list[bytes] = [
+    b"",
+    b"garbage",
+    b"\x00\xff\xfe",
+    b"[]",
+    b"null",
+    b"123",
+    b'"text"',
+    b"{",
+    b'{"a": 1}',
+    b'{"name": 5, "source": 7, "destinations": "x", "document": 1, "value": [], "kind": {}}',
+    b'{"name": "\xc3\x28"}',
+    b"[" * 5000 + b"]" * 5000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b'{"url": "http://[::1", "events": ["a.b"]}',
+    b'{"url": "https://ok.example", "events": ["..."], "format": "xml"}',
+    b'{"status": ["nope"], "limit": -1}',
+    b'{"status": "dead"}',
+    b'{"document": {"pipelines": [{"name": "x", "source": {"match": ["*"]}, "steps": [{"filter.match": 5}],'
+    b' "destinations": [{"webhook.out": {"url": "https://a.example", "timeout": 1e999}}]}]}}',
+]
+
+
+async def test_garbage_bodies_never_cause_a_500(srv: RunningServer) -> None:
+    # A closed local port: test sends fail at once instead of waiting on DNS.
+    dead_url = "http://127.0.0.1:9/hook"
+    _, ep = await srv.request("POST", "/v1/endpoints", json={"url": dead_url, "events": ["a.b"]})
+    routes = [
+        ("POST", "/v1/apply"),
+        ("POST", "/v1/pipelines"),
+        ("PUT", "/v1/pipelines/some-name"),
+        ("POST", "/v1/destinations"),
+        ("POST", f"/v1/destinations/{ep['destination_id']}/test"),
+        ("PUT", "/v1/secrets/some-name"),
+        ("POST", "/v1/keys"),
+        ("POST", "/v1/endpoints"),
+        ("PATCH", f"/v1/endpoints/{ep['id']}"),
+        ("POST", "/v1/deliveries/replay"),
+        ("POST", "/v1/deliveries/dlv_nope/replay"),
+        ("POST", "/v1/events"),
+    ]
+    for method, path in routes:
+        for raw in GARBAGE:
+            for ctype in ("application/json", "text/plain") if raw in GARBAGE[:5] else ("application/json",):
+                status, body, text = await raw_request(srv, method, path, raw, ctype)
+                where = (method, path, raw[:60], ctype, text[:200])
+                assert status < 500, where
+                if status >= 400:
+                    assert body is not None, where
+                    error_of(body)
+    # YAML apply gets its own garbage.
+    for raw in [b"\x00\xff", b"{{{{", b"- - - -", b"pipelines:\n  - !!python/object:os.system 1", b"a: b: c"]:
+        status, body, text = await raw_request(srv, "POST", "/v1/apply", raw, "application/yaml")
+        assert 400 <= status < 500, (raw, text)
+        error_of(body)
+    # The server is still healthy and nothing was created by the garbage.
+    assert (await srv.request("GET", "/healthz"))[0] == 200
+    assert await pipeline_names(srv) == [f"endpoint:{ep['id']}"]
+    _, eps = await srv.request("GET", "/v1/endpoints")
+    assert [e["id"] for e in eps["data"]] == [ep["id"]]
+    assert eps["data"][0]["events"] == ["a.b"] and eps["data"][0]["url"] == dead_url
+
+
+async def test_errors_have_the_error_shape_for_routing_and_auth(srv: RunningServer) -> None:
+    checks = [
+        ("GET", "/v1/nothing-here", srv.admin_key, 404),
+        ("GET", "/nope", srv.admin_key, 404),
+        ("DELETE", "/v1/apply", srv.admin_key, 405),
+        ("PATCH", "/v1/pipelines", srv.admin_key, 405),
+        ("GET", "/v1/pipelines", "il_admin_wrong", 401),
+        ("GET", "/v1/deliveries", "il_ingest_wrong", 401),
+        ("GET", "/v1/pipelines", srv.ingest_key, 403),
+    ]
+    for method, path, key, code in checks:
+        status, body = await srv.request(method, path, key=key)
+        assert status == code, (method, path, body)
+        err = error_of(body)
+        assert err["code"] in {"not_found", "method_not_allowed", "unauthorized", "forbidden"}
+    async with srv.session.get(srv.url + "/v1/pipelines") as resp:  # no Authorization at all
+        assert resp.status == 401
+        error_of(await resp.json())

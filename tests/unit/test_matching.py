@@ -1,0 +1,151 @@
+"""``source.match`` patterns: exact types, ``*`` wildcards, several patterns, invalid ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestlayer.pipeline.config import ConfigError, parse_config
+from ingestlayer.pipeline.matching import TypeMatcher, is_valid_event_type, is_valid_pattern
+
+
+def test_exact_pattern_matches_only_that_type() -> None:
+    m = TypeMatcher(["invoice.created"])
+    assert m("invoice.created")
+    for other in (
+        "invoice.created.v2",
+        "invoice.create",
+        "invoice",
+        "xinvoice.created",
+        "Invoice.created",
+        "",
+    ):
+        assert not m(other), other
+
+
+def test_exact_pattern_dots_are_literal() -> None:
+    # A dot in a pattern is not a regex wildcard.
+    m = TypeMatcher(["a.b"])
+    assert m("a.b")
+    assert not m("aXb")
+
+
+def test_prefix_wildcard() -> None:
+    m = TypeMatcher(["invoice.*"])
+    assert m("invoice.created")
+    assert m("invoice.payment_failed")
+    assert m("invoice.payment.failed")  # `*` spans dots
+    assert not m("invoice")  # the dot is required
+    assert not m("invoices.created")
+    assert not m("user.invoice.created")
+
+
+def test_star_matches_everything() -> None:
+    m = TypeMatcher(["*"])
+    for t in ("a", "feature.used", "x.y.z", "invoice.created"):
+        assert m(t)
+
+
+def test_suffix_and_middle_wildcards() -> None:
+    assert TypeMatcher(["*.created"])("invoice.created")
+    assert not TypeMatcher(["*.created"])("invoice.created.extra")
+    mid = TypeMatcher(["billing.*.failed"])
+    assert mid("billing.invoice.failed")
+    assert not mid("billing.invoice.paid")
+    assert not mid("billing.failed")
+
+
+def test_several_patterns_any_may_match() -> None:
+    m = TypeMatcher(["user.signed_up", "invoice.*", "*.escalated"])
+    assert m("user.signed_up")
+    assert m("invoice.created")
+    assert m("ticket.escalated")
+    assert not m("user.deleted")
+    assert not m("feature.used")
+
+
+def test_several_wildcards_are_each_anchored_at_the_end() -> None:
+    # Every alternative must match the whole type, not only the last one.
+    m = TypeMatcher(["*.created", "user.*"])
+    assert m("invoice.created")
+    assert m("user.deleted")
+    assert not m("invoice.created.extra")
+    assert not m("ticket.created_by_bot")
+
+
+def test_no_patterns_match_nothing() -> None:
+    m = TypeMatcher([])
+    assert not m("anything")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["feature.used", "invoice.*", "*", "*.created", "a-b.c_d", "billing.*.failed", "A1.b2"]
+)
+def test_valid_patterns(pattern: str) -> None:
+    assert is_valid_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "",
+        ".",
+        "invoice.",
+        ".invoice",
+        "invoice..created",
+        "invoice created",
+        "invoice/created",
+        "é.x",
+        "a" * 201,
+    ],
+)
+def test_invalid_patterns(pattern: str) -> None:
+    assert not is_valid_pattern(pattern)
+
+
+@pytest.mark.parametrize("value", ["feature.used", "a", "user.signed_up", "x-y.z_1.w"])
+def test_valid_event_types(value: str) -> None:
+    assert is_valid_event_type(value)
+
+
+@pytest.mark.parametrize("value", ["", "feature.*", "*", "a..b", "a.", " a", "a b", "ü.x", "a" * 201])
+def test_invalid_event_types(value: str) -> None:
+    assert not is_valid_event_type(value)
+
+
+@pytest.mark.parametrize("bad", ["invoice..created", "", "invoice created"])
+def test_config_rejects_invalid_patterns_naming_the_path(bad: str) -> None:
+    doc = {
+        "pipelines": [
+            {
+                "name": "p",
+                "source": {"match": ["ok.type", bad]},
+                "destinations": [{"webhook.out": {"url": "https://example.com/h"}}],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert info.value.path == "pipelines[0].source.match"
+    assert repr(bad) in info.value.message
+
+
+def test_config_accepts_a_single_pattern_as_a_string() -> None:
+    doc = {
+        "pipelines": [
+            {
+                "name": "p",
+                "source": {"match": "invoice.*"},
+                "destinations": [{"webhook.out": {"url": "https://example.com/h"}}],
+            }
+        ]
+    }
+    assert parse_config(doc).pipelines[0].match == ["invoice.*"]
+
+
+def test_ids_sort_in_creation_order_within_a_millisecond() -> None:
+    from ingestlayer.ids import new_id
+
+    ids = [new_id("evt") for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("evt_") and len(i) == 30 for i in ids)
