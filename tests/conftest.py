@@ -67,3 +67,11 @@ async def server(db_url: str) -> AsyncIterator[RunningServer]:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
+    """A server on SQLite only: for HTTP-contract checks the database does not change."""
+    s = await start_server(sqlite_url)
+    yield s
+    await s.stop()

@@ -3,49 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
+from tests.support.api import error_of
 from tests.support.receiver import Receiver, Reply
-from tests.support.server import RunningServer, start_server, wait_for
+from tests.support.server import RunningServer, wait_for
 
 FAST = {"schedule": [0, 0.05], "jitter": 0}
 INVOICE = {"invoice_id": "in_1", "amount": 4200, "currency": "eur", "lines": [{"sku": "pro", "qty": 1}]}
-
-
-async def start(database_url: str, **overrides: Any) -> RunningServer:
-    """``start_server`` with TCP_NODELAY on the listener (see test_ingest_api.start)."""
-    s = await start_server(database_url, **overrides)
-    for listener in s._server.servers:
-        for sock in listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-@pytest.fixture
-async def server(db_url: str) -> AsyncIterator[RunningServer]:
-    s = await start(db_url)
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
-    s = await start(sqlite_url)
-    yield s
-    await s.stop()
-
-
-def error_of(body: Any) -> dict[str, Any]:
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err: dict[str, Any] = body["error"]
-    assert set(err) <= {"code", "message", "field"}, err
-    return err
 
 
 async def add_endpoint(server: RunningServer, receiver: Receiver, **extra: Any) -> dict[str, Any]:

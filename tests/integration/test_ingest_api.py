@@ -8,15 +8,14 @@ idempotency key answers 200 with the first id and routes nothing again.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import pytest
 
 from ingestlayer.timefmt import iso
+from tests.support.api import error_of
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -24,46 +23,6 @@ FAST = {"schedule": [0, 0.05], "jitter": 0}
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-
-async def start(database_url: str, **overrides: Any) -> RunningServer:
-    """``start_server`` with TCP_NODELAY on the listening socket.
-
-    The harness binds its socket with protocol 0, so asyncio does not set TCP_NODELAY on accepted
-    connections and each response (headers and body written separately) waits ~40 ms for a
-    delayed ACK. Linux copies the option from the listener to accepted sockets.
-    """
-    s = await start_server(database_url, **overrides)
-    for listener in s._server.servers:
-        for sock in listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-@pytest.fixture
-async def server(db_url: str) -> AsyncIterator[RunningServer]:
-    """The conftest fixture (both databases), without the delayed-ACK stall."""
-    s = await start(db_url)
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
-    """A server on SQLite only: for HTTP-contract checks the database does not change."""
-    s = await start(sqlite_url)
-    yield s
-    await s.stop()
-
-
-def error_of(body: Any) -> dict[str, Any]:
-    """The one error shape: {"error": {"code", "message", "field"?}}."""
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err: dict[str, Any] = body["error"]
-    assert set(err) <= {"code", "message", "field"}, err
-    assert isinstance(err["code"], str) and err["code"], err
-    assert isinstance(err["message"], str) and err["message"], err
-    return err
 
 
 async def post_events(
@@ -654,7 +613,7 @@ async def test_unknown_event_is_404(srv: RunningServer) -> None:
 
 
 async def test_rate_limit_answers_429_with_retry_after(sqlite_url: str) -> None:
-    server = await start(sqlite_url, ingest_rate_limit=5)
+    server = await start_server(sqlite_url, ingest_rate_limit=5)
 
     async def send(i: int) -> tuple[int, dict[str, str], Any]:
         async with server.session.post(
@@ -696,7 +655,7 @@ async def test_rate_limit_answers_429_with_retry_after(sqlite_url: str) -> None:
 
 async def test_rate_limit_lets_a_large_batch_through_once_the_bucket_is_full(sqlite_url: str) -> None:
     # A batch bigger than one second's burst must not be refused forever, whatever Retry-After says.
-    server = await start(sqlite_url, ingest_rate_limit=5)
+    server = await start_server(sqlite_url, ingest_rate_limit=5)
     try:
         batch = {"batch": [{"type": "bulk.x", "payload": {"i": i}} for i in range(20)]}
         status, body = await post_events(server, batch)

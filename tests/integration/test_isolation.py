@@ -3,38 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
+from tests.support.api import error_of
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
 
 FAST = {"schedule": [0, 0.05], "jitter": 0}
-
-
-async def start(database_url: str, **overrides: Any) -> RunningServer:
-    """``start_server`` with TCP_NODELAY on the listener (see test_ingest_api.start)."""
-    s = await start_server(database_url, **overrides)
-    for listener in s._server.servers:
-        for sock in listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-@pytest.fixture
-async def server(db_url: str) -> AsyncIterator[RunningServer]:
-    s = await start(db_url)
-    yield s
-    await s.stop()
-
-
-def error_of(body: Any) -> dict[str, Any]:
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err: dict[str, Any] = body["error"]
-    return err
 
 
 async def finished(server: RunningServer, delivery_id: str, key: str | None = None) -> dict[str, Any]:
@@ -190,7 +165,7 @@ async def test_keys_are_bound_to_their_project(server: RunningServer) -> None:
 
 
 async def test_private_destinations_are_refused(sqlite_url: str, receiver: Receiver) -> None:
-    server = await start(sqlite_url, allow_private_destinations=False)
+    server = await start_server(sqlite_url, allow_private_destinations=False)
     port = receiver.url.rsplit(":", 1)[1]
     targets = [
         receiver.url + "/loopback",

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import pytest
 
-from tests.support.server import RunningServer, start_server
+from tests.support.api import error_of
+from tests.support.server import RunningServer
 
 HOOK = "https://hooks.acme.example/in"
 
@@ -45,38 +43,6 @@ def recipe_doc() -> dict[str, Any]:
             },
         ]
     }
-
-
-async def start(database_url: str, **overrides: Any) -> RunningServer:
-    """``start_server`` with TCP_NODELAY on the listener (see test_ingest_api.start)."""
-    s = await start_server(database_url, **overrides)
-    for listener in s._server.servers:
-        for sock in listener.sockets:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-@pytest.fixture
-async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
-    s = await start(sqlite_url)
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
-async def server(db_url: str) -> AsyncIterator[RunningServer]:
-    s = await start(db_url)
-    yield s
-    await s.stop()
-
-
-def error_of(body: Any) -> dict[str, Any]:
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    err: dict[str, Any] = body["error"]
-    assert set(err) <= {"code", "message", "field"}, err
-    assert isinstance(err["code"], str) and err["code"], err
-    assert isinstance(err["message"], str) and err["message"], err
-    return err
 
 
 async def raw_request(

@@ -1,42 +1,29 @@
-"""Name → destination class. The YAML key of a destination is its registered kind.
-
-Entries are import paths, loaded on first use: adding a destination is one module (or package)
-and one line here.
-"""
+"""Name → destination class. The YAML key of a destination is its registered kind."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import BaseModel
 
-DESTINATIONS: dict[str, str] = {
-    "webhook.out": "ingestlayer.destinations.webhook_out:WebhookOut",
-    "slack": "ingestlayer.destinations.slack:Slack",
-    "discord": "ingestlayer.destinations.discord:Discord",
-    "telegram": "ingestlayer.destinations.telegram:Telegram",
-    "email": "ingestlayer.destinations.email:Email",
-    "postgres": "ingestlayer.destinations.postgres:Postgres",
-    "notion": "ingestlayer.destinations.notion:Notion",
-}
+from ingestlayer.registry import LazyRegistry
 
-_loaded: dict[str, Any] = {}
+DESTINATIONS = LazyRegistry(
+    "destination kind",
+    {
+        "webhook.out": "ingestlayer.destinations.webhook_out:WebhookOut",
+        "slack": "ingestlayer.destinations.slack:Slack",
+        "discord": "ingestlayer.destinations.discord:Discord",
+        "telegram": "ingestlayer.destinations.telegram:Telegram",
+        "email": "ingestlayer.destinations.email:Email",
+        "postgres": "ingestlayer.destinations.postgres:Postgres",
+        "notion": "ingestlayer.destinations.notion:Notion",
+    },
+)
 
 
 def destination_class(kind: str) -> Any:
-    cls = _loaded.get(kind)
-    if cls is not None:
-        return cls
-    try:
-        target = DESTINATIONS[kind]
-    except KeyError:
-        known = ", ".join(sorted(DESTINATIONS))
-        raise ValueError(f"unknown destination kind {kind!r} (known: {known})") from None
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    _loaded[kind] = cls
-    return cls
+    return DESTINATIONS.get(kind)
 
 
 def parse_destination_config(kind: str, raw: Any) -> BaseModel:

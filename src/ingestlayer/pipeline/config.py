@@ -153,12 +153,12 @@ def parse_destination_entry(
         when = _check_when(f"{path}.when", outer.get("when"))
         return None, RouteSpec(destination=str(outer["ref"]), when=when), when
     if len(kinds) != 1:
-        known = ", ".join(sorted(DESTINATIONS))
+        known = ", ".join(DESTINATIONS.names())
         found = ", ".join(kinds) or "none"
         raise ConfigError(path, f"expected exactly one destination kind ({known}); found {found}")
     kind = kinds[0]
     if kind not in DESTINATIONS:
-        known = ", ".join(sorted(DESTINATIONS))
+        known = ", ".join(DESTINATIONS.names())
         raise ConfigError(f"{path}.{kind}", f"unknown destination kind (known: {known})")
     inner = outer[kind] or {}
     if not isinstance(inner, dict):
