@@ -1,0 +1,212 @@
+"""Connect a Slack workspace over OAuth v2: the authorize redirect and the callback.
+
+- ``GET /v1/connections/slack/authorize?name=slack-main`` (admin key): a 302 to Slack's consent
+  page (or, with ``Accept: application/json``, ``{"authorize_url", …}`` for a dashboard to open).
+- ``GET /oauth/slack/callback?code=…&state=…``: where Slack sends the browser back. No API key (a
+  browser coming back from Slack has none): the sealed, expiring, single-use ``state`` names the
+  project and the connection. The bot token is stored encrypted as the project's secret ``name``;
+  the page says which workspace was connected and never shows the token.
+
+Failures (Slack not configured, a bad, expired or reused state, Slack refusing the code) answer 400
+with a page saying what to do (JSON with ``Accept: application/json``); Slack unreachable, 502.
+See :mod:`ingestlayer.destinations.slack.oauth` for the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import weakref
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from ingestlayer.api.deps import Admin, RuntimeDep
+from ingestlayer.api.errors import ApiError, error_body
+from ingestlayer.destinations.slack.oauth import (
+    STATE_CACHE_PREFIX,
+    STATE_TTL_SECONDS,
+    OAuthState,
+    SlackApp,
+    SlackOAuthError,
+    exchange_code,
+    open_state,
+    seal_state,
+)
+from ingestlayer.runtime import Runtime
+from ingestlayer.store.store import Store
+from ingestlayer.timefmt import iso
+
+log = logging.getLogger("ingestlayer.slack")
+
+router = APIRouter(tags=["connections"])
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+PENDING, USED = "pending", "used"
+# No caching of these pages, and no Referer carrying the code and state to other sites.
+PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+# One lock per runtime: a state is claimed by one callback, even when the browser sends two.
+_claim_locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _page(title: str, body_html: str, status: int) -> HTMLResponse:
+    doc = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)} · ingestlayer</title>"
+        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem}"
+        "code,pre{background:#f4f4f5;padding:.1rem .3rem;border-radius:4px}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{body_html}</body></html>"
+    )
+    return HTMLResponse(doc, status_code=status, headers=PAGE_HEADERS)
+
+
+def _failure(request: Request, exc: SlackOAuthError) -> Response:
+    if _wants_json(request):
+        return Response(
+            error_body(exc.code, exc.message),
+            status_code=exc.status,
+            media_type="application/json",
+            headers=PAGE_HEADERS,
+        )
+    return _page(
+        "Slack connection failed",
+        f"<p>{html.escape(exc.message)}</p>"
+        "<p>Nothing was stored. Start again from ingestlayer "
+        "(<code>GET /v1/connections/slack/authorize?name=…</code>).</p>",
+        exc.status,
+    )
+
+
+async def _claim(rt: Runtime, store: Store, state: OAuthState) -> None:
+    """Mark the state used; raises when it was used already (or never issued here)."""
+    key = STATE_CACHE_PREFIX + state.nonce
+    lock = _claim_locks.setdefault(rt, asyncio.Lock())
+    async with lock:
+        seen = await store.cache_get(state.project_id, key)
+        if seen != PENDING:
+            raise SlackOAuthError(
+                "this authorization link was used already: start the connection again",
+                code="used_state",
+            )
+        await store.cache_put(state.project_id, key, USED, ttl=STATE_TTL_SECONDS)
+
+
+@router.get(
+    "/v1/connections/slack/authorize",
+    summary="Start connecting a Slack workspace (redirects to Slack's consent page)",
+    status_code=302,
+    responses={
+        302: {"description": "Redirect to Slack's OAuth v2 authorize page"},
+        200: {"description": "With `Accept: application/json`: `{authorize_url, name, expires_at}`"},
+        400: {"description": "Slack is not configured on this server"},
+    },
+)
+async def authorize(
+    request: Request,
+    principal: Admin,
+    rt: RuntimeDep,
+    name: Annotated[
+        str,
+        Query(
+            description="The secret the bot token is stored as; pipelines use `connection: ref:NAME`.",
+            examples=["slack-main"],
+        ),
+    ],
+) -> Response:
+    if not NAME_RE.fullmatch(name):
+        raise ApiError(
+            422, "name: secret names use letters, digits, '-', '_' and '.' (at most 200)", field="name"
+        )
+    try:
+        app = SlackApp.from_env(rt.settings.public_url)
+    except SlackOAuthError as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code) from None
+    sealed, state = seal_state(rt.box, principal.project_id, name, app.redirect_uri)
+    await rt.store.cache_put(
+        principal.project_id, STATE_CACHE_PREFIX + state.nonce, PENDING, STATE_TTL_SECONDS
+    )
+    url = app.authorize_url(sealed)
+    if _wants_json(request):
+        return JSONResponse(
+            {"authorize_url": url, "name": name, "expires_at": iso(state.expires_at)}, headers=PAGE_HEADERS
+        )
+    return RedirectResponse(url, status_code=302, headers=PAGE_HEADERS)
+
+
+@router.get(
+    "/oauth/slack/callback",
+    summary="Slack's OAuth redirect target (no API key: the state names the project)",
+    response_class=HTMLResponse,
+    responses={
+        400: {"description": "Bad, expired or reused state, or Slack refused"},
+        502: {"description": "Slack could not be reached"},
+    },
+)
+async def callback(
+    request: Request,
+    rt: RuntimeDep,
+    code: str | None = None,
+    state: str | None = None,
+    error: str | None = None,
+) -> Response:
+    try:
+        if not state:
+            raise SlackOAuthError(
+                "the request has no state parameter: start the connection from ingestlayer",
+                code="invalid_state",
+            )
+        opened = open_state(rt.box, state)
+        await _claim(rt, rt.store, opened)
+        if error:
+            raise SlackOAuthError(
+                f"Slack did not authorize the app ({error[:100]}): nothing was connected",
+                code="slack_denied",
+            )
+        if not code:
+            raise SlackOAuthError("the request has no code parameter", code="missing_code")
+        app = SlackApp.from_env(rt.settings.public_url)
+        installed = await exchange_code(app, code, opened.redirect_uri)
+    except SlackOAuthError as exc:
+        log.info("slack oauth callback failed: %s", exc.message)
+        return _failure(request, exc)
+    replaced = await rt.store.set_secret(
+        opened.project_id, opened.name, rt.box.encrypt(installed.access_token)
+    )
+    # The next delivery must use the new token, not one cached from before a reconnect.
+    rt.dispatcher.resolver.forget(opened.project_id)
+    log.info(
+        "slack connected: project=%s secret=%s team=%s replaced=%s",
+        opened.project_id,
+        opened.name,
+        installed.team_id,
+        replaced,
+    )
+    if _wants_json(request):
+        return JSONResponse(
+            {
+                "connected": True,
+                "team": {"id": installed.team_id, "name": installed.team_name},
+                "secret": opened.name,
+                "replaced": replaced,
+                "scope": installed.scope,
+            },
+            headers=PAGE_HEADERS,
+        )
+    name = html.escape(opened.name)
+    return _page(
+        f"Slack connected: {installed.workspace}",
+        f"<p>The bot token is stored encrypted as the secret <code>{name}</code>"
+        f"{' (replacing the previous one)' if replaced else ''}. Use it in a pipeline:</p>"
+        f'<pre>slack: {{ channel: "#alerts", connection: ref:{name} }}</pre>'
+        "<p>Public channels work straight away; invite the app to private ones. You can close this page.</p>",
+        200,
+    )

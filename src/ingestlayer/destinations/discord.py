@@ -1,0 +1,311 @@
+"""``discord``: execute a webhook (``POST {webhook_url}?wait=true``) with one embed per event.
+
+Example::
+
+    destinations:
+      - discord: { webhook_url: ref:discord-alerts }
+      - discord:
+          webhook_url: env:DISCORD_WEBHOOK_URL
+          template: "**$event.feature** used $event.count times by `$event.user_id`"
+          username: ingestlayer
+          color: "#5865F2"
+
+The embed: ``title`` the event type, ``description`` the rendered template (or, without one,
+``fields`` listing the event's key fields inline), ``timestamp`` the event's ``occurred_at``, and
+a footer with the event id. Discord's limits are kept by cutting text safely: title 256,
+description 4096, at most 25 fields (name 256, value 1024), 6000 characters in all; ``content``
+2000. Event values are escaped so Discord shows them as sent (no stray bold, links or mentions),
+and ``allowed_mentions`` is empty, so nothing in an event can ping ``@everyone``.
+
+Answers: 2xx delivered; 429 retried after the body's ``retry_after`` (seconds, a float; else the
+``X-RateLimit-Reset-After`` / ``Retry-After`` headers); 400 (invalid form body), 401, 403 and 404
+(unknown webhook) dead at once with Discord's message; 5xx retried. The webhook URL holds the
+webhook's token: it never appears in errors or the attempt log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
+
+from ingestlayer.delivery.retry import parse_retry_after
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.slack.common import (
+    ELLIPSIS,
+    Redactor,
+    Reply,
+    check_http_url,
+    check_paths,
+    check_reference,
+    escape_fitting,
+    is_transient_status,
+    key_fields,
+    post,
+    render_template,
+    reply_outcome,
+    truncate,
+)
+
+TITLE_LIMIT = 256
+DESCRIPTION_LIMIT = 4096
+MAX_FIELDS = 25
+FIELD_NAME_LIMIT = 256
+FIELD_VALUE_LIMIT = 1024
+FOOTER_LIMIT = 2048
+EMBED_TOTAL_LIMIT = 6000
+CONTENT_LIMIT = 2000
+USERNAME_LIMIT = 80
+EMPTY = "—"  # Discord rejects empty field names and values
+
+# A backslash before any of these shows the character itself (Discord markdown escapes).
+_MARKDOWN = frozenset("\\*_~`|>#[]<")
+_COLOR = re.compile(r"^#?([0-9A-Fa-f]{6})$")
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413})
+
+
+def escape_char(ch: str) -> str:
+    return "\\" + ch if ch in _MARKDOWN else ch
+
+
+def escape(text: str) -> str:
+    """Escape Discord markdown so a value shows exactly as sent."""
+    return "".join(escape_char(ch) for ch in text)
+
+
+def escape_limited(text: str, limit: int) -> str:
+    return escape_fitting(text, limit, escape_char)
+
+
+def cut_markdown(text: str, limit: int) -> str:
+    """Cut rendered markdown to ``limit`` without ending in a lone escaping backslash."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - len(ELLIPSIS), 0)]
+    trailing = len(cut) - len(cut.rstrip("\\"))
+    if trailing % 2:
+        cut = cut[:-1]
+    return cut + ELLIPSIS
+
+
+class DiscordConfig(BaseModel):
+    """Post each event to a Discord channel through a webhook (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str = Field(
+        description="The webhook URL as a reference, `ref:NAME` or `env:VAR` (it holds the webhook's token)."
+    )
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DESCRIPTION_LIMIT,
+        description="Embed description with `$event.*` placeholders (Discord markdown); "
+        "default: the key fields as embed fields.",
+    )
+    content: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=CONTENT_LIMIT,
+        description="Message text above the embed, with `$event.*` placeholders (mentions never ping).",
+    )
+    fields: list[str] | None = Field(
+        default=None,
+        description="Payload fields the default embed lists (at most 25); default: the first 25 scalars.",
+    )
+    username: str | None = Field(
+        default=None, min_length=1, max_length=USERNAME_LIMIT, description="Overrides the webhook's name."
+    )
+    avatar_url: str | None = Field(default=None, description="Overrides the webhook's avatar (http(s) URL).")
+    color: int | str | None = Field(
+        default=None, description="Embed colour: `#5865F2` or an integer 0 to 16777215."
+    )
+    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Discord's answer.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str) -> str:
+        return check_reference("webhook_url", v, "webhook URL")
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: list[str] | None) -> list[str] | None:
+        return check_paths("fields", v, MAX_FIELDS)
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        if v is not None and ("discord" in v.lower() or "clyde" in v.lower()):
+            raise ValueError("username may not contain 'discord' or 'clyde' (Discord refuses it)")
+        return v
+
+    @field_validator("avatar_url")
+    @classmethod
+    def _avatar(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url("avatar_url", v)
+
+    @field_validator("color", mode="before")
+    @classmethod
+    def _color(cls, v: Any) -> int | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError("color must be `#RRGGBB` or an integer 0 to 16777215")
+        if isinstance(v, str):
+            m = _COLOR.fullmatch(v.strip())
+            if not m:
+                raise ValueError("color must be `#RRGGBB` or an integer 0 to 16777215")
+            return int(m.group(1), 16)
+        if not 0 <= v <= 0xFFFFFF:
+            raise ValueError("color must be `#RRGGBB` or an integer 0 to 16777215")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> DiscordConfig:
+        if self.template is not None and self.fields is not None:
+            raise ValueError("`fields` shapes the default embed; with a `template`, leave it out")
+        return self
+
+
+def build_embed(
+    event: Mapping[str, Any], *, template: str | None, fields: list[str] | None, color: int | None
+) -> dict[str, Any]:
+    """One embed within Discord's limits (each one, and 6000 characters in all)."""
+    event_type = str(event.get("type") or "event")
+    payload = event.get("payload")
+    if not isinstance(payload, Mapping):
+        payload = {}
+    title = truncate(event_type, TITLE_LIMIT)
+    footer = truncate(f"ingestlayer · {event.get('id') or ''}", FOOTER_LIMIT)
+    remaining = EMBED_TOTAL_LIMIT - len(title) - len(footer)
+    embed: dict[str, Any] = {"title": title}
+    if template is not None:
+        rendered = render_template(template, event, escape).strip() or escape(event_type)
+        embed["description"] = cut_markdown(rendered, min(DESCRIPTION_LIMIT, remaining))
+    else:
+        out: list[dict[str, Any]] = []
+        for label, value in key_fields(payload, fields, MAX_FIELDS):
+            name = truncate(label, FIELD_NAME_LIMIT).strip() or EMPTY
+            room = min(FIELD_VALUE_LIMIT, remaining - len(name))
+            if room < 8:  # not even a few characters of the value would fit
+                break
+            text = escape_limited(value, room) or EMPTY
+            out.append({"name": name, "value": text, "inline": len(value) <= 40})
+            remaining -= len(name) + len(text)
+        if out:
+            embed["fields"] = out
+    occurred = event.get("occurred_at")
+    if isinstance(occurred, str) and occurred:
+        embed["timestamp"] = occurred
+    embed["footer"] = {"text": footer}
+    if color is not None:
+        embed["color"] = color
+    return embed
+
+
+def embed_size(embed: Mapping[str, Any]) -> int:
+    """Characters Discord counts toward the 6000 limit."""
+    size = len(embed.get("title", "")) + len(embed.get("description", ""))
+    size += sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", []))
+    size += len(embed.get("footer", {}).get("text", ""))
+    size += len(embed.get("author", {}).get("name", ""))
+    return size
+
+
+def _flatten_errors(node: Any, path: str = "") -> list[str]:
+    """Discord's nested ``errors`` object as ``embeds.0.title: message`` lines."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        for err in node.get("_errors", []) if isinstance(node.get("_errors"), list) else []:
+            if isinstance(err, dict):
+                out.append(f"{path or 'body'}: {err.get('message') or err.get('code')}")
+        for key, child in node.items():
+            if key != "_errors":
+                out.extend(_flatten_errors(child, f"{path}.{key}" if path else str(key)))
+    return out
+
+
+def classify_reply(reply: Reply, redact: Redactor) -> Outcome:
+    if 200 <= reply.status < 300:
+        return reply_outcome(reply, redact, ok=True)
+    body = reply.json()
+    info = body if isinstance(body, dict) else {}
+    message = str(info.get("message") or "").strip()
+    if reply.status == 429:
+        retry_after: float | None = None
+        raw = info.get("retry_after")
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            retry_after = max(float(raw), 0.0)
+        if retry_after is None:
+            retry_after = parse_retry_after(reply.headers.get("X-RateLimit-Reset-After"))
+        if retry_after is None:
+            retry_after = reply.header_retry_after()
+        scope = "global " if info.get("global") else ""
+        return reply_outcome(
+            reply, redact, ok=False, error=f"Discord {scope}rate limit (HTTP 429)", retry_after=retry_after
+        )
+    reason = f"HTTP {reply.status}"
+    if message:
+        reason += f": {message}"
+    if "code" in info:
+        reason += f" (code {info['code']})"
+    details = _flatten_errors(info.get("errors"))
+    if details:
+        reason += " — " + "; ".join(details[:3])
+    permanent = reply.status in PERMANENT_STATUSES or not is_transient_status(reply.status)
+    retry = reply.header_retry_after() if reply.status == 503 else None
+    return reply_outcome(reply, redact, ok=False, error=reason, retry_after=retry, permanent=permanent)
+
+
+class Discord:
+    kind: ClassVar[str] = "discord"
+    config_model: ClassVar[type[BaseModel]] = DiscordConfig
+
+    def __init__(self, config: DiscordConfig) -> None:
+        self.config = config
+
+    def target(self) -> str:
+        return f"discord webhook ({self.config.webhook_url})"
+
+    def message(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        color = cfg.color if isinstance(cfg.color, int) else None
+        body: dict[str, Any] = {
+            "embeds": [build_embed(event, template=cfg.template, fields=cfg.fields, color=color)],
+            "allowed_mentions": {"parse": []},
+        }
+        if cfg.content is not None:
+            rendered = render_template(cfg.content, event, escape).strip()
+            if rendered:
+                body["content"] = cut_markdown(rendered, CONTENT_LIMIT)
+        if cfg.username:
+            body["username"] = cfg.username
+        if cfg.avatar_url:
+            body["avatar_url"] = cfg.avatar_url
+        return body
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
+        cfg = self.config
+        redact = Redactor()
+        try:
+            url = (await ctx.resolve_secret(request.project_id, cfg.webhook_url)).strip()
+        except LookupError as exc:
+            return Outcome(ok=False, error=str(exc))
+        redact.add_url(url)
+        try:
+            target = URL(url)
+            if target.scheme not in ("http", "https") or not target.host:
+                raise ValueError
+            target = target.update_query(wait="true")
+        except ValueError:
+            return Outcome(
+                ok=False,
+                error=f"webhook_url ({cfg.webhook_url}) does not hold an http(s) URL",
+                permanent=True,
+            )
+        redact.add(str(target))
+        reply = await post(ctx, str(target), self.message(request.event), timeout=cfg.timeout, redact=redact)
+        return reply if isinstance(reply, Outcome) else classify_reply(reply, redact)

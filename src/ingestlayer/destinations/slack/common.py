@@ -1,0 +1,300 @@
+"""Helpers shared by the chat destinations (``slack``, ``discord``, ``telegram``).
+
+- secret references in configs (``ref:NAME`` / ``env:VAR``, never the credential itself);
+- the event's envelope and its "key fields" (what a default message shows);
+- ``$event.*`` templates whose substituted values are escaped for the target's markup, while the
+  template's own text (the user's markup) is kept as written;
+- one bounded HTTP POST with the transport errors turned into :class:`Outcome` s, and every
+  credential (tokens, webhook URLs) redacted from errors and excerpts.
+
+(They live in the Slack package only because it is the one package of the three; nothing here is
+Slack-specific.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from ingestlayer.delivery.egress import EgressDenied
+from ingestlayer.delivery.retry import parse_retry_after
+from ingestlayer.destinations.base import Outcome, SendContext, excerpt
+from ingestlayer.pipeline.paths import get_path
+from ingestlayer.pipeline.templates import _PLACEHOLDER, as_text, lookup
+
+# Enough for any chat API's JSON answer (Slack echoes the message back); bounded so a hostile
+# endpoint cannot make a worker buffer gigabytes.
+MAX_RESPONSE_BYTES = 256 * 1024
+REDACTED = "<redacted>"
+ELLIPSIS = "…"
+
+
+def is_reference(value: str) -> bool:
+    kind, _, name = value.partition(":")
+    return kind in ("ref", "env") and bool(name.strip()) and name == name.strip()
+
+
+def check_reference(field_name: str, value: str, what: str) -> str:
+    """Validate a credential field: it must be ``ref:NAME`` or ``env:VAR``.
+
+    The message names the field and never repeats the value (it may be a pasted token).
+    """
+    if not is_reference(value):
+        raise ValueError(
+            f"{field_name} must be a secret reference, `ref:NAME` (stored encrypted with "
+            f"`ingestlayer secrets set NAME`) or `env:VAR`, never the {what} itself"
+        )
+    return value
+
+
+def check_http_url(field_name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field_name} must be an absolute http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def check_paths(field_name: str, value: list[str] | None, limit: int) -> list[str] | None:
+    if value is None:
+        return None
+    if not value:
+        raise ValueError(f"{field_name} must list at least one payload field (or be left out)")
+    if len(value) > limit:
+        raise ValueError(f"{field_name}: at most {limit} fields fit in one message")
+    for path in value:
+        if not path or any(not part for part in path.split(".")) or any(c.isspace() for c in path):
+            raise ValueError(f"{field_name}: {path!r} is not a payload path such as `plan` or `user.email`")
+    return value
+
+
+# ---- the event ------------------------------------------------------------------------------------
+
+
+def envelope(event: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any]]:
+    """(envelope, payload) of a ``SendRequest.event`` for template rendering."""
+    env = {k: event.get(k) for k in ("type", "id", "occurred_at", "received_at", "source")}
+    payload = event.get("payload")
+    return env, payload if isinstance(payload, Mapping) else {}
+
+
+def is_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, (str, int, bool))
+
+
+def key_fields(payload: Mapping[str, Any], paths: Sequence[str] | None, limit: int) -> list[tuple[str, str]]:
+    """The fields a default message shows, as (label, text).
+
+    With ``paths`` (the config's ``fields``): those, in order, skipping missing ones. Otherwise the
+    first ``limit`` top-level fields holding a scalar (text, number, boolean), in payload order:
+    nested objects, lists and nulls are left to templates.
+    """
+    out: list[tuple[str, str]] = []
+    if paths is not None:
+        for path in paths:
+            value = get_path(payload, path)
+            if value is not None:
+                out.append((path, as_text(value)))
+        return out[:limit]
+    for key, value in payload.items():
+        if len(out) >= limit:
+            break
+        if is_scalar(value):
+            out.append((str(key), as_text(value)))
+    return out
+
+
+def render_template(source: str, event: Mapping[str, Any], escape: Callable[[str], str]) -> str:
+    """Render ``$event.*`` placeholders with each value passed through ``escape``.
+
+    The template's literal text is the user's own markup (Slack mrkdwn links, Telegram HTML tags)
+    and is kept; only what comes from the event is escaped.
+    """
+    env, payload = envelope(event)
+    return _PLACEHOLDER.sub(lambda m: escape(as_text(lookup(m.group(1) or m.group(2), env, payload))), source)
+
+
+def template_placeholders_only(source: str, replacement: str = "x") -> str:
+    """The template with each placeholder replaced: what to validate the literal markup on."""
+    return _PLACEHOLDER.sub(replacement, source)
+
+
+def escape_fitting(text: str, limit: int, escape_char: Callable[[str], str]) -> str:
+    """Escape ``text`` character by character, stopping (with "…") before ``limit`` is passed.
+
+    An escape sequence is never cut in half, and the result is at most ``limit`` characters.
+    """
+    if limit <= 0:
+        return ""
+    pieces: list[str] = []
+    used = 0
+    for i, ch in enumerate(text):
+        piece = escape_char(ch)
+        rest_needs_ellipsis = i < len(text) - 1
+        budget = limit - (len(ELLIPSIS) if rest_needs_ellipsis else 0)
+        if used + len(piece) > budget:
+            return "".join(pieces) + ELLIPSIS if limit >= len(ELLIPSIS) else "".join(pieces)
+        pieces.append(piece)
+        used += len(piece)
+    return "".join(pieces)
+
+
+def truncate(text: str, limit: int) -> str:
+    """Plain text cut to ``limit`` characters, ending in "…" when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - len(ELLIPSIS), 0)] + ELLIPSIS
+
+
+# ---- redaction ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Redactor:
+    """Replaces credentials (tokens, webhook URLs and their secret path parts) in text."""
+
+    secrets: list[str] = field(default_factory=list)
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self.secrets:
+            self.secrets.append(secret)
+            # Longest first, so a URL goes before the token inside it.
+            self.secrets.sort(key=len, reverse=True)
+
+    def add_url(self, url: str) -> None:
+        """A webhook URL is a credential: the URL, its path, and each long path segment."""
+        self.add(url)
+        parts = urlsplit(url)
+        if parts.path and parts.path != "/":
+            self.add(parts.path)
+            for segment in parts.path.split("/"):
+                if len(segment) >= 16:
+                    self.add(segment)
+        if parts.query:
+            self.add(parts.query)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+# ---- HTTP -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def header_retry_after(self, *names: str) -> float | None:
+        for name in names or ("Retry-After",):
+            value = parse_retry_after(self.headers.get(name))
+            if value is not None:
+                return value
+        return None
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """The response body, at most ``limit`` bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+async def post(
+    ctx: SendContext,
+    url: str,
+    body: Any,
+    *,
+    timeout: float,
+    redact: Redactor,
+    headers: Mapping[str, str] | None = None,
+) -> Reply | Outcome:
+    """POST ``body`` as JSON; a :class:`Reply` when the server answered, else a failed Outcome.
+
+    Errors never contain a credential: every message goes through ``redact``.
+    """
+    try:
+        ctx.egress.check_url(url)
+    except EgressDenied as exc:
+        return Outcome(ok=False, error=redact(str(exc)), permanent=True)
+    data = orjson.dumps(body)
+    all_headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "User-Agent": ctx.user_agent,
+        **(headers or {}),
+    }
+    try:
+        async with ctx.session.post(
+            url,
+            data=data,
+            headers=all_headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            return Reply(resp.status, dict(resp.headers), await read_bounded(resp))
+    except TimeoutError:
+        return Outcome(ok=False, error=f"timed out after {timeout:g}s")
+    except EgressDenied as exc:
+        return Outcome(ok=False, error=redact(str(exc)), permanent=True)
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, EgressDenied):
+            return Outcome(ok=False, error=redact(str(exc.os_error)), permanent=True)
+        return Outcome(ok=False, error=redact(f"connection error: {exc.os_error or exc}"))
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Outcome(ok=False, error=redact(f"{type(exc).__name__}: {exc}"))
+
+
+def reply_outcome(
+    reply: Reply,
+    redact: Redactor,
+    *,
+    ok: bool,
+    error: str | None = None,
+    retry_after: float | None = None,
+    permanent: bool = False,
+) -> Outcome:
+    """An Outcome for an answered request, the excerpt redacted and bounded."""
+    return Outcome(
+        ok=ok,
+        status_code=reply.status,
+        error=None if ok else redact(error or f"HTTP {reply.status}"),
+        response_excerpt=excerpt(redact(reply.text())) if reply.body else None,
+        retry_after=retry_after,
+        permanent=permanent and not ok,
+    )
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return truncate(line, limit)
+
+
+def is_transient_status(status: int) -> bool:
+    """Statuses worth retrying: timeouts, rate limits, server errors (and the odd redirect)."""
+    return status in (408, 425, 429) or status >= 500 or 300 <= status < 400

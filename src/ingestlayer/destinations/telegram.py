@@ -1,0 +1,324 @@
+"""``telegram``: Bot API ``sendMessage`` with ``parse_mode: HTML``, escaped properly.
+
+Example::
+
+    destinations:
+      - telegram: { bot_token: ref:telegram-bot, chat_id: -1001234567890 }
+      - telegram:
+          bot_token: env:TELEGRAM_BOT_TOKEN
+          chat_id: "@acme_alerts"
+          template: "<b>$event.feature</b> used by <code>$event.user_id</code> ($event.plan)"
+          disable_notification: true
+
+The default message is ``<b>event.type</b>`` and one ``key: value`` line per key field. A
+``template`` is Telegram HTML: your own tags are kept (only the ones Telegram supports, balanced;
+checked when the config is applied), and every event value is escaped (``&``, ``<``, ``>``, ``"``),
+so ``<script>`` in a payload arrives as the text ``<script>``. The message is kept within 4096
+characters after escaping, cut between entities and tags with the open tags closed.
+
+Answers: ``{"ok": true}`` delivered; 429 (``parameters.retry_after``) retried after that many
+seconds; 400 (chat not found, can't parse entities, …), 401, 403 (bot blocked or kicked) and 404
+dead at once with Telegram's description; 5xx retried. The token is part of the URL path
+(``/bot<token>/sendMessage``): it is redacted (``bot<redacted>``) from every error and excerpt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.slack.common import (
+    ELLIPSIS,
+    Redactor,
+    Reply,
+    check_http_url,
+    check_paths,
+    check_reference,
+    escape_fitting,
+    is_transient_status,
+    key_fields,
+    render_template,
+    reply_outcome,
+    template_placeholders_only,
+)
+from ingestlayer.destinations.slack.common import (
+    post as post_json,
+)
+
+DEFAULT_API_BASE = "https://api.telegram.org"
+API_BASE_ENV = "INGESTLAYER_TELEGRAM_API_URL"
+TEXT_LIMIT = 4096
+MAX_FIELDS = 50
+DEFAULT_FIELDS = 10
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404})
+
+TOKEN_RE = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{20,100}$")
+CHAT_ID_RE = re.compile(r"^(-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31})$")
+# Tags Telegram's HTML parse mode supports (https://core.telegram.org/bots/api#html-style).
+SUPPORTED_TAGS = frozenset(
+    {
+        "b",
+        "strong",
+        "i",
+        "em",
+        "u",
+        "ins",
+        "s",
+        "strike",
+        "del",
+        "span",
+        "tg-spoiler",
+        "a",
+        "tg-emoji",
+        "code",
+        "pre",
+        "blockquote",
+    }
+)
+NAMED_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+# A tag, an entity, or one character: the units a message may be cut between.
+_TOKEN = re.compile(r"<[^<>]*>|&(?:#\d{1,7}|#x[0-9A-Fa-f]{1,6}|[A-Za-z]{1,10});|.", re.S)
+_TAG = re.compile(r"^<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s[^<>]*)?)(/?)>$")
+
+
+def escape_char(ch: str) -> str:
+    return _ESCAPES.get(ch, ch)
+
+
+def escape(text: str) -> str:
+    """HTML-escape a value for Telegram: ``&``, ``<``, ``>`` and ``"``."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+
+
+def utf16_len(text: str) -> int:
+    """Telegram counts UTF-16 code units (an emoji outside the BMP is two)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def check_html(markup: str) -> None:
+    """Raise ValueError when Telegram would answer "can't parse entities" for ``markup``."""
+    stack: list[str] = []
+    for m in _TOKEN.finditer(markup):
+        tok = m.group(0)
+        if tok == "<" or (tok.startswith("<") and len(tok) > 1 and not _TAG.match(tok)):
+            raise ValueError("a `<` that does not start a tag must be written `&lt;`")
+        if tok == "&":
+            raise ValueError("a `&` that does not start an entity must be written `&amp;`")
+        if tok.startswith("&") and len(tok) > 1:
+            name = tok[1:-1]
+            if not name.startswith("#") and name not in NAMED_ENTITIES:
+                raise ValueError(f"unsupported entity {tok}: Telegram knows &lt; &gt; &amp; &quot; and &#N;")
+            continue
+        tag = _TAG.match(tok)
+        if not tag:
+            continue
+        closing, name, attrs = tag.group(1) == "/", tag.group(2).lower(), tag.group(3) + tag.group(4)
+        if name not in SUPPORTED_TAGS:
+            raise ValueError(
+                f"Telegram does not support the tag <{name}> (supported: {', '.join(sorted(SUPPORTED_TAGS))})"
+            )
+        if closing:
+            if not stack or stack[-1] != name:
+                raise ValueError(f"</{name}> closes a tag that is not open")
+            stack.pop()
+        else:
+            if attrs.rstrip().endswith("/"):
+                raise ValueError(f"<{name}/>: Telegram tags cannot be self-closing")
+            if name == "a" and "href=" not in attrs:
+                raise ValueError("<a> needs an href")
+            stack.append(name)
+    if stack:
+        raise ValueError(f"<{stack[-1]}> is never closed")
+
+
+def fit_html(markup: str, limit: int = TEXT_LIMIT) -> str:
+    """Cut HTML to ``limit`` UTF-16 units between tokens, closing the tags left open, with "…"."""
+    if utf16_len(markup) <= limit:
+        return markup
+    out: list[str] = []
+    used = 0
+    stack: list[str] = []
+    for m in _TOKEN.finditer(markup):
+        tok = m.group(0)
+        tag = _TAG.match(tok) if tok.startswith("<") else None
+        after = list(stack)
+        if tag:
+            name = tag.group(2).lower()
+            if tag.group(1):
+                if after and after[-1] == name:
+                    after.pop()
+            else:
+                after.append(name)
+        closers = sum(len(f"</{n}>") for n in after)
+        if used + utf16_len(tok) + len(ELLIPSIS) + closers > limit:
+            break
+        out.append(tok)
+        used += utf16_len(tok)
+        stack = after
+    return "".join(out) + ELLIPSIS + "".join(f"</{n}>" for n in reversed(stack))
+
+
+def build_text(event: Mapping[str, Any], *, template: str | None, fields: list[str] | None) -> str:
+    """The message's HTML: the template rendered, or the default title and key-field lines."""
+    event_type = str(event.get("type") or "event")
+    if template is not None:
+        rendered = render_template(template, event, escape).strip()
+        return fit_html(rendered or f"<b>{escape(event_type)}</b>")
+    payload = event.get("payload")
+    lines = [f"<b>{escape(event_type)}</b>"]
+    limit = len(fields) if fields is not None else DEFAULT_FIELDS
+    for label, value in key_fields(payload if isinstance(payload, Mapping) else {}, fields, limit):
+        # Each value is cut on its own first, so one huge field cannot crowd out the others.
+        lines.append(f"{escape(label)}: {escape_fitting(value, 1000, escape_char)}")
+    return fit_html("\n".join(lines))
+
+
+class TelegramConfig(BaseModel):
+    """Send each event to a Telegram chat through a bot (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bot_token: str = Field(
+        description="The bot's token (from @BotFather) as a reference, `ref:NAME` or `env:VAR`."
+    )
+    chat_id: int | str = Field(
+        description="The chat: a numeric id (groups and channels are negative) or `@channelusername`."
+    )
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=TEXT_LIMIT,
+        description="Message HTML with `$event.*` placeholders; default: the event type and key fields.",
+    )
+    fields: list[str] | None = Field(
+        default=None, description="Payload fields the default message lists; default: the first 10 scalars."
+    )
+    disable_notification: bool = Field(default=False, description="Deliver silently.")
+    message_thread_id: int | None = Field(default=None, description="A forum topic of the chat.")
+    api_base: str | None = Field(
+        default=None, description=f"Bot API base URL; default `${API_BASE_ENV}` or {DEFAULT_API_BASE}."
+    )
+    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Telegram's answer.")
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        return check_reference("bot_token", v, "bot token")
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _chat_id(cls, v: Any) -> Any:
+        # Before pydantic's coercion, which would turn YAML's `yes` into the chat 1.
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError("chat_id must be a numeric chat id or `@channelusername`")
+        if isinstance(v, int):
+            return v
+        text = v.strip()
+        if not CHAT_ID_RE.fullmatch(text):
+            raise ValueError("chat_id must be a numeric chat id (e.g. -1001234567890) or `@channelusername`")
+        return text if text.startswith("@") else int(text)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_html(template_placeholders_only(v))
+            except ValueError as exc:
+                raise ValueError(f"template is not valid Telegram HTML: {exc}") from None
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: list[str] | None) -> list[str] | None:
+        return check_paths("fields", v, MAX_FIELDS)
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url("api_base", v)
+
+    @model_validator(mode="after")
+    def _shape(self) -> TelegramConfig:
+        if self.template is not None and self.fields is not None:
+            raise ValueError("`fields` shapes the default message; with a `template`, leave it out")
+        return self
+
+    def resolved_api_base(self) -> str:
+        return (self.api_base or os.environ.get(API_BASE_ENV) or DEFAULT_API_BASE).rstrip("/")
+
+
+def classify_reply(reply: Reply, redact: Redactor) -> Outcome:
+    body = reply.json()
+    info = body if isinstance(body, dict) else {}
+    if 200 <= reply.status < 300 and info.get("ok") is True:
+        return reply_outcome(reply, redact, ok=True)
+    description = str(info.get("description") or "").strip()
+    code = info.get("error_code") if isinstance(info.get("error_code"), int) else reply.status
+    params = info.get("parameters") if isinstance(info.get("parameters"), dict) else {}
+    reason = f"HTTP {reply.status}: {description}" if description else f"HTTP {reply.status}"
+    if code == 429 or reply.status == 429:
+        retry_after: float | None = None
+        raw = (params or {}).get("retry_after")
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            retry_after = max(float(raw), 0.0)
+        if retry_after is None:
+            retry_after = reply.header_retry_after()
+        return reply_outcome(reply, redact, ok=False, error=reason, retry_after=retry_after)
+    migrated = (params or {}).get("migrate_to_chat_id")
+    if migrated is not None:
+        reason += f" (the group is now the supergroup {migrated}: set chat_id: {migrated})"
+        return reply_outcome(reply, redact, ok=False, error=reason, permanent=True)
+    if 200 <= reply.status < 300:
+        return reply_outcome(reply, redact, ok=False, error=f"{reason}: not a Bot API answer")
+    permanent = reply.status in PERMANENT_STATUSES or not is_transient_status(reply.status)
+    return reply_outcome(reply, redact, ok=False, error=reason, permanent=permanent)
+
+
+class Telegram:
+    kind: ClassVar[str] = "telegram"
+    config_model: ClassVar[type[BaseModel]] = TelegramConfig
+
+    def __init__(self, config: TelegramConfig) -> None:
+        self.config = config
+
+    def target(self) -> str:
+        return f"telegram {self.config.chat_id}"
+
+    def message(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        body: dict[str, Any] = {
+            "chat_id": cfg.chat_id,
+            "text": build_text(event, template=cfg.template, fields=cfg.fields),
+            "parse_mode": "HTML",
+            "disable_web_page_preview": True,
+        }
+        if cfg.disable_notification:
+            body["disable_notification"] = True
+        if cfg.message_thread_id is not None:
+            body["message_thread_id"] = cfg.message_thread_id
+        return body
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
+        cfg = self.config
+        redact = Redactor()
+        try:
+            token = (await ctx.resolve_secret(request.project_id, cfg.bot_token)).strip()
+        except LookupError as exc:
+            return Outcome(ok=False, error=str(exc))
+        redact.add(token)
+        if not TOKEN_RE.fullmatch(token):
+            return Outcome(
+                ok=False,
+                error=f"bot_token ({cfg.bot_token}) does not hold a Telegram bot token (123456:ABC…)",
+                permanent=True,
+            )
+        url = f"{cfg.resolved_api_base()}/bot{token}/sendMessage"
+        reply = await post_json(ctx, url, self.message(request.event), timeout=cfg.timeout, redact=redact)
+        return reply if isinstance(reply, Outcome) else classify_reply(reply, redact)
