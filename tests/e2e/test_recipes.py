@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.chat_server import ChatServer
+from tests.support.fake_slack import FakeSlack
 from tests.support.processes import Cluster, Keys, Proc, wait_until
 from tests.support.receiver import Receiver
 
@@ -121,6 +122,46 @@ async def test_feature_usage_to_webhook(cluster: Cluster, receiver: Receiver) ->
         "owner": "sam@acme.com",
     }
     assert bodies[0]["payload"]["account"] is None  # u_2 is unknown: nulls, never a crash
+
+
+async def test_feature_usage_to_slack(tmp_path: Path, sqlite_url: str) -> None:
+    slack = await FakeSlack().start()
+    try:
+        async with Cluster(tmp_path, sqlite_url, INGESTLAYER_SLACK_API_URL=slack.api_url) as cluster:
+            keys, proc = await start(cluster)
+            await set_secret(cluster, "slack-main", slack.issue_token())
+            await apply_recipe(cluster, "feature-usage-to-slack.yaml", {})
+            await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
+            for user, plan in (("u_free", "free"), ("u_pro", "pro")):
+                await cluster.request(
+                    proc,
+                    "POST",
+                    "/v1/group",
+                    key=keys.ingest,
+                    json={"user_id": user, "account_id": f"acc_{user}", "traits": {"plan": plan}},
+                )
+            await emit(
+                cluster, proc, keys, "feature.used", {"user_id": "u_free", "feature": "api", "count": 3}
+            )
+            await emit(
+                cluster, proc, keys, "feature.used", {"user_id": "u_pro", "feature": "api", "count": 3}
+            )
+            await emit(
+                cluster,
+                proc,
+                keys,
+                "feature.used",
+                {"user_id": "u_free", "feature": "csv.import", "count": 1},
+            )
+            await settle(cluster, proc, keys, 1)
+            (posted,) = slack.messages  # the pro user matched no destination; csv.import was filtered
+            assert posted.channel == "C0ALERTS01"
+            header, section, _context = posted.body["blocks"]
+            assert header["text"]["text"] == "feature.used"
+            fields = [f["text"] for f in section["fields"]]
+            assert "*plan*\nfree" in fields and "*account*\nacc_u_free" in fields
+    finally:
+        await slack.stop()
 
 
 async def test_user_signups_to_webhook(cluster: Cluster, receiver: Receiver) -> None:
