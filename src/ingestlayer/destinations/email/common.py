@@ -1,0 +1,140 @@
+"""Helpers shared by the non-HTTP destinations (``email``, ``postgres``) and ``notion``.
+
+- credential fields: ``ref:NAME`` / ``env:VAR`` only, with an error that names the field and never
+  repeats the value (it may be a pasted password);
+- :func:`scrub`: take every credential out of a text before it becomes an attempt's error or
+  excerpt (a server may echo what it was sent; a driver may put a DSN in a message);
+- the private-address policy for raw TCP (SMTP, PostgreSQL): :func:`check_host` resolves a host
+  and refuses it when any address is private, loopback or link-local (unless
+  ``INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS``); :func:`connect_checked` connects to an address
+  it has just checked, so DNS cannot swap in an internal address between check and connect.
+
+(They sit in the email package because it is the first of the three; nothing here is
+email-specific.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Iterable
+
+from ingestlayer.delivery.egress import EgressDenied, EgressPolicy, is_public_address
+
+REDACTED = "<redacted>"
+# Shorter values are not scrubbed: replacing every "a" of a message helps nobody.
+MIN_SCRUB_CHARS = 4
+
+
+def is_reference(value: str) -> bool:
+    kind, _, name = value.partition(":")
+    return kind in ("ref", "env") and bool(name) and name == name.strip()
+
+
+def check_reference(field_name: str, value: str, what: str) -> str:
+    """A credential field must be ``ref:NAME`` or ``env:VAR``; the message never repeats it."""
+    if not is_reference(value):
+        raise ValueError(
+            f"{field_name} must be a secret reference, `ref:NAME` (stored encrypted with "
+            f"`ingestlayer secrets set NAME`) or `env:VAR`, never the {what} itself"
+        )
+    return value
+
+
+def secret_forms(value: str) -> list[str]:
+    """A credential and the encodings a server may echo it in (base64, as in SMTP AUTH)."""
+    forms = [value]
+    raw = value.encode()
+    forms.append(base64.b64encode(raw).decode())
+    forms.append(base64.urlsafe_b64encode(raw).decode())
+    return [f for f in forms if len(f) >= MIN_SCRUB_CHARS]
+
+
+def scrub(text: str | None, secrets: Iterable[str]) -> str | None:
+    """``text`` with every credential (and its base64 forms) replaced by ``<redacted>``."""
+    if text is None:
+        return None
+    for secret in sorted({f for s in secrets if s for f in secret_forms(s)}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]").split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+async def resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
+    """The TCP addresses of ``host``: ``(family, sockaddr)``, in the resolver's order."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    out: list[tuple[socket.AddressFamily, tuple[str, int]]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            out.append((family, (str(sockaddr[0]), int(sockaddr[1]))))
+    return out
+
+
+def _denied(host: str) -> EgressDenied:
+    return EgressDenied(
+        f"destination host {host!r} is a private, loopback or link-local address; private "
+        "destinations are not allowed (set INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS=1 to allow)"
+    )
+
+
+async def check_host(policy: EgressPolicy, host: str, port: int) -> None:
+    """Refuse ``host`` unless every address it resolves to is public (or private is allowed).
+
+    Unix-socket paths and an empty host (the driver's local default) are local, so refused too.
+    Resolution failures raise :class:`OSError` (a transient condition: retried).
+    """
+    if policy.allow_private:
+        return
+    if not host or host.startswith("/") or host == "localhost" or host.endswith(".localhost"):
+        raise _denied(host or "(local default)")
+    literal = _literal_ip(host)
+    if literal is not None:
+        if not is_public_address(literal):
+            raise _denied(host)
+        return
+    addresses = await resolve(host, port)
+    if not addresses or any(not is_public_address(sa[0]) for _, sa in addresses):
+        raise _denied(host)
+
+
+async def connect_checked(policy: EgressPolicy, host: str, port: int) -> socket.socket:
+    """A connected, non-blocking TCP socket to ``host``, only ever to an address that passed
+    the policy (addresses that fail it are skipped; none left: :class:`EgressDenied`)."""
+    if not policy.allow_private and (host == "localhost" or host.endswith(".localhost")):
+        raise _denied(host)
+    addresses = await resolve(host, port)
+    if not addresses:
+        raise OSError(f"{host!r} has no IPv4 or IPv6 address")
+    if not policy.allow_private:
+        addresses = [a for a in addresses if is_public_address(a[1][0])]
+        if not addresses:
+            raise _denied(host)
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:  # cancelled (a timeout): never leak the socket
+            sock.close()
+            raise
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert last is not None
+    raise last

@@ -1,0 +1,189 @@
+"""``notion``: ``pages.create`` — one page per delivery in a Notion database.
+
+``POST {api_base}/v1/pages`` with ``Authorization: Bearer <token>``, ``Notion-Version: 2022-06-28``
+and ``{"parent": {"database_id": …}, "properties": {…}}``.
+
+With ``dedupe_property``, the page also gets the delivery id in that rich_text property, and every
+attempt after the first (a retry, a replay) first asks the database (``POST
+/v1/databases/{id}/query``) for a page with it: Notion has no idempotency key, and a page created
+on an attempt whose answer was lost must not be created again.
+
+Outcomes: 200 → delivered; 429 (honouring ``Retry-After``), 409 ``conflict_error``, 5xx, timeouts
+and connection errors → retried; 400 ``validation_error``, 401 ``unauthorized``, 403
+``restricted_resource``, 404 ``object_not_found`` (and any other 4xx) → dead at once, with
+Notion's ``message``. The token never appears in an error or an excerpt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import aiohttp
+import orjson
+from pydantic import BaseModel
+
+from ingestlayer.delivery.egress import EgressDenied
+from ingestlayer.delivery.retry import parse_retry_after
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.destinations.email.common import scrub
+from ingestlayer.destinations.notion.config import NotionConfig
+from ingestlayer.destinations.notion.properties import property_value
+from ingestlayer.pipeline.templates import Template
+
+NOTION_VERSION = "2022-06-28"
+MAX_RESPONSE_BYTES = 256 * 1024
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+
+def notion_error(status: int, raw: bytes) -> tuple[str | None, str]:
+    """Notion's error ``code`` and ``message`` (or what the body says, for a proxy's answer)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and body.get("object") == "error":
+        return (str(body.get("code") or "") or None), str(body.get("message") or "")
+    return None, (excerpt(raw) or "").strip()[:300]
+
+
+def classify_response(status: int, raw: bytes, retry_after_header: str | None) -> Outcome:
+    if 200 <= status < 300:
+        try:
+            page = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            page = {}
+        summary = {k: page.get(k) for k in ("object", "id", "url")} if isinstance(page, dict) else {}
+        return Outcome(ok=True, status_code=status, response_excerpt=orjson.dumps(summary).decode())
+    code, message = notion_error(status, raw)
+    error = f"Notion {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    retry_after = parse_retry_after(retry_after_header) if status in (429, 503) else None
+    retry = status in RETRY_STATUSES or status >= 500
+    return Outcome(
+        ok=False,
+        status_code=status,
+        error=error,
+        response_excerpt=excerpt(raw),
+        retry_after=retry_after,
+        permanent=not retry,
+    )
+
+
+class Notion:
+    kind: ClassVar[str] = "notion"
+    config_model: ClassVar[type[BaseModel]] = NotionConfig
+
+    def __init__(self, config: NotionConfig) -> None:
+        self.config = config
+        self._templates = {
+            name: (prop.type, Template(prop.value) if isinstance(prop.value, str) else prop.value)
+            for name, prop in config.properties.items()
+        }
+
+    def target(self) -> str:
+        return f"notion database {self.config.database_id}"
+
+    async def close(self) -> None:
+        """Nothing held between deliveries (requests go through the dispatcher's session)."""
+
+    def build_body(self, request: SendRequest) -> dict[str, Any]:
+        ev = request.event
+        envelope = {"type": ev.get("type"), "id": ev.get("id"), "occurred_at": ev.get("occurred_at")}
+        payload = ev.get("payload")
+        payload_map = payload if isinstance(payload, dict) else {}
+        properties: dict[str, Any] = {}
+        for name, (kind, template) in self._templates.items():
+            value = template.render(envelope, payload_map) if isinstance(template, Template) else template
+            properties[name] = property_value(kind, value)
+        if self.config.dedupe_property is not None:
+            properties[self.config.dedupe_property] = property_value("rich_text", request.delivery_id)
+        return {"parent": {"database_id": self.config.database_id}, "properties": properties}
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
+        cfg = self.config
+        url = f"{cfg.api_base}/v1/pages"
+        if url.startswith("http://") and not ctx.egress.allow_private:
+            return Outcome(
+                ok=False,
+                permanent=True,
+                error="api_base must be https:// (the token would travel in the clear); plain http:// "
+                "only where private destinations are allowed",
+            )
+        try:
+            ctx.egress.check_url(url)
+        except EgressDenied as exc:
+            return Outcome(ok=False, error=str(exc), permanent=True)
+        try:
+            token = await ctx.resolve_secret(request.project_id, cfg.token)
+        except LookupError as exc:
+            return Outcome(ok=False, error=str(exc))
+        outcome: Outcome | None = None
+        if cfg.dedupe_property is not None and request.attempt > 1:
+            outcome = await self._existing_page(request.delivery_id, token, ctx)
+        if outcome is None:
+            outcome = await self._post(url, token, orjson.dumps(self.build_body(request)), ctx)
+        outcome.error = scrub(outcome.error, [token])
+        outcome.response_excerpt = scrub(outcome.response_excerpt, [token])
+        return outcome
+
+    async def _existing_page(self, delivery_id: str, token: str, ctx: SendContext) -> Outcome | None:
+        """Delivered already if an earlier attempt created the page; None when it did not."""
+        cfg = self.config
+        assert cfg.dedupe_property is not None
+        query = {
+            "filter": {"property": cfg.dedupe_property, "rich_text": {"equals": delivery_id}},
+            "page_size": 1,
+        }
+        url = f"{cfg.api_base}/v1/databases/{cfg.database_id}/query"
+        answer = await self._post(url, token, orjson.dumps(query), ctx, raw_ok=True)
+        if not answer.ok:
+            return answer
+        try:
+            results = orjson.loads(answer.response_excerpt or "{}").get("results") or []
+        except (orjson.JSONDecodeError, AttributeError):
+            results = []
+        if not results:
+            return None
+        page = results[0] if isinstance(results[0], dict) else {}
+        return Outcome(
+            ok=True,
+            status_code=200,
+            response_excerpt=orjson.dumps(
+                {"object": "page", "id": page.get("id"), "url": page.get("url"), "existing": True}
+            ).decode(),
+        )
+
+    async def _post(
+        self, url: str, token: str, body: bytes, ctx: SendContext, *, raw_ok: bool = False
+    ) -> Outcome:
+        """POST JSON to Notion; with ``raw_ok`` a 2xx keeps the whole answer in the excerpt."""
+        timeout = self.config.timeout
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Notion-Version": NOTION_VERSION,
+            "Content-Type": "application/json",
+            "User-Agent": ctx.user_agent,
+        }
+        try:
+            async with ctx.session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(MAX_RESPONSE_BYTES)
+                if raw_ok and 200 <= resp.status < 300:
+                    return Outcome(
+                        ok=True, status_code=resp.status, response_excerpt=raw.decode("utf-8", "replace")
+                    )
+                return classify_response(resp.status, raw, resp.headers.get("Retry-After"))
+        except TimeoutError:
+            return Outcome(ok=False, error=f"timed out after {timeout:g}s")
+        except EgressDenied as exc:
+            return Outcome(ok=False, error=str(exc), permanent=True)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, EgressDenied):
+                return Outcome(ok=False, error=str(exc.os_error), permanent=True)
+            return Outcome(ok=False, error=f"connection error: {exc.os_error or exc}")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")

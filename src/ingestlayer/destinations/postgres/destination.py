@@ -1,0 +1,277 @@
+"""``postgres``: insert one row per delivery into the user's table (asyncpg), idempotently.
+
+A small connection pool lives on the destination instance (the dispatcher keeps one instance per
+destination version): created on first use with the DSN resolved then, replaced when the secret
+changes, idle connections closed after a minute, and closed by :meth:`Postgres.close`. Every new
+connection first checks its host against the private-address policy.
+
+Outcomes: a row inserted, or the delivery id already there (a retry or replay) → delivered;
+connection refused, too many connections, serialization failures, deadlocks, a server shutting
+down, timeouts → retried; a table or column that does not exist, permission denied, a bad DSN,
+failed authentication, values the column's type rejects → dead at once, with PostgreSQL's
+message. The DSN and its password never appear in an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+from pydantic import BaseModel
+
+from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
+from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.email.common import check_host, scrub
+from ingestlayer.destinations.postgres.config import DELIVERY_ID, PostgresConfig
+from ingestlayer.destinations.postgres.sql import (
+    TABLE_INFO,
+    TableInfo,
+    compile_templates,
+    create_table_sql,
+    insert_columns,
+    insert_sql,
+    row_values,
+)
+
+DEFAULT_PORT = 5432
+IDLE_SECONDS = 60.0
+# SQLSTATE classes worth retrying: connection exception, transaction rollback (serialization,
+# deadlock), insufficient resources (too many connections), object not in prerequisite state
+# (lock not available), operator intervention (shutdown, cannot connect now, statement
+# timeout), system error, internal error.
+RETRY_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+RETRY_CODES = frozenset({"25006"})  # read-only transaction: a failover in progress
+# Errors after which the table may have changed: look at it again next time.
+SCHEMA_CLASSES = frozenset({"42"})
+
+
+class DsnError(ValueError):
+    """The DSN cannot be used; the message never contains it."""
+
+
+def dsn_hosts(dsn: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs a DSN names; ``("", 5432)`` for the driver's local default."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise DsnError("it must be a URI starting with postgresql:// (postgresql://user:password@host/db)")
+    hostlist = parts.netloc.rpartition("@")[2]
+    query = parse_qs(parts.query)
+    items = [h for h in hostlist.split(",") if h]
+    for extra in query.get("host", []):
+        items += [h for h in extra.split(",") if h]
+    ports = [p for value in query.get("port", []) for p in value.split(",") if p]
+    out: list[tuple[str, int]] = []
+    for i, item in enumerate(items or [""]):
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+        else:
+            host, port_text = item, ""
+        port_text = port_text or (ports[i] if i < len(ports) else ports[0] if ports else "")
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            raise DsnError("its port is not a number") from None
+        if not 0 < port < 65536:
+            raise DsnError("its port is out of range")
+        out.append((unquote(host), port))
+    return out
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """What must never be shown: the DSN, and its password as written and decoded."""
+    out = [dsn]
+    parts = urlsplit(dsn)
+    userinfo = parts.netloc.rpartition("@")[0]
+    if ":" in userinfo:
+        raw = userinfo.partition(":")[2]
+        out += [raw, unquote(raw)]
+    for value in parse_qs(parts.query).get("password", []):
+        out += [value, unquote(value)]
+    return [s for s in out if s]
+
+
+def _pg_message(exc: Any) -> str:
+    text = f"PostgreSQL {exc.sqlstate}: {getattr(exc, 'message', None) or exc}"
+    detail = getattr(exc, "detail", None)
+    hint = getattr(exc, "hint", None)
+    if detail:
+        text += f" ({detail[:300]})"
+    if hint:
+        text += f" Hint: {hint[:300]}"
+    return text
+
+
+def classify_error(exc: BaseException, cfg: PostgresConfig) -> Outcome:
+    """What a failed insert means for the delivery (the message is scrubbed by the caller)."""
+    if isinstance(exc, EgressDenied):
+        return Outcome(ok=False, error=str(exc), permanent=True)
+    if isinstance(exc, DsnError):
+        return Outcome(ok=False, error=f"the DSN in {cfg.dsn} cannot be used: {exc}", permanent=True)
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(exc.sqlstate or "")
+        retry = state[:2] in RETRY_CLASSES or state in RETRY_CODES
+        message = _pg_message(exc)
+        if state == "42P10":  # ON CONFLICT without a matching unique index
+            message += (
+                f" ({cfg.table} needs a unique index on delivery_id: "
+                f"ALTER TABLE {cfg.table} ADD UNIQUE (delivery_id))"
+            )
+        return Outcome(ok=False, error=message, permanent=not retry)
+    if isinstance(exc, TimeoutError):
+        return Outcome(ok=False, error=f"timed out after {cfg.timeout:g}s")
+    if isinstance(exc, (asyncpg.exceptions.ClientConfigurationError, ValueError)):
+        return Outcome(ok=False, error=f"invalid connection settings in {cfg.dsn}: {exc}", permanent=True)
+    if isinstance(exc, asyncpg.InterfaceError):  # e.g. the connection was lost mid-query
+        return Outcome(ok=False, error=f"connection error: {exc}")
+    if isinstance(exc, OSError):
+        return Outcome(ok=False, error=f"connection error: {exc}")
+    return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+def table_problem(cfg: PostgresConfig, info: TableInfo) -> str | None:
+    """Why inserting into this table cannot work, or None."""
+    if not info.columns:
+        return f"table {cfg.table} does not exist: create it, or set create_table: true"
+    why = (
+        "ingestlayer inserts idempotently on the delivery id (INSERT … ON CONFLICT (delivery_id) "
+        "DO NOTHING), so that a retried or replayed delivery never makes a second row"
+    )
+    if DELIVERY_ID not in info.columns:
+        return (
+            f"table {cfg.table} has no delivery_id column; {why}. Add one: "
+            f"ALTER TABLE {cfg.table} ADD COLUMN delivery_id text UNIQUE"
+        )
+    if not info.delivery_id_unique:
+        return (
+            f"table {cfg.table} has a delivery_id column but no unique index on it alone; {why}. "
+            f"Add one: ALTER TABLE {cfg.table} ADD UNIQUE (delivery_id)"
+        )
+    return None
+
+
+class Postgres:
+    kind: ClassVar[str] = "postgres"
+    config_model: ClassVar[type[BaseModel]] = PostgresConfig
+
+    def __init__(self, config: PostgresConfig) -> None:
+        self.config = config
+        self._templates = compile_templates(config)
+        self._pool: Any = None
+        self._pool_dsn: str | None = None
+        self._info: TableInfo | None = None
+        self._lock: asyncio.Lock | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def target(self) -> str:
+        return f"postgres table {self.config.table}"
+
+    async def close(self) -> None:
+        """Close the pool (waits briefly for connections in use, then terminates them)."""
+        pool, self._pool, self._pool_dsn = self._pool, None, None
+        if pool is not None:
+            await _close_pool(pool)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _get_pool(self, dsn: str, egress: EgressPolicy) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._pool is not None and self._pool_dsn == dsn:
+                return self._pool
+            hosts = dsn_hosts(dsn)
+
+            async def connect(*args: Any, **kwargs: Any) -> Any:
+                # Every new connection, not just the first: a name may resolve elsewhere later.
+                for host, port in hosts:
+                    await check_host(egress, host, port)
+                return await asyncpg.connect(*args, **kwargs)
+
+            old = self._pool
+            self._pool = await asyncpg.create_pool(
+                dsn,
+                min_size=0,
+                max_size=self.config.pool_size,
+                max_inactive_connection_lifetime=IDLE_SECONDS,
+                connect=connect,
+                timeout=self.config.timeout,
+                command_timeout=self.config.timeout,
+                server_settings={"application_name": "ingestlayer"},
+            )
+            self._pool_dsn = dsn
+            self._info = None
+            if old is not None:  # the secret changed: let the old pool finish in the background
+                task = asyncio.create_task(_close_pool(old))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            return self._pool
+
+    async def _table_info(self, conn: Any) -> TableInfo:
+        if self._info is not None:
+            return self._info
+        info = await _read_table_info(conn, self.config.quoted_table())
+        if not info.columns and self.config.create_table:
+            # Another worker may create it at the same moment: then theirs is used.
+            with contextlib.suppress(
+                asyncpg.exceptions.UniqueViolationError, asyncpg.exceptions.DuplicateTableError
+            ):
+                await conn.execute(create_table_sql(self.config))
+            info = await _read_table_info(conn, self.config.quoted_table())
+        if table_problem(self.config, info) is None:
+            self._info = info
+        return info
+
+    async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
+        cfg = self.config
+        try:
+            dsn = await ctx.resolve_secret(request.project_id, cfg.dsn)
+        except LookupError as exc:
+            return Outcome(ok=False, error=str(exc))
+        secrets = dsn_secrets(dsn)
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                pool = await self._get_pool(dsn, ctx.egress)
+                async with pool.acquire() as conn:
+                    info = await self._table_info(conn)
+                    problem = table_problem(cfg, info)
+                    if problem is not None:
+                        return Outcome(ok=False, error=problem, permanent=True)
+                    columns = insert_columns(cfg, info.columns)
+                    values = row_values(
+                        cfg, self._templates, columns, delivery_id=request.delivery_id, event=request.event
+                    )
+                    status = await conn.execute(insert_sql(cfg, columns), values.decode())
+        except Exception as exc:
+            outcome = classify_error(exc, cfg)
+            if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in SCHEMA_CLASSES:
+                self._info = None  # the user may fix the table and replay
+            outcome.error = scrub(outcome.error, secrets)
+            return outcome
+        if str(status).rsplit(" ", 1)[-1] == "1":
+            return Outcome(ok=True, response_excerpt=f"INSERT 1 row into {cfg.table}")
+        return Outcome(
+            ok=True,
+            response_excerpt=f"delivery {request.delivery_id} is already in {cfg.table}: no second row",
+        )
+
+
+async def _read_table_info(conn: Any, quoted_table: str) -> TableInfo:
+    rows = await conn.fetch(TABLE_INFO, quoted_table)
+    return TableInfo(
+        columns=frozenset(r["name"] for r in rows),
+        delivery_id_unique=any(r["name"] == DELIVERY_ID and r["is_unique"] for r in rows),
+    )
+
+
+async def _close_pool(pool: Any) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), 5)
+    except Exception:
+        with contextlib.suppress(Exception):
+            pool.terminate()

@@ -1,0 +1,115 @@
+"""The SQL the ``postgres`` destination runs: every identifier validated, then quoted.
+
+Rows are inserted with ``json_populate_record(NULL::table, $1::json)``: one JSON parameter, and
+PostgreSQL converts each value to the type the table's column has (text, numbers, timestamps,
+jsonb…), exactly as it would convert a literal. ``ON CONFLICT (delivery_id) DO NOTHING`` makes
+a retried or replayed delivery a no-op instead of a second row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ingestlayer.destinations.postgres.config import (
+    DELIVERY_ID,
+    METADATA_COLUMNS,
+    PostgresConfig,
+    quote_identifier,
+)
+from ingestlayer.pipeline.templates import Template
+
+# Every column of the table, and whether it alone carries a unique index usable by ON CONFLICT
+# (not partial, not an expression, valid).
+TABLE_INFO = """
+SELECT a.attname::text AS name,
+       EXISTS (
+         SELECT 1 FROM pg_index i
+         WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid
+           AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL
+       ) AS is_unique
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    columns: frozenset[str]
+    delivery_id_unique: bool
+
+
+def create_table_sql(cfg: PostgresConfig) -> str:
+    defs = [
+        f"{quote_identifier(DELIVERY_ID)} text PRIMARY KEY",
+        f"{quote_identifier('event_id')} text NOT NULL",
+        f"{quote_identifier('event_type')} text NOT NULL",
+        f"{quote_identifier('occurred_at')} timestamptz",
+        f"{quote_identifier('received_at')} timestamptz NOT NULL DEFAULT now()",
+    ]
+    builtin = {DELIVERY_ID, *METADATA_COLUMNS, "received_at"}
+    defs += [
+        f"{quote_identifier(name)} {spec.type}" for name, spec in cfg.columns.items() if name not in builtin
+    ]
+    if cfg.jsonb_column is not None and cfg.jsonb_column not in builtin:
+        defs.append(f"{quote_identifier(cfg.jsonb_column)} jsonb")
+    body = ",\n  ".join(defs)
+    return f"CREATE TABLE IF NOT EXISTS {cfg.quoted_table()} (\n  {body}\n)"
+
+
+def insert_columns(cfg: PostgresConfig, table_columns: frozenset[str]) -> list[str]:
+    """What one insert writes: delivery_id, the metadata columns the table has (unless mapped),
+    the mapped columns, the jsonb column."""
+    cols = [DELIVERY_ID]
+    cols += [c for c in METADATA_COLUMNS if c in table_columns and c not in cfg.columns]
+    cols += list(cfg.columns)
+    if cfg.jsonb_column is not None:
+        cols.append(cfg.jsonb_column)
+    return cols
+
+
+def insert_sql(cfg: PostgresConfig, columns: list[str]) -> str:
+    names = ", ".join(quote_identifier(c) for c in columns)
+    table = cfg.quoted_table()
+    return (
+        f"INSERT INTO {table} ({names}) "
+        f"SELECT {names} FROM json_populate_record(NULL::{table}, $1::json) "
+        f"ON CONFLICT ({quote_identifier(DELIVERY_ID)}) DO NOTHING"
+    )
+
+
+def compile_templates(cfg: PostgresConfig) -> dict[str, Template]:
+    return {name: Template(spec.value) for name, spec in cfg.columns.items()}
+
+
+def row_values(
+    cfg: PostgresConfig,
+    templates: Mapping[str, Template],
+    columns: list[str],
+    *,
+    delivery_id: str,
+    event: Mapping[str, Any],
+) -> bytes:
+    """The JSON object the insert reads: one key per column."""
+    payload = event.get("payload")
+    payload_map: Mapping[str, Any] = payload if isinstance(payload, dict) else {}
+    envelope = {"type": event.get("type"), "id": event.get("id"), "occurred_at": event.get("occurred_at")}
+    builtin: dict[str, Any] = {
+        DELIVERY_ID: delivery_id,
+        "event_id": event.get("id"),
+        "event_type": event.get("type"),
+        "occurred_at": event.get("occurred_at"),
+    }
+    row: dict[str, Any] = {}
+    for col in columns:
+        if col in templates:
+            row[col] = templates[col].render(envelope, payload_map)
+        elif col == cfg.jsonb_column:
+            row[col] = payload
+        else:
+            row[col] = builtin[col]
+    return orjson.dumps(row)

@@ -1,0 +1,310 @@
+"""The postgres destination through the real server, into the real PostgreSQL of this machine.
+
+The module gets its own scratch database (dropped at the end); each test its own tables. With
+CI=true PostgreSQL must be there: no skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from tests.integration.test_delivery import final_delivery
+from tests.support.databases import PG_URL, require_pg
+from tests.support.server import RunningServer, start_server, wait_for
+
+FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
+DOC = Path(__file__).resolve().parents[2] / "docs" / "destinations" / "postgres.md"
+PASSWORD = "pg-pass-Zx81"  # trust auth ignores it; it must still never be shown
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def target_db() -> Iterator[str]:
+    """A scratch database for the destination's tables: its DSN (with a password in it)."""
+    require_pg()
+    name = f"il_pgdest_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    base = PG_URL.rsplit("/", 1)[0]
+    user_host = base.split("://", 1)[1]
+    yield f"postgresql://{user_host.replace('@', f':{PASSWORD}@', 1)}/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def target(target_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(target_db, timeout=5)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def server(sqlite_url: str) -> AsyncIterator[RunningServer]:
+    # One store backend is enough here (the destination's database is what is under test).
+    s = await start_server(sqlite_url)
+    yield s
+    # Until the dispatcher calls close() on the destinations it drops, close their pools here.
+    for dest in list(s.runtime.dispatcher._dests.values()):
+        close = getattr(dest.instance, "close", None)
+        if close is not None:
+            await close()
+    await s.stop()
+
+
+def table_name() -> str:
+    return f"t_{uuid.uuid4().hex[:8]}"
+
+
+def pg_doc(table: str, *, steps: list[Any] | None = None, **settings: Any) -> dict[str, Any]:
+    retry = settings.pop("retry", FAST)
+    return {
+        "pipelines": [
+            {
+                "name": "to-warehouse",
+                "source": {"match": ["feature.*"]},
+                "steps": steps or [],
+                "destinations": [
+                    {"postgres": {"dsn": "ref:warehouse", "table": table, **settings}, "retry": retry}
+                ],
+            }
+        ]
+    }
+
+
+async def deliver(
+    server: RunningServer, payload: dict[str, Any], type_: str = "feature.used"
+) -> dict[str, Any]:
+    _, body = await server.ingest(type_, payload)
+    return await final_delivery(server, body["id"])
+
+
+async def test_create_table_and_insert(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    table = table_name()
+    await server.set_secret("warehouse", target_db)
+    columns = {
+        "account": "$event.account",
+        "seats": {"value": "$event.seats", "type": "bigint"},
+        "summary": "$event.feature by $event.user.name",
+    }
+    await server.apply(pg_doc(table, create_table=True, columns=columns, jsonb_column="payload"))
+    payload = {"account": "acme", "seats": "12", "feature": "export", "user": {"name": "Zoë"}}
+    d = await deliver(server, payload)
+    assert d["status"] == "delivered", d
+    assert d["attempts"][0]["response_excerpt"] == f"INSERT 1 row into {table}"
+    types = dict(
+        await target.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = $1", table
+        )
+    )
+    assert types == {
+        "delivery_id": "text",
+        "event_id": "text",
+        "event_type": "text",
+        "occurred_at": "timestamp with time zone",
+        "received_at": "timestamp with time zone",
+        "account": "text",
+        "seats": "bigint",
+        "summary": "text",
+        "payload": "jsonb",
+    }
+    (row,) = await target.fetch(f'SELECT * FROM "{table}"')
+    assert row["delivery_id"] == d["id"]
+    assert row["event_id"] == d["event_id"] and row["event_type"] == "feature.used"
+    assert isinstance(row["occurred_at"], datetime) and row["received_at"] is not None
+    assert (row["account"], row["seats"], row["summary"]) == ("acme", 12, "export by Zoë")
+    assert await target.fetchval(
+        f'SELECT payload = $1::jsonb FROM "{table}"',
+        '{"account": "acme", "seats": "12", "feature": "export", "user": {"name": "Zoë"}}',
+    )
+
+
+async def test_replayed_delivery_makes_no_second_row(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    table = table_name()
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc(table, create_table=True))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "delivered"
+    status, _ = await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
+    assert status == 200
+
+    async def replayed() -> dict[str, Any] | None:
+        _, again = await server.request("GET", f"/v1/deliveries/{d['id']}")
+        return again if again["status"] == "delivered" and len(again["attempts"]) == 2 else None
+
+    again = await wait_for(replayed)
+    assert "already in" in again["attempts"][1]["response_excerpt"]
+    assert await target.fetchval(f'SELECT count(*) FROM "{table}"') == 1
+    # jsonb_column defaults to `payload` when there is no column mapping.
+    assert await target.fetchval(f"SELECT payload->>'account' FROM \"{table}\"") == "acme"
+
+
+async def test_users_own_table_with_type_conversion(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    table = table_name()
+    await target.execute(
+        f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, delivery_id text UNIQUE NOT NULL, '
+        "kind text, amount numeric(10,2), at timestamptz, paid boolean, data jsonb, "
+        "created timestamptz DEFAULT now())"
+    )
+    await server.set_secret("warehouse", target_db)
+    columns = {
+        "kind": "$event.type",
+        "amount": "$event.amount",
+        "at": "$event.occurred_at",
+        "paid": "$event.paid",
+    }
+    await server.apply(pg_doc(table, columns=columns, jsonb_column="data"))
+    d = await deliver(server, {"amount": "12.50", "paid": True, "lines": [1, 2]}, "feature.billed")
+    assert d["status"] == "delivered", d
+    (row,) = await target.fetch(f'SELECT * FROM "{table}"')
+    assert row["delivery_id"] == d["id"] and row["kind"] == "feature.billed"
+    assert str(row["amount"]) == "12.50" and row["paid"] is True
+    assert row["at"] is not None and row["created"] is not None and row["id"] == 1
+    assert await target.fetchval(f"SELECT data->'lines' = '[1, 2]'::jsonb FROM \"{table}\"")
+
+
+async def test_table_without_unique_delivery_id_is_dead_then_fixed_and_replayed(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    table = table_name()
+    await target.execute(f'CREATE TABLE "{table}" (delivery_id text, payload jsonb)')
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc(table))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "dead"
+    (attempt,) = d["attempts"]
+    assert "no unique index on it" in attempt["error"]
+    assert f"ALTER TABLE {table} ADD UNIQUE (delivery_id)" in attempt["error"]
+    await target.execute(f'ALTER TABLE "{table}" ADD UNIQUE (delivery_id)')
+    await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
+
+    async def delivered() -> bool:
+        _, again = await server.request("GET", f"/v1/deliveries/{d['id']}")
+        return bool(again["status"] == "delivered")
+
+    await wait_for(delivered)
+    assert await target.fetchval(f'SELECT count(*) FROM "{table}"') == 1
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"nope": "$event.account"}, 'PostgreSQL 42703: column "nope" of relation "{table}" does not exist'),
+        ({"seats": "$event.seats"}, 'PostgreSQL 22P02: invalid input syntax for type bigint: "many"'),
+    ],
+)
+async def test_bad_column_or_value_is_dead_with_postgres_message(
+    server: RunningServer,
+    target: asyncpg.Connection,
+    target_db: str,
+    columns: dict[str, str],
+    message: str,
+) -> None:
+    table = table_name()
+    await target.execute(f'CREATE TABLE "{table}" (delivery_id text PRIMARY KEY, account text, seats bigint)')
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc(table, columns=columns))
+    d = await deliver(server, {"account": "acme", "seats": "many"})
+    assert d["status"] == "dead"
+    (attempt,) = d["attempts"]
+    assert message.format(table=table) in attempt["error"]
+    assert PASSWORD not in str(d)
+
+
+async def test_missing_table_is_dead_with_how_to_fix(server: RunningServer, target_db: str) -> None:
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc("no_such_table"))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "dead"
+    assert (
+        d["attempts"][0]["error"]
+        == "table no_such_table does not exist: create it, or set create_table: true"
+    )
+
+
+async def test_connection_refused_is_retried_and_unknown_database_is_dead(
+    server: RunningServer, target_db: str
+) -> None:
+    refused = re.sub(r":\d+/", ":1/", target_db)
+    await server.set_secret("warehouse", refused)
+    await server.apply(pg_doc(table_name(), retry={"schedule": [0, 0.05]}))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "dead" and len(d["attempts"]) == 2  # retried
+    assert "connection error" in d["attempts"][0]["error"]
+
+    await server.set_secret("warehouse", target_db.rsplit("/", 1)[0] + "/il_no_such_db")
+    await server.apply(pg_doc(table_name()))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "dead" and len(d["attempts"]) == 1  # permanent
+    assert 'PostgreSQL 3D000: database "il_no_such_db" does not exist' in d["attempts"][0]["error"]
+    assert PASSWORD not in str(d) and "postgresql://" not in str(d)
+
+
+async def test_inline_dsn_is_rejected_naming_the_field(server: RunningServer, target_db: str) -> None:
+    doc = pg_doc("events")
+    doc["pipelines"][0]["destinations"][0]["postgres"]["dsn"] = target_db
+    status, body = await server.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 422
+    assert body["error"]["field"] == "pipelines[0].destinations[0].postgres.dsn"
+    assert PASSWORD not in str(body)
+
+
+def doc_block(language: str, after: str) -> str:
+    """The first ```language block of docs/destinations/postgres.md after the line ``after``."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(after)
+    match = re.compile(rf"^```{language}\n(.*?)^```", re.M | re.S).search(text, start)
+    assert match, f"no {language} block after {after!r}"
+    return match.group(1)
+
+
+async def test_docs_rollup_recipe_runs_as_written(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    await target.execute("DROP TABLE IF EXISTS feature_usage")
+    recipe = yaml.safe_load(doc_block("yaml", "## Recipe: feature usage per account"))
+    await server.set_secret("warehouse", target_db)
+    await server.apply(recipe)
+    events = [
+        ("acme", "export"),
+        ("acme", "api"),
+        ("globex", "export"),
+        ("acme", "export"),
+        ("initech", "webhook"),
+        ("globex", "api"),
+    ]
+    for i, (org, feature) in enumerate(events):
+        d = await deliver(
+            server, {"user_id": f"u{i}", "feature": feature, "org": {"slug": org, "tier": "pro"}}
+        )
+        assert d["status"] == "delivered", d
+    sql = doc_block("sql", "### How do I roll this up per account?")
+    rows = await target.fetch(sql)
+    assert [(r["account"], r["events"], r["features"]) for r in rows] == [
+        ("acme", 3, 2),
+        ("globex", 2, 2),
+        ("initech", 1, 1),
+    ]
+    assert all(isinstance(r["last_seen"], datetime) for r in rows)
+    await target.execute("DROP TABLE feature_usage")
