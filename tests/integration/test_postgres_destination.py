@@ -59,12 +59,7 @@ async def server(sqlite_url: str) -> AsyncIterator[RunningServer]:
     # One store backend is enough here (the destination's database is what is under test).
     s = await start_server(sqlite_url)
     yield s
-    # Until the dispatcher calls close() on the destinations it drops, close their pools here.
-    for dest in list(s.runtime.dispatcher._dests.values()):
-        close = getattr(dest.instance, "close", None)
-        if close is not None:
-            await close()
-    await s.stop()
+    await s.stop()  # the dispatcher closes the destinations' pools as it stops
 
 
 def table_name() -> str:

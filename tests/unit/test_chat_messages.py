@@ -19,11 +19,11 @@ from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.destinations import discord as discord_mod
 from ingestlayer.destinations import telegram as telegram_mod
 from ingestlayer.destinations.base import SendContext, SendRequest
+from ingestlayer.destinations.chat import Redactor, Reply, escape_fitting, key_fields
 from ingestlayer.destinations.discord import Discord, DiscordConfig, build_embed, embed_size
 from ingestlayer.destinations.registry import destination_class
 from ingestlayer.destinations.slack import Slack, SlackConfig
 from ingestlayer.destinations.slack.blocks import build_message, cut_mrkdwn
-from ingestlayer.destinations.slack.common import Redactor, Reply, escape_fitting, key_fields
 from ingestlayer.destinations.slack.destination import classify_api_reply, classify_webhook_reply
 from ingestlayer.destinations.slack.oauth import SlackOAuthError, open_state, seal_state
 from ingestlayer.destinations.telegram import Telegram, TelegramConfig, build_text, check_html, fit_html

@@ -21,7 +21,6 @@ from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.email import Email, EmailConfig
 from ingestlayer.destinations.email import config as email_config_module
-from ingestlayer.destinations.email.common import check_host, connect_checked, scrub
 from ingestlayer.destinations.email.destination import classify_exception
 from ingestlayer.destinations.email.message import build_message, default_text, message_id
 from ingestlayer.destinations.notion import Notion, NotionConfig
@@ -40,6 +39,7 @@ from ingestlayer.destinations.postgres import config as postgres_config_module
 from ingestlayer.destinations.postgres.destination import classify_error, dsn_hosts, dsn_secrets
 from ingestlayer.destinations.postgres.sql import create_table_sql, insert_columns, insert_sql, row_values
 from ingestlayer.destinations.registry import build_destination, destination_class
+from ingestlayer.destinations.shared import check_host, connect_checked, scrub
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from tests.support.fake_notion import check_value
 

@@ -8,6 +8,7 @@ A delivery whose worker dies keeps its lease until ``due_at`` passes, then any w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from ingestlayer.store.store import Store
 log = logging.getLogger("ingestlayer.delivery")
 
 SECRET_CACHE_SECONDS = 5.0
+RETIRE_AFTER_SECONDS = 65.0
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Dispatcher:
         self._on_finished = on_finished
         self._session: aiohttp.ClientSession | None = None
         self._ctx: SendContext | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def _open(self) -> SendContext:
         if self._ctx is None:
@@ -126,6 +129,8 @@ class Dispatcher:
                 out[did] = None
                 continue
             cached = self._dests.get(did)
+            if cached is not None and cached.updated_at != row.updated_at:
+                self._retire(cached.instance)
             if cached is None or cached.updated_at != row.updated_at:
                 # A changed destination (e.g. an endpoint whose secret was rotated) must not be
                 # signed with a secret cached before the change.
@@ -270,8 +275,38 @@ class Dispatcher:
             await self._drain()
             self._results_ready.set()
             await writer
+            await self._close_all()
             if self._session is not None:
                 await self._session.close()
+
+    def _retire(self, instance: Any) -> None:
+        """Close a replaced destination (its pools, connections) once its sends are done."""
+        if hasattr(instance, "close"):
+            task = asyncio.create_task(self._close_later(instance, RETIRE_AFTER_SECONDS))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, instance: Any, delay: float) -> None:
+        # A send that started before the change may still be using it: the longest timeout
+        # a destination may have is 60 s.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(delay)
+        try:
+            await instance.close()
+        except Exception:
+            log.warning("closing a destination failed", exc_info=True)
+
+    async def _close_all(self) -> None:
+        for task in list(self._closing):
+            task.cancel()  # the sleep ends early; the close still runs
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        for cached in self._dests.values():
+            if hasattr(cached.instance, "close"):
+                try:
+                    await cached.instance.close()
+                except Exception:
+                    log.warning("closing a destination failed", exc_info=True)
+        self._dests.clear()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

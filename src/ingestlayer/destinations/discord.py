@@ -34,13 +34,12 @@ from yarl import URL
 
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
-from ingestlayer.destinations.slack.common import (
+from ingestlayer.destinations.chat import (
     ELLIPSIS,
     Redactor,
     Reply,
     check_http_url,
     check_paths,
-    check_reference,
     escape_fitting,
     is_transient_status,
     key_fields,
@@ -49,6 +48,7 @@ from ingestlayer.destinations.slack.common import (
     reply_outcome,
     truncate,
 )
+from ingestlayer.destinations.shared import check_reference
 
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096

@@ -32,13 +32,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
-from ingestlayer.destinations.slack.common import (
+from ingestlayer.destinations.chat import (
     ELLIPSIS,
     Redactor,
     Reply,
     check_http_url,
     check_paths,
-    check_reference,
     escape_fitting,
     is_transient_status,
     key_fields,
@@ -46,9 +45,10 @@ from ingestlayer.destinations.slack.common import (
     reply_outcome,
     template_placeholders_only,
 )
-from ingestlayer.destinations.slack.common import (
+from ingestlayer.destinations.chat import (
     post as post_json,
 )
+from ingestlayer.destinations.shared import check_reference
 
 DEFAULT_API_BASE = "https://api.telegram.org"
 API_BASE_ENV = "INGESTLAYER_TELEGRAM_API_URL"

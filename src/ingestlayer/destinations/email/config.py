@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingestlayer.destinations.email.common import check_reference, is_reference
+from ingestlayer.destinations.shared import check_reference, is_reference
 
 DEFAULT_PORT = {"starttls": 587, "none": 587, "implicit": 465}
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.:\-]+)$")

@@ -18,9 +18,9 @@ from pydantic import BaseModel
 
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
-from ingestlayer.destinations.email.common import connect_checked, scrub
 from ingestlayer.destinations.email.config import EmailConfig, address_of
 from ingestlayer.destinations.email.message import build_message, default_helo_name
+from ingestlayer.destinations.shared import connect_checked, scrub
 
 # aiosmtplib raises a plain SMTPException for these; their words tell them apart.
 MISSING_CAPABILITY = ("not supported", "no suitable authentication method")

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingestlayer.destinations.email.common import check_reference
+from ingestlayer.destinations.shared import check_reference
 
 DEFAULT_API_BASE = "https://api.notion.com"
 PropertyType = Literal[

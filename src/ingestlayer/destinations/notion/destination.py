@@ -25,9 +25,9 @@ from pydantic import BaseModel
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
-from ingestlayer.destinations.email.common import scrub
 from ingestlayer.destinations.notion.config import NotionConfig
 from ingestlayer.destinations.notion.properties import property_value
+from ingestlayer.destinations.shared import scrub
 from ingestlayer.pipeline.templates import Template
 
 NOTION_VERSION = "2022-06-28"

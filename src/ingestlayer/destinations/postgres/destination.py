@@ -24,7 +24,6 @@ from pydantic import BaseModel
 
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
-from ingestlayer.destinations.email.common import check_host, scrub
 from ingestlayer.destinations.postgres.config import DELIVERY_ID, PostgresConfig
 from ingestlayer.destinations.postgres.sql import (
     TABLE_INFO,
@@ -35,6 +34,7 @@ from ingestlayer.destinations.postgres.sql import (
     insert_sql,
     row_values,
 )
+from ingestlayer.destinations.shared import check_host, scrub
 
 DEFAULT_PORT = 5432
 IDLE_SECONDS = 60.0

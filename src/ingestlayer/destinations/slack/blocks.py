@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ingestlayer.destinations.slack.common import (
+from ingestlayer.destinations.chat import (
     escape_fitting,
     key_fields,
     render_template,

@@ -6,7 +6,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingestlayer.destinations.slack.common import check_http_url, check_paths, check_reference
+from ingestlayer.destinations.chat import check_http_url, check_paths
+from ingestlayer.destinations.shared import check_reference
 
 DEFAULT_API_BASE = "https://slack.com/api"
 API_BASE_ENV = "INGESTLAYER_SLACK_API_URL"

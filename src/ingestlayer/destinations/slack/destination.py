@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
-from ingestlayer.destinations.slack.blocks import build_message
-from ingestlayer.destinations.slack.common import (
+from ingestlayer.destinations.chat import (
     Redactor,
     Reply,
     first_line,
@@ -29,6 +28,7 @@ from ingestlayer.destinations.slack.common import (
     post,
     reply_outcome,
 )
+from ingestlayer.destinations.slack.blocks import build_message
 from ingestlayer.destinations.slack.config import SlackConfig
 
 # Web API error codes that retrying cannot fix, with what to do about them.

@@ -33,7 +33,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 import orjson
 
-from ingestlayer.destinations.slack.common import read_bounded
+from ingestlayer.destinations.chat import read_bounded
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
 
 STATE_TTL_SECONDS = 600

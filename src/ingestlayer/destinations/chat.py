@@ -35,24 +35,6 @@ REDACTED = "<redacted>"
 ELLIPSIS = "…"
 
 
-def is_reference(value: str) -> bool:
-    kind, _, name = value.partition(":")
-    return kind in ("ref", "env") and bool(name.strip()) and name == name.strip()
-
-
-def check_reference(field_name: str, value: str, what: str) -> str:
-    """Validate a credential field: it must be ``ref:NAME`` or ``env:VAR``.
-
-    The message names the field and never repeats the value (it may be a pasted token).
-    """
-    if not is_reference(value):
-        raise ValueError(
-            f"{field_name} must be a secret reference, `ref:NAME` (stored encrypted with "
-            f"`ingestlayer secrets set NAME`) or `env:VAR`, never the {what} itself"
-        )
-    return value
-
-
 def check_http_url(field_name: str, value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:

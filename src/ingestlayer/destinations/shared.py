@@ -1,4 +1,4 @@
-"""Helpers shared by the non-HTTP destinations (``email``, ``postgres``) and ``notion``.
+"""Helpers shared by destinations.
 
 - credential fields: ``ref:NAME`` / ``env:VAR`` only, with an error that names the field and never
   repeats the value (it may be a pasted password);
@@ -8,9 +8,6 @@
   and refuses it when any address is private, loopback or link-local (unless
   ``INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS``); :func:`connect_checked` connects to an address
   it has just checked, so DNS cannot swap in an internal address between check and connect.
-
-(They sit in the email package because it is the first of the three; nothing here is
-email-specific.)
 """
 
 from __future__ import annotations
