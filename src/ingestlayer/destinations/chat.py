@@ -26,7 +26,7 @@ from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
 from ingestlayer.pipeline.paths import get_path
-from ingestlayer.pipeline.templates import _PLACEHOLDER, as_text, lookup
+from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
 
 # Enough for any chat API's JSON answer (Slack echoes the message back); bounded so a hostile
 # endpoint cannot make a worker buffer gigabytes.
@@ -100,12 +100,12 @@ def render_template(source: str, event: Mapping[str, Any], escape: Callable[[str
     and is kept; only what comes from the event is escaped.
     """
     env, payload = envelope(event)
-    return _PLACEHOLDER.sub(lambda m: escape(as_text(lookup(m.group(1) or m.group(2), env, payload))), source)
+    return render_escaped(source, env, payload, escape)
 
 
 def template_placeholders_only(source: str, replacement: str = "x") -> str:
     """The template with each placeholder replaced: what to validate the literal markup on."""
-    return _PLACEHOLDER.sub(replacement, source)
+    return strip_placeholders(source, replacement)
 
 
 def escape_fitting(text: str, limit: int, escape_char: Callable[[str], str]) -> str:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -63,6 +63,24 @@ class Template:
 
     def render_text(self, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
         return as_text(self.render(envelope, payload))
+
+
+def render_escaped(
+    source: str, envelope: Mapping[str, Any], payload: Mapping[str, Any], escape: Callable[[str], str]
+) -> str:
+    """Render a template as text, escaping each substituted value (never the template's own text).
+
+    For message formats with markup (HTML, Slack mrkdwn): what the user wrote is kept as markup,
+    and nothing an event carries can inject any.
+    """
+    return _PLACEHOLDER.sub(
+        lambda m: escape(as_text(lookup(m.group(1) or m.group(2), envelope, payload))), source
+    )
+
+
+def strip_placeholders(source: str, replacement: str = "x") -> str:
+    """The template with each placeholder replaced: its literal markup, to validate on its own."""
+    return _PLACEHOLDER.sub(replacement, source)
 
 
 def render_value(value: Any, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:

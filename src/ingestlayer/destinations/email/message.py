@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -19,7 +19,7 @@ from typing import Any
 
 from ingestlayer.destinations.base import SendRequest
 from ingestlayer.destinations.email.config import EmailConfig, address_of
-from ingestlayer.pipeline.templates import _PLACEHOLDER, Template, as_text, lookup
+from ingestlayer.pipeline.templates import Template, as_text, render_escaped
 
 MAX_SUBJECT_CHARS = 250
 MAX_KEY_FIELDS = 25
@@ -53,15 +53,6 @@ def _short(value: Any) -> str:
 def key_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The payload's top-level fields as (name, text): what a default message shows."""
     return [(str(k), _short(v)) for k, v in list(payload.items())[:MAX_KEY_FIELDS]]
-
-
-def render_escaped(
-    source: str, envelope: Mapping[str, Any], payload: Mapping[str, Any], escape: Callable[[str], str]
-) -> str:
-    """Render a ``$event.*`` template, escaping each substituted value (never the template)."""
-    return _PLACEHOLDER.sub(
-        lambda m: escape(as_text(lookup(m.group(1) or m.group(2), envelope, payload))), source
-    )
 
 
 def _esc(text: str) -> str:
