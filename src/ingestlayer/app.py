@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from ingestlayer import __version__
-from ingestlayer.api import endpoints, entities, health, ingress, logs, manage, slack_oauth
+from ingestlayer.api import dashboard, endpoints, entities, health, ingress, logs, manage, slack_oauth
 from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
 from ingestlayer.runtime import Runtime
@@ -118,6 +118,7 @@ def build_fastapi(rt: Runtime) -> FastAPI:
     app.include_router(ingress.router)
     app.include_router(entities.router)
     app.include_router(slack_oauth.router)
+    app.include_router(dashboard.router)
     _document_ingest(app)
     return app
 

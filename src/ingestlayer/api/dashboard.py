@@ -1,0 +1,955 @@
+"""The dashboard at ``/``: server-rendered pages (Jinja2), sign-in with an admin key.
+
+Pages: overview (charts), pipelines (recipe cards), Webhooks → Endpoints / Logs / Dead letters,
+the event log and each event's trace, each delivery with all its attempts. Every change goes
+through the same functions as the REST API (:mod:`ingestlayer.api.endpoints`,
+:mod:`ingestlayer.api.logs`), so validation and effects are the API's. The pages work without
+JavaScript; POST forms carry a CSRF token; see :mod:`ingestlayer.api.dashboard_session`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from ingestlayer.api import endpoints as endpoints_api
+from ingestlayer.api import logs as logs_api
+from ingestlayer.api.dashboard_session import (
+    Session,
+    clear_flash,
+    end_session,
+    load_session,
+    login_csrf,
+    read_flash,
+    read_form,
+    remember_login_csrf,
+    runtime,
+    safe_next,
+    set_flash,
+    start_session,
+    to_login,
+    tokens_match,
+)
+from ingestlayer.api.dashboard_views import (
+    STATUSES,
+    WEB,
+    latency_chart,
+    pipeline_card,
+    pretty_json,
+    render,
+    success_chart,
+    throughput_chart,
+    trace_view,
+)
+from ingestlayer.api.errors import ApiError
+from ingestlayer.records import ProjectConfig
+from ingestlayer.store.stats import RANGES, DashboardStats
+from ingestlayer.timefmt import parse_iso
+
+router = APIRouter(include_in_schema=False)
+
+PAGE = 50
+# The statuses worth a count in the logs' filter (delivered, most rows by far, is left out).
+UNSETTLED = ("pending", "delivering", "retrying", "dead")
+SLACK_AUTHORIZE_PATH = "/v1/connections/slack/authorize"
+SECURITY_HEADERS = {
+    # No script at all; styles and images from this server only.
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".js": "text/javascript"}
+
+
+def _load_static() -> dict[str, tuple[bytes, str, str]]:
+    out: dict[str, tuple[bytes, str, str]] = {}
+    folder = WEB / "static"
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and path.suffix in _STATIC_TYPES:
+            data = path.read_bytes()
+            out[path.name] = (data, _STATIC_TYPES[path.suffix], hashlib.sha256(data).hexdigest()[:16])
+    return out
+
+
+STATIC = _load_static()
+ASSET_VERSION = hashlib.sha256(b"".join(v[2].encode() for v in STATIC.values())).hexdigest()[:10]
+
+
+# ---- plumbing --------------------------------------------------------------------------------
+
+
+def _stats(request: Request) -> DashboardStats:
+    stats: DashboardStats | None = getattr(request.app.state, "dashboard_stats", None)
+    if stats is None:
+        stats = DashboardStats(runtime(request).store.engines)
+        request.app.state.dashboard_stats = stats
+    return stats
+
+
+async def _project_name(request: Request, project_id: str) -> str:
+    for p in await runtime(request).store.list_projects():
+        if p["id"] == project_id:
+            return str(p["name"])
+    return project_id
+
+
+async def _page(
+    request: Request,
+    sess: Session | None,
+    template: str,
+    *,
+    http_status: int = 200,
+    section: str = "",
+    **context: Any,
+) -> HTMLResponse:
+    html = render(
+        template,
+        csrf=sess.csrf if sess else "",
+        signed_in=sess is not None,
+        project=await _project_name(request, sess.project_id) if sess else "",
+        section=section,
+        path=request.url.path,
+        flash=read_flash(request),
+        asset_version=ASSET_VERSION,
+        now=time.time(),
+        **context,
+    )
+    response = HTMLResponse(html, status_code=http_status, headers=SECURITY_HEADERS)
+    clear_flash(request, response)
+    return response
+
+
+async def _error(request: Request, sess: Session | None, status: int, message: str) -> HTMLResponse:
+    titles = {403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid"}
+    return await _page(
+        request, sess, "error.html", http_status=status, title=titles.get(status, "Error"), message=message
+    )
+
+
+def _redirect(request: Request, target: str, message: str | None = None, kind: str = "ok") -> Response:
+    response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+    if message:
+        set_flash(request, response, message, kind)
+    return response
+
+
+async def _post(request: Request) -> tuple[Session, dict[str, str]] | Response:
+    """A signed-in POST with a valid CSRF token: (session, form), else the response to send."""
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    form = await read_form(request)
+    if form is None:
+        return await _error(request, sess, 413, "The form is too large.")
+    if not tokens_match(sess.csrf, form.get("csrf")):
+        return await _error(
+            request, sess, 403, "This form is missing its security token or it has expired: reload the page."
+        )
+    return sess, form
+
+
+def _ts(value: str | None) -> float | None:
+    """A time from a form: ISO 8601 or a datetime-local value, taken as UTC."""
+    if not value or not value.strip():
+        return None
+    return parse_iso(value)
+
+
+async def _config(request: Request, project_id: str) -> ProjectConfig:
+    return await runtime(request).store.load_project_config(project_id)
+
+
+def _destination_names(cfg: ProjectConfig) -> dict[str, str]:
+    """Destination id → what to call it: its name, or an endpoint's URL."""
+    names = {d.id: d.name for d in cfg.destinations.values()}
+    for p in cfg.pipelines:
+        for r in p.config.get("destinations", []):
+            d = cfg.destinations.get(r["destination_id"])
+            if p.endpoint and d is not None:
+                names[d.id] = str(d.config.get("settings", {}).get("url") or d.name)
+    return names
+
+
+def _endpoint_urls(cfg: ProjectConfig) -> dict[str, str]:
+    """Destination id → the endpoint id it belongs to."""
+    return {
+        r["destination_id"]: p.id
+        for p in cfg.pipelines
+        if p.endpoint
+        for r in p.config.get("destinations", [])
+    }
+
+
+# ---- static files and sign-in ----------------------------------------------------------------
+
+
+@router.get("/static/{name}")
+async def static(name: str, request: Request) -> Response:
+    found = STATIC.get(name)
+    if found is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    data, ctype, etag = found
+    headers = {
+        "ETag": f'"{etag}"',
+        "Cache-Control": "public, max-age=86400",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.headers.get("if-none-match") == f'"{etag}"':
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=ctype, headers=headers)
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str | None = None) -> Response:
+    if await load_session(request) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return await _login_page(request, next=next)
+
+
+async def _login_page(
+    request: Request, *, next: str | None, error: str | None = None, status: int = 200
+) -> Response:
+    token = login_csrf(request)
+    html = render(
+        "login.html",
+        csrf=token,
+        signed_in=False,
+        project="",
+        section="login",
+        path="/login",
+        flash=read_flash(request),
+        asset_version=ASSET_VERSION,
+        now=time.time(),
+        title="Sign in",
+        next=safe_next(next),
+        error=error,
+    )
+    response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+    remember_login_csrf(request, response, token)
+    clear_flash(request, response)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await read_form(request) or {}
+    target = safe_next(form.get("next"))
+    if not tokens_match(request.cookies.get("il_login"), form.get("csrf")):
+        return await _login_page(
+            request, next=target, error="The sign-in form expired. Please try again.", status=403
+        )
+    key = form.get("key", "").strip()
+    if not key:
+        return await _login_page(request, next=target, error="Enter an admin key (il_admin_…).", status=400)
+    principal = await runtime(request).keys.lookup(key) if len(key) <= 200 else None
+    if principal is None:
+        return await _login_page(
+            request, next=target, error="That key is not valid, or it has been revoked.", status=401
+        )
+    if principal.kind != "admin":
+        return await _login_page(
+            request,
+            next=target,
+            error="That is an ingest key: it can only send events. Sign in with an admin key (il_admin_…).",
+            status=403,
+        )
+    response = RedirectResponse(target, status_code=303)
+    start_session(request, response, key)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    response = RedirectResponse("/login", status_code=303)
+    end_session(request, response)
+    set_flash(request, response, "You are signed out.")
+    return response
+
+
+# ---- overview --------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def overview(request: Request, range: str = "24h") -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    if range not in RANGES:
+        range = "24h"
+    stats = _stats(request)
+    series = await stats.series(sess.project_id, range)
+    counts = await stats.status_counts(sess.project_id, since=series.start)
+    return await _page(
+        request,
+        sess,
+        "overview.html",
+        section="overview",
+        title="Overview",
+        range=range,
+        ranges=list(RANGES),
+        series=series,
+        charts=[throughput_chart(series), success_chart(series), latency_chart(series)],
+        counts=counts,
+    )
+
+
+# ---- pipelines -------------------------------------------------------------------------------
+
+
+def _has_route(routes: Any, path: str, depth: int = 0) -> bool:
+    """Whether ``path`` is served, looking into included routers (FastAPI wraps them)."""
+    for route in routes:
+        if getattr(route, "path", None) == path:
+            return True
+        inner = getattr(route, "original_router", route)
+        sub = getattr(inner, "routes", None)
+        if sub is not None and sub is not routes and depth < 4 and _has_route(sub, path, depth + 1):
+            return True
+    return False
+
+
+def _slack_connect_available(request: Request) -> bool:
+    return _has_route(request.app.routes, SLACK_AUTHORIZE_PATH)
+
+
+@router.get("/pipelines")
+async def pipelines(request: Request) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    rt = runtime(request)
+    cfg = await _config(request, sess.project_id)
+    secret_names = {s["name"] for s in await rt.store.list_secrets(sess.project_id)}
+    cards = [pipeline_card(p, cfg, secret_names) for p in cfg.pipelines]
+    sources = sorted(cfg.sources.values(), key=lambda s: s.name)
+    return await _page(
+        request,
+        sess,
+        "pipelines.html",
+        section="pipelines",
+        title="Pipelines",
+        cards=[c for c in cards if not c.endpoint],
+        endpoint_cards=[c for c in cards if c.endpoint],
+        sources=sources,
+        slack_connect=_slack_connect_available(request),
+    )
+
+
+@router.post("/connections/slack")
+async def connect_slack(request: Request) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, form = got
+    if not _slack_connect_available(request):
+        return await _error(request, sess, 404, "Slack connections are not available on this server.")
+    oauth: Any = importlib.import_module("ingestlayer.api.slack_oauth")
+    try:
+        response: Response = await oauth.authorize(
+            request, sess.principal, runtime(request), form.get("name", "")
+        )
+    except ApiError as exc:
+        return _redirect(request, "/pipelines", f"Slack could not be connected: {exc.message}", "error")
+    return response
+
+
+# ---- webhooks: endpoints ---------------------------------------------------------------------
+
+
+@dataclass
+class EndpointForm:
+    url: str = ""
+    events: str = ""
+    auth: str = "hmac"
+    secret: str = ""
+    signing: str = "ingestlayer"
+    format: str = "ingestlayer"
+    timeout: str = "10"
+    retry: str = ""
+    description: str = ""
+    enabled: bool = True
+
+    @classmethod
+    def from_endpoint(cls, ep: dict[str, Any]) -> EndpointForm:
+        retry = ep.get("retry") or {}
+        return cls(
+            url=ep.get("url") or "",
+            events="\n".join(ep.get("events") or []),
+            auth=ep.get("auth") or "none",
+            signing=ep.get("signing") or "ingestlayer",
+            format=ep.get("format") or "ingestlayer",
+            timeout=f"{ep.get('timeout') or 10:g}",
+            retry=", ".join(f"{s:g}" for s in retry.get("schedule", [])),
+            description=ep.get("description") or "",
+            enabled=bool(ep.get("enabled", True)),
+        )
+
+    @classmethod
+    def from_form(cls, form: dict[str, str]) -> EndpointForm:
+        return cls(
+            url=form.get("url", "").strip(),
+            events=form.get("events", ""),
+            auth=form.get("auth", "hmac"),
+            secret=form.get("secret", ""),
+            signing=form.get("signing", "ingestlayer"),
+            format=form.get("format", "ingestlayer"),
+            timeout=form.get("timeout", "10").strip(),
+            retry=form.get("retry", "").strip(),
+            description=form.get("description", "").strip(),
+            enabled=form.get("enabled") in ("1", "on", "true"),
+        )
+
+    def event_list(self) -> list[str]:
+        return [e.strip() for e in re.split(r"[,\s]+", self.events) if e.strip()]
+
+    def values(self, errors: dict[str, str]) -> dict[str, Any]:
+        """The API body for these fields; problems found here go into ``errors``."""
+        out: dict[str, Any] = {
+            "url": self.url,
+            "events": self.event_list(),
+            "auth": self.auth,
+            "signing": self.signing,
+            "format": self.format,
+            "description": self.description or None,
+            "enabled": self.enabled,
+        }
+        if not out["events"]:
+            errors["events"] = "Add at least one event type, e.g. invoice.created or invoice.*"
+        try:
+            out["timeout"] = float(self.timeout or "10")
+        except ValueError:
+            errors["timeout"] = "A number of seconds, e.g. 10"
+        if self.retry:
+            try:
+                out["retry"] = {"schedule": [float(s) for s in re.split(r"[,\s]+", self.retry) if s]}
+            except ValueError:
+                errors["retry"] = "Seconds before each attempt, separated by commas: 0, 60, 300, 1800"
+        else:
+            out["retry"] = None
+        if self.secret:
+            out["secret"] = self.secret
+        return out
+
+
+_FIELD_RE = re.compile(r"^(?:body\.)?([a-z_]+)")
+
+
+def _field_error(errors: dict[str, str], field: str | None, message: str) -> None:
+    m = _FIELD_RE.match(field or "")
+    name = m.group(1) if m else "form"
+    if name not in {
+        "url",
+        "events",
+        "auth",
+        "secret",
+        "signing",
+        "format",
+        "timeout",
+        "retry",
+        "description",
+    }:
+        name = "retry" if "retry" in message else "form"
+    errors.setdefault(name, message.split(": ", 1)[1] if ": " in message and name != "form" else message)
+
+
+def _validation_errors(exc: ValidationError, errors: dict[str, str]) -> None:
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        _field_error(
+            errors, loc[0] if loc else None, str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        )
+
+
+async def _endpoints(request: Request, sess: Session) -> list[dict[str, Any]]:
+    listed = await endpoints_api.list_endpoints(sess.principal, runtime(request))
+    data: list[dict[str, Any]] = listed["data"]
+    return data
+
+
+async def _endpoint(request: Request, sess: Session, endpoint_id: str) -> dict[str, Any] | None:
+    try:
+        ep: dict[str, Any] = await endpoints_api.get_endpoint(endpoint_id, sess.principal, runtime(request))
+    except ApiError:
+        return None
+    return ep
+
+
+@router.get("/webhooks")
+async def webhooks(request: Request) -> Response:
+    return RedirectResponse("/webhooks/endpoints", status_code=303)
+
+
+@router.get("/webhooks/endpoints")
+async def endpoint_list(request: Request) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    return await _page(
+        request,
+        sess,
+        "endpoints.html",
+        section="webhooks",
+        sub="endpoints",
+        title="Endpoints",
+        endpoints=await _endpoints(request, sess),
+    )
+
+
+@router.get("/webhooks/endpoints/new")
+async def endpoint_new(request: Request) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    return await _page(
+        request,
+        sess,
+        "endpoint_form.html",
+        section="webhooks",
+        sub="endpoints",
+        title="Add endpoint",
+        form=EndpointForm(),
+        errors={},
+        endpoint=None,
+    )
+
+
+@router.post("/webhooks/endpoints")
+async def endpoint_create(request: Request) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, raw = got
+    form = EndpointForm.from_form(raw)
+    errors: dict[str, str] = {}
+    values = form.values(errors)
+    created: dict[str, Any] | None = None
+    if not errors:
+        try:
+            body = endpoints_api.EndpointIn(**values)
+            created = await endpoints_api.create_endpoint(body, sess.principal, runtime(request))
+        except ValidationError as exc:
+            _validation_errors(exc, errors)
+        except ApiError as exc:
+            _field_error(errors, exc.field, exc.message)
+    if created is None:
+        form.secret = ""  # never echoed back
+        return await _page(
+            request,
+            sess,
+            "endpoint_form.html",
+            http_status=422,
+            section="webhooks",
+            sub="endpoints",
+            title="Add endpoint",
+            form=form,
+            errors=errors,
+            endpoint=None,
+        )
+    return await _endpoint_page(
+        request, sess, created["id"], new_secret=created.get("secret"), notice="Endpoint added."
+    )
+
+
+async def _endpoint_page(
+    request: Request,
+    sess: Session,
+    endpoint_id: str,
+    *,
+    new_secret: str | None = None,
+    notice: str | None = None,
+    form: EndpointForm | None = None,
+    errors: dict[str, str] | None = None,
+    test_id: str | None = None,
+    status: int = 200,
+) -> Response:
+    ep = await _endpoint(request, sess, endpoint_id)
+    if ep is None:
+        return await _error(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+    rt = runtime(request)
+    recent = (
+        await rt.store.list_deliveries(sess.project_id, destination_id=ep["destination_id"], limit=10)
+        if ep["destination_id"]
+        else []
+    )
+    test = None
+    if test_id:
+        found = await rt.store.get_delivery(sess.project_id, test_id)
+        if found is not None and found["destination_id"] == ep["destination_id"]:
+            test = found
+    return await _page(
+        request,
+        sess,
+        "endpoint.html",
+        http_status=status,
+        section="webhooks",
+        sub="endpoints",
+        title=ep["url"] or endpoint_id,
+        endpoint=ep,
+        secret_ref=f"ref:endpoint-{ep['id']}"
+        if ep["auth"] != "none" or ep["signing"] == "standard"
+        else None,
+        new_secret=new_secret,
+        notice=notice,
+        form=form or EndpointForm.from_endpoint(ep),
+        errors=errors or {},
+        recent=recent,
+        test=test,
+    )
+
+
+@router.get("/webhooks/endpoints/{endpoint_id}")
+async def endpoint_detail(request: Request, endpoint_id: str, test: str | None = None) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    return await _endpoint_page(request, sess, endpoint_id, test_id=test)
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}")
+async def endpoint_update(request: Request, endpoint_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, raw = got
+    current = await _endpoint(request, sess, endpoint_id)
+    if current is None:
+        return await _error(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+    form = EndpointForm.from_form(raw)
+    form.enabled = current["enabled"]  # enabling is its own button
+    errors: dict[str, str] = {}
+    values = form.values(errors)
+    values.pop("enabled")
+    needs_secret = values["auth"] in ("hmac", "bearer") or values["signing"] == "standard"
+    had_secret = current["auth"] != "none" or current["signing"] == "standard"
+    if values["auth"] == "bearer" and current["auth"] != "bearer" and not form.secret:
+        errors["secret"] = "Bearer auth sends your token: enter it here."
+    new_secret: str | None = None
+    if not errors:
+        rt = runtime(request)
+        try:
+            await endpoints_api.update_endpoint(
+                endpoint_id, endpoints_api.EndpointPatch(**values), sess.principal, rt
+            )
+            if needs_secret and not had_secret and not form.secret:
+                # Signing switched on without a secret given: generate one, shown once.
+                rotated = await endpoints_api.rotate_secret(endpoint_id, sess.principal, rt)
+                new_secret = rotated["secret"]
+        except ValidationError as exc:
+            _validation_errors(exc, errors)
+        except ApiError as exc:
+            _field_error(errors, exc.field, exc.message)
+    if errors:
+        form.secret = ""
+        return await _endpoint_page(request, sess, endpoint_id, form=form, errors=errors, status=422)
+    if new_secret:
+        return await _endpoint_page(
+            request, sess, endpoint_id, new_secret=new_secret, notice="Endpoint saved."
+        )
+    return _redirect(request, f"/webhooks/endpoints/{endpoint_id}", "Endpoint saved.")
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}/enabled")
+async def endpoint_enable(request: Request, endpoint_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, form = got
+    enabled = form.get("enabled") == "1"
+    try:
+        await endpoints_api.update_endpoint(
+            endpoint_id, endpoints_api.EndpointPatch(enabled=enabled), sess.principal, runtime(request)
+        )
+    except ApiError as exc:
+        return await _error(request, sess, exc.status, exc.message)
+    return _redirect(
+        request,
+        f"/webhooks/endpoints/{endpoint_id}",
+        "Endpoint enabled." if enabled else "Endpoint disabled.",
+    )
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}/rotate")
+async def endpoint_rotate(request: Request, endpoint_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, _ = got
+    try:
+        rotated = await endpoints_api.rotate_secret(endpoint_id, sess.principal, runtime(request))
+    except ApiError as exc:
+        if exc.status == 404:
+            return await _error(request, sess, 404, exc.message)
+        return _redirect(request, f"/webhooks/endpoints/{endpoint_id}", exc.message, "error")
+    return await _endpoint_page(
+        request, sess, endpoint_id, new_secret=rotated["secret"], notice="Signing secret rotated."
+    )
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}/delete")
+async def endpoint_delete(request: Request, endpoint_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, _ = got
+    try:
+        await endpoints_api.delete_endpoint(endpoint_id, sess.principal, runtime(request))
+    except ApiError as exc:
+        return await _error(request, sess, exc.status, exc.message)
+    return _redirect(request, "/webhooks/endpoints", "Endpoint deleted. Its delivery logs stay.")
+
+
+@router.post("/webhooks/endpoints/{endpoint_id}/test")
+async def endpoint_test(request: Request, endpoint_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, _ = got
+    ep = await _endpoint(request, sess, endpoint_id)
+    if ep is None or not ep["destination_id"]:
+        return await _error(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+    # The API's test send: stores a test event and waits briefly for the worker's first attempt.
+    result = await logs_api.test_destination(ep["destination_id"], sess.principal, runtime(request))
+    return RedirectResponse(
+        f"/webhooks/endpoints/{endpoint_id}?test={result['id']}#test-result", status_code=303
+    )
+
+
+# ---- webhooks: logs and dead letters ---------------------------------------------------------
+
+
+def _filters(**values: Any) -> str:
+    return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+
+
+@router.get("/webhooks/logs")
+async def delivery_logs(
+    request: Request, status: str = "", destination: str = "", before: str = ""
+) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    cfg = await _config(request, sess.project_id)
+    names = _destination_names(cfg)
+    status = status if status in STATUSES else ""
+    destination = destination if destination in names else ""
+    cursor = int(before) if before.isdigit() else None
+    rows = await _stats(request).list_attempts(
+        sess.project_id,
+        status=[status] if status else None,
+        destination_id=destination or None,
+        before=cursor,
+        limit=PAGE,
+    )
+    counts = await _stats(request).status_counts(sess.project_id, statuses=UNSETTLED)
+    return await _page(
+        request,
+        sess,
+        "logs.html",
+        section="webhooks",
+        sub="logs",
+        title="Delivery logs",
+        rows=rows,
+        names=names,
+        status=status,
+        destination=destination,
+        counts=counts,
+        older=_filters(status=status, destination=destination, before=rows[-1].id)
+        if len(rows) == PAGE
+        else None,
+        first_page=cursor is None,
+        reset=_filters(status=status, destination=destination),
+    )
+
+
+@router.get("/webhooks/dead")
+async def dead_letters(request: Request, destination: str = "", before: str = "") -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    rt = runtime(request)
+    cfg = await _config(request, sess.project_id)
+    names = _destination_names(cfg)
+    destination = destination if destination in names else ""
+    rows = await rt.store.list_deliveries(
+        sess.project_id,
+        status=["dead"],
+        destination_id=destination or None,
+        before=before or None,
+        limit=PAGE,
+    )
+    counts = await _stats(request).status_counts(sess.project_id, statuses=("dead",))
+    return await _page(
+        request,
+        sess,
+        "dead.html",
+        section="webhooks",
+        sub="dead",
+        title="Dead letters",
+        rows=rows,
+        names=names,
+        destination=destination,
+        dead_total=counts.get("dead", 0),
+        older=_filters(destination=destination, before=rows[-1]["id"]) if len(rows) == PAGE else None,
+        first_page=not before,
+        here=request.url.path + ("?" + request.url.query if request.url.query else ""),
+    )
+
+
+@router.get("/deliveries/{delivery_id}")
+async def delivery_detail(request: Request, delivery_id: str) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    rt = runtime(request)
+    d = await rt.store.get_delivery(sess.project_id, delivery_id)
+    if d is None:
+        return await _error(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
+    cfg = await _config(request, sess.project_id)
+    return await _page(
+        request,
+        sess,
+        "delivery.html",
+        section="webhooks",
+        sub="logs",
+        title=f"Delivery {delivery_id}",
+        d=d,
+        destination_name=_destination_names(cfg).get(d["destination_id"], d["destination_id"]),
+        endpoint_id=_endpoint_urls(cfg).get(d["destination_id"]),
+        body=pretty_json(d["body"]),
+    )
+
+
+@router.post("/deliveries/{delivery_id}/replay")
+async def replay_one(request: Request, delivery_id: str) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, form = got
+    target = safe_next(form.get("next") or f"/deliveries/{delivery_id}")
+    try:
+        await logs_api.replay_one(delivery_id, sess.principal, runtime(request))
+    except ApiError as exc:
+        if exc.status == 404:
+            return await _error(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
+        return _redirect(request, target, exc.message, "error")
+    return _redirect(request, target, f"Replaying {delivery_id}: a new attempt is on its way.")
+
+
+@router.post("/deliveries/replay")
+async def replay_matching(request: Request) -> Response:
+    got = await _post(request)
+    if isinstance(got, Response):
+        return got
+    sess, form = got
+    target = safe_next(form.get("next") or "/webhooks/dead")
+    status = form.get("status") or "dead"
+    if status not in STATUSES or status == "delivering":
+        return await _error(
+            request, sess, 422, "Only pending, retrying, delivered or dead deliveries replay."
+        )
+    body = logs_api.BulkReplay(status=[cast(Any, status)], destination=form.get("destination") or None)
+    try:
+        result = await logs_api.replay_bulk(body, sess.principal, runtime(request))
+    except ApiError as exc:
+        return _redirect(request, target, exc.message, "error")
+    n = int(result["count"])
+    more = " (the most one request replays; run it again for the rest)" if n >= body.limit else ""
+    return _redirect(request, target, f"Replaying {n} deliver{'y' if n == 1 else 'ies'}{more}.")
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+@router.get("/events")
+async def event_log(
+    request: Request,
+    type: str = "",
+    id: str = "",
+    since: str = "",
+    until: str = "",
+    before: str = "",
+) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    rt = runtime(request)
+    wanted = id.strip()
+    error = None
+    if wanted:
+        if wanted.startswith("dlv_") and await rt.store.get_delivery(sess.project_id, wanted) is not None:
+            return RedirectResponse(f"/deliveries/{wanted}", status_code=303)
+        if await rt.store.get_event(sess.project_id, wanted) is not None:
+            return RedirectResponse(f"/events/{wanted}", status_code=303)
+        error = f"No event or delivery {wanted!r} in this project."
+    try:
+        t_since, t_until = _ts(since), _ts(until)
+    except ValueError:
+        t_since = t_until = None
+        error = "Times are ISO 8601 (2025-03-01T14:00), in UTC."
+    rows = await _stats(request).search_events(
+        sess.project_id,
+        type_=type.strip() or None,
+        since=t_since,
+        until=t_until,
+        before=before or None,
+        limit=PAGE,
+    )
+    statuses = await _stats(request).delivery_statuses(sess.project_id, [r.id for r in rows])
+    return await _page(
+        request,
+        sess,
+        "events.html",
+        http_status=404 if error and wanted else 200,
+        section="events",
+        title="Events",
+        rows=rows,
+        statuses=statuses,
+        q={"type": type, "id": id, "since": since, "until": until},
+        error=error,
+        older=_filters(type=type, since=since, until=until, before=rows[-1].id)
+        if len(rows) == PAGE
+        else None,
+        first_page=not before,
+        reset=_filters(type=type, since=since, until=until),
+    )
+
+
+@router.get("/events/{event_id}")
+async def event_detail(request: Request, event_id: str) -> Response:
+    sess = await load_session(request)
+    if sess is None:
+        return to_login(request)
+    rt = runtime(request)
+    ev = await rt.store.get_event(sess.project_id, event_id)
+    if ev is None:
+        return await _error(request, sess, 404, f"There is no event {event_id!r} in this project.")
+    dels = await _stats(request).event_deliveries(sess.project_id, event_id)
+    cfg = await _config(request, sess.project_id)
+    return await _page(
+        request,
+        sess,
+        "event.html",
+        section="events",
+        title=f"{ev.type} · {ev.id}",
+        ev=ev,
+        payload=pretty_json(ev.payload_json),
+        trace=trace_view(ev.trace),
+        deliveries=dels,
+        names=_destination_names(cfg),
+    )
