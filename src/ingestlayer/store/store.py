@@ -859,12 +859,14 @@ class Store:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         conds = [deliveries.c.project_id == project_id]
+        if event_id:
+            # An event has few deliveries: find them by event id alone (that index), and check
+            # the project after; with both in SQL, SQLite walks the project's whole index.
+            conds = [deliveries.c.event_id == event_id]
         if status:
             conds.append(deliveries.c.status.in_(list(status)))
         if destination_id:
             conds.append(deliveries.c.destination_id == destination_id)
-        if event_id:
-            conds.append(deliveries.c.event_id == event_id)
         if before:
             conds.append(deliveries.c.id < before)
         cols = [c for c in deliveries.c if c.name not in ("body", "lease_token")]
@@ -872,7 +874,7 @@ class Store:
             rows = await conn.execute(
                 select(*cols).where(*conds).order_by(deliveries.c.id.desc()).limit(limit)
             )
-            return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) for r in rows if r.project_id == project_id]
 
     async def get_delivery(self, project_id: str, delivery_id: str) -> dict[str, Any] | None:
         async with self.engines.read.connect() as conn:

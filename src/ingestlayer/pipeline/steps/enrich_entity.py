@@ -86,4 +86,5 @@ class EnrichEntity:
         return event
 
     def summary(self) -> str:
-        return f"{self.config.entity} → {self.config.account_entity} · " + " · ".join(self.config.attach)
+        # As on the recipe card: "user → account · plan · owner".
+        return f"{self.config.entity} → " + " · ".join(self.config.attach)
