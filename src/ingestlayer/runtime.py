@@ -40,7 +40,9 @@ class Runtime:
         services, self._step_http = build_services(
             self.store, self.dispatcher.resolver, self.dispatcher.egress
         )
-        self.router = Router(self.store, settings, on_routed=self._routed, services=services)
+        self.router = Router(
+            self.store, settings, on_routed=self._routed, services=services, handoff=self.dispatcher
+        )
         self.committer = GroupCommitter(self.store.insert_events, max_batch=settings.ingest_batch_max)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -23,6 +23,7 @@ from ingestlayer import __version__, metrics
 from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
 from ingestlayer.delivery.retry import RetryPolicy
+from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, LeasedDelivery
@@ -101,6 +102,9 @@ class Dispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._ctx: SendContext | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._reserved = 0  # handed over by the router, not yet started
+        self._accepting = False
 
     async def _open(self) -> SendContext:
         if self._ctx is None:
@@ -240,11 +244,15 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         writer = asyncio.create_task(self._writer(stop), name="attempt-writer")
         limit = self.settings.delivery_concurrency
+        # Lease when a few slots are free, not every time one frees up: fewer, larger transactions.
+        threshold = max(1, limit // 8)
+        self._accepting = True
         try:
             while not stop.is_set():
-                free = limit - len(self._inflight)
+                self.wake.clear()
+                free = limit - len(self._inflight) - self._reserved
                 leased: list[LeasedDelivery] = []
-                if free > 0:
+                if free >= threshold or (free > 0 and not self._inflight):
                     try:
                         leased = await self.store.lease_deliveries(
                             min(free, self.settings.delivery_batch), self.settings.delivery_lease_seconds
@@ -258,26 +266,51 @@ class Dispatcher:
                         await self.store.release_leases(leased)
                         break
                     dests = await self._destinations({d.destination_id for d in leased})
-                    for d in leased:
-                        task = asyncio.create_task(self._run_one(d, dests[d.destination_id]))
-                        self._inflight.add(task)
-                        task.add_done_callback(self._task_done)
+                    self._spawn(leased, dests)
                     if len(leased) == min(free, self.settings.delivery_batch):
                         continue  # more may be due: lease again straight away
-                self.wake.clear()
-                waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(
-                    waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                )
-                for w in waiters:
-                    w.cancel()
+                await wait_for_work(self.wake, stop, self.settings.poll_interval)
         finally:
+            self._accepting = False
+            if self._starting:
+                await asyncio.gather(*self._starting, return_exceptions=True)
             await self._drain()
             self._results_ready.set()
             await writer
             await self._close_all()
             if self._session is not None:
                 await self._session.close()
+
+    # ---- handoff from the router in this process -------------------------------------------------
+
+    def capacity(self) -> int:
+        """How many fresh deliveries the router may hand over, already leased to us."""
+        if not self._accepting:
+            return 0
+        return max(0, self.settings.delivery_concurrency - len(self._inflight) - self._reserved)
+
+    def accept(self, leased: list[LeasedDelivery]) -> None:
+        self._reserved += len(leased)
+        task = asyncio.create_task(self._start(leased))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start(self, leased: list[LeasedDelivery]) -> None:
+        try:
+            dests = await self._destinations({d.destination_id for d in leased})
+        except Exception:
+            # Still leased in the database: retaken when the lease expires.
+            log.exception("starting %d handed-over deliveries failed", len(leased))
+            return
+        finally:
+            self._reserved -= len(leased)
+        self._spawn(leased, dests)
+
+    def _spawn(self, leased: list[LeasedDelivery], dests: dict[str, _Dest | None]) -> None:
+        for d in leased:
+            task = asyncio.create_task(self._run_one(d, dests[d.destination_id]))
+            self._inflight.add(task)
+            task.add_done_callback(self._task_done)
 
     def _retire(self, instance: Any) -> None:
         """Close a replaced destination (its pools, connections) once its sends are done."""

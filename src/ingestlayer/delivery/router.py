@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ingestlayer.config import Settings
+from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.pipeline.runner import CompiledProject, StepRetry, compile_project, route_event
-from ingestlayer.records import NewDelivery, RouteLease, StoredEvent
+from ingestlayer.records import LeasedDelivery, NewDelivery, RouteLease, StoredEvent
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer.router")
@@ -30,6 +31,14 @@ ROUTE_CONCURRENCY = 64
 
 def retry_delay(attempt: int) -> float:
     return ROUTE_RETRY_DELAYS[max(1, min(attempt, len(ROUTE_RETRY_DELAYS))) - 1]
+
+
+class Handoff(Protocol):
+    """The dispatcher in this process, taking fresh deliveries straight from the router."""
+
+    def capacity(self) -> int: ...
+
+    def accept(self, leased: list[LeasedDelivery]) -> None: ...
 
 
 class ConfigCache:
@@ -61,10 +70,12 @@ class Router:
         settings: Settings,
         on_routed: Callable[[int], None] | None = None,
         services: StepServices | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.services = services
+        self.handoff = handoff
         self.configs = ConfigCache(store)
         self._on_routed = on_routed
         self.wake = asyncio.Event()
@@ -109,13 +120,19 @@ class Router:
             await self.store.defer_route_jobs(lease, failed)
             lease = RouteLease(lease.token, [e for e in lease.events if e.id not in failed], lease.attempts)
         if lease.events:
-            created = await self.store.complete_routing(lease, new, traces)
+            room = self.handoff.capacity() if self.handoff is not None else 0
+            created, leased = await self.store.complete_routing(
+                lease, new, traces, prelease=room, lease_seconds=self.settings.delivery_lease_seconds
+            )
+            if leased and self.handoff is not None:
+                self.handoff.accept(leased)
             if self._on_routed is not None and created:
                 self._on_routed(created)
         return len(lease.events) + len(failed)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.wake.clear()
             try:
                 took = await self.run_once()
             except Exception:
@@ -123,10 +140,4 @@ class Router:
                 took = 0
                 await asyncio.sleep(1.0)
             if took == 0:
-                self.wake.clear()
-                waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-                await asyncio.wait(
-                    waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-                )
-                for w in waiters:
-                    w.cancel()
+                await wait_for_work(self.wake, stop, self.settings.poll_interval)

@@ -333,13 +333,19 @@ class Store:
         lease: RouteLease,
         new_deliveries: Sequence[NewDelivery],
         traces: dict[str, list[dict[str, Any]]],
-    ) -> int:
+        *,
+        prelease: int = 0,
+        lease_seconds: float = 90.0,
+    ) -> tuple[int, list[LeasedDelivery]]:
         """Insert deliveries and drop route jobs in one transaction, for the jobs still leased.
 
-        Returns how many deliveries were inserted. Jobs whose lease was lost to another router
-        are left alone, so an event is never routed twice.
+        Returns how many deliveries were inserted, and the first ``prelease`` of them inserted
+        already leased (to this process's dispatcher, which starts them at once: no lease query,
+        no poll). Jobs whose lease was lost to another router are left alone, so an event is never
+        routed twice.
         """
         now = time.time()
+        token = new_id("lse")
         ids = [e.id for e in lease.events]
         async with self.engines.write.begin() as conn:
             res = await conn.execute(
@@ -360,12 +366,31 @@ class Store:
                     "attempts": 0,
                     "retry_base": 0,
                     "due_at": now,
+                    "lease_token": None,
                     "body": d.body,
                     "created_at": now,
                     "updated_at": now,
                 }
                 for d in new_deliveries
                 if d.event_id in owned
+            ]
+            # The first `prelease` go straight to this process's dispatcher, already leased.
+            kept = [d for d in new_deliveries if d.event_id in owned][:prelease]
+            for row in rows[: len(kept)]:
+                row.update(status="delivering", due_at=now + lease_seconds, lease_token=token)
+            leased = [
+                LeasedDelivery(
+                    id=d.id,
+                    project_id=d.project_id,
+                    event_id=d.event_id,
+                    event_type=d.event_type,
+                    destination_id=d.destination_id,
+                    attempts=0,
+                    retry_base=0,
+                    body=d.body,
+                    lease_token=token,
+                )
+                for d in kept
             ]
             if rows:
                 await conn.execute(insert(deliveries), rows)
@@ -379,7 +404,7 @@ class Store:
                     update(events).where(events.c.id == bindparam("b_id")).values(trace=bindparam("b_trace")),
                     trace_rows,
                 )
-            return len(rows)
+            return len(rows), leased
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay."""
