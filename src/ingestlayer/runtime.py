@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 
 from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache
@@ -19,7 +18,6 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
-from ingestlayer.records import IngestResult, NewEvent
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.store import Store
@@ -45,17 +43,8 @@ class Runtime:
         self.router = Router(
             self.store, settings, on_routed=self._routed, services=services, handoff=self.dispatcher
         )
-        self.committer = GroupCommitter(self._insert, max_batch=settings.ingest_batch_max)
+        self.committer = GroupCommitter(self.store.insert_events, max_batch=settings.ingest_batch_max)
         self._tasks: list[asyncio.Task[None]] = []
-
-    async def _insert(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
-        """Store events; with a router in this process, hand them to it already leased."""
-        if self.run_worker and self.router.capacity() >= len(batch):
-            results, lease = await self.store.insert_events_leased(batch, self.settings.route_lease_seconds)
-            if lease.events:
-                self.router.accept(lease)
-            return results
-        return await self.store.insert_events(batch)
 
     def _routed(self, n: int) -> None:
         metrics.DELIVERIES_CREATED.inc(n)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,9 +27,6 @@ ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
 
 
 ROUTE_CONCURRENCY = 64
-# Events handed over by this process's ingest and not routed yet, at most; past it, new events
-# wait in the database like any others.
-MAX_HANDED_EVENTS = 20_000
 
 
 def retry_delay(attempt: int) -> float:
@@ -81,36 +77,16 @@ class Router:
         self.services = services
         self.handoff = handoff
         self.configs = ConfigCache(store)
-        self._handed: deque[RouteLease] = deque()
-        self._handed_count = 0
-        self._running = False
         self._on_routed = on_routed
         self.wake = asyncio.Event()
 
-    def capacity(self) -> int:
-        """How many freshly stored events this router may be handed, already leased."""
-        return max(0, MAX_HANDED_EVENTS - self._handed_count) if self._running else 0
-
-    def accept(self, lease: RouteLease) -> None:
-        """Take events just stored by this process, their route jobs leased to us."""
-        self._handed.append(lease)
-        self._handed_count += len(lease.events)
-        self.wake.set()
-
     async def run_once(self) -> int:
-        """Route one batch (handed over, or leased from the database); return how many events."""
-        if self._handed:
-            lease = self._handed.popleft()
-            self._handed_count -= len(lease.events)
-        else:
-            lease = await self.store.lease_route_jobs(
-                self.settings.route_batch, self.settings.route_lease_seconds
-            )
+        """Route one batch; return how many events it took."""
+        lease = await self.store.lease_route_jobs(
+            self.settings.route_batch, self.settings.route_lease_seconds
+        )
         if not lease.events:
             return 0
-        return await self._route(lease)
-
-    async def _route(self, lease: RouteLease) -> int:
         projects = await self.configs.get_many({e.project_id for e in lease.events})
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
@@ -155,14 +131,6 @@ class Router:
         return len(lease.events) + len(failed)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._running = True
-        try:
-            await self._loop(stop)
-        finally:
-            # Handed-over events not routed yet keep their lease and are retaken after it.
-            self._running = False
-
-    async def _loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:

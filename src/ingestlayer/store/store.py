@@ -234,20 +234,6 @@ class Store:
         Idempotency is on (project, key): a key already stored, or repeated within this batch,
         yields the first event's id with ``duplicate=True`` and no second route job.
         """
-        results, _ = await self.insert_events_leased(batch, None)
-        return results
-
-    async def insert_events_leased(
-        self, batch: Sequence[NewEvent], route_lease_seconds: float | None
-    ) -> tuple[list[IngestResult], RouteLease]:
-        """:meth:`insert_events`, with the new route jobs already leased for ``route_lease_seconds``.
-
-        For a router in this process: it routes the returned events without a lease query. If
-        this process dies first, the lease expires and any router takes the jobs.
-        """
-        token = (
-            (time.time() + route_lease_seconds + next(_lease_counter) * 1e-6) if route_lease_seconds else None
-        )
         results: list[IngestResult | None] = [None] * len(batch)
         first_by_key: dict[tuple[str, str], int] = {}
         fresh: list[int] = []
@@ -295,35 +281,12 @@ class Store:
                 for key, eid in found:
                     existing[(project_id, key)] = eid
             jobs = [
-                {
-                    "event_id": batch[i].id,
-                    "project_id": batch[i].project_id,
-                    "due_at": token if token is not None else batch[i].received_at,
-                    "attempts": 1 if token is not None else 0,
-                }
+                {"event_id": batch[i].id, "project_id": batch[i].project_id, "due_at": batch[i].received_at}
                 for i in fresh
                 if batch[i].id in inserted
             ]
             if jobs:
                 await conn.execute(insert(route_jobs), jobs)
-        lease = RouteLease(token or 0.0, [])
-        if token is not None:
-            for i in fresh:
-                ev = batch[i]
-                if ev.id in inserted:
-                    lease.events.append(
-                        StoredEvent(
-                            ev.id,
-                            ev.project_id,
-                            ev.type,
-                            ev.payload_json,
-                            ev.idempotency_key,
-                            ev.source,
-                            ev.occurred_at,
-                            ev.received_at,
-                        )
-                    )
-                    lease.attempts[ev.id] = 1
 
         for i, ev in enumerate(batch):
             if ev.id in inserted:
@@ -336,7 +299,7 @@ class Store:
                 if eid is None:  # pragma: no cover - would mean the unique index failed us
                     raise RuntimeError("idempotency conflict without a stored event")
                 results[i] = IngestResult(eid, True)
-        return [r for r in results if r is not None], lease
+        return [r for r in results if r is not None]
 
     # ---- routing -----------------------------------------------------------------------------
 
