@@ -1,0 +1,174 @@
+"""Ingest throughput: ``POST /v1/events`` against a bare ASGI endpoint on the same HTTP stack.
+
+In one run, on 127.0.0.1:
+
+1. the baseline, ``bench/bare_asgi.py`` (uvicorn + httptools + uvloop, one process), takes the
+   single small event, then a batch of ``--batch`` of them; it parses the JSON and answers 202;
+2. ``ingestlayer serve`` on a fresh database (or ``api`` + ``worker`` with ``--mode split``)
+   takes the same two bodies with an ingest key: authenticated, validated and committed durably
+   (group commit) before each 202, while its router drains the outbox beside it.
+
+Closed-loop load from one generator process (wrk -t1 if installed, else ``loadgen.py``); the
+generator shares the machine's cores with the server, and the report says how much CPU each used.
+
+    .venv/bin/python bench/bench_ingest.py [--backend sqlite|postgres] [--mode serve|split] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from harness import (
+    PYTHON,
+    ROOT,
+    SMALL_EVENT,
+    BenchError,
+    Deployment,
+    LoadResult,
+    Proc,
+    deadline,
+    free_port,
+    log,
+    run_load,
+    server_cores,
+    wait_http,
+    workdir,
+)
+
+SINGLE_CONNECTIONS = 64
+BATCH_CONNECTIONS = 8
+
+
+def _row(name: str, res: LoadResult, events_per_request: int) -> dict[str, Any]:
+    row = asdict(res)
+    eps = res.rps * events_per_request
+    row.update(
+        name=name,
+        rps=res.rps,
+        events_per_request=events_per_request,
+        events_per_s=eps,
+        # CPU cost per event: steadier than a rate when something else shares the machine.
+        server_cpu_us_per_event=server_cores(res.cpu) / eps * 1e6 if eps else None,
+    )
+    log(
+        f"{name}: {res.rps:,.0f} req/s = {res.rps * events_per_request:,.0f} events/s "
+        f"(p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, errors {res.errors}, "
+        f"server {row['server_cpu_us_per_event']:.1f} µs CPU/event, "
+        f"cpu {', '.join(f'{k} {v:.0%}' for k, v in res.cpu.items())}) [{res.generator}]"
+    )
+    return row
+
+
+def run(
+    backend: str = "sqlite", mode: str = "serve", quick: bool = False, batch: int = 100
+) -> dict[str, Any]:
+    duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
+    single_body = orjson.dumps(SMALL_EVENT)
+    batch_body = orjson.dumps({"batch": [SMALL_EVENT] * batch})
+    out: dict[str, Any] = {
+        "benchmark": "ingest",
+        "backend": backend,
+        "mode": mode,
+        "batch": batch,
+        "duration": duration,
+        "connections": {"single": SINGLE_CONNECTIONS, "batch": BATCH_CONNECTIONS},
+    }
+    with workdir() as wd:
+        port = free_port()
+        bare = Proc(
+            "bare_asgi", [PYTHON, "bench/bare_asgi.py", "--port", str(port)], env=None, cwd=ROOT, logdir=wd
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/v1/events"
+            wait_http(url, bare)
+            watch = {"server": bare.pid}
+            out["bare_single"] = _row(
+                "bare ASGI, single",
+                run_load(
+                    url,
+                    single_body,
+                    headers={},
+                    connections=SINGLE_CONNECTIONS,
+                    duration=duration,
+                    warmup=warmup,
+                    watch=watch,
+                ),
+                1,
+            )
+            out["bare_batch"] = _row(
+                f"bare ASGI, batch of {batch}",
+                run_load(
+                    url,
+                    batch_body,
+                    headers={},
+                    connections=BATCH_CONNECTIONS,
+                    duration=duration,
+                    warmup=warmup,
+                    watch=watch,
+                ),
+                batch,
+            )
+        finally:
+            bare.stop()
+
+        dep = Deployment(backend=backend, mode=mode, workdir=wd)
+        with dep.run():
+            url = dep.url + "/v1/events"
+            auth = {"Authorization": f"Bearer {dep.ingest_key}"}
+            with dep.profiled("ingest-single"):
+                single = run_load(
+                    url,
+                    single_body,
+                    headers=auth,
+                    connections=SINGLE_CONNECTIONS,
+                    duration=duration,
+                    warmup=warmup,
+                    watch=dep.server_pids,
+                    postgres_db=dep.db_name,
+                )
+            out["ingest_single"] = _row(f"ingest ({mode}, {backend}), single", single, 1)
+            with dep.profiled("ingest-batch"):
+                batched = run_load(
+                    url,
+                    batch_body,
+                    headers=auth,
+                    connections=BATCH_CONNECTIONS,
+                    duration=duration,
+                    warmup=warmup,
+                    watch=dep.server_pids,
+                    postgres_db=dep.db_name,
+                )
+            out["ingest_batch"] = _row(f"ingest ({mode}, {backend}), batch of {batch}", batched, batch)
+            stored = dep.metric("ingestlayer_events_ingested_total")
+            measured = out["ingest_single"]["requests"] + out["ingest_batch"]["requests"] * batch
+            if stored < measured:
+                raise BenchError(
+                    f"server counted {stored:.0f} stored events, fewer than {measured} 2xx answers"
+                )
+            out["events_stored"] = stored
+    out["ratio_single_vs_bare"] = out["ingest_single"]["rps"] / out["bare_single"]["rps"]
+    out["ratio_batch_vs_bare"] = out["ingest_batch"]["events_per_s"] / out["bare_batch"]["events_per_s"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--mode", choices=["serve", "split", "api"], default="serve")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    with deadline(120 if args.quick else 180, "the ingest benchmark"):
+        result = run(args.backend, args.mode, args.quick, args.batch)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
