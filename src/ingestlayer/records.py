@@ -46,6 +46,8 @@ class RouteLease:
     token: float
     events: list[StoredEvent]
     attempts: dict[str, int] = field(default_factory=dict)  # routing attempts, this one included
+    # The leased events' projects' config versions, when read in the lease's transaction.
+    versions: dict[str, int] | None = None
 
 
 @dataclass(slots=True)

@@ -48,8 +48,11 @@ class ConfigCache:
         self._store = store
         self._compiled: dict[str, CompiledProject] = {}
 
-    async def get_many(self, project_ids: set[str]) -> dict[str, CompiledProject]:
-        versions = await self._store.config_versions(project_ids)
+    async def get_many(
+        self, project_ids: set[str], versions: dict[str, int] | None = None
+    ) -> dict[str, CompiledProject]:
+        if versions is None:
+            versions = await self._store.config_versions(project_ids)
         out: dict[str, CompiledProject] = {}
         for pid in project_ids:
             version = versions.get(pid)
@@ -87,7 +90,7 @@ class Router:
         )
         if not lease.events:
             return 0
-        projects = await self.configs.get_many({e.project_id for e in lease.events})
+        projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
         failed: dict[str, float] = {}

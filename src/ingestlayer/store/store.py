@@ -33,6 +33,7 @@ from ingestlayer.records import (
     StoredEvent,
 )
 from ingestlayer.store.db import Engines, create_engines
+from ingestlayer.store.idempotency import InsertPlan
 from ingestlayer.store.schema import (
     api_keys,
     attempts,
@@ -47,6 +48,7 @@ from ingestlayer.store.schema import (
     sources,
     step_cache,
 )
+from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
 DUE_STATUSES = ("pending", "retrying", "delivering")
@@ -122,12 +124,19 @@ class Store:
         self.engines = engines
         self.dialect = engines.dialect
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
+        # On a SQLite file, the hot statements run on plain sqlite3 threads (see sqlite_hot).
+        self._sqlite: SqliteHotPath | None = None
+        path = engines.write.url.database
+        if self.dialect == "sqlite" and path and path != ":memory:":
+            self._sqlite = SqliteHotPath(path)
 
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(create_engines(url))
 
     async def close(self) -> None:
+        if self._sqlite is not None:
+            await self._sqlite.close()
         await self.engines.dispose()
 
     def _insert(self, table: Any) -> Any:
@@ -234,30 +243,22 @@ class Store:
         Idempotency is on (project, key): a key already stored, or repeated within this batch,
         yields the first event's id with ``duplicate=True`` and no second route job.
         """
-        results: list[IngestResult | None] = [None] * len(batch)
-        first_by_key: dict[tuple[str, str], int] = {}
-        fresh: list[int] = []
-        for i, ev in enumerate(batch):
-            if ev.idempotency_key is not None:
-                k = (ev.project_id, ev.idempotency_key)
-                if k in first_by_key:
-                    continue  # resolved after insert, to the first one's id
-                first_by_key[k] = i
-            fresh.append(i)
-
+        if self._sqlite is not None:
+            return await self._sqlite.insert_events(batch)
+        plan = InsertPlan(batch)
         async with self.engines.write.begin() as conn:
             rows = [
                 {
-                    "id": batch[i].id,
-                    "project_id": batch[i].project_id,
-                    "type": batch[i].type,
-                    "payload": batch[i].payload_json,
-                    "idempotency_key": batch[i].idempotency_key,
-                    "source": batch[i].source,
-                    "occurred_at": batch[i].occurred_at,
-                    "received_at": batch[i].received_at,
+                    "id": ev.id,
+                    "project_id": ev.project_id,
+                    "type": ev.type,
+                    "payload": ev.payload_json,
+                    "idempotency_key": ev.idempotency_key,
+                    "source": ev.source,
+                    "occurred_at": ev.occurred_at,
+                    "received_at": ev.received_at,
                 }
-                for i in fresh
+                for ev in plan.fresh
             ]
             inserted: set[str] = set()
             if rows:
@@ -270,9 +271,7 @@ class Store:
                 inserted = set(res.scalars().all())
             # Keys that were already stored (by an earlier request or a concurrent one).
             existing: dict[tuple[str, str], str] = {}
-            missing = [k for k, i in first_by_key.items() if batch[i].id not in inserted]
-            for project_id, group in itertools.groupby(sorted(missing), key=lambda k: k[0]):
-                keys = [k[1] for k in group]
+            for project_id, keys in plan.missing_keys(inserted).items():
                 found = await conn.execute(
                     select(events.c.idempotency_key, events.c.id).where(
                         events.c.project_id == project_id, events.c.idempotency_key.in_(keys)
@@ -281,25 +280,13 @@ class Store:
                 for key, eid in found:
                     existing[(project_id, key)] = eid
             jobs = [
-                {"event_id": batch[i].id, "project_id": batch[i].project_id, "due_at": batch[i].received_at}
-                for i in fresh
-                if batch[i].id in inserted
+                {"event_id": ev.id, "project_id": ev.project_id, "due_at": ev.received_at}
+                for ev in plan.fresh
+                if ev.id in inserted
             ]
             if jobs:
                 await conn.execute(insert(route_jobs), jobs)
-
-        for i, ev in enumerate(batch):
-            if ev.id in inserted:
-                results[i] = IngestResult(ev.id, False)
-            else:
-                assert ev.idempotency_key is not None  # only keyed events can be refused
-                k = (ev.project_id, ev.idempotency_key)
-                first = batch[first_by_key[k]]
-                eid = first.id if first.id in inserted else existing.get(k)
-                if eid is None:  # pragma: no cover - would mean the unique index failed us
-                    raise RuntimeError("idempotency conflict without a stored event")
-                results[i] = IngestResult(eid, True)
-        return [r for r in results if r is not None]
+        return plan.results(inserted, existing)
 
     # ---- routing -----------------------------------------------------------------------------
 
@@ -313,6 +300,8 @@ class Store:
         now = time.time()
         # A distinct lease deadline per call doubles as the lease token.
         token = now + lease_seconds + next(_lease_counter) * 1e-6
+        if self._sqlite is not None:
+            return await self._sqlite.lease_route_jobs(limit, now, token)
         if not await self._any_due(select(route_jobs.c.event_id).where(route_jobs.c.due_at <= now)):
             return RouteLease(token, [])
         async with self.engines.write.begin() as conn:
@@ -334,7 +323,13 @@ class Store:
             rows = await conn.execute(
                 select(events).where(events.c.id.in_(list(attempts))).order_by(events.c.id)
             )
-            return RouteLease(token, [_event_from_row(r) for r in rows], attempts)
+            evs = [_event_from_row(r) for r in rows]
+            versions = await conn.execute(
+                select(projects.c.id, projects.c.config_version).where(
+                    projects.c.id.in_(sorted({e.project_id for e in evs}))
+                )
+            )
+            return RouteLease(token, evs, attempts, {r.id: r.config_version for r in versions})
 
     async def complete_routing(
         self,
@@ -352,6 +347,8 @@ class Store:
         no poll). Jobs whose lease was lost to another router are left alone, so an event is never
         routed twice.
         """
+        if self._sqlite is not None:
+            return await self._sqlite.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
         now = time.time()
         token = new_id("lse")
         ids = [e.id for e in lease.events]
@@ -416,6 +413,8 @@ class Store:
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay."""
+        if self._sqlite is not None:
+            return await self._sqlite.defer_route_jobs(lease.token, delays)
         now = time.time()
         async with self.engines.write.begin() as conn:
             await conn.execute(
@@ -476,6 +475,8 @@ class Store:
     # ---- configuration (pipelines, destinations, secrets) -----------------------------------
 
     async def config_versions(self, project_ids: Iterable[str]) -> dict[str, int]:
+        if self._sqlite is not None:
+            return await self._sqlite.config_versions(list(project_ids))
         async with self.engines.read.connect() as conn:
             rows = await conn.execute(
                 select(projects.c.id, projects.c.config_version).where(projects.c.id.in_(list(project_ids)))
@@ -671,6 +672,8 @@ class Store:
             await self._bump_config(conn, project_id)
 
     async def get_destinations(self, ids: Iterable[str]) -> dict[str, DestinationRow]:
+        if self._sqlite is not None:
+            return await self._sqlite.get_destinations(list(ids))
         async with self.engines.read.connect() as conn:
             rows = await conn.execute(select(destinations).where(destinations.c.id.in_(list(ids))))
             return {r.id: _destination_from_row(r) for r in rows}
@@ -683,6 +686,8 @@ class Store:
         # Unique per lease and always 30 characters: the column is VARCHAR(40), and a token built
         # from the host name overflowed it on PostgreSQL for long host names (EC2, Kubernetes).
         token = new_id("lse")
+        if self._sqlite is not None:
+            return await self._sqlite.lease_deliveries(limit, lease_seconds)
         if not await self._any_due(
             select(deliveries.c.id).where(deliveries.c.status.in_(DUE_STATUSES), deliveries.c.due_at <= now)
         ):
@@ -732,6 +737,8 @@ class Store:
         """
         if not results:
             return
+        if self._sqlite is not None:
+            return await self._sqlite.record_attempts(results)
         now = time.time()
         async with self.engines.write.begin() as conn:
             await conn.execute(
@@ -784,6 +791,8 @@ class Store:
         """Hand back leases that were never attempted (shutdown), due again right away."""
         if not leased:
             return
+        if self._sqlite is not None:
+            return await self._sqlite.release_leases(leased)
         now = time.time()
         async with self.engines.write.begin() as conn:
             await conn.execute(

@@ -1,0 +1,423 @@
+"""The hot path on SQLite: the statements run for every event and every attempt.
+
+Ingest, routing and delivery run these many times a second, so on SQLite they skip the
+SQLAlchemy/aiosqlite layers and run as plain ``sqlite3`` functions on the store's own threads
+(:mod:`ingestlayer.store.sqlite_thread`): writes on the writer, which groups them into shared
+transactions, reads on a reader beside it (WAL lets both run at once). They do exactly what the
+SQLAlchemy versions in :mod:`ingestlayer.store.store` do on PostgreSQL, and the integration
+suite runs the same tests against both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ingestlayer.ids import new_id
+from ingestlayer.records import (
+    AttemptResult,
+    DestinationRow,
+    IngestResult,
+    LeasedDelivery,
+    NewDelivery,
+    NewEvent,
+    RouteLease,
+    StoredEvent,
+)
+from ingestlayer.store.idempotency import InsertPlan
+from ingestlayer.store.sqlite_thread import SqliteThread
+
+DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
+
+_INSERT_EVENT = (
+    "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_JOB = "INSERT INTO route_jobs (event_id, project_id, due_at, attempts) VALUES (?, ?, ?, 0)"
+_EVENT_COLUMNS = ", ".join(
+    f"e.{c}"
+    for c in (
+        "id",
+        "project_id",
+        "type",
+        "payload",
+        "idempotency_key",
+        "source",
+        "occurred_at",
+        "received_at",
+        "trace",
+    )
+)
+_DELIVERY_COLUMNS = "id, project_id, event_id, event_type, destination_id, attempts, retry_base, body"
+
+
+def _ids_json(ids: Sequence[str]) -> str:
+    """A list of ids as one parameter, read back with ``json_each`` (no variable-count limit)."""
+    return orjson.dumps(list(ids)).decode()
+
+
+def _event_row(ev: NewEvent) -> tuple[Any, ...]:
+    return (
+        ev.id,
+        ev.project_id,
+        ev.type,
+        ev.payload_json,
+        ev.idempotency_key,
+        ev.source,
+        ev.occurred_at,
+        ev.received_at,
+    )
+
+
+# Rows per multi-row INSERT: 8 columns x 500 rows stays far below SQLite's 32,766 variables.
+_ROWS_PER_INSERT = 500
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """INSERT many rows as few statements: ``executemany`` steps once per row, and every step
+    releases and retakes the GIL, which waits behind the busy event loop each time."""
+    if not rows:
+        return
+    head, _, values = insert.partition(" VALUES ")
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        conn.execute(f"{head} VALUES {', '.join([values] * len(chunk))}", [v for row in chunk for v in row])
+
+
+# ---- operations (run on the store's threads; each write is part of one transaction) ---------
+
+
+def insert_events(conn: sqlite3.Connection, batch: Sequence[NewEvent]) -> list[IngestResult]:
+    plan = InsertPlan(batch)
+    plain = [ev for ev in plan.fresh if ev.idempotency_key is None]
+    keyed = [ev for ev in plan.fresh if ev.idempotency_key is not None]
+    _insert_rows(conn, _INSERT_EVENT, [_event_row(ev) for ev in plain])
+    inserted = {ev.id for ev in plain}
+    for ev in keyed:
+        cur = conn.execute(
+            _INSERT_EVENT + " ON CONFLICT (project_id, idempotency_key) DO NOTHING", _event_row(ev)
+        )
+        if cur.rowcount == 1:
+            inserted.add(ev.id)
+    existing: dict[tuple[str, str], str] = {}
+    for project_id, keys in plan.missing_keys(inserted).items():
+        for key, eid in conn.execute(
+            "SELECT idempotency_key, id FROM events WHERE project_id = ?"
+            " AND idempotency_key IN (SELECT value FROM json_each(?))",
+            (project_id, _ids_json(keys)),
+        ):
+            existing[(project_id, key)] = eid
+    _insert_rows(
+        conn, _INSERT_JOB, [(ev.id, ev.project_id, ev.received_at) for ev in plan.fresh if ev.id in inserted]
+    )
+    return plan.results(inserted, existing)
+
+
+def lease_route_jobs(conn: sqlite3.Connection, limit: int, now: float, token: float) -> RouteLease:
+    attempts = dict(
+        conn.execute(
+            "UPDATE route_jobs SET due_at = ?, attempts = attempts + 1 WHERE event_id IN"
+            " (SELECT event_id FROM route_jobs WHERE due_at <= ? ORDER BY due_at LIMIT ?)"
+            " RETURNING event_id, attempts",
+            (token, now, limit),
+        ).fetchall()
+    )
+    if not attempts:
+        return RouteLease(token, [])
+    evs = [
+        StoredEvent(
+            id=r[0],
+            project_id=r[1],
+            type=r[2],
+            payload_json=r[3],
+            idempotency_key=r[4],
+            source=r[5],
+            occurred_at=r[6],
+            received_at=r[7],
+            trace=orjson.loads(r[8]) if r[8] else None,
+        )
+        for r in conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM route_jobs j JOIN events e ON e.id = j.event_id"
+            " WHERE j.due_at = ? ORDER BY e.id",
+            (token,),
+        )
+    ]
+    # The projects' config versions, read in the same transaction, so the router needs no
+    # second query to know whether its compiled pipelines are current.
+    versions = dict(
+        conn.execute(
+            "SELECT id, config_version FROM projects WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids_json(sorted({e.project_id for e in evs})),),
+        ).fetchall()
+    )
+    return RouteLease(token, evs, attempts, versions)
+
+
+def complete_routing(
+    conn: sqlite3.Connection,
+    lease: RouteLease,
+    new_deliveries: Sequence[NewDelivery],
+    traces: dict[str, list[dict[str, Any]]],
+    prelease: int,
+    lease_seconds: float,
+) -> tuple[int, list[LeasedDelivery]]:
+    now = time.time()
+    owned = {
+        r[0]
+        for r in conn.execute(
+            "DELETE FROM route_jobs WHERE due_at = ? AND event_id IN (SELECT value FROM json_each(?))"
+            " RETURNING event_id",
+            (lease.token, _ids_json([e.id for e in lease.events])),
+        )
+    }
+    mine = [d for d in new_deliveries if d.event_id in owned]
+    # The first `prelease` go straight to this process's dispatcher, already leased.
+    token = new_id("lse")
+    kept, rest = mine[:prelease], mine[prelease:]
+    insert = (
+        "INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,"
+        " attempts, retry_base, due_at, lease_token, body, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)"
+    )
+    lease_until = now + lease_seconds
+    conn.executemany(
+        insert,
+        [
+            *(
+                (
+                    d.id,
+                    d.project_id,
+                    d.event_id,
+                    d.event_type,
+                    d.pipeline_id,
+                    d.destination_id,
+                    "delivering",
+                    lease_until,
+                    token,
+                    d.body,
+                    now,
+                    now,
+                )
+                for d in kept
+            ),
+            *(
+                (
+                    d.id,
+                    d.project_id,
+                    d.event_id,
+                    d.event_type,
+                    d.pipeline_id,
+                    d.destination_id,
+                    "pending",
+                    now,
+                    None,
+                    d.body,
+                    now,
+                    now,
+                )
+                for d in rest
+            ),
+        ],
+    )
+    conn.executemany(
+        "UPDATE events SET trace = ? WHERE id = ?",
+        [(orjson.dumps(t).decode(), eid) for eid, t in traces.items() if eid in owned],
+    )
+    leased = [
+        LeasedDelivery(
+            id=d.id,
+            project_id=d.project_id,
+            event_id=d.event_id,
+            event_type=d.event_type,
+            destination_id=d.destination_id,
+            attempts=0,
+            retry_base=0,
+            body=d.body,
+            lease_token=token,
+        )
+        for d in kept
+    ]
+    return len(mine), leased
+
+
+def defer_route_jobs(conn: sqlite3.Connection, token: float, delays: dict[str, float]) -> None:
+    now = time.time()
+    conn.executemany(
+        "UPDATE route_jobs SET due_at = ? WHERE event_id = ? AND due_at = ?",
+        [(now + delay, eid, token) for eid, delay in delays.items()],
+    )
+
+
+def lease_deliveries(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
+    now = time.time()
+    token = new_id("lse")
+    rows = conn.execute(
+        f"UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
+        f" WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ? ORDER BY due_at LIMIT ?)"
+        f" RETURNING {_DELIVERY_COLUMNS}",
+        (now + lease_seconds, token, now, now, limit),
+    ).fetchall()
+    return [
+        LeasedDelivery(
+            id=r[0],
+            project_id=r[1],
+            event_id=r[2],
+            event_type=r[3],
+            destination_id=r[4],
+            attempts=r[5],
+            retry_base=r[6],
+            body=r[7],
+            lease_token=token,
+        )
+        for r in rows
+    ]
+
+
+def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) -> None:
+    now = time.time()
+    conn.executemany(
+        "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
+        " response_excerpt, next_retry_at, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.delivery_id,
+                r.project_id,
+                r.n,
+                r.started_at,
+                r.duration_ms,
+                r.status_code,
+                r.error,
+                r.response_excerpt,
+                r.next_retry_at,
+                r.worker,
+            )
+            for r in results
+        ],
+    )
+    # The state moves on only while the lease is still ours; the attempt is logged regardless.
+    conn.executemany(
+        "UPDATE deliveries SET status = ?, attempts = ?, due_at = ?, lease_token = NULL,"
+        " last_status_code = ?, last_error = ?, updated_at = ?, finished_at = ?"
+        " WHERE id = ? AND lease_token = ?",
+        [
+            (
+                r.status,
+                r.n,
+                r.next_retry_at if r.status == "retrying" else None,
+                r.status_code,
+                r.error,
+                now,
+                now if r.status in ("delivered", "dead") else None,
+                r.delivery_id,
+                r.lease_token,
+            )
+            for r in results
+        ],
+    )
+
+
+def release_leases(conn: sqlite3.Connection, leased: Sequence[LeasedDelivery]) -> None:
+    now = time.time()
+    conn.executemany(
+        "UPDATE deliveries SET status = ?, due_at = ?, lease_token = NULL, updated_at = ?"
+        " WHERE id = ? AND lease_token = ?",
+        [("retrying" if d.attempts else "pending", now, now, d.id, d.lease_token) for d in leased],
+    )
+
+
+def get_destinations(conn: sqlite3.Connection, ids: list[str]) -> dict[str, DestinationRow]:
+    rows = conn.execute(
+        "SELECT id, project_id, name, kind, config, enabled, updated_at FROM destinations"
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (_ids_json(ids),),
+    )
+    return {
+        r[0]: DestinationRow(
+            id=r[0],
+            project_id=r[1],
+            name=r[2],
+            kind=r[3],
+            config=orjson.loads(r[4]),
+            enabled=bool(r[5]),
+            updated_at=r[6],
+        )
+        for r in rows
+    }
+
+
+def route_jobs_due(conn: sqlite3.Connection, now: float) -> bool:
+    return conn.execute("SELECT 1 FROM route_jobs WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
+
+
+def deliveries_due(conn: sqlite3.Connection, now: float) -> bool:
+    query = f"SELECT 1 FROM deliveries WHERE {DUE} AND due_at <= ? LIMIT 1"
+    return conn.execute(query, (now,)).fetchone() is not None
+
+
+def config_versions(conn: sqlite3.Connection, project_ids: list[str]) -> dict[str, int]:
+    return dict(
+        conn.execute(
+            "SELECT id, config_version FROM projects WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids_json(project_ids),),
+        ).fetchall()
+    )
+
+
+# ---- the async face the Store delegates to --------------------------------------------------
+
+
+class SqliteHotPath:
+    def __init__(self, path: str) -> None:
+        self.writer = SqliteThread(path, writer=True, name="sqlite-writer")
+        self.reader = SqliteThread(path, writer=False, name="sqlite-reader")
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.reader.close()
+
+    async def insert_events(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
+        return await self.writer.call(insert_events, batch)
+
+    # A lease first looks on the reader: an idle poll must not take the write lock many times a
+    # second (other processes may be writing) nor wait behind the writer's queue.
+
+    async def lease_route_jobs(self, limit: int, now: float, token: float) -> RouteLease:
+        if not await self.reader.call(route_jobs_due, now):
+            return RouteLease(token, [])
+        return await self.writer.call(lease_route_jobs, limit, now, token)
+
+    async def complete_routing(
+        self,
+        lease: RouteLease,
+        new_deliveries: Sequence[NewDelivery],
+        traces: dict[str, list[dict[str, Any]]],
+        prelease: int,
+        lease_seconds: float,
+    ) -> tuple[int, list[LeasedDelivery]]:
+        return await self.writer.call(
+            complete_routing, lease, new_deliveries, traces, prelease, lease_seconds
+        )
+
+    async def defer_route_jobs(self, token: float, delays: dict[str, float]) -> None:
+        await self.writer.call(defer_route_jobs, token, delays)
+
+    async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
+        if not await self.reader.call(deliveries_due, time.time()):
+            return []
+        return await self.writer.call(lease_deliveries, limit, lease_seconds)
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        await self.writer.call(record_attempts, results)
+
+    async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
+        await self.writer.call(release_leases, leased)
+
+    async def get_destinations(self, ids: list[str]) -> dict[str, DestinationRow]:
+        return await self.reader.call(get_destinations, ids)
+
+    async def config_versions(self, project_ids: list[str]) -> dict[str, int]:
+        return await self.reader.call(config_versions, project_ids)
