@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from yarl import URL
 
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
@@ -127,6 +128,9 @@ class WebhookOut:
 
     def __init__(self, config: WebhookOutConfig) -> None:
         self.config = config
+        # Parsed once, not per request: aiohttp would build both again for every POST.
+        self._url = URL(config.url)
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     def target(self) -> str:
         return self.config.url
@@ -157,17 +161,22 @@ class WebhookOut:
             ctx.egress.check_url(cfg.url)
         except EgressDenied as exc:
             return Outcome(ok=False, error=str(exc), permanent=True)
-        body = render_body(request.event, cfg.format)
+        # The router stored the delivery in the "ingestlayer" format already: send it as stored.
+        body = (
+            request.body_json.encode()
+            if cfg.format == "ingestlayer"
+            else render_body(request.event, cfg.format)
+        )
         try:
             headers = await self.build_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
         try:
             async with ctx.session.post(
-                cfg.url,
+                self._url,
                 data=body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 raw = await resp.content.read(1024)
