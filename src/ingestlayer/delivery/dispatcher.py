@@ -51,6 +51,8 @@ class SecretResolver:
         self._store = store
         self._box = box
         self._cache: dict[tuple[str, str], tuple[float, str]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._generation: dict[str, int] = {}
 
     async def __call__(self, project_id: str, ref: str) -> str:
         if ref.startswith("env:"):
@@ -61,23 +63,43 @@ class SecretResolver:
         if ref.startswith("ref:"):
             key = (project_id, ref[4:])
             hit = self._cache.get(key)
-            now = time.monotonic()
-            if hit and hit[0] > now:
+            if hit and hit[0] > time.monotonic():
                 return hit[1]
-            token = await self._store.get_secret(project_id, ref[4:])
-            if token is None:
-                raise LookupError(
-                    f"secret {ref} does not exist (set it with `ingestlayer secrets set {ref[4:]}`)"
-                )
-            value = self._box.decrypt(token)
-            self._cache[key] = (now + SECRET_CACHE_SECONDS, value)
-            return value
+            # One read per secret however many sends are waiting for it: when the entry expires
+            # under load, every in-flight send would otherwise query the database at once.
+            pending = self._loading.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(self._load(key, ref))
+                self._loading[key] = pending
+                pending.add_done_callback(lambda done: self._finished(key, done))
+            return await asyncio.shield(pending)
         raise LookupError("a secret must be referenced as env:VAR or ref:NAME")
+
+    def _finished(self, key: tuple[str, str], done: asyncio.Future[str]) -> None:
+        if self._loading.get(key) is done:
+            del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here: each waiter gets it raised on its own await
+
+    async def _load(self, key: tuple[str, str], ref: str) -> str:
+        generation = self._generation.get(key[0], 0)
+        token = await self._store.get_secret(*key)
+        if token is None:
+            raise LookupError(
+                f"secret {ref} does not exist (set it with `ingestlayer secrets set {ref[4:]}`)"
+            )
+        value = self._box.decrypt(token)
+        if self._generation.get(key[0], 0) == generation:  # not forgotten while we read
+            self._cache[key] = (time.monotonic() + SECRET_CACHE_SECONDS, value)
+        return value
 
     def forget(self, project_id: str) -> None:
         """Drop a project's cached secrets, so the next send reads them afresh."""
         for key in [k for k in self._cache if k[0] == project_id]:
             del self._cache[key]
+        for key in [k for k in self._loading if k[0] == project_id]:
+            del self._loading[key]  # a read begun before the change must not be shared after it
+        self._generation[project_id] = self._generation.get(project_id, 0) + 1
 
 
 class Dispatcher:

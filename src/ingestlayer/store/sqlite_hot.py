@@ -388,7 +388,7 @@ class SqliteHotPath:
     async def lease_route_jobs(self, limit: int, now: float, token: float) -> RouteLease:
         if not await self.reader.call(route_jobs_due, now):
             return RouteLease(token, [])
-        return await self.writer.call(lease_route_jobs, limit, now, token)
+        return await self.writer.call(lease_route_jobs, limit, now, token, durable=False)
 
     async def complete_routing(
         self,
@@ -408,7 +408,7 @@ class SqliteHotPath:
     async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
         if not await self.reader.call(deliveries_due, time.time()):
             return []
-        return await self.writer.call(lease_deliveries, limit, lease_seconds)
+        return await self.writer.call(lease_deliveries, limit, lease_seconds, durable=False)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         await self.writer.call(record_attempts, results)

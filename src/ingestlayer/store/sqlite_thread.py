@@ -31,7 +31,7 @@ BUSY_TIMEOUT_MS = 30_000
 # Operations per transaction at most: bounds how long one COMMIT keeps everyone waiting.
 MAX_GROUP = 256
 
-_Item = tuple[Op, tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_Item = tuple[Op, tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop, bool]
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -64,16 +64,21 @@ class SqliteThread:
         self.writer = writer
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._conn = connect(path)
+        self._durable = True  # connect() sets synchronous = FULL
         self._closed = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """Run ``fn(conn, *args)`` on the thread. ``durable=False`` marks a write that may be lost
+        on power failure without losing anything else (a lease: the work is simply retaken); a
+        group made only of such writes commits without an fsync. Later durable commits sync
+        the log up to themselves, earlier writes included."""
         if self._closed:
             raise RuntimeError("the database connection is closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, fut, loop))
+        self._queue.put((fn, args, fut, loop, durable))
         return await fut
 
     async def close(self) -> None:
@@ -104,7 +109,7 @@ class SqliteThread:
                 group.append(item)
             outcomes = self._run_group(group) if self.writer else [self._run_one(i) for i in group]
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, BaseException | None, Any]]] = {}
-            for (_fn, _args, _fut, loop), outcome in zip(group, outcomes, strict=True):
+            for (_fn, _args, _fut, loop, _durable), outcome in zip(group, outcomes, strict=True):
                 by_loop.setdefault(loop, []).append(outcome)
             for loop, done in by_loop.items():
                 # A closed loop raises RuntimeError: nobody is waiting any more.
@@ -114,7 +119,7 @@ class SqliteThread:
                 return
 
     def _run_one(self, item: _Item) -> tuple[asyncio.Future[Any], BaseException | None, Any]:
-        fn, args, fut, _loop = item
+        fn, args, fut, _loop, _durable = item
         try:
             return fut, None, fn(self._conn, *args)
         except BaseException as exc:  # handed to the caller, who decides
@@ -124,20 +129,25 @@ class SqliteThread:
 
     def _run_group(self, group: list[_Item]) -> list[tuple[asyncio.Future[Any], BaseException | None, Any]]:
         conn = self._conn
+        durable = any(item[4] for item in group)
         try:
+            if durable != self._durable:
+                # In WAL mode, NORMAL skips the fsync at COMMIT; FULL syncs the log to here.
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            return [(fut, exc, None) for _fn, _args, fut, _loop in group]
+            return [(item[2], exc, None) for item in group]
         outcomes: list[tuple[asyncio.Future[Any], BaseException | None, Any]] = []
         if len(group) == 1:
-            fn, args, fut, _loop = group[0]
+            fn, args, fut, _loop, _durable = group[0]
             try:
                 outcomes.append((fut, None, fn(conn, *args)))
             except BaseException as exc:
                 conn.rollback()
                 return [(fut, exc, None)]
         else:
-            for fn, args, fut, _loop in group:
+            for fn, args, fut, _loop, _durable in group:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = fn(conn, *args)
