@@ -10,6 +10,7 @@ so one event can reach Postgres whole and Slack masked.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,11 @@ class CompiledProject:
     project_id: str
     version: int
     pipelines: list[CompiledPipeline]
+
+    @functools.cached_property
+    def performs_io(self) -> bool:
+        """Whether routing an event may wait (an enrichment or classification step)."""
+        return any(getattr(step, "performs_io", False) for p in self.pipelines for step in p.steps)
 
 
 def compile_project(cfg: ProjectConfig) -> CompiledProject:

@@ -27,12 +27,16 @@ class InsertPlan:
     def missing_keys(self, inserted: set[str]) -> dict[str, list[str]]:
         """Keys whose event was not inserted (stored earlier), by project."""
         out: dict[str, list[str]] = {}
+        if not self.first_by_key:
+            return out
         for (project_id, key), i in self.first_by_key.items():
             if self.batch[i].id not in inserted:
                 out.setdefault(project_id, []).append(key)
         return out
 
     def results(self, inserted: set[str], existing: dict[tuple[str, str], str]) -> list[IngestResult]:
+        if not self.first_by_key:  # no idempotency keys: every event was inserted
+            return [IngestResult(ev.id, False) for ev in self.batch]
         out: list[IngestResult] = []
         for ev in self.batch:
             if ev.id in inserted:

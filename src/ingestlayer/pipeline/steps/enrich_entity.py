@@ -43,6 +43,8 @@ class EnrichEntityConfig(StepConfig):
 class EnrichEntity:
     name: ClassVar[str] = "enrich.entity"
     kind: ClassVar[str] = "ENR"
+    # Waits on a database or a provider: the router runs such events concurrently.
+    performs_io: ClassVar[bool] = True
     config_model: ClassVar[type[BaseModel]] = EnrichEntityConfig
 
     def __init__(self, config: EnrichEntityConfig) -> None:

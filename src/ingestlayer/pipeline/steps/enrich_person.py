@@ -124,6 +124,8 @@ class EnrichPersonConfig(StepConfig):
 class EnrichPerson:
     name: ClassVar[str] = "enrich.person"
     kind: ClassVar[str] = "ENR"
+    # Waits on a database or a provider: the router runs such events concurrently.
+    performs_io: ClassVar[bool] = True
     config_model: ClassVar[type[BaseModel]] = EnrichPersonConfig
 
     def __init__(self, config: EnrichPersonConfig) -> None:

@@ -59,6 +59,8 @@ class Outcome:
 class Classify:
     name: ClassVar[str] = "classify"
     kind: ClassVar[str] = "ENR"
+    # Waits on a database or a provider: the router runs such events concurrently.
+    performs_io: ClassVar[bool] = True
     config_model: ClassVar[type[BaseModel]] = ClassifyConfig
 
     def __init__(self, config: ClassifyConfig) -> None:
