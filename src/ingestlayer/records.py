@@ -48,6 +48,29 @@ class RouteLease:
     attempts: dict[str, int] = field(default_factory=dict)  # routing attempts, this one included
     # The leased events' projects' config versions, when read in the lease's transaction.
     versions: dict[str, int] | None = None
+    # Per event, when leases taken under different tokens are routed in one pass.
+    tokens: dict[str, float] | None = None
+
+    def by_token(self, event_ids: list[str]) -> dict[float, list[str]]:
+        """The given events grouped by the token their job is leased under."""
+        if self.tokens is None:
+            return {self.token: event_ids}
+        out: dict[float, list[str]] = {}
+        for eid in event_ids:
+            out.setdefault(self.tokens[eid], []).append(eid)
+        return out
+
+    @staticmethod
+    def merge(leases: list[RouteLease]) -> RouteLease:
+        if len(leases) == 1:
+            return leases[0]
+        return RouteLease(
+            leases[0].token,
+            [e for lease in leases for e in lease.events],
+            {k: v for lease in leases for k, v in lease.attempts.items()},
+            None,
+            {e.id: lease.token for lease in leases for e in lease.events},
+        )
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache
@@ -18,6 +19,7 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
+from ingestlayer.records import IngestResult, NewEvent, RouteLease, StoredEvent
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.store import Store
@@ -25,6 +27,8 @@ from ingestlayer.store.store import Store
 log = logging.getLogger("ingestlayer")
 
 RETENTION_INTERVAL_SECONDS = 600.0
+# Events handed from ingest to the router in this process, not yet routed, at most.
+HANDOFF_BACKLOG = 20_000
 
 
 class Runtime:
@@ -43,8 +47,36 @@ class Runtime:
         self.router = Router(
             self.store, settings, on_routed=self._routed, services=services, handoff=self.dispatcher
         )
-        self.committer = GroupCommitter(self.store.insert_events, max_batch=settings.ingest_batch_max)
+        insert = self._insert_and_hand_over if api and worker else self.store.insert_events
+        self.committer = GroupCommitter(insert, max_batch=settings.ingest_batch_max)
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _insert_and_hand_over(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
+        """Store events with their route jobs leased to this process's router, and hand them
+        over: the router routes them from memory, with no lease query. Past a backlog it stops
+        taking them, and they wait in the table like any other process's events."""
+        if self.stop.is_set() or self.router.backlog() >= HANDOFF_BACKLOG:
+            return await self.store.insert_events(batch)
+        token = self.store.route_token(self.settings.route_lease_seconds)
+        results = await self.store.insert_events(batch, route_token=token)
+        fresh = {r.id for r in results if not r.duplicate}
+        events = [
+            StoredEvent(
+                id=ev.id,
+                project_id=ev.project_id,
+                type=ev.type,
+                payload_json=ev.payload_json,
+                idempotency_key=ev.idempotency_key,
+                source=ev.source,
+                occurred_at=ev.occurred_at,
+                received_at=ev.received_at,
+            )
+            for ev in batch
+            if ev.id in fresh
+        ]
+        if events:
+            self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
+        return results
 
     def _routed(self, n: int) -> None:
         metrics.DELIVERIES_CREATED.inc(n)

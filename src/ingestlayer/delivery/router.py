@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -82,14 +83,40 @@ class Router:
         self.configs = ConfigCache(store)
         self._on_routed = on_routed
         self.wake = asyncio.Event()
+        self._handed: list[RouteLease] = []
+        self._handed_events = 0
+        self._last_table_lease = 0.0
+
+    # ---- handoff from ingest in this process --------------------------------------------------
+
+    def backlog(self) -> int:
+        """Events handed over by ingest and not yet routed."""
+        return self._handed_events
+
+    def accept(self, lease: RouteLease) -> None:
+        """Take events just stored by ingest in this process, their jobs already leased to us:
+        no lease query and no re-reading of what is in memory already."""
+        self._handed.append(lease)
+        self._handed_events += len(lease.events)
+        self.wake.set()
 
     async def run_once(self) -> int:
         """Route one batch; return how many events it took."""
-        lease = await self.store.lease_route_jobs(
-            self.settings.route_batch, self.settings.route_lease_seconds
-        )
-        if not lease.events:
-            return 0
+        now = time.monotonic()
+        if self._handed and now - self._last_table_lease < self.settings.poll_interval:
+            # Everything handed over since the last pass, as one pass.
+            handed, self._handed = self._handed, []
+            self._handed_events -= sum(len(lease.events) for lease in handed)
+            lease = RouteLease.merge(handed)
+        else:
+            # Jobs in the table: retries, other processes' events, anything left by a crash.
+            # Taken at least once per poll interval even while ingest keeps handing work over.
+            self._last_table_lease = now
+            lease = await self.store.lease_route_jobs(
+                self.settings.route_batch, self.settings.route_lease_seconds
+            )
+            if not lease.events:
+                return 0 if not self._handed else await self.run_once()
         projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
@@ -132,7 +159,13 @@ class Router:
             await asyncio.gather(*waiting)
         if failed:
             await self.store.defer_route_jobs(lease, failed)
-            lease = RouteLease(lease.token, [e for e in lease.events if e.id not in failed], lease.attempts)
+            lease = RouteLease(
+                lease.token,
+                [e for e in lease.events if e.id not in failed],
+                lease.attempts,
+                lease.versions,
+                lease.tokens,
+            )
         if lease.events:
             room = self.handoff.capacity() if self.handoff is not None else 0
             created, leased = await self.store.complete_routing(
@@ -155,3 +188,13 @@ class Router:
                 await asyncio.sleep(1.0)
             if took == 0:
                 await wait_for_work(self.wake, stop, self.settings.poll_interval)
+        if self._handed:
+            # Handed over but not routed: due again now, for whichever router runs next.
+            handed, self._handed = self._handed, []
+            lease = RouteLease.merge(handed)
+            try:
+                await self.store.defer_route_jobs(lease, {e.id: 0.0 for e in lease.events})
+            except Exception:
+                log.exception(
+                    "could not release %d handed-over events; due when their lease expires", len(lease.events)
+                )

@@ -37,7 +37,7 @@ _INSERT_EVENT = (
     "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_JOB = "INSERT INTO route_jobs (event_id, project_id, due_at, attempts) VALUES (?, ?, ?, 0)"
+_INSERT_JOB = "INSERT INTO route_jobs (event_id, project_id, due_at, attempts) VALUES (?, ?, ?, ?)"
 _EVENT_COLUMNS = ", ".join(
     f"e.{c}"
     for c in (
@@ -91,7 +91,9 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
 # ---- operations (run on the store's threads; each write is part of one transaction) ---------
 
 
-def insert_events(conn: sqlite3.Connection, batch: Sequence[NewEvent]) -> list[IngestResult]:
+def insert_events(
+    conn: sqlite3.Connection, batch: Sequence[NewEvent], route_token: float | None
+) -> list[IngestResult]:
     plan = InsertPlan(batch)
     plain = [ev for ev in plan.fresh if ev.idempotency_key is None]
     keyed = [ev for ev in plan.fresh if ev.idempotency_key is not None]
@@ -111,9 +113,11 @@ def insert_events(conn: sqlite3.Connection, batch: Sequence[NewEvent]) -> list[I
             (project_id, _ids_json(keys)),
         ):
             existing[(project_id, key)] = eid
-    _insert_rows(
-        conn, _INSERT_JOB, [(ev.id, ev.project_id, ev.received_at) for ev in plan.fresh if ev.id in inserted]
-    )
+    if route_token is None:
+        jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in plan.fresh if ev.id in inserted]
+    else:  # leased to this process's router already
+        jobs = [(ev.id, ev.project_id, route_token, 1) for ev in plan.fresh if ev.id in inserted]
+    _insert_rows(conn, _INSERT_JOB, jobs)
     return plan.results(inserted, existing)
 
 
@@ -166,14 +170,16 @@ def complete_routing(
     lease_seconds: float,
 ) -> tuple[int, list[LeasedDelivery]]:
     now = time.time()
-    owned = {
-        r[0]
-        for r in conn.execute(
-            "DELETE FROM route_jobs WHERE due_at = ? AND event_id IN (SELECT value FROM json_each(?))"
-            " RETURNING event_id",
-            (lease.token, _ids_json([e.id for e in lease.events])),
+    owned: set[str] = set()
+    for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
+        owned.update(
+            r[0]
+            for r in conn.execute(
+                "DELETE FROM route_jobs WHERE due_at = ? AND event_id IN (SELECT value FROM json_each(?))"
+                " RETURNING event_id",
+                (route_token, _ids_json(ids)),
+            )
         )
-    }
     mine = [d for d in new_deliveries if d.event_id in owned]
     # The first `prelease` go straight to this process's dispatcher, already leased.
     token = new_id("lse")
@@ -244,11 +250,15 @@ def complete_routing(
     return len(mine), leased
 
 
-def defer_route_jobs(conn: sqlite3.Connection, token: float, delays: dict[str, float]) -> None:
+def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float]) -> None:
     now = time.time()
     conn.executemany(
         "UPDATE route_jobs SET due_at = ? WHERE event_id = ? AND due_at = ?",
-        [(now + delay, eid, token) for eid, delay in delays.items()],
+        [
+            (now + delays[eid], eid, token)
+            for token, ids in lease.by_token(list(delays)).items()
+            for eid in ids
+        ],
     )
 
 
@@ -379,8 +389,8 @@ class SqliteHotPath:
         await self.writer.close()
         await self.reader.close()
 
-    async def insert_events(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
-        return await self.writer.call(insert_events, batch)
+    async def insert_events(self, batch: Sequence[NewEvent], route_token: float | None) -> list[IngestResult]:
+        return await self.writer.call(insert_events, batch, route_token)
 
     # A lease first looks on the reader: an idle poll must not take the write lock many times a
     # second (other processes may be writing) nor wait behind the writer's queue.
@@ -402,8 +412,8 @@ class SqliteHotPath:
             complete_routing, lease, new_deliveries, traces, prelease, lease_seconds
         )
 
-    async def defer_route_jobs(self, token: float, delays: dict[str, float]) -> None:
-        await self.writer.call(defer_route_jobs, token, delays)
+    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
+        await self.writer.call(defer_route_jobs, lease, delays)
 
     async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
         if not await self.reader.call(deliveries_due, time.time()):

@@ -237,14 +237,22 @@ class Store:
 
     # ---- ingest ------------------------------------------------------------------------------
 
-    async def insert_events(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
+    def route_token(self, lease_seconds: float) -> float:
+        """A new route lease token: the lease's deadline, made unique within this process."""
+        return time.time() + lease_seconds + next(_lease_counter) * 1e-6
+
+    async def insert_events(
+        self, batch: Sequence[NewEvent], route_token: float | None = None
+    ) -> list[IngestResult]:
         """Store events and their route jobs in one transaction (the outbox).
 
         Idempotency is on (project, key): a key already stored, or repeated within this batch,
         yields the first event's id with ``duplicate=True`` and no second route job.
+        With ``route_token`` the route jobs are stored already leased under it (a router in this
+        process takes the events straight from ingest); otherwise they are due at once.
         """
         if self._sqlite is not None:
-            return await self._sqlite.insert_events(batch)
+            return await self._sqlite.insert_events(batch, route_token)
         plan = InsertPlan(batch)
         async with self.engines.write.begin() as conn:
             rows = [
@@ -280,7 +288,12 @@ class Store:
                 for key, eid in found:
                     existing[(project_id, key)] = eid
             jobs = [
-                {"event_id": ev.id, "project_id": ev.project_id, "due_at": ev.received_at}
+                {
+                    "event_id": ev.id,
+                    "project_id": ev.project_id,
+                    "due_at": ev.received_at if route_token is None else route_token,
+                    "attempts": 0 if route_token is None else 1,
+                }
                 for ev in plan.fresh
                 if ev.id in inserted
             ]
@@ -299,7 +312,7 @@ class Store:
     async def lease_route_jobs(self, limit: int, lease_seconds: float) -> RouteLease:
         now = time.time()
         # A distinct lease deadline per call doubles as the lease token.
-        token = now + lease_seconds + next(_lease_counter) * 1e-6
+        token = self.route_token(lease_seconds)
         if self._sqlite is not None:
             return await self._sqlite.lease_route_jobs(limit, now, token)
         if not await self._any_due(select(route_jobs.c.event_id).where(route_jobs.c.due_at <= now)):
@@ -351,14 +364,15 @@ class Store:
             return await self._sqlite.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
         now = time.time()
         token = new_id("lse")
-        ids = [e.id for e in lease.events]
         async with self.engines.write.begin() as conn:
-            res = await conn.execute(
-                delete(route_jobs)
-                .where(route_jobs.c.event_id.in_(ids), route_jobs.c.due_at == lease.token)
-                .returning(route_jobs.c.event_id)
-            )
-            owned = set(res.scalars().all())
+            owned: set[str] = set()
+            for lease_token, ids in lease.by_token([e.id for e in lease.events]).items():
+                res = await conn.execute(
+                    delete(route_jobs)
+                    .where(route_jobs.c.event_id.in_(ids), route_jobs.c.due_at == lease_token)
+                    .returning(route_jobs.c.event_id)
+                )
+                owned.update(res.scalars().all())
             rows = [
                 {
                     "id": d.id,
@@ -414,14 +428,20 @@ class Store:
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay."""
         if self._sqlite is not None:
-            return await self._sqlite.defer_route_jobs(lease.token, delays)
+            return await self._sqlite.defer_route_jobs(lease, delays)
         now = time.time()
         async with self.engines.write.begin() as conn:
             await conn.execute(
                 update(route_jobs)
-                .where(route_jobs.c.event_id == bindparam("b_id"), route_jobs.c.due_at == lease.token)
+                .where(
+                    route_jobs.c.event_id == bindparam("b_id"), route_jobs.c.due_at == bindparam("b_token")
+                )
                 .values(due_at=bindparam("b_due")),
-                [{"b_id": eid, "b_due": now + delay} for eid, delay in delays.items()],
+                [
+                    {"b_id": eid, "b_token": token, "b_due": now + delays[eid]}
+                    for token, ids in lease.by_token(list(delays)).items()
+                    for eid in ids
+                ],
             )
 
     async def create_test_delivery(self, event: NewEvent, destination_id: str) -> str:
