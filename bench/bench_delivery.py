@@ -9,7 +9,8 @@ In one run, on 127.0.0.1, with a light aiohttp receiver in its own process (``re
    ``webhook.out`` with ``auth: hmac``; ``--events`` events are ingested in batches of 100 and
    the receiver timestamps every delivery. deliveries/s is taken over the middle 80 % of arrivals
    (steady state) and, for the record, from the first ingest to the last arrival;
-3. latency: single events at half the measured deliveries/s, open loop, each carrying its send
+3. single-event capacity: single events, closed loop, until every one is delivered;
+4. latency: single events at half that capacity, open loop, each carrying its send
    time; the receiver records arrival - send time. The first second is warm-up and left out.
 
 The receiver checks every 100th signature with ``ingestlayer.sdk.webhooks.verify`` and every
@@ -105,6 +106,43 @@ def wait_count(url: str, want: int, timeout: float) -> int:
             return got
         time.sleep(0.05)
     return got
+
+
+def single_event_capacity(dep: Deployment, rurl: str, auth: str, wd: Any, seconds: float) -> dict[str, Any]:
+    """Closed loop, one event per request, 64 connections, for ``seconds``: events/s from the
+    first request to the last delivery, once every accepted event has been delivered."""
+    http_json("POST", rurl + "/reset")
+    body_file = wd / "single.json"
+    body_file.write_bytes(orjson.dumps({"type": "bench.capacity", "payload": {"user_id": "u_1"}}))
+    t0 = time.time()
+    sent = run_loadgen(
+        [
+            "closed",
+            dep.url + "/v1/events",
+            "--body-file",
+            str(body_file),
+            "--headers",
+            auth,
+            "--connections",
+            "64",
+            "--warmup",
+            "0",
+            "--duration",
+            str(seconds),
+        ],
+        timeout=seconds + 40,
+    )
+    accepted = int(sent["requests"])
+    got = wait_count(rurl, accepted, timeout=60)
+    arrivals = sorted(receiver_stats(rurl)["arrivals"])
+    last = arrivals[-1] if arrivals else time.time()
+    return {
+        "events_per_s": got / max(last - t0, 1e-9),
+        "ingest_per_s": accepted / max(float(sent["elapsed"]), 1e-9),
+        "accepted": accepted,
+        "delivered": got,
+        "seconds": seconds,
+    }
 
 
 def _xacts(dep: Deployment) -> int | None:
@@ -297,8 +335,21 @@ def run(
                 if stats["bad_signatures"]:
                     raise BenchError(f"{stats['bad_signatures']} deliveries failed signature verification")
 
-                # 3. latency at half the measured maximum.
-                rate = latency_rate or max(10.0, round(steady / 2))
+                # 3. what the same server sustains when events come one per request, as in the
+                # latency run: each costs an HTTP request, and every stage works in small groups,
+                # so this is the maximum that "half load" is half of.
+                out["single_event_capacity"] = single_event_capacity(
+                    dep, rurl, auth, wd, seconds=3.0 if quick else 6.0
+                )
+                capacity = out["single_event_capacity"]["events_per_s"]
+                log(
+                    f"single events, closed loop ({mode}, {backend}): {capacity:,.0f} events/s ingested "
+                    f"and delivered (ingest {out['single_event_capacity']['ingest_per_s']:,.0f}/s, "
+                    f"all {out['single_event_capacity']['delivered']} delivered)"
+                )
+
+                # 4. latency at half that maximum.
+                rate = latency_rate or max(10.0, round(capacity / 2))
                 http_json("POST", rurl + "/reset")
                 xacts0 = _xacts(dep)
                 out["latency_background_cores"] = wait_for_quiet()

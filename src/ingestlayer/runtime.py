@@ -78,9 +78,10 @@ class Runtime:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results
 
-    def _routed(self, n: int) -> None:
-        metrics.DELIVERIES_CREATED.inc(n)
-        self.dispatcher.wake.set()
+    def _routed(self, created: int, handed_over: int) -> None:
+        metrics.DELIVERIES_CREATED.inc(created)
+        if created > handed_over:  # some wait in the table for the dispatcher to lease them
+            self.dispatcher.wake.set()
 
     def event_stored(self) -> None:
         self.router.wake.set()

@@ -21,7 +21,8 @@ import orjson
 
 from ingestlayer import __version__, metrics
 from ingestlayer.config import Settings
-from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
+from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
+from ingestlayer.delivery.http_client import HttpClient
 from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
@@ -122,12 +123,14 @@ class Dispatcher:
         self._results_ready = asyncio.Event()
         self._on_finished = on_finished
         self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._ctx: SendContext | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._starting: set[asyncio.Task[None]] = set()
         self._reserved = 0  # handed over by the router, not yet started
         self._accepting = False
         self._attempt_counters: dict[str, Any] = {}
+        self._backlogged = False
 
     async def _open(self) -> SendContext:
         if self._ctx is None:
@@ -139,11 +142,15 @@ class Dispatcher:
             self._session = aiohttp.ClientSession(
                 connector=connector, json_serialize=lambda o: orjson.dumps(o).decode()
             )
+            self._http = HttpClient(
+                resolve=AddressResolver(self.egress), limit_per_host=self.settings.delivery_concurrency
+            )
             self._ctx = SendContext(
                 session=self._session,
                 resolve_secret=self.resolver,
                 egress=self.egress,
                 user_agent=f"ingestlayer/{__version__}",
+                http=self._http,
             )
         return self._ctx
 
@@ -282,21 +289,23 @@ class Dispatcher:
                 free = limit - len(self._inflight) - self._reserved
                 leased: list[LeasedDelivery] = []
                 if free >= threshold or (free > 0 and not self._inflight):
+                    want = min(free, self.settings.delivery_batch)
                     try:
-                        leased = await self.store.lease_deliveries(
-                            min(free, self.settings.delivery_batch), self.settings.delivery_lease_seconds
-                        )
+                        leased = await self.store.lease_deliveries(want, self.settings.delivery_lease_seconds)
                     except Exception:
                         log.exception("leasing deliveries failed; retrying shortly")
                         await asyncio.sleep(1.0)
                         continue
+                    self._backlogged = len(leased) == want
+                else:
+                    self._backlogged = True  # no room to look: look again when a slot frees up
                 if leased:
                     if stop.is_set():
                         await self.store.release_leases(leased)
                         break
                     dests = await self._destinations({d.destination_id for d in leased})
                     self._spawn(leased, dests)
-                    if len(leased) == min(free, self.settings.delivery_batch):
+                    if self._backlogged:
                         continue  # more may be due: lease again straight away
                 await wait_for_work(self.wake, stop, self.settings.poll_interval)
         finally:
@@ -309,6 +318,8 @@ class Dispatcher:
             await self._close_all()
             if self._session is not None:
                 await self._session.close()
+            if self._http is not None:
+                await self._http.close()
 
     # ---- handoff from the router in this process -------------------------------------------------
 
@@ -372,7 +383,10 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
-        self.wake.set()  # a slot is free
+        if self._backlogged:
+            # The last lease was cut short by a lack of free slots (or was full): more may be
+            # due. Otherwise the table has nothing due that a poll or a wake would not bring.
+            self.wake.set()
 
     async def _drain(self) -> None:
         """Let in-flight attempts finish (up to the grace period) before the process exits."""

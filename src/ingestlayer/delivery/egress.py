@@ -6,6 +6,7 @@ cannot be used to point an allowed name at the internal network.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -83,6 +84,43 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class AddressResolver:
+    """Host name → addresses for the delivery HTTP client, with the policy applied to every
+    answer (literal addresses included) and answers kept for ``ttl`` seconds."""
+
+    def __init__(self, policy: EgressPolicy, ttl: float = 60.0) -> None:
+        self._policy = policy
+        self._ttl = ttl
+        self._cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            pass
+        else:
+            return self._allowed(host, [host])
+        hit = self._cache.get((host, port))
+        if hit is not None and hit[0] > loop.time():
+            return hit[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        allowed = self._allowed(host, found)
+        self._cache[(host, port)] = (loop.time() + self._ttl, allowed)
+        return allowed
+
+    def _allowed(self, host: str, addresses: list[str]) -> list[str]:
+        if self._policy.allow_private:
+            return addresses
+        public = [a for a in addresses if is_public_address(a)]
+        if not public:
+            raise EgressDenied(
+                f"{host} resolves only to private addresses; private destinations are not allowed"
+            )
+        return public
 
 
 def connector_kwargs(policy: EgressPolicy) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class Router:
         self,
         store: Store,
         settings: Settings,
-        on_routed: Callable[[int], None] | None = None,
+        on_routed: Callable[[int, int], None] | None = None,
         services: StepServices | None = None,
         handoff: Handoff | None = None,
     ) -> None:
@@ -174,7 +174,7 @@ class Router:
             if leased and self.handoff is not None:
                 self.handoff.accept(leased)
             if self._on_routed is not None and created:
-                self._on_routed(created)
+                self._on_routed(created, len(leased))  # created, of which handed over
         return len(lease.events) + len(failed)
 
     async def run(self, stop: asyncio.Event) -> None:

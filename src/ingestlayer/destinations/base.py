@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 import aiohttp
 
 from ingestlayer.delivery.egress import EgressPolicy
+from ingestlayer.delivery.http_client import HttpClient
 
 EXCERPT_BYTES = 1024
 
@@ -48,6 +49,9 @@ class SendContext:
     resolve_secret: SecretResolver  # (project_id, "env:X" | "ref:y") -> value
     egress: EgressPolicy
     user_agent: str
+    # The lean client for webhook POSTs (delivery/http_client.py); other destinations, whose
+    # APIs want more of HTTP, use ``session``.
+    http: HttpClient | None = None
 
 
 class Destination(Protocol):

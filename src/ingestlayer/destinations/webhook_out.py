@@ -18,7 +18,6 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from yarl import URL
@@ -30,7 +29,7 @@ from ingestlayer.delivery.signing import (
     ingestlayer_signature,
     standard_webhooks_headers,
 )
-from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
 
 RESERVED_HEADERS = {
     "content-type",
@@ -128,9 +127,8 @@ class WebhookOut:
 
     def __init__(self, config: WebhookOutConfig) -> None:
         self.config = config
-        # Parsed once, not per request: aiohttp would build both again for every POST.
+        # Parsed once, not per request.
         self._url = URL(config.url)
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout)
 
     def target(self) -> str:
         return self.config.url
@@ -171,33 +169,28 @@ class WebhookOut:
             headers = await self.build_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
+        if ctx.http is None:
+            raise RuntimeError("webhook.out sends through the dispatcher's HTTP client")
         try:
-            async with ctx.session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                raw = await resp.content.read(1024)
-                ok = 200 <= resp.status < 300
-                retry_after = None
-                if resp.status in (429, 503):
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                return Outcome(
-                    ok=ok,
-                    status_code=resp.status,
-                    error=None if ok else f"HTTP {resp.status}",
-                    response_excerpt=excerpt(raw),
-                    retry_after=retry_after,
-                )
+            resp = await ctx.http.post(
+                self._url, body, headers, timeout=cfg.timeout, max_excerpt=EXCERPT_BYTES
+            )
         except TimeoutError:
             return Outcome(ok=False, error=f"timed out after {cfg.timeout:g}s")
         except EgressDenied as exc:
             return Outcome(ok=False, error=str(exc), permanent=True)
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, EgressDenied):
-                return Outcome(ok=False, error=str(exc.os_error), permanent=True)
-            return Outcome(ok=False, error=f"connection error: {exc.os_error or exc}")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except OSError as exc:  # refused, reset, unreachable, name not found, TLS
+            return Outcome(ok=False, error=f"connection error: {exc}")
+        except ValueError as exc:  # a malformed response, or a header value HTTP cannot carry
             return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+        ok = 200 <= resp.status < 300
+        retry_after = None
+        if resp.status in (429, 503):
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        return Outcome(
+            ok=ok,
+            status_code=resp.status,
+            error=None if ok else f"HTTP {resp.status}",
+            response_excerpt=excerpt(resp.excerpt),
+            retry_after=retry_after,
+        )
