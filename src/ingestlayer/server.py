@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 import uvicorn
@@ -15,7 +16,15 @@ from ingestlayer.runtime import Runtime
 from ingestlayer.store.migrate import upgrade
 
 
+# The store's SQLite threads need the GIL briefly between statements; with Python's default 5 ms
+# switch interval each such handoff could wait 5 ms behind a busy event loop. At 1 ms the p99
+# ingest→delivery latency at half load fell from 42-138 ms to 22-23 ms (bench_delivery, same
+# machine, A/B), with no loss of throughput.
+SWITCH_INTERVAL_SECONDS = 0.001
+
+
 def _install_uvloop() -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         import uvloop
 

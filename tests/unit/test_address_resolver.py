@@ -1,0 +1,34 @@
+"""The delivery client's resolver applies the egress policy to every address it returns."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestlayer.delivery.egress import AddressResolver, EgressDenied, EgressPolicy
+
+
+async def test_a_name_resolving_only_to_private_addresses_is_refused() -> None:
+    resolve = AddressResolver(EgressPolicy(allow_private=False))
+    with pytest.raises(EgressDenied, match="private"):
+        await resolve("localhost", 80)  # a name, checked after resolution
+
+
+async def test_private_names_resolve_when_private_destinations_are_allowed() -> None:
+    resolve = AddressResolver(EgressPolicy(allow_private=True))
+    addresses = await resolve("localhost", 80)
+    assert addresses and set(addresses) <= {"127.0.0.1", "::1"}
+
+
+@pytest.mark.parametrize("literal", ["10.0.0.7", "169.254.169.254", "::1", "0.0.0.0", "::ffff:127.0.0.1"])
+async def test_literal_private_addresses_are_refused(literal: str) -> None:
+    with pytest.raises(EgressDenied):
+        await AddressResolver(EgressPolicy(allow_private=False))(literal, 443)
+
+
+async def test_literal_public_addresses_need_no_lookup() -> None:
+    assert await AddressResolver(EgressPolicy(allow_private=False))("93.184.216.34", 443) == ["93.184.216.34"]
+
+
+async def test_unknown_names_fail_with_an_os_error() -> None:
+    with pytest.raises(OSError):
+        await AddressResolver(EgressPolicy(allow_private=True))("no-such-host.invalid", 80)
