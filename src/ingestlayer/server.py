@@ -15,7 +15,6 @@ from ingestlayer.config import Settings
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.migrate import upgrade
 
-
 # The store's SQLite threads need the GIL briefly between statements; with Python's default 5 ms
 # switch interval each such handoff could wait 5 ms behind a busy event loop. At 1 ms the p99
 # ingest→delivery latency at half load fell from 42-138 ms to 22-23 ms (bench_delivery, same
