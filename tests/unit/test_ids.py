@@ -25,3 +25,19 @@ def test_ids_parse_back_as_ulids_carrying_the_current_time() -> None:
     before = int(time.time() * 1000)
     ulid = ULID.from_str(new_id("evt")[4:])
     assert before - 1 <= ulid.milliseconds <= int(time.time() * 1000) + 1
+
+
+def test_batches_of_ids_are_ulids_in_order_and_continue_the_sequence() -> None:
+    from ingestlayer.ids import new_ids
+
+    before = new_id("evt")
+    batch = new_ids("evt", 3000)  # crosses at least two 1024-value boundaries
+    after = new_id("evt")
+    ids = [before, *batch, after]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for i in batch:
+        assert i.startswith("evt_") and len(i) == 30
+        assert str(ULID.from_str(i[4:])) == i[4:]
+    values = [int(ULID.from_str(i[4:])) for i in batch]
+    assert values == list(range(values[0], values[0] + len(values)))  # consecutive
+    assert new_ids("dlv", 0) == [] and len(new_ids("dlv", 1)) == 1

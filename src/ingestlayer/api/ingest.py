@@ -18,7 +18,7 @@ import orjson
 from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache, authenticate
 from ingestlayer.api.errors import ApiError
-from ingestlayer.ids import new_id
+from ingestlayer.ids import new_id, new_ids
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
 from ingestlayer.timefmt import parse_iso
@@ -176,6 +176,7 @@ class IngestHandler:
                     f"batch holds {len(items)} events; the limit is {self.max_batch_items}",
                     field="batch",
                 )
+            ids = new_ids("evt", len(items))
             events = [
                 self._event(
                     item,
@@ -183,11 +184,12 @@ class IngestHandler:
                     principal.project_id,
                     now,
                     f"{idem_header}:{i}" if idem_header else None,
+                    ids[i],
                 )
                 for i, item in enumerate(items)
             ]
         else:
-            events = [self._event(doc, "", principal.project_id, now, idem_header)]
+            events = [self._event(doc, "", principal.project_id, now, idem_header, new_id("evt"))]
         wait = self.limiter.take(principal.project_id, len(events))
         if wait is not None:
             raise ApiError(
@@ -228,7 +230,7 @@ class IngestHandler:
         return (200 if r.duplicate else 202), orjson.dumps({"id": r.id, "duplicate": r.duplicate})
 
     def _event(
-        self, item: Any, prefix: str, project_id: str, now: float, default_key: str | None
+        self, item: Any, prefix: str, project_id: str, now: float, default_key: str | None, event_id: str
     ) -> NewEvent:
         if not isinstance(item, dict):
             raise ApiError(
@@ -297,7 +299,7 @@ class IngestHandler:
                 field=f"{prefix}occurred_at",
             )
         return NewEvent(
-            id=new_id("evt"),
+            id=event_id,
             project_id=project_id,
             type=etype,
             payload_json=payload_json.decode(),
