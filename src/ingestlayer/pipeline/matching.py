@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -9,6 +10,7 @@ _TYPE_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _PATTERN_RE = re.compile(r"^(\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*)$")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few types arrive again and again
 def is_valid_event_type(value: str) -> bool:
     return len(value) <= 200 and bool(_TYPE_RE.match(value))
 
