@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,7 +33,7 @@ from ingestlayer.records import (
     StoredEvent,
 )
 from ingestlayer.store.db import Engines, create_engines
-from ingestlayer.store.idempotency import InsertPlan
+from ingestlayer.store.pg_hot import PgHotPath
 from ingestlayer.store.schema import (
     api_keys,
     attempts,
@@ -124,19 +124,23 @@ class Store:
         self.engines = engines
         self.dialect = engines.dialect
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
-        # On a SQLite file, the hot statements run on plain sqlite3 threads (see sqlite_hot).
-        self._sqlite: SqliteHotPath | None = None
-        path = engines.write.url.database
-        if self.dialect == "sqlite" and path and path != ":memory:":
-            self._sqlite = SqliteHotPath(path)
+        # The statements run for every event and attempt bypass SQLAlchemy: plain sqlite3 on
+        # the store's own threads, or an asyncpg pool (see sqlite_hot and pg_hot).
+        url = engines.write.url
+        self._hot: SqliteHotPath | PgHotPath
+        if self.dialect == "sqlite":
+            if not url.database or url.database == ":memory:":
+                raise ValueError("SQLite needs a database file (an in-memory database is one per connection)")
+            self._hot = SqliteHotPath(url.database)
+        else:
+            self._hot = PgHotPath(url.set(drivername="postgresql").render_as_string(hide_password=False))
 
     @classmethod
     def from_url(cls, url: str) -> Store:
         return cls(create_engines(url))
 
     async def close(self) -> None:
-        if self._sqlite is not None:
-            await self._sqlite.close()
+        await self._hot.close()
         await self.engines.dispose()
 
     def _insert(self, table: Any) -> Any:
@@ -251,98 +255,12 @@ class Store:
         With ``route_token`` the route jobs are stored already leased under it (a router in this
         process takes the events straight from ingest); otherwise they are due at once.
         """
-        if self._sqlite is not None:
-            return await self._sqlite.insert_events(batch, route_token)
-        plan = InsertPlan(batch)
-        async with self.engines.write.begin() as conn:
-            rows = [
-                {
-                    "id": ev.id,
-                    "project_id": ev.project_id,
-                    "type": ev.type,
-                    "payload": ev.payload_json,
-                    "idempotency_key": ev.idempotency_key,
-                    "source": ev.source,
-                    "occurred_at": ev.occurred_at,
-                    "received_at": ev.received_at,
-                }
-                for ev in plan.fresh
-            ]
-            inserted: set[str] = set()
-            if rows:
-                stmt = (
-                    self._insert(events)
-                    .on_conflict_do_nothing(index_elements=["project_id", "idempotency_key"])
-                    .returning(events.c.id)
-                )
-                res = await conn.execute(stmt, rows)
-                inserted = set(res.scalars().all())
-            # Keys that were already stored (by an earlier request or a concurrent one).
-            existing: dict[tuple[str, str], str] = {}
-            for project_id, keys in plan.missing_keys(inserted).items():
-                found = await conn.execute(
-                    select(events.c.idempotency_key, events.c.id).where(
-                        events.c.project_id == project_id, events.c.idempotency_key.in_(keys)
-                    )
-                )
-                for key, eid in found:
-                    existing[(project_id, key)] = eid
-            jobs = [
-                {
-                    "event_id": ev.id,
-                    "project_id": ev.project_id,
-                    "due_at": ev.received_at if route_token is None else route_token,
-                    "attempts": 0 if route_token is None else 1,
-                }
-                for ev in plan.fresh
-                if ev.id in inserted
-            ]
-            if jobs:
-                await conn.execute(insert(route_jobs), jobs)
-        return plan.results(inserted, existing)
+        return await self._hot.insert_events(batch, route_token)
 
     # ---- routing -----------------------------------------------------------------------------
 
-    async def _any_due(self, query: Any) -> bool:
-        """A cheap indexed read before a lease: idle polling must not take the write lock (and,
-        on SQLite, an fsync) many times a second."""
-        async with self.engines.read.connect() as conn:
-            return (await conn.execute(query.limit(1))).first() is not None
-
     async def lease_route_jobs(self, limit: int, lease_seconds: float) -> RouteLease:
-        now = time.time()
-        # A distinct lease deadline per call doubles as the lease token.
-        token = self.route_token(lease_seconds)
-        if self._sqlite is not None:
-            return await self._sqlite.lease_route_jobs(limit, now, token)
-        if not await self._any_due(select(route_jobs.c.event_id).where(route_jobs.c.due_at <= now)):
-            return RouteLease(token, [])
-        async with self.engines.write.begin() as conn:
-            due = self._skip_locked(
-                select(route_jobs.c.event_id)
-                .where(route_jobs.c.due_at <= now)
-                .order_by(route_jobs.c.due_at)
-                .limit(limit)
-            )
-            res = await conn.execute(
-                update(route_jobs)
-                .where(route_jobs.c.event_id.in_(due.scalar_subquery()))
-                .values(due_at=token, attempts=route_jobs.c.attempts + 1)
-                .returning(route_jobs.c.event_id, route_jobs.c.attempts)
-            )
-            attempts = {r.event_id: r.attempts for r in res}
-            if not attempts:
-                return RouteLease(token, [])
-            rows = await conn.execute(
-                select(events).where(events.c.id.in_(list(attempts))).order_by(events.c.id)
-            )
-            evs = [_event_from_row(r) for r in rows]
-            versions = await conn.execute(
-                select(projects.c.id, projects.c.config_version).where(
-                    projects.c.id.in_(sorted({e.project_id for e in evs}))
-                )
-            )
-            return RouteLease(token, evs, attempts, {r.id: r.config_version for r in versions})
+        return await self._hot.lease_route_jobs(limit, time.time(), self.route_token(lease_seconds))
 
     async def complete_routing(
         self,
@@ -360,89 +278,11 @@ class Store:
         no poll). Jobs whose lease was lost to another router are left alone, so an event is never
         routed twice.
         """
-        if self._sqlite is not None:
-            return await self._sqlite.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
-        now = time.time()
-        token = new_id("lse")
-        async with self.engines.write.begin() as conn:
-            owned: set[str] = set()
-            for lease_token, ids in lease.by_token([e.id for e in lease.events]).items():
-                res = await conn.execute(
-                    delete(route_jobs)
-                    .where(route_jobs.c.event_id.in_(ids), route_jobs.c.due_at == lease_token)
-                    .returning(route_jobs.c.event_id)
-                )
-                owned.update(res.scalars().all())
-            rows = [
-                {
-                    "id": d.id,
-                    "project_id": d.project_id,
-                    "event_id": d.event_id,
-                    "event_type": d.event_type,
-                    "pipeline_id": d.pipeline_id,
-                    "destination_id": d.destination_id,
-                    "status": "pending",
-                    "attempts": 0,
-                    "retry_base": 0,
-                    "due_at": now,
-                    "lease_token": None,
-                    "body": d.body,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for d in new_deliveries
-                if d.event_id in owned
-            ]
-            # The first `prelease` go straight to this process's dispatcher, already leased.
-            kept = [d for d in new_deliveries if d.event_id in owned][:prelease]
-            for row in rows[: len(kept)]:
-                row.update(status="delivering", due_at=now + lease_seconds, lease_token=token)
-            leased = [
-                LeasedDelivery(
-                    id=d.id,
-                    project_id=d.project_id,
-                    event_id=d.event_id,
-                    event_type=d.event_type,
-                    destination_id=d.destination_id,
-                    attempts=0,
-                    retry_base=0,
-                    body=d.body,
-                    lease_token=token,
-                )
-                for d in kept
-            ]
-            if rows:
-                await conn.execute(insert(deliveries), rows)
-            trace_rows = [
-                {"b_id": eid, "b_trace": orjson.dumps(t).decode()}
-                for eid, t in traces.items()
-                if eid in owned
-            ]
-            if trace_rows:
-                await conn.execute(
-                    update(events).where(events.c.id == bindparam("b_id")).values(trace=bindparam("b_trace")),
-                    trace_rows,
-                )
-            return len(rows), leased
+        return await self._hot.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay."""
-        if self._sqlite is not None:
-            return await self._sqlite.defer_route_jobs(lease, delays)
-        now = time.time()
-        async with self.engines.write.begin() as conn:
-            await conn.execute(
-                update(route_jobs)
-                .where(
-                    route_jobs.c.event_id == bindparam("b_id"), route_jobs.c.due_at == bindparam("b_token")
-                )
-                .values(due_at=bindparam("b_due")),
-                [
-                    {"b_id": eid, "b_token": token, "b_due": now + delays[eid]}
-                    for token, ids in lease.by_token(list(delays)).items()
-                    for eid in ids
-                ],
-            )
+        await self._hot.defer_route_jobs(lease, delays)
 
     async def create_test_delivery(self, event: NewEvent, destination_id: str) -> str:
         """Store a test event and one delivery of it to ``destination_id``, bypassing pipelines."""
@@ -495,13 +335,7 @@ class Store:
     # ---- configuration (pipelines, destinations, secrets) -----------------------------------
 
     async def config_versions(self, project_ids: Iterable[str]) -> dict[str, int]:
-        if self._sqlite is not None:
-            return await self._sqlite.config_versions(list(project_ids))
-        async with self.engines.read.connect() as conn:
-            rows = await conn.execute(
-                select(projects.c.id, projects.c.config_version).where(projects.c.id.in_(list(project_ids)))
-            )
-            return {r.id: r.config_version for r in rows}
+        return await self._hot.config_versions(list(project_ids))
 
     async def load_project_config(self, project_id: str) -> ProjectConfig:
         async with self.engines.read.begin() as conn:
@@ -692,62 +526,13 @@ class Store:
             await self._bump_config(conn, project_id)
 
     async def get_destinations(self, ids: Iterable[str]) -> dict[str, DestinationRow]:
-        if self._sqlite is not None:
-            return await self._sqlite.get_destinations(list(ids))
-        async with self.engines.read.connect() as conn:
-            rows = await conn.execute(select(destinations).where(destinations.c.id.in_(list(ids))))
-            return {r.id: _destination_from_row(r) for r in rows}
+        return await self._hot.get_destinations(list(ids))
 
     # ---- delivery ------------------------------------------------------------------------------
 
     async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
         """Lease up to ``limit`` due deliveries (including ones whose lease has expired)."""
-        now = time.time()
-        # Unique per lease and always 30 characters: the column is VARCHAR(40), and a token built
-        # from the host name overflowed it on PostgreSQL for long host names (EC2, Kubernetes).
-        token = new_id("lse")
-        if self._sqlite is not None:
-            return await self._sqlite.lease_deliveries(limit, lease_seconds)
-        if not await self._any_due(
-            select(deliveries.c.id).where(deliveries.c.status.in_(DUE_STATUSES), deliveries.c.due_at <= now)
-        ):
-            return []
-        async with self.engines.write.begin() as conn:
-            due = self._skip_locked(
-                select(deliveries.c.id)
-                .where(deliveries.c.status.in_(DUE_STATUSES), deliveries.c.due_at <= now)
-                .order_by(deliveries.c.due_at)
-                .limit(limit)
-            )
-            res = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(due.scalar_subquery()))
-                .values(status="delivering", due_at=now + lease_seconds, lease_token=token, updated_at=now)
-                .returning(
-                    deliveries.c.id,
-                    deliveries.c.project_id,
-                    deliveries.c.event_id,
-                    deliveries.c.event_type,
-                    deliveries.c.destination_id,
-                    deliveries.c.attempts,
-                    deliveries.c.retry_base,
-                    deliveries.c.body,
-                )
-            )
-            return [
-                LeasedDelivery(
-                    id=r.id,
-                    project_id=r.project_id,
-                    event_id=r.event_id,
-                    event_type=r.event_type,
-                    destination_id=r.destination_id,
-                    attempts=r.attempts,
-                    retry_base=r.retry_base,
-                    body=r.body,
-                    lease_token=token,
-                )
-                for r in res
-            ]
+        return await self._hot.lease_deliveries(limit, lease_seconds)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         """Log attempts and move their deliveries on, in one transaction.
@@ -755,84 +540,13 @@ class Store:
         The state change applies only while the lease is still ours; the attempt itself is always
         logged, because the request was made.
         """
-        if not results:
-            return
-        if self._sqlite is not None:
-            return await self._sqlite.record_attempts(results)
-        now = time.time()
-        async with self.engines.write.begin() as conn:
-            await conn.execute(
-                insert(attempts),
-                [
-                    {
-                        "delivery_id": r.delivery_id,
-                        "project_id": r.project_id,
-                        "n": r.n,
-                        "started_at": r.started_at,
-                        "duration_ms": r.duration_ms,
-                        "status_code": r.status_code,
-                        "error": r.error,
-                        "response_excerpt": r.response_excerpt,
-                        "next_retry_at": r.next_retry_at,
-                        "worker": r.worker,
-                    }
-                    for r in results
-                ],
-            )
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == bindparam("b_id"), deliveries.c.lease_token == bindparam("b_token"))
-                .values(
-                    status=bindparam("b_status"),
-                    attempts=bindparam("b_n"),
-                    due_at=bindparam("b_due"),
-                    lease_token=None,
-                    last_status_code=bindparam("b_code"),
-                    last_error=bindparam("b_error"),
-                    updated_at=now,
-                    finished_at=bindparam("b_finished"),
-                ),
-                [
-                    {
-                        "b_id": r.delivery_id,
-                        "b_token": r.lease_token,
-                        "b_status": r.status,
-                        "b_n": r.n,
-                        "b_due": r.next_retry_at if r.status == "retrying" else None,
-                        "b_code": r.status_code,
-                        "b_error": r.error,
-                        "b_finished": now if r.status in ("delivered", "dead") else None,
-                    }
-                    for r in results
-                ],
-            )
+        if results:
+            await self._hot.record_attempts(results)
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         """Hand back leases that were never attempted (shutdown), due again right away."""
-        if not leased:
-            return
-        if self._sqlite is not None:
-            return await self._sqlite.release_leases(leased)
-        now = time.time()
-        async with self.engines.write.begin() as conn:
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == bindparam("b_id"), deliveries.c.lease_token == bindparam("b_token"))
-                .values(
-                    status=bindparam("b_status"),
-                    due_at=now,
-                    lease_token=None,
-                    updated_at=now,
-                ),
-                [
-                    {
-                        "b_id": d.id,
-                        "b_token": d.lease_token,
-                        "b_status": "retrying" if d.attempts else "pending",
-                    }
-                    for d in leased
-                ],
-            )
+        if leased:
+            await self._hot.release_leases(leased)
 
     async def replay(
         self,

@@ -1,0 +1,349 @@
+"""The hot path on PostgreSQL: the statements run for every event and every attempt, on asyncpg.
+
+Through SQLAlchemy's asyncio layer a transaction cost a pool checkout with a ping (a round
+trip), statement compilation and result processing on top of the driver. Here each operation is
+one transaction on a connection from a plain asyncpg pool, every batch goes in as arrays
+(``unnest``, ``= ANY``) in one statement, and asyncpg keeps each statement prepared. The
+operations do exactly what the SQLite versions in :mod:`ingestlayer.store.sqlite_hot` do; the
+integration suite runs the same tests against both databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ingestlayer.ids import new_id
+from ingestlayer.records import (
+    AttemptResult,
+    DestinationRow,
+    IngestResult,
+    LeasedDelivery,
+    NewDelivery,
+    NewEvent,
+    RouteLease,
+    StoredEvent,
+)
+from ingestlayer.store.idempotency import InsertPlan
+
+DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
+POOL_SIZE = 10
+
+_INSERT_EVENTS = """
+INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::float8[], $8::float8[])
+ON CONFLICT (project_id, idempotency_key) DO NOTHING
+RETURNING id
+"""
+_INSERT_JOBS = """
+INSERT INTO route_jobs (event_id, project_id, due_at, attempts)
+SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[])
+"""
+_EXISTING_KEYS = """
+SELECT idempotency_key, id FROM events WHERE project_id = $1 AND idempotency_key = ANY($2::text[])
+"""
+_LEASE_JOBS = """
+UPDATE route_jobs SET due_at = $1, attempts = attempts + 1
+WHERE event_id IN (
+    SELECT event_id FROM route_jobs WHERE due_at <= $2 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
+)
+RETURNING event_id, attempts
+"""
+_EVENTS_BY_ID = """
+SELECT id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace
+FROM events WHERE id = ANY($1::text[]) ORDER BY id
+"""
+_CONFIG_VERSIONS = "SELECT id, config_version FROM projects WHERE id = ANY($1::text[])"
+_COMPLETE_JOBS = """
+DELETE FROM route_jobs WHERE due_at = $1 AND event_id = ANY($2::text[]) RETURNING event_id
+"""
+_INSERT_DELIVERIES = """
+INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status, attempts,
+                        retry_base, due_at, lease_token, body, created_at, updated_at)
+SELECT d.id, d.project_id, d.event_id, d.event_type, d.pipeline_id, d.destination_id, d.status, 0, 0,
+       d.due_at, d.lease_token, d.body, $11, $11
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::float8[], $9::text[], $10::text[])
+     AS d(id, project_id, event_id, event_type, pipeline_id, destination_id, status, due_at, lease_token,
+          body)
+"""
+_SET_TRACES = """
+UPDATE events SET trace = v.trace FROM unnest($1::text[], $2::text[]) AS v(id, trace) WHERE events.id = v.id
+"""
+_DEFER_JOBS = """
+UPDATE route_jobs SET due_at = v.due
+FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(id, token, due)
+WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
+"""
+_LEASE_DELIVERIES = f"""
+UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
+WHERE id IN (
+    SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3 ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
+)
+RETURNING id, project_id, event_id, event_type, destination_id, attempts, retry_base, body
+"""
+_INSERT_ATTEMPTS = """
+INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,
+                      response_excerpt, next_retry_at, worker)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::float8[], $6::int[], $7::text[],
+                     $8::text[], $9::float8[], $10::text[])
+"""
+# The state moves on only while the lease is still ours; the attempt is logged regardless.
+_FINISH_ATTEMPTS = """
+UPDATE deliveries SET status = v.status, attempts = v.n, due_at = v.due, lease_token = NULL,
+       last_status_code = v.code, last_error = v.error, updated_at = $9, finished_at = v.finished
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[], $8::float8[])
+     AS v(id, token, status, n, due, code, error, finished)
+WHERE deliveries.id = v.id AND deliveries.lease_token = v.token
+"""
+_RELEASE = """
+UPDATE deliveries SET status = v.status, due_at = $4, lease_token = NULL, updated_at = $4
+FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, token, status)
+WHERE deliveries.id = v.id AND deliveries.lease_token = v.token
+"""
+_DESTINATIONS = """
+SELECT id, project_id, name, kind, config, enabled, updated_at FROM destinations WHERE id = ANY($1::text[])
+"""
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows to one list per column, for ``unnest``."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
+class PgHotPath:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # ---- ingest ---------------------------------------------------------------------------
+
+    async def insert_events(self, batch: Sequence[NewEvent], route_token: float | None) -> list[IngestResult]:
+        plan = InsertPlan(batch)
+        fresh = plan.fresh
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                _INSERT_EVENTS,
+                [e.id for e in fresh],
+                [e.project_id for e in fresh],
+                [e.type for e in fresh],
+                [e.payload_json for e in fresh],
+                [e.idempotency_key for e in fresh],
+                [e.source for e in fresh],
+                [e.occurred_at for e in fresh],
+                [e.received_at for e in fresh],
+            )
+            inserted = {r[0] for r in rows}
+            existing: dict[tuple[str, str], str] = {}
+            for project_id, keys in plan.missing_keys(inserted).items():
+                for key, eid in await conn.fetch(_EXISTING_KEYS, project_id, keys):
+                    existing[(project_id, key)] = eid
+            stored = [e for e in fresh if e.id in inserted]
+            if stored:
+                await conn.execute(
+                    _INSERT_JOBS,
+                    [e.id for e in stored],
+                    [e.project_id for e in stored],
+                    [e.received_at if route_token is None else route_token for e in stored],
+                    [0 if route_token is None else 1] * len(stored),
+                )
+        return plan.results(inserted, existing)
+
+    # ---- routing ----------------------------------------------------------------------------
+
+    async def lease_route_jobs(self, limit: int, now: float, token: float) -> RouteLease:
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            attempts = {r[0]: r[1] for r in await conn.fetch(_LEASE_JOBS, token, now, limit)}
+            if not attempts:
+                return RouteLease(token, [])
+            evs = [
+                StoredEvent(
+                    id=r[0],
+                    project_id=r[1],
+                    type=r[2],
+                    payload_json=r[3],
+                    idempotency_key=r[4],
+                    source=r[5],
+                    occurred_at=r[6],
+                    received_at=r[7],
+                    trace=orjson.loads(r[8]) if r[8] else None,
+                )
+                for r in await conn.fetch(_EVENTS_BY_ID, list(attempts))
+            ]
+            versions = await conn.fetch(_CONFIG_VERSIONS, sorted({e.project_id for e in evs}))
+        return RouteLease(token, evs, attempts, {r[0]: r[1] for r in versions})
+
+    async def complete_routing(
+        self,
+        lease: RouteLease,
+        new_deliveries: Sequence[NewDelivery],
+        traces: dict[str, list[dict[str, Any]]],
+        prelease: int,
+        lease_seconds: float,
+    ) -> tuple[int, list[LeasedDelivery]]:
+        now = time.time()
+        token = new_id("lse")
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            owned: set[str] = set()
+            for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
+                owned.update(r[0] for r in await conn.fetch(_COMPLETE_JOBS, route_token, ids))
+            mine = [d for d in new_deliveries if d.event_id in owned]
+            # The first `prelease` go straight to this process's dispatcher, already leased.
+            kept = mine[:prelease]
+            if mine:
+                lease_until = now + lease_seconds
+                rows = [
+                    (
+                        d.id,
+                        d.project_id,
+                        d.event_id,
+                        d.event_type,
+                        d.pipeline_id,
+                        d.destination_id,
+                        "delivering" if i < len(kept) else "pending",
+                        lease_until if i < len(kept) else now,
+                        token if i < len(kept) else None,
+                        d.body,
+                    )
+                    for i, d in enumerate(mine)
+                ]
+                await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
+            trace_rows = [(eid, orjson.dumps(t).decode()) for eid, t in traces.items() if eid in owned]
+            if trace_rows:
+                await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
+        leased = [
+            LeasedDelivery(
+                id=d.id,
+                project_id=d.project_id,
+                event_id=d.event_id,
+                event_type=d.event_type,
+                destination_id=d.destination_id,
+                attempts=0,
+                retry_base=0,
+                body=d.body,
+                lease_token=token,
+            )
+            for d in kept
+        ]
+        return len(mine), leased
+
+    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
+        now = time.time()
+        rows = [
+            (eid, token, now + delays[eid])
+            for token, ids in lease.by_token(list(delays)).items()
+            for eid in ids
+        ]
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            await conn.execute(_DEFER_JOBS, *_columns(rows, 3))
+
+    async def config_versions(self, project_ids: list[str]) -> dict[str, int]:
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            return {r[0]: r[1] for r in await conn.fetch(_CONFIG_VERSIONS, project_ids)}
+
+    # ---- delivery ---------------------------------------------------------------------------
+
+    async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
+        now = time.time()
+        token = new_id("lse")
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit)
+        return [
+            LeasedDelivery(
+                id=r[0],
+                project_id=r[1],
+                event_id=r[2],
+                event_type=r[3],
+                destination_id=r[4],
+                attempts=r[5],
+                retry_base=r[6],
+                body=r[7],
+                lease_token=token,
+            )
+            for r in rows
+        ]
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        now = time.time()
+        attempts = [
+            (
+                r.delivery_id,
+                r.project_id,
+                r.n,
+                r.started_at,
+                r.duration_ms,
+                r.status_code,
+                r.error,
+                r.response_excerpt,
+                r.next_retry_at,
+                r.worker,
+            )
+            for r in results
+        ]
+        states = [
+            (
+                r.delivery_id,
+                r.lease_token,
+                r.status,
+                r.n,
+                r.next_retry_at if r.status == "retrying" else None,
+                r.status_code,
+                r.error,
+                now if r.status in ("delivered", "dead") else None,
+            )
+            for r in results
+        ]
+        pool = await self.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(_INSERT_ATTEMPTS, *_columns(attempts, 10))
+            await conn.execute(_FINISH_ATTEMPTS, *_columns(states, 8), now)
+
+    async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
+        rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            await conn.execute(_RELEASE, *_columns(rows, 3), time.time())
+
+    async def get_destinations(self, ids: list[str]) -> dict[str, DestinationRow]:
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_DESTINATIONS, ids)
+        return {
+            r[0]: DestinationRow(
+                id=r[0],
+                project_id=r[1],
+                name=r[2],
+                kind=r[3],
+                config=orjson.loads(r[4]),
+                enabled=bool(r[5]),
+                updated_at=r[6],
+            )
+            for r in rows
+        }
