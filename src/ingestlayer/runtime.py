@@ -19,9 +19,10 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
-from ingestlayer.records import IngestResult, NewEvent, RouteLease, StoredEvent
+from ingestlayer.records import IngestResult, NewEvent, RouteLease
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
+from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer")
@@ -60,20 +61,7 @@ class Runtime:
         token = self.store.route_token(self.settings.route_lease_seconds)
         results = await self.store.insert_events(batch, route_token=token)
         fresh = {r.id for r in results if not r.duplicate}
-        events = [
-            StoredEvent(
-                id=ev.id,
-                project_id=ev.project_id,
-                type=ev.type,
-                payload_json=ev.payload_json,
-                idempotency_key=ev.idempotency_key,
-                source=ev.source,
-                occurred_at=ev.occurred_at,
-                received_at=ev.received_at,
-            )
-            for ev in batch
-            if ev.id in fresh
-        ]
+        events = [stored_from_new(ev) for ev in batch if ev.id in fresh]
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results

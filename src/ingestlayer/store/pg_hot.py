@@ -27,8 +27,8 @@ from ingestlayer.records import (
     NewDelivery,
     NewEvent,
     RouteLease,
-    StoredEvent,
 )
+from ingestlayer.store import rows as rowmap
 from ingestlayer.store.idempotency import InsertPlan
 
 DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
@@ -55,9 +55,8 @@ WHERE event_id IN (
 )
 RETURNING event_id, attempts
 """
-_EVENTS_BY_ID = """
-SELECT id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace
-FROM events WHERE id = ANY($1::text[]) ORDER BY id
+_EVENTS_BY_ID = f"""
+SELECT {rowmap.EVENT_COLUMNS} FROM events WHERE id = ANY($1::text[]) ORDER BY id
 """
 _CONFIG_VERSIONS = "SELECT id, config_version FROM projects WHERE id = ANY($1::text[])"
 _COMPLETE_JOBS = """
@@ -86,7 +85,7 @@ UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, upda
 WHERE id IN (
     SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3 ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
-RETURNING id, project_id, event_id, event_type, destination_id, attempts, retry_base, body
+RETURNING {rowmap.DELIVERY_COLUMNS}
 """
 _INSERT_ATTEMPTS = """
 INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,
@@ -107,8 +106,8 @@ UPDATE deliveries SET status = v.status, due_at = $4, lease_token = NULL, update
 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, token, status)
 WHERE deliveries.id = v.id AND deliveries.lease_token = v.token
 """
-_DESTINATIONS = """
-SELECT id, project_id, name, kind, config, enabled, updated_at FROM destinations WHERE id = ANY($1::text[])
+_DESTINATIONS = f"""
+SELECT {rowmap.DESTINATION_COLUMNS} FROM destinations WHERE id = ANY($1::text[])
 """
 
 
@@ -179,20 +178,7 @@ class PgHotPath:
             attempts = {r[0]: r[1] for r in await conn.fetch(_LEASE_JOBS, token, now, limit)}
             if not attempts:
                 return RouteLease(token, [])
-            evs = [
-                StoredEvent(
-                    id=r[0],
-                    project_id=r[1],
-                    type=r[2],
-                    payload_json=r[3],
-                    idempotency_key=r[4],
-                    source=r[5],
-                    occurred_at=r[6],
-                    received_at=r[7],
-                    trace=orjson.loads(r[8]) if r[8] else None,
-                )
-                for r in await conn.fetch(_EVENTS_BY_ID, list(attempts))
-            ]
+            evs = [rowmap.stored_event(r) for r in await conn.fetch(_EVENTS_BY_ID, list(attempts))]
             versions = await conn.fetch(_CONFIG_VERSIONS, sorted({e.project_id for e in evs}))
         return RouteLease(token, evs, attempts, {r[0]: r[1] for r in versions})
 
@@ -235,20 +221,7 @@ class PgHotPath:
             trace_rows = [(eid, orjson.dumps(t).decode()) for eid, t in traces.items() if eid in owned]
             if trace_rows:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
-        leased = [
-            LeasedDelivery(
-                id=d.id,
-                project_id=d.project_id,
-                event_id=d.event_id,
-                event_type=d.event_type,
-                destination_id=d.destination_id,
-                attempts=0,
-                retry_base=0,
-                body=d.body,
-                lease_token=token,
-            )
-            for d in kept
-        ]
+        leased = [rowmap.leased_new(d, token) for d in kept]
         return len(mine), leased
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
@@ -275,51 +248,12 @@ class PgHotPath:
         pool = await self.pool()
         async with pool.acquire() as conn:
             rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit)
-        return [
-            LeasedDelivery(
-                id=r[0],
-                project_id=r[1],
-                event_id=r[2],
-                event_type=r[3],
-                destination_id=r[4],
-                attempts=r[5],
-                retry_base=r[6],
-                body=r[7],
-                lease_token=token,
-            )
-            for r in rows
-        ]
+        return [rowmap.leased_delivery(r, token) for r in rows]
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         now = time.time()
-        attempts = [
-            (
-                r.delivery_id,
-                r.project_id,
-                r.n,
-                r.started_at,
-                r.duration_ms,
-                r.status_code,
-                r.error,
-                r.response_excerpt,
-                r.next_retry_at,
-                r.worker,
-            )
-            for r in results
-        ]
-        states = [
-            (
-                r.delivery_id,
-                r.lease_token,
-                r.status,
-                r.n,
-                r.next_retry_at if r.status == "retrying" else None,
-                r.status_code,
-                r.error,
-                now if r.status in ("delivered", "dead") else None,
-            )
-            for r in results
-        ]
+        attempts = [rowmap.attempt_row(r) for r in results]
+        states = [rowmap.finished_state(r, now) for r in results]
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(_INSERT_ATTEMPTS, *_columns(attempts, 10))
@@ -335,15 +269,4 @@ class PgHotPath:
         pool = await self.pool()
         async with pool.acquire() as conn:
             rows = await conn.fetch(_DESTINATIONS, ids)
-        return {
-            r[0]: DestinationRow(
-                id=r[0],
-                project_id=r[1],
-                name=r[2],
-                kind=r[3],
-                config=orjson.loads(r[4]),
-                enabled=bool(r[5]),
-                updated_at=r[6],
-            )
-            for r in rows
-        }
+        return {r[0]: rowmap.destination(r) for r in rows}

@@ -26,8 +26,8 @@ from ingestlayer.records import (
     NewDelivery,
     NewEvent,
     RouteLease,
-    StoredEvent,
 )
+from ingestlayer.store import rows as rowmap
 from ingestlayer.store.idempotency import InsertPlan
 from ingestlayer.store.sqlite_thread import SqliteThread
 
@@ -38,21 +38,7 @@ _INSERT_EVENT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_JOB = "INSERT INTO route_jobs (event_id, project_id, due_at, attempts) VALUES (?, ?, ?, ?)"
-_EVENT_COLUMNS = ", ".join(
-    f"e.{c}"
-    for c in (
-        "id",
-        "project_id",
-        "type",
-        "payload",
-        "idempotency_key",
-        "source",
-        "occurred_at",
-        "received_at",
-        "trace",
-    )
-)
-_DELIVERY_COLUMNS = "id, project_id, event_id, event_type, destination_id, attempts, retry_base, body"
+_EVENT_COLUMNS = ", ".join(f"e.{c}" for c in rowmap.EVENT_COLUMNS.split(", "))
 
 
 def _ids_json(ids: Sequence[str]) -> str:
@@ -133,17 +119,7 @@ def lease_route_jobs(conn: sqlite3.Connection, limit: int, now: float, token: fl
     if not attempts:
         return RouteLease(token, [])
     evs = [
-        StoredEvent(
-            id=r[0],
-            project_id=r[1],
-            type=r[2],
-            payload_json=r[3],
-            idempotency_key=r[4],
-            source=r[5],
-            occurred_at=r[6],
-            received_at=r[7],
-            trace=orjson.loads(r[8]) if r[8] else None,
-        )
+        rowmap.stored_event(r)
         for r in conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM route_jobs j JOIN events e ON e.id = j.event_id"
             " WHERE j.due_at = ? ORDER BY e.id",
@@ -233,20 +209,7 @@ def complete_routing(
         "UPDATE events SET trace = ? WHERE id = ?",
         [(orjson.dumps(t).decode(), eid) for eid, t in traces.items() if eid in owned],
     )
-    leased = [
-        LeasedDelivery(
-            id=d.id,
-            project_id=d.project_id,
-            event_id=d.event_id,
-            event_type=d.event_type,
-            destination_id=d.destination_id,
-            attempts=0,
-            retry_base=0,
-            body=d.body,
-            lease_token=token,
-        )
-        for d in kept
-    ]
+    leased = [rowmap.leased_new(d, token) for d in kept]
     return len(mine), leased
 
 
@@ -268,23 +231,10 @@ def lease_deliveries(conn: sqlite3.Connection, limit: int, lease_seconds: float)
     rows = conn.execute(
         f"UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
         f" WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ? ORDER BY due_at LIMIT ?)"
-        f" RETURNING {_DELIVERY_COLUMNS}",
+        f" RETURNING {rowmap.DELIVERY_COLUMNS}",
         (now + lease_seconds, token, now, now, limit),
     ).fetchall()
-    return [
-        LeasedDelivery(
-            id=r[0],
-            project_id=r[1],
-            event_id=r[2],
-            event_type=r[3],
-            destination_id=r[4],
-            attempts=r[5],
-            retry_base=r[6],
-            body=r[7],
-            lease_token=token,
-        )
-        for r in rows
-    ]
+    return [rowmap.leased_delivery(r, token) for r in rows]
 
 
 def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) -> None:
@@ -292,41 +242,14 @@ def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) 
     conn.executemany(
         "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
         " response_excerpt, next_retry_at, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                r.delivery_id,
-                r.project_id,
-                r.n,
-                r.started_at,
-                r.duration_ms,
-                r.status_code,
-                r.error,
-                r.response_excerpt,
-                r.next_retry_at,
-                r.worker,
-            )
-            for r in results
-        ],
+        [rowmap.attempt_row(r) for r in results],
     )
     # The state moves on only while the lease is still ours; the attempt is logged regardless.
     conn.executemany(
         "UPDATE deliveries SET status = ?, attempts = ?, due_at = ?, lease_token = NULL,"
-        " last_status_code = ?, last_error = ?, updated_at = ?, finished_at = ?"
+        " last_status_code = ?, last_error = ?, finished_at = ?, updated_at = ?"
         " WHERE id = ? AND lease_token = ?",
-        [
-            (
-                r.status,
-                r.n,
-                r.next_retry_at if r.status == "retrying" else None,
-                r.status_code,
-                r.error,
-                now,
-                now if r.status in ("delivered", "dead") else None,
-                r.delivery_id,
-                r.lease_token,
-            )
-            for r in results
-        ],
+        [(*state[2:], now, state[0], state[1]) for state in (rowmap.finished_state(r, now) for r in results)],
     )
 
 
@@ -341,22 +264,10 @@ def release_leases(conn: sqlite3.Connection, leased: Sequence[LeasedDelivery]) -
 
 def get_destinations(conn: sqlite3.Connection, ids: list[str]) -> dict[str, DestinationRow]:
     rows = conn.execute(
-        "SELECT id, project_id, name, kind, config, enabled, updated_at FROM destinations"
-        " WHERE id IN (SELECT value FROM json_each(?))",
+        f"SELECT {rowmap.DESTINATION_COLUMNS} FROM destinations WHERE id IN (SELECT value FROM json_each(?))",
         (_ids_json(ids),),
     )
-    return {
-        r[0]: DestinationRow(
-            id=r[0],
-            project_id=r[1],
-            name=r[2],
-            kind=r[3],
-            config=orjson.loads(r[4]),
-            enabled=bool(r[5]),
-            updated_at=r[6],
-        )
-        for r in rows
-    }
+    return {r[0]: rowmap.destination(r) for r in rows}
 
 
 def route_jobs_due(conn: sqlite3.Connection, now: float) -> bool:

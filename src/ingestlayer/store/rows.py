@@ -1,0 +1,116 @@
+"""Records built from the hot path's rows, shared by the SQLite and PostgreSQL versions.
+
+Rows arrive as plain tuples (``sqlite3`` rows, asyncpg records), columns in the order the
+``*_COLUMNS`` constants give, so both backends select the same columns in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ingestlayer.records import (
+    AttemptResult,
+    DestinationRow,
+    LeasedDelivery,
+    NewDelivery,
+    NewEvent,
+    StoredEvent,
+)
+
+EVENT_COLUMNS = "id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace"
+DELIVERY_COLUMNS = "id, project_id, event_id, event_type, destination_id, attempts, retry_base, body"
+DESTINATION_COLUMNS = "id, project_id, name, kind, config, enabled, updated_at"
+
+
+def stored_event(r: Sequence[Any]) -> StoredEvent:
+    return StoredEvent(
+        id=r[0],
+        project_id=r[1],
+        type=r[2],
+        payload_json=r[3],
+        idempotency_key=r[4],
+        source=r[5],
+        occurred_at=r[6],
+        received_at=r[7],
+        trace=orjson.loads(r[8]) if r[8] else None,
+    )
+
+
+def stored_from_new(ev: NewEvent) -> StoredEvent:
+    """An event just inserted, as the router reads it (no trace yet)."""
+    return StoredEvent(
+        ev.id,
+        ev.project_id,
+        ev.type,
+        ev.payload_json,
+        ev.idempotency_key,
+        ev.source,
+        ev.occurred_at,
+        ev.received_at,
+    )
+
+
+def leased_delivery(r: Sequence[Any], token: str) -> LeasedDelivery:
+    return LeasedDelivery(
+        id=r[0],
+        project_id=r[1],
+        event_id=r[2],
+        event_type=r[3],
+        destination_id=r[4],
+        attempts=r[5],
+        retry_base=r[6],
+        body=r[7],
+        lease_token=token,
+    )
+
+
+def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
+    """A delivery inserted already leased (handed to this process's dispatcher)."""
+    return LeasedDelivery(d.id, d.project_id, d.event_id, d.event_type, d.destination_id, 0, 0, d.body, token)
+
+
+def destination(r: Sequence[Any]) -> DestinationRow:
+    return DestinationRow(
+        id=r[0],
+        project_id=r[1],
+        name=r[2],
+        kind=r[3],
+        config=orjson.loads(r[4]),
+        enabled=bool(r[5]),
+        updated_at=r[6],
+    )
+
+
+def attempt_row(r: AttemptResult) -> tuple[Any, ...]:
+    """delivery_id, project_id, n, started_at, duration_ms, status_code, error, response_excerpt,
+    next_retry_at, worker: the attempts table's columns, in that order."""
+    return (
+        r.delivery_id,
+        r.project_id,
+        r.n,
+        r.started_at,
+        r.duration_ms,
+        r.status_code,
+        r.error,
+        r.response_excerpt,
+        r.next_retry_at,
+        r.worker,
+    )
+
+
+def finished_state(r: AttemptResult, now: float) -> tuple[Any, ...]:
+    """The delivery's state after an attempt: id, lease token, status, attempts, due_at,
+    last status code, last error, finished_at."""
+    return (
+        r.delivery_id,
+        r.lease_token,
+        r.status,
+        r.n,
+        r.next_retry_at if r.status == "retrying" else None,
+        r.status_code,
+        r.error,
+        now if r.status in ("delivered", "dead") else None,
+    )
