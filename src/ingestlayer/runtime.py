@@ -80,6 +80,12 @@ class Runtime:
         if self.run_worker:
             self._tasks.append(asyncio.create_task(self.router.run(self.stop), name="router"))
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self.stop), name="dispatcher"))
+            self._tasks.append(
+                asyncio.create_task(
+                    self.store.listen_for_work(self.router.wake.set, self.dispatcher.wake.set, self.stop),
+                    name="listen",
+                )
+            )
             if self.settings.retention_days > 0:
                 self._tasks.append(asyncio.create_task(self._retention(), name="retention"))
         log.info(

@@ -11,8 +11,10 @@ integration suite runs the same tests against both databases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -31,8 +33,15 @@ from ingestlayer.records import (
 from ingestlayer.store import rows as rowmap
 from ingestlayer.store.idempotency import InsertPlan
 
+log = logging.getLogger("ingestlayer.store")
+
 DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
 POOL_SIZE = 10
+# Workers in other processes are told of new work at commit (NOTIFY is delivered then), instead of
+# finding it at their next poll: a poll interval per hop would rule out a low p99.
+ROUTE_CHANNEL = "ingestlayer_route"
+DELIVER_CHANNEL = "ingestlayer_deliver"
+LISTEN_RETRY_SECONDS = 1.0
 
 _INSERT_EVENTS = """
 INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)
@@ -136,6 +145,31 @@ class PgHotPath:
             await self._pool.close()
             self._pool = None
 
+    async def listen(self, wake: dict[str, Callable[[], None]], stop: asyncio.Event) -> None:
+        """Call ``wake[channel]()`` on each notification until ``stop``; reconnect when the
+        connection drops (the callers' polls cover the gap)."""
+        while not stop.is_set():
+            lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                for channel, callback in wake.items():
+                    await conn.add_listener(channel, lambda *_a, cb=callback: cb())
+                stopping = asyncio.ensure_future(stop.wait())
+                dropped = asyncio.ensure_future(lost.wait())
+                await asyncio.wait({stopping, dropped}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                dropped.cancel()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("listening for new work failed (%s); polling meanwhile", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LISTEN_RETRY_SECONDS)
+
     # ---- ingest ---------------------------------------------------------------------------
 
     async def insert_events(self, batch: Sequence[NewEvent], route_token: float | None) -> list[IngestResult]:
@@ -168,6 +202,8 @@ class PgHotPath:
                     [e.received_at if route_token is None else route_token for e in stored],
                     [0 if route_token is None else 1] * len(stored),
                 )
+                if route_token is None:  # due now, for whichever router: wake them
+                    await conn.execute(f"NOTIFY {ROUTE_CHANNEL}")
         return plan.results(inserted, existing)
 
     # ---- routing ----------------------------------------------------------------------------
@@ -218,6 +254,8 @@ class PgHotPath:
                     for i, d in enumerate(mine)
                 ]
                 await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
+                if len(mine) > len(kept):  # some wait in the table: wake the dispatchers
+                    await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")
             trace_rows = [(eid, orjson.dumps(t).decode()) for eid, t in traces.items() if eid in owned]
             if trace_rows:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))

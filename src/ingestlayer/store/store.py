@@ -6,11 +6,12 @@ queries. Each write operation is one transaction.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -33,7 +34,7 @@ from ingestlayer.records import (
     StoredEvent,
 )
 from ingestlayer.store.db import Engines, create_engines
-from ingestlayer.store.pg_hot import PgHotPath
+from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
     api_keys,
     attempts,
@@ -240,6 +241,14 @@ class Store:
             return [dict(r._mapping) for r in rows]
 
     # ---- ingest ------------------------------------------------------------------------------
+
+    async def listen_for_work(
+        self, on_route: Callable[[], None], on_deliver: Callable[[], None], stop: asyncio.Event
+    ) -> None:
+        """On PostgreSQL, wake this process's router and dispatcher when another process commits
+        work for them (LISTEN/NOTIFY). On SQLite there is no such signal: they poll."""
+        if isinstance(self._hot, PgHotPath):
+            await self._hot.listen({ROUTE_CHANNEL: on_route, DELIVER_CHANNEL: on_deliver}, stop)
 
     def route_token(self, lease_seconds: float) -> float:
         """A new route lease token: the lease's deadline, made unique within this process."""
