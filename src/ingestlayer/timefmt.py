@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+
+# "YYYY-MM-DDTHH:MM:SS" by whole second. Every routed event formats its time (the delivery body,
+# the expression context), and formatting through datetime cost about 8 % of the delivery path.
+_SECONDS: dict[int, str] = {}
+_SECONDS_MAX = 4096
 
 
 def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ``2026-11-25T19:20:40.123Z``: exactly what
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives, with Z."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Split as datetime.fromtimestamp does: microseconds rounded half-even, then truncated to ms.
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        whole += 1
+        us -= 1_000_000
+    elif us < 0:
+        whole -= 1
+        us += 1_000_000
+    second = int(whole)
+    head = _SECONDS.get(second)
+    if head is None:
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        head = _SECONDS[second] = datetime.fromtimestamp(second, UTC).isoformat()[:19]
+    return f"{head}.{us // 1000:03d}Z"
 
 
 def parse_iso(value: str) -> float:
