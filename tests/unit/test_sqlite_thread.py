@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Awaitable
 from pathlib import Path
@@ -85,4 +86,33 @@ async def test_a_writer_waits_for_another_connections_write_lock(db: str) -> Non
         assert await writer.call(_values) == [1, 2]
     finally:
         other.close()
+        await writer.close()
+
+
+def _insert_blob(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (n,))
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs (b BLOB)")
+    conn.execute("INSERT INTO blobs VALUES (?)", (b"x" * 50_000,))
+
+
+def _db_size(path: str) -> int:
+    return os.stat(path).st_size  # the database file alone, not its -wal
+
+
+async def test_the_wal_is_copied_back_off_the_writer(db: str) -> None:
+    # The writer's own automatic checkpoint is off (it would stall every queued write); the
+    # checkpoint thread must copy the log into the database file instead.
+    writer = SqliteThread(db, writer=True, name="test-writer")
+    try:
+        before = _db_size(db)
+        for n in range(60):  # about 3 MB of log
+            await writer.call(_insert_blob, n)
+        await asyncio.sleep(0.6)
+        await writer.call(_insert, 1000)  # a commit after the interval asks for a checkpoint
+        for _ in range(50):
+            if _db_size(db) > before + 2_000_000:
+                break
+            await asyncio.sleep(0.1)
+        assert _db_size(db) > before + 2_000_000
+    finally:
         await writer.close()
