@@ -43,6 +43,8 @@ def connect(path: str) -> sqlite3.Connection:
     # FULL: a 202 means the event survives power loss, not just a process crash.
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Savepoints' statement journals in memory, not as files created and unlinked in /tmp.
+    conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
 
