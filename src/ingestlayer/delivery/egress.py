@@ -9,12 +9,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+
+T = TypeVar("T")
 
 
 class EgressDenied(Exception):
@@ -41,6 +44,18 @@ def is_public_address(addr: str) -> bool:
 @dataclass(frozen=True)
 class EgressPolicy:
     allow_private: bool = False
+
+    def allowed(self, host: str, found: list[T], address: Callable[[T], str] = str) -> list[T]:
+        """What ``host`` resolved to, without the addresses the policy refuses; none left is
+        an error naming the host."""
+        if self.allow_private:
+            return found
+        public = [item for item in found if is_public_address(address(item))]
+        if not public:
+            raise EgressDenied(
+                f"{host} resolves only to private addresses; private destinations are not allowed"
+            )
+        return public
 
     def check_url(self, url: str) -> None:
         """Reject URLs whose host is a literal private address (names are checked on resolve)."""
@@ -73,14 +88,7 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         found = await self._inner.resolve(host, port, family)
-        if self._policy.allow_private:
-            return found
-        public = [r for r in found if is_public_address(r["host"])]
-        if not public:
-            raise EgressDenied(
-                f"{host} resolves only to private addresses; private destinations are not allowed"
-            )
-        return public
+        return self._policy.allowed(host, found, lambda r: r["host"])
 
     async def close(self) -> None:
         await self._inner.close()
@@ -102,25 +110,15 @@ class AddressResolver:
         except ValueError:
             pass
         else:
-            return self._allowed(host, [host])
+            return self._policy.allowed(host, [host])
         hit = self._cache.get((host, port))
         if hit is not None and hit[0] > loop.time():
             return hit[1]
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         found = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        allowed = self._allowed(host, found)
+        allowed = self._policy.allowed(host, found)
         self._cache[(host, port)] = (loop.time() + self._ttl, allowed)
         return allowed
-
-    def _allowed(self, host: str, addresses: list[str]) -> list[str]:
-        if self._policy.allow_private:
-            return addresses
-        public = [a for a in addresses if is_public_address(a)]
-        if not public:
-            raise EgressDenied(
-                f"{host} resolves only to private addresses; private destinations are not allowed"
-            )
-        return public
 
 
 def connector_kwargs(policy: EgressPolicy) -> dict[str, Any]:
