@@ -33,6 +33,7 @@ from ingestlayer.records import (
     SourceRow,
     StoredEvent,
 )
+from ingestlayer.store import rows as rowmap
 from ingestlayer.store.db import Engines, create_engines
 from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
@@ -68,18 +69,8 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _event_from_row(row: Any) -> StoredEvent:
-    return StoredEvent(
-        id=row.id,
-        project_id=row.project_id,
-        type=row.type,
-        payload_json=row.payload,
-        idempotency_key=row.idempotency_key,
-        source=row.source,
-        occurred_at=row.occurred_at,
-        received_at=row.received_at,
-        trace=orjson.loads(row.trace) if row.trace else None,
-    )
+# The columns rows.stored_event reads, in its order.
+_EVENT_SELECT = [events.c[name] for name in rowmap.EVENT_COLUMNS.split(", ")]
 
 
 def _pipeline_from_row(row: Any) -> PipelineRow:
@@ -146,10 +137,6 @@ class Store:
 
     def _insert(self, table: Any) -> Any:
         return (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(table)
-
-    def _skip_locked(self, stmt: Any) -> Any:
-        # SQLite has no row locks: its single writer (BEGIN IMMEDIATE) already serialises leases.
-        return stmt.with_for_update(skip_locked=True) if self.dialect == "postgresql" else stmt
 
     async def ping(self) -> None:
         async with self.engines.read.connect() as conn:
@@ -606,10 +593,10 @@ class Store:
         async with self.engines.read.connect() as conn:
             row = (
                 await conn.execute(
-                    select(events).where(events.c.project_id == project_id, events.c.id == event_id)
+                    select(*_EVENT_SELECT).where(events.c.project_id == project_id, events.c.id == event_id)
                 )
             ).first()
-            return _event_from_row(row) if row else None
+            return rowmap.stored_event(row) if row else None
 
     async def list_events(
         self,
@@ -634,8 +621,10 @@ class Store:
         if until is not None:
             conds.append(events.c.received_at < until)
         async with self.engines.read.connect() as conn:
-            rows = await conn.execute(select(events).where(*conds).order_by(events.c.id.desc()).limit(limit))
-            return [_event_from_row(r) for r in rows]
+            rows = await conn.execute(
+                select(*_EVENT_SELECT).where(*conds).order_by(events.c.id.desc()).limit(limit)
+            )
+            return [rowmap.stored_event(r) for r in rows]
 
     async def list_deliveries(
         self,
