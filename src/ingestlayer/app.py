@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from ingestlayer import __version__
 from ingestlayer.api import dashboard, endpoints, entities, health, ingress, logs, manage, slack_oauth
+from ingestlayer.api.dashboard_session import install_login_redirect
 from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
 from ingestlayer.runtime import Runtime
@@ -111,6 +112,7 @@ def build_fastapi(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     install_error_handlers(app)
+    install_login_redirect(app)
     app.include_router(health.router)
     app.include_router(manage.router)
     app.include_router(endpoints.router)

@@ -25,6 +25,7 @@ from ingestlayer.api import endpoints as endpoints_api
 from ingestlayer.api import logs as logs_api
 from ingestlayer.api.dashboard_session import (
     Session,
+    SignedIn,
     clear_flash,
     end_session,
     load_session,
@@ -286,10 +287,7 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/")
-async def overview(request: Request, range: str = "24h") -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def overview(request: Request, sess: SignedIn, range: str = "24h") -> Response:
     if range not in RANGES:
         range = "24h"
     stats = _stats(request)
@@ -329,10 +327,7 @@ def _slack_connect_available(request: Request) -> bool:
 
 
 @router.get("/pipelines")
-async def pipelines(request: Request) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def pipelines(request: Request, sess: SignedIn) -> Response:
     rt = runtime(request)
     cfg = await _config(request, sess.project_id)
     secret_names = {s["name"] for s in await rt.store.list_secrets(sess.project_id)}
@@ -496,10 +491,7 @@ async def webhooks(request: Request) -> Response:
 
 
 @router.get("/webhooks/endpoints")
-async def endpoint_list(request: Request) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def endpoint_list(request: Request, sess: SignedIn) -> Response:
     return await _page(
         request,
         sess,
@@ -512,10 +504,7 @@ async def endpoint_list(request: Request) -> Response:
 
 
 @router.get("/webhooks/endpoints/new")
-async def endpoint_new(request: Request) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def endpoint_new(request: Request, sess: SignedIn) -> Response:
     return await _page(
         request,
         sess,
@@ -614,10 +603,9 @@ async def _endpoint_page(
 
 
 @router.get("/webhooks/endpoints/{endpoint_id}")
-async def endpoint_detail(request: Request, endpoint_id: str, test: str | None = None) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def endpoint_detail(
+    request: Request, sess: SignedIn, endpoint_id: str, test: str | None = None
+) -> Response:
     return await _endpoint_page(request, sess, endpoint_id, test_id=test)
 
 
@@ -739,11 +727,8 @@ def _filters(**values: Any) -> str:
 
 @router.get("/webhooks/logs")
 async def delivery_logs(
-    request: Request, status: str = "", destination: str = "", before: str = ""
+    request: Request, sess: SignedIn, status: str = "", destination: str = "", before: str = ""
 ) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
     cfg = await _config(request, sess.project_id)
     names = _destination_names(cfg)
     status = status if status in STATUSES else ""
@@ -778,10 +763,7 @@ async def delivery_logs(
 
 
 @router.get("/webhooks/dead")
-async def dead_letters(request: Request, destination: str = "", before: str = "") -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def dead_letters(request: Request, sess: SignedIn, destination: str = "", before: str = "") -> Response:
     rt = runtime(request)
     cfg = await _config(request, sess.project_id)
     names = _destination_names(cfg)
@@ -812,10 +794,7 @@ async def dead_letters(request: Request, destination: str = "", before: str = ""
 
 
 @router.get("/deliveries/{delivery_id}")
-async def delivery_detail(request: Request, delivery_id: str) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def delivery_detail(request: Request, sess: SignedIn, delivery_id: str) -> Response:
     rt = runtime(request)
     d = await rt.store.get_delivery(sess.project_id, delivery_id)
     if d is None:
@@ -879,15 +858,13 @@ async def replay_matching(request: Request) -> Response:
 @router.get("/events")
 async def event_log(
     request: Request,
+    sess: SignedIn,
     type: str = "",
     id: str = "",
     since: str = "",
     until: str = "",
     before: str = "",
 ) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
     rt = runtime(request)
     wanted = id.strip()
     error = None
@@ -931,10 +908,7 @@ async def event_log(
 
 
 @router.get("/events/{event_id}")
-async def event_detail(request: Request, event_id: str) -> Response:
-    sess = await load_session(request)
-    if sess is None:
-        return to_login(request)
+async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Response:
     rt = runtime(request)
     ev = await rt.store.get_event(sess.project_id, event_id)
     if ev is None:

@@ -15,11 +15,11 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote
 
 import orjson
-from fastapi import Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 
 from ingestlayer.api.auth import Principal
@@ -147,6 +147,28 @@ def safe_next(target: str | None) -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
     return target
+
+
+class LoginRequired(Exception):
+    """Raised by :func:`signed_in`; answered with the redirect of :func:`to_login`."""
+
+
+async def signed_in(request: Request) -> Session:
+    """The signed-in session of a dashboard page (a dependency); otherwise off to the login page."""
+    sess = await load_session(request)
+    if sess is None:
+        raise LoginRequired
+    return sess
+
+
+SignedIn = Annotated[Session, Depends(signed_in)]
+
+
+def install_login_redirect(app: FastAPI) -> None:
+    async def redirect(request: Request, _exc: Exception) -> Response:
+        return to_login(request)
+
+    app.add_exception_handler(LoginRequired, redirect)
 
 
 def to_login(request: Request) -> RedirectResponse:
