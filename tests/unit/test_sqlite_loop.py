@@ -1,0 +1,217 @@
+"""SQLite writes on the event loop: one transaction per call, durable after a shared fsync,
+never blocking the loop on another connection's lock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from ingestlayer.store import sqlite_loop
+from ingestlayer.store.sqlite_durability import WalSync
+from ingestlayer.store.sqlite_loop import LoopSqlite
+
+
+def _insert(conn: sqlite3.Connection, value: int) -> int:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+    return value
+
+
+def _fail_after_insert(conn: sqlite3.Connection, value: int) -> None:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+    raise ValueError(f"operation {value} failed")
+
+
+def _values(conn: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = str(tmp_path / "t.db")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")  # as migrations leave every database
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    conn.close()
+    return path
+
+
+def _committed(path: str) -> list[int]:
+    """What another connection sees: only committed rows."""
+    conn = sqlite3.connect(path)
+    try:
+        return _values(conn)
+    finally:
+        conn.close()
+
+
+async def test_a_failing_operation_undoes_only_itself(db: str) -> None:
+    store = LoopSqlite(db)
+    try:
+        assert await store.write(_insert, 1) == 1
+        with pytest.raises(ValueError, match="operation 2 failed"):
+            await store.write(_fail_after_insert, 2)
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.write(_insert, 1)
+        assert await store.write(_insert, 3) == 3
+        assert await store.read(_values) == [1, 3]
+        assert _committed(db) == [1, 3]
+    finally:
+        await store.close()
+
+
+async def test_calls_after_close_are_refused(db: str) -> None:
+    store = LoopSqlite(db)
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.write(_insert, 1)
+
+
+async def test_durable_writes_wait_for_a_sync_of_the_log_and_leases_do_not(db: str) -> None:
+    store = LoopSqlite(db)
+    try:
+        assert store.wal is not None
+        await store.write(_insert, 1, durable=False)
+        assert store.wal.syncs == 0
+        await store.write(_insert, 2)
+        assert store.wal.syncs == 1
+        # Many durable writes at once share syncs: far fewer fsyncs than commits.
+        await asyncio.gather(*(store.write(_insert, v) for v in range(10, 60)))
+        assert 2 <= store.wal.syncs <= 30
+        assert len(_committed(db)) == 52
+    finally:
+        await store.close()
+
+
+async def test_a_write_waits_for_another_connections_lock_without_blocking_the_loop(db: str) -> None:
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t (v) VALUES (1)")
+    store = LoopSqlite(db)
+    try:
+        pending = asyncio.ensure_future(store.write(_insert, 2))
+        ticks = 0
+        for _ in range(10):  # the loop keeps running while the write waits
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert ticks == 10 and not pending.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(pending, 10) == 2
+        assert _committed(db) == [1, 2]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_lock_held_too_long_fails_the_write_with_the_reason(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_loop, "LOCK_WAIT_SECONDS", 0.3)
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    store = LoopSqlite(db)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            await store.write(_insert, 1)
+    finally:
+        other.rollback()
+        other.close()
+        await store.close()
+    assert _committed(db) == []
+
+
+async def test_event_loops_on_two_threads_can_share_one_store(db: str) -> None:
+    store = LoopSqlite(db)
+
+    def other_thread() -> None:
+        async def many() -> None:
+            for v in range(1000, 1200):
+                await store.write(_insert, v)
+
+        asyncio.run(many())
+
+    try:
+        t = threading.Thread(target=other_thread)
+        t.start()
+        for v in range(200):
+            await store.write(_insert, v)
+        await asyncio.to_thread(t.join)
+        assert len(_committed(db)) == 400
+    finally:
+        await store.close()
+
+
+async def test_waiters_queued_during_a_sync_are_served_by_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"x")
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def slow_fsync(fd: int) -> None:
+        calls.append(fd)
+        started.set()
+        release.wait(5)
+
+    sync = WalSync(str(path), fsync=slow_fsync)
+    try:
+        first = asyncio.ensure_future(sync.wait())
+        await asyncio.to_thread(started.wait, 5)
+        # These committed after the running sync began: it does not cover them.
+        later = [asyncio.ensure_future(sync.wait()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert not first.done() and not any(f.done() for f in later)
+        started.clear()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        assert len(calls) == 2  # one for the first waiter, one shared by the five
+    finally:
+        release.set()
+        await asyncio.to_thread(sync.close)
+
+
+async def test_a_failed_sync_fails_the_durable_write(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LoopSqlite(db)
+
+    def broken(_fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    try:
+        assert store.wal is not None
+        monkeypatch.setattr(store.wal, "_fsync", broken)
+        with pytest.raises(sqlite3.OperationalError, match="could not sync the database log"):
+            await store.write(_insert, 1)
+    finally:
+        await store.close()
+
+
+def _insert_blob(conn: sqlite3.Connection, n: int) -> None:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (n,))
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs (b BLOB)")
+    conn.execute("INSERT INTO blobs VALUES (?)", (b"x" * 50_000,))
+
+
+def _db_size(path: str) -> int:
+    return os.stat(path).st_size  # the database file alone, not its -wal
+
+
+async def test_the_wal_is_copied_back_off_the_loop(db: str) -> None:
+    # The loop connection's own automatic checkpoint is off (it would stall every request);
+    # the checkpoint thread must copy the log into the database file instead.
+    store = LoopSqlite(db)
+    try:
+        before = _db_size(db)
+        for n in range(60):  # about 3 MB of log
+            await store.write(_insert_blob, n, durable=False)
+        await asyncio.sleep(0.6)
+        await store.write(_insert, 1000)  # a commit after the interval asks for a checkpoint
+        for _ in range(50):
+            if _db_size(db) > before + 2_000_000:
+                break
+            await asyncio.sleep(0.1)
+        assert _db_size(db) > before + 2_000_000
+    finally:
+        await store.close()
