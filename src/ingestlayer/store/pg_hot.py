@@ -47,7 +47,7 @@ _INSERT_EVENTS = """
 INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::float8[], $8::float8[])
-ON CONFLICT (project_id, idempotency_key) DO NOTHING
+ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 _INSERT_JOBS = """

@@ -72,7 +72,15 @@ events = Table(
     Column("received_at", Time, nullable=False),
     # What each pipeline and step did with the event (JSON), written by the router.
     Column("trace", Text, nullable=True),
-    UniqueConstraint("project_id", "idempotency_key", name="uq_events_project_idempotency"),
+    # Partial: most events carry no key, and an index entry each would be written for nothing.
+    Index(
+        "ux_events_project_idempotency",
+        "project_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
     Index("ix_events_project_id_id", "project_id", "id"),
     Index("ix_events_project_type_id", "project_id", "type", "id"),
 )
@@ -87,6 +95,8 @@ route_jobs = Table(
     Column("due_at", Time, nullable=False),  # when it may next be leased
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Index("ix_route_jobs_due_at", "due_at"),
+    # On SQLite the primary key is the table itself: one B-tree fewer to write per event.
+    sqlite_with_rowid=False,
 )
 
 pipelines = Table(

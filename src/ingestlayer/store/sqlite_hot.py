@@ -36,6 +36,10 @@ _INSERT_EVENT = (
     "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The conflict target names the partial unique index (keyed events only).
+_INSERT_KEYED_EVENT = (
+    _INSERT_EVENT + " ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+)
 _INSERT_JOB = "INSERT INTO route_jobs (event_id, project_id, due_at, attempts) VALUES (?, ?, ?, ?)"
 _EVENT_COLUMNS = ", ".join(f"e.{c}" for c in rowmap.EVENT_COLUMNS.split(", "))
 
@@ -85,9 +89,7 @@ def insert_events(
     _insert_rows(conn, _INSERT_EVENT, [_event_row(ev) for ev in plain])
     inserted = {ev.id for ev in plain}
     for ev in keyed:
-        cur = conn.execute(
-            _INSERT_EVENT + " ON CONFLICT (project_id, idempotency_key) DO NOTHING", _event_row(ev)
-        )
+        cur = conn.execute(_INSERT_KEYED_EVENT, _event_row(ev))
         if cur.rowcount == 1:
             inserted.add(ev.id)
     existing: dict[tuple[str, str], str] = {}

@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from alembic import context
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ingestlayer.store.db import async_url
+from ingestlayer.store.db import SQLITE_BUSY_TIMEOUT_MS, async_url
 from ingestlayer.store.schema import metadata
 
 config = context.config
@@ -22,6 +23,10 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # SQLite's DDL is transactional too: a migration that rebuilds a table (create a copy,
+        # fill it, drop, rename) and is interrupted must leave the database as it was, not
+        # with a half-built copy that makes every later attempt fail.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
@@ -30,8 +35,27 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-async def _run_async(url: str) -> None:
+def _engine(url: str) -> AsyncEngine:
     engine = create_async_engine(async_url(url))
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # The driver would commit on its own around DDL; BEGIN and COMMIT are ours. Foreign
+            # keys stay off (SQLite's default): a table rebuild drops the old table, which with
+            # them on would cascade into the rows that reference it.
+            dbapi_conn.isolation_level = None
+            dbapi_conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+async def _run_async(url: str) -> None:
+    engine = _engine(url)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)

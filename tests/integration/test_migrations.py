@@ -1,0 +1,129 @@
+"""The migrations build exactly the schema the code declares, and 0004 keeps the data it moves."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import alembic.op
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ingestlayer.store.db import async_url
+from ingestlayer.store.migrate import alembic_config, upgrade
+from ingestlayer.store.schema import metadata
+
+
+async def test_the_migrated_schema_matches_the_declared_one(db_url: str) -> None:
+    engine = create_async_engine(async_url(db_url))
+    try:
+        async with engine.connect() as conn:
+
+            def diff(sync_conn: Any) -> list[Any]:
+                ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+                return list(compare_metadata(ctx, metadata))
+
+            assert await conn.run_sync(diff) == []
+    finally:
+        await engine.dispose()
+
+
+def _schema(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            name: sql
+            for name, sql in conn.execute(
+                "SELECT name, sql FROM sqlite_master"
+                " WHERE tbl_name IN ('events', 'route_jobs') AND sql IS NOT NULL"
+            )
+        }
+    finally:
+        conn.close()
+
+
+def test_0004_keeps_events_and_route_jobs_and_key_uniqueness_both_ways(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0003")
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at,"
+        " received_at) VALUES ('e1', 'p1', 'a.b', '{}', 'k1', 'api', 1, 1),"
+        " ('e2', 'p1', 'a.b', '{}', NULL, 'api', 2, 2)"
+    )
+    conn.execute("INSERT INTO route_jobs VALUES ('e1', 'p1', 10, 0), ('e2', 'p1', 20, 3)")
+    conn.commit()
+    conn.close()
+
+    upgrade(url)
+    schema = _schema(path)
+    assert "WITHOUT ROWID" in schema["route_jobs"]
+    assert "WHERE idempotency_key IS NOT NULL" in schema["ux_events_project_idempotency"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT * FROM route_jobs ORDER BY event_id").fetchall() == [
+            ("e1", "p1", 10.0, 0),
+            ("e2", "p1", 20.0, 3),
+        ]
+        assert conn.execute("SELECT id, idempotency_key FROM events ORDER BY id").fetchall() == [
+            ("e1", "k1"),
+            ("e2", None),
+        ]
+        insert = (
+            "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at,"
+            " received_at) VALUES (?, 'p1', 'a.b', '{}', ?, 'api', 3, 3)"
+        )
+        try:
+            conn.execute(insert, ("e3", "k1"))
+            raise AssertionError("a repeated idempotency key was stored")
+        except sqlite3.IntegrityError:
+            pass
+        conn.execute(insert, ("e4", None))  # any number of events without a key
+        conn.commit()
+    finally:
+        conn.close()
+
+    command.downgrade(alembic_config(url), "0003")
+    schema = _schema(path)
+    assert "WITHOUT ROWID" not in schema["route_jobs"]
+    assert "uq_events_project_idempotency" in schema["events"]
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM route_jobs").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (3,)
+    finally:
+        conn.close()
+
+
+def test_an_interrupted_migration_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 0004 rebuilds tables on SQLite (copy, drop, rename); failing half-way must roll all of it
+    # back, or every later attempt would trip over the half-built copy.
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0003")
+    before = _schema(path)
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(alembic.op, "rename_table", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        upgrade(url)
+    assert _schema(path) == before
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not {t for t in tables if t.endswith("_new") or t.startswith("_alembic_tmp")}
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    finally:
+        conn.close()
+    monkeypatch.undo()
+    upgrade(url)  # and the next attempt succeeds
+    assert "WITHOUT ROWID" in _schema(path)["route_jobs"]
