@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -20,6 +22,16 @@ from ingestlayer.store.migrate import upgrade
 # ingest→delivery latency at half load fell from 42-138 ms to 22-23 ms (bench_delivery, same
 # machine, A/B), with no loss of throughput.
 SWITCH_INTERVAL_SECONDS = 0.001
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after startup (modules, the app, compiled pipelines) out of the
+    cyclic collector's sight. A full collection walks every tracked object; with the ~150k that
+    startup leaves, each took ~90 ms under batched ingest, stalling every request at once (about
+    a tenth of the time). Frozen, they took ~15 ms. Nothing frozen is ever freed, which is what
+    these objects, alive for the whole process, would do anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def _install_uvloop() -> None:
@@ -39,6 +51,10 @@ class _Server(uvicorn.Server):
     SIGTERM (status 143) after draining cleanly, and supervisors would report a crash. Here the
     signals only ask the server to stop (a second SIGINT still forces it), like ``worker``.
     """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        freeze_startup_objects()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -88,6 +104,7 @@ def run_worker(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await rt.start()
+        freeze_startup_objects()
         await stop.wait()
         await rt.shutdown()
 
