@@ -5,6 +5,7 @@ A revoked key stops working everywhere within ``POSITIVE_TTL`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -23,24 +24,50 @@ class Principal:
 
 
 class KeyCache:
+    """Keys resolved recently. When an entry expires under load, the requests that find it
+    expired share one database lookup instead of each making their own (64 connections with
+    one key made 64 queries every ``POSITIVE_TTL`` seconds, stalling ingest each time)."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._pending: dict[str, asyncio.Future[Principal | None]] = {}
+        self._generation = 0  # bumped by forget(): a lookup begun before must not be cached
 
     async def lookup(self, key: str) -> Principal | None:
-        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        found = await self._store.resolve_key(key)
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get(key)
+        if pending is not None and pending.get_loop() is loop:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Principal | None] = loop.create_future()
+        self._pending[key] = fut
+        generation = self._generation
+        try:
+            found = await self._store.resolve_key(key)
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved here: waiters, if any, get it too
+            raise
+        finally:
+            if self._pending.get(key) is fut:
+                del self._pending[key]
         principal = Principal(found[0], found[1]) if found else None
-        if len(self._cache) >= MAX_ENTRIES:
-            self._cache.clear()  # bounded: a flood of bad keys cannot grow memory
-        self._cache[key] = (now + (POSITIVE_TTL if principal else NEGATIVE_TTL), principal)
+        if generation == self._generation:
+            if len(self._cache) >= MAX_ENTRIES:
+                self._cache.clear()  # bounded: a flood of bad keys cannot grow memory
+            ttl = POSITIVE_TTL if principal else NEGATIVE_TTL
+            self._cache[key] = (time.monotonic() + ttl, principal)
+        fut.set_result(principal)
         return principal
 
     def forget(self) -> None:
         self._cache.clear()
+        self._pending.clear()
+        self._generation += 1
 
 
 def bearer_token(header: str | None) -> str:

@@ -1,0 +1,55 @@
+"""The API key cache: one database lookup however many requests find an entry expired."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ingestlayer.api import auth
+from ingestlayer.api.auth import KeyCache
+from ingestlayer.store.store import Store
+
+
+async def test_concurrent_requests_share_one_lookup_and_forget_wins_over_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store.from_url(db_url)
+    try:
+        project_id, ingest_key, _admin = await store.create_project("keys")
+        lookups = 0
+        real = store.resolve_key
+
+        async def counted(key: str) -> Any:
+            nonlocal lookups
+            lookups += 1
+            await asyncio.sleep(0.05)  # a slow database: everyone arrives while it runs
+            return await real(key)
+
+        monkeypatch.setattr(store, "resolve_key", counted)
+        cache = KeyCache(store)
+        found = await asyncio.gather(*(cache.lookup(ingest_key) for _ in range(64)))
+        assert lookups == 1
+        assert {p.project_id if p else None for p in found} == {project_id}
+
+        # Expired: the next wave makes one lookup again.
+        monkeypatch.setattr(auth, "POSITIVE_TTL", 0.0)
+        cache = KeyCache(store)
+        lookups = 0
+        await cache.lookup(ingest_key)
+        await asyncio.gather(*(cache.lookup(ingest_key) for _ in range(64)))
+        assert lookups == 2
+
+        # A lookup that began before forget() (a key was revoked) is not cached.
+        monkeypatch.setattr(auth, "POSITIVE_TTL", 10.0)
+        cache = KeyCache(store)
+        lookups = 0
+        racing = asyncio.ensure_future(cache.lookup(ingest_key))
+        await asyncio.sleep(0.01)
+        cache.forget()
+        assert (await racing) is not None
+        await cache.lookup(ingest_key)
+        assert lookups == 2
+    finally:
+        await store.close()
