@@ -138,6 +138,11 @@ def lease_route_jobs(conn: sqlite3.Connection, limit: int, now: float, token: fl
     return RouteLease(token, evs, attempts, versions)
 
 
+_DELETE_LEASED_JOBS = (
+    "DELETE FROM route_jobs WHERE due_at = ? AND event_id IN (SELECT value FROM json_each(?))"
+)
+
+
 def complete_routing(
     conn: sqlite3.Connection,
     lease: RouteLease,
@@ -149,14 +154,15 @@ def complete_routing(
     now = time.time()
     owned: set[str] = set()
     for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
-        owned.update(
-            r[0]
-            for r in conn.execute(
-                "DELETE FROM route_jobs WHERE due_at = ? AND event_id IN (SELECT value FROM json_each(?))"
-                " RETURNING event_id",
-                (route_token, _ids_json(ids)),
-            )
-        )
+        # Usually every job is still ours; RETURNING the ids would cost as much as the delete.
+        conn.execute("SAVEPOINT route_jobs")
+        params = (route_token, _ids_json(ids))
+        if conn.execute(_DELETE_LEASED_JOBS, params).rowcount == len(ids):
+            owned.update(ids)
+        else:  # some leases expired and were taken over: find out which jobs were still ours
+            conn.execute("ROLLBACK TO route_jobs")
+            owned.update(r[0] for r in conn.execute(_DELETE_LEASED_JOBS + " RETURNING event_id", params))
+        conn.execute("RELEASE route_jobs")
     mine = [d for d in new_deliveries if d.event_id in owned]
     # The first `prelease` go straight to this process's dispatcher, already leased.
     token = new_id("lse")
