@@ -60,8 +60,11 @@ class Runtime:
             return await self.store.insert_events(batch)
         token = self.store.route_token(self.settings.route_lease_seconds)
         results = await self.store.insert_events(batch, route_token=token)
-        fresh = {r.id for r in results if not r.duplicate}
-        events = [stored_from_new(ev) for ev in batch if ev.id in fresh]
+        if any(r.duplicate for r in results):
+            fresh = {r.id for r in results if not r.duplicate}
+            events = [stored_from_new(ev) for ev in batch if ev.id in fresh]
+        else:
+            events = list(map(stored_from_new, batch))
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results

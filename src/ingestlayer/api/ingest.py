@@ -185,19 +185,13 @@ class IngestHandler:
                     field="batch",
                 )
             ids = new_ids("evt", len(items))
+            project_id = principal.project_id
             events = [
-                self._event(
-                    item,
-                    f"batch[{i}].",
-                    principal.project_id,
-                    now,
-                    f"{idem_header}:{i}" if idem_header else None,
-                    ids[i],
-                )
+                self._event(item, i, project_id, now, f"{idem_header}:{i}" if idem_header else None, ids[i])
                 for i, item in enumerate(items)
             ]
         else:
-            events = [self._event(doc, "", principal.project_id, now, idem_header, new_id("evt"))]
+            events = [self._event(doc, None, principal.project_id, now, idem_header, new_id("evt"))]
         wait = self.limiter.take(principal.project_id, len(events))
         if wait is not None:
             raise ApiError(
@@ -238,80 +232,94 @@ class IngestHandler:
         return (200 if r.duplicate else 202), orjson.dumps({"id": r.id, "duplicate": r.duplicate})
 
     def _event(
-        self, item: Any, prefix: str, project_id: str, now: float, default_key: str | None, event_id: str
+        self,
+        item: Any,
+        index: int | None,
+        project_id: str,
+        now: float,
+        default_key: str | None,
+        event_id: str,
     ) -> NewEvent:
-        if not isinstance(item, dict):
+        """Validate one event (``index`` is its place in a batch, named in errors)."""
+        if type(item) is not dict:
+            prefix = _prefix(index)
             raise ApiError(
                 422, f"{prefix or 'the body'} must be an event object", field=prefix.rstrip(".") or None
             )
         if not item.keys() <= EVENT_FIELDS:
-            name = sorted(set(item) - EVENT_FIELDS)[0]
+            prefix, name = _prefix(index), sorted(set(item) - EVENT_FIELDS)[0]
             raise ApiError(
                 422,
                 f"unknown field {prefix}{name} (an event has type, payload, idempotency_key, occurred_at)",
                 field=f"{prefix}{name}",
             )
         etype = item.get("type")
-        if not isinstance(etype, str) or not etype:
-            raise ApiError(
-                422,
-                f"{prefix}type is required: a dotted event name such as feature.used",
-                field=f"{prefix}type",
-            )
-        if not is_valid_event_type(etype):
+        if type(etype) is not str or not is_valid_event_type(etype):
+            prefix = _prefix(index)
+            if not isinstance(etype, str) or not etype:
+                raise ApiError(
+                    422,
+                    f"{prefix}type is required: a dotted event name such as feature.used",
+                    field=f"{prefix}type",
+                )
             raise ApiError(
                 422,
                 f"{prefix}type {etype[:80]!r} is not a valid event name (letters, digits, _ and -, "
                 "separated by dots)",
                 field=f"{prefix}type",
             )
-        payload = item.get("payload", {})
-        if not isinstance(payload, dict):
+        payload = item.get("payload")
+        if payload is None and "payload" not in item:
+            payload_json = b"{}"
+        elif type(payload) is dict:
+            payload_json = orjson.dumps(payload)
+            if len(payload_json) > self.max_event_bytes:
+                prefix = _prefix(index)
+                raise ApiError(
+                    413,
+                    f"{prefix}payload is {len(payload_json)} bytes; the limit is "
+                    f"{self.max_event_bytes // 1024} KiB per event",
+                    field=f"{prefix}payload",
+                )
+        else:
+            prefix = _prefix(index)
             raise ApiError(422, f"{prefix}payload must be a JSON object", field=f"{prefix}payload")
-        payload_json = orjson.dumps(payload)
-        if len(payload_json) > self.max_event_bytes:
-            raise ApiError(
-                413,
-                f"{prefix}payload is {len(payload_json)} bytes; the limit is "
-                f"{self.max_event_bytes // 1024} KiB per event",
-                field=f"{prefix}payload",
-            )
         key = item.get("idempotency_key", default_key)
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
+        if key is not None and (type(key) is not str or not 0 < len(key) <= 255):
+            prefix = _prefix(index)
             raise ApiError(
                 422,
                 f"{prefix}idempotency_key must be a string of 1 to 255 characters",
                 field=f"{prefix}idempotency_key",
             )
         occurred = item.get("occurred_at")
-        if occurred is None:
-            occurred_at = now
-        elif isinstance(occurred, str):
-            try:
-                occurred_at = parse_iso(occurred)
-            except ValueError:
-                raise ApiError(
-                    422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
-                ) from None
-        elif isinstance(occurred, int | float) and not isinstance(occurred, bool):
-            occurred_at = float(occurred)
-        else:
+        occurred_at = now if occurred is None else _occurred_at(occurred, _prefix(index))
+        return NewEvent(event_id, project_id, etype, payload_json.decode(), key, "api", occurred_at, now)
+
+
+def _prefix(index: int | None) -> str:
+    """How errors name an event: ``batch[3].`` in a batch, nothing for a single event."""
+    return "" if index is None else f"batch[{index}]."
+
+
+def _occurred_at(occurred: Any, prefix: str) -> float:
+    if isinstance(occurred, str):
+        try:
+            value = parse_iso(occurred)
+        except ValueError:
             raise ApiError(
                 422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
-            )
-        if not MIN_TIMESTAMP <= occurred_at <= MAX_TIMESTAMP:
-            raise ApiError(
-                422,
-                f"{prefix}occurred_at must lie between the years 0001 and 9999",
-                field=f"{prefix}occurred_at",
-            )
-        return NewEvent(
-            id=event_id,
-            project_id=project_id,
-            type=etype,
-            payload_json=payload_json.decode(),
-            idempotency_key=key,
-            source="api",
-            occurred_at=occurred_at,
-            received_at=now,
+            ) from None
+    elif isinstance(occurred, int | float) and not isinstance(occurred, bool):
+        value = float(occurred)
+    else:
+        raise ApiError(
+            422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
         )
+    if not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
+        raise ApiError(
+            422,
+            f"{prefix}occurred_at must lie between the years 0001 and 9999",
+            field=f"{prefix}occurred_at",
+        )
+    return value

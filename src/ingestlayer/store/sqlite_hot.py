@@ -9,9 +9,11 @@ integration suite runs the same tests against both.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -49,17 +51,10 @@ def _ids_json(ids: Sequence[str]) -> str:
     return orjson.dumps(list(ids)).decode()
 
 
-def _event_row(ev: NewEvent) -> tuple[Any, ...]:
-    return (
-        ev.id,
-        ev.project_id,
-        ev.type,
-        ev.payload_json,
-        ev.idempotency_key,
-        ev.source,
-        ev.occurred_at,
-        ev.received_at,
-    )
+# An event's INSERT parameters, as a tuple made in C.
+_event_row: Callable[[NewEvent], tuple[Any, ...]] = operator.attrgetter(
+    "id", "project_id", "type", "payload_json", "idempotency_key", "source", "occurred_at", "received_at"
+)
 
 
 # Rows per multi-row INSERT: 8 columns x 500 rows stays far below SQLite's 32,766 variables.
@@ -74,7 +69,7 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
     head, _, values = insert.partition(" VALUES ")
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
-        conn.execute(f"{head} VALUES {', '.join([values] * len(chunk))}", [v for row in chunk for v in row])
+        conn.execute(f"{head} VALUES {', '.join([values] * len(chunk))}", list(chain.from_iterable(chunk)))
 
 
 # ---- operations (run on the store's threads; each write is part of one transaction) ---------
@@ -84,13 +79,28 @@ def insert_events(
     conn: sqlite3.Connection, batch: Sequence[NewEvent], route_token: float | None
 ) -> list[IngestResult]:
     plan = InsertPlan(batch)
+    if plan.first_by_key:
+        inserted, existing = _insert_keyed(conn, plan)
+        fresh = [ev for ev in plan.fresh if ev.id in inserted]
+    else:  # no idempotency keys (the usual case): every event is new
+        _insert_rows(conn, _INSERT_EVENT, list(map(_event_row, batch)))
+        inserted, existing, fresh = set(), {}, list(batch)
+    if route_token is None:
+        jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in fresh]
+    else:  # leased to this process's router already
+        jobs = [(ev.id, ev.project_id, route_token, 1) for ev in fresh]
+    _insert_rows(conn, _INSERT_JOB, jobs)
+    return plan.results(inserted, existing)
+
+
+def _insert_keyed(conn: sqlite3.Connection, plan: InsertPlan) -> tuple[set[str], dict[tuple[str, str], str]]:
+    """Insert a batch holding idempotency keys; return the ids inserted, and the stored event id
+    of each key that was already taken."""
     plain = [ev for ev in plan.fresh if ev.idempotency_key is None]
-    keyed = [ev for ev in plan.fresh if ev.idempotency_key is not None]
-    _insert_rows(conn, _INSERT_EVENT, [_event_row(ev) for ev in plain])
+    _insert_rows(conn, _INSERT_EVENT, list(map(_event_row, plain)))
     inserted = {ev.id for ev in plain}
-    for ev in keyed:
-        cur = conn.execute(_INSERT_KEYED_EVENT, _event_row(ev))
-        if cur.rowcount == 1:
+    for ev in plan.fresh:
+        if ev.idempotency_key is not None and conn.execute(_INSERT_KEYED_EVENT, _event_row(ev)).rowcount == 1:
             inserted.add(ev.id)
     existing: dict[tuple[str, str], str] = {}
     for project_id, keys in plan.missing_keys(inserted).items():
@@ -100,12 +110,7 @@ def insert_events(
             (project_id, _ids_json(keys)),
         ):
             existing[(project_id, key)] = eid
-    if route_token is None:
-        jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in plan.fresh if ev.id in inserted]
-    else:  # leased to this process's router already
-        jobs = [(ev.id, ev.project_id, route_token, 1) for ev in plan.fresh if ev.id in inserted]
-    _insert_rows(conn, _INSERT_JOB, jobs)
-    return plan.results(inserted, existing)
+    return inserted, existing
 
 
 def lease_route_jobs(conn: sqlite3.Connection, limit: int, now: float, token: float) -> RouteLease:
