@@ -6,6 +6,7 @@ import pytest
 
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.pipeline.matching import TypeMatcher, is_valid_event_type, is_valid_pattern
+from ingestlayer.pipeline.runner import CompiledPipeline, CompiledProject
 
 
 def test_exact_pattern_matches_only_that_type() -> None:
@@ -149,3 +150,20 @@ def test_ids_sort_in_creation_order_within_a_millisecond() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert all(i.startswith("evt_") and len(i) == 30 for i in ids)
+
+
+def test_a_project_takes_the_types_any_of_its_pipelines_matches() -> None:
+    project = CompiledProject(
+        "prj_1",
+        1,
+        [
+            CompiledPipeline("pip_1", "billing", TypeMatcher(["invoice.*"]), [], []),
+            CompiledPipeline("pip_2", "signups", TypeMatcher(["user.signed_up"]), [], []),
+        ],
+    )
+    for _ in range(2):  # the second round answers from the cache, the same way
+        assert project.takes("invoice.failed")
+        assert project.takes("user.signed_up")
+        assert not project.takes("user.deleted")
+        assert not project.takes("feature.used")
+    assert not CompiledProject("prj_2", 1, []).takes("invoice.failed")

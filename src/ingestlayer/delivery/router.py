@@ -149,7 +149,7 @@ class Router:
         waiting: list[Awaitable[None]] = []
         for ev in lease.events:
             compiled = projects.get(ev.project_id)
-            if compiled is None:  # project deleted: nothing to route to
+            if compiled is None or not compiled.takes(ev.type):  # project deleted, or no pipeline
                 continue
             if compiled.performs_io:
                 waiting.append(one(ev, compiled, True))

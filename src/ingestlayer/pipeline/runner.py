@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -58,6 +58,18 @@ class CompiledProject:
     project_id: str
     version: int
     pipelines: list[CompiledPipeline]
+
+    _takes: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def takes(self, event_type: str) -> bool:
+        """Whether any pipeline's source matches this type; an event no pipeline takes is
+        routed to nothing and needs no pass through the pipelines (nor a coroutine)."""
+        known = self._takes.get(event_type)
+        if known is None:
+            if len(self._takes) >= 10_000:
+                self._takes.clear()  # bounded: event types are many only in a flood
+            known = self._takes[event_type] = any(p.matcher(event_type) for p in self.pipelines)
+        return known
 
     @functools.cached_property
     def performs_io(self) -> bool:
