@@ -34,6 +34,11 @@ class KeyCache:
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
         self._generation = 0  # bumped by forget(): a lookup begun before must not be cached
 
+    def cached(self, key: str) -> Principal | None:
+        """The principal of a key resolved recently, without waiting; None if not known now."""
+        hit = self._cache.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def lookup(self, key: str) -> Principal | None:
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
