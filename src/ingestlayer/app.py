@@ -139,7 +139,6 @@ class IngestLayerApp:
             max_request_bytes=s.max_request_bytes,
             max_batch_items=s.max_batch_items,
             rate_limit=s.ingest_rate_limit,
-            on_stored=rt.event_stored,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

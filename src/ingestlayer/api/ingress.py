@@ -129,7 +129,6 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         metrics.EVENTS_DUPLICATE.inc()
     else:
         metrics.EVENTS_INGESTED.inc()
-        rt.event_stored()
     return Response(
         orjson.dumps({"id": result.id, "duplicate": result.duplicate}),
         status_code=200 if result.duplicate else 202,

@@ -49,6 +49,10 @@ class ConfigCache:
         self._store = store
         self._compiled: dict[str, CompiledProject] = {}
 
+    def current(self, project_id: str) -> CompiledProject | None:
+        """The compiled configuration last used, without checking that it is still current."""
+        return self._compiled.get(project_id)
+
     async def get_many(
         self, project_ids: set[str], versions: dict[str, int] | None = None
     ) -> dict[str, CompiledProject]:

@@ -28,6 +28,7 @@ from ingestlayer.records import (
     LeasedDelivery,
     NewDelivery,
     NewEvent,
+    NoRouteHint,
     RouteLease,
 )
 from ingestlayer.store import rows as rowmap
@@ -172,7 +173,9 @@ class PgHotPath:
 
     # ---- ingest ---------------------------------------------------------------------------
 
-    async def insert_events(self, batch: Sequence[NewEvent], route_token: float | None) -> list[IngestResult]:
+    async def insert_events(
+        self, batch: Sequence[NewEvent], route_token: float | None, no_route: NoRouteHint | None = None
+    ) -> list[IngestResult]:
         plan = InsertPlan(batch)
         fresh = plan.fresh
         pool = await self.pool()
@@ -194,6 +197,10 @@ class PgHotPath:
                 for key, eid in await conn.fetch(_EXISTING_KEYS, project_id, keys):
                     existing[(project_id, key)] = eid
             stored = [e for e in fresh if e.id in inserted]
+            if no_route is not None:
+                current = {r[0]: r[1] for r in await conn.fetch(_CONFIG_VERSIONS, list(no_route.versions))}
+                no_route.confirmed = {p for p, v in no_route.versions.items() if current.get(p) == v}
+                stored = [e for e in stored if not no_route.settles(e.id, e.project_id)]
             if stored:
                 await conn.execute(
                     _INSERT_JOBS,

@@ -26,6 +26,7 @@ from ingestlayer.records import (
     LeasedDelivery,
     NewDelivery,
     NewEvent,
+    NoRouteHint,
     RouteLease,
 )
 from ingestlayer.store import rows as rowmap
@@ -76,7 +77,10 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
 
 
 def insert_events(
-    conn: sqlite3.Connection, batch: Sequence[NewEvent], route_token: float | None
+    conn: sqlite3.Connection,
+    batch: Sequence[NewEvent],
+    route_token: float | None,
+    no_route: NoRouteHint | None = None,
 ) -> list[IngestResult]:
     plan = InsertPlan(batch)
     if plan.first_by_key:
@@ -85,6 +89,11 @@ def insert_events(
     else:  # no idempotency keys (the usual case): every event is new
         _insert_rows(conn, _INSERT_EVENT, list(map(_event_row, batch)))
         inserted, existing, fresh = set(), {}, list(batch)
+    if no_route is not None:
+        current = config_versions(conn, list(no_route.versions))
+        no_route.confirmed = {p for p, v in no_route.versions.items() if current.get(p) == v}
+        if no_route.confirmed:
+            fresh = [ev for ev in fresh if not no_route.settles(ev.id, ev.project_id)]
     if route_token is None:
         jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in fresh]
     else:  # leased to this process's router already
@@ -310,8 +319,10 @@ class SqliteHotPath:
     async def close(self) -> None:
         await self.db.close()
 
-    async def insert_events(self, batch: Sequence[NewEvent], route_token: float | None) -> list[IngestResult]:
-        return await self.db.write(insert_events, batch, route_token)
+    async def insert_events(
+        self, batch: Sequence[NewEvent], route_token: float | None, no_route: NoRouteHint | None = None
+    ) -> list[IngestResult]:
+        return await self.db.write(insert_events, batch, route_token, no_route)
 
     # A lease first looks whether anything is due: an idle poll must not take the write lock
     # many times a second while other connections may be writing.

@@ -27,6 +27,7 @@ from ingestlayer.records import (
     LeasedDelivery,
     NewDelivery,
     NewEvent,
+    NoRouteHint,
     PipelineRow,
     ProjectConfig,
     RouteLease,
@@ -242,7 +243,10 @@ class Store:
         return time.time() + lease_seconds + next(_lease_counter) * 1e-6
 
     async def insert_events(
-        self, batch: Sequence[NewEvent], route_token: float | None = None
+        self,
+        batch: Sequence[NewEvent],
+        route_token: float | None = None,
+        no_route: NoRouteHint | None = None,
     ) -> list[IngestResult]:
         """Store events and their route jobs in one transaction (the outbox).
 
@@ -250,8 +254,10 @@ class Store:
         yields the first event's id with ``duplicate=True`` and no second route job.
         With ``route_token`` the route jobs are stored already leased under it (a router in this
         process takes the events straight from ingest); otherwise they are due at once.
+        Events in ``no_route`` get no route job while their project's configuration is still
+        the one that decided no pipeline takes them (see :class:`NoRouteHint`).
         """
-        return await self._hot.insert_events(batch, route_token)
+        return await self._hot.insert_events(batch, route_token, no_route)
 
     # ---- routing -----------------------------------------------------------------------------
 
