@@ -11,7 +11,8 @@ In one run, on 127.0.0.1:
 Closed-loop load from one generator process (wrk -t1 if installed, else ``loadgen.py``); the
 generator shares the machine's cores with the server, and the report says how much CPU each used.
 
-    .venv/bin/python bench/bench_ingest.py [--backend sqlite|postgres] [--mode serve|split] [--quick]
+    .venv/bin/python bench/bench_ingest.py [--backend sqlite|postgres] [--mode serve|split]
+                                           [--routed] [--quick]
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ from harness import (
 SINGLE_CONNECTIONS = 64
 BATCH_CONNECTIONS = 8
 
+# With --routed: a pipeline takes every event and its filter drops it, so each event is routed
+# (route job, routing pass, trace) and none is delivered. Without it no pipeline takes the
+# events, and `serve` stores them without a route job (see Runtime._no_route_hint).
+ROUTED_PIPELINE = """
+pipelines:
+  - name: usage-filter
+    source: { match: ["feature.*"] }
+    steps:
+      - filter.match: plan = "enterprise"
+    destinations:
+      - webhook.out: { url: "http://127.0.0.1:9/never" }
+"""
+
 
 def _row(name: str, res: LoadResult, events_per_request: int) -> dict[str, Any]:
     row = asdict(res)
@@ -66,7 +80,7 @@ def _row(name: str, res: LoadResult, events_per_request: int) -> dict[str, Any]:
 
 
 def run(
-    backend: str = "sqlite", mode: str = "serve", quick: bool = False, batch: int = 100
+    backend: str = "sqlite", mode: str = "serve", quick: bool = False, batch: int = 100, routed: bool = False
 ) -> dict[str, Any]:
     duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
     single_body = orjson.dumps(SMALL_EVENT)
@@ -75,6 +89,7 @@ def run(
         "benchmark": "ingest",
         "backend": backend,
         "mode": mode,
+        "routed": routed,
         "batch": batch,
         "duration": duration,
         "connections": {"single": SINGLE_CONNECTIONS, "batch": BATCH_CONNECTIONS},
@@ -117,7 +132,9 @@ def run(
         finally:
             bare.stop()
 
-        dep = Deployment(backend=backend, mode=mode, workdir=wd)
+        dep = Deployment(
+            backend=backend, mode=mode, workdir=wd, pipeline_yaml=ROUTED_PIPELINE if routed else None
+        )
         with dep.run():
             url = dep.url + "/v1/events"
             auth = {"Authorization": f"Bearer {dep.ingest_key}"}
@@ -132,7 +149,8 @@ def run(
                     watch=dep.server_pids,
                     postgres_db=dep.db_name,
                 )
-            out["ingest_single"] = _row(f"ingest ({mode}, {backend}), single", single, 1)
+            label = f"ingest ({mode}, {backend}{', routed' if routed else ''})"
+            out["ingest_single"] = _row(f"{label}, single", single, 1)
             with dep.profiled("ingest-batch"):
                 batched = run_load(
                     url,
@@ -144,7 +162,7 @@ def run(
                     watch=dep.server_pids,
                     postgres_db=dep.db_name,
                 )
-            out["ingest_batch"] = _row(f"ingest ({mode}, {backend}), batch of {batch}", batched, batch)
+            out["ingest_batch"] = _row(f"{label}, batch of {batch}", batched, batch)
             stored = dep.metric("ingestlayer_events_ingested_total")
             measured = out["ingest_single"]["requests"] + out["ingest_batch"]["requests"] * batch
             if stored < measured:
@@ -163,9 +181,10 @@ def main() -> None:
     p.add_argument("--mode", choices=["serve", "split", "api"], default="serve")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--routed", action="store_true", help="a pipeline takes (and filters out) every event")
     args = p.parse_args()
     with deadline(120 if args.quick else 180, "the ingest benchmark"):
-        result = run(args.backend, args.mode, args.quick, args.batch)
+        result = run(args.backend, args.mode, args.quick, args.batch, args.routed)
     json.dump(result, sys.stdout, indent=2)
     print()
 

@@ -15,8 +15,11 @@ Benchmarks (each bounded to about a minute, everything on 127.0.0.1, stopping by
 Each runs on SQLite, and on PostgreSQL when one answers at ``BENCH_PG_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``; a fresh database is created and dropped).
 Without ``--quick`` PostgreSQL is also measured with ``ingestlayer api`` + ``ingestlayer worker``
-as separate processes, and ingest on SQLite with ``ingestlayer api`` alone (no router beside
-it). The load generator is ``wrk`` when installed (``BENCH_NO_WRK=1`` forces the aiohttp one)
+as separate processes, ingest on each backend with a pipeline that takes (and filters out)
+every event ("routed": the ingest benchmark's own events match no pipeline, and ``serve``
+stores such events without a route job), and ingest on SQLite with ``ingestlayer api`` alone
+(no router beside it). The load generator is ``wrk`` when installed (``BENCH_NO_WRK=1`` forces
+the aiohttp one)
 and always shares the machine with the server: see docs/performance.md.
 """
 
@@ -118,11 +121,12 @@ def rows_for(result: dict[str, Any]) -> list[list[str]]:
     if result["benchmark"] == "ingest":
         s, bs = result["ingest_single"], result["bare_single"]
         ratio = result["ratio_single_vs_bare"]
+        how = ", routed" if result.get("routed") else ""
         rows.append(
             [
                 be,
                 mode,
-                "ingest, 1 event/request",
+                f"ingest{how}, 1 event/request",
                 f"{s['events_per_s']:,.0f} ev/s",
                 f"{bs['rps']:,.0f} req/s (bare){bound(bs)}",
                 f"{ratio:.0%}",
@@ -137,7 +141,7 @@ def rows_for(result: dict[str, Any]) -> list[list[str]]:
             [
                 be,
                 mode,
-                f"ingest, {result['batch']} events/request",
+                f"ingest{how}, {result['batch']} events/request",
                 f"{b['events_per_s']:,.0f} ev/s",
                 f"{bb['events_per_s']:,.0f} ev/s (bare){bound(bb)}",
                 f"{result['ratio_batch_vs_bare']:.1%}",
@@ -298,6 +302,9 @@ def main() -> None:
     plan: list[tuple[str, str, str]] = []  # (backend, mode, benchmark)
     for be in backends:
         plan += [(be, "serve", kind) for kind in kinds]
+        if not args.quick and "ingest" in kinds:
+            # Events a pipeline takes (and filters out): what routing adds to the ingest path.
+            plan.append((be, "serve", "ingest-routed"))
         if be == "sqlite" and not args.quick and "ingest" in kinds:
             # The API alone (no router beside it): shows what routing costs the ingest path.
             plan.append((be, "api", "ingest"))
@@ -316,8 +323,8 @@ def main() -> None:
         log(f"running {kind} on {be} ({mode})")
         try:
             with deadline(120 if args.quick else 180, f"{kind} on {be} ({mode})"):
-                if kind == "ingest":
-                    results.append(bench_ingest.run(be, mode, args.quick))
+                if kind.startswith("ingest"):
+                    results.append(bench_ingest.run(be, mode, args.quick, routed=kind == "ingest-routed"))
                 else:
                     results.append(bench_delivery.run(be, mode, args.quick))
         except (BenchError, OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:

@@ -51,6 +51,12 @@ class CompiledPipeline:
     matcher: TypeMatcher
     steps: list[Any]
     routes: list[CompiledRoute]
+    # Per step, the destinations it is scoped to (None: the whole event). Read once here: a
+    # missing attribute on a step's pydantic config raises inside getattr, for every event.
+    scopes: list[list[str] | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.scopes = [getattr(step.config, "destinations", None) or None for step in self.steps]
 
 
 @dataclass
@@ -190,8 +196,7 @@ async def route_event(
         # they would get is the event without, say, its redaction.
         blocked: dict[str, str] = {}
         dropped = False
-        for step in pipe.steps:
-            scoped = getattr(step.config, "destinations", None)
+        for step, scoped in zip(pipe.steps, pipe.scopes, strict=True):
             if scoped:
                 for name in scoped:
                     if name in blocked:
