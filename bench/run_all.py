@@ -1,6 +1,6 @@
 """Run every benchmark and print one table of results, baselines, ratios and targets.
 
-    .venv/bin/python bench/run_all.py            # full: about 7 minutes on 2 cores
+    .venv/bin/python bench/run_all.py            # full: about 8 minutes on 2 cores
     .venv/bin/python bench/run_all.py --quick    # shorter windows: about 1.5 minutes
     .venv/bin/python bench/run_all.py --backend sqlite --only ingest --json out.json
 

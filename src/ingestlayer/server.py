@@ -17,10 +17,11 @@ from ingestlayer.config import Settings
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.migrate import upgrade
 
-# The store's SQLite threads need the GIL briefly between statements; with Python's default 5 ms
-# switch interval each such handoff could wait 5 ms behind a busy event loop. At 1 ms the p99
-# ingest→delivery latency at half load fell from 42-138 ms to 22-23 ms (bench_delivery, same
-# machine, A/B), with no loss of throughput.
+# Helper threads (the WAL's fsync, the management API's database drivers, thread pools) need the
+# GIL briefly to hand results back; with Python's default 5 ms switch interval each hand-back
+# could wait 5 ms behind a busy event loop. Measured when the SQLite writes still ran on a writer
+# thread: p99 ingest→delivery at half load fell from 42-138 ms to 22-23 ms at 1 ms (A/B), with no
+# loss of throughput.
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
