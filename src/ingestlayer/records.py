@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+
+class _HasProject(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def project_id(self) -> str: ...
+
+
+_Routable = TypeVar("_Routable", bound=_HasProject)
 
 
 @dataclass(slots=True)
@@ -50,9 +61,16 @@ class NoRouteHint:
     versions: dict[str, int]
     confirmed: set[str] = field(default_factory=set)
 
-    def settles(self, event_id: str, project_id: str) -> bool:
-        """Whether this event was stored without a route job (after the insert)."""
-        return event_id in self.event_ids and project_id in self.confirmed
+    def confirm(self, current: dict[str, int]) -> None:
+        """Record which projects' config_version (``current``, read in the insert's
+        transaction) is still the one the decision was made at."""
+        self.confirmed = {p for p, v in self.versions.items() if current.get(p) == v}
+
+    def to_route(self, events: list[_Routable]) -> list[_Routable]:
+        """The events that still need routing: all but those stored without a route job."""
+        if not self.confirmed:
+            return events
+        return [e for e in events if not (e.id in self.event_ids and e.project_id in self.confirmed)]
 
 
 @dataclass(slots=True)

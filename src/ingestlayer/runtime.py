@@ -63,13 +63,13 @@ class Runtime:
         token = self.store.route_token(self.settings.route_lease_seconds)
         no_route = self._no_route_hint(batch)
         results = await self.store.insert_events(batch, route_token=token, no_route=no_route)
+        stored = list(batch)
         if any(r.duplicate for r in results):
             fresh = {r.id for r in results if not r.duplicate}
-            events = [stored_from_new(ev) for ev in batch if ev.id in fresh]
-        else:
-            events = list(map(stored_from_new, batch))
-        if no_route is not None and no_route.confirmed:
-            events = [e for e in events if not no_route.settles(e.id, e.project_id)]
+            stored = [ev for ev in stored if ev.id in fresh]
+        if no_route is not None:
+            stored = no_route.to_route(stored)
+        events = list(map(stored_from_new, stored))
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results

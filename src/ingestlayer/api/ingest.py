@@ -196,7 +196,7 @@ class IngestHandler:
             ]
         else:
             events = [self._event(doc, None, principal.project_id, now, idem_header, new_id("evt"))]
-        wait = self.limiter.take(principal.project_id, len(events)) if self.limiter.rate > 0 else None
+        wait = self.limiter.take(principal.project_id, len(events))
         if wait is not None:
             raise ApiError(
                 429,

@@ -198,9 +198,9 @@ class PgHotPath:
                     existing[(project_id, key)] = eid
             stored = [e for e in fresh if e.id in inserted]
             if no_route is not None:
-                current = {r[0]: r[1] for r in await conn.fetch(_CONFIG_VERSIONS, list(no_route.versions))}
-                no_route.confirmed = {p for p, v in no_route.versions.items() if current.get(p) == v}
-                stored = [e for e in stored if not no_route.settles(e.id, e.project_id)]
+                versions = await conn.fetch(_CONFIG_VERSIONS, list(no_route.versions))
+                no_route.confirm({r[0]: r[1] for r in versions})
+                stored = no_route.to_route(stored)
             if stored:
                 await conn.execute(
                     _INSERT_JOBS,
@@ -244,22 +244,7 @@ class PgHotPath:
             # The first `prelease` go straight to this process's dispatcher, already leased.
             kept = mine[:prelease]
             if mine:
-                lease_until = now + lease_seconds
-                rows = [
-                    (
-                        d.id,
-                        d.project_id,
-                        d.event_id,
-                        d.event_type,
-                        d.pipeline_id,
-                        d.destination_id,
-                        "delivering" if i < len(kept) else "pending",
-                        lease_until if i < len(kept) else now,
-                        token if i < len(kept) else None,
-                        d.body,
-                    )
-                    for i, d in enumerate(mine)
-                ]
+                rows = rowmap.new_delivery_rows(mine, len(kept), token, now + lease_seconds, now)
                 await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
                 if len(mine) > len(kept):  # some wait in the table: wake the dispatchers
                     await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")

@@ -67,6 +67,27 @@ def leased_delivery(r: Sequence[Any], token: str) -> LeasedDelivery:
     )
 
 
+def new_delivery_rows(
+    deliveries: Sequence[NewDelivery], leased: int, token: str, lease_until: float, now: float
+) -> list[tuple[Any, ...]]:
+    """INSERT parameters of routed deliveries (id, project_id, event_id, event_type, pipeline_id,
+    destination_id, status, due_at, lease_token, body): the first ``leased`` already leased under
+    ``token`` until ``lease_until`` (handed to this process's dispatcher), the rest due now."""
+    return [
+        (
+            d.id,
+            d.project_id,
+            d.event_id,
+            d.event_type,
+            d.pipeline_id,
+            d.destination_id,
+            *(("delivering", lease_until, token) if i < leased else ("pending", now, None)),
+            d.body,
+        )
+        for i, d in enumerate(deliveries)
+    ]
+
+
 def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
     """A delivery inserted already leased (handed to this process's dispatcher)."""
     return LeasedDelivery(d.id, d.project_id, d.event_id, d.event_type, d.destination_id, 0, 0, d.body, token)

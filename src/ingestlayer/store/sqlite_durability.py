@@ -137,13 +137,16 @@ class Checkpointer:
         self._wanted = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def request(self) -> None:
         if self._closed:
             return
         if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
-            self._thread.start()
+            with self._start_lock:  # writers on several threads may ask first at once
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._main, name="sqlite-checkpoint", daemon=True)
+                    self._thread.start()
         self._wanted.set()
 
     def close(self) -> None:

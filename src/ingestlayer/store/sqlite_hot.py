@@ -73,7 +73,7 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
         conn.execute(f"{head} VALUES {', '.join([values] * len(chunk))}", list(chain.from_iterable(chunk)))
 
 
-# ---- operations (run on the store's threads; each write is part of one transaction) ---------
+# ---- operations (run on the event loop by LoopSqlite; each write is one transaction) ---------
 
 
 def insert_events(
@@ -90,10 +90,8 @@ def insert_events(
         _insert_rows(conn, _INSERT_EVENT, list(map(_event_row, batch)))
         inserted, existing, fresh = set(), {}, list(batch)
     if no_route is not None:
-        current = config_versions(conn, list(no_route.versions))
-        no_route.confirmed = {p for p, v in no_route.versions.items() if current.get(p) == v}
-        if no_route.confirmed:
-            fresh = [ev for ev in fresh if not no_route.settles(ev.id, ev.project_id)]
+        no_route.confirm(config_versions(conn, list(no_route.versions)))
+        fresh = no_route.to_route(fresh)
     if route_token is None:
         jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in fresh]
     else:  # leased to this process's router already
@@ -180,51 +178,12 @@ def complete_routing(
     mine = [d for d in new_deliveries if d.event_id in owned]
     # The first `prelease` go straight to this process's dispatcher, already leased.
     token = new_id("lse")
-    kept, rest = mine[:prelease], mine[prelease:]
-    insert = (
-        "INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,"
-        " attempts, retry_base, due_at, lease_token, body, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?, ?)"
-    )
-    lease_until = now + lease_seconds
+    kept = mine[:prelease]
     conn.executemany(
-        insert,
-        [
-            *(
-                (
-                    d.id,
-                    d.project_id,
-                    d.event_id,
-                    d.event_type,
-                    d.pipeline_id,
-                    d.destination_id,
-                    "delivering",
-                    lease_until,
-                    token,
-                    d.body,
-                    now,
-                    now,
-                )
-                for d in kept
-            ),
-            *(
-                (
-                    d.id,
-                    d.project_id,
-                    d.event_id,
-                    d.event_type,
-                    d.pipeline_id,
-                    d.destination_id,
-                    "pending",
-                    now,
-                    None,
-                    d.body,
-                    now,
-                    now,
-                )
-                for d in rest
-            ),
-        ],
+        "INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,"
+        " due_at, lease_token, body, attempts, retry_base, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+        [(*r, now, now) for r in rowmap.new_delivery_rows(mine, len(kept), token, now + lease_seconds, now)],
     )
     conn.executemany(
         "UPDATE events SET trace = ? WHERE id = ?",
