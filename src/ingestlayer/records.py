@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -29,6 +30,8 @@ class NewEvent:
     source: str
     occurred_at: float
     received_at: float
+    # The pipelines' trace (JSON), when ingest routed the event itself (see IngestRouting).
+    trace: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,26 +54,58 @@ class StoredEvent:
 
 
 @dataclass(slots=True)
-class NoRouteHint:
-    """Events that no pipeline takes, by the router's compiled configuration at ``versions``
-    (project id: config_version). Ingest stores them without a route job, in projects whose
-    config_version is still that one when the transaction runs; it fills ``confirmed`` with
-    those projects. Elsewhere (the configuration moved) they get a route job as usual."""
+class IngestRouting:
+    """Routing that ingest decided before storing a batch, by the router's compiled
+    configuration at ``versions`` (project id: config_version):
 
-    event_ids: set[str]
-    versions: dict[str, int]
+    - ``untaken``: events that no pipeline takes, stored without a route job;
+    - ``traces`` (event id: trace JSON) and ``deliveries``: events routed by ingest itself
+      (pipelines whose steps cannot wait), stored with their trace and deliveries.
+
+    Either holds only in projects whose config_version is still that one when the insert's
+    transaction runs (:meth:`confirm`); elsewhere the events get a route job as usual, so a
+    pipeline changed a moment ago still sees the next event. The insert fills ``created`` with
+    the deliveries it stored and ``leased`` with the first ``prelease`` of them, stored already
+    leased for this process's dispatcher."""
+
+    versions: dict[str, int] = field(default_factory=dict)
+    untaken: set[str] = field(default_factory=set)
+    traces: dict[str, str] = field(default_factory=dict)
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    prelease: int = 0
+    lease_seconds: float = 90.0
     confirmed: set[str] = field(default_factory=set)
+    created: int = 0
+    leased: list[LeasedDelivery] = field(default_factory=list)
 
     def confirm(self, current: dict[str, int]) -> None:
         """Record which projects' config_version (``current``, read in the insert's
-        transaction) is still the one the decision was made at."""
+        transaction) is still the one the decisions were made at."""
         self.confirmed = {p for p, v in self.versions.items() if current.get(p) == v}
 
+    def _settled(self, event: _HasProject) -> bool:
+        return event.project_id in self.confirmed and (event.id in self.untaken or event.id in self.traces)
+
     def to_route(self, events: list[_Routable]) -> list[_Routable]:
-        """The events that still need routing: all but those stored without a route job."""
+        """The events that still need routing: all but those settled here."""
         if not self.confirmed:
             return events
-        return [e for e in events if not (e.id in self.event_ids and e.project_id in self.confirmed)]
+        return [e for e in events if not self._settled(e)]
+
+    def set_traces(self, batch: Sequence[NewEvent]) -> None:
+        """Put each routed event's trace on it for the INSERT, in confirmed projects only."""
+        if self.traces:
+            for ev in batch:
+                ev.trace = self.traces.get(ev.id) if ev.project_id in self.confirmed else None
+
+    def deliveries_for(self, inserted: Container[str] | None) -> list[NewDelivery]:
+        """The deliveries to store: those of confirmed projects' events that were inserted
+        (``None``: all were; a duplicate key inserts nothing)."""
+        return [
+            d
+            for d in self.deliveries
+            if d.project_id in self.confirmed and (inserted is None or d.event_id in inserted)
+        ]
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
-from ingestlayer.records import IngestResult, NewEvent, NoRouteHint, RouteLease
+from ingestlayer.records import IngestResult, NewEvent, RouteLease
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.rows import stored_from_new
@@ -61,31 +61,19 @@ class Runtime:
             self.router.wake.set()  # their jobs wait in the table
             return results
         token = self.store.route_token(self.settings.route_lease_seconds)
-        no_route = self._no_route_hint(batch)
-        results = await self.store.insert_events(batch, route_token=token, no_route=no_route)
+        routing = await self.router.plan_ingest(batch)
+        results = await self.store.insert_events(batch, route_token=token, routing=routing)
         stored = list(batch)
         if any(r.duplicate for r in results):
             fresh = {r.id for r in results if not r.duplicate}
             stored = [ev for ev in stored if ev.id in fresh]
-        if no_route is not None:
-            stored = no_route.to_route(stored)
+        if routing is not None:
+            self.router.ingested(routing)
+            stored = routing.to_route(stored)
         events = list(map(stored_from_new, stored))
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results
-
-    def _no_route_hint(self, batch: Sequence[NewEvent]) -> NoRouteHint | None:
-        """Events that no pipeline takes, by the configuration this process's router compiled
-        last: they need no route job, no routing pass and no second transaction, if that
-        configuration is still current when they are stored (the insert checks)."""
-        versions: dict[str, int] = {}
-        ids: set[str] = set()
-        for ev in batch:
-            compiled = self.router.configs.current(ev.project_id)
-            if compiled is not None and not compiled.takes(ev.type):
-                ids.add(ev.id)
-                versions[ev.project_id] = compiled.version
-        return NoRouteHint(ids, versions) if ids else None
 
     def _routed(self, created: int, handed_over: int) -> None:
         metrics.DELIVERIES_CREATED.inc(created)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
+
+import orjson
 
 from ingestlayer.config import Settings
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.pipeline.runner import CompiledProject, StepRetry, compile_project, route_event
-from ingestlayer.records import LeasedDelivery, NewDelivery, RouteLease, StoredEvent
+from ingestlayer.records import IngestRouting, LeasedDelivery, NewDelivery, NewEvent, RouteLease, StoredEvent
+from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 
 log = logging.getLogger("ingestlayer.router")
@@ -90,6 +93,46 @@ class Router:
         self._handed: list[RouteLease] = []
         self._handed_events = 0
         self._last_table_lease = 0.0
+
+    # ---- ingest in this process ----------------------------------------------------------------
+
+    async def plan_ingest(self, batch: Sequence[NewEvent]) -> IngestRouting | None:
+        """Route what can be routed before the batch is stored, by the configuration compiled
+        last: events no pipeline takes need nothing, and the pipelines whose steps cannot wait
+        run here, so their deliveries and trace are stored with the event. That saves the route
+        job, its lease and a second transaction. The insert checks that the configuration is
+        still current; what it does not settle (unknown or stale configuration, pipelines that
+        may wait, a step that failed) gets a route job and is routed the usual way."""
+        routing: IngestRouting | None = None
+        for ev in batch:
+            compiled = self.configs.current(ev.project_id)
+            if compiled is None:
+                continue
+            if not compiled.takes(ev.type):
+                routing = routing or IngestRouting()
+                routing.untaken.add(ev.id)
+            elif compiled.performs_io:
+                continue
+            else:
+                try:
+                    dels, trace = await route_event(compiled, stored_from_new(ev), self.services)
+                except Exception:  # StepRetry or a bug: the router retries and logs it
+                    continue
+                routing = routing or IngestRouting()
+                routing.traces[ev.id] = orjson.dumps(trace).decode()
+                routing.deliveries.extend(dels)
+            routing.versions[ev.project_id] = compiled.version
+        if routing is not None and routing.deliveries:
+            routing.prelease = self.handoff.capacity() if self.handoff is not None else 0
+            routing.lease_seconds = self.settings.delivery_lease_seconds
+        return routing
+
+    def ingested(self, routing: IngestRouting) -> None:
+        """After the insert: hand the deliveries it stored leased to this process's dispatcher."""
+        if routing.leased and self.handoff is not None:
+            self.handoff.accept(routing.leased)
+        if self._on_routed is not None and routing.created:
+            self._on_routed(routing.created, len(routing.leased))
 
     # ---- handoff from ingest in this process --------------------------------------------------
 

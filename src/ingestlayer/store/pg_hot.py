@@ -25,10 +25,10 @@ from ingestlayer.records import (
     AttemptResult,
     DestinationRow,
     IngestResult,
+    IngestRouting,
     LeasedDelivery,
     NewDelivery,
     NewEvent,
-    NoRouteHint,
     RouteLease,
 )
 from ingestlayer.store import rows as rowmap
@@ -45,9 +45,9 @@ DELIVER_CHANNEL = "ingestlayer_deliver"
 LISTEN_RETRY_SECONDS = 1.0
 
 _INSERT_EVENTS = """
-INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)
+INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::float8[], $8::float8[])
+                     $7::float8[], $8::float8[], $9::text[])
 ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -128,6 +128,20 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
+async def _insert_deliveries(
+    conn: asyncpg.Connection, new: Sequence[NewDelivery], prelease: int, lease_seconds: float
+) -> list[LeasedDelivery]:
+    """Insert routed deliveries; the first ``prelease`` go straight to this process's
+    dispatcher, inserted already leased, and are returned as such."""
+    if not new:
+        return []
+    rows, leased, now = rowmap.new_delivery_rows(new, prelease, lease_seconds)
+    await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
+    if len(leased) < len(new):  # some wait in the table: wake the dispatchers
+        await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")
+    return leased
+
+
 class PgHotPath:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -174,12 +188,16 @@ class PgHotPath:
     # ---- ingest ---------------------------------------------------------------------------
 
     async def insert_events(
-        self, batch: Sequence[NewEvent], route_token: float | None, no_route: NoRouteHint | None = None
+        self, batch: Sequence[NewEvent], route_token: float | None, routing: IngestRouting | None = None
     ) -> list[IngestResult]:
         plan = InsertPlan(batch)
         fresh = plan.fresh
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
+            if routing is not None:
+                versions = await conn.fetch(_CONFIG_VERSIONS, list(routing.versions))
+                routing.confirm({r[0]: r[1] for r in versions})
+                routing.set_traces(fresh)
             rows = await conn.fetch(
                 _INSERT_EVENTS,
                 [e.id for e in fresh],
@@ -190,6 +208,7 @@ class PgHotPath:
                 [e.source for e in fresh],
                 [e.occurred_at for e in fresh],
                 [e.received_at for e in fresh],
+                [e.trace for e in fresh],
             )
             inserted = {r[0] for r in rows}
             existing: dict[tuple[str, str], str] = {}
@@ -197,10 +216,11 @@ class PgHotPath:
                 for key, eid in await conn.fetch(_EXISTING_KEYS, project_id, keys):
                     existing[(project_id, key)] = eid
             stored = [e for e in fresh if e.id in inserted]
-            if no_route is not None:
-                versions = await conn.fetch(_CONFIG_VERSIONS, list(no_route.versions))
-                no_route.confirm({r[0]: r[1] for r in versions})
-                stored = no_route.to_route(stored)
+            if routing is not None:
+                stored = routing.to_route(stored)
+                mine = routing.deliveries_for(inserted)
+                routing.created = len(mine)
+                routing.leased = await _insert_deliveries(conn, mine, routing.prelease, routing.lease_seconds)
             if stored:
                 await conn.execute(
                     _INSERT_JOBS,
@@ -233,25 +253,16 @@ class PgHotPath:
         prelease: int,
         lease_seconds: float,
     ) -> tuple[int, list[LeasedDelivery]]:
-        now = time.time()
-        token = new_id("lse")
         pool = await self.pool()
         async with pool.acquire() as conn, conn.transaction():
             owned: set[str] = set()
             for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
                 owned.update(r[0] for r in await conn.fetch(_COMPLETE_JOBS, route_token, ids))
             mine = [d for d in new_deliveries if d.event_id in owned]
-            # The first `prelease` go straight to this process's dispatcher, already leased.
-            kept = mine[:prelease]
-            if mine:
-                rows = rowmap.new_delivery_rows(mine, len(kept), token, now + lease_seconds, now)
-                await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
-                if len(mine) > len(kept):  # some wait in the table: wake the dispatchers
-                    await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")
+            leased = await _insert_deliveries(conn, mine, prelease, lease_seconds)
             trace_rows = [(eid, orjson.dumps(t).decode()) for eid, t in traces.items() if eid in owned]
             if trace_rows:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
-        leased = [rowmap.leased_new(d, token) for d in kept]
         return len(mine), leased
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:

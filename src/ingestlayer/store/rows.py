@@ -6,11 +6,13 @@ Rows arrive as plain tuples (``sqlite3`` rows, asyncpg records), columns in the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from ingestlayer.ids import new_id
 from ingestlayer.records import (
     AttemptResult,
     DestinationRow,
@@ -68,12 +70,17 @@ def leased_delivery(r: Sequence[Any], token: str) -> LeasedDelivery:
 
 
 def new_delivery_rows(
-    deliveries: Sequence[NewDelivery], leased: int, token: str, lease_until: float, now: float
-) -> list[tuple[Any, ...]]:
+    deliveries: Sequence[NewDelivery], prelease: int, lease_seconds: float
+) -> tuple[list[tuple[Any, ...]], list[LeasedDelivery], float]:
     """INSERT parameters of routed deliveries (id, project_id, event_id, event_type, pipeline_id,
-    destination_id, status, due_at, lease_token, body): the first ``leased`` already leased under
-    ``token`` until ``lease_until`` (handed to this process's dispatcher), the rest due now."""
-    return [
+    destination_id, status, due_at, lease_token, body), the time they are created at, and the
+    first ``prelease`` as leased deliveries: those are inserted already leased (handed straight
+    to this process's dispatcher), the rest due now."""
+    now = time.time()
+    token = new_id("lse")
+    leased = len(deliveries[:prelease])
+    lease_until = now + lease_seconds
+    rows = [
         (
             d.id,
             d.project_id,
@@ -86,6 +93,7 @@ def new_delivery_rows(
         )
         for i, d in enumerate(deliveries)
     ]
+    return rows, [leased_new(d, token) for d in deliveries[:prelease]], now
 
 
 def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:

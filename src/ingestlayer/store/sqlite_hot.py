@@ -23,10 +23,10 @@ from ingestlayer.records import (
     AttemptResult,
     DestinationRow,
     IngestResult,
+    IngestRouting,
     LeasedDelivery,
     NewDelivery,
     NewEvent,
-    NoRouteHint,
     RouteLease,
 )
 from ingestlayer.store import rows as rowmap
@@ -36,8 +36,8 @@ from ingestlayer.store.sqlite_loop import LoopSqlite
 DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
 
 _INSERT_EVENT = (
-    "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at,"
+    " trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # The conflict target names the partial unique index (keyed events only).
 _INSERT_KEYED_EVENT = (
@@ -54,11 +54,19 @@ def _ids_json(ids: Sequence[str]) -> str:
 
 # An event's INSERT parameters, as a tuple made in C.
 _event_row: Callable[[NewEvent], tuple[Any, ...]] = operator.attrgetter(
-    "id", "project_id", "type", "payload_json", "idempotency_key", "source", "occurred_at", "received_at"
+    "id",
+    "project_id",
+    "type",
+    "payload_json",
+    "idempotency_key",
+    "source",
+    "occurred_at",
+    "received_at",
+    "trace",
 )
 
 
-# Rows per multi-row INSERT: 8 columns x 500 rows stays far below SQLite's 32,766 variables.
+# Rows per multi-row INSERT: 9 columns x 500 rows stays far below SQLite's 32,766 variables.
 _ROWS_PER_INSERT = 500
 
 
@@ -80,24 +88,30 @@ def insert_events(
     conn: sqlite3.Connection,
     batch: Sequence[NewEvent],
     route_token: float | None,
-    no_route: NoRouteHint | None = None,
+    routing: IngestRouting | None = None,
 ) -> list[IngestResult]:
+    if routing is not None:
+        routing.confirm(config_versions(conn, list(routing.versions)))
+        routing.set_traces(batch)
     plan = InsertPlan(batch)
+    inserted: set[str] | None
     if plan.first_by_key:
         inserted, existing = _insert_keyed(conn, plan)
         fresh = [ev for ev in plan.fresh if ev.id in inserted]
     else:  # no idempotency keys (the usual case): every event is new
         _insert_rows(conn, _INSERT_EVENT, list(map(_event_row, batch)))
-        inserted, existing, fresh = set(), {}, list(batch)
-    if no_route is not None:
-        no_route.confirm(config_versions(conn, list(no_route.versions)))
-        fresh = no_route.to_route(fresh)
+        inserted, existing, fresh = None, {}, list(batch)
+    if routing is not None:
+        fresh = routing.to_route(fresh)
+        mine = routing.deliveries_for(inserted)
+        routing.created = len(mine)
+        routing.leased = _insert_deliveries(conn, mine, routing.prelease, routing.lease_seconds)
     if route_token is None:
         jobs = [(ev.id, ev.project_id, ev.received_at, 0) for ev in fresh]
     else:  # leased to this process's router already
         jobs = [(ev.id, ev.project_id, route_token, 1) for ev in fresh]
     _insert_rows(conn, _INSERT_JOB, jobs)
-    return plan.results(inserted, existing)
+    return plan.results(inserted or set(), existing)
 
 
 def _insert_keyed(conn: sqlite3.Connection, plan: InsertPlan) -> tuple[set[str], dict[tuple[str, str], str]]:
@@ -163,7 +177,6 @@ def complete_routing(
     prelease: int,
     lease_seconds: float,
 ) -> tuple[int, list[LeasedDelivery]]:
-    now = time.time()
     owned: set[str] = set()
     for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
         # Usually every job is still ours; RETURNING the ids would cost as much as the delete.
@@ -176,21 +189,29 @@ def complete_routing(
             owned.update(r[0] for r in conn.execute(_DELETE_LEASED_JOBS + " RETURNING event_id", params))
         conn.execute("RELEASE route_jobs")
     mine = [d for d in new_deliveries if d.event_id in owned]
-    # The first `prelease` go straight to this process's dispatcher, already leased.
-    token = new_id("lse")
-    kept = mine[:prelease]
-    conn.executemany(
-        "INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,"
-        " due_at, lease_token, body, attempts, retry_base, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
-        [(*r, now, now) for r in rowmap.new_delivery_rows(mine, len(kept), token, now + lease_seconds, now)],
-    )
+    leased = _insert_deliveries(conn, mine, prelease, lease_seconds)
     conn.executemany(
         "UPDATE events SET trace = ? WHERE id = ?",
         [(orjson.dumps(t).decode(), eid) for eid, t in traces.items() if eid in owned],
     )
-    leased = [rowmap.leased_new(d, token) for d in kept]
     return len(mine), leased
+
+
+def _insert_deliveries(
+    conn: sqlite3.Connection, new: Sequence[NewDelivery], prelease: int, lease_seconds: float
+) -> list[LeasedDelivery]:
+    """Insert routed deliveries; the first ``prelease`` go straight to this process's
+    dispatcher, inserted already leased, and are returned as such."""
+    if not new:
+        return []
+    rows, leased, now = rowmap.new_delivery_rows(new, prelease, lease_seconds)
+    conn.executemany(
+        "INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,"
+        " due_at, lease_token, body, attempts, retry_base, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+        [(*r, now, now) for r in rows],
+    )
+    return leased
 
 
 def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float]) -> None:
@@ -279,9 +300,9 @@ class SqliteHotPath:
         await self.db.close()
 
     async def insert_events(
-        self, batch: Sequence[NewEvent], route_token: float | None, no_route: NoRouteHint | None = None
+        self, batch: Sequence[NewEvent], route_token: float | None, routing: IngestRouting | None = None
     ) -> list[IngestResult]:
-        return await self.db.write(insert_events, batch, route_token, no_route)
+        return await self.db.write(insert_events, batch, route_token, routing)
 
     # A lease first looks whether anything is due: an idle poll must not take the write lock
     # many times a second while other connections may be writing.

@@ -24,10 +24,10 @@ from ingestlayer.records import (
     AttemptResult,
     DestinationRow,
     IngestResult,
+    IngestRouting,
     LeasedDelivery,
     NewDelivery,
     NewEvent,
-    NoRouteHint,
     PipelineRow,
     ProjectConfig,
     RouteLease,
@@ -246,7 +246,7 @@ class Store:
         self,
         batch: Sequence[NewEvent],
         route_token: float | None = None,
-        no_route: NoRouteHint | None = None,
+        routing: IngestRouting | None = None,
     ) -> list[IngestResult]:
         """Store events and their route jobs in one transaction (the outbox).
 
@@ -254,10 +254,11 @@ class Store:
         yields the first event's id with ``duplicate=True`` and no second route job.
         With ``route_token`` the route jobs are stored already leased under it (a router in this
         process takes the events straight from ingest); otherwise they are due at once.
-        Events in ``no_route`` get no route job while their project's configuration is still
-        the one that decided no pipeline takes them (see :class:`NoRouteHint`).
+        Events that ``routing`` settled (no pipeline takes them, or ingest routed them itself)
+        get no route job, and the latter their trace and deliveries, while their project's
+        configuration is still the one that decided (see :class:`IngestRouting`).
         """
-        return await self._hot.insert_events(batch, route_token, no_route)
+        return await self._hot.insert_events(batch, route_token, routing)
 
     # ---- routing -----------------------------------------------------------------------------
 
