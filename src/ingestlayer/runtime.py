@@ -48,9 +48,11 @@ class Runtime:
         self.router = Router(
             self.store, settings, on_routed=self._routed, services=services, handoff=self.dispatcher
         )
-        insert = self._insert_and_hand_over if api and worker else self.store.insert_events
+        insert = self._insert_and_hand_over if api and worker else self._insert_routed
         self.committer = GroupCommitter(insert, max_batch=settings.ingest_batch_max)
         self._tasks: list[asyncio.Task[None]] = []
+        self._compiling: set[str] = set()  # projects whose configuration ingest is compiling
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _insert_and_hand_over(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
         """Store events with their route jobs leased to this process's router, and hand them
@@ -74,6 +76,38 @@ class Runtime:
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results
+
+    async def _insert_routed(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
+        """``api`` alone: route at ingest what the compiled configuration settles, and leave
+        the rest to the workers as route jobs. No router runs here to compile configurations
+        as a side effect, so ingest compiles those it found missing or stale, after the insert
+        and off the request's path."""
+        routing = await self.router.plan_ingest(batch)
+        results = await self.store.insert_events(batch, routing=routing)
+        if routing is not None and routing.created:
+            metrics.DELIVERIES_CREATED.inc(routing.created)
+        # Projects never compiled here, or whose configuration moved since.
+        stale = {ev.project_id for ev in batch if self.router.configs.current(ev.project_id) is None}
+        if routing is not None:
+            stale |= routing.versions.keys() - routing.confirmed
+        stale -= self._compiling
+        if stale and not self.stop.is_set():
+            self._compiling |= stale
+            task = asyncio.create_task(self._compile(stale), name="compile-config")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return results
+
+    async def _compile(self, project_ids: set[str]) -> None:
+        try:
+            await self.router.configs.get_many(project_ids)
+        except Exception:
+            log.exception(
+                "compiling the configuration of %d projects failed; events are routed by the workers",
+                len(project_ids),
+            )
+        finally:
+            self._compiling -= project_ids
 
     def _routed(self, created: int, handed_over: int) -> None:
         metrics.DELIVERIES_CREATED.inc(created)
@@ -119,6 +153,9 @@ class Runtime:
         """Stop taking work, commit queued events, let in-flight attempts finish, close."""
         self.stop.set()
         await self.committer.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._step_http.close()

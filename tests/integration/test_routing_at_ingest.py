@@ -5,6 +5,7 @@ decided is still the project's current one; everything else is routed by the rou
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -171,5 +172,49 @@ async def test_pipelines_that_may_wait_are_left_to_the_router(db_url: str) -> No
         assert router.backlog() == 1  # an enrichment may wait: not run inside ingest
         await router.run_once()
         assert len(await _deliveries_for(store, ev)) == 1
+    finally:
+        await rt.shutdown()
+
+
+async def test_api_alone_routes_at_ingest_once_it_has_compiled_the_configuration(db_url: str) -> None:
+    """``ingestlayer api`` runs no router: it compiles configurations itself, after the first
+    insert that lacked one, and leaves the deliveries due for the workers' dispatchers."""
+    rt = Runtime(Settings.from_env().with_overrides(database_url=db_url), api=True, worker=False)
+    rt.committer.start()
+    store = rt.store
+    try:
+        project_id, _, _ = await store.create_project("p")
+        await _apply(store, project_id, _pipeline("big", "invoice.*", {"filter.match": "amount >= 100"}))
+        first = _events(project_id, "invoice.failed", payload='{"amount": 500}')
+        await rt.committer.submit(first)
+        assert await store.pending_route_jobs() == 1  # nothing compiled yet: a worker routes it
+
+        for _ in range(100):  # the compilation runs in the background
+            if rt.router.configs.current(project_id) is not None:
+                break
+            await asyncio.sleep(0.01)
+        kept = _events(project_id, "invoice.failed", 2, payload='{"amount": 250}')
+        await rt.committer.submit(kept)
+        assert await store.pending_route_jobs() == 1
+        assert [status for status, _ in await _deliveries_for(store, kept)] == ["pending", "pending"]
+
+        # The configuration moves: a route job again, and the new configuration is compiled.
+        await _apply(store, project_id, _pipeline("big", "invoice.*", {"filter.match": "amount >= 1000"}))
+        moved = _events(project_id, "invoice.failed", payload='{"amount": 250}')
+        await rt.committer.submit(moved)
+        assert await store.pending_route_jobs() == 2 and await _deliveries_for(store, moved) == []
+        for _ in range(100):
+            compiled = rt.router.configs.current(project_id)
+            if (
+                compiled is not None
+                and compiled.version == (await store.config_versions({project_id}))[project_id]
+            ):
+                break
+            await asyncio.sleep(0.01)
+        small = _events(project_id, "invoice.failed", payload='{"amount": 250}')
+        await rt.committer.submit(small)
+        assert await store.pending_route_jobs() == 2 and await _deliveries_for(store, small) == []
+        stored = await store.get_event(project_id, small[0].id)
+        assert stored is not None and stored.trace is not None and stored.trace[0]["outcome"] == "dropped"
     finally:
         await rt.shutdown()
