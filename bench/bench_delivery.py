@@ -170,12 +170,14 @@ WHERE e.type = 'bench.latency'
 
 def stage_breakdown(db_url: str, skip_before: float) -> dict[str, dict[str, float]]:
     """Where an event's ingest→delivery time goes, from the timestamps the server stores:
-    sent → received by the API → delivery row written by the router → attempt started by the
-    dispatcher → attempt finished (the receiver's 200 read)."""
+    sent → received by the API → delivery row made (by ingest itself where it routes, by the
+    router otherwise) → attempt started by the dispatcher → attempt finished (the receiver's 200
+    read). Where ingest routes, the delivery's time is taken before the insert commits, so the
+    commit and its fsync fall in the third stage."""
     stages: dict[str, list[float]] = {
         "client → API (request read)": [],
-        "API → routed (commit, router wake, lease, route)": [],
-        "routed → attempt starts (dispatcher wake, lease)": [],
+        "API → routed (ingest group, pipelines)": [],
+        "routed → attempt starts (commit, hand-over)": [],
         "attempt (HTTP to receiver)": [],
     }
     for payload, received, routed, started, duration_ms in query(db_url, STAGE_SQL):
