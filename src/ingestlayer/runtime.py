@@ -32,6 +32,14 @@ RETENTION_INTERVAL_SECONDS = 600.0
 HANDOFF_BACKLOG = 20_000
 
 
+def _count_ingested(results: list[IngestResult]) -> None:
+    """Count what each ingest transaction stored: once per group, not per request."""
+    dupes = sum(r.duplicate for r in results)
+    metrics.EVENTS_INGESTED.inc(len(results) - dupes)
+    if dupes:
+        metrics.EVENTS_DUPLICATE.inc(dupes)
+
+
 class Runtime:
     def __init__(self, settings: Settings, *, api: bool = True, worker: bool = True) -> None:
         self.settings = settings
@@ -49,7 +57,12 @@ class Runtime:
             self.store, settings, on_routed=self._routed, services=services, handoff=self.dispatcher
         )
         insert = self._insert_and_hand_over if api and worker else self._insert_routed
-        self.committer = GroupCommitter(insert, max_batch=settings.ingest_batch_max)
+        self.committer = GroupCommitter(
+            insert,
+            max_batch=settings.ingest_batch_max,
+            max_inflight=self.store.concurrent_writers,
+            on_commit=_count_ingested,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._compiling: set[str] = set()  # projects whose configuration ingest is compiling
         self._background: set[asyncio.Task[None]] = set()

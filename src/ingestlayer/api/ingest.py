@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache, authenticate
 from ingestlayer.api.errors import ApiError
 from ingestlayer.ids import new_id, new_ids
@@ -83,14 +82,23 @@ def has_huge_int(value: Any) -> bool:
     return False
 
 
+# The response headers by body length: answers to single events all have the same length.
+_HEADERS_BY_LENGTH: dict[int, list[tuple[bytes, bytes]]] = {}
+
+
 async def send_json(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    base = _HEADERS_BY_LENGTH.get(len(body))
+    if base is None:
+        base = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        if len(_HEADERS_BY_LENGTH) < 4096:
+            _HEADERS_BY_LENGTH[len(body)] = base
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *(headers or [])],
+            "headers": [*base, *headers] if headers else base,
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -217,11 +225,8 @@ class IngestHandler:
                 "the event was not stored (database unavailable); retry with the same idempotency key",
                 headers={"Retry-After": "1"},
             ) from None
-        dupes = sum(r.duplicate for r in results)
-        metrics.EVENTS_INGESTED.inc(len(results) - dupes)
-        if dupes:
-            metrics.EVENTS_DUPLICATE.inc(dupes)
         if "batch" in doc:
+            dupes = sum(r.duplicate for r in results)
             body = orjson.dumps(
                 {
                     "items": [{"id": r.id, "duplicate": r.duplicate} for r in results],

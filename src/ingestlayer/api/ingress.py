@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from ingestlayer import metrics
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.manage import run_apply
@@ -125,10 +124,6 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         raise ApiError(
             503, "the event was not stored; the sender should retry", headers={"Retry-After": "1"}
         ) from None
-    if result.duplicate:
-        metrics.EVENTS_DUPLICATE.inc()
-    else:
-        metrics.EVENTS_INGESTED.inc()
     return Response(
         orjson.dumps({"id": result.id, "duplicate": result.duplicate}),
         status_code=200 if result.duplicate else 202,

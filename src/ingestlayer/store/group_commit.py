@@ -25,10 +25,16 @@ class GroupCommitter:
         insert: InsertFn,
         *,
         max_batch: int = 2000,
-        on_commit: Callable[[int], None] | None = None,
+        max_inflight: int = 1,
+        on_commit: Callable[[list[IngestResult]], None] | None = None,
     ) -> None:
         self._insert = insert
         self._max_batch = max_batch
+        # Transactions in flight at once: one where the database has a single writer (SQLite,
+        # whose log sync is shared anyway); more where commits run concurrently (PostgreSQL),
+        # so the next group is written while the last one waits for its commit.
+        self._max_inflight = max(1, max_inflight)
+        self._inflight: set[asyncio.Task[None]] = set()
         self._on_commit = on_commit
         self._queue: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
         self._wake = asyncio.Event()
@@ -53,15 +59,29 @@ class GroupCommitter:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
-                size = 0
-                while self._queue and (not group or size + len(self._queue[0][0]) <= self._max_batch):
-                    items, fut = self._queue.pop(0)
-                    group.append((items, fut))
-                    size += len(items)
-                await self._commit(group)
+                if len(self._inflight) >= self._max_inflight:
+                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                group = self._take_group()
+                if self._max_inflight == 1:
+                    await self._commit(group)
+                else:
+                    task = asyncio.create_task(self._commit(group))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
             if self._closing and not self._queue:
+                if self._inflight:
+                    await asyncio.gather(*self._inflight)
                 return
+
+    def _take_group(self) -> list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]:
+        group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
+        size = 0
+        while self._queue and (not group or size + len(self._queue[0][0]) <= self._max_batch):
+            items, fut = self._queue.pop(0)
+            group.append((items, fut))
+            size += len(items)
+        return group
 
     async def _commit(self, group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]) -> None:
         flat = [ev for items, _ in group for ev in items]
@@ -76,7 +96,7 @@ class GroupCommitter:
                     fut.set_exception(exc)
             return
         if self._on_commit is not None:
-            self._on_commit(len(flat))
+            self._on_commit(results)
         pos = 0
         for items, fut in group:
             if not fut.done():

@@ -55,6 +55,8 @@ from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
 DUE_STATUSES = ("pending", "retrying", "delivering")
+# Ingest transactions in flight at once on PostgreSQL (its pool holds more connections).
+PG_CONCURRENT_WRITERS = 4
 _lease_counter = itertools.count(1)
 
 
@@ -127,6 +129,12 @@ class Store:
             self._hot = SqliteHotPath(url.database)
         else:
             self._hot = PgHotPath(url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+    @property
+    def concurrent_writers(self) -> int:
+        """How many hot write transactions are worth running at once: SQLite has one writer;
+        PostgreSQL commits concurrently (and groups their log flushes itself)."""
+        return 1 if self.dialect == "sqlite" else PG_CONCURRENT_WRITERS
 
     @classmethod
     def from_url(cls, url: str) -> Store:
