@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -45,7 +45,35 @@ class PipelineEvent:
         }
 
     def eval_context(self) -> EvalContext:
-        return EvalContext(payload=self.payload, event=self.envelope())
+        return EvalContext(payload=self.payload, event=_LazyEnvelope(self))
+
+
+class _LazyEnvelope(Mapping[str, Any]):
+    """The envelope of an event, formatted only if an expression reads it: most read only the
+    payload, and formatting two timestamps cost as much as evaluating the expression."""
+
+    __slots__ = ("_data", "_event")
+
+    def __init__(self, event: PipelineEvent) -> None:
+        self._event = event
+        self._data: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._event.envelope()
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._load().get(key, default)
 
 
 @dataclass(frozen=True, slots=True)

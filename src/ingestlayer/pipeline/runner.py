@@ -229,10 +229,13 @@ async def route_event(
             continue
         bodies: dict[str, str] = {}
         routed = []
-        base_ctx = event.eval_context()
+        base_ctx = None
         for route in pipe.routes:
-            if route.when is not None and not route.when(base_ctx):
-                continue
+            if route.when is not None:
+                if base_ctx is None:
+                    base_ctx = event.eval_context()
+                if not route.when(base_ctx):
+                    continue
             if route.destination in blocked:
                 entry.setdefault("blocked", {})[route.destination] = blocked[route.destination]
                 continue

@@ -1,0 +1,71 @@
+"""One event through a compiled project: expressions see the payload and the envelope, the
+trace says what each step did, and each matching destination gets one delivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ingestlayer.pipeline.runner import compile_project, route_event
+from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, StoredEvent
+
+OCCURRED = 1_764_000_000.25  # 2025-11-24T16:00:00.250Z
+
+
+def _project(steps: list[dict[str, Any]], routes: list[dict[str, Any]]) -> Any:
+    destinations = {
+        name: DestinationRow(name, "prj_1", name, "webhook.out", {"url": "http://127.0.0.1:9/"}, True, 0.0)
+        for name in ("hook_a", "hook_b")
+    }
+    config = {"source": {"match": ["feature.*"]}, "steps": steps, "destinations": routes}
+    pipeline = PipelineRow("pl_1", "prj_1", "usage", config, False, True, 0.0, 0.0)
+    return compile_project(ProjectConfig("prj_1", 1, [pipeline], destinations))
+
+
+def _event(payload: dict[str, Any], source: str = "api") -> StoredEvent:
+    return StoredEvent(
+        "evt_1", "prj_1", "feature.used", orjson.dumps(payload).decode(), None, source, OCCURRED, OCCURRED + 1
+    )
+
+
+async def test_expressions_read_the_envelope_and_the_payload() -> None:
+    project = _project(
+        [{"name": "filter.match", "config": {"expression": 'event.type = "feature.used" and plan = "pro"'}}],
+        [
+            {"destination_id": "hook_a", "when": 'event.source = "stripe"'},
+            {"destination_id": "hook_b", "when": 'event.occurred_at = "2025-11-24T16:00:00.250Z"'},
+        ],
+    )
+    deliveries, trace = await route_event(project, _event({"plan": "pro"}))
+    assert [d.destination_id for d in deliveries] == ["hook_b"]
+    assert trace[0]["outcome"] == "routed" and trace[0]["steps"][0]["outcome"] == "kept"
+    body = orjson.loads(deliveries[0].body)
+    assert body == {
+        "id": "evt_1",
+        "type": "feature.used",
+        "occurred_at": "2025-11-24T16:00:00.250Z",
+        "payload": {"plan": "pro"},
+    }
+
+    deliveries, _ = await route_event(project, _event({"plan": "pro"}, source="stripe"))
+    assert sorted(d.destination_id for d in deliveries) == ["hook_a", "hook_b"]
+
+    deliveries, trace = await route_event(project, _event({"plan": "free"}))
+    assert deliveries == [] and trace[0]["outcome"] == "dropped"
+
+
+async def test_routes_without_conditions_take_every_event() -> None:
+    project = _project([], [{"destination_id": "hook_a"}, {"destination_id": "hook_b"}])
+    deliveries, trace = await route_event(project, _event({"n": 1}))
+    assert sorted(d.destination_id for d in deliveries) == ["hook_a", "hook_b"]
+    assert len({d.id for d in deliveries}) == 2 and deliveries[0].body == deliveries[1].body
+    assert trace == [
+        {
+            "pipeline": "usage",
+            "pipeline_id": "pl_1",
+            "steps": [],
+            "outcome": "routed",
+            "destinations": ["hook_a", "hook_b"],
+        }
+    ]
