@@ -135,7 +135,13 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.dispatcher.run(self.stop), name="dispatcher"))
             self._tasks.append(
                 asyncio.create_task(
-                    self.store.listen_for_work(self.router.wake.set, self.dispatcher.wake.set, self.stop),
+                    self.store.listen_for_work(
+                        self.router.wake.set,
+                        self.dispatcher.wake.set,
+                        self.stop,
+                        # Without ingest here, work arrives from another process's commits.
+                        watch_commits=not self.run_api,
+                    ),
                     name="listen",
                 )
             )

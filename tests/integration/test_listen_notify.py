@@ -1,5 +1,6 @@
-"""On PostgreSQL a worker in another process is woken by the commit that gives it work, instead of
-finding the work at its next poll."""
+"""A worker in another process is woken by the commit that gives it work, instead of finding the
+work at its next poll: by LISTEN/NOTIFY on PostgreSQL, by watching for other connections'
+commits on SQLite."""
 
 from __future__ import annotations
 
@@ -36,7 +37,45 @@ async def test_ingest_and_routing_commits_wake_listeners_elsewhere(pg_url: str) 
         await worker.close()
 
 
-async def test_sqlite_has_no_signal_and_returns_at_once(sqlite_url: str) -> None:
+async def test_sqlite_workers_are_woken_by_other_connections_commits(sqlite_url: str) -> None:
+    api, worker = Store.from_url(sqlite_url), Store.from_url(sqlite_url)  # two processes' stores
+    woken: list[float] = []
+    stop = asyncio.Event()
+
+    def wake() -> None:
+        woken.append(time.monotonic())
+
+    watching = asyncio.create_task(worker.listen_for_work(wake, wake, stop, watch_commits=True))
+    try:
+        project_id, _, _ = await api.create_project("p")
+        await asyncio.sleep(0.05)
+        woken.clear()
+        # The worker's own commits on its connection are not news to it.
+        now = time.time()
+        own = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        await worker.insert_events([own])
+        await asyncio.sleep(0.05)
+        assert woken == []
+        await worker.complete_routing(await worker.lease_route_jobs(10, 60.0), [], {})
+
+        ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        committed = time.monotonic()
+        await api.insert_events([ev])
+        for _ in range(100):
+            if woken:
+                break
+            await asyncio.sleep(0.005)
+        # Both callbacks, within milliseconds: far below the 50 ms poll interval.
+        assert len(woken) == 2 and woken[0] - committed < 0.04
+        assert (await worker.lease_route_jobs(10, 60.0)).events[0].id == ev.id
+    finally:
+        stop.set()
+        await asyncio.wait_for(watching, 5)
+        await api.close()
+        await worker.close()
+
+
+async def test_sqlite_without_watching_returns_at_once(sqlite_url: str) -> None:
     store = Store.from_url(sqlite_url)
     try:
         await asyncio.wait_for(store.listen_for_work(lambda: None, lambda: None, asyncio.Event()), 1)

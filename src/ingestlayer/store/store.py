@@ -239,12 +239,26 @@ class Store:
     # ---- ingest ------------------------------------------------------------------------------
 
     async def listen_for_work(
-        self, on_route: Callable[[], None], on_deliver: Callable[[], None], stop: asyncio.Event
+        self,
+        on_route: Callable[[], None],
+        on_deliver: Callable[[], None],
+        stop: asyncio.Event,
+        *,
+        watch_commits: bool = False,
     ) -> None:
-        """On PostgreSQL, wake this process's router and dispatcher when another process commits
-        work for them (LISTEN/NOTIFY). On SQLite there is no such signal: they poll."""
+        """Wake this process's router and dispatcher when another process commits work for
+        them. PostgreSQL says so (LISTEN/NOTIFY). SQLite has no such signal: with
+        ``watch_commits`` (a worker with no ingest of its own) any other connection's commit
+        wakes both, and they look for due work; otherwise they poll."""
         if isinstance(self._hot, PgHotPath):
             await self._hot.listen({ROUTE_CHANNEL: on_route, DELIVER_CHANNEL: on_deliver}, stop)
+        elif watch_commits:
+
+            def wake() -> None:
+                on_route()
+                on_deliver()
+
+            await self._hot.watch_commits(wake, stop)
 
     def route_token(self, lease_seconds: float) -> float:
         """A new route lease token: the lease's deadline, made unique within this process."""
