@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from ingestlayer.ids import new_id
-from ingestlayer.records import NewDelivery, NewEvent
+from ingestlayer.records import IngestRouting, NewDelivery, NewEvent
 from ingestlayer.store.store import Store
 
 
@@ -30,6 +30,21 @@ async def test_ingest_and_routing_commits_wake_listeners_elsewhere(pg_url: str) 
         created, handed = await worker.complete_routing(lease, [delivery], {}, prelease=0)
         assert (created, handed) == (1, [])
         await asyncio.wait_for(deliver_woken.wait(), 5)
+
+        # Deliveries that ingest routed itself wake the dispatchers the same way.
+        route_woken.clear()
+        deliver_woken.clear()
+        routed = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        versions = await api.config_versions([project_id])
+        routing = IngestRouting(
+            versions=versions,
+            traces={routed.id: "[]"},
+            deliveries=[NewDelivery(new_id("dlv"), project_id, routed.id, "a.b", "pl_1", "dst_1", "{}")],
+        )
+        await api.insert_events([routed], routing=routing)
+        assert routing.created == 1 and routing.leased == []
+        await asyncio.wait_for(deliver_woken.wait(), 5)
+        assert not route_woken.is_set()  # nothing left to route
     finally:
         stop.set()
         await asyncio.wait_for(listening, 5)

@@ -44,16 +44,38 @@ ROUTE_CHANNEL = "ingestlayer_route"
 DELIVER_CHANNEL = "ingestlayer_deliver"
 LISTEN_RETRY_SECONDS = 1.0
 
-_INSERT_EVENTS = """
-INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::float8[], $8::float8[], $9::text[])
-ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id
-"""
-_INSERT_JOBS = """
-INSERT INTO route_jobs (event_id, project_id, due_at, attempts)
-SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::int[])
+# Ingest as one statement (one round trip, its own transaction): the events, then the route jobs
+# and deliveries of those it inserted (a taken idempotency key inserts nothing), then the
+# notifications, which PostgreSQL sends at commit. A transaction of separate statements cost
+# BEGIN, one round trip each and COMMIT.
+_INGEST = """
+WITH e AS (
+    INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at,
+                        trace)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::float8[], $8::float8[], $9::text[])
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id
+), d AS (
+    INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status,
+                            attempts, retry_base, due_at, lease_token, body, created_at, updated_at)
+    SELECT x.id, x.project_id, x.event_id, x.event_type, x.pipeline_id, x.destination_id, x.status, 0, 0,
+           x.due_at, x.lease_token, x.body, $20, $20
+    FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                $17::float8[], $18::text[], $19::text[])
+         AS x(id, project_id, event_id, event_type, pipeline_id, destination_id, status, due_at, lease_token,
+              body)
+    WHERE x.event_id IN (SELECT id FROM e)
+), j AS (
+    INSERT INTO route_jobs (event_id, project_id, due_at, attempts)
+    SELECT r.event_id, r.project_id, r.due_at, r.attempts
+    FROM unnest($21::text[], $22::text[], $23::float8[], $24::int[])
+         AS r(event_id, project_id, due_at, attempts)
+    WHERE r.event_id IN (SELECT id FROM e)
+)
+SELECT id FROM e
+UNION ALL
+SELECT NULL FROM (SELECT pg_notify(c, '') FROM unnest($25::text[]) AS c) AS n
 """
 _EXISTING_KEYS = """
 SELECT idempotency_key, id FROM events WHERE project_id = $1 AND idempotency_key = ANY($2::text[])
@@ -193,13 +215,31 @@ class PgHotPath:
         plan = InsertPlan(batch)
         fresh = plan.fresh
         pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:
             if routing is not None:
+                # Read just before the insert, not inside its transaction: under READ COMMITTED
+                # each statement takes its own snapshot, so either way a configuration committed
+                # before the event arrived is seen, and one committed while it is stored is as
+                # concurrent as it would be between the two statements of a transaction.
                 versions = await conn.fetch(_CONFIG_VERSIONS, list(routing.versions))
                 routing.confirm({r[0]: r[1] for r in versions})
                 routing.set_traces(fresh)
+            # Written with every event the statement inserts; one whose key was taken gets none.
+            jobs = routing.to_route(fresh) if routing is not None else fresh
+            mine = routing.deliveries_for(None) if routing is not None else []
+            if routing is not None and mine:
+                delivery_rows, leased, now = rowmap.new_delivery_rows(
+                    mine, routing.prelease, routing.lease_seconds
+                )
+            else:
+                delivery_rows, leased, now = [], [], time.time()
+            channels = []
+            if jobs and route_token is None:  # due now, for whichever router: wake them
+                channels.append(ROUTE_CHANNEL)
+            if len(leased) < len(mine):  # some wait in the table: wake the dispatchers
+                channels.append(DELIVER_CHANNEL)
             rows = await conn.fetch(
-                _INSERT_EVENTS,
+                _INGEST,
                 [e.id for e in fresh],
                 [e.project_id for e in fresh],
                 [e.type for e in fresh],
@@ -209,28 +249,25 @@ class PgHotPath:
                 [e.occurred_at for e in fresh],
                 [e.received_at for e in fresh],
                 [e.trace for e in fresh],
+                *_columns(delivery_rows, 10),
+                now,
+                [e.id for e in jobs],
+                [e.project_id for e in jobs],
+                [e.received_at if route_token is None else route_token for e in jobs],
+                [0 if route_token is None else 1] * len(jobs),
+                channels,
             )
-            inserted = {r[0] for r in rows}
+            inserted = {r[0] for r in rows if r[0] is not None}
             existing: dict[tuple[str, str], str] = {}
             for project_id, keys in plan.missing_keys(inserted).items():
                 for key, eid in await conn.fetch(_EXISTING_KEYS, project_id, keys):
                     existing[(project_id, key)] = eid
-            stored = [e for e in fresh if e.id in inserted]
-            if routing is not None:
-                stored = routing.to_route(stored)
-                mine = routing.deliveries_for(inserted)
-                routing.created = len(mine)
-                routing.leased = await _insert_deliveries(conn, mine, routing.prelease, routing.lease_seconds)
-            if stored:
-                await conn.execute(
-                    _INSERT_JOBS,
-                    [e.id for e in stored],
-                    [e.project_id for e in stored],
-                    [e.received_at if route_token is None else route_token for e in stored],
-                    [0 if route_token is None else 1] * len(stored),
-                )
-                if route_token is None:  # due now, for whichever router: wake them
-                    await conn.execute(f"NOTIFY {ROUTE_CHANNEL}")
+        if routing is not None:
+            if len(inserted) < len(fresh):
+                mine = [d for d in mine if d.event_id in inserted]
+                leased = [d for d in leased if d.event_id in inserted]
+            routing.created = len(mine)
+            routing.leased = leased
         return plan.results(inserted, existing)
 
     # ---- routing ----------------------------------------------------------------------------
