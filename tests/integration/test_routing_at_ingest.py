@@ -218,3 +218,37 @@ async def test_api_alone_routes_at_ingest_once_it_has_compiled_the_configuration
         assert stored is not None and stored.trace is not None and stored.trace[0]["outcome"] == "dropped"
     finally:
         await rt.shutdown()
+
+
+async def test_api_alone_notices_a_change_away_from_pipelines_that_may_wait(db_url: str) -> None:
+    rt = Runtime(Settings.from_env().with_overrides(database_url=db_url), api=True, worker=False)
+    rt.committer.start()
+    store = rt.store
+    try:
+        project_id, _, _ = await store.create_project("p")
+        lookup = {"enrich.entity": {"from": "user_id", "entity": "user", "attach": ["plan"]}}
+        await _apply(store, project_id, _pipeline("usage", "feature.*", lookup))
+        await rt.committer.submit(_events(project_id, "feature.used"))
+        for _ in range(100):
+            if rt.router.configs.current(project_id) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert rt.router.configs.current(project_id) is not None
+        await rt.committer.submit(_events(project_id, "feature.used"))
+        assert await store.pending_route_jobs() == 2  # an enrichment may wait: left to the workers
+
+        # The enrichment goes: ingest sees the version move, compiles, and routes from then on.
+        await _apply(store, project_id, _pipeline("usage", "feature.*"))
+        await rt.committer.submit(_events(project_id, "feature.used"))
+        assert await store.pending_route_jobs() == 3
+        for _ in range(100):
+            compiled = rt.router.configs.current(project_id)
+            if compiled is not None and not compiled.performs_io:
+                break
+            await asyncio.sleep(0.01)
+        routed = _events(project_id, "feature.used")
+        await rt.committer.submit(routed)
+        assert await store.pending_route_jobs() == 3
+        assert len(await _deliveries_for(store, routed)) == 1
+    finally:
+        await rt.shutdown()

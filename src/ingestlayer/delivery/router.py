@@ -112,7 +112,9 @@ class Router:
                 routing = routing or IngestRouting()
                 routing.untaken.add(ev.id)
             elif compiled.performs_io:
-                continue
+                # Left to the router; the version still goes to the insert's check, so that a
+                # configuration that changed since is noticed (and compiled again) by ingest.
+                routing = routing or IngestRouting()
             else:
                 try:
                     dels, trace = await route_event(compiled, stored_from_new(ev), self.services)
