@@ -97,8 +97,8 @@ class Runtime:
         and off the request's path."""
         routing = await self.router.plan_ingest(batch)
         results = await self.store.insert_events(batch, routing=routing)
-        if routing is not None and routing.created:
-            metrics.DELIVERIES_CREATED.inc(routing.created)
+        if routing is not None:
+            self.router.ingested(routing)
         # Projects never compiled here, or whose configuration moved since.
         stale = {ev.project_id for ev in batch if self.router.configs.current(ev.project_id) is None}
         if routing is not None:

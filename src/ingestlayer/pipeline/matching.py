@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _PATTERN_RE = re.compile(r"^(\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*)$")
@@ -19,7 +19,19 @@ def is_valid_pattern(value: str) -> bool:
     return len(value) <= 200 and bool(_PATTERN_RE.match(value))
 
 
+# Types remembered per matcher or project at most: event types are many only in a flood.
 _SEEN_MAX = 10_000
+
+
+def remembered(memo: dict[str, bool], event_type: str, compute: Callable[[str], bool]) -> bool:
+    """``compute(event_type)``, kept in ``memo`` (a project sees the same few types again and
+    again); the memo is emptied when it reaches its bound."""
+    known = memo.get(event_type)
+    if known is None:
+        if len(memo) >= _SEEN_MAX:
+            memo.clear()
+        known = memo[event_type] = compute(event_type)
+    return known
 
 
 class TypeMatcher:
@@ -43,9 +55,8 @@ class TypeMatcher:
             return True
         if self._regex is None:
             return False
-        known = self._seen.get(event_type)
-        if known is None:
-            if len(self._seen) >= _SEEN_MAX:
-                self._seen.clear()  # bounded: event types are many only in a flood
-            known = self._seen[event_type] = self._regex.match(event_type) is not None
-        return known
+        return remembered(self._seen, event_type, self._wild_match)
+
+    def _wild_match(self, event_type: str) -> bool:
+        assert self._regex is not None
+        return self._regex.match(event_type) is not None

@@ -20,7 +20,7 @@ import orjson
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
 from ingestlayer.pipeline.expressions import Expression, compile_expression
-from ingestlayer.pipeline.matching import TypeMatcher
+from ingestlayer.pipeline.matching import TypeMatcher, remembered
 from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import NewDelivery, ProjectConfig, StoredEvent
 from ingestlayer.timefmt import iso
@@ -70,12 +70,10 @@ class CompiledProject:
     def takes(self, event_type: str) -> bool:
         """Whether any pipeline's source matches this type; an event no pipeline takes is
         routed to nothing and needs no pass through the pipelines (nor a coroutine)."""
-        known = self._takes.get(event_type)
-        if known is None:
-            if len(self._takes) >= 10_000:
-                self._takes.clear()  # bounded: event types are many only in a flood
-            known = self._takes[event_type] = any(p.matcher(event_type) for p in self.pipelines)
-        return known
+        return remembered(self._takes, event_type, self._any_pipeline_matches)
+
+    def _any_pipeline_matches(self, event_type: str) -> bool:
+        return any(p.matcher(event_type) for p in self.pipelines)
 
     @functools.cached_property
     def performs_io(self) -> bool:
