@@ -215,3 +215,31 @@ async def test_the_wal_is_copied_back_off_the_loop(db: str) -> None:
         assert _db_size(db) > before + 2_000_000
     finally:
         await store.close()
+
+
+def _insert_group(conn: sqlite3.Connection, first: int) -> None:
+    """What an ingest group writes: a few dozen small rows at the end of a table."""
+    conn.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO events VALUES (?, ?)", [(first + i, "x" * 300) for i in range(30)])
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["restarted", "passive-only"])
+async def test_the_wal_starts_over_under_steady_writes(db: str, restart: bool) -> None:
+    # A writer that hardly pauses keeps passive checkpoints from ever reaching the end of the
+    # log, and SQLite starts the log over only once one has: without the restart, the -wal file
+    # keeps every page each commit wrote (the same few pages, again and again): ~44 MB here.
+    store = LoopSqlite(db, restart_wal_after_frames=256 if restart else 1 << 40)
+    largest = 0
+    try:
+        for commit in range(2000):
+            await store.write(_insert_group, commit * 30, durable=False)
+            await asyncio.sleep(0.001)
+            largest = max(largest, os.stat(db + "-wal").st_size)
+        stored = await store.read(lambda conn: conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        await store.close()
+    assert stored == 60_000
+    if restart:
+        assert largest < 16 * 1024 * 1024
+    else:
+        assert largest > 30 * 1024 * 1024

@@ -122,6 +122,11 @@ class WalSync:
 
 # How often a writer asks for a checkpoint, at most.
 CHECKPOINT_INTERVAL_SECONDS = 0.5
+# A log longer than this many frames (4 KiB pages) after a passive checkpoint is started over.
+RESTART_AFTER_FRAMES = 8192
+# How long that restart may wait for the writer and the readers to let go (and so hold up the
+# next writer) before it gives up until the next checkpoint.
+RESTART_WAIT_MS = 20
 
 
 class Checkpointer:
@@ -130,10 +135,29 @@ class Checkpointer:
     SQLite's automatic checkpoint runs inside the COMMIT that crosses 1,000 WAL pages: on the
     event loop it would hold up every request while it copies pages and syncs the database file
     (stalls of 100-400 ms were seen at 800 events/s). A passive checkpoint here never blocks the
-    writer, whose own automatic checkpoint is off."""
+    writer, whose own automatic checkpoint is off.
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+    A passive checkpoint never waits, so under steady writes it never catches up with the end of
+    the log, and SQLite only starts the log over once one has: the ``-wal`` file grew without
+    bound (by 25 MB/s at 15,000 events/s), and every append past its end allocated and zeroed
+    new blocks (12 % of the event loop's time in ``pwrite``). Past ``restart_after_frames`` a
+    RESTART checkpoint copies what the passive one left and waits for readers to move on, so
+    the next commit writes from the start of the file again. It holds writers up for the few
+    milliseconds that takes (they wait with ``asyncio.sleep``), at most once per interval."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        writer_lock: threading.Lock | None = None,
+        restart_after_frames: int = RESTART_AFTER_FRAMES,
+    ) -> None:
         self._connect = connect
+        # Held during a restart: this process's writer, which only ever takes it without
+        # blocking, then waits for it on its event loop instead of winning every race for
+        # SQLite's lock against a checkpoint whose busy handler sleeps.
+        self._writer_lock = writer_lock or threading.Lock()
+        self._restart_after = restart_after_frames
         self._wanted = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -158,6 +182,7 @@ class Checkpointer:
     def _main(self) -> None:
         conn = self._connect()
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
         try:
             while True:
                 self._wanted.wait()
@@ -165,7 +190,10 @@ class Checkpointer:
                 if self._closed:
                     return
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= self._restart_after:
+                        with self._writer_lock:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.Error as exc:  # busy or locked: the next request tries again
                     log.warning("WAL checkpoint failed: %s", exc)
         finally:

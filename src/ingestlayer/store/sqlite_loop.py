@@ -29,7 +29,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ingestlayer.store.sqlite_durability import CHECKPOINT_INTERVAL_SECONDS, Checkpointer, WalSync
+from ingestlayer.store.sqlite_durability import (
+    CHECKPOINT_INTERVAL_SECONDS,
+    RESTART_AFTER_FRAMES,
+    Checkpointer,
+    WalSync,
+)
 
 T = TypeVar("T")
 
@@ -37,6 +42,7 @@ T = TypeVar("T")
 LOCK_WAIT_SECONDS = 30.0
 _FIRST_RETRY_SECONDS = 0.001
 _MAX_RETRY_SECONDS = 0.05
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -68,14 +74,19 @@ class LoopSqlite:
     """Runs ``fn(conn, *args)`` synchronously on the calling thread, inside a transaction for
     :meth:`write`; safe to share between event loops on several threads (one runs at a time)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, restart_wal_after_frames: int = RESTART_AFTER_FRAMES) -> None:
         self.path = path
         self._conn = connect(path, busy_timeout_ms=0)
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # A log that a burst grew past this is cut back to it when it starts over; below it,
+        # its blocks are reused rather than allocated again.
+        self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         self._lock = threading.Lock()
         self._closed = False
         self._last_checkpoint = 0.0
-        self._checkpointer = Checkpointer(lambda: connect(path))
+        self._checkpointer = Checkpointer(
+            lambda: connect(path), writer_lock=self._lock, restart_after_frames=restart_wal_after_frames
+        )
         self.wal: WalSync | None = None
         mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode == "wal":
