@@ -40,8 +40,12 @@ T = TypeVar("T")
 
 # How long a write waits for another connection's lock before it fails, as busy_timeout did.
 LOCK_WAIT_SECONDS = 30.0
-_FIRST_RETRY_SECONDS = 0.001
-_MAX_RETRY_SECONDS = 0.05
+# Retries of a busy lock, doubling from the first to the last. Hot writers hold it for well
+# under a millisecond (an ingest group, a routing pass), so a long sleep mostly waits on a free
+# lock: two `serve` processes on one file took 12,600-15,300 requests/s retrying after 1 to
+# 50 ms, and 14,900-16,100 after 0.2 to 5 ms (same session, alternating).
+_FIRST_RETRY_SECONDS = 0.0002
+_MAX_RETRY_SECONDS = 0.005
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
