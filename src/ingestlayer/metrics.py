@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,5 +22,17 @@ ATTEMPT_SECONDS = Histogram(
     "ingestlayer_delivery_attempt_seconds",
     "Duration of delivery attempts",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+# SQLite only: what the checkpoint thread saw. A log that keeps growing means a reader holds an
+# old snapshot (or checkpoints fail), and the disk fills with it.
+SQLITE_WAL_BYTES = Gauge(
+    "ingestlayer_sqlite_wal_bytes",
+    "Size of the SQLite -wal file after the last checkpoint",
+    registry=REGISTRY,
+)
+SQLITE_WAL_RESTARTS = Counter(
+    "ingestlayer_sqlite_wal_restarts_total",
+    "RESTART checkpoints that let the SQLite log start over under steady writes",
     registry=REGISTRY,
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ingestlayer import metrics
 from ingestlayer.store import sqlite_loop
 from ingestlayer.store.sqlite_durability import WalSync
 from ingestlayer.store.sqlite_loop import LoopSqlite
@@ -230,6 +231,7 @@ async def test_the_wal_starts_over_under_steady_writes(db: str, restart: bool) -
     # keeps every page each commit wrote (the same few pages, again and again): ~44 MB here.
     store = LoopSqlite(db, restart_wal_after_frames=256 if restart else 1 << 40)
     largest = 0
+    restarts_before = _restarts()
     try:
         for commit in range(2000):
             await store.write(_insert_group, commit * 30, durable=False)
@@ -239,7 +241,16 @@ async def test_the_wal_starts_over_under_steady_writes(db: str, restart: bool) -
     finally:
         await store.close()
     assert stored == 60_000
+    # /metrics shows what the checkpoint thread saw.
+    reported = metrics.REGISTRY.get_sample_value("ingestlayer_sqlite_wal_bytes")
+    assert reported is not None and 0 < reported <= largest
     if restart:
         assert largest < 16 * 1024 * 1024
+        assert _restarts() > restarts_before
     else:
         assert largest > 30 * 1024 * 1024
+        assert _restarts() == restarts_before
+
+
+def _restarts() -> float:
+    return metrics.REGISTRY.get_sample_value("ingestlayer_sqlite_wal_restarts_total") or 0.0

@@ -26,6 +26,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 
+from ingestlayer import metrics
+
 log = logging.getLogger("ingestlayer.store")
 
 _Waiter = tuple["asyncio.Future[None]", asyncio.AbstractEventLoop]
@@ -148,11 +150,13 @@ class Checkpointer:
     def __init__(
         self,
         connect: Callable[[], sqlite3.Connection],
+        wal_path: str,
         *,
         writer_lock: threading.Lock | None = None,
         restart_after_frames: int = RESTART_AFTER_FRAMES,
     ) -> None:
         self._connect = connect
+        self._wal_path = wal_path
         # Held during a restart: this process's writer, which only ever takes it without
         # blocking, then waits for it on its event loop instead of winning every race for
         # SQLite's lock against a checkpoint whose busy handler sleeps.
@@ -193,8 +197,12 @@ class Checkpointer:
                     _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if frames >= self._restart_after:
                         with self._writer_lock:
-                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if not busy:
+                            metrics.SQLITE_WAL_RESTARTS.inc()
                 except sqlite3.Error as exc:  # busy or locked: the next request tries again
                     log.warning("WAL checkpoint failed: %s", exc)
+                with contextlib.suppress(OSError):  # no log yet, or a read-only copy
+                    metrics.SQLITE_WAL_BYTES.set(os.stat(self._wal_path).st_size)
         finally:
             conn.close()

@@ -89,7 +89,10 @@ class LoopSqlite:
         self._closed = False
         self._last_checkpoint = 0.0
         self._checkpointer = Checkpointer(
-            lambda: connect(path), writer_lock=self._lock, restart_after_frames=restart_wal_after_frames
+            lambda: connect(path),
+            path + "-wal",
+            writer_lock=self._lock,
+            restart_after_frames=restart_wal_after_frames,
         )
         self.wal: WalSync | None = None
         mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
