@@ -538,6 +538,29 @@ async def test_50_concurrent_duplicates_store_and_deliver_once(
     assert len(listed["data"]) == 1
 
 
+async def test_delivery_list_pages_and_counts_once(server: RunningServer, receiver: Receiver) -> None:
+    await hook_everything(server, receiver)
+    status, body = await post_events(
+        server, {"batch": [{"type": "feature.used", "payload": {"n": i}} for i in range(5)]}
+    )
+    assert status == 202, body
+    settled = await settled_deliveries(server, 5)
+
+    status, first = await server.request("GET", "/v1/deliveries?limit=2")
+    assert status == 200, first
+    assert first["counts"] == {"delivered": 5}
+    pages, cursor = [first["data"]], first["next_before"]
+    while cursor:
+        status, page = await server.request("GET", f"/v1/deliveries?limit=2&before={cursor}")
+        assert status == 200, page
+        assert "counts" not in page  # counted once per listing, not per page
+        pages.append(page["data"])
+        cursor = page["next_before"]
+    listed = [d["id"] for data in pages for d in data]
+    assert [len(data) for data in pages] == [2, 2, 1]
+    assert listed == sorted(listed, reverse=True) == [d["id"] for d in settled]
+
+
 # ---- the event log ---------------------------------------------------------------------------
 
 

@@ -90,11 +90,15 @@ async def list_deliveries(
         before=before,
         limit=limit,
     )
-    return {
+    page: dict[str, Any] = {
         "data": [delivery_json(d, names) for d in items],
         "next_before": items[-1]["id"] if len(items) == limit else None,
-        "counts": await rt.store.delivery_counts(principal.project_id),
     }
+    if before is None:
+        # Counting walks all of the project's deliveries (90-150 ms for a million on SQLite,
+        # against 9 ms for a page): once per listing, not once per page of an export.
+        page["counts"] = await rt.store.delivery_counts(principal.project_id)
+    return page
 
 
 def _destination_id(names: dict[str, str], destination: str | None) -> str | None:
