@@ -254,3 +254,22 @@ async def test_the_wal_starts_over_under_steady_writes(db: str, restart: bool) -
 
 def _restarts() -> float:
     return metrics.REGISTRY.get_sample_value("ingestlayer_sqlite_wal_restarts_total") or 0.0
+
+
+async def test_every_connection_cuts_a_grown_log_back(tmp_path: Path) -> None:
+    # Whichever connection starts the log over (the event loop's, the management API's, the
+    # checkpoint's) cuts it back to the limit, so each must carry it.
+    from ingestlayer.store.db import create_engines
+
+    path = str(tmp_path / "e.db")
+    loop_db = LoopSqlite(path)
+    engines = create_engines(f"sqlite:///{path}")
+    try:
+        limits = [loop_db._conn.execute("PRAGMA journal_size_limit").fetchone()[0]]
+        for engine in (engines.write, engines.read):
+            async with engine.connect() as conn:
+                limits.append((await conn.exec_driver_sql("PRAGMA journal_size_limit")).scalar())
+        assert limits == [sqlite_loop.WAL_SIZE_LIMIT_BYTES] * 3
+    finally:
+        await engines.dispose()
+        await loop_db.close()

@@ -16,6 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from ingestlayer.store.sqlite_loop import WAL_SIZE_LIMIT_BYTES
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -67,6 +69,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         # FULL: a 202 means the event survives power loss, not just a process crash.
         cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

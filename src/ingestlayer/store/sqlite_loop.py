@@ -46,6 +46,8 @@ LOCK_WAIT_SECONDS = 30.0
 # 50 ms, and 14,900-16,100 after 0.2 to 5 ms (same session, alternating).
 _FIRST_RETRY_SECONDS = 0.0002
 _MAX_RETRY_SECONDS = 0.005
+# A log that a burst grew past this is cut back to it by whichever connection starts it over;
+# below it, its blocks are reused rather than allocated again.
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
@@ -60,6 +62,7 @@ def connect(path: str, *, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     # Savepoints' statement journals in memory, not as files created and unlinked in /tmp.
     conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
     return conn
 
 
@@ -82,9 +85,6 @@ class LoopSqlite:
         self.path = path
         self._conn = connect(path, busy_timeout_ms=0)
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
-        # A log that a burst grew past this is cut back to it when it starts over; below it,
-        # its blocks are reused rather than allocated again.
-        self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
         self._lock = threading.Lock()
         self._closed = False
         self._last_checkpoint = 0.0
