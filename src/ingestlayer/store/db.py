@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from ingestlayer.store.sqlite_loop import WAL_SIZE_LIMIT_BYTES
+from ingestlayer.store.sqlite_loop import set_pragmas
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -64,12 +64,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         # Take transaction control from the driver so BEGIN is ours to issue.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        # FULL: a 202 means the event survives power loss, not just a process crash.
-        cur.execute("PRAGMA synchronous = FULL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+        set_pragmas(cur.execute, SQLITE_BUSY_TIMEOUT_MS)
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

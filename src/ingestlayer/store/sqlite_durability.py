@@ -152,7 +152,7 @@ class Checkpointer:
         connect: Callable[[], sqlite3.Connection],
         wal_path: str,
         *,
-        writer_lock: threading.Lock | None = None,
+        writer_lock: threading.Lock,
         restart_after_frames: int = RESTART_AFTER_FRAMES,
     ) -> None:
         self._connect = connect
@@ -160,7 +160,7 @@ class Checkpointer:
         # Held during a restart: this process's writer, which only ever takes it without
         # blocking, then waits for it on its event loop instead of winning every race for
         # SQLite's lock against a checkpoint whose busy handler sleeps.
-        self._writer_lock = writer_lock or threading.Lock()
+        self._writer_lock = writer_lock
         self._restart_after = restart_after_frames
         self._wanted = threading.Event()
         self._closed = False

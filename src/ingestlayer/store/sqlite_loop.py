@@ -52,17 +52,22 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
+def set_pragmas(execute: Callable[[str], object], busy_timeout_ms: int) -> None:
+    """What every connection to the file sets: these here, and SQLAlchemy's in ``store.db``."""
+    execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    execute("PRAGMA journal_mode = WAL")
+    # FULL: a 202 means the event survives power loss, not just a process crash.
+    execute("PRAGMA synchronous = FULL")
+    execute("PRAGMA foreign_keys = ON")
+    execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+
+
 def connect(path: str, *, busy_timeout_ms: int = 30_000) -> sqlite3.Connection:
     # isolation_level=None: the module issues no BEGIN of its own; we do.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
-    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    # FULL: a 202 means the event survives power loss, not just a process crash.
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA foreign_keys = ON")
+    set_pragmas(conn.execute, busy_timeout_ms)
     # Savepoints' statement journals in memory, not as files created and unlinked in /tmp.
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
     return conn
 
 
