@@ -3,7 +3,8 @@
 In one run, on 127.0.0.1:
 
 1. the baseline, ``bench/bare_asgi.py`` (uvicorn + httptools + uvloop, one process), takes the
-   single small event, then a batch of ``--batch`` of them; it parses the JSON and answers 202;
+   single small event (from 64, then 16 and 256 connections), then a batch of ``--batch`` of
+   them; it parses the JSON and answers 202;
 2. ``ingestlayer serve`` on a fresh database (or ``api`` + ``worker`` with ``--mode split``)
    takes the same two bodies with an ingest key: authenticated, validated and committed durably
    (group commit) before each 202, while its router drains the outbox beside it.
@@ -44,6 +45,13 @@ from harness import (
 
 SINGLE_CONNECTIONS = 64
 BATCH_CONNECTIONS = 8
+# Single events are also sent from fewer and from more connections, to both servers. A group
+# commit makes each request wait for a shared fsync, so at a given number of connections the
+# server's rate is bounded by that wait (Little's law), and its groups, with the fixed cost of
+# each transaction, grow with the connections; the bare endpoint answers at once and is fastest
+# with few. Each one's best rate over these is its capacity, and the two capacities are compared
+# beside the rates at the same 64 connections.
+SWEEP_CONNECTIONS = (16, SINGLE_CONNECTIONS, 256)
 
 # With --routed: a pipeline takes every event and its filter drops it, so each event is routed
 # (route job, routing pass, trace) and none is delivered. Without it no pipeline takes the
@@ -92,8 +100,36 @@ def run(
         "routed": routed,
         "batch": batch,
         "duration": duration,
-        "connections": {"single": SINGLE_CONNECTIONS, "batch": BATCH_CONNECTIONS},
+        "connections": {"single": SINGLE_CONNECTIONS, "batch": BATCH_CONNECTIONS, "sweep": SWEEP_CONNECTIONS},
     }
+
+    def sweep(
+        name: str,
+        url: str,
+        headers: dict[str, str],
+        watch: dict[str, int],
+        at_64: dict[str, Any],
+        postgres_db: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Single events at each of SWEEP_CONNECTIONS (the 64-connection window is reused)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for conns in SWEEP_CONNECTIONS:
+            if conns == SINGLE_CONNECTIONS:
+                rows[str(conns)] = at_64
+                continue
+            res = run_load(
+                url,
+                single_body,
+                headers=headers,
+                connections=conns,
+                duration=duration,
+                warmup=warmup,
+                watch=watch,
+                postgres_db=postgres_db,
+            )
+            rows[str(conns)] = _row(f"{name}, single, {conns} connections", res, 1)
+        return rows
+
     with workdir() as wd:
         port = free_port()
         bare = Proc(
@@ -116,6 +152,7 @@ def run(
                 ),
                 1,
             )
+            out["bare_sweep"] = sweep("bare ASGI", url, {}, watch, out["bare_single"])
             out["bare_batch"] = _row(
                 f"bare ASGI, batch of {batch}",
                 run_load(
@@ -151,6 +188,10 @@ def run(
                 )
             label = f"ingest ({mode}, {backend}{', routed' if routed else ''})"
             out["ingest_single"] = _row(f"{label}, single", single, 1)
+            with dep.profiled("ingest-sweep"):
+                out["ingest_sweep"] = sweep(
+                    label, url, auth, dep.server_pids, out["ingest_single"], dep.db_name
+                )
             with dep.profiled("ingest-batch"):
                 batched = run_load(
                     url,
@@ -164,13 +205,20 @@ def run(
                 )
             out["ingest_batch"] = _row(f"{label}, batch of {batch}", batched, batch)
             stored = dep.metric("ingestlayer_events_ingested_total")
-            measured = out["ingest_single"]["requests"] + out["ingest_batch"]["requests"] * batch
+            measured = (
+                sum(row["requests"] for row in out["ingest_sweep"].values())
+                + out["ingest_batch"]["requests"] * batch
+            )
             if stored < measured:
                 raise BenchError(
                     f"server counted {stored:.0f} stored events, fewer than {measured} 2xx answers"
                 )
             out["events_stored"] = stored
     out["ratio_single_vs_bare"] = out["ingest_single"]["rps"] / out["bare_single"]["rps"]
+    for side in ("bare", "ingest"):
+        best = max(out[f"{side}_sweep"].items(), key=lambda kv: kv[1]["rps"])
+        out[f"{side}_capacity"] = {"connections": int(best[0]), "rps": best[1]["rps"]}
+    out["ratio_single_capacity"] = out["ingest_capacity"]["rps"] / out["bare_capacity"]["rps"]
     out["ratio_batch_vs_bare"] = out["ingest_batch"]["events_per_s"] / out["bare_batch"]["events_per_s"]
     return out
 
