@@ -6,6 +6,7 @@ and Block Kit as Slack does.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -13,8 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
+from ingestlayer.store.store import Store
 from tests.support.fake_slack import FakeSlack
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
 
@@ -198,6 +200,64 @@ async def test_oauth_reconnect_replaces_the_token(server: RunningServer, slack_a
         async with browser.get(again["authorize_url"], headers={"Accept": "application/json"}) as resp:
             second = await resp.json()
         assert second["replaced"] is True
+
+
+async def test_one_callback_wins_when_two_api_processes_get_the_same_state(
+    server: RunningServer, slack_app: FakeSlack
+) -> None:
+    """A browser that sends the callback twice, to two API processes behind one address: the
+    workspace is connected once, and the other request is told the link was used, before it
+    spends Slack's code."""
+    other = await start_server(server.runtime.settings.database_url, project="acme-other")
+    try:
+        _, body = await server.request(
+            "GET", "/v1/connections/slack/authorize?name=slack-main", headers={"Accept": "application/json"}
+        )
+        async with (
+            aiohttp.ClientSession() as browser,
+            browser.get(body["authorize_url"], allow_redirects=False) as consent,
+        ):
+            assert consent.status == 302
+            back = urlsplit(consent.headers["Location"])
+        path = f"{back.path}?{back.query}"
+
+        async def callback(api: RunningServer) -> tuple[int, dict[str, Any]]:
+            async with (
+                aiohttp.ClientSession() as browser,
+                browser.get(api.url + path, headers={"Accept": "application/json"}) as resp,
+            ):
+                return resp.status, await resp.json()
+
+        answers = sorted(await asyncio.gather(callback(server), callback(other)), key=lambda a: a[0])
+        assert [status for status, _ in answers] == [200, 400]
+        assert answers[0][1]["connected"] is True
+        assert answers[1][1]["error"]["code"] == "used_state"
+        assert len(slack_app.tokens) == 1  # Slack was asked for one token, not two
+    finally:
+        await other.stop()
+
+
+async def test_cache_swap_lets_one_of_many_stores_win(db_url: str) -> None:
+    stores = [Store.from_url(db_url), Store.from_url(db_url)]
+    try:
+        project_id, _, _ = await stores[0].create_project("acme")
+        await stores[0].cache_put(project_id, "state:1", "pending", ttl=60)
+        won = await asyncio.gather(
+            *(stores[i % 2].cache_swap(project_id, "state:1", "pending", "used", ttl=60) for i in range(8))
+        )
+        assert sorted(won) == [False] * 7 + [True]
+        assert await stores[1].cache_get(project_id, "state:1") == "used"
+        # Nothing to swap: a key never set, another project's key, an expired entry.
+        assert not await stores[0].cache_swap(project_id, "state:2", "pending", "used", ttl=60)
+        other_id, _, _ = await stores[0].create_project("other")
+        await stores[0].cache_put(other_id, "state:3", "pending", ttl=60)
+        assert not await stores[0].cache_swap(project_id, "state:3", "pending", "used", ttl=60)
+        await stores[0].cache_put(project_id, "state:4", "pending", ttl=0.05)
+        await asyncio.sleep(0.1)
+        assert not await stores[0].cache_swap(project_id, "state:4", "pending", "used", ttl=60)
+    finally:
+        for store in stores:
+            await store.close()
 
 
 async def test_oauth_failures_are_clear_400s(

@@ -14,11 +14,9 @@ See :mod:`ingestlayer.destinations.slack.oauth` for the settings.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import re
-import weakref
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -36,7 +34,6 @@ from ingestlayer.destinations.slack.oauth import (
     open_state,
     seal_state,
 )
-from ingestlayer.runtime import Runtime
 from ingestlayer.store.store import Store
 from ingestlayer.timefmt import iso
 
@@ -48,9 +45,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 PENDING, USED = "pending", "used"
 # No caching of these pages, and no Referer carrying the code and state to other sites.
 PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
-
-# One lock per runtime: a state is claimed by one callback, even when the browser sends two.
-_claim_locks: weakref.WeakKeyDictionary[Runtime, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def _wants_json(request: Request) -> bool:
@@ -86,18 +80,16 @@ def _failure(request: Request, exc: SlackOAuthError) -> Response:
     )
 
 
-async def _claim(rt: Runtime, store: Store, state: OAuthState) -> None:
-    """Mark the state used; raises when it was used already (or never issued here)."""
+async def _claim(store: Store, state: OAuthState) -> None:
+    """Mark the state used; raises when it was used already, expired, or never issued here.
+    One statement decides, so two callbacks with the same state (a browser sending it twice,
+    to two API processes behind a load balancer) connect the workspace once."""
     key = STATE_CACHE_PREFIX + state.nonce
-    lock = _claim_locks.setdefault(rt, asyncio.Lock())
-    async with lock:
-        seen = await store.cache_get(state.project_id, key)
-        if seen != PENDING:
-            raise SlackOAuthError(
-                "this authorization link was used already: start the connection again",
-                code="used_state",
-            )
-        await store.cache_put(state.project_id, key, USED, ttl=STATE_TTL_SECONDS)
+    if not await store.cache_swap(state.project_id, key, PENDING, USED, ttl=STATE_TTL_SECONDS):
+        raise SlackOAuthError(
+            "this authorization link was used already: start the connection again",
+            code="used_state",
+        )
 
 
 @router.get(
@@ -165,7 +157,7 @@ async def callback(
                 code="invalid_state",
             )
         opened = open_state(rt.box, state)
-        await _claim(rt, rt.store, opened)
+        await _claim(rt.store, opened)
         if error:
             raise SlackOAuthError(
                 f"Slack did not authorize the app ({error[:100]}): nothing was connected",

@@ -835,6 +835,28 @@ class Store:
             return None
         return str(row.value)
 
+    async def cache_swap(
+        self, project_id: str, key: str, expected: str, value: str, ttl: float | None
+    ) -> bool:
+        """Set a live entry to ``value`` only while it still holds ``expected``; True for the one
+        caller that did. A compare-and-set in one statement, so of several callers, in as many
+        processes, exactly one wins (PostgreSQL re-checks the condition after a concurrent
+        update commits; SQLite has one writer)."""
+        key = hashlib.sha256(key.encode()).hexdigest()
+        now = time.time()
+        async with self.engines.write.begin() as conn:
+            result = await conn.execute(
+                update(step_cache)
+                .where(
+                    step_cache.c.project_id == project_id,
+                    step_cache.c.key == key,
+                    step_cache.c.value == expected,
+                    or_(step_cache.c.expires_at.is_(None), step_cache.c.expires_at >= now),
+                )
+                .values(value=value, expires_at=now + ttl if ttl else None, created_at=now)
+            )
+        return bool(result.rowcount == 1)
+
     async def cache_put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
         key = hashlib.sha256(key.encode()).hexdigest()
         now = time.time()
