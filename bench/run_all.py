@@ -1,7 +1,7 @@
 """Run every benchmark and print one table of results, baselines, ratios and targets.
 
-    .venv/bin/python bench/run_all.py            # full: about 11 minutes on 2 cores
-    .venv/bin/python bench/run_all.py --quick    # shorter windows: about 1.5 minutes
+    .venv/bin/python bench/run_all.py            # full: about 12 minutes on 2 cores
+    .venv/bin/python bench/run_all.py --quick    # shorter windows: about 2 minutes
     .venv/bin/python bench/run_all.py --backend sqlite --only ingest --json out.json
 
 Benchmarks (each bounded to about a minute, everything on 127.0.0.1, stopping by itself):
