@@ -218,6 +218,57 @@ async def test_rotate_secret(srv: RunningServer, receiver: Receiver) -> None:
         latest.verify(old)
 
 
+async def test_patching_to_signed_makes_a_secret_shown_once(srv: RunningServer, receiver: Receiver) -> None:
+    plain = await add_endpoint(srv, receiver, auth="none")
+    url = f"/v1/endpoints/{plain['id']}"
+    status, patched = await srv.request("PATCH", url, json={"auth": "hmac"})
+    assert status == 200, patched
+    secret = patched["secret"]
+    assert secret.startswith("whsec_") and patched["auth"] == "hmac"
+    _, got = await srv.request("GET", url)
+    assert "secret" not in got
+
+    d = await delivered(srv, await send(srv, "invoice.created"))
+    assert d["status"] == "delivered"
+    assert receiver.requests[-1].verify(secret)["type"] == "invoice.created"
+    # Later patches keep that secret and show nothing.
+    status, again = await srv.request("PATCH", url, json={"description": "billing"})
+    assert status == 200 and "secret" not in again
+    await delivered(srv, await send(srv, "invoice.failed"))
+    assert receiver.requests[-1].verify(secret)["type"] == "invoice.failed"
+    # A bearer token is the receiver's own: it must be sent, not taken from the signing secret.
+    status, body = await srv.request("PATCH", url, json={"auth": "bearer"})
+    assert status == 422 and error_of(body)["field"] == "secret"
+    status, body = await srv.request("PATCH", url, json={"auth": "bearer", "secret": "tok_123"})
+    assert status == 200 and "secret" not in body
+
+
+async def test_standard_signing_needs_a_base64_secret(srv: RunningServer, receiver: Receiver) -> None:
+    ok = {"url": receiver.url + "/std", "events": ["invoice.failed"], "signing": "standard"}
+    status, body = await srv.request("POST", "/v1/endpoints", json={**ok, "secret": "my-own-signing-secret"})
+    assert status == 422 and error_of(body)["field"] == "secret"
+    assert "base64" in error_of(body)["message"] and "my-own" not in error_of(body)["message"]
+    # An endpoint signing with its own secret cannot switch to Standard Webhooks with it.
+    own = await add_endpoint(srv, receiver, secret="my-own-signing-secret", events=["a.b"])
+    status, body = await srv.request("PATCH", f"/v1/endpoints/{own['id']}", json={"signing": "standard"})
+    assert status == 422 and "rotate" in error_of(body)["message"]
+    _, got = await srv.request("GET", f"/v1/endpoints/{own['id']}")
+    assert got["signing"] == "ingestlayer"
+
+    # A secret replaced behind the endpoint's back fails its deliveries with the reason.
+    status, std = await srv.request("POST", "/v1/endpoints", json={**ok, "retry": FAST})
+    assert status == 201, std
+    status, _ = await srv.request("PUT", f"/v1/secrets/endpoint-{std['id']}", json={"value": "not base64!"})
+    assert status == 200
+    d = await delivered(srv, await send(srv, "invoice.failed"))
+    assert d["status"] == "dead"
+    _, full = await srv.request("GET", f"/v1/deliveries/{d['id']}")
+    errors = [a["error"] for a in full["attempts"]]
+    assert len(errors) == 2
+    assert all(e.startswith("the signing secret cannot be used") and "base64" in e for e in errors), errors
+    assert not [r for r in receiver.requests if r.path == "/std"]
+
+
 async def test_delete_endpoint(srv: RunningServer, receiver: Receiver) -> None:
     ep = await add_endpoint(srv, receiver)
     keep = await add_endpoint(srv, receiver, events=["user.*"])
@@ -303,6 +354,7 @@ async def test_endpoint_validation(srv: RunningServer) -> None:
         ({"events": ["a.b"]}, "url"),
         ({"url": ok["url"]}, "events"),
         ({**ok, "auth": "bearer"}, "secret"),
+        ({**ok, "signing": "standard", "secret": "whsec_not-base64!"}, "secret"),
         ({**ok, "auth": "basic"}, "auth"),
         ({**ok, "format": "xml"}, "format"),
         ({**ok, "colour": "red"}, "colour"),

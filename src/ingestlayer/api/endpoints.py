@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.manage import config_error
-from ingestlayer.delivery.signing import generate_secret
+from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
 from ingestlayer.pipeline.matching import is_valid_pattern
@@ -62,6 +62,18 @@ def _secret_name(endpoint_id: str) -> str:
     return f"endpoint-{endpoint_id}"
 
 
+def _needs_secret(spec: dict[str, Any]) -> bool:
+    return bool(spec["auth"] != "none" or spec["signing"] == "standard")
+
+
+def _check_standard(secret: str, field: str | None, fix: str) -> None:
+    """A Standard Webhooks secret must be base64: refuse it here, not at the first delivery."""
+    try:
+        validate_standard_secret(secret)
+    except ValueError as exc:
+        raise ApiError(422, f"signing: standard: {exc}{fix}", field=field) from None
+
+
 def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
     settings = d.config.get("settings", {}) if d else {}
     return {
@@ -104,7 +116,7 @@ async def _save(
         for k in ("url", "auth", "signing", "format", "headers", "timeout")
         if spec.get(k) is not None
     }
-    if spec["auth"] != "none" or spec["signing"] == "standard":
+    if _needs_secret(spec):
         settings["secret"] = f"ref:{_secret_name(endpoint_id)}"
     entry = {"webhook.out": settings, "name": f"endpoint:{endpoint_id}"}
     if spec.get("retry") is not None:
@@ -150,10 +162,12 @@ async def create_endpoint(body: EndpointIn, principal: Admin, rt: RuntimeDep) ->
     endpoint_id = new_id("ep")
     secret = body.secret
     generated = False
-    if secret is None and (body.auth != "none" or body.signing == "standard"):
+    if secret is None and _needs_secret(body.model_dump()):
         if body.auth == "bearer":
             raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
         secret, generated = generate_secret(), True
+    elif secret is not None and body.signing == "standard":
+        _check_standard(secret, "secret", "")
     await _save(rt, principal.project_id, endpoint_id, new_id("dst"), body.model_dump(), secret)
     p, d = await _load(rt, principal.project_id, endpoint_id)
     out = _endpoint_json(p, d)
@@ -189,8 +203,28 @@ async def update_endpoint(
     changes = body.model_dump(exclude_unset=True)
     secret = changes.pop("secret", None)
     spec = {**current, **changes}
+    generated = False
+    if secret is not None:
+        if spec["signing"] == "standard":
+            _check_standard(secret, "secret", "")
+    elif _needs_secret(spec):
+        # Switching to auth or signing that needs a secret: the one already stored, if any (an
+        # endpoint created with auth: none has none), must suit it; else one is made, as on create.
+        # A bearer token is the receiver's own, never a signing secret reused.
+        if spec["auth"] == "bearer" and current["auth"] != "bearer":
+            raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
+        stored = await rt.store.get_secret(principal.project_id, _secret_name(endpoint_id))
+        if stored is None:
+            secret, generated = generate_secret(), True
+        elif spec["signing"] == "standard":
+            _check_standard(
+                rt.box.decrypt(stored), None, "; send a new `secret` or rotate it (POST …/rotate-secret)"
+            )
     await _save(rt, principal.project_id, endpoint_id, d.id if d else new_id("dst"), spec, secret)
-    return _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
+    out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
+    if generated:
+        out["secret"] = secret  # shown once, as on create
+    return out
 
 
 @router.post("/{endpoint_id}/rotate-secret", summary="Replace the signing secret; the new one is shown once")

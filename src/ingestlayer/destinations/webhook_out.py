@@ -169,6 +169,10 @@ class WebhookOut:
             headers = await self.build_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
+        except ValueError as exc:
+            # A stored secret that signing: standard cannot use (not base64). Retried like a
+            # missing secret, so that setting a good one in time still delivers.
+            return Outcome(ok=False, error=f"the signing secret cannot be used: {exc}")
         if ctx.http is None:
             raise RuntimeError("webhook.out sends through the dispatcher's HTTP client")
         try:
