@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+import asyncpg
+from sqlalchemy import select
 
 from ingestlayer.ids import new_id
 from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
+from ingestlayer.store.schema import attempts
 from ingestlayer.store.store import Store
 
 
@@ -50,5 +55,111 @@ async def test_purge_keeps_unfinished_deliveries(db_url: str) -> None:
         assert await store.get_event(pid, unfinished.id) is not None  # still owed a delivery
         assert await store.get_event(pid, recent.id) is not None
         assert await store.purge_older_than(time.time() - 30 * 86400) == 0
+    finally:
+        await store.close()
+
+
+async def test_purge_reaches_finished_events_behind_kept_ones(db_url: str) -> None:
+    """More kept events than one batch, oldest first: the purge walks past them to the rest."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        old, now = time.time() - 40 * 86400, time.time()
+        # Ids count up in creation order, so this is also the order the purge walks them in.
+        pending1, pending2, retrying, delivered1, unrouted, dead, mixed, delivered2 = (
+            _event(pid, old) for _ in range(8)
+        )
+        recent = _event(pid, now)
+        routed = [pending1, pending2, retrying, delivered1, dead, mixed, delivered2, recent]
+        await store.insert_events(routed)
+        lease = await store.lease_route_jobs(20, 60)
+        dlv = {e.id: NewDelivery(new_id("dlv"), pid, e.id, e.type, "pip_x", "dst_x", "{}") for e in routed}
+        mixed_pending = NewDelivery(new_id("dlv"), pid, mixed.id, mixed.type, "pip_y", "dst_y", "{}")
+        await store.complete_routing(lease, [*dlv.values(), mixed_pending], {})
+        # Inserted after routing: its route job stays pending.
+        await store.insert_events([unrouted])
+
+        leased = {d.id: d for d in await store.lease_deliveries(20, 60)}
+        outcome = {
+            dlv[retrying.id].id: "retrying",
+            dlv[delivered1.id].id: "delivered",
+            dlv[dead.id].id: "dead",
+            dlv[mixed.id].id: "delivered",
+            dlv[delivered2.id].id: "delivered",
+            dlv[recent.id].id: "delivered",
+        }
+        results = []
+        for did, status in outcome.items():
+            retry_at = now + 60 if status == "retrying" else None
+            token = leased[did].lease_token
+            results.append(AttemptResult(did, pid, token, 1, old, 3.0, None, None, None, status, retry_at))
+        await store.record_attempts(results)
+        await store.release_leases([d for did, d in leased.items() if did not in outcome])
+
+        kept = [pending1, pending2, retrying, unrouted, mixed]  # 5 kept, ahead of and among the rest
+        finished = [delivered1, dead, delivered2]
+        finished_attempts = select(attempts.c.id).where(
+            attempts.c.delivery_id.in_([dlv[e.id].id for e in finished])
+        )
+        async with store.engines.read.connect() as conn:
+            assert len((await conn.execute(finished_attempts)).all()) == len(finished)
+
+        removed = await store.purge_older_than(now - 30 * 86400, batch=2)
+
+        assert removed == len(finished)
+        for e in finished:
+            assert await store.get_event(pid, e.id) is None
+            assert await store.get_delivery(pid, dlv[e.id].id) is None
+        async with store.engines.read.connect() as conn:
+            assert (await conn.execute(finished_attempts)).all() == []
+        remaining = await store.list_events(pid, limit=100)
+        assert {e.id for e in remaining} == {e.id for e in [*kept, recent]}
+        for e in [pending1, pending2, retrying, mixed, recent]:
+            assert await store.get_delivery(pid, dlv[e.id].id) is not None
+        assert await store.get_delivery(pid, mixed_pending.id) is not None
+        kept_retry = await store.get_delivery(pid, dlv[retrying.id].id)
+        assert kept_retry is not None
+        assert len(kept_retry["attempt_log"]) == 1
+        assert await store.purge_older_than(now - 30 * 86400, batch=2) == 0
+    finally:
+        await store.close()
+
+
+async def test_a_replay_during_the_purge_is_not_lost(pg_url: str) -> None:
+    """PostgreSQL runs a replay and the purge at once: a finished delivery that a replay makes
+    due again, in a transaction still open when the purge looks, must not be deleted under it."""
+    store = Store.from_url(pg_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        old = time.time() - 40 * 86400
+        event = _event(pid, old)
+        await store.insert_events([event])
+        lease = await store.lease_route_jobs(10, 60)
+        delivery = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_x", "{}")
+        await store.complete_routing(lease, [delivery], {})
+        (leased,) = await store.lease_deliveries(10, 60)
+        await store.record_attempts(
+            [
+                AttemptResult(
+                    leased.id, pid, leased.lease_token, 1, old, 3.0, 200, None, "ok", "delivered", None
+                )
+            ]
+        )
+
+        replay = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            tx = replay.transaction()
+            await tx.start()
+            await replay.execute("UPDATE deliveries SET status = 'pending' WHERE id = $1", delivery.id)
+            purge = asyncio.create_task(store.purge_older_than(time.time() - 30 * 86400))
+            await asyncio.sleep(0.3)
+            assert not purge.done()  # waiting for the replay's row lock
+            await tx.commit()
+            assert await asyncio.wait_for(purge, 10) == 0
+        finally:
+            await replay.close()
+        kept = await store.get_delivery(pid, delivery.id)
+        assert kept is not None and kept["status"] == "pending"
+        assert await store.get_event(pid, event.id) is not None
     finally:
         await store.close()

@@ -712,38 +712,48 @@ class Store:
             return {r[0]: int(r[1]) for r in rows}
 
     async def purge_older_than(self, cutoff: float, batch: int = 5000) -> int:
-        """Retention: delete finished deliveries, their attempts and events older than ``cutoff``."""
+        """Retention: delete finished deliveries, their attempts and events older than ``cutoff``.
+
+        Old events are walked in id order, at most ``batch`` per transaction. One still owed work
+        (an unfinished delivery or a route job) is kept and stepped over, so the purgeable events
+        behind it still go however many kept ones come first. Returns how many events went.
+        """
         removed = 0
+        after: str | None = None  # keyset cursor: the last event id looked at
         while True:
             async with self.engines.write.begin() as conn:
-                old = await conn.execute(
-                    select(events.c.id)
-                    .where(events.c.received_at < cutoff)
-                    .order_by(events.c.id)
-                    .limit(batch)
-                )
+                query = select(events.c.id).where(events.c.received_at < cutoff)
+                if after is not None:
+                    query = query.where(events.c.id > after)
+                old = await conn.execute(query.order_by(events.c.id).limit(batch))
                 ids = list(old.scalars().all())
                 if not ids:
                     return removed
-                busy = await conn.execute(
-                    select(deliveries.c.event_id).where(
-                        deliveries.c.event_id.in_(ids),
-                        or_(deliveries.c.status.in_(DUE_STATUSES)),
-                    )
+                # Every delivery of the batch is locked (PostgreSQL; SQLite's writer holds the
+                # database): a replay that turns a finished one back to pending meanwhile either
+                # commits first and is seen here, or waits and finds it gone.
+                owned = await conn.execute(
+                    select(deliveries.c.event_id, deliveries.c.status)
+                    .where(deliveries.c.event_id.in_(ids))
+                    .with_for_update()
                 )
-                keep = set(busy.scalars().all()) | set(
+                keep = {event_id for event_id, status in owned if status in DUE_STATUSES} | set(
                     (await conn.execute(select(route_jobs.c.event_id).where(route_jobs.c.event_id.in_(ids))))
                     .scalars()
                     .all()
                 )
                 gone = [i for i in ids if i not in keep]
-                if not gone:
-                    return removed
-                dids = select(deliveries.c.id).where(deliveries.c.event_id.in_(gone)).scalar_subquery()
-                await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(dids)))
-                await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
-                await conn.execute(delete(events).where(events.c.id.in_(gone)))
-                removed += len(gone)
+                if gone:
+                    dids = select(deliveries.c.id).where(deliveries.c.event_id.in_(gone)).scalar_subquery()
+                    await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(dids)))
+                    await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
+                    await conn.execute(delete(events).where(events.c.id.in_(gone)))
+                    removed += len(gone)
+            # A short batch was the last of the old events; otherwise go on after it (past the
+            # kept ones too: they stay, and the cursor still moves, so the walk ends).
+            if len(ids) < batch:
+                return removed
+            after = ids[-1]
 
     # ---- entities ------------------------------------------------------------------------------
 
