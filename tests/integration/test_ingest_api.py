@@ -104,7 +104,7 @@ async def test_event_is_accepted_and_stored_whole(server: RunningServer) -> None
     assert list(ev["payload"]) == list(PAYLOAD)  # key order as sent
     assert [type(x) for x in ev["payload"]["ints"]] == [int] * len(PAYLOAD["ints"])
     assert ev["idempotency_key"] is None
-    assert ev["source"] == "api"
+    assert ev["source"] == "sdk"  # SPEC §1: REST and SDKs with an ingest key
     assert ev["occurred_at"] == ev["received_at"]  # defaults to the time received
     assert ev["received_at"].endswith("Z")
     assert isinstance(ev["deliveries"], list)

@@ -301,7 +301,7 @@ class IngestHandler:
             )
         occurred = item.get("occurred_at")
         occurred_at = now if occurred is None else _occurred_at(occurred, _prefix(index))
-        return NewEvent(event_id, project_id, etype, payload_json.decode(), key, "api", occurred_at, now)
+        return NewEvent(event_id, project_id, etype, payload_json.decode(), key, "sdk", occurred_at, now)
 
 
 def _prefix(index: int | None) -> str:
