@@ -563,6 +563,36 @@ GARBAGE: list[bytes] = [
 ]
 
 
+async def test_a_body_that_is_not_json_is_a_400_on_every_route(srv: RunningServer) -> None:
+    hook = {"url": "https://a.example/in", "events": ["a.b"]}
+    _, ep = await srv.request("POST", "/v1/endpoints", json=hook)
+    routes = [
+        ("POST", "/v1/events"),
+        ("POST", "/v1/pipelines"),
+        ("PUT", "/v1/secrets/some-name"),
+        ("POST", "/v1/endpoints"),
+        ("PATCH", f"/v1/endpoints/{ep['id']}"),
+        ("POST", "/v1/deliveries/replay"),
+        ("POST", "/v1/identify"),
+    ]
+    for method, path in routes:
+        for raw, ctype in [
+            (b"not json", "text/plain"),
+            (b"not json", "application/json"),
+            (b'{"a": ', "application/json"),
+            (b"", "application/json"),
+        ]:
+            status, body, text = await raw_request(srv, method, path, raw, ctype)
+            assert status == 400, (method, path, raw, ctype, text)
+            assert error_of(body)["code"] == "invalid_json"
+        # JSON, but not an object: the field-less 422 says what the body must be.
+        status, body, text = await raw_request(srv, method, path, b"[1, 2]")
+        assert status == 422 and "JSON object" in error_of(body)["message"], (path, text)
+        if path != "/v1/events":  # the ingest path reads any body as JSON
+            status, body, text = await raw_request(srv, method, path, b'{"a": 1}', "text/plain")
+            assert status == 415 and "Content-Type: application/json" in error_of(body)["message"], text
+
+
 async def test_garbage_bodies_never_cause_a_500(srv: RunningServer) -> None:
     # A closed local port: test sends fail at once instead of waiting on DNS.
     dead_url = "http://127.0.0.1:9/hook"

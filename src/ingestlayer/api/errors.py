@@ -62,6 +62,31 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_NOT_AN_OBJECT = frozenset({"dict_type", "model_attributes_type"})
+
+
+def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None:
+    """A body that is not JSON at all is a 400, as on ``POST /v1/events``, not a 422 saying
+    "Input should be a valid dictionary"."""
+    errors = exc.errors()
+    if errors[0].get("type") == "json_invalid":
+        return 400, "invalid_json", "the request body is not valid JSON"
+    if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
+        return None
+    raw = exc.body
+    if isinstance(raw, bytes | bytearray):
+        # FastAPI reads a body as JSON only when it is labelled so; otherwise it hands on bytes.
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return 400, "invalid_json", "the request body is not valid JSON"
+        return 415, "unsupported_media_type", "send the JSON body with Content-Type: application/json"
+    missing = [e for e in errors if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)]
+    if raw is None and missing:
+        return 400, "invalid_json", "the request body is empty: send a JSON object"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, exc: ApiError) -> Response:
@@ -71,11 +96,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> Response:
+        unreadable = _unreadable_body(exc)
+        if unreadable is not None:
+            status, code, message = unreadable
+            return Response(error_body(code, message), status, media_type="application/json")
         err = exc.errors()[0]
-        if err.get("type") == "json_invalid":
+        if tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT:
             return Response(
-                error_body("invalid_json", "the request body is not valid JSON"),
-                400,
+                error_body("validation_error", "the request body must be a JSON object"),
+                422,
                 media_type="application/json",
             )
         field = _loc_to_field(tuple(err.get("loc", ())))
