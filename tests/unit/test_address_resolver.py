@@ -32,3 +32,16 @@ async def test_literal_public_addresses_need_no_lookup() -> None:
 async def test_unknown_names_fail_with_an_os_error() -> None:
     with pytest.raises(OSError):
         await AddressResolver(EgressPolicy(allow_private=True))("no-such-host.invalid", 80)
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/in", "http://93.184.216.34/in"])
+def test_plain_http_is_refused_unless_private_destinations_are_allowed(url: str) -> None:
+    with pytest.raises(EgressDenied, match=r"plain http:// is for local work.*use https://"):
+        EgressPolicy(allow_private=False).check_url(url)
+    EgressPolicy(allow_private=True).check_url(url)
+    EgressPolicy(allow_private=False).check_url(url.replace("http://", "https://"))
+
+
+def test_a_private_address_is_named_before_the_scheme() -> None:
+    with pytest.raises(EgressDenied, match="private"):
+        EgressPolicy(allow_private=False).check_url("http://10.1.2.3/internal")

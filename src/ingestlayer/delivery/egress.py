@@ -58,8 +58,10 @@ class EgressPolicy:
         return public
 
     def check_url(self, url: str) -> None:
-        """Reject URLs whose host is a literal private address (names are checked on resolve)."""
-        host = urlsplit(url).hostname or ""
+        """Reject URLs whose host is a literal private address (names are checked on resolve),
+        and plain ``http://``, which is for local work only (SPEC §5)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
         if self.allow_private:
             return
         try:
@@ -69,11 +71,17 @@ class EgressPolicy:
                 raise EgressDenied(
                     f"destination host {host!r} is local; private destinations are not allowed"
                 ) from None
-            return
-        if not is_public_address(host):
+        else:
+            if not is_public_address(host):
+                raise EgressDenied(
+                    f"destination address {host} is private; "
+                    "set INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS=1 to allow"
+                )
+        if parts.scheme == "http":
+            # Unencrypted, a delivery's body, signature and bearer token cross the network in clear.
             raise EgressDenied(
-                f"destination address {host} is private; "
-                "set INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS=1 to allow"
+                "plain http:// is for local work, allowed only with private destinations "
+                "(INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS=1); use https://"
             )
 
 
