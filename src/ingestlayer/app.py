@@ -18,6 +18,7 @@ from ingestlayer.api import dashboard, endpoints, entities, health, ingress, log
 from ingestlayer.api.dashboard_session import install_login_redirect
 from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
+from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.runtime import Runtime
 
 
@@ -132,13 +133,16 @@ class IngestLayerApp:
         self.runtime = rt
         self.api = build_fastapi(rt)
         s = rt.settings
+        # One bucket per project for every way events come in.
+        limiter = RateLimiter(s.ingest_rate_limit)
+        self.api.state.ingest_limiter = limiter
         self.ingest = IngestHandler(
             rt.keys,
             rt.committer.submit,
             max_event_bytes=s.max_event_bytes,
             max_request_bytes=s.max_request_bytes,
             max_batch_items=s.max_batch_items,
-            rate_limit=s.ingest_rate_limit,
+            limiter=limiter,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

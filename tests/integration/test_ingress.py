@@ -6,6 +6,7 @@ Requests are signed with the senders' own libraries where they exist (``stripe``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,7 +20,7 @@ import stripe
 from standardwebhooks import Webhook
 
 from tests.support.receiver import Receiver
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 STRIPE_SECRET = "whsec_stripe_test_secret_1234567890"
 GITHUB_SECRET = "It's a Secret to Everybody"
@@ -243,3 +244,29 @@ async def test_sources_are_listed_with_ingress_paths_and_never_show_secrets(
 
 async def _arrived(receiver: Receiver, n: int) -> bool:
     return len(receiver.requests) >= n
+
+
+async def test_ingress_shares_the_projects_ingest_rate_limit(sqlite_url: str, receiver: Receiver) -> None:
+    server = await start_server(sqlite_url, ingest_rate_limit=3)
+    try:
+        paths = await configure(server, receiver)
+        answers = [
+            await post(server, paths["open"], b'{"type":"form.submitted","n":%d}' % i, {}) for i in range(8)
+        ]
+        statuses = [status for status, _ in answers]
+        accepted = statuses.count(202)
+        assert 3 <= accepted <= 4, statuses  # one second's burst, and what refilled meanwhile
+        assert statuses.count(429) == 8 - accepted
+        assert all(body["error"]["code"] == "rate_limited" for status, body in answers if status == 429)
+        # The same bucket as POST /v1/events: the project is held back there too.
+        status, _ = await server.ingest("form.submitted", {"via": "api"})
+        assert status == 429
+        # A forged signature is refused before it can spend the allowance.
+        await asyncio.sleep(1.5)
+        forged = {"X-Billing-Signature": "bad"}
+        for _ in range(5):
+            assert (await post(server, paths["billing"], b'{"event":"x.y"}', forged))[0] == 401
+        status, _ = await post(server, paths["open"], b'{"type":"form.submitted","late":true}', {})
+        assert status == 202
+    finally:
+        await server.stop()

@@ -16,6 +16,7 @@ import orjson
 
 from ingestlayer.api.auth import KeyCache, authenticate
 from ingestlayer.api.errors import ApiError
+from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id, new_ids
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
@@ -30,30 +31,6 @@ EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
 # occurred_at must render as an ISO 8601 timestamp: years 0001 to 9999 (epoch seconds).
 MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class RateLimiter:
-    """Per-project token bucket; ``rate`` events/s with one second of burst. 0 disables it."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, project_id: str, n: int) -> float | None:
-        """Take ``n`` tokens; return None if allowed, else seconds to wait."""
-        if self.rate <= 0:
-            return None
-        now = time.monotonic()
-        tokens, last = self._buckets.get(project_id, (self.rate, now))
-        tokens = min(self.rate, tokens + (now - last) * self.rate)
-        # A batch larger than the burst is let through once the bucket is full, leaving a debt
-        # that later requests wait out; otherwise it could never pass, whatever Retry-After said.
-        need = min(n, self.rate)
-        if tokens >= need:
-            self._buckets[project_id] = (tokens - n, now)
-            return None
-        self._buckets[project_id] = (tokens, now)
-        return max(0.001, (need - tokens) / self.rate)
 
 
 # Digits to "9", everything else to " ": a run of 19 nines then marks a number that may not fit
@@ -129,14 +106,14 @@ class IngestHandler:
         max_event_bytes: int,
         max_request_bytes: int,
         max_batch_items: int,
-        rate_limit: float = 0.0,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.keys = keys
         self.submit = submit
         self.max_event_bytes = max_event_bytes
         self.max_request_bytes = max_request_bytes
         self.max_batch_items = max_batch_items
-        self.limiter = RateLimiter(rate_limit)
+        self.limiter = limiter or RateLimiter(0.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -204,13 +181,7 @@ class IngestHandler:
             ]
         else:
             events = [self._event(doc, None, principal.project_id, now, idem_header, new_id("evt"))]
-        wait = self.limiter.take(principal.project_id, len(events))
-        if wait is not None:
-            raise ApiError(
-                429,
-                "ingest rate limit exceeded for this project",
-                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
-            )
+        self.limiter.check(principal.project_id, len(events))
         try:
             results = await self.submit(events)
         except RuntimeError as exc:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.manage import run_apply
+from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import NewEvent, SourceRow
@@ -103,6 +104,10 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     etype = cfg.type_prefix + raw_type
     if not is_valid_event_type(etype):
         raise ApiError(422, f"{etype[:80]!r} is not a valid event type", field=cfg.type_locator())
+    # After the signature: unsigned traffic must not spend the project's allowance.
+    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
+    if limiter is not None:
+        limiter.check(source.project_id, 1)
     key_loc = cfg.key_locator()
     key = locate(key_loc, headers, doc) if key_loc else None
     if key is not None:
