@@ -232,3 +232,59 @@ async def test_when_conditions_fan_out(server: RunningServer, receiver: Receiver
 
 async def _count(receiver: Receiver, n: int) -> bool:
     return len(receiver.requests) >= n
+
+
+async def test_a_destination_concurrency_limit_holds_and_others_go_on(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """`concurrency: 2` on one destination: never more than two of its requests at once, all
+    of its deliveries made, and another destination of the same events not held back."""
+    receiver.default = Reply(delay=0.2)
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "fan",
+                    "source": {"match": ["slow.*"]},
+                    "destinations": [
+                        {"webhook.out": {"url": receiver.url + "/limited"}, "concurrency": 2, "retry": FAST},
+                        {"webhook.out": {"url": receiver.url + "/open"}, "retry": FAST},
+                    ],
+                }
+            ]
+        }
+    )
+    _, shown = await server.request("GET", "/v1/destinations")
+    assert sorted(d["concurrency"] for d in shown["data"] if d["concurrency"]) == [2]
+    status, body = await server.request(
+        "POST", "/v1/events", key=server.ingest_key, json={"batch": [{"type": "slow.e"} for _ in range(10)]}
+    )
+    assert status == 202, body
+
+    async def all_delivered() -> bool:
+        _, page = await server.request("GET", "/v1/deliveries?limit=100")
+        return len(page["data"]) == 20 and all(d["status"] == "delivered" for d in page["data"])
+
+    await wait_for(all_delivered, timeout=15)
+    paths = [r.path for r in receiver.requests]
+    assert paths.count("/limited") == 10 and paths.count("/open") == 10
+    assert receiver.max_inflight["/limited"] == 2
+    assert receiver.max_inflight["/open"] > 2  # the limit is that destination's alone
+
+    # A limit that is not a whole number from 1 up is refused with its path.
+    status, body = await server.request(
+        "POST",
+        "/v1/apply",
+        json={
+            "document": {
+                "pipelines": [
+                    {
+                        "name": "bad",
+                        "source": {"match": ["*"]},
+                        "destinations": [{"webhook.out": {"url": receiver.url}, "concurrency": 0}],
+                    }
+                ]
+            }
+        },
+    )
+    assert status == 422 and body["error"]["field"].endswith("concurrency"), body

@@ -48,6 +48,9 @@ class Receiver:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self.arrived = asyncio.Event()
+        # Requests being answered right now, and the most seen at once, per path.
+        self.inflight: dict[str, int] = {}
+        self.max_inflight: dict[str, int] = {}
 
     def fail_times(self, n: int, status: int = 500) -> None:
         self.plan = [Reply(status=status) for _ in range(n)]
@@ -57,8 +60,14 @@ class Receiver:
         self.requests.append(Received(request.path, dict(request.headers), body, time.time()))
         self.arrived.set()
         reply = self.plan.pop(0) if self.plan else self.default
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
+        path = request.path
+        self.inflight[path] = self.inflight.get(path, 0) + 1
+        self.max_inflight[path] = max(self.max_inflight.get(path, 0), self.inflight[path])
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        finally:
+            self.inflight[path] -= 1
         return web.Response(
             status=reply.status, body=reply.body, headers=reply.headers, content_type="application/json"
         )

@@ -312,6 +312,8 @@ def pipeline_yaml(p: PipelineRow, cfg: ProjectConfig) -> str:
             entry["when"] = route["when"]
         if d.config.get("retry"):
             entry["retry"] = d.config["retry"]
+        if d.config.get("concurrency"):
+            entry["concurrency"] = d.config["concurrency"]
         dests.append(entry)
     doc["destinations"] = dests
     text: str = yaml.safe_dump({"pipelines": [doc]}, sort_keys=False, allow_unicode=True, width=100)

@@ -94,5 +94,6 @@ def destination_json(d: DestinationRow) -> dict[str, Any]:
         "enabled": d.enabled,
         "config": d.config.get("settings", {}),
         "retry": d.config.get("retry"),
+        "concurrency": d.config.get("concurrency"),
         "updated_at": iso(d.updated_at),
     }

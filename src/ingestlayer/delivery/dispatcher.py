@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -43,6 +44,7 @@ class _Dest:
     enabled: bool
     instance: Any
     policy: RetryPolicy
+    concurrency: int | None = None  # attempts in flight at once in this process; None: no limit
 
 
 class SecretResolver:
@@ -131,6 +133,9 @@ class Dispatcher:
         self._accepting = False
         self._attempt_counters: dict[str, Any] = {}
         self._backlogged = False
+        # Destinations with a concurrency limit: their attempts in flight, and the limit.
+        self._busy: dict[str, int] = {}
+        self._limits: dict[str, int] = {}
 
     async def _open(self) -> SendContext:
         if self._ctx is None:
@@ -174,6 +179,7 @@ class Dispatcher:
                     enabled=row.enabled,
                     instance=build_destination(row.kind, row.config["settings"]),
                     policy=RetryPolicy.from_config(row.config.get("retry")),
+                    concurrency=row.config.get("concurrency"),
                 )
                 self._dests[did] = cached
             out[did] = cached
@@ -291,7 +297,9 @@ class Dispatcher:
                 if free >= threshold or (free > 0 and not self._inflight):
                     want = min(free, self.settings.delivery_batch)
                     try:
-                        leased = await self.store.lease_deliveries(want, self.settings.delivery_lease_seconds)
+                        leased = await self.store.lease_deliveries(
+                            want, self.settings.delivery_lease_seconds, self._full()
+                        )
                     except Exception:
                         log.exception("leasing deliveries failed; retrying shortly")
                         await asyncio.sleep(1.0)
@@ -346,11 +354,48 @@ class Dispatcher:
             self._reserved -= len(leased)
         self._spawn(leased, dests)
 
+    def _full(self) -> list[str]:
+        """Destinations at their concurrency limit here: the next lease leaves them out."""
+        return [did for did, n in self._busy.items() if n >= self._limits.get(did, n + 1)]
+
     def _spawn(self, leased: list[LeasedDelivery], dests: dict[str, _Dest | None]) -> None:
+        over: list[LeasedDelivery] = []
         for d in leased:
-            task = asyncio.create_task(self._run_one(d, dests[d.destination_id]))
+            dest = dests[d.destination_id]
+            if dest is not None and dest.concurrency is not None:
+                did = d.destination_id
+                self._limits[did] = dest.concurrency
+                if self._busy.get(did, 0) >= dest.concurrency:
+                    over.append(d)
+                    continue
+                self._busy[did] = self._busy.get(did, 0) + 1
+                task = asyncio.create_task(self._run_one(d, dest))
+                task.add_done_callback(functools.partial(self._limited_done, did))
+            else:
+                task = asyncio.create_task(self._run_one(d, dest))
             self._inflight.add(task)
             task.add_done_callback(self._task_done)
+        if over:
+            # Leased in one batch beyond a destination's limit: due again at once, and left out of
+            # leases while the destination is full, so they wait in the table, not here.
+            release = asyncio.create_task(self._release(over))
+            self._starting.add(release)
+            release.add_done_callback(self._starting.discard)
+
+    async def _release(self, leased: list[LeasedDelivery]) -> None:
+        try:
+            await self.store.release_leases(leased)
+        except Exception:
+            log.exception("releasing %d leases failed; they are retaken when they expire", len(leased))
+
+    def _limited_done(self, did: str, _task: asyncio.Task[None]) -> None:
+        n = self._busy.get(did, 1) - 1
+        if n > 0:
+            self._busy[did] = n
+        else:
+            self._busy.pop(did, None)
+        if n + 1 >= self._limits.get(did, n + 2):
+            self.wake.set()  # it was full and left out of leases: it has room again
 
     def _retire(self, instance: Any) -> None:
         """Close a replaced destination (its pools, connections) once its sends are done."""

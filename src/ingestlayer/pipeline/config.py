@@ -18,7 +18,9 @@ from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.pipeline.steps.registry import parse_step_config, step_class
 
-META_KEYS = ("name", "when", "retry", "ref")
+META_KEYS = ("name", "when", "retry", "concurrency", "ref")
+# Attempts in flight at once for one destination, per worker process.
+MAX_CONCURRENCY = 10_000
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$"
 
 
@@ -44,9 +46,13 @@ class DestinationSpec:
     kind: str
     settings: dict[str, Any]
     retry: dict[str, Any] | None = None
+    concurrency: int | None = None
 
     def stored_config(self) -> dict[str, Any]:
-        return {"settings": self.settings, "retry": self.retry}
+        stored: dict[str, Any] = {"settings": self.settings, "retry": self.retry}
+        if self.concurrency is not None:  # absent otherwise, so older configurations diff as unchanged
+            stored["concurrency"] = self.concurrency
+        return stored
 
 
 @dataclass
@@ -139,6 +145,14 @@ def _check_retry(path: str, retry: Any) -> dict[str, Any] | None:
     return retry
 
 
+def _check_concurrency(path: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigError(path, f"must be a whole number from 1 to {MAX_CONCURRENCY:,} (attempts in flight)")
+    return value
+
+
 def parse_destination_entry(
     path: str, raw: Any, default_name: str | None
 ) -> tuple[DestinationSpec | None, RouteSpec | None, str | None]:
@@ -165,7 +179,7 @@ def parse_destination_entry(
         raise ConfigError(f"{path}.{kind}", "must be a mapping of settings")
     inner = dict(inner)
     meta = {k: outer.get(k) for k in META_KEYS if k in outer}
-    for k in ("name", "when", "retry"):
+    for k in ("name", "when", "retry", "concurrency"):
         if k in inner:
             meta[k] = inner.pop(k)
     name = meta.get("name") or default_name
@@ -177,8 +191,9 @@ def parse_destination_entry(
         loc, msg = _pydantic_message(exc)
         raise ConfigError(f"{path}.{kind}.{loc}" if loc else f"{path}.{kind}", msg) from None
     retry = _check_retry(f"{path}.retry", meta.get("retry"))
+    concurrency = _check_concurrency(f"{path}.concurrency", meta.get("concurrency"))
     when = _check_when(f"{path}.when", meta.get("when"))
-    spec = DestinationSpec(name=str(name), kind=kind, settings=settings, retry=retry)
+    spec = DestinationSpec(name=str(name), kind=kind, settings=settings, retry=retry, concurrency=concurrency)
     return spec, RouteSpec(destination=spec.name, when=when), when
 
 

@@ -115,7 +115,8 @@ WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
 _LEASE_DELIVERIES = f"""
 UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
 WHERE id IN (
-    SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3 ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
+    SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3 AND destination_id <> ALL($5::text[])
+    ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 RETURNING {rowmap.DELIVERY_COLUMNS}
 """
@@ -320,12 +321,14 @@ class PgHotPath:
 
     # ---- delivery ---------------------------------------------------------------------------
 
-    async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
+    async def lease_deliveries(
+        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+    ) -> list[LeasedDelivery]:
         now = time.time()
         token = new_id("lse")
         pool = await self.pool()
         async with pool.acquire() as conn:
-            rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit)
+            rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit, list(exclude))
         return [rowmap.leased_delivery(r, token) for r in rows]
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:

@@ -229,14 +229,25 @@ def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[s
     )
 
 
-def lease_deliveries(conn: sqlite3.Connection, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
+def _not_to(exclude: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """The condition leaving out deliveries to ``exclude`` (destinations at their concurrency
+    limit in this process), and its parameter; nothing when there are none."""
+    if not exclude:
+        return "", ()
+    return " AND destination_id NOT IN (SELECT value FROM json_each(?))", (_ids_json(exclude),)
+
+
+def lease_deliveries(
+    conn: sqlite3.Connection, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+) -> list[LeasedDelivery]:
     now = time.time()
     token = new_id("lse")
+    not_to, params = _not_to(exclude)
     rows = conn.execute(
         f"UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
-        f" WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ? ORDER BY due_at LIMIT ?)"
-        f" RETURNING {rowmap.DELIVERY_COLUMNS}",
-        (now + lease_seconds, token, now, now, limit),
+        f" WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ?{not_to}"
+        f" ORDER BY due_at LIMIT ?) RETURNING {rowmap.DELIVERY_COLUMNS}",
+        (now + lease_seconds, token, now, now, *params, limit),
     ).fetchall()
     return [rowmap.leased_delivery(r, token) for r in rows]
 
@@ -278,9 +289,10 @@ def route_jobs_due(conn: sqlite3.Connection, now: float) -> bool:
     return conn.execute("SELECT 1 FROM route_jobs WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
 
 
-def deliveries_due(conn: sqlite3.Connection, now: float) -> bool:
-    query = f"SELECT 1 FROM deliveries WHERE {DUE} AND due_at <= ? LIMIT 1"
-    return conn.execute(query, (now,)).fetchone() is not None
+def deliveries_due(conn: sqlite3.Connection, now: float, exclude: Sequence[str] = ()) -> bool:
+    not_to, params = _not_to(exclude)
+    query = f"SELECT 1 FROM deliveries WHERE {DUE} AND due_at <= ?{not_to} LIMIT 1"
+    return conn.execute(query, (now, *params)).fetchone() is not None
 
 
 def data_version(conn: sqlite3.Connection) -> int:
@@ -333,10 +345,12 @@ class SqliteHotPath:
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
         await self.db.write(defer_route_jobs, lease, delays)
 
-    async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
-        if not await self.db.read(deliveries_due, time.time()):
+    async def lease_deliveries(
+        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+    ) -> list[LeasedDelivery]:
+        if not await self.db.read(deliveries_due, time.time(), exclude):
             return []
-        return await self.db.write(lease_deliveries, limit, lease_seconds, durable=False)
+        return await self.db.write(lease_deliveries, limit, lease_seconds, exclude, durable=False)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         await self.db.write(record_attempts, results)

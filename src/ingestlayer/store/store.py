@@ -555,9 +555,12 @@ class Store:
 
     # ---- delivery ------------------------------------------------------------------------------
 
-    async def lease_deliveries(self, limit: int, lease_seconds: float) -> list[LeasedDelivery]:
-        """Lease up to ``limit`` due deliveries (including ones whose lease has expired)."""
-        return await self._hot.lease_deliveries(limit, lease_seconds)
+    async def lease_deliveries(
+        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+    ) -> list[LeasedDelivery]:
+        """Lease up to ``limit`` due deliveries (including ones whose lease has expired), none
+        to the destinations in ``exclude``."""
+        return await self._hot.lease_deliveries(limit, lease_seconds, exclude)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         """Log attempts and move their deliveries on, in one transaction.
