@@ -6,9 +6,11 @@ Errors are one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -327,6 +329,90 @@ def replay(
         database_url, project, url, key, lambda b: b.replay(delivery_id, status or ["dead"], destination)
     )
     out.print(f"replayed {len(ids)} deliveries")
+
+
+@app.command()
+@cli_errors
+def tail(
+    type_: Annotated[
+        str | None, typer.Option("--type", help="Only this event type or pattern (* matches any run)")
+    ] = None,
+    destination: Annotated[
+        str | None, typer.Option("--destination", help="Only deliveries to this destination (name or id)")
+    ] = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="Delivery outcomes to show: delivered|failed|dead")
+    ] = None,
+    show_events: Annotated[bool, typer.Option("--events/--no-events", help="Show new events")] = True,
+    show_deliveries: Annotated[
+        bool, typer.Option("--deliveries/--no-deliveries", help="Show delivery outcomes")
+    ] = True,
+    last: Annotated[
+        int,
+        typer.Option(
+            "-n", "--last", min=0, max=500, help="First show the newest N events and N delivery outcomes"
+        ),
+    ] = 0,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls")] = 1.0,
+    duration: Annotated[
+        float | None,
+        typer.Option("--for", min=0, metavar="SECONDS", help="Stop after SECONDS (exit 0); default: Ctrl-C"),
+    ] = None,
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Follow new events and delivery outcomes as they happen, until Ctrl-C (exit 0) or --for.
+
+    One line per event that arrives after the start (time, id, type, source) and per delivery
+    outcome: delivered, failed (an attempt failed; it will be retried) or dead, with the
+    destination, the status code or error and the attempt number. Nothing from before the start
+    is shown unless asked with --last. Polls every --interval seconds and reads everything new
+    since the last poll, page after page; a line is never shown twice.
+    """
+    from ingestlayer.cli_tail import OUTCOMES, TailOptions, follow
+    from ingestlayer.pipeline.matching import is_valid_pattern
+
+    if type_ is not None and not is_valid_pattern(type_):
+        raise CliError(f"--type {type_!r} is not an event type or pattern (such as order.* or *.failed)")
+    outcomes = list(OUTCOMES.values())
+    for s in status or []:
+        if s not in outcomes:
+            raise CliError(f"--status {s!r} is not one of {', '.join(outcomes)}")
+    if not (show_events or show_deliveries):
+        raise CliError("--no-events and --no-deliveries leave nothing to show")
+    options = TailOptions(
+        type_pattern=type_,
+        destination=destination,
+        outcomes=frozenset(status or outcomes),
+        events=show_events,
+        deliveries=show_deliveries,
+        last=last,
+    )
+    what = " and ".join(w for w, on in (("events", show_events), ("deliveries", show_deliveries)) if on)
+    # The server's address without any credentials in it; the database's not at all.
+    where = _without_userinfo(url) if url else "the database"
+
+    def ready() -> None:
+        err.print(f"following {what} on {escape(where)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
+
+    def emit(line: str) -> None:
+        out.print(line, highlight=False, soft_wrap=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends: exit 0
+        _with_backend(
+            database_url,
+            project,
+            url,
+            key,
+            lambda b: follow(b, options, emit, interval=interval, duration=duration, ready=ready),
+        )
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 @secrets_app.command("set")

@@ -139,7 +139,8 @@ class RemoteBackend:
     async def close(self) -> None:
         return None
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One REST request with the admin key; API errors become one-line CliErrors."""
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -161,7 +162,7 @@ class RemoteBackend:
         return json.loads(raw) if raw else None
 
     async def apply(self, document: Any, dry_run: bool, prune: bool) -> dict[str, Any]:
-        out: dict[str, Any] = self._call(
+        out: dict[str, Any] = self.call(
             "POST", "/v1/apply", {"document": document, "dry_run": dry_run, "prune": prune}
         )
         return out
@@ -170,31 +171,31 @@ class RemoteBackend:
         body: dict[str, Any] = {"type": type_, "payload": payload}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        out: dict[str, Any] = self._call("POST", "/v1/events", body)
+        out: dict[str, Any] = self.call("POST", "/v1/events", body)
         return out
 
     async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
         q = f"?limit={limit}" + (f"&type={urllib.parse.quote(type_)}" if type_ else "")
-        out: list[dict[str, Any]] = self._call("GET", "/v1/events" + q)["data"]
+        out: list[dict[str, Any]] = self.call("GET", "/v1/events" + q)["data"]
         return out
 
     async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
         q = f"?limit={limit}" + "".join(f"&status={s}" for s in status or [])
-        out: list[dict[str, Any]] = self._call("GET", "/v1/deliveries" + q)["data"]
+        out: list[dict[str, Any]] = self.call("GET", "/v1/deliveries" + q)["data"]
         return out
 
     async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
         if delivery_id:
-            out: list[str] = self._call("POST", f"/v1/deliveries/{delivery_id}/replay", {})["replayed"]
+            out: list[str] = self.call("POST", f"/v1/deliveries/{delivery_id}/replay", {})["replayed"]
             return out
         body: dict[str, Any] = {"status": status}
         if destination:
             body["destination"] = destination
-        out = self._call("POST", "/v1/deliveries/replay", body)["replayed"]
+        out = self.call("POST", "/v1/deliveries/replay", body)["replayed"]
         return out
 
     async def set_secret(self, name: str, value: str) -> bool:
-        return bool(self._call("PUT", f"/v1/secrets/{name}", {"value": value})["replaced"])
+        return bool(self.call("PUT", f"/v1/secrets/{name}", {"value": value})["replaced"])
 
 
 Backend = LocalBackend | RemoteBackend
