@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
+from ingestlayer.timefmt import parse_iso
 from tests.support.api import error_of
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -199,23 +201,72 @@ async def test_disable_and_reenable(srv: RunningServer, receiver: Receiver) -> N
 async def test_rotate_secret(srv: RunningServer, receiver: Receiver) -> None:
     ep = await add_endpoint(srv, receiver)
     old = ep["secret"]
+    assert ep["rotation_ends_at"] is None
     await delivered(srv, await send(srv, "invoice.created"))
     assert receiver.requests[0].verify(old)
 
+    before = time.time()
     status, rotated = await srv.request("POST", f"/v1/endpoints/{ep['id']}/rotate-secret")
     assert status == 200, rotated
     assert rotated["id"] == ep["id"]
     new = rotated["secret"]
     assert new.startswith("whsec_") and new != old
+    # By default the old secret still signs for a day, beside the new one.
+    ends = parse_iso(rotated["rotation_ends_at"])
+    assert before + 86_400 - 5 < ends < time.time() + 86_400 + 5
     _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")
-    assert "secret" not in got
+    assert "secret" not in got and got["rotation_ends_at"] == rotated["rotation_ends_at"]
 
-    # The very next delivery is signed with the new secret only.
+    # Receivers that know either secret accept the next delivery: it carries both signatures.
     await delivered(srv, await send(srv, "invoice.failed"))
+    during = receiver.requests[-1]
+    assert during.headers["X-Ingestlayer-Signature"].count("v1=") == 2
+    assert during.verify(new)["type"] == "invoice.failed"
+    assert during.verify(old)["type"] == "invoice.failed"
+    # A patch leaves the rotation as it is.
+    _, patched = await srv.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"description": "billing"})
+    assert patched["rotation_ends_at"] == rotated["rotation_ends_at"]
+
+    # Rotating with keep_old_for 0 cuts over at once: only the newest secret signs.
+    status, again = await srv.request(
+        "POST", f"/v1/endpoints/{ep['id']}/rotate-secret", json={"keep_old_for": 0}
+    )
+    assert status == 200 and again["rotation_ends_at"] is None
+    await delivered(srv, await send(srv, "invoice.created"))
     latest = receiver.requests[-1]
-    assert latest.verify(new)["type"] == "invoice.failed"
+    assert latest.headers["X-Ingestlayer-Signature"].count("v1=") == 1
+    assert latest.verify(again["secret"])["type"] == "invoice.created"
+    for retired in (old, new):
+        with pytest.raises(WebhookVerificationError):
+            latest.verify(retired)
+
+
+async def test_a_rotation_ends_by_itself(srv: RunningServer, receiver: Receiver) -> None:
+    ep = await add_endpoint(srv, receiver)
+    status, rotated = await srv.request(
+        "POST", f"/v1/endpoints/{ep['id']}/rotate-secret", json={"keep_old_for": 0.5}
+    )
+    assert status == 200 and rotated["rotation_ends_at"]
+    await asyncio.sleep(0.7)
+    await delivered(srv, await send(srv, "invoice.created"))
+    last = receiver.requests[-1]
+    assert last.headers["X-Ingestlayer-Signature"].count("v1=") == 1
+    assert last.verify(rotated["secret"])
     with pytest.raises(WebhookVerificationError):
-        latest.verify(old)
+        last.verify(ep["secret"])
+    _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["rotation_ends_at"] is None
+    # Out of range: a negative time, or more than 30 days.
+    for bad in (-1, 31 * 86_400):
+        status, body = await srv.request(
+            "POST", f"/v1/endpoints/{ep['id']}/rotate-secret", json={"keep_old_for": bad}
+        )
+        assert status == 422 and error_of(body)["field"] == "keep_old_for", body
+    # Deleting the endpoint removes both of its secrets.
+    status, _ = await srv.request("DELETE", f"/v1/endpoints/{ep['id']}")
+    assert status == 204
+    _, secrets = await srv.request("GET", "/v1/secrets")
+    assert [s["name"] for s in secrets["data"]] == []
 
 
 async def test_patching_to_signed_makes_a_secret_shown_once(srv: RunningServer, receiver: Receiver) -> None:

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
+from ingestlayer.destinations.webhook_out import WebhookOutConfig
 from ingestlayer.pipeline.apply import apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.store.store import Store
+from ingestlayer.timefmt import parse_iso
 
 HOOK = "https://api.acme.com/hooks"
 
@@ -125,6 +127,24 @@ def test_secret_may_be_a_list_for_rotation() -> None:
         destinations=[{"webhook.out": {"url": HOOK, "auth": "hmac", "secret": ["ref:new", "env:OLD"]}}]
     )
     assert parse_config(doc).destinations[0].settings["secret"] == ["ref:new", "env:OLD"]
+
+
+def test_a_rotation_end_stops_the_old_secret_signing() -> None:
+    rotating = {"url": HOOK, "auth": "hmac", "secret": ["ref:new", "ref:old"]}
+    ends = {**rotating, "rotation_ends_at": "2026-12-01T09:00:00Z"}
+    doc = one_pipeline(destinations=[{"webhook.out": ends}])
+    config = WebhookOutConfig.model_validate(parse_config(doc).destinations[0].settings)
+    assert config.signing_refs(parse_iso("2026-12-01T08:59:59Z")) == ["ref:new", "ref:old"]
+    assert config.signing_refs(parse_iso("2026-12-01T09:00:00Z")) == ["ref:new"]
+    # Unset, it is not stored at all: configurations from before it compare as unchanged.
+    plain = parse_config(one_pipeline(destinations=[{"webhook.out": rotating}])).destinations[0]
+    assert "rotation_ends_at" not in plain.settings
+    for bad, why in [
+        ({**rotating, "rotation_ends_at": "next tuesday"}, "ISO 8601"),
+        ({**rotating, "secret": "ref:new", "rotation_ends_at": "2026-12-01T09:00:00Z"}, "two secrets"),
+    ]:
+        err = config_error(one_pipeline(destinations=[{"webhook.out": bad}]))
+        assert why in err.message, err
 
 
 # ---- errors name the path -------------------------------------------------------------------

@@ -8,6 +8,7 @@ once in the create (or rotate) response.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
@@ -23,7 +24,7 @@ from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.store import NotFound
-from ingestlayer.timefmt import iso
+from ingestlayer.timefmt import iso, parse_iso
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
 
@@ -62,6 +63,27 @@ def _secret_name(endpoint_id: str) -> str:
     return f"endpoint-{endpoint_id}"
 
 
+def _previous_name(endpoint_id: str) -> str:
+    """The secret replaced by the last rotation, still signing until the rotation ends."""
+    return f"endpoint-{endpoint_id}.previous"
+
+
+# How long a rotated-out secret still signs by default: a day to update the receivers, as
+# Standard Webhooks providers commonly allow; at most 30 days.
+DEFAULT_OVERLAP_SECONDS = 86_400.0
+MAX_OVERLAP_SECONDS = 30 * 86_400.0
+
+
+class RotateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keep_old_for: float = Field(
+        default=DEFAULT_OVERLAP_SECONDS,
+        ge=0,
+        le=MAX_OVERLAP_SECONDS,
+        description="Seconds the old secret still signs beside the new one (0: stop at once).",
+    )
+
+
 def _needs_secret(spec: dict[str, Any]) -> bool:
     return bool(spec["auth"] != "none" or spec["signing"] == "standard")
 
@@ -85,6 +107,8 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
         "format": settings.get("format"),
         "headers": settings.get("headers", {}),
         "timeout": settings.get("timeout"),
+        # While a rotation lasts, requests carry both signatures.
+        "rotation_ends_at": _rotation_end(settings),
         "retry": d.config.get("retry") if d else None,
         "description": p.config.get("description"),
         "enabled": p.enabled,
@@ -92,6 +116,11 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
         "created_at": iso(p.created_at),
         "updated_at": iso(p.updated_at),
     }
+
+
+def _rotation_end(settings: dict[str, Any]) -> str | None:
+    ends = settings.get("rotation_ends_at")
+    return ends if isinstance(ends, str) and parse_iso(ends) > time.time() else None
 
 
 async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> tuple[PipelineRow, DestinationRow | None]:
@@ -118,6 +147,9 @@ async def _save(
     }
     if _needs_secret(spec):
         settings["secret"] = f"ref:{_secret_name(endpoint_id)}"
+        if spec.get("rotation_ends_at") and spec["auth"] != "bearer":
+            settings["secret"] = [settings["secret"], f"ref:{_previous_name(endpoint_id)}"]
+            settings["rotation_ends_at"] = spec["rotation_ends_at"]
     entry = {"webhook.out": settings, "name": f"endpoint:{endpoint_id}"}
     if spec.get("retry") is not None:
         entry["retry"] = spec["retry"]
@@ -207,6 +239,7 @@ async def update_endpoint(
     if secret is not None:
         if spec["signing"] == "standard":
             _check_standard(secret, "secret", "")
+        spec["rotation_ends_at"] = None  # a secret set by hand replaces the old one at once
     elif _needs_secret(spec):
         # Switching to auth or signing that needs a secret: the one already stored, if any (an
         # endpoint created with auth: none has none), must suit it; else one is made, as on create.
@@ -227,18 +260,34 @@ async def update_endpoint(
     return out
 
 
-@router.post("/{endpoint_id}/rotate-secret", summary="Replace the signing secret; the new one is shown once")
-async def rotate_secret(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+@router.post(
+    "/{endpoint_id}/rotate-secret",
+    summary="Replace the signing secret; the new one is shown once, the old one still signs for a while",
+)
+async def rotate_secret(
+    endpoint_id: str, principal: Admin, rt: RuntimeDep, body: RotateIn | None = None
+) -> dict[str, Any]:
     p, d = await _load(rt, principal.project_id, endpoint_id)
     current = _endpoint_json(p, d)
     if current["auth"] == "bearer":
         raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
+    keep_for = (body or RotateIn()).keep_old_for
+    project_id = principal.project_id
+    old = await rt.store.get_secret(project_id, _secret_name(endpoint_id))
+    if keep_for > 0 and old is not None:
+        # Both sign until then (several v1= entries), so receivers can move to the new one.
+        await rt.store.set_secret(project_id, _previous_name(endpoint_id), old)
+        current["rotation_ends_at"] = iso(time.time() + keep_for)
+    else:
+        current["rotation_ends_at"] = None
+        with contextlib.suppress(NotFound):
+            await rt.store.delete_secret(project_id, _previous_name(endpoint_id))
     secret = generate_secret()
     current["auth"] = (
         "hmac" if current["auth"] == "none" and current["signing"] != "standard" else current["auth"]
     )
-    await _save(rt, principal.project_id, endpoint_id, d.id if d else new_id("dst"), current, secret)
-    return {"id": endpoint_id, "secret": secret}
+    await _save(rt, project_id, endpoint_id, d.id if d else new_id("dst"), current, secret)
+    return {"id": endpoint_id, "secret": secret, "rotation_ends_at": current["rotation_ends_at"]}
 
 
 @router.delete("/{endpoint_id}", status_code=204)
@@ -252,7 +301,8 @@ async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) ->
         delete_pipeline_ids=[p.id],
         delete_destination_ids=[d.id] if d else [],
     )
-    # Its signing secret goes with it (there is none for auth: none).
-    with contextlib.suppress(NotFound):
-        await rt.store.delete_secret(principal.project_id, _secret_name(endpoint_id))
+    # Its signing secrets go with it (there are none for auth: none).
+    for name in (_secret_name(endpoint_id), _previous_name(endpoint_id)):
+        with contextlib.suppress(NotFound):
+            await rt.store.delete_secret(principal.project_id, name)
     return Response(status_code=204)

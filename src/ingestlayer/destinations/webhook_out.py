@@ -19,7 +19,15 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from yarl import URL
 
 from ingestlayer.delivery.egress import EgressDenied
@@ -30,6 +38,7 @@ from ingestlayer.delivery.signing import (
     standard_webhooks_headers,
 )
 from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.timefmt import parse_iso
 
 RESERVED_HEADERS = {
     "content-type",
@@ -67,6 +76,10 @@ class WebhookOutConfig(BaseModel):
     format: Literal["ingestlayer", "data"] = Field(default="ingestlayer", description="The body's shape.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for a 2xx.")
+    rotation_ends_at: str | None = Field(
+        default=None,
+        description="ISO 8601: the last of several `secret`s (the old one, while rotating) signs until then.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -95,6 +108,16 @@ class WebhookOutConfig(BaseModel):
                 )
         return v
 
+    @field_validator("rotation_ends_at")
+    @classmethod
+    def _rotation_ends_at(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_iso(v)
+            except ValueError:
+                raise ValueError("must be an ISO 8601 time, such as 2026-12-01T09:00:00Z") from None
+        return v
+
     @model_validator(mode="after")
     def _secret(self) -> WebhookOutConfig:
         refs = self.secret_refs()
@@ -102,10 +125,27 @@ class WebhookOutConfig(BaseModel):
             raise ValueError(f"auth: {self.auth} needs a secret")
         if self.signing == "standard" and not refs:
             raise ValueError("signing: standard needs a secret")
+        if self.rotation_ends_at is not None and len(refs) < 2:
+            raise ValueError("rotation_ends_at needs two secrets: the new one first, the old one last")
         return self
+
+    @model_serializer(mode="wrap")
+    def _stored(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so configurations stored before it existed compare as unchanged.
+        data: dict[str, Any] = handler(self)
+        if data.get("rotation_ends_at") is None:
+            data.pop("rotation_ends_at", None)
+        return data
 
     def secret_refs(self) -> list[str]:
         return [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
+
+    def signing_refs(self, now: float) -> list[str]:
+        """The secrets that sign now: all of them, but the old one once its rotation has ended."""
+        refs = self.secret_refs()
+        if self.rotation_ends_at is not None and len(refs) > 1 and now >= parse_iso(self.rotation_ends_at):
+            return refs[:-1]
+        return refs
 
 
 def render_body(event: dict[str, Any], fmt: str) -> bytes:
@@ -143,8 +183,9 @@ class WebhookOut:
             "X-Ingestlayer-Delivery": request.delivery_id,
             "X-Ingestlayer-Attempt": str(request.attempt),
         }
-        secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.secret_refs()]
-        now = int(time.time())
+        clock = time.time()
+        secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.signing_refs(clock)]
+        now = int(clock)
         if cfg.auth == "bearer":
             headers["Authorization"] = f"Bearer {secrets[0]}"
         elif cfg.auth == "hmac":
