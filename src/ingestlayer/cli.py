@@ -449,7 +449,21 @@ def version() -> None:
 
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    # Not standalone: click would draw a usage error as a boxed panel under the usage text;
+    # here it is one line, like every other error, with exit status 2 as click gives it.
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors (exit 2) and the like
+        message = exc.format_message().rstrip(".")
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            message += f" (see `{ctx.command_path} --help`)"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -364,3 +364,22 @@ async def test_errors_are_one_line_with_exit_code_1(tmp_path: Path, sqlite_url: 
             assert await store.list_events(p["id"]) == []
     finally:
         await store.close()
+
+
+async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    cases: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        (("send",), ("Missing argument 'TYPE'", "ingestlayer send --help")),
+        (("nosuch",), ("No such command 'nosuch'", "ingestlayer --help")),
+        (("events", "--limit", "0"), ("--limit", "ingestlayer events --help")),
+        (("apply",), ("--file",)),
+    ]
+    for args, words in cases:
+        run = await cli(*args, cwd=tmp_path)
+        assert run.rc == 2, run
+        lines = run.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.err
+        assert all(w in lines[0] for w in words), (words, lines[0])
+        assert run.out == "" and "Traceback" not in run.err
+    # Help is still help, on stdout, exit 0.
+    run = await cli("send", "--help", cwd=tmp_path)
+    assert run.rc == 0 and "Usage" in run.out and run.err == ""
