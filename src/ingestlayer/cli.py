@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -162,8 +163,21 @@ def migrate(database_url: DbOpt = None) -> None:
     from ingestlayer.store.migrate import upgrade
 
     settings = _settings(database_url)
-    upgrade(settings.database_url)
-    out.print("database is up to date")
+    applied = 0
+    last = time.perf_counter()
+
+    def step(revision: str, description: str) -> None:
+        # One line per migration as it completes: a table rebuild can take a minute on a big file.
+        nonlocal applied, last
+        now = time.perf_counter()
+        applied += 1
+        what = escape(description.splitlines()[0] if description else "")
+        out.print(f"applied {escape(revision)}: {what} ({now - last:.1f} s)", highlight=False, soft_wrap=True)
+        last = now
+
+    upgrade(settings.database_url, on_step=step)
+    done = f" ({applied} migrations applied)" if applied else ""
+    out.print(f"database is up to date{done}")
 
 
 @app.command()

@@ -383,3 +383,13 @@ async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> Non
     # Help is still help, on stdout, exit 0.
     run = await cli("send", "--help", cwd=tmp_path)
     assert run.rc == 0 and "Usage" in run.out and run.err == ""
+
+
+async def test_migrate_reports_each_step_then_nothing_to_do(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    first = ok(await cli("migrate", "--database-url", url, cwd=tmp_path))
+    steps = [line for line in first.out.splitlines() if line.startswith("applied ")]
+    assert steps and steps[0].startswith("applied 0001: initial schema (")
+    assert first.out.splitlines()[-1] == f"database is up to date ({len(steps)} migrations applied)"
+    again = ok(await cli("migrate", "--database-url", url, cwd=tmp_path))
+    assert again.out.strip() == "database is up to date"

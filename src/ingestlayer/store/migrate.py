@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,10 +23,15 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(
+    database_url: str, revision: str = "head", on_step: Callable[[str, str], None] | None = None
+) -> None:
+    """Migrate to ``revision``; ``on_step(revision, description)`` is called after each step."""
     from alembic import command
 
-    command.upgrade(alembic_config(database_url), revision)
+    cfg = alembic_config(database_url)
+    cfg.attributes["on_step"] = on_step
+    command.upgrade(cfg, revision)
 
 
 def current_head() -> str | None:

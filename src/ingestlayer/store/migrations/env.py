@@ -17,10 +17,23 @@ config = context.config
 target_metadata = metadata
 
 
+def _applied(on_step: Any) -> Any:
+    """Alembic's callback after each migration, as ``on_step(revision, description)``."""
+    if on_step is None:
+        return None
+
+    def report(*, step: Any, **_: Any) -> None:
+        if step.is_upgrade:
+            on_step(step.up_revision_id, step.up_revision.doc or "")
+
+    return report
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        on_version_apply=_applied(config.attributes.get("on_step")),
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
         # SQLite's DDL is transactional too: a migration that rebuilds a table (create a copy,
