@@ -7,70 +7,17 @@ command runs.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ingestlayer.store.store import Store
+from tests.support.cli import Run, cli, ok, one_line_error
 from tests.support.receiver import Receiver, Reply
-from tests.support.server import TEST_SECRET_KEY, RunningServer, start_server, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
-CLI = str(Path(sys.executable).with_name("ingestlayer"))
 SECRET = "whsec_cli-set-secret-value-123"
-
-
-@dataclass
-class Run:
-    rc: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return orjson.loads(self.out)
-
-
-async def cli(*args: str, cwd: Path, db_url: str | None = None, stdin: bytes | None = None) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTLAYER_") and k != "COLUMNS"}
-    if db_url is not None:
-        env["INGESTLAYER_DATABASE_URL"] = db_url
-    # The same master key as the in-process server, so secrets set here can be used there.
-    env["INGESTLAYER_SECRET_KEY"] = TEST_SECRET_KEY
-    proc = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
-
-
-def ok(run: Run) -> Run:
-    assert run.rc == 0, run
-    assert "Traceback" not in run.err, run
-    return run
-
-
-def one_line_error(run: Run, *words: str) -> str:
-    """Exit 1 and exactly one line on stderr, starting with ``error:``, never a traceback."""
-    assert run.rc == 1, run
-    lines = run.err.splitlines()
-    assert len(lines) == 1, run.err
-    assert lines[0].startswith("error: "), run.err
-    assert "Traceback" not in run.err and "Traceback" not in run.out
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
 
 
 async def start(database_url: str, **overrides: Any) -> RunningServer:

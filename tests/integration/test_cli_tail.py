@@ -21,7 +21,8 @@ from rich.text import Text
 
 from ingestlayer.cli_tail import Tail, TailOptions, floor_id
 from ingestlayer.ids import encode_ulid
-from tests.integration.test_cli import CLI, cli, ok, one_line_error, start
+from tests.integration.test_cli import start
+from tests.support.cli import CLI, cli, ok, one_line_error
 from tests.support.receiver import Receiver
 from tests.support.server import TEST_SECRET_KEY, RunningServer, wait_for
 
