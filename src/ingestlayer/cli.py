@@ -55,7 +55,15 @@ KeyOpt = Annotated[
 
 
 def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
-    return Settings.from_env().with_overrides(database_url=database_url, **overrides)
+    settings = Settings.from_env().with_overrides(database_url=database_url, **overrides)
+    scheme = urllib.parse.urlsplit(settings.database_url).scheme.split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        # Said here, before a driver reports it in its own words (or as an internal error).
+        raise CliError(
+            "the database URL must be sqlite:///PATH or postgresql://USER@HOST/DATABASE "
+            "(--database-url or INGESTLAYER_DATABASE_URL)"
+        )
+    return settings
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -175,7 +183,11 @@ def migrate(database_url: DbOpt = None) -> None:
         out.print(f"applied {escape(revision)}: {what} ({now - last:.1f} s)", highlight=False, soft_wrap=True)
         last = now
 
-    upgrade(settings.database_url, on_step=step)
+    try:
+        upgrade(settings.database_url, on_step=step)
+    except OSError as exc:  # refused, unreachable, name not found: say which database
+        where = _safe_url(settings.database_url)
+        raise CliError(f"cannot connect to the database at {where}: {exc}") from None
     done = f" ({applied} migrations applied)" if applied else ""
     out.print(f"database is up to date{done}")
 
@@ -422,6 +434,14 @@ def tail(
             key,
             lambda b: follow(b, options, emit, interval=interval, duration=duration, ready=ready),
         )
+
+
+def _safe_url(url: str) -> str:
+    """A database URL fit to print: the password, if any, left out."""
+    parts = urllib.parse.urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    user = user.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
 
 
 def _without_userinfo(url: str) -> str:
