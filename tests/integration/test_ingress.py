@@ -270,3 +270,26 @@ async def test_ingress_shares_the_projects_ingest_rate_limit(sqlite_url: str, re
         assert status == 202
     finally:
         await server.stop()
+
+
+async def test_sources_give_the_ingress_url_when_the_public_address_is_known(
+    sqlite_url: str, receiver: Receiver
+) -> None:
+    server = await start_server(sqlite_url, public_url="https://hooks.acme.example/")
+    try:
+        paths = await configure(server, receiver)
+        _, body = await server.request("GET", "/v1/sources")
+        listed = {s["name"]: s for s in body["data"]}
+        assert listed["stripe"]["ingress_url"] == "https://hooks.acme.example" + paths["stripe"]
+        _, one = await server.request("GET", "/v1/sources/github")
+        assert one["ingress_url"] == "https://hooks.acme.example" + paths["github"]
+    finally:
+        await server.stop()
+    # Without it, only the path: the server cannot know how senders reach it.
+    other = await start_server(sqlite_url, project="acme-2")
+    try:
+        await configure(other, receiver)
+        _, body = await other.request("GET", "/v1/sources")
+        assert {s["ingress_url"] for s in body["data"]} == {None}
+    finally:
+        await other.stop()

@@ -38,12 +38,15 @@ def ingress_path(source_id: str) -> str:
     return f"/v1/ingress/{source_id}"
 
 
-def source_json(s: SourceRow) -> dict[str, Any]:
+def source_json(s: SourceRow, public_url: str | None = None) -> dict[str, Any]:
+    path = ingress_path(s.id)
     return {
         "id": s.id,
         "name": s.name,
         "enabled": s.enabled,
-        "ingress_path": ingress_path(s.id),
+        "ingress_path": path,
+        # The URL to give the sender, when the server knows its public address.
+        "ingress_url": public_url.rstrip("/") + path if public_url else None,
         "config": s.config,  # the secret is a reference only
         "updated_at": iso(s.updated_at),
     }
@@ -139,7 +142,8 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
 @router.get("/v1/sources", summary="List sources and their ingress URLs")
 async def list_sources(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    return {"data": [source_json(s) for s in sorted(cfg.sources.values(), key=lambda s: s.name)]}
+    public = rt.settings.public_url
+    return {"data": [source_json(s, public) for s in sorted(cfg.sources.values(), key=lambda s: s.name)]}
 
 
 async def _find(rt: Runtime, project_id: str, key: str) -> SourceRow:
@@ -152,13 +156,13 @@ async def _find(rt: Runtime, project_id: str, key: str) -> SourceRow:
 
 @router.get("/v1/sources/{source}")
 async def get_source(source: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    return source_json(await _find(rt, principal.project_id, source))
+    return source_json(await _find(rt, principal.project_id, source), rt.settings.public_url)
 
 
 @router.post("/v1/sources", status_code=201, summary="Create or update a source (the YAML shape, as JSON)")
 async def put_source(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     await run_apply(rt, principal.project_id, {"sources": [body]}, dry_run=False, prune=False)
-    return source_json(await _find(rt, principal.project_id, str(body.get("name"))))
+    return source_json(await _find(rt, principal.project_id, str(body.get("name"))), rt.settings.public_url)
 
 
 @router.delete("/v1/sources/{source}", status_code=204)
