@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
-from ingestlayer.api.manage import run_apply
+from ingestlayer.api.manage import answer_created, run_apply
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
@@ -159,9 +159,17 @@ async def get_source(source: str, principal: Admin, rt: RuntimeDep) -> dict[str,
     return source_json(await _find(rt, principal.project_id, source), rt.settings.public_url)
 
 
-@router.post("/v1/sources", status_code=201, summary="Create or update a source (the YAML shape, as JSON)")
-async def put_source(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    await run_apply(rt, principal.project_id, {"sources": [body]}, dry_run=False, prune=False)
+@router.post(
+    "/v1/sources",
+    status_code=201,
+    summary="Create (201) or update (200) a source (the YAML shape, as JSON)",
+    responses={200: {"description": "An existing source of that name, updated"}},
+)
+async def put_source(
+    body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    result = await run_apply(rt, principal.project_id, {"sources": [body]}, dry_run=False, prune=False)
+    answer_created(result, "source", response)
     return source_json(await _find(rt, principal.project_id, str(body.get("name"))), rt.settings.public_url)
 
 

@@ -103,23 +103,37 @@ async def get_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> dict[
     return pipeline_json(_find(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
 
 
-@router.post("/pipelines", status_code=201, summary="Create or update a pipeline (the YAML shape, as JSON)")
-async def put_pipeline(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    await run_apply(rt, principal.project_id, {"pipelines": [body]}, dry_run=False, prune=False)
+def answer_created(result: dict[str, Any], kind: str, response: Response) -> None:
+    """201 for what the apply created, 200 for what existed already (updated or unchanged)."""
+    if not any(c["kind"] == kind and c["action"] == "create" for c in result["changes"]):
+        response.status_code = 200
+
+
+@router.post(
+    "/pipelines",
+    status_code=201,
+    summary="Create (201) or update (200) a pipeline (the YAML shape, as JSON)",
+    responses={200: {"description": "An existing pipeline of that name, updated"}},
+)
+async def put_pipeline(
+    body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    result = await run_apply(rt, principal.project_id, {"pipelines": [body]}, dry_run=False, prune=False)
+    answer_created(result, "pipeline", response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return pipeline_json(_find(cfg.pipelines, str(body.get("name")), "pipeline"), cfg.destinations)
 
 
 @router.put("/pipelines/{pipeline}")
 async def replace_pipeline(
-    pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep
+    pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     body = {**body, "name": body.get("name", pipeline)}
     if body["name"] != pipeline:
         raise ApiError(
             422, "the name in the body must match the path (renames are a delete and a create)", field="name"
         )
-    return await put_pipeline(body, principal, rt)
+    return await put_pipeline(body, principal, rt, response)
 
 
 @router.delete("/pipelines/{pipeline}", status_code=204)
@@ -155,9 +169,17 @@ async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) ->
     return destination_json(_find(cfg.destinations.values(), destination, "destination"))
 
 
-@router.post("/destinations", status_code=201, summary="Create or update a named destination")
-async def put_destination(body: dict[str, Any], principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    await run_apply(rt, principal.project_id, {"destinations": [body]}, dry_run=False, prune=False)
+@router.post(
+    "/destinations",
+    status_code=201,
+    summary="Create (201) or update (200) a named destination",
+    responses={200: {"description": "An existing destination of that name, updated"}},
+)
+async def put_destination(
+    body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    result = await run_apply(rt, principal.project_id, {"destinations": [body]}, dry_run=False, prune=False)
+    answer_created(result, "destination", response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return destination_json(_find(cfg.destinations.values(), str(body.get("name")), "destination"))
 
