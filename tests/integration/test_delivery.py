@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiohttp import web
 from standardwebhooks import Webhook
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
@@ -288,3 +289,49 @@ async def test_a_destination_concurrency_limit_holds_and_others_go_on(
         },
     )
     assert status == 422 and body["error"]["field"].endswith("concurrency"), body
+
+
+async def test_a_receiver_echoing_the_bearer_token_does_not_put_it_in_the_log(server: RunningServer) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"you_sent": dict(request.headers)}, status=500)
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    token = "tok-SUPER-SECRET-123456"
+    try:
+        await server.set_secret("echo-token", token)
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "echoed",
+                        "source": {"match": ["echo.*"]},
+                        "destinations": [
+                            {
+                                "webhook.out": {
+                                    "url": f"http://127.0.0.1:{port}/echo",
+                                    "auth": "bearer",
+                                    "secret": "ref:echo-token",
+                                },
+                                "retry": {"schedule": [0], "jitter": 0},
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+        _, ev = await server.ingest("echo.me", {"n": 1})
+        d = await final_delivery(server, ev["id"])
+        (attempt,) = d["attempts"]
+        assert attempt["status_code"] == 500 and "you_sent" in attempt["response_excerpt"]
+        assert "Bearer <redacted>" in attempt["response_excerpt"]
+        for path in (f"/v1/deliveries/{d['id']}", f"/v1/events/{ev['id']}", "/v1/deliveries"):
+            _, body = await server.request("GET", path)
+            assert token not in str(body), path
+    finally:
+        await runner.cleanup()

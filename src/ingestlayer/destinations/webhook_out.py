@@ -38,6 +38,7 @@ from ingestlayer.delivery.signing import (
     standard_webhooks_headers,
 )
 from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.destinations.shared import scrub
 from ingestlayer.timefmt import parse_iso
 
 RESERVED_HEADERS = {
@@ -174,6 +175,13 @@ class WebhookOut:
         return self.config.url
 
     async def build_headers(self, request: SendRequest, body: bytes, ctx: SendContext) -> dict[str, str]:
+        headers, _ = await self._signed_headers(request, body, ctx)
+        return headers
+
+    async def _signed_headers(
+        self, request: SendRequest, body: bytes, ctx: SendContext
+    ) -> tuple[dict[str, str], list[str]]:
+        """The request's headers, and the secrets they were made with (to keep out of logs)."""
         cfg = self.config
         headers = {
             **cfg.headers,
@@ -192,7 +200,7 @@ class WebhookOut:
             headers[SIGNATURE_HEADER] = ingestlayer_signature(secrets, now, body)
         if cfg.signing == "standard":
             headers.update(standard_webhooks_headers(secrets, request.delivery_id, now, body))
-        return headers
+        return headers, secrets
 
     async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
         cfg = self.config
@@ -207,7 +215,7 @@ class WebhookOut:
             else render_body(request.event, cfg.format)
         )
         try:
-            headers = await self.build_headers(request, body, ctx)
+            headers, secrets = await self._signed_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
         except ValueError as exc:
@@ -236,6 +244,8 @@ class WebhookOut:
             ok=ok,
             status_code=resp.status,
             error=None if ok else f"HTTP {resp.status}",
-            response_excerpt=excerpt(resp.excerpt),
+            # A receiver that echoes the request (as httpbin does) must not put a bearer token
+            # into the attempt log, which the API and the dashboard show.
+            response_excerpt=scrub(excerpt(resp.excerpt), secrets),
             retry_after=retry_after,
         )
