@@ -193,6 +193,43 @@ async def test_enrich_person_from_identify_company_and_provider(
         await people.stop()
 
 
+async def test_enrich_person_keeps_the_company_a_user_was_identified_with(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    # Free mail says nothing of a company; what the user was identified with still stands.
+    await server.request("POST", "/v1/identify", json={"user_id": "u6", "traits": {"company": "Indie Ltd"}})
+    await server.apply(pipeline(receiver, "user.signed_up", [{"enrich.person": {"from": "email"}}]))
+    await server.ingest("user.signed_up", {"user_id": "u6", "email": "dee@gmail.com"})
+    await server.ingest("user.signed_up", {"user_id": "u7", "email": "eve@gmail.com"})
+    payloads = {p["user_id"]: p for p in await arrived(receiver, 2)}
+    assert payloads["u6"]["company"] == "Indie Ltd"
+    assert payloads["u7"]["company"] is None
+
+
+async def test_the_lookup_provider_is_not_followed_through_a_redirect(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    internal = Receiver()
+    await internal.start()
+    redirector = Receiver()
+    await redirector.start()
+    try:
+        internal.default = Reply(status=200, body=b'{"title": "INTERNAL-CREDS"}')
+        redirector.default = Reply(status=302, headers={"Location": internal.url + "/meta"})
+        provider = {"url": redirector.url + "/p?e={email}", "mapping": {"role": "title"}, "cache_ttl": 0}
+        step = {"enrich.person": {"provider": provider, "on_error": "skip"}}
+        await server.apply(pipeline(receiver, "user.signed_up", [step]))
+        _, ev = await server.ingest("user.signed_up", {"user_id": "u8", "email": "ann@corp.io"})
+        (payload,) = await arrived(receiver, 1)
+        assert payload.get("role") is None
+        trace = await trace_of(server, ev["id"])
+        assert trace[0]["steps"][0]["outcome"] == "skipped" and "HTTP 302" in trace[0]["steps"][0]["error"]
+        assert len(redirector.requests) == 1 and internal.requests == []  # never followed
+    finally:
+        await redirector.stop()
+        await internal.stop()
+
+
 async def test_on_error_policies(server: RunningServer, receiver: Receiver) -> None:
     down = Receiver()
     await down.start()

@@ -151,6 +151,7 @@ class EnrichPerson:
             for name in cfg.attach:
                 if traits.get(name) is not None:
                     found[name] = traits[name]
+        from_user = set(found)  # what the user was identified with wins over any guess below
         if domain:
             if domain in self.free_mail:
                 ctx.notes.append(f"{domain} is a free-mail domain: no company")
@@ -169,7 +170,7 @@ class EnrichPerson:
                 for name in missing:
                     if looked_up.get(name) is not None:
                         found[name] = looked_up[name]
-        if domain in self.free_mail:
+        if domain in self.free_mail and "company" not in from_user:
             found["company"] = None
         for name in cfg.attach:
             path = f"{cfg.into}.{name}" if cfg.into else name
@@ -212,8 +213,13 @@ class EnrichPerson:
             headers = {k: v.replace("$secret", secret) for k, v in headers.items()}
         session = await ctx.services.http()
         try:
+            # No redirects: the egress check above saw only this URL, and a redirect to an
+            # internal address (an IP literal skips the guarded resolver) would be followed.
             async with session.get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=provider.timeout)
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=provider.timeout),
+                allow_redirects=False,
             ) as resp:
                 if resp.status == 404:
                     result: dict[str, Any] = {}
