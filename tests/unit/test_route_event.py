@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
-from ingestlayer.pipeline.runner import compile_project, route_event
+from ingestlayer.pipeline.runner import MAX_STEP_RETRIES, StepRetry, compile_project, route_event
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, StoredEvent
 
 OCCURRED = 1_764_000_000.25  # 2025-11-24T16:00:00.250Z
@@ -69,3 +70,21 @@ async def test_routes_without_conditions_take_every_event() -> None:
             "destinations": ["hook_a", "hook_b"],
         }
     ]
+
+
+async def test_a_step_retried_to_the_end_drops_the_event_instead_of_passing_it_on() -> None:
+    # enrich.person without the entity store fails every time: a step that cannot run.
+    project = _project(
+        [{"name": "enrich.person", "config": {"from": "email", "on_error": "retry"}}],
+        [{"destination_id": "hook_a"}],
+    )
+    event = _event({"email": "ada@acme.com"})
+    for attempt in range(1, MAX_STEP_RETRIES):
+        with pytest.raises(StepRetry):
+            await route_event(project, event, None, attempt)
+    deliveries, trace = await route_event(project, event, None, MAX_STEP_RETRIES)
+    assert deliveries == []  # never delivered with the step passed over
+    (step,) = trace[0]["steps"]
+    assert trace[0]["outcome"] == "dropped" and step["outcome"] == "dropped"
+    assert step["note"] == f"gave up retrying after {MAX_STEP_RETRIES} attempts"
+    assert "needs the entity store" in step["error"]

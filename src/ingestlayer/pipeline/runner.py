@@ -144,12 +144,16 @@ async def _run_step(
         event.payload = before
         if policy == "retry" and attempt < MAX_STEP_RETRIES:
             raise StepRetry(f"{step.name}: {reason}") from exc
+        if policy == "retry":
+            # A step asked to be retried must not be passed over in the end: skipping it would
+            # send on what it was there to change (a redact.pii step: the very PII). Fail closed.
+            entry["outcome"] = "dropped"
+            entry["note"] = f"gave up retrying after {attempt} attempts"
+            return Drop(f"{step.name} failed {attempt} times: {reason}"), entry
         if policy == "drop":
             entry["outcome"] = "dropped"
             return Drop(f"{step.name} failed: {reason}"), entry
         entry["outcome"] = "skipped"
-        if policy == "retry":
-            entry["note"] = f"gave up retrying after {attempt} attempts"
         return event, entry
     if ctx.notes:
         entry["notes"] = list(ctx.notes)
