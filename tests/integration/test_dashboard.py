@@ -379,6 +379,52 @@ async def test_every_page_renders_escaped_and_without_secrets(
     assert (await browser.get("/static/nope.css")).status == 404
 
 
+async def test_editing_an_endpoint_keeps_its_retry_policy_and_shows_a_new_secret_once(
+    server: RunningServer, browser: Browser, receiver: Receiver
+) -> None:
+    await signed_in(browser, server)
+    policies = [{"max_attempts": 3, "base": 1, "factor": 2, "max": 10}, {"schedule": [0, 5], "jitter": 0}]
+    for retry in policies:
+        status, ep = await server.request(
+            "POST",
+            "/v1/endpoints",
+            json={"url": receiver.url + "/e", "events": ["a.b"], "auth": "none", "retry": retry},
+        )
+        assert status == 201, ep
+        # The form as the page shows it, with only the description changed.
+        page = await browser.get(f"/webhooks/endpoints/{ep['id']}")
+        shown = re.search(r'name="retry"[^>]*value="([^"]*)"', page.text)
+        form = {
+            "url": ep["url"],
+            "events": "a.b",
+            "auth": "none",
+            "signing": "ingestlayer",
+            "format": "ingestlayer",
+            "timeout": "10",
+            "retry": shown.group(1) if shown else "",
+            "description": "edited",
+        }
+        assert (
+            "Endpoint saved"
+            in (await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}", form))).text
+        )
+        _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+        assert got["description"] == "edited" and got["retry"] == retry
+
+    # Switching signing on: the secret the API made is shown once, and it signs deliveries.
+    page = await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "auth": "hmac"})
+    assert page.status == 200 and "shown only this once" in page.text
+    secret = re.search(r'id="new-secret" class="secret-value" readonly value="([^"]+)"', page.text)
+    assert secret is not None
+    _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["auth"] == "hmac" and got["rotation_ends_at"] is None
+    _, ev = await server.ingest("a.b", {"n": 1})
+    await wait_for(lambda: _arrived(receiver, "/e"))
+    received = [r for r in receiver.requests if r.path == "/e"][-1]
+    assert received.headers["X-Ingestlayer-Signature"].count("v1=") == 1
+    assert received.verify(secret.group(1))["id"] == ev["id"]
+
+
 async def test_endpoints_replay_and_test_send_through_forms(
     server: RunningServer, browser: Browser, receiver: Receiver, failing: Receiver
 ) -> None:
@@ -591,3 +637,7 @@ def test_stats_helpers() -> None:
     assert p50 is not None and 1.0 <= p50 <= 1.5
     assert p95 is not None and 25.0 <= p95 <= 30.0
     assert percentile({}, 0.5) is None
+
+
+async def _arrived(receiver: Receiver, path: str) -> bool:
+    return any(r.path == path for r in receiver.requests)

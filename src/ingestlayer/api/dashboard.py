@@ -623,21 +623,21 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
     errors: dict[str, str] = {}
     values = form.values(errors)
     values.pop("enabled")
-    needs_secret = values["auth"] in ("hmac", "bearer") or values["signing"] == "standard"
-    had_secret = current["auth"] != "none" or current["signing"] == "standard"
+    if form.retry == EndpointForm.from_endpoint(current).retry:
+        # The retry field as the page showed it: keep the policy whole. The field shows only a
+        # schedule's delays, so resending it would drop a jitter or a {max_attempts, base, …}.
+        values["retry"] = current.get("retry")
     if values["auth"] == "bearer" and current["auth"] != "bearer" and not form.secret:
         errors["secret"] = "Bearer auth sends your token: enter it here."
     new_secret: str | None = None
     if not errors:
         rt = runtime(request)
         try:
-            await endpoints_api.update_endpoint(
+            updated = await endpoints_api.update_endpoint(
                 endpoint_id, endpoints_api.EndpointPatch(**values), sess.principal, rt
             )
-            if needs_secret and not had_secret and not form.secret:
-                # Signing switched on without a secret given: generate one, shown once.
-                rotated = await endpoints_api.rotate_secret(endpoint_id, sess.principal, rt)
-                new_secret = rotated["secret"]
+            # Signing switched on without a secret given: the API made one, shown once.
+            new_secret = updated.get("secret")
         except ValidationError as exc:
             _validation_errors(exc, errors)
         except ApiError as exc:
