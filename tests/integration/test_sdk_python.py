@@ -299,6 +299,43 @@ async def test_queued_events_are_flushed_when_the_interpreter_exits(
     assert sorted(e["payload"]["n"] for e in stored) == list(range(50))
 
 
+_FORK_SCRIPT = """
+import os, sys
+from ingestlayer.sdk import Client
+# Made before the fork, as gunicorn's preload or a multiprocessing parent would.
+client = Client(sys.argv[1], sys.argv[2], background=True, flush_interval=60, batch_size=20)
+client.ingest("fork.parent", {"n": 0})
+assert client.flush(10)
+pid = os.fork()
+if pid == 0:
+    for i in range(5):
+        client.ingest("fork.child", {"n": i})
+    sys.exit(0)  # the child's atexit hook sends its queue with its own sender thread
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+client.ingest("fork.parent", {"n": 1})
+client.close()
+"""
+
+
+async def test_a_forked_child_sends_what_it_queued(sqlite_server: RunningServer) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FORK_SCRIPT,
+        sqlite_server.ingest_key,
+        sqlite_server.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    child = await events_of(sqlite_server, "fork.child")
+    assert sorted(e["payload"]["n"] for e in child) == list(range(5))
+    parent = await events_of(sqlite_server, "fork.parent")
+    assert sorted(e["payload"]["n"] for e in parent) == [0, 1]  # each sent once, by its owner
+
+
 # --- failure injection against a fake server ---------------------------------------------------------
 
 

@@ -49,10 +49,12 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import queue
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -423,6 +425,18 @@ class _Base:
 
 # --- the blocking client -----------------------------------------------------------------------------
 
+# Live sync clients, so a forked child can give each its own sender thread and connections.
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 _STALE_CONNECTION = (http.client.RemoteDisconnected, builtins.ConnectionResetError, BrokenPipeError)
 
@@ -554,10 +568,23 @@ class Client(_Base):
         self._queue: queue.Queue[_Event | _Flush] | None = None
         self._thread: threading.Thread | None = None
         if self.background:
-            self._queue = queue.Queue(maxsize=self.max_queue_size)
-            self._thread = threading.Thread(target=self._run, name="ingestlayer-sdk-sender", daemon=True)
-            self._thread.start()
+            self._start_sender()
             atexit.register(self._atexit)
+        _CLIENTS.add(self)
+
+    def _start_sender(self) -> None:
+        self._queue = queue.Queue(maxsize=self.max_queue_size)
+        self._thread = threading.Thread(target=self._run, name="ingestlayer-sdk-sender", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a forked child (gunicorn with preload, multiprocessing, Celery workers): the sender
+        thread did not come along, the connections are the parent's sockets and the lock may be
+        held by a thread that is gone. Start afresh; what the parent queued is the parent's to send."""
+        self._lock = threading.Lock()
+        self._http = _SyncHTTP(self._endpoint, self.timeout)
+        if self._queue is not None and not self._closed:
+            self._start_sender()
 
     # -- public API --
 
