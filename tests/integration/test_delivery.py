@@ -291,7 +291,7 @@ async def test_a_destination_concurrency_limit_holds_and_others_go_on(
     assert status == 422 and body["error"]["field"].endswith("concurrency"), body
 
 
-async def test_a_receiver_echoing_the_bearer_token_does_not_put_it_in_the_log(server: RunningServer) -> None:
+async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(server: RunningServer) -> None:
     async def echo(request: web.Request) -> web.Response:
         return web.json_response({"you_sent": dict(request.headers)}, status=500)
 
@@ -302,9 +302,10 @@ async def test_a_receiver_echoing_the_bearer_token_does_not_put_it_in_the_log(se
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    token = "tok-SUPER-SECRET-123456"
+    token, api_key = "tok-SUPER-SECRET-123456", "key-ALSO-SECRET-654321"
     try:
         await server.set_secret("echo-token", token)
+        await server.set_secret("echo-api-key", api_key)
         await server.apply(
             {
                 "pipelines": [
@@ -317,6 +318,7 @@ async def test_a_receiver_echoing_the_bearer_token_does_not_put_it_in_the_log(se
                                     "url": f"http://127.0.0.1:{port}/echo",
                                     "auth": "bearer",
                                     "secret": "ref:echo-token",
+                                    "secret_headers": {"X-Api-Key": "ref:echo-api-key"},
                                 },
                                 "retry": {"schedule": [0], "jitter": 0},
                             }
@@ -330,8 +332,24 @@ async def test_a_receiver_echoing_the_bearer_token_does_not_put_it_in_the_log(se
         (attempt,) = d["attempts"]
         assert attempt["status_code"] == 500 and "you_sent" in attempt["response_excerpt"]
         assert "Bearer <redacted>" in attempt["response_excerpt"]
-        for path in (f"/v1/deliveries/{d['id']}", f"/v1/events/{ev['id']}", "/v1/deliveries"):
+        assert '"X-Api-Key": "<redacted>"' in attempt["response_excerpt"]  # sent, then scrubbed
+        for path in (
+            f"/v1/deliveries/{d['id']}",
+            f"/v1/events/{ev['id']}",
+            "/v1/deliveries",
+            "/v1/destinations",
+        ):
             _, body = await server.request("GET", path)
-            assert token not in str(body), path
+            assert token not in str(body) and api_key not in str(body), path
+        # A credential header is a reference, never the value itself.
+        status, body = await server.request(
+            "POST",
+            "/v1/destinations",
+            json={
+                "name": "inline",
+                "webhook.out": {"url": "https://a.example", "secret_headers": {"X-Api-Key": "k1"}},
+            },
+        )
+        assert status == 422 and body["error"]["field"].endswith("secret_headers"), body
     finally:
         await runner.cleanup()

@@ -416,3 +416,23 @@ async def test_plans_are_scoped_to_their_project(store: Store) -> None:
     assert set(_actions(p).values()) == {"create"}
     pruned = await plan(store, b, parse_config({}), prune=True)
     assert pruned.changes == []
+
+
+def test_secret_headers_take_references_only_and_never_clash() -> None:
+    ok = {"url": HOOK, "secret_headers": {"X-Api-Key": "ref:acme-key"}, "headers": {"X-Env": "prod"}}
+    settings = parse_config(one_pipeline(destinations=[{"webhook.out": ok}])).destinations[0].settings
+    assert settings["secret_headers"] == {"X-Api-Key": "ref:acme-key"}
+    # Unset, it is not stored: configurations from before it compare as unchanged.
+    plain = parse_config(one_pipeline(destinations=[{"webhook.out": {"url": HOOK}}])).destinations[0]
+    assert "secret_headers" not in plain.settings
+    for bad, why in [
+        ({"url": HOOK, "secret_headers": {"X-Api-Key": "sk_live_123"}}, "ref:NAME"),
+        ({"url": HOOK, "secret_headers": {"X-Ingestlayer-Event": "ref:x"}}, "cannot be overridden"),
+        ({"url": HOOK, "headers": {"x-api-key": "a"}, "secret_headers": {"X-Api-Key": "ref:k"}}, "both"),
+        (
+            {"url": HOOK, "auth": "bearer", "secret": "ref:t", "secret_headers": {"Authorization": "ref:k"}},
+            "auth: bearer",
+        ),
+    ]:
+        err = config_error(one_pipeline(destinations=[{"webhook.out": bad}]))
+        assert why in err.message and "sk_live_123" not in err.message, err

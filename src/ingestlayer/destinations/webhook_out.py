@@ -76,6 +76,10 @@ class WebhookOutConfig(BaseModel):
     )
     format: Literal["ingestlayer", "data"] = Field(default="ingestlayer", description="The body's shape.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    secret_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers whose values are credentials: `ref:NAME` or `env:VAR`, resolved at send.",
+    )
     timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for a 2xx.")
     rotation_ends_at: str | None = Field(
         default=None,
@@ -97,6 +101,26 @@ class WebhookOutConfig(BaseModel):
         if clash:
             raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
         return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
+        if clash:
+            raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
+        for name, ref in v.items():
+            if not is_secret_reference(ref):
+                raise ValueError(f"{name}: a secret header's value must be `ref:NAME` or `env:VAR`")
+        return v
+
+    @model_validator(mode="after")
+    def _no_header_twice(self) -> WebhookOutConfig:
+        both = sorted({k.lower() for k in self.headers} & {k.lower() for k in self.secret_headers})
+        if both:
+            raise ValueError(f"set in both headers and secret_headers: {', '.join(both)}")
+        if self.auth == "bearer" and "authorization" in {k.lower() for k in self.secret_headers}:
+            raise ValueError("auth: bearer sets Authorization; remove it from secret_headers")
+        return self
 
     @field_validator("secret")
     @classmethod
@@ -136,6 +160,8 @@ class WebhookOutConfig(BaseModel):
         data: dict[str, Any] = handler(self)
         if data.get("rotation_ends_at") is None:
             data.pop("rotation_ends_at", None)
+        if not data.get("secret_headers"):
+            data.pop("secret_headers", None)
         return data
 
     def secret_refs(self) -> list[str]:
@@ -193,6 +219,10 @@ class WebhookOut:
         }
         clock = time.time()
         secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.signing_refs(clock)]
+        credentials = list(secrets)  # everything to keep out of the attempt log
+        for name, ref in cfg.secret_headers.items():
+            headers[name] = value = await ctx.resolve_secret(request.project_id, ref)
+            credentials.append(value)
         now = int(clock)
         if cfg.auth == "bearer":
             headers["Authorization"] = f"Bearer {secrets[0]}"
@@ -200,7 +230,7 @@ class WebhookOut:
             headers[SIGNATURE_HEADER] = ingestlayer_signature(secrets, now, body)
         if cfg.signing == "standard":
             headers.update(standard_webhooks_headers(secrets, request.delivery_id, now, body))
-        return headers, secrets
+        return headers, credentials
 
     async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
         cfg = self.config
@@ -215,7 +245,7 @@ class WebhookOut:
             else render_body(request.event, cfg.format)
         )
         try:
-            headers, secrets = await self._signed_headers(request, body, ctx)
+            headers, credentials = await self._signed_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
         except ValueError as exc:
@@ -246,6 +276,6 @@ class WebhookOut:
             error=None if ok else f"HTTP {resp.status}",
             # A receiver that echoes the request (as httpbin does) must not put a bearer token
             # into the attempt log, which the API and the dashboard show.
-            response_excerpt=scrub(excerpt(resp.excerpt), secrets),
+            response_excerpt=scrub(excerpt(resp.excerpt), credentials),
             retry_after=retry_after,
         )
