@@ -6,6 +6,7 @@ Every tunable of the server lives here so a reader can see them all in one place
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +28,11 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple(item for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item)
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class Settings:
     # Per-project ingest rate limit (events/s, 0 = unlimited) with a burst of one second's worth.
     ingest_rate_limit: float = 0.0
     retention_days: float = 0.0
+    # Environment variables that `env:VAR` references may read (names or globs such as
+    # WAREHOUSE_*). None by default: any project's admin could otherwise have the server's own
+    # environment sent to a URL of theirs. INGESTLAYER_* (the master key, the database URL) never.
+    env_secrets: tuple[str, ...] = ()
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +92,7 @@ class Settings:
             shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),
             ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
             retention_days=_env_float("INGESTLAYER_RETENTION_DAYS", 0.0),
+            env_secrets=_env_list("INGESTLAYER_ENV_SECRETS"),
             log_level=os.environ.get("INGESTLAYER_LOG_LEVEL") or "INFO",
         )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.support.api import error_of
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
@@ -222,5 +224,63 @@ async def test_private_destinations_are_refused(sqlite_url: str, receiver: Recei
 
         await asyncio.sleep(0.1)
         assert receiver.requests == []  # never contacted
+    finally:
+        await server.stop()
+
+
+async def test_env_references_read_only_what_the_operator_lists(
+    sqlite_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project's admin writes `env:` references: they must not be able to have the server's
+    environment (its master key, its database's password) sent to a URL of theirs."""
+    monkeypatch.setenv("OPERATOR_ONLY", "operator-value-4242")
+    monkeypatch.setenv("WAREHOUSE_TOKEN", "warehouse-token-1234")
+    monkeypatch.setenv("INGESTLAYER_SECRET_KEY", "master-key-should-never-leave")
+    server = await start_server(sqlite_url, env_secrets=("WAREHOUSE_*",))
+    try:
+        refs = ["env:OPERATOR_ONLY", "env:INGESTLAYER_SECRET_KEY", "env:WAREHOUSE_TOKEN"]
+        for i, ref in enumerate(refs):
+            status, dest = await server.request(
+                "POST",
+                "/v1/destinations",
+                json={
+                    "name": f"probe-{i}",
+                    "webhook.out": {"url": f"{receiver.url}/p{i}", "auth": "bearer", "secret": ref},
+                    "retry": {"schedule": [0], "jitter": 0},
+                },
+            )
+            assert status == 201, dest
+            status, d = await server.request("POST", f"/v1/destinations/{dest['id']}/test")
+            assert status == 200, d
+            if ref == "env:WAREHOUSE_TOKEN":  # listed by the operator: it works
+                assert d["status"] == "delivered"
+                continue
+            assert d["status"] == "dead"
+            error = d["attempts"][0]["error"]
+            assert "INGESTLAYER_ENV_SECRETS" in error or "never readable" in error, error
+        sent = {r.path: r.headers.get("Authorization") for r in receiver.requests}
+        assert sent == {"/p2": "Bearer warehouse-token-1234"}  # nothing else left the server
+    finally:
+        await server.stop()
+    # With the operator's wildcard, the server's own settings are still never read.
+    server = await start_server(sqlite_url, project="acme-2", env_secrets=("*",))
+    try:
+        status, dest = await server.request(
+            "POST",
+            "/v1/destinations",
+            json={
+                "name": "probe-all",
+                "webhook.out": {
+                    "url": f"{receiver.url}/all",
+                    "auth": "bearer",
+                    "secret": "env:INGESTLAYER_SECRET_KEY",
+                },
+                "retry": {"schedule": [0], "jitter": 0},
+            },
+        )
+        assert status == 201, dest
+        status, d = await server.request("POST", f"/v1/destinations/{dest['id']}/test")
+        assert d["status"] == "dead" and "never readable" in d["attempts"][0]["error"]
+        assert not [r for r in receiver.requests if r.path == "/all"]
     finally:
         await server.stop()

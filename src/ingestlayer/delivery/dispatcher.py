@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +49,32 @@ class _Dest:
 
 
 class SecretResolver:
-    """Resolves ``env:VAR`` and ``ref:NAME`` at send time; stored secrets are cached briefly."""
+    """Resolves ``env:VAR`` and ``ref:NAME`` at send time; stored secrets are cached briefly.
 
-    def __init__(self, store: Store, box: SecretBox) -> None:
+    ``env:`` reads only the variables the operator lists (``env_allowed``, names or globs), and
+    never the server's own ``INGESTLAYER_*`` settings: a project's admin writes these references,
+    and must not be able to have the master key or the database's password sent to them."""
+
+    def __init__(self, store: Store, box: SecretBox, env_allowed: Sequence[str] = ()) -> None:
         self._store = store
         self._box = box
+        self._env_allowed = tuple(env_allowed)
         self._cache: dict[tuple[str, str], tuple[float, str]] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._generation: dict[str, int] = {}
 
     async def __call__(self, project_id: str, ref: str) -> str:
         if ref.startswith("env:"):
-            value = os.environ.get(ref[4:])
+            name = ref[4:]
+            if name.upper().startswith("INGESTLAYER_"):
+                raise LookupError(f"secret {ref}: the server's own settings are never readable as secrets")
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self._env_allowed):
+                raise LookupError(
+                    f"secret {ref}: the server does not let pipelines read {name}; the operator lists "
+                    "the variables they may read in INGESTLAYER_ENV_SECRETS (or store it with "
+                    f"`ingestlayer secrets set` and use ref:)"
+                )
+            value = os.environ.get(name)
             if value is None:
                 raise LookupError(f"secret {ref} is not set in the worker's environment")
             return value
@@ -116,7 +131,7 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.resolver = SecretResolver(store, box)
+        self.resolver = SecretResolver(store, box, settings.env_secrets)
         self.egress = EgressPolicy(allow_private=settings.allow_private_destinations)
         self.wake = asyncio.Event()
         self._dests: dict[str, _Dest] = {}
