@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ingestlayer.api.dashboard_views import fmt_pct
 from ingestlayer.store.stats import bin_range, id_bound, percentile
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -356,6 +357,14 @@ async def test_every_page_renders_escaped_and_without_secrets(
     overview = texts["/"]
     assert "Throughput" in overview and "<svg" in overview and "Success rate" in overview
     assert "Delivery latency" in overview
+    # The tiles add up to what the API says: events, attempts, and the share that succeeded.
+    _, events = await server.request("GET", "/v1/events?limit=100")
+    _, deliveries = await server.request("GET", "/v1/deliveries?limit=100")
+    attempts = sum(d["attempt_count"] for d in deliveries["data"])
+    succeeded = sum(d["status"] == "delivered" for d in deliveries["data"])
+    tiles = dict(re.findall(r'<p class="tile-label">([^<]+).*?<p class="tile-value">([^<]+)', overview, re.S))
+    assert tiles["Events"] == str(len(events["data"])) and tiles["Attempts"] == str(attempts), tiles
+    assert tiles["Success rate"] == fmt_pct(succeeded / attempts), (tiles, succeeded, attempts)
 
     logs = texts["/webhooks/logs"]
     assert "invoice.failed" in logs and "feature.used" in logs and "500" in logs and "200" in logs
