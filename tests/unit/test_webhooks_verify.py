@@ -331,3 +331,15 @@ def test_docstring_examples() -> None:
     result = doctest.testmod(webhooks, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_the_documented_import_path_verifies_and_refuses() -> None:
+    """SPEC §8 names ``ingestlayer.webhooks.verify(secret, headers, raw_body, tolerance=300)``."""
+    from ingestlayer.webhooks import WebhookVerificationError as DocumentedError
+    from ingestlayer.webhooks import verify as documented_verify
+
+    body = b'{"id":"evt_1","type":"invoice.paid"}'
+    headers = {"X-Ingestlayer-Signature": ingestlayer_signature(["s3cret"], int(time.time()), body)}
+    assert documented_verify("s3cret", headers, body, tolerance=300)["type"] == "invoice.paid"
+    with pytest.raises(DocumentedError):
+        documented_verify("wrong", headers, body)
