@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -178,6 +178,21 @@ class PgHotPath:
                     self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
         return self._pool
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection. An error while handing it back (the server ended the session
+        after our statements ran, and asyncpg's reset of it fails) is logged, not raised: what
+        the statements did stands, and an ingest that committed must not be answered 503."""
+        pool = await self.pool()
+        conn = await pool.acquire()
+        try:
+            yield conn
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:  # the pool has terminated such a connection already
+                log.warning("a database connection was lost as it was handed back: %s", exc)
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -215,8 +230,7 @@ class PgHotPath:
     ) -> list[IngestResult]:
         plan = InsertPlan(batch)
         fresh = plan.fresh
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             if routing is not None:
                 # Read just before the insert, not inside its transaction: under READ COMMITTED
                 # each statement takes its own snapshot, so either way a configuration committed
@@ -274,8 +288,7 @@ class PgHotPath:
     # ---- routing ----------------------------------------------------------------------------
 
     async def lease_route_jobs(self, limit: int, now: float, token: float) -> RouteLease:
-        pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             attempts = {r[0]: r[1] for r in await conn.fetch(_LEASE_JOBS, token, now, limit)}
             if not attempts:
                 return RouteLease(token, [])
@@ -291,8 +304,7 @@ class PgHotPath:
         prelease: int,
         lease_seconds: float,
     ) -> tuple[int, list[LeasedDelivery]]:
-        pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             owned: set[str] = set()
             for route_token, ids in lease.by_token([e.id for e in lease.events]).items():
                 owned.update(r[0] for r in await conn.fetch(_COMPLETE_JOBS, route_token, ids))
@@ -310,13 +322,11 @@ class PgHotPath:
             for token, ids in lease.by_token(list(delays)).items()
             for eid in ids
         ]
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             await conn.execute(_DEFER_JOBS, *_columns(rows, 3))
 
     async def config_versions(self, project_ids: list[str]) -> dict[str, int]:
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             return {r[0]: r[1] for r in await conn.fetch(_CONFIG_VERSIONS, project_ids)}
 
     # ---- delivery ---------------------------------------------------------------------------
@@ -326,8 +336,7 @@ class PgHotPath:
     ) -> list[LeasedDelivery]:
         now = time.time()
         token = new_id("lse")
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit, list(exclude))
         return [rowmap.leased_delivery(r, token) for r in rows]
 
@@ -335,19 +344,16 @@ class PgHotPath:
         now = time.time()
         attempts = [rowmap.attempt_row(r) for r in results]
         states = [rowmap.finished_state(r, now) for r in results]
-        pool = await self.pool()
-        async with pool.acquire() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             await conn.execute(_INSERT_ATTEMPTS, *_columns(attempts, 10))
             await conn.execute(_FINISH_ATTEMPTS, *_columns(states, 8), now)
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             await conn.execute(_RELEASE, *_columns(rows, 3), time.time())
 
     async def get_destinations(self, ids: list[str]) -> dict[str, DestinationRow]:
-        pool = await self.pool()
-        async with pool.acquire() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(_DESTINATIONS, ids)
         return {r[0]: rowmap.destination(r) for r in rows}
