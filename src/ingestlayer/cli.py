@@ -417,8 +417,8 @@ def tail(
         last=last,
     )
     what = " and ".join(w for w, on in (("events", show_events), ("deliveries", show_deliveries)) if on)
-    # The server's address without any credentials in it; the database's not at all.
-    where = _without_userinfo(url) if url else "the database"
+    # The server's address without its password; the database's not at all.
+    where = _safe_url(url) if url else "the database"
 
     def ready() -> None:
         err.print(f"following {what} on {escape(where)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
@@ -437,16 +437,11 @@ def tail(
 
 
 def _safe_url(url: str) -> str:
-    """A database URL fit to print: the password, if any, left out."""
+    """A URL fit to print (a database's, a server's): the password, if any, left out."""
     parts = urllib.parse.urlsplit(url)
     user, _, host = parts.netloc.rpartition("@")
     user = user.split(":", 1)[0]
     return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
-
-
-def _without_userinfo(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 @secrets_app.command("set")

@@ -94,9 +94,9 @@ class WebhookOutConfig(BaseModel):
             raise ValueError("must be an absolute http:// or https:// URL")
         return v
 
-    @field_validator("headers")
+    @field_validator("headers", "secret_headers")
     @classmethod
-    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+    def _not_reserved(cls, v: dict[str, str]) -> dict[str, str]:
         clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
         if clash:
             raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
@@ -105,9 +105,6 @@ class WebhookOutConfig(BaseModel):
     @field_validator("secret_headers")
     @classmethod
     def _secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
-        if clash:
-            raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
         for name, ref in v.items():
             if not is_secret_reference(ref):
                 raise ValueError(f"{name}: a secret header's value must be `ref:NAME` or `env:VAR`")
@@ -200,11 +197,7 @@ class WebhookOut:
     def target(self) -> str:
         return self.config.url
 
-    async def build_headers(self, request: SendRequest, body: bytes, ctx: SendContext) -> dict[str, str]:
-        headers, _ = await self._signed_headers(request, body, ctx)
-        return headers
-
-    async def _signed_headers(
+    async def build_headers(
         self, request: SendRequest, body: bytes, ctx: SendContext
     ) -> tuple[dict[str, str], list[str]]:
         """The request's headers, and the secrets they were made with (to keep out of logs)."""
@@ -245,7 +238,7 @@ class WebhookOut:
             else render_body(request.event, cfg.format)
         )
         try:
-            headers, credentials = await self._signed_headers(request, body, ctx)
+            headers, credentials = await self.build_headers(request, body, ctx)
         except LookupError as exc:  # a secret reference that cannot be resolved
             return Outcome(ok=False, error=str(exc))
         except ValueError as exc:
