@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
-from ingestlayer.api.manage import answer_created, run_apply
+from ingestlayer.api.manage import apply_one
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
@@ -168,8 +168,7 @@ async def get_source(source: str, principal: Admin, rt: RuntimeDep) -> dict[str,
 async def put_source(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    result = await run_apply(rt, principal.project_id, {"sources": [body]}, dry_run=False, prune=False)
-    answer_created(result, "source", response)
+    await apply_one(rt, principal.project_id, "source", body, response)
     return source_json(await _find(rt, principal.project_id, str(body.get("name"))), rt.settings.public_url)
 
 

@@ -103,8 +103,10 @@ async def get_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> dict[
     return pipeline_json(_find(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
 
 
-def answer_created(result: dict[str, Any], kind: str, response: Response) -> None:
-    """201 for what the apply created, 200 for what existed already (updated or unchanged)."""
+async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Response) -> None:
+    """Create or update one pipeline, destination or source by its name: 201 for what the
+    apply created, 200 for what existed already (updated or unchanged)."""
+    result = await run_apply(rt, project_id, {f"{kind}s": [body]}, dry_run=False, prune=False)
     if not any(c["kind"] == kind and c["action"] == "create" for c in result["changes"]):
         response.status_code = 200
 
@@ -118,8 +120,7 @@ def answer_created(result: dict[str, Any], kind: str, response: Response) -> Non
 async def put_pipeline(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    result = await run_apply(rt, principal.project_id, {"pipelines": [body]}, dry_run=False, prune=False)
-    answer_created(result, "pipeline", response)
+    await apply_one(rt, principal.project_id, "pipeline", body, response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return pipeline_json(_find(cfg.pipelines, str(body.get("name")), "pipeline"), cfg.destinations)
 
@@ -178,8 +179,7 @@ async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) ->
 async def put_destination(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    result = await run_apply(rt, principal.project_id, {"destinations": [body]}, dry_run=False, prune=False)
-    answer_created(result, "destination", response)
+    await apply_one(rt, principal.project_id, "destination", body, response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return destination_json(_find(cfg.destinations.values(), str(body.get("name")), "destination"))
 
