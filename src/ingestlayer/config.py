@@ -30,6 +30,11 @@ def _env_int(name: str, default: int) -> int:
     return int(raw) if raw not in (None, "") else default
 
 
+def _env_opt_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else None
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     """A comma- or space-separated list."""
     return tuple(item for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item)
@@ -53,6 +58,13 @@ class Settings:
     ingest_batch_max: int = 2000
     # Dispatcher
     delivery_concurrency: int = 128
+    # Attempts in flight at once to one destination in each process, unless its `concurrency`
+    # says otherwise (delivery/slots.py): by default three quarters of delivery_concurrency, so
+    # a receiver that hangs never holds every slot; an eighth while the destination is slow
+    # (an attempt of it took longer than slow_destination_seconds in the last minute).
+    delivery_concurrency_per_destination: int | None = None
+    slow_destination_concurrency: int | None = None
+    slow_destination_seconds: float = 2.0
     # Longer than the longest destination timeout (60 s), so a lease never lapses mid-attempt.
     delivery_lease_seconds: float = 90.0
     delivery_batch: int = 256
@@ -86,6 +98,11 @@ class Settings:
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,
             secret_key_file=os.environ.get("INGESTLAYER_SECRET_KEY_FILE") or "./ingestlayer.key",
             delivery_concurrency=_env_int("INGESTLAYER_DELIVERY_CONCURRENCY", 128),
+            delivery_concurrency_per_destination=_env_opt_int(
+                "INGESTLAYER_DELIVERY_CONCURRENCY_PER_DESTINATION"
+            ),
+            slow_destination_concurrency=_env_opt_int("INGESTLAYER_SLOW_DESTINATION_CONCURRENCY"),
+            slow_destination_seconds=_env_float("INGESTLAYER_SLOW_DESTINATION_SECONDS", 2.0),
             delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 90.0),
             poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
             route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 60.0),
@@ -98,6 +115,18 @@ class Settings:
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def per_destination_concurrency(self) -> int:
+        if self.delivery_concurrency_per_destination is not None:
+            return max(1, self.delivery_concurrency_per_destination)
+        return max(1, self.delivery_concurrency * 3 // 4)
+
+    @property
+    def slow_destination_limit(self) -> int:
+        if self.slow_destination_concurrency is not None:
+            return max(1, self.slow_destination_concurrency)
+        return max(1, self.delivery_concurrency // 8)
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,7 +11,7 @@ from standardwebhooks import Webhook
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
 from tests.support.receiver import Receiver, Reply
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 SECRET = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
@@ -289,6 +289,119 @@ async def test_a_destination_concurrency_limit_holds_and_others_go_on(
         },
     )
     assert status == 422 and body["error"]["field"].endswith("concurrency"), body
+
+
+class SlowReceiver:
+    """A receiver that answers after ``delay`` seconds, or not until ``release`` is set."""
+
+    def __init__(self, delay: float | None = None) -> None:
+        self.delay = delay
+        self.release = asyncio.Event()
+        self.now = 0
+        self.answered = 0
+        self.seen_at_arrival: list[int] = []  # how many were in flight as each request arrived
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.now += 1
+        self.seen_at_arrival.append(self.now)
+        try:
+            if self.delay is None:
+                await self.release.wait()
+            else:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.now -= 1
+        self.answered += 1
+        return web.Response(status=200)
+
+    async def __aenter__(self) -> SlowReceiver:
+        app = web.Application()
+        app.router.add_post("/slow", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/slow"  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def two_destinations(slow_url: str, fine_url: str) -> dict[str, Any]:
+    return {
+        "pipelines": [
+            {
+                "name": "slow",
+                "source": {"match": ["slow.*"]},
+                "destinations": [{"webhook.out": {"url": slow_url}, "retry": FAST}],
+            },
+            {
+                "name": "fine",
+                "source": {"match": ["fine.*"]},
+                "destinations": [{"webhook.out": {"url": fine_url}, "retry": FAST}],
+            },
+        ]
+    }
+
+
+async def ingest_batch(server: RunningServer, type_: str, n: int) -> None:
+    batch = [{"type": type_, "payload": {"i": i}} for i in range(n)]
+    status, body = await server.request("POST", "/v1/events", key=server.ingest_key, json={"batch": batch})
+    assert status == 202, body
+
+
+async def test_a_hanging_receiver_leaves_slots_to_other_destinations(db_url: str, receiver: Receiver) -> None:
+    """A receiver that never answers, with a backlog, holds at most three quarters of the
+    process's slots (12 of 16), and another destination's deliveries are made meanwhile, not
+    after its attempts time out."""
+    async with SlowReceiver() as stuck:
+        server = await start_server(db_url, delivery_concurrency=16)
+        try:
+            await server.apply(two_destinations(stuck.url, receiver.url + "/fine"))
+            await ingest_batch(server, "slow.e", 40)
+
+            async def twelve_hanging() -> bool:
+                return stuck.now == 12
+
+            await wait_for(twelve_hanging)
+            await ingest_batch(server, "fine.e", 10)
+
+            async def fine_delivered() -> bool:
+                return len(receiver.requests) == 10
+
+            # webhook.out gives up on a request after 10 s: these must arrive while the 12 hang.
+            await wait_for(fine_delivered, timeout=8)
+            assert (stuck.now, max(stuck.seen_at_arrival), stuck.answered) == (12, 12, 0)
+            _, page = await server.request("GET", "/v1/deliveries?status=pending&limit=100")
+            assert len(page["data"]) == 28  # the rest of its backlog waits in the table, due
+        finally:
+            await server.stop()
+
+
+async def test_a_slow_destination_is_held_to_a_few_slots(db_url: str, receiver: Receiver) -> None:
+    """Once an attempt took longer than slow_destination_seconds, the destination gets no new
+    slot until it has fewer than an eighth of them (2 of 16) in flight; every delivery is made."""
+    async with SlowReceiver(delay=0.15) as slow:
+        server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=0.05)
+        try:
+            await server.apply(two_destinations(slow.url, receiver.url + "/fine"))
+            await ingest_batch(server, "slow.e", 30)
+
+            async def all_answered() -> bool:
+                return slow.answered == 30
+
+            await wait_for(all_answered, timeout=15)
+            first_wave, later = slow.seen_at_arrival[:12], slow.seen_at_arrival[12:]
+            assert max(first_wave) == 12  # not slow yet: three quarters of the slots
+            assert later and max(later) <= 2
+        finally:
+            await server.stop()
 
 
 async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(server: RunningServer) -> None:

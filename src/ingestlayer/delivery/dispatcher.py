@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import functools
 import logging
 import os
 import time
@@ -26,10 +25,11 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
 from ingestlayer.delivery.retry import RetryPolicy
+from ingestlayer.delivery.slots import DestinationSlots
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
-from ingestlayer.records import AttemptResult, LeasedDelivery
+from ingestlayer.records import AttemptResult, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import Store
 
@@ -45,7 +45,7 @@ class _Dest:
     enabled: bool
     instance: Any
     policy: RetryPolicy
-    concurrency: int | None = None  # attempts in flight at once in this process; None: no limit
+    concurrency: int | None = None  # attempts in flight at once in this process; None: the default
 
 
 class SecretResolver:
@@ -148,9 +148,11 @@ class Dispatcher:
         self._accepting = False
         self._attempt_counters: dict[str, Any] = {}
         self._backlogged = False
-        # Destinations with a concurrency limit: their attempts in flight, and the limit.
-        self._busy: dict[str, int] = {}
-        self._limits: dict[str, int] = {}
+        self.slots = DestinationSlots(
+            per_destination=settings.per_destination_concurrency,
+            slow_limit=settings.slow_destination_limit,
+            slow_seconds=settings.slow_destination_seconds,
+        )
 
     async def _open(self) -> SendContext:
         if self._ctx is None:
@@ -275,7 +277,12 @@ class Dispatcher:
         return result
 
     async def _run_one(self, d: LeasedDelivery, dest: _Dest | None) -> None:
-        result = await self.send_one(d, dest)
+        t0 = time.monotonic()
+        try:
+            result = await self.send_one(d, dest)
+        finally:
+            if dest is not None and self.slots.finish(d.destination_id, time.monotonic() - t0):
+                self.wake.set()  # it was left out of leases for want of room: it has some again
         self._results.append(result)
         self._results_ready.set()
 
@@ -311,14 +318,22 @@ class Dispatcher:
                 leased: list[LeasedDelivery] = []
                 if free >= threshold or (free > 0 and not self._inflight):
                     want = min(free, self.settings.delivery_batch)
+                    room = self.slots.room()
+                    # When every destination has room for a good part of the lease, lease no
+                    # more than the least room: that is the plain lease in due order, one
+                    # statement. Otherwise (a destination is full) the lease goes by each
+                    # destination's room, past the full one's backlog (store/lease_window.py).
+                    if room.smallest() >= min(want, threshold):
+                        want = min(want, room.smallest())
                     try:
                         leased = await self.store.lease_deliveries(
-                            want, self.settings.delivery_lease_seconds, self._full()
+                            want, self.settings.delivery_lease_seconds, room
                         )
                     except Exception:
                         log.exception("leasing deliveries failed; retrying shortly")
                         await asyncio.sleep(1.0)
                         continue
+                    self.slots.leased(room, want, len(leased))
                     self._backlogged = len(leased) == want
                 else:
                     self._backlogged = True  # no room to look: look again when a slot frees up
@@ -352,8 +367,14 @@ class Dispatcher:
             return 0
         return max(0, self.settings.delivery_concurrency - len(self._inflight) - self._reserved)
 
+    def take(self, fresh: list[NewDelivery]) -> tuple[list[NewDelivery], int]:
+        """Which of the router's fresh deliveries this process starts at once (see
+        DestinationSlots.take); they come first in the list returned, with their count."""
+        return self.slots.take(fresh, self.capacity())
+
     def accept(self, leased: list[LeasedDelivery]) -> None:
         self._reserved += len(leased)
+        self.slots.hold(leased, 1)
         task = asyncio.create_task(self._start(leased))
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
@@ -367,27 +388,18 @@ class Dispatcher:
             return
         finally:
             self._reserved -= len(leased)
+            self.slots.hold(leased, -1)
         self._spawn(leased, dests)
-
-    def _full(self) -> list[str]:
-        """Destinations at their concurrency limit here: the next lease leaves them out."""
-        return [did for did, n in self._busy.items() if n >= self._limits.get(did, n + 1)]
 
     def _spawn(self, leased: list[LeasedDelivery], dests: dict[str, _Dest | None]) -> None:
         over: list[LeasedDelivery] = []
         for d in leased:
             dest = dests[d.destination_id]
-            if dest is not None and dest.concurrency is not None:
-                did = d.destination_id
-                self._limits[did] = dest.concurrency
-                if self._busy.get(did, 0) >= dest.concurrency:
-                    over.append(d)
-                    continue
-                self._busy[did] = self._busy.get(did, 0) + 1
-                task = asyncio.create_task(self._run_one(d, dest))
-                task.add_done_callback(functools.partial(self._limited_done, did))
-            else:
-                task = asyncio.create_task(self._run_one(d, dest))
+            # A deleted destination's delivery is recorded as failed at once, without a slot.
+            if dest is not None and not self.slots.start(d.destination_id, dest.concurrency):
+                over.append(d)
+                continue
+            task = asyncio.create_task(self._run_one(d, dest))
             self._inflight.add(task)
             task.add_done_callback(self._task_done)
         if over:
@@ -402,15 +414,6 @@ class Dispatcher:
             await self.store.release_leases(leased)
         except Exception:
             log.exception("releasing %d leases failed; they are retaken when they expire", len(leased))
-
-    def _limited_done(self, did: str, _task: asyncio.Task[None]) -> None:
-        n = self._busy.get(did, 1) - 1
-        if n > 0:
-            self._busy[did] = n
-        else:
-            self._busy.pop(did, None)
-        if n + 1 >= self._limits.get(did, n + 2):
-            self.wake.set()  # it was full and left out of leases: it has room again
 
     def _retire(self, instance: Any) -> None:
         """Close a replaced destination (its pools, connections) once its sends are done."""

@@ -40,7 +40,7 @@ def retry_delay(attempt: int) -> float:
 class Handoff(Protocol):
     """The dispatcher in this process, taking fresh deliveries straight from the router."""
 
-    def capacity(self) -> int: ...
+    def take(self, fresh: list[NewDelivery]) -> tuple[list[NewDelivery], int]: ...
 
     def accept(self, leased: list[LeasedDelivery]) -> None: ...
 
@@ -125,7 +125,8 @@ class Router:
                 routing.deliveries.extend(dels)
             routing.versions[ev.project_id] = compiled.version
         if routing is not None and routing.deliveries:
-            routing.prelease = self.handoff.capacity() if self.handoff is not None else 0
+            if self.handoff is not None:
+                routing.deliveries, routing.prelease = self.handoff.take(routing.deliveries)
             routing.lease_seconds = self.settings.delivery_lease_seconds
         return routing
 
@@ -216,7 +217,9 @@ class Router:
                 lease.tokens,
             )
         if lease.events:
-            room = self.handoff.capacity() if self.handoff is not None else 0
+            room = 0
+            if self.handoff is not None:
+                new, room = self.handoff.take(new)
             created, leased = await self.store.complete_routing(
                 lease, new, traces, prelease=room, lease_seconds=self.settings.delivery_lease_seconds
             )

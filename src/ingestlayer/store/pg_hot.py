@@ -33,10 +33,10 @@ from ingestlayer.records import (
 )
 from ingestlayer.store import rows as rowmap
 from ingestlayer.store.idempotency import InsertPlan
+from ingestlayer.store.lease_window import DUE, DUE_DESTINATIONS_CTE, LEASE_WINDOW, Room
 
 log = logging.getLogger("ingestlayer.store")
 
-DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
 POOL_SIZE = 10
 # Workers in other processes are told of new work at commit (NOTIFY is delivered then), instead of
 # finding it at their next poll: a poll interval per hop would rule out a low p99.
@@ -115,9 +115,54 @@ WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
 _LEASE_DELIVERIES = f"""
 UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
 WHERE id IN (
-    SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3 AND destination_id <> ALL($5::text[])
+    SELECT id FROM deliveries WHERE {DUE} AND due_at <= $3
     ORDER BY due_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
+RETURNING {rowmap.DELIVERY_COLUMNS}
+"""
+# With each destination's room (lease_window), in one round trip: the oldest due rows of a
+# window, each destination's up to its room ($6/$7 by id, $8 for any other), locked and leased;
+# with how many rows the window held ("seen", on every row; on a single row of NULLs when none
+# were leased), so the caller knows whether more may lie beyond it.
+_LEASE_WINDOW = f"""
+WITH win AS (
+    SELECT id, destination_id, due_at FROM deliveries WHERE {DUE} AND due_at <= $3
+    ORDER BY due_at LIMIT $5
+), ranked AS (
+    SELECT win.id, win.due_at, coalesce(k.room, $8) AS room,
+           row_number() OVER (PARTITION BY win.destination_id ORDER BY win.due_at) AS n
+    FROM win LEFT JOIN unnest($6::text[], $7::int[]) AS k(did, room) ON k.did = win.destination_id
+), picked AS (
+    SELECT id FROM deliveries
+    WHERE id IN (SELECT id FROM ranked WHERE n <= room ORDER BY due_at LIMIT $4)
+      AND {DUE} AND due_at <= $3
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
+    WHERE id IN (SELECT id FROM picked)
+    RETURNING {rowmap.DELIVERY_COLUMNS}
+)
+SELECT leased.*, w.seen FROM (SELECT count(*) AS seen FROM win) AS w LEFT JOIN leased ON true
+"""
+# Beyond the window: each destination with due-status rows (a skip scan of
+# ix_deliveries_due_destination), its oldest due rows up to its room, the oldest $4 of those.
+_LEASE_PER_DESTINATION = f"""
+WITH RECURSIVE {DUE_DESTINATIONS_CTE}, candidates AS (
+    SELECT x.id, x.due_at
+    FROM d LEFT JOIN unnest($5::text[], $6::int[]) AS k(did, room) ON k.did = d.id
+    CROSS JOIN LATERAL (
+        SELECT id, due_at FROM deliveries
+        WHERE {DUE} AND destination_id = d.id AND due_at <= $3
+        ORDER BY due_at LIMIT greatest(0, least($4, coalesce(k.room, $7)))
+    ) AS x
+    WHERE d.id IS NOT NULL
+), picked AS (
+    SELECT id FROM deliveries
+    WHERE id IN (SELECT id FROM candidates ORDER BY due_at LIMIT $4) AND {DUE} AND due_at <= $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
+WHERE id IN (SELECT id FROM picked)
 RETURNING {rowmap.DELIVERY_COLUMNS}
 """
 _INSERT_ATTEMPTS = """
@@ -332,13 +377,36 @@ class PgHotPath:
     # ---- delivery ---------------------------------------------------------------------------
 
     async def lease_deliveries(
-        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+        self, limit: int, lease_seconds: float, room: Room | None = None
     ) -> list[LeasedDelivery]:
         now = time.time()
         token = new_id("lse")
         async with self.connection() as conn:
-            rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit, list(exclude))
-        return [rowmap.leased_delivery(r, token) for r in rows]
+            if room is None or not room.may_cut(limit):
+                rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit)
+                return [rowmap.leased_delivery(r, token) for r in rows]
+            size = limit + LEASE_WINDOW
+            ids, rooms = list(room.known), list(room.known.values())
+            rows = await conn.fetch(
+                _LEASE_WINDOW, now + lease_seconds, token, now, limit, size, ids, rooms, room.default
+            )
+            leased = [rowmap.leased_delivery(r, token) for r in rows if r[0] is not None]
+            if len(leased) >= limit or rows[0][-1] < size:
+                return leased
+            # The window was full and left the lease short: look past it, destination by
+            # destination, with the room the window's leases left.
+            left = room.after(leased)
+            more = await conn.fetch(
+                _LEASE_PER_DESTINATION,
+                now + lease_seconds,
+                token,
+                now,
+                limit - len(leased),
+                list(left.known),
+                list(left.known.values()),
+                left.default,
+            )
+        return leased + [rowmap.leased_delivery(r, token) for r in more]
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         now = time.time()

@@ -167,6 +167,15 @@ deliveries = Table(
         sqlite_where=text("status IN ('pending', 'retrying', 'delivering')"),
         postgresql_where=text("status IN ('pending', 'retrying', 'delivering')"),
     ),
+    # Each destination's due deliveries in due order: leases that leave out destinations at
+    # their concurrency limit find the others' without walking that backlog (lease_window).
+    Index(
+        "ix_deliveries_due_destination",
+        "destination_id",
+        "due_at",
+        sqlite_where=text("status IN ('pending', 'retrying', 'delivering')"),
+        postgresql_where=text("status IN ('pending', 'retrying', 'delivering')"),
+    ),
     Index("ix_deliveries_project_id_id", "project_id", "id"),
     Index("ix_deliveries_project_status_id", "project_id", "status", "id"),
     Index("ix_deliveries_project_destination_id", "project_id", "destination_id", "id"),

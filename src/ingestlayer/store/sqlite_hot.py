@@ -32,9 +32,17 @@ from ingestlayer.records import (
 )
 from ingestlayer.store import rows as rowmap
 from ingestlayer.store.idempotency import InsertPlan
+from ingestlayer.store.lease_window import (
+    DUE,
+    DUE_DESTINATIONS,
+    LEASE_WINDOW,
+    Room,
+    destinations_with_room,
+    from_window,
+    oldest_first,
+)
 from ingestlayer.store.sqlite_loop import LoopSqlite
 
-DUE = "status IN ('pending', 'retrying', 'delivering')"  # matches the partial index ix_deliveries_due
 # How often a worker sharing the file with other processes looks for their commits.
 COMMIT_WATCH_SECONDS = 0.005
 
@@ -229,26 +237,46 @@ def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[s
     )
 
 
-def _not_to(exclude: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """The condition leaving out deliveries to ``exclude`` (destinations at their concurrency
-    limit in this process), and its parameter; nothing when there are none."""
-    if not exclude:
-        return "", ()
-    return " AND destination_id NOT IN (SELECT value FROM json_each(?))", (_ids_json(exclude),)
+_DUE_WINDOW = f"SELECT id, destination_id FROM deliveries WHERE {DUE} AND due_at <= ? ORDER BY due_at LIMIT ?"
+_OLDEST_DUE = (
+    f"SELECT due_at, id FROM deliveries WHERE {DUE} AND destination_id = ? AND due_at <= ?"
+    " ORDER BY due_at LIMIT ?"
+)
+
+
+def _due_ids(conn: sqlite3.Connection, now: float, limit: int, room: Room) -> list[str]:
+    """The oldest ``limit`` due deliveries, each destination's up to its ``room``, without
+    walking the backlog of destinations that have none (lease_window)."""
+    size = limit + LEASE_WINDOW
+    picked = from_window(conn.execute(_DUE_WINDOW, (now, size)).fetchall(), room, limit, size)
+    if picked is not None:
+        return picked
+    open_ = destinations_with_room((row[0] for row in conn.execute(DUE_DESTINATIONS)), room)
+    return oldest_first(
+        (row for did, n in open_ for row in conn.execute(_OLDEST_DUE, (did, now, min(n, limit)))), limit
+    )
 
 
 def lease_deliveries(
-    conn: sqlite3.Connection, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+    conn: sqlite3.Connection, limit: int, lease_seconds: float, room: Room | None = None
 ) -> list[LeasedDelivery]:
     now = time.time()
     token = new_id("lse")
-    not_to, params = _not_to(exclude)
-    rows = conn.execute(
-        f"UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
-        f" WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ?{not_to}"
-        f" ORDER BY due_at LIMIT ?) RETURNING {rowmap.DELIVERY_COLUMNS}",
-        (now + lease_seconds, token, now, now, *params, limit),
-    ).fetchall()
+    update = "UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
+    if room is None or not room.may_cut(limit):
+        rows = conn.execute(
+            f"{update} WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ?"
+            f" ORDER BY due_at LIMIT ?) RETURNING {rowmap.DELIVERY_COLUMNS}",
+            (now + lease_seconds, token, now, now, limit),
+        ).fetchall()
+    else:
+        ids = _due_ids(conn, now, limit, room)
+        if not ids:
+            return []
+        rows = conn.execute(
+            f"{update} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rowmap.DELIVERY_COLUMNS}",
+            (now + lease_seconds, token, now, _ids_json(ids)),
+        ).fetchall()
     return [rowmap.leased_delivery(r, token) for r in rows]
 
 
@@ -289,10 +317,11 @@ def route_jobs_due(conn: sqlite3.Connection, now: float) -> bool:
     return conn.execute("SELECT 1 FROM route_jobs WHERE due_at <= ? LIMIT 1", (now,)).fetchone() is not None
 
 
-def deliveries_due(conn: sqlite3.Connection, now: float, exclude: Sequence[str] = ()) -> bool:
-    not_to, params = _not_to(exclude)
-    query = f"SELECT 1 FROM deliveries WHERE {DUE} AND due_at <= ?{not_to} LIMIT 1"
-    return conn.execute(query, (now, *params)).fetchone() is not None
+def deliveries_due(conn: sqlite3.Connection, now: float, room: Room | None = None) -> bool:
+    if room is not None and room.may_cut(1):
+        return bool(_due_ids(conn, now, 1, room))
+    query = f"SELECT 1 FROM deliveries WHERE {DUE} AND due_at <= ? LIMIT 1"
+    return conn.execute(query, (now,)).fetchone() is not None
 
 
 def data_version(conn: sqlite3.Connection) -> int:
@@ -346,11 +375,11 @@ class SqliteHotPath:
         await self.db.write(defer_route_jobs, lease, delays)
 
     async def lease_deliveries(
-        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+        self, limit: int, lease_seconds: float, room: Room | None = None
     ) -> list[LeasedDelivery]:
-        if not await self.db.read(deliveries_due, time.time(), exclude):
+        if not await self.db.read(deliveries_due, time.time(), room):
             return []
-        return await self.db.write(lease_deliveries, limit, lease_seconds, exclude, durable=False)
+        return await self.db.write(lease_deliveries, limit, lease_seconds, room, durable=False)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         await self.db.write(record_attempts, results)

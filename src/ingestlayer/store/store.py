@@ -36,6 +36,7 @@ from ingestlayer.records import (
 )
 from ingestlayer.store import rows as rowmap
 from ingestlayer.store.db import Engines, create_engines
+from ingestlayer.store.lease_window import Room
 from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
     api_keys,
@@ -556,11 +557,11 @@ class Store:
     # ---- delivery ------------------------------------------------------------------------------
 
     async def lease_deliveries(
-        self, limit: int, lease_seconds: float, exclude: Sequence[str] = ()
+        self, limit: int, lease_seconds: float, room: Room | None = None
     ) -> list[LeasedDelivery]:
-        """Lease up to ``limit`` due deliveries (including ones whose lease has expired), none
-        to the destinations in ``exclude``."""
-        return await self._hot.lease_deliveries(limit, lease_seconds, exclude)
+        """Lease up to ``limit`` due deliveries (including ones whose lease has expired), the
+        oldest first, each destination's up to its ``room`` (its free concurrency here)."""
+        return await self._hot.lease_deliveries(limit, lease_seconds, room)
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         """Log attempts and move their deliveries on, in one transaction.

@@ -1,0 +1,140 @@
+"""How many attempts each destination may have in flight in this process.
+
+A process has ``delivery_concurrency`` slots. Without a limit per destination, a receiver that
+hangs takes every slot as its backlog is leased, and every other destination's deliveries wait
+for its timeouts: measured, 38 s behind a backlog of 600 to a receiver that never answered
+(128 slots, webhook.out's 10 s timeout). So each destination has a limit:
+
+- its own ``concurrency: N``, when it has one;
+- otherwise three quarters of the slots (``delivery_concurrency_per_destination``), so another
+  destination always finds a quarter of them free, at once;
+- and an eighth (``slow_destination_concurrency``) while it is slow: one of its attempts took
+  longer than ``slow_destination_seconds`` (every timeout does) in the last minute. Its attempts
+  in flight are not cut short; it gets no new slot until it is below that limit.
+
+A destination alone keeps most of the slots (a healthy receiver is not slowed down), and a slow
+one is soon held to a few.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from ingestlayer.records import LeasedDelivery, NewDelivery
+from ingestlayer.store.lease_window import Room
+
+# How long a destination counts as slow after an attempt that was.
+SLOW_FOR_SECONDS = 60.0
+
+
+def _add(counts: dict[str, int], did: str, n: int) -> int:
+    value = counts.get(did, 0) + n
+    if value > 0:
+        counts[did] = value
+    else:
+        counts.pop(did, None)
+    return value
+
+
+class DestinationSlots:
+    def __init__(
+        self,
+        *,
+        per_destination: int,
+        slow_limit: int,
+        slow_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_destination = max(1, per_destination)
+        self.slow_limit = max(1, slow_limit)
+        self.slow_seconds = slow_seconds
+        self._clock = clock
+        self._busy: dict[str, int] = {}  # attempts in flight
+        self._pending: dict[str, int] = {}  # handed over by the router, not started yet
+        self._own: dict[str, int] = {}  # `concurrency: N` of the destinations that have one
+        self._slow_until: dict[str, float] = {}
+        # Destinations whose room may have cut the last lease short: leased for again once
+        # they have room enough (finish), not at the next poll.
+        self._wanted: set[str] = set()
+
+    def in_flight(self, did: str) -> int:
+        return self._busy.get(did, 0)
+
+    def limit(self, did: str) -> int:
+        own = self._own.get(did)
+        if own is not None:
+            return own
+        until = self._slow_until.get(did)
+        if until is not None:
+            if until > self._clock():
+                return self.slow_limit
+            del self._slow_until[did]
+        return self.per_destination
+
+    def room(self) -> Room:
+        """Each destination's free slots, for the next lease: listed for those with attempts in
+        flight, a limit of their own or a slow record; the default for any other."""
+        known = {did: self.limit(did) for did in (*self._own, *self._slow_until)}
+        for counts in (self._busy, self._pending):
+            for did, n in counts.items():
+                known[did] = known.get(did, self.limit(did)) - n
+        return Room(known, self.per_destination)
+
+    def take(self, fresh: list[NewDelivery], free: int) -> tuple[list[NewDelivery], int]:
+        """Which of the router's fresh deliveries to start at once: up to ``free``, each
+        destination's up to its room. Returned first, then the rest, with how many are taken."""
+        if free <= 0:
+            return fresh, 0
+        room = self.room()
+        left: dict[str, int] = {}
+        first: list[NewDelivery] = []
+        rest: list[NewDelivery] = []
+        for d in fresh:
+            n = left.get(d.destination_id)
+            if n is None:
+                n = room.of(d.destination_id)
+            if n > 0 and len(first) < free:
+                first.append(d)
+                n -= 1
+            else:
+                rest.append(d)
+            left[d.destination_id] = n
+        return (first + rest if first and rest else fresh), len(first)
+
+    def hold(self, leased: Sequence[LeasedDelivery], n: int) -> None:
+        """Count deliveries handed over (``n`` = 1) until they start, or stop counting them (-1)."""
+        for d in leased:
+            _add(self._pending, d.destination_id, n)
+
+    def start(self, did: str, own_limit: int | None) -> bool:
+        """Take a slot for an attempt to ``did``; False when it has none free."""
+        if own_limit is not None:
+            self._own[did] = own_limit
+        else:
+            self._own.pop(did, None)
+        if self._busy.get(did, 0) >= self.limit(did):
+            return False
+        _add(self._busy, did, 1)
+        return True
+
+    def leased(self, room: Room, want: int, got: int) -> None:
+        """After a lease of ``got`` out of ``want``: remember the destinations whose room may
+        have cut it short."""
+        if got < want:
+            self._wanted.update(did for did, n in room.known.items() if n < want)
+
+    def finish(self, did: str, seconds: float) -> bool:
+        """Free the slot of an attempt that took ``seconds``. True when a lease was cut short by
+        this destination's room and it now has enough to lease for again: an eighth of its limit
+        (at least one). Leasing for every slot freed would make a transaction per attempt."""
+        if seconds > self.slow_seconds:
+            self._slow_until[did] = self._clock() + SLOW_FOR_SECONDS
+        left = _add(self._busy, did, -1)
+        if did not in self._wanted:
+            return False
+        limit = self.limit(did)
+        if limit - left - self._pending.get(did, 0) < max(1, limit // 8):
+            return False
+        self._wanted.discard(did)
+        return True

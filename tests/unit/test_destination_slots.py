@@ -1,0 +1,113 @@
+"""Each destination's share of a process's delivery slots (delivery/slots.py)."""
+
+from __future__ import annotations
+
+from ingestlayer.delivery.slots import SLOW_FOR_SECONDS, DestinationSlots
+from ingestlayer.records import LeasedDelivery, NewDelivery
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slots(clock: Clock | None = None) -> DestinationSlots:
+    return DestinationSlots(per_destination=6, slow_limit=2, slow_seconds=1.0, clock=clock or Clock())
+
+
+def fresh(*destinations: str) -> list[NewDelivery]:
+    return [
+        NewDelivery(f"dlv_{i}", "prj", f"evt_{i}", "a.b", "pip", did, "{}")
+        for i, did in enumerate(destinations)
+    ]
+
+
+def leased(did: str) -> LeasedDelivery:
+    return LeasedDelivery("dlv", "prj", "evt", "a.b", did, 0, 0, "{}", "lse")
+
+
+def test_a_destination_gets_its_share_then_none() -> None:
+    s = slots()
+    assert all(s.start("dst_a", None) for _ in range(6))
+    assert not s.start("dst_a", None)
+    assert s.start("dst_b", None)  # another destination is not held back
+    room = s.room()
+    assert (room.of("dst_a"), room.of("dst_b"), room.of("dst_new")) == (0, 5, 6)
+
+
+def test_its_own_concurrency_wins_over_the_default() -> None:
+    s = slots()
+    assert s.start("dst_a", 10)
+    assert s.room().of("dst_a") == 9
+    assert all(s.start("dst_a", 10) for _ in range(9))
+    assert not s.start("dst_a", 10)
+    # The limit changed to 1 (a new configuration): no new slot until it is below it.
+    assert not s.start("dst_a", 1)
+
+
+def test_a_slow_attempt_holds_the_destination_to_the_slow_limit_for_a_minute() -> None:
+    clock = Clock()
+    s = slots(clock)
+    for _ in range(5):
+        assert s.start("dst_a", None)
+    s.finish("dst_a", 3.0)  # slower than slow_seconds
+    assert s.in_flight("dst_a") == 4 and s.limit("dst_a") == 2
+    assert not s.start("dst_a", None)  # 4 in flight, limit 2: no new slot
+    s.leased(s.room(), want=10, got=0)  # a lease found it without room
+    assert [s.finish("dst_a", 0.1) for _ in range(3)] == [False, False, True]  # room again at 1
+    assert s.start("dst_a", None) and not s.start("dst_a", None)
+    clock.now += SLOW_FOR_SECONDS + 1
+    assert s.limit("dst_a") == 6  # no slow attempt in the last minute: its share again
+
+
+def test_finish_says_when_a_destination_that_cut_a_lease_short_has_room_again() -> None:
+    s = slots()
+    for _ in range(6):
+        s.start("dst_a", None)
+    s.start("dst_b", None)
+    s.leased(s.room(), want=10, got=3)  # short: dst_a (room 0) and dst_b (room 5) may have cut it
+    assert s.finish("dst_a", 0.1) is True  # the next lease may take it again
+    assert s.finish("dst_a", 0.1) is False  # once
+    assert s.finish("dst_b", 0.1) is True
+
+
+def test_a_lease_that_was_not_cut_short_wakes_nothing() -> None:
+    s = slots()
+    for _ in range(6):
+        s.start("dst_a", None)
+    s.leased(s.room(), want=10, got=10)
+    assert [s.finish("dst_a", 0.1) for _ in range(6)] == [False] * 6
+
+
+def test_a_large_limit_is_leased_for_again_an_eighth_at_a_time() -> None:
+    s = DestinationSlots(per_destination=16, slow_limit=2, slow_seconds=1.0, clock=Clock())
+    for _ in range(16):
+        s.start("dst_a", None)
+    s.leased(s.room(), want=32, got=0)
+    assert [s.finish("dst_a", 0.1) for _ in range(4)] == [False, True, False, False]
+
+
+def test_take_hands_over_each_destinations_room_first_and_keeps_the_rest_in_order() -> None:
+    s = slots()
+    for _ in range(5):
+        s.start("dst_a", None)
+    batch = fresh("dst_a", "dst_a", "dst_b", "dst_a", "dst_b")
+    ordered, n = s.take(batch, free=10)
+    assert n == 3
+    assert [d.id for d in ordered] == ["dlv_0", "dlv_2", "dlv_4", "dlv_1", "dlv_3"]
+
+    # Handed over but not started yet: counted, so the next take does not hand over again.
+    s.hold([leased("dst_b"), leased("dst_b")], 1)
+    assert s.room().of("dst_b") == 4
+    s.hold([leased("dst_b"), leased("dst_b")], -1)
+    assert s.room().of("dst_b") == 6
+
+
+def test_take_never_hands_over_more_than_the_free_slots() -> None:
+    s = slots()
+    ordered, n = s.take(fresh("dst_a", "dst_b", "dst_c"), free=2)
+    assert n == 2 and [d.id for d in ordered] == ["dlv_0", "dlv_1", "dlv_2"]
+    assert s.take(fresh("dst_a"), free=0) == (fresh("dst_a"), 0)
