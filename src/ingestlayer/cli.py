@@ -300,6 +300,17 @@ def events(
     out.print(table)
 
 
+DELIVERY_STATUSES = frozenset({"pending", "delivering", "retrying", "delivered", "dead"})
+# A delivery being attempted right now is left alone by a replay.
+REPLAYABLE_STATUSES = DELIVERY_STATUSES - {"delivering"}
+
+
+def _check_statuses(status: list[str] | None, valid: frozenset[str]) -> None:
+    for s in status or []:
+        if s not in valid:
+            raise CliError(f"--status {s!r} is not one of {', '.join(sorted(valid))}")
+
+
 @app.command()
 @cli_errors
 def deliveries(
@@ -314,10 +325,7 @@ def deliveries(
     key: KeyOpt = None,
 ) -> None:
     """List recent deliveries."""
-    valid = {"pending", "delivering", "retrying", "delivered", "dead"}
-    for s in status or []:
-        if s not in valid:
-            raise CliError(f"--status {s!r} is not one of {', '.join(sorted(valid))}")
+    _check_statuses(status, DELIVERY_STATUSES)
     rows = _with_backend(database_url, project, url, key, lambda b: b.deliveries(status, limit))
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -343,7 +351,9 @@ def replay(
     delivery_id: Annotated[
         str | None, typer.Argument(help="One delivery id; omit to replay by filter")
     ] = None,
-    status: Annotated[list[str] | None, typer.Option("--status", help="Default: dead")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option("--status", help="pending|retrying|delivered|dead (default: dead)")
+    ] = None,
     destination: Annotated[str | None, typer.Option("--destination")] = None,
     database_url: DbOpt = None,
     project: ProjectOpt = None,
@@ -351,10 +361,11 @@ def replay(
     key: KeyOpt = None,
 ) -> None:
     """Replay one delivery, or every delivery matching a filter (new attempts, same ids)."""
+    _check_statuses(status, REPLAYABLE_STATUSES)
     ids = _with_backend(
         database_url, project, url, key, lambda b: b.replay(delivery_id, status or ["dead"], destination)
     )
-    out.print(f"replayed {len(ids)} deliveries")
+    out.print(f"replayed {len(ids)} {'delivery' if len(ids) == 1 else 'deliveries'}")
 
 
 @app.command()

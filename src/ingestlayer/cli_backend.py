@@ -112,10 +112,12 @@ class LocalBackend:
     async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
         pid = await self.project_id()
         if delivery_id:
-            found = await self.store.replay(pid, [delivery_id])
-            if not found:
-                raise CliError(f"no delivery {delivery_id!r} that can be replayed")
-            return found
+            d = await self.store.get_delivery(pid, delivery_id)
+            if d is None:
+                raise CliError(f"no delivery {delivery_id!r}")
+            if d["status"] == "delivering":
+                raise CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
+            return await self.store.replay(pid, [delivery_id])
         dest_id = None
         if destination:
             cfg = await self.store.load_project_config(pid)

@@ -147,7 +147,7 @@ async def test_local_workflow_apply_send_deliveries_replay(
         # Replay: a new attempt on the same delivery id, signed with the secret set above.
         receiver.default = Reply(status=200)
         run = ok(await cli("replay", dlv_id, *pick, cwd=tmp_path, db_url=sqlite_url))
-        assert "replayed 1" in run.out
+        assert run.out.strip() == "replayed 1 delivery"
 
         async def delivered() -> dict[str, Any] | None:
             _, body = await server.request("GET", f"/v1/deliveries/{dlv_id}", key=demo_admin)

@@ -30,6 +30,8 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from ingestlayer.ids import new_id
+from ingestlayer.records import NewDelivery, NewEvent
 from ingestlayer.store.db import async_url
 from ingestlayer.store.migrate import current_head
 from ingestlayer.store.schema import metadata
@@ -435,6 +437,11 @@ async def test_bulk_replay_replays_dead_deliveries_and_narrows_by_destination(
             await cli("replay", "--destination", "nope", *remote, cwd=tmp_path, **where),
             "no destination 'nope'",
         )
+        # A status that does not exist, or deliveries being attempted, are refused, not "0 replayed".
+        one_line_error(await cli("replay", "--status", "bogus", *remote, cwd=tmp_path, **where), "'bogus'")
+        one_line_error(
+            await cli("replay", "--status", "delivering", *remote, cwd=tmp_path, **where), "'delivering'"
+        )
         assert len(receiver.requests) == 10
     finally:
         await server.stop()
@@ -502,3 +509,22 @@ async def test_remote_secrets_set_stores_on_the_server_never_echoes_and_refuses_
         assert not (tmp_path / "ingestlayer.db").exists()
     finally:
         await server.stop()
+
+
+async def test_replaying_a_delivery_being_attempted_says_so(sqlite_url: str, tmp_path: Path) -> None:
+    """The local CLI answers like the API's 409: the delivery is in flight, not missing."""
+    store = Store.from_url(sqlite_url)
+    try:
+        pid, _, _ = await store.create_project("replays")
+        now = time.time()
+        event = NewEvent(new_id("evt"), pid, "a.b", "{}", None, "api", now, now)
+        await store.insert_events([event])
+        lease = await store.lease_route_jobs(10, 60.0)
+        delivery = NewDelivery(new_id("dlv"), pid, event.id, "a.b", "p", "d", "{}")
+        await store.complete_routing(lease, [delivery], {})
+        (leased,) = await store.lease_deliveries(10, 60.0)  # a worker is attempting it now
+    finally:
+        await store.close()
+    run = await cli("replay", leased.id, cwd=tmp_path, db_url=sqlite_url)
+    one_line_error(run, "being attempted right now")
+    one_line_error(await cli("replay", "dlv_nope", cwd=tmp_path, db_url=sqlite_url), "no delivery 'dlv_nope'")

@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import subprocess
+import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+import yaml
 from aiohttp import web
 
 from ingestlayer.delivery.signing import (
@@ -39,6 +41,7 @@ from ingestlayer.delivery.signing import (
     ingestlayer_signature,
     standard_webhooks_headers,
 )
+from ingestlayer.pipeline.config import ConfigError, parse_config
 from tests.e2e.test_sdk_typescript import SDK_DIR, build_typescript_sdk
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -451,3 +454,29 @@ async def test_python_quick_start_and_idempotency_run_against_a_real_server(serv
 def test_doc_pages_link_each_other() -> None:
     for page in ("sdk-python.md", "sdk-typescript.md"):
         assert "verify-webhooks.md" in (DOCS / page).read_text(encoding="utf-8")
+
+
+# --- every pipeline YAML in the docs ------------------------------------------------------------------
+YAML_FENCE = re.compile(r"^([ \t]*)```ya?ml[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
+
+
+def pipeline_yaml_blocks() -> list[tuple[str, dict[str, Any]]]:
+    """Each ```yaml block of README.md and docs/ that is a configuration file (top-level
+    `pipelines:` or `destinations:`), indented ones (inside lists) included."""
+    found = []
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for n, m in enumerate(YAML_FENCE.finditer(page.read_text(encoding="utf-8"))):
+            doc = yaml.safe_load(textwrap.dedent(m.group(2)))
+            if isinstance(doc, dict) and {"pipelines", "destinations"} & set(doc):
+                found.append((f"{page.relative_to(DOCS.parent)}[yaml {n + 1}]", doc))
+    return found
+
+
+def test_every_pipeline_yaml_in_the_docs_is_a_valid_configuration() -> None:
+    blocks_found = pipeline_yaml_blocks()
+    assert len(blocks_found) >= 15  # the recipe, step and destination pages all have some
+    for where, doc in blocks_found:
+        try:
+            parse_config(doc)
+        except ConfigError as exc:
+            pytest.fail(f"{where}: {exc}")
