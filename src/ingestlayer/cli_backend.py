@@ -19,7 +19,7 @@ from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
-from ingestlayer.secretbox import SecretBox
+from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.migrate import upgrade
 
 if TYPE_CHECKING:
@@ -128,7 +128,23 @@ class LocalBackend:
 
     async def set_secret(self, name: str, value: str) -> bool:
         box = SecretBox.load(self.settings.secret_key, self.settings.secret_key_file)
-        return await self.store.set_secret(await self.project_id(), name, box.encrypt(value))
+        pid = await self.project_id()
+        # A secret stored under another master key than the server's cannot be read when it is
+        # used: refuse it now, while the mistake is one command old, if the project's other
+        # secrets show the key differs.
+        for row in await self.store.list_secrets(pid):
+            token = await self.store.get_secret(pid, row["name"])
+            if token is None:
+                continue
+            try:
+                box.decrypt(token)
+            except SecretDecryptError:
+                raise CliError(
+                    "this master key is not the one the project's secrets were stored with "
+                    "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
+                ) from None
+            break
+        return await self.store.set_secret(pid, name, box.encrypt(value))
 
 
 class RemoteBackend:

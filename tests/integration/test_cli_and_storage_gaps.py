@@ -528,3 +528,21 @@ async def test_replaying_a_delivery_being_attempted_says_so(sqlite_url: str, tmp
     run = await cli("replay", leased.id, cwd=tmp_path, db_url=sqlite_url)
     one_line_error(run, "being attempted right now")
     one_line_error(await cli("replay", "dlv_nope", cwd=tmp_path, db_url=sqlite_url), "no delivery 'dlv_nope'")
+
+
+async def test_secrets_set_refuses_a_master_key_the_projects_secrets_were_not_stored_with(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    ok(await cli("init", "--name", "keys", cwd=tmp_path, db_url=sqlite_url))
+    ok(await cli("secrets", "set", "first", "--value", "one", cwd=tmp_path, db_url=sqlite_url))
+    other_key = "another-master-key-0123456789abcdef0123456789"
+    run = await cli(
+        "secrets", "set", "second", "--value", "two", cwd=tmp_path, db_url=sqlite_url, secret_key=other_key
+    )
+    one_line_error(run, "master key is not the one")
+    store = Store.from_url(sqlite_url)
+    try:
+        (project,) = await store.list_projects()
+        assert [r["name"] for r in await store.list_secrets(project["id"])] == ["first"]
+    finally:
+        await store.close()
