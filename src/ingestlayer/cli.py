@@ -21,7 +21,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ingestlayer import __version__
 from ingestlayer.cli_backend import Backend, CliError, LocalBackend, RemoteBackend
@@ -37,8 +37,16 @@ app = typer.Typer(
 )
 secrets_app = typer.Typer(help="Encrypted secrets referenced as ref:NAME.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
-out = Console()
+# Piped into another program or a file, tables are not cut to a terminal's 80 columns (a cut id
+# cannot be copied into `replay`); COLUMNS still wins when set.
+PIPED_WIDTH = 200
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
 err = Console(stderr=True)
+
+
+def _id_column(name: str) -> Column:
+    """Ids are folded onto a second line in a narrow terminal, never cut short."""
+    return Column(name, overflow="fold", min_width=12)
 
 T = TypeVar("T")
 
@@ -294,7 +302,7 @@ def events(
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    table = Table("id", "type", "received", "payload")
+    table = Table(_id_column("id"), "type", "received", "payload")
     for e in rows:
         table.add_row(e["id"], e["type"], e["received_at"], orjson.dumps(e["payload"]).decode()[:60])
     out.print(table)
@@ -330,7 +338,7 @@ def deliveries(
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    table = Table("id", "status", "event", "type", "destination", "attempts", "last")
+    table = Table(_id_column("id"), "status", _id_column("event"), "type", "destination", "attempts", "last")
     for d in rows:
         last = str(d["last_status_code"] or d["last_error"] or "")
         table.add_row(

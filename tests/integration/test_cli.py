@@ -129,10 +129,13 @@ async def test_local_workflow_apply_send_deliveries_replay(
 
         dlv_id = await wait_for(dead)
 
-        events_run, dels_run = await asyncio.gather(
+        events_run, dels_run, table_run = await asyncio.gather(
             cli("events", "--json", *pick, cwd=tmp_path, db_url=sqlite_url),
             cli("deliveries", "--status", "dead", "--json", *pick, cwd=tmp_path, db_url=sqlite_url),
+            cli("deliveries", *pick, cwd=tmp_path, db_url=sqlite_url),
         )
+        # The table, piped (no terminal, no COLUMNS), holds the whole ids, to copy into replay.
+        assert dlv_id in ok(table_run).out and event_id in table_run.out, table_run.out
         (ev,) = ok(events_run).json()
         assert (ev["id"], ev["type"], ev["payload"], ev["source"]) == (
             event_id,
