@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
-from ingestlayer.api.manage import config_error
+from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
@@ -59,19 +60,69 @@ class EndpointPatch(BaseModel):
     enabled: bool | None = None
 
 
-def _secret_name(endpoint_id: str) -> str:
-    return f"endpoint-{endpoint_id}"
-
-
-def _previous_name(endpoint_id: str) -> str:
-    """The secret replaced by the last rotation, still signing until the rotation ends."""
-    return f"endpoint-{endpoint_id}.previous"
-
-
 # How long a rotated-out secret still signs by default: a day to update the receivers, as
 # Standard Webhooks providers commonly allow; at most 30 days.
 DEFAULT_OVERLAP_SECONDS = 86_400.0
 MAX_OVERLAP_SECONDS = 30 * 86_400.0
+# Old secrets signing at once beside the current one (each adds a signature to every request).
+MAX_PREVIOUS_SECRETS = 10
+# What a delivery to a disabled endpoint ends with: the dispatcher's words for the same case.
+DISABLED_ERROR = "destination is disabled"
+
+
+def _at(ts: float) -> str:
+    out = iso(ts)
+    assert out is not None
+    return out
+
+
+def _previous(settings: dict[str, Any], now: float) -> list[tuple[str, str, float]]:
+    """The rotated-out secrets still signing beside the current one: (ref, ISO end, end), the
+    last rotated out first. Each signs until its own end, however many rotations came after.
+
+    Stored as webhook.out keeps them: ``secret: [current, old…]`` with ``rotation_ends_at``
+    one time (one old secret) or a list of times, one per old secret in the same order."""
+    secret = settings.get("secret")
+    refs = secret if isinstance(secret, list) else []
+    ends = settings.get("rotation_ends_at")
+    if isinstance(ends, str):
+        pairs = [(refs[-1], ends)] if len(refs) > 1 else []
+    elif isinstance(ends, list):
+        pairs = list(zip(refs[1:], ends, strict=False))
+    else:
+        pairs = []
+    live = []
+    for ref, end in pairs:
+        try:
+            t = parse_iso(end)
+        except (TypeError, ValueError):
+            continue
+        if t > now:
+            live.append((ref, end, t))
+    return live
+
+
+def _free_previous_name(endpoint_id: str, taken: set[str]) -> str:
+    first = endpoint_previous_name(endpoint_id)
+    name, n = first, 1
+    while name in taken:
+        n += 1
+        name = f"{first}.{n}"
+    return name
+
+
+def _field_of(path: str) -> str | None:
+    """The request's field for a path in the endpoint's destination entry: ``.webhook.out.url``
+    is ``url``, ``.retry.schedule`` is ``retry.schedule``; the entry as a whole is none."""
+    path = path.lstrip(".")
+    if path == "webhook.out":
+        return None
+    return path.removeprefix("webhook.out.") or None
+
+
+def _config_error(exc: ConfigError) -> ApiError:
+    field = _field_of(exc.path)
+    return ApiError(422, f"{field}: {exc.message}" if field else exc.message, field=field)
 
 
 class RotateIn(BaseModel):
@@ -98,6 +149,7 @@ def _check_standard(secret: str, field: str | None, fix: str) -> None:
 
 def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
     settings = d.config.get("settings", {}) if d else {}
+    previous = _previous(settings, time.time())
     return {
         "id": p.id,
         "url": settings.get("url"),
@@ -107,8 +159,10 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
         "format": settings.get("format"),
         "headers": settings.get("headers", {}),
         "timeout": settings.get("timeout"),
-        # While a rotation lasts, requests carry both signatures.
-        "rotation_ends_at": _rotation_end(settings),
+        # While a rotation lasts, requests carry a signature by each old secret too: until
+        # rotation_ends_at, when the last of them stops; each stops at its own signs_until.
+        "rotation_ends_at": max(previous, key=lambda p: p[2])[1] if previous else None,
+        "previous_secrets": [{"signs_until": end} for _, end, _ in previous],
         "retry": d.config.get("retry") if d else None,
         "description": p.config.get("description"),
         "enabled": p.enabled,
@@ -116,11 +170,6 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
         "created_at": iso(p.created_at),
         "updated_at": iso(p.updated_at),
     }
-
-
-def _rotation_end(settings: dict[str, Any]) -> str | None:
-    ends = settings.get("rotation_ends_at")
-    return ends if isinstance(ends, str) and parse_iso(ends) > time.time() else None
 
 
 async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> tuple[PipelineRow, DestinationRow | None]:
@@ -133,8 +182,15 @@ async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> tuple[Pipelin
 
 
 async def _save(
-    rt: Runtime, project_id: str, endpoint_id: str, dest_id: str, spec: dict[str, Any], new_secret: str | None
+    rt: Runtime,
+    project_id: str,
+    endpoint_id: str,
+    dest_id: str,
+    spec: dict[str, Any],
+    new_secret: str | None,
+    previous: Sequence[tuple[str, str]] = (),
 ) -> None:
+    """Store the endpoint; ``previous`` are the old secrets that still sign, (ref, ISO end)."""
     for i, pattern in enumerate(spec["events"]):
         if not is_valid_pattern(pattern):
             raise ApiError(
@@ -145,21 +201,25 @@ async def _save(
         for k in ("url", "auth", "signing", "format", "headers", "timeout")
         if spec.get(k) is not None
     }
+    if not _needs_secret(spec) or spec["auth"] == "bearer":
+        previous = ()  # nothing signs: no old secret either
     if _needs_secret(spec):
-        settings["secret"] = f"ref:{_secret_name(endpoint_id)}"
-        if spec.get("rotation_ends_at") and spec["auth"] != "bearer":
-            settings["secret"] = [settings["secret"], f"ref:{_previous_name(endpoint_id)}"]
-            settings["rotation_ends_at"] = spec["rotation_ends_at"]
+        settings["secret"] = f"ref:{endpoint_secret_name(endpoint_id)}"
+        if previous:
+            settings["secret"] = [settings["secret"], *(ref for ref, _ in previous)]
+            ends = [end for _, end in previous]
+            # One old secret keeps the one-time form stored before several could sign.
+            settings["rotation_ends_at"] = ends[0] if len(ends) == 1 else ends
     entry = {"webhook.out": settings, "name": f"endpoint:{endpoint_id}"}
     if spec.get("retry") is not None:
         entry["retry"] = spec["retry"]
     try:
         dest, _, _ = parse_destination_entry("", entry, None)
     except ConfigError as exc:
-        raise config_error(exc) from None
+        raise _config_error(exc) from None
     assert dest is not None
     if new_secret is not None:
-        await rt.store.set_secret(project_id, _secret_name(endpoint_id), rt.box.encrypt(new_secret))
+        await rt.store.set_secret(project_id, endpoint_secret_name(endpoint_id), rt.box.encrypt(new_secret))
     pipeline_cfg = {
         "description": spec.get("description"),
         "source": {"match": spec["events"]},
@@ -187,6 +247,18 @@ async def _save(
             }
         ],
     )
+    # Old secrets that no longer sign (their time is up, or the rotation was cut short) go.
+    keep = {endpoint_secret_name(endpoint_id)} | {ref.removeprefix("ref:") for ref, _ in previous}
+    await _delete_secrets(
+        rt, project_id, lambda name: is_endpoint_secret(name, endpoint_id) and name not in keep
+    )
+
+
+async def _delete_secrets(rt: Runtime, project_id: str, which: Callable[[str], bool]) -> None:
+    for s in await rt.store.list_secrets(project_id):
+        if which(s["name"]):
+            with contextlib.suppress(NotFound):
+                await rt.store.delete_secret(project_id, s["name"])
 
 
 @router.post("", status_code=201, summary="Add an endpoint: POST these event types to a URL")
@@ -232,6 +304,10 @@ async def update_endpoint(
 ) -> dict[str, Any]:
     p, d = await _load(rt, principal.project_id, endpoint_id)
     current = _endpoint_json(p, d)
+    # A rotation goes on through a patch: the old secrets still sign, each until its end.
+    previous = [
+        (ref, end) for ref, end, _ in _previous(d.config.get("settings", {}) if d else {}, time.time())
+    ]
     changes = body.model_dump(exclude_unset=True)
     secret = changes.pop("secret", None)
     spec = {**current, **changes}
@@ -239,21 +315,28 @@ async def update_endpoint(
     if secret is not None:
         if spec["signing"] == "standard":
             _check_standard(secret, "secret", "")
-        spec["rotation_ends_at"] = None  # a secret set by hand replaces the old one at once
+        previous = []  # a secret set by hand replaces the old ones at once
     elif _needs_secret(spec):
         # Switching to auth or signing that needs a secret: the one already stored, if any (an
         # endpoint created with auth: none has none), must suit it; else one is made, as on create.
         # A bearer token is the receiver's own, never a signing secret reused.
         if spec["auth"] == "bearer" and current["auth"] != "bearer":
             raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
-        stored = await rt.store.get_secret(principal.project_id, _secret_name(endpoint_id))
+        stored = await rt.store.get_secret(principal.project_id, endpoint_secret_name(endpoint_id))
         if stored is None:
             secret, generated = generate_secret(), True
         elif spec["signing"] == "standard":
             _check_standard(
-                rt.box.decrypt(stored), None, "; send a new `secret` or rotate it (POST …/rotate-secret)"
+                rt.box.decrypt(stored),
+                "signing" if "signing" in changes else "secret",
+                "; send a new `secret` or rotate it (POST …/rotate-secret)",
             )
-    await _save(rt, principal.project_id, endpoint_id, d.id if d else new_id("dst"), spec, secret)
+    dest_id = d.id if d else new_id("dst")
+    await _save(rt, principal.project_id, endpoint_id, dest_id, spec, secret, previous)
+    if not spec["enabled"]:
+        # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
+        # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
+        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
     out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
     if generated:
         out["secret"] = secret  # shown once, as on create
@@ -273,21 +356,36 @@ async def rotate_secret(
         raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
     keep_for = (body or RotateIn()).keep_old_for
     project_id = principal.project_id
-    old = await rt.store.get_secret(project_id, _secret_name(endpoint_id))
-    if keep_for > 0 and old is not None:
-        # Both sign until then (several v1= entries), so receivers can move to the new one.
-        await rt.store.set_secret(project_id, _previous_name(endpoint_id), old)
-        current["rotation_ends_at"] = iso(time.time() + keep_for)
-    else:
-        current["rotation_ends_at"] = None
-        with contextlib.suppress(NotFound):
-            await rt.store.delete_secret(project_id, _previous_name(endpoint_id))
+    now = time.time()
+    # The secrets rotated out before still sign, each until its own end; keep_old_for 0 cuts
+    # over at once: only the new secret signs, and every old one stops now.
+    live = _previous(d.config.get("settings", {}) if d else {}, now) if keep_for > 0 else []
+    previous = [(ref, end) for ref, end, _ in live]
+    old = await rt.store.get_secret(project_id, endpoint_secret_name(endpoint_id))
+    if keep_for > 0 and old is not None and _needs_secret(current):
+        if len(live) >= MAX_PREVIOUS_SECRETS:
+            last = max(t for _, _, t in live)
+            raise ApiError(
+                409,
+                f"{len(live)} old secrets still sign beside the current one (the last until "
+                f"{_at(last)}): rotate with keep_old_for 0 to cut over at once, or wait",
+            )
+        # Kept under a name no old secret still signing uses, so none of them is overwritten.
+        name = _free_previous_name(endpoint_id, {ref.removeprefix("ref:") for ref, _ in previous})
+        await rt.store.set_secret(project_id, name, old)
+        previous.insert(0, (f"ref:{name}", _at(now + keep_for)))
     secret = generate_secret()
     current["auth"] = (
         "hmac" if current["auth"] == "none" and current["signing"] != "standard" else current["auth"]
     )
-    await _save(rt, project_id, endpoint_id, d.id if d else new_id("dst"), current, secret)
-    return {"id": endpoint_id, "secret": secret, "rotation_ends_at": current["rotation_ends_at"]}
+    await _save(rt, project_id, endpoint_id, d.id if d else new_id("dst"), current, secret, previous)
+    saved = _endpoint_json(*await _load(rt, project_id, endpoint_id))
+    return {
+        "id": endpoint_id,
+        "secret": secret,
+        "rotation_ends_at": saved["rotation_ends_at"],
+        "previous_secrets": saved["previous_secrets"],
+    }
 
 
 @router.delete("/{endpoint_id}", status_code=204)
@@ -301,8 +399,6 @@ async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) ->
         delete_pipeline_ids=[p.id],
         delete_destination_ids=[d.id] if d else [],
     )
-    # Its signing secrets go with it (there are none for auth: none).
-    for name in (_secret_name(endpoint_id), _previous_name(endpoint_id)):
-        with contextlib.suppress(NotFound):
-            await rt.store.delete_secret(principal.project_id, name)
+    # Its signing secrets go with it, the old ones still signing too (none for auth: none).
+    await _delete_secrets(rt, principal.project_id, lambda name: is_endpoint_secret(name, endpoint_id))
     return Response(status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -13,7 +14,9 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.render import destination_json, pipeline_json
 from ingestlayer.pipeline.apply import apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
+from ingestlayer.records import ProjectConfig
 from ingestlayer.store.store import Conflict, NotFound
+from ingestlayer.timefmt import iso
 
 router = APIRouter(prefix="/v1", tags=["manage"])
 
@@ -213,17 +216,112 @@ async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeD
     return {"name": name, "replaced": replaced}
 
 
+# ---- secrets ---------------------------------------------------------------------------------
+#
+# An endpoint's signing secrets are stored like any other, as ``endpoint-<id>`` and, while a
+# rotation lasts, ``endpoint-<id>.previous`` (``.previous.2``, … when several old ones still
+# sign). They are listed, marked as the endpoint's, and cannot be deleted here: the endpoint
+# rotates them (POST /v1/endpoints/{id}/rotate-secret) and deletes them with itself.
+
+
+def endpoint_secret_name(endpoint_id: str) -> str:
+    """The secret an endpoint signs with (or, with auth: bearer, the token it sends)."""
+    return f"endpoint-{endpoint_id}"
+
+
+def endpoint_previous_name(endpoint_id: str) -> str:
+    """The first name for an endpoint's rotated-out secrets; more are ``<this>.2``, ``<this>.3``…"""
+    return f"{endpoint_secret_name(endpoint_id)}.previous"
+
+
+def is_endpoint_secret(name: str, endpoint_id: str) -> bool:
+    previous = endpoint_previous_name(endpoint_id)
+    return name in (endpoint_secret_name(endpoint_id), previous) or name.startswith(f"{previous}.")
+
+
+def secret_endpoint(name: str, cfg: ProjectConfig) -> str | None:
+    """The endpoint whose managed secret ``name`` is, if any."""
+    if name.startswith("endpoint-"):
+        for p in cfg.pipelines:
+            if p.endpoint and is_endpoint_secret(name, p.id):
+                return p.id
+    return None
+
+
+def _refs(value: Any) -> Iterator[str]:
+    """Every ``ref:NAME`` string in a stored configuration (settings, secret lists,
+    secret_headers, step and source settings), however deep."""
+    if isinstance(value, str):
+        if value.startswith("ref:"):
+            yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _refs(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _refs(v)
+
+
+def secret_users(name: str, cfg: ProjectConfig) -> list[str]:
+    """What references ``ref:<name>``: destinations (an endpoint's named as the endpoint),
+    pipelines (their steps) and sources, as ``destination 'acme-hooks'``."""
+    ref = f"ref:{name}"
+    endpoints = {
+        r["destination_id"]: p.id for p in cfg.pipelines if p.endpoint for r in p.config["destinations"]
+    }
+    users: list[str] = []
+    for d in sorted(cfg.destinations.values(), key=lambda d: d.name):
+        if ref in _refs(d.config):
+            users.append(f"endpoint {endpoints[d.id]}" if d.id in endpoints else f"destination {d.name!r}")
+    users += [f"pipeline {p.name!r}" for p in cfg.pipelines if not p.endpoint and ref in _refs(p.config)]
+    users += [
+        f"source {s.name!r}"
+        for s in sorted(cfg.sources.values(), key=lambda s: s.name)
+        if ref in _refs(s.config)
+    ]
+    return users
+
+
 @router.get("/secrets")
 async def list_secrets(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    return {"data": [{"name": s["name"]} for s in await rt.store.list_secrets(principal.project_id)]}
+    """Names only, never values. An endpoint's signing secrets are marked
+    ``managed_by: {endpoint_id}``: rotate them through the endpoint; they cannot be deleted here."""
+    cfg = await rt.store.load_project_config(principal.project_id)
+    out: list[dict[str, Any]] = []
+    for s in await rt.store.list_secrets(principal.project_id):
+        item: dict[str, Any] = {"name": s["name"]}
+        owner = secret_endpoint(s["name"], cfg)
+        if owner is not None:
+            item["managed_by"] = {"endpoint_id": owner}
+        out.append(item)
+    return {"data": out}
 
 
-@router.delete("/secrets/{name}", status_code=204)
+@router.delete(
+    "/secrets/{name}",
+    status_code=204,
+    summary="Delete a secret; 409 while a destination, pipeline, source or endpoint uses it",
+)
 async def delete_secret(name: str, principal: Admin, rt: RuntimeDep) -> Response:
+    project_id = principal.project_id
+    if await rt.store.get_secret(project_id, name) is None:
+        raise ApiError(404, f"no secret named {name!r}")
+    cfg = await rt.store.load_project_config(project_id)
+    owner = secret_endpoint(name, cfg)
+    if owner is not None:
+        raise ApiError(
+            409,
+            f"secret {name!r} belongs to endpoint {owner} (it signs the endpoint's requests): rotate it "
+            f"with POST /v1/endpoints/{owner}/rotate-secret; it is deleted with the endpoint",
+        )
+    users = secret_users(name, cfg)
+    if users:
+        raise ApiError(409, f"secret {name!r} is in use by {', '.join(users)}: remove those references first")
     try:
-        await rt.store.delete_secret(principal.project_id, name)
+        await rt.store.delete_secret(project_id, name)
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
+    rt.dispatcher.resolver.forget(project_id)
     return Response(status_code=204)
 
 
@@ -235,7 +333,11 @@ class KeyBody(BaseModel):
 
 @router.get("/keys")
 async def list_keys(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    return {"data": await rt.store.list_keys(principal.project_id)}
+    keys = await rt.store.list_keys(principal.project_id)
+    # Times as ISO 8601, as on every other route.
+    return {
+        "data": [{**k, "created_at": iso(k["created_at"]), "revoked_at": iso(k["revoked_at"])} for k in keys]
+    }
 
 
 @router.post("/keys", status_code=201, summary="Create an API key; the key is shown once")

@@ -81,9 +81,10 @@ class WebhookOutConfig(BaseModel):
         description="Extra headers whose values are credentials: `ref:NAME` or `env:VAR`, resolved at send.",
     )
     timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for a 2xx.")
-    rotation_ends_at: str | None = Field(
+    rotation_ends_at: str | list[str] | None = Field(
         default=None,
-        description="ISO 8601: the last of several `secret`s (the old one, while rotating) signs until then.",
+        description="ISO 8601: while rotating, when the old `secret`s stop signing: one time for the last "
+        "of them, or a list of times, one for each secret after the first, in the same order.",
     )
 
     @field_validator("url")
@@ -132,10 +133,10 @@ class WebhookOutConfig(BaseModel):
 
     @field_validator("rotation_ends_at")
     @classmethod
-    def _rotation_ends_at(cls, v: str | None) -> str | None:
-        if v is not None:
+    def _rotation_ends_at(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for t in [v] if isinstance(v, str) else list(v or []):
             try:
-                parse_iso(v)
+                parse_iso(t)
             except ValueError:
                 raise ValueError("must be an ISO 8601 time, such as 2026-12-01T09:00:00Z") from None
         return v
@@ -147,8 +148,13 @@ class WebhookOutConfig(BaseModel):
             raise ValueError(f"auth: {self.auth} needs a secret")
         if self.signing == "standard" and not refs:
             raise ValueError("signing: standard needs a secret")
-        if self.rotation_ends_at is not None and len(refs) < 2:
+        ends = self.rotation_ends_at
+        if ends is not None and len(refs) < 2:
             raise ValueError("rotation_ends_at needs two secrets: the new one first, the old one last")
+        if isinstance(ends, list) and len(ends) != len(refs) - 1:
+            raise ValueError(
+                "rotation_ends_at as a list needs one time for each secret after the first (the old ones)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -165,11 +171,15 @@ class WebhookOutConfig(BaseModel):
         return [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
 
     def signing_refs(self, now: float) -> list[str]:
-        """The secrets that sign now: all of them, but the old one once its rotation has ended."""
+        """The secrets that sign now: all of them but the old ones whose time is up (one time:
+        the last secret's; a list: each secret's after the first, each until its own)."""
         refs = self.secret_refs()
-        if self.rotation_ends_at is not None and len(refs) > 1 and now >= parse_iso(self.rotation_ends_at):
-            return refs[:-1]
-        return refs
+        ends = self.rotation_ends_at
+        if ends is None or len(refs) < 2:
+            return refs
+        if isinstance(ends, str):
+            return refs[:-1] if now >= parse_iso(ends) else refs
+        return refs[:1] + [ref for ref, end in zip(refs[1:], ends, strict=True) if now < parse_iso(end)]
 
 
 def render_body(event: dict[str, Any], fmt: str) -> bytes:

@@ -577,6 +577,76 @@ class Store:
         if leased:
             await self._hot.release_leases(leased)
 
+    async def end_waiting_deliveries(
+        self, project_id: str, destination_id: str, error: str, *, batch: int = 1000
+    ) -> list[str]:
+        """End a destination's deliveries that wait for an attempt (``pending`` or ``retrying``)
+        as ``dead`` now, as the dispatcher ends one it finds the destination disabled for: one
+        more attempt logged with ``error`` and no status code, ``last_error`` set, finished.
+
+        Deliveries being attempted right now (``delivering``) are left to their attempt. Each
+        batch is one transaction, so a long backlog does not hold SQLite's writer for long.
+        The ended deliveries stay listed and can be replayed. Returns their ids.
+        """
+        ended: list[str] = []
+        waiting = ("pending", "retrying")
+        while True:
+            now = time.time()
+            async with self.engines.write.begin() as conn:
+                picked = (
+                    select(deliveries.c.id)
+                    .where(
+                        deliveries.c.project_id == project_id,
+                        deliveries.c.destination_id == destination_id,
+                        deliveries.c.status.in_(waiting),
+                    )
+                    .order_by(deliveries.c.id)
+                    .limit(batch)
+                )
+                ids = list((await conn.execute(picked)).scalars().all())
+                if not ids:
+                    return ended
+                # The status is checked again by the update: a delivery leased meanwhile
+                # (PostgreSQL re-reads a row another transaction changed) is left to its attempt.
+                res = await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(ids), deliveries.c.status.in_(waiting))
+                    .values(
+                        status="dead",
+                        attempts=deliveries.c.attempts + 1,
+                        due_at=None,
+                        lease_token=None,
+                        last_status_code=None,
+                        last_error=error,
+                        finished_at=now,
+                        updated_at=now,
+                    )
+                    .returning(deliveries.c.id, deliveries.c.attempts)
+                )
+                done = res.all()
+                if done:
+                    await conn.execute(
+                        insert(attempts),
+                        [
+                            {
+                                "delivery_id": did,
+                                "project_id": project_id,
+                                "n": n,
+                                "started_at": now,
+                                "duration_ms": 0.0,
+                                "status_code": None,
+                                "error": error,
+                                "response_excerpt": None,
+                                "next_retry_at": None,
+                                "worker": self.worker_id,
+                            }
+                            for did, n in done
+                        ],
+                    )
+                ended.extend(did for did, _ in done)
+            if len(ids) < batch:
+                return ended
+
     async def replay(
         self,
         project_id: str,

@@ -1,0 +1,131 @@
+"""Disabling an endpoint ends its waiting deliveries at once ("pending deliveries go dead"), not
+at their next attempt hours later; they can be replayed once it is enabled again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ingestlayer.timefmt import parse_iso
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, start_server, wait_for
+
+# The first attempt at once, the next an hour later: a failed delivery waits as "retrying".
+HOURLY = {"schedule": [0, 3600], "jitter": 0}
+
+
+@pytest.fixture
+async def one_at_a_time(db_url: str) -> AsyncIterator[RunningServer]:
+    """A server that attempts one delivery per destination at a time: while the receiver holds
+    one, the next waits as "pending"."""
+    s = await start_server(db_url, delivery_concurrency_per_destination=1)
+    yield s
+    await s.stop()
+
+
+async def send(server: RunningServer, type_: str) -> str:
+    status, body = await server.ingest(type_, {"n": 1})
+    assert status == 202, body
+    eid: str = body["id"]
+    return eid
+
+
+async def delivery_of(server: RunningServer, event_id: str, statuses: tuple[str, ...]) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        _, ev = await server.request("GET", f"/v1/events/{event_id}")
+        found = [d for d in ev["deliveries"] if d["status"] in statuses]
+        return found[0] if found else None
+
+    result: dict[str, Any] = await wait_for(check)
+    return result
+
+
+async def test_disabling_ends_waiting_deliveries_at_once(
+    one_at_a_time: RunningServer, receiver: Receiver
+) -> None:
+    server = one_at_a_time
+    status, ep = await server.request(
+        "POST",
+        "/v1/endpoints",
+        json={"url": receiver.url + "/hooks", "events": ["invoice.*"], "retry": HOURLY},
+    )
+    assert status == 201, ep
+    url = f"/v1/endpoints/{ep['id']}"
+
+    # One delivery failed once and waits an hour for its next attempt.
+    receiver.plan = [Reply(status=500)]
+    retrying = await delivery_of(server, await send(server, "invoice.failed"), ("retrying",))
+    assert retrying["next_attempt_at"] and retrying["last_status_code"] == 500
+    # One is being attempted (the receiver holds it), so the next one waits as pending.
+    receiver.plan = [Reply(status=200, delay=1.5)]
+    held_id = await send(server, "invoice.created")
+    held = await delivery_of(server, held_id, ("delivering",))
+    pending = await delivery_of(server, await send(server, "invoice.paid"), ("pending",))
+
+    before = time.time()
+    status, off = await server.request("PATCH", url, json={"enabled": False})
+    assert status == 200 and off["enabled"] is False
+
+    # At once, not at their next attempt: both dead, with the reason the dispatcher gives.
+    for waiting in (retrying, pending):
+        status, d = await server.request("GET", f"/v1/deliveries/{waiting['id']}")
+        assert status == 200
+        assert d["status"] == "dead", d
+        assert d["last_error"] == "destination is disabled"
+        assert d["last_status_code"] is None and d["next_attempt_at"] is None
+        assert before - 1 < parse_iso(d["finished_at"]) < time.time() + 1
+        last = d["attempts"][-1]
+        assert last["error"] == "destination is disabled" and last["status_code"] is None
+        assert last["n"] == d["attempt_count"] == len(d["attempts"])
+    status, d = await server.request("GET", f"/v1/deliveries/{retrying['id']}")
+    assert [a["status_code"] for a in d["attempts"]] == [500, None]
+    # The one in flight is left to its attempt, which the receiver answers.
+    done = await delivery_of(server, held_id, ("delivered", "dead"))
+    assert done["id"] == held["id"] and done["status"] == "delivered"
+    _, counts = await server.request("GET", f"/v1/deliveries?destination={ep['destination_id']}")
+    assert counts["counts"].get("retrying", 0) == counts["counts"].get("pending", 0) == 0
+    assert len(receiver.requests) == 2  # the failed attempt and the held one: nothing since
+
+    # Enabled again, they are replayed like any dead delivery, and arrive.
+    status, on = await server.request("PATCH", url, json={"enabled": True})
+    assert status == 200 and on["enabled"] is True
+    status, replayed = await server.request(
+        "POST", "/v1/deliveries/replay", json={"status": ["dead"], "destination": ep["destination_id"]}
+    )
+    assert status == 200, replayed
+    for waiting in (retrying, pending):
+        again = await delivery_of(server, waiting["event_id"], ("delivered",))
+        assert again["id"] == waiting["id"]
+    types = [r.headers["X-Ingestlayer-Event"] for r in receiver.requests[2:]]
+    assert sorted(types) == ["invoice.failed", "invoice.paid"]
+
+
+async def test_disabling_leaves_other_destinations_alone(srv: RunningServer, receiver: Receiver) -> None:
+    made = []
+    for path in ("/a", "/b"):
+        status, ep = await srv.request(
+            "POST",
+            "/v1/endpoints",
+            json={"url": receiver.url + path, "events": ["invoice.*"], "retry": HOURLY},
+        )
+        assert status == 201, ep
+        made.append(ep)
+    receiver.default = Reply(status=503)
+    eid = await send(srv, "invoice.failed")
+
+    async def both_retrying() -> list[dict[str, Any]] | None:
+        _, ev = await srv.request("GET", f"/v1/events/{eid}")
+        ds: list[dict[str, Any]] = ev["deliveries"]
+        return ds if len(ds) == 2 and all(d["status"] == "retrying" for d in ds) else None
+
+    await wait_for(both_retrying)
+    status, _ = await srv.request("PATCH", f"/v1/endpoints/{made[0]['id']}", json={"enabled": False})
+    assert status == 200
+    _, ev = await srv.request("GET", f"/v1/events/{eid}")
+    by_dest = {d["destination_id"]: d for d in ev["deliveries"]}
+    assert by_dest[made[0]["destination_id"]]["status"] == "dead"
+    assert by_dest[made[1]["destination_id"]]["status"] == "retrying"
+    assert by_dest[made[1]["destination_id"]]["last_error"] == "HTTP 503"

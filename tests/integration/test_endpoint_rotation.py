@@ -1,0 +1,205 @@
+"""Secret rotation: every rotated-out secret signs until its own promised end, however many
+rotations follow; ``rotation_ends_at`` tells when the last of them stops. Also: the errors of
+``/v1/endpoints`` name the request's own fields."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from ingestlayer.sdk.webhooks import WebhookVerificationError, verify
+from ingestlayer.timefmt import parse_iso
+from tests.support.api import FAST_RETRY, add_endpoint, error_of
+from tests.support.receiver import Received, Receiver
+from tests.support.server import RunningServer, wait_for
+
+FAST = FAST_RETRY
+DAY = 86_400
+
+
+async def rotate(server: RunningServer, endpoint_id: str, **body: Any) -> dict[str, Any]:
+    status, rotated = await server.request(
+        "POST", f"/v1/endpoints/{endpoint_id}/rotate-secret", json=body or None
+    )
+    assert status == 200, rotated
+    result: dict[str, Any] = rotated
+    return result
+
+
+async def next_request(server: RunningServer, receiver: Receiver) -> Received:
+    """Send an event; return the request the receiver got for it."""
+    status, body = await server.ingest("invoice.created", {"n": 1})
+    assert status == 202, body
+    eid = body["id"]
+
+    async def check() -> bool:
+        _, ev = await server.request("GET", f"/v1/events/{eid}")
+        return any(d["status"] == "delivered" for d in ev["deliveries"])
+
+    await wait_for(check)
+    return receiver.requests[-1]
+
+
+def signed_by(req: Received, secret: str) -> bool:
+    try:
+        req.verify(secret)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+def standard_signed_by(req: Received, secret: str) -> bool:
+    """Checked on the Standard Webhooks headers alone (the SDK prefers ours when present)."""
+    headers = {k: v for k, v in req.headers.items() if k.lower() != "x-ingestlayer-signature"}
+    try:
+        verify(secret, headers, req.body)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+async def stored_secrets(server: RunningServer) -> list[str]:
+    _, listed = await server.request("GET", "/v1/secrets")
+    return [s["name"] for s in listed["data"]]
+
+
+@pytest.mark.parametrize("signing", ["ingestlayer", "standard"])
+async def test_a_second_rotation_keeps_the_first_old_secret_signing(
+    server: RunningServer, receiver: Receiver, signing: str
+) -> None:
+    ep = await add_endpoint(server, receiver, signing=signing)
+    original = ep["secret"]
+    start = time.time()
+    first = await rotate(server, ep["id"])
+    second = await rotate(server, ep["id"])
+
+    # The original secret was promised a day by the first rotation: the second did not cut it short.
+    req = await next_request(server, receiver)
+    for secret in (second["secret"], first["secret"], original):
+        assert signed_by(req, secret)
+    assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 3
+    if signing == "standard":
+        assert req.headers["webhook-signature"].count("v1,") == 3
+        for secret in (second["secret"], first["secret"], original):
+            assert standard_signed_by(req, secret)
+    with pytest.raises(WebhookVerificationError):
+        req.verify("whsec_" + "A" * 43)
+
+    # Truthful times: each old secret's own end, and the rotation's, when the last one stops.
+    first_end = parse_iso(first["rotation_ends_at"])
+    assert start + DAY - 5 < first_end < time.time() + DAY + 5
+    assert second["rotation_ends_at"] >= first["rotation_ends_at"]
+    assert [parse_iso(p["signs_until"]) for p in second["previous_secrets"]] == [
+        parse_iso(second["rotation_ends_at"]),
+        first_end,
+    ]
+    _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["rotation_ends_at"] == second["rotation_ends_at"]
+    assert got["previous_secrets"] == second["previous_secrets"]
+    # Every secret still signing is stored under its own name: the endpoint's, listed as such.
+    names = [f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.previous", f"endpoint-{ep['id']}.previous.2"]
+    assert await stored_secrets(server) == names
+
+
+async def test_each_old_secret_stops_at_its_own_end(srv: RunningServer, receiver: Receiver) -> None:
+    ep = await add_endpoint(srv, receiver)
+    original = ep["secret"]
+    short = await rotate(srv, ep["id"], keep_old_for=1.0)  # the original: one second more
+    long = await rotate(srv, ep["id"])  # the first new one: a day more
+    req = await next_request(srv, receiver)
+    assert all(signed_by(req, s) for s in (long["secret"], short["secret"], original))
+    assert parse_iso(long["rotation_ends_at"]) > time.time() + DAY - 5
+    assert len(long["previous_secrets"]) == 2
+
+    await asyncio.sleep(1.2)
+    req = await next_request(srv, receiver)
+    assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 2
+    assert signed_by(req, long["secret"]) and signed_by(req, short["secret"])
+    assert not signed_by(req, original)
+    _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["rotation_ends_at"] == long["rotation_ends_at"]
+    assert got["previous_secrets"] == [{"signs_until": long["rotation_ends_at"]}]
+
+    # A patch keeps the rotation going, and lets the expired secret go.
+    status, patched = await srv.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"description": "billing"})
+    assert status == 200 and patched["previous_secrets"] == got["previous_secrets"]
+    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.previous.2"]
+    req = await next_request(srv, receiver)
+    assert signed_by(req, long["secret"]) and signed_by(req, short["secret"])
+
+    # keep_old_for 0 cuts over at once: every old secret stops, and is deleted.
+    final = await rotate(srv, ep["id"], keep_old_for=0)
+    assert final["rotation_ends_at"] is None and final["previous_secrets"] == []
+    req = await next_request(srv, receiver)
+    assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 1
+    assert signed_by(req, final["secret"])
+    assert not any(signed_by(req, s) for s in (long["secret"], short["secret"], original))
+    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}"]
+
+
+async def test_a_secret_set_by_hand_ends_every_rotation(srv: RunningServer, receiver: Receiver) -> None:
+    ep = await add_endpoint(srv, receiver)
+    await rotate(srv, ep["id"])
+    await rotate(srv, ep["id"])
+    status, patched = await srv.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"secret": "whsec_my-own"})
+    assert status == 200, patched
+    assert patched["rotation_ends_at"] is None and patched["previous_secrets"] == []
+    req = await next_request(srv, receiver)
+    assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 1 and signed_by(req, "whsec_my-own")
+    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}"]
+
+
+async def test_old_secrets_signing_at_once_are_bounded(srv: RunningServer, receiver: Receiver) -> None:
+    ep = await add_endpoint(srv, receiver)
+    secrets = [ep["secret"]]
+    for _ in range(10):
+        secrets.append((await rotate(srv, ep["id"]))["secret"])
+    status, body = await srv.request("POST", f"/v1/endpoints/{ep['id']}/rotate-secret")
+    assert status == 409, body
+    assert "keep_old_for" in error_of(body)["message"]
+    # Refused whole: nothing changed, and all eleven still sign.
+    req = await next_request(srv, receiver)
+    assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 11
+    assert all(signed_by(req, s) for s in secrets)
+    final = await rotate(srv, ep["id"], keep_old_for=0)
+    assert (await next_request(srv, receiver)).headers["X-Ingestlayer-Signature"].count("v1=") == 1
+    assert signed_by(receiver.requests[-1], final["secret"])
+
+
+# ---- errors name the request's fields ------------------------------------------------------------
+
+
+async def test_endpoint_errors_name_the_request_fields(srv: RunningServer, receiver: Receiver) -> None:
+    ok = {"url": "https://hooks.example.com/in", "events": ["invoice.created"]}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**ok, "url": "ftp://x"}, "url"),
+        ({**ok, "url": "not a url"}, "url"),
+        ({**ok, "timeout": 0}, "timeout"),
+        ({**ok, "headers": {"X-Ingestlayer-Signature": "forged"}}, "headers"),
+    ]
+    for body, field in cases:
+        status, resp = await srv.request("POST", "/v1/endpoints", json=body)
+        assert status == 422, (body, resp)
+        err = error_of(resp)
+        assert err.get("field") == field, (body, err)
+        assert err["message"].startswith(f"{field}: "), err
+        assert "webhook.out" not in err["message"], err
+    status, resp = await srv.request("POST", "/v1/endpoints", json={**ok, "retry": {"schedule": "often"}})
+    assert status == 422
+    err = error_of(resp)
+    assert err["field"].startswith("retry") and "webhook.out" not in err["message"], err
+
+    _, ep = await srv.request("POST", "/v1/endpoints", json=ok)
+    status, resp = await srv.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"url": "ftp://x"})
+    assert status == 422 and error_of(resp)["field"] == "url", resp
+
+    # signing: standard with the endpoint's own secret, which is not base64: the field is `signing`.
+    own = await add_endpoint(srv, receiver, secret="my-own-signing-secret")
+    status, resp = await srv.request("PATCH", f"/v1/endpoints/{own['id']}", json={"signing": "standard"})
+    assert status == 422, resp
+    err = error_of(resp)
+    assert err["field"] == "signing" and "rotate" in err["message"], err
+    assert "my-own" not in err["message"]
