@@ -48,6 +48,7 @@ def _id_column(name: str) -> Column:
     """Ids are folded onto a second line in a narrow terminal, never cut short."""
     return Column(name, overflow="fold", min_width=12)
 
+
 T = TypeVar("T")
 
 DbOpt = Annotated[
