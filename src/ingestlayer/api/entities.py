@@ -2,7 +2,9 @@
 
 ``identify`` and ``group`` accept ingest keys too (they are sent from the same code as events);
 reading and deleting entities needs an admin key. Companies are keyed by their domain
-(``PUT /v1/entities/company/acme.com``), which is how ``enrich.person`` finds them.
+(``PUT /v1/entities/company/acme.com``), which is how ``enrich.person`` finds them: lower-case,
+without surrounding spaces or a trailing dot, whichever way the id was written. Traits may nest
+at most MAX_JSON_DEPTH levels, like event payloads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
+from ingestlayer.api.ingest import storable_json
 
 router = APIRouter(prefix="/v1", tags=["entities"])
 
@@ -60,14 +63,31 @@ def _check_kind(kind: str) -> None:
         raise ApiError(422, "kind must be lower-case letters, digits, _ or -", field="kind")
 
 
+def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
+    """The id an entity is stored under. A company's is its domain as ``enrich.person`` takes it
+    from an email address: ``Initech.COM`` and ``initech.com.`` are the company ``initech.com``."""
+    if kind != "company":
+        return entity_id
+    domain = entity_id.strip().rstrip(".").lower()
+    if not domain:
+        raise ApiError(422, f"a company's id is its domain, not {entity_id!r}", field=field)
+    return domain
+
+
+def _check_traits(traits: Traits, field: str) -> None:
+    storable_json(traits, field, field)  # 422 when nested too deeply or holding a number over 64 bits
+
+
 @router.post("/identify", summary="Set a user's traits (ingest or admin key)")
 async def identify(body: IdentifyIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
+    _check_traits(body.traits, "traits")
     await rt.store.upsert_entities(principal.project_id, [("user", body.user_id, body.traits, True)])
     return {"ok": True}
 
 
 @router.post("/group", summary="Put a user in an account and set the account's traits (ingest or admin key)")
 async def group(body: GroupIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
+    _check_traits(body.traits, "traits")
     await rt.store.upsert_entities(
         principal.project_id,
         [
@@ -83,6 +103,8 @@ async def put_entity(
     kind: str, entity_id: str, body: EntityIn, principal: Admin, rt: RuntimeDep
 ) -> dict[str, Any]:
     _check_kind(kind)
+    entity_id = entity_key(kind, entity_id)
+    _check_traits(body.traits, "traits")
     await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, False)])
     return {"kind": kind, "id": entity_id, "traits": {k: v for k, v in body.traits.items() if v is not None}}
 
@@ -92,28 +114,38 @@ async def patch_entity(
     kind: str, entity_id: str, body: EntityIn, principal: Admin, rt: RuntimeDep
 ) -> dict[str, Any]:
     _check_kind(kind)
+    entity_id = entity_key(kind, entity_id)
+    _check_traits(body.traits, "traits")
     await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, True)])
     return await get_entity(kind, entity_id, principal, rt)
 
 
 @router.get("/entities/{kind}/{entity_id}")
 async def get_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    found = (await rt.store.get_entities(principal.project_id, [(kind, entity_id)])).get((kind, entity_id))
-    if found is None:
-        raise ApiError(404, f"no {kind} {entity_id!r}")
-    return {"kind": kind, "id": entity_id, "traits": found}
+    key = entity_key(kind, entity_id)
+    # A company written before keys were normalised is still found by the id it was written with.
+    found = await rt.store.get_entities(principal.project_id, [(kind, key), (kind, entity_id)])
+    for eid in (key, entity_id):
+        if (kind, eid) in found:
+            return {"kind": kind, "id": eid, "traits": found[(kind, eid)]}
+    raise ApiError(404, f"no {kind} {key!r}")
 
 
 @router.delete("/entities/{kind}/{entity_id}", status_code=204)
 async def delete_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> Response:
-    if not await rt.store.delete_entity(principal.project_id, kind, entity_id):
-        raise ApiError(404, f"no {kind} {entity_id!r}")
+    key = entity_key(kind, entity_id)
+    if not await rt.store.delete_entity(principal.project_id, kind, key) and (
+        key == entity_id or not await rt.store.delete_entity(principal.project_id, kind, entity_id)
+    ):
+        raise ApiError(404, f"no {kind} {key!r}")
     return Response(status_code=204)
 
 
 @router.post("/entities/bulk", summary="Upsert up to 1000 entities in one transaction")
 async def bulk_upsert(body: BulkIn, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    await rt.store.upsert_entities(
-        principal.project_id, [(e.kind, e.id, e.traits, e.merge) for e in body.entities]
-    )
+    items = []
+    for i, e in enumerate(body.entities):
+        _check_traits(e.traits, f"entities[{i}].traits")
+        items.append((e.kind, entity_key(e.kind, e.id, f"entities[{i}].id"), e.traits, e.merge))
+    await rt.store.upsert_entities(principal.project_id, items)
     return {"upserted": len(body.entities)}

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingestlayer.json_depth import MAX_JSON_DEPTH, is_read_depth_error
+
 STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -24,6 +26,9 @@ STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+
+TOO_DEEP = "too_deep"  # the code of the 422 for JSON nested deeper than MAX_JSON_DEPTH
 
 
 class ApiError(Exception):
@@ -45,6 +50,16 @@ class ApiError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.code, self.message, self.field)
+
+
+def too_deep_error(what: str, field: str | None, how: str) -> ApiError:
+    """The 422 for JSON nested deeper than MAX_JSON_DEPTH (``how``: "70 levels deep", …)."""
+    return ApiError(
+        422,
+        f"{what} is nested {how}; JSON may nest at most {MAX_JSON_DEPTH} levels",
+        field=field,
+        code=TOO_DEEP,
+    )
 
 
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
@@ -78,8 +93,9 @@ def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None
         # FastAPI reads a body as JSON only when it is labelled so; otherwise it hands on bytes.
         try:
             orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return 400, "invalid_json", "the request body is not valid JSON"
+        except orjson.JSONDecodeError as decode_error:
+            if not is_read_depth_error(decode_error):  # JSON too deep to read is JSON all the same
+                return 400, "invalid_json", "the request body is not valid JSON"
         return 415, "unsupported_media_type", "send the JSON body with Content-Type: application/json"
     missing = [e for e in errors if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)]
     if raw is None and missing:
@@ -116,6 +132,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # FastAPI reads JSON bodies with the json module, which gives up on deep nesting.
+            err = too_deep_error("the request body", None, "too deeply to read")
+            return Response(err.body(), err.status, media_type="application/json")
         code = STATUS_CODES.get(exc.status_code, "error")
         return Response(
             error_body(code, str(exc.detail)),

@@ -13,10 +13,12 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from ingestlayer.api.deps import Admin, RuntimeDep
-from ingestlayer.api.errors import ApiError
+from ingestlayer.api.errors import ApiError, too_deep_error
+from ingestlayer.api.ingest import storable_json
 from ingestlayer.api.manage import apply_one
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
+from ingestlayer.json_depth import ORJSON_READ_DEPTH, is_read_depth_error
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import NewEvent, SourceRow
 from ingestlayer.runtime import Runtime
@@ -97,10 +99,15 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         raise ApiError(401, f"signature verification failed: {exc}", code="invalid_signature") from None
     try:
         doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if is_read_depth_error(exc):
+            raise too_deep_error(
+                "the webhook body", None, f"more than {ORJSON_READ_DEPTH} levels deep"
+            ) from None
         raise ApiError(400, "the webhook body is not valid JSON", code="invalid_json") from None
     if not isinstance(doc, dict):
         raise ApiError(422, "the webhook body must be a JSON object")
+    payload_json = storable_json(doc, "the webhook body", None)
     raw_type = locate(cfg.type_locator(), headers, doc)
     if not isinstance(raw_type, str) or not raw_type:
         raise ApiError(422, f"no event type at {cfg.type_locator()}", field=cfg.type_locator())
@@ -120,7 +127,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         id=new_id("evt"),
         project_id=source.project_id,
         type=etype,
-        payload_json=orjson.dumps(doc).decode(),
+        payload_json=str(payload_json, "utf-8"),
         idempotency_key=key,
         source=source.name,
         occurred_at=now,

@@ -6,15 +6,50 @@ from typing import Any
 
 import orjson
 
+from ingestlayer.json_depth import MAX_JSON_DEPTH, nests_deeper
 from ingestlayer.records import DestinationRow, PipelineRow, StoredEvent
 from ingestlayer.timefmt import iso
+
+# Stored JSON is shown to this depth, and below it as JSON text (strings). What comes in now nests
+# at most MAX_JSON_DEPTH levels and is shown whole; an event stored before that limit may nest up
+# to 254 levels, more than a response can carry once the listing wraps it (255 levels in all).
+# orjson.Fragment cannot embed the text as it is: FastAPI serialises responses with pydantic-core.
+RENDER_DEPTH = 2 * MAX_JSON_DEPTH
+
+
+def stored_json(text: str) -> Any:
+    """JSON text from the database as a value a response can always carry."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:  # nothing orjson wrote, but a listing must not fail on it
+        return text
+    # Text under 2 * RENDER_DEPTH + 2 characters or with fewer brackets cannot nest deeper.
+    if (
+        len(text) > 2 * RENDER_DEPTH + 1
+        and text.count("{") + text.count("[") > RENDER_DEPTH
+        and nests_deeper(value, RENDER_DEPTH)
+    ):
+        try:
+            return _clip(value, RENDER_DEPTH)
+        except orjson.JSONEncodeError:  # deeper than orjson writes: nothing it wrote either
+            return text
+    return value
+
+
+def _clip(value: Any, room: int) -> Any:
+    """``value`` with its containers below ``room`` levels replaced by their JSON text."""
+    if type(value) is dict:
+        return {k: _clip(v, room - 1) for k, v in value.items()} if room else orjson.dumps(value).decode()
+    if type(value) is list:
+        return [_clip(v, room - 1) for v in value] if room else orjson.dumps(value).decode()
+    return value
 
 
 def event_json(e: StoredEvent) -> dict[str, Any]:
     return {
         "id": e.id,
         "type": e.type,
-        "payload": orjson.loads(e.payload_json),
+        "payload": stored_json(e.payload_json),
         "idempotency_key": e.idempotency_key,
         "source": e.source,
         "occurred_at": iso(e.occurred_at),
@@ -55,7 +90,7 @@ def delivery_json(d: dict[str, Any], destination_names: dict[str, str] | None = 
     if "attempt_log" in d:
         out["attempts"] = [attempt_json(a) for a in d["attempt_log"]]
     if "body" in d:
-        out["body"] = orjson.loads(d["body"])
+        out["body"] = stored_json(d["body"])
     return out
 
 
