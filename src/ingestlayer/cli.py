@@ -246,6 +246,8 @@ def apply(
         document = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
         raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise CliError(f"{file}: nested too deeply to read") from None
     result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
     for change in result["changes"]:
         colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")

@@ -17,6 +17,7 @@ import orjson
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
+from ingestlayer.json_depth import MAX_JSON_DEPTH, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
@@ -81,12 +82,18 @@ class LocalBackend:
             raise CliError(str(exc)) from None
 
     async def send(self, type_: str, payload: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+        try:
+            raw = dumps_within(payload)
+        except orjson.JSONEncodeError:  # an integer beyond 64 bits
+            raise CliError("payload: numbers must fit in 64 bits; send larger ones as strings") from None
+        if raw is None:
+            raise CliError(f"payload is nested more than {MAX_JSON_DEPTH} levels deep")
         now = time.time()
         ev = NewEvent(
             id=new_id("evt"),
             project_id=await self.project_id(),
             type=type_,
-            payload_json=orjson.dumps(payload).decode(),
+            payload_json=str(raw, "utf-8"),
             idempotency_key=idempotency_key,
             source="cli",
             occurred_at=now,

@@ -106,3 +106,19 @@ def is_read_depth_error(exc: ValueError) -> bool:
 def is_write_depth_error(exc: TypeError) -> bool:
     """Whether orjson refused to write a value for its nesting (deeper than 254 levels)."""
     return "Recursion limit" in str(exc)
+
+
+def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed document (dicts and lists, keys of any type, as YAML gives) nests deeper
+    than ``limit`` levels. A walk in Python, without recursion, that stops at ``limit + 1``: for
+    small documents such as configuration files, not for the ingest path."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -546,3 +546,11 @@ async def test_secrets_set_refuses_a_master_key_the_projects_secrets_were_not_st
         assert [r["name"] for r in await store.list_secrets(project["id"])] == ["first"]
     finally:
         await store.close()
+
+
+async def test_cli_send_refuses_a_payload_nested_too_deeply(sqlite_url: str, tmp_path: Path) -> None:
+    """The local `send` writes to the database itself: it holds to the API's limit too."""
+    ok(await cli("init", "--name", "deep", cwd=tmp_path, db_url=sqlite_url))
+    deep = '{"a": ' * 70 + "1" + "}" * 70
+    one_line_error(await cli("send", "x.y", deep, cwd=tmp_path, db_url=sqlite_url), "nested more than 64")
+    ok(await cli("send", "x.y", '{"a": {"b": 1}}', cwd=tmp_path, db_url=sqlite_url))

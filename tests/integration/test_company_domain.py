@@ -92,9 +92,10 @@ async def test_enrich_person_finds_a_company_written_in_upper_case(
     )
     await server.ingest("user.signed_up", {"user_id": "u1", "email": "bill@initech.com"})
     await server.ingest("user.signed_up", {"user_id": "u2", "email": "Hank@GLOBEX.com"})
+    await server.ingest("user.signed_up", {"user_id": "u3", "email": "peter@initech.com."})
 
     async def arrived() -> bool:
-        return len(receiver.requests) >= 2
+        return len(receiver.requests) >= 3
 
     await wait_for(arrived)
     payloads: dict[str, Any] = {
@@ -102,3 +103,4 @@ async def test_enrich_person_finds_a_company_written_in_upper_case(
     }
     assert payloads["u1"]["company"] == "Initech" and payloads["u1"]["country"] == "US"
     assert payloads["u2"]["company"] == "Globex"
+    assert payloads["u3"]["company"] == "Initech"  # a trailing dot names the same domain

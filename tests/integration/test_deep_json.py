@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import orjson
+import yaml
 
 from ingestlayer.api.render import RENDER_DEPTH
 from ingestlayer.ids import new_id
@@ -248,3 +249,34 @@ async def test_a_webhook_body_nested_too_deeply_is_a_422(server: RunningServer) 
     async with server.session.post(server.url + path, data=orjson.dumps(at_limit)) as resp:
         assert resp.status == 202, await resp.text()
     assert [e["payload"] for e in await listed(server)] == [at_limit]
+
+
+async def test_a_configuration_nested_too_deeply_is_refused(
+    srv: RunningServer,
+) -> None:
+    """A pipeline whose settings nest past the limit was stored, and GET /v1/pipelines then
+    failed for good (its configuration is rendered back as JSON)."""
+    deep: Any = "x"
+    for _ in range(MAX_JSON_DEPTH + 5):
+        deep = {"k": deep}
+    doc = {
+        "pipelines": [
+            {
+                "name": "deep",
+                "source": {"match": ["*"]},
+                "destinations": [{"webhook.out": {"url": "https://example.com/h", "headers": {"X": "1"}}}],
+                "steps": [{"transform": {"set": {"deep": deep}}}],
+            }
+        ]
+    }
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 422 and "nests more than 64 levels" in body["error"]["message"], body
+    text = yaml.safe_dump(doc)
+    async with srv.session.post(
+        srv.url + "/v1/apply",
+        data=text,
+        headers={"Authorization": f"Bearer {srv.admin_key}", "Content-Type": "application/yaml"},
+    ) as resp:
+        assert resp.status == 422, await resp.text()
+    status, listed = await srv.request("GET", "/v1/pipelines")
+    assert status == 200 and not [p for p in listed["data"] if p["name"] == "deep"]

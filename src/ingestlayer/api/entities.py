@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.ingest import storable_json
+from ingestlayer.pipeline.steps.enrich_person import company_domain
 
 router = APIRouter(prefix="/v1", tags=["entities"])
 
@@ -68,7 +69,7 @@ def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
     from an email address: ``Initech.COM`` and ``initech.com.`` are the company ``initech.com``."""
     if kind != "company":
         return entity_id
-    domain = entity_id.strip().rstrip(".").lower()
+    domain = company_domain(entity_id)
     if not domain:
         raise ApiError(422, f"a company's id is its domain, not {entity_id!r}", field=field)
     return domain

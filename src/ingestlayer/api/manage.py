@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingestlayer.api.deps import Admin, RuntimeDep
-from ingestlayer.api.errors import ApiError
+from ingestlayer.api.errors import ApiError, too_deep_error
 from ingestlayer.api.render import destination_json, pipeline_json
 from ingestlayer.pipeline.apply import apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
@@ -72,6 +72,8 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
             document = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+        except RecursionError:  # PyYAML builds nested collections recursively
+            raise too_deep_error("the document", None, "too deeply to read") from None
         dry_run = request.query_params.get("dry_run") in ("1", "true")
         prune = request.query_params.get("prune") in ("1", "true")
     else:

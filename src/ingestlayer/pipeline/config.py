@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.destinations.registry import DESTINATIONS, parse_destination_config
+from ingestlayer.json_depth import MAX_JSON_DEPTH, deeper_than
 from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.pipeline.steps.registry import parse_step_config, step_class
@@ -265,6 +266,9 @@ def parse_config(doc: Any) -> ConfigFile:
         doc = {}
     if not isinstance(doc, dict):
         raise ConfigError("", "the file must be a mapping with `pipelines:`, `destinations:` or `sources:`")
+    if deeper_than(doc):
+        # Stored configurations are rendered back as JSON, which cannot nest without bound.
+        raise ConfigError("", f"the document nests more than {MAX_JSON_DEPTH} levels deep")
     unknown = sorted(set(doc) - {"pipelines", "destinations", "sources"})
     if unknown:
         raise ConfigError(unknown[0], "unknown top-level key (expected pipelines, destinations, sources)")

@@ -89,6 +89,11 @@ FREE_MAIL = frozenset(
 COMPANY_FIELDS = {"company": "name"}  # company entity trait names that differ from the attached field
 
 
+def company_domain(text: str) -> str:
+    """A domain as companies are keyed by it: ``Initech.COM.`` and ``initech.com`` are one."""
+    return text.strip().rstrip(".").lower()
+
+
 class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -142,7 +147,7 @@ class EnrichPerson:
         found: dict[str, Any] = {}
         domain = None
         if isinstance(email, str) and "@" in email:
-            domain = email.rsplit("@", 1)[1].strip().lower()
+            domain = company_domain(email.rsplit("@", 1)[1])
         else:
             ctx.notes.append(f"no email at {cfg.from_}")
         user_id = get_path(event.payload, cfg.user_field)
