@@ -498,18 +498,23 @@ async def test_repeated_idempotency_key_routes_nothing_again(
     assert len(receiver.requests) == 1
 
 
-async def test_header_key_is_used_when_the_body_has_none(srv: RunningServer) -> None:
+async def test_header_key_is_used_when_the_body_has_none_and_must_match_it(srv: RunningServer) -> None:
     status, first = await post_events(srv, {"type": "a.b"}, headers={"Idempotency-Key": "hdr-1"})
     assert status == 202
     _, ev = await srv.request("GET", f"/v1/events/{first['id']}")
     assert ev["idempotency_key"] == "hdr-1"
-    # The body's key wins over the header's.
-    status, second = await post_events(
+    # The same key in both is one key; two different keys are refused: which one was meant
+    # cannot be guessed, and either guess could store the event twice or drop another.
+    status, same = await post_events(
+        srv, {"type": "a.b", "idempotency_key": "hdr-1"}, headers={"Idempotency-Key": "hdr-1"}
+    )
+    assert status == 200 and same == {"id": first["id"], "duplicate": True}
+    status, body = await post_events(
         srv, {"type": "a.b", "idempotency_key": "body-1"}, headers={"Idempotency-Key": "hdr-1"}
     )
-    assert status == 202 and second["id"] != first["id"]
-    _, ev = await srv.request("GET", f"/v1/events/{second['id']}")
-    assert ev["idempotency_key"] == "body-1"
+    assert status == 422 and error_of(body)["field"] == "idempotency_key", body
+    _, listed = await srv.request("GET", "/v1/events?type=a.b")
+    assert len(listed["data"]) == 1
 
 
 async def test_50_concurrent_duplicates_store_and_deliver_once(

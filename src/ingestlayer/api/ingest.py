@@ -332,6 +332,14 @@ class IngestHandler:
             prefix = _prefix(index)
             raise ApiError(422, f"{prefix}payload must be a JSON object", field=f"{prefix}payload")
         key = item.get("idempotency_key", default_key)
+        if index is None and default_key is not None and key != default_key:
+            # Which of two different keys was meant cannot be guessed; using either could store
+            # the event twice or drop a different one as a duplicate.
+            raise ApiError(
+                422,
+                "idempotency_key in the body differs from the Idempotency-Key header; send one",
+                field="idempotency_key",
+            )
         if key is not None and (type(key) is not str or not 0 < len(key) <= 255):
             prefix = _prefix(index)
             raise ApiError(
@@ -350,20 +358,21 @@ def _prefix(index: int | None) -> str:
     return "" if index is None else f"batch[{index}]."
 
 
+def _unreadable_time(prefix: str) -> ApiError:
+    message = f"{prefix}occurred_at must be an ISO 8601 timestamp or epoch seconds"
+    return ApiError(422, message, field=f"{prefix}occurred_at")
+
+
 def _occurred_at(occurred: Any, prefix: str) -> float:
     if isinstance(occurred, str):
         try:
             value = parse_iso(occurred)
         except ValueError:
-            raise ApiError(
-                422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
-            ) from None
+            raise _unreadable_time(prefix) from None
     elif isinstance(occurred, int | float) and not isinstance(occurred, bool):
         value = float(occurred)
     else:
-        raise ApiError(
-            422, f"{prefix}occurred_at must be an ISO 8601 timestamp", field=f"{prefix}occurred_at"
-        )
+        raise _unreadable_time(prefix)
     if not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
         raise ApiError(
             422,
