@@ -213,6 +213,13 @@ class SecretBody(BaseModel):
 async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ApiError(422, "secret names use letters, digits, '-', '_' and '.'", field="name")
+    owner = secret_endpoint(name, await rt.store.load_project_config(principal.project_id))
+    if owner is not None:
+        raise ApiError(
+            409,
+            f"secret {name!r} belongs to endpoint {owner}: set it with PATCH /v1/endpoints/{owner} "
+            f'{{"secret": …}} or POST /v1/endpoints/{owner}/rotate-secret',
+        )
     replaced = await rt.store.set_secret(principal.project_id, name, rt.box.encrypt(body.value))
     rt.dispatcher.resolver.forget(principal.project_id)  # this process's worker sees it at once
     return {"name": name, "replaced": replaced}
