@@ -127,3 +127,35 @@ def test_an_interrupted_migration_leaves_the_database_as_it_was(
     monkeypatch.undo()
     upgrade(url)  # and the next attempt succeeds
     assert "WITHOUT ROWID" in _schema(path)["route_jobs"]
+
+
+def test_0006_keys_companies_by_their_domain_and_merges_spellings(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0005")
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO projects (id, name, created_at, config_version) VALUES ('p1', 'p', 1, 0)")
+    conn.executemany(
+        "INSERT INTO entities (project_id, kind, id, traits, updated_at) VALUES ('p1', ?, ?, ?, ?)",
+        [
+            ("company", "Initech.COM", '{"name": "Initech", "plan": "free"}', 1),
+            ("company", "initech.com.", '{"plan": "pro"}', 2),  # updated last: its plan wins
+            ("company", "globex.com", '{"name": "Globex"}', 3),  # already a domain: untouched
+            ("company", " . ", '{"name": "?"}', 4),  # no domain at all: left as it is
+            ("user", "U1", '{"email": "A@B.C"}', 5),  # other kinds keep their ids
+        ],
+    )
+    conn.commit()
+    conn.close()
+    upgrade(url)
+    conn = sqlite3.connect(path)
+    try:
+        rows = sorted(conn.execute("SELECT kind, id, traits, updated_at FROM entities").fetchall())
+    finally:
+        conn.close()
+    assert rows == [
+        ("company", " . ", '{"name": "?"}', 4),
+        ("company", "globex.com", '{"name": "Globex"}', 3),
+        ("company", "initech.com", '{"name": "Initech", "plan": "pro"}', 2),
+        ("user", "U1", '{"email": "A@B.C"}', 5),
+    ]

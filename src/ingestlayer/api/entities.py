@@ -124,20 +124,16 @@ async def patch_entity(
 @router.get("/entities/{kind}/{entity_id}")
 async def get_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     key = entity_key(kind, entity_id)
-    # A company written before keys were normalised is still found by the id it was written with.
-    found = await rt.store.get_entities(principal.project_id, [(kind, key), (kind, entity_id)])
-    for eid in (key, entity_id):
-        if (kind, eid) in found:
-            return {"kind": kind, "id": eid, "traits": found[(kind, eid)]}
-    raise ApiError(404, f"no {kind} {key!r}")
+    found = await rt.store.get_entities(principal.project_id, [(kind, key)])
+    if (kind, key) not in found:
+        raise ApiError(404, f"no {kind} {key!r}")
+    return {"kind": kind, "id": key, "traits": found[(kind, key)]}
 
 
 @router.delete("/entities/{kind}/{entity_id}", status_code=204)
 async def delete_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> Response:
     key = entity_key(kind, entity_id)
-    if not await rt.store.delete_entity(principal.project_id, kind, key) and (
-        key == entity_id or not await rt.store.delete_entity(principal.project_id, kind, entity_id)
-    ):
+    if not await rt.store.delete_entity(principal.project_id, kind, key):
         raise ApiError(404, f"no {kind} {key!r}")
     return Response(status_code=204)
 
