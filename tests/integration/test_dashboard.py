@@ -16,6 +16,7 @@ import pytest
 
 from ingestlayer.api.dashboard_views import fmt_pct
 from ingestlayer.store.stats import bin_range, id_bound, percentile
+from tests.support.fake_slack import FakeSlack
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
 
@@ -631,6 +632,44 @@ async def test_connect_slack_starts_the_oauth_flow(
     assert page.location.startswith("http://127.0.0.1:9/oauth/v2/authorize?client_id=123.456")
     assert "state=" in page.location and "slack-client-secret" not in page.location
     assert (await browser.post("/connections/slack", {"name": "slack-main"}, csrf=False)).status == 403
+
+
+async def test_a_slack_connection_started_here_is_finished_by_this_browser_only(
+    server: RunningServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin could otherwise send the consent link to another workspace's admin and have its
+    bot token stored in their own project. The state is tied to the starting browser by a cookie;
+    a callback without it is refused, and does not use up the real browser's state."""
+    slack = await FakeSlack().start()
+    try:
+        monkeypatch.setenv("INGESTLAYER_SLACK_CLIENT_ID", slack.client_id)
+        monkeypatch.setenv("INGESTLAYER_SLACK_CLIENT_SECRET", slack.client_secret)
+        monkeypatch.setenv("INGESTLAYER_PUBLIC_URL", server.url)
+        monkeypatch.setenv("INGESTLAYER_SLACK_BASE_URL", slack.url)
+        monkeypatch.setenv("INGESTLAYER_SLACK_API_URL", slack.api_url)
+        await signed_in(browser, server)
+        await browser.get("/pipelines")
+        started = await browser.post("/connections/slack", {"name": "slack-main"})
+        assert started.status == 302 and started.location is not None
+        cookie = started.headers["Set-Cookie"]
+        assert "il_slack_oauth=" in cookie and "HttpOnly" in cookie and "Path=/oauth/slack/callback" in cookie
+        assert "samesite=lax" in cookie.lower()
+
+        # Someone else's browser, sent the link: Slack consents, our callback refuses.
+        async with aiohttp.ClientSession() as other, other.get(started.location) as resp:
+            page = await resp.text()
+            assert resp.status == 400 and "started in another browser" in page, page
+        assert not slack.tokens  # the code was never exchanged
+
+        # The browser that started it finishes it.
+        async with browser.session.get(started.location) as resp:
+            page = await resp.text()
+            assert resp.status == 200 and "Slack connected" in page, page
+            assert resp.headers["Set-Cookie"].startswith("il_slack_oauth=")  # cleared
+        _, listed = await server.request("GET", "/v1/secrets")
+        assert [s["name"] for s in listed["data"]] == ["slack-main"]
+    finally:
+        await slack.stop()
 
 
 def test_stats_helpers() -> None:

@@ -356,8 +356,8 @@ async def connect_slack(request: Request) -> Response:
         return await _error(request, sess, 404, "Slack connections are not available on this server.")
     oauth: Any = importlib.import_module("ingestlayer.api.slack_oauth")
     try:
-        response: Response = await oauth.authorize(
-            request, sess.principal, runtime(request), form.get("name", "")
+        response: Response = await oauth.start(
+            request, sess.principal, runtime(request), form.get("name", ""), bind_browser=True
         )
     except ApiError as exc:
         return _redirect(request, "/pipelines", f"Slack could not be connected: {exc.message}", "error")

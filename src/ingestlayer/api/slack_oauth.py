@@ -14,14 +14,17 @@ See :mod:`ingestlayer.destinations.slack.oauth` for the settings.
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 import re
+import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from ingestlayer.api.auth import Principal
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, error_body
 from ingestlayer.destinations.slack.oauth import (
@@ -30,10 +33,12 @@ from ingestlayer.destinations.slack.oauth import (
     OAuthState,
     SlackApp,
     SlackOAuthError,
+    browser_digest,
     exchange_code,
     open_state,
     seal_state,
 )
+from ingestlayer.runtime import Runtime
 from ingestlayer.store.store import Store
 from ingestlayer.timefmt import iso
 
@@ -45,6 +50,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 PENDING, USED = "pending", "used"
 # No caching of these pages, and no Referer carrying the code and state to other sites.
 PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The cookie that ties a connection started in the dashboard to that browser: otherwise a
+# project's admin could hand the Slack link to another workspace's admin and get its bot token.
+# SameSite=Lax: sent on the top-level navigation back from Slack, not on other sites' requests.
+BROWSER_COOKIE = "il_slack_oauth"
+CALLBACK_PATH = "/oauth/slack/callback"
 
 
 def _wants_json(request: Request) -> bool:
@@ -114,6 +124,14 @@ async def authorize(
         ),
     ],
 ) -> Response:
+    return await start(request, principal, rt, name, bind_browser=False)
+
+
+async def start(
+    request: Request, principal: Principal, rt: Runtime, name: str, *, bind_browser: bool
+) -> Response:
+    """Start a connection. ``bind_browser`` (the dashboard): only the browser that asked may
+    finish it, through a cookie; links handed out to API clients cannot be bound to a browser."""
     if not NAME_RE.fullmatch(name):
         raise ApiError(
             422, "name: secret names use letters, digits, '-', '_' and '.' (at most 200)", field="name"
@@ -122,7 +140,10 @@ async def authorize(
         app = SlackApp.from_env(rt.settings.public_url)
     except SlackOAuthError as exc:
         raise ApiError(exc.status, exc.message, code=exc.code) from None
-    sealed, state = seal_state(rt.box, principal.project_id, name, app.redirect_uri)
+    browser_secret = secrets.token_urlsafe(24) if bind_browser else None
+    sealed, state = seal_state(
+        rt.box, principal.project_id, name, app.redirect_uri, browser_secret=browser_secret
+    )
     await rt.store.cache_put(
         principal.project_id, STATE_CACHE_PREFIX + state.nonce, PENDING, STATE_TTL_SECONDS
     )
@@ -131,11 +152,34 @@ async def authorize(
         return JSONResponse(
             {"authorize_url": url, "name": name, "expires_at": iso(state.expires_at)}, headers=PAGE_HEADERS
         )
-    return RedirectResponse(url, status_code=302, headers=PAGE_HEADERS)
+    response = RedirectResponse(url, status_code=302, headers=PAGE_HEADERS)
+    if browser_secret is not None:
+        response.set_cookie(
+            BROWSER_COOKIE,
+            browser_secret,
+            max_age=STATE_TTL_SECONDS,
+            path=CALLBACK_PATH,
+            secure=app.redirect_uri.startswith("https:"),
+            httponly=True,
+            samesite="lax",
+        )
+    return response
+
+
+def _check_browser(request: Request, state: OAuthState) -> None:
+    if state.browser is None:
+        return
+    cookie = request.cookies.get(BROWSER_COOKIE)
+    if cookie is None or not hmac.compare_digest(browser_digest(cookie), state.browser):
+        raise SlackOAuthError(
+            "this connection was started in another browser: only the browser that clicked "
+            "Connect Slack in ingestlayer can finish it",
+            code="other_browser",
+        )
 
 
 @router.get(
-    "/oauth/slack/callback",
+    CALLBACK_PATH,
     summary="Slack's OAuth redirect target (no API key: the state names the project)",
     response_class=HTMLResponse,
     responses={
@@ -150,6 +194,15 @@ async def callback(
     state: str | None = None,
     error: str | None = None,
 ) -> Response:
+    response = await _finish(request, rt, code, state, error)
+    if BROWSER_COOKIE in request.cookies:  # done with, whatever the outcome
+        response.delete_cookie(BROWSER_COOKIE, path=CALLBACK_PATH)
+    return response
+
+
+async def _finish(
+    request: Request, rt: Runtime, code: str | None, state: str | None, error: str | None
+) -> Response:
     try:
         if not state:
             raise SlackOAuthError(
@@ -157,6 +210,8 @@ async def callback(
                 code="invalid_state",
             )
         opened = open_state(rt.box, state)
+        # Before the claim: a callback from another browser must not use up the real one's state.
+        _check_browser(request, opened)
         await _claim(rt.store, opened)
         if error:
             raise SlackOAuthError(

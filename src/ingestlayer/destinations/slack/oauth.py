@@ -24,6 +24,7 @@ Settings are read from the environment when a request comes in:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import time
@@ -131,21 +132,43 @@ class OAuthState:
     nonce: str
     expires_at: float
     redirect_uri: str
+    # sha256 of the secret cookie set in the browser that started the connection (the dashboard's):
+    # only that browser may finish it. None for links handed out through the API.
+    browser: str | None = None
+
+
+def browser_digest(browser_secret: str) -> str:
+    return hashlib.sha256(browser_secret.encode()).hexdigest()
 
 
 def seal_state(
-    box: SecretBox, project_id: str, name: str, redirect_uri: str, *, now: float | None = None
+    box: SecretBox,
+    project_id: str,
+    name: str,
+    redirect_uri: str,
+    *,
+    browser_secret: str | None = None,
+    now: float | None = None,
 ) -> tuple[str, OAuthState]:
-    """A new state: (the sealed string for the ``state`` parameter, what it holds)."""
+    """A new state: (the sealed string for the ``state`` parameter, what it holds). With
+    ``browser_secret``, only a callback carrying that secret (a cookie) may use it."""
     state = OAuthState(
         project_id=project_id,
         name=name,
         nonce=secrets.token_urlsafe(18),
         expires_at=(time.time() if now is None else now) + STATE_TTL_SECONDS,
         redirect_uri=redirect_uri,
+        browser=None if browser_secret is None else browser_digest(browser_secret),
     )
     raw = orjson.dumps(
-        {"p": state.project_id, "n": state.name, "x": state.nonce, "e": state.expires_at, "r": redirect_uri}
+        {
+            "p": state.project_id,
+            "n": state.name,
+            "x": state.nonce,
+            "e": state.expires_at,
+            "r": redirect_uri,
+            "b": state.browser,
+        }
     )
     return box.encrypt(raw.decode()).decode("ascii"), state
 
@@ -160,6 +183,7 @@ def open_state(box: SecretBox, sealed: str, *, now: float | None = None) -> OAut
             nonce=str(raw["x"]),
             expires_at=float(raw["e"]),
             redirect_uri=str(raw["r"]),
+            browser=None if raw.get("b") is None else str(raw["b"]),
         )
     except (SecretDecryptError, UnicodeEncodeError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise SlackOAuthError(
