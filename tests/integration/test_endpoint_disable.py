@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ingestlayer import metrics
 from ingestlayer.timefmt import parse_iso
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
@@ -65,9 +66,15 @@ async def test_disabling_ends_waiting_deliveries_at_once(
     held = await delivery_of(server, held_id, ("delivering",))
     pending = await delivery_of(server, await send(server, "invoice.paid"), ("pending",))
 
+    def dead_attempts() -> float | None:
+        return metrics.REGISTRY.get_sample_value("ingestlayer_delivery_attempts_total", {"result": "dead"})
+
+    dead_before = dead_attempts() or 0.0
     before = time.time()
     status, off = await server.request("PATCH", url, json={"enabled": False})
     assert status == 200 and off["enabled"] is False
+    # Counted in the attempts metric as the dispatcher counts the deliveries it ends.
+    assert dead_attempts() == dead_before + 2
 
     # At once, not at their next attempt: both dead, with the reason the dispatcher gives.
     for waiting in (retrying, pending):

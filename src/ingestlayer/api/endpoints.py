@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingestlayer import metrics
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
@@ -336,7 +337,8 @@ async def update_endpoint(
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
-        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
+        ended = await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
+        metrics.ATTEMPTS.labels(result="dead").inc(len(ended))  # counted as the dispatcher would
     out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
     if generated:
         out["secret"] = secret  # shown once, as on create
