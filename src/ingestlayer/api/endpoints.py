@@ -20,6 +20,7 @@ from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
+from ingestlayer.destinations.webhook_out import rotating_out
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
 from ingestlayer.pipeline.matching import is_valid_pattern
@@ -79,21 +80,13 @@ def _at(ts: float) -> str:
 
 def _previous(settings: dict[str, Any], now: float) -> list[tuple[str, str, float]]:
     """The rotated-out secrets still signing beside the current one: (ref, ISO end, end), the
-    last rotated out first. Each signs until its own end, however many rotations came after.
-
-    Stored as webhook.out keeps them: ``secret: [current, old…]`` with ``rotation_ends_at``
-    one time (one old secret) or a list of times, one per old secret in the same order."""
+    last rotated out first. Each signs until its own end, however many rotations came after
+    (stored as webhook.out keeps them, see rotating_out)."""
     secret = settings.get("secret")
-    refs = secret if isinstance(secret, list) else []
     ends = settings.get("rotation_ends_at")
-    if isinstance(ends, str):
-        pairs = [(refs[-1], ends)] if len(refs) > 1 else []
-    elif isinstance(ends, list):
-        pairs = list(zip(refs[1:], ends, strict=False))
-    else:
-        pairs = []
+    refs = secret if isinstance(secret, list) else []
     live = []
-    for ref, end in pairs:
+    for ref, end in rotating_out(refs, ends if isinstance(ends, str | list) else None):
         try:
             t = parse_iso(end)
         except (TypeError, ValueError):

@@ -171,15 +171,21 @@ class WebhookOutConfig(BaseModel):
         return [self.secret] if isinstance(self.secret, str) else list(self.secret or [])
 
     def signing_refs(self, now: float) -> list[str]:
-        """The secrets that sign now: all of them but the old ones whose time is up (one time:
-        the last secret's; a list: each secret's after the first, each until its own)."""
+        """The secrets that sign now: all of them but the old ones whose time is up."""
         refs = self.secret_refs()
-        ends = self.rotation_ends_at
-        if ends is None or len(refs) < 2:
-            return refs
-        if isinstance(ends, str):
-            return refs[:-1] if now >= parse_iso(ends) else refs
-        return refs[:1] + [ref for ref, end in zip(refs[1:], ends, strict=True) if now < parse_iso(end)]
+        old = rotating_out(refs, self.rotation_ends_at)
+        return refs[: len(refs) - len(old)] + [ref for ref, end in old if now < parse_iso(end)]
+
+
+def rotating_out(refs: list[str], ends: str | list[str] | None) -> list[tuple[str, str]]:
+    """The old secrets of a rotation, each with the ISO time it stops signing, as webhook.out
+    stores them: ``rotation_ends_at`` one time (the last of several secrets) or a list of
+    times, one for each secret after the first, in the same order."""
+    if ends is None or len(refs) < 2:
+        return []
+    if isinstance(ends, str):
+        return [(refs[-1], ends)]
+    return list(zip(refs[1:], ends, strict=False))
 
 
 def render_body(event: dict[str, Any], fmt: str) -> bytes:
