@@ -98,6 +98,19 @@ def too_deep(value: Any, raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     )
 
 
+def dumps_checked(value: Any, *, large: bool) -> bytes | memoryview | None:
+    """``orjson.dumps(value)`` of a value orjson read, or None when it nests deeper than
+    MAX_JSON_DEPTH. A small value is checked once written (most by their length alone), a
+    ``large`` one as it is written (dumps_within): counting brackets costs more on large text."""
+    if large:
+        return dumps_within(value)
+    try:
+        raw = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # deeper than orjson writes: nothing else fails on what it read
+        return None
+    return None if too_deep(value, raw) else raw
+
+
 def is_read_depth_error(exc: ValueError) -> bool:
     """Whether orjson refused to read JSON text for its nesting (deeper than 1024 levels)."""
     return "depth limit" in str(exc)

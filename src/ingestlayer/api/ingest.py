@@ -22,11 +22,11 @@ from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
     ORJSON_READ_DEPTH,
     ORJSON_WRITE_DEPTH,
+    dumps_checked,
     dumps_within,
     is_read_depth_error,
     is_write_depth_error,
     json_depth,
-    too_deep,
 )
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
@@ -304,18 +304,7 @@ class IngestHandler:
         if payload is None and "payload" not in item:
             payload_json = b"{}"
         elif type(payload) is dict:
-            # Nested at most MAX_JSON_DEPTH levels: small payloads are checked once serialised
-            # (most by their length alone), large ones as they are serialised.
-            checked: bytes | memoryview | None
-            if large:
-                checked = dumps_within(payload)
-            else:
-                try:
-                    checked = orjson.dumps(payload)
-                except orjson.JSONEncodeError:  # deeper than orjson writes: nothing else fails here
-                    checked = None
-                if checked is not None and too_deep(payload, checked):
-                    checked = None
+            checked = dumps_checked(payload, large=large)  # nested at most MAX_JSON_DEPTH levels
             if checked is None:
                 field = f"{_prefix(index)}payload"
                 raise too_deep_error(field, field, nesting_of(payload))
@@ -349,8 +338,7 @@ class IngestHandler:
             )
         occurred = item.get("occurred_at")
         occurred_at = now if occurred is None else _occurred_at(occurred, _prefix(index))
-        text = payload_json.decode() if type(payload_json) is bytes else str(payload_json, "utf-8")
-        return NewEvent(event_id, project_id, etype, text, key, "sdk", occurred_at, now)
+        return NewEvent(event_id, project_id, etype, str(payload_json, "utf-8"), key, "sdk", occurred_at, now)
 
 
 def _prefix(index: int | None) -> str:

@@ -323,8 +323,9 @@ class Dispatcher:
                     # more than the least room: that is the plain lease in due order, one
                     # statement. Otherwise (a destination is full) the lease goes by each
                     # destination's room, past the full one's backlog (store/lease_window.py).
-                    if room.smallest() >= min(want, threshold):
-                        want = min(want, room.smallest())
+                    least = room.smallest()
+                    if least >= min(want, threshold):
+                        want = min(want, least)
                     try:
                         leased = await self.store.lease_deliveries(
                             want, self.settings.delivery_lease_seconds, room
