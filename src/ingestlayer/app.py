@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from ingestlayer import __version__
@@ -20,6 +21,8 @@ from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.runtime import Runtime
+
+DOCS_STATIC_URL = "/static/api-docs"
 
 
 class EventIn(BaseModel):
@@ -106,10 +109,13 @@ def build_fastapi(rt: Runtime) -> FastAPI:
         finally:
             await rt.shutdown()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts from this server, not from a CDN: a self-hosted
+    # install is often on a network that cannot reach one.
+    app = FastAPIOffline(
         title="ingestlayer",
         version=__version__,
         lifespan=lifespan,
+        static_url=DOCS_STATIC_URL,
     )
     app.state.runtime = rt
     install_error_handlers(app)

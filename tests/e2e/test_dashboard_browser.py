@@ -165,6 +165,30 @@ async def test_endpoint_test_send_retries_dead_letter_and_replay(
     await page.context.close()
 
 
+# ---- the API reference, offline --------------------------------------------------------------
+
+
+async def test_api_reference_renders_with_no_internet(server: RunningServer, chromium: Any) -> None:
+    """``/docs`` with every request off this server refused, as behind a firewall."""
+    page = await new_page(chromium)
+    elsewhere: list[str] = []
+
+    async def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.url):
+            await route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            await route.abort()
+
+    await page.route("**/*", only_this_server)
+    await page.goto(server.url + "/docs")
+    operation = page.locator(".opblock-post", has_text="/v1/events").first
+    await operation.wait_for()
+    assert "Send one event or a batch" in await operation.inner_text()
+    assert elsewhere == []
+    await page.context.close()
+
+
 # ---- 2. realistic data, every main page, screenshots -----------------------------------------
 
 
