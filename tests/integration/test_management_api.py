@@ -113,6 +113,10 @@ async def test_apply_yaml_with_dry_run_changes_nothing(srv: RunningServer) -> No
     diff = next(c["diff"] for c in body["changes"] if c["name"] == "feature-usage-to-webhook")
     assert "+++ file/feature-usage-to-webhook" in diff
     assert "+    expression: feature in {export, api, webhook}" in diff
+    # Nothing exists yet, so nothing has an id: the apply makes its own, and a dry run that
+    # showed some would show ids that never come to be.
+    assert [c["id"] for c in body["changes"]] == [None] * 4
+    assert "dst_" not in "".join(c["diff"] for c in body["changes"])
     assert await pipeline_names(srv) == []
     _, dests = await srv.request("GET", "/v1/destinations")
     assert dests["data"] == []
@@ -120,6 +124,7 @@ async def test_apply_yaml_with_dry_run_changes_nothing(srv: RunningServer) -> No
     status, body, _ = await raw_request(srv, "POST", "/v1/apply", RECIPE_YAML.encode(), "application/yaml")
     assert status == 200
     assert body["dry_run"] is False and body["summary"] == {"create": 4}
+    assert all(c["id"].startswith(("pip_", "dst_")) for c in body["changes"])
     assert await pipeline_names(srv) == ["feature-usage-to-webhook", "signups"]
 
     # The same document as YAML again: unchanged. Same content as JSON: unchanged too.

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingestlayer.api.deps import Admin, RuntimeDep
+from ingestlayer.api.editable import destination_input, pipeline_input
 from ingestlayer.api.errors import ApiError, too_deep_error
 from ingestlayer.api.render import destination_json, pipeline_json
 from ingestlayer.pipeline.apply import apply_plan, plan
@@ -40,25 +41,16 @@ async def run_apply(rt: Any, project_id: str, document: Any, *, dry_run: bool, p
         raise config_error(exc) from None
     if not dry_run:
         await apply_plan(rt.store, p)
-    return {
-        "dry_run": dry_run,
-        "summary": p.summary(),
-        "changes": [
-            {
-                "action": c.action,
-                "kind": c.kind,
-                "name": c.name,
-                "id": c.id,
-                "diff": c.diff,
-                **(
-                    {"ingress_path": f"/v1/ingress/{c.id}"}
-                    if c.kind == "source" and c.action != "delete"
-                    else {}
-                ),
-            }
-            for c in p.changes
-        ],
-    }
+    changes = []
+    for c in p.changes:
+        # What a dry run would create has no id yet: the apply makes its own.
+        made = None if dry_run and c.action == "create" else c.id
+        change: dict[str, Any] = {"action": c.action, "kind": c.kind, "name": c.name, "id": made}
+        change["diff"] = c.diff
+        if c.kind == "source" and c.action != "delete":
+            change["ingress_path"] = f"/v1/ingress/{made}" if made else None
+        changes.append(change)
+    return {"dry_run": dry_run, "summary": p.summary(), "changes": changes}
 
 
 @router.post(
@@ -125,21 +117,34 @@ async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Re
 async def put_pipeline(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    await apply_one(rt, principal.project_id, "pipeline", body, response)
+    cfg = await rt.store.load_project_config(principal.project_id)
+    await apply_one(rt, principal.project_id, "pipeline", pipeline_input(body, cfg), response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return pipeline_json(_find(cfg.pipelines, str(body.get("name")), "pipeline"), cfg.destinations)
 
 
-@router.put("/pipelines/{pipeline}")
-async def replace_pipeline(
-    pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
-) -> dict[str, Any]:
-    body = {**body, "name": body.get("name", pipeline)}
-    if body["name"] != pipeline:
+def _named_in_path(body: dict[str, Any], key: str, items: Any) -> dict[str, Any]:
+    """``body`` named as the path names it: by name, or by the id of an existing one."""
+    name = next((item.name for item in items if key in (item.id, item.name)), key)
+    body = {**body, "name": body.get("name", name)}
+    if body["name"] != name:
         raise ApiError(
             422, "the name in the body must match the path (renames are a delete and a create)", field="name"
         )
-    return await put_pipeline(body, principal, rt, response)
+    return body
+
+
+@router.put(
+    "/pipelines/{pipeline}",
+    status_code=201,
+    summary="Create (201) or replace (200) a pipeline: the YAML shape, or what GET returned",
+    responses={200: {"description": "An existing pipeline, replaced"}},
+)
+async def replace_pipeline(
+    pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return await put_pipeline(_named_in_path(body, pipeline, cfg.pipelines), principal, rt, response)
 
 
 @router.delete("/pipelines/{pipeline}", status_code=204)
@@ -184,9 +189,24 @@ async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) ->
 async def put_destination(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    await apply_one(rt, principal.project_id, "destination", body, response)
+    cfg = await rt.store.load_project_config(principal.project_id)
+    await apply_one(rt, principal.project_id, "destination", destination_input(body, cfg), response)
     cfg = await rt.store.load_project_config(principal.project_id)
     return destination_json(_find(cfg.destinations.values(), str(body.get("name")), "destination"))
+
+
+@router.put(
+    "/destinations/{destination}",
+    status_code=201,
+    summary="Create (201) or replace (200) a named destination: the YAML shape, or what GET returned",
+    responses={200: {"description": "An existing destination, replaced"}},
+)
+async def replace_destination(
+    destination: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    named = _named_in_path(body, destination, cfg.destinations.values())
+    return await put_destination(named, principal, rt, response)
 
 
 @router.delete("/destinations/{destination}", status_code=204)

@@ -61,6 +61,15 @@ def _diff(name: str, old: Any, new: Any) -> str:
     return "".join(difflib.unified_diff(_dump(old), _dump(new), f"stored/{name}", f"file/{name}"))
 
 
+def _pipeline_view(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored pipeline as its diff shows it: routes by destination name. A destination's id is
+    made when it is created, so a dry run could only show ids that the apply would not use."""
+    if config is None:
+        return None
+    routes = [{k: v for k, v in r.items() if k != "destination_id"} for r in config.get("destinations", [])]
+    return {**config, "destinations": routes}
+
+
 async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = False) -> Plan:
     current = await store.load_project_config(project_id)
     dest_by_name = {d.name: d for d in current.destinations.values()}
@@ -100,7 +109,8 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
             action = "unchanged"
         else:
             action = "update"
-        diff = _diff(p.name, old_p.config if old_p else None, new_cfg) if action != "unchanged" else ""
+        old_view = _pipeline_view(old_p.config if old_p else None)
+        diff = _diff(p.name, old_view, _pipeline_view(new_cfg)) if action != "unchanged" else ""
         out.changes.append(Change(action, "pipeline", p.name, pid, diff))
         if action != "unchanged":
             out.pipeline_rows.append({"id": pid, "name": p.name, "config": new_cfg, "enabled": p.enabled})
@@ -131,9 +141,8 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
         keep_p = {p.name for p in cfg.pipelines}
         for old_p in current.pipelines:
             if old_p.name not in keep_p and not old_p.endpoint:
-                out.changes.append(
-                    Change("delete", "pipeline", old_p.name, old_p.id, _diff(old_p.name, old_p.config, None))
-                )
+                diff = _diff(old_p.name, _pipeline_view(old_p.config), None)
+                out.changes.append(Change("delete", "pipeline", old_p.name, old_p.id, diff))
                 out.delete_pipeline_ids.append(old_p.id)
         used = {
             r["destination_id"] for p in current.pipelines if p.endpoint for r in p.config["destinations"]

@@ -1,0 +1,88 @@
+"""What ``GET`` returns for a pipeline or destination, taken back by ``POST``/``PUT``.
+
+The read shape carries what the server made (ids, times, each route's destination kind); the
+write shape is the YAML one. A user who fetches a pipeline, edits it and sends it back expects
+that to work, so the read-only fields are checked against what is stored (a pipeline's ``id``
+must be its own) and dropped, and a route written as ``{id, name, kind, when}`` becomes
+``{ref: NAME, when}``: the destination it names, unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingestlayer.api.errors import ApiError
+from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
+
+TIMES = ("created_at", "updated_at")
+ROUTE_READ_FIELDS = frozenset({"id", "name", "kind", "when"})
+
+
+def _read_only(field: str, given: Any, stored: Any, what: str) -> None:
+    if given is not None and given != stored:
+        raise ApiError(422, f"{field} is {stored!r} for {what} and cannot be changed here", field=field)
+
+
+def _check_id(given: Any, existing: PipelineRow | DestinationRow | None, kind: str, name: Any) -> None:
+    if given is None:
+        return
+    if existing is None:
+        message = f"id {given!r}: there is no {kind} named {name!r} yet; leave the id out to create one"
+        raise ApiError(422, message, field="id")
+    if given != existing.id:
+        raise ApiError(422, f"id {given!r} is not the id of {kind} {name!r} ({existing.id})", field="id")
+
+
+def _route(entry: Any, cfg: ProjectConfig, path: str) -> Any:
+    """A route in the read shape, as ``{ref: NAME, when}``; any other entry as it is."""
+    if not isinstance(entry, dict) or "id" not in entry:
+        return entry
+    extra = sorted(set(entry) - ROUTE_READ_FIELDS)
+    if extra:
+        raise ApiError(
+            422,
+            f"{path}.{extra[0]}: a route given by id takes only name, kind and when; "
+            "to change the destination itself, drop the id and give its settings",
+            field=f"{path}.{extra[0]}",
+        )
+    dest = cfg.destinations.get(entry["id"])
+    if dest is None:
+        raise ApiError(422, f"{path}.id: no destination with id {entry['id']!r}", field=f"{path}.id")
+    what = f"destination {entry['id']}"
+    _read_only(f"{path}.name", entry.get("name"), dest.name, what)
+    _read_only(f"{path}.kind", entry.get("kind"), dest.kind, what)
+    return {"ref": dest.name, **({"when": entry["when"]} if entry.get("when") is not None else {})}
+
+
+def pipeline_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in TIMES}
+    name = out.get("name")
+    existing = next((p for p in cfg.pipelines if p.name == name), None)
+    _check_id(out.pop("id", None), existing, "pipeline", name)
+    what = f"pipeline {name!r}"
+    _read_only("endpoint", out.pop("endpoint", None), existing.endpoint if existing else False, what)
+    routes = out.get("destinations")
+    if isinstance(routes, list):
+        out["destinations"] = [_route(e, cfg, f"destinations[{i}]") for i, e in enumerate(routes)]
+    return out
+
+
+def destination_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:
+    """A destination in the read shape (``kind`` and ``config``) in the YAML one
+    (``{KIND: config}``); the YAML shape passes as it is."""
+    if "kind" not in body:
+        return body
+    out = {k: v for k, v in body.items() if k not in TIMES}
+    name = out.get("name")
+    existing = next((d for d in cfg.destinations.values() if d.name == name), None)
+    _check_id(out.pop("id", None), existing, "destination", name)
+    enabled = out.pop("enabled", None)
+    _read_only("enabled", enabled, existing.enabled if existing else True, f"destination {name!r}")
+    kind = out.pop("kind")
+    if not isinstance(kind, str):
+        raise ApiError(422, "kind must be a destination kind such as webhook.out", field="kind")
+    out[kind] = out.pop("config", None) or {}
+    for key in ("retry", "concurrency"):
+        if key in out and out[key] is None:
+            del out[key]
+    return out
