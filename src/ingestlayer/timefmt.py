@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 # the expression context), and formatting through datetime cost about 8 % of the delivery path.
 _SECONDS: dict[int, str] = {}
 _SECONDS_MAX = 4096
+# What renders as an ISO 8601 timestamp: the years 0001 to 9999, in epoch seconds.
+MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 
 
 def iso(ts: float | None) -> str | None:

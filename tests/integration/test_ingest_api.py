@@ -572,11 +572,13 @@ async def test_delivery_list_pages_and_counts_once(server: RunningServer, receiv
 async def test_event_list_filters_and_keyset_pagination(server: RunningServer) -> None:
     sent: list[tuple[str, str]] = []
     marks: dict[int, str] = {}
+    epochs: dict[int, float] = {}
     types = ["invoice.created", "invoice.paid", "user.signed_up", "invoice.created", "user_a.x", "userba.x"]
     for i, t in enumerate(types):
         if i == 3:
             await asyncio.sleep(0.01)
-            marks[3] = str(iso(time.time()))
+            epochs[3] = time.time()
+            marks[3] = str(iso(epochs[3]))
             await asyncio.sleep(0.01)
         status, body = await server.ingest(t, {"i": i})
         assert status == 202
@@ -600,6 +602,9 @@ async def test_event_list_filters_and_keyset_pagination(server: RunningServer) -
     assert [e["id"] for e in since] == newest_first[:3]
     until = await all_events(server, f"until={marks[3]}")
     assert [e["id"] for e in until] == newest_first[3:]
+    # Epoch seconds, as occurred_at takes them.
+    assert [e["id"] for e in await all_events(server, f"since={epochs[3]:.6f}")] == newest_first[:3]
+    assert [e["id"] for e in await all_events(server, f"until={epochs[3]:.6f}")] == newest_first[3:]
 
     # Keyset pagination: limit + before, until an empty page.
     seen: list[str] = []
@@ -625,6 +630,8 @@ async def test_event_list_bad_query_is_422(srv: RunningServer) -> None:
         ("limit=ten", "limit"),
         ("since=soon", "since"),
         ("until=x", "until"),
+        ("since=1e400", "since"),
+        ("until=-99999999999999", "until"),
     ]:
         status, body = await srv.request("GET", f"/v1/events?{query}")
         assert status == 422, (query, body)

@@ -30,7 +30,7 @@ from ingestlayer.json_depth import (
 )
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
-from ingestlayer.timefmt import parse_iso
+from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -38,8 +38,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
 
 EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
-# occurred_at must render as an ISO 8601 timestamp: years 0001 to 9999 (epoch seconds).
-MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 

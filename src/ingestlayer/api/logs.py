@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, Literal
 
@@ -14,21 +15,26 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
-from ingestlayer.timefmt import parse_iso
+from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
 
 router = APIRouter(prefix="/v1", tags=["logs"])
 
 Status = Literal["pending", "delivering", "retrying", "delivered", "dead"]
 TEST_WAIT_SECONDS = 15.0
+_EPOCH = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _time(value: str | None, field: str) -> float | None:
+    """A time filter: ISO 8601, or epoch seconds as events' ``occurred_at`` takes them."""
     if value is None:
         return None
     try:
-        return parse_iso(value)
+        seconds = float(value) if _EPOCH.fullmatch(value.strip()) else parse_iso(value)
     except ValueError:
-        raise ApiError(422, f"{field} must be an ISO 8601 timestamp", field=field) from None
+        seconds = None
+    if seconds is None or not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        raise ApiError(422, f"{field} must be an ISO 8601 timestamp or epoch seconds", field=field)
+    return seconds
 
 
 async def _names(rt: Any, project_id: str) -> dict[str, str]:
