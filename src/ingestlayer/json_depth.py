@@ -1,4 +1,4 @@
-"""How deeply JSON nests, measured cheaply, and the limit on what comes in.
+"""How deeply JSON nests, measured cheaply, and the limits on what comes in.
 
 Without a limit, JSON nested deeply broke later reads: orjson writes 254 levels at most, and a
 response wraps a payload in a few more, so one deep event could make the event listing fail for
@@ -135,3 +135,28 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+# The integers orjson writes (and the databases' JSON keeps) exactly: a signed or unsigned
+# 64-bit integer. Python's json module reads any integer, and orjson refuses to write a larger one.
+INT64_RANGE = (-(2**63), 2**64 - 1)
+
+
+def huge_int_path(value: Any, path: str = "") -> str | None:
+    """The path (``retry.schedule[1]``) of the first integer in ``value`` that does not fit in
+    64 bits, or None. Recursive: call it on values whose depth is already bounded."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if INT64_RANGE[0] <= value <= INT64_RANGE[1] else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = huge_int_path(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = huge_int_path(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None

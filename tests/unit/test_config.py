@@ -239,7 +239,7 @@ def test_second_pipeline_errors_name_index_one() -> None:
         ({"pipelines": 5}, "pipelines", ["list"]),
         ({"destinations": "x"}, "destinations", ["list"]),
         ({"pipeline": []}, "pipeline", ["unknown top-level key"]),
-        ({"destinations": [{"webhook.out": {"url": HOOK}}]}, "destinations[0]", ["needs a `name`"]),
+        ({"destinations": [{"webhook.out": {"url": HOOK}}]}, "destinations[0].name", ["needs a `name`"]),
         ({"destinations": [{"name": "x", "ref": "y"}]}, "destinations[0].ref", ["kind"]),
     ],
 )

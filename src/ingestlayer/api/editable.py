@@ -45,7 +45,7 @@ def _route(entry: Any, cfg: ProjectConfig, path: str) -> Any:
             "to change the destination itself, drop the id and give its settings",
             field=f"{path}.{extra[0]}",
         )
-    dest = cfg.destinations.get(entry["id"])
+    dest = cfg.destinations.get(entry["id"]) if isinstance(entry["id"], str) else None
     if dest is None:
         raise ApiError(422, f"{path}.id: no destination with id {entry['id']!r}", field=f"{path}.id")
     what = f"destination {entry['id']}"

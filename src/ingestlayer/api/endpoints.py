@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ingestlayer import metrics
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
+from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.destinations.webhook_out import rotating_out
@@ -29,7 +30,7 @@ from ingestlayer.runtime import Runtime
 from ingestlayer.store.store import NotFound
 from ingestlayer.timefmt import iso, parse_iso
 
-router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"])
+router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
 
 
 class EndpointIn(BaseModel):
@@ -208,7 +209,7 @@ async def _save(
     if spec.get("retry") is not None:
         entry["retry"] = spec["retry"]
     try:
-        dest, _, _ = parse_destination_entry("", entry, None)
+        dest, _, _ = parse_destination_entry("", entry, None, check_name=False)
     except ConfigError as exc:
         raise _config_error(exc) from None
     assert dest is not None

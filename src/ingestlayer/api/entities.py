@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.ingest import storable_json
+from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.pipeline.steps.enrich_person import company_domain
 
-router = APIRouter(prefix="/v1", tags=["entities"])
+router = APIRouter(prefix="/v1", tags=["entities"], route_class=JsonBodyRoute)
 
 KIND_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
 Traits = dict[str, Any]

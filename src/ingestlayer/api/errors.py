@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingestlayer.json_depth import MAX_JSON_DEPTH, is_read_depth_error
+from ingestlayer.json_depth import MAX_JSON_DEPTH, ORJSON_READ_DEPTH, is_read_depth_error
 
 STATUS_CODES = {
     400: "bad_request",
@@ -85,6 +85,9 @@ def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None
     "Input should be a valid dictionary"."""
     errors = exc.errors()
     if errors[0].get("type") == "json_invalid":
+        if is_read_depth_error(ValueError(errors[0].get("ctx", {}).get("error", ""))):
+            deep = too_deep_error("the request body", None, f"more than {ORJSON_READ_DEPTH} levels deep")
+            return deep.status, deep.code, deep.message
         return 400, "invalid_json", "the request body is not valid JSON"
     if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
         return None

@@ -24,6 +24,7 @@ from ingestlayer.json_depth import (
     ORJSON_WRITE_DEPTH,
     dumps_checked,
     dumps_within,
+    huge_int_path,
     is_read_depth_error,
     is_write_depth_error,
     json_depth,
@@ -51,20 +52,9 @@ def may_hold_huge_int(raw: bytes) -> bool:
     return _LONG_RUN in raw.translate(_DIGIT_MASK)
 
 
-INT64 = (-(2**63), 2**64 - 1)
-
-
 def has_huge_int(value: Any) -> bool:
     """True when a JSON value holds an integer outside what orjson keeps exactly."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return not INT64[0] <= value <= INT64[1]
-    if isinstance(value, dict):
-        return any(has_huge_int(v) for v in value.values())
-    if isinstance(value, list):
-        return any(has_huge_int(v) for v in value)
-    return False
+    return huge_int_path(value) is not None
 
 
 # Over this size (per event, on average in a batch), serialising a payload within the depth

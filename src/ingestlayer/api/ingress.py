@@ -175,8 +175,8 @@ async def get_source(source: str, principal: Admin, rt: RuntimeDep) -> dict[str,
 async def put_source(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
-    await apply_one(rt, principal.project_id, "source", body, response)
-    return source_json(await _find(rt, principal.project_id, str(body.get("name"))), rt.settings.public_url)
+    name = await apply_one(rt, principal.project_id, "source", body, response)
+    return source_json(await _find(rt, principal.project_id, name), rt.settings.public_url)
 
 
 @router.delete("/v1/sources/{source}", status_code=204)

@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
+from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
 
-router = APIRouter(prefix="/v1", tags=["logs"])
+router = APIRouter(prefix="/v1", tags=["logs"], route_class=JsonBodyRoute)
 
 Status = Literal["pending", "delivering", "retrying", "delivered", "dead"]
 TEST_WAIT_SECONDS = 15.0
@@ -149,6 +150,9 @@ class BulkReplay(BaseModel):
 
 @router.post("/deliveries/replay", summary="Replay every delivery matching a filter (default: all dead)")
 async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    if not body.status:
+        # The store reads no status as any status: that would send delivered webhooks again.
+        raise ApiError(422, 'status must name at least one status, e.g. ["dead"]', field="status")
     if "delivering" in body.status:
         raise ApiError(422, "deliveries being attempted cannot be replayed", field="status")
     names = await _names(rt, principal.project_id)
@@ -164,7 +168,9 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
     return {"replayed": ids, "count": len(ids)}
 
 
-@router.post("/destinations/{destination}/test", summary="Send a test event to one destination and report")
+@router.post(
+    "/destinations/{destination:path}/test", summary="Send a test event to one destination and report"
+)
 async def test_destination(destination: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     names = await _names(rt, principal.project_id)
     dest_id = _destination_id(names, destination)

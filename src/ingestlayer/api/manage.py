@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,14 +13,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.editable import destination_input, pipeline_input
 from ingestlayer.api.errors import ApiError, too_deep_error
+from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import destination_json, pipeline_json
+from ingestlayer.json_depth import is_read_depth_error
 from ingestlayer.pipeline.apply import apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.store import Conflict, NotFound
 from ingestlayer.timefmt import iso
 
-router = APIRouter(prefix="/v1", tags=["manage"])
+router = APIRouter(prefix="/v1", tags=["manage"], route_class=JsonBodyRoute)
 
 
 class ApplyRequest(BaseModel):
@@ -29,16 +32,23 @@ class ApplyRequest(BaseModel):
     prune: bool = Field(default=False, description="Delete pipelines and destinations not in the document.")
 
 
-def config_error(exc: ConfigError) -> ApiError:
-    return ApiError(422, str(exc), field=exc.path or None)
+def config_error(exc: ConfigError, within: str = "") -> ApiError:
+    """The 422 for a configuration error; ``within`` is the path of the request body in the
+    document it was applied as (``pipelines[0]``), left out of the field the error names."""
+    path = exc.path
+    if within and (path == within or path.startswith((f"{within}.", f"{within}["))):
+        path = path[len(within) :].removeprefix(".")
+    return ApiError(422, f"{path}: {exc.message}" if path else exc.message, field=path or None)
 
 
-async def run_apply(rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool) -> dict[str, Any]:
+async def run_apply(
+    rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool, within: str = ""
+) -> dict[str, Any]:
     try:
         cfg = parse_config(document)
         p = await plan(rt.store, project_id, cfg, prune=prune)
     except ConfigError as exc:
-        raise config_error(exc) from None
+        raise config_error(exc, within) from None
     if not dry_run:
         await apply_plan(rt.store, p)
     changes = []
@@ -57,7 +67,7 @@ async def run_apply(rt: Any, project_id: str, document: Any, *, dry_run: bool, p
     "/apply", summary="Apply a configuration document (JSON, or YAML with Content-Type application/yaml)"
 )
 async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = await request.body()
     if "yaml" in ctype:
         try:
@@ -66,18 +76,30 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
             raise ApiError(400, f"the body is not valid YAML: {exc}") from None
         except RecursionError:  # PyYAML builds nested collections recursively
             raise too_deep_error("the document", None, "too deeply to read") from None
+        if document is None:
+            # With ?prune=1 an empty document would delete everything: an empty upload is a mistake.
+            raise ApiError(400, "the YAML document is empty", code="invalid_yaml")
         dry_run = request.query_params.get("dry_run") in ("1", "true")
         prune = request.query_params.get("prune") in ("1", "true")
-    else:
+    elif ctype in ("", "application/json") or ctype.endswith("+json"):
         try:
-            req = ApplyRequest.model_validate_json(raw)
+            data = await request.json()
+        except json.JSONDecodeError as exc:
+            if is_read_depth_error(exc):
+                raise too_deep_error("the request body", None, "too deeply to read") from None
+            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+        try:
+            req = ApplyRequest.model_validate(data)
         except ValidationError as exc:
-            errors = exc.errors()
-            if errors and errors[0].get("type") == "json_invalid":
-                raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
-            loc = ".".join(str(x) for x in errors[0].get("loc", ()))
-            raise ApiError(422, f"{loc}: {errors[0].get('msg')}", field=loc or None) from None
+            loc = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
+            raise ApiError(422, f"{loc}: {exc.errors()[0].get('msg')}", field=loc or None) from None
         document, dry_run, prune = req.document, req.dry_run, req.prune
+    else:
+        raise ApiError(
+            415,
+            "send the document as JSON (Content-Type: application/json) or YAML (application/yaml)",
+            code="unsupported_media_type",
+        )
     return await run_apply(rt, principal.project_id, document, dry_run=dry_run, prune=prune)
 
 
@@ -87,6 +109,14 @@ async def list_pipelines(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     return {"data": [pipeline_json(p, cfg.destinations) for p in cfg.pipelines]}
 
 
+def _find_by_name(items: Any, name: str, what: str) -> Any:
+    """By name only: a name may look like another object's id."""
+    for item in items:
+        if item.name == name:
+            return item
+    raise ApiError(404, f"no {what} {name!r}")
+
+
 def _find(items: Any, key: str, what: str) -> Any:
     for item in items:
         if key in (item.id, item.name):
@@ -94,18 +124,22 @@ def _find(items: Any, key: str, what: str) -> Any:
     raise ApiError(404, f"no {what} {key!r}")
 
 
-@router.get("/pipelines/{pipeline}")
+@router.get("/pipelines/{pipeline:path}")
 async def get_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
     return pipeline_json(_find(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
 
 
-async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Response) -> None:
+async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Response) -> str:
     """Create or update one pipeline, destination or source by its name: 201 for what the
-    apply created, 200 for what existed already (updated or unchanged)."""
-    result = await run_apply(rt, project_id, {f"{kind}s": [body]}, dry_run=False, prune=False)
-    if not any(c["kind"] == kind and c["action"] == "create" for c in result["changes"]):
+    apply created, 200 for what existed already (updated or unchanged). Returns its name (which
+    a destination may give inside its kind's mapping)."""
+    document = {f"{kind}s": [body]}
+    result = await run_apply(rt, project_id, document, dry_run=False, prune=False, within=f"{kind}s[0]")
+    mine = [c for c in result["changes"] if c["kind"] == kind]
+    if not any(c["action"] == "create" for c in mine):
         response.status_code = 200
+    return str(mine[0]["name"]) if mine else str(body.get("name"))
 
 
 @router.post(
@@ -118,9 +152,14 @@ async def put_pipeline(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    await apply_one(rt, principal.project_id, "pipeline", pipeline_input(body, cfg), response)
+    name = await apply_one(rt, principal.project_id, "pipeline", pipeline_input(body, cfg), response)
     cfg = await rt.store.load_project_config(principal.project_id)
-    return pipeline_json(_find(cfg.pipelines, str(body.get("name")), "pipeline"), cfg.destinations)
+    return pipeline_json(_find(cfg.pipelines, name, "pipeline"), cfg.destinations)
+
+
+def _not_an_endpoint(p: Any) -> None:
+    if p is not None and p.endpoint:
+        raise ApiError(409, f"pipeline {p.id} is an endpoint: change or delete it with /v1/endpoints/{p.id}")
 
 
 def _named_in_path(body: dict[str, Any], key: str, items: Any) -> dict[str, Any]:
@@ -135,7 +174,7 @@ def _named_in_path(body: dict[str, Any], key: str, items: Any) -> dict[str, Any]
 
 
 @router.put(
-    "/pipelines/{pipeline}",
+    "/pipelines/{pipeline:path}",
     status_code=201,
     summary="Create (201) or replace (200) a pipeline: the YAML shape, or what GET returned",
     responses={200: {"description": "An existing pipeline, replaced"}},
@@ -144,13 +183,15 @@ async def replace_pipeline(
     pipeline: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
+    _not_an_endpoint(next((p for p in cfg.pipelines if pipeline in (p.id, p.name)), None))
     return await put_pipeline(_named_in_path(body, pipeline, cfg.pipelines), principal, rt, response)
 
 
-@router.delete("/pipelines/{pipeline}", status_code=204)
+@router.delete("/pipelines/{pipeline:path}", status_code=204)
 async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
     cfg = await rt.store.load_project_config(principal.project_id)
     found = _find(cfg.pipelines, pipeline, "pipeline")
+    _not_an_endpoint(found)
     # Its inline destinations (named "<pipeline>/<kind>") go with it, unless another pipeline uses them.
     others = {
         r["destination_id"] for p in cfg.pipelines if p.id != found.id for r in p.config["destinations"]
@@ -174,7 +215,7 @@ async def list_destinations(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     return {"data": [destination_json(d) for d in sorted(cfg.destinations.values(), key=lambda d: d.name)]}
 
 
-@router.get("/destinations/{destination}")
+@router.get("/destinations/{destination:path}")
 async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
     return destination_json(_find(cfg.destinations.values(), destination, "destination"))
@@ -190,13 +231,13 @@ async def put_destination(
     body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    await apply_one(rt, principal.project_id, "destination", destination_input(body, cfg), response)
+    name = await apply_one(rt, principal.project_id, "destination", destination_input(body, cfg), response)
     cfg = await rt.store.load_project_config(principal.project_id)
-    return destination_json(_find(cfg.destinations.values(), str(body.get("name")), "destination"))
+    return destination_json(_find_by_name(cfg.destinations.values(), name, "destination"))
 
 
 @router.put(
-    "/destinations/{destination}",
+    "/destinations/{destination:path}",
     status_code=201,
     summary="Create (201) or replace (200) a named destination: the YAML shape, or what GET returned",
     responses={200: {"description": "An existing destination, replaced"}},
@@ -209,7 +250,7 @@ async def replace_destination(
     return await put_destination(named, principal, rt, response)
 
 
-@router.delete("/destinations/{destination}", status_code=204)
+@router.delete("/destinations/{destination:path}", status_code=204)
 async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep) -> Response:
     cfg = await rt.store.load_project_config(principal.project_id)
     found = _find(cfg.destinations.values(), destination, "destination")

@@ -70,16 +70,30 @@ def _pipeline_view(config: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**config, "destinations": routes}
 
 
+def _belongs_to_endpoint(name: str, endpoint_id: str) -> str:
+    return (
+        f"destination {name!r} belongs to endpoint {endpoint_id}: change it with "
+        f"PATCH /v1/endpoints/{endpoint_id}"
+    )
+
+
 async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = False) -> Plan:
     current = await store.load_project_config(project_id)
     dest_by_name = {d.name: d for d in current.destinations.values()}
     pipe_by_name = {p.name: p for p in current.pipelines}
     out = Plan(project_id=project_id)
+    # An endpoint's pipeline and destination are changed through /v1/endpoints only: its rules
+    # (a secret that exists, signing, deleting its secrets with it) live there.
+    endpoint_of = {
+        r["destination_id"]: p.id for p in current.pipelines if p.endpoint for r in p.config["destinations"]
+    }
 
     dest_ids: dict[str, str] = {name: d.id for name, d in dest_by_name.items()}
     for spec in cfg.destinations:
         new_cfg = spec.stored_config()
         old = dest_by_name.get(spec.name)
+        if old is not None and old.id in endpoint_of:
+            raise ConfigError("destinations", _belongs_to_endpoint(spec.name, endpoint_of[old.id]))
         did = old.id if old else new_id("dst")
         dest_ids[spec.name] = did
         if old is None:
@@ -99,6 +113,14 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
             if route.destination not in dest_ids:
                 raise ConfigError(
                     f"pipelines[{i}].destinations[{j}].ref", f"no destination named {route.destination!r}"
+                )
+            endpoint = endpoint_of.get(dest_ids[route.destination])
+            if endpoint is not None:
+                # Its routes would outlive it: deleting an endpoint deletes its destination.
+                raise ConfigError(
+                    f"pipelines[{i}].destinations[{j}].ref",
+                    f"{_belongs_to_endpoint(route.destination, endpoint)}; give the pipeline a "
+                    "webhook.out of its own",
                 )
         new_cfg = p.stored_config(dest_ids)
         old_p = pipe_by_name.get(p.name)
@@ -144,12 +166,10 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
                 diff = _diff(old_p.name, _pipeline_view(old_p.config), None)
                 out.changes.append(Change("delete", "pipeline", old_p.name, old_p.id, diff))
                 out.delete_pipeline_ids.append(old_p.id)
-        used = {
-            r["destination_id"] for p in current.pipelines if p.endpoint for r in p.config["destinations"]
-        }
-        keep_d = {d.name for d in cfg.destinations}
+        # Kept: the document's destinations, those its pipelines route to by `ref`, and endpoints'.
+        keep_d = {d.name for d in cfg.destinations} | {r.destination for p in cfg.pipelines for r in p.routes}
         for d in current.destinations.values():
-            if d.name not in keep_d and d.id not in used:
+            if d.name not in keep_d and d.id not in endpoint_of:
                 out.changes.append(
                     Change("delete", "destination", d.name, d.id, _diff(d.name, d.config, None))
                 )

@@ -7,6 +7,7 @@ destination entry is a one-key mapping ``{KIND: {…}}`` (inline) or ``{ref: NAM
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.destinations.registry import DESTINATIONS, parse_destination_config
-from ingestlayer.json_depth import MAX_JSON_DEPTH, deeper_than
+from ingestlayer.json_depth import MAX_JSON_DEPTH, deeper_than, huge_int_path
 from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.pipeline.steps.registry import parse_step_config, step_class
@@ -23,6 +24,8 @@ META_KEYS = ("name", "when", "retry", "concurrency", "ref")
 # Attempts in flight at once for one destination, per worker process.
 MAX_CONCURRENCY = 10_000
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$"
+# Objects are found by name or id (/v1/destinations/{name or id}): no name may look like an id.
+ID_SHAPED_RE = re.compile(r"^[a-z]{2,3}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
 class ConfigError(ValueError):
@@ -115,6 +118,14 @@ class _SourceModel(BaseModel):
 class _PipelineModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_RE)
+
+    @field_validator("name")
+    @classmethod
+    def _not_an_id(cls, v: str) -> str:
+        if ID_SHAPED_RE.fullmatch(v):
+            raise ValueError(f"{v!r} has the shape of an id; choose a name that does not")
+        return v
+
     description: str | None = None
     enabled: bool = True
     source: _SourceModel
@@ -154,19 +165,35 @@ def _check_concurrency(path: str, value: Any) -> int | None:
     return value
 
 
+def _check_name(path: str, name: Any, what: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(NAME_RE, name):
+        raise ConfigError(
+            path,
+            f"a {what} name is 1 to 200 letters, digits and _ . - /, starting with a letter or digit",
+        )
+    if ID_SHAPED_RE.fullmatch(name):
+        raise ConfigError(path, f"{name!r} has the shape of an id; choose a name that does not")
+
+
 def parse_destination_entry(
-    path: str, raw: Any, default_name: str | None
+    path: str, raw: Any, default_name: str | None, *, check_name: bool = True
 ) -> tuple[DestinationSpec | None, RouteSpec | None, str | None]:
-    """Parse one destination entry: returns (inline spec or None, route, when)."""
+    """Parse one destination entry: returns (inline spec or None, route, when). ``check_name``
+    is off for the names the server gives (an endpoint's ``endpoint:<id>``)."""
     if not isinstance(raw, dict):
         raise ConfigError(path, "must be a mapping such as {webhook.out: {url: …}} or {ref: NAME}")
+    huge = huge_int_path(raw, path)
+    if huge is not None:  # an endpoint's entry comes here without parse_config
+        raise ConfigError(huge, "numbers must fit in 64 bits")
     outer = dict(raw)
     kinds = [k for k in outer if k not in META_KEYS]
     if "ref" in outer:
         if kinds:
             raise ConfigError(path, f"`ref` names an existing destination; remove {kinds[0]!r}")
+        if not isinstance(outer["ref"], str):
+            raise ConfigError(f"{path}.ref", "must be the name of a destination")
         when = _check_when(f"{path}.when", outer.get("when"))
-        return None, RouteSpec(destination=str(outer["ref"]), when=when), when
+        return None, RouteSpec(destination=outer["ref"], when=when), when
     if len(kinds) != 1:
         known = ", ".join(DESTINATIONS.names())
         found = ", ".join(kinds) or "none"
@@ -183,9 +210,11 @@ def parse_destination_entry(
     for k in ("name", "when", "retry", "concurrency"):
         if k in inner:
             meta[k] = inner.pop(k)
-    name = meta.get("name") or default_name
-    if not name:
-        raise ConfigError(path, "a destination under `destinations:` needs a `name`")
+    name = meta.get("name", default_name)
+    if name is None:
+        raise ConfigError(f"{path}.name", "a destination under `destinations:` needs a `name`")
+    if check_name:
+        _check_name(f"{path}.name", name, "destination")
     try:
         settings = parse_destination_config(kind, inner).model_dump(mode="json")
     except ValidationError as exc:
@@ -269,6 +298,10 @@ def parse_config(doc: Any) -> ConfigFile:
     if deeper_than(doc):
         # Stored configurations are rendered back as JSON, which cannot nest without bound.
         raise ConfigError("", f"the document nests more than {MAX_JSON_DEPTH} levels deep")
+    huge = huge_int_path(doc)
+    if huge is not None:
+        # Stored as JSON, which keeps 64-bit integers: refused here rather than failing the write.
+        raise ConfigError(huge, "numbers must fit in 64 bits")
     unknown = sorted(set(doc) - {"pipelines", "destinations", "sources"})
     if unknown:
         raise ConfigError(unknown[0], "unknown top-level key (expected pipelines, destinations, sources)")
