@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ingestlayer import metrics
 from ingestlayer.api.auth import KeyCache
@@ -28,6 +28,8 @@ from ingestlayer.store.store import Store
 log = logging.getLogger("ingestlayer")
 
 RETENTION_INTERVAL_SECONDS = 600.0
+# How long a worker loop that failed waits before it starts again.
+RESTART_DELAY_SECONDS = 1.0
 # Events handed from ingest to the router in this process, not yet routed, at most.
 HANDOFF_BACKLOG = 20_000
 
@@ -131,25 +133,53 @@ class Runtime:
         if self.run_api:
             self.committer.start()
         if self.run_worker:
-            self._tasks.append(asyncio.create_task(self.router.run(self.stop), name="router"))
-            self._tasks.append(asyncio.create_task(self.dispatcher.run(self.stop), name="dispatcher"))
-            self._tasks.append(
-                asyncio.create_task(
-                    self.store.listen_for_work(
-                        self.router.wake.set,
-                        self.dispatcher.wake.set,
-                        self.stop,
-                        # Without ingest here, work arrives from another process's commits.
-                        watch_commits=not self.run_api,
-                    ),
-                    name="listen",
-                )
+            self._supervise("router", lambda: self.router.run(self.stop))
+            self._supervise("dispatcher", lambda: self.dispatcher.run(self.stop))
+            self._supervise(
+                "listen",
+                lambda: self.store.listen_for_work(
+                    self.router.wake.set,
+                    self.dispatcher.wake.set,
+                    self.stop,
+                    # Without ingest here, work arrives from another process's commits.
+                    watch_commits=not self.run_api,
+                ),
             )
             if self.settings.retention_days > 0:
-                self._tasks.append(asyncio.create_task(self._retention(), name="retention"))
+                self._supervise("retention", self._retention)
         log.info(
             "ingestlayer started (api=%s worker=%s, %s)", self.run_api, self.run_worker, self.store.dialect
         )
+
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a worker loop until ``stop``, starting it again if it ends any other way.
+
+        Each loop handles the errors it expects, but one that escaped (a database call outside
+        its try, found when PostgreSQL restarted under load) used to end the loop for good:
+        deliveries stopped with nothing in the log until the process was restarted."""
+
+        async def supervised() -> None:
+            while True:
+                try:
+                    await run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception(
+                        "the %s loop failed; starting it again in %.0f s", name, RESTART_DELAY_SECONDS
+                    )
+                else:
+                    if self.stop.is_set():
+                        return
+                    log.error("the %s loop ended before shutdown; starting it again", name)
+                if self.stop.is_set():
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), RESTART_DELAY_SECONDS)
+                if self.stop.is_set():
+                    return
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
 
     async def _retention(self) -> None:
         """Purge events (with their finished deliveries and attempts) past the retention age."""

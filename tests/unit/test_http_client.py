@@ -270,6 +270,22 @@ async def test_huge_body_is_cut_off_not_read_and_connection_dropped(client: Http
     assert server.connections == 2
 
 
+async def test_huge_response_headers_are_refused_not_kept(client: HttpClient) -> None:
+    async def flood(request: Request, writer: asyncio.StreamWriter) -> None:
+        # 20 MB of header lines: kept, they would grow the worker's memory at the receiver's will.
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Pad-%d: " + b"p" * 200 + b"\r\n"
+        for i in range(100_000):
+            writer.write(line % i)
+            if i % 1000 == 0:
+                await writer.drain()
+        writer.write(b"Content-Length: 2\r\n\r\nok")
+
+    async with RawServer(flood) as server:
+        with pytest.raises(HttpProtocolError, match="response headers exceed 64 KiB"):
+            await client.post(server.url(), b"a", {}, timeout=5)
+
+
 async def test_204_and_304_have_no_body(client: HttpClient) -> None:
     async with RawServer(
         replying(b"HTTP/1.1 204 No Content\r\n\r\n", b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", OK)

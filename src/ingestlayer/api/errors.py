@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any
 
+import asyncpg
 import orjson
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingestlayer.json_depth import MAX_JSON_DEPTH, ORJSON_READ_DEPTH, is_read_depth_error
+
+log = logging.getLogger("ingestlayer.api")
+
+# What a database that is down, restarting, unreachable or out of disk raises. Anything else
+# stays a 500: an integrity error or a bug is not made to look like an outage.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    sqlite3.OperationalError,
+    OSError,  # connection refused or reset, timeouts
+)
+
+
+def unavailable_error(exc: BaseException, what: str) -> ApiError:
+    """The 503 for a database error: clients retry after a second (with the same idempotency
+    key, for events); the reason is named when it is the disk."""
+    reason = "the database's disk is full" if "disk is full" in str(exc) else "database unavailable"
+    return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": "1"})
+
 
 STATUS_CODES = {
     400: "bad_request",
@@ -112,6 +139,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(
             exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
         )
+
+    async def _unavailable(req: Request, exc: Exception) -> Response:
+        # One line per request, not a traceback each: an outage would fill the log.
+        log.warning("%s %s: database unavailable: %s: %s", req.method, req.url.path, type(exc).__name__, exc)
+        err = unavailable_error(exc, "the request could not be served")
+        return Response(err.body(), err.status, media_type="application/json", headers=err.headers)
+
+    for error_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error_class, _unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> Response:

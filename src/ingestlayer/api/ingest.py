@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ingestlayer.api.auth import KeyCache, authenticate
-from ingestlayer.api.errors import ApiError, too_deep_error
+from ingestlayer.api.errors import DATABASE_UNAVAILABLE, ApiError, too_deep_error, unavailable_error
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id, new_ids
 from ingestlayer.json_depth import (
@@ -174,7 +174,10 @@ class IngestHandler:
         if auth_header and auth_header[:7] == "Bearer ":
             principal = self.keys.cached(auth_header[7:])
         if principal is None:
-            principal = await authenticate(self.keys, auth_header, admin=False)
+            try:
+                principal = await authenticate(self.keys, auth_header, admin=False)
+            except DATABASE_UNAVAILABLE as exc:  # the key is looked up in the database
+                raise unavailable_error(exc, "the key could not be checked") from None
         raw = await read_body(receive, self.max_request_bytes)
         try:
             doc = orjson.loads(raw)
@@ -229,11 +232,9 @@ class IngestHandler:
                 f"the event was not stored: {exc}; retry with the same idempotency key",
                 headers={"Retry-After": "1"},
             ) from None
-        except Exception:
-            raise ApiError(
-                503,
-                "the event was not stored (database unavailable); retry with the same idempotency key",
-                headers={"Retry-After": "1"},
+        except Exception as exc:
+            raise unavailable_error(
+                exc, "the event was not stored; send it again with the same idempotency key"
             ) from None
         if "batch" in doc:
             dupes = sum(r.duplicate for r in results)

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import ValidationError
 
 from ingestlayer import __version__, metrics
 from ingestlayer.config import Settings
@@ -29,7 +30,7 @@ from ingestlayer.delivery.slots import DestinationSlots
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
-from ingestlayer.records import AttemptResult, LeasedDelivery, NewDelivery
+from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import Store
 
@@ -46,6 +47,33 @@ class _Dest:
     instance: Any
     policy: RetryPolicy
     concurrency: int | None = None  # attempts in flight at once in this process; None: the default
+    # Why the stored configuration cannot be used (it predates a check, say): each attempt fails
+    # with this and retries, so fixing the configuration delivers; other destinations go on.
+    broken: str | None = None
+
+
+def _build(row: DestinationRow) -> _Dest:
+    """A stored destination, ready to send; one whose configuration no longer passes its checks
+    is marked broken instead of failing the whole lease it came with."""
+    try:
+        policy = RetryPolicy.from_config(row.config.get("retry"))
+    except ValueError:
+        policy = RetryPolicy.from_config(None)
+    try:
+        instance = build_destination(row.kind, row.config["settings"])
+    except Exception as exc:
+        log.warning("destination %s has a configuration that cannot be used: %s", row.id, _problem(exc))
+        return _Dest(
+            row.updated_at, row.enabled, None, policy, broken=f"invalid configuration: {_problem(exc)}"
+        )
+    return _Dest(row.updated_at, row.enabled, instance, policy, row.config.get("concurrency"))
+
+
+def _problem(exc: Exception) -> str:
+    # Pydantic's own text quotes the input, and a header value may be a credential.
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return f"{type(exc).__name__}: {exc}"
 
 
 class SecretResolver:
@@ -191,13 +219,7 @@ class Dispatcher:
                 # A changed destination (e.g. an endpoint whose secret was rotated) must not be
                 # signed with a secret cached before the change.
                 self.resolver.forget(row.project_id)
-                cached = _Dest(
-                    updated_at=row.updated_at,
-                    enabled=row.enabled,
-                    instance=build_destination(row.kind, row.config["settings"]),
-                    policy=RetryPolicy.from_config(row.config.get("retry")),
-                    concurrency=row.config.get("concurrency"),
-                )
+                cached = _build(row)
                 self._dests[did] = cached
             out[did] = cached
         return out
@@ -211,6 +233,8 @@ class Dispatcher:
             outcome = Outcome(ok=False, error="destination was deleted", permanent=True)
         elif not dest.enabled:
             outcome = Outcome(ok=False, error="destination is disabled", permanent=True)
+        elif dest.broken is not None:
+            outcome = Outcome(ok=False, error=dest.broken)
         else:
             ctx = await self._open()
             event = orjson.loads(d.body)
@@ -286,7 +310,9 @@ class Dispatcher:
         self._results.append(result)
         self._results_ready.set()
 
-    async def _writer(self, stop: asyncio.Event) -> None:
+    async def _writer(self, done: asyncio.Event) -> None:
+        """Record finished attempts in batches; ends once ``done`` (the lease loop has ended)
+        and nothing is left in flight or unrecorded."""
         while True:
             await self._results_ready.wait()
             self._results_ready.clear()
@@ -302,11 +328,12 @@ class Dispatcher:
                     if self._on_finished is not None:
                         for r in batch:
                             self._on_finished(r)
-            if stop.is_set() and not self._inflight and not self._results:
+            if done.is_set() and not self._inflight and not self._results:
                 return
 
     async def run(self, stop: asyncio.Event) -> None:
-        writer = asyncio.create_task(self._writer(stop), name="attempt-writer")
+        done = asyncio.Event()
+        writer = asyncio.create_task(self._writer(done), name="attempt-writer")
         limit = self.settings.delivery_concurrency
         # Lease when a few slots are free, not every time one frees up: fewer, larger transactions.
         threshold = max(1, limit // 8)
@@ -340,9 +367,17 @@ class Dispatcher:
                     self._backlogged = True  # no room to look: look again when a slot frees up
                 if leased:
                     if stop.is_set():
-                        await self.store.release_leases(leased)
+                        await self._release(leased)
                         break
-                    dests = await self._destinations({d.destination_id for d in leased})
+                    try:
+                        dests = await self._destinations({d.destination_id for d in leased})
+                    except Exception:
+                        # The database went away between the lease and this read (seen when
+                        # PostgreSQL restarted under load): hand the deliveries back, go on.
+                        log.exception("reading the destinations of %d leased deliveries failed", len(leased))
+                        await self._release(leased)
+                        await asyncio.sleep(1.0)
+                        continue
                     self._spawn(leased, dests)
                     if self._backlogged:
                         continue  # more may be due: lease again straight away
@@ -352,6 +387,7 @@ class Dispatcher:
             if self._starting:
                 await asyncio.gather(*self._starting, return_exceptions=True)
             await self._drain()
+            done.set()
             self._results_ready.set()
             await writer
             await self._close_all()
@@ -359,6 +395,8 @@ class Dispatcher:
                 await self._session.close()
             if self._http is not None:
                 await self._http.close()
+            # A supervisor may run the loop again after a failure: it opens new clients.
+            self._ctx = self._session = self._http = None
 
     # ---- handoff from the router in this process -------------------------------------------------
 
@@ -384,8 +422,8 @@ class Dispatcher:
         try:
             dests = await self._destinations({d.destination_id for d in leased})
         except Exception:
-            # Still leased in the database: retaken when the lease expires.
             log.exception("starting %d handed-over deliveries failed", len(leased))
+            await self._release(leased)  # if that fails too, they are retaken when the lease expires
             return
         finally:
             self._reserved -= len(leased)

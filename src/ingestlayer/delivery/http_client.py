@@ -30,6 +30,8 @@ __all__ = ["HttpClient", "HttpConnectError", "HttpConnectionClosed", "HttpProtoc
 # A body longer than the excerpt is still read (drained), up to this many bytes in all, so the
 # connection can be reused; a longer one costs a new connection rather than unbounded reading.
 DRAIN_LIMIT = 64 * 1024
+# The response's header lines, names and values together: far more than any receiver sends.
+MAX_HEADER_BYTES = 64 * 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Framing headers are ours: a caller's Content-Length / Transfer-Encoding could desynchronise the
@@ -116,6 +118,7 @@ class _Connection(asyncio.Protocol):
         "_drain_limit",
         "_eof_body",
         "_excerpt",
+        "_header_bytes",
         "_headers",
         "_headers_done",
         "_interim",
@@ -142,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._status = 0
         self._headers: dict[str, str] = {}
+        self._header_bytes = 0
         self._excerpt = bytearray()
         self._max_excerpt = 0
         self._drain_limit = DRAIN_LIMIT
@@ -242,8 +246,10 @@ class _Connection(asyncio.Protocol):
             self._fail(HttpProtocolError(f"unexpected protocol switch (HTTP {self._status})"))
             self.abort()
         except httptools.HttpParserError as exc:
-            detail = str(exc.__context__ or exc)
-            self._fail(HttpProtocolError(f"malformed HTTP response: {detail}"))
+            if isinstance(exc.__context__, HttpProtocolError):  # raised by a callback of ours
+                self._fail(exc.__context__)
+            else:
+                self._fail(HttpProtocolError(f"malformed HTTP response: {exc.__context__ or exc}"))
             self.abort()
 
     def eof_received(self) -> bool | None:
@@ -275,10 +281,15 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._headers = {}  # fresh per message: the previous dict may belong to a returned response
+        self._header_bytes = 0
         if self._waiter is None:
             self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            # A receiver (any tenant's URL) could otherwise grow the worker's memory at will.
+            raise HttpProtocolError(f"the response headers exceed {MAX_HEADER_BYTES // 1024} KiB")
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

@@ -1,0 +1,64 @@
+"""What clients get while the database is unavailable: a 503 in the usual JSON shape with
+``Retry-After``, never a plain-text 500 (seen while PostgreSQL was stopped: once the key cache
+expired, every ingest request was a 500, and every admin route too). The outage is injected at
+the store; the server, its routes and the HTTP client are real."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import sqlalchemy.exc
+
+from tests.support.api import error_of
+from tests.support.server import RunningServer
+
+
+def down(exc: BaseException) -> Any:
+    async def call(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return call
+
+
+async def post(server: RunningServer, key: str, body: dict[str, Any]) -> tuple[int, Any, str | None]:
+    async with server.session.post(
+        server.url + "/v1/events", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
+
+
+async def test_ingest_with_a_key_not_cached_is_a_503_while_the_database_is_down(srv: RunningServer) -> None:
+    _, key, _ = await srv.runtime.store.create_project("second")  # not in the key cache yet
+    srv.runtime.store.resolve_key = down(ConnectionRefusedError(111, "Connect call failed"))  # type: ignore[method-assign]
+    status, body, retry_after = await post(srv, key, {"type": "a.b", "payload": {}})
+    assert status == 503 and retry_after == "1", body
+    assert error_of(body)["code"] == "unavailable"
+    assert "database unavailable" in error_of(body)["message"]
+
+
+async def test_admin_routes_are_a_503_while_the_database_is_down(srv: RunningServer) -> None:
+    outage = sqlalchemy.exc.OperationalError(
+        "SELECT 1", {}, Exception("the database system is shutting down")
+    )
+    srv.runtime.store.list_deliveries = down(outage)  # type: ignore[method-assign]
+    async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
+        assert resp.status == 503 and resp.headers.get("Retry-After") == "1"
+        assert resp.headers["Content-Type"].startswith("application/json")
+        assert error_of(await resp.json())["code"] == "unavailable"
+
+
+async def test_a_full_disk_is_named(srv: RunningServer) -> None:
+    async def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    srv.runtime.committer._insert = full  # type: ignore[assignment]
+    status, body, retry_after = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
+    assert status == 503 and retry_after == "1", body
+    assert "disk is full" in error_of(body)["message"]
+
+
+async def test_other_errors_stay_500(srv: RunningServer) -> None:
+    srv.runtime.store.list_deliveries = down(ValueError("a bug"))  # type: ignore[method-assign]
+    async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
+        assert resp.status == 500
