@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ingestlayer import metrics
 from ingestlayer.api.deps import Admin, RuntimeDep
@@ -21,7 +21,7 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
-from ingestlayer.destinations.webhook_out import rotating_out
+from ingestlayer.destinations.webhook_out import header_value_problem, rotating_out
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
 from ingestlayer.pipeline.matching import is_valid_pattern
@@ -31,6 +31,18 @@ from ingestlayer.store.store import NotFound
 from ingestlayer.timefmt import iso, parse_iso
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
+
+
+# As the dashboard's form caps it: a label for a list, not a place to store documents.
+MAX_DESCRIPTION = 500
+
+
+def _not_empty(secret: str | None) -> str | None:
+    # An empty secret signs nothing and authenticates nothing: every delivery would carry a
+    # signature anyone can make, or "Authorization: Bearer " with no token.
+    if secret == "":
+        raise ValueError("must not be empty: leave it out to keep or generate one")
+    return secret
 
 
 class EndpointIn(BaseModel):
@@ -44,11 +56,23 @@ class EndpointIn(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = 10.0
     retry: dict[str, Any] | None = None
-    description: str | None = None
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
     enabled: bool = True
+
+    _secret = field_validator("secret")(_not_empty)
+
+
+# The fields a PATCH may set to null: a description is cleared, a retry policy goes back to the
+# default one (both are null in GET then). Every other field has no "none" value: a null there
+# would reset it to a default (an endpoint signing with Standard Webhooks switched to unsigned)
+# or break the endpoint, so it is refused; leave a field out to keep it as it is.
+NULLABLE_IN_PATCH = frozenset({"retry", "description"})
 
 
 class EndpointPatch(BaseModel):
+    """The fields to change; those left out stay as they are. Only `description` and `retry`
+    may be null (no description; the default retry policy)."""
+
     model_config = ConfigDict(extra="forbid")
     url: str | None = None
     events: list[str] | None = Field(default=None, min_length=1)
@@ -59,8 +83,18 @@ class EndpointPatch(BaseModel):
     headers: dict[str, str] | None = None
     timeout: float | None = None
     retry: dict[str, Any] | None = None
-    description: str | None = None
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
     enabled: bool | None = None
+
+    # Runs only for fields sent (defaults are not validated), so a field left out stays None.
+    @field_validator("*")
+    @classmethod
+    def _null_only_where_it_means_something(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None and info.field_name not in NULLABLE_IN_PATCH:
+            raise ValueError("cannot be null: leave it out to keep it as it is")
+        return v
+
+    _secret = field_validator("secret")(_not_empty)
 
 
 # How long a rotated-out secret still signs by default: a day to update the receivers, as
@@ -132,6 +166,14 @@ class RotateIn(BaseModel):
 
 def _needs_secret(spec: dict[str, Any]) -> bool:
     return bool(spec["auth"] != "none" or spec["signing"] == "standard")
+
+
+def _check_bearer_token(token: str) -> None:
+    """A bearer token goes out as ``Authorization: Bearer <token>`` in every request: one that
+    HTTP cannot carry would fail each delivery, so it is refused here (never quoted)."""
+    problem = header_value_problem(token, tab=False)
+    if problem:
+        raise ApiError(422, f"secret: the bearer token {problem}", field="secret")
 
 
 def _check_standard(secret: str, field: str | None, fix: str) -> None:
@@ -261,6 +303,8 @@ async def create_endpoint(body: EndpointIn, principal: Admin, rt: RuntimeDep) ->
     endpoint_id = new_id("ep")
     secret = body.secret
     generated = False
+    if secret is not None and body.auth == "bearer":
+        _check_bearer_token(secret)
     if secret is None and _needs_secret(body.model_dump()):
         if body.auth == "bearer":
             raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
@@ -307,7 +351,12 @@ async def update_endpoint(
     secret = changes.pop("secret", None)
     spec = {**current, **changes}
     generated = False
+    # The stored secret of a bearer endpoint is the receiver's token, sent in clear in every
+    # request: once the endpoint stops sending it, it must never become a signing key.
+    leaves_bearer = current["auth"] == "bearer" and spec["auth"] != "bearer"
     if secret is not None:
+        if spec["auth"] == "bearer":
+            _check_bearer_token(secret)
         if spec["signing"] == "standard":
             _check_standard(secret, "secret", "")
         previous = []  # a secret set by hand replaces the old ones at once
@@ -317,7 +366,11 @@ async def update_endpoint(
         # A bearer token is the receiver's own, never a signing secret reused.
         if spec["auth"] == "bearer" and current["auth"] != "bearer":
             raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
-        stored = await rt.store.get_secret(principal.project_id, endpoint_secret_name(endpoint_id))
+        stored = (
+            None
+            if leaves_bearer  # a new one, as for an endpoint without a secret
+            else await rt.store.get_secret(principal.project_id, endpoint_secret_name(endpoint_id))
+        )
         if stored is None:
             secret, generated = generate_secret(), True
         elif spec["signing"] == "standard":
@@ -328,6 +381,11 @@ async def update_endpoint(
             )
     dest_id = d.id if d else new_id("dst")
     await _save(rt, principal.project_id, endpoint_id, dest_id, spec, secret, previous)
+    if leaves_bearer and secret is None:
+        # Now unused (auth: none, unsigned): dropped, so that a later switch to signing makes a
+        # new secret instead of signing with the token.
+        with contextlib.suppress(NotFound):
+            await rt.store.delete_secret(principal.project_id, endpoint_secret_name(endpoint_id))
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.

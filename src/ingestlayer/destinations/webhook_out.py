@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import string
 import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -56,8 +58,42 @@ RESERVED_HEADERS = {
 }
 
 
+# RFC 9110 §5.6.2: a header name is a token, one or more of these.
+_TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+
+
 def is_secret_reference(value: str) -> bool:
     return value.startswith(("env:", "ref:"))
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be sent as a header name, or None.
+
+    Checked when a destination is configured: the HTTP client refuses such a name at every
+    attempt, so a delivery would fail until the configuration is changed."""
+    if not name or not _TCHAR.issuperset(name):
+        return f"{name!r} is not a valid header name: use letters, digits and !#$%&'*+-.^_`|~ only"
+    return None
+
+
+def header_value_problem(value: str, *, tab: bool = True) -> str | None:
+    """Why ``value`` cannot be sent as a header value ("contains …"), or None. It never quotes
+    ``value``, which is often a credential.
+
+    A value goes out as latin-1 bytes (RFC 9110 §5.5: visible characters, spaces and tabs).
+    CR or LF would end the header early (header injection), other control characters are
+    refused by the HTTP client or by strict receivers, and characters beyond latin-1 cannot be
+    encoded: each would fail every attempt. ``tab=False`` refuses tabs too, for tokens."""
+    for c in value:
+        if c == "\t" and tab:
+            continue
+        if c in "\r\n":
+            return "contains a line break (CR or LF)"
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            return f"contains the control character U+{ord(c):04X}"
+        if ord(c) > 0xFF:
+            return f"contains U+{ord(c):04X}, beyond the latin-1 characters HTTP headers carry"
+    return None
 
 
 class WebhookOutConfig(BaseModel):
@@ -101,6 +137,20 @@ class WebhookOutConfig(BaseModel):
         clash = sorted(k for k in v if k.lower() in RESERVED_HEADERS)
         if clash:
             raise ValueError(f"headers set by ingestlayer cannot be overridden: {', '.join(clash)}")
+        return v
+
+    @field_validator("headers", "secret_headers")
+    @classmethod
+    def _sendable(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        # Refused here, with the field to fix, instead of failing every delivery at send time.
+        for name, value in v.items():
+            problem = header_name_problem(name)
+            # A secret header's value is a reference (checked below), resolved at send.
+            if problem is None and info.field_name == "headers":
+                found = header_value_problem(value)
+                problem = f"the value of {name} {found}" if found else None
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("secret_headers")
