@@ -74,6 +74,7 @@ class Settings:
     route_lease_seconds: float = 60.0
     # How long in-flight attempts may run on shutdown before their leases are released.
     shutdown_grace_seconds: float = 15.0
+    database_timeout: float = 30.0
     max_event_bytes: int = 256 * 1024
     max_request_bytes: int = 5 * 1024 * 1024
     max_batch_items: int = 1000
@@ -107,6 +108,7 @@ class Settings:
             poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
             route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 60.0),
             shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),
+            database_timeout=_env_float("INGESTLAYER_DATABASE_TIMEOUT", 30.0),
             ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
             retention_days=_env_float("INGESTLAYER_RETENTION_DAYS", 0.0),
             env_secrets=_env_list("INGESTLAYER_ENV_SECRETS"),

@@ -43,6 +43,7 @@ class Engines:
     write: AsyncEngine
     read: AsyncEngine
     dialect: str
+    command_timeout: float | None = None  # PostgreSQL: how long one statement may take
 
     async def dispose(self) -> None:
         await self.write.dispose()
@@ -74,11 +75,24 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
     return engine
 
 
-def create_engines(url: str) -> Engines:
+# How long a statement, or a connection attempt, may take on PostgreSQL before it fails (and a
+# request gets its 503). Without a bound, a server that stops answering without closing its
+# connections (a frozen host, a network partition) held every request until TCP gave up.
+DATABASE_TIMEOUT_SECONDS = 30.0
+
+
+def create_engines(url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) -> Engines:
     aurl = async_url(url)
     if aurl.startswith("sqlite"):
         write = _sqlite_engine(aurl, immediate=True, pool_size=1)
         read = _sqlite_engine(aurl, immediate=False, pool_size=4)
         return Engines(write=write, read=read, dialect="sqlite")
-    engine = create_async_engine(aurl, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    return Engines(write=engine, read=engine, dialect="postgresql")
+    engine = create_async_engine(
+        aurl,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        pool_timeout=command_timeout,
+        connect_args={"command_timeout": command_timeout, "timeout": command_timeout},
+    )
+    return Engines(write=engine, read=engine, dialect="postgresql", command_timeout=command_timeout)

@@ -211,8 +211,9 @@ async def _insert_deliveries(
 
 
 class PgHotPath:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, command_timeout: float | None = None) -> None:
         self._dsn = dsn
+        self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -220,7 +221,13 @@ class PgHotPath:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE)
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=1,
+                        max_size=POOL_SIZE,
+                        command_timeout=self._command_timeout,
+                        timeout=self._command_timeout or 60.0,
+                    )
         return self._pool
 
     @contextlib.asynccontextmanager

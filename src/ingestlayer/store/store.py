@@ -35,7 +35,7 @@ from ingestlayer.records import (
     StoredEvent,
 )
 from ingestlayer.store import rows as rowmap
-from ingestlayer.store.db import Engines, create_engines
+from ingestlayer.store.db import DATABASE_TIMEOUT_SECONDS, Engines, create_engines
 from ingestlayer.store.lease_window import Room
 from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
@@ -129,7 +129,8 @@ class Store:
                 raise ValueError("SQLite needs a database file (an in-memory database is one per connection)")
             self._hot = SqliteHotPath(url.database)
         else:
-            self._hot = PgHotPath(url.set(drivername="postgresql").render_as_string(hide_password=False))
+            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._hot = PgHotPath(dsn, engines.command_timeout)
 
     @property
     def concurrent_writers(self) -> int:
@@ -138,8 +139,8 @@ class Store:
         return 1 if self.dialect == "sqlite" else PG_CONCURRENT_WRITERS
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(create_engines(url))
+    def from_url(cls, url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) -> Store:
+        return cls(create_engines(url, command_timeout))
 
     async def close(self) -> None:
         await self._hot.close()
