@@ -163,7 +163,7 @@ class Dispatcher:
         self.egress = EgressPolicy(allow_private=settings.allow_private_destinations)
         self.wake = asyncio.Event()
         self._dests: dict[str, _Dest] = {}
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], LeasedDelivery] = {}  # attempt → its delivery
         self._results: list[AttemptResult] = []
         self._results_ready = asyncio.Event()
         self._on_finished = on_finished
@@ -439,7 +439,7 @@ class Dispatcher:
                 over.append(d)
                 continue
             task = asyncio.create_task(self._run_one(d, dest))
-            self._inflight.add(task)
+            self._inflight[task] = d
             task.add_done_callback(self._task_done)
         if over:
             # Leased in one batch beyond a destination's limit: due again at once, and left out of
@@ -484,7 +484,7 @@ class Dispatcher:
         self._dests.clear()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         if self._backlogged:
             # The last lease was cut short by a lack of free slots (or was full): more may be
             # due. Otherwise the table has nothing due that a poll or a wake would not bring.
@@ -496,10 +496,15 @@ class Dispatcher:
             return
         log.info("waiting for %d in-flight deliveries", len(self._inflight))
         _done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.shutdown_grace_seconds)
+        cut_short = [self._inflight[task] for task in pending if task in self._inflight]
         for task in pending:
             task.cancel()
         if pending:
             # Wait for the cancellations to land: until they leave ``_inflight`` the writer
             # would wait for their results forever and the process would never exit.
             await asyncio.wait(pending, timeout=5)
-        # Cancelled attempts keep their lease and are retaken after it expires.
+            # Handed back, due at once, for another worker (or this one restarted) to attempt
+            # again instead of waiting out the lease. The receiver may have seen the cut-short
+            # request: the next attempt carries the same delivery id.
+            log.info("releasing %d deliveries whose attempts outlasted the grace period", len(cut_short))
+            await self._release(cut_short)
