@@ -24,6 +24,7 @@ from ingestlayer.pipeline.steps.enrich_person import company_domain
 router = APIRouter(prefix="/v1", tags=["entities"], route_class=JsonBodyRoute)
 
 KIND_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
+MAX_ID_LENGTH = 255
 Traits = dict[str, Any]
 
 
@@ -68,6 +69,8 @@ def _check_kind(kind: str) -> None:
 def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
     """The id an entity is stored under. A company's is its domain as ``enrich.person`` takes it
     from an email address: ``Initech.COM`` and ``initech.com.`` are the company ``initech.com``."""
+    if not 0 < len(entity_id) <= MAX_ID_LENGTH:
+        raise ApiError(422, f"an entity id is 1 to {MAX_ID_LENGTH} characters", field=field)
     if kind != "company":
         return entity_id
     domain = company_domain(entity_id)
@@ -76,20 +79,23 @@ def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
     return domain
 
 
-def _check_traits(traits: Traits, field: str) -> None:
-    storable_json(traits, field, field)  # 422 when nested too deeply or holding a number over 64 bits
+def _check_traits(traits: Traits, field: str, limit: int) -> None:
+    raw = storable_json(traits, field, field)  # 422 when nested too deeply or holding a number over 64 bits
+    if len(raw) > limit:
+        # The per-event limit: an ingest key could otherwise store megabytes on one user.
+        raise ApiError(413, f"{field} is {len(raw)} bytes; the limit is {limit // 1024} KiB", field=field)
 
 
 @router.post("/identify", summary="Set a user's traits (ingest or admin key)")
 async def identify(body: IdentifyIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
-    _check_traits(body.traits, "traits")
+    _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
     await rt.store.upsert_entities(principal.project_id, [("user", body.user_id, body.traits, True)])
     return {"ok": True}
 
 
 @router.post("/group", summary="Put a user in an account and set the account's traits (ingest or admin key)")
 async def group(body: GroupIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
-    _check_traits(body.traits, "traits")
+    _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
     await rt.store.upsert_entities(
         principal.project_id,
         [
@@ -106,7 +112,7 @@ async def put_entity(
 ) -> dict[str, Any]:
     _check_kind(kind)
     entity_id = entity_key(kind, entity_id)
-    _check_traits(body.traits, "traits")
+    _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
     await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, False)])
     return {"kind": kind, "id": entity_id, "traits": {k: v for k, v in body.traits.items() if v is not None}}
 
@@ -117,13 +123,14 @@ async def patch_entity(
 ) -> dict[str, Any]:
     _check_kind(kind)
     entity_id = entity_key(kind, entity_id)
-    _check_traits(body.traits, "traits")
+    _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
     await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, True)])
     return await get_entity(kind, entity_id, principal, rt)
 
 
 @router.get("/entities/{kind}/{entity_id}")
 async def get_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    _check_kind(kind)
     key = entity_key(kind, entity_id)
     found = await rt.store.get_entities(principal.project_id, [(kind, key)])
     if (kind, key) not in found:
@@ -133,6 +140,7 @@ async def get_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep
 
 @router.delete("/entities/{kind}/{entity_id}", status_code=204)
 async def delete_entity(kind: str, entity_id: str, principal: Admin, rt: RuntimeDep) -> Response:
+    _check_kind(kind)
     key = entity_key(kind, entity_id)
     if not await rt.store.delete_entity(principal.project_id, kind, key):
         raise ApiError(404, f"no {kind} {key!r}")
@@ -143,7 +151,7 @@ async def delete_entity(kind: str, entity_id: str, principal: Admin, rt: Runtime
 async def bulk_upsert(body: BulkIn, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     items = []
     for i, e in enumerate(body.entities):
-        _check_traits(e.traits, f"entities[{i}].traits")
+        _check_traits(e.traits, f"entities[{i}].traits", rt.settings.max_event_bytes)
         items.append((e.kind, entity_key(e.kind, e.id, f"entities[{i}].id"), e.traits, e.merge))
     await rt.store.upsert_entities(principal.project_id, items)
     return {"upserted": len(body.entities)}

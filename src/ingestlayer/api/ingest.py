@@ -39,6 +39,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
 
 EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
+MAX_KEY_LENGTH = 255  # an idempotency key
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -205,6 +206,15 @@ class IngestHandler:
                     f"batch holds {len(items)} events; the limit is {self.max_batch_items}",
                     field="batch",
                 )
+            if idem_header is not None and len(idem_header) + 1 + len(str(len(items) - 1)) > MAX_KEY_LENGTH:
+                # Each event's key is "<header>:<index>", which must fit in MAX_KEY_LENGTH too.
+                room = MAX_KEY_LENGTH - 1 - len(str(len(items) - 1))
+                raise ApiError(
+                    422,
+                    f"Idempotency-Key is {len(idem_header)} characters; with a batch of {len(items)} "
+                    f"it may have at most {room}",
+                    field="Idempotency-Key",
+                )
             ids = new_ids("evt", len(items))
             project_id = principal.project_id
             large = len(raw) > LARGE_PAYLOAD_BYTES * len(items)
@@ -262,10 +272,8 @@ class IngestHandler:
         """Validate one event (``index`` is its place in a batch, named in errors; ``large``: its
         payload is likely over LARGE_PAYLOAD_BYTES)."""
         if type(item) is not dict:
-            prefix = _prefix(index)
-            raise ApiError(
-                422, f"{prefix or 'the body'} must be an event object", field=prefix.rstrip(".") or None
-            )
+            where = _prefix(index).rstrip(".")
+            raise ApiError(422, f"{where or 'the body'} must be an event object", field=where or None)
         if not item.keys() <= EVENT_FIELDS:
             prefix, name = _prefix(index), sorted(set(item) - EVENT_FIELDS)[0]
             raise ApiError(
@@ -318,7 +326,7 @@ class IngestHandler:
                 "idempotency_key in the body differs from the Idempotency-Key header; send one",
                 field="idempotency_key",
             )
-        if key is not None and (type(key) is not str or not 0 < len(key) <= 255):
+        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH):
             prefix = _prefix(index)
             raise ApiError(
                 422,

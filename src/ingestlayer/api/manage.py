@@ -418,6 +418,14 @@ async def create_key(body: KeyBody, principal: Admin, rt: RuntimeDep) -> dict[st
 
 @router.delete("/keys/{key_id}", status_code=204)
 async def revoke_key(key_id: str, principal: Admin, rt: RuntimeDep) -> Response:
+    live_admin = [
+        k["id"]
+        for k in await rt.store.list_keys(principal.project_id)
+        if k["kind"] == "admin" and not k["revoked_at"]
+    ]
+    if live_admin == [key_id]:
+        # Nothing could manage the project afterwards, not even to make a new key.
+        raise ApiError(409, "this is the project's last admin key: create another before revoking it")
     try:
         await rt.store.revoke_key(principal.project_id, key_id)
     except NotFound as exc:

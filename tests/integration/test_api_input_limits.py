@@ -1,0 +1,62 @@
+"""Limits and checks a sweep of every route with bad input found missing."""
+
+from __future__ import annotations
+
+from tests.support.api import error_of
+from tests.support.server import RunningServer
+
+
+async def test_entity_routes_check_the_kind_and_id_first(srv: RunningServer) -> None:
+    for method in ("GET", "DELETE"):
+        status, body = await srv.request(method, "/v1/entities/User/u1")
+        assert status == 422 and error_of(body)["field"] == "kind", body
+        status, body = await srv.request(method, f"/v1/entities/user/{'u' * 256}")
+        assert status == 422 and error_of(body)["field"] == "id", body
+    status, body = await srv.request("PUT", f"/v1/entities/user/{'u' * 256}", json={"traits": {}})
+    assert status == 422 and error_of(body)["field"] == "id", body
+
+
+async def test_traits_have_the_per_event_size_limit(srv: RunningServer) -> None:
+    big = {"notes": "x" * (257 * 1024)}
+    status, body = await srv.request(
+        "POST", "/v1/identify", key=srv.ingest_key, json={"user_id": "u", "traits": big}
+    )
+    assert status == 413 and error_of(body)["field"] == "traits", body
+    status, body = await srv.request(
+        "POST", "/v1/entities/bulk", json={"entities": [{"kind": "user", "id": "u", "traits": big}]}
+    )
+    assert status == 413 and error_of(body)["field"] == "entities[0].traits", body
+    status, _ = await srv.request("GET", "/v1/entities/user/u")
+    assert status == 404
+
+
+async def test_a_batch_idempotency_key_leaves_room_for_the_index(srv: RunningServer) -> None:
+    batch = {"batch": [{"type": "a.b"} for _ in range(12)]}
+    headers = {"Idempotency-Key": "k" * 253}
+    status, body = await srv.request("POST", "/v1/events", key=srv.ingest_key, json=batch, headers=headers)
+    assert status == 422 and error_of(body)["field"] == "Idempotency-Key", body
+    assert "at most 252" in error_of(body)["message"]
+    headers = {"Idempotency-Key": "k" * 252}
+    status, body = await srv.request("POST", "/v1/events", key=srv.ingest_key, json=batch, headers=headers)
+    assert status == 202, body
+
+
+async def test_a_batch_item_that_is_not_an_object_is_named(srv: RunningServer) -> None:
+    batch = {"batch": [{"type": "a.b"}, 5]}
+    status, body = await srv.request("POST", "/v1/events", key=srv.ingest_key, json=batch)
+    assert status == 422
+    assert error_of(body)["message"] == "batch[1] must be an event object"
+    assert error_of(body)["field"] == "batch[1]"
+
+
+async def test_the_last_admin_key_cannot_be_revoked(srv: RunningServer) -> None:
+    _, keys = await srv.request("GET", "/v1/keys")
+    (admin,) = [k for k in keys["data"] if k["kind"] == "admin"]
+    status, body = await srv.request("DELETE", f"/v1/keys/{admin['id']}")
+    assert status == 409 and "last admin key" in error_of(body)["message"], body
+    status, made = await srv.request("POST", "/v1/keys", json={"kind": "admin", "name": "second"})
+    assert status == 201, made
+    status, _ = await srv.request("DELETE", f"/v1/keys/{admin['id']}")
+    assert status == 204
+    status, _ = await srv.request("GET", "/v1/keys", key=made["key"])
+    assert status == 200
