@@ -14,3 +14,5 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # Per-request access logs cost more than the request at ingest rates.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Alembic lists its plugins at every start; the migration steps themselves stay logged.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -60,3 +60,15 @@ async def test_the_last_admin_key_cannot_be_revoked(srv: RunningServer) -> None:
     assert status == 204
     status, _ = await srv.request("GET", "/v1/keys", key=made["key"])
     assert status == 200
+
+
+async def test_secret_and_key_names(srv: RunningServer) -> None:
+    fullwidth = "".join(chr(0xFF00 + ord(c) - 0x20) for c in "secret")  # passes str.isalnum()
+    for name in (fullwidth, "s" * 201):
+        status, body = await srv.request("PUT", f"/v1/secrets/{name}", json={"value": "v"})
+        assert status == 422 and error_of(body)["field"] == "name", (name, body)
+    status, _ = await srv.request("PUT", "/v1/secrets/acme-hooks.v2", json={"value": "v"})
+    assert status == 200
+    for name in ("n" * 201, "line\nbreak"):
+        status, body = await srv.request("POST", "/v1/keys", json={"kind": "ingest", "name": name})
+        assert status == 422 and error_of(body)["field"] == "name", (name, body)

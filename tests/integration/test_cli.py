@@ -294,6 +294,12 @@ async def test_errors_are_one_line_with_exit_code_1(tmp_path: Path, sqlite_url: 
         (("send", "not a type", "{}", "--project", "alpha"), db, ("not a valid event type",)),
         (("secrets", "set", "x", "--project", "alpha"), db, ("empty",)),  # stdin is empty
         (("events", "--url", closed, "--key", "il_admin_x"), {"cwd": tmp_path}, ("cannot reach", closed)),
+        # A worker started while its database is down names the database, never its password.
+        (
+            ("worker",),
+            {"cwd": tmp_path, "db_url": "postgresql://postgres:hunter2@127.0.0.1:9/jobs"},
+            ("cannot reach the database at postgresql://postgres:***@127.0.0.1:9/jobs",),
+        ),
     ]
     sem = asyncio.Semaphore(3)
 

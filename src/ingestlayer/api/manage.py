@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,9 @@ from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.store import Conflict, NotFound
 from ingestlayer.timefmt import iso
+
+# ``isalnum`` took any Unicode letter: names that look alike but differ, in references (ref:NAME).
+SECRET_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 router = APIRouter(prefix="/v1", tags=["manage"], route_class=JsonBodyRoute)
 
@@ -272,8 +276,8 @@ class SecretBody(BaseModel):
 
 @router.put("/secrets/{name}", summary="Set a secret (write-only; stored encrypted)")
 async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ApiError(422, "secret names use letters, digits, '-', '_' and '.'", field="name")
+    if not SECRET_NAME.fullmatch(name):
+        raise ApiError(422, "secret names are 1 to 200 ASCII letters, digits, '-', '_' and '.'", field="name")
     owner = secret_endpoint(name, await rt.store.load_project_config(principal.project_id))
     if owner is not None:
         raise ApiError(
@@ -398,7 +402,7 @@ async def delete_secret(name: str, principal: Admin, rt: RuntimeDep) -> Response
 class KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field(pattern="^(ingest|admin)$")
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 @router.get("/keys")
