@@ -170,7 +170,7 @@ async def test_post_without_csrf_token_is_forbidden(server: RunningServer, brows
     status, body = await server.request("GET", "/v1/endpoints")
     assert status == 200 and body["data"] == []
     # With the token it goes through.
-    page = await browser.post("/webhooks/endpoints", data)
+    page = await browser.follow(await browser.post("/webhooks/endpoints", data))
     assert page.status == 200 and "Endpoint added" in page.text
 
 
@@ -422,7 +422,9 @@ async def test_editing_an_endpoint_keeps_its_retry_policy_and_shows_a_new_secret
         assert got["description"] == "edited" and got["retry"] == retry
 
     # Switching signing on: the secret the API made is shown once, and it signs deliveries.
-    page = await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "auth": "hmac"})
+    page = await browser.follow(
+        await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "auth": "hmac"})
+    )
     assert page.status == 200 and "shown only this once" in page.text
     secret = re.search(r'id="new-secret" class="secret-value" readonly value="([^"]+)"', page.text)
     assert secret is not None
@@ -469,6 +471,7 @@ async def test_endpoints_replay_and_test_send_through_forms(
             "enabled": "1",
         },
     )
+    page = await browser.follow(page)
     assert page.status == 200 and "shown only this once" in page.text
     secret = re.search(r'id="new-secret" class="secret-value" readonly value="([^"]+)"', page.text)
     assert secret is not None
@@ -505,7 +508,7 @@ async def test_endpoints_replay_and_test_send_through_forms(
         await browser.post(f"/webhooks/endpoints/{created['id']}/enabled", {"enabled": "1"})
     )
     assert "Endpoint enabled" in page.text
-    page = await browser.post(f"/webhooks/endpoints/{created['id']}/rotate")
+    page = await browser.follow(await browser.post(f"/webhooks/endpoints/{created['id']}/rotate"))
     assert page.status == 200 and "shown only this once" in page.text
     rotated = re.search(r'readonly value="([^"]+)"', page.text)
     assert rotated is not None and rotated.group(1) != secret.group(1)

@@ -14,8 +14,9 @@ import importlib
 import re
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -27,16 +28,19 @@ from ingestlayer.api.dashboard_session import (
     Session,
     SignedIn,
     clear_flash,
+    clear_secret,
     end_session,
     load_session,
     login_csrf,
     read_flash,
     read_form,
+    read_secret,
     remember_login_csrf,
     runtime,
     safe_next,
     set_flash,
     start_session,
+    stash_secret,
     to_login,
     tokens_match,
 )
@@ -44,6 +48,8 @@ from ingestlayer.api.dashboard_views import (
     STATUSES,
     WEB,
     latency_chart,
+    mask_url,
+    mask_urls_in,
     pipeline_card,
     pretty_json,
     render,
@@ -54,7 +60,7 @@ from ingestlayer.api.dashboard_views import (
 from ingestlayer.api.errors import ApiError
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.stats import RANGES, DashboardStats
-from ingestlayer.timefmt import parse_iso
+from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
 
 router = APIRouter(include_in_schema=False)
 
@@ -72,6 +78,16 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+# Epoch seconds in a time filter, as the REST API takes them (ingestlayer.api.logs._time). ASCII
+# digits only: re's \d also takes other scripts' digits.
+_EPOCH = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+# An attempt id in the logs' "older →" link: ASCII digits (str.isdigit() also takes "²", which
+# int() refuses) of a 64-bit integer.
+_ATTEMPT_ID = re.compile(r"[0-9]{1,19}")
+_INT64_MAX = 2**63 - 1
+# attempts.id is an INTEGER column: 64-bit on SQLite, 32-bit on PostgreSQL, whose driver refuses
+# a larger parameter instead of finding nothing.
+_ATTEMPT_ID_MAX = {"postgresql": 2**31 - 1}
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".js": "text/javascript"}
 
 
@@ -133,6 +149,13 @@ async def _page(
     return response
 
 
+async def not_found_page(request: Request) -> HTMLResponse:
+    """The dashboard's 404 for a page address nothing serves (see
+    :func:`dashboard_session.wants_page`): in the site's layout, signed in or not."""
+    sess = await load_session(request)
+    return await _error(request, sess, 404, "There is no page at this address.")
+
+
 async def _error(request: Request, sess: Session | None, status: int, message: str) -> HTMLResponse:
     titles = {403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid"}
     return await _page(
@@ -163,10 +186,39 @@ async def _post(request: Request) -> tuple[Session, dict[str, str]] | Response:
 
 
 def _ts(value: str | None) -> float | None:
-    """A time from a form: ISO 8601 or a datetime-local value, taken as UTC."""
-    if not value or not value.strip():
+    """A time filter: ISO 8601 (a datetime-local value is one; no zone means UTC) or epoch
+    seconds, within the years 0001-9999, as the REST API takes them. None when empty; ValueError
+    when it is not such a time."""
+    text = (value or "").strip()
+    if not text:
         return None
-    return parse_iso(value)
+    seconds = float(text) if _EPOCH.fullmatch(text) else parse_iso(text)
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:  # also NaN and the infinities
+        raise ValueError(text)
+    return seconds
+
+
+def _local_input(ts: float | None, raw: str) -> str:
+    """What a datetime-local input can show for a time given as ``raw``: the browser leaves it
+    empty for epoch seconds or a zone suffix, and the next search would drop it."""
+    if ts is None:
+        return raw
+    try:
+        dt = datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return raw
+    return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds")
+
+
+def _storable(value: str) -> bool:
+    """Whether a stored id or type could equal ``value``: PostgreSQL text holds no NUL character,
+    and its driver answers a query carrying one with an error rather than no rows."""
+    return "\x00" not in value
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value from the URL, quoted for a message."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 async def _config(request: Request, project_id: str) -> ProjectConfig:
@@ -180,7 +232,8 @@ def _destination_names(cfg: ProjectConfig) -> dict[str, str]:
         for r in p.config.get("destinations", []):
             d = cfg.destinations.get(r["destination_id"])
             if p.endpoint and d is not None:
-                names[d.id] = str(d.config.get("settings", {}).get("url") or d.name)
+                url = d.config.get("settings", {}).get("url")
+                names[d.id] = mask_url(str(url)) if url else d.name
     return names
 
 
@@ -460,6 +513,8 @@ def _field_error(errors: dict[str, str], field: str | None, message: str) -> Non
         "description",
     }:
         name = "retry" if "retry" in message else "form"
+    # The API's message may quote what was sent; a URL in it is shown as everywhere else.
+    message = mask_urls_in(message)
     errors.setdefault(name, message.split(": ", 1)[1] if ": " in message and name != "form" else message)
 
 
@@ -550,9 +605,27 @@ async def endpoint_create(request: Request) -> Response:
             errors=errors,
             endpoint=None,
         )
-    return await _endpoint_page(
-        request, sess, created["id"], new_secret=created.get("secret"), notice="Endpoint added."
-    )
+    return _after_endpoint_change(request, sess, created["id"], created.get("secret"), "Endpoint added.")
+
+
+def _endpoint_path(endpoint_id: str) -> str:
+    return "/webhooks/endpoints/" + quote(endpoint_id, safe="")
+
+
+def _after_endpoint_change(
+    request: Request, sess: Session, endpoint_id: str, new_secret: str | None, message: str
+) -> Response:
+    """POST-redirect-GET: the endpoint's page, showing a secret the change generated once.
+
+    Answering the POST with the page itself would make a reload repeat the change (a second
+    endpoint, another rotation). The secret crosses the redirect in an encrypted cookie scoped to
+    the endpoint's path, never in the URL (which lands in history and logs).
+    """
+    target = _endpoint_path(endpoint_id)
+    response = _redirect(request, target, message)
+    if new_secret:
+        stash_secret(request, response, sess, endpoint_id, new_secret, path=target)
+    return response
 
 
 async def _endpoint_page(
@@ -561,7 +634,6 @@ async def _endpoint_page(
     endpoint_id: str,
     *,
     new_secret: str | None = None,
-    notice: str | None = None,
     form: EndpointForm | None = None,
     errors: dict[str, str] | None = None,
     test_id: str | None = None,
@@ -588,13 +660,14 @@ async def _endpoint_page(
         http_status=status,
         section="webhooks",
         sub="endpoints",
-        title=ep["url"] or endpoint_id,
+        # The edit form's URL field holds the URL whole (to keep it when saving); the title, the
+        # heading and every list show it masked.
+        title=mask_url(ep["url"]) if ep["url"] else endpoint_id,
         endpoint=ep,
         secret_ref=f"ref:endpoint-{ep['id']}"
         if ep["auth"] != "none" or ep["signing"] == "standard"
         else None,
         new_secret=new_secret,
-        notice=notice,
         form=form or EndpointForm.from_endpoint(ep),
         errors=errors or {},
         recent=recent,
@@ -606,7 +679,12 @@ async def _endpoint_page(
 async def endpoint_detail(
     request: Request, sess: SignedIn, endpoint_id: str, test: str | None = None
 ) -> Response:
-    return await _endpoint_page(request, sess, endpoint_id, test_id=test)
+    path = _endpoint_path(endpoint_id)
+    new_secret = read_secret(request, sess, endpoint_id)
+    response = await _endpoint_page(request, sess, endpoint_id, test_id=test, new_secret=new_secret)
+    # Shown once: whatever the cookie held, this page has used it up (a reload shows no secret).
+    clear_secret(request, response, path=path)
+    return response
 
 
 @router.post("/webhooks/endpoints/{endpoint_id}")
@@ -645,11 +723,7 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
     if errors:
         form.secret = ""
         return await _endpoint_page(request, sess, endpoint_id, form=form, errors=errors, status=422)
-    if new_secret:
-        return await _endpoint_page(
-            request, sess, endpoint_id, new_secret=new_secret, notice="Endpoint saved."
-        )
-    return _redirect(request, f"/webhooks/endpoints/{endpoint_id}", "Endpoint saved.")
+    return _after_endpoint_change(request, sess, endpoint_id, new_secret, "Endpoint saved.")
 
 
 @router.post("/webhooks/endpoints/{endpoint_id}/enabled")
@@ -684,9 +758,7 @@ async def endpoint_rotate(request: Request, endpoint_id: str) -> Response:
         if exc.status == 404:
             return await _error(request, sess, 404, exc.message)
         return _redirect(request, f"/webhooks/endpoints/{endpoint_id}", exc.message, "error")
-    return await _endpoint_page(
-        request, sess, endpoint_id, new_secret=rotated["secret"], notice="Signing secret rotated."
-    )
+    return _after_endpoint_change(request, sess, endpoint_id, rotated["secret"], "Signing secret rotated.")
 
 
 @router.post("/webhooks/endpoints/{endpoint_id}/delete")
@@ -733,19 +805,27 @@ async def delivery_logs(
     names = _destination_names(cfg)
     status = status if status in STATUSES else ""
     destination = destination if destination in names else ""
-    cursor = int(before) if before.isdigit() else None
-    rows = await _stats(request).list_attempts(
-        sess.project_id,
-        status=[status] if status else None,
-        destination_id=destination or None,
-        before=cursor,
-        limit=PAGE,
-    )
-    counts = await _stats(request).status_counts(sess.project_id, statuses=UNSETTLED)
+    stats = _stats(request)
+    cursor = _attempt_cursor(before) if before else None
+    error = None
+    rows: list[Any] = []
+    if before and cursor is None:
+        error = f"{_shown(before)} is not an attempt id: “older →” links carry one. Start from the newest."
+    elif cursor is None or cursor <= _ATTEMPT_ID_MAX.get(stats.dialect, _INT64_MAX):
+        rows = await stats.list_attempts(
+            sess.project_id,
+            status=[status] if status else None,
+            destination_id=destination or None,
+            before=cursor,
+            limit=PAGE,
+        )
+    # else: no attempt has an id that large here (the database's integer is narrower): no rows.
+    counts = await stats.status_counts(sess.project_id, statuses=UNSETTLED)
     return await _page(
         request,
         sess,
         "logs.html",
+        http_status=422 if error else 200,
         section="webhooks",
         sub="logs",
         title="Delivery logs",
@@ -757,9 +837,18 @@ async def delivery_logs(
         older=_filters(status=status, destination=destination, before=rows[-1].id)
         if len(rows) == PAGE
         else None,
-        first_page=cursor is None,
+        first_page=not before,
         reset=_filters(status=status, destination=destination),
+        error=error,
     )
+
+
+def _attempt_cursor(before: str) -> int | None:
+    """The attempt id of the logs' ``before``, or None if it is not one (ASCII digits, 64-bit)."""
+    if not _ATTEMPT_ID.fullmatch(before):
+        return None
+    n = int(before)
+    return n if n <= _INT64_MAX else None
 
 
 @router.get("/webhooks/dead")
@@ -768,18 +857,24 @@ async def dead_letters(request: Request, sess: SignedIn, destination: str = "", 
     cfg = await _config(request, sess.project_id)
     names = _destination_names(cfg)
     destination = destination if destination in names else ""
-    rows = await rt.store.list_deliveries(
-        sess.project_id,
-        status=["dead"],
-        destination_id=destination or None,
-        before=before or None,
-        limit=PAGE,
-    )
+    error = None
+    rows: list[dict[str, Any]] = []
+    if not _storable(before):
+        error = "That is not a delivery id: “older →” links carry one. Start again from the newest."
+    else:
+        rows = await rt.store.list_deliveries(
+            sess.project_id,
+            status=["dead"],
+            destination_id=destination or None,
+            before=before or None,
+            limit=PAGE,
+        )
     counts = await _stats(request).status_counts(sess.project_id, statuses=("dead",))
     return await _page(
         request,
         sess,
         "dead.html",
+        http_status=422 if error else 200,
         section="webhooks",
         sub="dead",
         title="Dead letters",
@@ -790,13 +885,14 @@ async def dead_letters(request: Request, sess: SignedIn, destination: str = "", 
         older=_filters(destination=destination, before=rows[-1]["id"]) if len(rows) == PAGE else None,
         first_page=not before,
         here=request.url.path + ("?" + request.url.query if request.url.query else ""),
+        error=error,
     )
 
 
 @router.get("/deliveries/{delivery_id}")
 async def delivery_detail(request: Request, sess: SignedIn, delivery_id: str) -> Response:
     rt = runtime(request)
-    d = await rt.store.get_delivery(sess.project_id, delivery_id)
+    d = await rt.store.get_delivery(sess.project_id, delivery_id) if _storable(delivery_id) else None
     if d is None:
         return await _error(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
     cfg = await _config(request, sess.project_id)
@@ -821,6 +917,8 @@ async def replay_one(request: Request, delivery_id: str) -> Response:
         return got
     sess, form = got
     target = safe_next(form.get("next") or f"/deliveries/{delivery_id}")
+    if not _storable(delivery_id):
+        return await _error(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
     try:
         await logs_api.replay_one(delivery_id, sess.principal, runtime(request))
     except ApiError as exc:
@@ -867,38 +965,65 @@ async def event_log(
 ) -> Response:
     rt = runtime(request)
     wanted = id.strip()
-    error = None
+    errors: list[str] = []
+    status = 200
     if wanted:
-        if wanted.startswith("dlv_") and await rt.store.get_delivery(sess.project_id, wanted) is not None:
-            return RedirectResponse(f"/deliveries/{wanted}", status_code=303)
-        if await rt.store.get_event(sess.project_id, wanted) is not None:
-            return RedirectResponse(f"/events/{wanted}", status_code=303)
-        error = f"No event or delivery {wanted!r} in this project."
-    try:
-        t_since, t_until = _ts(since), _ts(until)
-    except ValueError:
-        t_since = t_until = None
-        error = "Times are ISO 8601 (2025-03-01T14:00), in UTC."
-    rows = await _stats(request).search_events(
-        sess.project_id,
-        type_=type.strip() or None,
-        since=t_since,
-        until=t_until,
-        before=before or None,
-        limit=PAGE,
+        if _storable(wanted):
+            if wanted.startswith("dlv_") and await rt.store.get_delivery(sess.project_id, wanted) is not None:
+                return RedirectResponse(f"/deliveries/{wanted}", status_code=303)
+            if await rt.store.get_event(sess.project_id, wanted) is not None:
+                return RedirectResponse(f"/events/{wanted}", status_code=303)
+        errors.append(f"No event or delivery {_shown(wanted)} in this project.")
+        status = 404
+    # Each time on its own: a bad one is reported without losing the other, and a search with a
+    # bad value shows no rows rather than everything under the error.
+    times: dict[str, float | None] = {}
+    for label, raw in (("From", since), ("Until", until)):
+        try:
+            times[label] = _ts(raw)
+        except ValueError:
+            times[label] = None
+            errors.append(
+                f"“{label}” {_shown(raw.strip())} is not a time: use ISO 8601 (2025-03-01T14:00) or"
+                " epoch seconds, in UTC, within the years 0001 to 9999."
+            )
+            status = max(status, 422)
+    t_since, t_until = times["From"], times["Until"]
+    if not _storable(type) or not _storable(before):
+        errors.append("This search holds a NUL character, which no event type or id contains.")
+        status = max(status, 422)
+    if t_since is not None and t_until is not None and t_since > t_until:
+        errors.append("“From” is later than “Until”: no event can match. Swap them?")
+    rows = (
+        []
+        if errors
+        else await _stats(request).search_events(
+            sess.project_id,
+            type_=type.strip() or None,
+            since=t_since,
+            until=t_until,
+            before=before or None,
+            limit=PAGE,
+        )
     )
     statuses = await _stats(request).delivery_statuses(sess.project_id, [r.id for r in rows])
     return await _page(
         request,
         sess,
         "events.html",
-        http_status=404 if error and wanted else 200,
+        http_status=status,
         section="events",
         title="Events",
         rows=rows,
         statuses=statuses,
-        q={"type": type, "id": id, "since": since, "until": until},
-        error=error,
+        q={
+            "type": type,
+            "id": id,
+            # The inputs are datetime-local: they can show only that form of a time.
+            "since": _local_input(t_since, since),
+            "until": _local_input(t_until, until),
+        },
+        error=" ".join(errors) or None,
         older=_filters(type=type, since=since, until=until, before=rows[-1].id)
         if len(rows) == PAGE
         else None,
@@ -910,7 +1035,7 @@ async def event_log(
 @router.get("/events/{event_id}")
 async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Response:
     rt = runtime(request)
-    ev = await rt.store.get_event(sess.project_id, event_id)
+    ev = await rt.store.get_event(sess.project_id, event_id) if _storable(event_id) else None
     if ev is None:
         return await _error(request, sess, 404, f"There is no event {event_id!r} in this project.")
     dels = await _stats(request).event_deliveries(sess.project_id, event_id)

@@ -2,7 +2,8 @@
 
 Nothing here queries the database; :mod:`ingestlayer.api.dashboard` loads rows and hands them in.
 Secret values never reach a template: configuration is shown with references (``ref:NAME``,
-``env:VAR``) as stored, and any other value under a credential-looking key is masked.
+``env:VAR``) as stored; any other value under a credential-looking key, every header value, and
+the password and query values of every URL are masked (:func:`mask`, :func:`mask_url`).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def env() -> Environment:
             ms=fmt_ms,
             num=fmt_num,
             pct=fmt_pct,
+            masked_url=mask_url,
         )
         e.globals.update(
             STATUSES=STATUSES,
@@ -158,15 +160,110 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, str) and value.startswith(("ref:", "env:"))
 
 
+# An absolute URL inside free text (a target such as "discord webhook (https://…)", a summary).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+# A URL template's placeholder, such as enrich.person's ``?email={email}``: not a secret.
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
+# Hidden values shorter than this are left in free text: "1" or "on" names nothing, and
+# replacing them would garble the text around them.
+_MIN_HIDDEN = 4
+
+
+def mask_url(url: str) -> str:
+    """A URL as the dashboard shows it: userinfo, query values and fragment masked.
+
+    Receivers often take their credential in the URL (``https://user:PASSWORD@host``,
+    ``?token=…``), so only the scheme, host, path and query names are shown. A userinfo without
+    a password is masked whole: a lone user name there is usually a token.
+    """
+    rest, hash_, fragment = url.partition("#")
+    rest, query_mark, query = rest.partition("?")
+    scheme, sep, after = rest.partition("://")
+    if sep:
+        authority, slash, path = after.partition("/")
+        userinfo, at, host = authority.rpartition("@")
+        if at:
+            user, colon, password = userinfo.partition(":")
+            userinfo = f"{user}:{MASK}" if colon and password else (f"{user}:" if colon else MASK)
+            authority = f"{userinfo}@{host}"
+        rest = f"{scheme}://{authority}{slash}{path}"
+    if query:
+        parts = []
+        for part in query.split("&"):
+            name, eq, value = part.partition("=")
+            if not eq:  # a bare value, ?TOKEN
+                name, value = "", name
+            if value and not _PLACEHOLDER.fullmatch(value):
+                value = MASK
+            parts.append(f"{name}{eq}{value}")
+        query = "&".join(parts)
+    return rest + query_mark + query + hash_ + (MASK if fragment else "")
+
+
+def mask_urls_in(text: str) -> str:
+    """Free text with every absolute URL in it masked as :func:`mask_url` does."""
+
+    def one(m: re.Match[str]) -> str:
+        url, tail = m.group(0), ""
+        if url.endswith(")") and url.count(")") > url.count("("):
+            url, tail = url[:-1], ")"  # "… (https://host/x)": the parenthesis is the text's
+        return mask_url(url) + tail
+
+    return _URL_IN_TEXT.sub(one, text)
+
+
+def _is_headers(key: str) -> bool:
+    return key.lower().replace("-", "_") in {"headers", "secret_headers"}
+
+
 def mask(value: Any, key: str = "") -> Any:
-    """A copy with every value under a credential-looking key masked, unless it is a reference."""
+    """A copy fit to show: credential-looking keys, header values and URLs' credentials masked.
+
+    References (``ref:NAME``, ``env:VAR``) are kept: they name a secret without holding it.
+    """
     if isinstance(value, dict):
+        if key and _is_headers(key):
+            # Header values are often credentials whatever their names (X-Auth, X-Token…):
+            # show the names only.
+            return {k: v if is_reference(v) or v in (None, "") else MASK for k, v in value.items()}
         return {k: mask(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask(v, key) for v in value]
     if key and _SENSITIVE.search(key) and value not in (None, "", True, False) and not is_reference(value):
         return MASK
+    if isinstance(value, str):
+        return mask_urls_in(value)
     return value
+
+
+def hidden_values(value: Any, key: str = "") -> dict[str, str]:
+    """Each string in ``value`` that :func:`mask` changes, and what it shows instead: to take the
+    same values out of free text built from that configuration (a summary, a target)."""
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        shown = mask(value, key)
+        for k, v in value.items():
+            if isinstance(v, str):
+                if v and shown[k] != v:
+                    out[v] = shown[k]
+            else:
+                out.update(hidden_values(v, str(k)))
+    elif isinstance(value, list):
+        for v in value:
+            out.update(hidden_values({key: v}))
+    elif isinstance(value, str) and value and mask(value, key) != value:
+        out[value] = mask(value, key)
+    return out
+
+
+def scrub_text(text: str, config: Any) -> str:
+    """Free text made from ``config`` (a step's summary, a destination's target) with what
+    :func:`mask` hides in ``config`` hidden in the text too, and any URL in it masked."""
+    hidden = hidden_values(config)
+    for secret in sorted(hidden, key=len, reverse=True):  # the longest first: one may hold another
+        if len(secret) >= _MIN_HIDDEN:
+            text = text.replace(secret, hidden[secret])
+    return mask_urls_in(text)
 
 
 # ---- recipe cards ----------------------------------------------------------------------------
@@ -219,21 +316,23 @@ def _compact_step(name: str, config: dict[str, Any]) -> Any:
     try:
         cls = step_class(name)
         model = cls.config_model.model_validate(config)
-        out = model.model_dump(mode="json", exclude_defaults=True, by_alias=True)
+        out = mask(model.model_dump(mode="json", exclude_defaults=True, by_alias=True))
         short = getattr(cls, "shorthand_field", None)
         if short and set(out) == {short}:
             return out[short]
     except Exception:
-        out = dict(config)
-    return mask(out) or None
+        out = mask(dict(config))
+    return out or None
 
 
 def _step_summary(name: str, config: dict[str, Any]) -> str:
     try:
         cls = step_class(name)
-        return str(cls(cls.config_model.model_validate(config)).summary())
+        summary = str(cls(cls.config_model.model_validate(config)).summary())
     except Exception:
         return orjson.dumps(mask(config)).decode()[:120]
+    # A summary is written by the step and may quote its settings (a URL, a header).
+    return scrub_text(summary, config)
 
 
 def _compact_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -243,9 +342,6 @@ def _compact_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
     except Exception:
         out = {k: v for k, v in settings.items() if v not in (None, {}, [])}
     masked: dict[str, Any] = mask(out)
-    if isinstance(masked.get("headers"), dict):
-        # Header values are often credentials whatever their names: show the names only.
-        masked["headers"] = {k: (v if is_reference(v) else MASK) for k, v in masked["headers"].items()}
     return masked
 
 
@@ -255,11 +351,9 @@ def _target(d: DestinationRow) -> str:
         target = str(build_destination(d.kind, settings).target())
     except Exception:
         target = str(settings.get("url") or settings.get("channel") or d.kind)
-    # A target built from a credential (an inline webhook URL, a DSN) must not be shown.
-    for key, value in settings.items():
-        if isinstance(value, str) and value and value in target and mask(value, key) == MASK:
-            target = target.replace(value, MASK)
-    return target
+    # A target built from a credential (an inline webhook URL, a DSN, a URL's password) must not
+    # be shown.
+    return scrub_text(target, settings)
 
 
 def _retry_text(retry: dict[str, Any] | None) -> str | None:
