@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.browser import chromium_browser
 from tests.support.databases import PgTemplates, SqliteTemplates, require_pg
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server
@@ -75,3 +77,10 @@ async def srv(sqlite_url: str) -> AsyncIterator[RunningServer]:
     s = await start_server(sqlite_url)
     yield s
     await s.stop()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, through Playwright (skipped without it, except in CI)."""
+    async for browser in chromium_browser():
+        yield browser

@@ -19,7 +19,7 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,43 +32,9 @@ from tests.support.server import RunningServer, start_server, wait_for
 
 pytestmark = [pytest.mark.timeout(150)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "screenshots"
 HOOK_SECRET = "whsec_c2NyZWVuc2hvdC1ob29rLXNlY3JldC0xMjM0NTY3OA"
-
-
-def require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    reason = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) for browser tests"
-    if IN_CI:
-        pytest.fail(f"CI=true requires the browser: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    require_chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        # launch() gives every run a fresh, temporary user-data-dir.
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def new_page(chromium: Any, width: int = 1280, height: int = 860) -> Any:

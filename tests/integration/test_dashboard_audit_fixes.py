@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_url, scrub_text
-from tests.e2e.test_dashboard_browser import CHROMIUM, LAUNCH_ARGS, new_page, require_chromium, sign_in
+from tests.e2e.test_dashboard_browser import new_page, sign_in
 from tests.integration.test_dashboard import Browser, signed_in
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -323,19 +323,6 @@ async def test_event_search_takes_epoch_seconds_and_keeps_valid_times(
 
 
 # ---- 5. layout -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Any]:
-    require_chromium()
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.mark.timeout(120)
