@@ -17,8 +17,8 @@ from pydantic import BaseModel, Field
 from ingestlayer import __version__
 from ingestlayer.api import dashboard, endpoints, entities, health, ingress, logs, manage, slack_oauth
 from ingestlayer.api.dashboard_session import install_login_redirect
-from ingestlayer.api.errors import install_error_handlers
-from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send
+from ingestlayer.api.errors import error_body, install_error_handlers
+from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.runtime import Runtime
 
@@ -154,6 +154,10 @@ class IngestLayerApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "POST":
             await self.ingest(scope, receive, send)
+            return
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            # PostgreSQL cannot store or compare text holding NUL: every query with one failed.
+            await send_json(send, 400, error_body("bad_request", "the URL holds a NUL character (%00)"))
             return
         await self.api(scope, receive, send)
 

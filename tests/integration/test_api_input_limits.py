@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.support.api import error_of
 from tests.support.server import RunningServer
 
@@ -72,3 +74,29 @@ async def test_secret_and_key_names(srv: RunningServer) -> None:
     for name in ("n" * 201, "line\nbreak"):
         status, body = await srv.request("POST", "/v1/keys", json={"kind": "ingest", "name": name})
         assert status == 422 and error_of(body)["field"] == "name", (name, body)
+
+
+async def test_nul_characters_are_refused_where_postgresql_cannot_store_them(server: RunningServer) -> None:
+    """On PostgreSQL a NUL in a text column fails the statement: in a URL that was a 500, and in
+    an idempotency key it failed the whole ingest group, other clients' events included."""
+    results = await asyncio.gather(
+        server.request(
+            "POST", "/v1/events", key=server.ingest_key, json={"type": "a.b", "idempotency_key": "a\x00b"}
+        ),
+        server.ingest("a.b", {"n": 1}),
+    )
+    (status, body), (ok, _) = results
+    assert status == 422 and error_of(body)["field"] == "idempotency_key", body
+    assert ok == 202
+    for path in ("/v1/events/evt_%00", "/v1/events?type=a%00", "/v1/entities/user/u%00"):
+        status, body = await server.request("GET", path)
+        assert status == 400 and "NUL" in error_of(body)["message"], (path, body)
+    status, body = await server.request(
+        "POST", "/v1/identify", key=server.ingest_key, json={"user_id": "u\x00", "traits": {}}
+    )
+    assert status == 422 and error_of(body)["field"] == "user_id", body
+    # Inside JSON values (payloads, traits) a NUL is stored escaped, and comes back.
+    status, sent = await server.ingest("a.b", {"note": "x\x00y"})
+    assert status == 202
+    _, ev = await server.request("GET", f"/v1/events/{sent['id']}")
+    assert ev["payload"] == {"note": "x\x00y"}

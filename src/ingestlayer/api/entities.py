@@ -10,10 +10,10 @@ at most MAX_JSON_DEPTH levels, like event payloads.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
@@ -25,12 +25,21 @@ router = APIRouter(prefix="/v1", tags=["entities"], route_class=JsonBodyRoute)
 
 KIND_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
 MAX_ID_LENGTH = 255
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not hold a NUL character (PostgreSQL cannot store it)")
+    return value
+
+
+EntityId = Annotated[str, AfterValidator(_no_nul), Field(min_length=1, max_length=MAX_ID_LENGTH)]
 Traits = dict[str, Any]
 
 
 class IdentifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1, max_length=255)
+    user_id: EntityId
     traits: Traits = Field(
         default_factory=dict, description="Merged into the user's traits; null removes one."
     )
@@ -38,8 +47,8 @@ class IdentifyIn(BaseModel):
 
 class GroupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1, max_length=255)
-    account_id: str = Field(min_length=1, max_length=255)
+    user_id: EntityId
+    account_id: EntityId
     traits: Traits = Field(default_factory=dict, description="Merged into the account's traits.")
 
 
@@ -51,7 +60,7 @@ class EntityIn(BaseModel):
 class BulkEntity(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field(pattern=KIND_PATTERN)
-    id: str = Field(min_length=1, max_length=255)
+    id: EntityId
     traits: Traits
     merge: bool = True
 
@@ -69,8 +78,8 @@ def _check_kind(kind: str) -> None:
 def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
     """The id an entity is stored under. A company's is its domain as ``enrich.person`` takes it
     from an email address: ``Initech.COM`` and ``initech.com.`` are the company ``initech.com``."""
-    if not 0 < len(entity_id) <= MAX_ID_LENGTH:
-        raise ApiError(422, f"an entity id is 1 to {MAX_ID_LENGTH} characters", field=field)
+    if not 0 < len(entity_id) <= MAX_ID_LENGTH or "\x00" in entity_id:
+        raise ApiError(422, f"an entity id is 1 to {MAX_ID_LENGTH} characters, without NUL", field=field)
     if kind != "company":
         return entity_id
     domain = company_domain(entity_id)

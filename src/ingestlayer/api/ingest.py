@@ -326,11 +326,12 @@ class IngestHandler:
                 "idempotency_key in the body differs from the Idempotency-Key header; send one",
                 field="idempotency_key",
             )
-        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH):
+        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or "\x00" in key):
+            # NUL: PostgreSQL cannot store it in text, and one such key would fail its whole group.
             prefix = _prefix(index)
             raise ApiError(
                 422,
-                f"{prefix}idempotency_key must be a string of 1 to 255 characters",
+                f"{prefix}idempotency_key must be a string of 1 to 255 characters, without NUL",
                 field=f"{prefix}idempotency_key",
             )
         occurred = item.get("occurred_at")
