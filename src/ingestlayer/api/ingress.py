@@ -121,7 +121,9 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     key_loc = cfg.key_locator()
     key = locate(key_loc, headers, doc) if key_loc else None
     if key is not None:
-        key = f"{source.name}:{key}"[:255]  # per source, so two senders' ids never collide
+        # Per source, so two senders' ids never collide. NUL dropped: PostgreSQL cannot store it,
+        # and the insert would fail every event committed in the same group.
+        key = f"{source.name}:{key}".replace("\x00", "")[:255]
     now = time.time()
     event = NewEvent(
         id=new_id("evt"),
