@@ -134,10 +134,26 @@ async def test_sign_in_cookie_flags_and_sign_out(server: RunningServer, browser:
     # Signing out needs the form's token, then the session is gone.
     page = await browser.post("/logout", csrf=False)
     assert page.status == 403
+    copied = {c.key: c.value for c in browser.session.cookie_jar}["il_session"]
+    form_token = browser.csrf
     page = await browser.post("/logout")
     assert page.status == 303 and page.location == "/login"
     assert (await browser.get("/")).status == 303
     assert "signed out" in (await browser.get("/login")).text
+
+    # Everywhere: a copy of the cookie taken before signing out opens nothing, and its form
+    # token changes nothing (it used to stay valid until the session's 12 hours were up).
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as thief:
+        stolen = {"Cookie": f"il_session={copied}"}
+        async with thief.get(server.url + "/pipelines", headers=stolen, allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"].startswith("/login")
+        async with thief.post(
+            server.url + "/logout", data={"csrf": form_token}, headers=stolen, allow_redirects=False
+        ) as resp:
+            assert resp.status in (303, 403) and resp.headers.get("Location", "/login").startswith("/login")
+    # Signing in again makes a new session, which works.
+    await signed_in(browser, server)
+    assert (await browser.get("/pipelines")).status == 200
 
 
 async def test_ingest_keys_bad_keys_and_a_stale_form_are_refused(

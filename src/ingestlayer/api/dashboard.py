@@ -331,7 +331,7 @@ async def logout(request: Request) -> Response:
     if isinstance(got, Response):
         return got
     response = RedirectResponse("/login", status_code=303)
-    end_session(request, response)
+    await end_session(request, response)
     set_flash(request, response, "You are signed out.")
     return response
 

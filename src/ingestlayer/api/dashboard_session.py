@@ -15,6 +15,7 @@ cleared by the page that shows it.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import inspect
 import secrets
@@ -112,7 +113,15 @@ async def load_session(request: Request) -> Session | None:
     principal = await rt.keys.lookup(key)
     if principal is None or principal.kind != "admin":
         return None
+    if await rt.store.signed_out(_session_hash(csrf)):
+        return None
     return Session(key=key, expires_at=float(exp), csrf=csrf, principal=principal)
+
+
+def _session_hash(csrf: str) -> str:
+    # A session's CSRF token is unique to it: its hash names the session in the sign-out list,
+    # which so holds nothing a form could be forged with.
+    return hashlib.sha256(csrf.encode()).hexdigest()
 
 
 def start_session(request: Request, response: Response, key: str) -> None:
@@ -123,7 +132,12 @@ def start_session(request: Request, response: Response, key: str) -> None:
     _clear_cookie(request, response, LOGIN_COOKIE)
 
 
-def end_session(request: Request, response: Response) -> None:
+async def end_session(request: Request, response: Response) -> None:
+    """Sign out: this browser's cookie goes, and the session is refused everywhere until it would
+    have expired (a copy of the cookie stayed valid for up to 12 hours)."""
+    data = unseal(runtime(request), request.cookies.get(SESSION_COOKIE))
+    if data is not None and isinstance(data.get("csrf"), str) and isinstance(data.get("exp"), (int, float)):
+        await runtime(request).store.sign_out(_session_hash(data["csrf"]), float(data["exp"]))
     _clear_cookie(request, response, SESSION_COOKIE)
 
 
@@ -227,7 +241,7 @@ def to_login(request: Request) -> RedirectResponse:
     target = "/login" if request.method != "GET" or path == "/" else "/login?next=" + quote(path, safe="")
     response = RedirectResponse(target, status_code=303)
     if request.cookies.get(SESSION_COOKIE):
-        end_session(request, response)
+        _clear_cookie(request, response, SESSION_COOKIE)  # no longer valid: only forgotten here
     return response
 
 

@@ -235,3 +235,13 @@ step_cache = Table(
     Column("expires_at", Time, nullable=True),
     Column("created_at", Time, nullable=False),
 )
+
+# Dashboard sessions signed out before they expired (a hash of the session's id): refused until
+# then, when the row can go.
+dashboard_signouts = Table(
+    "dashboard_signouts",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("expires_at", Time, nullable=False),
+    Index("ix_dashboard_signouts_expires_at", "expires_at"),
+)

@@ -41,6 +41,7 @@ from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
     api_keys,
     attempts,
+    dashboard_signouts,
     deliveries,
     destinations,
     entities,
@@ -220,6 +221,22 @@ class Store:
             )
             if res.rowcount == 0:
                 raise NotFound(f"no API key {key_id!r}")
+
+    async def sign_out(self, session_hash: str, expires_at: float) -> None:
+        """Refuse a dashboard session from now until it would have expired. Sign-outs whose
+        sessions have expired anyway are removed at the same time."""
+        t = dashboard_signouts
+        async with self.engines.write.begin() as conn:
+            await conn.execute(delete(t).where(t.c.expires_at < time.time()))
+            known = await conn.execute(select(t.c.session_hash).where(t.c.session_hash == session_hash))
+            if known.first() is None:
+                await conn.execute(insert(t).values(session_hash=session_hash, expires_at=expires_at))
+
+    async def signed_out(self, session_hash: str) -> bool:
+        t = dashboard_signouts
+        async with self.engines.read.connect() as conn:
+            row = await conn.execute(select(t.c.session_hash).where(t.c.session_hash == session_hash))
+            return row.first() is not None
 
     async def resolve_key(self, key: str) -> tuple[str, str] | None:
         """Return (project_id, kind) for a live key, else None."""
