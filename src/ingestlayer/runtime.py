@@ -152,7 +152,7 @@ class Runtime:
         )
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run a worker loop until ``stop``, starting it again if it ends any other way.
+        """Run a worker loop until it returns, starting it again whenever it fails.
 
         Each loop handles the errors it expects, but one that escaped (a database call outside
         its try, found when PostgreSQL restarted under load) used to end the loop for good:
@@ -169,9 +169,7 @@ class Runtime:
                         "the %s loop failed; starting it again in %.0f s", name, RESTART_DELAY_SECONDS
                     )
                 else:
-                    if self.stop.is_set():
-                        return
-                    log.error("the %s loop ended before shutdown; starting it again", name)
+                    return  # done: stopped, or nothing to do here (SQLite has no LISTEN)
                 if self.stop.is_set():
                     return
                 with contextlib.suppress(TimeoutError):

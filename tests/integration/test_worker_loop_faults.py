@@ -122,3 +122,13 @@ async def test_a_stored_configuration_that_no_longer_passes_fails_only_its_own_d
     assert [r.path for r in receiver.requests] == ["/good"]
     (failed,) = [d for d in ev["deliveries"] if d["status"] == "dead"]
     assert "invalid configuration" in failed["last_error"] and "headers" in failed["last_error"]
+
+
+async def test_a_loop_that_ends_by_itself_is_not_started_again(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On SQLite the listener has nothing to listen to and returns at once: that is not a
+    failure to report, nor a loop to start again every second."""
+    await asyncio.sleep(2.5)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [t.get_name() for t in server.runtime._tasks if t.done() and t.exception() is not None] == []
