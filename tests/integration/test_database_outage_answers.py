@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import pytest
 import sqlalchemy.exc
 
 from tests.support.api import error_of
@@ -37,15 +38,19 @@ async def test_ingest_with_a_key_not_cached_is_a_503_while_the_database_is_down(
     assert "database unavailable" in error_of(body)["message"]
 
 
-async def test_admin_routes_are_a_503_while_the_database_is_down(srv: RunningServer) -> None:
-    outage = sqlalchemy.exc.OperationalError(
-        "SELECT 1", {}, Exception("the database system is shutting down")
-    )
+async def test_admin_routes_are_a_503_while_the_database_is_down(
+    srv: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    shutting_down = Exception("the database system is shutting down")
+    outage = sqlalchemy.exc.OperationalError("SELECT v FROM t WHERE k = ?", ("hunter2",), shutting_down)
     srv.runtime.store.list_deliveries = down(outage)  # type: ignore[method-assign]
     async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
         assert resp.status == 503 and resp.headers.get("Retry-After") == "1"
         assert resp.headers["Content-Type"].startswith("application/json")
         assert error_of(await resp.json())["code"] == "unavailable"
+    # One line, naming the cause; never the statement's parameters.
+    (line,) = [r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()]
+    assert "shutting down" in line and "hunter2" not in line
 
 
 async def test_a_full_disk_is_named(srv: RunningServer) -> None:

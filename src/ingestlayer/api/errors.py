@@ -142,7 +142,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _unavailable(req: Request, exc: Exception) -> Response:
         # One line per request, not a traceback each: an outage would fill the log.
-        log.warning("%s %s: database unavailable: %s: %s", req.method, req.url.path, type(exc).__name__, exc)
+        # The driver's error, not SQLAlchemy's wrapper: that one quotes the statement's parameters.
+        cause = getattr(exc, "orig", None) or exc
+        first_line = (str(cause).splitlines() or [""])[0][:300]
+        log.warning(
+            "%s %s: database unavailable: %s: %s", req.method, req.url.path, type(cause).__name__, first_line
+        )
         err = unavailable_error(exc, "the request could not be served")
         return Response(err.body(), err.status, media_type="application/json", headers=err.headers)
 
