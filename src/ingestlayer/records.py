@@ -227,3 +227,9 @@ class ProjectConfig:
     pipelines: list[PipelineRow] = field(default_factory=list)
     destinations: dict[str, DestinationRow] = field(default_factory=dict)
     sources: dict[str, SourceRow] = field(default_factory=dict)
+
+    def endpoint_destinations(self) -> dict[str, str]:
+        """Each endpoint's destination id, to the endpoint's id (its pipeline's)."""
+        return {
+            r["destination_id"]: p.id for p in self.pipelines if p.endpoint for r in p.config["destinations"]
+        }

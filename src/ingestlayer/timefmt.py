@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 
 # "YYYY-MM-DDTHH:MM:SS" by whole second. Every routed event formats its time (the delivery body,
@@ -42,3 +43,16 @@ def parse_iso(value: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+_EPOCH = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_time_filter(text: str) -> float:
+    """A time given to filter by: ISO 8601 (no zone means UTC) or epoch seconds, within the
+    years 0001-9999. Raises ValueError otherwise."""
+    text = text.strip()
+    seconds = float(text) if _EPOCH.fullmatch(text) else parse_iso(text)
+    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:  # also NaN and the infinities
+        raise ValueError(f"{text!r} is outside the years 0001-9999")
+    return seconds

@@ -60,7 +60,7 @@ from ingestlayer.api.dashboard_views import (
 from ingestlayer.api.errors import ApiError
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.stats import RANGES, DashboardStats
-from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
+from ingestlayer.timefmt import parse_time_filter
 
 router = APIRouter(include_in_schema=False)
 
@@ -80,7 +80,6 @@ SECURITY_HEADERS = {
 }
 # Epoch seconds in a time filter, as the REST API takes them (ingestlayer.api.logs._time). ASCII
 # digits only: re's \d also takes other scripts' digits.
-_EPOCH = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 # An attempt id in the logs' "older →" link: ASCII digits (str.isdigit() also takes "²", which
 # int() refuses) of a 64-bit integer.
 _ATTEMPT_ID = re.compile(r"[0-9]{1,19}")
@@ -190,12 +189,7 @@ def _ts(value: str | None) -> float | None:
     seconds, within the years 0001-9999, as the REST API takes them. None when empty; ValueError
     when it is not such a time."""
     text = (value or "").strip()
-    if not text:
-        return None
-    seconds = float(text) if _EPOCH.fullmatch(text) else parse_iso(text)
-    if not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:  # also NaN and the infinities
-        raise ValueError(text)
-    return seconds
+    return parse_time_filter(text) if text else None
 
 
 def _local_input(ts: float | None, raw: str) -> str:

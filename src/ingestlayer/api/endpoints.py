@@ -23,7 +23,7 @@ from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name,
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.destinations.webhook_out import header_value_problem, rotating_out
 from ingestlayer.ids import new_id
-from ingestlayer.pipeline.config import ConfigError, parse_destination_entry
+from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
@@ -251,10 +251,9 @@ async def _save(
     if spec.get("retry") is not None:
         entry["retry"] = spec["retry"]
     try:
-        dest, _, _ = parse_destination_entry("", entry, None, check_name=False)
+        dest = parse_endpoint_destination(entry)
     except ConfigError as exc:
         raise _config_error(exc) from None
-    assert dest is not None
     if new_secret is not None:
         await rt.store.set_secret(project_id, endpoint_secret_name(endpoint_id), rt.box.encrypt(new_secret))
     pipeline_cfg = {

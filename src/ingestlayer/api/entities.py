@@ -10,10 +10,10 @@ at most MAX_JSON_DEPTH levels, like event payloads.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
@@ -26,20 +26,12 @@ router = APIRouter(prefix="/v1", tags=["entities"], route_class=JsonBodyRoute)
 KIND_PATTERN = r"^[a-z][a-z0-9_\-]{0,63}$"
 MAX_ID_LENGTH = 255
 
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not hold a NUL character (PostgreSQL cannot store it)")
-    return value
-
-
-EntityId = Annotated[str, AfterValidator(_no_nul), Field(min_length=1, max_length=MAX_ID_LENGTH)]
 Traits = dict[str, Any]
 
 
 class IdentifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: EntityId
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     traits: Traits = Field(
         default_factory=dict, description="Merged into the user's traits; null removes one."
     )
@@ -47,8 +39,8 @@ class IdentifyIn(BaseModel):
 
 class GroupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user_id: EntityId
-    account_id: EntityId
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    account_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     traits: Traits = Field(default_factory=dict, description="Merged into the account's traits.")
 
 
@@ -60,7 +52,7 @@ class EntityIn(BaseModel):
 class BulkEntity(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: str = Field(pattern=KIND_PATTERN)
-    id: EntityId
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     traits: Traits
     merge: bool = True
 
@@ -97,19 +89,22 @@ def _check_traits(traits: Traits, field: str, limit: int) -> None:
 
 @router.post("/identify", summary="Set a user's traits (ingest or admin key)")
 async def identify(body: IdentifyIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
+    user_id = entity_key("user", body.user_id, "user_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await rt.store.upsert_entities(principal.project_id, [("user", body.user_id, body.traits, True)])
+    await rt.store.upsert_entities(principal.project_id, [("user", user_id, body.traits, True)])
     return {"ok": True}
 
 
 @router.post("/group", summary="Put a user in an account and set the account's traits (ingest or admin key)")
 async def group(body: GroupIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
+    user_id = entity_key("user", body.user_id, "user_id")
+    account_id = entity_key("account", body.account_id, "account_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
     await rt.store.upsert_entities(
         principal.project_id,
         [
-            ("user", body.user_id, {"account_id": body.account_id}, True),
-            ("account", body.account_id, body.traits, True),
+            ("user", user_id, {"account_id": account_id}, True),
+            ("account", account_id, body.traits, True),
         ],
     )
     return {"ok": True}

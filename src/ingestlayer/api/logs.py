@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any, Literal
 
@@ -16,26 +15,21 @@ from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
-from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
+from ingestlayer.timefmt import parse_time_filter
 
 router = APIRouter(prefix="/v1", tags=["logs"], route_class=JsonBodyRoute)
 
 Status = Literal["pending", "delivering", "retrying", "delivered", "dead"]
 TEST_WAIT_SECONDS = 15.0
-_EPOCH = re.compile(r"-?\d+(\.\d+)?")
 
 
 def _time(value: str | None, field: str) -> float | None:
-    """A time filter: ISO 8601, or epoch seconds as events' ``occurred_at`` takes them."""
     if value is None:
         return None
     try:
-        seconds = float(value) if _EPOCH.fullmatch(value.strip()) else parse_iso(value)
+        return parse_time_filter(value)
     except ValueError:
-        seconds = None
-    if seconds is None or not MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
-        raise ApiError(422, f"{field} must be an ISO 8601 timestamp or epoch seconds", field=field)
-    return seconds
+        raise ApiError(422, f"{field} must be an ISO 8601 timestamp or epoch seconds", field=field) from None
 
 
 async def _names(rt: Any, project_id: str) -> dict[str, str]:

@@ -340,9 +340,7 @@ def secret_users(name: str, cfg: ProjectConfig) -> list[str]:
     """What references ``ref:<name>``: destinations (an endpoint's named as the endpoint),
     pipelines (their steps) and sources, as ``destination 'acme-hooks'``."""
     ref = f"ref:{name}"
-    endpoints = {
-        r["destination_id"]: p.id for p in cfg.pipelines if p.endpoint for r in p.config["destinations"]
-    }
+    endpoints = cfg.endpoint_destinations()
     users: list[str] = []
     for d in sorted(cfg.destinations.values(), key=lambda d: d.name):
         if ref in _refs(d.config):

@@ -84,9 +84,7 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
     out = Plan(project_id=project_id)
     # An endpoint's pipeline and destination are changed through /v1/endpoints only: its rules
     # (a secret that exists, signing, deleting its secrets with it) live there.
-    endpoint_of = {
-        r["destination_id"]: p.id for p in current.pipelines if p.endpoint for r in p.config["destinations"]
-    }
+    endpoint_of = current.endpoint_destinations()
 
     dest_ids: dict[str, str] = {name: d.id for name, d in dest_by_name.items()}
     for spec in cfg.destinations:

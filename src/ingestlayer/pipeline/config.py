@@ -122,8 +122,9 @@ class _PipelineModel(BaseModel):
     @field_validator("name")
     @classmethod
     def _not_an_id(cls, v: str) -> str:
-        if ID_SHAPED_RE.fullmatch(v):
-            raise ValueError(f"{v!r} has the shape of an id; choose a name that does not")
+        problem = _id_shaped(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     description: str | None = None
@@ -171,8 +172,17 @@ def _check_name(path: str, name: Any, what: str) -> None:
             path,
             f"a {what} name is 1 to 200 letters, digits and _ . - /, starting with a letter or digit",
         )
-    if ID_SHAPED_RE.fullmatch(name):
-        raise ConfigError(path, f"{name!r} has the shape of an id; choose a name that does not")
+    problem = _id_shaped(name)
+    if problem:
+        raise ConfigError(path, problem)
+
+
+def _id_shaped(name: str) -> str | None:
+    return (
+        f"{name!r} has the shape of an id; choose a name that does not"
+        if ID_SHAPED_RE.fullmatch(name)
+        else None
+    )
 
 
 def parse_destination_entry(
@@ -182,9 +192,6 @@ def parse_destination_entry(
     is off for the names the server gives (an endpoint's ``endpoint:<id>``)."""
     if not isinstance(raw, dict):
         raise ConfigError(path, "must be a mapping such as {webhook.out: {url: …}} or {ref: NAME}")
-    huge = huge_int_path(raw, path)
-    if huge is not None:  # an endpoint's entry comes here without parse_config
-        raise ConfigError(huge, "numbers must fit in 64 bits")
     outer = dict(raw)
     kinds = [k for k in outer if k not in META_KEYS]
     if "ref" in outer:
@@ -225,6 +232,23 @@ def parse_destination_entry(
     when = _check_when(f"{path}.when", meta.get("when"))
     spec = DestinationSpec(name=str(name), kind=kind, settings=settings, retry=retry, concurrency=concurrency)
     return spec, RouteSpec(destination=spec.name, when=when), when
+
+
+def parse_endpoint_destination(entry: dict[str, Any]) -> DestinationSpec:
+    """An endpoint's destination entry, made by the server from the endpoint's fields: its name
+    (``endpoint:<id>``) is the server's, and it comes without a document around it, so its
+    numbers are checked here as parse_config checks a document's."""
+    _check_numbers(entry)
+    spec, _, _ = parse_destination_entry("", entry, None, check_name=False)
+    assert spec is not None
+    return spec
+
+
+def _check_numbers(doc: Any) -> None:
+    huge = huge_int_path(doc)
+    if huge is not None:
+        # Stored as JSON, which keeps 64-bit integers: refused here rather than failing the write.
+        raise ConfigError(huge, "numbers must fit in 64 bits")
 
 
 def parse_step(path: str, raw: Any) -> dict[str, Any]:
@@ -298,10 +322,7 @@ def parse_config(doc: Any) -> ConfigFile:
     if deeper_than(doc):
         # Stored configurations are rendered back as JSON, which cannot nest without bound.
         raise ConfigError("", f"the document nests more than {MAX_JSON_DEPTH} levels deep")
-    huge = huge_int_path(doc)
-    if huge is not None:
-        # Stored as JSON, which keeps 64-bit integers: refused here rather than failing the write.
-        raise ConfigError(huge, "numbers must fit in 64 bits")
+    _check_numbers(doc)
     unknown = sorted(set(doc) - {"pipelines", "destinations", "sources"})
     if unknown:
         raise ConfigError(unknown[0], "unknown top-level key (expected pipelines, destinations, sources)")
