@@ -40,16 +40,20 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # The writer task's loop, kept: asyncio.get_running_loop() makes a getpid() system call
+        # (its fork check) each time, once per request here.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="ingest-group-commit")
 
     async def submit(self, items: list[NewEvent]) -> list[IngestResult]:
         """Store ``items`` durably; return once their transaction has committed."""
         if self._closing:
             raise RuntimeError("the server is shutting down")
-        fut: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[list[IngestResult]] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append((items, fut))
         self._wake.set()
         return await fut
