@@ -6,7 +6,6 @@ Both backends offer the same few operations, so each command is written once.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
@@ -88,7 +88,8 @@ class LocalBackend:
             raise CliError("payload: numbers must fit in 64 bits; send larger ones as strings") from None
         if raw is None:
             raise CliError(f"payload is nested more than {MAX_JSON_DEPTH} levels deep")
-        now = time.time()
+        await self.store.sync_clock()  # its route job is due now on the workers' clock
+        now = clock.now()
         ev = NewEvent(
             id=new_id("evt"),
             project_id=await self.project_id(),
@@ -118,6 +119,7 @@ class LocalBackend:
 
     async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
         pid = await self.project_id()
+        await self.store.sync_clock()  # replayed deliveries are due now on the workers' clock
         if delivery_id:
             d = await self.store.get_delivery(pid, delivery_id)
             if d is None:

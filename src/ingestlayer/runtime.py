@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from ingestlayer import metrics
+from ingestlayer import clock, metrics
 from ingestlayer.api.auth import KeyCache
 from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
@@ -130,6 +129,11 @@ class Runtime:
             self.dispatcher.wake.set()
 
     async def start(self) -> None:
+        if self.store.dialect != "sqlite":
+            # Before any lease or due time is stamped: the first ones must be on the database's
+            # clock too, or a worker on a fast machine takes over its peers' leases at once.
+            await self._sync_clock()
+            self._supervise("clock", self._keep_clock_in_sync)
         if self.run_api:
             self.committer.start()
         if self.run_worker:
@@ -179,10 +183,25 @@ class Runtime:
 
         self._tasks.append(asyncio.create_task(supervised(), name=name))
 
+    async def _sync_clock(self) -> None:
+        try:
+            await self.store.sync_clock()
+        except Exception as exc:  # keep the last offset; the next measurement may succeed
+            log.warning("could not read the database's clock (stored times keep the last offset): %s", exc)
+
+    async def _keep_clock_in_sync(self) -> None:
+        """Measure the database's clock again now and then: machines' clocks drift and are
+        stepped by NTP (see :mod:`ingestlayer.clock`)."""
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), clock.SYNC_INTERVAL_SECONDS)
+            if not self.stop.is_set():
+                await self._sync_clock()
+
     async def _retention(self) -> None:
         """Purge events (with their finished deliveries and attempts) past the retention age."""
         while not self.stop.is_set():
-            cutoff = time.time() - self.settings.retention_days * 86400
+            cutoff = clock.now() - self.settings.retention_days * 86400
             try:
                 removed = await self.store.purge_older_than(cutoff)
                 if removed:

@@ -8,14 +8,13 @@ once in the create (or rotate) response.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ingestlayer import metrics
+from ingestlayer import clock, metrics
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
@@ -186,7 +185,7 @@ def _check_standard(secret: str, field: str | None, fix: str) -> None:
 
 def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
     settings = d.config.get("settings", {}) if d else {}
-    previous = _previous(settings, time.time())
+    previous = _previous(settings, clock.now())
     return {
         "id": p.id,
         "url": settings.get("url"),
@@ -344,7 +343,7 @@ async def update_endpoint(
     current = _endpoint_json(p, d)
     # A rotation goes on through a patch: the old secrets still sign, each until its end.
     previous = [
-        (ref, end) for ref, end, _ in _previous(d.config.get("settings", {}) if d else {}, time.time())
+        (ref, end) for ref, end, _ in _previous(d.config.get("settings", {}) if d else {}, clock.now())
     ]
     changes = body.model_dump(exclude_unset=True)
     secret = changes.pop("secret", None)
@@ -409,7 +408,7 @@ async def rotate_secret(
         raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
     keep_for = (body or RotateIn()).keep_old_for
     project_id = principal.project_id
-    now = time.time()
+    now = clock.now()
     # The secrets rotated out before still sign, each until its own end; keep_old_for 0 cuts
     # over at once: only the new secret signs, and every old one stops now.
     live = _previous(d.config.get("settings", {}) if d else {}, now) if keep_for > 0 else []

@@ -8,12 +8,12 @@ The contract (errors, limits, idempotency) is the same as every other route's.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.api.auth import KeyCache, authenticate
 from ingestlayer.api.errors import DATABASE_UNAVAILABLE, ApiError, too_deep_error, unavailable_error
 from ingestlayer.api.ratelimit import RateLimiter
@@ -190,7 +190,7 @@ class IngestHandler:
             raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
         if not isinstance(doc, dict):
             raise ApiError(422, 'the body must be a JSON object: an event or {"batch": [...]}')
-        now = time.time()
+        now = clock.now()
         if "batch" in doc:
             items = doc["batch"]
             if set(doc) - {"batch"}:

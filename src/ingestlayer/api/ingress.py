@@ -6,12 +6,12 @@ reason. Verified events go through the same durable group commit as ``POST /v1/e
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, too_deep_error
 from ingestlayer.api.ingest import storable_json
@@ -124,7 +124,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         # Per source, so two senders' ids never collide. NUL dropped: PostgreSQL cannot store it,
         # and the insert would fail every event committed in the same group.
         key = f"{source.name}:{key}".replace("\x00", "")[:255]
-    now = time.time()
+    now = clock.now()
     event = NewEvent(
         id=new_id("evt"),
         project_id=source.project_id,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
@@ -169,7 +170,7 @@ async def test_destination(destination: str, principal: Admin, rt: RuntimeDep) -
     names = await _names(rt, principal.project_id)
     dest_id = _destination_id(names, destination)
     assert dest_id is not None
-    now = time.time()
+    now = clock.now()
     event = NewEvent(
         id=new_id("evt"),
         project_id=principal.project_id,

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
-from ingestlayer import __version__, metrics
+from ingestlayer import __version__, clock, metrics
 from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
@@ -227,7 +227,7 @@ class Dispatcher:
     async def send_one(self, d: LeasedDelivery, dest: _Dest | None) -> AttemptResult:
         """Make one attempt and decide the delivery's next state."""
         n = d.attempts + 1
-        started = time.time()
+        started = clock.now()
         t0 = time.perf_counter()
         if dest is None:
             outcome = Outcome(ok=False, error="destination was deleted", permanent=True)
@@ -264,7 +264,7 @@ class Dispatcher:
                 status = "dead"
             else:
                 status = "retrying"
-                next_at = time.time() + delay
+                next_at = clock.now() + delay
         result = AttemptResult(
             delivery_id=d.id,
             project_id=d.project_id,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.ids import new_id
 from ingestlayer.records import (
     AttemptResult,
@@ -245,6 +245,16 @@ class PgHotPath:
             except Exception as exc:  # the pool has terminated such a connection already
                 log.warning("a database connection was lost as it was handed back: %s", exc)
 
+    async def sync_clock(self) -> float:
+        """Measure the server's clock against this machine's (see :mod:`ingestlayer.clock`), on
+        one connection so that taking it from the pool is not part of the round trips."""
+        async with self.connection() as conn:
+
+            async def read() -> float:
+                return float(await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())"))
+
+            return await clock.sync_with(read)
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
@@ -299,7 +309,7 @@ class PgHotPath:
                     mine, routing.prelease, routing.lease_seconds
                 )
             else:
-                delivery_rows, leased, now = [], [], time.time()
+                delivery_rows, leased, now = [], [], clock.now()
             channels = []
             if jobs and route_token is None:  # due now, for whichever router: wake them
                 channels.append(ROUTE_CHANNEL)
@@ -368,7 +378,7 @@ class PgHotPath:
         return len(mine), leased
 
     async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
-        now = time.time()
+        now = clock.now()
         rows = [
             (eid, token, now + delays[eid])
             for token, ids in lease.by_token(list(delays)).items()
@@ -386,7 +396,7 @@ class PgHotPath:
     async def lease_deliveries(
         self, limit: int, lease_seconds: float, room: Room | None = None
     ) -> list[LeasedDelivery]:
-        now = time.time()
+        now = clock.now()
         token = new_id("lse")
         async with self.connection() as conn:
             if room is None or not room.may_cut(limit):
@@ -416,7 +426,7 @@ class PgHotPath:
         return leased + [rowmap.leased_delivery(r, token) for r in more]
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
-        now = time.time()
+        now = clock.now()
         attempts = [rowmap.attempt_row(r) for r in results]
         states = [rowmap.finished_state(r, now) for r in results]
         async with self.connection() as conn, conn.transaction():
@@ -426,7 +436,7 @@ class PgHotPath:
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]
         async with self.connection() as conn:
-            await conn.execute(_RELEASE, *_columns(rows, 3), time.time())
+            await conn.execute(_RELEASE, *_columns(rows, 3), clock.now())
 
     async def get_destinations(self, ids: list[str]) -> dict[str, DestinationRow]:
         async with self.connection() as conn:

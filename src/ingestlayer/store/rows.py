@@ -6,12 +6,12 @@ Rows arrive as plain tuples (``sqlite3`` rows, asyncpg records), columns in the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.ids import new_id
 from ingestlayer.records import (
     AttemptResult,
@@ -76,7 +76,7 @@ def new_delivery_rows(
     destination_id, status, due_at, lease_token, body), the time they are created at, and the
     first ``prelease`` as leased deliveries: those are inserted already leased (handed straight
     to this process's dispatcher), the rest due now."""
-    now = time.time()
+    now = clock.now()
     token = new_id("lse")
     leased = len(deliveries[:prelease])
     lease_until = now + lease_seconds

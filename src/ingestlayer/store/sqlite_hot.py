@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import operator
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from itertools import chain
 from typing import Any
 
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.ids import new_id
 from ingestlayer.records import (
     AttemptResult,
@@ -226,7 +226,7 @@ def _insert_deliveries(
 
 
 def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float]) -> None:
-    now = time.time()
+    now = clock.now()
     conn.executemany(
         "UPDATE route_jobs SET due_at = ? WHERE event_id = ? AND due_at = ?",
         [
@@ -260,7 +260,7 @@ def _due_ids(conn: sqlite3.Connection, now: float, limit: int, room: Room) -> li
 def lease_deliveries(
     conn: sqlite3.Connection, limit: int, lease_seconds: float, room: Room | None = None
 ) -> list[LeasedDelivery]:
-    now = time.time()
+    now = clock.now()
     token = new_id("lse")
     update = "UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
     if room is None or not room.may_cut(limit):
@@ -281,7 +281,7 @@ def lease_deliveries(
 
 
 def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) -> None:
-    now = time.time()
+    now = clock.now()
     conn.executemany(
         "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
         " response_excerpt, next_retry_at, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -297,7 +297,7 @@ def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) 
 
 
 def release_leases(conn: sqlite3.Connection, leased: Sequence[LeasedDelivery]) -> None:
-    now = time.time()
+    now = clock.now()
     conn.executemany(
         "UPDATE deliveries SET status = ?, due_at = ?, lease_token = NULL, updated_at = ?"
         " WHERE id = ? AND lease_token = ?",
@@ -377,7 +377,7 @@ class SqliteHotPath:
     async def lease_deliveries(
         self, limit: int, lease_seconds: float, room: Room | None = None
     ) -> list[LeasedDelivery]:
-        if not await self.db.read(deliveries_due, time.time(), room):
+        if not await self.db.read(deliveries_due, clock.now(), room):
             return []
         return await self.db.write(lease_deliveries, limit, lease_seconds, room, durable=False)
 

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ingestlayer import clock
 from ingestlayer.ids import new_id, new_key
 from ingestlayer.records import (
     AttemptResult,
@@ -139,6 +139,13 @@ class Store:
         PostgreSQL commits concurrently (and groups their log flushes itself)."""
         return 1 if self.dialect == "sqlite" else PG_CONCURRENT_WRITERS
 
+    async def sync_clock(self) -> float:
+        """Stamp and compare stored times on the database's clock from now on; return how far
+        it is ahead of this machine's. SQLite has no clock but the machine's: 0."""
+        if isinstance(self._hot, PgHotPath):
+            return await self._hot.sync_clock()
+        return 0.0
+
     @classmethod
     def from_url(cls, url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) -> Store:
         return cls(create_engines(url, command_timeout))
@@ -158,7 +165,7 @@ class Store:
 
     async def create_project(self, name: str) -> tuple[str, str, str]:
         """Create a project; return (project_id, ingest_key, admin_key). Keys are shown once."""
-        now = time.time()
+        now = clock.now()
         pid = new_id("prj")
         ingest_key, admin_key = new_key("ingest"), new_key("admin")
         async with self.engines.write.begin() as conn:
@@ -191,7 +198,7 @@ class Store:
                     key_hash=hash_key(key),
                     prefix=key[:16],
                     name=name,
-                    created_at=time.time(),
+                    created_at=clock.now(),
                 )
             )
         return kid, key
@@ -217,7 +224,7 @@ class Store:
             res = await conn.execute(
                 update(api_keys)
                 .where(api_keys.c.project_id == project_id, api_keys.c.id == key_id)
-                .values(revoked_at=time.time())
+                .values(revoked_at=clock.now())
             )
             if res.rowcount == 0:
                 raise NotFound(f"no API key {key_id!r}")
@@ -227,7 +234,7 @@ class Store:
         sessions have expired anyway are removed at the same time."""
         t = dashboard_signouts
         async with self.engines.write.begin() as conn:
-            await conn.execute(delete(t).where(t.c.expires_at < time.time()))
+            await conn.execute(delete(t).where(t.c.expires_at < clock.now()))
             known = await conn.execute(select(t.c.session_hash).where(t.c.session_hash == session_hash))
             if known.first() is None:
                 await conn.execute(insert(t).values(session_hash=session_hash, expires_at=expires_at))
@@ -281,7 +288,7 @@ class Store:
 
     def route_token(self, lease_seconds: float) -> float:
         """A new route lease token: the lease's deadline, made unique within this process."""
-        return time.time() + lease_seconds + next(_lease_counter) * 1e-6
+        return clock.now() + lease_seconds + next(_lease_counter) * 1e-6
 
     async def insert_events(
         self,
@@ -304,7 +311,7 @@ class Store:
     # ---- routing -----------------------------------------------------------------------------
 
     async def lease_route_jobs(self, limit: int, lease_seconds: float) -> RouteLease:
-        return await self._hot.lease_route_jobs(limit, time.time(), self.route_token(lease_seconds))
+        return await self._hot.lease_route_jobs(limit, clock.now(), self.route_token(lease_seconds))
 
     async def complete_routing(
         self,
@@ -330,7 +337,7 @@ class Store:
 
     async def create_test_delivery(self, event: NewEvent, destination_id: str) -> str:
         """Store a test event and one delivery of it to ``destination_id``, bypassing pipelines."""
-        now = time.time()
+        now = clock.now()
         did = new_id("dlv")
         body = orjson.dumps(
             {
@@ -427,7 +434,7 @@ class Store:
         Each upsert dict carries ``id`` (existing or new), ``name``, ``config`` and, for
         destinations, ``kind``; pipelines may carry ``endpoint`` and ``enabled``.
         """
-        now = time.time()
+        now = clock.now()
         async with self.engines.write.begin() as conn:
             for d in upsert_destinations:
                 cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
@@ -523,7 +530,7 @@ class Store:
 
     async def set_secret(self, project_id: str, name: str, ciphertext: bytes) -> bool:
         """Store an encrypted secret; return True when it replaced an existing one."""
-        now = time.time()
+        now = clock.now()
         async with self.engines.write.begin() as conn:
             res = await conn.execute(
                 update(secrets)
@@ -609,7 +616,7 @@ class Store:
         ended: list[str] = []
         waiting = ("pending", "retrying")
         while True:
-            now = time.time()
+            now = clock.now()
             async with self.engines.write.begin() as conn:
                 picked = (
                     select(deliveries.c.id)
@@ -680,7 +687,7 @@ class Store:
 
         A delivery that is being attempted right now is left alone. Returns the ids replayed.
         """
-        now = time.time()
+        now = clock.now()
         conds = [deliveries.c.project_id == project_id, deliveries.c.status != "delivering"]
         if delivery_ids is not None:
             conds.append(deliveries.c.id.in_(list(delivery_ids)))
@@ -854,7 +861,7 @@ class Store:
     ) -> None:
         """Write entities in one transaction: (kind, id, traits, merge). Merge keeps other traits;
         a trait set to null is removed."""
-        now = time.time()
+        now = clock.now()
         async with self.engines.write.begin() as conn:
             keys = {(k, i) for k, i, _, merge in items if merge}
             existing: dict[tuple[str, str], dict[str, Any]] = {}
@@ -933,7 +940,7 @@ class Store:
                     )
                 )
             ).first()
-        if row is None or (row.expires_at is not None and row.expires_at < time.time()):
+        if row is None or (row.expires_at is not None and row.expires_at < clock.now()):
             return None
         return str(row.value)
 
@@ -945,7 +952,7 @@ class Store:
         processes, exactly one wins (PostgreSQL re-checks the condition after a concurrent
         update commits; SQLite has one writer)."""
         key = hashlib.sha256(key.encode()).hexdigest()
-        now = time.time()
+        now = clock.now()
         async with self.engines.write.begin() as conn:
             result = await conn.execute(
                 update(step_cache)
@@ -961,7 +968,7 @@ class Store:
 
     async def cache_put(self, project_id: str, key: str, value: str, ttl: float | None) -> None:
         key = hashlib.sha256(key.encode()).hexdigest()
-        now = time.time()
+        now = clock.now()
         async with self.engines.write.begin() as conn:
             stmt = self._insert(step_cache).values(
                 project_id=project_id,
