@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any
 
 _RANDOM_BITS = 80
 _state = {"ms": 0, "rand": 0}
@@ -43,8 +44,17 @@ def encode_ulid(value: int) -> str:
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 
 
+# The first 24 digits of the last id made, and the value they encode (the id's bits above the
+# last two digits): consecutive ids share them, so most ids encode only their last two digits.
+_head: list[Any] = [-1, ""]
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{encode_ulid(_next_value())}"
+    value = _next_value()
+    high = value >> 10
+    if high != _head[0]:
+        _head[0], _head[1] = high, encode_ulid(value)[:24]
+    return f"{prefix}_{_head[1]}{_PAIRS[value & 1023]}"
 
 
 def new_ids(prefix: str, n: int) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
@@ -41,3 +43,17 @@ def test_batches_of_ids_are_ulids_in_order_and_continue_the_sequence() -> None:
     values = [int(ULID.from_str(i[4:])) for i in batch]
     assert values == list(range(values[0], values[0] + len(values)))  # consecutive
     assert new_ids("dlv", 0) == [] and len(new_ids("dlv", 1)) == 1
+
+
+def test_single_ids_across_digit_boundaries_are_the_values_they_count_up_from() -> None:
+    """new_id reuses the leading digits of the previous id: across the carries of its last two
+    digits (every 1024 values) each id must still be the next value."""
+    from ingestlayer import ids
+
+    ids._state["rand"] = (1 << 79) - 1500  # the next ids in this millisecond carry past 1024s
+    made = [new_id("evt") for _ in range(5000)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    values = [int(ULID.from_str(i[4:])) for i in made]
+    same_ms = [b - a for a, b in itertools.pairwise(values) if (a >> 80) == (b >> 80)]
+    # Counted up by one within each millisecond: a stale head would jump back at a carry.
+    assert len(same_ms) > 4000 and set(same_ms) == {1}
