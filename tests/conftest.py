@@ -11,6 +11,9 @@ import pytest
 
 from tests.support.browser import chromium_browser
 from tests.support.databases import PgTemplates, SqliteTemplates, require_pg
+from tests.support.fake_discord import FakeDiscord
+from tests.support.fake_notion import FakeNotion
+from tests.support.fake_telegram import FakeTelegram
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server
 
@@ -84,3 +87,25 @@ async def chromium() -> AsyncIterator[Any]:
     """Debian's Chromium, headless, through Playwright (skipped without it, except in CI)."""
     async for browser in chromium_browser():
         yield browser
+
+
+# The chat and Notion services' local stand-ins (tests/support), one per test that names them.
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    fake = await FakeDiscord().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    fake = await FakeTelegram().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def notion() -> AsyncIterator[FakeNotion]:
+    fake = await FakeNotion().start()
+    yield fake
+    await fake.stop()

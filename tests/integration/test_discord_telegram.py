@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,20 +13,6 @@ from tests.support.server import RunningServer, wait_for
 
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
 NASTY = '<script>alert("pwned")</script> & "quotes" > 1'
-
-
-@pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    fake = await FakeDiscord().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def telegram() -> AsyncIterator[FakeTelegram]:
-    fake = await FakeTelegram().start()
-    yield fake
-    await fake.stop()
 
 
 def pipeline(kind: str, **settings: Any) -> dict[str, Any]:

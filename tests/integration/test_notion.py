@@ -3,7 +3,6 @@ requests as Notion does (tests/support/fake_notion.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -41,13 +40,6 @@ PROPERTIES: dict[str, Any] = {
 def db_url(sqlite_url: str) -> str:
     # What is under test is the destination; one store backend is enough here.
     return sqlite_url
-
-
-@pytest.fixture
-async def notion() -> AsyncIterator[FakeNotion]:
-    fake = await FakeNotion().start()
-    yield fake
-    await fake.stop()
 
 
 def notion_doc(fake: FakeNotion, database_id: str, **settings: Any) -> dict[str, Any]:

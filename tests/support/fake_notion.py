@@ -12,11 +12,14 @@ Errors have Notion's shape: ``{"object": "error", "status", "code", "message"}``
 Programmable: ``fail_next(429, retry_after=1)`` (also 409, 500, 503);
 ``lose_answer_next(504)``: the next page is created, but the answer is that error (a gateway that
 timed out after Notion did the work); ``pages`` holds every created page, ``requests`` every
-request (headers and body), ``queries`` every query.
+request (headers and body), ``queries`` every query. ``slow_network = True`` sends each 200
+answer in 16 KiB pieces a few milliseconds apart, as a long answer arrives over the internet (a
+client must read until the end, not take the first piece for the whole).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -188,6 +191,20 @@ class FakeNotion:
         self._lost_answers: list[int] = []
         self.queries: list[Any] = []
         self._runner: web.AppRunner | None = None
+        self.slow_network = False
+
+    async def _answer(self, request: web.Request, body: Any) -> web.StreamResponse:
+        raw = orjson.dumps(body)
+        if not self.slow_network:
+            return web.Response(body=raw, content_type="application/json")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(raw)
+        await resp.prepare(request)
+        for start in range(0, len(raw), 16 * 1024):
+            await resp.write(raw[start : start + 16 * 1024])
+            await asyncio.sleep(0.005)
+        await resp.write_eof()
+        return resp
 
     def add_database(self, schema: dict[str, str], database_id: str | None = None) -> str:
         assert all(t in TYPES for t in schema.values()), schema
@@ -246,7 +263,7 @@ class FakeNotion:
             )
         return dbid, None
 
-    async def _query(self, request: web.Request) -> web.Response:
+    async def _query(self, request: web.Request) -> web.StreamResponse:
         body, refused = await self._common(request)
         if refused is not None:
             return refused
@@ -277,9 +294,9 @@ class FakeNotion:
             "has_more": len(results) > size,
             "next_cursor": None,
         }
-        return web.Response(body=orjson.dumps(listing), content_type="application/json")
+        return await self._answer(request, listing)
 
-    async def _create_page(self, request: web.Request) -> web.Response:
+    async def _create_page(self, request: web.Request) -> web.StreamResponse:
         body, refused = await self._common(request)
         if refused is not None:
             return refused
@@ -315,7 +332,7 @@ class FakeNotion:
         if self._lost_answers:
             status = self._lost_answers.pop(0)
             return error(status, "gateway_timeout", "Gateway timed out.")
-        return web.Response(body=orjson.dumps(page), content_type="application/json")
+        return await self._answer(request, page)
 
     async def start(self) -> FakeNotion:
         app = web.Application()

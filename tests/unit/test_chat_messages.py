@@ -524,21 +524,28 @@ def test_telegram_template_must_be_telegram_html(template: str, message: str) ->
         "<b>" + "a&amp;" * 3000 + "</b>",
         "<b>title</b>\n" + "<i>x &lt; y</i> " * 1000,
         "😀" * 5000,
-        "<pre><code>" + "&quot;" * 2000 + "</code></pre>",
+        "<pre><code>" + "&quot;" * 5000 + "</code></pre>",
         "plain " * 1000,
     ],
 )
 def test_telegram_fit_html_cuts_between_entities_and_closes_tags(markup: str) -> None:
     out = fit_html(markup)
-    assert len(out.encode("utf-16-le")) // 2 <= 4096
+    # Telegram's limit: 4096 UTF-16 units of the text after entity parsing.
+    shown = parse_html(out)
+    assert 4000 < len(shown.encode("utf-16-le")) // 2 <= 4096
     check_html(out)  # balanced, no half entity
-    assert parse_html(out).endswith("…")
+    assert shown.endswith("…")
+
+
+def test_telegram_fit_html_keeps_markup_whose_shown_text_fits() -> None:
+    # 4,000 characters shown, 16,000 of markup: within Telegram's limit, so nothing is cut.
+    markup = "<b>" + "&lt;" * 4000 + "</b>"
+    assert fit_html(markup) == markup
 
 
 def test_telegram_long_default_message_is_accepted() -> None:
     text = build_text(event({f"k{i}": "<&>" * 3000 for i in range(10)}), template=None, fields=None)
-    assert len(text) <= 4096
-    parse_html(text)
+    assert len(parse_html(text).encode("utf-16-le")) // 2 <= 4096
 
 
 TELEGRAM_CASES = [

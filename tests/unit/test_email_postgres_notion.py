@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import asyncpg
+import orjson
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -395,6 +396,18 @@ def test_row_values_keep_types_and_default_to_a_payload_column() -> None:
     assert row == {"delivery_id": "d", "amount": 12.5, "label": "acme: 12.5"}
 
 
+def test_row_values_drop_nul_which_postgres_text_cannot_hold() -> None:
+    cfg = pg_cfg(columns={"label": "$event.account"}, jsonb_column="payload")
+    dest = Postgres(cfg)
+    cols = insert_columns(cfg, frozenset({"delivery_id"}))
+    event = {**EVENT, "payload": {"account": "ac\x00me", "k\x00": ["v\x00", 1], "path": "C:\\u0000"}}
+    raw = row_values(cfg, dest._templates, cols, delivery_id="d", event=event)
+    row = orjson.loads(raw)
+    assert row["label"] == "acme"
+    # A backslash followed by "u0000" is text, not a NUL: kept.
+    assert row["payload"] == {"account": "acme", "k": ["v", 1], "path": "C:\\u0000"}
+
+
 @pytest.mark.parametrize(
     ("dsn", "hosts"),
     [
@@ -513,10 +526,15 @@ def test_text_is_split_at_2000_utf16_units_without_breaking_characters() -> None
         ("nan", None),
         (float("inf"), None),
         ([1], None),
+        # Past 64 bits JSON (orjson) cannot carry an integer: a float, as Notion keeps numbers.
+        ("123456789012345678901234567890", 1.2345678901234568e29),
+        (2**70, float(2**70)),
+        ("9" * 5000, None),  # infinite as a float
     ],
 )
 def test_numbers(value: Any, number: Any) -> None:
     assert to_number(value) == number
+    orjson.dumps(property_value("number", value))
 
 
 @pytest.mark.parametrize(
@@ -570,6 +588,7 @@ def test_selects_checkboxes_and_shapes() -> None:
         ("checkbox", "yes"),
         ("url", "https://x.test"),
         ("email", None),
+        ("email", "x" * 250 + "@acme.com"),
     ],
 )
 def test_built_values_pass_notions_validation(kind: str, value: Any) -> None:

@@ -192,7 +192,9 @@ def build_embed(
             room = min(FIELD_VALUE_LIMIT, remaining - len(name))
             if room < 8:  # not even a few characters of the value would fit
                 break
-            text = escape_limited(value, room) or EMPTY
+            # Discord refuses a value of only whitespace ("This field is required"), as it does
+            # an empty one.
+            text = escape_limited(value, room) if value.strip() else EMPTY
             out.append({"name": name, "value": text, "inline": len(value) <= 40})
             remaining -= len(name) + len(text)
         if out:

@@ -14,7 +14,8 @@ The default message is ``<b>event.type</b>`` and one ``key: value`` line per key
 ``template`` is Telegram HTML: your own tags are kept (only the ones Telegram supports, balanced;
 checked when the config is applied), and every event value is escaped (``&``, ``<``, ``>``, ``"``),
 so ``<script>`` in a payload arrives as the text ``<script>``. The message is kept within 4096
-characters after escaping, cut between entities and tags with the open tags closed.
+characters of shown text (Telegram's measure, after entity parsing), cut between entities and tags
+with the open tags closed; a template that shows no text falls back to the event type.
 
 Answers: ``{"ok": true}`` delivered; 429 (``parameters.retry_after``) retried after that many
 seconds; 400 (chat not found, can't parse entities, …), 401, 403 (bot blocked or kicked) and 404
@@ -24,6 +25,7 @@ dead at once with Telegram's description; 5xx retried. The token is part of the 
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from collections.abc import Mapping
@@ -137,30 +139,42 @@ def check_html(markup: str) -> None:
         raise ValueError(f"<{stack[-1]}> is never closed")
 
 
+def _shown(tok: str) -> str:
+    """What a token of the markup shows: nothing for a tag, the character of an entity."""
+    if len(tok) > 1 and tok.startswith("<"):
+        return ""
+    if len(tok) > 1 and tok.startswith("&"):
+        return html.unescape(tok)
+    return tok
+
+
+def shown_text(markup: str) -> str:
+    """The text Telegram shows for ``markup`` (tags dropped, entities decoded)."""
+    return "".join(_shown(m.group(0)) for m in _TOKEN.finditer(markup))
+
+
 def fit_html(markup: str, limit: int = TEXT_LIMIT) -> str:
-    """Cut HTML to ``limit`` UTF-16 units between tokens, closing the tags left open, with "…"."""
-    if utf16_len(markup) <= limit:
+    """Cut HTML between tokens so the text it shows holds at most ``limit`` UTF-16 units (what
+    Telegram counts, after parsing: ``&lt;`` is one), closing the tags left open, with "…"."""
+    if utf16_len(shown_text(markup)) <= limit:
         return markup
     out: list[str] = []
     used = 0
     stack: list[str] = []
     for m in _TOKEN.finditer(markup):
         tok = m.group(0)
+        units = utf16_len(_shown(tok))
+        if used + units + len(ELLIPSIS) > limit:
+            break
         tag = _TAG.match(tok) if tok.startswith("<") else None
-        after = list(stack)
         if tag:
             name = tag.group(2).lower()
-            if tag.group(1):
-                if after and after[-1] == name:
-                    after.pop()
-            else:
-                after.append(name)
-        closers = sum(len(f"</{n}>") for n in after)
-        if used + utf16_len(tok) + len(ELLIPSIS) + closers > limit:
-            break
+            if not tag.group(1):
+                stack.append(name)
+            elif stack and stack[-1] == name:
+                stack.pop()
         out.append(tok)
-        used += utf16_len(tok)
-        stack = after
+        used += units
     return "".join(out) + ELLIPSIS + "".join(f"</{n}>" for n in reversed(stack))
 
 
@@ -169,7 +183,10 @@ def build_text(event: Mapping[str, Any], *, template: str | None, fields: list[s
     event_type = str(event.get("type") or "event")
     if template is not None:
         rendered = render_template(template, event, escape).strip()
-        return fit_html(rendered or f"<b>{escape(event_type)}</b>")
+        # Markup that shows nothing (`<b></b>` for an empty value) is "message text is empty".
+        if not shown_text(rendered).strip():
+            rendered = f"<b>{escape(event_type)}</b>"
+        return fit_html(rendered)
     payload = event.get("payload")
     lines = [f"<b>{escape(event_type)}</b>"]
     limit = len(fields) if fields is not None else DEFAULT_FIELDS

@@ -6,7 +6,8 @@ and ``{"parent": {"database_id": …}, "properties": {…}}``.
 With ``dedupe_property``, the page also gets the delivery id in that rich_text property, and every
 attempt after the first (a retry, a replay) first asks the database (``POST
 /v1/databases/{id}/query``) for a page with it: Notion has no idempotency key, and a page created
-on an attempt whose answer was lost must not be created again.
+on an attempt whose answer was lost must not be created again. The query's answer is read whole;
+one that cannot be read as a list of pages is retried, never taken for "no page yet".
 
 Outcomes: 200 → delivered; 429 (honouring ``Retry-After``), 409 ``conflict_error``, 5xx, timeouts
 and connection errors → retried; 400 ``validation_error``, 401 ``unauthorized``, 403
@@ -25,13 +26,16 @@ from pydantic import BaseModel
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.destinations.chat import read_bounded
 from ingestlayer.destinations.notion.config import NotionConfig
 from ingestlayer.destinations.notion.properties import property_value
 from ingestlayer.destinations.shared import scrub
 from ingestlayer.pipeline.templates import Template
 
 NOTION_VERSION = "2022-06-28"
-MAX_RESPONSE_BYTES = 256 * 1024
+# The dedupe query's answer carries the found page's properties (up to 100 text objects of
+# 2,000 characters each, per property): it must be read whole, so the bound is generous.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 RETRY_STATUSES = frozenset({408, 409, 429})
 
 
@@ -138,9 +142,19 @@ class Notion:
         if not answer.ok:
             return answer
         try:
-            results = orjson.loads(answer.response_excerpt or "{}").get("results") or []
-        except (orjson.JSONDecodeError, AttributeError):
-            results = []
+            listing = orjson.loads(answer.response_excerpt or "")
+        except orjson.JSONDecodeError:
+            listing = None
+        results = listing.get("results") if isinstance(listing, dict) else None
+        if not isinstance(results, list):
+            # Not knowing whether the page exists is not "it does not": creating it now could
+            # make a second page, which is what the query is for. Retried.
+            return Outcome(
+                ok=False,
+                status_code=answer.status_code,
+                error="Notion's answer to the dedupe query is not a list of pages",
+                response_excerpt=excerpt(answer.response_excerpt),
+            )
         if not results:
             return None
         page = results[0] if isinstance(results[0], dict) else {}
@@ -171,7 +185,7 @@ class Notion:
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES)
+                raw = await read_bounded(resp, MAX_RESPONSE_BYTES)
                 if raw_ok and 200 <= resp.status < 300:
                     return Outcome(
                         ok=True, status_code=resp.status, response_excerpt=raw.decode("utf-8", "replace")

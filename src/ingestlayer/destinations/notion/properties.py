@@ -4,7 +4,8 @@ Each builder takes whatever the template produced (text, a number, a list, nullâ
 property value object; a value that does not fit the type becomes Notion's empty value (``null``,
 ``[]``, ``false``) instead of failing the delivery. Notion's limits are applied here: 2,000
 characters (UTF-16 code units) per text object, 100 text objects, select names without commas and
-at most 100 characters, 100 multi-select options.
+at most 100 characters, 100 multi-select options, emails of at most 200 characters; numbers are
+sent as JSON can carry them (past 64 bits, as a float, as Notion stores every number).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ MAX_TEXT_OBJECTS = 100
 MAX_SELECT_CHARS = 100
 MAX_OPTIONS = 100
 MAX_URL_CHARS = 2000
+MAX_EMAIL_CHARS = 200
+# Integers JSON (orjson) can encode as they are; bigger ones go as floats.
+MAX_INT = 2**63 - 1
 # Epoch numbers above this are milliseconds (it is the year 5138 in seconds).
 MS_THRESHOLD = 1e11
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
@@ -65,7 +69,7 @@ def to_number(value: Any) -> int | float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
+        return value if -MAX_INT <= value <= MAX_INT else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if not isinstance(value, str):
@@ -75,8 +79,8 @@ def to_number(value: Any) -> int | float | None:
         text = text.replace(",", "")
     if not _NUMBER.match(text):
         return None
-    if _INTEGER.match(text):
-        return int(text)
+    if _INTEGER.match(text) and len(text) <= 20:  # longer: a float (int() refuses 4,300+ digits)
+        return to_number(int(text))
     number = float(text)
     return number if math.isfinite(number) else None
 
@@ -139,8 +143,9 @@ def to_url(value: Any) -> str | None:
 
 
 def to_email(value: Any) -> str | None:
+    """The address, or None past Notion's 200 characters (a cut address would be a wrong one)."""
     text = as_text(value).strip()
-    return text or None
+    return text if 0 < len(text) <= MAX_EMAIL_CHARS else None
 
 
 BUILDERS: dict[str, Callable[[Any], Any]] = {

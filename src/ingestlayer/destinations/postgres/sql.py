@@ -3,7 +3,8 @@
 Rows are inserted with ``json_populate_record(NULL::table, $1::json)``: one JSON parameter, and
 PostgreSQL converts each value to the type the table's column has (text, numbers, timestamps,
 jsonb…), exactly as it would convert a literal. ``ON CONFLICT (delivery_id) DO NOTHING`` makes
-a retried or replayed delivery a no-op instead of a second row.
+a retried or replayed delivery a no-op instead of a second row. U+0000, which no PostgreSQL text
+can hold, is dropped from every value.
 """
 
 from __future__ import annotations
@@ -112,4 +113,18 @@ def row_values(
             row[col] = payload
         else:
             row[col] = builtin[col]
-    return orjson.dumps(row)
+    raw = orjson.dumps(row)
+    # PostgreSQL's text and jsonb cannot hold U+0000 ("unsupported Unicode escape sequence"):
+    # as every loader into PostgreSQL does, drop it, or the event could never be inserted.
+    return orjson.dumps(without_nul(row)) if b"\\u0000" in raw else raw
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 taken out of its texts and keys."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
