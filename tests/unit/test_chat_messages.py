@@ -640,6 +640,9 @@ def test_telegram_docstring_example_and_config_errors() -> None:
         ),
         ({"bot_token": "ref:t", "chat_id": "alerts"}, "chat_id", "@channelusername"),
         ({"bot_token": "ref:t", "chat_id": True}, "chat_id", "@channelusername"),
+        ({"bot_token": "ref:t", "chat_id": "-10012345678901234567"}, "chat_id", "52 significant bits"),
+        ({"bot_token": "ref:t", "chat_id": -(2**60)}, "chat_id", "52 significant bits"),
+        ({"bot_token": "ref:t", "chat_id": 1, "message_thread_id": 2**53}, "message_thread_id", "52 signif"),
         ({"bot_token": "ref:t"}, "chat_id", "Field required"),
         ({"bot_token": "ref:t", "chat_id": 1, "api_base": "ftp://x"}, "api_base", "http"),
     ]:

@@ -196,6 +196,17 @@ def build_text(event: Mapping[str, Any], *, template: str | None, fields: list[s
     return fit_html("\n".join(lines))
 
 
+# Telegram's ids have at most 52 significant bits ("a signed 64-bit integer or double-precision
+# float type are safe"): a larger one is a typo, and past 64 bits could not even be sent as JSON.
+MAX_ID = 2**52
+
+
+def _telegram_id(field: str, value: int) -> int:
+    if not -MAX_ID < value < MAX_ID:
+        raise ValueError(f"{field} {value} is not a Telegram id (they have at most 52 significant bits)")
+    return value
+
+
 class TelegramConfig(BaseModel):
     """Send each event to a Telegram chat through a bot (see the module docstring)."""
 
@@ -234,12 +245,21 @@ class TelegramConfig(BaseModel):
         # Before pydantic's coercion, which would turn YAML's `yes` into the chat 1.
         if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise ValueError("chat_id must be a numeric chat id or `@channelusername`")
-        if isinstance(v, int):
-            return v
-        text = v.strip()
-        if not CHAT_ID_RE.fullmatch(text):
-            raise ValueError("chat_id must be a numeric chat id (e.g. -1001234567890) or `@channelusername`")
-        return text if text.startswith("@") else int(text)
+        if isinstance(v, str):
+            text = v.strip()
+            if not CHAT_ID_RE.fullmatch(text):
+                raise ValueError(
+                    "chat_id must be a numeric chat id (e.g. -1001234567890) or `@channelusername`"
+                )
+            if text.startswith("@"):
+                return text
+            v = int(text)
+        return _telegram_id("chat_id", v)
+
+    @field_validator("message_thread_id")
+    @classmethod
+    def _thread_id(cls, v: int | None) -> int | None:
+        return None if v is None else _telegram_id("message_thread_id", v)
 
     @field_validator("template")
     @classmethod
