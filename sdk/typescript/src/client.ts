@@ -3,7 +3,7 @@
  * batching. Construct it with {@link createClient} (or {@link init} for the module-level default).
  */
 
-import { randomUUID } from "node:crypto";
+import { randomUUID } from "#crypto";
 
 import {
   APIError,
@@ -90,7 +90,10 @@ export interface ClientOptions {
   maxRetryWaitMs?: number;
   /** Queue events and send them in batches: `true` for the defaults, or sizes and interval. */
   batch?: boolean | BatchOptions;
-  /** Called with events batching gave up on (rejected, or unsent after every retry). Default: console.error. */
+  /**
+   * Called with events batching gave up on: refused by `ingest` (queue full, invalid, client closed),
+   * rejected by the server, or unsent after every retry. Default: console.error.
+   */
   onError?: (error: IngestlayerError, events: WireEvent[]) => void;
   /** A `fetch` of your own (a proxy agent, instrumentation). Default: the global fetch. */
   fetch?: typeof fetch;
@@ -210,14 +213,14 @@ export class Client<E extends object = AnyEvents> {
 
   /**
    * Send one event. Resolves with the server's answer. With batching, the promise settles once the
-   * event's batch is sent: awaiting it is optional, and a failure never becomes an unhandled
-   * rejection (it also goes to `onError`).
+   * event's batch is sent: awaiting it is optional, and a failure (including a full queue or an
+   * invalid payload) never becomes an unhandled rejection: it also goes to `onError`.
    *
    * Rejects with {@link ValidationError} before sending for a payload that cannot be sent; otherwise
    * with the typed error of the last attempt once retries are exhausted.
    */
   ingest<K extends EventName<E>>(type: K, payload: E[K], options: IngestOptions = {}): Promise<IngestResult> {
-    let queued: Omit<Queued, "resolve" | "reject">;
+    let queued: Omit<Queued, "resolve" | "reject"> | undefined;
     try {
       if (this.#closed) throw new IngestlayerError("this client is closed");
       queued = this.#prepare(type, payload, options);
@@ -225,7 +228,14 @@ export class Client<E extends object = AnyEvents> {
         throw new QueueFullError(`${this.#maxQueue} events are already waiting to be sent; is the server reachable?`);
       }
     } catch (err) {
-      return Promise.reject(err);
+      const rejected = Promise.reject(err);
+      if (this.batching && err instanceof IngestlayerError) {
+        // Batching callers may not await (as documented): a full queue during an outage, or one bad
+        // payload, must reach onError rather than crash the process as an unhandled rejection.
+        rejected.catch(() => undefined);
+        this.#report(err, [queued?.doc ?? bestEffortDoc(type, payload, options)]);
+      }
+      return rejected;
     }
     if (!this.batching) {
       return this.#post("/v1/events", queued.raw).then((sent) => this.#result(sent.data, queued, sent.attempts));
@@ -309,7 +319,7 @@ export class Client<E extends object = AnyEvents> {
     } catch (err) {
       throw new ValidationError(`payload is not JSON-serializable: ${(err as Error).message}`, { field: "payload" });
     }
-    return { doc, raw, bytes: Buffer.byteLength(raw), generatedKey: given === undefined };
+    return { doc, raw, bytes: utf8Length(raw), generatedKey: given === undefined };
   }
 
   #entityBody(ids: Record<string, string>, traits: JsonObject): string {
@@ -450,6 +460,15 @@ export class Client<E extends object = AnyEvents> {
           if (bad !== undefined) this.#fail(error, [bad]);
           continue;
         }
+        if (error instanceof ValidationError && pending.length > 1) {
+          // Refused as a whole without naming an event: a number beyond 64 bits somewhere (422), a
+          // proxy's or server's smaller body limit (413, nginx's default is 1 MiB), fewer events per
+          // request (413 on "batch"). Halving isolates the culprit instead of losing every event.
+          const middle = Math.floor(pending.length / 2);
+          await this.#deliver(pending.slice(0, middle));
+          await this.#deliver(pending.slice(middle));
+          return;
+        }
         this.#fail(error, pending);
         return;
       }
@@ -467,15 +486,35 @@ export class Client<E extends object = AnyEvents> {
 
   #fail(error: IngestlayerError, events: Queued[]): void {
     for (const event of events) event.reject(error);
+    this.#report(
+      error,
+      events.map((e) => e.doc),
+    );
+  }
+
+  #report(error: IngestlayerError, docs: WireEvent[]): void {
     try {
-      this.#onError(
-        error,
-        events.map((e) => e.doc),
-      );
+      this.#onError(error, docs);
     } catch (err) {
       console.error("[ingestlayer] the onError callback threw", err);
     }
   }
+}
+
+const utf8 = new TextEncoder();
+
+/** Encoded size of a request body (Buffer.byteLength is Node-only). */
+function utf8Length(text: string): number {
+  return utf8.encode(text).length;
+}
+
+/** What onError is told about an event refused before it could be prepared (a bad payload, …). */
+function bestEffortDoc(type: unknown, payload: unknown, options: IngestOptions | undefined): WireEvent {
+  return {
+    type: String(type),
+    payload: (typeof payload === "object" && payload !== null ? payload : { value: payload }) as JsonObject,
+    idempotency_key: typeof options?.idempotencyKey === "string" ? options.idempotencyKey : "",
+  };
 }
 
 function asObject(data: unknown): JsonObject {

@@ -42,6 +42,7 @@ export {
   DEFAULT_TOLERANCE,
   SIGNATURE_HEADER,
   verifyWebhook,
+  verifyWebhookAsync,
   type VerifyOptions,
   type WebhookHeaders,
 } from "./webhooks.js";

@@ -1,6 +1,11 @@
 /**
- * Verify webhooks delivered by ingestlayer, in your receiver (node:crypto, HMAC-SHA256, constant-time
- * comparison). Byte-for-byte the rules of the Python `ingestlayer.sdk.webhooks.verify`.
+ * Verify webhooks delivered by ingestlayer, in your receiver (HMAC-SHA256, constant-time comparison).
+ * Byte-for-byte the rules of the Python `ingestlayer.sdk.webhooks.verify`.
+ *
+ * - {@link verifyWebhook} is synchronous: it needs `node:crypto` (Node.js, Bun, Deno).
+ * - {@link verifyWebhookAsync} returns a promise and runs anywhere: on the standard WebCrypto
+ *   (`globalThis.crypto.subtle`) in browsers and edge runtimes (Cloudflare Workers, Vercel Edge),
+ *   on `node:crypto` elsewhere. Same arguments, same result, same errors (as rejections).
  *
  * Two schemes are understood:
  * - `X-Ingestlayer-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>…]`: the hex HMAC-SHA256 of
@@ -11,7 +16,7 @@
  *   optional `whsec_` prefix.
  */
 
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { hmacSha256, hmacSha256Sync } from "#crypto";
 
 import { WebhookVerificationError } from "./errors.js";
 
@@ -52,14 +57,45 @@ function secretList(secret: string | readonly string[]): string[] {
   return secrets;
 }
 
-function bodyBytes(rawBody: unknown): Buffer {
-  if (typeof rawBody === "string") return Buffer.from(rawBody, "utf8");
-  if (rawBody instanceof Uint8Array) return Buffer.from(rawBody.buffer, rawBody.byteOffset, rawBody.byteLength);
-  if (rawBody instanceof ArrayBuffer) return Buffer.from(rawBody);
+const utf8 = new TextEncoder();
+
+function bodyBytes(rawBody: unknown): Uint8Array {
+  if (typeof rawBody === "string") return utf8.encode(rawBody);
+  if (rawBody instanceof Uint8Array) return rawBody; // a Buffer too
+  if (rawBody instanceof ArrayBuffer) return new Uint8Array(rawBody);
   // A parsed object would have to be re-serialised, which cannot reproduce the signed bytes.
   throw new TypeError(
     "rawBody must be the raw request body (string, Buffer, Uint8Array or ArrayBuffer), not parsed JSON",
   );
+}
+
+function concat(head: string, body: Uint8Array): Uint8Array {
+  const prefix = utf8.encode(head);
+  const out = new Uint8Array(prefix.length + body.length);
+  out.set(prefix);
+  out.set(body, prefix.length);
+  return out;
+}
+
+function fromHex(hex: string): Uint8Array {
+  const out = new Uint8Array(hex.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** Decode base64 already checked against BASE64 (atob: standard in every runtime, unlike Buffer). */
+function fromBase64(data: string): Uint8Array {
+  const padded = data.replace(/=+$/, "");
+  const binary = atob(padded + "=".repeat((4 - (padded.length % 4)) % 4));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+/** Constant time for equal lengths: the time taken must not reveal how much of a guess matched. */
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
+  return diff === 0;
 }
 
 function entries(headers: WebhookHeaders): Iterable<readonly [string, string | string[] | undefined]> {
@@ -103,9 +139,19 @@ function checkTimestamp(timestamp: number, tolerance: number, now: number): void
   }
 }
 
-function verifyIngestlayer(secrets: string[], header: string, body: Buffer, tolerance: number, now: number): void {
+/**
+ * What a valid request was signed with: the signed bytes, a key per configured secret (made when
+ * reached, so a later misconfigured secret does not hide an earlier match), and the signatures sent.
+ */
+interface Check {
+  signed: Uint8Array;
+  keys: Array<() => Uint8Array>;
+  signatures: Uint8Array[];
+}
+
+function checkIngestlayer(secrets: string[], header: string, body: Uint8Array, tolerance: number, now: number): Check {
   let timestamp: number | undefined;
-  const signatures: Buffer[] = [];
+  const signatures: Uint8Array[] = [];
   for (const item of header.split(",")) {
     const entry = item.trim();
     const eq = entry.indexOf("=");
@@ -124,7 +170,7 @@ function verifyIngestlayer(secrets: string[], header: string, body: Buffer, tole
       if (!HEX_SHA256.test(value)) {
         throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} v1= is not a hex SHA-256`);
       }
-      signatures.push(Buffer.from(value, "hex"));
+      signatures.push(fromHex(value));
     }
     // Other schemes (v0=, a future v2=) are skipped so the sender can add them without breaking us.
   }
@@ -135,16 +181,14 @@ function verifyIngestlayer(secrets: string[], header: string, body: Buffer, tole
     throw new WebhookVerificationError(`malformed header: ${SIGNATURE_HEADER} has no v1= signature`);
   }
   checkTimestamp(timestamp, tolerance, now);
-  const signed = Buffer.concat([Buffer.from(`${timestamp}.`, "ascii"), body]);
-  for (const secret of secrets) {
-    const expected = createHmac("sha256", Buffer.from(secret, "utf8")).update(signed).digest();
-    // timingSafeEqual: the time taken must not reveal how much of a guess matched.
-    if (signatures.some((candidate) => timingSafeEqual(expected, candidate))) return;
-  }
-  throw new WebhookVerificationError("no matching signature: wrong secret, or the body was modified");
+  return {
+    signed: concat(`${timestamp}.`, body),
+    keys: secrets.map((secret) => () => utf8.encode(secret)),
+    signatures,
+  };
 }
 
-function standardKey(secret: string): Buffer {
+function standardKey(secret: string): Uint8Array {
   const raw = secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret;
   const data = raw.replace(/=+$/, "");
   if (!BASE64.test(raw) || data === "" || data.length % 4 === 1) {
@@ -154,23 +198,23 @@ function standardKey(secret: string): Buffer {
         "after an optional 'whsec_' prefix",
     );
   }
-  return Buffer.from(data, "base64");
+  return fromBase64(data);
 }
 
-function verifyStandard(
+function checkStandard(
   secrets: string[],
   found: Map<string, string>,
-  body: Buffer,
+  body: Uint8Array,
   tolerance: number,
   now: number,
-): void {
+): Check {
   const missing = [STD_ID, STD_TS, STD_SIG].filter((name) => !found.get(name));
   if (missing.length > 0) throw new WebhookVerificationError(`missing header: ${missing.join(", ")}`);
   const msgId = found.get(STD_ID) ?? "";
   const rawTs = (found.get(STD_TS) ?? "").trim();
   if (!TIMESTAMP.test(rawTs)) throw new WebhookVerificationError(`malformed header: ${STD_TS} is not unix seconds`);
   const timestamp = Number(rawTs);
-  const signatures: Buffer[] = [];
+  const signatures: Uint8Array[] = [];
   for (const entry of (found.get(STD_SIG) ?? "").split(/\s+/).filter(Boolean)) {
     const comma = entry.indexOf(",");
     if (comma < 0) {
@@ -181,16 +225,56 @@ function verifyStandard(
     if (!BASE64.test(value) || value.length % 4 !== 0) {
       throw new WebhookVerificationError(`malformed header: ${STD_SIG} v1 signature is not base64`);
     }
-    signatures.push(Buffer.from(value, "base64"));
+    signatures.push(fromBase64(value));
   }
   if (signatures.length === 0) throw new WebhookVerificationError(`malformed header: ${STD_SIG} has no v1 signature`);
   checkTimestamp(timestamp, tolerance, now);
-  const signed = Buffer.concat([Buffer.from(`${msgId}.${timestamp}.`, "utf8"), body]);
-  for (const secret of secrets) {
-    const expected = createHmac("sha256", standardKey(secret)).update(signed).digest();
-    if (signatures.some((c) => c.length === expected.length && timingSafeEqual(expected, c))) return;
+  return {
+    signed: concat(`${msgId}.${timestamp}.`, body),
+    keys: secrets.map((secret) => () => standardKey(secret)),
+    signatures,
+  };
+}
+
+/** Everything but the HMAC itself: arguments, headers, timestamp; then what to compute. */
+function prepare(
+  secret: string | readonly string[],
+  headers: WebhookHeaders,
+  rawBody: string | Uint8Array | ArrayBuffer,
+  options: VerifyOptions,
+): { check: Check; body: Uint8Array } {
+  const secrets = secretList(secret);
+  const tolerance = options.tolerance ?? DEFAULT_TOLERANCE;
+  if (typeof tolerance !== "number" || !Number.isFinite(tolerance) || tolerance < 0) {
+    throw new RangeError(`tolerance must be a non-negative number of seconds, got ${String(tolerance)}`);
   }
-  throw new WebhookVerificationError("no matching signature: wrong secret, or the body was modified");
+  const body = bodyBytes(rawBody);
+  const now = options.now ?? Date.now() / 1000;
+  const found = findHeaders(headers);
+  // Our own header wins whenever present: falling back to another scheme after it failed would let
+  // an attacker choose the weaker check.
+  const ours = found.get(SIG);
+  if (ours !== undefined) return { check: checkIngestlayer(secrets, ours, body, tolerance, now), body };
+  if (found.has(STD_ID) || found.has(STD_TS) || found.has(STD_SIG)) {
+    return { check: checkStandard(secrets, found, body, tolerance, now), body };
+  }
+  throw new WebhookVerificationError(
+    `missing header: expected ${SIGNATURE_HEADER} (or Standard Webhooks webhook-id, webhook-timestamp and webhook-signature)`,
+  );
+}
+
+const NO_MATCH = "no matching signature: wrong secret, or the body was modified";
+// ignoreBOM: decode exactly what was signed; JSON.parse then refuses a BOM, as it always did.
+const utf8Decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+
+function parse<T>(body: Uint8Array): T {
+  try {
+    return JSON.parse(utf8Decoder.decode(body)) as T;
+  } catch (err) {
+    throw new WebhookVerificationError(
+      `signature is valid but the body is not JSON: ${err instanceof Error ? err.message : String(err)}`,
+    );
+  }
 }
 
 /**
@@ -205,6 +289,10 @@ function verifyStandard(
  * plain `Error`/`TypeError` for a misconfiguration on your side (no secret, a negative tolerance,
  * a Standard Webhooks secret that is not base64, a parsed body).
  *
+ * Synchronous, so it needs `node:crypto` (Node.js, Bun, Deno). Where only WebCrypto exists
+ * (browsers, Cloudflare Workers, Vercel Edge) it throws an `Error` saying to use
+ * {@link verifyWebhookAsync}, which works everywhere.
+ *
  * @example
  * const event = verifyWebhook<{ id: string; type: string; payload: Record<string, unknown> }>(
  *   process.env.INGESTLAYER_WEBHOOK_SECRET!, req.headers, rawBody,
@@ -216,31 +304,50 @@ export function verifyWebhook<T = unknown>(
   rawBody: string | Uint8Array | ArrayBuffer,
   options: VerifyOptions = {},
 ): T {
-  const secrets = secretList(secret);
-  const tolerance = options.tolerance ?? DEFAULT_TOLERANCE;
-  if (typeof tolerance !== "number" || !Number.isFinite(tolerance) || tolerance < 0) {
-    throw new RangeError(`tolerance must be a non-negative number of seconds, got ${String(tolerance)}`);
-  }
-  const body = bodyBytes(rawBody);
-  const now = options.now ?? Date.now() / 1000;
-  const found = findHeaders(headers);
-  // Our own header wins whenever present: falling back to another scheme after it failed would let
-  // an attacker choose the weaker check.
-  const ours = found.get(SIG);
-  if (ours !== undefined) {
-    verifyIngestlayer(secrets, ours, body, tolerance, now);
-  } else if (found.has(STD_ID) || found.has(STD_TS) || found.has(STD_SIG)) {
-    verifyStandard(secrets, found, body, tolerance, now);
-  } else {
-    throw new WebhookVerificationError(
-      `missing header: expected ${SIGNATURE_HEADER} (or Standard Webhooks webhook-id, webhook-timestamp and webhook-signature)`,
+  const hmac = hmacSha256Sync;
+  if (hmac === undefined) {
+    throw new Error(
+      "verifyWebhook is synchronous and needs node:crypto, which this runtime lacks: " +
+        "use `await verifyWebhookAsync(...)` (WebCrypto) instead",
     );
   }
-  try {
-    return JSON.parse(body.toString("utf8")) as T;
-  } catch (err) {
-    throw new WebhookVerificationError(
-      `signature is valid but the body is not JSON: ${err instanceof Error ? err.message : String(err)}`,
-    );
+  const { check, body } = prepare(secret, headers, rawBody, options);
+  for (const key of check.keys) {
+    const expected = hmac(key(), check.signed);
+    if (check.signatures.some((candidate) => equalBytes(expected, candidate))) return parse<T>(body);
   }
+  throw new WebhookVerificationError(NO_MATCH);
+}
+
+/**
+ * {@link verifyWebhook} for every runtime: the same arguments and checks, as a promise that rejects
+ * with the same errors. It uses the standard WebCrypto (`crypto.subtle`) where `node:crypto` is not
+ * available: browsers, service workers, Cloudflare Workers, Vercel Edge, Deno Deploy.
+ *
+ * @example
+ * export default {
+ *   async fetch(request: Request, env: { INGESTLAYER_WEBHOOK_SECRET: string }): Promise<Response> {
+ *     const raw = await request.arrayBuffer();
+ *     try {
+ *       const event = await verifyWebhookAsync(env.INGESTLAYER_WEBHOOK_SECRET, request.headers, raw);
+ *       return Response.json({ ok: true, type: (event as { type: string }).type });
+ *     } catch (err) {
+ *       if (err instanceof WebhookVerificationError) return new Response(err.message, { status: 400 });
+ *       throw err;
+ *     }
+ *   },
+ * };
+ */
+export async function verifyWebhookAsync<T = unknown>(
+  secret: string | readonly string[],
+  headers: WebhookHeaders,
+  rawBody: string | Uint8Array | ArrayBuffer,
+  options: VerifyOptions = {},
+): Promise<T> {
+  const { check, body } = prepare(secret, headers, rawBody, options);
+  for (const key of check.keys) {
+    const expected = await hmacSha256(key(), check.signed);
+    if (check.signatures.some((candidate) => equalBytes(expected, candidate))) return parse<T>(body);
+  }
+  throw new WebhookVerificationError(NO_MATCH);
 }

@@ -238,6 +238,20 @@ class _Flush:
 
 
 _RETRYABLE_5XX_EXCLUDED = frozenset({501, 505})
+# How often a background ingest() looks for room in a full queue (only while the server is down).
+_QUEUE_FULL_POLL = 0.01
+
+
+def _halves(events: list[_Event]) -> tuple[list[_Event], list[_Event]]:
+    """Split a batch the server refused as a whole, without naming an event.
+
+    That happens for a number beyond 64 bits anywhere in the body (422 without a field), a proxy or
+    server with a smaller body limit than ours (413, e.g. nginx's 1 MiB default) or fewer events per
+    request (413 on ``batch``). Halving until the requests pass isolates the event(s) at fault, so
+    one bad event costs its own delivery, not that of every event sent with it.
+    """
+    middle = len(events) // 2
+    return events[:middle], events[middle:]
 
 
 class _Base:
@@ -449,7 +463,8 @@ class _SyncHTTP:
         self._timeout = timeout
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: set[http.client.HTTPConnection] = set()
+        # Each open connection and the thread it belongs to (only that thread uses it).
+        self._open: dict[http.client.HTTPConnection, threading.Thread] = {}
         self._ssl = ssl.create_default_context() if endpoint.scheme == "https" else None
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -462,14 +477,22 @@ class _SyncHTTP:
             conn = http.client.HTTPConnection(self._endpoint.host, self._endpoint.port, timeout=self._timeout)
         self._local.conn = conn
         with self._lock:
-            self._open.add(conn)
+            # A thread that ended leaves its keep-alive connection behind, and nothing else would
+            # close it before close(): with a thread per request (ThreadingHTTPServer, some WSGI
+            # servers, to_thread callers) that was one socket leaked per request.
+            orphans = [c for c, owner in self._open.items() if not owner.is_alive()]
+            for orphan in orphans:
+                del self._open[orphan]
+            self._open[conn] = threading.current_thread()
+        for orphan in orphans:
+            orphan.close()
         return conn
 
     def _drop(self, conn: http.client.HTTPConnection) -> None:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._lock:
-            self._open.discard(conn)
+            self._open.pop(conn, None)
         conn.close()
 
     def _once(
@@ -500,7 +523,7 @@ class _SyncHTTP:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._open = self._open, set()
+            conns, self._open = list(self._open), {}
         for conn in conns:
             conn.close()
 
@@ -616,16 +639,24 @@ class Client(_Base):
                 raise IngestlayerError("this client is closed")
             data, attempts = self._post(EVENTS_PATH, event.raw)
             return self._result(data, event, attempts)
-        with self._lock:
-            if self._closed:
-                raise IngestlayerError("this client is closed")
-            try:
-                self._queue.put(event, timeout=self.timeout)
-            except queue.Full:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with self._lock:  # so that no event lands behind close()'s stop marker
+                if self._closed:
+                    raise IngestlayerError("this client is closed")
+                try:
+                    self._queue.put_nowait(event)
+                    return None
+                except queue.Full:
+                    pass
+            # Wait for room *outside* the lock: holding it through a blocking put made every other
+            # thread queue up behind this one, each waiting its own timeout after the previous.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise QueueFullError(
                     f"{self.max_queue_size} events are already waiting to be sent; is the server reachable?"
-                ) from None
-        return None
+                )
+            time.sleep(min(remaining, _QUEUE_FULL_POLL))
 
     def identify(self, user_id: str, traits: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Create or update the ``user`` entity ``user_id`` with ``traits`` (``POST /v1/identify``).
@@ -660,9 +691,7 @@ class Client(_Base):
         """
         if self._queue is None or self._thread is None or not self._thread.is_alive():
             return True
-        marker = _Flush()
-        self._queue.put(marker)
-        return marker.done.wait(timeout)
+        return self._send_marker(_Flush(), timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush the queue, stop the sender thread and close connections. Idempotent.
@@ -678,16 +707,11 @@ class Client(_Base):
         if self._queue is not None and self._thread is not None:
             atexit.unregister(self._atexit)
             if self._thread.is_alive():
-                marker = _Flush(stop=True)
-                self._queue.put(marker)
-                flushed = marker.done.wait(timeout)
+                flushed = self._send_marker(_Flush(stop=True), timeout)
                 if flushed:
-                    self._thread.join(timeout)
+                    self._thread.join(timeout)  # it ends right after answering the marker
                 else:
-                    logger.error(
-                        "ingestlayer: close() timed out with about %d event(s) still queued",
-                        self._queue.qsize(),
-                    )
+                    self._give_up_queued(timeout)
         self._http.close()
         return flushed
 
@@ -706,6 +730,54 @@ class Client(_Base):
 
     def _atexit(self) -> None:
         self.close(timeout=self.shutdown_timeout)
+
+    def _send_marker(self, marker: _Flush, timeout: float | None) -> bool:
+        """Queue ``marker`` behind the events and wait until the sender reaches it, ``timeout`` in all.
+
+        The marker itself must wait for room when the queue is full (the server is down): a plain
+        ``put`` would block until the sender got through a whole batch's retries, however small the
+        ``timeout`` (and ``shutdown_timeout`` at exit) was.
+        """
+        assert self._queue is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return marker.done.wait(remaining)
+
+    def _give_up_queued(self, timeout: float | None) -> None:
+        """close() timed out: take back the events still queued and report them to ``on_error``.
+
+        They would never be sent (the process is usually exiting), and a log line with a count was
+        all the application learnt of them: ``on_error`` gets them instead, e.g. to spill them to
+        disk. A batch the sender is already retrying is left to it.
+        """
+        assert self._queue is not None
+        leftovers: list[_Event] = []
+        markers: list[_Flush] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Event):
+                leftovers.append(item)
+            elif not item.stop:
+                markers.append(item)
+        # Other threads' flush() calls are answered once these events are reported (as documented),
+        # and the sender still stops after its current batch.
+        with contextlib.suppress(queue.Full):  # only with a max_queue_size below the markers' count
+            for marker in [*markers, _Flush(stop=True)]:
+                self._queue.put_nowait(marker)
+        if leftovers:
+            error = IngestlayerError(
+                f"not sent: close() gave up after {timeout}s (is the server reachable?)", attempts=0
+            )
+            self._report(error, leftovers)
+        else:
+            logger.error("ingestlayer: close() timed out while a batch was still being sent")
 
     def _post(self, path: str, body: bytes) -> tuple[Any, int]:
         """POST with retries; return ``(decoded JSON, attempts)`` or raise the last error."""
@@ -771,11 +843,16 @@ class Client(_Base):
                 return
             except ValidationError as exc:
                 index = batch_index(exc.field)
-                if index is None or index >= len(pending):
-                    self._report(exc, pending)
+                if index is not None and index < len(pending):
+                    # One bad event rejects the whole request: report it and send the rest again.
+                    self._report(exc, [pending.pop(index)])
+                    continue
+                if len(pending) > 1:
+                    for half in _halves(pending):
+                        self._deliver(half)
                     return
-                # One bad event rejects the whole request: report it and send the rest again.
-                self._report(exc, [pending.pop(index)])
+                self._report(exc, pending)
+                return
             except IngestlayerError as exc:
                 self._report(exc, pending)
                 return
@@ -933,16 +1010,21 @@ class AsyncClient(_Base):
         if self.background:
             flushed = await self.flush(timeout)
             atexit.unregister(self._atexit)
-            if not flushed:
-                logger.error(
-                    "ingestlayer: close() timed out with %d event(s) unsent",
-                    len(self._pending) + len(self._inflight),
-                )
             task, self._task = self._task, None
             if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if not flushed:
+                # Nothing will send them now (the exit hook is gone too): hand them to on_error
+                # rather than lose them with only a count in the log.
+                leftovers = [*self._inflight, *self._pending]
+                self._inflight, self._pending = [], deque()
+                if leftovers:
+                    error = IngestlayerError(
+                        f"not sent: close() gave up after {timeout}s (is the server reachable?)"
+                    )
+                    self._report(error, leftovers)
         await self._close_session()
         return flushed
 
@@ -1064,10 +1146,15 @@ class AsyncClient(_Base):
                 return
             except ValidationError as exc:
                 index = batch_index(exc.field)
-                if index is None or index >= len(pending):
-                    self._report(exc, pending)
+                if index is not None and index < len(pending):
+                    self._report(exc, [pending.pop(index)])
+                    continue
+                if len(pending) > 1:
+                    for half in _halves(pending):
+                        await self._deliver(half)
                     return
-                self._report(exc, [pending.pop(index)])
+                self._report(exc, pending)
+                return
             except IngestlayerError as exc:
                 self._report(exc, pending)
                 return

@@ -1,0 +1,179 @@
+/**
+ * The corners production finds: batches refused as a whole, fire-and-forget calls during an outage,
+ * and runtimes where only WebCrypto exists (browsers, edge workers). Each failed before its fix.
+ */
+
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { afterEach, beforeEach, describe, test } from "node:test";
+
+import {
+  ValidationError,
+  WebhookVerificationError,
+  createClient,
+  verifyWebhook,
+  verifyWebhookAsync,
+  type IngestlayerError,
+  type WireEvent,
+} from "../src/index.js";
+import { FAST, FakeServer, batchAccepted, type Recorded, type Reply } from "../test-support/fake.js";
+
+let fake: FakeServer;
+beforeEach(async () => {
+  fake = await FakeServer.start();
+});
+afterEach(async () => {
+  await fake.close();
+});
+
+function runNode(args: string[], script: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [...args, "--input-type=module", "-e", script, fake.url], { stdio: "pipe" });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })));
+}
+
+describe("a batch the server refuses as a whole", () => {
+  test("is split until the event at fault is alone; the others are delivered", async () => {
+    // Like the real server for a number beyond 64 bits (a 422 naming no event), and like a proxy
+    // with a smaller body limit (a 413 for the request).
+    fake.fallback = (req: Recorded): Reply => {
+      if (req.body.includes("100000000000000000000")) {
+        return { status: 422, body: { error: { code: "number_out_of_range", message: "numbers must fit in 64 bits" } } };
+      }
+      if (req.body.length > 2000) return { status: 413, body: "<html>413 Request Entity Too Large</html>" };
+      return batchAccepted(req);
+    };
+    const reported: Array<[IngestlayerError, WireEvent[]]> = [];
+    const c = createClient({
+      apiKey: "il_ingest_k",
+      baseUrl: fake.url,
+      ...FAST,
+      batch: { size: 20, intervalMs: 10 },
+      onError: (error, events) => reported.push([error, events]),
+    });
+    const results = Array.from({ length: 20 }, (_, n) =>
+      c.ingest("split.batch", { n: n === 7 ? 1e20 : n, pad: "x".repeat(150) }).then(
+        () => "ok",
+        (err: unknown) => err,
+      ),
+    );
+    await c.close();
+    const outcomes = await Promise.all(results);
+    assert.equal(outcomes.filter((o) => o === "ok").length, 19);
+    assert.ok(outcomes[7] instanceof ValidationError && outcomes[7].status === 422);
+    assert.deepEqual(
+      reported.map(([, events]) => events.map((e) => e.payload.n)),
+      [[1e20]],
+    );
+    const delivered = fake.requests
+      .filter((r) => r.body.length <= 2000 && !r.body.includes("100000000000000000000"))
+      .flatMap((r) => r.json().batch.map((e: WireEvent) => e.payload.n));
+    assert.deepEqual(
+      delivered.sort((a: number, b: number) => a - b),
+      Array.from({ length: 20 }, (_, n) => n).filter((n) => n !== 7),
+    );
+  });
+});
+
+describe("fire and forget while batching", () => {
+  test("a full queue during an outage goes to onError and never crashes the process", async () => {
+    const index = new URL("../src/index.js", import.meta.url).href;
+    const script = `
+      import { createClient } from ${JSON.stringify(index)};
+      const seen = [];
+      const c = createClient({
+        apiKey: "il_ingest_k", baseUrl: "http://127.0.0.1:9", maxRetries: 0,
+        batch: { size: 1, maxQueue: 1 }, onError: (e, events) => seen.push(e.name + ":" + events[0].idempotency_key),
+      });
+      for (const key of ["a", "b", "c"]) c.ingest("outage.event", {}, { idempotencyKey: key }); // not awaited
+      c.ingest("outage.event", "not an object", { idempotencyKey: "d" }); // a bug, not awaited either
+      await c.close();
+      console.log(JSON.stringify(seen.sort()));
+    `;
+    const { code, stdout, stderr } = await runNode([], script);
+    assert.equal(code, 0, stderr);
+    const seen = JSON.parse(stdout) as string[];
+    assert.ok(seen.includes("QueueFullError:c"), stdout);
+    assert.ok(seen.includes("ValidationError:d"), stdout);
+  });
+});
+
+describe("where only WebCrypto exists (browsers, edge runtimes)", () => {
+  const SECRET = "whsec_test";
+  const T = 1717000000;
+  const BODY = '{"type":"user.signed_up"}';
+  const v1 = (secret: string): string => createHmac("sha256", secret).update(`${T}.${BODY}`).digest("hex");
+
+  test("the package loads no node: module; ingest and verifyWebhookAsync work", async () => {
+    // A resolve hook refuses every Node.js builtin the SDK's own files ask for, as a browser or an
+    // edge bundle would; the "browser" condition picks the WebCrypto build (package.json imports).
+    const hooks = `
+      export async function resolve(specifier, context, next) {
+        const builtin = specifier.startsWith("node:") || ["crypto", "buffer", "http", "https"].includes(specifier);
+        if (builtin && context.parentURL && context.parentURL.includes("/dist/src/")) {
+          throw new Error("the SDK imported " + specifier + " from " + context.parentURL);
+        }
+        return next(specifier, context);
+      }`;
+    const register = `import { register } from "node:module"; register(${JSON.stringify(
+      "data:text/javascript," + encodeURIComponent(hooks),
+    )});`;
+    const index = new URL("../src/index.js", import.meta.url).href;
+    const script = `
+      const sdk = await import(${JSON.stringify(index)});
+      const out = {};
+      const c = sdk.createClient({ apiKey: "il_ingest_k", baseUrl: process.argv[1] });
+      out.key = (await c.ingest("edge.event", { n: 1 })).idempotencyKey;
+      const headers = new Headers({ "X-Ingestlayer-Signature": "t=${T},v1=${v1(SECRET)}" });
+      out.verified = await sdk.verifyWebhookAsync(${JSON.stringify(SECRET)}, headers, ${JSON.stringify(BODY)}, { now: ${T} });
+      out.refused = await sdk.verifyWebhookAsync("whsec_other", headers, ${JSON.stringify(BODY)}, { now: ${T} })
+        .then(() => "accepted", (err) => err.name + ": " + err.message);
+      try { sdk.verifyWebhook(${JSON.stringify(SECRET)}, headers, ${JSON.stringify(BODY)}, { now: ${T} }); }
+      catch (err) { out.sync = err.message; }
+      console.log(JSON.stringify(out));
+    `;
+    const { code, stdout, stderr } = await runNode(
+      ["--conditions=browser", "--import", `data:text/javascript,${encodeURIComponent(register)}`],
+      script,
+    );
+    assert.equal(code, 0, stderr);
+    const out = JSON.parse(stdout) as Record<string, unknown>;
+    assert.match(String(out.key), /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    assert.deepEqual(out.verified, { type: "user.signed_up" });
+    assert.match(String(out.refused), /^WebhookVerificationError: no matching signature/);
+    assert.match(String(out.sync), /verifyWebhookAsync/);
+    assert.equal(fake.requests.length, 1);
+  });
+
+  test("verifyWebhookAsync agrees with verifyWebhook, errors included", async () => {
+    const cases: Array<[Record<string, string>, string | Uint8Array]> = [
+      [{ "x-ingestlayer-signature": `t=${T},v1=${v1("whsec_old")},v1=${v1(SECRET)}` }, BODY],
+      [{ "x-ingestlayer-signature": `t=${T},v1=${v1(SECRET)}` }, new TextEncoder().encode(BODY)],
+      [{ "x-ingestlayer-signature": `t=${T},v1=${v1(SECRET)}` }, `${BODY} `],
+      [{ "x-ingestlayer-signature": `t=${T - 400},v1=${v1(SECRET)}` }, BODY],
+      [{ "x-ingestlayer-signature": "t=abc,v1=00" }, BODY],
+      [{ "webhook-id": "msg_1", "webhook-timestamp": String(T), "webhook-signature": "v1,AAAA" }, BODY],
+      [{}, BODY],
+    ];
+    for (const [headers, body] of cases) {
+      const sync = (() => {
+        try {
+          return verifyWebhook(SECRET, headers, body, { now: T });
+        } catch (err) {
+          return err;
+        }
+      })();
+      const async_ = await verifyWebhookAsync(SECRET, headers, body, { now: T }).catch((err: unknown) => err);
+      if (sync instanceof Error) {
+        assert.ok(async_ instanceof WebhookVerificationError, String(async_));
+        assert.equal(async_.message, sync.message);
+      } else {
+        assert.deepEqual(async_, sync);
+      }
+    }
+  });
+});
