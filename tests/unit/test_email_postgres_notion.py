@@ -167,6 +167,14 @@ def test_email_config_errors(overrides: dict[str, Any], words: str) -> None:
         email_cfg(**overrides)
 
 
+def test_internationalised_domains_are_sent_in_their_idna_form() -> None:
+    cfg = email_cfg(to=["ops@b\u00fccher.de", "Jörg <j@m\u00fcnchen.example>"], **{"from": "a@x.com"})
+    assert cfg.to == ["ops@xn--bcher-kva.de", "Jörg <j@xn--mnchen-3ya.example>"]
+    assert cfg.recipients() == ["ops@xn--bcher-kva.de", "j@xn--mnchen-3ya.example"]
+    with pytest.raises(ValidationError, match="is not an email address"):
+        email_cfg(to=["ops@b\u00fccher..de"])
+
+
 def test_email_defaults() -> None:
     cfg = email_cfg()
     assert (cfg.tls, cfg.effective_port, cfg.subject, cfg.tls_verify) == (

@@ -44,9 +44,31 @@ def check_address(value: str) -> str:
         raise ValueError(f"{value!r} holds {len(found)} addresses; give one per list entry")
     addr = found[0][1]
     local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain or any(c.isspace() for c in addr) or not _DOMAIN.match(domain):
+    ascii_domain = _ascii_domain(domain)
+    if (
+        not at
+        or not local
+        or not ascii_domain
+        or any(c.isspace() for c in addr)
+        or not _DOMAIN.match(ascii_domain)
+    ):
         raise ValueError(f"{value!r} is not an email address (user@example.com or Name <user@example.com>)")
+    if ascii_domain != domain:
+        # An internationalised domain (bücher.de) travels as its IDNA form (xn--bcher-kva.de):
+        # what every SMTP server accepts, without asking for the SMTPUTF8 extension.
+        head, _, tail = value.strip().rpartition(f"@{domain}")
+        return f"{head}@{ascii_domain}{tail}"
     return value.strip()
+
+
+def _ascii_domain(domain: str) -> str | None:
+    """The domain as DNS and SMTP carry it (IDNA for a non-ASCII one), or None if it has none."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 def address_of(value: str) -> str:
