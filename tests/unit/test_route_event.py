@@ -88,3 +88,35 @@ async def test_a_step_retried_to_the_end_drops_the_event_instead_of_passing_it_o
     assert trace[0]["outcome"] == "dropped" and step["outcome"] == "dropped"
     assert step["note"] == f"gave up retrying after {MAX_STEP_RETRIES} attempts"
     assert "needs the entity store" in step["error"]
+
+
+async def test_a_stored_pipeline_with_a_pattern_now_refused_still_routes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An earlier version stored `(a+)+` patterns; apply refuses them now, but a stored pipeline
+    must keep routing (on a short search window) rather than drop out with its deliveries."""
+    from ingestlayer.pipeline.config import ConfigError, parse_config
+
+    unsafe = "code matches /^(a+)+$/"
+    with pytest.raises(ConfigError, match="cannot stall the worker"):
+        parse_config(
+            {
+                "pipelines": [
+                    {
+                        "name": "p",
+                        "source": {"match": ["x"]},
+                        "steps": [{"filter.match": unsafe}],
+                        "destinations": [{"webhook.out": {"url": "https://example.com/h"}}],
+                    }
+                ]
+            }
+        )
+    project = _project(
+        [{"name": "filter.match", "config": {"expression": unsafe}}],
+        [{"destination_id": "hook_a", "when": "tag matches /(x|xx)+!/"}],
+    )
+    assert "reads only the first 16 characters" in caplog.text
+    deliveries, trace = await route_event(project, _event({"code": "aaaa", "tag": "xxx!"}))
+    assert [d.destination_id for d in deliveries] == ["hook_a"], trace
+    deliveries, trace = await route_event(project, _event({"code": "aab", "tag": "xxx!"}))
+    assert deliveries == [] and trace[0]["outcome"] == "dropped"

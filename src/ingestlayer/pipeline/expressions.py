@@ -34,7 +34,8 @@ Grammar (EBNF).  Keywords and operator words are case-insensitive; whitespace be
 Semantics:
 
 * ``event.<path>`` reads the envelope; ``payload.<path>`` and every other path (``plan``, ``customer.tier``)
-  read the payload.  Segments walk nested mappings; a missing key or walking into a non-mapping gives null.
+  read the payload.  Segments walk nested mappings; where a segment is missing, a key holding the dots
+  itself (``{"context.ip": …}``) is tried; a missing key or walking into a non-mapping gives null.
   ``datetime``/``date`` values are seen as ISO-8601 strings (UTC offset written as ``Z``).
 * ``=``/``==``: numbers compare numerically (``1 == 1.0``), a bool never equals a number, and strings are
   never coerced (``"5" != 5``).  ``!=`` is the exact negation of ``=``, so a missing field ``= null``.
@@ -44,12 +45,16 @@ Semantics:
   ``{export}``); numbers match numerically; a list matches if any element does.  ``not in`` is its negation.
 * ``contains``: substring of a string, or an element of a list.  ``startswith``/``endswith``: strings only.
 * ``matches /re/flags``: ``re.search`` on strings, flags ``i``, ``m``, ``s``; compiled at compile time.
+  Patterns that backtrack exponentially (``(a+)+``) are refused, and a pattern with unbounded repeats
+  reads only the start of a long string (2,048 characters with one ``*``/``+``, fewer with more), so
+  no event can stall the worker: see :mod:`ingestlayer.pipeline.regex_safety`.
 * ``exists``: the field is present and not null.
 * Precedence: ``not`` > ``and`` > ``or``.  Evaluation never raises: anything unexpected is simply false.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import re
 import string
@@ -57,6 +62,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, TypeAlias
+
+from ingestlayer.pipeline import regex_safety
+from ingestlayer.pipeline.paths import get_parts
+
+log = logging.getLogger("ingestlayer.pipeline")
 
 __all__ = ["EvalContext", "Expression", "ExpressionError", "compile_expression"]
 
@@ -173,10 +183,15 @@ def _make_getter(segments: list[str]) -> tuple[Getter, str]:
     use_event = root == "event"
 
     def get(ctx: EvalContext) -> Any:
-        current: Any = ctx.event if use_event else ctx.payload
+        root: Any = ctx.event if use_event else ctx.payload
+        current = root
         for key in keys:
-            if type(current) is dict or isinstance(current, Mapping):
-                current = current.get(key)
+            if (type(current) is dict or isinstance(current, Mapping)) and key in current:
+                current = current[key]
+            elif len(keys) > 1:
+                # The slow path, after a segment was missing: keys that hold dots themselves
+                # (``{"context.ip": …}`` answers ``context.ip``), as steps' paths find them.
+                return _normalize(get_parts(root, keys))
             else:
                 return None
         return _normalize(current)
@@ -266,6 +281,15 @@ def _contains(literal: Scalar) -> Test:
         return False
 
     return test
+
+
+def _low_surrogate(text: str, pos: int) -> int | None:
+    """The code of a ``\\uDC00``-``\\uDFFF`` escape at ``pos``, if one is there."""
+    digits = text[pos + 2 : pos + 6]
+    if text[pos : pos + 2] != "\\u" or len(digits) != 4 or not all(c in string.hexdigits for c in digits):
+        return None
+    code = int(digits, 16)
+    return code if 0xDC00 <= code < 0xE000 else None
 
 
 class _Parser:
@@ -391,8 +415,12 @@ class _Parser:
             method = str.startswith if word == "startswith" else str.endswith
             return _leaf(get, lambda value: isinstance(value, str) and method(value, literal))
         if word == "matches":
-            search = self.parse_regex().search
-            return _leaf(get, lambda value: isinstance(value, str) and search(value) is not None)
+            search, window = self.parse_regex()
+            if window is None:
+                return _leaf(get, lambda value: isinstance(value, str) and search(value) is not None)
+            # Bounded: a backtracking search on a long field would hold the event loop (and the
+            # GIL) for seconds; see regex_safety. `$` matches at the end of the window.
+            return _leaf(get, lambda value: isinstance(value, str) and search(value, 0, window) is not None)
         raise self.error(OPERATOR_HINT, op_pos)
 
     def parse_symbol_comparison(self, get: Getter, symbol: str) -> Predicate:
@@ -450,7 +478,13 @@ class _Parser:
                 continue
             digits = text[pos + 2 : pos + 6]
             if escape == "u" and len(digits) == 4 and all(c in string.hexdigits for c in digits):
-                chunks.append(chr(int(digits, 16)))
+                code = int(digits, 16)
+                low = _low_surrogate(text, pos + 6) if 0xD800 <= code < 0xDC00 else None
+                if low is not None:  # a JSON-style surrogate pair: one character
+                    chunks.append(chr(0x10000 + ((code - 0xD800) << 10) + low - 0xDC00))
+                    pos += 12
+                    continue
+                chunks.append(chr(code))
                 pos += 6
                 continue
             raise self.error("an escape sequence (\\\\, \\\", \\', \\/, \\n, \\r, \\t or \\uXXXX)", pos)
@@ -479,7 +513,8 @@ class _Parser:
         self.pos += 1
         return _membership(members)
 
-    def parse_regex(self) -> re.Pattern[str]:
+    def parse_regex(self) -> tuple[Callable[..., re.Match[str] | None], int | None]:
+        """The compiled pattern's ``search`` and how many characters it may read (None: all)."""
         text = self.text
         opening = self.skip_ws()
         if self.peek() != "/":
@@ -511,10 +546,28 @@ class _Parser:
                 raise self.error("regular expression flags (i, m, s)", closing + 1 + index)
             flags |= _REGEX_FLAGS[flag]
         self.pos = flags_match.end()
+        pattern = "".join(chars)
         try:
-            return re.compile("".join(chars), flags)
+            compiled = re.compile(pattern, flags)
+            repeats = regex_safety.check(pattern, flags)
         except re.error as exc:
             where = offsets[exc.pos] if exc.pos is not None and exc.pos < len(offsets) else closing
             raise self.error(f"a valid regular expression ({exc.msg})", where) from exc
+        except regex_safety.UnsafePattern as exc:
+            shown = text[opening : closing + 1]
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            stored_window = regex_safety.unsafe_window()
+            if stored_window is not None:  # a stored pipeline: keep routing, on a short leash
+                log.warning(
+                    "the pattern %s (%s) reads only the first %d characters of a value; apply its "
+                    "pipeline again with a safer pattern",
+                    shown,
+                    exc,
+                    stored_window,
+                )
+                return re.compile(pattern, flags).search, stored_window
+            expected = f"a regular expression that cannot stall the worker ({exc})"
+            raise self.error(expected, opening, shown) from exc
         except Exception as exc:  # e.g. OverflowError for absurd repeat counts
             raise self.error(f"a valid regular expression ({exc})", opening) from exc
+        return compiled.search, regex_safety.search_window(repeats)

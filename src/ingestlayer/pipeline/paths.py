@@ -7,24 +7,61 @@ every other destination's variant) stays as it was.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MISSING: Any = object()
 
 
+def resolve(payload: Mapping[str, Any], path: str) -> list[str] | None:
+    """The keys ``path`` names in ``payload``, or None if it names nothing there.
+
+    Each dot steps into a nested object, but a key that holds dots itself (``{"user.email": …}``,
+    as flattened events carry) is found too: where a segment is not a key, the longest run of
+    segments joined by dots that is one is tried. Nested keys win when both exist.
+    """
+    return resolve_parts(payload, path.split("."))
+
+
+def resolve_parts(node: Any, parts: Sequence[str]) -> list[str] | None:
+    """:func:`resolve` for a path already split at its dots."""
+    return _resolve(node, parts, 0)
+
+
+def _resolve(node: Any, parts: Sequence[str], i: int) -> list[str] | None:
+    if i == len(parts):
+        return []
+    if not isinstance(node, Mapping):
+        return None
+    for j in range(i + 1, len(parts) + 1):
+        key = parts[i] if j == i + 1 else ".".join(parts[i:j])
+        if key in node:
+            rest = _resolve(node[key], parts, j)
+            if rest is not None:
+                return [key, *rest]
+    return None
+
+
 def get_path(payload: Mapping[str, Any], path: str, default: Any = None) -> Any:
-    node: Any = payload
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
+    if "." not in path:  # the common case, without building lists
+        return payload.get(path, default)
+    return get_parts(payload, path.split("."), default)
+
+
+def get_parts(node: Any, parts: Sequence[str], default: Any = None) -> Any:
+    """:func:`get_path` for a path already split at its dots."""
+    keys = resolve_parts(node, parts)
+    if keys is None:
+        return default
+    for key in keys:
+        node = node[key]
     return node
 
 
 def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``a.b.c``, creating or copying the dicts along the way."""
-    parts = path.split(".")
+    """Set ``a.b.c``, creating or copying the dicts along the way (an existing dotted key such as
+    ``"b.c"`` under ``a`` is the one set)."""
+    parts = resolve(payload, path) or path.split(".")
     node = payload
     for part in parts[:-1]:
         child = node.get(part)
@@ -36,8 +73,8 @@ def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
 
 def delete_path(payload: dict[str, Any], path: str) -> bool:
     """Remove ``a.b.c`` if present (copying the dicts above it); return whether it was there."""
-    parts = path.split(".")
-    if get_path(payload, path, MISSING) is MISSING:
+    parts = resolve(payload, path)
+    if parts is None:
         return False
     node = payload
     for part in parts[:-1]:

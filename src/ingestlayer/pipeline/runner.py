@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ingestlayer.ids import new_id
+from ingestlayer.pipeline import regex_safety
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 from ingestlayer.pipeline.matching import TypeMatcher, remembered
@@ -82,6 +83,13 @@ class CompiledProject:
 
 
 def compile_project(cfg: ProjectConfig) -> CompiledProject:
+    # Stored configurations were checked when applied, possibly by an earlier version with
+    # looser checks: see regex_safety.stored_patterns.
+    with regex_safety.stored_patterns():
+        return _compile_project(cfg)
+
+
+def _compile_project(cfg: ProjectConfig) -> CompiledProject:
     compiled: list[CompiledPipeline] = []
     for p in cfg.pipelines:
         if not p.enabled:

@@ -25,7 +25,9 @@ def lookup(path: str, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -
     if path in ENVELOPE:
         return envelope.get(path)
     if path == "payload":
-        return payload
+        # A copy: `transform: {set: {copy: $event.payload}}` would otherwise put the payload
+        # inside itself, and the event could never be serialised again.
+        return dict(payload)
     if path.startswith("payload."):
         return get_path(payload, path[8:])
     return get_path(payload, path)

@@ -1,6 +1,7 @@
 """``transform`` (MUT): set, rename and drop fields, with ``$event.*`` templates.
 
-Applied in that order: ``rename``, then ``set``, then ``drop``. Paths are dotted.
+Applied in that order: ``rename``, then ``set``, then ``drop``. Paths are dotted. Renames happen
+at once (``{a: b, b: a}`` swaps the two); a rename or ``set`` onto a field that exists replaces it.
 
 Example::
 
@@ -58,10 +59,12 @@ class Transform:
 
     async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop:
         payload = event.payload
-        for old, new in self.config.rename.items():
-            value = get_path(payload, old, MISSING)
+        # All renames read first, then write: `{a: b, b: a}` swaps rather than losing `b`.
+        moved = [(new, get_path(payload, old, MISSING)) for old, new in self.config.rename.items()]
+        for old in self.config.rename:
+            delete_path(payload, old)
+        for new, value in moved:
             if value is not MISSING:
-                delete_path(payload, old)
                 set_path(payload, new, value)
         if self.config.set:
             envelope = event.envelope()
