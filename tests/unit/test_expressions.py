@@ -154,6 +154,8 @@ OPERATOR_CASES = [
     ("x not in {a, b}", {"x": "c"}, True),
     ("x not in {a, b}", {"x": "a"}, False),
     ("x not in {export}", {"x": "csv.export"}, False),
+    ("x in {''}", {"x": "v1."}, False),  # a trailing dot leaves no last segment to match
+    ("x in {''}", {"x": ""}, True),
     ("x in {}", {"x": "a"}, False),
     ("x in {a, b,}", {"x": "b"}, True),
     ('x in {"b c", d}', {"x": "b c"}, True),

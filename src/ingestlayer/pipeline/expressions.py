@@ -252,8 +252,9 @@ def _membership(members: list[Scalar]) -> Test:
         if isinstance(value, str):
             if value in strings:
                 return True
+            # "csv.export" is in {export}; "v1." has no last segment to match (not even {''}).
             dot = value.rfind(".")
-            return dot >= 0 and value[dot + 1 :] in strings
+            return 0 <= dot < len(value) - 1 and value[dot + 1 :] in strings
         if value is None:
             return has_null
         if isinstance(value, bool):
