@@ -528,7 +528,9 @@ def quote(value: str, quote_char: str = '"', unicode_escapes: bool = False) -> s
 
 def reference_in(value: object, members: set[str]) -> bool:
     def one(item: object) -> bool:
-        return isinstance(item, str) and (item in members or item.split(".")[-1] in members)
+        # The last dotted segment, when there is one after a dot ("v1." has none).
+        last = item.split(".")[-1] if isinstance(item, str) and "." in item else None
+        return isinstance(item, str) and (item in members or (bool(last) and last in members))
 
     if isinstance(value, list):
         return any(one(item) for item in value)
