@@ -1,4 +1,11 @@
-"""Prometheus metrics, served at ``/metrics``."""
+"""Prometheus metrics, served at ``/metrics``.
+
+Each process counts what it did itself, from its start: ``api`` counts ingest (and the
+deliveries it routes at ingest, and ends when an endpoint is disabled), ``worker`` routing and
+attempts, ``serve`` all of it. No label names a process, project, destination, event or
+delivery, so a series' cardinality is fixed and ``sum`` over the processes' series is the
+system's total (see ``docs/monitoring.md``; a ``worker`` has no HTTP port to serve them on).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,39 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+# What an attempt left its delivery in: the values of ``result``.
+ATTEMPT_RESULTS = ("delivered", "retrying", "dead")
+
 EVENTS_INGESTED = Counter(
-    "ingestlayer_events_ingested_total", "Events accepted and stored", registry=REGISTRY
+    "ingestlayer_events_ingested_total",
+    "Events accepted and stored (idempotent repeats not included)",
+    registry=REGISTRY,
 )
 EVENTS_DUPLICATE = Counter(
-    "ingestlayer_events_duplicate_total", "Events refused as idempotent repeats", registry=REGISTRY
+    "ingestlayer_events_duplicate_total",
+    "Events answered as idempotent repeats of a stored event, and not stored again",
+    registry=REGISTRY,
 )
 DELIVERIES_CREATED = Counter(
-    "ingestlayer_deliveries_created_total", "Deliveries created by routing", registry=REGISTRY
+    "ingestlayer_deliveries_created_total",
+    "Deliveries created by routing events (replays make attempts, not deliveries)",
+    registry=REGISTRY,
 )
 ATTEMPTS = Counter(
-    "ingestlayer_delivery_attempts_total", "Delivery attempts by result", ["result"], registry=REGISTRY
+    "ingestlayer_delivery_attempts_total",
+    "Delivery attempts, by what each left its delivery in: delivered, retrying or dead",
+    ["result"],
+    registry=REGISTRY,
 )
+# Every result from the start, at 0: an alert on increase(...{result="dead"}) must see the first
+# dead letter after a restart, which it cannot if the series only appears with it.
+for _result in ATTEMPT_RESULTS:
+    ATTEMPTS.labels(result=_result)
 ATTEMPT_SECONDS = Histogram(
     "ingestlayer_delivery_attempt_seconds",
-    "Duration of delivery attempts",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "Duration of each delivery attempt, from sending to the answer or the error (not ingest to delivery)",
+    # Up to the longest destination timeout (60 s), so timeouts are told apart from slow answers.
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
 # SQLite only: what the checkpoint thread saw. A log that keeps growing means a reader holds an

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from ingestlayer import clock
 from ingestlayer.api import endpoints as endpoints_api
 from ingestlayer.api import logs as logs_api
 from ingestlayer.api.dashboard_session import (
@@ -140,7 +140,8 @@ async def _page(
         path=request.url.path,
         flash=read_flash(request),
         asset_version=ASSET_VERSION,
-        now=time.time(),
+        # Stored times (next retry, attempts) are on the database's clock: "in 5 min" too.
+        now=clock.now(),
         **context,
     )
     response = HTMLResponse(html, status_code=http_status, headers=SECURITY_HEADERS)
@@ -280,7 +281,7 @@ async def _login_page(
         path="/login",
         flash=read_flash(request),
         asset_version=ASSET_VERSION,
-        now=time.time(),
+        now=clock.now(),
         title="Sign in",
         next=safe_next(next),
         error=error,

@@ -10,22 +10,28 @@ Index use (see ``docs/dashboard.md`` for the measured plans):
 
 Buckets are aligned to multiples of their width, so a bucket that closed a while ago never
 changes (bar retention purges); those are kept in a small in-process cache and a page view only
-queries the buckets that are still open.
+queries the buckets that are still open. "Now" is the database's clock (:mod:`ingestlayer.clock`),
+which stamps every attempt: a machine whose own clock is off would otherwise leave the newest
+attempts out of the window, or cache a bucket as closed while attempts still land in it.
+
+An attempt succeeded when it has no error: every destination reports a failure with an error
+and a success without one, whatever its status code (SMTP answers 250, the PostgreSQL
+destination has none, Slack answers 200 to a message it refused).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, TextClause, and_, case, cast, func, select, text
+from sqlalchemy import Integer, TextClause, case, cast, func, select, text
 from ulid import ULID
 
+from ingestlayer import clock as db_clock
 from ingestlayer.store.db import Engines
 from ingestlayer.store.schema import attempts, deliveries, events
 
@@ -126,7 +132,7 @@ def percentile(hist: dict[int, int], q: float) -> float | None:
 @dataclass(slots=True)
 class AttemptBucket:
     attempts: int = 0  # exact
-    ok: int = 0  # exact, or estimated when sampled
+    ok: int = 0  # attempts without an error; exact, or estimated when sampled
     hist: dict[int, int] = field(default_factory=dict)  # latency bin -> attempts (estimated if sampled)
     sample_every: int = 1
 
@@ -229,7 +235,7 @@ class _BucketCache:
 class DashboardStats:
     """Aggregates and searches for the dashboard. One per process (it caches closed buckets)."""
 
-    def __init__(self, engines: Engines, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engines: Engines, *, clock: Callable[[], float] = db_clock.now) -> None:
         self.engines = engines
         self.dialect = engines.dialect
         self.clock = clock
@@ -360,7 +366,8 @@ class DashboardStats:
         d = attempts.c.duration_ms
         steps = [(d < 10.0 ** (k + 1), 20 * k + self._floor(d / (10.0**k / 2))) for k in range(_DECADES)]
         latency_bin = case(*steps, else_=OVERFLOW_BIN)
-        ok = case((and_(attempts.c.status_code >= 200, attempts.c.status_code < 300), 1), else_=0)
+        # Not "status 2xx": see the module's docstring.
+        ok = case((attempts.c.error.is_(None), 1), else_=0)
         bucket = self._floor((attempts.c.started_at - t0) / width)
         conds = [
             attempts.c.project_id == project_id,
