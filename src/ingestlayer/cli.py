@@ -164,11 +164,18 @@ def api(
 
 @app.command()
 @cli_errors
-def worker(database_url: DbOpt = None) -> None:
+def worker(
+    host: Annotated[str | None, typer.Option(help="Where --port listens; default INGESTLAYER_HOST")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Serve /healthz, /readyz and /metrics here; default INGESTLAYER_WORKER_PORT"),
+    ] = None,
+    database_url: DbOpt = None,
+) -> None:
     """Run only the router and dispatcher."""
     from ingestlayer.server import run_worker
 
-    settings = _settings(database_url)
+    settings = _settings(database_url, host=host, worker_port=port)
     configure(settings.log_level)
     run_worker(settings)
 

@@ -47,6 +47,8 @@ class Settings:
     database_url: str = DEFAULT_SQLITE_URL
     host: str = "127.0.0.1"
     port: int = 8000
+    # Where a `worker` serves /healthz, /readyz and /metrics; None: it serves nothing.
+    worker_port: int | None = None
     # The address senders use to reach this server (printed with ingress URLs).
     public_url: str | None = None
     # Outbound requests to private/loopback/link-local addresses are refused unless allowed,
@@ -94,6 +96,7 @@ class Settings:
             database_url=os.environ.get("INGESTLAYER_DATABASE_URL") or DEFAULT_SQLITE_URL,
             host=os.environ.get("INGESTLAYER_HOST") or "127.0.0.1",
             port=_env_int("INGESTLAYER_PORT", 8000),
+            worker_port=_env_opt_int("INGESTLAYER_WORKER_PORT"),
             public_url=os.environ.get("INGESTLAYER_PUBLIC_URL") or None,
             allow_private_destinations=_env_bool("INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS", False),
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,

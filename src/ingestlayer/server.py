@@ -18,6 +18,7 @@ from ingestlayer.app import create_app
 from ingestlayer.config import Settings
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.migrate import upgrade
+from ingestlayer.worker_probes import serve_probes
 
 # Helper threads (the WAL's fsync, the management API's database drivers, thread pools) need the
 # GIL briefly to hand results back; with Python's default 5 ms switch interval each hand-back
@@ -128,9 +129,11 @@ def run_worker(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await rt.start()
-        freeze_startup_objects()
-        await stop.wait()
-        await rt.shutdown()
+        # The probes outlive the drain: /readyz and /metrics still answer while attempts finish.
+        async with serve_probes(rt, settings.host, settings.worker_port):
+            freeze_startup_objects()
+            await stop.wait()
+            await rt.shutdown()
 
     _install_uvloop()
     asyncio.run(main())

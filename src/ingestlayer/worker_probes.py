@@ -1,0 +1,78 @@
+"""``ingestlayer worker --port N``: the worker's ``/healthz``, ``/readyz`` and ``/metrics``.
+
+A worker makes the attempts and routes the events, so its counters are most of what an operator
+watches (``docs/monitoring.md``); with ``api`` and ``worker`` run apart, they were nowhere to
+scrape. The same three routes as the API's, from the same module, on a port of their own: no
+other route, no key, so keep the port off the public internet like any metrics port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from ingestlayer.api import health
+from ingestlayer.api.errors import install_error_handlers
+from ingestlayer.runtime import Runtime
+
+
+class _ProbeServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the worker's own take SIGTERM and SIGINT, drain the
+    attempts in flight, and stop this server last."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.listening.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def probes_app(rt: Runtime) -> FastAPI:
+    app = FastAPI(title="ingestlayer worker", openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.runtime = rt
+    app.include_router(health.router)
+    install_error_handlers(app)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_probes(rt: Runtime, host: str, port: int | None) -> AsyncIterator[None]:
+    """Serve the probes while the block runs (nothing when ``port`` is None)."""
+    if port is None:
+        yield
+        return
+    config = uvicorn.Config(
+        probes_app(rt),
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+    )
+    server = _ProbeServer(config)
+    task = asyncio.create_task(server.serve(), name="worker-probes")
+    listening = asyncio.create_task(server.listening.wait())
+    # A port it cannot bind ends the process, with uvicorn's message; the task ends first then.
+    await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
+    listening.cancel()
+    if task.done():
+        task.result()  # re-raise what ended it
+        raise OSError(f"the worker's probes stopped before listening on {host}:{port}")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
