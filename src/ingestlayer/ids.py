@@ -1,22 +1,26 @@
 """Sortable, prefixed identifiers (``evt_01J…``).
 
-ULIDs keep ids in time order, so the primary key doubles as the time index for keyset
-pagination. Within one process they are also monotonic: ids made in the same millisecond
-count up instead of taking random order, so "newest first" is exact for a batch.
+ULIDs keep ids in time order (on the database's clock, :mod:`ingestlayer.clock`), so the primary
+key doubles as the time index for keyset pagination. Within one process they are also monotonic:
+ids made in the same millisecond count up instead of taking random order, so "newest first" is
+exact for a batch.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any
+
+from ingestlayer import clock
 
 _RANDOM_BITS = 80
 _state = {"ms": 0, "rand": 0}
 
 
 def _next_value() -> int:
-    ms = time.time_ns() // 1_000_000
+    # The database's clock, as every stored time: ids from processes on several machines sort
+    # in the order they were made, and the dashboard buckets events by their id's time.
+    ms = int(clock.now() * 1000)
     if ms <= _state["ms"]:
         ms = _state["ms"]
         rand = _state["rand"] + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
@@ -57,3 +58,15 @@ def test_single_ids_across_digit_boundaries_are_the_values_they_count_up_from() 
     same_ms = [b - a for a, b in itertools.pairwise(values) if (a >> 80) == (b >> 80)]
     # Counted up by one within each millisecond: a stale head would jump back at a carry.
     assert len(same_ms) > 4000 and set(same_ms) == {1}
+
+
+def test_ids_carry_the_database_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose machine runs an hour behind the database still makes ids of the
+    database's time, as every other stored time (ingestlayer.clock)."""
+    import time
+
+    from ingestlayer import clock
+
+    monkeypatch.setattr(clock.CLOCK, "offset", 3600.0)
+    ulid = ULID.from_str(new_id("evt")[4:])
+    assert abs(ulid.milliseconds - (time.time() + 3600) * 1000) < 2000
