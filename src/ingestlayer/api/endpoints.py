@@ -14,7 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ingestlayer import clock, metrics
+from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
@@ -387,8 +387,7 @@ async def update_endpoint(
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
-        ended = await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
-        metrics.ATTEMPTS.labels(result="dead").inc(len(ended))  # counted as the dispatcher would
+        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
     out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
     if generated:
         out["secret"] = secret  # shown once, as on create
@@ -443,7 +442,8 @@ async def rotate_secret(
 @router.delete("/{endpoint_id}", status_code=204)
 async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> Response:
     p, d = await _load(rt, principal.project_id, endpoint_id)
-    # Deliveries still pending for it end as dead ("destination was deleted"); their logs stay.
+    # Its deliveries waiting for an attempt end as dead at once ("destination was deleted"), in
+    # every worker's view; their logs stay.
     await rt.store.apply_config(
         principal.project_id,
         [],

@@ -207,6 +207,7 @@ async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Re
         and r["destination_id"] in cfg.destinations
         and cfg.destinations[r["destination_id"]].name.startswith(f"{found.name}/")
     ]
+    # The inline destinations' deliveries waiting for an attempt end as dead at once.
     await rt.store.apply_config(
         principal.project_id, [], [], delete_pipeline_ids=[found.id], delete_destination_ids=inline
     )

@@ -32,7 +32,7 @@ from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox
-from ingestlayer.store.store import Store
+from ingestlayer.store.store import DELETED_DESTINATION_ERROR, Store
 
 log = logging.getLogger("ingestlayer.delivery")
 
@@ -230,7 +230,7 @@ class Dispatcher:
         started = clock.now()
         t0 = time.perf_counter()
         if dest is None:
-            outcome = Outcome(ok=False, error="destination was deleted", permanent=True)
+            outcome = Outcome(ok=False, error=DELETED_DESTINATION_ERROR, permanent=True)
         elif not dest.enabled:
             outcome = Outcome(ok=False, error="destination is disabled", permanent=True)
         elif dest.broken is not None:

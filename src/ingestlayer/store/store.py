@@ -18,7 +18,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ingestlayer import clock
+from ingestlayer import clock, metrics
 from ingestlayer.ids import new_id, new_key
 from ingestlayer.records import (
     AttemptResult,
@@ -57,6 +57,8 @@ from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
 DUE_STATUSES = ("pending", "retrying", "delivering")
+# What a delivery to a destination that no longer exists ends with (the dispatcher's words too).
+DELETED_DESTINATION_ERROR = "destination was deleted"
 # Ingest transactions in flight at once on PostgreSQL (its pool holds more connections).
 PG_CONCURRENT_WRITERS = 4
 _lease_counter = itertools.count(1)
@@ -428,11 +430,14 @@ class Store:
         delete_destination_ids: Sequence[str] = (),
         upsert_sources: Sequence[dict[str, Any]] = (),
         delete_source_ids: Sequence[str] = (),
-    ) -> None:
+    ) -> list[str]:
         """Create/update/delete pipelines and destinations in one transaction.
 
         Each upsert dict carries ``id`` (existing or new), ``name``, ``config`` and, for
         destinations, ``kind``; pipelines may carry ``endpoint`` and ``enabled``.
+
+        A deleted destination's deliveries that wait for an attempt end ``dead`` right after
+        (see :meth:`end_waiting_deliveries`); returns their ids.
         """
         now = clock.now()
         async with self.engines.write.begin() as conn:
@@ -527,6 +532,13 @@ class Store:
                     )
                 )
             await self._bump_config(conn, project_id)
+        # The dispatcher would end each of them at its next attempt, but a retry may be hours
+        # away: meanwhile it was listed "retrying" for a destination that no longer exists, and
+        # its event was kept from retention. After the commit, in batches, like a disable.
+        ended: list[str] = []
+        for destination_id in delete_destination_ids:
+            ended += await self.end_waiting_deliveries(project_id, destination_id, DELETED_DESTINATION_ERROR)
+        return ended
 
     async def set_secret(self, project_id: str, name: str, ciphertext: bytes) -> bool:
         """Store an encrypted secret; return True when it replaced an existing one."""
@@ -611,7 +623,8 @@ class Store:
 
         Deliveries being attempted right now (``delivering``) are left to their attempt. Each
         batch is one transaction, so a long backlog does not hold SQLite's writer for long.
-        The ended deliveries stay listed and can be replayed. Returns their ids.
+        The ended deliveries stay listed and can be replayed, and are counted in the
+        ``dead`` attempts metric. Returns their ids.
         """
         ended: list[str] = []
         waiting = ("pending", "retrying")
@@ -669,6 +682,8 @@ class Store:
                         ],
                     )
                 ended.extend(did for did, _ in done)
+                # Counted as the dispatcher counts an attempt that ends a delivery dead.
+                metrics.ATTEMPTS.labels(result="dead").inc(len(done))
             if len(ids) < batch:
                 return ended
 
