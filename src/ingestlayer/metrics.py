@@ -1,10 +1,11 @@
 """Prometheus metrics, served at ``/metrics``.
 
 Each process counts what it did itself, from its start: ``api`` counts ingest (and the
-deliveries it routes at ingest, and ends when an endpoint is disabled), ``worker`` routing and
-attempts, ``serve`` all of it. No label names a process, project, destination, event or
-delivery, so a series' cardinality is fixed and ``sum`` over the processes' series is the
-system's total (see ``docs/monitoring.md``; a ``worker`` serves them on its ``--port``).
+deliveries it routes at ingest, and those it ends when a destination is disabled or deleted),
+``worker`` routing and attempts, ``serve`` all of it. No label names a process, project,
+destination, event or delivery, so a series' cardinality is fixed and ``sum`` over the
+processes' series is the system's total (see ``docs/monitoring.md``; a ``worker`` serves them
+on its ``--port``).
 """
 
 from __future__ import annotations
