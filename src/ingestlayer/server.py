@@ -128,9 +128,10 @@ def run_worker(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await rt.start()
-        # The probes outlive the drain: /readyz and /metrics still answer while attempts finish.
+        # The probes listen before the worker says it started, and outlive the drain: /readyz
+        # and /metrics still answer while attempts finish.
         async with serve_probes(rt, settings.host, settings.worker_port):
+            await rt.start()
             freeze_startup_objects()
             await stop.wait()
             await rt.shutdown()
