@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ingestlayer import ids
 from tests.support.browser import chromium_browser
 from tests.support.databases import PgTemplates, SqliteTemplates, require_pg
 from tests.support.fake_discord import FakeDiscord
@@ -16,6 +18,18 @@ from tests.support.fake_notion import FakeNotion
 from tests.support.fake_telegram import FakeTelegram
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server
+
+
+@pytest.fixture(autouse=True)
+def _ids_back_on_time() -> Iterator[None]:
+    """Ids never go back in time within a process (ingestlayer.ids), so ids made while a test
+    had moved the database clock ahead would keep every later test's ids in that future: after
+    such a test, id generation starts over from the real clock."""
+    state, head = dict(ids._state), list(ids._head)
+    yield
+    if ids._state["ms"] > (time.time() + 5) * 1000:
+        ids._state.update(state)
+        ids._head[:] = head
 
 
 @pytest.fixture(scope="session")
