@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_crash_recovery import ingest
 from tests.support.processes import Cluster, free_port, wait_until
 from tests.support.receiver import Receiver
 
@@ -56,15 +57,7 @@ async def test_a_worker_serves_its_probes_and_counters(
         async with http.get(base + "/v1/events") as resp:
             assert resp.status == 404  # the probes only: nothing else is served there
 
-        for i in range(N_EVENTS):
-            status, body = await cluster.request(
-                api,
-                "POST",
-                "/v1/events",
-                key=keys.ingest,
-                json={"type": "order.created", "payload": {"i": i}},
-            )
-            assert status == 202, body
+        await ingest(cluster, api, keys, 0, N_EVENTS)
         await wait_until(lambda: len(receiver.requests) == N_EVENTS, timeout=30, what="the deliveries")
 
         async def counted() -> bool:

@@ -23,22 +23,24 @@ from ingestlayer.api.dashboard_views import success_chart, throughput_chart
 from ingestlayer.ids import new_id
 from ingestlayer.store.schema import attempts, deliveries, events
 from ingestlayer.store.stats import DashboardStats, id_bound
-from tests.integration.test_dashboard import Browser, signed_in
+from tests.integration.test_dashboard import Browser, browser, signed_in
 from tests.support.processes import Cluster
+from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, wait_for
+
+__all__ = ["browser"]  # a fixture, used by name
 
 FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}  # three attempts, then dead
 
 
-class FlakyReceiver:
+class FlakyReceiver(Receiver):
     """Answers each delivery by its event's payload: ``fail`` attempts get 500 first, then 200;
     ``fail: -1`` always fails. ``healed`` makes every later attempt succeed (for replays)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: dict[str, int] = {}
         self.healed = False
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -48,28 +50,6 @@ class FlakyReceiver:
         if not self.healed and (fail < 0 or n <= fail):
             return web.Response(status=500, text="boom")
         return web.Response(status=200, text="ok")
-
-    async def start(self) -> FlakyReceiver:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
 
 
 @pytest.fixture
