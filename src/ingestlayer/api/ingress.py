@@ -6,7 +6,11 @@ reason. Verified events go through the same durable group commit as ``POST /v1/e
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -14,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, too_deep_error
-from ingestlayer.api.ingest import storable_json
+from ingestlayer.api.ingest import MAX_KEY_LENGTH, may_hold_huge_int, storable_json
 from ingestlayer.api.manage import apply_one
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
@@ -26,6 +30,8 @@ from ingestlayer.sources.config import SourceConfig, locate
 from ingestlayer.sources.verify import (
     HmacOptions,
     IngressAuthError,
+    SourceSecretError,
+    standard_key,
     verify_github,
     verify_hmac,
     verify_standard,
@@ -54,10 +60,7 @@ def source_json(s: SourceRow, public_url: str | None = None) -> dict[str, Any]:
     }
 
 
-def verify_request(cfg: SourceConfig, secret: str | None, headers: dict[str, str], body: bytes) -> None:
-    if cfg.verify == "none":
-        return
-    assert secret is not None
+def _verify_one(cfg: SourceConfig, secret: str, headers: dict[str, str], body: bytes) -> None:
     if cfg.verify == "stripe":
         verify_stripe(secret, headers, body, tolerance=cfg.tolerance)
     elif cfg.verify == "github":
@@ -74,40 +77,136 @@ def verify_request(cfg: SourceConfig, secret: str | None, headers: dict[str, str
         verify_hmac(secret, headers, body, options, tolerance=cfg.tolerance)
 
 
-@router.post("/v1/ingress/{source_id}", status_code=202, summary="Receive a signed webhook from a source")
-async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
-    source = await rt.store.get_source(source_id)
-    if source is None or not source.enabled:
-        raise ApiError(404, f"no source {source_id!r}")
-    cfg = SourceConfig.model_validate(source.config)
-    body = await request.body()
-    if len(body) > rt.settings.max_event_bytes:
-        raise ApiError(413, f"the webhook body exceeds {rt.settings.max_event_bytes // 1024} KiB")
-    headers = dict(request.headers)
-    secret = None
-    if cfg.secret:
+def verify_request(cfg: SourceConfig, secrets: list[str], headers: dict[str, str], body: bytes) -> None:
+    """Authentic when any of the source's secrets verifies (the current one, and the previous one
+    while the operator rotates). The current secret's reason is the one reported."""
+    if cfg.verify == "none":
+        return
+    assert secrets
+    failure: IngressAuthError | None = None
+    for secret in secrets:
         try:
-            secret = await rt.dispatcher.resolver(source.project_id, cfg.secret)
-        except LookupError:
-            # The operator's misconfiguration, not the sender's: say so without naming the secret.
-            raise ApiError(
-                503, "this source's secret is not configured on the server", headers={"Retry-After": "60"}
-            ) from None
+            _verify_one(cfg, secret, headers, body)
+            return
+        except IngressAuthError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it exceeds ``limit``: an unauthenticated sender
+    must not make us buffer whatever it streams before the signature is even looked at."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the webhook request body exceeds {limit // 1024} KiB")
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def json_text(body: bytes, content_type: str) -> bytes:
+    """The JSON in the body. GitHub hooks set to ``application/x-www-form-urlencoded`` send it as
+    the form's ``payload`` field (and sign the form body, already verified)."""
+    if content_type.split(";", maxsplit=1)[0].strip().lower() != FORM:
+        return body
     try:
-        verify_request(cfg, secret, headers, body)
-    except IngressAuthError as exc:
-        raise ApiError(401, f"signature verification failed: {exc}", code="invalid_signature") from None
+        fields = parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, strict_parsing=True, max_num_fields=100
+        )
+    except (UnicodeDecodeError, ValueError):
+        fields = []
+    payloads = [value for name, value in fields if name == "payload"]
+    if len(payloads) != 1:
+        raise ApiError(
+            400, "a form-encoded webhook body must carry its JSON in one `payload` field", code="invalid_json"
+        )
+    return payloads[0].encode()
+
+
+def parse_document(raw: bytes) -> dict[str, Any]:
+    """The webhook body as a JSON object, integers over 64 bits kept whole so that storing refuses
+    them by name (orjson alone would round them to floats: the payload would not be as sent)."""
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if is_read_depth_error(exc):
             raise too_deep_error(
                 "the webhook body", None, f"more than {ORJSON_READ_DEPTH} levels deep"
             ) from None
         raise ApiError(400, "the webhook body is not valid JSON", code="invalid_json") from None
+    if may_hold_huge_int(raw):
+        # Deeper than the json module reads is deeper than we store: storing refuses it.
+        with contextlib.suppress(RecursionError):
+            doc = json.loads(raw)
     if not isinstance(doc, dict):
         raise ApiError(422, "the webhook body must be a JSON object")
+    return doc
+
+
+def idempotency_key(source_name: str, value: Any) -> str | None:
+    """The stored key: per source, so two senders' ids never collide. An empty id is no id (else
+    every event without one would be taken for the first); a long one is hashed, not cut, so ids
+    that differ only at the end stay distinct."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    # NUL dropped: PostgreSQL cannot store it, and the insert would fail every event committed
+    # in the same group.
+    key = f"{source_name}:{value}".replace("\x00", "")
+    if len(key) > MAX_KEY_LENGTH:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        key = key[: MAX_KEY_LENGTH - len(digest) - 1] + "~" + digest
+    return key
+
+
+async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> list[str]:
+    try:
+        secrets = [await rt.dispatcher.resolver(source.project_id, ref) for ref in cfg.secret_refs()]
+    except LookupError:
+        # The operator's misconfiguration, not the sender's: say so without naming the secret.
+        raise ApiError(
+            503, "this source's secret is not configured on the server", headers={"Retry-After": "60"}
+        ) from None
+    if cfg.verify == "standard-webhooks":
+        try:
+            for secret in secrets:
+                standard_key(secret)
+        except SourceSecretError as exc:
+            raise ApiError(
+                503, f"this source's secret is unusable: {exc}", headers={"Retry-After": "60"}
+            ) from None
+    return secrets
+
+
+@router.post("/v1/ingress/{source_id}", status_code=202, summary="Receive a signed webhook from a source")
+async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
+    source = await rt.store.get_source(source_id)
+    if source is None or not source.enabled:
+        raise ApiError(404, f"no source {source_id!r}")
+    cfg = SourceConfig.model_validate(source.config)
+    body = await read_body(request, rt.settings.max_request_bytes)
+    headers = dict(request.headers)
+    secrets = await resolve_secrets(rt, source, cfg)
+    try:
+        verify_request(cfg, secrets, headers, body)
+    except IngressAuthError as exc:
+        raise ApiError(401, f"signature verification failed: {exc}", code="invalid_signature") from None
+    doc = parse_document(json_text(body, headers.get("content-type", "")))
     payload_json = storable_json(doc, "the webhook body", None)
+    if len(payload_json) > rt.settings.max_event_bytes:
+        raise ApiError(413, f"the webhook body exceeds {rt.settings.max_event_bytes // 1024} KiB per event")
     raw_type = locate(cfg.type_locator(), headers, doc)
     if not isinstance(raw_type, str) or not raw_type:
         raise ApiError(422, f"no event type at {cfg.type_locator()}", field=cfg.type_locator())
@@ -119,11 +218,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     if limiter is not None:
         limiter.check(source.project_id, 1)
     key_loc = cfg.key_locator()
-    key = locate(key_loc, headers, doc) if key_loc else None
-    if key is not None:
-        # Per source, so two senders' ids never collide. NUL dropped: PostgreSQL cannot store it,
-        # and the insert would fail every event committed in the same group.
-        key = f"{source.name}:{key}".replace("\x00", "")[:255]
+    key = idempotency_key(source.name, locate(key_loc, headers, doc)) if key_loc else None
     now = clock.now()
     event = NewEvent(
         id=new_id("evt"),

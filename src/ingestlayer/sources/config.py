@@ -10,6 +10,7 @@ Example::
         verify: github
         secret: env:GITHUB_WEBHOOK_SECRET
         type_prefix: github.           # push → github.push
+        previous_secret: ref:github-old  # while rotating: the old secret verifies too, until removed
       - name: billing
         verify: hmac-sha256
         secret: ref:billing
@@ -64,6 +65,10 @@ class SourceConfig(BaseModel):
     name: str = Field(pattern=NAME_RE, description="Unique within the project; becomes the event's source.")
     verify: Scheme = Field(description="How requests are authenticated.")
     secret: str | None = Field(default=None, description="ref:NAME or env:VAR; required unless verify: none.")
+    previous_secret: str | None = Field(
+        default=None,
+        description="ref:NAME or env:VAR; while rotating our secret, requests signed with it verify too.",
+    )
     tolerance: int = Field(default=300, ge=1, le=86400, description="Seconds a signed timestamp may be off.")
     header: str | None = Field(default=None, description="hmac-sha256: the signature header.")
     encoding: Literal["hex", "base64"] = Field(default="hex", description="hmac-sha256: signature encoding.")
@@ -78,7 +83,7 @@ class SourceConfig(BaseModel):
     type_prefix: str = Field(default="", max_length=50, description="Prepended to the type, e.g. 'github.'.")
     enabled: bool = True
 
-    @field_validator("secret")
+    @field_validator("secret", "previous_secret")
     @classmethod
     def _secret(cls, v: str | None) -> str | None:
         if v is not None and not is_secret_reference(v):
@@ -89,6 +94,8 @@ class SourceConfig(BaseModel):
     def _rules(self) -> SourceConfig:
         if self.verify != "none" and not self.secret:
             raise ValueError(f"verify: {self.verify} needs a secret")
+        if self.previous_secret and self.verify == "none":
+            raise ValueError("previous_secret applies only to a verify scheme with a secret")
         hmac_only = {
             "header": self.header,
             "timestamp_header": self.timestamp_header,
@@ -101,6 +108,10 @@ class SourceConfig(BaseModel):
         _check_locator(self.event_type, "event_type")
         _check_locator(self.idempotency_key, "idempotency_key")
         return self
+
+    def secret_refs(self) -> list[str]:
+        """The references to verify with, the current secret first."""
+        return [ref for ref in (self.secret, self.previous_secret) if ref]
 
     def type_locator(self) -> str:
         return self.event_type or DEFAULT_TYPE[self.verify]
