@@ -24,7 +24,16 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from ingestlayer import __version__
-from ingestlayer.cli_backend import Backend, CliError, LocalBackend, RemoteBackend
+from ingestlayer.cli_backend import (
+    Backend,
+    CliError,
+    LocalBackend,
+    RemoteBackend,
+    check_secret_name,
+    migrate_database,
+    safe_url,
+    without_credentials,
+)
 from ingestlayer.config import Settings
 from ingestlayer.logsetup import configure
 
@@ -72,7 +81,19 @@ def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
             "the database URL must be sqlite:///PATH or postgresql://USER@HOST/DATABASE "
             "(--database-url or INGESTLAYER_DATABASE_URL)"
         )
+    _check_sqlite_directory(settings.database_url)
     return settings
+
+
+def _check_sqlite_directory(database_url: str) -> None:
+    """A SQLite file is created on first use, but not its directory: said plainly here, where
+    the driver would fail from a thread of its own, with a traceback."""
+    parts = urllib.parse.urlsplit(database_url)
+    if not parts.scheme.startswith("sqlite") or not parts.path.startswith("/") or parts.path == "/":
+        return  # not SQLite, or in memory (sqlite://)
+    directory = Path(urllib.parse.unquote(parts.path[1:])).parent
+    if not directory.is_dir():
+        raise CliError(f"cannot open the database at {database_url}: no directory {directory}")
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -106,6 +127,27 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
+def _read_document(file: Path) -> dict[str, Any] | None:
+    """The file's document, checked here so both modes refuse the same files in the same words."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{file}: not UTF-8 text") from None
+    except OSError as exc:  # missing, a directory, unreadable
+        raise CliError(f"{file}: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:  # PyYAML builds nested collections recursively
+        raise CliError(f"{file}: nested too deeply to read") from None
+    if document is None:  # an empty file (or only comments): None, for the caller to judge
+        return None
+    if not isinstance(document, dict):
+        raise CliError(f"{file}: the file must be a mapping with `pipelines:`, `destinations:` or `sources:`")
+    return document
+
+
 def _with_backend(
     database_url: str | None,
     project: str | None,
@@ -117,6 +159,10 @@ def _with_backend(
     if url:
         if not key:
             raise CliError("--url needs an admin key: --key or INGESTLAYER_ADMIN_KEY")
+        if project:
+            # The admin key chooses the project on a server; acting on the key's project while the
+            # command names another (an apply --prune, say) must not happen silently.
+            raise CliError("--project is for the database; with --url the admin key chooses the project")
         backend = RemoteBackend(url, key)
     else:
         # Migrates before any event loop runs (Alembic drives its own).
@@ -184,8 +230,6 @@ def worker(
 @cli_errors
 def migrate(database_url: DbOpt = None) -> None:
     """Bring the database schema up to date."""
-    from ingestlayer.store.migrate import upgrade
-
     settings = _settings(database_url)
     applied = 0
     last = time.perf_counter()
@@ -199,11 +243,7 @@ def migrate(database_url: DbOpt = None) -> None:
         out.print(f"applied {escape(revision)}: {what} ({now - last:.1f} s)", highlight=False, soft_wrap=True)
         last = now
 
-    try:
-        upgrade(settings.database_url, on_step=step)
-    except OSError as exc:  # refused, unreachable, name not found: say which database
-        where = _safe_url(settings.database_url)
-        raise CliError(f"cannot connect to the database at {where}: {exc}") from None
+    migrate_database(settings.database_url, on_step=step)
     done = f" ({applied} migrations applied)" if applied else ""
     out.print(f"database is up to date{done}")
 
@@ -215,11 +255,10 @@ def init(
     database_url: DbOpt = None,
 ) -> None:
     """Create a project and print its ingest and admin keys (shown once)."""
-    from ingestlayer.store.migrate import upgrade
     from ingestlayer.store.store import Conflict, Store
 
     settings = _settings(database_url)
-    upgrade(settings.database_url)
+    migrate_database(settings.database_url)
 
     async def run() -> tuple[str, str, str]:
         store = Store.from_url(settings.database_url)
@@ -249,19 +288,24 @@ def apply(
     key: KeyOpt = None,
 ) -> None:
     """Create or update pipelines and destinations from a file, by name."""
-    try:
-        document = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
-    except RecursionError:  # PyYAML builds nested collections recursively
-        raise CliError(f"{file}: nested too deeply to read") from None
+    document = _read_document(file)
+    if document is None:
+        if prune:
+            # Most likely the wrong file, or one not written yet: pruning to it deletes it all.
+            raise CliError(
+                f"{file} is empty: with --prune that would delete every pipeline, destination and "
+                "source (to mean that, write `pipelines: []`)"
+            )
+        document = {}
     result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
     for change in result["changes"]:
         colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")
         line = f"[{colour}]{change['action']:>9}[/{colour}] {change['kind']} {change['name']}"
         if change.get("ingress_path"):
             local = _settings(database_url)
-            base = url or local.public_url or f"http://{local.host}:{local.port}"
+            base = (
+                (url and without_credentials(url)) or local.public_url or f"http://{local.host}:{local.port}"
+            )
             line += f"  ingress: {base.rstrip('/')}{change['ingress_path']}"
         out.print(line, highlight=False)
         if dry_run and change["diff"]:
@@ -447,7 +491,7 @@ def tail(
     )
     what = " and ".join(w for w, on in (("events", show_events), ("deliveries", show_deliveries)) if on)
     # The server's address without its password; the database's not at all.
-    where = _safe_url(url) if url else "the database"
+    where = safe_url(url) if url else "the database"
 
     def ready() -> None:
         err.print(f"following {what} on {escape(where)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)
@@ -465,14 +509,6 @@ def tail(
         )
 
 
-def _safe_url(url: str) -> str:
-    """A URL fit to print (a database's, a server's): the password, if any, left out."""
-    parts = urllib.parse.urlsplit(url)
-    user, _, host = parts.netloc.rpartition("@")
-    user = user.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
-
-
 @secrets_app.command("set")
 @cli_errors
 def secrets_set(
@@ -486,6 +522,7 @@ def secrets_set(
     key: KeyOpt = None,
 ) -> None:
     """Store a secret, encrypted with the server's master key."""
+    check_secret_name(name)  # before a value is asked for
     if value is None:
         value = (
             sys.stdin.read().rstrip("\n")

@@ -5,11 +5,16 @@ Both backends offer the same few operations, so each command is written once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import http.client
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -27,8 +32,90 @@ if TYPE_CHECKING:
     from ingestlayer.store.store import Store
 
 
+T = TypeVar("T")
+
+
 class CliError(Exception):
     """A failure reported as one line and a non-zero exit."""
+
+
+def safe_url(url: str) -> str:
+    """A URL fit to print (a database's, a server's): the password, if any, left out."""
+    parts = urllib.parse.urlsplit(url)
+    user, _, host = parts.netloc.rpartition("@")
+    user = user.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
+
+
+def without_credentials(url: str) -> str:
+    """A server's address without any user or password: what is called, and shown."""
+    parts = urllib.parse.urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def migrate_database(database_url: str, on_step: Callable[[str, str], None] | None = None) -> None:
+    """Migrate the database: the first time a command connects to it, so a database that cannot
+    be reached is reported here, by its address (without the password), in one line."""
+    try:
+        upgrade(database_url, on_step=on_step)
+    except Exception as exc:
+        problem = _connect_problem(exc)
+        if problem is None:
+            raise
+        raise CliError(f"cannot connect to the database at {safe_url(database_url)}: {problem}") from None
+
+
+def _connect_problem(exc: Exception) -> str | None:
+    """What a failure to reach or open a database says, without SQLAlchemy's wrapping."""
+    if isinstance(exc, OSError):  # refused, unreachable, name not found
+        return str(exc)
+    orig = getattr(exc, "orig", None)  # a driver's error wrapped by SQLAlchemy
+    if type(exc).__module__.startswith("sqlalchemy") and orig is not None:
+        text = str(orig).strip().splitlines()
+        return text[0] if text else type(orig).__name__
+    return None
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking call off the event loop, in a thread that cannot hold the process up.
+
+    A request blocked on a slow server would otherwise keep the loop from seeing Ctrl-C until
+    the request timed out; and asyncio's own worker threads are waited for at exit.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.done():  # cancelled by Ctrl-C meanwhile
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def run() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        # The loop is gone once the command has been interrupted: nothing is waiting then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return await done
+
+
+def check_secret_name(name: str) -> None:
+    """The server's rule, checked before either backend: a name it refuses could not be referenced
+    as ref:NAME, and one holding '/' or '?' would reach it as another URL."""
+    # Imported when used: the management API brings FastAPI (see LocalBackend.apply).
+    from ingestlayer.api.manage import SECRET_NAME
+
+    if not SECRET_NAME.fullmatch(name):
+        raise CliError("secret names are 1 to 200 ASCII letters, digits, '-', '_' and '.'")
 
 
 class LocalBackend:
@@ -41,7 +128,7 @@ class LocalBackend:
         # open it, not by `--help` or the commands that talk to a server over REST.
         from ingestlayer.store.store import Store
 
-        upgrade(settings.database_url)
+        migrate_database(settings.database_url)
         self.store: Store = Store.from_url(settings.database_url)
         self._project_id: str | None = None
 
@@ -136,8 +223,14 @@ class LocalBackend:
         return await self.store.replay(pid, status=status, destination_id=dest_id)
 
     async def set_secret(self, name: str, value: str) -> bool:
+        # As the server refuses it: an endpoint's secret is the endpoint's to set and rotate.
+        from ingestlayer.api.manage import secret_endpoint
+
         box = SecretBox.load(self.settings.secret_key, self.settings.secret_key_file)
         pid = await self.project_id()
+        owner = secret_endpoint(name, await self.store.load_project_config(pid))
+        if owner is not None:
+            raise CliError(f"secret {name!r} belongs to endpoint {owner}: rotate it through the endpoint")
         # A secret stored under another master key than the server's cannot be read when it is
         # used: refuse it now, while the mistake is one command old, if the project's other
         # secrets show the key differs.
@@ -160,14 +253,22 @@ class RemoteBackend:
     """Talks to a running server with an admin key."""
 
     def __init__(self, url: str, key: str) -> None:
-        self.url = url.rstrip("/")
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CliError(f"--url {safe_url(url)!r} is not a server address such as http://HOST:8000")
+        # The key is the credential; a user and password in the URL are neither sent (the key
+        # takes the Authorization header) nor shown in a message.
+        self.url = without_credentials(url.strip()).rstrip("/")
         self.key = key
 
     async def close(self) -> None:
         return None
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
         """One REST request with the admin key; API errors become one-line CliErrors."""
+        return await in_daemon_thread(lambda: self._call(method, path, body))
+
+    def _call(self, method: str, path: str, body: Any) -> Any:
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(
             self.url + path,
@@ -186,43 +287,56 @@ class RemoteBackend:
             raise CliError(f"{self.url} answered {exc.code}: {message}") from None
         except urllib.error.URLError as exc:
             raise CliError(f"cannot reach {self.url}: {exc.reason}") from None
-        return json.loads(raw) if raw else None
+        except (OSError, http.client.HTTPException) as exc:  # a timeout, a connection cut short
+            raise CliError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:  # a proxy's or another program's page
+            raise CliError(f"{self.url} did not answer as an ingestlayer server (not JSON)") from None
+
+    async def fetch(self, method: str, path: str, *fields: str, body: Any = None) -> dict[str, Any]:
+        """The answer, holding ``fields``; or one line saying it is not an ingestlayer server's."""
+        answer = await self.call(method, path, body)
+        if not isinstance(answer, dict) or any(f not in answer for f in fields):
+            raise CliError(
+                f"{self.url} did not answer as an ingestlayer server (on {path.split('?', maxsplit=1)[0]})"
+            )
+        return answer
 
     async def apply(self, document: Any, dry_run: bool, prune: bool) -> dict[str, Any]:
-        out: dict[str, Any] = self.call(
-            "POST", "/v1/apply", {"document": document, "dry_run": dry_run, "prune": prune}
-        )
-        return out
+        body = {"document": document, "dry_run": dry_run, "prune": prune}
+        return await self.fetch("POST", "/v1/apply", "summary", "changes", body=body)
 
     async def send(self, type_: str, payload: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"type": type_, "payload": payload}
         if idempotency_key:
             body["idempotency_key"] = idempotency_key
-        out: dict[str, Any] = self.call("POST", "/v1/events", body)
-        return out
+        return await self.fetch("POST", "/v1/events", "id", "duplicate", body=body)
 
     async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
         q = f"?limit={limit}" + (f"&type={urllib.parse.quote(type_)}" if type_ else "")
-        out: list[dict[str, Any]] = self.call("GET", "/v1/events" + q)["data"]
+        out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/events" + q, "data"))["data"]
         return out
 
     async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
         q = f"?limit={limit}" + "".join(f"&status={s}" for s in status or [])
-        out: list[dict[str, Any]] = self.call("GET", "/v1/deliveries" + q)["data"]
+        out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/deliveries" + q, "data"))["data"]
         return out
 
     async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
         if delivery_id:
-            out: list[str] = self.call("POST", f"/v1/deliveries/{delivery_id}/replay", {})["replayed"]
+            path = f"/v1/deliveries/{urllib.parse.quote(delivery_id, safe='')}/replay"
+            out: list[str] = (await self.fetch("POST", path, "replayed", body={}))["replayed"]
             return out
         body: dict[str, Any] = {"status": status}
         if destination:
             body["destination"] = destination
-        out = self.call("POST", "/v1/deliveries/replay", body)["replayed"]
+        out = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))["replayed"]
         return out
 
     async def set_secret(self, name: str, value: str) -> bool:
-        return bool(self.call("PUT", f"/v1/secrets/{name}", {"value": value})["replaced"])
+        path = f"/v1/secrets/{urllib.parse.quote(name, safe='')}"
+        return bool((await self.fetch("PUT", path, "replaced", body={"value": value}))["replaced"])
 
 
 Backend = LocalBackend | RemoteBackend

@@ -122,7 +122,7 @@ class Source:
             found = await b.store.list_events(await b.project_id(), type_=type_, before=before, limit=limit)
             return [event_json(e) for e in found]
         query = {"limit": limit, "type": type_, "before": before}
-        return list(b.call("GET", "/v1/events?" + _encode(query.items()))["data"])
+        return list((await b.call("GET", "/v1/events?" + _encode(query.items())))["data"])
 
     async def deliveries(
         self,
@@ -154,7 +154,7 @@ class Source:
             ("before", before),
             *(("status", s) for s in status),
         ]
-        return list(b.call("GET", "/v1/deliveries?" + _encode(query))["data"])
+        return list((await b.call("GET", "/v1/deliveries?" + _encode(query)))["data"])
 
 
 def _encode(pairs: Any) -> str:

@@ -1,0 +1,230 @@
+"""The CLI at its edges, as an operator meets them: odd addresses, servers that are not ingestlayer
+(or not answering), files and names one mode used to take and the other refuse, databases that
+cannot be reached, and Ctrl-C in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from tests.integration.test_cli import start
+from tests.support.cli import CLI, cli, cli_env, ok, one_line_error
+
+
+def free_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def http_stub(status: int, content_type: str, body: bytes) -> AsyncIterator[str]:
+    """A server that answers every request with the same response: a proxy's error page, some
+    other program on the port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        writer.write(
+            f"HTTP/1.1 {status} Whatever\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# ---- --url -------------------------------------------------------------------------------------
+
+
+async def test_a_password_in_the_url_is_never_shown(tmp_path: Path, sqlite_url: str) -> None:
+    dead = f"http://ops:hunter2@127.0.0.1:{free_port()}"
+    run = await cli("events", "--url", dead, "--key", "il_admin_x", cwd=tmp_path)
+    line = one_line_error(run, "cannot reach http://127.0.0.1:")
+    assert "hunter2" not in run.err + run.out, line
+    # And against a live server the user part is ignored, not taken for the host.
+    server = await start(sqlite_url)
+    try:
+        live = server.url.replace("http://", "http://ops:hunter2@")
+        ok(await cli("events", "--url", live, "--key", server.admin_key, cwd=tmp_path))
+        # A source's ingress address is printed on the server's address, without the password.
+        (tmp_path / "sources.yaml").write_text("sources:\n  - { name: open, verify: none }\n")
+        run = ok(
+            await cli("apply", "-f", "sources.yaml", "--url", live, "--key", server.admin_key, cwd=tmp_path)
+        )
+        assert f"ingress: {server.url}/v1/ingress/src_" in run.out, run
+        assert "hunter2" not in run.out + run.err, run
+    finally:
+        await server.stop()
+
+
+async def test_an_address_without_http_says_what_one_looks_like(tmp_path: Path) -> None:
+    for url in ("127.0.0.1:8000", "ftp://example.com"):
+        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+        one_line_error(run, "is not a server address such as http://")
+
+
+async def test_a_server_that_is_not_ingestlayer_is_one_clear_line(tmp_path: Path) -> None:
+    html = b"<html><body><h1>Welcome to nginx</h1></body></html>"
+    async with http_stub(200, "text/html", html) as url:
+        for args in (("events",), ("deliveries",), ("send", "a.b", "{}"), ("replay",)):
+            run = await cli(*args, "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+            one_line_error(run, url, "did not answer as an ingestlayer server")
+    async with http_stub(200, "application/json", b'{"hello": "world"}') as url:
+        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+        one_line_error(run, url, "did not answer as an ingestlayer server")
+    async with http_stub(502, "text/html", html) as url:
+        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+        one_line_error(run, f"{url} answered 502")
+
+
+async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path: Path) -> None:
+    # Accepts connections, never answers: a hung server or a black-holing proxy.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            CLI,
+            "events",
+            "--url",
+            url,
+            "--key",
+            "il_admin_x",
+            cwd=tmp_path,
+            env=cli_env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(2.0)  # started and waiting on the server
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise AssertionError("one Ctrl-C did not stop a command waiting on a server") from None
+        assert time.monotonic() - started < 5
+        assert proc.returncode == 130, err
+        assert b"Traceback" not in err, err
+    finally:
+        silent.close()
+
+
+async def test_project_with_url_is_refused_not_ignored(tmp_path: Path, sqlite_url: str) -> None:
+    server = await start(sqlite_url)
+    try:
+        (tmp_path / "empty.yaml").write_text("pipelines: []\n")
+        run = await cli(
+            "apply", "-f", "empty.yaml", "--prune", "--project", "other",
+            "--url", server.url, "--key", server.admin_key, cwd=tmp_path,
+        )  # fmt: skip
+        one_line_error(run, "--project", "--url")
+    finally:
+        await server.stop()
+
+
+# ---- the same answers in both modes ------------------------------------------------------------
+
+
+async def test_apply_refuses_and_accepts_the_same_files_in_both_modes(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    ok(await cli("init", cwd=tmp_path, db_url=sqlite_url))
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "latin1.yaml").write_bytes(b"pipelines: []\n# caf\xe9\n")
+    server = await start(sqlite_url)
+    try:
+        modes = {
+            "database": ("--project", server.project_id),
+            "server": ("--url", server.url, "--key", server.admin_key),
+        }
+        for mode, args in modes.items():
+            local_db = sqlite_url if mode == "database" else None
+            run = ok(await cli("apply", "-f", "empty.yaml", *args, cwd=tmp_path, db_url=local_db))
+            assert run.out.strip() == "applied: nothing to do", (mode, run)
+            # ... but pruning to an empty file would delete everything: refused, as the API does.
+            run = await cli("apply", "-f", "empty.yaml", "--prune", *args, cwd=tmp_path, db_url=local_db)
+            one_line_error(run, "empty.yaml is empty: with --prune that would delete every pipeline")
+            run = await cli("apply", "-f", "list.yaml", *args, cwd=tmp_path, db_url=local_db)
+            one_line_error(run, "list.yaml: the file must be a mapping")
+            run = await cli("apply", "-f", "latin1.yaml", *args, cwd=tmp_path, db_url=local_db)
+            one_line_error(run, "latin1.yaml: not UTF-8 text")
+            run = await cli("apply", "-f", "missing.yaml", *args, cwd=tmp_path, db_url=local_db)
+            assert one_line_error(run) == "error: missing.yaml: No such file or directory", mode
+    finally:
+        await server.stop()
+
+
+async def test_secrets_set_refuses_the_same_names_in_both_modes(tmp_path: Path, sqlite_url: str) -> None:
+    server = await start(sqlite_url)
+    try:
+        local = ("--project", server.project_id)
+        remote = ("--url", server.url, "--key", server.admin_key)
+        for name in ("bad name!", "a/b"):
+            run = await cli("secrets", "set", name, *local, cwd=tmp_path, db_url=sqlite_url, stdin=b"v")
+            one_line_error(run, "secret names are 1 to 200 ASCII letters")
+            run = await cli("secrets", "set", name, *remote, cwd=tmp_path, stdin=b"v")
+            one_line_error(run, "secret names are 1 to 200 ASCII letters")
+        # An endpoint's signing secret is the endpoint's, on the database as on the server.
+        status, endpoint = await server.request(
+            "POST", "/v1/endpoints", json={"url": "https://hooks.example.com/x", "events": ["a.b"]}
+        )
+        assert status == 201, endpoint
+        owned = f"endpoint-{endpoint['id']}"
+        run = await cli("secrets", "set", owned, *local, cwd=tmp_path, db_url=sqlite_url, stdin=b"v")
+        one_line_error(run, f"belongs to endpoint {endpoint['id']}")
+        run = await cli("secrets", "set", owned, *remote, cwd=tmp_path, stdin=b"v")
+        one_line_error(run, f"belongs to endpoint {endpoint['id']}")
+    finally:
+        await server.stop()
+
+
+# ---- the database ------------------------------------------------------------------------------
+
+
+async def test_a_database_that_cannot_be_reached_is_named_without_its_password(tmp_path: Path) -> None:
+    unreachable = f"postgresql://postgres:sekrit@127.0.0.1:{free_port()}/x"
+    missing = "postgresql://postgres:sekrit@127.0.0.1:5432/ingestlayer_no_such_database"
+    for url, problem in ((unreachable, "Connect call failed"), (missing, "does not exist")):
+        for command in (("events",), ("init",), ("migrate",)):
+            run = await cli(*command, "--database-url", url, cwd=tmp_path)
+            line = one_line_error(
+                run, "cannot connect to the database at postgresql://postgres@127.0.0.1:", problem
+            )
+            assert "sekrit" not in run.err and "sqlalche.me" not in line, line
+
+
+async def test_a_sqlite_file_in_a_missing_directory_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/no/such/dir/ingestlayer.db"
+    for command in (("events",), ("init",), ("migrate",)):
+        run = await cli(*command, "--database-url", url, cwd=tmp_path)
+        one_line_error(run, "cannot open the database", f"no directory {tmp_path}/no/such/dir")
