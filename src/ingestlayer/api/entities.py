@@ -19,6 +19,7 @@ from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.ingest import storable_json
 from ingestlayer.api.json_body import JsonBodyRoute
+from ingestlayer.delivery.step_services import CachedEntities
 from ingestlayer.pipeline.steps.enrich_person import company_domain
 
 router = APIRouter(prefix="/v1", tags=["entities"], route_class=JsonBodyRoute)
@@ -80,6 +81,19 @@ def entity_key(kind: str, entity_id: str, field: str = "id") -> str:
     return domain
 
 
+async def _upsert(rt: RuntimeDep, project_id: str, items: list[tuple[str, str, Traits, bool]]) -> None:
+    await rt.store.upsert_entities(project_id, items)
+    _forget(rt, project_id, [(kind, entity_id) for kind, entity_id, _, _ in items])
+
+
+def _forget(rt: RuntimeDep, project_id: str, keys: list[tuple[str, str]]) -> None:
+    # The router in this process caches entity reads for a few seconds; without this an event
+    # sent right after `identify` would still be enriched with what the user was before.
+    services = rt.router.services
+    if services is not None and isinstance(services.entities, CachedEntities):
+        services.entities.forget(project_id, keys)
+
+
 def _check_traits(traits: Traits, field: str, limit: int) -> None:
     raw = storable_json(traits, field, field)  # 422 when nested too deeply or holding a number over 64 bits
     if len(raw) > limit:
@@ -91,7 +105,7 @@ def _check_traits(traits: Traits, field: str, limit: int) -> None:
 async def identify(body: IdentifyIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, Any]:
     user_id = entity_key("user", body.user_id, "user_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await rt.store.upsert_entities(principal.project_id, [("user", user_id, body.traits, True)])
+    await _upsert(rt, principal.project_id, [("user", user_id, body.traits, True)])
     return {"ok": True}
 
 
@@ -100,7 +114,8 @@ async def group(body: GroupIn, principal: AnyKey, rt: RuntimeDep) -> dict[str, A
     user_id = entity_key("user", body.user_id, "user_id")
     account_id = entity_key("account", body.account_id, "account_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await rt.store.upsert_entities(
+    await _upsert(
+        rt,
         principal.project_id,
         [
             ("user", user_id, {"account_id": account_id}, True),
@@ -117,7 +132,7 @@ async def put_entity(
     _check_kind(kind)
     entity_id = entity_key(kind, entity_id)
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, False)])
+    await _upsert(rt, principal.project_id, [(kind, entity_id, body.traits, False)])
     return {"kind": kind, "id": entity_id, "traits": {k: v for k, v in body.traits.items() if v is not None}}
 
 
@@ -128,7 +143,7 @@ async def patch_entity(
     _check_kind(kind)
     entity_id = entity_key(kind, entity_id)
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await rt.store.upsert_entities(principal.project_id, [(kind, entity_id, body.traits, True)])
+    await _upsert(rt, principal.project_id, [(kind, entity_id, body.traits, True)])
     return await get_entity(kind, entity_id, principal, rt)
 
 
@@ -148,6 +163,7 @@ async def delete_entity(kind: str, entity_id: str, principal: Admin, rt: Runtime
     key = entity_key(kind, entity_id)
     if not await rt.store.delete_entity(principal.project_id, kind, key):
         raise ApiError(404, f"no {kind} {key!r}")
+    _forget(rt, principal.project_id, [(kind, key)])
     return Response(status_code=204)
 
 
@@ -157,5 +173,5 @@ async def bulk_upsert(body: BulkIn, principal: Admin, rt: RuntimeDep) -> dict[st
     for i, e in enumerate(body.entities):
         _check_traits(e.traits, f"entities[{i}].traits", rt.settings.max_event_bytes)
         items.append((e.kind, entity_key(e.kind, e.id, f"entities[{i}].id"), e.traits, e.merge))
-    await rt.store.upsert_entities(principal.project_id, items)
+    await _upsert(rt, principal.project_id, items)
     return {"upserted": len(body.entities)}

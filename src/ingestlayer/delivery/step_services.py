@@ -1,7 +1,8 @@
 """The services pipeline steps use, backed by the store, with short-lived in-process caches.
 
 Entity reads are cached for a few seconds: enrich steps look up the same users and accounts over
-and over, and a trait changed through the API is seen within ``ENTITY_TTL`` seconds.
+and over. A trait changed through this process's API is seen by the next event (the API calls
+:meth:`CachedEntities.forget`); one changed through another process within ``ENTITY_TTL`` seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ class CachedEntities:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: OrderedDict[tuple[str, str, str], tuple[float, dict[str, Any] | None]] = OrderedDict()
+        # Bumped by forget(): a read that started before a write must not cache what it read.
+        self._generation = 0
+
+    def forget(self, project_id: str, keys: list[tuple[str, str]]) -> None:
+        """Drop cached entities just written, so the next event sees them (and a user identified
+        after an event that found none is not "not found" for ENTITY_TTL more seconds)."""
+        self._generation += 1
+        for kind, entity_id in keys:
+            self._cache.pop((project_id, kind, entity_id), None)
 
     async def get(self, project_id: str, kind: str, entity_id: str) -> dict[str, Any] | None:
         key = (project_id, kind, entity_id)
@@ -34,7 +44,10 @@ class CachedEntities:
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         found = (await self._store.get_entities(project_id, [(kind, entity_id)])).get((kind, entity_id))
+        if generation != self._generation:
+            return found
         self._cache[key] = (now + ENTITY_TTL, found)
         self._cache.move_to_end(key)
         while len(self._cache) > ENTITY_CACHE_SIZE:

@@ -28,8 +28,9 @@ from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.router")
 
-# After this many routing attempts a step with on_error: retry is skipped instead, so one
-# broken lookup cannot hold an event back forever; the trace says so.
+# After this many routing attempts (the router waits longer before each: retry_delay) a step
+# with on_error: retry gives up and the event is dropped, so one broken lookup cannot hold an
+# event back forever; the trace says so.
 MAX_STEP_RETRIES = 8
 TRACE_ERROR_CHARS = 300
 

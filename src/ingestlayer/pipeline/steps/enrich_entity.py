@@ -9,7 +9,8 @@ Example::
     steps:
       - enrich.entity: { from: user_id, entity: user, attach: [account, plan, owner] }
 
-A missing user or account leaves the attached fields null and says why in the trace. Fields the
+A missing user or account, or a trait neither has, leaves the attached fields null and says why
+in the trace. Fields the
 sender already set are kept unless ``overwrite: true``.
 """
 
@@ -74,6 +75,7 @@ class EnrichEntity:
                     )
                     if account is None:
                         ctx.notes.append(f"{cfg.account_entity} {account_id} not found")
+        unknown: list[str] = []
         for name in cfg.attach:
             if name == "account":
                 value = account_id
@@ -81,10 +83,16 @@ class EnrichEntity:
                 value = (account or {}).get(name)
                 if value is None:
                     value = (user or {}).get(name)
+                if value is None and user is not None:
+                    unknown.append(name)
             path = f"{cfg.into}.{name}" if cfg.into else name
             if not cfg.overwrite and get_path(event.payload, path) is not None:
                 continue
             set_path(event.payload, path, value)
+        if unknown:
+            # Otherwise a misspelt trait (`attach: [plna]`) or one never set reads as a plain null.
+            where = f"{cfg.account_entity} {account_id} or " if account is not None else ""
+            ctx.notes.append(f"not found on {where}{cfg.entity} {entity_id}: {', '.join(unknown)}")
         return event
 
     def summary(self) -> str:

@@ -135,7 +135,8 @@ class EnrichPerson:
 
     def __init__(self, config: EnrichPersonConfig) -> None:
         self.config = config
-        self.free_mail = FREE_MAIL | {d.lower() for d in config.free_mail_domains}
+        # Compared with the domain as taken from an address: "Mail.Example." is mail.example.
+        self.free_mail = FREE_MAIL | {company_domain(d) for d in config.free_mail_domains}
         # Lookups in flight, so events routed together for one address share one request.
         self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
 
@@ -213,6 +214,7 @@ class EnrichPerson:
         )
         EgressPolicy(allow_private=ctx.services.allow_private).check_url(url)
         headers = dict(provider.headers)
+        secret = None
         if provider.secret:
             secret = await ctx.services.resolve_secret(ctx.project_id, provider.secret)
             headers = {k: v.replace("$secret", secret) for k, v in headers.items()}
@@ -233,8 +235,7 @@ class EnrichPerson:
                         f"lookup provider {urlsplit(url).hostname} answered HTTP {resp.status}"
                     )
                 else:
-                    body = await resp.json(content_type=None)
-                    result = {name: get_path(body, path) for name, path in provider.mapping.items()}
+                    result = self._mapped(await resp.read(), provider.mapping, url, secret)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RuntimeError(
                 f"lookup provider {urlsplit(url).hostname} failed: {type(exc).__name__}"
@@ -245,6 +246,23 @@ class EnrichPerson:
             )
         ctx.notes.append("provider looked up")
         return result
+
+    @staticmethod
+    def _mapped(raw: bytes, mapping: dict[str, str], url: str, secret: str | None) -> dict[str, Any]:
+        """The mapped fields of a JSON object answer. Anything else (an HTML error page served
+        with 200, a bare list) is a failed lookup, so it is neither cached nor read as "nobody"."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            excerpt = raw[:80].decode("utf-8", "replace")
+            if secret:  # an error page may echo the request's headers
+                excerpt = excerpt.replace(secret, "***")
+            raise RuntimeError(
+                f"lookup provider {urlsplit(url).hostname} answered 200 without a JSON object: {excerpt!r}"
+            )
+        return {name: get_path(body, path) for name, path in mapping.items()}
 
     def summary(self) -> str:
         return f"{self.config.from_} → " + " · ".join(self.config.attach)

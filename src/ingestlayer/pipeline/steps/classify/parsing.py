@@ -22,6 +22,8 @@ from ingestlayer.pipeline.templates import as_text, lookup
 ANSWER_KEYS = ("label", "labels", "category", "class", "classification", "answer", "result", "value")
 _THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?```$", re.DOTALL)
+# A fenced block anywhere in a longer answer ("Here you go:\n```json\n{...}\n```\nHope it helps").
+_FENCE_ANYWHERE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)\n?```", re.DOTALL)
 _EDGE_CHARS = " \t\r\n\"'`*_\u201c\u201d\u2018\u2019\u00ab\u00bb<>[]()"
 _TRAILING = ".,;:!?"
 
@@ -72,6 +74,32 @@ class AnswerParser:
                 return self._from_json(next(iter(value.values())))
         return None
 
+    def _keyed(self, data: Any) -> bool:
+        """Whether a JSON answer names its label under a label key (``{"label": …}``)."""
+        return isinstance(data, dict) and any(str(k).casefold() in self._keys for k in data)
+
+    def _structured(self, text: str) -> tuple[bool, str | None]:
+        """A JSON (or fenced) answer inside ``text``: (found, label). Once the model has answered
+        ``{"label": "medium", "reason": "not critical"}`` its label is medium, outside the labels:
+        scanning the reasoning for a label would pick ``critical``, the very one it ruled out."""
+        candidates = [text] if text[0] in '{["' else []
+        candidates += [m.group(1).strip() for m in _FENCE_ANYWHERE.finditer(text)]
+        start, end = text.find("{"), text.rfind("}")
+        if 0 <= start < end:
+            candidates.append(text[start : end + 1])
+        for candidate in dict.fromkeys(candidates):
+            found = self.exact(candidate) if candidate else None
+            if found is not None:
+                return True, found
+            try:
+                data = orjson.loads(candidate)
+            except orjson.JSONDecodeError:
+                continue
+            found = self._from_json(data)
+            if found is not None or self._keyed(data):
+                return True, found
+        return False, None
+
     def first_mentioned(self, text: str) -> str | None:
         m = self._scan.search(text)
         if m is None:
@@ -91,15 +119,9 @@ class AnswerParser:
         found = self.exact(text)
         if found is not None:
             return found
-        if text[0] in '{["':
-            try:
-                data = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                pass
-            else:
-                found = self._from_json(data)
-                if found is not None:
-                    return found
+        structured, found = self._structured(text)
+        if structured:
+            return found
         return self.first_mentioned(text)
 
 

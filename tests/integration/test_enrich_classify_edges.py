@@ -1,0 +1,181 @@
+"""Edge cases of the enrich and classify steps met with real data: a model that wraps its JSON in
+prose, entities changed between two events, a lookup provider answering garbage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from ingestlayer.pipeline.steps.classify import parse_answer
+from ingestlayer.pipeline.steps.enrich_person import EnrichPerson, EnrichPersonConfig
+from tests.integration.test_classify_pipeline import API_KEY as CHAT_KEY
+from tests.integration.test_classify_pipeline import answer, classify_entry, received, routed, send, ticket
+from tests.integration.test_classify_pipeline import setup as classify_setup
+from tests.integration.test_enrich_steps import trace_of
+from tests.support.chat_server import ChatServer
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, wait_for
+
+LABELS = ["low", "high", "critical"]
+
+
+def pipeline(receiver: Receiver, match: str, steps: list[Any]) -> dict[str, Any]:
+    return {
+        "pipelines": [
+            {
+                "name": "p",
+                "source": {"match": [match]},
+                "steps": steps,
+                "destinations": [{"webhook.out": {"url": receiver.url + "/hooks"}}],
+            }
+        ]
+    }
+
+
+async def arrived(receiver: Receiver, n: int) -> list[dict[str, Any]]:
+    async def enough() -> bool:
+        return len(receiver.requests) >= n
+
+    await wait_for(enough)
+    return [r.json()["payload"] for r in receiver.requests]
+
+
+# ---- classify: structured answers inside prose ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # The reasoning comes first and mentions a label the model ruled out.
+        ('Answer: {"reasoning": "not critical, nothing is down", "label": "low"}', "low"),
+        ('Here you go:\n```json\n{"reasoning": "not critical", "label": "low"}\n```', "low"),
+        ('```json\n{"reasoning": "not critical", "label": "low"}\n```\nHope that helps!', "low"),
+        ("Sure:\n```\nhigh\n```\nnot critical though", "high"),
+        ('{"label": "high"} - the customer is angry, not critical', "high"),
+        # The model named a label outside the schema: that is its answer, not a label mentioned
+        # in its reasoning; the step's fallback applies.
+        ('{"label": "medium", "reason": "not critical"}', None),
+        ('{"label": "medium"} (could also be high)', None),
+        ('The label is: {"urgency": "medium", "why": "between low and high"}', None),
+    ],
+)
+def test_json_in_prose_or_fences_is_read_as_json(answer: str, expected: str | None) -> None:
+    assert parse_answer(answer, LABELS, "urgency") == expected
+
+
+# ---- enrich.entity: entities changed between events --------------------------------------------------
+
+
+async def test_enrich_entity_sees_traits_changed_through_the_api_right_away(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    await server.apply(
+        pipeline(receiver, "feature.used", [{"enrich.entity": {"attach": ["account", "plan"]}}])
+    )
+    # The first event comes before the user is known: "not found" must not stick either.
+    await server.ingest("feature.used", {"user_id": "u1", "n": 1})
+    await arrived(receiver, 1)
+    await server.request(
+        "POST", "/v1/group", json={"user_id": "u1", "account_id": "acc_1", "traits": {"plan": "free"}}
+    )
+    await server.ingest("feature.used", {"user_id": "u1", "n": 2})
+    await arrived(receiver, 2)
+    status, _ = await server.request(
+        "PATCH", "/v1/entities/account/acc_1", json={"traits": {"plan": "scale"}}
+    )
+    assert status == 200
+    await server.ingest("feature.used", {"user_id": "u1", "n": 3})
+    payloads = {p["n"]: p for p in await arrived(receiver, 3)}
+    assert payloads[1]["account"] is None
+    assert (payloads[2]["account"], payloads[2]["plan"]) == ("acc_1", "free")
+    assert payloads[3]["plan"] == "scale"
+
+
+async def test_enrich_entity_says_which_attached_fields_it_did_not_find(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    await server.request(
+        "POST", "/v1/group", json={"user_id": "u1", "account_id": "acc_1", "traits": {"plan": "free"}}
+    )
+    await server.apply(
+        pipeline(
+            receiver, "feature.used", [{"enrich.entity": {"attach": ["account", "plan", "owner", "seats"]}}]
+        )
+    )
+    _, ev = await server.ingest("feature.used", {"user_id": "u1"})
+    (payload,) = await arrived(receiver, 1)
+    assert payload["owner"] is None and payload["seats"] is None
+    step = (await trace_of(server, ev["id"]))[0]["steps"][0]
+    assert "not found on account acc_1 or user u1: owner, seats" in step["notes"]
+
+
+# ---- enrich.person: a lookup provider answering garbage ------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"<html>Service Unavailable</html>", b'["CFO"]', b'"ok"'])
+async def test_a_lookup_answer_that_is_no_json_object_is_a_step_error_and_not_cached(
+    server: RunningServer, receiver: Receiver, body: bytes
+) -> None:
+    people = await Receiver().start()
+    try:
+        people.default = Reply(status=200, body=body)
+        provider = {"url": people.url + "/p?e={email}", "mapping": {"role": "title"}, "timeout": 2}
+        await server.apply(
+            pipeline(receiver, "signup", [{"enrich.person": {"attach": ["role"], "provider": provider}}])
+        )
+        _, first = await server.ingest("signup", {"email": "a@corp.io"})
+        step = (await trace_of(server, first["id"]))[0]["steps"][0]
+        assert step["outcome"] == "skipped"
+        assert "lookup provider 127.0.0.1 answered 200 without a JSON object" in step["error"]
+        # The garbage was not cached: once the provider answers properly, the role is found.
+        people.default = Reply(status=200, body=b'{"title": "CFO"}')
+        await server.ingest("signup", {"email": "a@corp.io"})
+        payloads = await arrived(receiver, 2)
+        assert [p.get("role") for p in payloads] == [None, "CFO"]
+    finally:
+        await people.stop()
+
+
+# ---- classify: many identical events at once, a rate-limited model ------------------------------
+
+
+@pytest.fixture
+async def chat() -> AsyncIterator[ChatServer]:
+    server = await ChatServer(api_key=CHAT_KEY, answer=answer).start()
+    yield server
+    await server.stop()
+
+
+async def test_fifty_identical_tickets_at_once_make_one_model_call(
+    server: RunningServer, receiver: Receiver, chat: ChatServer
+) -> None:
+    await classify_setup(server, chat, receiver)
+    chat.delay = 0.5  # all fifty arrive while the first call is in flight
+    payload = ticket("T-1", "Site down", "Checkout returns 502")
+    ids = await asyncio.gather(*(send(server, payload) for _ in range(50)))
+    events = [await routed(server, event_id) for event_id in ids]
+    assert chat.calls == 1
+    assert all(classify_entry(ev)["outcome"] == "changed" for ev in events)
+    await wait_for(lambda: received(receiver, 50))
+    assert {r.json()["payload"]["urgency"] for r in receiver.requests} == {"critical"}
+
+
+async def test_a_rate_limited_model_yields_the_fallback_on_the_trace_and_never_the_key(
+    server: RunningServer, receiver: Receiver, chat: ChatServer
+) -> None:
+    await classify_setup(server, chat, receiver, fallback="critical")
+    chat.fail_next(429)
+    event = await routed(server, await send(server, ticket("T-2", "Question", "How do I export?")))
+    (note,) = classify_entry(event)["notes"]
+    assert note.startswith("label critical (fallback): openai: answered HTTP 429")
+    assert CHAT_KEY not in orjson.dumps(event).decode()
+
+
+def test_own_free_mail_domains_are_compared_as_domains_from_addresses() -> None:
+    config = EnrichPersonConfig.model_validate({"free_mail_domains": [" Mail.Example. ", "posteo.de"]})
+    step = EnrichPerson(config)
+    assert {"mail.example", "posteo.de", "gmail.com"} <= step.free_mail
