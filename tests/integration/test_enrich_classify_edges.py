@@ -140,6 +140,27 @@ async def test_a_lookup_answer_that_is_no_json_object_is_a_step_error_and_not_ca
         await people.stop()
 
 
+async def test_a_lookup_answer_past_a_mebibyte_is_a_step_error_not_memory(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    # A provider that streams on until the timeout must not grow the worker's memory with it.
+    people = await Receiver().start()
+    try:
+        people.default = Reply(status=200, body=b'{"title": "' + b"x" * (2 << 20) + b'"}')
+        provider = {"url": people.url + "/p?e={email}", "mapping": {"role": "title"}, "timeout": 5}
+        await server.apply(
+            pipeline(receiver, "signup", [{"enrich.person": {"attach": ["role"], "provider": provider}}])
+        )
+        _, ev = await server.ingest("signup", {"email": "a@corp.io"})
+        step = (await trace_of(server, ev["id"]))[0]["steps"][0]
+        assert step["outcome"] == "skipped"
+        assert "lookup provider 127.0.0.1: the response is larger than 1048576 bytes" in step["error"]
+        (payload,) = await arrived(receiver, 1)
+        assert payload.get("role") is None
+    finally:
+        await people.stop()
+
+
 # ---- classify: many identical events at once, a rate-limited model ------------------------------
 
 

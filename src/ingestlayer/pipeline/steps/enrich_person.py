@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
+from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
 
 FREE_MAIL = frozenset(
     [
@@ -235,7 +236,9 @@ class EnrichPerson:
                         f"lookup provider {urlsplit(url).hostname} answered HTTP {resp.status}"
                     )
                 else:
-                    result = self._mapped(await resp.read(), provider.mapping, url, secret)
+                    result = self._mapped(await read_capped(resp), provider.mapping, url, secret)
+        except AnswerTooLarge as exc:
+            raise RuntimeError(f"lookup provider {urlsplit(url).hostname}: {exc}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RuntimeError(
                 f"lookup provider {urlsplit(url).hostname} failed: {type(exc).__name__}"

@@ -22,9 +22,10 @@ import orjson
 
 from ingestlayer import __version__
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
+from ingestlayer.pipeline.steps.capped_body import MAX_ANSWER_BYTES, AnswerTooLarge, read_capped
 from ingestlayer.pipeline.steps.classify.config import ClassifyConfig
 
-MAX_RESPONSE_BYTES = 1 << 20
+MAX_RESPONSE_BYTES = MAX_ANSWER_BYTES
 EXCERPT_CHARS = 200
 CONFIG_STATUSES = frozenset({401, 403, 404})
 
@@ -140,17 +141,6 @@ def _content(data: Any) -> str | None:
     raise ProviderFailure("the response's message content is not text")
 
 
-async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise ProviderFailure(f"the response is larger than {MAX_RESPONSE_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def chat_completion(
     session: aiohttp.ClientSession,
     request: ChatRequest,
@@ -179,7 +169,10 @@ async def chat_completion(
                 request.url, data=orjson.dumps(request.body), headers=headers, allow_redirects=False
             ) as resp,
         ):
-            raw = await _read_limited(resp)
+            try:
+                raw = await read_capped(resp, MAX_RESPONSE_BYTES)
+            except AnswerTooLarge as exc:
+                raise ProviderFailure(str(exc)) from None
             status = resp.status
     except TimeoutError:
         raise ProviderFailure(f"timed out after {timeout:g}s") from None
