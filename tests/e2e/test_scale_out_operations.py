@@ -11,8 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_worker_probes import attempts_by_result
 from tests.support.processes import Cluster, Keys, Proc
 from tests.support.receiver import Receiver, Reply
 
@@ -30,12 +30,7 @@ async def send(cluster: Cluster, api: Proc, keys: Keys, type_: str, n: int) -> N
 
 async def dead_attempts(api: Proc) -> float:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{api.port}/metrics") as resp:
-        text = await resp.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "ingestlayer_delivery_attempts_total" and sample.labels["result"] == "dead":
-                return sample.value
-    raise AssertionError("no dead attempts series")
+        return attempts_by_result(await resp.text())["dead"]
 
 
 async def test_deleting_a_destination_ends_its_retrying_deliveries_in_every_process(
