@@ -98,13 +98,14 @@ class Tailing:
 async def start_tail(*args: str, cwd: Path) -> Tailing:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTLAYER_") and k != "COLUMNS"}
     env["INGESTLAYER_SECRET_KEY"] = TEST_SECRET_KEY
-    # --for bounds it should the test fail before its Ctrl-C.
+    # --for bounds it should the test fail before its Ctrl-C; well past what the slowest test
+    # here waits (events to finish, then their lines), so a loaded machine does not end it early.
     proc = await asyncio.create_subprocess_exec(
         CLI,
         "tail",
         *args,
         "--for",
-        "30",
+        "90",
         cwd=cwd,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
@@ -163,12 +164,22 @@ async def test_tail_follows_new_events_and_outcomes_once_each_in_order(
         sent += [await ingest(server, "order.two"), await ingest(server, "order.three")]
         await finished(server, *sent[:2], *sent[-2:])
 
+        shown = (0, 0)
+
         async def everything_shown() -> bool:
+            nonlocal shown
             events, deliveries = parse(tail.lines)
+            shown = (len(events), len(deliveries))
             # 3 delivered, and the alert's failed attempt then its dead one.
             return len(events) >= len(sent) and len(deliveries) >= 5
 
-        await wait_for(everything_shown, timeout=15)
+        try:
+            await wait_for(everything_shown, timeout=15)
+        except AssertionError:
+            raise AssertionError(
+                f"tail showed {shown[0]} of {len(sent)} events and {shown[1]} of 5 outcomes "
+                f"(tail's exit code: {tail.proc.returncode})"
+            ) from None
         await asyncio.sleep(0.5)  # a few more polls: nothing more may come
         rc, err = await tail.interrupt()
         assert rc == 0, (rc, err)
