@@ -45,6 +45,31 @@ async def test_ingest_and_routing_commits_wake_listeners_elsewhere(pg_url: str) 
         assert routing.created == 1 and routing.leased == []
         await asyncio.wait_for(deliver_woken.wait(), 5)
         assert not route_woken.is_set()  # nothing left to route
+
+        # Decided at a configuration that has moved since: routed the usual way instead, with
+        # a route job (which wakes the routers), no delivery and no trace.
+        deliver_woken.clear()
+        moved = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        stale = IngestRouting(
+            versions={project_id: versions[project_id] - 1},
+            traces={moved.id: "[]"},
+            deliveries=[NewDelivery(new_id("dlv"), project_id, moved.id, "a.b", "pl_1", "dst_1", "{}")],
+        )
+        await api.insert_events([moved], routing=stale)
+        assert stale.confirmed == set() and stale.created == 0 and stale.leased == []
+        await asyncio.wait_for(route_woken.wait(), 5)
+        assert not deliver_woken.is_set()
+        stored = await api.get_event(project_id, moved.id)
+        assert stored is not None and stored.trace is None
+        assert await api.pending_route_jobs() == 1
+
+        # Settled at ingest (no pipeline takes it): nothing to do, nobody woken.
+        route_woken.clear()
+        untaken = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        await api.insert_events([untaken], routing=IngestRouting(versions=versions, untaken={untaken.id}))
+        await asyncio.sleep(0.5)
+        assert not route_woken.is_set() and not deliver_woken.is_set()
+        assert await api.pending_route_jobs() == 1
     finally:
         stop.set()
         await asyncio.wait_for(listening, 5)

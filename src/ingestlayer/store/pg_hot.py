@@ -70,11 +70,23 @@ _DELIVERY_KEYS = (
     "lease_token",
     "body",
 )
+# $8 holds the configuration version (by project) that ingest's routing decisions were made at.
+# Only where the project's config_version is still that one do they hold (IngestRouting): its
+# events get their traces and deliveries and no route job for what ingest settled; every other
+# event gets a route job. Checked in the statement itself rather than read before it: a separate
+# read cost a second round trip per group, which the requests of the group waited for. Either
+# way the version is read in its own statement's snapshot (READ COMMITTED), so a configuration
+# committed before the event arrived is seen.
 _INGEST = f"""
-WITH e AS (
+WITH v AS (
+    SELECT p.id FROM projects p JOIN json_each_text($8::json) AS x(id, version)
+        ON p.id = x.id AND p.config_version = x.version::int
+), e AS (
     INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at, received_at,
                         trace)
-    SELECT * FROM json_to_recordset($1::json) AS x({_INGEST_EVENT_COLUMNS})
+    SELECT x.id, x.project_id, x.type, x.payload_json, x.idempotency_key, x.source, x.occurred_at,
+           x.received_at, CASE WHEN x.project_id IN (SELECT id FROM v) THEN x.trace END
+    FROM json_to_recordset($1::json) AS x({_INGEST_EVENT_COLUMNS})
     ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, project_id, received_at
 ), d AS (
@@ -85,15 +97,25 @@ WITH e AS (
     FROM json_to_recordset($2::json)
          AS x(id text, project_id text, event_id text, event_type text, pipeline_id text, destination_id text,
               status text, due_at float8, lease_token text, body text)
-    WHERE x.event_id IN (SELECT id FROM e)
+    WHERE x.event_id IN (SELECT id FROM e) AND x.project_id IN (SELECT id FROM v)
+    RETURNING status
 ), j AS (
     INSERT INTO route_jobs (event_id, project_id, due_at, attempts)
     SELECT e.id, e.project_id, coalesce($5::float8, e.received_at), $6::int
-    FROM e WHERE e.id IN (SELECT value FROM json_array_elements_text($4::json))
+    FROM e
+    WHERE e.project_id NOT IN (SELECT id FROM v)
+       OR e.id IN (SELECT value FROM json_array_elements_text($4::json))
+    RETURNING event_id
 )
-SELECT id FROM e
+SELECT id, NULL FROM e
 UNION ALL
-SELECT NULL FROM (SELECT pg_notify(c, '') FROM unnest($7::text[]) AS c) AS n
+SELECT NULL, id FROM v
+UNION ALL
+SELECT NULL, NULL FROM (
+    SELECT pg_notify(c, '') FROM unnest($7::text[]) AS c
+    WHERE (c = '{ROUTE_CHANNEL}' AND EXISTS (SELECT 1 FROM j))
+       OR (c = '{DELIVER_CHANNEL}' AND EXISTS (SELECT 1 FROM d WHERE status = 'pending'))
+) AS n
 """
 _EXISTING_KEYS = """
 SELECT idempotency_key, id FROM events WHERE project_id = $1 AND idempotency_key = ANY($2::text[])
@@ -320,29 +342,28 @@ class PgHotPath:
     ) -> list[IngestResult]:
         plan = InsertPlan(batch)
         fresh = plan.fresh
+        if routing is not None:
+            # Written as if every project's configuration were still the one ingest decided at;
+            # the statement keeps what holds only where it is (see _INGEST), and says where.
+            routing.confirm(routing.versions)
+            routing.set_traces(fresh)
+        # Route jobs for the events ingest did not settle; the statement adds one for every event
+        # of a project whose configuration moved, and none for an event whose key was taken.
+        jobs = routing.to_route(fresh) if routing is not None else fresh
+        mine = routing.deliveries_for(None) if routing is not None else []
+        if routing is not None and mine:
+            delivery_rows, leased, now = rowmap.new_delivery_rows(
+                mine, routing.prelease, routing.lease_seconds
+            )
+        else:
+            delivery_rows, leased, now = [], [], clock.now()
+        # Each is notified only if the statement stored something for it to do.
+        channels = []
+        if route_token is None:  # jobs due now, for whichever router: wake them
+            channels.append(ROUTE_CHANNEL)
+        if len(leased) < len(mine):  # deliveries that wait in the table: wake the dispatchers
+            channels.append(DELIVER_CHANNEL)
         async with self.connection() as conn:
-            if routing is not None:
-                # Read just before the insert, not inside its transaction: under READ COMMITTED
-                # each statement takes its own snapshot, so either way a configuration committed
-                # before the event arrived is seen, and one committed while it is stored is as
-                # concurrent as it would be between the two statements of a transaction.
-                versions = await conn.fetch(_CONFIG_VERSIONS, list(routing.versions))
-                routing.confirm({r[0]: r[1] for r in versions})
-                routing.set_traces(fresh)
-            # Written with every event the statement inserts; one whose key was taken gets none.
-            jobs = routing.to_route(fresh) if routing is not None else fresh
-            mine = routing.deliveries_for(None) if routing is not None else []
-            if routing is not None and mine:
-                delivery_rows, leased, now = rowmap.new_delivery_rows(
-                    mine, routing.prelease, routing.lease_seconds
-                )
-            else:
-                delivery_rows, leased, now = [], [], clock.now()
-            channels = []
-            if jobs and route_token is None:  # due now, for whichever router: wake them
-                channels.append(ROUTE_CHANNEL)
-            if len(leased) < len(mine):  # some wait in the table: wake the dispatchers
-                channels.append(DELIVER_CHANNEL)
             rows = await conn.fetch(
                 _INGEST,
                 orjson.dumps(fresh).decode(),
@@ -352,6 +373,7 @@ class PgHotPath:
                 route_token,
                 0 if route_token is None else 1,
                 channels,
+                orjson.dumps(routing.versions if routing is not None else {}).decode(),
             )
             inserted = {r[0] for r in rows if r[0] is not None}
             existing: dict[tuple[str, str], str] = {}
@@ -359,11 +381,11 @@ class PgHotPath:
                 for key, eid in await conn.fetch(_EXISTING_KEYS, project_id, keys):
                     existing[(project_id, key)] = eid
         if routing is not None:
-            if len(inserted) < len(fresh):
-                mine = [d for d in mine if d.event_id in inserted]
-                leased = [d for d in leased if d.event_id in inserted]
-            routing.created = len(mine)
-            routing.leased = leased
+            still = {r[1] for r in rows if r[1] is not None}
+            routing.confirm({p: v for p, v in routing.versions.items() if p in still})
+            routing.set_traces(fresh)  # as stored: none where the configuration had moved
+            routing.created = len(routing.deliveries_for(inserted))
+            routing.leased = [d for d in leased if d.project_id in still and d.event_id in inserted]
         return plan.results(inserted, existing)
 
     # ---- routing ----------------------------------------------------------------------------
