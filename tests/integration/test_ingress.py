@@ -188,6 +188,33 @@ async def test_standard_webhooks_signed_by_the_reference_library(
     assert status == 401 and "off (tolerance 300 s)" in err["error"]["message"]
 
 
+async def test_standard_webhooks_under_svix_header_names(server: RunningServer, receiver: Receiver) -> None:
+    """Svix-powered senders send the standard's three headers as svix-id, svix-timestamp and
+    svix-signature: verified, keyed and deduplicated the same way."""
+    paths = await configure(server, receiver)
+    body = '{"type":"user.created","data":{"id":"user_29w83"}}'
+    now = datetime.now(UTC)
+    headers = {
+        "svix-id": "msg_p5jXN8",
+        "svix-timestamp": str(int(now.timestamp())),
+        "svix-signature": Webhook(STANDARD_SECRET).sign("msg_p5jXN8", now, body),
+    }
+    status, first = await post(server, paths["std"], body.encode(), headers)
+    assert status == 202, first
+    _, event = await server.request("GET", f"/v1/events/{first['id']}")
+    assert event["type"] == "user.created" and event["idempotency_key"] == "std:msg_p5jXN8"
+    status, again = await post(server, paths["std"], body.encode(), headers)
+    assert status == 200 and again == {"id": first["id"], "duplicate": True}
+    # Signed for another message id: refused under either name.
+    forged = {**headers, "svix-id": "msg_other"}
+    status, err = await post(server, paths["std"], body.encode(), forged)
+    assert status == 401 and "no webhook-signature v1 signature matches" in err["error"]["message"]
+    # With webhook-id present, the standard's names alone are read: no mix of the two.
+    mixed = {"webhook-id": "msg_p5jXN8", **headers}
+    status, err = await post(server, paths["std"], body.encode(), mixed)
+    assert status == 401 and "missing webhook-timestamp header" in err["error"]["message"]
+
+
 async def test_generic_hmac_with_timestamp_header(server: RunningServer, receiver: Receiver) -> None:
     paths = await configure(server, receiver)
     body = b'{"event":"subscription.suspended","data":{"subscriptionId":"sub_1"}}'

@@ -31,6 +31,7 @@ from ingestlayer.sources.verify import (
     HmacOptions,
     IngressAuthError,
     SourceSecretError,
+    standard_headers,
     standard_key,
     verify_github,
     verify_hmac,
@@ -198,6 +199,8 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     cfg = SourceConfig.model_validate(source.config)
     body = await read_body(request, rt.settings.max_request_bytes)
     headers = dict(request.headers)
+    if cfg.verify == "standard-webhooks":
+        headers = standard_headers(headers)  # svix-* names too: verified and keyed the same way
     secrets = await resolve_secrets(rt, source, cfg)
     try:
         verify_request(cfg, secrets, headers, body)

@@ -7,7 +7,9 @@ is verified before anything parses it.
   during rotation), the whole secret string (``whsec_…``) as the key, as Stripe's libraries do.
 - ``github``: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``.
 - ``standard-webhooks``: ``webhook-id``/``webhook-timestamp``/``webhook-signature`` (``v1,<base64>``),
-  the key is base64 of the secret without its ``whsec_`` prefix.
+  the key is base64 of the secret without its ``whsec_`` prefix. Senders on Svix, where the
+  standard began, send the same three as ``svix-id``/``svix-timestamp``/``svix-signature``:
+  :func:`standard_headers` reads those where no ``webhook-id`` is sent.
 - ``hmac-sha256``: a configurable header, hex or base64, optional prefix, and optionally a
   timestamp header whose value is signed as ``"<timestamp>.<body>"``.
 """
@@ -119,6 +121,24 @@ def verify_github(secret: str, headers: Mapping[str, str], body: bytes) -> None:
         raise IngressAuthError("malformed X-Hub-Signature-256 header: not hex") from None
     if not hmac.compare_digest(_mac(secret.encode(), body), given):
         raise IngressAuthError("X-Hub-Signature-256 does not match the body")
+
+
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def standard_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` (lower-case names) with Svix's ``svix-*`` names read as the standard's
+    ``webhook-*`` ones, when the request has no ``webhook-id``: the same signature scheme under
+    its older names, still sent by many Svix-powered senders. A request that sends
+    ``webhook-id`` is read by the standard's names alone, never a mix of the two."""
+    if "webhook-id" in headers or "svix-id" not in headers:
+        return headers
+    aliased = dict(headers)
+    for name in STANDARD_HEADERS:
+        old = "svix-" + name.removeprefix("webhook-")
+        if old in headers:
+            aliased[name] = headers[old]
+    return aliased
 
 
 def standard_key(secret: str) -> bytes:
