@@ -466,3 +466,21 @@ async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(serve
         assert status == 422 and body["error"]["field"].endswith("secret_headers"), body
     finally:
         await runner.cleanup()
+
+
+async def test_a_receiver_answering_nul_bytes_is_recorded_and_not_sent_again(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """PostgreSQL cannot store NUL in text: an answer holding one failed the recording of every
+    attempt in its batch, whose deliveries stayed leased and were sent again once the leases
+    ran out (the one with the NUL every time)."""
+    receiver.plan = [Reply(status=503, body=b"busy\x00\x00retry")]
+    receiver.default = Reply(status=200, body=b"\x00\x01binary ack")
+    await server.apply(webhook_pipeline(receiver.url))
+    _, body = await server.ingest("feature.used", {"feature": "export"})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered"
+    assert [a["status_code"] for a in d["attempts"]] == [503, 200]
+    assert d["attempts"][0]["response_excerpt"] == "busy\ufffd\ufffdretry"
+    assert d["attempts"][1]["response_excerpt"] == "\ufffd\x01binary ack"
+    assert len(receiver.requests) == 2

@@ -7,6 +7,7 @@ queries. Each write operation is one transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -113,6 +114,24 @@ def _destination_from_row(row: Any) -> DestinationRow:
         config=orjson.loads(row.config),
         enabled=bool(row.enabled),
         updated_at=row.updated_at,
+    )
+
+
+def storable_attempt(r: AttemptResult) -> AttemptResult:
+    """``r`` with any NUL character in its error and response excerpt shown as U+FFFD.
+
+    Both come from the receiver (its body, its reason) and PostgreSQL cannot store NUL in text:
+    one binary answer failed the whole batch of attempts it was recorded with, whose deliveries
+    were then sent again when their leases ran out, and its own forever. SQLite gets the same
+    text, so the two stores show the same attempt log."""
+    if (r.error is None or "\x00" not in r.error) and (
+        r.response_excerpt is None or "\x00" not in r.response_excerpt
+    ):
+        return r
+    return dataclasses.replace(
+        r,
+        error=None if r.error is None else r.error.replace("\x00", "\ufffd"),
+        response_excerpt=None if r.response_excerpt is None else r.response_excerpt.replace("\x00", "\ufffd"),
     )
 
 
@@ -607,7 +626,7 @@ class Store:
         logged, because the request was made.
         """
         if results:
-            await self._hot.record_attempts(results)
+            await self._hot.record_attempts([storable_attempt(r) for r in results])
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         """Hand back leases that were never attempted (shutdown), due again right away."""
