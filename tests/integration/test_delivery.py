@@ -484,3 +484,49 @@ async def test_a_receiver_answering_nul_bytes_is_recorded_and_not_sent_again(
     assert d["attempts"][0]["response_excerpt"] == "busy\ufffd\ufffdretry"
     assert d["attempts"][1]["response_excerpt"] == "\ufffd\x01binary ack"
     assert len(receiver.requests) == 2
+
+
+async def test_an_attempt_the_database_refuses_leaves_the_others_recorded(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """Attempts are recorded in batches; when the database refuses one row, the others of its
+    batch are recorded on their own instead of staying leased (to be sent again)."""
+    store = server.runtime.store
+    # A trigger makes the database refuse the attempts of one event type.
+    if store.dialect == "sqlite":
+        ddl = [
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON attempts WHEN (SELECT event_type FROM "
+            "deliveries WHERE id = NEW.delivery_id) = 'feature.poison' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        ]
+    else:
+        ddl = [
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT event_type FROM deliveries WHERE id = NEW.delivery_id) = 'feature.poison' "
+            "THEN RAISE EXCEPTION 'refused by a trigger'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON attempts FOR EACH ROW "
+            "EXECUTE FUNCTION refuse_poison()",
+        ]
+    async with store.engines.write.begin() as conn:
+        for statement in ddl:
+            await conn.exec_driver_sql(statement)
+    # Answered together, so that their attempts are recorded together.
+    receiver.default = Reply(status=200, delay=0.3)
+    await server.apply(webhook_pipeline(receiver.url))
+    events = [{"type": "feature.used", "payload": {"feature": "export", "i": i}} for i in range(15)]
+    events.insert(7, {"type": "feature.poison", "payload": {"feature": "export"}})
+    status, body = await server.request("POST", "/v1/events", key=server.ingest_key, json={"batch": events})
+    assert status == 202, body
+
+    async def fifteen_delivered() -> bool:
+        _, page = await server.request("GET", "/v1/deliveries?status=delivered&limit=100")
+        return len(page["data"]) == 15
+
+    await wait_for(fifteen_delivered)
+    _, page = await server.request("GET", "/v1/deliveries?limit=100")
+    by_type: dict[str, list[str]] = {}
+    for d in page["data"]:
+        by_type.setdefault(d["event_type"], []).append(d["status"])
+    assert by_type == {"feature.used": ["delivered"] * 15, "feature.poison": ["delivering"]}
+    ids = [r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests]
+    assert len(ids) == len(set(ids)) == 16

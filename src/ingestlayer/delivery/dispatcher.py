@@ -22,6 +22,7 @@ import orjson
 from pydantic import ValidationError
 
 from ingestlayer import __version__, clock, metrics
+from ingestlayer.api.errors import DATABASE_UNAVAILABLE
 from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
@@ -318,18 +319,41 @@ class Dispatcher:
             self._results_ready.clear()
             if self._results:
                 batch, self._results = self._results, []
-                try:
-                    await self.store.record_attempts(batch)
-                except Exception:
-                    # The lease still holds these deliveries; they will be retaken after it
-                    # expires and attempted again (at-least-once).
-                    log.exception("recording %d attempts failed", len(batch))
-                else:
-                    if self._on_finished is not None:
-                        for r in batch:
-                            self._on_finished(r)
+                recorded = await self._record(batch)
+                if self._on_finished is not None:
+                    for r in recorded:
+                        self._on_finished(r)
             if done.is_set() and not self._inflight and not self._results:
                 return
+
+    async def _record(self, batch: list[AttemptResult]) -> list[AttemptResult]:
+        """Record ``batch`` in one transaction. If the database refused it (rather than being
+        out of reach), record each attempt on its own, so that one it refuses does not leave the
+        others unrecorded. What is not recorded stays leased, and is retaken when the lease
+        expires and attempted again (at-least-once)."""
+        try:
+            await self.store.record_attempts(batch)
+            return batch
+        except DATABASE_UNAVAILABLE:
+            log.exception("recording %d attempts failed", len(batch))
+            return []
+        except Exception:
+            if len(batch) == 1:
+                log.exception("recording the attempt of delivery %s failed", batch[0].delivery_id)
+                return []
+            log.exception("recording %d attempts failed; recording them one by one", len(batch))
+        recorded, refused = [], []
+        for r in batch:
+            try:
+                await self.store.record_attempts([r])
+            except Exception as exc:
+                refused.append(f"{r.delivery_id} ({type(exc).__name__}: {exc})")
+            else:
+                recorded.append(r)
+        if refused:
+            shown = "; ".join(refused[:5])
+            log.error("the attempts of %d deliveries could not be recorded: %s", len(refused), shown)
+        return recorded
 
     async def run(self, stop: asyncio.Event) -> None:
         done = asyncio.Event()

@@ -117,22 +117,30 @@ def _destination_from_row(row: Any) -> DestinationRow:
     )
 
 
-def storable_attempt(r: AttemptResult) -> AttemptResult:
-    """``r`` with any NUL character in its error and response excerpt shown as U+FFFD.
+def storable_text(text: str | None) -> str | None:
+    """``text`` as both databases store it alike: NUL (which PostgreSQL cannot store in text)
+    and lone surrogates (which are no UTF-8) shown as U+FFFD."""
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
-    Both come from the receiver (its body, its reason) and PostgreSQL cannot store NUL in text:
-    one binary answer failed the whole batch of attempts it was recorded with, whose deliveries
-    were then sent again when their leases ran out, and its own forever. SQLite gets the same
-    text, so the two stores show the same attempt log."""
-    if (r.error is None or "\x00" not in r.error) and (
-        r.response_excerpt is None or "\x00" not in r.response_excerpt
-    ):
+
+def storable_attempt(r: AttemptResult) -> AttemptResult:
+    """``r`` with its error and response excerpt storable (:func:`storable_text`).
+
+    Both come from the receiver (its body, its reason). On PostgreSQL one answer holding a NUL
+    failed the whole batch of attempts it was recorded with, whose deliveries were then sent
+    again when their leases ran out, and its own forever. SQLite stores the same text, so the
+    two show the same attempt log."""
+    error, excerpt = storable_text(r.error), storable_text(r.response_excerpt)
+    if error is r.error and excerpt is r.response_excerpt:
         return r
-    return dataclasses.replace(
-        r,
-        error=None if r.error is None else r.error.replace("\x00", "\ufffd"),
-        response_excerpt=None if r.response_excerpt is None else r.response_excerpt.replace("\x00", "\ufffd"),
-    )
+    return dataclasses.replace(r, error=error, response_excerpt=excerpt)
 
 
 class Store:
