@@ -138,11 +138,10 @@ _INSERT_DELIVERIES = """
 INSERT INTO deliveries (id, project_id, event_id, event_type, pipeline_id, destination_id, status, attempts,
                         retry_base, due_at, lease_token, body, created_at, updated_at)
 SELECT d.id, d.project_id, d.event_id, d.event_type, d.pipeline_id, d.destination_id, d.status, 0, 0,
-       d.due_at, d.lease_token, d.body, $11, $11
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::float8[], $9::text[], $10::text[])
-     AS d(id, project_id, event_id, event_type, pipeline_id, destination_id, status, due_at, lease_token,
-          body)
+       d.due_at, d.lease_token, d.body, $2, $2
+FROM json_to_recordset($1::json)
+     AS d(id text, project_id text, event_id text, event_type text, pipeline_id text, destination_id text,
+          status text, due_at float8, lease_token text, body text)
 """
 _SET_TRACES = """
 UPDATE events SET trace = v.trace FROM unnest($1::text[], $2::text[]) AS v(id, trace) WHERE events.id = v.id
@@ -205,18 +204,25 @@ UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, upda
 WHERE id IN (SELECT id FROM picked)
 RETURNING {rowmap.DELIVERY_COLUMNS}
 """
-_INSERT_ATTEMPTS = """
-INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,
-                      response_excerpt, next_retry_at, worker)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::float8[], $6::int[], $7::text[],
-                     $8::text[], $9::float8[], $10::text[])
-"""
-# The state moves on only while the lease is still ours; the attempt is logged regardless.
-_FINISH_ATTEMPTS = """
+# Attempts logged and their deliveries moved on in one statement (one round trip, one implicit
+# transaction), the rows as JSON documents ($1 the results, $2 the deliveries' new states; see
+# _INGEST for why not arrays). The state moves on only while the lease is still ours; the
+# attempt is logged regardless.
+_STATE_KEYS = ("id", "token", "status", "n", "due", "code", "error", "finished")
+_RECORD_ATTEMPTS = """
+WITH a AS (
+    INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,
+                          response_excerpt, next_retry_at, worker)
+    SELECT delivery_id, project_id, n, started_at, duration_ms, status_code, error, response_excerpt,
+           next_retry_at, worker
+    FROM json_to_recordset($1::json)
+         AS x(delivery_id text, project_id text, n int, started_at float8, duration_ms float8,
+              status_code int, error text, response_excerpt text, next_retry_at float8, worker text)
+)
 UPDATE deliveries SET status = v.status, attempts = v.n, due_at = v.due, lease_token = NULL,
-       last_status_code = v.code, last_error = v.error, updated_at = $9, finished_at = v.finished
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::int[], $7::text[], $8::float8[])
-     AS v(id, token, status, n, due, code, error, finished)
+       last_status_code = v.code, last_error = v.error, updated_at = $3, finished_at = v.finished
+FROM json_to_recordset($2::json)
+     AS v(id text, token text, status text, n int, due float8, code int, error text, finished float8)
 WHERE deliveries.id = v.id AND deliveries.lease_token = v.token
 """
 _RELEASE = """
@@ -236,6 +242,11 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
+def _delivery_json(rows: Sequence[tuple[Any, ...]]) -> str:
+    """Rows of :func:`rowmap.new_delivery_rows` as the JSON document the inserts read."""
+    return orjson.dumps([dict(zip(_DELIVERY_KEYS, r, strict=True)) for r in rows]).decode()
+
+
 async def _insert_deliveries(
     conn: asyncpg.Connection, new: Sequence[NewDelivery], prelease: int, lease_seconds: float
 ) -> list[LeasedDelivery]:
@@ -244,7 +255,7 @@ async def _insert_deliveries(
     if not new:
         return []
     rows, leased, now = rowmap.new_delivery_rows(new, prelease, lease_seconds)
-    await conn.execute(_INSERT_DELIVERIES, *_columns(rows, 10), now)
+    await conn.execute(_INSERT_DELIVERIES, _delivery_json(rows), now)
     if len(leased) < len(new):  # some wait in the table: wake the dispatchers
         await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")
     return leased
@@ -367,7 +378,7 @@ class PgHotPath:
             rows = await conn.fetch(
                 _INGEST,
                 orjson.dumps(fresh).decode(),
-                orjson.dumps([dict(zip(_DELIVERY_KEYS, r, strict=True)) for r in delivery_rows]).decode(),
+                _delivery_json(delivery_rows),
                 now,
                 orjson.dumps([e.id for e in jobs]).decode(),
                 route_token,
@@ -468,11 +479,11 @@ class PgHotPath:
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         now = clock.now()
-        attempts = [rowmap.attempt_row(r) for r in results]
-        states = [rowmap.finished_state(r, now) for r in results]
-        async with self.connection() as conn, conn.transaction():
-            await conn.execute(_INSERT_ATTEMPTS, *_columns(attempts, 10))
-            await conn.execute(_FINISH_ATTEMPTS, *_columns(states, 8), now)
+        states = [dict(zip(_STATE_KEYS, rowmap.finished_state(r, now), strict=True)) for r in results]
+        async with self.connection() as conn:
+            await conn.execute(
+                _RECORD_ATTEMPTS, orjson.dumps(list(results)).decode(), orjson.dumps(states).decode(), now
+            )
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]
