@@ -31,11 +31,11 @@ from ingestlayer.cli_backend import (
     RemoteBackend,
     check_secret_name,
     migrate_database,
-    safe_url,
     without_credentials,
 )
 from ingestlayer.config import Settings
 from ingestlayer.logsetup import configure
+from ingestlayer.urlmask import mask_url
 
 app = typer.Typer(
     name="ingestlayer",
@@ -93,7 +93,7 @@ def _check_sqlite_directory(database_url: str) -> None:
         return  # not SQLite, or in memory (sqlite://)
     directory = Path(urllib.parse.unquote(parts.path[1:])).parent
     if not directory.is_dir():
-        raise CliError(f"cannot open the database at {database_url}: no directory {directory}")
+        raise CliError(f"cannot open the database at {mask_url(database_url)}: no directory {directory}")
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -491,7 +491,7 @@ def tail(
     )
     what = " and ".join(w for w, on in (("events", show_events), ("deliveries", show_deliveries)) if on)
     # The server's address without its password; the database's not at all.
-    where = safe_url(url) if url else "the database"
+    where = mask_url(url) if url else "the database"
 
     def ready() -> None:
         err.print(f"following {what} on {escape(where)} (Ctrl-C to stop)", highlight=False, soft_wrap=True)

@@ -27,6 +27,7 @@ from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.migrate import upgrade
+from ingestlayer.urlmask import mask_url
 
 if TYPE_CHECKING:
     from ingestlayer.store.store import Store
@@ -39,14 +40,6 @@ class CliError(Exception):
     """A failure reported as one line and a non-zero exit."""
 
 
-def safe_url(url: str) -> str:
-    """A URL fit to print (a database's, a server's): the password, if any, left out."""
-    parts = urllib.parse.urlsplit(url)
-    user, _, host = parts.netloc.rpartition("@")
-    user = user.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
-
-
 def without_credentials(url: str) -> str:
     """A server's address without any user or password: what is called, and shown."""
     parts = urllib.parse.urlsplit(url)
@@ -54,15 +47,17 @@ def without_credentials(url: str) -> str:
 
 
 def migrate_database(database_url: str, on_step: Callable[[str, str], None] | None = None) -> None:
-    """Migrate the database: the first time a command connects to it, so a database that cannot
-    be reached is reported here, by its address (without the password), in one line."""
+    """Migrate the database: the first time a command connects to it, and when ``serve``, ``api``
+    or ``worker`` start. A database that cannot be reached, opened or migrated is reported here
+    in one line, named by its URL with the password masked (the driver's own message names only
+    an address, or not even that)."""
     try:
         upgrade(database_url, on_step=on_step)
     except Exception as exc:
         problem = _connect_problem(exc)
         if problem is None:
             raise
-        raise CliError(f"cannot connect to the database at {safe_url(database_url)}: {problem}") from None
+        raise CliError(f"cannot open the database at {mask_url(database_url)}: {problem}") from None
 
 
 def _connect_problem(exc: Exception) -> str | None:
@@ -255,7 +250,7 @@ class RemoteBackend:
     def __init__(self, url: str, key: str) -> None:
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CliError(f"--url {safe_url(url)!r} is not a server address such as http://HOST:8000")
+            raise CliError(f"--url {mask_url(url)!r} is not a server address such as http://HOST:8000")
         # The key is the credential; a user and password in the URL are neither sent (the key
         # takes the Authorization header) nor shown in a message.
         self.url = without_credentials(url.strip()).rstrip("/")

@@ -10,14 +10,12 @@ import socket
 import sys
 from collections.abc import Iterator
 
-import sqlalchemy.engine
-import sqlalchemy.exc
 import uvicorn
 
 from ingestlayer.app import create_app
+from ingestlayer.cli_backend import migrate_database
 from ingestlayer.config import Settings
 from ingestlayer.runtime import Runtime
-from ingestlayer.store.migrate import upgrade
 from ingestlayer.worker_probes import serve_probes
 
 # Helper threads (the WAL's fsync, the management API's database drivers, thread pools) need the
@@ -83,20 +81,9 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def migrate_at_start(database_url: str) -> None:
-    """Bring the schema up to date, or fail naming the database that could not be reached (the
-    driver's own message names only an address, or not even that)."""
-    try:
-        upgrade(database_url)
-    except (OSError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-        where = sqlalchemy.engine.make_url(database_url).render_as_string(hide_password=True)
-        cause = getattr(exc, "orig", None) or exc
-        raise ConnectionError(f"cannot reach the database at {where}: {cause}") from None
-
-
 def run_http(settings: Settings, *, worker: bool) -> None:
     """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM."""
-    migrate_at_start(settings.database_url)
+    migrate_database(settings.database_url)
     rt_holder: dict[str, Runtime] = {}
 
     async def main() -> None:
@@ -120,7 +107,7 @@ def run_http(settings: Settings, *, worker: bool) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    migrate_at_start(settings.database_url)
+    migrate_database(settings.database_url)
 
     async def main() -> None:
         rt = Runtime(settings, api=False, worker=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ingestlayer.store.store import Store
+from ingestlayer.urlmask import MASK
 from tests.support.cli import Run, cli, ok, one_line_error
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
@@ -294,11 +295,12 @@ async def test_errors_are_one_line_with_exit_code_1(tmp_path: Path, sqlite_url: 
         (("send", "not a type", "{}", "--project", "alpha"), db, ("not a valid event type",)),
         (("secrets", "set", "x", "--project", "alpha"), db, ("empty",)),  # stdin is empty
         (("events", "--url", closed, "--key", "il_admin_x"), {"cwd": tmp_path}, ("cannot reach", closed)),
-        # A worker started while its database is down names the database, never its password.
+        # A worker started while its database is down names the database, never its password:
+        # in the words every command uses (tests/integration/test_cli_edges.py).
         (
             ("worker",),
             {"cwd": tmp_path, "db_url": "postgresql://postgres:hunter2@127.0.0.1:9/jobs"},
-            ("cannot reach the database at postgresql://postgres:***@127.0.0.1:9/jobs",),
+            (f"cannot open the database at postgresql://postgres:{MASK}@127.0.0.1:9/jobs: ", "Connect"),
         ),
     ]
     sem = asyncio.Semaphore(3)
@@ -310,6 +312,7 @@ async def test_errors_are_one_line_with_exit_code_1(tmp_path: Path, sqlite_url: 
     runs = await asyncio.gather(*(one(args, where) for args, where, _ in cases))
     for (_, _, words), run in zip(cases, runs, strict=True):
         one_line_error(run, *words)
+        assert "hunter2" not in run.err + run.out, run
     # The state is unchanged by all of that.
     store = Store.from_url(sqlite_url)
     try:

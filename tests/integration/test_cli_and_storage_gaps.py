@@ -36,6 +36,7 @@ from ingestlayer.store.db import async_url
 from ingestlayer.store.migrate import current_head
 from ingestlayer.store.schema import metadata
 from ingestlayer.store.store import Store
+from ingestlayer.urlmask import MASK
 from tests.support.cli import CLI, cli, cli_env, ok, one_line_error
 from tests.support.databases import PG_URL, require_pg
 from tests.support.processes import free_port
@@ -272,7 +273,10 @@ async def test_migrate_on_an_already_migrated_postgres_database_is_a_no_op(
         ("mysql://user@db.example/app", ("must be sqlite:///PATH or postgresql://",)),
         ("not a database url", ("must be sqlite:///PATH or postgresql://",)),
         # Nothing listens on port 9; the password is never printed.
-        ("postgresql://postgres:hunter2@127.0.0.1:9/nowhere", ("cannot connect", "postgres@127.0.0.1:9")),
+        (
+            "postgresql://postgres:hunter2@127.0.0.1:9/nowhere",
+            (f"cannot open the database at postgresql://postgres:{MASK}@127.0.0.1:9/nowhere: ",),
+        ),
     ],
 )
 async def test_migrate_with_a_bad_database_url_is_a_one_line_error(

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ingestlayer.urlmask import MASK
 from tests.integration.test_cli import start
 from tests.support.cli import CLI, cli, cli_env, ok, one_line_error
 
@@ -215,12 +216,22 @@ async def test_a_database_that_cannot_be_reached_is_named_without_its_password(t
     unreachable = f"postgresql://postgres:sekrit@127.0.0.1:{free_port()}/x"
     missing = "postgresql://postgres:sekrit@127.0.0.1:5432/ingestlayer_no_such_database"
     for url, problem in ((unreachable, "Connect call failed"), (missing, "does not exist")):
-        for command in (("events",), ("init",), ("migrate",)):
+        # The management commands and the server's roles (which migrate as they start) alike.
+        for command in (("events",), ("init",), ("migrate",), ("worker",), ("api",)):
             run = await cli(*command, "--database-url", url, cwd=tmp_path)
             line = one_line_error(
-                run, "cannot connect to the database at postgresql://postgres@127.0.0.1:", problem
+                run, f"cannot open the database at postgresql://postgres:{MASK}@127.0.0.1:", problem
             )
-            assert "sekrit" not in run.err and "sqlalche.me" not in line, line
+            assert "sekrit" not in run.err + run.out and "sqlalche.me" not in line, line
+
+
+async def test_a_database_url_that_cannot_be_read_is_named_without_its_password(tmp_path: Path) -> None:
+    # SQLAlchemy reads the port as 's3cr3t@127.0.0.1' and says so: a piece of the password.
+    url = "postgresql://postgres:p@ss:s3cr3t@127.0.0.1/x"
+    for command in (("migrate",), ("worker",)):
+        run = await cli(*command, "--database-url", url, cwd=tmp_path)
+        one_line_error(run, f"postgresql://postgres:{MASK}@127.0.0.1/x is not a URL that can be read")
+        assert "s3cr3t" not in run.err + run.out and "p@ss" not in run.err + run.out, run
 
 
 async def test_a_sqlite_file_in_a_missing_directory_is_one_line(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Nothing here queries the database; :mod:`ingestlayer.api.dashboard` loads rows and hands them in.
 Secret values never reach a template: configuration is shown with references (``ref:NAME``,
 ``env:VAR``) as stored; any other value under a credential-looking key, every header value, and
-the password and query values of every URL are masked (:func:`mask`, :func:`mask_url`).
+the password and query values of every URL are masked (:func:`mask`, and
+:func:`ingestlayer.urlmask.mask_url` for a URL, as everywhere else).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.store.stats import Series, SeriesPoint
 from ingestlayer.timefmt import iso
+from ingestlayer.urlmask import MASK
+from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
 
 WEB = Path(__file__).resolve().parent.parent / "web"
-MASK = "••••••"
 STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
 _SENSITIVE = re.compile(
     r"(secret|token|passw|api[_-]?key|credential|dsn|webhook_url|cookie|authorization|private[_-]?key|"
@@ -164,42 +166,9 @@ def is_reference(value: Any) -> bool:
 
 # An absolute URL inside free text (a target such as "discord webhook (https://…)", a summary).
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
-# A URL template's placeholder, such as enrich.person's ``?email={email}``: not a secret.
-_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
 # Hidden values shorter than this are left in free text: "1" or "on" names nothing, and
 # replacing them would garble the text around them.
 _MIN_HIDDEN = 4
-
-
-def mask_url(url: str) -> str:
-    """A URL as the dashboard shows it: userinfo, query values and fragment masked.
-
-    Receivers often take their credential in the URL (``https://user:PASSWORD@host``,
-    ``?token=…``), so only the scheme, host, path and query names are shown. A userinfo without
-    a password is masked whole: a lone user name there is usually a token.
-    """
-    rest, hash_, fragment = url.partition("#")
-    rest, query_mark, query = rest.partition("?")
-    scheme, sep, after = rest.partition("://")
-    if sep:
-        authority, slash, path = after.partition("/")
-        userinfo, at, host = authority.rpartition("@")
-        if at:
-            user, colon, password = userinfo.partition(":")
-            userinfo = f"{user}:{MASK}" if colon and password else (f"{user}:" if colon else MASK)
-            authority = f"{userinfo}@{host}"
-        rest = f"{scheme}://{authority}{slash}{path}"
-    if query:
-        parts = []
-        for part in query.split("&"):
-            name, eq, value = part.partition("=")
-            if not eq:  # a bare value, ?TOKEN
-                name, value = "", name
-            if value and not _PLACEHOLDER.fullmatch(value):
-                value = MASK
-            parts.append(f"{name}{eq}{value}")
-        query = "&".join(parts)
-    return rest + query_mark + query + hash_ + (MASK if fragment else "")
 
 
 def mask_urls_in(text: str) -> str:

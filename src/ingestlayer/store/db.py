@@ -13,10 +13,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ingestlayer.store.sqlite_loop import set_pragmas
+from ingestlayer.urlmask import mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -27,7 +29,14 @@ class DatabaseURLError(ValueError):
 
 def async_url(url: str) -> str:
     """Map a user-facing URL (``sqlite:///x.db``, ``postgresql://…``) to its async driver."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # SQLAlchemy's words quote what it could not read, which may be a piece of the password:
+        # from postgresql://u:p@ss:word@host/db, "invalid literal for int(): 'word@host'".
+        raise DatabaseURLError(
+            f"{mask_url(url)} is not a URL that can be read (percent-encode '@', ':' and '/' in a password)"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return str(parsed.set(drivername="sqlite+aiosqlite"))

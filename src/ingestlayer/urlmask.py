@@ -1,0 +1,80 @@
+"""A URL fit to show, with its credentials hidden: the one rule for every message and page.
+
+The CLI's and the server's messages (a database that cannot be opened, a server address) and the
+dashboard (destinations, endpoints, URLs inside free text) all show URLs through :func:`mask_url`.
+"""
+
+from __future__ import annotations
+
+import re
+
+MASK = "••••••"
+
+# "scheme://" at the start; without one, the URL starts with its authority ("user:pw@host:8000").
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
+_WEB_SCHEMES = frozenset({"http", "https", "ws", "wss"})
+# RFC 3986: the authority ends at the first '/', '?' or '#', and its userinfo at its last '@'.
+_AUTHORITY_END = re.compile(r"[/?#]")
+# SQLAlchemy's reading (sqlalchemy.engine.url._parse_url): the user ends at ':' or '/', and the
+# password at the next '@', whatever it holds before it ('/', '?', '#').
+_SQLALCHEMY_USERINFO = re.compile(r"[^:/]*(?::[^@]*)?@")
+# An authority's host and port, as RFC 3986 reads them.
+_HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^\s:@\[\]]*)(?::\d*)?")
+# A URL template's placeholder, such as enrich.person's ``?email={email}``: not a secret.
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
+
+
+def mask_url(url: str) -> str:
+    """``url`` as it may be shown: userinfo, query values and fragment masked.
+
+    The scheme, host, port, path and query names are kept, and the user name beside a password
+    (``postgresql://app:••••••@db:5432/prod``). A userinfo without a password is masked whole: a
+    user name alone is often a token (``https://TOKEN@host``, ``https://API_KEY:@host``). Query
+    values and the fragment are masked too: receivers take credentials as ``?token=…``, and
+    PostgreSQL as ``?password=…``.
+
+    Nothing is parsed into parts and rebuilt, so a URL that no library accepts is masked as
+    well; a password holding '@', ':' or percent-escapes is masked whole. A database URL is
+    also read as SQLAlchemy reads it (``postgresql://u:pa/ss@host/db``: its password is
+    ``pa/ss``), and the longer userinfo of the two readings is masked.
+    """
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else (2 if url.startswith("//") else 0)
+    head, after = url[:start], url[start:]
+    web = scheme is None or scheme.group(1).lower() in _WEB_SCHEMES
+    length = _userinfo_length(after, web=web)
+    if length:
+        user, _, password = after[: length - 1].partition(":")
+        userinfo = f"{user}:{MASK}" if password else MASK
+        head, after = f"{head}{userinfo}@", after[length:]
+    rest, hash_, fragment = after.partition("#")
+    rest, query_mark, query = rest.partition("?")
+    if query:
+        parts = []
+        for part in query.split("&"):
+            name, eq, value = part.partition("=")
+            if not eq:  # a bare value, ?TOKEN
+                name, value = "", name
+            if value and not _PLACEHOLDER.fullmatch(value):
+                value = MASK
+            parts.append(f"{name}{eq}{value}")
+        query = "&".join(parts)
+    return head + rest + query_mark + query + hash_ + (MASK if fragment else "")
+
+
+def _userinfo_length(after: str, *, web: bool) -> int:
+    """How much of ``after`` (what follows ``scheme://``) is a user, a password and their '@'.
+
+    Read as RFC 3986 says and as SQLAlchemy does; where SQLAlchemy's reading is the longer, it
+    wins, except for a web address that RFC 3986 reads as a host and a port
+    (``https://host:8443/notify?to=ops@example.com`` holds no password).
+    """
+    end = _AUTHORITY_END.search(after)
+    authority = after[: end.start()] if end else after
+    rfc = authority.rfind("@") + 1
+    sqlalchemy = _SQLALCHEMY_USERINFO.match(after)
+    if sqlalchemy is None or sqlalchemy.end() <= rfc:
+        return rfc
+    if web and _HOST_PORT.fullmatch(authority[rfc:]):
+        return rfc
+    return sqlalchemy.end()

@@ -1,0 +1,131 @@
+"""mask_url: the one way a URL is shown (CLI and server messages, the dashboard), and the
+migration step that names an unreachable database with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy.exc
+
+from ingestlayer import cli_backend
+from ingestlayer.cli_backend import CliError, migrate_database
+from ingestlayer.store.db import DatabaseURLError, async_url
+from ingestlayer.urlmask import MASK, mask_url
+
+M = MASK
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Database URLs: the user is kept beside a masked password.
+        ("postgresql://postgres:hunter2@127.0.0.1:9/jobs", f"postgresql://postgres:{M}@127.0.0.1:9/jobs"),
+        ("postgresql+asyncpg://app:pw@db/prod", f"postgresql+asyncpg://app:{M}@db/prod"),
+        ("postgresql://u:p@[::1]:5432/db", f"postgresql://u:{M}@[::1]:5432/db"),
+        # '@', ':' and percent-escapes in a password: masked whole.
+        ("postgresql://u:p@ss@h/db", f"postgresql://u:{M}@h/db"),
+        ("postgresql://u:p:a:ss@h/db", f"postgresql://u:{M}@h/db"),
+        ("postgresql://u:p%40ss%3A@h/db", f"postgresql://u:{M}@h/db"),
+        # '/', '?' or '#' in a password, as SQLAlchemy reads it (RFC 3986 would end the host there).
+        ("postgresql://u:pa/ss@h/db", f"postgresql://u:{M}@h/db"),
+        ("postgresql://u:pa?ss@h/db", f"postgresql://u:{M}@h/db"),
+        ("postgresql://u:pa#ss@h/db", f"postgresql://u:{M}@h/db"),
+        # A URL SQLAlchemy cannot read (its port would be 's3cr3t@h').
+        ("postgresql://u:p@ss:s3cr3t@h/db", f"postgresql://u:{M}@h/db"),
+        # No password: nothing to hide but a lone user name, which is often a token.
+        ("postgresql://127.0.0.1:5432/db", "postgresql://127.0.0.1:5432/db"),
+        ("postgresql://u:@h/db", f"postgresql://{M}@h/db"),
+        ("https://sk_live_123:@api.example/v1", f"https://{M}@api.example/v1"),
+        ("postgresql://postgres@h/db", f"postgresql://{M}@h/db"),
+        ("https://tok@host/p?bare", f"https://{M}@host/p?{M}"),
+        ("sqlite:///data/ingestlayer.db", "sqlite:///data/ingestlayer.db"),
+        ("sqlite:///data/a@b.db", "sqlite:///data/a@b.db"),
+        # Query values and the fragment (?password=… for PostgreSQL, ?token=… for receivers).
+        (
+            "postgresql://u@h/db?password=pw&sslmode=require",
+            f"postgresql://{M}@h/db?password={M}&sslmode={M}",
+        ),
+        (
+            "http://user:pw@host/p?token=T&email={email}#f",
+            f"http://user:{M}@host/p?token={M}&email={{email}}#{M}",
+        ),
+        # A web address read as RFC 3986 says: an '@' after the host and port is not a userinfo.
+        ("https://host:8443/notify?to=ops@example.com", f"https://host:8443/notify?to={M}"),
+        ("https://u@host:1/p?x=a@b", f"https://{M}@host:1/p?x={M}"),
+        ("https://u:pa/ss@host/p", f"https://u:{M}@host/p"),
+        # A server address without a scheme (a mistyped --url), and with leading spaces.
+        ("ops:hunter2@host:8000", f"ops:{M}@host:8000"),
+        ("//ops:hunter2@host:8000", f"//ops:{M}@host:8000"),
+        ("  http://ops:hunter2@host", f"  http://ops:{M}@host"),
+        ("127.0.0.1:8000", "127.0.0.1:8000"),
+        ("https://host/p", "https://host/p"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "password", ["s3cr3t", "s3@cr3t", "s3:cr3t@", "s3%40cr3t", "s3/cr3t", "s3?cr3t#x", "s3cr3t:"]
+)
+@pytest.mark.parametrize(
+    "template",
+    [
+        "postgresql://app:{}@db.example:5432/prod",
+        "postgresql+asyncpg://app:{}@db.example/prod?sslmode=require",
+        "postgresql://app@db.example/prod?password={}",
+        "https://hooks:{}@hooks.example/in?x=1",
+        "https://hooks.example/in?token={}",
+        "hooks:{}@hooks.example:8000",
+    ],
+)
+def test_a_password_never_appears(template: str, password: str) -> None:
+    shown = mask_url(template.format(password))
+    assert "s3" not in shown and "cr3t" not in shown, shown
+    assert "example" in shown, shown  # and the URL still names its host
+
+
+def test_a_database_url_sqlalchemy_cannot_read_is_named_without_its_password() -> None:
+    # SQLAlchemy's own ValueError quotes the port it read: 's3cr3t@127.0.0.1'.
+    with pytest.raises(DatabaseURLError) as info:
+        async_url("postgresql://postgres:p@ss:s3cr3t@127.0.0.1/x")
+    assert str(info.value).startswith(f"postgresql://postgres:{M}@127.0.0.1/x is not a URL that can be read")
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "problem"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)"), "Connect call failed"),
+        (
+            sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception('database "x" does not exist\nDETAIL')),
+            'database "x" does not exist',
+        ),
+    ],
+)
+def test_migrate_database_names_the_database_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, problem: str
+) -> None:
+    def fail(*_: Any, **__: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(cli_backend, "upgrade", fail)
+    with pytest.raises(CliError) as info:
+        migrate_database("postgresql://postgres:hunter2@127.0.0.1:9/x?password=hunter2")
+    message = str(info.value)
+    assert (
+        message
+        == f"cannot open the database at postgresql://postgres:{M}@127.0.0.1:9/x?password={M}: "
+        + (str(error) if isinstance(error, OSError) else problem)
+    )
+    assert "hunter2" not in message and "\n" not in message
+
+
+def test_migrate_database_leaves_other_failures_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_backend, "upgrade", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        migrate_database("sqlite:///x.db")
