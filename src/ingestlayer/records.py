@@ -129,6 +129,11 @@ class RouteLease:
             out.setdefault(self.tokens[eid], []).append(eid)
         return out
 
+    def only(self, event: StoredEvent) -> RouteLease:
+        """This lease narrowed to one of its events, under the token its job is leased with."""
+        token = self.token if self.tokens is None else self.tokens[event.id]
+        return RouteLease(token, [event], {event.id: self.attempts.get(event.id, 1)}, self.versions)
+
     @staticmethod
     def merge(leases: list[RouteLease]) -> RouteLease:
         if len(leases) == 1:

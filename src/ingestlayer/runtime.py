@@ -18,11 +18,12 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
-from ingestlayer.records import IngestResult, NewEvent, RouteLease
+from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer")
 
@@ -78,7 +79,7 @@ class Runtime:
             return results
         token = self.store.route_token(self.settings.route_lease_seconds)
         routing = await self.router.plan_ingest(batch)
-        results = await self.store.insert_events(batch, route_token=token, routing=routing)
+        results, routing = await self._insert_planned(batch, routing, token)
         stored = list(batch)
         if any(r.duplicate for r in results):
             fresh = {r.id for r in results if not r.duplicate}
@@ -91,13 +92,34 @@ class Runtime:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results
 
+    async def _insert_planned(
+        self, batch: Sequence[NewEvent], routing: IngestRouting | None, route_token: float | None = None
+    ) -> tuple[list[IngestResult], IngestRouting | None]:
+        """Insert ``batch`` with what ingest routed of it, and return the routing that holds. If
+        the database refused that (rather than being out of reach), insert the events alone and
+        leave their routing to the router, which stores it event by event: a delivery or trace
+        it refused failed the request, and every request committed with it."""
+        try:
+            return await self.store.insert_events(batch, route_token=route_token, routing=routing), routing
+        except DATABASE_UNAVAILABLE:
+            raise
+        except Exception:
+            if routing is None or not (routing.traces or routing.deliveries):
+                raise
+            log.exception(
+                "storing %d events with their routing failed; storing them for the router", len(batch)
+            )
+        for ev in batch:
+            ev.trace = None  # set for the first insert (IngestRouting.set_traces)
+        return await self.store.insert_events(batch, route_token=route_token), None
+
     async def _insert_routed(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
         """``api`` alone: route at ingest what the compiled configuration settles, and leave
         the rest to the workers as route jobs. No router runs here to compile configurations
         as a side effect, so ingest compiles those it found missing or stale, after the insert
         and off the request's path."""
         routing = await self.router.plan_ingest(batch)
-        results = await self.store.insert_events(batch, routing=routing)
+        results, routing = await self._insert_planned(batch, routing)
         if routing is not None:
             self.router.ingested(routing)
         # Projects never compiled here, or whose configuration moved since.

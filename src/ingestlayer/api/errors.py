@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
-import asyncpg
 import orjson
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingestlayer.json_depth import MAX_JSON_DEPTH, ORJSON_READ_DEPTH, is_read_depth_error
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
 
 log = logging.getLogger("ingestlayer.api")
-
-# What a database that is down, restarting, unreachable or out of disk raises. Anything else
-# stays a 500: an integrity error or a bug is not made to look like an outage.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    sqlite3.OperationalError,
-    OSError,  # connection refused or reset, timeouts
-)
 
 
 def unavailable_error(exc: BaseException, what: str) -> ApiError:

@@ -22,7 +22,6 @@ import orjson
 from pydantic import ValidationError
 
 from ingestlayer import __version__, clock, metrics
-from ingestlayer.api.errors import DATABASE_UNAVAILABLE
 from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
@@ -34,6 +33,7 @@ from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import DELETED_DESTINATION_ERROR, Store
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.delivery")
 

@@ -18,16 +18,28 @@ import orjson
 from ingestlayer.config import Settings
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.pipeline.event import StepServices
-from ingestlayer.pipeline.runner import CompiledProject, StepRetry, compile_project, route_event
+from ingestlayer.pipeline.runner import (
+    MAX_STEP_RETRIES,
+    TRACE_ERROR_CHARS,
+    CompiledProject,
+    StepRetry,
+    compile_project,
+    route_event,
+)
 from ingestlayer.records import IngestRouting, LeasedDelivery, NewDelivery, NewEvent, RouteLease, StoredEvent
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.router")
 
 # Back-off for an event whose routing failed (a step with on_error: retry, or a bug): it stays
 # queued and is tried again after these delays, by routing attempt.
 ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
+# After this many routing attempts an event that still cannot be routed (routing it raises, or
+# the database refuses what it produced) ends with the error in its trace and no deliveries: it
+# was routed again every half hour for ever. As many as a step with on_error: retry gets.
+MAX_ROUTE_ATTEMPTS = MAX_STEP_RETRIES
 
 
 ROUTE_CONCURRENCY = 64
@@ -35,6 +47,17 @@ ROUTE_CONCURRENCY = 64
 
 def retry_delay(attempt: int) -> float:
     return ROUTE_RETRY_DELAYS[max(1, min(attempt, len(ROUTE_RETRY_DELAYS))) - 1]
+
+
+def failed_trace(exc: BaseException, attempt: int) -> list[dict[str, Any]]:
+    """The trace of an event given up on: one entry, shaped like a pipeline's, naming the error."""
+    step = {
+        "step": "routing",
+        "outcome": "failed",
+        "error": f"{type(exc).__name__}: {exc}"[:TRACE_ERROR_CHARS],
+        "note": f"gave up after {attempt} attempts; the event has no deliveries",
+    }
+    return [{"pipeline": "routing", "outcome": "failed", "steps": [step], "destinations": []}]
 
 
 class Handoff(Protocol):
@@ -188,7 +211,11 @@ class Router:
                 log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
                 failed[ev.id] = retry_delay(attempt)
                 return
-            except Exception:
+            except Exception as exc:
+                if attempt >= MAX_ROUTE_ATTEMPTS:
+                    log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
+                    traces[ev.id] = failed_trace(exc, attempt)
+                    return
                 log.exception("routing event %s failed; it will be retried", ev.id)
                 failed[ev.id] = retry_delay(attempt)
                 return
@@ -220,14 +247,78 @@ class Router:
             room = 0
             if self.handoff is not None:
                 new, room = self.handoff.take(new)
-            created, leased = await self.store.complete_routing(
-                lease, new, traces, prelease=room, lease_seconds=self.settings.delivery_lease_seconds
-            )
+            created, leased = await self._complete(lease, new, traces, room)
             if leased and self.handoff is not None:
                 self.handoff.accept(leased)
             if self._on_routed is not None and created:
                 self._on_routed(created, len(leased))  # created, of which handed over
         return len(lease.events) + len(failed)
+
+    async def _complete(
+        self, lease: RouteLease, new: list[NewDelivery], traces: dict[str, list[dict[str, Any]]], room: int
+    ) -> tuple[int, list[LeasedDelivery]]:
+        """Store the pass's deliveries and traces in one transaction. If the database refused
+        them (rather than being out of reach), store each event's on its own, so that one it
+        refuses does not fail the pass: its events stayed leased, were routed again when the
+        lease ran out, and failed together again, for ever."""
+        lease_seconds = self.settings.delivery_lease_seconds
+        try:
+            return await self.store.complete_routing(
+                lease, new, traces, prelease=room, lease_seconds=lease_seconds
+            )
+        except DATABASE_UNAVAILABLE:
+            raise
+        except Exception as exc:
+            if len(lease.events) == 1:
+                await self._refused(lease.only(lease.events[0]), exc)
+                return 0, []
+            log.exception(
+                "storing the routing of %d events failed; storing it event by event", len(lease.events)
+            )
+        by_event: dict[str, list[NewDelivery]] = {}
+        for d in new:
+            by_event.setdefault(d.event_id, []).append(d)
+        created = 0
+        for ev in lease.events:
+            alone = lease.only(ev)
+            trace = {ev.id: traces[ev.id]} if ev.id in traces else {}
+            try:
+                # None handed over: the dispatcher finds them in the table.
+                n, _ = await self.store.complete_routing(alone, by_event.get(ev.id, []), trace)
+            except DATABASE_UNAVAILABLE:
+                raise
+            except Exception as exc:
+                try:
+                    await self._refused(alone, exc)
+                except Exception:  # its job stays leased, and is retaken when the lease expires
+                    log.exception("could not put event %s back in the queue", ev.id)
+            else:
+                created += n
+        return created, []
+
+    async def _refused(self, alone: RouteLease, exc: Exception) -> None:
+        """An event whose routing the database refused: routed again later, and at its last
+        attempt ended with the refusal in its trace and no deliveries."""
+        ev = alone.events[0]
+        attempt = alone.attempts.get(ev.id, 1)
+        if attempt < MAX_ROUTE_ATTEMPTS:
+            log.error(
+                "the database refused the routing of event %s (%s: %s); routing it again in %.0fs",
+                ev.id,
+                type(exc).__name__,
+                exc,
+                retry_delay(attempt),
+            )
+            await self.store.defer_route_jobs(alone, {ev.id: retry_delay(attempt)})
+            return
+        log.error(
+            "the database refused the routing of event %s %d times (%s: %s); giving up on it",
+            ev.id,
+            attempt,
+            type(exc).__name__,
+            exc,
+        )
+        await self.store.complete_routing(alone, [], {ev.id: failed_trace(exc, attempt)})
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from ingestlayer.records import IngestResult, NewEvent
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.ingest")
 
@@ -92,6 +93,18 @@ class GroupCommitter:
         try:
             results = await self._insert(flat)
         except Exception as exc:
+            if len(group) > 1 and not isinstance(exc, DATABASE_UNAVAILABLE):
+                # The database refused the group rather than being out of reach: one request's
+                # event must not fail every other request's (all 503, and again on their
+                # retries while it kept coming back). Each request is stored on its own.
+                log.exception(
+                    "ingest transaction failed for %d events; storing its %d requests one by one",
+                    len(flat),
+                    len(group),
+                )
+                for one in group:
+                    await self._commit([one])
+                return
             # Nothing was committed: every request in the group gets the error (a 503), and
             # its client retries with the same idempotency key.
             log.exception("ingest transaction failed for %d events", len(flat))
