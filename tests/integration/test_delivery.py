@@ -11,6 +11,7 @@ from standardwebhooks import Webhook
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
 from tests.support.receiver import Receiver, Reply
+from tests.support.refusals import refuse_inserts
 from tests.support.server import RunningServer, start_server, wait_for
 
 SECRET = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
@@ -492,24 +493,10 @@ async def test_an_attempt_the_database_refuses_leaves_the_others_recorded(
     """Attempts are recorded in batches; when the database refuses one row, the others of its
     batch are recorded on their own instead of staying leased (to be sent again)."""
     store = server.runtime.store
-    # A trigger makes the database refuse the attempts of one event type.
-    if store.dialect == "sqlite":
-        ddl = [
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON attempts WHEN (SELECT event_type FROM "
-            "deliveries WHERE id = NEW.delivery_id) = 'feature.poison' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
-        ]
-    else:
-        ddl = [
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF (SELECT event_type FROM deliveries WHERE id = NEW.delivery_id) = 'feature.poison' "
-            "THEN RAISE EXCEPTION 'refused by a trigger'; END IF; RETURN NEW; END $$",
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON attempts FOR EACH ROW "
-            "EXECUTE FUNCTION refuse_poison()",
-        ]
-    async with store.engines.write.begin() as conn:
-        for statement in ddl:
-            await conn.exec_driver_sql(statement)
+    # The database refuses the attempts of one event type.
+    await refuse_inserts(
+        store, "attempts", "(SELECT event_type FROM deliveries WHERE id = NEW.delivery_id) = 'feature.poison'"
+    )
     # Answered together, so that their attempts are recorded together.
     receiver.default = Reply(status=200, delay=0.3)
     await server.apply(webhook_pipeline(receiver.url))

@@ -13,27 +13,8 @@ from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.store import Store
 from tests.integration.test_delivery import webhook_pipeline
 from tests.support.receiver import Receiver
+from tests.support.refusals import refuse_inserts
 from tests.support.server import RunningServer, wait_for
-
-
-async def _refuse(store: Store, table: str, column: str, value: str) -> None:
-    """A trigger: the database refuses the rows of ``table`` whose ``column`` is ``value``."""
-    if store.dialect == "sqlite":
-        ddl = [
-            f"CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} WHEN NEW.{column} = '{value}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
-        ]
-    else:
-        ddl = [
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.{column} = '{value}' THEN RAISE EXCEPTION 'refused by a trigger'; END IF; "
-            "RETURN NEW; END $$",
-            f"CREATE TRIGGER refuse_poison BEFORE INSERT ON {table} FOR EACH ROW "
-            "EXECUTE FUNCTION refuse_poison()",
-        ]
-    async with store.engines.write.begin() as conn:
-        for statement in ddl:
-            await conn.exec_driver_sql(statement)
 
 
 async def test_an_event_the_database_refuses_fails_only_its_own_request(db_url: str) -> None:
@@ -41,7 +22,7 @@ async def test_an_event_the_database_refuses_fails_only_its_own_request(db_url: 
     committer = GroupCommitter(store.insert_events)
     try:
         pid, _, _ = await store.create_project("groups")
-        await _refuse(store, "events", "type", "feature.poison")
+        await refuse_inserts(store, "events", "NEW.type = 'feature.poison'")
         now = time.time()
 
         def event(type_: str) -> NewEvent:
@@ -83,7 +64,7 @@ async def test_deliveries_the_database_refuses_at_ingest_do_not_refuse_the_event
         return len(receiver.requests) == n
 
     await wait_for(lambda: received(1))
-    await _refuse(server.runtime.store, "deliveries", "event_type", "feature.poison")
+    await refuse_inserts(server.runtime.store, "deliveries", "NEW.event_type = 'feature.poison'")
     events = [{"type": "feature.used", "payload": {"feature": "export", "i": i}} for i in range(15)]
     events.insert(7, {"type": "feature.poison", "payload": {"feature": "export"}})
     status, body = await server.request("POST", "/v1/events", key=server.ingest_key, json={"batch": events})

@@ -16,6 +16,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
 from ingestlayer.store.schema import route_jobs
 from ingestlayer.store.store import Store
+from tests.support.refusals import refuse_inserts
 
 
 def _pipeline(steps: list[Any] | None = None) -> dict[str, Any]:
@@ -48,26 +49,6 @@ def _event(project_id: str, type_: str, payload: str = '{"feature": "export"}') 
     return NewEvent(new_id("evt"), project_id, type_, payload, None, "api", now, now)
 
 
-async def _refuse_deliveries_of(store: Store, event_type: str) -> None:
-    """A trigger: the database refuses the deliveries of one event type."""
-    if store.dialect == "sqlite":
-        ddl = [
-            f"CREATE TRIGGER refuse_poison BEFORE INSERT ON deliveries WHEN NEW.event_type = '{event_type}' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
-        ]
-    else:
-        ddl = [
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.event_type = '{event_type}' THEN RAISE EXCEPTION 'refused by a trigger'; END IF; "
-            "RETURN NEW; END $$",
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON deliveries FOR EACH ROW "
-            "EXECUTE FUNCTION refuse_poison()",
-        ]
-    async with store.engines.write.begin() as conn:
-        for statement in ddl:
-            await conn.exec_driver_sql(statement)
-
-
 async def _attempted_before(store: Store, event_id: str, attempts: int) -> None:
     """The event's route job as after ``attempts`` routing attempts, due now."""
     async with store.engines.write.begin() as conn:
@@ -80,7 +61,7 @@ async def test_deliveries_the_database_refuses_leave_the_rest_of_the_pass_routed
     store = Store.from_url(db_url)
     try:
         pid = await _project(store, _pipeline())
-        await _refuse_deliveries_of(store, "feature.poison")
+        await refuse_inserts(store, "deliveries", "NEW.event_type = 'feature.poison'")
         events = [_event(pid, "feature.used") for _ in range(15)]
         poison = _event(pid, "feature.poison")
         events.insert(7, poison)
