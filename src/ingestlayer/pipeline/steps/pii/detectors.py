@@ -8,7 +8,8 @@ Detectors run in priority order and a later match that overlaps an earlier one i
 email → prefixed secrets (``Bearer …``, ``sk_live_…``, JWTs, …) → IBAN → card → IPv6 → IPv4 → generic
 high-entropy secret → phone. Checksums and validators keep false positives down: cards must
 pass Luhn and carry a card-network prefix, IBANs the ISO 13616 mod-97 check and their country's
-length, IPs ``ipaddress``, and phones ``phonenumbers`` validity.
+length, IPs ``ipaddress``, and phones ``phonenumbers`` validity. Phone numbers are what
+``phonenumbers.PhoneNumberMatcher`` finds, found in linear time by ``phones.PhoneFinder``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Final, Literal
 
 import phonenumbers
+
+from ingestlayer.pipeline.steps.pii.phones import PhoneFinder
 
 PiiType = Literal["email", "ip", "phone", "card", "iban", "secret"]
 ALL_TYPES: Final[tuple[PiiType, ...]] = ("email", "ip", "phone", "card", "iban", "secret")
@@ -220,6 +225,7 @@ class Scanner:
         self.secret = "secret" in types
         self.region = default_region
         self.phone_min_digits = min(INTERNATIONAL_MIN_DIGITS, _national_min_digits(default_region))
+        self.phones = PhoneFinder(default_region) if self.phone else None
 
     def scan(self, text: str) -> list[Found]:
         """Every detected value in ``text``, in order, non-overlapping."""
@@ -342,15 +348,24 @@ class Scanner:
         groups = [(g.start(), g.end()) for g in _DIGIT_GROUP.finditer(run)]
         if len(groups) < 2:
             return
+        # counts[k]: the digits in groups[:k]. A window's network prefix is that of its first
+        # group (and the next three), so a start with none is passed over whatever the end.
+        counts = [0, *accumulate(end - start for start, end in groups)]
         i = 0
         while i < len(groups):
+            if counts[-1] - counts[i] < 13:
+                return  # too few digits left for a card
+            head = _CARD_SEP.sub("", run[groups[i][0] : groups[min(i + 3, len(groups) - 1)][1]])
             best: tuple[int, int] | None = None
-            for j in range(len(groups) - 1, i - 1, -1):
-                start, end = groups[i][0], groups[j][1]
-                digits = _CARD_SEP.sub("", run[start:end])
-                if 13 <= len(digits) <= 19 and card_prefix_valid(digits) and luhn_valid(digits):
-                    best = (j, end)
-                    break
+            if card_prefix_valid(head):
+                for j in range(len(groups) - 1, i - 1, -1):
+                    if not 13 <= counts[j + 1] - counts[i] <= 19:
+                        continue
+                    start, end = groups[i][0], groups[j][1]
+                    digits = _CARD_SEP.sub("", run[start:end])
+                    if luhn_valid(digits):
+                        best = (j, end)
+                        break
             if best is None:
                 i += 1
                 continue
@@ -380,7 +395,11 @@ class Scanner:
                 found.append(Found(m.start(), m.end(), "ip", value, str(addr)))
 
     def _phones(self, text: str, found: list[Found]) -> None:
-        # Only call the matcher when some run of digits long enough for a phone number is not
+        assert self.phones is not None
+        # What the other detectors found, in order: their spans never overlap one another.
+        spans = sorted((f.start, f.end) for f in found)
+        starts = [start for start, _ in spans]
+        # Only look for numbers when some run of digits long enough for a phone number is not
         # already explained by a date, an IP, a card, …
         for m in _PHONE_RUN.finditer(text):
             run = m.group()
@@ -389,14 +408,15 @@ class Scanner:
             )
             if count < self.phone_min_digits or _DATE_RUN.fullmatch(run):
                 continue
-            if any(f.start <= m.start() and m.end() <= f.end for f in found):
-                continue
+            i = bisect_right(starts, m.start()) - 1
+            if i >= 0 and m.end() <= spans[i][1]:
+                continue  # inside one found value
             break
         else:
             return
-        matcher = phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID)
-        for pm in matcher:
-            if _overlaps(found, pm.start, pm.end) or _part_of_identifier(text, pm.start, pm.end):
+        for pm in self.phones.find(text):
+            i = bisect_left(starts, pm.end) - 1  # the last found value starting before this ends
+            if (i >= 0 and spans[i][1] > pm.start) or _part_of_identifier(text, pm.start, pm.end):
                 continue
             e164 = phonenumbers.format_number(pm.number, phonenumbers.PhoneNumberFormat.E164)
-            found.append(Found(pm.start, pm.end, "phone", pm.raw_string, e164))
+            found.append(Found(pm.start, pm.end, "phone", pm.raw, e164))
