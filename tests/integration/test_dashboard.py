@@ -15,7 +15,9 @@ import aiohttp
 import pytest
 
 from ingestlayer.api.dashboard_views import fmt_pct
+from ingestlayer.store import store as store_module
 from ingestlayer.store.stats import bin_range, id_bound, percentile
+from tests.integration.test_delivery_counts import add_deliveries
 from tests.support.fake_slack import FakeSlack
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -712,3 +714,23 @@ def test_stats_helpers() -> None:
 
 async def _arrived(receiver: Receiver, path: str) -> bool:
     return any(r.path == path for r in receiver.requests)
+
+
+async def test_capped_delivery_counts_show_as_at_least(
+    server: RunningServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add_deliveries(server.runtime.store, server.project_id, {"delivered": 4, "dead": 3, "pending": 1})
+    monkeypatch.setattr(store_module, "DELIVERY_COUNT_CAP", 3)
+    await signed_in(browser, server)
+
+    overview = await browser.get("/")
+    assert overview.status == 200
+    shown = dict(re.findall(r'status=(\w+)">.*?<span class="count">([^<]+)</span>', overview.text))
+    assert shown == {"pending": "1", "delivering": "0", "retrying": "0", "delivered": "3+"}, shown
+    assert re.search(r'/webhooks/dead">.*?<span class="count">3\+</span>', overview.text)
+
+    dead = await browser.get("/webhooks/dead")
+    assert dead.status == 200 and "3+ dead in total" in dead.text
+
+    logs = await browser.get("/webhooks/logs")
+    assert logs.status == 200 and "dead (3+)" in logs.text and "pending (1)" in logs.text

@@ -59,19 +59,6 @@ OVERFLOW_BIN = 20 * _DECADES
 STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
 
 
-@functools.lru_cache(maxsize=16)
-def _status_counts_sql(n: int, bounded: bool) -> TextClause:
-    # One range count per status on (project_id, status, id): index only, no GROUP BY sort.
-    since = " AND id >= :since" if bounded else ""
-    return text(
-        "SELECT "
-        + ", ".join(
-            f"(SELECT count(*) FROM deliveries WHERE project_id = :p AND status = :s{i}{since}) AS c{i}"
-            for i in range(n)
-        )
-    )
-
-
 @functools.lru_cache(maxsize=8)
 def _attempt_counts_sql(n: int) -> TextClause:
     # Counts on (project_id, started_at) only: no row is read.
@@ -315,21 +302,6 @@ class DashboardStats:
             p95=percentile(total.hist, 0.95),
             sample_every=total.sample_every,
         )
-
-    async def status_counts(
-        self, project_id: str, since: float | None = None, statuses: Sequence[str] = STATUSES
-    ) -> dict[str, int]:
-        """Deliveries per status, all of them or those created since ``since``.
-
-        Each count walks its part of the index: ``delivered`` is most of a project's
-        deliveries, so pages that do not need it leave it out.
-        """
-        params: dict[str, Any] = {"p": project_id, **{f"s{i}": st for i, st in enumerate(statuses)}}
-        if since is not None:
-            params["since"] = id_bound("dlv", since)
-        async with self.engines.read.connect() as conn:
-            row = (await conn.execute(_status_counts_sql(len(statuses), since is not None), params)).one()
-        return {st: int(v or 0) for st, v in zip(statuses, row, strict=True)}
 
     async def _event_counts(self, project_id: str, spans: Sequence[tuple[float, float]]) -> list[int]:
         """Events per [start, end) span: one index range count each, in one statement.

