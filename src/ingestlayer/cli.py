@@ -314,6 +314,18 @@ def apply(
     out.print(("dry run: " if dry_run else "applied: ") + summary)
 
 
+def _storable_key(key: str) -> bool:
+    from ingestlayer.api.ingest import MAX_KEY_LENGTH
+
+    if not 0 < len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+        return False
+    try:
+        key.encode()  # an argument that was not valid UTF-8 arrives with lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @app.command()
 @cli_errors
 def send(
@@ -330,6 +342,11 @@ def send(
 
     if not is_valid_event_type(type_):
         raise CliError(f"{type_!r} is not a valid event type (dotted name such as feature.used)")
+    if idempotency_key is not None and not _storable_key(idempotency_key):
+        # The API's rule, checked here for both modes: the database alone took a key the server
+        # refuses (SQLite any length, PostgreSQL up to 255), and an empty one matched every
+        # later send with an empty one.
+        raise CliError("--idempotency-key must be 1 to 255 characters, without NUL")
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
