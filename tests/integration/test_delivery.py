@@ -517,3 +517,22 @@ async def test_an_attempt_the_database_refuses_leaves_the_others_recorded(
     assert by_type == {"feature.used": ["delivered"] * 15, "feature.poison": ["delivering"]}
     ids = [r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests]
     assert len(ids) == len(set(ids)) == 16
+
+
+async def test_bulk_replay_answers_at_most_limit(server: RunningServer, receiver: Receiver) -> None:
+    """``limit`` bounds one request; a count equal to it means there may be more: ask again."""
+    receiver.default = Reply(status=410)
+    await server.apply(webhook_pipeline(receiver.url, retry={"schedule": [0]}))
+    ids = []
+    for i in range(3):
+        _, body = await server.ingest("feature.used", {"feature": "api", "i": i})
+        ids.append(body["id"])
+    dead = [(await final_delivery(server, eid))["id"] for eid in ids]
+    receiver.default = Reply(status=204)
+    two_dead = {"status": ["dead"], "limit": 2}
+    status, body = await server.request("POST", "/v1/deliveries/replay", json=two_dead)
+    assert status == 200 and body["count"] == 2 and body["replayed"] == sorted(dead)[:2]
+    status, body = await server.request("POST", "/v1/deliveries/replay", json=two_dead)
+    assert status == 200 and body == {"replayed": sorted(dead)[2:], "count": 1}
+    status, body = await server.request("POST", "/v1/deliveries/replay", json={"limit": 100_001})
+    assert status == 422

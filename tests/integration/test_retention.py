@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import asyncpg
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ingestlayer.ids import new_id
 from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
-from ingestlayer.store.schema import attempts
+from ingestlayer.store.schema import attempts, events
 from ingestlayer.store.store import Store
+from tests.support.write_log import WriteLog
 
 
 def _event(project_id: str, received_at: float) -> NewEvent:
@@ -161,5 +163,89 @@ async def test_a_replay_during_the_purge_is_not_lost(pg_url: str) -> None:
         kept = await store.get_delivery(pid, delivery.id)
         assert kept is not None and kept["status"] == "pending"
         assert await store.get_event(pid, event.id) is not None
+    finally:
+        await store.close()
+
+
+async def _finished_events(store: Store, pid: str, received_at: float, n: int) -> list[NewEvent]:
+    """``n`` events received at ``received_at``, each with one delivered delivery and its attempt."""
+    evs = [_event(pid, received_at) for _ in range(n)]
+    await store.insert_events(evs)
+    lease = await store.lease_route_jobs(n, 60)
+    dlv = [NewDelivery(new_id("dlv"), pid, e.id, e.type, "pip_x", "dst_x", "{}") for e in evs]
+    await store.complete_routing(lease, dlv, {})
+    leased = await store.lease_deliveries(n, 60)
+    await store.record_attempts(
+        [
+            AttemptResult(d.id, pid, d.lease_token, 1, received_at, 3.0, 200, None, "ok", "delivered", None)
+            for d in leased
+        ]
+    )
+    return evs
+
+
+async def _count_events(store: Store) -> int:
+    async with store.engines.read.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(events))).scalar_one())
+
+
+async def test_purge_holds_the_writer_for_at_most_a_batch(db_url: str) -> None:
+    """Each purge transaction deletes at most ``batch`` events (SQLite's one writer is free in
+    between, for ingest); the old finished events all go, with their deliveries and attempts."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        now = time.time()
+        old = await _finished_events(store, pid, now - 40 * 86400, 7)
+        recent = await _finished_events(store, pid, now, 2)
+        log = WriteLog(store, lambda: _count_events(store))
+
+        removed = await store.purge_older_than(now - 30 * 86400, batch=3, target_seconds=60, pause=0)
+
+        assert removed == 7
+        counts = [9, *log.seen]
+        assert [a - b for a, b in itertools.pairwise(counts)] == [3, 3, 1]
+        assert {e.id for e in await store.list_events(pid, limit=100)} == {e.id for e in recent}
+        async with store.engines.read.connect() as conn:
+            left = (await conn.execute(select(attempts.c.delivery_id))).scalars().all()
+            assert len(left) == 2
+        for e in old:
+            assert await store.get_event(pid, e.id) is None
+    finally:
+        await store.close()
+
+
+async def test_a_slow_purge_transaction_halves_the_next_batch(db_url: str) -> None:
+    """A transaction over the time target halves the next batch (down to one event): batches of
+    events with many deliveries and attempts stay short. Everything old still goes."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        now = time.time()
+        await _finished_events(store, pid, now - 40 * 86400, 9)
+        log = WriteLog(store, lambda: _count_events(store))
+
+        # Every transaction takes longer than no time at all.
+        removed = await store.purge_older_than(now - 30 * 86400, batch=4, target_seconds=0.0, pause=0)
+
+        assert removed == 9
+        counts = [9, *log.seen]
+        assert [a - b for a, b in itertools.pairwise(counts)] == [4, 2, 1, 1, 1]
+        assert await _count_events(store) == 0
+    finally:
+        await store.close()
+
+
+async def test_purge_with_nothing_old_takes_no_write_transaction(db_url: str) -> None:
+    """Retention runs every 10 minutes: with nothing past the cutoff it must not hold the writer
+    while it looks (the walk passes every recent event)."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        await _finished_events(store, pid, time.time(), 3)
+        log = WriteLog(store, lambda: _count_events(store))
+        assert await store.purge_older_than(time.time() - 30 * 86400, batch=2, pause=0) == 0
+        assert log.seen == []
+        assert await _count_events(store) == 3
     finally:
         await store.close()

@@ -11,11 +11,12 @@ import dataclasses
 import hashlib
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -65,6 +66,12 @@ DELIVERY_STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
 DELIVERY_COUNT_CAP = 100_000
 # What a delivery to a destination that no longer exists ends with (the dispatcher's words too).
 DELETED_DESTINATION_ERROR = "destination was deleted"
+# Retention purges (and bulk replays) run in short transactions beside ingest: on SQLite each
+# one holds the only writer. 500 events with a delivery and an attempt each are about 10 ms.
+PURGE_BATCH = 500
+PURGE_TARGET_SECONDS = 0.025
+PURGE_PAUSE_SECONDS = 0.01
+REPLAY_BATCH = 1000
 # Ingest transactions in flight at once on PostgreSQL (its pool holds more connections).
 PG_CONCURRENT_WRITERS = 4
 _lease_counter = itertools.count(1)
@@ -739,12 +746,22 @@ class Store:
         since: float | None = None,
         until: float | None = None,
         limit: int = 10_000,
+        batch: int = REPLAY_BATCH,
+        pause: float = PURGE_PAUSE_SECONDS,
     ) -> list[str]:
         """Make deliveries due again on the same ids, starting the retry schedule afresh.
 
-        A delivery that is being attempted right now is left alone. Returns the ids replayed.
+        A delivery that is being attempted right now is left alone. Returns the ids replayed:
+        the first ``limit`` that match, in id order.
+
+        They are replayed ``batch`` per transaction, with ``pause`` (or as long as the last
+        transaction took, if longer) between: on SQLite a transaction holds the only writer,
+        and 100,000 in one stalled ingest for 0.7 s. The matching deliveries are found on a
+        reader, walking ids upward, and checked again as they are updated; one replayed by an
+        earlier batch is never picked again, even if it has ended again meanwhile.
         """
-        now = clock.now()
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         conds = [deliveries.c.project_id == project_id, deliveries.c.status != "delivering"]
         if delivery_ids is not None:
             conds.append(deliveries.c.id.in_(list(delivery_ids)))
@@ -756,21 +773,40 @@ class Store:
             conds.append(deliveries.c.created_at >= since)
         if until is not None:
             conds.append(deliveries.c.created_at < until)
-        async with self.engines.write.begin() as conn:
-            picked = select(deliveries.c.id).where(and_(*conds)).order_by(deliveries.c.id).limit(limit)
-            res = await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(picked.scalar_subquery()))
-                .values(
-                    status="pending",
-                    due_at=now,
-                    retry_base=deliveries.c.attempts,
-                    finished_at=None,
-                    updated_at=now,
+        replayed: list[str] = []
+        after: str | None = None  # keyset cursor: the last delivery id looked at
+        while len(replayed) < limit:
+            size = min(batch, limit - len(replayed))
+            query = select(deliveries.c.id).where(*conds)
+            if after is not None:
+                query = query.where(deliveries.c.id > after)
+            async with self.engines.read.connect() as conn:
+                picked = list((await conn.execute(query.order_by(deliveries.c.id).limit(size))).scalars())
+            if not picked:
+                break
+            started = time.monotonic()
+            now = clock.now()
+            async with self.engines.write.begin() as conn:
+                res = await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(picked), *conds)
+                    .values(
+                        status="pending",
+                        due_at=now,
+                        retry_base=deliveries.c.attempts,
+                        finished_at=None,
+                        updated_at=now,
+                    )
+                    .returning(deliveries.c.id)
                 )
-                .returning(deliveries.c.id)
-            )
-            return sorted(res.scalars().all())
+                replayed.extend(sorted(res.scalars().all()))
+            held = time.monotonic() - started
+            if len(picked) < size:
+                break
+            after = picked[-1]
+            if len(replayed) < limit:
+                await asyncio.sleep(max(pause, held))
+        return replayed
 
     # ---- reading events and deliveries (API, CLI, dashboard) -------------------------------
 
@@ -896,24 +932,42 @@ class Store:
                 counts[status] = AtLeast(n) if n >= cap else n
         return counts
 
-    async def purge_older_than(self, cutoff: float, batch: int = 5000) -> int:
+    async def purge_older_than(
+        self,
+        cutoff: float,
+        batch: int = PURGE_BATCH,
+        *,
+        target_seconds: float = PURGE_TARGET_SECONDS,
+        pause: float = PURGE_PAUSE_SECONDS,
+    ) -> int:
         """Retention: delete finished deliveries, their attempts and events older than ``cutoff``.
 
         Old events are walked in id order, at most ``batch`` per transaction. One still owed work
         (an unfinished delivery or a route job) is kept and stepped over, so the purgeable events
         behind it still go however many kept ones come first. Returns how many events went.
+
+        SQLite has one writer, so every transaction here stalls ingest while it is open: the
+        walk itself (past kept events, and past every recent one at the end) reads on a reader
+        connection, a transaction that took longer than ``target_seconds`` halves the next
+        batch (events with many deliveries and attempts cost more), and the writer is left to
+        others for ``pause`` (or as long as the transaction took, if longer) between batches.
         """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
         removed = 0
+        size = batch
         after: str | None = None  # keyset cursor: the last event id looked at
         while True:
-            async with self.engines.write.begin() as conn:
+            async with self.engines.read.connect() as conn:
                 query = select(events.c.id).where(events.c.received_at < cutoff)
                 if after is not None:
                     query = query.where(events.c.id > after)
-                old = await conn.execute(query.order_by(events.c.id).limit(batch))
+                old = await conn.execute(query.order_by(events.c.id).limit(size))
                 ids = list(old.scalars().all())
-                if not ids:
-                    return removed
+            if not ids:
+                return removed
+            started = time.monotonic()
+            async with self.engines.write.begin() as conn:
                 # Every delivery of the batch is locked (PostgreSQL; SQLite's writer holds the
                 # database): a replay that turns a finished one back to pending meanwhile either
                 # commits first and is seen here, or waits and finds it gone.
@@ -932,13 +986,20 @@ class Store:
                     dids = select(deliveries.c.id).where(deliveries.c.event_id.in_(gone)).scalar_subquery()
                     await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(dids)))
                     await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
-                    await conn.execute(delete(events).where(events.c.id.in_(gone)))
-                    removed += len(gone)
+                    res = await conn.execute(delete(events).where(events.c.id.in_(gone)))
+                    # Another process's purge may have taken some since they were read.
+                    removed += res.rowcount
+            held = time.monotonic() - started
             # A short batch was the last of the old events; otherwise go on after it (past the
             # kept ones too: they stay, and the cursor still moves, so the walk ends).
-            if len(ids) < batch:
+            if len(ids) < size:
                 return removed
             after = ids[-1]
+            if held > target_seconds:
+                size = max(1, size // 2)
+            elif held < target_seconds / 2:
+                size = min(batch, size * 2)
+            await asyncio.sleep(max(pause, held))
 
     # ---- entities ------------------------------------------------------------------------------
 
