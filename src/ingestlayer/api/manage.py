@@ -26,6 +26,9 @@ from ingestlayer.timefmt import iso
 # ``isalnum`` took any Unicode letter: names that look alike but differ, in references (ref:NAME).
 SECRET_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
+# Plans made again when another change commits between a plan and its apply.
+APPLY_ATTEMPTS = 5
+
 router = APIRouter(prefix="/v1", tags=["manage"], route_class=JsonBodyRoute)
 
 
@@ -50,11 +53,23 @@ async def run_apply(
 ) -> dict[str, Any]:
     try:
         cfg = parse_config(document)
-        p = await plan(rt.store, project_id, cfg, prune=prune)
     except ConfigError as exc:
         raise config_error(exc, within) from None
-    if not dry_run:
-        await apply_plan(rt.store, p)
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            p = await plan(rt.store, project_id, cfg, prune=prune)
+        except ConfigError as exc:
+            raise config_error(exc, within) from None
+        if dry_run:
+            break
+        try:
+            await apply_plan(rt.store, p)
+            break
+        except Conflict:
+            # Another change committed since the plan was made: plan again from it, so that
+            # the document is applied whole rather than mixed with that change.
+            if attempt == APPLY_ATTEMPTS - 1:
+                raise ApiError(409, "the configuration kept changing during the apply; try again") from None
     changes = []
     for c in p.changes:
         # What a dry run would create has no id yet: the apply makes its own.

@@ -32,6 +32,7 @@ class Change:
 @dataclass
 class Plan:
     project_id: str
+    version: int = 0  # the project's config_version the plan was made at
     changes: list[Change] = field(default_factory=list)
     destination_rows: list[dict[str, Any]] = field(default_factory=list)
     pipeline_rows: list[dict[str, Any]] = field(default_factory=list)
@@ -81,7 +82,7 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
     current = await store.load_project_config(project_id)
     dest_by_name = {d.name: d for d in current.destinations.values()}
     pipe_by_name = {p.name: p for p in current.pipelines}
-    out = Plan(project_id=project_id)
+    out = Plan(project_id=project_id, version=current.version)
     # An endpoint's pipeline and destination are changed through /v1/endpoints only: its rules
     # (a secret that exists, signing, deleting its secrets with it) live there.
     endpoint_of = current.endpoint_destinations()
@@ -176,6 +177,8 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
 
 
 async def apply_plan(store: Store, p: Plan) -> None:
+    """Write the plan's changes; :class:`Conflict` if the configuration changed since it was
+    made (plan again)."""
     if not p.has_changes:
         return
     await store.apply_config(
@@ -186,4 +189,5 @@ async def apply_plan(store: Store, p: Plan) -> None:
         delete_destination_ids=p.delete_destination_ids,
         upsert_sources=p.source_rows,
         delete_source_ids=p.delete_source_ids,
+        expect_version=p.version,
     )

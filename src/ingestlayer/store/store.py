@@ -479,17 +479,32 @@ class Store:
         delete_destination_ids: Sequence[str] = (),
         upsert_sources: Sequence[dict[str, Any]] = (),
         delete_source_ids: Sequence[str] = (),
+        *,
+        expect_version: int | None = None,
     ) -> list[str]:
         """Create/update/delete pipelines and destinations in one transaction.
 
         Each upsert dict carries ``id`` (existing or new), ``name``, ``config`` and, for
         destinations, ``kind``; pipelines may carry ``endpoint`` and ``enabled``.
 
+        With ``expect_version`` (the config_version the changes were planned at) it raises
+        :class:`Conflict` and changes nothing when another change committed since: two applies
+        planned at once would otherwise each write what it found different, leaving a mix.
+
         A deleted destination's deliveries that wait for an attempt end ``dead`` right after
         (see :meth:`end_waiting_deliveries`); returns their ids.
         """
         now = clock.now()
         async with self.engines.write.begin() as conn:
+            if expect_version is not None:
+                # First, so that the project's row is locked while the rows are written.
+                res = await conn.execute(
+                    update(projects)
+                    .where(projects.c.id == project_id, projects.c.config_version == expect_version)
+                    .values(config_version=projects.c.config_version + 1)
+                )
+                if res.rowcount == 0:
+                    raise Conflict("the configuration changed while this change was planned")
             for d in upsert_destinations:
                 cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
                 res = await conn.execute(
@@ -580,7 +595,8 @@ class Store:
                         destinations.c.id.in_(list(delete_destination_ids)),
                     )
                 )
-            await self._bump_config(conn, project_id)
+            if expect_version is None:
+                await self._bump_config(conn, project_id)
         # The dispatcher would end each of them at its next attempt, but a retry may be hours
         # away: meanwhile it was listed "retrying" for a destination that no longer exists, and
         # its event was kept from retention. After the commit, in batches, like a disable.
