@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ingestlayer.records import ProjectConfig
 from tests.support.server import RunningServer
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -28,3 +29,36 @@ async def test_two_applies_at_once_leave_one_document_whole(server: RunningServe
         _, pipe = await server.request("GET", "/v1/pipelines/p")
         tag = dest["config"]["url"].rsplit("/", 1)[1]
         assert pipe["source"]["match"] == [f"{tag}.*"], (dest, pipe, results)
+
+
+async def test_a_destination_deleted_while_a_pipeline_takes_it_up_is_never_left_dangling(
+    server: RunningServer,
+) -> None:
+    """DELETE checks that no pipeline uses the destination, then deletes it; a pipeline created
+    between the two used to be left pointing at a destination that no longer exists."""
+    await server.apply({"destinations": [{"name": "out", "webhook.out": {"url": HOOK}}]})
+    store = server.runtime.store
+    read = store.load_project_config
+    created: list[int] = []
+
+    async def read_then_race(project_id: str) -> ProjectConfig:
+        cfg = await read(project_id)
+        if not created:  # the DELETE's read: a pipeline takes the destination up right after it
+            created.append(0)
+            pipeline = {"name": "p", "source": {"match": ["a.*"]}, "destinations": [{"ref": "out"}]}
+            status, body = await server.request("POST", "/v1/pipelines", json=pipeline)
+            assert status == 201, body
+            created[0] = status
+        return cfg
+
+    store.load_project_config = read_then_race  # type: ignore[method-assign]
+    try:
+        status, body = await server.request("DELETE", "/v1/destinations/out")
+    finally:
+        store.load_project_config = read  # type: ignore[method-assign]
+    assert created == [201]
+    # Read again after the pipeline came: in use, so kept.
+    assert status == 409 and "used by pipelines: p" in body["error"]["message"], body
+    _, pipe = await server.request("GET", "/v1/pipelines/p")
+    _, dest = await server.request("GET", "/v1/destinations/out")
+    assert dest["name"] == "out" and pipe["name"] == "p"

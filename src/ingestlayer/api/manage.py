@@ -69,7 +69,7 @@ async def run_apply(
             # Another change committed since the plan was made: plan again from it, so that
             # the document is applied whole rather than mixed with that change.
             if attempt == APPLY_ATTEMPTS - 1:
-                raise ApiError(409, "the configuration kept changing during the apply; try again") from None
+                raise _kept_changing() from None
     changes = []
     for c in p.changes:
         # What a dry run would create has no id yet: the apply makes its own.
@@ -208,25 +208,40 @@ async def replace_pipeline(
 
 @router.delete("/pipelines/{pipeline:path}", status_code=204)
 async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
-    cfg = await rt.store.load_project_config(principal.project_id)
-    found = _find(cfg.pipelines, pipeline, "pipeline")
-    _not_an_endpoint(found)
-    # Its inline destinations (named "<pipeline>/<kind>") go with it, unless another pipeline uses them.
-    others = {
-        r["destination_id"] for p in cfg.pipelines if p.id != found.id for r in p.config["destinations"]
-    }
-    inline = [
-        r["destination_id"]
-        for r in found.config["destinations"]
-        if r["destination_id"] not in others
-        and r["destination_id"] in cfg.destinations
-        and cfg.destinations[r["destination_id"]].name.startswith(f"{found.name}/")
-    ]
-    # The inline destinations' deliveries waiting for an attempt end as dead at once.
-    await rt.store.apply_config(
-        principal.project_id, [], [], delete_pipeline_ids=[found.id], delete_destination_ids=inline
-    )
-    return Response(status_code=204)
+    for _ in range(APPLY_ATTEMPTS):
+        cfg = await rt.store.load_project_config(principal.project_id)
+        found = _find(cfg.pipelines, pipeline, "pipeline")
+        _not_an_endpoint(found)
+        # Its inline destinations (named "<pipeline>/<kind>") go with it, unless another pipeline
+        # uses them.
+        others = {
+            r["destination_id"] for p in cfg.pipelines if p.id != found.id for r in p.config["destinations"]
+        }
+        inline = [
+            r["destination_id"]
+            for r in found.config["destinations"]
+            if r["destination_id"] not in others
+            and r["destination_id"] in cfg.destinations
+            and cfg.destinations[r["destination_id"]].name.startswith(f"{found.name}/")
+        ]
+        try:
+            # The inline destinations' deliveries waiting for an attempt end as dead at once.
+            await rt.store.apply_config(
+                principal.project_id,
+                [],
+                [],
+                delete_pipeline_ids=[found.id],
+                delete_destination_ids=inline,
+                expect_version=cfg.version,
+            )
+        except Conflict:
+            continue  # changed since it was read (a pipeline now using an inline destination?)
+        return Response(status_code=204)
+    raise _kept_changing()
+
+
+def _kept_changing() -> ApiError:
+    return ApiError(409, "the configuration kept changing during the change; try again")
 
 
 @router.get("/destinations")
@@ -272,17 +287,25 @@ async def replace_destination(
 
 @router.delete("/destinations/{destination:path}", status_code=204)
 async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep) -> Response:
-    cfg = await rt.store.load_project_config(principal.project_id)
-    found = _find(cfg.destinations.values(), destination, "destination")
-    users = [
-        p.name
-        for p in cfg.pipelines
-        if any(r["destination_id"] == found.id for r in p.config["destinations"])
-    ]
-    if users:
-        raise ApiError(409, f"destination {found.name!r} is used by pipelines: {', '.join(users)}")
-    await rt.store.apply_config(principal.project_id, [], [], delete_destination_ids=[found.id])
-    return Response(status_code=204)
+    for _ in range(APPLY_ATTEMPTS):
+        cfg = await rt.store.load_project_config(principal.project_id)
+        found = _find(cfg.destinations.values(), destination, "destination")
+        users = [
+            p.name
+            for p in cfg.pipelines
+            if any(r["destination_id"] == found.id for r in p.config["destinations"])
+        ]
+        if users:
+            raise ApiError(409, f"destination {found.name!r} is used by pipelines: {', '.join(users)}")
+        try:
+            # Only if no pipeline came to use it since it was checked.
+            await rt.store.apply_config(
+                principal.project_id, [], [], delete_destination_ids=[found.id], expect_version=cfg.version
+            )
+        except Conflict:
+            continue
+        return Response(status_code=204)
+    raise _kept_changing()
 
 
 class SecretBody(BaseModel):
