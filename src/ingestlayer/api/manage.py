@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import yaml
 from fastapi import APIRouter, Request, Response
@@ -17,7 +17,7 @@ from ingestlayer.api.errors import ApiError, too_deep_error
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import destination_json, pipeline_json
 from ingestlayer.json_depth import is_read_depth_error
-from ingestlayer.pipeline.apply import apply_plan, plan
+from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.store import Conflict, NotFound
@@ -28,6 +28,8 @@ SECRET_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 # Plans made again when another change commits between a plan and its apply.
 APPLY_ATTEMPTS = 5
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/v1", tags=["manage"], route_class=JsonBodyRoute)
 
@@ -48,6 +50,18 @@ def config_error(exc: ConfigError, within: str = "") -> ApiError:
     return ApiError(422, f"{path}: {exc.message}" if path else exc.message, field=path or None)
 
 
+async def until_unchanged(change: Callable[[], Awaitable[T]]) -> T:
+    """Run ``change``, which reads the configuration, checks what it needs and writes only if
+    the configuration is still the version it read (:class:`Conflict` otherwise); again from a
+    fresh read when another change committed in between, and a 409 after APPLY_ATTEMPTS."""
+    for _ in range(APPLY_ATTEMPTS):
+        try:
+            return await change()
+        except Conflict:
+            continue
+    raise ApiError(409, "the configuration kept changing during the change; try again")
+
+
 async def run_apply(
     rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool, within: str = ""
 ) -> dict[str, Any]:
@@ -55,21 +69,18 @@ async def run_apply(
         cfg = parse_config(document)
     except ConfigError as exc:
         raise config_error(exc, within) from None
-    for attempt in range(APPLY_ATTEMPTS):
+
+    async def plan_and_apply() -> Plan:
         try:
             p = await plan(rt.store, project_id, cfg, prune=prune)
         except ConfigError as exc:
             raise config_error(exc, within) from None
-        if dry_run:
-            break
-        try:
+        if not dry_run:
+            # Whole, or planned again: never mixed with a change that committed meanwhile.
             await apply_plan(rt.store, p)
-            break
-        except Conflict:
-            # Another change committed since the plan was made: plan again from it, so that
-            # the document is applied whole rather than mixed with that change.
-            if attempt == APPLY_ATTEMPTS - 1:
-                raise _kept_changing() from None
+        return p
+
+    p = await until_unchanged(plan_and_apply)
     changes = []
     for c in p.changes:
         # What a dry run would create has no id yet: the apply makes its own.
@@ -208,7 +219,7 @@ async def replace_pipeline(
 
 @router.delete("/pipelines/{pipeline:path}", status_code=204)
 async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
-    for _ in range(APPLY_ATTEMPTS):
+    async def delete() -> None:
         cfg = await rt.store.load_project_config(principal.project_id)
         found = _find(cfg.pipelines, pipeline, "pipeline")
         _not_an_endpoint(found)
@@ -224,24 +235,18 @@ async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Re
             and r["destination_id"] in cfg.destinations
             and cfg.destinations[r["destination_id"]].name.startswith(f"{found.name}/")
         ]
-        try:
-            # The inline destinations' deliveries waiting for an attempt end as dead at once.
-            await rt.store.apply_config(
-                principal.project_id,
-                [],
-                [],
-                delete_pipeline_ids=[found.id],
-                delete_destination_ids=inline,
-                expect_version=cfg.version,
-            )
-        except Conflict:
-            continue  # changed since it was read (a pipeline now using an inline destination?)
-        return Response(status_code=204)
-    raise _kept_changing()
+        # The inline destinations' deliveries waiting for an attempt end as dead at once.
+        await rt.store.apply_config(
+            principal.project_id,
+            [],
+            [],
+            delete_pipeline_ids=[found.id],
+            delete_destination_ids=inline,
+            expect_version=cfg.version,
+        )
 
-
-def _kept_changing() -> ApiError:
-    return ApiError(409, "the configuration kept changing during the change; try again")
+    await until_unchanged(delete)
+    return Response(status_code=204)
 
 
 @router.get("/destinations")
@@ -287,7 +292,7 @@ async def replace_destination(
 
 @router.delete("/destinations/{destination:path}", status_code=204)
 async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep) -> Response:
-    for _ in range(APPLY_ATTEMPTS):
+    async def delete() -> None:
         cfg = await rt.store.load_project_config(principal.project_id)
         found = _find(cfg.destinations.values(), destination, "destination")
         users = [
@@ -297,15 +302,13 @@ async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep)
         ]
         if users:
             raise ApiError(409, f"destination {found.name!r} is used by pipelines: {', '.join(users)}")
-        try:
-            # Only if no pipeline came to use it since it was checked.
-            await rt.store.apply_config(
-                principal.project_id, [], [], delete_destination_ids=[found.id], expect_version=cfg.version
-            )
-        except Conflict:
-            continue
-        return Response(status_code=204)
-    raise _kept_changing()
+        # Only if no pipeline came to use it since it was checked.
+        await rt.store.apply_config(
+            principal.project_id, [], [], delete_destination_ids=[found.id], expect_version=cfg.version
+        )
+
+    await until_unchanged(delete)
+    return Response(status_code=204)
 
 
 class SecretBody(BaseModel):

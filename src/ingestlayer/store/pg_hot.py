@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -242,9 +242,9 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
-def _delivery_json(rows: Sequence[tuple[Any, ...]]) -> str:
-    """Rows of :func:`rowmap.new_delivery_rows` as the JSON document the inserts read."""
-    return orjson.dumps([dict(zip(_DELIVERY_KEYS, r, strict=True)) for r in rows]).decode()
+def _json_rows(keys: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> str:
+    """Rows as the JSON document (objects with these keys) that ``json_to_recordset`` reads."""
+    return orjson.dumps([dict(zip(keys, r, strict=True)) for r in rows]).decode()
 
 
 async def _insert_deliveries(
@@ -255,7 +255,7 @@ async def _insert_deliveries(
     if not new:
         return []
     rows, leased, now = rowmap.new_delivery_rows(new, prelease, lease_seconds)
-    await conn.execute(_INSERT_DELIVERIES, _delivery_json(rows), now)
+    await conn.execute(_INSERT_DELIVERIES, _json_rows(_DELIVERY_KEYS, rows), now)
     if len(leased) < len(new):  # some wait in the table: wake the dispatchers
         await conn.execute(f"NOTIFY {DELIVER_CHANNEL}")
     return leased
@@ -378,7 +378,7 @@ class PgHotPath:
             rows = await conn.fetch(
                 _INGEST,
                 orjson.dumps(fresh).decode(),
-                _delivery_json(delivery_rows),
+                _json_rows(_DELIVERY_KEYS, delivery_rows),
                 now,
                 orjson.dumps([e.id for e in jobs]).decode(),
                 route_token,
@@ -479,11 +479,9 @@ class PgHotPath:
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
         now = clock.now()
-        states = [dict(zip(_STATE_KEYS, rowmap.finished_state(r, now), strict=True)) for r in results]
+        states = _json_rows(_STATE_KEYS, (rowmap.finished_state(r, now) for r in results))
         async with self.connection() as conn:
-            await conn.execute(
-                _RECORD_ATTEMPTS, orjson.dumps(list(results)).decode(), orjson.dumps(states).decode(), now
-            )
+            await conn.execute(_RECORD_ATTEMPTS, orjson.dumps(list(results)).decode(), states, now)
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]

@@ -463,12 +463,19 @@ class Store:
             row = (await conn.execute(select(sources).where(sources.c.id == source_id))).first()
             return _source_from_row(row) if row else None
 
-    async def _bump_config(self, conn: AsyncConnection, project_id: str) -> None:
-        await conn.execute(
-            update(projects)
-            .where(projects.c.id == project_id)
-            .values(config_version=projects.c.config_version + 1)
+    async def _bump_config(
+        self, conn: AsyncConnection, project_id: str, expect_version: int | None = None
+    ) -> None:
+        """Move the project's config_version on; with ``expect_version``, only from that one
+        (:class:`Conflict` if another change committed since)."""
+        conds = [projects.c.id == project_id]
+        if expect_version is not None:
+            conds.append(projects.c.config_version == expect_version)
+        res = await conn.execute(
+            update(projects).where(*conds).values(config_version=projects.c.config_version + 1)
         )
+        if expect_version is not None and res.rowcount == 0:
+            raise Conflict("the configuration changed while this change was planned")
 
     async def apply_config(
         self,
@@ -496,15 +503,8 @@ class Store:
         """
         now = clock.now()
         async with self.engines.write.begin() as conn:
-            if expect_version is not None:
-                # First, so that the project's row is locked while the rows are written.
-                res = await conn.execute(
-                    update(projects)
-                    .where(projects.c.id == project_id, projects.c.config_version == expect_version)
-                    .values(config_version=projects.c.config_version + 1)
-                )
-                if res.rowcount == 0:
-                    raise Conflict("the configuration changed while this change was planned")
+            # First, so that the project's row is locked while the rows are written.
+            await self._bump_config(conn, project_id, expect_version)
             for d in upsert_destinations:
                 cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
                 res = await conn.execute(
@@ -595,8 +595,6 @@ class Store:
                         destinations.c.id.in_(list(delete_destination_ids)),
                     )
                 )
-            if expect_version is None:
-                await self._bump_config(conn, project_id)
         # The dispatcher would end each of them at its next attempt, but a retry may be hours
         # away: meanwhile it was listed "retrying" for a destination that no longer exists, and
         # its event was kept from retention. After the commit, in batches, like a disable.
