@@ -136,3 +136,36 @@ async def test_disabling_leaves_other_destinations_alone(srv: RunningServer, rec
     assert by_dest[made[0]["destination_id"]]["status"] == "dead"
     assert by_dest[made[1]["destination_id"]]["status"] == "retrying"
     assert by_dest[made[1]["destination_id"]]["last_error"] == "HTTP 503"
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "error"),
+    [
+        ("PATCH", {"enabled": False}, "destination is disabled"),
+        ("DELETE", None, "destination was deleted"),
+    ],
+)
+async def test_an_attempt_failing_after_its_endpoint_went_away_ends_dead_at_once(
+    server: RunningServer, receiver: Receiver, method: str, change: dict[str, Any] | None, error: str
+) -> None:
+    """The endpoint is disabled or deleted while the receiver holds an attempt, which then fails:
+    the delivery ends ``dead`` at once, as the ones waiting did. It used to wait as "retrying" for
+    its next attempt, an hour away here, for a destination that was gone."""
+    status, ep = await server.request(
+        "POST",
+        "/v1/endpoints",
+        json={"url": receiver.url + "/hooks", "events": ["invoice.*"], "retry": HOURLY},
+    )
+    assert status == 201, ep
+    receiver.plan = [Reply(status=500, delay=1.0)]
+    held = await delivery_of(server, await send(server, "invoice.failed"), ("delivering",))
+    status, _ = await server.request(method, f"/v1/endpoints/{ep['id']}", json=change)
+    assert status in (200, 204)
+
+    await delivery_of(server, held["event_id"], ("dead",))
+    status, d = await server.request("GET", f"/v1/deliveries/{held['id']}")
+    assert status == 200, d
+    assert d["status"] == "dead" and d["last_error"] == error, d
+    assert d["next_attempt_at"] is None and d["finished_at"]
+    assert [(a["status_code"], a["error"]) for a in d["attempts"]] == [(500, "HTTP 500"), (None, error)]
+    assert len(receiver.requests) == 1

@@ -26,7 +26,7 @@ from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
-from ingestlayer.store.store import NotFound
+from ingestlayer.store.store import DISABLED_DESTINATION_ERROR, NotFound
 from ingestlayer.timefmt import iso, parse_iso
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
@@ -102,8 +102,6 @@ DEFAULT_OVERLAP_SECONDS = 86_400.0
 MAX_OVERLAP_SECONDS = 30 * 86_400.0
 # Old secrets signing at once beside the current one (each adds a signature to every request).
 MAX_PREVIOUS_SECRETS = 10
-# What a delivery to a disabled endpoint ends with: the dispatcher's words for the same case.
-DISABLED_ERROR = "destination is disabled"
 
 
 def _at(ts: float) -> str:
@@ -387,7 +385,7 @@ async def update_endpoint(
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
-        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_ERROR)
+        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_DESTINATION_ERROR)
     out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
     if generated:
         out["secret"] = secret  # shown once, as on create

@@ -32,7 +32,7 @@ from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox
-from ingestlayer.store.store import DELETED_DESTINATION_ERROR, Store
+from ingestlayer.store.store import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.delivery")
@@ -233,7 +233,7 @@ class Dispatcher:
         if dest is None:
             outcome = Outcome(ok=False, error=DELETED_DESTINATION_ERROR, permanent=True)
         elif not dest.enabled:
-            outcome = Outcome(ok=False, error="destination is disabled", permanent=True)
+            outcome = Outcome(ok=False, error=DISABLED_DESTINATION_ERROR, permanent=True)
         elif dest.broken is not None:
             outcome = Outcome(ok=False, error=dest.broken)
         else:

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -58,14 +59,18 @@ from ingestlayer.store.schema import (
 from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
+log = logging.getLogger("ingestlayer.store")
+
 DUE_STATUSES = ("pending", "retrying", "delivering")
 DELIVERY_STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
 # Counting deliveries walks the (project_id, status, id) index, about 100 ms per million entries
 # on PostgreSQL and 50 on SQLite, and a busy project keeps millions of delivered ones: each
 # status is counted up to this many, and a count that reaches it is reported as "at least".
 DELIVERY_COUNT_CAP = 100_000
-# What a delivery to a destination that no longer exists ends with (the dispatcher's words too).
+# What a delivery to a destination that no longer exists, or is disabled, ends with (the
+# dispatcher's words too).
 DELETED_DESTINATION_ERROR = "destination was deleted"
+DISABLED_DESTINATION_ERROR = "destination is disabled"
 # Retention purges (and bulk replays) run in short transactions beside ingest: on SQLite each
 # one holds the only writer. 500 events with a delivery and an attempt each are about 10 ms.
 PURGE_BATCH = 500
@@ -671,6 +676,15 @@ class Store:
         """
         if results:
             await self._hot.record_attempts([storable_attempt(r) for r in results])
+            retrying = [r.delivery_id for r in results if r.status == "retrying"]
+            if retrying:
+                try:
+                    await self.end_stranded_retries(retrying)
+                except Exception as exc:
+                    # The attempts are recorded: raising would make callers record them again,
+                    # row by row. These deliveries end instead at their next attempt, which
+                    # finds the destination gone.
+                    log.warning("could not end retries of deleted or disabled destinations: %s", exc)
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         """Hand back leases that were never attempted (shutdown), due again right away."""
@@ -684,7 +698,8 @@ class Store:
         as ``dead`` now, as the dispatcher ends one it finds the destination disabled for: one
         more attempt logged with ``error`` and no status code, ``last_error`` set, finished.
 
-        Deliveries being attempted right now (``delivering``) are left to their attempt. Each
+        Deliveries being attempted right now (``delivering``) are left to their attempt, whose
+        record ends them if it fails (:meth:`end_stranded_retries`). Each
         batch is one transaction, so a long backlog does not hold SQLite's writer for long.
         The ended deliveries stay listed and can be replayed, and are counted in the
         ``dead`` attempts metric. Returns their ids.
@@ -692,7 +707,6 @@ class Store:
         ended: list[str] = []
         waiting = ("pending", "retrying")
         while True:
-            now = clock.now()
             async with self.engines.write.begin() as conn:
                 picked = (
                     select(deliveries.c.id)
@@ -707,48 +721,84 @@ class Store:
                 ids = list((await conn.execute(picked)).scalars().all())
                 if not ids:
                     return ended
-                # The status is checked again by the update: a delivery leased meanwhile
-                # (PostgreSQL re-reads a row another transaction changed) is left to its attempt.
-                res = await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(ids), deliveries.c.status.in_(waiting))
-                    .values(
-                        status="dead",
-                        attempts=deliveries.c.attempts + 1,
-                        due_at=None,
-                        lease_token=None,
-                        last_status_code=None,
-                        last_error=error,
-                        finished_at=now,
-                        updated_at=now,
-                    )
-                    .returning(deliveries.c.id, deliveries.c.attempts)
-                )
-                done = res.all()
-                if done:
-                    await conn.execute(
-                        insert(attempts),
-                        [
-                            {
-                                "delivery_id": did,
-                                "project_id": project_id,
-                                "n": n,
-                                "started_at": now,
-                                "duration_ms": 0.0,
-                                "status_code": None,
-                                "error": error,
-                                "response_excerpt": None,
-                                "next_retry_at": None,
-                                "worker": self.worker_id,
-                            }
-                            for did, n in done
-                        ],
-                    )
-                ended.extend(did for did, _ in done)
-                # Counted as the dispatcher counts an attempt that ends a delivery dead.
-                metrics.ATTEMPTS.labels(result="dead").inc(len(done))
+                ended += await self._end_dead(conn, ids, waiting, error)
             if len(ids) < batch:
                 return ended
+
+    async def end_stranded_retries(self, delivery_ids: Sequence[str]) -> list[str]:
+        """End ``dead`` now the deliveries among these that wait for a retry of a destination
+        deleted or disabled while their attempt ran, as :meth:`end_waiting_deliveries` ends the
+        ones that were waiting then. That call leaves the attempts in flight alone, so without
+        this one such a delivery stayed "retrying" until its next attempt (hours away on the
+        default schedule). Returns their ids."""
+        ended: list[str] = []
+        async with self.engines.write.begin() as conn:
+            rows = await conn.execute(
+                select(deliveries.c.id, destinations.c.id.is_(None))
+                .select_from(
+                    deliveries.outerjoin(destinations, destinations.c.id == deliveries.c.destination_id)
+                )
+                .where(
+                    deliveries.c.id.in_(list(delivery_ids)),
+                    deliveries.c.status == "retrying",
+                    or_(destinations.c.id.is_(None), destinations.c.enabled.is_(False)),
+                )
+            )
+            by_error: dict[str, list[str]] = {}
+            for did, deleted in rows.all():
+                error = DELETED_DESTINATION_ERROR if deleted else DISABLED_DESTINATION_ERROR
+                by_error.setdefault(error, []).append(did)
+            for error, ids in by_error.items():
+                ended += await self._end_dead(conn, ids, ("retrying",), error)
+        return ended
+
+    async def _end_dead(
+        self, conn: AsyncConnection, ids: Sequence[str], statuses: Sequence[str], error: str
+    ) -> list[str]:
+        """End these deliveries ``dead`` with ``error`` where their status is still one of
+        ``statuses``: one more attempt logged with ``error`` and no status code, ``last_error``
+        set, finished. Returns the ids ended."""
+        now = clock.now()
+        # The status is checked again by the update: a delivery leased meanwhile (PostgreSQL
+        # re-reads a row another transaction changed) is left to its attempt.
+        res = await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(list(ids)), deliveries.c.status.in_(list(statuses)))
+            .values(
+                status="dead",
+                attempts=deliveries.c.attempts + 1,
+                due_at=None,
+                lease_token=None,
+                last_status_code=None,
+                last_error=error,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(deliveries.c.id, deliveries.c.project_id, deliveries.c.attempts)
+        )
+        done = res.all()
+        if done:
+            await conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "delivery_id": did,
+                        "project_id": project_id,
+                        "n": n,
+                        "started_at": now,
+                        "duration_ms": 0.0,
+                        "status_code": None,
+                        "error": error,
+                        "response_excerpt": None,
+                        "next_retry_at": None,
+                        "worker": self.worker_id,
+                    }
+                    for did, project_id, n in done
+                ],
+            )
+        # Counted as the dispatcher counts an attempt that ends a delivery dead.
+        metrics.ATTEMPTS.labels(result="dead").inc(len(done))
+        return [did for did, _, _ in done]
 
     async def replay(
         self,
