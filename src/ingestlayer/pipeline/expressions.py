@@ -64,6 +64,7 @@ from datetime import date
 from typing import Any, TypeAlias
 
 from ingestlayer.pipeline import regex_safety
+from ingestlayer.pipeline.linear_regex import LinearSearch, compile_linear
 from ingestlayer.pipeline.paths import get_parts
 
 log = logging.getLogger("ingestlayer.pipeline")
@@ -416,12 +417,8 @@ class _Parser:
             method = str.startswith if word == "startswith" else str.endswith
             return _leaf(get, lambda value: isinstance(value, str) and method(value, literal))
         if word == "matches":
-            search, window = self.parse_regex()
-            if window is None:
-                return _leaf(get, lambda value: isinstance(value, str) and search(value) is not None)
-            # Bounded: a backtracking search on a long field would hold the event loop (and the
-            # GIL) for seconds; see regex_safety. `$` matches at the end of the window.
-            return _leaf(get, lambda value: isinstance(value, str) and search(value, 0, window) is not None)
+            found = self.parse_regex()
+            return _leaf(get, lambda value: isinstance(value, str) and found(value))
         raise self.error(OPERATOR_HINT, op_pos)
 
     def parse_symbol_comparison(self, get: Getter, symbol: str) -> Predicate:
@@ -514,8 +511,9 @@ class _Parser:
         self.pos += 1
         return _membership(members)
 
-    def parse_regex(self) -> tuple[Callable[..., re.Match[str] | None], int | None]:
-        """The compiled pattern's ``search`` and how many characters it may read (None: all)."""
+    def parse_regex(self) -> Callable[[str], bool]:
+        """Whether the pattern matches somewhere in a string, by the fastest engine that answers
+        exactly and cannot stall the worker (see :func:`_regex_search`)."""
         text = self.text
         opening = self.skip_ws()
         if self.peek() != "/":
@@ -550,25 +548,63 @@ class _Parser:
         pattern = "".join(chars)
         try:
             compiled = re.compile(pattern, flags)
-            repeats = regex_safety.check(pattern, flags)
         except re.error as exc:
             where = offsets[exc.pos] if exc.pos is not None and exc.pos < len(offsets) else closing
             raise self.error(f"a valid regular expression ({exc.msg})", where) from exc
+        except Exception as exc:  # e.g. OverflowError for absurd repeat counts
+            raise self.error(f"a valid regular expression ({exc})", opening) from exc
+        try:
+            return _regex_search(pattern, flags, compiled)
         except regex_safety.UnsafePattern as exc:
             shown = text[opening : closing + 1]
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             stored_window = regex_safety.unsafe_window()
-            if stored_window is not None:  # a stored pipeline: keep routing, on a short leash
-                log.warning(
-                    "the pattern %s (%s) reads only the first %d characters of a value; apply its "
-                    "pipeline again with a safer pattern",
-                    shown,
-                    exc,
-                    stored_window,
-                )
-                return re.compile(pattern, flags).search, stored_window
-            expected = f"a regular expression that cannot stall the worker ({exc})"
-            raise self.error(expected, opening, shown) from exc
-        except Exception as exc:  # e.g. OverflowError for absurd repeat counts
-            raise self.error(f"a valid regular expression ({exc})", opening) from exc
-        return compiled.search, regex_safety.search_window(repeats)
+            if stored_window is None:
+                expected = f"a regular expression that cannot stall the worker ({exc})"
+                raise self.error(expected, opening, shown) from exc
+            # A stored pipeline: keep routing, on a short leash.
+            log.warning(
+                "the pattern %s (%s) reads only the first %d characters of a value; apply its "
+                "pipeline again with a safer pattern",
+                shown,
+                exc,
+                stored_window,
+            )
+            return _windowed(compiled, stored_window, compile_linear(pattern, flags))
+
+
+def _regex_search(pattern: str, flags: int, compiled: re.Pattern[str]) -> Callable[[str], bool]:
+    """How ``matches`` searches, by what the pattern needs:
+
+    - Python's ``re`` on the whole string where its search is linear (no unbounded repeats):
+      the common case, and the fastest call;
+    - otherwise RE2 on the whole string (:mod:`ingestlayer.pipeline.linear_regex`), where it
+      answers exactly as Python would, even for a pattern that would backtrack exponentially;
+    - otherwise (lookarounds, backreferences; ``\\b`` on text that is not ASCII) Python's ``re``
+      on the start of the string only, the window regex_safety allows.
+
+    Raises :class:`regex_safety.UnsafePattern` for a pattern only Python's engine can run and
+    that can backtrack exponentially."""
+    try:
+        window = regex_safety.search_window(regex_safety.check(pattern, flags))
+    except regex_safety.UnsafePattern:
+        linear = compile_linear(pattern, flags)
+        if linear is None or linear.ascii_only:
+            raise
+        return linear.found
+    if window is None:
+        return lambda value: compiled.search(value) is not None
+    return _windowed(compiled, window, compile_linear(pattern, flags))
+
+
+def _windowed(compiled: re.Pattern[str], window: int, linear: LinearSearch | None) -> Callable[[str], bool]:
+    """RE2 where it answers (every string, or ASCII ones for a pattern with ``\\b``), else
+    Python's ``re`` on the first ``window`` characters: a backtracking search of a long field
+    would hold the event loop (and the GIL) for seconds. ``$`` matches at the end of the window."""
+    if linear is None:
+        return lambda value: compiled.search(value, 0, window) is not None
+    if not linear.ascii_only:
+        return linear.found
+    return lambda value: (
+        linear.found(value) if linear.answers_for(value) else compiled.search(value, 0, window) is not None
+    )

@@ -1,5 +1,8 @@
-"""Keep a user's ``matches /re/`` from stalling the worker: refuse patterns that backtrack
-exponentially, and bound how much of a string the others read.
+"""Keep a user's ``matches /re/`` from stalling the worker where it runs on Python's engine:
+refuse patterns that backtrack exponentially, and bound how much of a string the others read.
+Most patterns with unbounded repeats run on RE2 instead and read the whole string
+(:mod:`ingestlayer.pipeline.linear_regex`); what is left here is what RE2 cannot run with
+Python's meaning (lookarounds, backreferences, ``\\b`` on text that is not ASCII).
 
 Python's ``re`` is a backtracking engine with no timeout, and it holds the GIL while it runs:
 ``(a+)+$`` takes minutes on 30 characters, and the router's event loop (every project's events)
@@ -21,12 +24,12 @@ Python change it, the check stands aside (nothing refused) and the tightest wind
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import re
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from typing import Any, Final
+
+from ingestlayer.stored_config import reading_stored
 
 _sre_parser: Any
 _c: Any
@@ -53,27 +56,11 @@ class UnsafePattern(ValueError):
     """The pattern could backtrack exponentially; the message says which part and why."""
 
 
-# Set while compiling configurations already stored (see stored_patterns).
-_STORED: ContextVar[bool] = ContextVar("regex_safety_stored", default=False)
-
-
-@contextlib.contextmanager
-def stored_patterns() -> Iterator[None]:
-    """Compile configurations that were stored before (by an earlier version, which let unsafe
-    patterns through): refusing one now would leave its pipeline out of routing, and its events
-    undelivered, until someone applied it again. Inside, an unsafe pattern compiles with the
-    tightest window instead (:func:`unsafe_window`), and the caller says so in the log."""
-    token = _STORED.set(True)
-    try:
-        yield
-    finally:
-        _STORED.reset(token)
-
-
 def unsafe_window() -> int | None:
-    """Inside :func:`stored_patterns`, the window an unsafe pattern gets (a few characters, where
-    exponential backtracking still ends in milliseconds); outside, None: refuse it."""
-    return SEARCH_WINDOWS[-1] if _STORED.get() else None
+    """For a configuration stored before (see :mod:`ingestlayer.stored_config`; an earlier
+    version let unsafe patterns through), the window an unsafe pattern gets: a few characters,
+    where exponential backtracking still ends in milliseconds. Otherwise None: refuse it."""
+    return SEARCH_WINDOWS[-1] if reading_stored() else None
 
 
 def check(pattern: str, flags: int) -> int:

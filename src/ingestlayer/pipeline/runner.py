@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 
 from ingestlayer.ids import new_id
-from ingestlayer.pipeline import regex_safety
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 from ingestlayer.pipeline.matching import TypeMatcher, remembered
 from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import NewDelivery, ProjectConfig, StoredEvent
+from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.router")
@@ -85,8 +85,8 @@ class CompiledProject:
 
 def compile_project(cfg: ProjectConfig) -> CompiledProject:
     # Stored configurations were checked when applied, possibly by an earlier version with
-    # looser checks: see regex_safety.stored_patterns.
-    with regex_safety.stored_patterns():
+    # looser checks: see ingestlayer.stored_config.
+    with stored_configuration():
         return _compile_project(cfg)
 
 
