@@ -34,6 +34,7 @@ from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, N
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
+from ingestlayer.stored_config import stored_configuration
 
 log = logging.getLogger("ingestlayer.delivery")
 
@@ -61,7 +62,8 @@ def _build(row: DestinationRow) -> _Dest:
     except ValueError:
         policy = RetryPolicy.from_config(None)
     try:
-        instance = build_destination(row.kind, row.config["settings"])
+        with stored_configuration():
+            instance = build_destination(row.kind, row.config["settings"])
     except Exception as exc:
         log.warning("destination %s has a configuration that cannot be used: %s", row.id, _problem(exc))
         return _Dest(

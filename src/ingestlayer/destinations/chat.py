@@ -27,6 +27,7 @@ from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
 from ingestlayer.pipeline.paths import get_path
 from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
+from ingestlayer.urlcheck import http_url_problem
 
 # Enough for any chat API's JSON answer (Slack echoes the message back); bounded so a hostile
 # endpoint cannot make a worker buffer gigabytes.
@@ -36,9 +37,9 @@ ELLIPSIS = "…"
 
 
 def check_http_url(field_name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{field_name} must be an absolute http:// or https:// URL")
+    problem = http_url_problem(value)
+    if problem:
+        raise ValueError(f"{field_name} {problem}")
     return value.rstrip("/")
 
 

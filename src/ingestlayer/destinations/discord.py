@@ -49,6 +49,7 @@ from ingestlayer.destinations.chat import (
     truncate,
 )
 from ingestlayer.destinations.shared import check_reference
+from ingestlayer.urlcheck import url_characters_problem
 
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
@@ -307,6 +308,12 @@ class Discord:
                 ok=False,
                 error=f"webhook_url ({cfg.webhook_url}) does not hold an http(s) URL",
                 permanent=True,
+            )
+        # The URL comes from a secret, so it is checked here rather than when configured.
+        problem = url_characters_problem(url)
+        if problem:
+            return Outcome(
+                ok=False, error=f"webhook_url ({cfg.webhook_url}): the URL it holds {problem}", permanent=True
             )
         redact.add(str(target))
         reply = await post(ctx, str(target), self.message(request.event), timeout=cfg.timeout, redact=redact)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import string
 import time
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import orjson
 from pydantic import (
@@ -42,6 +41,7 @@ from ingestlayer.delivery.signing import (
 from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
 from ingestlayer.destinations.shared import scrub
 from ingestlayer.timefmt import parse_iso
+from ingestlayer.urlcheck import http_url_problem
 
 RESERVED_HEADERS = {
     "content-type",
@@ -126,9 +126,9 @@ class WebhookOutConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
+        problem = http_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("headers", "secret_headers")

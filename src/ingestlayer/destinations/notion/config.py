@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ingestlayer.destinations.shared import check_reference
+from ingestlayer.urlcheck import http_url_problem
 
 DEFAULT_API_BASE = "https://api.notion.com"
 PropertyType = Literal[
@@ -116,7 +116,7 @@ class NotionConfig(BaseModel):
     @field_validator("api_base")
     @classmethod
     def _api_base(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
+        problem = http_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v.rstrip("/")

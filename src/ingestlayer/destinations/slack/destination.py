@@ -30,6 +30,7 @@ from ingestlayer.destinations.chat import (
 )
 from ingestlayer.destinations.slack.blocks import build_message
 from ingestlayer.destinations.slack.config import SlackConfig
+from ingestlayer.urlcheck import url_characters_problem
 
 # Web API error codes that retrying cannot fix, with what to do about them.
 PERMANENT_ERRORS: dict[str, str] = {
@@ -172,6 +173,14 @@ class Slack:
                 return Outcome(
                     ok=False,
                     error=f"webhook_url ({cfg.webhook_url}) does not hold an http(s) URL",
+                    permanent=True,
+                )
+            # The URL comes from a secret, so it is checked here rather than when configured.
+            problem = url_characters_problem(url)
+            if problem:
+                return Outcome(
+                    ok=False,
+                    error=f"webhook_url ({cfg.webhook_url}): the URL it holds {problem}",
                     permanent=True,
                 )
             reply = await post(ctx, url, message, timeout=cfg.timeout, redact=redact)

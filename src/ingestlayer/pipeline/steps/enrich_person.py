@@ -35,6 +35,8 @@ from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
 from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
+from ingestlayer.stored_config import reading_stored
+from ingestlayer.urlcheck import http_url_problem
 
 FREE_MAIL = frozenset(
     [
@@ -104,6 +106,17 @@ class ProviderConfig(BaseModel):
     mapping: dict[str, str] = Field(description="Attached field → dotted path in the JSON response.")
     timeout: float = Field(default=3.0, gt=0, le=30)
     cache_ttl: float = Field(default=86400.0, ge=0, description="Seconds to reuse an answer; 0 disables.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        # The placeholders are replaced URL-encoded, so the URL as written is checked. Stored
+        # ones predate this check: a bad one fails its lookups, as it did, rather than taking
+        # its whole pipeline out of routing.
+        problem = None if reading_stored() else http_url_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("secret")
     @classmethod

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ingestlayer.pipeline.event import StepConfig
+from ingestlayer.urlcheck import url_characters_problem
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 32
@@ -286,12 +287,16 @@ class ClassifyConfig(StepConfig):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, v: str) -> str:
-        parts = urlsplit(v.strip())
+        url = v.strip()  # the spaces around it are dropped; those inside are refused below
+        parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {v!r}")
+        problem = url_characters_problem(url)
+        if problem:
+            raise ValueError(f"base_url {problem}")
         if parts.query or parts.fragment:
             raise ValueError("base_url must not carry a query or fragment")
-        return v.strip().rstrip("/")
+        return url.rstrip("/")
 
     @field_validator("model")
     @classmethod
