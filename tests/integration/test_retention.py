@@ -66,6 +66,9 @@ async def test_purge_reaches_finished_events_behind_kept_ones(db_url: str) -> No
     store = Store.from_url(db_url)
     try:
         pid, _, _ = await store.create_project("acme")
+        # The destinations exist: a retry for a destination that does not is ended at once.
+        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+        await store.apply_config(pid, [{"id": d, "name": d, **webhook} for d in ("dst_x", "dst_y")], [])
         old, now = time.time() - 40 * 86400, time.time()
         # Ids count up in creation order, so this is also the order the purge walks them in.
         pending1, pending2, retrying, delivered1, unrouted, dead, mixed, delivered2 = (
