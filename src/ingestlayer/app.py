@@ -19,7 +19,7 @@ from ingestlayer.api import dashboard, endpoints, entities, health, ingress, log
 from ingestlayer.api.dashboard_session import install_login_redirect
 from ingestlayer.api.errors import error_body, install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
-from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.api.ratelimit import RateLimiter, SharedRateLimiter
 from ingestlayer.runtime import Runtime
 
 DOCS_STATIC_URL = "/static/api-docs"
@@ -139,8 +139,14 @@ class IngestLayerApp:
         self.runtime = rt
         self.api = build_fastapi(rt)
         s = rt.settings
-        # One bucket per project for every way events come in.
-        limiter = RateLimiter(s.ingest_rate_limit)
+        # One bucket per project for every way events come in; on PostgreSQL, for every api
+        # process too. (Several processes on one SQLite file are not how it is deployed, and
+        # its single writer is better kept for events.)
+        limiter = (
+            RateLimiter(s.ingest_rate_limit)
+            if rt.store.dialect == "sqlite"
+            else SharedRateLimiter(s.ingest_rate_limit, rt.store.take_rate_tokens)
+        )
         self.api.state.ingest_limiter = limiter
         self.ingest = IngestHandler(
             rt.keys,

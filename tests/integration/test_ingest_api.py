@@ -647,8 +647,9 @@ async def test_unknown_event_is_404(srv: RunningServer) -> None:
 # ---- rate limit ---------------------------------------------------------------------------------
 
 
-async def test_rate_limit_answers_429_with_retry_after(sqlite_url: str) -> None:
-    server = await start_server(sqlite_url, ingest_rate_limit=5)
+async def test_rate_limit_answers_429_with_retry_after(db_url: str) -> None:
+    """On SQLite the bucket is the process's; on PostgreSQL, the one every api process shares."""
+    server = await start_server(db_url, ingest_rate_limit=5)
 
     async def send(i: int) -> tuple[int, dict[str, str], Any]:
         async with server.session.post(
@@ -688,9 +689,9 @@ async def test_rate_limit_answers_429_with_retry_after(sqlite_url: str) -> None:
         await server.stop()
 
 
-async def test_rate_limit_lets_a_large_batch_through_once_the_bucket_is_full(sqlite_url: str) -> None:
+async def test_rate_limit_lets_a_large_batch_through_once_the_bucket_is_full(db_url: str) -> None:
     # A batch bigger than one second's burst must not be refused forever, whatever Retry-After says.
-    server = await start_server(sqlite_url, ingest_rate_limit=5)
+    server = await start_server(db_url, ingest_rate_limit=5)
     try:
         batch = {"batch": [{"type": "bulk.x", "payload": {"i": i}} for i in range(20)]}
         status, body = await post_events(server, batch)

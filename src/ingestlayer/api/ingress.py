@@ -219,7 +219,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     # After the signature: unsigned traffic must not spend the project's allowance.
     limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
     if limiter is not None:
-        limiter.check(source.project_id, 1)
+        await limiter.check(source.project_id, 1)
     key_loc = cfg.key_locator()
     key = idempotency_key(source.name, locate(key_loc, headers, doc)) if key_loc else None
     now = clock.now()

@@ -1,14 +1,42 @@
-"""Per-project ingest rate limits, shared by ``POST /v1/events`` and signed webhook ingress."""
+"""Per-project ingest rate limits, shared by ``POST /v1/events`` and signed webhook ingress.
+
+A token bucket per project: ``rate`` events a second, with one second of burst. One api process
+keeps it in memory (:class:`RateLimiter`). Where several api processes share a PostgreSQL
+database, each would let a project send the whole limit, so :class:`SharedRateLimiter` keeps
+the bucket in the database and lets each process take a slice of it at a time and spend it
+itself: the limit holds across processes, for one database write per slice.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
-from ingestlayer.api.errors import ApiError
+from ingestlayer import clock
+from ingestlayer.api.errors import ApiError, unavailable_error
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
+
+# How much of a second's tokens a process takes from the shared bucket at once: more writes
+# per second with smaller slices, and up to a slice per process left unspent when traffic
+# moves to another process.
+SLICES_PER_SECOND = 20
+
+# (project, rate, deficit, want) -> (tokens taken, seconds to wait); Store.take_rate_tokens.
+TakeShared = Callable[[str, float, float, float], Awaitable[tuple[float, float | None]]]
+
+
+def too_many(wait: float) -> ApiError:
+    return ApiError(
+        429,
+        "ingest rate limit exceeded for this project",
+        headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+    )
 
 
 class RateLimiter:
-    """Per-project token bucket; ``rate`` events/s with one second of burst. 0 disables it."""
+    """Per-project token bucket in this process; ``rate`` events/s with one second of burst.
+    0 disables it."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -30,12 +58,58 @@ class RateLimiter:
         self._buckets[project_id] = (tokens, now)
         return max(0.001, (need - tokens) / self.rate)
 
-    def check(self, project_id: str, n: int) -> None:
+    async def check(self, project_id: str, n: int) -> None:
         """Take ``n`` tokens or raise the 429 that says when to come back."""
         wait = self.take(project_id, n)
         if wait is not None:
-            raise ApiError(
-                429,
-                "ingest rate limit exceeded for this project",
-                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            raise too_many(wait)
+
+
+class SharedRateLimiter(RateLimiter):
+    """The same bucket, stored in the database and shared by every process using it.
+
+    This process spends tokens it took from the shared bucket; when they run out, one request
+    per project takes the next slice (the others wait for it), and while the shared bucket is
+    empty, requests are refused here without asking the database again until it has refilled."""
+
+    def __init__(self, rate: float, take_shared: TakeShared) -> None:
+        super().__init__(rate)
+        self._take_shared = take_shared
+        self._held: dict[str, float] = {}  # tokens taken from the shared bucket, not yet spent
+        self._taking: dict[str, asyncio.Future[None]] = {}
+        self._empty_until: dict[str, float] = {}  # on the database's clock
+
+    async def check(self, project_id: str, n: int) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            held = self._held.get(project_id, 0.0)
+            if held >= n:
+                self._held[project_id] = held - n
+                return
+            taking = self._taking.get(project_id)
+            if taking is None:
+                break
+            await asyncio.shield(taking)  # another request is taking a slice: then look again
+        now = clock.now()
+        empty_until = self._empty_until.get(project_id, 0.0)
+        if now < empty_until:
+            raise too_many(empty_until - now)
+        deficit = n - held
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._taking[project_id] = done
+        try:
+            taken, wait = await self._take_shared(
+                project_id, self.rate, deficit, max(deficit, self.rate / SLICES_PER_SECOND)
             )
+        except DATABASE_UNAVAILABLE as exc:
+            raise unavailable_error(exc, "the rate limit could not be checked") from None
+        finally:
+            del self._taking[project_id]
+            done.set_result(None)
+        if wait is not None:
+            self._empty_until[project_id] = now + wait
+            raise too_many(wait)
+        # Others may have spent what was held meanwhile: what they left, plus the slice, less n
+        # (below zero, a debt the next slice pays).
+        self._held[project_id] = self._held.get(project_id, 0.0) + taken - n

@@ -245,3 +245,13 @@ dashboard_signouts = Table(
     Column("expires_at", Time, nullable=False),
     Index("ix_dashboard_signouts_expires_at", "expires_at"),
 )
+
+# Each project's ingest rate-limit bucket where several api processes share a PostgreSQL
+# database: each process takes slices of it and spends them itself (api/ratelimit.py).
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("project_id", String(40), ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    Column("tokens", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+)

@@ -51,6 +51,7 @@ from ingestlayer.store.schema import (
     events,
     pipelines,
     projects,
+    rate_buckets,
     route_jobs,
     secrets,
     sources,
@@ -294,6 +295,40 @@ class Store:
             known = await conn.execute(select(t.c.session_hash).where(t.c.session_hash == session_hash))
             if known.first() is None:
                 await conn.execute(insert(t).values(session_hash=session_hash, expires_at=expires_at))
+
+    async def take_rate_tokens(
+        self, project_id: str, rate: float, deficit: float, want: float
+    ) -> tuple[float, float | None]:
+        """Take tokens from the project's ingest bucket that every process shares (it fills at
+        ``rate`` a second, up to ``rate``): ``deficit`` at least, up to ``want`` where the bucket
+        holds them. Returns (tokens taken, None), or (0, seconds until there is enough).
+
+        As the per-process bucket does, a deficit larger than the whole bucket is taken once
+        the bucket is full, leaving a debt that later takers wait out."""
+        t = rate_buckets
+        async with self.engines.write.begin() as conn:
+            now = clock.now()
+            first = self._insert(t).values(project_id=project_id, tokens=rate, updated_at=now)
+            await conn.execute(first.on_conflict_do_nothing())
+            row = (
+                await conn.execute(
+                    select(t.c.tokens, t.c.updated_at).where(t.c.project_id == project_id).with_for_update()
+                )
+            ).one()
+            tokens = min(rate, row.tokens + max(0.0, now - row.updated_at) * rate)
+            need = min(deficit, rate)
+            taken: float
+            wait: float | None
+            if tokens < need:
+                taken, wait = 0.0, (need - tokens) / rate
+            else:
+                taken, wait = max(deficit, min(want, tokens)), None
+            await conn.execute(
+                update(t)
+                .where(t.c.project_id == project_id)
+                .values(tokens=tokens - taken, updated_at=max(now, row.updated_at))
+            )
+        return taken, wait
 
     async def signed_out(self, session_hash: str) -> bool:
         t = dashboard_signouts
