@@ -161,21 +161,31 @@ class Runtime:
         if self.run_worker:
             self._supervise("router", lambda: self.router.run(self.stop))
             self._supervise("dispatcher", lambda: self.dispatcher.run(self.stop))
+        if self.run_worker or self.store.dialect != "sqlite":
             self._supervise(
                 "listen",
                 lambda: self.store.listen_for_work(
-                    self.router.wake.set,
-                    self.dispatcher.wake.set,
+                    self.router.wake.set if self.run_worker else None,
+                    self.dispatcher.wake.set if self.run_worker else None,
                     self.stop,
                     # Without ingest here, work arrives from another process's commits.
                     watch_commits=not self.run_api,
+                    on_change=self._forget_changed,
                 ),
             )
-            if self.settings.retention_days > 0:
-                self._supervise("retention", self._retention)
+        if self.run_worker and self.settings.retention_days > 0:
+            self._supervise("retention", self._retention)
         log.info(
             "ingestlayer started (api=%s worker=%s, %s)", self.run_api, self.run_worker, self.store.dialect
         )
+
+    def _forget_changed(self, change: str) -> None:
+        """Another process revoked a key or changed a project's secrets: drop this process's
+        copies now rather than when they run out (10 s and 5 s)."""
+        if change == "keys":
+            self.keys.forget()
+        elif change.startswith("secrets:"):
+            self.dispatcher.resolver.forget(change.removeprefix("secrets:"))
 
     def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a worker loop until it returns, starting it again whenever it fails.

@@ -1,6 +1,7 @@
 """API key authentication, with a short-lived in-process cache so the hot path rarely queries.
 
-A revoked key stops working everywhere within ``POSITIVE_TTL`` seconds.
+A revoked key stops working at once in the process that revoked it and, on PostgreSQL, in every
+other one (told at commit: Runtime._forget_changed); otherwise within ``POSITIVE_TTL`` seconds.
 """
 
 from __future__ import annotations

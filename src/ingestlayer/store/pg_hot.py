@@ -42,6 +42,9 @@ POOL_SIZE = 10
 # finding it at their next poll: a poll interval per hop would rule out a low p99.
 ROUTE_CHANNEL = "ingestlayer_route"
 DELIVER_CHANNEL = "ingestlayer_deliver"
+# What every process caches for a few seconds changed: "keys" (one was revoked) or
+# "secrets:<project id>" (one was set or deleted). Told at commit, so none waits out its cache.
+CHANGES_CHANNEL = "ingestlayer_changes"
 LISTEN_RETRY_SECONDS = 1.0
 
 # Ingest as one statement (one round trip, its own transaction): the events, then the route jobs
@@ -321,9 +324,9 @@ class PgHotPath:
             await self._pool.close()
             self._pool = None
 
-    async def listen(self, wake: dict[str, Callable[[], None]], stop: asyncio.Event) -> None:
-        """Call ``wake[channel]()`` on each notification until ``stop``; reconnect when the
-        connection drops (the callers' polls cover the gap)."""
+    async def listen(self, wake: dict[str, Callable[[str], None]], stop: asyncio.Event) -> None:
+        """Call ``wake[channel](payload)`` on each notification until ``stop``; reconnect when
+        the connection drops (the callers' polls and cache lifetimes cover the gap)."""
         while not stop.is_set():
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
@@ -331,7 +334,7 @@ class PgHotPath:
                 conn = await asyncpg.connect(self._dsn)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, callback in wake.items():
-                    await conn.add_listener(channel, lambda *_a, cb=callback: cb())
+                    await conn.add_listener(channel, lambda _c, _p, _ch, payload, cb=callback: cb(payload))
                 stopping = asyncio.ensure_future(stop.wait())
                 dropped = asyncio.ensure_future(lost.wait())
                 await asyncio.wait({stopping, dropped}, return_when=asyncio.FIRST_COMPLETED)

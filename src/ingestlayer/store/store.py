@@ -40,7 +40,7 @@ from ingestlayer.records import (
 from ingestlayer.store import rows as rowmap
 from ingestlayer.store.db import DATABASE_TIMEOUT_SECONDS, Engines, create_engines
 from ingestlayer.store.lease_window import Room
-from ingestlayer.store.pg_hot import DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
+from ingestlayer.store.pg_hot import CHANGES_CHANNEL, DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 from ingestlayer.store.schema import (
     api_keys,
     attempts,
@@ -285,6 +285,7 @@ class Store:
             )
             if res.rowcount == 0:
                 raise NotFound(f"no API key {key_id!r}")
+            await self._announce(conn, "keys")
 
     async def sign_out(self, session_hash: str, expires_at: float) -> None:
         """Refuse a dashboard session from now until it would have expired. Sign-outs whose
@@ -357,25 +358,42 @@ class Store:
 
     async def listen_for_work(
         self,
-        on_route: Callable[[], None],
-        on_deliver: Callable[[], None],
+        on_route: Callable[[], None] | None,
+        on_deliver: Callable[[], None] | None,
         stop: asyncio.Event,
         *,
         watch_commits: bool = False,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
         """Wake this process's router and dispatcher when another process commits work for
-        them. PostgreSQL says so (LISTEN/NOTIFY). SQLite has no such signal: with
-        ``watch_commits`` (a worker with no ingest of its own) any other connection's commit
-        wakes both, and they look for due work; otherwise they poll."""
+        them, and call ``on_change`` when another process revoked a key or changed a project's
+        secrets (see :meth:`_announce`). PostgreSQL says so (LISTEN/NOTIFY). SQLite has no such
+        signal: with ``watch_commits`` (a worker with no ingest of its own) any other
+        connection's commit wakes both, and they look for due work; otherwise they poll, and
+        caches run out."""
         if isinstance(self._hot, PgHotPath):
-            await self._hot.listen({ROUTE_CHANNEL: on_route, DELIVER_CHANNEL: on_deliver}, stop)
-        elif watch_commits:
+            channels: dict[str, Callable[[str], None]] = {}
+            if on_route is not None:
+                channels[ROUTE_CHANNEL] = lambda _payload: on_route()
+            if on_deliver is not None:
+                channels[DELIVER_CHANNEL] = lambda _payload: on_deliver()
+            if on_change is not None:
+                channels[CHANGES_CHANNEL] = on_change
+            await self._hot.listen(channels, stop)
+        elif watch_commits and on_route is not None and on_deliver is not None:
 
             def wake() -> None:
                 on_route()
                 on_deliver()
 
             await self._hot.watch_commits(wake, stop)
+
+    async def _announce(self, conn: AsyncConnection, change: str) -> None:
+        """Tell every process on this PostgreSQL database, when ``conn``'s transaction commits,
+        to drop what it cached of ``change``: "keys", or "secrets:<project id>". Processes on
+        one SQLite file wait out their caches instead (seconds; docs/configuration.md)."""
+        if self.dialect == "postgresql":
+            await conn.execute(select(func.pg_notify(CHANGES_CHANNEL, change)))
 
     def route_token(self, lease_seconds: float) -> float:
         """A new route lease token: the lease's deadline, made unique within this process."""
@@ -664,6 +682,7 @@ class Store:
                     )
                 )
             await self._bump_config(conn, project_id)
+            await self._announce(conn, f"secrets:{project_id}")
             return replaced
 
     async def get_secret(self, project_id: str, name: str) -> bytes | None:
@@ -690,6 +709,7 @@ class Store:
             if res.rowcount == 0:
                 raise NotFound(f"no secret named {name!r}")
             await self._bump_config(conn, project_id)
+            await self._announce(conn, f"secrets:{project_id}")
 
     async def get_destinations(self, ids: Iterable[str]) -> dict[str, DestinationRow]:
         return await self._hot.get_destinations(list(ids))
