@@ -40,6 +40,11 @@ _MAX_COUNT: Final = 1000
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a refused pattern is answered with None, not printed on stderr
 _OPTIONS.never_capture = True  # only whether there is a match is asked
+# Each compiled pattern's budget for its program and its DFA cache (RE2's default is 8 MB). Every
+# project's patterns stay compiled, so each is kept small; past it RE2 searches more slowly, still
+# in linear time. The patterns users write fit, with Python's Unicode classes; ``\w{1000}`` does
+# not at the default either (Python's engine runs it, on its window).
+_OPTIONS.max_mem = 2 << 20
 
 
 class _Untranslatable(Exception):
