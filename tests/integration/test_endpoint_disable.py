@@ -3,6 +3,7 @@ at their next attempt hours later; they can be replayed once it is enabled again
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,9 +11,13 @@ from typing import Any
 import pytest
 
 from ingestlayer import metrics
+from ingestlayer.ids import new_id
+from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
+from ingestlayer.store.store import Store
 from ingestlayer.timefmt import parse_iso
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
+from tests.support.write_log import WriteLog
 
 # The first attempt at once, the next an hour later: a failed delivery waits as "retrying".
 HOURLY = {"schedule": [0, 3600], "jitter": 0}
@@ -169,3 +174,32 @@ async def test_an_attempt_failing_after_its_endpoint_went_away_ends_dead_at_once
     assert d["next_attempt_at"] is None and d["finished_at"]
     assert [(a["status_code"], a["error"]) for a in d["attempts"]] == [(500, "HTTP 500"), (None, error)]
     assert len(receiver.requests) == 1
+
+
+async def test_recording_a_retry_for_a_live_destination_takes_no_write_transaction_of_its_own(
+    db_url: str,
+) -> None:
+    """The check for a destination gone meanwhile reads only: on SQLite a write transaction
+    would take the writer from ingest for every batch of attempts holding a retry."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+        await store.apply_config(pid, [{"id": "dst_live", "name": "live", **webhook}], [])
+        now = time.time()
+        event = NewEvent(new_id("evt"), pid, "invoice.failed", "{}", None, "api", now, now)
+        await store.insert_events([event])
+        lease = await store.lease_route_jobs(10, 60)
+        new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_live", "{}")
+        await store.complete_routing(lease, [new], {})
+        (leased,) = await store.lease_deliveries(10, 60)
+        log = WriteLog(store, lambda: asyncio.sleep(0))
+        failed = AttemptResult(
+            leased.id, pid, leased.lease_token, 1, now, 3.0, 500, "HTTP 500", None, "retrying", now + 3600
+        )
+        await store.record_attempts([failed])
+        assert log.seen == []
+        stored = await store.get_delivery(pid, leased.id)
+        assert stored is not None and stored["status"] == "retrying", stored
+    finally:
+        await store.close()

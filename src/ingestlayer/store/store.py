@@ -786,8 +786,9 @@ class Store:
         ones that were waiting then. That call leaves the attempts in flight alone, so without
         this one such a delivery stayed "retrying" until its next attempt (hours away on the
         default schedule). Returns their ids."""
-        ended: list[str] = []
-        async with self.engines.write.begin() as conn:
+        # Read first: a write transaction would take SQLite's write lock from ingest for every
+        # batch holding a retry, and almost always find nothing to end.
+        async with self.engines.read.connect() as conn:
             rows = await conn.execute(
                 select(deliveries.c.id, destinations.c.id.is_(None))
                 .select_from(
@@ -803,8 +804,11 @@ class Store:
             for did, deleted in rows.all():
                 error = DELETED_DESTINATION_ERROR if deleted else DISABLED_DESTINATION_ERROR
                 by_error.setdefault(error, []).append(did)
-            for error, ids in by_error.items():
-                ended += await self._end_dead(conn, ids, ("retrying",), error)
+        ended: list[str] = []
+        if by_error:
+            async with self.engines.write.begin() as conn:
+                for error, ids in by_error.items():
+                    ended += await self._end_dead(conn, ids, ("retrying",), error)
         return ended
 
     async def _end_dead(
