@@ -63,7 +63,7 @@ class Settings:
     # Attempts in flight at once to one destination in each process, unless its `concurrency`
     # says otherwise (delivery/slots.py): by default three quarters of delivery_concurrency, so
     # a receiver that hangs never holds every slot; an eighth while the destination is slow
-    # (an attempt of it took longer than slow_destination_seconds in the last minute).
+    # (an eighth of its attempts in the last minute took longer than slow_destination_seconds).
     delivery_concurrency_per_destination: int | None = None
     slow_destination_concurrency: int | None = None
     slow_destination_seconds: float = 2.0
