@@ -787,23 +787,35 @@ class Store:
         this one such a delivery stayed "retrying" until its next attempt (hours away on the
         default schedule). Returns their ids."""
         # Read first: a write transaction would take SQLite's write lock from ingest for every
-        # batch holding a retry, and almost always find nothing to end.
+        # batch holding a retry, and almost always find nothing to end. By primary keys only: with
+        # the status in the query, PostgreSQL walked the index of due deliveries for a few hundred
+        # ids (26-38 ms on a large backlog, for every batch).
         async with self.engines.read.connect() as conn:
-            rows = await conn.execute(
-                select(deliveries.c.id, destinations.c.id.is_(None))
-                .select_from(
-                    deliveries.outerjoin(destinations, destinations.c.id == deliveries.c.destination_id)
+            waiting = {
+                did: dest
+                for did, dest, status in await conn.execute(
+                    select(deliveries.c.id, deliveries.c.destination_id, deliveries.c.status).where(
+                        deliveries.c.id.in_(list(delivery_ids))
+                    )
                 )
-                .where(
-                    deliveries.c.id.in_(list(delivery_ids)),
-                    deliveries.c.status == "retrying",
-                    or_(destinations.c.id.is_(None), destinations.c.enabled.is_(False)),
+                if status == "retrying"
+            }
+            if not waiting:
+                return []
+            live = {
+                dest: enabled
+                for dest, enabled in await conn.execute(
+                    select(destinations.c.id, destinations.c.enabled).where(
+                        destinations.c.id.in_(set(waiting.values()))
+                    )
                 )
-            )
-            by_error: dict[str, list[str]] = {}
-            for did, deleted in rows.all():
-                error = DELETED_DESTINATION_ERROR if deleted else DISABLED_DESTINATION_ERROR
-                by_error.setdefault(error, []).append(did)
+            }
+        by_error: dict[str, list[str]] = {}
+        for did, dest in waiting.items():
+            if dest not in live:
+                by_error.setdefault(DELETED_DESTINATION_ERROR, []).append(did)
+            elif not live[dest]:
+                by_error.setdefault(DISABLED_DESTINATION_ERROR, []).append(did)
         ended: list[str] = []
         if by_error:
             async with self.engines.write.begin() as conn:
