@@ -19,7 +19,7 @@ from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
 from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
-from ingestlayer.secretbox import SecretBox
+from ingestlayer.secretbox import MasterKeyMismatch, SecretBox, SecretDecryptError
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
@@ -149,6 +149,32 @@ class Runtime:
         metrics.DELIVERIES_CREATED.inc(created)
         if created > handed_over:  # some wait in the table for the dispatcher to lease them
             self.dispatcher.wake.set()
+
+    async def check_master_key(self) -> None:
+        """Refuse to start with a master key that cannot read the secrets already stored.
+
+        Started with another key (a key file missing from this directory, created anew; another
+        INGESTLAYER_SECRET_KEY), a worker failed every delivery that needs a secret through its
+        retries until it was dead, and a secret stored through this process could not be read
+        by the others."""
+        token = await self.store.newest_secret()
+        if token is None:
+            return
+        try:
+            self.box.decrypt(token)
+        except SecretDecryptError:
+            s = self.settings
+            if self.box.created_key_file is not None:
+                source = f"the key file {self.box.created_key_file} did not exist and was created just now"
+            elif s.secret_key:
+                source = "it is INGESTLAYER_SECRET_KEY"
+            else:
+                source = f"it is read from {s.secret_key_file}"
+            raise MasterKeyMismatch(
+                f"the master key is not the one the database's secrets were stored with ({source}); "
+                "start with that key: INGESTLAYER_SECRET_KEY, or INGESTLAYER_SECRET_KEY_FILE naming "
+                "its file"
+            ) from None
 
     async def start(self) -> None:
         if self.store.dialect != "sqlite":

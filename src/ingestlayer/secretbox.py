@@ -19,6 +19,11 @@ class SecretDecryptError(Exception):
     pass
 
 
+class MasterKeyMismatch(ValueError):
+    """This process's master key cannot read the secrets already stored (see
+    :meth:`ingestlayer.runtime.Runtime.check_master_key`)."""
+
+
 def _fernet_key(material: str) -> bytes:
     raw = material.strip().encode()
     try:
@@ -32,18 +37,23 @@ def _fernet_key(material: str) -> bytes:
 class SecretBox:
     def __init__(self, key_material: str) -> None:
         self._fernet = Fernet(_fernet_key(key_material))
+        # The key file this process created because there was none, if it did.
+        self.created_key_file: Path | None = None
 
     @classmethod
     def load(cls, secret_key: str | None, key_file: str) -> SecretBox:
         if secret_key:
             return cls(secret_key)
         path = Path(key_file)
-        if not path.exists():
+        created = not path.exists()
+        if created:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(Fernet.generate_key().decode())
-        return cls(path.read_text())
+        box = cls(path.read_text())
+        box.created_key_file = path if created else None
+        return box
 
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())

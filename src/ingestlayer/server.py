@@ -81,6 +81,15 @@ class _Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
+async def _checked(rt: Runtime) -> None:
+    """Refuse to start (MasterKeyMismatch, one line from the CLI) before serving anything."""
+    try:
+        await rt.check_master_key()
+    except BaseException:
+        await rt.store.close()
+        raise
+
+
 def run_http(settings: Settings, *, worker: bool) -> None:
     """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM."""
     migrate_database(settings.database_url)
@@ -88,6 +97,7 @@ def run_http(settings: Settings, *, worker: bool) -> None:
 
     async def main() -> None:
         rt = Runtime(settings, api=True, worker=worker)
+        await _checked(rt)
         rt_holder["rt"] = rt
         config = uvicorn.Config(
             create_app(rt),
@@ -111,6 +121,7 @@ def run_worker(settings: Settings) -> None:
 
     async def main() -> None:
         rt = Runtime(settings, api=False, worker=True)
+        await _checked(rt)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

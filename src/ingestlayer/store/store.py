@@ -692,6 +692,14 @@ class Store:
             )
             return bytes(value) if value is not None else None
 
+    async def newest_secret(self) -> bytes | None:
+        """The ciphertext of the secret stored last, in any project (None: there is none)."""
+        async with self.engines.read.connect() as conn:
+            value = await conn.scalar(
+                select(secrets.c.ciphertext).order_by(secrets.c.updated_at.desc()).limit(1)
+            )
+            return bytes(value) if value is not None else None
+
     async def list_secrets(self, project_id: str) -> list[dict[str, Any]]:
         async with self.engines.read.connect() as conn:
             rows = await conn.execute(
