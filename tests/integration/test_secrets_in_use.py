@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 
+from ingestlayer.secretbox import SecretBox
 from ingestlayer.timefmt import parse_iso
 from tests.support.api import FAST_RETRY, add_endpoint, error_of
 from tests.support.receiver import Receiver
@@ -175,3 +177,51 @@ async def test_keys_list_times_as_iso_8601(srv: RunningServer) -> None:
     assert parse_iso(mine["created_at"]) <= parse_iso(mine["revoked_at"]) < time.time() + 1
     live = [k for k in listed["data"] if k["id"] != made["id"]]
     assert live and all(k["revoked_at"] is None for k in live)
+
+
+async def test_a_secret_stored_under_another_master_key_fails_its_attempts_cleanly(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its attempts fail with a message saying so and are retried, like a missing secret's;
+    the destination raised before, logging a traceback for every attempt ("internal error:
+    SecretDecryptError"), and a signed source answered 500."""
+    stored_elsewhere = SecretBox("not-this-servers-master-key").encrypt("partner-token")
+    await server.runtime.store.set_secret(server.project_id, "partner", stored_elsewhere)
+    status, body = await server.request(
+        "POST",
+        "/v1/apply",
+        json={
+            "document": {
+                "pipelines": [
+                    {
+                        "name": "partner",
+                        "source": {"match": ["order.*"]},
+                        "destinations": [
+                            {
+                                "webhook.out": {
+                                    "url": receiver.url + "/partner",
+                                    "secret_headers": {"X-Partner-Token": "ref:partner"},
+                                },
+                                "retry": {"schedule": [0, 3600], "jitter": 0},
+                            }
+                        ],
+                    }
+                ]
+            }
+        },
+    )
+    assert status == 200, body
+    status, body = await server.ingest("order.paid", {"n": 1})
+    assert status == 202, body
+    eid = body["id"]
+
+    async def retrying() -> dict[str, Any] | None:
+        _, ev = await server.request("GET", f"/v1/events/{eid}")
+        found = [d for d in ev["deliveries"] if d["status"] == "retrying"]
+        return found[0] if found else None
+
+    d = await wait_for(retrying)
+    assert d["last_error"].startswith("secret ref:partner cannot be decrypted"), d
+    assert "ingestlayer secrets set partner" in d["last_error"]
+    assert receiver.requests == []
+    assert "Traceback" not in caplog.text and "raised on delivery" not in caplog.text

@@ -31,7 +31,7 @@ from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
-from ingestlayer.secretbox import SecretBox
+from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.store import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 from ingestlayer.stored_config import stored_configuration
@@ -137,7 +137,16 @@ class SecretResolver:
             raise LookupError(
                 f"secret {ref} does not exist (set it with `ingestlayer secrets set {ref[4:]}`)"
             )
-        value = self._box.decrypt(token)
+        try:
+            value = self._box.decrypt(token)
+        except SecretDecryptError:
+            # Like a secret that does not exist: the attempt fails with this message and is
+            # retried (setting it again in time delivers), rather than raising out of the
+            # destination with a traceback for every attempt.
+            raise LookupError(
+                f"secret {ref} cannot be decrypted: the master key differs from the one it was stored "
+                f"with (set it again with `ingestlayer secrets set {ref[4:]}`)"
+            ) from None
         if self._generation.get(key[0], 0) == generation:  # not forgotten while we read
             self._cache[key] = (time.monotonic() + SECRET_CACHE_SECONDS, value)
         return value
