@@ -125,8 +125,11 @@ def test_the_patterns_users_write_run_on_re2(pattern: str) -> None:
         (r"a++", "possessive repeat"),
         (r"(?>a+)b", "atomic group"),
         (r"[^\Da]", "negated category in a negated class"),
-        (r"a{1001}", "count over RE2's 1,000"),
+        (r"a{17}", "a count over 16: copied out in RE2's program"),
+        (r".{1,1000}x", "a count over 16"),
         (r"(?a:\w)", "ASCII flag"),
+        (r"(?a)^\w+$", "ASCII flag for the whole pattern"),
+        (r"(?ai)k", "ASCII flag with case folding"),
     ],
 )
 def test_what_re2_cannot_say_with_pythons_meaning_is_left_to_python(pattern: str, why: str) -> None:

@@ -140,6 +140,13 @@ def test_ordinary_patterns_still_compile(pattern: str) -> None:
         (r"(\w+)@(\w+)\.com", "a"),
         (r"\s+$", " x"),
         (r"\d+ items", "1"),
+        # Short bounds, several: Python's engine tries 16**4 ways at every position (29 s on
+        # 256 KB); they run on RE2.
+        (r".{1,16}.{1,16}.{1,16}.{1,16}x", "a"),
+        (r"\w{1,16}\w{1,16}\w{1,16}x", "a"),
+        # Long bounds: RE2's program would be large and its search slow; Python, on its window.
+        (r".{1,1000}.{1,1000}x", "a"),
+        (r"a.{0,999}b.{0,999}c", "a"),
     ],
 )
 def test_matches_on_a_100_kb_field_returns_quickly(pattern: str, unit: str) -> None:

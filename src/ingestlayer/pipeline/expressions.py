@@ -576,25 +576,25 @@ class _Parser:
 def _regex_search(pattern: str, flags: int, compiled: re.Pattern[str]) -> Callable[[str], bool]:
     """How ``matches`` searches, by what the pattern needs:
 
-    - Python's ``re`` on the whole string where its search is linear (no unbounded repeats):
-      the common case, and the fastest call;
-    - otherwise RE2 on the whole string (:mod:`ingestlayer.pipeline.linear_regex`), where it
-      answers exactly as Python would, even for a pattern that would backtrack exponentially;
+    - Python's ``re`` on the whole string for a pattern that repeats nothing: its search is
+      linear then, and the fastest call;
+    - RE2 on the whole string for any other (:mod:`ingestlayer.pipeline.linear_regex`), where
+      it answers exactly as Python would: linear in the text even for ``(a+)+$``, or for
+      ``.{1,16}`` four times over, which Python tries 16**4 ways at every position;
     - otherwise (lookarounds, backreferences; ``\\b`` on text that is not ASCII) Python's ``re``
       on the start of the string only, the window regex_safety allows.
 
     Raises :class:`regex_safety.UnsafePattern` for a pattern only Python's engine can run and
     that can backtrack exponentially."""
-    try:
-        window = regex_safety.search_window(regex_safety.check(pattern, flags))
-    except regex_safety.UnsafePattern:
-        linear = compile_linear(pattern, flags)
-        if linear is None or linear.ascii_only:
-            raise
-        return linear.found
-    if window is None:
+    linear = compile_linear(pattern, flags)
+    if linear is not None and not linear.repeats:
         return lambda value: compiled.search(value) is not None
-    return _windowed(compiled, window, compile_linear(pattern, flags))
+    if linear is not None and not linear.ascii_only:
+        return linear.found
+    window = regex_safety.search_window(regex_safety.check(pattern, flags))
+    if window is None:  # nothing repeated, but RE2 could not take it
+        return lambda value: compiled.search(value) is not None
+    return _windowed(compiled, window, linear)
 
 
 def _windowed(compiled: re.Pattern[str], window: int, linear: LinearSearch | None) -> Callable[[str], bool]:

@@ -11,7 +11,7 @@ regex_safety does) and written out in RE2's syntax node by node, with Python's U
 spelled out as the code point ranges Python itself matches (``\\w``, ``\\d``, ``\\s``), anchors
 made explicit, and every literal as a code point. Where RE2 cannot say the same thing
 (backreferences, lookarounds, possessive repeats, a ``$`` followed by more pattern, a negated
-category inside a negated class, repeat counts over 1,000) :func:`compile_linear`
+category inside a negated class, repeat counts over 16, the ASCII flag) :func:`compile_linear`
 answers None and the caller keeps Python's engine. RE2's ``\\b`` knows only ASCII letters, so a
 pattern with ``\\b`` or ``\\B`` is run by RE2 only on ASCII text (:meth:`LinearSearch.answers_for`).
 """
@@ -35,16 +35,18 @@ try:  # private, but the parser `re.compile` itself runs
 except ImportError:  # pragma: no cover - a future Python: Python's engine keeps every pattern
     _parser = None
 
-# RE2 refuses repeat counts over 1,000.
-_MAX_COUNT: Final = 1000
+# A counted repeat is copied out in RE2's program: ``.{1,1000}x`` makes 9,000 instructions,
+# and on a 256 KB field RE2's DFA runs out of memory and falls back to an engine that took
+# seconds. Bounds over this (as regex_safety counts a bound over 16 as unbounded) stay with
+# Python's engine and its window; so do programs over _MAX_PROGRAM (Python's Unicode classes
+# take about 1,300 instructions each).
+_MAX_COUNT: Final = 16
+_MAX_PROGRAM: Final = 20_000
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a refused pattern is answered with None, not printed on stderr
 _OPTIONS.never_capture = True  # only whether there is a match is asked
-# Each compiled pattern's budget for its program and its DFA cache (RE2's default is 8 MB). Every
-# project's patterns stay compiled, so each is kept small; past it RE2 searches more slowly, still
-# in linear time. The patterns users write fit, with Python's Unicode classes; ``\w{1000}`` does
-# not at the default either (Python's engine runs it, on its window).
-_OPTIONS.max_mem = 2 << 20
+# RE2's default memory budget per pattern (8 MB) is kept: under it, its DFA ran out on a long
+# field for patterns that fit in _MAX_PROGRAM and fell back to an engine seconds slower.
 
 
 class _Untranslatable(Exception):
@@ -59,6 +61,7 @@ class LinearSearch:
     found: Callable[[str], bool]
     ascii_only: bool  # the pattern has ``\\b`` or ``\\B``
     re2_pattern: str
+    repeats: bool = True  # the pattern repeats something (``*``, ``+``, ``?``, ``{m,n}``)
 
     def answers_for(self, text: str) -> bool:
         """Whether :attr:`found` answers as Python would for ``text``. RE2's word boundaries
@@ -73,6 +76,8 @@ def compile_linear(pattern: str, flags: int) -> LinearSearch | None:
         return None
     try:
         parsed = _parser.parse(pattern, flags)
+        if parsed.state.flags & (re.A | re.L):  # (?a) or (?L): other classes than Unicode's
+            return None
         writer = _Writer()
         body = writer.sequence(list(parsed), parsed.state.flags, final=True)
     except (_Untranslatable, re.error, RecursionError):
@@ -84,6 +89,8 @@ def compile_linear(pattern: str, flags: int) -> LinearSearch | None:
         compiled = re2.compile(translated.encode(), _OPTIONS)
     except re2.error:  # e.g. a program over RE2's memory budget
         return None
+    if compiled.programsize > _MAX_PROGRAM:
+        return None
     search = compiled.search
 
     def found(text: str) -> bool:
@@ -91,7 +98,7 @@ def compile_linear(pattern: str, flags: int) -> LinearSearch | None:
         # surrogate cannot be UTF-8: passed through as bytes no class of ours matches.
         return search(text.encode("utf-8", "surrogatepass")) is not None
 
-    return LinearSearch(found, writer.boundaries, translated)
+    return LinearSearch(found, writer.boundaries, translated, writer.repeats)
 
 
 def _point(code: int) -> str:
@@ -128,6 +135,7 @@ def _category(name: str) -> str:
 class _Writer:
     def __init__(self) -> None:
         self.boundaries = False  # \b or \B used: RE2's hold for ASCII text only
+        self.repeats = False
 
     def sequence(self, items: list[tuple[Any, Any]], flags: int, *, final: bool) -> str:
         """``final``: nothing can follow this sequence in the pattern (see ``$`` below)."""
@@ -160,8 +168,9 @@ class _Writer:
             return f"(?{mode}:" + self.sequence(list(p), inner, final=final) + ")"
         if op in (c.MAX_REPEAT, c.MIN_REPEAT):
             low, high, p = av
+            self.repeats = True
             if low > _MAX_COUNT or (high is not c.MAXREPEAT and high > _MAX_COUNT):
-                raise _Untranslatable("a repeat count over 1,000")
+                raise _Untranslatable(f"a repeat count over {_MAX_COUNT}")
             # Whatever follows a repeated `$` is the repeat's next iteration too.
             inner = self.sequence(list(p), flags, final=final and high in (0, 1))
             count = f"{{{low},}}" if high is c.MAXREPEAT else f"{{{low},{high}}}"

@@ -13,10 +13,11 @@ waits that long. So, when a pipeline is applied:
   cannot be eaten by the inner repeats (``(\\.\\w+)+`` is fine: the ``.`` marks every iteration),
   and a repeated alternation whose branches can start alike (``(a|aa)+``);
 * what is left costs up to about ``n ** (k + 1)`` steps for a string of ``n`` characters and
-  ``k`` unbounded repeats (``*``, ``+``, ``{n,}``, or a bound over 16), so :func:`search_window`
-  caps ``n`` by ``k``: the whole string without such repeats (the search is then linear), else
-  the first 2,048 characters with one, 512 with two, 128 with three, down to 16. The worst cases
-  measured on a 100 KB field stay near 0.1 s.
+  ``k`` repeats (``*``, ``+``, ``{n,}``, ``{m,n}``; a short bound costs as much once there are
+  several: ``.{1,16}`` four times over tries 16**4 ways at every position), so
+  :func:`search_window` caps ``n`` by ``k``: the whole string without repeats (the search is
+  then linear), else the first 2,048 characters with one, 512 with two, 128 with three, down to
+  16. The worst cases measured on a 100 KB field stay near 0.1 s.
 
 The check reads the pattern with ``re._parser``, the parser ``re`` itself uses; should a later
 Python change it, the check stands aside (nothing refused) and the tightest window applies.
@@ -41,12 +42,9 @@ except ImportError:  # pragma: no cover - a future Python
 
 CharTest = Callable[[str], bool]
 
-# By the number of unbounded repeats (index), how many characters a search reads; past the end,
+# By the number of repeats (index), how many characters a search reads; past the end,
 # the last entry. None: the whole string.
 SEARCH_WINDOWS: Final[tuple[int | None, ...]] = (None, 2048, 512, 128, 64, 32, 24, 16)
-# A bounded repeat longer than this counts as unbounded.
-LONG_REPEAT: Final = 16
-
 # Characters tried when asking whether two character classes overlap, with every literal and
 # range end the pattern names (and their other case) added per pattern.
 _SAMPLES: Final = "".join(map(chr, range(0x250))) + "\u00a0\u2028\u3000\u0663\u0967\u4e00\u05d0\u0627я😀"
@@ -65,7 +63,7 @@ def unsafe_window() -> int | None:
 
 def check(pattern: str, flags: int) -> int:
     """Raise :class:`UnsafePattern` for a pattern that can backtrack exponentially; otherwise
-    return its number of unbounded repeats (for :func:`search_window`)."""
+    return its number of repeats (for :func:`search_window`)."""
     if _sre_parser is None:  # pragma: no cover
         return len(SEARCH_WINDOWS)
     try:
@@ -79,9 +77,9 @@ def check(pattern: str, flags: int) -> int:
     return _Walker(ignore_case, samples).walk(list(parsed.data))
 
 
-def search_window(unbounded_repeats: int) -> int | None:
-    """How many characters of a string a pattern with this many unbounded repeats may read."""
-    return SEARCH_WINDOWS[min(unbounded_repeats, len(SEARCH_WINDOWS) - 1)]
+def search_window(repeats: int) -> int | None:
+    """How many characters of a string a pattern with this many repeats may read."""
+    return SEARCH_WINDOWS[min(repeats, len(SEARCH_WINDOWS) - 1)]
 
 
 def _samples(items: Any) -> str:
@@ -138,12 +136,14 @@ class _Walker:
         self.samples = samples
 
     def walk(self, items: list[Any]) -> int:
-        """Check every repeat in ``items``; return the count of unbounded ones."""
+        """Check every repeat in ``items``; return how many there are."""
         count = 0
         for op, av in items:
             if op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
                 _, high, body = av
-                if high > LONG_REPEAT:  # `*`, `+`, `{n,}`, and `{1,1000}` costs as much
+                # `*`, `+`, `{n,}`, and `{1,1000}` costs as much; a short bound too, once there
+                # are several: `.{1,16}` four times over tries 16**4 ways at every position.
+                if high > 1:
                     count += 1
                 if high > 1:
                     self.check_repeat(list(body))
