@@ -227,20 +227,21 @@ class LocalBackend:
         if owner is not None:
             raise CliError(f"secret {name!r} belongs to endpoint {owner}: rotate it through the endpoint")
         # A secret stored under another master key than the server's cannot be read when it is
-        # used: refuse it now, while the mistake is one command old, if the project's other
-        # secrets show the key differs.
-        for row in await self.store.list_secrets(pid):
-            token = await self.store.get_secret(pid, row["name"])
-            if token is None:
-                continue
+        # used: refuse it now, while the mistake is one command old, if the secrets stored last
+        # (in any project: this one may have none yet) show the key differs.
+        stored = await self.store.newest_secrets()
+        readable = 0
+        for token in stored:
             try:
                 box.decrypt(token)
+                readable += 1
             except SecretDecryptError:
-                raise CliError(
-                    "this master key is not the one the project's secrets were stored with "
-                    "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
-                ) from None
-            break
+                pass
+        if stored and not readable:
+            raise CliError(
+                "this master key is not the one the database's secrets were stored with "
+                "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
+            )
         return await self.store.set_secret(pid, name, box.encrypt(value))
 
 

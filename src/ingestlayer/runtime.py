@@ -151,30 +151,46 @@ class Runtime:
             self.dispatcher.wake.set()
 
     async def check_master_key(self) -> None:
-        """Refuse to start with a master key that cannot read the secrets already stored.
+        """Refuse to start with a master key that cannot read any of the secrets stored last.
 
         Started with another key (a key file missing from this directory, created anew; another
         INGESTLAYER_SECRET_KEY), a worker failed every delivery that needs a secret through its
         retries until it was dead, and a secret stored through this process could not be read
-        by the others."""
-        token = await self.store.newest_secret()
-        if token is None:
+        by the others. One secret stored under a stray key (by a command run elsewhere) must not
+        keep the right key out, so the key passes if it reads any of them; those it cannot read
+        are named in the log."""
+        tokens = await self.store.newest_secrets()
+        if not tokens:
             return
-        try:
-            self.box.decrypt(token)
-        except SecretDecryptError:
-            s = self.settings
-            if self.box.created_key_file is not None:
-                source = f"the key file {self.box.created_key_file} did not exist and was created just now"
-            elif s.secret_key:
-                source = "it is INGESTLAYER_SECRET_KEY"
-            else:
-                source = f"it is read from {s.secret_key_file}"
-            raise MasterKeyMismatch(
-                f"the master key is not the one the database's secrets were stored with ({source}); "
-                "start with that key: INGESTLAYER_SECRET_KEY, or INGESTLAYER_SECRET_KEY_FILE naming "
-                "its file"
-            ) from None
+        unreadable = 0
+        for token in tokens:
+            try:
+                self.box.decrypt(token)
+            except SecretDecryptError:
+                unreadable += 1
+        if unreadable < len(tokens):
+            if unreadable:
+                log.warning(
+                    "%d of the %d secrets stored last cannot be decrypted with this master key: "
+                    "their deliveries fail until they are set again",
+                    unreadable,
+                    len(tokens),
+                )
+            return
+        s = self.settings
+        created = self.box.created_key_file
+        if created is not None:
+            source = f"the key file {created} did not exist and was created just now"
+            created.unlink(missing_ok=True)  # not left to be read as "the" key next time
+        elif s.secret_key:
+            source = "it is INGESTLAYER_SECRET_KEY"
+        else:
+            source = f"it is read from {s.secret_key_file}"
+        raise MasterKeyMismatch(
+            f"the master key is not the one the database's secrets were stored with ({source}); "
+            "start with that key: INGESTLAYER_SECRET_KEY, or INGESTLAYER_SECRET_KEY_FILE naming "
+            "its file"
+        )
 
     async def start(self) -> None:
         if self.store.dialect != "sqlite":

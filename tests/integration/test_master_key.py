@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from ingestlayer.runtime import Runtime
+from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from tests.support.cli import Run, cli, ok
+from tests.support.server import test_settings as server_settings
 
 MISMATCH = "the master key is not the one the database's secrets were stored with"
 
@@ -43,6 +48,7 @@ async def test_serve_api_and_worker_refuse_a_master_key_the_secrets_were_not_sto
             role, cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(missing)
         )
         refused(run, MISMATCH, f"the key file {missing} did not exist and was created just now")
+        assert not missing.exists()  # not left behind to be taken for the key next time
         # Another key in the environment.
         run = await cli(role, cwd=elsewhere, db_url=db, secret_key="another-master-key")
         refused(run, MISMATCH, "it is INGESTLAYER_SECRET_KEY")
@@ -54,3 +60,50 @@ async def test_serve_api_and_worker_refuse_a_master_key_the_secrets_were_not_sto
         "worker", cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(other)
     )
     refused(run, MISMATCH, f"it is read from {other}")
+
+
+async def test_one_secret_under_a_stray_key_does_not_keep_the_right_key_out(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret stored under another key (by a command run elsewhere, before `secrets set`
+    checked every project) must not stop the processes that hold the right key: the key passes
+    if it reads any of the secrets stored last, and the log says how many it cannot."""
+    db = sqlite_url
+    settings = server_settings(db, secret_key="the-right-master-key")
+    rt = Runtime(settings)
+    try:
+        first, _, _ = await rt.store.create_project("first")
+        second, _, _ = await rt.store.create_project("second")
+        await rt.store.set_secret(first, "tok", rt.box.encrypt("one"))
+        await rt.store.set_secret(second, "tok", SecretBox("a-stray-key").encrypt("two"))
+        await rt.check_master_key()  # the newest secret is the stray one: passes all the same
+        assert "1 of the 2 secrets stored last cannot be decrypted" in caplog.text
+        stray = Runtime(server_settings(db, secret_key="a-third-key"))
+        try:
+            with pytest.raises(MasterKeyMismatch, match="it is INGESTLAYER_SECRET_KEY"):
+                await stray.check_master_key()
+        finally:
+            await stray.store.close()
+    finally:
+        await rt.store.close()
+
+
+async def test_secrets_set_checks_the_key_against_every_projects_secrets(tmp_path: Path) -> None:
+    """A project with no secret yet used to let any key through `secrets set`."""
+    db = f"sqlite:///{tmp_path / 'il.db'}"
+    ok(await cli("init", "--name", "first", cwd=tmp_path, db_url=db))
+    ok(await cli("init", "--name", "second", cwd=tmp_path, db_url=db))
+    ok(await cli("secrets", "set", "tok", "--value", "one", "--project", "first", cwd=tmp_path, db_url=db))
+    run = await cli(
+        "secrets",
+        "set",
+        "tok",
+        "--value",
+        "two",
+        "--project",
+        "second",
+        cwd=tmp_path,
+        db_url=db,
+        secret_key="another-master-key",
+    )
+    refused(run, "master key is not the one")

@@ -692,13 +692,13 @@ class Store:
             )
             return bytes(value) if value is not None else None
 
-    async def newest_secret(self) -> bytes | None:
-        """The ciphertext of the secret stored last, in any project (None: there is none)."""
+    async def newest_secrets(self, limit: int = 20) -> list[bytes]:
+        """The ciphertexts of the secrets stored last, in any project, newest first."""
         async with self.engines.read.connect() as conn:
-            value = await conn.scalar(
-                select(secrets.c.ciphertext).order_by(secrets.c.updated_at.desc()).limit(1)
+            rows = await conn.execute(
+                select(secrets.c.ciphertext).order_by(secrets.c.updated_at.desc()).limit(limit)
             )
-            return bytes(value) if value is not None else None
+            return [bytes(value) for value in rows.scalars()]
 
     async def list_secrets(self, project_id: str) -> list[dict[str, Any]]:
         async with self.engines.read.connect() as conn:
