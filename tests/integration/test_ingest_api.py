@@ -706,3 +706,22 @@ async def test_rate_limit_lets_a_large_batch_through_once_the_bucket_is_full(db_
             assert error_of(await resp.json())["code"] == "rate_limited"
     finally:
         await server.stop()
+
+
+async def test_a_refused_batch_does_not_hold_back_smaller_requests_the_bucket_can_take(db_url: str) -> None:
+    """Refused a batch larger than what is left, a project may still send what fits: on
+    PostgreSQL the process used to refuse every request until the batch would have fitted."""
+    server = await start_server(db_url, ingest_rate_limit=100)
+    try:
+        status, body = await post_events(server, {"batch": [{"type": "rl.a"} for _ in range(40)]})
+        assert status == 202, body
+        async with server.session.post(
+            server.url + "/v1/events",
+            json={"batch": [{"type": "rl.b"} for _ in range(100)]},
+            headers=server.auth(server.ingest_key),
+        ) as resp:
+            assert resp.status == 429
+        statuses = [(await post_events(server, {"type": "rl.c"}))[0] for _ in range(20)]
+        assert statuses == [202] * 20, statuses
+    finally:
+        await server.stop()

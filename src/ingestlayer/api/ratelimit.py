@@ -70,14 +70,16 @@ class SharedRateLimiter(RateLimiter):
 
     This process spends tokens it took from the shared bucket; when they run out, one request
     per project takes the next slice (the others wait for it), and while the shared bucket is
-    empty, requests are refused here without asking the database again until it has refilled."""
+    empty, requests it certainly cannot hold yet are refused here without asking the database."""
 
     def __init__(self, rate: float, take_shared: TakeShared) -> None:
         super().__init__(rate)
         self._take_shared = take_shared
         self._held: dict[str, float] = {}  # tokens taken from the shared bucket, not yet spent
         self._taking: dict[str, asyncio.Future[None]] = {}
-        self._empty_until: dict[str, float] = {}  # on the database's clock
+        # The shared bucket's level when it last refused a request, and when (the database's
+        # clock): it can hold no more than that plus what refilled since.
+        self._refused_at: dict[str, tuple[float, float]] = {}
 
     async def check(self, project_id: str, n: int) -> None:
         if self.rate <= 0:
@@ -92,10 +94,13 @@ class SharedRateLimiter(RateLimiter):
                 break
             await asyncio.shield(taking)  # another request is taking a slice: then look again
         now = clock.now()
-        empty_until = self._empty_until.get(project_id, 0.0)
-        if now < empty_until:
-            raise too_many(empty_until - now)
         deficit = n - held
+        need = min(deficit, self.rate)
+        refused = self._refused_at.get(project_id)
+        if refused is not None:
+            at_most = min(self.rate, refused[1] + (now - refused[0]) * self.rate)
+            if at_most < need:  # certainly not there yet: no need to ask
+                raise too_many((need - at_most) / self.rate)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._taking[project_id] = done
         try:
@@ -108,8 +113,9 @@ class SharedRateLimiter(RateLimiter):
             del self._taking[project_id]
             done.set_result(None)
         if wait is not None:
-            self._empty_until[project_id] = now + wait
+            self._refused_at[project_id] = (now, need - wait * self.rate)
             raise too_many(wait)
+        self._refused_at.pop(project_id, None)
         # Others may have spent what was held meanwhile: what they left, plus the slice, less n
         # (below zero, a debt the next slice pays).
         self._held[project_id] = self._held.get(project_id, 0.0) + taken - n
