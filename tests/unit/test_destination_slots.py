@@ -97,6 +97,24 @@ def test_a_destination_mostly_slow_is_held_until_its_answers_are_fast_again() ->
     assert s.limit("dst_b") == 6
 
 
+def test_a_busy_destination_that_starts_hanging_is_held_after_a_few_timeouts() -> None:
+    """A minute of fast answers behind it would keep its whole share for most of a minute by
+    the share of slow attempts alone; 8 timeouts in a row do it."""
+    clock = Clock()
+    s = slots(clock)
+    for _ in range(30_000):  # 500 a second for a minute, all fast
+        s.start("dst_a", None)
+        s.finish("dst_a", 0.05)
+        clock.now += 0.002
+    for n in range(1, 9):
+        s.start("dst_a", None)
+        s.finish("dst_a", 10.0)  # a timeout
+        assert s.limit("dst_a") == (2 if n == 8 else 6), n
+    s.start("dst_a", None)
+    s.finish("dst_a", 0.05)  # one fast answer ends the streak; the share is still small
+    assert s.limit("dst_a") == 6
+
+
 def test_finish_says_when_a_destination_that_cut_a_lease_short_has_room_again() -> None:
     s = slots()
     for _ in range(6):

@@ -9,12 +9,12 @@ for its timeouts: measured, 38 s behind a backlog of 600 to a receiver that neve
 - otherwise three quarters of the slots (``delivery_concurrency_per_destination``), so another
   destination always finds a quarter of them free, at once;
 - and an eighth (``slow_destination_concurrency``) while it is slow: at least an eighth of its
-  attempts that ended in the last minute took longer than ``slow_destination_seconds`` (every
-  timeout does). Its attempts in flight are not cut short; it gets no new slot until it is below
-  that limit.
+  attempts that ended in the last minute, or its last 8 in a row, took longer than
+  ``slow_destination_seconds`` (every timeout does). Its attempts in flight are not cut short;
+  it gets no new slot until it is below that limit.
 
 A destination alone keeps most of the slots (a healthy receiver is not slowed down), and a slow
-one is soon held to a few: its first timeout does it. A busy receiver whose answers are slow now
+one is soon held to a few: its first timeouts do it. A busy receiver whose answers are slow now
 and then is not: a single slow answer used to hold it to the slow limit for a minute, so one in
 200 held it there for good, and it fell behind (measured on PostgreSQL: a backlog of 25,000 at
 600 events/s, against under 300 with the full share).
@@ -33,17 +33,21 @@ from ingestlayer.store.lease_window import Room
 SLOW_FOR_SECONDS = 60.0
 # The share of them that must have been slow for the destination to count as slow.
 SLOW_SHARE = 1 / 8
+# Or so many slow ones in a row: a busy receiver that starts hanging has a minute of fast
+# attempts behind it, and would keep its whole share for most of a minute by SLOW_SHARE alone.
+SLOW_STREAK = 8
 
 
 class _Recent:
     """How many of a destination's attempts ended, and how many were slow, in the last
     ``SLOW_FOR_SECONDS`` (give or take half of it)."""
 
-    __slots__ = ("done", "done_before", "slow", "slow_before", "start")
+    __slots__ = ("done", "done_before", "slow", "slow_before", "start", "streak")
 
     def __init__(self, now: float) -> None:
         self.start = now
         self.done = self.slow = self.done_before = self.slow_before = 0
+        self.streak = 0  # slow attempts in a row, the last ones to end
 
     def roll(self, now: float) -> None:
         half = SLOW_FOR_SECONDS / 2
@@ -59,7 +63,9 @@ class _Recent:
     def is_slow(self, now: float) -> bool:
         self.roll(now)
         done = self.done + self.done_before
-        return done > 0 and self.slow + self.slow_before >= done * SLOW_SHARE
+        if done == 0:
+            return False
+        return self.streak >= SLOW_STREAK or self.slow + self.slow_before >= done * SLOW_SHARE
 
     def idle(self) -> bool:
         return self.done + self.done_before == 0
@@ -174,6 +180,9 @@ class DestinationSlots:
         recent.done += 1
         if seconds > self.slow_seconds:
             recent.slow += 1
+            recent.streak += 1
+        else:
+            recent.streak = 0
         left = _add(self._busy, did, -1)
         if did not in self._wanted:
             return False
