@@ -19,6 +19,7 @@ import pytest
 import stripe
 from standardwebhooks import Webhook
 
+from ingestlayer.secretbox import SecretBox
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -320,3 +321,22 @@ async def test_sources_give_the_ingress_url_when_the_public_address_is_known(
         assert {s["ingress_url"] for s in body["data"]} == {None}
     finally:
         await other.stop()
+
+
+async def test_a_source_secret_stored_under_another_master_key_is_a_503(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """The operator's misconfiguration, as for a missing secret: 503 with Retry-After, the
+    secret not named; it was a 500 (the decryption error escaped)."""
+    paths = await configure(server, receiver)
+    stray = SecretBox("not-this-servers-master-key").encrypt(GITHUB_SECRET)
+    await server.runtime.store.set_secret(server.project_id, "github", stray)
+    server.runtime.dispatcher.resolver.forget(server.project_id)
+    body = b'{"ref":"refs/heads/main","commits":[]}'
+    sig = "sha256=" + hmac.new(GITHUB_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "X-GitHub-Delivery": "72d3162e-dd01"}
+    async with server.session.post(server.url + paths["github"], data=body, headers=headers) as resp:
+        assert resp.status == 503, await resp.text()
+        assert resp.headers["Retry-After"] == "60"
+        text = await resp.text()
+    assert "not configured on the server" in text and "github" not in text  # the secret's name
