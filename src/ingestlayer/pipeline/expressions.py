@@ -553,8 +553,9 @@ class _Parser:
             raise self.error(f"a valid regular expression ({exc.msg})", where) from exc
         except Exception as exc:  # e.g. OverflowError for absurd repeat counts
             raise self.error(f"a valid regular expression ({exc})", opening) from exc
+        linear = compile_linear(pattern, flags)
         try:
-            return _regex_search(pattern, flags, compiled)
+            return _regex_search(pattern, flags, compiled, linear)
         except regex_safety.UnsafePattern as exc:
             shown = text[opening : closing + 1]
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -570,10 +571,12 @@ class _Parser:
                 exc,
                 stored_window,
             )
-            return _windowed(compiled, stored_window, compile_linear(pattern, flags))
+            return _windowed(compiled, stored_window, linear)
 
 
-def _regex_search(pattern: str, flags: int, compiled: re.Pattern[str]) -> Callable[[str], bool]:
+def _regex_search(
+    pattern: str, flags: int, compiled: re.Pattern[str], linear: LinearSearch | None
+) -> Callable[[str], bool]:
     """How ``matches`` searches, by what the pattern needs:
 
     - Python's ``re`` on the whole string for a pattern that repeats nothing: its search is
@@ -585,8 +588,7 @@ def _regex_search(pattern: str, flags: int, compiled: re.Pattern[str]) -> Callab
       on the start of the string only, the window regex_safety allows.
 
     Raises :class:`regex_safety.UnsafePattern` for a pattern only Python's engine can run and
-    that can backtrack exponentially."""
-    linear = compile_linear(pattern, flags)
+    that can backtrack exponentially. ``linear`` is the pattern's RE2 search, if it has one."""
     if linear is not None and not linear.repeats:
         return lambda value: compiled.search(value) is not None
     if linear is not None and not linear.ascii_only:
@@ -598,13 +600,11 @@ def _regex_search(pattern: str, flags: int, compiled: re.Pattern[str]) -> Callab
 
 
 def _windowed(compiled: re.Pattern[str], window: int, linear: LinearSearch | None) -> Callable[[str], bool]:
-    """RE2 where it answers (every string, or ASCII ones for a pattern with ``\\b``), else
-    Python's ``re`` on the first ``window`` characters: a backtracking search of a long field
-    would hold the event loop (and the GIL) for seconds. ``$`` matches at the end of the window."""
+    """RE2 where it answers (ASCII strings, for a pattern with ``\\b``), else Python's ``re`` on
+    the first ``window`` characters: a backtracking search of a long field would hold the event
+    loop (and the GIL) for seconds. ``$`` matches at the end of the window."""
     if linear is None:
         return lambda value: compiled.search(value, 0, window) is not None
-    if not linear.ascii_only:
-        return linear.found
     return lambda value: (
         linear.found(value) if linear.answers_for(value) else compiled.search(value, 0, window) is not None
     )
