@@ -25,7 +25,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.json_depth import MAX_JSON_DEPTH, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
-from ingestlayer.secretbox import SecretBox, SecretDecryptError
+from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.migrate import upgrade
 from ingestlayer.urlmask import mask_url
 
@@ -230,14 +230,7 @@ class LocalBackend:
         # used: refuse it now, while the mistake is one command old, if the secrets stored last
         # (in any project: this one may have none yet) show the key differs.
         stored = await self.store.newest_secrets()
-        readable = 0
-        for token in stored:
-            try:
-                box.decrypt(token)
-                readable += 1
-            except SecretDecryptError:
-                pass
-        if stored and not readable:
+        if stored and not box.readable(stored):
             raise CliError(
                 "this master key is not the one the database's secrets were stored with "
                 "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"

@@ -19,7 +19,7 @@ from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
 from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
-from ingestlayer.secretbox import MasterKeyMismatch, SecretBox, SecretDecryptError
+from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
@@ -162,12 +162,7 @@ class Runtime:
         tokens = await self.store.newest_secrets()
         if not tokens:
             return
-        unreadable = 0
-        for token in tokens:
-            try:
-                self.box.decrypt(token)
-            except SecretDecryptError:
-                unreadable += 1
+        unreadable = len(tokens) - self.box.readable(tokens)
         if unreadable < len(tokens):
             if unreadable:
                 log.warning(

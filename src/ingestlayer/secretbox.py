@@ -58,6 +58,18 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> bytes:
         return self._fernet.encrypt(plaintext.encode())
 
+    def readable(self, tokens: list[bytes]) -> int:
+        """How many of these stored secrets this key decrypts (the check that it is the key
+        they were stored with)."""
+        count = 0
+        for token in tokens:
+            try:
+                self.decrypt(token)
+            except SecretDecryptError:
+                continue
+            count += 1
+        return count
+
     def decrypt(self, token: bytes) -> str:
         try:
             return self._fernet.decrypt(token).decode()
