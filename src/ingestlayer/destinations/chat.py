@@ -27,13 +27,23 @@ from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
 from ingestlayer.pipeline.paths import get_path
 from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
-from ingestlayer.urlcheck import http_url_problem
+from ingestlayer.urlcheck import http_url_problem, url_characters_problem
 
 # Enough for any chat API's JSON answer (Slack echoes the message back); bounded so a hostile
 # endpoint cannot make a worker buffer gigabytes.
 MAX_RESPONSE_BYTES = 256 * 1024
 REDACTED = "<redacted>"
 ELLIPSIS = "…"
+
+
+def held_url_refused(reference: str, url: str) -> Outcome | None:
+    """The ending of a delivery whose webhook URL, held in the secret ``reference``, holds a
+    space or a control character: checked when used, since the URL is not in the configuration.
+    The reference is named, never the URL (its token is the credential)."""
+    problem = url_characters_problem(url)
+    if problem is None:
+        return None
+    return Outcome(ok=False, error=f"webhook_url ({reference}): the URL it holds {problem}", permanent=True)
 
 
 def check_http_url(field_name: str, value: str) -> str:

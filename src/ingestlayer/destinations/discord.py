@@ -41,6 +41,7 @@ from ingestlayer.destinations.chat import (
     check_http_url,
     check_paths,
     escape_fitting,
+    held_url_refused,
     is_transient_status,
     key_fields,
     post,
@@ -49,7 +50,6 @@ from ingestlayer.destinations.chat import (
     truncate,
 )
 from ingestlayer.destinations.shared import check_reference
-from ingestlayer.urlcheck import url_characters_problem
 
 TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
@@ -309,12 +309,9 @@ class Discord:
                 error=f"webhook_url ({cfg.webhook_url}) does not hold an http(s) URL",
                 permanent=True,
             )
-        # The URL comes from a secret, so it is checked here rather than when configured.
-        problem = url_characters_problem(url)
-        if problem:
-            return Outcome(
-                ok=False, error=f"webhook_url ({cfg.webhook_url}): the URL it holds {problem}", permanent=True
-            )
+        refused = held_url_refused(cfg.webhook_url, url)
+        if refused is not None:
+            return refused
         redact.add(str(target))
         reply = await post(ctx, str(target), self.message(request.event), timeout=cfg.timeout, redact=redact)
         return reply if isinstance(reply, Outcome) else classify_reply(reply, redact)

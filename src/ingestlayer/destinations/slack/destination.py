@@ -24,13 +24,13 @@ from ingestlayer.destinations.chat import (
     Redactor,
     Reply,
     first_line,
+    held_url_refused,
     is_transient_status,
     post,
     reply_outcome,
 )
 from ingestlayer.destinations.slack.blocks import build_message
 from ingestlayer.destinations.slack.config import SlackConfig
-from ingestlayer.urlcheck import url_characters_problem
 
 # Web API error codes that retrying cannot fix, with what to do about them.
 PERMANENT_ERRORS: dict[str, str] = {
@@ -175,14 +175,9 @@ class Slack:
                     error=f"webhook_url ({cfg.webhook_url}) does not hold an http(s) URL",
                     permanent=True,
                 )
-            # The URL comes from a secret, so it is checked here rather than when configured.
-            problem = url_characters_problem(url)
-            if problem:
-                return Outcome(
-                    ok=False,
-                    error=f"webhook_url ({cfg.webhook_url}): the URL it holds {problem}",
-                    permanent=True,
-                )
+            refused = held_url_refused(cfg.webhook_url, url)
+            if refused is not None:
+                return refused
             reply = await post(ctx, url, message, timeout=cfg.timeout, redact=redact)
             return reply if isinstance(reply, Outcome) else classify_webhook_reply(reply, redact)
         assert cfg.connection is not None and cfg.channel is not None  # the config guarantees it
