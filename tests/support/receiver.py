@@ -24,6 +24,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    # When the reply went out; None while the receiver still holds the request.
+    answered_at: float | None = None
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -57,7 +59,8 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.requests.append(Received(request.path, dict(request.headers), body, time.time()))
+        received = Received(request.path, dict(request.headers), body, time.time())
+        self.requests.append(received)
         self.arrived.set()
         reply = self.plan.pop(0) if self.plan else self.default
         path = request.path
@@ -68,6 +71,7 @@ class Receiver:
                 await asyncio.sleep(reply.delay)
         finally:
             self.inflight[path] -= 1
+            received.answered_at = time.time()
         return web.Response(
             status=reply.status, body=reply.body, headers=reply.headers, content_type="application/json"
         )
