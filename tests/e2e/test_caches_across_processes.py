@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ingestlayer.store.pg_hot import CHANGES_CHANNEL
+from tests.support.databases import listening_on
 from tests.support.processes import Cluster
 from tests.support.receiver import Receiver
 
@@ -29,6 +31,7 @@ async def test_a_key_revoked_through_one_api_process_is_refused_by_the_other_at_
     async with Cluster(tmp_path, pg_url) as cluster:
         keys = await cluster.init_project()
         a1, a2 = await asyncio.gather(cluster.start("api"), cluster.start("api"))
+        await listening_on(pg_url, CHANGES_CHANNEL, sessions=2)  # each is told from now on
         status, made = await cluster.request(a1, "POST", "/v1/keys", key=keys.admin, json={"kind": "ingest"})
         assert status == 201, made
         event = {"type": "key.check", "payload": {}}
@@ -80,6 +83,7 @@ async def test_a_secret_set_through_an_api_process_is_sent_by_a_worker_at_once(
             }
         )
         w1 = await cluster.start("worker")
+        await listening_on(pg_url, CHANGES_CHANNEL, sessions=2)  # a1's listener and w1's
 
         async def token_of_next_delivery(n: int) -> str:
             status, body = await cluster.request(

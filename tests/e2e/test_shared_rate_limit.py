@@ -52,7 +52,9 @@ async def test_two_api_processes_share_one_projects_limit(pg_url: str, tmp_path:
         # One bucket: its burst plus what refilled meanwhile, and at most one slice per process
         # taken but not spent (1/20 s of the rate). Two buckets would pass about twice that.
         assert total <= RATE + RATE * elapsed + 2, (accepted, elapsed)
-        assert total >= RATE * elapsed * 0.5, (accepted, elapsed)
+        # At least half the rate over the three seconds of sending (a last slow answer may stretch
+        # elapsed past them, and no request was sent meanwhile to take what refilled).
+        assert total >= RATE * min(elapsed, 3.0) * 0.5, (accepted, elapsed)
         assert all(n > 0 for n in accepted.values()), accepted  # both processes take part
         assert refused > 0
         status, listed = await cluster.request(a1, "GET", "/v1/events?limit=200", key=keys.admin)

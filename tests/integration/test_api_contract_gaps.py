@@ -88,6 +88,12 @@ def arrivals(receiver: Receiver, delivery_id: str) -> list[float]:
     return [r.at for r in receiver.by_delivery().get(delivery_id, [])]
 
 
+def waited_after(attempt: dict[str, Any]) -> float:
+    """The wait the attempt log announces after an attempt: from its end to its next_retry_at."""
+    ended: float = parse_iso(attempt["started_at"]) + attempt["duration_ms"] / 1000
+    return parse_iso(attempt["next_retry_at"]) - ended
+
+
 # ---- Retry-After ---------------------------------------------------------------------------------
 
 
@@ -100,10 +106,11 @@ async def test_retry_after_on_a_503_delays_the_next_attempt(
     assert d["status"] == "delivered"
     assert [a["status_code"] for a in d["attempts"]] == [503, 200]
     first, second = arrivals(receiver, d["id"])
-    # The schedule says 0.05 s; the receiver asked for 1 s and got it, not much more.
-    assert 0.95 <= second - first < 1.8, second - first
-    # The attempt log announces the same wait.
-    announced = parse_iso(d["attempts"][0]["next_retry_at"]) - parse_iso(d["attempts"][0]["started_at"])
+    # The schedule says 0.05 s; the receiver asked for 1 s and got it, not much more (the exact
+    # wait is the attempt log's; arrival times only get later on a loaded machine).
+    assert 0.95 <= second - first < 5, second - first
+    # The attempt log announces the same wait, counted from the end of the attempt.
+    announced = waited_after(d["attempts"][0])
     assert 0.95 <= announced < 1.8, d["attempts"][0]
 
 
@@ -115,9 +122,9 @@ async def test_retry_after_on_a_500_is_not_honoured(server: RunningServer, recei
     assert d["status"] == "delivered"
     assert [a["status_code"] for a in d["attempts"]] == [500, 200]
     first, second = arrivals(receiver, d["id"])
-    assert second - first < 0.5, second - first  # the schedule's 0.05 s, not 2 s
-    announced = parse_iso(d["attempts"][0]["next_retry_at"]) - parse_iso(d["attempts"][0]["started_at"])
-    assert announced < 0.5, d["attempts"][0]
+    assert second - first < 1.9, second - first  # not the 2 s asked for (which it could not beat)
+    announced = waited_after(d["attempts"][0])
+    assert announced < 0.5, d["attempts"][0]  # the schedule's 0.05 s, not 2 s
 
 
 # ---- bulk replay filters -------------------------------------------------------------------------

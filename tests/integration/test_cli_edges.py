@@ -108,7 +108,9 @@ async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path:
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)
+    silent.setblocking(False)
     url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    held: list[socket.socket] = []
     try:
         proc = await asyncio.create_subprocess_exec(
             CLI,
@@ -123,7 +125,19 @@ async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        await asyncio.sleep(2.0)  # started and waiting on the server
+        # Started and waiting on the server (however long a loaded machine took to start it):
+        # its request has arrived, on a connection held open without an answer.
+        deadline = time.monotonic() + 30
+        request = b""
+        while not request:
+            assert time.monotonic() < deadline and proc.returncode is None, "no request came"
+            with contextlib.suppress(BlockingIOError):
+                if not held:
+                    conn = silent.accept()[0]
+                    conn.setblocking(False)
+                    held.append(conn)
+                request = held[0].recv(65536)
+            await asyncio.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
         try:
@@ -136,6 +150,8 @@ async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path:
         assert proc.returncode == 130, err
         assert b"Traceback" not in err, err
     finally:
+        for conn in held:
+            conn.close()
         silent.close()
 
 

@@ -323,7 +323,7 @@ async def test_typescript_receiver_accepts_and_rejects_signed_requests(
     url = f"http://127.0.0.1:{port}/webhooks/ingestlayer"
     body = delivery_body()
     try:
-        for _ in range(500):  # wait for it to listen
+        for _ in range(3000):  # wait for it to listen (Node starts slowly on a loaded machine)
             try:
                 _r, w = await asyncio.open_connection("127.0.0.1", port)
                 w.close()

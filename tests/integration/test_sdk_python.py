@@ -439,7 +439,8 @@ async def test_a_server_that_comes_up_during_the_retries_gets_the_event(kind: st
         bodies.append(await request.json())
         return web.json_response({"id": "evt_late", "duplicate": False}, status=202)
 
-    client = make(kind, "il_ingest_k", f"http://127.0.0.1:{port}", max_retries=60, backoff_max=0.05)
+    # Retries enough to outlast a slow start of the server below (~10 s at 0.025-0.05 s each).
+    client = make(kind, "il_ingest_k", f"http://127.0.0.1:{port}", max_retries=300, backoff_max=0.05)
     pending = asyncio.ensure_future(call(client, "ingest", "feature.used", {"n": 1}))
     await asyncio.sleep(0.3)  # a few refused attempts
     app = web.Application()
@@ -459,10 +460,11 @@ async def test_a_server_that_comes_up_during_the_retries_gets_the_event(kind: st
 async def test_a_timed_out_request_is_resent_with_the_same_key(fake: Receiver, kind: str) -> None:
     stored = b'{"id":"evt_slow","duplicate":false}'
     again = b'{"id":"evt_slow","duplicate":true}'
-    fake.plan = [Reply(status=202, body=stored, delay=1.0), Reply(status=200, body=again)]
-    client = make(kind, "il_ingest_k", fake.url, timeout=0.4)
+    # The first answer comes after the timeout; the resent one, at once, well within it.
+    fake.plan = [Reply(status=202, body=stored, delay=2.0), Reply(status=200, body=again)]
+    client = make(kind, "il_ingest_k", fake.url, timeout=1.0)
     result = await call(client, "ingest", "feature.used", {"n": 1})
-    fake.plan = [Reply(status=202, body=stored, delay=1.0), Reply(status=200, body=again)]
+    fake.plan = [Reply(status=202, body=stored, delay=2.0), Reply(status=200, body=again)]
     explicit = await call(client, "ingest", "feature.used", {"n": 1}, idempotency_key="order-9")
     await call(client, "close")
 
@@ -497,7 +499,9 @@ async def test_identify_and_group_post_the_documented_bodies(fake: Receiver, kin
 
 
 async def test_background_batches_by_size_then_by_interval(fake: Receiver, kind: str) -> None:
-    client = make(kind, "il_ingest_k", fake.url, background=True, batch_size=10, flush_interval=0.6)
+    # An interval long enough that a full batch sent "at once" cannot be mistaken for one sent
+    # by the interval, however slowly a loaded machine runs the sender.
+    client = make(kind, "il_ingest_k", fake.url, background=True, batch_size=10, flush_interval=2.0)
     for i in range(20):
         await call(client, "ingest", "feature.used", {"n": i})
     queued_20th = time.time()
@@ -512,8 +516,8 @@ async def test_background_batches_by_size_then_by_interval(fake: Receiver, kind:
 
     assert [len(b["batch"]) for b in sent(fake)] == [10, 10, 5]
     # Full batches leave at once; the remainder only when flush_interval has passed.
-    assert fake.requests[1].at - queued_20th < 0.5
-    assert fake.requests[2].at - queued_20th >= 0.55  # the 21st was queued after the 20th
+    assert fake.requests[1].at - queued_20th < 1.5
+    assert fake.requests[2].at - queued_20th >= 1.95  # the 21st was queued after the 20th
     items = [item for b in sent(fake) for item in b["batch"]]
     assert [item["payload"]["n"] for item in items] == list(range(25))
     assert len({item["idempotency_key"] for item in items}) == 25

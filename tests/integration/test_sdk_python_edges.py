@@ -153,7 +153,7 @@ async def test_close_honours_its_timeout_and_reports_the_backlog(kind: str) -> N
     started = time.monotonic()
     assert await call(client, "close", 0.5) is False
     elapsed = time.monotonic() - started
-    assert elapsed < 2.0, elapsed
+    assert elapsed < 3.5, elapsed  # before: a whole batch's retries, 3 x 1.5-3 s
     given_up = [e["idempotency_key"] for _, events in reported for e in events]
     if isinstance(client, AsyncClient):
         assert sorted(given_up) == keys  # the batch being retried is cancelled, so it is reported too
@@ -166,14 +166,18 @@ _EXIT_WITH_BACKLOG = """
 import atexit, sys, time
 from ingestlayer.sdk import Client
 lost = []
+def report():
+    print(sorted(e["idempotency_key"] for e in lost))
+    print(time.monotonic() - exiting_at)  # how long the SDK's exit hook took
 # Registered first, so it runs after the SDK's own exit hook (atexit is last in, first out).
-atexit.register(lambda: print(sorted(e["idempotency_key"] for e in lost)))
+atexit.register(report)
 client = Client("il_ingest_k", sys.argv[1], background=True, flush_interval=0, batch_size=1,
                 shutdown_timeout=1, backoff_base=5, backoff_max=5,
                 on_error=lambda error, events: lost.extend(events))
 for i in range(5):
     client.ingest("exit.backlog", {"n": i}, idempotency_key=f"key-{i}")
 time.sleep(0.2)
+exiting_at = time.monotonic()
 """
 
 
@@ -186,10 +190,10 @@ async def test_exit_with_the_server_down_hands_the_backlog_to_on_error() -> None
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    started = time.monotonic()
     out, err = await asyncio.wait_for(proc.communicate(), 30)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, err.decode()
-    assert elapsed < 5, elapsed  # shutdown_timeout=1
+    reported, exit_seconds = out.decode().splitlines()
+    # shutdown_timeout=1; timed in the child, so a slow interpreter start does not count.
+    assert float(exit_seconds) < 4, exit_seconds
     # key-0 is in the sender's hands (retrying); the four still queued reach on_error.
-    assert out.decode().strip() == str([f"key-{i}" for i in range(1, 5)])
+    assert reported == str([f"key-{i}" for i in range(1, 5)])

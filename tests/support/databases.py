@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -25,8 +26,23 @@ def _pg_base() -> str:
     return PG_URL.rsplit("/", 1)[0]
 
 
+async def listening_on(pg_url: str, channel: str, sessions: int = 1, timeout: float = 30.0) -> None:
+    """Until ``sessions`` connections to ``pg_url``'s database have run ``LISTEN channel`` as
+    their last statement: a process answers its health check before its listener has connected,
+    and a notification sent before then is not seen."""
+    conn = await asyncpg.connect(pg_url, timeout=timeout)
+    try:
+        deadline = time.monotonic() + timeout
+        sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1"
+        while await conn.fetchval(sql, f'LISTEN "{channel}"') < sessions:
+            assert time.monotonic() < deadline, f"fewer than {sessions} sessions listen on {channel}"
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+
+
 async def _pg_exec(sql: str) -> None:
-    conn = await asyncpg.connect(PG_URL, timeout=5)
+    conn = await asyncpg.connect(PG_URL, timeout=30)
     try:
         await conn.execute(sql)
     finally:
@@ -75,7 +91,7 @@ class PgTemplates:
 
     def drop_all(self) -> None:
         async def run() -> None:
-            conn = await asyncpg.connect(PG_URL, timeout=5)
+            conn = await asyncpg.connect(PG_URL, timeout=30)
             try:
                 for name in [*self.created, self.template] if self._ready else self.created:
                     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
