@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -564,6 +565,37 @@ async def test_delivery_list_pages_and_counts_once(server: RunningServer, receiv
     listed = [d["id"] for data in pages for d in data]
     assert [len(data) for data in pages] == [2, 2, 1]
     assert listed == sorted(listed, reverse=True) == [d["id"] for d in settled]
+
+
+async def test_listing_filters_that_cannot_be_read_are_refused_by_name(server: RunningServer) -> None:
+    status, body = await post_events(server, {"type": "invoice.failed", "payload": {}})
+    assert status == 202, body
+    # A cursor that is no id of the kind listed used to be compared as text: before=zzz listed all.
+    for path in (
+        "/v1/events?before=zzz",
+        "/v1/events?before=dlv_01JD0000000000000000000000",
+        "/v1/deliveries?before=zzz",
+        "/v1/deliveries?before=evt_01JD0000000000000000000000",
+    ):
+        status, err = await server.request("GET", path)
+        assert status == 422, (path, err)
+        assert err["error"]["field"] == "before" and "next_before" in err["error"]["message"], err
+    # A type that no event can have, where an empty list would look like "no such events".
+    for bad in ("bad type", "a*b", "invoice.**"):
+        status, err = await server.request("GET", "/v1/events?" + urlencode({"type": bad}))
+        assert status == 422 and err["error"]["field"] == "type", (bad, err)
+    for good, n in (
+        ("invoice.failed", 1),
+        ("invoice.*", 1),
+        ("inv*", 1),
+        ("*", 1),
+        ("invoice.paid", 0),
+        ("", 1),
+    ):
+        status, page = await server.request("GET", "/v1/events?" + urlencode({"type": good}))
+        assert status == 200 and len(page["data"]) == n, (good, page)
+    status, page = await server.request("GET", "/v1/events?before=evt_01JD0000000000000000000000")
+    assert status == 200 and page["data"] == []  # a real cursor older than every event
 
 
 # ---- the event log ---------------------------------------------------------------------------

@@ -133,6 +133,31 @@ async def test_apply_yaml_with_dry_run_changes_nothing(srv: RunningServer) -> No
     assert (await srv.apply(recipe_doc()))["summary"] == {"unchanged": 4}
 
 
+async def test_apply_flags_read_any_yes_or_no_word_and_refuse_others(srv: RunningServer) -> None:
+    # Each of these asks for a dry run: nothing may be created.
+    for flag in ("True", "yes", "ON", "1"):
+        status, body, _ = await raw_request(
+            srv, "POST", f"/v1/apply?dry_run={flag}", RECIPE_YAML.encode(), "application/yaml"
+        )
+        assert status == 200 and body["dry_run"] is True, (flag, body)
+    # Asked for in the query with a JSON body, it holds too.
+    status, body = await srv.request("POST", "/v1/apply?dry_run=true", json={"document": recipe_doc()})
+    assert status == 200 and body["dry_run"] is True, body
+    assert await pipeline_names(srv) == []
+    # A word that is neither yes nor no is refused, naming the parameter, before anything changes.
+    for query in ("dry_run=maybe", "dry_run=", "prune=yess"):
+        status, body, _ = await raw_request(
+            srv, "POST", f"/v1/apply?{query}", RECIPE_YAML.encode(), "application/yaml"
+        )
+        assert status == 422, (query, body)
+        assert error_of(body)["field"] == query.split("=")[0], body
+    assert await pipeline_names(srv) == []
+    status, body, _ = await raw_request(
+        srv, "POST", "/v1/apply?dry_run=no", RECIPE_YAML.encode(), "application/yaml"
+    )
+    assert status == 200 and body["dry_run"] is False and body["summary"] == {"create": 4}, body
+
+
 async def test_apply_dry_run_update_shows_diff_and_keeps_the_old_config(srv: RunningServer) -> None:
     await srv.apply(recipe_doc())
     changed = recipe_doc()

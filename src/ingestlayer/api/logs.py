@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, Literal
 
@@ -34,6 +35,26 @@ def _time(value: str | None, field: str) -> float | None:
         raise ApiError(422, f"{field} must be an ISO 8601 timestamp or epoch seconds", field=field) from None
 
 
+# An id as ingestlayer makes them: its kind, then a ULID (Crockford's base32).
+_ULID = "[0-9A-HJKMNP-TV-Z]{26}"
+_EVENT_ID = re.compile(f"evt_{_ULID}")
+_DELIVERY_ID = re.compile(f"dlv_{_ULID}")
+# A type filter: an event type, or a prefix of one ending in * ("invoice.*", "inv*", "*").
+_TYPE_FILTER = re.compile(r"[A-Za-z0-9_\-.]{1,200}|[A-Za-z0-9_\-.]{0,200}\*")
+
+
+def _cursor(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
+    """A ``before`` cursor, which must be an id of the kind listed: compared as text, any other
+    string silently moved the page (``before=zzz`` listed everything)."""
+    if value is not None and not pattern.fullmatch(value):
+        raise ApiError(
+            422,
+            f"before must be {what} id, as a page's next_before gives, not {value[:80]!r}",
+            field="before",
+        )
+    return value
+
+
 async def _names(rt: Any, project_id: str) -> dict[str, str]:
     cfg = await rt.store.load_project_config(project_id)
     return {d.id: d.name for d in cfg.destinations.values()}
@@ -49,10 +70,16 @@ async def list_events(
     before: str | None = Query(default=None, description="Return events older than this event id"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
+    if type and not _TYPE_FILTER.fullmatch(type):  # empty: no filter, as before
+        raise ApiError(
+            422,
+            f"type must be an event type or a prefix of one ending in * (invoice.*), not {type[:80]!r}",
+            field="type",
+        )
     items = await rt.store.list_events(
         principal.project_id,
         type_=type,
-        before=before,
+        before=_cursor(before, _EVENT_ID, "an event"),
         since=_time(since, "since"),
         until=_time(until, "until"),
         limit=limit,
@@ -90,7 +117,7 @@ async def list_deliveries(
         status=status,
         destination_id=dest_id,
         event_id=event_id,
-        before=before,
+        before=_cursor(before, _DELIVERY_ID, "a delivery"),
         limit=limit,
     )
     page: dict[str, Any] = {

@@ -93,11 +93,31 @@ async def run_apply(
     return {"dry_run": dry_run, "summary": p.summary(), "changes": changes}
 
 
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def query_flag(request: Request, name: str) -> bool:
+    """A yes/no query parameter. A word that is neither is refused: read as "no", a
+    ``?dry_run=True`` applied the document for real, and ``?prune=yes`` would be ignored."""
+    value = request.query_params.get(name)
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ApiError(422, f"{name} must be true or false (1/0, yes/no, on/off), not {value!r}", field=name)
+
+
 @router.post(
     "/apply", summary="Apply a configuration document (JSON, or YAML with Content-Type application/yaml)"
 )
 async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # Read before the body, so a mistyped flag is refused before anything is parsed or applied.
+    dry_run, prune = query_flag(request, "dry_run"), query_flag(request, "prune")
     raw = await request.body()
     if "yaml" in ctype:
         try:
@@ -109,8 +129,6 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         if document is None:
             # With ?prune=1 an empty document would delete everything: an empty upload is a mistake.
             raise ApiError(400, "the YAML document is empty", code="invalid_yaml")
-        dry_run = request.query_params.get("dry_run") in ("1", "true")
-        prune = request.query_params.get("prune") in ("1", "true")
     elif ctype in ("", "application/json") or ctype.endswith("+json"):
         try:
             data = await request.json()
@@ -123,7 +141,8 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         except ValidationError as exc:
             loc = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
             raise ApiError(422, f"{loc}: {exc.errors()[0].get('msg')}", field=loc or None) from None
-        document, dry_run, prune = req.document, req.dry_run, req.prune
+        # Asked for in the body or the query: either way it was asked for.
+        document, dry_run, prune = req.document, dry_run or req.dry_run, prune or req.prune
     else:
         raise ApiError(
             415,
