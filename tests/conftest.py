@@ -32,6 +32,22 @@ def _ids_back_on_time() -> Iterator[None]:
         ids._head[:] = head
 
 
+# What ingestlayer makes in the working directory when given no path: a test that leaves one in
+# the checkout has used the defaults where it meant its own files (and the next test may use them).
+_DEFAULT_FILES = ("ingestlayer.db", "ingestlayer.db-wal", "ingestlayer.db-shm", "ingestlayer.key")
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_in_the_working_directory() -> Iterator[None]:
+    before = {name for name in _DEFAULT_FILES if Path(name).exists()}
+    yield
+    left = [name for name in _DEFAULT_FILES if name not in before and Path(name).exists()]
+    for name in left:
+        Path(name).unlink(missing_ok=True)
+    if left:
+        pytest.fail(f"the test left {', '.join(left)} in {Path.cwd()}: give it files of its own")
+
+
 @pytest.fixture(scope="session")
 def pg_templates() -> Iterator[PgTemplates]:
     templates = PgTemplates()

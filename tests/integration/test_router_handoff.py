@@ -11,6 +11,7 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.router import Router
 from ingestlayer.records import NewEvent, RouteLease, StoredEvent
 from ingestlayer.store.store import Store
+from tests.support.server import TEST_SECRET_KEY
 
 
 def _events(project_id: str, n: int) -> list[NewEvent]:
@@ -33,7 +34,7 @@ async def test_handed_events_are_routed_once_and_leave_no_job(db_url: str) -> No
     store = Store.from_url(db_url)
     try:
         project_id, _, _ = await store.create_project("p")
-        router = Router(store, Settings.from_env())
+        router = Router(store, Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY))
         for _ in range(3):  # three ingest groups, three tokens, one routing pass
             batch = _events(project_id, 40)
             token = store.route_token(60.0)
@@ -55,7 +56,9 @@ async def test_events_handed_over_but_not_routed_at_shutdown_are_due_again_at_on
     store = Store.from_url(db_url)
     try:
         project_id, _, _ = await store.create_project("p")
-        settings = dataclasses.replace(Settings.from_env(), poll_interval=0.01)
+        settings = dataclasses.replace(
+            Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY), poll_interval=0.01
+        )
         router = Router(store, settings)
         stop = asyncio.Event()
         stop.set()  # stopping already: the router exits without routing

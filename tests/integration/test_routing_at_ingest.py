@@ -21,6 +21,7 @@ from ingestlayer.records import NewEvent
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.schema import deliveries
 from ingestlayer.store.store import Store
+from tests.support.server import TEST_SECRET_KEY
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: the dispatcher does not run here
 
@@ -61,7 +62,11 @@ async def _count_deliveries(store: Store) -> int:
 
 
 def _runtime(db_url: str) -> Runtime:
-    rt = Runtime(Settings.from_env().with_overrides(database_url=db_url), api=True, worker=True)
+    rt = Runtime(
+        Settings.from_env().with_overrides(database_url=db_url, secret_key=TEST_SECRET_KEY),
+        api=True,
+        worker=True,
+    )
     rt.committer.start()
     return rt
 
@@ -179,7 +184,11 @@ async def test_pipelines_that_may_wait_are_left_to_the_router(db_url: str) -> No
 async def test_api_alone_routes_at_ingest_once_it_has_compiled_the_configuration(db_url: str) -> None:
     """``ingestlayer api`` runs no router: it compiles configurations itself, after the first
     insert that lacked one, and leaves the deliveries due for the workers' dispatchers."""
-    rt = Runtime(Settings.from_env().with_overrides(database_url=db_url), api=True, worker=False)
+    rt = Runtime(
+        Settings.from_env().with_overrides(database_url=db_url, secret_key=TEST_SECRET_KEY),
+        api=True,
+        worker=False,
+    )
     rt.committer.start()
     store = rt.store
     try:
@@ -221,7 +230,11 @@ async def test_api_alone_routes_at_ingest_once_it_has_compiled_the_configuration
 
 
 async def test_api_alone_notices_a_change_away_from_pipelines_that_may_wait(db_url: str) -> None:
-    rt = Runtime(Settings.from_env().with_overrides(database_url=db_url), api=True, worker=False)
+    rt = Runtime(
+        Settings.from_env().with_overrides(database_url=db_url, secret_key=TEST_SECRET_KEY),
+        api=True,
+        worker=False,
+    )
     rt.committer.start()
     store = rt.store
     try:

@@ -17,6 +17,7 @@ from ingestlayer.records import NewEvent
 from ingestlayer.store.schema import route_jobs
 from ingestlayer.store.store import Store
 from tests.support.refusals import refuse_inserts
+from tests.support.server import TEST_SECRET_KEY
 
 
 def _pipeline(steps: list[Any] | None = None) -> dict[str, Any]:
@@ -66,7 +67,7 @@ async def test_deliveries_the_database_refuses_leave_the_rest_of_the_pass_routed
         poison = _event(pid, "feature.poison")
         events.insert(7, poison)
         await store.insert_events(events)
-        router = Router(store, Settings.from_env())
+        router = Router(store, Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY))
         assert await router.run_once() == 16  # one pass: the refusal used to fail it whole
         routed = await store.list_deliveries(pid, limit=100)
         assert sorted(d["event_id"] for d in routed) == sorted(e.id for e in events if e is not poison)
@@ -96,7 +97,7 @@ async def test_an_event_whose_routing_keeps_failing_ends_with_the_error_in_its_t
         pid = await _project(store, _pipeline([{"transform": {"set": {deep: 1}}}]))
         bad = _event(pid, "feature.used")
         await store.insert_events([bad])
-        router = Router(store, Settings.from_env())
+        router = Router(store, Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY))
         assert await router.run_once() == 1
         assert await store.pending_route_jobs() == 1  # retried later, as a bug may be fixed
         await _attempted_before(store, bad.id, MAX_ROUTE_ATTEMPTS - 1)
