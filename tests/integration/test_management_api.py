@@ -158,6 +158,22 @@ async def test_apply_flags_read_any_yes_or_no_word_and_refuse_others(srv: Runnin
     assert status == 200 and body["dry_run"] is False and body["summary"] == {"create": 4}, body
 
 
+async def test_apply_names_the_referenced_secrets_not_set_yet(srv: RunningServer) -> None:
+    doc = recipe_doc()
+    doc["pipelines"][1]["destinations"] = [
+        {"webhook.out": {"url": HOOK, "secret_headers": {"X-Token": "ref:partner.token"}}}
+    ]
+    # Accepted: a secret may be set after the configuration that uses it. But said.
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc, "dry_run": True})
+    assert status == 200 and body["missing_secrets"] == ["acme-hooks", "partner.token"], body
+    status, _ = await srv.request("PUT", "/v1/secrets/acme-hooks", json={"value": "s3cret"})
+    assert status == 200
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 200 and body["missing_secrets"] == ["partner.token"], body
+    status, body, _ = await raw_request(srv, "POST", "/v1/apply", RECIPE_YAML.encode(), "application/yaml")
+    assert status == 200 and body["missing_secrets"] == [], body
+
+
 async def test_apply_dry_run_update_shows_diff_and_keeps_the_old_config(srv: RunningServer) -> None:
     await srv.apply(recipe_doc())
     changed = recipe_doc()

@@ -62,6 +62,22 @@ async def until_unchanged(change: Callable[[], Awaitable[T]]) -> T:
     raise ApiError(409, "the configuration kept changing during the change; try again")
 
 
+def referenced_secrets(document: Any) -> set[str]:
+    """The stored secrets a configuration document names, as ``ref:NAME`` values anywhere in it
+    (webhook secrets, secret headers, API keys, hash keys)."""
+    names: set[str] = set()
+    pending = [document]
+    while pending:  # a loop, not recursion: the document's depth is the user's
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str) and value.startswith("ref:") and SECRET_NAME.fullmatch(value[4:]):
+            names.add(value[4:])
+    return names
+
+
 async def run_apply(
     rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool, within: str = ""
 ) -> dict[str, Any]:
@@ -90,7 +106,11 @@ async def run_apply(
         if c.kind == "source" and c.action != "delete":
             change["ingress_path"] = f"/v1/ingress/{made}" if made else None
         changes.append(change)
-    return {"dry_run": dry_run, "summary": p.summary(), "changes": changes}
+    # Accepted (a secret may be set after its configuration), but said: until it is set, every
+    # delivery or step that needs it fails and retries.
+    stored = {s["name"] for s in await rt.store.list_secrets(project_id)}
+    missing = sorted(referenced_secrets(document) - stored)
+    return {"dry_run": dry_run, "summary": p.summary(), "changes": changes, "missing_secrets": missing}
 
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
