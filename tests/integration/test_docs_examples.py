@@ -462,12 +462,12 @@ YAML_FENCE = re.compile(r"^([ \t]*)```ya?ml[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.M
 
 def pipeline_yaml_blocks() -> list[tuple[str, dict[str, Any]]]:
     """Each ```yaml block of README.md and docs/ that is a configuration file (top-level
-    `pipelines:` or `destinations:`), indented ones (inside lists) included."""
+    `pipelines:`, `destinations:` or `sources:`), indented ones (inside lists) included."""
     found = []
     for page in [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]:
         for n, m in enumerate(YAML_FENCE.finditer(page.read_text(encoding="utf-8"))):
             doc = yaml.safe_load(textwrap.dedent(m.group(2)))
-            if isinstance(doc, dict) and {"pipelines", "destinations"} & set(doc):
+            if isinstance(doc, dict) and {"pipelines", "destinations", "sources"} & set(doc):
                 found.append((f"{page.relative_to(DOCS.parent)}[yaml {n + 1}]", doc))
     return found
 
