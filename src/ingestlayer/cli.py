@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from rich.table import Column, Table
 
 from ingestlayer import __version__
 from ingestlayer.cli_backend import (
+    NUMBER_OUT_OF_RANGE,
     Backend,
     CliError,
     LocalBackend,
@@ -33,7 +35,14 @@ from ingestlayer.cli_backend import (
     migrate_database,
     without_credentials,
 )
-from ingestlayer.config import Settings
+from ingestlayer.config import MAX_PORT, MIN_PORT, Settings
+from ingestlayer.json_depth import (
+    MAX_JSON_DEPTH,
+    ORJSON_READ_DEPTH,
+    huge_int_path,
+    is_read_depth_error,
+    nests_deeper,
+)
 from ingestlayer.logsetup import configure
 from ingestlayer.urlmask import mask_url
 
@@ -72,6 +81,10 @@ KeyOpt = Annotated[
 ]
 
 
+def _port_option(help_text: str | None = None) -> Any:
+    return typer.Option(min=MIN_PORT, max=MAX_PORT, help=help_text)
+
+
 def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
     settings = Settings.from_env().with_overrides(database_url=database_url, **overrides)
     scheme = urllib.parse.urlsplit(settings.database_url).scheme.split("+", 1)[0]
@@ -85,15 +98,36 @@ def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
     return settings
 
 
+def _sqlite_file(database_url: str) -> Path | None:
+    """The file a SQLite URL names; None for PostgreSQL or a database in memory."""
+    parts = urllib.parse.urlsplit(database_url)
+    if (
+        not parts.scheme.startswith("sqlite")
+        or not parts.path.startswith("/")
+        or parts.path in ("/", "/:memory:")
+    ):
+        return None  # not SQLite, or in memory (sqlite://)
+    return Path(urllib.parse.unquote(parts.path[1:]))
+
+
 def _check_sqlite_directory(database_url: str) -> None:
     """A SQLite file is created on first use, but not its directory: said plainly here, where
     the driver would fail from a thread of its own, with a traceback."""
-    parts = urllib.parse.urlsplit(database_url)
-    if not parts.scheme.startswith("sqlite") or not parts.path.startswith("/") or parts.path == "/":
-        return  # not SQLite, or in memory (sqlite://)
-    directory = Path(urllib.parse.unquote(parts.path[1:])).parent
-    if not directory.is_dir():
-        raise CliError(f"cannot open the database at {mask_url(database_url)}: no directory {directory}")
+    file = _sqlite_file(database_url)
+    if file is not None and not file.parent.is_dir():
+        raise CliError(f"cannot open the database at {mask_url(database_url)}: no directory {file.parent}")
+
+
+def _check_sqlite_exists(database_url: str) -> None:
+    """Only init, migrate and the server commands create a SQLite database. Any other command run
+    in the wrong directory would leave a second, empty installation there (and, for `secrets
+    set`, a second master key) and then report no project: the user is pointed at the first."""
+    file = _sqlite_file(database_url)
+    if file is not None and not file.exists():
+        raise CliError(
+            f"no database at {file.absolute()}: run `ingestlayer init` there, or name the server's "
+            "database with --database-url or INGESTLAYER_DATABASE_URL"
+        )
 
 
 def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -165,8 +199,10 @@ def _with_backend(
             raise CliError("--project is for the database; with --url the admin key chooses the project")
         backend = RemoteBackend(url, key)
     else:
+        settings = _settings(database_url)
+        _check_sqlite_exists(settings.database_url)
         # Migrates before any event loop runs (Alembic drives its own).
-        backend = LocalBackend(_settings(database_url), project)
+        backend = LocalBackend(settings, project)
 
     async def run() -> T:
         try:
@@ -181,7 +217,7 @@ def _with_backend(
 @cli_errors
 def serve(
     host: Annotated[str | None, typer.Option(help="Default 127.0.0.1 or INGESTLAYER_HOST")] = None,
-    port: Annotated[int | None, typer.Option(help="Default 8000 or INGESTLAYER_PORT")] = None,
+    port: Annotated[int | None, _port_option("Default 8000 or INGESTLAYER_PORT")] = None,
     database_url: DbOpt = None,
 ) -> None:
     """Run the API, the worker and the dashboard in one process."""
@@ -197,7 +233,7 @@ def serve(
 @cli_errors
 def api(
     host: Annotated[str | None, typer.Option()] = None,
-    port: Annotated[int | None, typer.Option()] = None,
+    port: Annotated[int | None, _port_option()] = None,
     database_url: DbOpt = None,
 ) -> None:
     """Run only the HTTP API (scale it apart from workers)."""
@@ -213,8 +249,7 @@ def api(
 def worker(
     host: Annotated[str | None, typer.Option(help="Where --port listens; default INGESTLAYER_HOST")] = None,
     port: Annotated[
-        int | None,
-        typer.Option(help="Serve /healthz, /readyz and /metrics here; default INGESTLAYER_WORKER_PORT"),
+        int | None, _port_option("Serve /healthz, /readyz and /metrics here; default INGESTLAYER_WORKER_PORT")
     ] = None,
     database_url: DbOpt = None,
 ) -> None:
@@ -298,20 +333,37 @@ def apply(
             )
         document = {}
     result = _with_backend(database_url, project, url, key, lambda b: b.apply(document, dry_run, prune))
+    # The server's address: the one called, or the public URL. Not INGESTLAYER_HOST/PORT: where a
+    # server listens (if it runs with these settings at all) is not where senders reach it.
+    base = (without_credentials(url) if url else _settings(database_url).public_url or "").rstrip("/")
+    paths_only = False
     for change in result["changes"]:
         colour = {"create": "green", "update": "yellow", "delete": "red"}.get(change["action"], "dim")
         line = f"[{colour}]{change['action']:>9}[/{colour}] {change['kind']} {change['name']}"
         if change.get("ingress_path"):
-            local = _settings(database_url)
-            base = (
-                (url and without_credentials(url)) or local.public_url or f"http://{local.host}:{local.port}"
-            )
-            line += f"  ingress: {base.rstrip('/')}{change['ingress_path']}"
+            line += f"  ingress: {base}{change['ingress_path']}"
+            paths_only = paths_only or not base
         out.print(line, highlight=False)
         if dry_run and change["diff"]:
             out.print(change["diff"], highlight=False, markup=False)
     summary = ", ".join(f"{n} {a}" for a, n in sorted(result["summary"].items())) or "nothing to do"
     out.print(("dry run: " if dry_run else "applied: ") + summary)
+    missing = result.get("missing_secrets") or []
+    if missing:
+        err.print(
+            f"note: {'these secrets are' if len(missing) > 1 else 'this secret is'} not set yet: "
+            f"{', '.join(missing)}; what needs {'them' if len(missing) > 1 else 'it'} fails and retries "
+            "until `ingestlayer secrets set NAME`",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if paths_only:
+        err.print(
+            "note: INGESTLAYER_PUBLIC_URL is not set, so ingress is shown as a path on the server's "
+            "public address; set it to that address to print full URLs",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _storable_key(key: str) -> bool:
@@ -324,6 +376,34 @@ def _storable_key(key: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _read_payload(text: str) -> dict[str, Any]:
+    """`send`'s JSON, refused as the API refuses it, in its words, in both modes."""
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        if is_read_depth_error(exc):  # valid JSON, but deeper than orjson reads
+            raise _too_deep(f"more than {ORJSON_READ_DEPTH} levels deep") from None
+        raise CliError("JSON must be a valid JSON object") from None
+    if not isinstance(body, dict):
+        raise CliError("JSON must be a JSON object")
+    if nests_deeper(body, MAX_JSON_DEPTH):
+        from ingestlayer.api.ingest import nesting_of
+
+        raise _too_deep(nesting_of(body))
+    # orjson reads an integer beyond 64 bits as a float, which would be stored rounded; the json
+    # module reads it exactly (recursing, which the depth bounded above keeps safe).
+    if huge_int_path(json.loads(text)) is not None:
+        raise CliError(NUMBER_OUT_OF_RANGE)
+    return body
+
+
+def _too_deep(how: str) -> CliError:
+    # Imported only to refuse: the API's errors bring FastAPI, which `send` does not otherwise load.
+    from ingestlayer.api.errors import too_deep_error
+
+    return CliError(too_deep_error("payload", None, how).message)
 
 
 @app.command()
@@ -347,12 +427,7 @@ def send(
         # refuses (SQLite any length, PostgreSQL up to 255), and an empty one matched every
         # later send with an empty one.
         raise CliError("--idempotency-key must be 1 to 255 characters, without NUL")
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise CliError("JSON must be a valid JSON object") from None
-    if not isinstance(body, dict):
-        raise CliError("JSON must be a JSON object")
+    body = _read_payload(payload)
     result = _with_backend(database_url, project, url, key, lambda b: b.send(type_, body, idempotency_key))
     out.print(f"{result['id']}" + (" (duplicate)" if result["duplicate"] else ""), highlight=False)
 
@@ -540,6 +615,8 @@ def secrets_set(
 ) -> None:
     """Store a secret, encrypted with the server's master key."""
     check_secret_name(name)  # before a value is asked for
+    if not url:  # likewise: a value typed in for no database is typed in vain
+        _check_sqlite_exists(_settings(database_url).database_url)
     if value is None:
         value = (
             sys.stdin.read().rstrip("\n")
@@ -557,6 +634,28 @@ def secrets_set(
 def version() -> None:
     """Print the version."""
     out.print(__version__)
+
+
+def _version_option(value: bool) -> None:
+    if value:
+        version()
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            expose_value=False,
+            callback=_version_option,
+            help="Print the version.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def main() -> None:

@@ -40,6 +40,11 @@ class CliError(Exception):
     """A failure reported as one line and a non-zero exit."""
 
 
+# The API's refusal of a payload holding an integer that does not fit in 64 bits (its
+# ``number_out_of_range``), in its words: orjson cannot write it, nor the databases keep it exactly.
+NUMBER_OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
+
+
 def without_credentials(url: str) -> str:
     """A server's address without any user or password: what is called, and shown."""
     parts = urllib.parse.urlsplit(url)
@@ -167,7 +172,7 @@ class LocalBackend:
         try:
             raw = dumps_within(payload)
         except orjson.JSONEncodeError:  # an integer beyond 64 bits
-            raise CliError("payload: numbers must fit in 64 bits; send larger ones as strings") from None
+            raise CliError(NUMBER_OUT_OF_RANGE) from None
         if raw is None:
             raise CliError(f"payload is nested more than {MAX_JSON_DEPTH} levels deep")
         await self.store.sync_clock()  # its route job is due now on the workers' clock

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_SQLITE_URL = "sqlite:///./ingestlayer.db"
+# The ports a server may listen on; not 0 ("any free port"), as the port picked is reported nowhere.
+MIN_PORT, MAX_PORT = 1, 65535
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -20,19 +25,42 @@ def _env_bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _env_float(name: str, default: float) -> float:
+def _port_number(value: str) -> int:
+    port = int(value)
+    if not MIN_PORT <= port <= MAX_PORT:
+        raise ValueError(value)
+    return port
+
+
+def _env_parsed(name: str, parse: Callable[[str], T], what: str) -> T | None:
+    """The variable read by ``parse``; None when unset or empty. A value that cannot be read is
+    reported with the variable's name and what it must be, which the parser's own words
+    ("invalid literal for int() with base 10: 'abc'") do not say."""
     raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = _env_parsed(name, float, "a number")
+    return default if value is None else value
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+    value = _env_opt_int(name)
+    return default if value is None else value
 
 
 def _env_opt_int(name: str) -> int | None:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else None
+    return _env_parsed(name, int, "an integer")
+
+
+def _env_port(name: str) -> int | None:
+    return _env_parsed(name, _port_number, f"a port number ({MIN_PORT}-{MAX_PORT})")
 
 
 def _env_list(name: str) -> tuple[str, ...]:
@@ -95,8 +123,8 @@ class Settings:
         return cls(
             database_url=os.environ.get("INGESTLAYER_DATABASE_URL") or DEFAULT_SQLITE_URL,
             host=os.environ.get("INGESTLAYER_HOST") or "127.0.0.1",
-            port=_env_int("INGESTLAYER_PORT", 8000),
-            worker_port=_env_opt_int("INGESTLAYER_WORKER_PORT"),
+            port=_env_port("INGESTLAYER_PORT") or 8000,  # a port is never 0 (refused)
+            worker_port=_env_port("INGESTLAYER_WORKER_PORT"),
             public_url=os.environ.get("INGESTLAYER_PUBLIC_URL") or None,
             allow_private_destinations=_env_bool("INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS", False),
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,

@@ -556,5 +556,5 @@ async def test_cli_send_refuses_a_payload_nested_too_deeply(sqlite_url: str, tmp
     """The local `send` writes to the database itself: it holds to the API's limit too."""
     ok(await cli("init", "--name", "deep", cwd=tmp_path, db_url=sqlite_url))
     deep = '{"a": ' * 70 + "1" + "}" * 70
-    one_line_error(await cli("send", "x.y", deep, cwd=tmp_path, db_url=sqlite_url), "nested more than 64")
+    one_line_error(await cli("send", "x.y", deep, cwd=tmp_path, db_url=sqlite_url), "nested 70 levels deep")
     ok(await cli("send", "x.y", '{"a": {"b": 1}}', cwd=tmp_path, db_url=sqlite_url))

@@ -1,0 +1,239 @@
+"""What the CLI refuses or says, as a user meets it:
+
+- ``send`` refuses an integer beyond 64 bits, as the API does (it was stored rounded to a float),
+  and calls JSON nested past what can be read too deep (it was called invalid);
+- ``apply`` on the database prints ingress paths unless the public URL is known (it printed
+  URLs on a guessed address, the default port), and names the secrets not set yet;
+- commands that only read or manage a project do not create a database (or a master key file)
+  in whatever directory they run in; they name the file they looked for;
+- ports from the environment are named when unreadable, and out-of-range ones refused;
+- ``--version``.
+
+The CLI runs as users run it: the installed entry point, in a subprocess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingestlayer import __version__
+from tests.integration.test_cli import start
+from tests.support.cli import cli, ok, one_line_error
+
+OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+# ---- send: numbers beyond 64 bits, JSON nested too deeply ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"n": 123456789012345678901234567890}',
+        '{"a": [1, {"b": -9223372036854775809}]}',  # one below the smallest signed 64-bit integer
+        '{"n": 18446744073709551616}',  # one above the largest unsigned one
+    ],
+)
+async def test_send_refuses_integers_beyond_64_bits_in_both_modes(
+    payload: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    server = await start(sqlite_url)
+    try:
+        local = ("--project", server.project_id)
+        remote = ("--url", server.url, "--key", server.ingest_key)
+        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
+            run = await cli("send", "n.x", payload, *mode, cwd=tmp_path, **where)
+            one_line_error(run, OUT_OF_RANGE)
+        # Nothing was stored, rounded or otherwise.
+        status, body = await server.request("GET", "/v1/events")
+        assert status == 200 and body["data"] == [], body
+    finally:
+        await server.stop()
+
+
+async def test_send_keeps_the_64_bit_extremes_exactly(sqlite_url: str, tmp_path: Path) -> None:
+    ok(await cli("init", "--name", "exact", cwd=tmp_path, db_url=sqlite_url))
+    payload = '{"big": 18446744073709551615, "small": -9223372036854775808, "f": 1.5}'
+    ok(await cli("send", "n.x", payload, cwd=tmp_path, db_url=sqlite_url))
+    (event,) = ok(await cli("events", "--json", cwd=tmp_path, db_url=sqlite_url)).json()
+    assert event["payload"] == {"big": 2**64 - 1, "small": -(2**63), "f": 1.5}
+
+
+async def test_send_says_json_nested_past_what_can_be_read_is_too_deep(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Deeper than orjson reads (1024 levels), the JSON was called invalid; it is valid, but deep."""
+    server = await start(sqlite_url)
+    try:
+        deep = '{"a": ' * 1100 + "1" + "}" * 1100
+        local = ("--project", server.project_id)
+        remote = ("--url", server.url, "--key", server.ingest_key)
+        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
+            run = await cli("send", "x.y", deep, *mode, cwd=tmp_path, **where)
+            line = one_line_error(run, "payload is nested more than 1024 levels deep", "at most 64 levels")
+            assert "valid JSON" not in line, line
+        # Past the API's limit but readable: the depth is named, in the API's words.
+        deep = '{"a": ' * 70 + "1" + "}" * 70
+        run = await cli("send", "x.y", deep, *local, cwd=tmp_path, db_url=sqlite_url)
+        one_line_error(run, "payload is nested 70 levels deep; JSON may nest at most 64 levels")
+    finally:
+        await server.stop()
+
+
+# ---- apply: the ingress address -----------------------------------------------------------------
+
+SOURCES = "sources:\n  - { name: stripe-in, verify: none }\n"
+
+
+async def test_apply_prints_the_ingress_path_and_a_hint_when_the_address_is_unknown(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    ok(await cli("init", "--name", "hooks", cwd=tmp_path, db_url=sqlite_url))
+    (tmp_path / "sources.yaml").write_text(SOURCES)
+    # The server may listen anywhere: INGESTLAYER_PORT, set here, is not where senders reach it.
+    run = ok(
+        await cli("apply", "-f", "sources.yaml", cwd=tmp_path, db_url=sqlite_url, INGESTLAYER_PORT="9999")
+    )
+    assert "ingress: /v1/ingress/src_" in run.out, run
+    assert "http://" not in run.out, run
+    assert "INGESTLAYER_PUBLIC_URL" in run.err and len(run.err.splitlines()) == 1, run
+
+
+async def test_apply_prints_the_full_ingress_url_on_the_public_url(sqlite_url: str, tmp_path: Path) -> None:
+    ok(await cli("init", "--name", "hooks", cwd=tmp_path, db_url=sqlite_url))
+    (tmp_path / "sources.yaml").write_text(SOURCES)
+    public = {"INGESTLAYER_PUBLIC_URL": "https://hooks.example.com/"}
+    run = ok(await cli("apply", "-f", "sources.yaml", cwd=tmp_path, db_url=sqlite_url, **public))
+    assert "ingress: https://hooks.example.com/v1/ingress/src_" in run.out, run
+    assert run.err == "", run
+
+
+async def test_apply_names_the_secrets_not_set_yet(sqlite_url: str, tmp_path: Path) -> None:
+    ok(await cli("init", "--name", "hooks", cwd=tmp_path, db_url=sqlite_url))
+    hook = "      - webhook.out: { url: https://hooks.example.com/in, auth: hmac, secret: ref:acme-hooks }\n"
+    (tmp_path / "hooks.yaml").write_text(
+        "pipelines:\n  - name: all\n    source: { match: ['*'] }\n    destinations:\n" + hook
+    )
+    run = ok(await cli("apply", "-f", "hooks.yaml", "--dry-run", cwd=tmp_path, db_url=sqlite_url))
+    assert "not set yet: acme-hooks;" in run.err and "secrets set" in run.err, run
+    ok(await cli("secrets", "set", "acme-hooks", cwd=tmp_path, db_url=sqlite_url, stdin=b"s3cret"))
+    run = ok(await cli("apply", "-f", "hooks.yaml", cwd=tmp_path, db_url=sqlite_url))
+    assert "not set" not in run.err, run
+
+
+# ---- commands that must not create a database ---------------------------------------------------
+
+# Every command that uses the database but may not create it.
+DATABASE_USERS = [
+    ("events",),
+    ("deliveries",),
+    ("replay",),
+    ("replay", "dlv_x"),
+    ("tail", "--for", "0"),
+    ("apply", "-f", "sources.yaml"),
+    ("send", "a.b", "{}"),
+    ("secrets", "set", "hooks", "--value", "v"),
+    # Said before the value is read (here an empty stdin, which it would otherwise complain of).
+    ("secrets", "set", "hooks"),
+]
+
+
+@pytest.mark.parametrize("command", DATABASE_USERS, ids=" ".join)
+async def test_a_command_without_a_database_creates_none(command: tuple[str, ...], tmp_path: Path) -> None:
+    (tmp_path / "sources.yaml").write_text(SOURCES)
+    # No INGESTLAYER_SECRET_KEY: `secrets set` created ./ingestlayer.key as well as the database.
+    run = await cli(*command, cwd=tmp_path, secret_key=None)
+    one_line_error(
+        run,
+        f"no database at {tmp_path / 'ingestlayer.db'}",
+        "run `ingestlayer init` there",
+        "--database-url",
+        "INGESTLAYER_DATABASE_URL",
+    )
+    assert files_in(tmp_path) == ["sources.yaml"]
+
+
+async def test_a_database_url_naming_a_missing_file_creates_none(tmp_path: Path) -> None:
+    missing = tmp_path / "elsewhere.db"
+    for where in ({"db_url": f"sqlite:///{missing}"}, {}):
+        args = () if where else ("--database-url", f"sqlite:///{missing}")
+        one_line_error(await cli("events", *args, cwd=tmp_path, **where), f"no database at {missing}")
+    assert files_in(tmp_path) == []
+    # Once initialised there, the same commands work.
+    ok(await cli("init", "--database-url", f"sqlite:///{missing}", cwd=tmp_path))
+    ok(await cli("events", "--database-url", f"sqlite:///{missing}", cwd=tmp_path))
+
+
+# ---- ports -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "words"),
+    [
+        (
+            ("serve",),
+            {"INGESTLAYER_PORT": "abc"},
+            "INGESTLAYER_PORT must be a port number (1-65535), got 'abc'",
+        ),
+        (
+            ("api",),
+            {"INGESTLAYER_PORT": "70000"},
+            "INGESTLAYER_PORT must be a port number (1-65535), got '70000'",
+        ),
+        (("serve",), {"INGESTLAYER_PORT": "0"}, "INGESTLAYER_PORT must be a port number (1-65535), got '0'"),
+        (
+            ("worker",),
+            {"INGESTLAYER_WORKER_PORT": "9464x"},
+            "INGESTLAYER_WORKER_PORT must be a port number (1-65535), got '9464x'",
+        ),
+        # Every numeric setting names itself the same way.
+        (
+            ("serve",),
+            {"INGESTLAYER_DELIVERY_CONCURRENCY": "lots"},
+            "INGESTLAYER_DELIVERY_CONCURRENCY must be an integer, got 'lots'",
+        ),
+        (
+            ("serve",),
+            {"INGESTLAYER_POLL_INTERVAL": "fast"},
+            "INGESTLAYER_POLL_INTERVAL must be a number, got 'fast'",
+        ),
+    ],
+)
+async def test_a_bad_numeric_setting_is_named(
+    command: tuple[str, ...], env: dict[str, str], words: str, tmp_path: Path
+) -> None:
+    run = await cli(*command, "--database-url", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path, **env)
+    one_line_error(run, words)
+    assert "invalid literal" not in run.err and "serving" not in run.err, run
+
+
+@pytest.mark.parametrize(
+    ("command", "bound"),
+    [
+        (("serve", "--port", "99999"), "less than or equal to 65535"),
+        # 0 ("any free port") too: the port the system picks would be reported nowhere.
+        (("api", "--port", "0"), "greater than or equal to 1"),
+        (("worker", "--port", "65536"), "less than or equal to 65535"),
+    ],
+)
+async def test_a_port_option_out_of_range_is_a_usage_error(
+    command: tuple[str, ...], bound: str, tmp_path: Path
+) -> None:
+    run = await cli(*command, "--database-url", f"sqlite:///{tmp_path}/x.db", cwd=tmp_path)
+    one_line_error(run, "Invalid value for '--port'", bound, rc=2)
+    assert "serving" not in run.err and files_in(tmp_path) == [], run
+
+
+# ---- --version --------------------------------------------------------------------------------
+
+
+async def test_version_option_prints_what_the_version_command_does(tmp_path: Path) -> None:
+    by_option = ok(await cli("--version", cwd=tmp_path))
+    assert by_option.out == ok(await cli("version", cwd=tmp_path)).out == f"{__version__}\n"
+    assert by_option.err == ""
