@@ -40,6 +40,7 @@ from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
     ORJSON_READ_DEPTH,
     huge_int_path,
+    is_number_range_error,
     is_read_depth_error,
     nests_deeper,
 )
@@ -385,6 +386,8 @@ def _read_payload(text: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         if is_read_depth_error(exc):  # valid JSON, but deeper than orjson reads
             raise _too_deep(f"more than {ORJSON_READ_DEPTH} levels deep") from None
+        if is_number_range_error(exc):  # valid JSON, but a number beyond a double's range
+            raise CliError(NUMBER_OUT_OF_RANGE) from None
         raise CliError("JSON must be a valid JSON object") from None
     if not isinstance(body, dict):
         raise CliError("JSON must be a JSON object")

@@ -116,6 +116,12 @@ def is_read_depth_error(exc: ValueError) -> bool:
     return "depth limit" in str(exc)
 
 
+def is_number_range_error(exc: ValueError) -> bool:
+    """Whether orjson refused JSON text for a number beyond a double's range: an integer of more
+    than 309 digits, or ``1e400``. The text is JSON; the number is what cannot be kept."""
+    return "number is infinity" in str(exc)
+
+
 def is_write_depth_error(exc: TypeError) -> bool:
     """Whether orjson refused to write a value for its nesting (deeper than 254 levels)."""
     return "Recursion limit" in str(exc)

@@ -38,6 +38,7 @@ def files_in(directory: Path) -> list[str]:
         '{"n": 123456789012345678901234567890}',
         '{"a": [1, {"b": -9223372036854775809}]}',  # one below the smallest signed 64-bit integer
         '{"n": 18446744073709551616}',  # one above the largest unsigned one
+        '{"n": ' + "9" * 400 + "}",  # beyond even a double: no parser here reads it
     ],
 )
 async def test_send_refuses_integers_beyond_64_bits_in_both_modes(

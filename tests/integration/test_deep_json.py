@@ -280,3 +280,28 @@ async def test_a_configuration_nested_too_deeply_is_refused(
         assert resp.status == 422, await resp.text()
     status, listed = await srv.request("GET", "/v1/pipelines")
     assert status == 200 and not [p for p in listed["data"] if p["name"] == "deep"]
+
+
+async def test_numbers_beyond_a_double_are_out_of_range_not_invalid_json(srv: RunningServer) -> None:
+    """An integer of 400 digits, or 1e400, is JSON that no parser here can hold: refused as the
+    number it is (422 number_out_of_range), not as text that is not JSON (400)."""
+    status, source = await srv.request("POST", "/v1/sources", json={"name": "open", "verify": "none"})
+    assert status == 201, source
+    for number in (b"9" * 400, b"-" + b"9" * 400, b"1e400"):
+        event = b'{"type": "n.x", "payload": {"n": ' + number + b"}}"
+        for path, body, key in (
+            ("/v1/events", event, srv.ingest_key),
+            ("/v1/events", b'{"batch": [' + event + b"]}", srv.ingest_key),
+            ("/v1/identify", b'{"user_id": "u1", "traits": {"n": ' + number + b"}}", srv.ingest_key),
+            ("/v1/apply", b'{"document": {"pipelines": [{"n": ' + number + b"}]}}", srv.admin_key),
+            (f"/v1/ingress/{source['id']}", event, srv.ingest_key),
+        ):
+            status, err = await post_raw(srv, path, body, key)
+            assert status == 422, (path, number[:5], err)
+            assert error_of(err)["code"] == "number_out_of_range", (path, err)
+            assert "numbers must fit in 64 bits" in err["error"]["message"], err
+    # Not a number at all: still not JSON.
+    status, err = await post_raw(srv, "/v1/events", b'{"type": "n.x", "payload": {"n": 9e}}')
+    assert status == 400 and error_of(err)["code"] == "invalid_json", err
+    status, listed = await srv.request("GET", "/v1/events")
+    assert listed["data"] == []

@@ -11,7 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ingestlayer.json_depth import MAX_JSON_DEPTH, ORJSON_READ_DEPTH, is_read_depth_error
+from ingestlayer.json_depth import (
+    MAX_JSON_DEPTH,
+    ORJSON_READ_DEPTH,
+    is_number_range_error,
+    is_read_depth_error,
+)
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
 
 log = logging.getLogger("ingestlayer.api")
@@ -74,6 +79,26 @@ def too_deep_error(what: str, field: str | None, how: str) -> ApiError:
     )
 
 
+NUMBERS_TOO_LARGE = "numbers must fit in 64 bits; send larger ones as strings"
+
+
+def number_out_of_range_error(what: str = "", field: str | None = None) -> ApiError:
+    """The 422 for a number that cannot be stored as sent (``what``: where, as a prefix)."""
+    prefix = f"{what}: " if what else ""
+    return ApiError(422, prefix + NUMBERS_TOO_LARGE, field=field, code="number_out_of_range")
+
+
+def unreadable_json_error(exc: ValueError, what: str) -> ApiError:
+    """Why orjson could not read ``what`` (\"the request body\"): nested too deep, or a number
+    beyond a double's range, are JSON all the same and refused as such (422); anything else is
+    not JSON (400)."""
+    if is_read_depth_error(exc):
+        return too_deep_error(what, None, f"more than {ORJSON_READ_DEPTH} levels deep")
+    if is_number_range_error(exc):
+        return number_out_of_range_error(what)
+    return ApiError(400, f"{what} is not valid JSON", code="invalid_json")
+
+
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
     err: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
@@ -97,10 +122,10 @@ def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None
     "Input should be a valid dictionary"."""
     errors = exc.errors()
     if errors[0].get("type") == "json_invalid":
-        if is_read_depth_error(ValueError(errors[0].get("ctx", {}).get("error", ""))):
-            deep = too_deep_error("the request body", None, f"more than {ORJSON_READ_DEPTH} levels deep")
-            return deep.status, deep.code, deep.message
-        return 400, "invalid_json", "the request body is not valid JSON"
+        error = unreadable_json_error(
+            ValueError(errors[0].get("ctx", {}).get("error", "")), "the request body"
+        )
+        return error.status, error.code, error.message
     if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
         return None
     raw = exc.body
@@ -109,8 +134,9 @@ def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None
         try:
             orjson.loads(raw)
         except orjson.JSONDecodeError as decode_error:
-            if not is_read_depth_error(decode_error):  # JSON too deep to read is JSON all the same
-                return 400, "invalid_json", "the request body is not valid JSON"
+            error = unreadable_json_error(decode_error, "the request body")
+            if error.status == 400:  # JSON too deep or too large to read is JSON all the same
+                return error.status, error.code, error.message
         return 415, "unsupported_media_type", "send the JSON body with Content-Type: application/json"
     missing = [e for e in errors if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)]
     if raw is None and missing:

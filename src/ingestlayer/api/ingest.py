@@ -15,17 +15,22 @@ import orjson
 
 from ingestlayer import clock
 from ingestlayer.api.auth import KeyCache, authenticate
-from ingestlayer.api.errors import DATABASE_UNAVAILABLE, ApiError, too_deep_error, unavailable_error
+from ingestlayer.api.errors import (
+    DATABASE_UNAVAILABLE,
+    ApiError,
+    number_out_of_range_error,
+    too_deep_error,
+    unavailable_error,
+    unreadable_json_error,
+)
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id, new_ids
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
-    ORJSON_READ_DEPTH,
     ORJSON_WRITE_DEPTH,
     dumps_checked,
     dumps_within,
     huge_int_path,
-    is_read_depth_error,
     is_write_depth_error,
     json_depth,
 )
@@ -79,12 +84,7 @@ def storable_json(value: Any, what: str, field: str | None) -> memoryview:
     try:
         raw = dumps_within(value)
     except orjson.JSONEncodeError:  # not the depth: an integer over 64 bits, from the json module
-        raise ApiError(
-            422,
-            f"{what}: numbers must fit in 64 bits; send larger ones as strings",
-            field=field,
-            code="number_out_of_range",
-        ) from None
+        raise number_out_of_range_error(what, field) from None
     if raw is None:
         raise too_deep_error(what, field, nesting_of(value))
     return raw
@@ -183,11 +183,7 @@ class IngestHandler:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            if is_read_depth_error(exc):
-                raise too_deep_error(
-                    "the request body", None, f"more than {ORJSON_READ_DEPTH} levels deep"
-                ) from None
-            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+            raise unreadable_json_error(exc, "the request body") from None
         if not isinstance(doc, dict):
             raise ApiError(422, 'the body must be a JSON object: an event or {"batch": [...]}')
         now = clock.now()
@@ -230,9 +226,7 @@ class IngestHandler:
         # After validation, which bounds the body's depth: json.loads and has_huge_int recurse.
         if may_hold_huge_int(raw) and has_huge_int(json.loads(raw)):
             # orjson would read it as a float: refuse rather than store something else than was sent.
-            raise ApiError(
-                422, "numbers must fit in 64 bits; send larger ones as strings", code="number_out_of_range"
-            )
+            raise number_out_of_range_error()
         if self.limiter.rate:
             await self.limiter.check(principal.project_id, len(events))
         try:

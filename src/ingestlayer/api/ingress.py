@@ -17,12 +17,11 @@ from fastapi import APIRouter, Request, Response
 
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
-from ingestlayer.api.errors import ApiError, too_deep_error
+from ingestlayer.api.errors import ApiError, unreadable_json_error
 from ingestlayer.api.ingest import MAX_KEY_LENGTH, may_hold_huge_int, storable_json
 from ingestlayer.api.manage import apply_one
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
-from ingestlayer.json_depth import ORJSON_READ_DEPTH, is_read_depth_error
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import NewEvent, SourceRow
 from ingestlayer.runtime import Runtime
@@ -143,11 +142,7 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if is_read_depth_error(exc):
-            raise too_deep_error(
-                "the webhook body", None, f"more than {ORJSON_READ_DEPTH} levels deep"
-            ) from None
-        raise ApiError(400, "the webhook body is not valid JSON", code="invalid_json") from None
+        raise unreadable_json_error(exc, "the webhook body") from None
     if may_hold_huge_int(raw):
         # Deeper than the json module reads is deeper than we store: storing refuses it.
         with contextlib.suppress(RecursionError):

@@ -13,10 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.editable import destination_input, pipeline_input
-from ingestlayer.api.errors import ApiError, too_deep_error
+from ingestlayer.api.errors import ApiError, too_deep_error, unreadable_json_error
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import destination_json, pipeline_json
-from ingestlayer.json_depth import is_read_depth_error
 from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
@@ -153,9 +152,7 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         try:
             data = await request.json()
         except json.JSONDecodeError as exc:
-            if is_read_depth_error(exc):
-                raise too_deep_error("the request body", None, "too deeply to read") from None
-            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+            raise unreadable_json_error(exc, "the request body") from None
         try:
             req = ApplyRequest.model_validate(data)
         except ValidationError as exc:
