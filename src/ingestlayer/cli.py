@@ -669,6 +669,8 @@ def main() -> None:
         code = app(standalone_mode=False)
     except typer.TyperException as exc:  # usage errors (exit 2) and the like
         message = exc.format_message().rstrip(".")
+        if not message:  # no command given: click has printed the help, which says it all
+            sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:
             message += f" (see `{ctx.command_path} --help`)"

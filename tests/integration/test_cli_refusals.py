@@ -238,3 +238,12 @@ async def test_version_option_prints_what_the_version_command_does(tmp_path: Pat
     by_option = ok(await cli("--version", cwd=tmp_path))
     assert by_option.out == ok(await cli("version", cwd=tmp_path)).out == f"{__version__}\n"
     assert by_option.err == ""
+
+
+async def test_no_command_prints_the_help_without_an_empty_error_line(tmp_path: Path) -> None:
+    for args, command in (((), "serve"), (("secrets",), "set")):
+        run = await cli(*args, cwd=tmp_path)
+        assert run.rc == 2, run  # a usage error, as click has it
+        shown = run.out + run.err
+        assert "Commands" in shown and f" {command} " in shown, run
+        assert "error:" not in shown, run  # it said "error:  (see `ingestlayer --help`)"
