@@ -439,6 +439,17 @@ async def test_editing_an_endpoint_keeps_its_retry_policy_and_shows_a_new_secret
         _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
         assert got["description"] == "edited" and got["retry"] == retry
 
+    # Numbers no field takes, named as such (float() reads them; the range check then said "less
+    # than or equal to 60"), and the folded section holding the field opened to show it.
+    for field, value in (("timeout", "nan"), ("timeout", "inf"), ("retry", "0, nan")):
+        page = await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, field: value})
+        assert page.status == 422, (field, value, page.status)
+        hint = "A number of seconds" if field == "timeout" else "Seconds before each attempt"
+        assert hint in page.text and "less than or equal" not in page.text, (field, value)
+        assert '<details class="field advanced" open>' in page.text
+    page = await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "description": "d" * 501})
+    assert page.status == 422 and '<details class="field advanced" open>' in page.text
+
     # Switching signing on: the secret the API made is shown once, and it signs deliveries.
     page = await browser.follow(
         await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "auth": "hmac"})

@@ -281,6 +281,51 @@ async def test_bad_cursors_and_nul_characters_are_messages_not_errors(
     assert page.status == 404
 
 
+async def test_unknown_filters_are_messages_not_an_unfiltered_list(
+    server: RunningServer, browser: Browser
+) -> None:
+    """A destination that is not the project's (mistyped, or deleted since the link was made) or a
+    status that is none listed everything; the dead letters' "Replay all matching" then replayed
+    every destination's dead deliveries."""
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "all",
+                    "source": {"match": ["*"]},
+                    "destinations": [
+                        {"webhook.out": {"url": "http://127.0.0.1:9/dead"}, "retry": {"schedule": [0]}}
+                    ],
+                }
+            ]
+        }
+    )
+    status, ev = await server.ingest("invoice.paid", {"n": 1})
+    assert status == 202
+
+    async def dead() -> bool:
+        _, body = await server.request("GET", "/v1/deliveries?status=dead")
+        return bool(body["data"])
+
+    await wait_for(dead)
+    await signed_in(browser, server)
+    page = await browser.get("/webhooks/dead")
+    assert page.status == 200 and ev["id"] in page.text and "Replay all matching" in page.text
+    for path, words in (
+        ("/webhooks/dead?destination=dst_gone", "There is no destination &#39;dst_gone&#39;"),
+        ("/webhooks/dead?destination=%00", "There is no destination"),
+        ("/webhooks/logs?destination=dst_gone", "There is no destination &#39;dst_gone&#39;"),
+        ("/webhooks/logs?status=bogus", "&#39;bogus&#39; is not a delivery status"),
+    ):
+        page = await browser.get(path)
+        assert page.status == 422 and words in page.text and "flash-error" in page.text, (
+            path,
+            page.text[:300],
+        )
+        assert ev["id"] not in page.text, path  # nothing listed
+        assert "Replay all matching" not in page.text, path
+
+
 # ---- 4. event search by time ---------------------------------------------------------------------
 
 

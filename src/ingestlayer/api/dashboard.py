@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -418,6 +419,15 @@ async def connect_slack(request: Request) -> Response:
 # ---- webhooks: endpoints ---------------------------------------------------------------------
 
 
+def _finite(text: str) -> float:
+    """A number typed into a form; float() also reads "nan" and "inf", which no field takes and
+    whose range errors ("less than or equal to 60") would not say what was wrong."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 @dataclass
 class EndpointForm:
     url: str = ""
@@ -478,12 +488,12 @@ class EndpointForm:
         if not out["events"]:
             errors["events"] = "Add at least one event type, e.g. invoice.created or invoice.*"
         try:
-            out["timeout"] = float(self.timeout or "10")
+            out["timeout"] = _finite(self.timeout or "10")
         except ValueError:
             errors["timeout"] = "A number of seconds, e.g. 10"
         if self.retry:
             try:
-                out["retry"] = {"schedule": [float(s) for s in re.split(r"[,\s]+", self.retry) if s]}
+                out["retry"] = {"schedule": [_finite(s) for s in re.split(r"[,\s]+", self.retry) if s]}
             except ValueError:
                 errors["retry"] = "Seconds before each attempt, separated by commas: 0, 60, 300, 1800"
         else:
@@ -801,13 +811,13 @@ async def delivery_logs(
 ) -> Response:
     cfg = await _config(request, sess.project_id)
     names = _destination_names(cfg)
-    status = status if status in STATUSES else ""
-    destination = destination if destination in names else ""
     stats = _stats(request)
     cursor = _attempt_cursor(before) if before else None
-    error = None
+    error = _unknown_filter(names, destination, status)
     rows: list[Any] = []
-    if before and cursor is None:
+    if error:
+        status, destination = "", ""
+    elif before and cursor is None:
         error = f"{_shown(before)} is not an attempt id: “older →” links carry one. Start from the newest."
     elif cursor is None or cursor <= _ATTEMPT_ID_MAX.get(stats.dialect, _INT64_MAX):
         rows = await stats.list_attempts(
@@ -841,6 +851,19 @@ async def delivery_logs(
     )
 
 
+def _unknown_filter(names: dict[str, str], destination: str, status: str = "") -> str | None:
+    """Why a filter cannot be applied, or None. Ignored, it listed everything unfiltered, and the
+    dead letters' "Replay all matching" then replayed every destination's."""
+    if destination and destination not in names:
+        return (
+            f"There is no destination {_shown(destination)} in this project (it may have been "
+            "deleted): choose one from the list."
+        )
+    if status and status not in STATUSES:
+        return f"{_shown(status)} is not a delivery status: choose one from the list."
+    return None
+
+
 def _attempt_cursor(before: str) -> int | None:
     """The attempt id of the logs' ``before``, or None if it is not one (ASCII digits, 64-bit)."""
     if not _ATTEMPT_ID.fullmatch(before):
@@ -854,10 +877,11 @@ async def dead_letters(request: Request, sess: SignedIn, destination: str = "", 
     rt = runtime(request)
     cfg = await _config(request, sess.project_id)
     names = _destination_names(cfg)
-    destination = destination if destination in names else ""
-    error = None
+    error = _unknown_filter(names, destination)
     rows: list[dict[str, Any]] = []
-    if not _storable(before):
+    if error:
+        destination = ""
+    elif not _storable(before):
         error = "That is not a delivery id: “older →” links carry one. Start again from the newest."
     else:
         rows = await rt.store.list_deliveries(
