@@ -268,3 +268,5 @@ async def test_typescript_sdk_against_a_real_server(
     ]
     assert len(await events_of(server, "ts.multi")) == 10
     assert await events_of(server, "ts.big") == [] and await events_of(server, "ts.auth") == []
+    # Refused by the SDK before sending (JSON.stringify would have sent NaN and Infinity as null).
+    assert await events_of(server, "ts.nan") == []

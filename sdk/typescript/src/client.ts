@@ -24,6 +24,7 @@ import {
   errorDetails,
   parseRetryAfter,
   sleep,
+  unsendable,
 } from "./internal.js";
 
 export const VERSION = "0.1.0";
@@ -216,8 +217,10 @@ export class Client<E extends object = AnyEvents> {
    * event's batch is sent: awaiting it is optional, and a failure (including a full queue or an
    * invalid payload) never becomes an unhandled rejection: it also goes to `onError`.
    *
-   * Rejects with {@link ValidationError} before sending for a payload that cannot be sent; otherwise
-   * with the typed error of the last attempt once retries are exhausted.
+   * Rejects with {@link ValidationError} (`field` "payload") before sending for a payload that cannot
+   * be sent exactly as given: not JSON (a BigInt, a cycle) or changed by JSON.stringify (NaN,
+   * ±Infinity, an invalid Date, undefined in an array, a function, a Map, a Set, an Error), anywhere
+   * in it. Otherwise with the typed error of the last attempt once retries are exhausted.
    */
   ingest<K extends EventName<E>>(type: K, payload: E[K], options: IngestOptions = {}): Promise<IngestResult> {
     let queued: Omit<Queued, "resolve" | "reject"> | undefined;
@@ -254,7 +257,8 @@ export class Client<E extends object = AnyEvents> {
 
   /**
    * Create or update the `user` entity `userId` with `traits` (`POST /v1/identify`). Sent at once
-   * (never batched) and retried like events: an upsert is idempotent.
+   * (never batched) and retried like events: an upsert is idempotent. Traits are checked like an
+   * event's payload ({@link Client.ingest}): a ValidationError with `field` "traits" before sending.
    */
   async identify(userId: string, traits: JsonObject = {}): Promise<JsonObject> {
     const body = this.#entityBody({ user_id: userId }, traits);
@@ -313,12 +317,7 @@ export class Client<E extends object = AnyEvents> {
       }
       doc.occurred_at = date === undefined ? (occurred as string) : date.toISOString();
     }
-    let raw: string;
-    try {
-      raw = JSON.stringify(doc);
-    } catch (err) {
-      throw new ValidationError(`payload is not JSON-serializable: ${(err as Error).message}`, { field: "payload" });
-    }
+    const raw = serialize(doc, payload, "payload", "payload is");
     return { doc, raw, bytes: utf8Length(raw), generatedKey: given === undefined };
   }
 
@@ -331,11 +330,7 @@ export class Client<E extends object = AnyEvents> {
     if (typeof traits !== "object" || traits === null || Array.isArray(traits)) {
       throw new ValidationError("traits must be a plain object", { field: "traits" });
     }
-    try {
-      return JSON.stringify({ ...ids, traits });
-    } catch (err) {
-      throw new ValidationError(`traits are not JSON-serializable: ${(err as Error).message}`, { field: "traits" });
-    }
+    return serialize({ ...ids, traits }, traits, "traits", "traits are");
   }
 
   #result(data: unknown, event: Omit<Queued, "resolve" | "reject">, attempts: number): IngestResult {
@@ -499,6 +494,24 @@ export class Client<E extends object = AnyEvents> {
       console.error("[ingestlayer] the onError callback threw", err);
     }
   }
+}
+
+/**
+ * `JSON.stringify(body)`, refusing (ValidationError naming `field`) what it cannot encode (BigInt,
+ * cycles, too deep) and what it would silently change in `value` (NaN, ±Infinity, undefined in an
+ * array, functions, Maps, …: see {@link unsendable}): the server stores a payload exactly as sent.
+ */
+function serialize(body: object, value: unknown, field: string, subject: string): string {
+  let raw: string;
+  let problem: string | undefined;
+  try {
+    raw = JSON.stringify(body);
+    problem = unsendable(value, field);
+  } catch (err) {
+    throw new ValidationError(`${subject} not JSON-serializable: ${(err as Error).message}`, { field });
+  }
+  if (problem !== undefined) throw new ValidationError(`${subject} not JSON-serializable: ${problem}`, { field });
+  return raw;
 }
 
 const utf8 = new TextEncoder();

@@ -92,3 +92,104 @@ export function describeNetworkError(err: unknown, timeoutMs: number): string {
   }
   return String(err);
 }
+
+/**
+ * Why `value` would not reach the server exactly as given, e.g. `"payload.stats[2] is NaN (…)"`, or
+ * undefined when it would. `JSON.stringify` does not throw for these, it changes them: NaN and
+ * ±Infinity (also boxed, or returned by a `toJSON`) and an invalid Date become `null`; `undefined`,
+ * a function or a symbol becomes `null` in an array and vanishes from an object; a Map, a Set or an
+ * Error becomes `{}`. An object property whose value is `undefined` is fine: it is an absent key.
+ *
+ * Call it after `JSON.stringify(value)` succeeded: BigInt and cycles were refused there, so this
+ * walk ends. It mirrors JSON.stringify's traversal (own enumerable string keys, `toJSON(key)`), costs
+ * a type check per value, and builds the path only for the value it refuses.
+ */
+export function unsendable(value: unknown, name: string): string | undefined {
+  const problem = check(value, name, 0, true);
+  return problem === undefined ? undefined : `${name}${problem.path.reverse().join("")} ${problem.reason}`;
+}
+
+/** What is wrong, and the path to it, innermost step first (appended while unwinding). */
+interface Problem {
+  reason: string;
+  path: string[];
+}
+
+/**
+ * Deeper than this, values are not checked: the server refuses JSON nested more than 64 levels
+ * (422 too_deep) anyway, so nothing below here can be stored changed; and the walk stays far from
+ * the call stack's limit.
+ */
+const MAX_CHECK_DEPTH = 128;
+
+const hasOwn = Object.prototype.hasOwnProperty;
+const NOT_JSON = "(NaN and Infinity are not JSON: JSON.stringify would send null)";
+
+function check(value: unknown, key: string, depth: number, callToJSON: boolean): Problem | undefined {
+  switch (typeof value) {
+    case "number":
+      return Number.isFinite(value) ? undefined : { reason: `is ${value} ${NOT_JSON}`, path: [] };
+    case "string":
+    case "boolean":
+    case "undefined": // an object's key is omitted; arrays check their items for undefined
+      return undefined;
+    case "function":
+    case "symbol":
+      return { reason: `is a ${typeof value} (not JSON: JSON.stringify would drop it or send null)`, path: [] };
+    case "bigint": // JSON.stringify throws first; here for completeness
+      return { reason: "is a BigInt (not JSON: send it as a string)", path: [] };
+    default:
+      break;
+  }
+  if (value === null || depth > MAX_CHECK_DEPTH) return undefined;
+  const object = value as Record<string, unknown>;
+  if (callToJSON && typeof object.toJSON === "function") {
+    if (value instanceof Date) {
+      return Number.isNaN(value.getTime())
+        ? { reason: "is an invalid Date (JSON.stringify would send null)", path: [] }
+        : undefined;
+    }
+    // Like JSON.stringify: what toJSON returns is sent (and is not asked for its own toJSON).
+    return check(object.toJSON(key), key, depth, false);
+  }
+  if (value instanceof Number) return check(Number(value), key, depth, false);
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const item: unknown = value[i];
+      const problem =
+        item === undefined
+          ? { reason: "is undefined (not JSON: in an array JSON.stringify would send null)", path: [] }
+          : check(item, String(i), depth + 1, true);
+      if (problem !== undefined) {
+        problem.path.push(`[${i}]`);
+        return problem;
+      }
+    }
+    return undefined;
+  }
+  const lost = lostType(object);
+  if (lost !== undefined) return { reason: lost, path: [] };
+  // for-in with an own-key check (JSON.stringify's own enumerable string keys) allocates nothing,
+  // unlike Object.keys: measurably cheaper on payloads of many small objects.
+  for (const k in object) {
+    if (!hasOwn.call(object, k)) continue;
+    const problem = check(object[k], k, depth + 1, true);
+    if (problem !== undefined) {
+      problem.path.push(/^[A-Za-z_$][\w$]*$/.test(k) ? `.${k}` : `[${JSON.stringify(k)}]`);
+      return problem;
+    }
+  }
+  return undefined;
+}
+
+/** Objects whose content JSON.stringify cannot see (it sends `{}`, or own fields only), and why. */
+function lostType(value: object): string | undefined {
+  if (value instanceof Map) return "is a Map (JSON.stringify would send {}): send Object.fromEntries(map)";
+  if (value instanceof Set) return "is a Set (JSON.stringify would send {}): send [...set]";
+  if (value instanceof WeakMap) return "is a WeakMap (JSON.stringify would send {})";
+  if (value instanceof WeakSet) return "is a WeakSet (JSON.stringify would send {})";
+  if (value instanceof Error) {
+    return "is an Error (JSON.stringify would lose its message): send the fields you need, e.g. error.message";
+  }
+  return undefined;
+}

@@ -177,3 +177,128 @@ describe("where only WebCrypto exists (browsers, edge runtimes)", () => {
     }
   });
 });
+
+describe("values JSON.stringify would silently change", () => {
+  // JSON.stringify sends NaN and ±Infinity as null, drops functions and symbols, sends undefined in
+  // an array as null, and a Map, a Set or an Error as {}: the server would store something else than
+  // what was sent. Like the Python SDK (json.dumps(allow_nan=False)), refuse before sending.
+  const client = (options: Parameters<typeof createClient>[0] = {}) =>
+    createClient({ apiKey: "il_ingest_k", baseUrl: fake.url, ...FAST, ...options });
+
+  const refused: Array<[string, Record<string, unknown>, string]> = [
+    ["NaN", { n: NaN }, "payload.n is NaN"],
+    ["Infinity in a nested object", { stats: { ratio: Infinity } }, "payload.stats.ratio is Infinity"],
+    ["-Infinity in an array", { values: [1, 2, -Infinity] }, "payload.values[2] is -Infinity"],
+    ["NaN in an object in an array", { rows: [{ ok: 1 }, { v: 0 / 0 }] }, "payload.rows[1].v is NaN"],
+    ["NaN under keys that are not identifiers", { "a b": { "": NaN } }, 'payload["a b"][""] is NaN'],
+    ["a boxed NaN", { n: new Number(NaN) }, "payload.n is NaN"],
+    ["NaN returned by toJSON", { m: { toJSON: () => ({ v: NaN }) } }, "payload.m.v is NaN"],
+    ["an invalid Date", { at: new Date("not a date") }, "payload.at is an invalid Date"],
+    ["undefined in an array", { tags: ["a", undefined] }, "payload.tags[1] is undefined"],
+    ["a hole in an array", { tags: new Array<string>(2) }, "payload.tags[0] is undefined"],
+    ["a function", { callback: () => 1 }, "payload.callback is a function"],
+    ["a symbol", { s: Symbol("x") }, "payload.s is a symbol"],
+    ["a Map", { m: new Map([["a", 1]]) }, "payload.m is a Map"],
+    ["a Set", { s: new Set([1]) }, "payload.s is a Set"],
+    ["an Error", { error: new Error("boom") }, "payload.error is an Error"],
+  ];
+  for (const [name, payload, where] of refused) {
+    test(`${name} is refused before sending, naming the payload`, async () => {
+      const err = await client()
+        .ingest("x.y", payload)
+        .catch((e: unknown) => e);
+      assert.ok(err instanceof ValidationError, `not refused (${String(err)}); sent: ${fake.requests[0]?.body}`);
+      assert.equal(err.field, "payload");
+      assert.equal(err.status, undefined);
+      assert.equal(err.attempts, 0);
+      assert.ok(err.message.startsWith("payload is not JSON-serializable: "), err.message);
+      assert.ok(err.message.includes(where), err.message);
+      assert.equal(fake.requests.length, 0);
+    });
+  }
+
+  test("identify and group refuse them in traits, naming the traits", async () => {
+    fake.fallback = { status: 200, body: { ok: true } };
+    const c = client();
+    const identified = await c.identify("u_1", { score: NaN }).catch((e: unknown) => e);
+    assert.ok(identified instanceof ValidationError, String(identified));
+    assert.equal(identified.field, "traits");
+    assert.match(identified.message, /^traits are not JSON-serializable: traits\.score is NaN/);
+    const grouped = await c.group("u_1", "acct_1", { usage: { seats: [3, Infinity] } }).catch((e: unknown) => e);
+    assert.ok(grouped instanceof ValidationError, String(grouped));
+    assert.equal(grouped.field, "traits");
+    assert.ok(grouped.message.includes("traits.usage.seats[1] is Infinity"), grouped.message);
+    assert.equal(fake.requests.length, 0);
+  });
+
+  test("while batching, the event goes to onError and the rest of its batch is sent", async () => {
+    const reported: Array<[IngestlayerError, WireEvent[]]> = [];
+    const c = client({ batch: { size: 3, intervalMs: 10 }, onError: (e, events) => reported.push([e, events]) });
+    const first = c.ingest("nan.batch", { n: 1 });
+    void c.ingest("nan.batch", { n: NaN }, { idempotencyKey: "bad" }); // fire and forget: must not crash
+    const bad = c.ingest("nan.batch", { n: [-Infinity] }, { idempotencyKey: "bad2" });
+    const last = c.ingest("nan.batch", { n: 2 });
+    await c.close();
+    const outcomes = await Promise.allSettled([first, bad, last]);
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      ["fulfilled", "rejected", "fulfilled"],
+    );
+    const rejection = (outcomes[1] as PromiseRejectedResult).reason;
+    assert.ok(rejection instanceof ValidationError && rejection.field === "payload" && rejection.attempts === 0);
+    assert.deepEqual(
+      reported.map(([e, events]) => [e.name, e.field, events.map((ev) => ev.idempotency_key)]),
+      [
+        ["ValidationError", "payload", ["bad"]],
+        ["ValidationError", "payload", ["bad2"]],
+      ],
+    );
+    assert.ok(Number.isNaN(reported[0]![1][0]!.payload.n), "onError gets the payload as given");
+    assert.deepEqual(
+      fake.bodies().flatMap((b) => b.batch.map((e: WireEvent) => e.payload)),
+      [{ n: 1 }, { n: 2 }],
+    );
+  });
+
+  test("what JSON carries is still sent as given: null, Dates, toJSON, class instances, undefined keys", async () => {
+    class Point {
+      constructor(
+        readonly x: number,
+        readonly y: number,
+      ) {}
+    }
+    const at = new Date(Date.UTC(2026, 2, 1, 12, 30));
+    const optional: string | undefined = undefined;
+    await client().ingest("x.y", {
+      nothing: null,
+      at,
+      plan: optional, // an optional field left undefined is an absent key, as in JSON.stringify
+      point: new Point(1, 2),
+      extremes: [Number.MAX_VALUE, Number.MIN_VALUE, -Number.MAX_SAFE_INTEGER],
+      nested: { list: [null, 0, "", false, [[]], {}] },
+      money: { toJSON: () => "12.30" },
+    });
+    assert.deepEqual(fake.bodies()[0].payload, {
+      nothing: null,
+      at: "2026-03-01T12:30:00.000Z",
+      point: { x: 1, y: 2 },
+      extremes: [Number.MAX_VALUE, Number.MIN_VALUE, -Number.MAX_SAFE_INTEGER],
+      nested: { list: [null, 0, "", false, [[]], {}] },
+      money: "12.30",
+    });
+  });
+
+  test("a payload nested too deeply for JSON.stringify is refused as before; a deep one is sent", async () => {
+    let deep: Record<string, unknown> = { leaf: 1 };
+    for (let i = 0; i < 300; i++) deep = { d: deep };
+    await client().ingest("x.deep", deep); // the server judges depth (64 levels): sent, not a crash
+    assert.equal(fake.requests.length, 1);
+    let tooDeep: Record<string, unknown> = {};
+    for (let i = 0; i < 100_000; i++) tooDeep = { d: tooDeep };
+    const err = await client()
+      .ingest("x.deep", tooDeep)
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof ValidationError && err.field === "payload", String(err));
+    assert.equal(fake.requests.length, 1);
+  });
+});

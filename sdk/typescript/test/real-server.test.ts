@@ -63,6 +63,25 @@ describe("real server", { skip }, () => {
     assert.equal(big.field, "payload");
   });
 
+  test("NaN and Infinity are refused before sending, so the server never stores null for them", async () => {
+    const c = createClient({ apiKey, baseUrl: url });
+    const err = await c.ingest("ts.nan", { n: NaN }).catch((e: unknown) => e);
+    assert.ok(err instanceof ValidationError, String(err));
+    assert.equal(err.field, "payload");
+    assert.equal(err.attempts, 0);
+    const refused: unknown[] = [];
+    const batching = createClient({
+      apiKey,
+      baseUrl: url,
+      batch: { size: 10, intervalMs: 20 },
+      onError: (e) => refused.push(e),
+    });
+    void batching.ingest("ts.nan", { nested: { values: [1, Infinity] } });
+    await batching.close();
+    assert.equal(refused.length, 1);
+    assert.ok(refused[0] instanceof ValidationError && refused[0].field === "payload");
+  });
+
   test("a wrong key is an AuthenticationError at once", async () => {
     const err = await createClient({ apiKey: "il_ingest_wrong", baseUrl: url })
       .ingest("ts.auth", {})
