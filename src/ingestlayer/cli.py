@@ -511,7 +511,13 @@ def replay(
     status: Annotated[
         list[str] | None, typer.Option("--status", help="pending|retrying|delivered|dead (default: dead)")
     ] = None,
-    destination: Annotated[str | None, typer.Option("--destination")] = None,
+    destination: Annotated[
+        str | None, typer.Option("--destination", help="Name or id (an endpoint's: its ep_ id)")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only deliveries created at or after (ISO 8601 or epoch s)")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only deliveries created before")] = None,
     database_url: DbOpt = None,
     project: ProjectOpt = None,
     url: UrlOpt = None,
@@ -519,8 +525,14 @@ def replay(
 ) -> None:
     """Replay one delivery, or every delivery matching a filter (new attempts, same ids)."""
     _check_statuses(status, REPLAYABLE_STATUSES)
+    if delivery_id and (destination or since or until or status):
+        raise CliError("replay takes one delivery id or filters, not both")
     ids = _with_backend(
-        database_url, project, url, key, lambda b: b.replay(delivery_id, status or ["dead"], destination)
+        database_url,
+        project,
+        url,
+        key,
+        lambda b: b.replay(delivery_id, status or ["dead"], destination, since, until),
     )
     out.print(f"replayed {len(ids)} {'delivery' if len(ids) == 1 else 'deliveries'}")
 

@@ -27,6 +27,7 @@ from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.migrate import upgrade
+from ingestlayer.timefmt import parse_time_filter
 from ingestlayer.urlmask import mask_url
 
 if TYPE_CHECKING:
@@ -43,6 +44,15 @@ class CliError(Exception):
 # The API's refusal of a payload holding an integer that does not fit in 64 bits (its
 # ``number_out_of_range``), in its words: orjson cannot write it, nor the databases keep it exactly.
 NUMBER_OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
+
+
+def _time_filter(value: str | None, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time_filter(value)
+    except ValueError:
+        raise CliError(f"{option} must be an ISO 8601 timestamp or epoch seconds, not {value!r}") from None
 
 
 def without_credentials(url: str) -> str:
@@ -204,7 +214,14 @@ class LocalBackend:
             delivery_json(d, names) for d in await self.store.list_deliveries(pid, status=status, limit=limit)
         ]
 
-    async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
+    async def replay(
+        self,
+        delivery_id: str | None,
+        status: list[str],
+        destination: str | None,
+        since: str | None,
+        until: str | None,
+    ) -> list[str]:
         pid = await self.project_id()
         await self.store.sync_clock()  # replayed deliveries are due now on the workers' clock
         if delivery_id:
@@ -216,11 +233,16 @@ class LocalBackend:
             return await self.store.replay(pid, [delivery_id])
         dest_id = None
         if destination:
-            cfg = await self.store.load_project_config(pid)
-            dest_id = next((d.id for d in cfg.destinations.values() if destination in (d.id, d.name)), None)
+            dest_id = (await self.store.load_project_config(pid)).destination_id(destination)
             if dest_id is None:
                 raise CliError(f"no destination {destination!r}")
-        return await self.store.replay(pid, status=status, destination_id=dest_id)
+        return await self.store.replay(
+            pid,
+            status=status,
+            destination_id=dest_id,
+            since=_time_filter(since, "--since"),
+            until=_time_filter(until, "--until"),
+        )
 
     async def set_secret(self, name: str, value: str) -> bool:
         # As the server refuses it: an endpoint's secret is the endpoint's to set and rotate.
@@ -317,14 +339,23 @@ class RemoteBackend:
         out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/deliveries" + q, "data"))["data"]
         return out
 
-    async def replay(self, delivery_id: str | None, status: list[str], destination: str | None) -> list[str]:
+    async def replay(
+        self,
+        delivery_id: str | None,
+        status: list[str],
+        destination: str | None,
+        since: str | None,
+        until: str | None,
+    ) -> list[str]:
         if delivery_id:
             path = f"/v1/deliveries/{urllib.parse.quote(delivery_id, safe='')}/replay"
             out: list[str] = (await self.fetch("POST", path, "replayed", body={}))["replayed"]
             return out
+        _time_filter(since, "--since"), _time_filter(until, "--until")  # refused here, as in the other mode
         body: dict[str, Any] = {"status": status}
-        if destination:
-            body["destination"] = destination
+        for name, value in (("destination", destination), ("since", since), ("until", until)):
+            if value:
+                body[name] = value
         out = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))["replayed"]
         return out
 

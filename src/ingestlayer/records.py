@@ -233,6 +233,14 @@ class ProjectConfig:
     destinations: dict[str, DestinationRow] = field(default_factory=dict)
     sources: dict[str, SourceRow] = field(default_factory=dict)
 
+    def destination_id(self, reference: str) -> str | None:
+        """The destination a user names by its id, its name, or (an endpoint's) the endpoint's
+        id as /v1/endpoints lists it: its destination is named ``endpoint:<that id>``."""
+        if reference in self.destinations:
+            return reference
+        wanted = {reference, f"endpoint:{reference}"} if reference.startswith("ep_") else {reference}
+        return next((d.id for d in self.destinations.values() if d.name in wanted), None)
+
     def endpoint_destinations(self) -> dict[str, str]:
         """Each endpoint's destination id, to the endpoint's id (its pipeline's)."""
         return {

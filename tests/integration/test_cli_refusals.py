@@ -14,6 +14,7 @@ The CLI runs as users run it: the installed entry point, in a subprocess.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from ingestlayer import __version__
 from tests.integration.test_cli import start
 from tests.support.cli import cli, ok, one_line_error
+from tests.support.server import wait_for
 
 OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
 
@@ -247,3 +249,52 @@ async def test_no_command_prints_the_help_without_an_empty_error_line(tmp_path: 
         shown = run.out + run.err
         assert "Commands" in shown and f" {command} " in shown, run
         assert "error:" not in shown, run  # it said "error:  (see `ingestlayer --help`)"
+
+
+# ---- replay: an endpoint by its id, and by time ---------------------------------------------------
+
+
+async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    server = await start(sqlite_url)
+    try:
+        status, ep = await server.request(
+            "POST",
+            "/v1/endpoints",
+            json={
+                "url": "http://127.0.0.1:9/refused",
+                "events": ["order.*"],
+                "auth": "none",
+                "retry": {"schedule": [0], "jitter": 0},
+            },
+        )
+        assert status == 201, ep
+        before = time.time() - 1
+        assert (await server.ingest("order.placed", {"n": 1}))[0] == 202
+
+        async def dead() -> bool:
+            _, page = await server.request("GET", f"/v1/deliveries?status=dead&destination={ep['id']}")
+            return len(page["data"]) == 1  # the endpoint's own id names its destination
+
+        await wait_for(dead)
+        local = ("--project", server.project_id)
+        remote = ("--url", server.url, "--key", server.admin_key)
+        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
+            window = ("--destination", ep["id"], "--until", str(before))
+            run = ok(await cli("replay", *window, *mode, cwd=tmp_path, **where))
+            assert "replayed 0 deliveries" in run.out, run  # it was made after --until
+            window = ("--destination", ep["id"], "--since", str(before))
+            run = ok(await cli("replay", *window, *mode, cwd=tmp_path, **where))
+            assert "replayed 1 delivery" in run.out, run
+            await wait_for(dead)
+            one_line_error(
+                await cli("replay", "--since", "yesterday", *mode, cwd=tmp_path, **where),
+                "--since must be an ISO 8601 timestamp or epoch seconds",
+            )
+            one_line_error(
+                await cli("replay", "dlv_x", "--destination", ep["id"], *mode, cwd=tmp_path, **where),
+                "one delivery id or filters, not both",
+            )
+    finally:
+        await server.stop()

@@ -16,7 +16,7 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
-from ingestlayer.records import NewEvent
+from ingestlayer.records import NewEvent, ProjectConfig
 from ingestlayer.store.store import AtLeast
 from ingestlayer.timefmt import parse_time_filter
 
@@ -55,8 +55,12 @@ def _cursor(value: str | None, pattern: re.Pattern[str], what: str) -> str | Non
     return value
 
 
-async def _names(rt: Any, project_id: str) -> dict[str, str]:
-    cfg = await rt.store.load_project_config(project_id)
+async def _config(rt: Any, project_id: str) -> ProjectConfig:
+    config: ProjectConfig = await rt.store.load_project_config(project_id)
+    return config
+
+
+def _names(cfg: ProjectConfig) -> dict[str, str]:
     return {d.id: d.name for d in cfg.destinations.values()}
 
 
@@ -96,7 +100,7 @@ async def get_event(event_id: str, principal: Admin, rt: RuntimeDep) -> dict[str
     if ev is None:
         raise ApiError(404, f"no event {event_id!r}")
     dels = await rt.store.list_deliveries(principal.project_id, event_id=event_id, limit=500)
-    names = await _names(rt, principal.project_id)
+    names = _names(await _config(rt, principal.project_id))
     return {**event_json(ev), "deliveries": [delivery_json(d, names) for d in dels]}
 
 
@@ -110,8 +114,8 @@ async def list_deliveries(
     before: str | None = None,
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
-    names = await _names(rt, principal.project_id)
-    dest_id = _destination_id(names, destination)
+    cfg = await _config(rt, principal.project_id)
+    names, dest_id = _names(cfg), _destination_id(cfg, destination)
     items = await rt.store.list_deliveries(
         principal.project_id,
         status=status,
@@ -134,15 +138,13 @@ async def list_deliveries(
     return page
 
 
-def _destination_id(names: dict[str, str], destination: str | None) -> str | None:
+def _destination_id(cfg: ProjectConfig, destination: str | None) -> str | None:
     if destination is None:
         return None
-    if destination in names:
-        return destination
-    for did, name in names.items():
-        if name == destination:
-            return did
-    raise ApiError(404, f"no destination {destination!r}", field="destination")
+    found = cfg.destination_id(destination)
+    if found is None:
+        raise ApiError(404, f"no destination {destination!r}", field="destination")
+    return found
 
 
 @router.get("/deliveries/{delivery_id}", summary="One delivery with every attempt")
@@ -150,7 +152,7 @@ async def get_delivery(delivery_id: str, principal: Admin, rt: RuntimeDep) -> di
     d = await rt.store.get_delivery(principal.project_id, delivery_id)
     if d is None:
         raise ApiError(404, f"no delivery {delivery_id!r}")
-    return delivery_json(d, await _names(rt, principal.project_id))
+    return delivery_json(d, _names(await _config(rt, principal.project_id)))
 
 
 @router.post("/deliveries/{delivery_id}/replay", summary="Attempt a delivery again, on the same id")
@@ -181,11 +183,11 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
         raise ApiError(422, 'status must name at least one status, e.g. ["dead"]', field="status")
     if "delivering" in body.status:
         raise ApiError(422, "deliveries being attempted cannot be replayed", field="status")
-    names = await _names(rt, principal.project_id)
+    cfg = await _config(rt, principal.project_id)
     ids = await rt.store.replay(
         principal.project_id,
         status=body.status,
-        destination_id=_destination_id(names, body.destination),
+        destination_id=_destination_id(cfg, body.destination),
         since=_time(body.since, "since"),
         until=_time(body.until, "until"),
         limit=body.limit,
@@ -198,8 +200,8 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
     "/destinations/{destination:path}/test", summary="Send a test event to one destination and report"
 )
 async def test_destination(destination: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    names = await _names(rt, principal.project_id)
-    dest_id = _destination_id(names, destination)
+    cfg = await _config(rt, principal.project_id)
+    names, dest_id = _names(cfg), _destination_id(cfg, destination)
     assert dest_id is not None
     now = clock.now()
     event = NewEvent(
