@@ -7,6 +7,7 @@ Each test here failed before the fix it covers; tests/integration/test_sdk_pytho
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import threading
 import time
@@ -14,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from ingestlayer.sdk import AsyncClient, Client, IngestlayerError, QueueFullError
+from ingestlayer.sdk import Client, IngestlayerError, QueueFullError
 from tests.integration.test_sdk_python import FAST, call, events_of, free_port, make
-from tests.support.server import RunningServer, start_server
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, start_server, wait_for
 
 Reported = list[tuple[IngestlayerError, list[dict[str, Any]]]]
 
@@ -106,8 +108,7 @@ def test_a_full_queue_does_not_make_threads_wait_for_each_other() -> None:
     )
     try:
         client.ingest("queue.full", {})
-        time.sleep(0.2)  # the sender took it and is backing off
-        client.ingest("queue.full", {})  # the queue is now full
+        time.sleep(0.2)  # the sender took it and is backing off: it still counts, the queue is full
         waited: list[float] = []
 
         def one() -> None:
@@ -140,7 +141,7 @@ async def test_close_honours_its_timeout_and_reports_the_backlog(kind: str) -> N
         background=True,
         batch_size=1,
         flush_interval=0,
-        max_queue_size=3,
+        max_queue_size=4,
         max_retries=3,
         backoff_base=3,
         backoff_max=3,
@@ -155,11 +156,73 @@ async def test_close_honours_its_timeout_and_reports_the_backlog(kind: str) -> N
     elapsed = time.monotonic() - started
     assert elapsed < 3.5, elapsed  # before: a whole batch's retries, 3 x 1.5-3 s
     given_up = [e["idempotency_key"] for _, events in reported for e in events]
-    if isinstance(client, AsyncClient):
-        assert sorted(given_up) == keys  # the batch being retried is cancelled, so it is reported too
-    else:
-        assert sorted(given_up) == keys[1:]  # the sender thread keeps the one it is retrying
+    assert sorted(given_up) == keys  # the batch being retried is reported too (sync: it was not)
     assert all("close() gave up" in str(error) for error, _ in reported)
+
+
+async def test_a_close_that_gives_up_reports_the_batch_in_flight_once(receiver: Receiver) -> None:
+    # The sync sender thread kept the batch it was retrying: close(timeout) reported only the
+    # events still queued, and at exit the daemon thread died with the rest. Now close() reports
+    # them all, and the sender neither retries them again nor reports them a second time.
+    receiver.default = Reply(status=503, body=b'{"error":{"code":"unavailable","message":"down"}}')
+    reported, on_error = collector()
+    client = Client(
+        "il_ingest_k",
+        receiver.url,
+        background=True,
+        batch_size=2,
+        flush_interval=0,
+        max_retries=50,
+        backoff_base=0.2,
+        backoff_max=0.2,
+        on_error=on_error,
+    )
+    for i in range(4):
+        client.ingest("inflight.event", {}, idempotency_key=f"k{i}")
+
+    async def retrying() -> bool:
+        return len(receiver.requests) >= 2
+
+    await wait_for(retrying)
+    assert await asyncio.to_thread(client.close, 0.3) is False
+    requests_at_give_up = len(receiver.requests)
+    await asyncio.sleep(1)  # five backoffs: time enough to retry, or to report again
+    given_up = [e["idempotency_key"] for _, events in reported for e in events]
+    assert given_up == ["k0", "k1", "k2", "k3"]  # the batch in flight first, each event once
+    assert len(receiver.requests) <= requests_at_give_up + 1  # at most the attempt under way
+    # Everything was sent or reported: a flush has nothing to wait for (the sender that close()
+    # gave up on answers no flush, which waited forever).
+    assert await asyncio.wait_for(asyncio.to_thread(client.flush), 5) is True
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_max_queue_size_counts_the_events_the_sender_holds(kind: str) -> None:
+    # The sender takes up to batch_size events out of the queue; while the server is down they are
+    # still waiting to be sent, but they used to free their places: max_queue_size=5 let 10 in.
+    reported, on_error = collector()
+    client = make(
+        kind,
+        "il_ingest_k",
+        f"http://127.0.0.1:{free_port()}",
+        background=True,
+        timeout=0.3,
+        batch_size=5,
+        flush_interval=0,
+        max_queue_size=5,
+        backoff_base=5,
+        backoff_max=5,
+        on_error=on_error,
+    )
+    accepted = 0
+    with pytest.raises(QueueFullError):
+        for i in range(20):
+            await call(client, "ingest", "bounded.queue", {}, idempotency_key=f"k{i}")
+            accepted += 1
+            await asyncio.sleep(0.05)  # the sender takes what is queued
+    assert accepted == 5
+    assert await call(client, "close", 0.2) is False
+    given_up = [e["idempotency_key"] for _, events in reported for e in events]
+    assert given_up == [f"k{i}" for i in range(5)]
 
 
 _EXIT_WITH_BACKLOG = """
@@ -171,8 +234,8 @@ def report():
     print(time.monotonic() - exiting_at)  # how long the SDK's exit hook took
 # Registered first, so it runs after the SDK's own exit hook (atexit is last in, first out).
 atexit.register(report)
-client = Client("il_ingest_k", sys.argv[1], background=True, flush_interval=0, batch_size=1,
-                shutdown_timeout=1, backoff_base=5, backoff_max=5,
+client = Client("il_ingest_k", sys.argv[1], background=True, flush_interval=0,
+                batch_size=int(sys.argv[2]), shutdown_timeout=1, backoff_base=5, backoff_max=5,
                 on_error=lambda error, events: lost.extend(events))
 for i in range(5):
     client.ingest("exit.backlog", {"n": i}, idempotency_key=f"key-{i}")
@@ -181,19 +244,67 @@ exiting_at = time.monotonic()
 """
 
 
-async def test_exit_with_the_server_down_hands_the_backlog_to_on_error() -> None:
+async def run_script(script: str, *args: str) -> tuple[str, str]:
+    """Run ``script`` in a fresh interpreter; its stdout and stderr (killed after 30 s)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        _EXIT_WITH_BACKLOG,
-        f"http://127.0.0.1:{free_port()}",
+        script,
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 0, err.decode()
-    reported, exit_seconds = out.decode().splitlines()
+    return out.decode(), err.decode()
+
+
+# batch_size 1: key-0 is in the sender's hands (retrying), four are queued; 100: all five in its hands.
+@pytest.mark.parametrize("batch_size", [1, 100])
+async def test_exit_with_the_server_down_hands_the_backlog_to_on_error(batch_size: int) -> None:
+    out, _ = await run_script(_EXIT_WITH_BACKLOG, f"http://127.0.0.1:{free_port()}", str(batch_size))
+    reported, exit_seconds = out.splitlines()
     # shutdown_timeout=1; timed in the child, so a slow interpreter start does not count.
     assert float(exit_seconds) < 4, exit_seconds
-    # key-0 is in the sender's hands (retrying); the four still queued reach on_error.
-    assert reported == str([f"key-{i}" for i in range(1, 5)])
+    # Every event reaches on_error once, those the sender was retrying too (they used to die with it).
+    assert reported == str([f"key-{i}" for i in range(5)])
+
+
+_ASYNC_EXIT_WITH_BACKLOG = """
+import asyncio, atexit, sys, time
+from ingestlayer.sdk import AsyncClient
+lost = []
+def report():
+    print(sorted(e["idempotency_key"] for e in lost))
+    print(time.monotonic() - exiting_at)  # how long the SDK's exit hook took
+atexit.register(report)  # runs after the SDK's exit hook, registered later
+async def main():
+    client = AsyncClient("il_ingest_k", sys.argv[1], background=True, flush_interval=0,
+                         shutdown_timeout=1, max_retries=30, backoff_base=0.5, backoff_max=0.5,
+                         on_error=lambda error, events: lost.extend(events))
+    for i in range(5):
+        await client.ingest("exit.backlog", {"n": i}, idempotency_key=f"key-{i}")
+    await asyncio.sleep(0.2)
+    # no close(): asyncio.run cancels the sender task and the exit hook gets the backlog
+asyncio.run(main())
+exiting_at = time.monotonic()
+"""
+
+
+@pytest.mark.parametrize("server", ["refusing", "silent"])
+async def test_async_exit_with_the_server_down_keeps_to_shutdown_timeout(server: str) -> None:
+    # The AsyncClient's exit hook sent the leftovers with every retry and no deadline: 30 retries
+    # took ~11 s against a refusing port, and each request to a silent server waited `timeout`.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # connections complete in the backlog; nothing ever answers
+        port = silent.getsockname()[1] if server == "silent" else free_port()
+        out, _ = await run_script(_ASYNC_EXIT_WITH_BACKLOG, f"http://127.0.0.1:{port}")
+    reported, exit_seconds = out.splitlines()
+    assert float(exit_seconds) < 4, exit_seconds  # shutdown_timeout=1
+    assert reported == str([f"key-{i}" for i in range(5)])

@@ -49,6 +49,7 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import os
 import queue
 import ssl
@@ -192,7 +193,10 @@ class ConnectionError(IngestlayerError, builtins.ConnectionError):
 
 
 class QueueFullError(IngestlayerError):
-    """``background=True`` and ``max_queue_size`` events are already waiting to be sent."""
+    """``background=True`` and ``max_queue_size`` events are already waiting to be sent.
+
+    The events in the batch being sent count: they are not sent yet either.
+    """
 
 
 # --- results -----------------------------------------------------------------------------------------
@@ -237,9 +241,36 @@ class _Flush:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+class _Cutoff:
+    """When a sync sender stops trying: at ``deadline`` (``time.monotonic()``), or once ``stop()``ped.
+
+    The background thread's is stopped by a close() that gave up; the AsyncClient's exit hook,
+    which may not start a thread, sends from its own with a deadline instead.
+    """
+
+    def __init__(self, deadline: float = math.inf) -> None:
+        self._deadline = deadline
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def remaining(self) -> float:
+        """Seconds left for trying; 0 or less once cut off."""
+        return 0.0 if self._stopped.is_set() else self._deadline - time.monotonic()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` before a retry; False (at once) if the cutoff comes first."""
+        if seconds >= self.remaining():
+            return False  # waiting would only end in giving up
+        return not self._stopped.wait(seconds)
+
+
 _RETRYABLE_5XX_EXCLUDED = frozenset({501, 505})
 # How often a background ingest() looks for room in a full queue (only while the server is down).
 _QUEUE_FULL_POLL = 0.01
+# The shortest request a deadline leaves room for (a zero socket timeout would mean non-blocking).
+_MIN_REQUEST_TIMEOUT = 0.01
 
 
 def _halves(events: list[_Event]) -> tuple[list[_Event], list[_Event]]:
@@ -496,8 +527,16 @@ class _SyncHTTP:
         conn.close()
 
     def _once(
-        self, conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]
+        self,
+        conn: http.client.HTTPConnection,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
     ) -> tuple[int, dict[str, str], bytes]:
+        conn.timeout = timeout  # for connect()
+        if conn.sock is not None:  # a kept-alive connection
+            conn.sock.settimeout(timeout)
         try:
             conn.request("POST", self._endpoint.prefix + path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -509,17 +548,21 @@ class _SyncHTTP:
             self._drop(conn)
         return resp.status, dict(resp.getheaders()), data
 
-    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout: float | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request; ``timeout`` (default: the client's) bounds connecting and each read."""
+        timeout = self._timeout if timeout is None else timeout
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            return self._once(self._connect(), path, body, headers)
+            return self._once(self._connect(), path, body, headers, timeout)
         try:
-            return self._once(conn, path, body, headers)
+            return self._once(conn, path, body, headers, timeout)
         except _STALE_CONNECTION:
             # The server closed the idle keep-alive connection: once more on a fresh one, at once.
             # (Re-sending is safe: the event's idempotency key travels with it.)
             pass
-        return self._once(self._connect(), path, body, headers)
+        return self._once(self._connect(), path, body, headers, timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -536,13 +579,14 @@ class Client(_Base):
     requests). With ``background=True``, :meth:`ingest` queues the event and returns ``None`` at
     once; a daemon thread sends batches of up to ``batch_size`` events at least every
     ``flush_interval`` seconds, and the queue is flushed when the client is closed or the interpreter
-    exits (waiting up to ``shutdown_timeout`` seconds).
+    exits (waiting up to ``shutdown_timeout`` seconds, then handing what is unsent to ``on_error``).
 
     Keyword-only tuning: ``backoff_base``/``backoff_max`` (seconds; the n-th retry waits about
     ``min(backoff_max, backoff_base * 2**(n-1))``, half of it random), ``max_retry_wait`` (the
     longest ``Retry-After`` we sleep through; a longer one raises :class:`RateLimitError` at once),
-    ``max_queue_size`` (``ingest`` waits up to ``timeout`` for room, then raises
-    :class:`QueueFullError`) and ``on_error`` (see :data:`ErrorCallback`).
+    ``max_queue_size`` (the most events not sent yet, the batch being sent included: past it,
+    ``ingest`` waits up to ``timeout`` for room, then raises :class:`QueueFullError`) and ``on_error``
+    (see :data:`ErrorCallback`).
 
     Example::
 
@@ -590,13 +634,22 @@ class Client(_Base):
         self._closed = False
         self._queue: queue.Queue[_Event | _Flush] | None = None
         self._thread: threading.Thread | None = None
+        # Every event accepted and neither sent nor reported yet (queued, or in the sender's hands),
+        # by id(); guarded by _lock. Whoever takes an event out of it, the sender once it is done
+        # or close() giving up, owns its fate: so it is reported once, and this bounds the backlog.
+        self._unsent: dict[int, _Event] = {}
+        self._cutoff = _Cutoff()
         if self.background:
             self._start_sender()
             atexit.register(self._atexit)
         _CLIENTS.add(self)
 
     def _start_sender(self) -> None:
-        self._queue = queue.Queue(maxsize=self.max_queue_size)
+        # Unbounded: ingest() bounds the events itself (max_queue_size counts those in the
+        # sender's hands too), and a flush marker then never waits for room.
+        self._queue = queue.Queue()
+        self._unsent = {}
+        self._cutoff = _Cutoff()
         self._thread = threading.Thread(target=self._run, name="ingestlayer-sdk-sender", daemon=True)
         self._thread.start()
 
@@ -644,11 +697,10 @@ class Client(_Base):
             with self._lock:  # so that no event lands behind close()'s stop marker
                 if self._closed:
                     raise IngestlayerError("this client is closed")
-                try:
+                if len(self._unsent) < self.max_queue_size:
+                    self._unsent[id(event)] = event
                     self._queue.put_nowait(event)
                     return None
-                except queue.Full:
-                    pass
             # Wait for room *outside* the lock: holding it through a blocking put made every other
             # thread queue up behind this one, each waiting its own timeout after the previous.
             remaining = deadline - time.monotonic()
@@ -689,15 +741,19 @@ class Client(_Base):
         Returns False if ``timeout`` seconds passed first. Without ``background`` there is nothing
         to flush.
         """
-        if self._queue is None or self._thread is None or not self._thread.is_alive():
+        # Closed: every event was sent or given to on_error by close(), and a sender that close()
+        # gave up on answers no marker (it would be waited for forever).
+        if self._closed or self._queue is None or self._thread is None or not self._thread.is_alive():
             return True
-        return self._send_marker(_Flush(), timeout)
+        marker = _Flush()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush the queue, stop the sender thread and close connections. Idempotent.
 
-        Returns False if the queue could not be flushed within ``timeout`` seconds (the unsent
-        events are logged).
+        Returns False if the queue could not be flushed within ``timeout`` seconds: every event
+        not sent by then (queued, or in the batch being sent) goes to ``on_error``.
         """
         with self._lock:
             if self._closed:
@@ -707,11 +763,13 @@ class Client(_Base):
         if self._queue is not None and self._thread is not None:
             atexit.unregister(self._atexit)
             if self._thread.is_alive():
-                flushed = self._send_marker(_Flush(stop=True), timeout)
+                marker = _Flush(stop=True)
+                self._queue.put(marker)
+                flushed = marker.done.wait(timeout)
                 if flushed:
                     self._thread.join(timeout)  # it ends right after answering the marker
                 else:
-                    self._give_up_queued(timeout)
+                    self._abandon(timeout)
         self._http.close()
         return flushed
 
@@ -731,63 +789,67 @@ class Client(_Base):
     def _atexit(self) -> None:
         self.close(timeout=self.shutdown_timeout)
 
-    def _send_marker(self, marker: _Flush, timeout: float | None) -> bool:
-        """Queue ``marker`` behind the events and wait until the sender reaches it, ``timeout`` in all.
+    def _abandon(self, timeout: float | None) -> None:
+        """close() timed out: report every unsent event to ``on_error`` and stop the sender.
 
-        The marker itself must wait for room when the queue is full (the server is down): a plain
-        ``put`` would block until the sender got through a whole batch's retries, however small the
-        ``timeout`` (and ``shutdown_timeout`` at exit) was.
+        They would never be sent (the process is usually exiting: the daemon thread dies with it),
+        and a log line was all the application learnt of them: ``on_error`` gets them instead, e.g.
+        to spill them to disk. That includes the batch the sender is retrying; it stops after
+        its current attempt and reports none of them again.
         """
         assert self._queue is not None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self._queue.put(marker, timeout=timeout)
-        except queue.Full:
-            return False
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return marker.done.wait(remaining)
-
-    def _give_up_queued(self, timeout: float | None) -> None:
-        """close() timed out: take back the events still queued and report them to ``on_error``.
-
-        They would never be sent (the process is usually exiting), and a log line with a count was
-        all the application learnt of them: ``on_error`` gets them instead, e.g. to spill them to
-        disk. A batch the sender is already retrying is left to it.
-        """
-        assert self._queue is not None
-        leftovers: list[_Event] = []
+        self._cutoff.stop()  # first, so that the sender starts no new attempt meanwhile
         markers: list[_Flush] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Event):
-                leftovers.append(item)
-            elif not item.stop:
+            if isinstance(item, _Flush):
                 markers.append(item)
-        # Other threads' flush() calls are answered once these events are reported (as documented),
-        # and the sender still stops after its current batch.
-        with contextlib.suppress(queue.Full):  # only with a max_queue_size below the markers' count
-            for marker in [*markers, _Flush(stop=True)]:
-                self._queue.put_nowait(marker)
-        if leftovers:
-            error = IngestlayerError(
-                f"not sent: close() gave up after {timeout}s (is the server reachable?)", attempts=0
-            )
-            self._report(error, leftovers)
-        else:
-            logger.error("ingestlayer: close() timed out while a batch was still being sent")
+        self._queue.put(_Flush(stop=True))  # wakes a sender that is waiting for events
+        self._give_up(
+            IngestlayerError(f"not sent: close() gave up after {timeout}s (is the server reachable?)")
+        )
+        for marker in markers:  # other threads' flush(): their events are sent or reported now
+            marker.done.set()
 
-    def _post(self, path: str, body: bytes) -> tuple[Any, int]:
-        """POST with retries; return ``(decoded JSON, attempts)`` or raise the last error."""
+    def _give_up(self, error: IngestlayerError) -> None:
+        """Hand every event not sent yet to ``on_error`` with ``error``."""
+        with self._lock:
+            leftovers = list(self._unsent.values())
+            self._unsent.clear()
+        if leftovers:
+            self._report(error, leftovers)
+
+    def _send_within(self, events: list[_Event], seconds: float) -> None:
+        """Send ``events`` from the calling thread for about ``seconds`` at most, then report the rest.
+
+        For the AsyncClient's exit hook: the interpreter is exiting, so no thread may be started.
+        """
+        self._cutoff = _Cutoff(time.monotonic() + seconds)
+        with self._lock:
+            self._unsent.update((id(e), e) for e in events)
+        self._send_batch(events)
+        self._give_up(
+            IngestlayerError(f"not sent: the exit hook gave up after {seconds}s (is the server reachable?)")
+        )
+
+    def _post(self, path: str, body: bytes, cutoff: _Cutoff | None = None) -> tuple[Any, int]:
+        """POST with retries; return ``(decoded JSON, attempts)`` or raise the last error.
+
+        With a ``cutoff`` (the batch senders), no retry starts after it and no request outlasts it.
+        """
         headers = self._headers()
         attempts = 0
         while True:
             attempts += 1
             error: IngestlayerError
+            timeout = self.timeout
+            if cutoff is not None:
+                timeout = min(timeout, max(_MIN_REQUEST_TIMEOUT, cutoff.remaining()))
             try:
-                status, resp_headers, data = self._http.post(path, body, headers)
+                status, resp_headers, data = self._http.post(path, body, headers, timeout)
             except _NETWORK_ERRORS as exc:
                 error = self._connection_error(exc, attempts)
             else:
@@ -798,7 +860,10 @@ class Client(_Base):
             if delay is None:
                 raise error
             logger.debug("ingestlayer: %s; retrying in %.2fs", error, delay)
-            time.sleep(delay)
+            if cutoff is None:
+                time.sleep(delay)
+            elif not cutoff.sleep(delay):
+                raise error
 
     def _run(self) -> None:
         assert self._queue is not None
@@ -811,51 +876,63 @@ class Client(_Base):
                 else:
                     item = self._queue.get()
             except queue.Empty:
-                self._send_batch(buffer)
-                buffer = []
-                continue
+                item = None  # the batch waited flush_interval: send it
+            if isinstance(item, _Event):
+                buffer.append(item)
+                if len(buffer) == 1:
+                    deadline = time.monotonic() + self.flush_interval
+                if len(buffer) < self.batch_size:
+                    continue
+            self._send_batch(buffer)
+            buffer = []
             if isinstance(item, _Flush):
-                self._send_batch(buffer)
-                buffer = []
                 item.done.set()
                 if item.stop:
                     return
-                continue
-            buffer.append(item)
-            if len(buffer) == 1:
-                deadline = time.monotonic() + self.flush_interval
-            if len(buffer) >= self.batch_size:
-                self._send_batch(buffer)
-                buffer = []
+            if self._cutoff.remaining() <= 0:
+                return  # close() gave up and reported what was left
 
     def _send_batch(self, events: list[_Event]) -> None:
         try:
             for part in chunks([len(e.raw) for e in events], self.batch_size):
                 self._deliver(events[part])
-        except Exception:  # never let the sender thread die
+        except Exception as exc:  # never let the sender thread die
             logger.exception("ingestlayer: unexpected error while sending a batch")
+            # Report what it left unsent, rather than leave it holding places in the queue forever.
+            self._settle(events, IngestlayerError(f"not sent: unexpected error in the SDK: {exc!r}"))
 
     def _deliver(self, events: list[_Event]) -> None:
         pending = list(events)
-        while pending:
+        while pending and self._cutoff.remaining() > 0:  # else whoever cut it off reports them
             try:
-                self._post(EVENTS_PATH, batch_body([e.raw for e in pending]))
+                self._post(EVENTS_PATH, batch_body([e.raw for e in pending]), self._cutoff)
+                self._settle(pending)
                 return
             except ValidationError as exc:
                 index = batch_index(exc.field)
                 if index is not None and index < len(pending):
                     # One bad event rejects the whole request: report it and send the rest again.
-                    self._report(exc, [pending.pop(index)])
+                    self._settle([pending.pop(index)], exc)
                     continue
                 if len(pending) > 1:
                     for half in _halves(pending):
                         self._deliver(half)
                     return
-                self._report(exc, pending)
+                self._settle(pending, exc)
                 return
             except IngestlayerError as exc:
-                self._report(exc, pending)
+                self._settle(pending, exc)
                 return
+
+    def _settle(self, events: list[_Event], error: IngestlayerError | None = None) -> None:
+        """The sender is done with ``events``: sent, or given up on with ``error`` (reported).
+
+        Those a close() that gave up already took and reported are not reported again.
+        """
+        with self._lock:
+            mine = [e for e in events if self._unsent.pop(id(e), None) is not None]
+        if error is not None and mine:
+            self._report(error, mine)
 
 
 # --- the asyncio client ------------------------------------------------------------------------------
@@ -869,7 +946,8 @@ class AsyncClient(_Base):
     Every method is a coroutine. With ``background=True`` an asyncio task sends the batches; it is
     started on demand in the running loop. Use ``async with`` (or ``await client.close()``) so the
     last events are sent and the HTTP session is closed; if the loop ends first (``asyncio.run``
-    returning), an :mod:`atexit` hook still sends the leftovers, synchronously. An
+    returning), an :mod:`atexit` hook still sends the leftovers, synchronously, for up to
+    ``shutdown_timeout`` seconds (what is unsent then goes to ``on_error``). An
     ``aiohttp.ClientSession`` of your own may be passed as ``session`` (it is then not closed).
 
     Example::
@@ -947,10 +1025,10 @@ class AsyncClient(_Base):
             data, attempts = await self._post(EVENTS_PATH, event.raw)
             return self._result(data, event, attempts)
         wake, idle = self._events()
-        if len(self._pending) >= self.max_queue_size:
+        if self._queue_full():
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
-            while len(self._pending) >= self.max_queue_size:
+            while self._queue_full():
                 if loop.time() >= deadline:
                     raise QueueFullError(
                         f"{self.max_queue_size} events are already waiting to be sent; is the server up?"
@@ -1040,6 +1118,10 @@ class AsyncClient(_Base):
         await self.close()
 
     # -- internals --
+
+    def _queue_full(self) -> bool:
+        # The batch being sent counts too: max_queue_size bounds every event not sent yet.
+        return len(self._pending) + len(self._inflight) >= self.max_queue_size
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         if self._wake is None or self._idle is None:
@@ -1160,7 +1242,11 @@ class AsyncClient(_Base):
                 return
 
     def _atexit(self) -> None:
-        """The loop is gone with events unsent (``asyncio.run`` returned): send them synchronously."""
+        """The loop is gone with events unsent (``asyncio.run`` returned): send them synchronously.
+
+        Within ``shutdown_timeout``, as a sync client's exit does; what is unsent then goes to
+        ``on_error``. From this thread: no thread may be started while the interpreter exits.
+        """
         if self._closed:
             return
         self._closed = True
@@ -1189,6 +1275,6 @@ class AsyncClient(_Base):
             on_error=self._on_error,
         )
         try:
-            sender._send_batch(leftovers)
+            sender._send_within(leftovers, self.shutdown_timeout)
         finally:
             sender.close()
