@@ -20,7 +20,9 @@ from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
 from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
 from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
+from ingestlayer.store.db import connections_dropped
 from ingestlayer.store.group_commit import GroupCommitter
+from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
@@ -68,6 +70,8 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._compiling: set[str] = set()  # projects whose configuration ingest is compiling
         self._background: set[asyncio.Task[None]] = set()
+        self._stop_by: float | None = None  # the loop's time by which shutdown() ends its waits
+        self._compile_outage = OutageLog(log, "compiling project configurations")
 
     async def _insert_and_hand_over(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
         """Store events with their route jobs leased to this process's router, and hand them
@@ -137,11 +141,15 @@ class Runtime:
     async def _compile(self, project_ids: set[str]) -> None:
         try:
             await self.router.configs.get_many(project_ids)
+        except DATABASE_UNAVAILABLE as exc:
+            self._compile_outage.failed(exc, "events are routed by the workers")
         except Exception:
             log.exception(
                 "compiling the configuration of %d projects failed; events are routed by the workers",
                 len(project_ids),
             )
+        else:
+            self._compile_outage.succeeded()
         finally:
             self._compiling -= project_ids
 
@@ -284,15 +292,56 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), RETENTION_INTERVAL_SECONDS)
 
-    async def shutdown(self) -> None:
-        """Stop taking work, commit queued events, let in-flight attempts finish, close."""
+    def begin_shutdown(self) -> None:
+        """Stop taking work, at the signal: the shutdown's time limit counts from here, while an
+        HTTP server still finishes its requests."""
+        if self._stop_by is None:
+            s = self.settings
+            budget = s.shutdown_grace_seconds + s.database_timeout
+            self._stop_by = asyncio.get_running_loop().time() + budget
         self.stop.set()
-        await self.committer.close()
+
+    async def shutdown(self) -> None:
+        """Stop taking work, commit queued events, let in-flight attempts finish, close.
+
+        Every wait is bounded: a database that stops answering without closing its connections
+        held a process sent SIGTERM until it came back. Attempts in flight get the grace period
+        and the database its timeout, both counted from the signal; past that, what still waits
+        (for the database, in practice) is cancelled, and connections the database does not let
+        go of in 2 s are dropped. Nothing accepted is lost: an event is committed before it is
+        answered 202, and a lease not handed back expires and is retaken."""
+        self.begin_shutdown()
+        assert self._stop_by is not None
+        loop = asyncio.get_running_loop()
+        dropped_before = connections_dropped()
+        cut: list[str] = []
+
+        def left() -> float:
+            assert self._stop_by is not None
+            return max(0.0, self._stop_by - loop.time())
+
+        if await self.committer.close(left()):
+            cut.append("cancelled the ingest transactions in progress (their requests get a 503)")
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(self._tasks, timeout=left())
+            if pending:
+                names = ", ".join(sorted(task.get_name() for task in pending))
+                cut.append(f"cancelled the {names} loops (leases they hold expire and are retaken)")
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
         await self._step_http.close()
         await self.store.close()
+        dropped = connections_dropped() - dropped_before
+        if dropped:
+            cut.append(f"dropped {dropped} database connections the database did not close in time")
+        if cut:
+            log.warning(
+                "shutdown went on without waiting for the database any longer: %s; "
+                "events answered 202 were committed before their answer",
+                "; ".join(cut),
+            )
         log.info("ingestlayer stopped")

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -64,6 +65,16 @@ class _Server(uvicorn.Server):
     signals only ask the server to stop (a second SIGINT still forces it), like ``worker``.
     """
 
+    def __init__(self, config: uvicorn.Config, rt: Runtime) -> None:
+        super().__init__(config)
+        self.rt = rt
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # The router and dispatcher stop taking work, and the shutdown's time limit starts,
+        # now rather than once the HTTP requests are done.
+        self.rt.begin_shutdown()
+        super().handle_exit(sig, frame)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         freeze_startup_objects()
@@ -110,7 +121,7 @@ def run_http(settings: Settings, *, worker: bool) -> None:
             log_config=None,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
-        await _Server(config).serve()
+        await _Server(config, rt).serve()
 
     _install_uvloop()
     asyncio.run(main())
@@ -124,8 +135,13 @@ def run_worker(settings: Settings) -> None:
         await _checked(rt)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            rt.begin_shutdown()
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         # The probes listen before the worker says it started, and outlive the drain: /readyz
         # and /metrics still answer while attempts finish.
         async with serve_probes(rt, settings.host, settings.worker_port):

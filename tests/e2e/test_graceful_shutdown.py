@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,40 @@ async def test_attempt_outlasting_the_grace_period_is_retaken_after_restart(
         first, second = receiver.requests
         assert first.json()["id"] == second.json()["id"] == event_id
         assert first.headers["X-Ingestlayer-Delivery"] == second.headers["X-Ingestlayer-Delivery"]
+
+
+async def test_an_attempt_cut_short_at_shutdown_is_logged_and_does_not_count_toward_retries(
+    database_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    grace, lease = 1.0, 60.0  # released at shutdown, not expired, within the test's waits
+    # Cut short, then a failure, then a success. The schedule allows two counted attempts: were
+    # the cut-short one counted, the failure would end the delivery dead.
+    receiver.plan = [Reply(status=200, delay=8.0), Reply(status=500), Reply(status=200)]
+    document = pipeline(receiver.url)
+    document["pipelines"][0]["destinations"][0]["retry"] = {"schedule": [0, 0.2], "jitter": 0}
+    async with Cluster(tmp_path, database_url, grace_seconds=grace, lease_seconds=lease) as cluster:
+        keys = await cluster.init_project()
+        await cluster.apply(document)
+        serve = await cluster.start("serve")
+        await send_events(cluster, serve, keys, 1)
+        await wait_until(lambda: receiver.requests, 20, "the attempt reaches the receiver", serve)
+        serve.signal(signal.SIGTERM)
+        code = await serve.wait_exit(grace + 15)
+        assert code == 0, f"exit status {code} after SIGTERM: {serve.describe()}"
+
+        serve2 = await cluster.start("serve")
+        await cluster.wait_for_counts(serve2, keys.admin, {"delivered": 1}, 20, serve2)
+        assert [r.headers["X-Ingestlayer-Attempt"] for r in receiver.requests] == ["1", "2", "3"]
+        (delivery,) = await cluster.all_deliveries(serve2, keys.admin)
+        status, detail = await cluster.request(
+            serve2, "GET", f"/v1/deliveries/{delivery['id']}", key=keys.admin
+        )
+        assert status == 200, detail
+        attempts = detail["attempts"]
+        assert [(a["n"], a["status_code"]) for a in attempts] == [(1, None), (2, 500), (3, 200)], attempts
+        cut_short = attempts[0]
+        assert cut_short["error"].startswith("cut short: the worker shut down"), cut_short
+        # It ran from the send until the grace period ended.
+        assert cut_short["duration_ms"] >= grace * 1000 * 0.9, cut_short
+        started = datetime.fromisoformat(cut_short["started_at"].replace("Z", "+00:00")).timestamp()
+        assert abs(started - receiver.requests[0].at) < 5, cut_short

@@ -8,58 +8,15 @@ come back once the database does.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from urllib.parse import urlsplit, urlunsplit
+import time
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from tests.support.freezing_proxy import FreezingProxy, through
 from tests.support.server import start_server, wait_for
 
-
-class FreezingProxy:
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> FreezingProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                await self.flowing.wait()  # frozen: the bytes wait here, the sockets stay open
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        self.flowing.set()
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def through(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+__all__ = ["FreezingProxy", "through"]  # moved to tests/support/freezing_proxy.py; kept importable here
 
 
 async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> None:
@@ -97,6 +54,50 @@ async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> 
         await wait_for(serving, timeout=20)
         status, _ = await server.ingest("a.b", {"n": 2})
         assert status == 202
+    finally:
+        proxy.flowing.set()
+        await server.stop()
+        await proxy.close()
+
+
+async def test_frozen_database_answers_within_the_documented_bounds(pg_url: str) -> None:
+    """``/readyz`` within 2 s, an ingest's 503 within INGESTLAYER_DATABASE_TIMEOUT.
+
+    They took twice as long: a cancelled ``/readyz`` ping first closed its connection (2 s more
+    on a frozen server), and an ingest whose statement timed out handed its connection back only
+    once the server acknowledged the cancel (the timeout again: 10 s for a timeout of 5)."""
+    # Long enough that the old bound (the timeout twice over) and the new one (once) stay apart
+    # by more than a loaded machine's delays.
+    timeout = 6.0
+    proxy = await FreezingProxy.to(pg_url)
+    server = await start_server(proxy.url(pg_url), database_timeout=timeout)
+    bounded = aiohttp.ClientTimeout(total=30)
+
+    async def timed(method: str, path: str, key: str) -> tuple[int, float]:
+        started = time.monotonic()
+        async with server.session.request(
+            method,
+            server.url + path,
+            json={"type": "a.b", "payload": {}} if method == "POST" else None,
+            headers=server.auth(key),
+            timeout=bounded,
+        ) as resp:
+            await resp.read()
+            return resp.status, time.monotonic() - started
+
+    try:
+        # Connections in both pools, as on a server that has been serving.
+        assert (await server.ingest("a.b", {"n": 1}))[0] == 202
+        assert (await timed("GET", "/readyz", server.admin_key))[0] == 200
+        proxy.flowing.clear()
+
+        status, took = await timed("GET", "/readyz", server.admin_key)
+        assert status == 503
+        assert took < 3.6, f"/readyz took {took:.1f}s"  # 2 s (it took 4), and a loaded machine's margin
+        for _ in range(2):  # the first on a pooled connection, the next on a new one
+            status, took = await timed("POST", "/v1/events", server.ingest_key)
+            assert status == 503
+            assert took < timeout + 3.5, f"an ingest took {took:.1f}s"  # it took twice the timeout
     finally:
         proxy.flowing.set()
         await server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -17,9 +18,14 @@ from ingestlayer.json_depth import (
     is_number_range_error,
     is_read_depth_error,
 )
+from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
 
 log = logging.getLogger("ingestlayer.api")
+
+# Requests that found the database unavailable this long after the last such request belong to
+# another outage (see install_error_handlers).
+OUTAGE_QUIET_SECONDS = 30.0
 
 
 def unavailable_error(exc: BaseException, what: str) -> ApiError:
@@ -151,14 +157,19 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
         )
 
+    # Each caller has its 503 with Retry-After: an outage is a line when it starts and one every
+    # few seconds with the count (OutageLog), not a line per request. No request tells when the
+    # database is back, so failures after a quiet spell start a new outage.
+    outage = OutageLog(log, "requests")
+    last_failure = -OUTAGE_QUIET_SECONDS
+
     async def _unavailable(req: Request, exc: Exception) -> Response:
-        # One line per request, not a traceback each: an outage would fill the log.
-        # The driver's error, not SQLAlchemy's wrapper: that one quotes the statement's parameters.
-        cause = getattr(exc, "orig", None) or exc
-        first_line = (str(cause).splitlines() or [""])[0][:300]
-        log.warning(
-            "%s %s: database unavailable: %s: %s", req.method, req.url.path, type(cause).__name__, first_line
-        )
+        nonlocal outage, last_failure
+        now = time.monotonic()
+        if now - last_failure > OUTAGE_QUIET_SECONDS:
+            outage = OutageLog(log, "requests")
+        last_failure = now
+        outage.failed(exc, f"{req.method} {req.url.path} and those after it are answered 503")
         err = unavailable_error(exc, "the request could not be served")
         return Response(err.body(), err.status, media_type="application/json", headers=err.headers)
 

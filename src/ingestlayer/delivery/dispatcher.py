@@ -3,6 +3,8 @@
 Leases are taken in batches up to the free concurrency; results are written back in batches
 by one writer task, so the database sees a few large transactions instead of many small ones.
 A delivery whose worker dies keeps its lease until ``due_at`` passes, then any worker retakes it.
+A live worker that cannot reach the database keeps its unrecorded outcomes in memory and records
+them once it answers, so a delivery that succeeded is not sent again when its lease expires.
 """
 
 from __future__ import annotations
@@ -32,14 +34,21 @@ from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
+from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog, reason
 from ingestlayer.store.store import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, Store
-from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 from ingestlayer.stored_config import stored_configuration
 
 log = logging.getLogger("ingestlayer.delivery")
 
 SECRET_CACHE_SECONDS = 5.0
 RETIRE_AFTER_SECONDS = 65.0
+# Recording outcomes the database could not take is tried again after these delays (the last
+# repeating), until it answers.
+RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# Outcomes held for the database at most: beyond it the oldest are dropped (logged), and their
+# deliveries are attempted again when their leases expire, as if this worker had died.
+MAX_UNRECORDED = 20_000
+CUT_SHORT_ERROR = "cut short: the worker shut down before the answer came"
 
 
 @dataclass
@@ -70,6 +79,19 @@ def _build(row: DestinationRow) -> _Dest:
             row.updated_at, row.enabled, None, policy, broken=f"invalid configuration: {_problem(exc)}"
         )
     return _Dest(row.updated_at, row.enabled, instance, policy, row.config.get("concurrency"))
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """A line when the database is out of reach (it says why; a traceback would say nothing
+    more, once a second), the traceback for anything else."""
+    if isinstance(exc, CONNECTION_LOST):
+        log.warning("%s: database unavailable: %s", what, reason(exc))
+    else:
+        log.exception("%s", what)
+
+
+def _kept(n: int) -> str:
+    return f"{n} unrecorded outcome{'' if n == 1 else 's'} kept until it answers"
 
 
 def _problem(exc: Exception) -> str:
@@ -176,7 +198,12 @@ class Dispatcher:
         self.wake = asyncio.Event()
         self._dests: dict[str, _Dest] = {}
         self._inflight: dict[asyncio.Task[None], LeasedDelivery] = {}  # attempt → its delivery
+        self._began: dict[asyncio.Task[None], tuple[float, float]] = {}  # clock.now(), perf_counter()
         self._results: list[AttemptResult] = []
+        self._unrecorded: list[AttemptResult] = []  # the database was out of reach when recorded
+        self._grace_ends: float | None = None  # time.monotonic() when shutdown's grace period ends
+        self._lease_outage = OutageLog(log, "leasing deliveries")
+        self._record_outage = OutageLog(log, "recording attempts")
         self._results_ready = asyncio.Event()
         self._on_finished = on_finished
         self._session: aiohttp.ClientSession | None = None
@@ -324,39 +351,101 @@ class Dispatcher:
 
     async def _writer(self, done: asyncio.Event) -> None:
         """Record finished attempts in batches; ends once ``done`` (the lease loop has ended)
-        and nothing is left in flight or unrecorded."""
+        and nothing is left in flight or unrecorded.
+
+        Outcomes the database could not take (out of reach, the session lost) are kept and
+        recorded with the next batch, after a growing pause. The lease of each stays ours in the
+        meantime: were it to expire and another worker retake the delivery, the record still logs
+        the attempt (the request was made) but leaves the newer state alone (the lease token no
+        longer matches)."""
+        failures = 0
         while True:
             await self._results_ready.wait()
             self._results_ready.clear()
-            if self._results:
-                batch, self._results = self._results, []
-                recorded = await self._record(batch)
+            if self._results or self._unrecorded:
+                final = done.is_set() and not self._inflight
+                again = bool(self._unrecorded)
+                batch = self._unrecorded + self._results
+                self._unrecorded, self._results = [], []
+                recorded, kept = await self._record(batch, again, final)
                 if self._on_finished is not None:
                     for r in recorded:
                         self._on_finished(r)
-            if done.is_set() and not self._inflight and not self._results:
+                if kept:
+                    if final:
+                        self._give_up(kept)
+                        return
+                    self._hold(kept)
+                    failures += 1
+                    delay = RECORD_RETRY_DELAYS[min(failures, len(RECORD_RETRY_DELAYS)) - 1]
+                    # Shutdown cuts the pause short: the last try is made at once.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(done.wait(), delay)
+                    self._results_ready.set()
+                    continue
+                failures = 0
+            if done.is_set() and not self._inflight and not self._results and not self._unrecorded:
                 return
 
-    async def _record(self, batch: list[AttemptResult]) -> list[AttemptResult]:
-        """Record ``batch`` in one transaction. If the database refused it (rather than being
-        out of reach), record each attempt on its own, so that one it refuses does not leave the
-        others unrecorded. What is not recorded stays leased, and is retaken when the lease
-        expires and attempted again (at-least-once)."""
+    def _hold(self, kept: list[AttemptResult]) -> None:
+        """Keep outcomes for the next try, the oldest dropped beyond MAX_UNRECORDED."""
+        self._unrecorded = kept + self._unrecorded
+        over = len(self._unrecorded) - MAX_UNRECORDED
+        if over > 0:
+            dropped, self._unrecorded = self._unrecorded[:over], self._unrecorded[over:]
+            log.error(
+                "dropping %d unrecorded attempt outcomes (more than %d wait for the database): "
+                "their deliveries are attempted again when their leases expire; the first: %s",
+                over,
+                MAX_UNRECORDED,
+                ", ".join(r.delivery_id for r in dropped[:10]),
+            )
+
+    def _give_up(self, kept: list[AttemptResult]) -> None:
+        ids = ", ".join(f"{r.delivery_id} (attempt {r.n}, {r.status})" for r in kept[:50])
+        more = f" and {len(kept) - 50} more" if len(kept) > 50 else ""
+        log.error(
+            "exiting with %d attempts unrecorded (the database did not answer): their deliveries are "
+            "attempted again when their leases expire, and these attempts are missing from their logs: %s%s",
+            len(kept),
+            ids,
+            more,
+        )
+
+    async def _record(
+        self, batch: list[AttemptResult], again: bool, final: bool = False
+    ) -> tuple[list[AttemptResult], list[AttemptResult]]:
+        """Record ``batch`` in one transaction; return what was recorded and what to try again
+        later (the database was out of reach). If the database refused the batch (rather than
+        being out of reach), record each attempt on its own, so that one it refuses does not
+        leave the others unrecorded. A refused attempt is not tried again: its delivery stays
+        leased, and is retaken when the lease expires and attempted again (at-least-once).
+        ``final``: the last try, at shutdown, bounded by what is left of the grace period."""
         try:
-            await self.store.record_attempts(batch)
-            return batch
-        except DATABASE_UNAVAILABLE:
-            log.exception("recording %d attempts failed", len(batch))
-            return []
+            if final:
+                await asyncio.wait_for(self.store.record_attempts(batch, again=again), self._grace_left())
+            else:
+                await self.store.record_attempts(batch, again=again)
+        except CONNECTION_LOST as exc:
+            self._record_outage.failed(exc, _kept(len(batch)))
+            return [], batch
         except Exception:
             if len(batch) == 1:
                 log.exception("recording the attempt of delivery %s failed", batch[0].delivery_id)
-                return []
+                return [], []
             log.exception("recording %d attempts failed; recording them one by one", len(batch))
-        recorded, refused = [], []
-        for r in batch:
+        else:
+            self._record_outage.succeeded()
+            return batch, []
+        recorded: list[AttemptResult] = []
+        refused: list[str] = []
+        for i, r in enumerate(batch):
             try:
-                await self.store.record_attempts([r])
+                await self.store.record_attempts([r], again=again)
+            except CONNECTION_LOST as exc:
+                # Out of reach now: this one and the rest are tried again later.
+                self._record_outage.failed(exc, _kept(len(batch) - i))
+                return recorded, batch[i:]
             except Exception as exc:
                 refused.append(f"{r.delivery_id} ({type(exc).__name__}: {exc})")
             else:
@@ -364,7 +453,12 @@ class Dispatcher:
         if refused:
             shown = "; ".join(refused[:5])
             log.error("the attempts of %d deliveries could not be recorded: %s", len(refused), shown)
-        return recorded
+        return recorded, []
+
+    def _grace_left(self) -> float:
+        if self._grace_ends is None:
+            return self.settings.shutdown_grace_seconds
+        return max(1.0, self._grace_ends - time.monotonic())
 
     async def run(self, stop: asyncio.Event) -> None:
         done = asyncio.Event()
@@ -392,10 +486,15 @@ class Dispatcher:
                         leased = await self.store.lease_deliveries(
                             want, self.settings.delivery_lease_seconds, room
                         )
+                    except CONNECTION_LOST as exc:
+                        self._lease_outage.failed(exc)  # one line now and then, not a traceback each
+                        await asyncio.sleep(1.0)
+                        continue
                     except Exception:
                         log.exception("leasing deliveries failed; retrying shortly")
                         await asyncio.sleep(1.0)
                         continue
+                    self._lease_outage.succeeded()
                     self.slots.leased(room, want, len(leased))
                     self._backlogged = len(leased) == want
                 else:
@@ -406,10 +505,12 @@ class Dispatcher:
                         break
                     try:
                         dests = await self._destinations({d.destination_id for d in leased})
-                    except Exception:
+                    except Exception as exc:
                         # The database went away between the lease and this read (seen when
                         # PostgreSQL restarted under load): hand the deliveries back, go on.
-                        log.exception("reading the destinations of %d leased deliveries failed", len(leased))
+                        _log_failure(
+                            f"reading the destinations of {len(leased)} leased deliveries failed", exc
+                        )
                         await self._release(leased)
                         await asyncio.sleep(1.0)
                         continue
@@ -419,6 +520,7 @@ class Dispatcher:
                 await wait_for_work(self.wake, stop, self.settings.poll_interval)
         finally:
             self._accepting = False
+            self._grace_ends = time.monotonic() + self.settings.shutdown_grace_seconds
             if self._starting:
                 await asyncio.gather(*self._starting, return_exceptions=True)
             await self._drain()
@@ -456,8 +558,8 @@ class Dispatcher:
     async def _start(self, leased: list[LeasedDelivery]) -> None:
         try:
             dests = await self._destinations({d.destination_id for d in leased})
-        except Exception:
-            log.exception("starting %d handed-over deliveries failed", len(leased))
+        except Exception as exc:
+            _log_failure(f"starting {len(leased)} handed-over deliveries failed", exc)
             await self._release(leased)  # if that fails too, they are retaken when the lease expires
             return
         finally:
@@ -475,6 +577,7 @@ class Dispatcher:
                 continue
             task = asyncio.create_task(self._run_one(d, dest))
             self._inflight[task] = d
+            self._began[task] = (clock.now(), time.perf_counter())
             task.add_done_callback(self._task_done)
         if over:
             # Leased in one batch beyond a destination's limit: due again at once, and left out of
@@ -486,6 +589,12 @@ class Dispatcher:
     async def _release(self, leased: list[LeasedDelivery]) -> None:
         try:
             await self.store.release_leases(leased)
+        except CONNECTION_LOST as exc:
+            log.warning(
+                "releasing %d leases failed: database unavailable: %s; they are retaken when they expire",
+                len(leased),
+                reason(exc),
+            )
         except Exception:
             log.exception("releasing %d leases failed; they are retaken when they expire", len(leased))
 
@@ -520,6 +629,7 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
+        self._began.pop(task, None)
         if self._backlogged:
             # The last lease was cut short by a lack of free slots (or was full): more may be
             # due. Otherwise the table has nothing due that a poll or a wake would not bring.
@@ -531,15 +641,54 @@ class Dispatcher:
             return
         log.info("waiting for %d in-flight deliveries", len(self._inflight))
         _done, pending = await asyncio.wait(set(self._inflight), timeout=self.settings.shutdown_grace_seconds)
-        cut_short = [self._inflight[task] for task in pending if task in self._inflight]
+        cut_short = [self._cut_short(task) for task in pending if task in self._inflight]
         for task in pending:
             task.cancel()
         if pending:
             # Wait for the cancellations to land: until they leave ``_inflight`` the writer
             # would wait for their results forever and the process would never exit.
             await asyncio.wait(pending, timeout=5)
-            # Handed back, due at once, for another worker (or this one restarted) to attempt
-            # again instead of waiting out the lease. The receiver may have seen the cut-short
-            # request: the next attempt carries the same delivery id.
-            log.info("releasing %d deliveries whose attempts outlasted the grace period", len(cut_short))
-            await self._release(cut_short)
+            await self._release_cut_short(cut_short)
+
+    def _cut_short(self, task: asyncio.Task[None]) -> tuple[LeasedDelivery, AttemptResult]:
+        """The attempt ``task`` makes, as cut short now: no answer, due again at once."""
+        d = self._inflight[task]
+        started, t0 = self._began.get(task, (clock.now(), time.perf_counter()))
+        return d, AttemptResult(
+            delivery_id=d.id,
+            project_id=d.project_id,
+            lease_token=d.lease_token,
+            n=d.attempts + 1,
+            started_at=started,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            status_code=None,
+            error=CUT_SHORT_ERROR,
+            response_excerpt=None,
+            status="retrying",
+            next_retry_at=clock.now(),
+            worker=self.store.worker_id,
+        )
+
+    async def _release_cut_short(self, cut_short: list[tuple[LeasedDelivery, AttemptResult]]) -> None:
+        """Hand back deliveries whose attempts outlasted the grace period, due at once, for
+        another worker (or this one restarted) instead of waiting out the lease. The receiver
+        may have seen the request: it is logged (the next attempt is numbered after it, with the
+        same delivery id), and does not count toward the retry schedule, so restarting workers
+        never makes a delivery dead."""
+        log.info(
+            "logging and releasing %d deliveries whose attempts outlasted the grace period", len(cut_short)
+        )
+        try:
+            await self.store.release_leases([], [attempt for _, attempt in cut_short])
+        except CONNECTION_LOST as exc:
+            log.error(
+                "could not log %d attempts cut short by the shutdown (database unavailable: %s): their "
+                "deliveries are attempted again when their leases expire, and these attempts are "
+                "missing from their logs: %s",
+                len(cut_short),
+                reason(exc),
+                ", ".join(f"{d.id} (attempt {d.attempts + 1})" for d, _ in cut_short[:50]),
+            )
+        except Exception:
+            log.exception("logging %d attempts cut short failed; releasing their deliveries", len(cut_short))
+            await self._release([d for d, _ in cut_short])

@@ -27,6 +27,7 @@ from ingestlayer.pipeline.runner import (
     route_event,
 )
 from ingestlayer.records import IngestRouting, LeasedDelivery, NewDelivery, NewEvent, RouteLease, StoredEvent
+from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
@@ -116,6 +117,7 @@ class Router:
         self._handed: list[RouteLease] = []
         self._handed_events = 0
         self._last_table_lease = 0.0
+        self._outage = OutageLog(log, "routing")
 
     # ---- ingest in this process ----------------------------------------------------------------
 
@@ -325,10 +327,16 @@ class Router:
             self.wake.clear()
             try:
                 took = await self.run_once()
+            except CONNECTION_LOST as exc:
+                self._outage.failed(exc)  # one line now and then, not a traceback each
+                took = 0
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("router pass failed; retrying shortly")
                 took = 0
                 await asyncio.sleep(1.0)
+            else:
+                self._outage.succeeded()
             if took == 0:
                 await wait_for_work(self.wake, stop, self.settings.poll_interval)
         if self._handed:

@@ -8,9 +8,13 @@ Reads use their own connections, which WAL lets run beside the writer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -45,6 +49,41 @@ def async_url(url: str) -> str:
     raise DatabaseURLError(f"unsupported database URL scheme {parsed.drivername!r}: use sqlite or postgresql")
 
 
+# How long closing a PostgreSQL connection may wait for the server to let it go. A polite close
+# (asyncpg's, and SQLAlchemy's dispose) waits for the server's answer with no bound, and a server
+# that stops answering without closing its connections never gives it: a process sent SIGTERM
+# then ran until the database came back. A server that answers does within milliseconds.
+CLOSE_TIMEOUT_SECONDS = 2.0
+
+# How many PostgreSQL connections this process has dropped without the server's answer (their
+# close timed out), for the shutdown's account of what it cut short.
+_dropped = [0]
+
+
+def connections_dropped() -> int:
+    return _dropped[0]
+
+
+def count_dropped(n: int) -> None:
+    _dropped[0] += n
+
+
+async def _close_or_drop(conn: asyncpg.Connection, timeout: float) -> bool:
+    """Close ``conn``; past ``timeout``, drop it (asyncpg aborts the socket). True if dropped."""
+    try:
+        await conn.close(timeout=timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return True
+    return False
+
+
+async def close_connections(conns: Iterable[asyncpg.Connection], timeout: float) -> int:
+    """Close these connections at once, each given ``timeout``; return how many were dropped."""
+    dropped = sum(await asyncio.gather(*(_close_or_drop(c, timeout) for c in conns if not c.is_closed())))
+    count_dropped(dropped)
+    return dropped
+
+
 @dataclass
 class Engines:
     """A write engine and a read engine (the same engine on PostgreSQL)."""
@@ -53,11 +92,21 @@ class Engines:
     read: AsyncEngine
     dialect: str
     command_timeout: float | None = None  # PostgreSQL: how long one statement may take
+    # PostgreSQL: every driver connection the engine opened, for dispose() to close them itself.
+    connections: weakref.WeakSet[asyncpg.Connection] = field(default_factory=weakref.WeakSet, repr=False)
 
-    async def dispose(self) -> None:
-        await self.write.dispose()
-        if self.read is not self.write:
-            await self.read.dispose()
+    async def dispose(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> int:
+        """Close the engines' connections; return how many were dropped without the server's
+        answer (PostgreSQL, after ``timeout``)."""
+        if self.dialect != "postgresql":
+            await self.write.dispose()
+            if self.read is not self.write:
+                await self.read.dispose()
+            return 0
+        # SQLAlchemy's dispose closes each connection with no bound, and cancelling it logs a
+        # traceback per connection: its pool is let go, and the connections closed here.
+        await self.write.dispose(close=False)
+        return await close_connections(list(self.connections), timeout)
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
@@ -104,4 +153,10 @@ def create_engines(url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) 
         pool_timeout=command_timeout,
         connect_args={"command_timeout": command_timeout, "timeout": command_timeout},
     )
-    return Engines(write=engine, read=engine, dialect="postgresql", command_timeout=command_timeout)
+    engines = Engines(write=engine, read=engine, dialect="postgresql", command_timeout=command_timeout)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _track(_dbapi_conn: Any, record: Any) -> None:
+        engines.connections.add(record.driver_connection)
+
+    return engines

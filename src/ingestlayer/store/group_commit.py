@@ -13,9 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from ingestlayer.records import IngestResult, NewEvent
+from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.ingest")
+
+SHUTTING_DOWN = "the server is shutting down"
 
 InsertFn = Callable[[Sequence[NewEvent]], Awaitable[list[IngestResult]]]
 
@@ -44,6 +47,9 @@ class GroupCommitter:
         # The writer task's loop, kept: asyncio.get_running_loop() makes a getpid() system call
         # (its fork check) each time, once per request here.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Each request that fails for the database's absence is already answered 503 with
+        # Retry-After: a traceback each (one a request, 55 lines long) flooded the log.
+        self._outage = OutageLog(log, "storing ingested events")
 
     def start(self) -> None:
         if self._task is None:
@@ -53,7 +59,7 @@ class GroupCommitter:
     async def submit(self, items: list[NewEvent]) -> list[IngestResult]:
         """Store ``items`` durably; return once their transaction has committed."""
         if self._closing:
-            raise RuntimeError("the server is shutting down")
+            raise RuntimeError(SHUTTING_DOWN)
         fut: asyncio.Future[list[IngestResult]] = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue.append((items, fut))
         self._wake.set()
@@ -92,6 +98,11 @@ class GroupCommitter:
         flat = [ev for items, _ in group for ev in items]
         try:
             results = await self._insert(flat)
+        except asyncio.CancelledError:  # a shutdown that could wait no longer (close)
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(RuntimeError(SHUTTING_DOWN))
+            raise
         except Exception as exc:
             if len(group) > 1 and not isinstance(exc, DATABASE_UNAVAILABLE):
                 # The database refused the group rather than being out of reach: one request's
@@ -107,11 +118,15 @@ class GroupCommitter:
                 return
             # Nothing was committed: every request in the group gets the error (a 503), and
             # its client retries with the same idempotency key.
-            log.exception("ingest transaction failed for %d events", len(flat))
+            if isinstance(exc, DATABASE_UNAVAILABLE):
+                self._outage.failed(exc, "requests are answered 503 with Retry-After")
+            else:
+                log.exception("ingest transaction failed for %d events", len(flat))
             for _, fut in group:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        self._outage.succeeded()
         if self._on_commit is not None:
             self._on_commit(results)
         pos = 0
@@ -120,10 +135,24 @@ class GroupCommitter:
                 fut.set_result(results[pos : pos + len(items)])
             pos += len(items)
 
-    async def close(self) -> None:
-        """Commit what is queued, then stop."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Commit what is queued, then stop. Past ``timeout`` (a database that does not answer)
+        stop anyway: the requests still waiting get the error (a 503; none was answered 202,
+        so nothing accepted is lost). Returns whether it stopped before everything was stored."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return False
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if done:
+            return False
+        task.cancel()
+        for inflight in list(self._inflight):
+            inflight.cancel()
+        await asyncio.gather(task, *self._inflight, return_exceptions=True)
+        for _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(RuntimeError(SHUTTING_DOWN))
+        self._queue.clear()
+        return True

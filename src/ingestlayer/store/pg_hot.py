@@ -32,8 +32,10 @@ from ingestlayer.records import (
     RouteLease,
 )
 from ingestlayer.store import rows as rowmap
+from ingestlayer.store.db import CLOSE_TIMEOUT_SECONDS, close_connections, count_dropped
 from ingestlayer.store.idempotency import InsertPlan
 from ingestlayer.store.lease_window import DUE, DUE_DESTINATIONS_CTE, LEASE_WINDOW, Room
+from ingestlayer.store.outage_log import OutageLog
 
 log = logging.getLogger("ingestlayer.store")
 
@@ -210,7 +212,8 @@ RETURNING {rowmap.DELIVERY_COLUMNS}
 # Attempts logged and their deliveries moved on in one statement (one round trip, one implicit
 # transaction), the rows as JSON documents ($1 the results, $2 the deliveries' new states; see
 # _INGEST for why not arrays). The state moves on only while the lease is still ours; the
-# attempt is logged regardless.
+# attempt is logged regardless. $4 moves retry_base along with the attempts for attempts that
+# do not count toward the retry schedule (cut short at shutdown).
 _STATE_KEYS = ("id", "token", "status", "n", "due", "code", "error", "finished")
 _RECORD_ATTEMPTS = """
 WITH a AS (
@@ -221,13 +224,23 @@ WITH a AS (
     FROM json_to_recordset($1::json)
          AS x(delivery_id text, project_id text, n int, started_at float8, duration_ms float8,
               status_code int, error text, response_excerpt text, next_retry_at float8, worker text)
+    {guard}
 )
 UPDATE deliveries SET status = v.status, attempts = v.n, due_at = v.due, lease_token = NULL,
-       last_status_code = v.code, last_error = v.error, updated_at = $3, finished_at = v.finished
+       last_status_code = v.code, last_error = v.error, updated_at = $3, finished_at = v.finished,
+       retry_base = deliveries.retry_base + $4
 FROM json_to_recordset($2::json)
      AS v(id text, token text, status text, n int, due float8, code int, error text, finished float8)
 WHERE deliveries.id = v.id AND deliveries.lease_token = v.token
 """
+# Recording again what may have been recorded already (the connection was lost after the commit,
+# before its answer): an attempt already logged is not logged twice. The state needs no guard:
+# a recorded attempt cleared the lease token its update matches on.
+_RECORD_ATTEMPTS_AGAIN = _RECORD_ATTEMPTS.format(
+    guard="WHERE NOT EXISTS (SELECT 1 FROM attempts AS p WHERE p.delivery_id = x.delivery_id"
+    " AND p.n = x.n AND p.started_at = x.started_at)"
+)
+_RECORD_ATTEMPTS = _RECORD_ATTEMPTS.format(guard="")
 _RELEASE = """
 UPDATE deliveries SET status = v.status, due_at = $4, lease_token = NULL, updated_at = $4
 FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, token, status)
@@ -279,6 +292,7 @@ class PgHotPath:
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -286,7 +300,9 @@ class PgHotPath:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(
                         self._dsn,
-                        min_size=1,
+                        # No floor: asyncpg keeps one by reconnecting in the background, and
+                        # logs a traceback for each try while the database is away.
+                        min_size=0,
                         max_size=POOL_SIZE,
                         command_timeout=self._command_timeout,
                         timeout=self._command_timeout or 60.0,
@@ -300,14 +316,28 @@ class PgHotPath:
         after our statements ran, and asyncpg's reset of it fails) is logged, not raised: what
         the statements did stands, and an ingest that committed must not be answered 503."""
         pool = await self.pool()
-        conn = await pool.acquire()
+        # Bounded like a statement: with every connection held by statements a frozen server
+        # does not answer, a request would wait here for as long as they do, then run its own.
+        conn = await asyncio.wait_for(pool.acquire(), self._command_timeout)
         try:
             yield conn
-        finally:
-            try:
-                await pool.release(conn)
-            except Exception as exc:  # the pool has terminated such a connection already
-                log.warning("a database connection was lost as it was handed back: %s", exc)
+        except BaseException:
+            # After a statement timed out, handing the connection back waits for the server to
+            # acknowledge asyncpg's cancel, up to the timeout again (an ingest's 503 came after
+            # twice DATABASE_TIMEOUT): the caller has its error now, and the connection goes
+            # back, or is dropped, meanwhile.
+            task = asyncio.ensure_future(self._release(pool, conn))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            raise
+        await self._release(pool, conn)
+
+    @staticmethod
+    async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        try:
+            await pool.release(conn)
+        except Exception as exc:  # the pool has terminated such a connection already
+            log.warning("a database connection was lost as it was handed back: %s", exc)
 
     async def sync_clock(self) -> float:
         """Measure the server's clock against this machine's (see :mod:`ingestlayer.clock`), on
@@ -319,32 +349,48 @@ class PgHotPath:
 
             return await clock.sync_with(read)
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Close the pool, giving the server ``timeout`` to let its connections go; past it they
+        are dropped (counted in db.connections_dropped)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        size = pool.get_size()
+        try:
+            # Also waits for connections still being handed back; cancelled, it terminates them.
+            await asyncio.wait_for(pool.close(), timeout)
+        except TimeoutError:
+            count_dropped(size)
 
     async def listen(self, wake: dict[str, Callable[[str], None]], stop: asyncio.Event) -> None:
         """Call ``wake[channel](payload)`` on each notification until ``stop``; reconnect when
         the connection drops (the callers' polls and cache lifetimes cover the gap)."""
+        # An outage is a line when it starts, one every few seconds, and one when it is over,
+        # not one a second (a retry each LISTEN_RETRY_SECONDS).
+        outage = OutageLog(log, "listening for new work")
         while not stop.is_set():
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn)
+                # Bounded like the pool's connections (asyncpg's default is 60 s): a shutdown
+                # waits for this loop to end.
+                conn = await asyncpg.connect(
+                    self._dsn, timeout=self._command_timeout or 60.0, command_timeout=self._command_timeout
+                )
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 for channel, callback in wake.items():
                     await conn.add_listener(channel, lambda _c, _p, _ch, payload, cb=callback: cb(payload))
+                outage.succeeded()
                 stopping = asyncio.ensure_future(stop.wait())
                 dropped = asyncio.ensure_future(lost.wait())
                 await asyncio.wait({stopping, dropped}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
                 dropped.cancel()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("listening for new work failed (%s); polling meanwhile", exc)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                outage.failed(exc, "polling meanwhile")
             finally:
-                if conn is not None and not conn.is_closed():
-                    await conn.close()
+                if conn is not None:
+                    await close_connections([conn], CLOSE_TIMEOUT_SECONDS)
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), LISTEN_RETRY_SECONDS)
@@ -480,11 +526,16 @@ class PgHotPath:
             )
         return leased + [rowmap.leased_delivery(r, token) for r in more]
 
-    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+    async def record_attempts(
+        self, results: Sequence[AttemptResult], *, again: bool = False, counted: bool = True
+    ) -> None:
         now = clock.now()
         states = _json_rows(_STATE_KEYS, (rowmap.finished_state(r, now) for r in results))
+        statement = _RECORD_ATTEMPTS_AGAIN if again else _RECORD_ATTEMPTS
         async with self.connection() as conn:
-            await conn.execute(_RECORD_ATTEMPTS, orjson.dumps(list(results)).decode(), states, now)
+            await conn.execute(
+                statement, orjson.dumps(list(results)).decode(), states, now, 0 if counted else 1
+            )
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         rows = [(d.id, d.lease_token, "retrying" if d.attempts else "pending") for d in leased]

@@ -280,19 +280,35 @@ def lease_deliveries(
     return [rowmap.leased_delivery(r, token) for r in rows]
 
 
-def record_attempts(conn: sqlite3.Connection, results: Sequence[AttemptResult]) -> None:
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
+    " response_excerpt, next_retry_at, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Recording again what may have been recorded already (see pg_hot): not logged twice.
+_INSERT_ATTEMPT_AGAIN = (
+    "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
+    " response_excerpt, next_retry_at, worker) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10"
+    " WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE delivery_id = ?1 AND n = ?3 AND started_at = ?4)"
+)
+
+
+def record_attempts(
+    conn: sqlite3.Connection, results: Sequence[AttemptResult], again: bool = False, counted: bool = True
+) -> None:
     now = clock.now()
     conn.executemany(
-        "INSERT INTO attempts (delivery_id, project_id, n, started_at, duration_ms, status_code, error,"
-        " response_excerpt, next_retry_at, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [rowmap.attempt_row(r) for r in results],
+        _INSERT_ATTEMPT_AGAIN if again else _INSERT_ATTEMPT, [rowmap.attempt_row(r) for r in results]
     )
     # The state moves on only while the lease is still ours; the attempt is logged regardless.
+    # An attempt that does not count toward the retry schedule moves retry_base along with it.
     conn.executemany(
         "UPDATE deliveries SET status = ?, attempts = ?, due_at = ?, lease_token = NULL,"
-        " last_status_code = ?, last_error = ?, finished_at = ?, updated_at = ?"
+        " last_status_code = ?, last_error = ?, finished_at = ?, updated_at = ?, retry_base = retry_base + ?"
         " WHERE id = ? AND lease_token = ?",
-        [(*state[2:], now, state[0], state[1]) for state in (rowmap.finished_state(r, now) for r in results)],
+        [
+            (*state[2:], now, 0 if counted else 1, state[0], state[1])
+            for state in (rowmap.finished_state(r, now) for r in results)
+        ],
     )
 
 
@@ -381,8 +397,10 @@ class SqliteHotPath:
             return []
         return await self.db.write(lease_deliveries, limit, lease_seconds, room, durable=False)
 
-    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
-        await self.db.write(record_attempts, results)
+    async def record_attempts(
+        self, results: Sequence[AttemptResult], *, again: bool = False, counted: bool = True
+    ) -> None:
+        await self.db.write(record_attempts, results, again, counted)
 
     async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
         await self.db.write(release_leases, leased)

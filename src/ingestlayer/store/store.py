@@ -731,14 +731,21 @@ class Store:
         oldest first, each destination's up to its ``room`` (its free concurrency here)."""
         return await self._hot.lease_deliveries(limit, lease_seconds, room)
 
-    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+    async def record_attempts(
+        self, results: Sequence[AttemptResult], *, again: bool = False, counted: bool = True
+    ) -> None:
         """Log attempts and move their deliveries on, in one transaction.
 
         The state change applies only while the lease is still ours; the attempt itself is always
-        logged, because the request was made.
+        logged, because the request was made. ``again``: some may be recorded already (an earlier
+        try lost its connection, perhaps after the commit), and are not logged twice.
+        ``counted=False``: the attempts do not count toward the retry schedule (``retry_base``
+        moves with them), as for ones cut short at shutdown.
         """
         if results:
-            await self._hot.record_attempts([storable_attempt(r) for r in results])
+            await self._hot.record_attempts(
+                [storable_attempt(r) for r in results], again=again, counted=counted
+            )
             retrying = [r.delivery_id for r in results if r.status == "retrying"]
             if retrying:
                 try:
@@ -749,10 +756,17 @@ class Store:
                     # finds the destination gone.
                     log.warning("could not end retries of deleted or disabled destinations: %s", exc)
 
-    async def release_leases(self, leased: Sequence[LeasedDelivery]) -> None:
-        """Hand back leases that were never attempted (shutdown), due again right away."""
+    async def release_leases(
+        self, leased: Sequence[LeasedDelivery], cut_short: Sequence[AttemptResult] = ()
+    ) -> None:
+        """Hand back leases, due again right away: ``leased`` never attempted (shutdown, a full
+        destination), and ``cut_short`` attempts that shutdown interrupted. Those are logged
+        (the request was made, and the next one is numbered after it) without counting toward
+        the retry schedule, so restarting workers never makes a delivery dead."""
         if leased:
             await self._hot.release_leases(leased)
+        if cut_short:
+            await self.record_attempts(cut_short, counted=False)
 
     async def end_waiting_deliveries(
         self, project_id: str, destination_id: str, error: str, *, batch: int = 1000

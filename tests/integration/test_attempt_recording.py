@@ -1,0 +1,167 @@
+"""Recording attempts when the database was out of reach, and attempts cut short at shutdown.
+
+A live worker keeps the outcomes it could not record and records them once the database
+answers, instead of leaving each delivery ``delivering`` until its lease expires and sending it
+again (the attempt missing from its log). Recording again must be safe: an attempt that an
+earlier try did commit (its answer lost with the connection) is not logged twice, and one whose
+lease was lost meanwhile is logged without touching the newer state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+from ingestlayer.ids import new_id
+from ingestlayer.records import AttemptResult, LeasedDelivery, NewDelivery, NewEvent
+from ingestlayer.store.store import Store
+from tests.support.receiver import Receiver
+from tests.support.server import RunningServer, wait_for
+
+FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}
+
+
+async def one_leased(store: Store, lease_seconds: float = 60) -> tuple[str, LeasedDelivery]:
+    pid, _, _ = await store.create_project("acme")
+    webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+    await store.apply_config(pid, [{"id": "dst_a", "name": "a", **webhook}], [])
+    now = time.time()
+    event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
+    await store.insert_events([event])
+    lease = await store.lease_route_jobs(10, 60)
+    await store.complete_routing(
+        lease, [NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_a", "{}")], {}
+    )
+    (leased,) = await store.lease_deliveries(10, lease_seconds)
+    return pid, leased
+
+
+def outcome(d: LeasedDelivery, status: str, code: int | None, at: float) -> AttemptResult:
+    return AttemptResult(
+        d.id,
+        d.project_id,
+        d.lease_token,
+        d.attempts + 1,
+        at,
+        12.5,
+        code,
+        None if code == 200 else "HTTP 500",
+        None,
+        status,
+        at if status == "retrying" else None,
+    )
+
+
+async def test_recording_again_logs_an_attempt_once(db_url: str) -> None:
+    store = Store.from_url(db_url)
+    try:
+        pid, leased = await one_leased(store)
+        delivered = outcome(leased, "delivered", 200, time.time())
+        await store.record_attempts([delivered])
+        # The first try committed, but its answer was lost: the worker records it again.
+        await store.record_attempts([delivered], again=True)
+        stored = await store.get_delivery(pid, leased.id)
+        assert stored is not None and stored["status"] == "delivered", stored
+        assert [(a["n"], a["status_code"]) for a in stored["attempt_log"]] == [(1, 200)]
+    finally:
+        await store.close()
+
+
+async def test_a_late_record_after_the_lease_was_lost_logs_the_attempt_and_keeps_the_newer_state(
+    db_url: str,
+) -> None:
+    store = Store.from_url(db_url)
+    try:
+        pid, first = await one_leased(store, lease_seconds=0.01)
+        await asyncio.sleep(0.05)
+        # The lease expired while this worker could not record: another one took the delivery
+        # and failed an attempt of its own.
+        (second,) = await store.lease_deliveries(10, 60)
+        assert second.id == first.id and second.lease_token != first.lease_token
+        later = time.time() + 3600
+        await store.record_attempts(
+            [dataclasses.replace(outcome(second, "retrying", 500, time.time()), next_retry_at=later)]
+        )
+        await store.record_attempts([outcome(first, "delivered", 200, time.time())], again=True)
+        stored = await store.get_delivery(pid, first.id)
+        assert stored is not None
+        assert (stored["status"], stored["attempts"], stored["last_status_code"]) == ("retrying", 1, 500), (
+            stored
+        )
+        assert sorted(a["status_code"] for a in stored["attempt_log"]) == [200, 500]
+    finally:
+        await store.close()
+
+
+async def test_an_attempt_cut_short_is_logged_without_counting_toward_the_schedule(db_url: str) -> None:
+    store = Store.from_url(db_url)
+    try:
+        pid, leased = await one_leased(store)
+        cut = dataclasses.replace(outcome(leased, "retrying", None, time.time()), error="cut short")
+        await store.release_leases([], [cut])
+        (again,) = await store.lease_deliveries(10, 60)  # due at once
+        assert (again.id, again.attempts, again.retry_base) == (leased.id, 1, 1)
+        stored = await store.get_delivery(pid, leased.id)
+        assert stored is not None
+        assert [(a["n"], a["error"]) for a in stored["attempt_log"]] == [(1, "cut short")]
+    finally:
+        await store.close()
+
+
+def failing(real: Any, faults: list[Exception], calls: list[bool]) -> Any:
+    """``real``, raising these first, one per call."""
+
+    async def record(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("again", False))
+        if faults:
+            raise faults.pop(0)
+        return await real(*args, **kwargs)
+
+    return record
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ConnectionResetError("connection reset by peer (injected)"),
+        # What asyncpg raised after pg_terminate_backend ended the session mid-statement.
+        asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+    ],
+    ids=["reset", "session-ended"],
+)
+async def test_an_outcome_the_database_could_not_take_is_recorded_once_it_answers(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture, fault: Exception
+) -> None:
+    status, _ = await server.request(
+        "POST", "/v1/endpoints", json={"url": receiver.url + "/hook", "events": ["order.*"], "retry": FAST}
+    )
+    assert status == 201
+    caplog.set_level(logging.INFO, "ingestlayer.delivery")
+    store = server.runtime.store
+    calls: list[bool] = []
+    store.record_attempts = failing(store.record_attempts, [fault, fault], calls)  # type: ignore[method-assign]
+
+    _, ev = await server.ingest("order.placed", {"n": 1})
+
+    async def delivered() -> bool:
+        _, got = await server.request("GET", f"/v1/events/{ev['id']}")
+        return bool(got["deliveries"]) and got["deliveries"][0]["status"] == "delivered"
+
+    # Far sooner than the lease (90 s) would have let another attempt happen.
+    await wait_for(delivered, timeout=20)
+    _, got = await server.request("GET", f"/v1/events/{ev['id']}")
+    status, detail = await server.request("GET", f"/v1/deliveries/{got['deliveries'][0]['id']}")
+    assert status == 200, detail
+    assert [(a["n"], a["status_code"]) for a in detail["attempts"]] == [(1, 200)]
+    assert len(receiver.requests) == 1
+    # The tries after the first may repeat what it committed: they say so.
+    assert calls[0] is False and all(calls[1:]), calls
+    # One line for the outage and one when it ended, no traceback.
+    lines = [r for r in caplog.records if r.getMessage().startswith("recording attempts")]
+    assert len(lines) == 2 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
