@@ -283,7 +283,7 @@ class Runtime:
                 removed = await self.store.purge_older_than(cutoff)
                 if removed:
                     log.info(
-                        "retention purged %d events older than %.1f days",
+                        "retention purged %d events older than %g days",
                         removed,
                         self.settings.retention_days,
                     )
