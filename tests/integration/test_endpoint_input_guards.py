@@ -219,9 +219,11 @@ async def test_a_bearer_token_http_cannot_carry_is_a_422(server: RunningServer, 
 async def test_an_empty_secret_is_a_422(server: RunningServer, receiver: Receiver) -> None:
     ok = {"url": HOOK, "events": ["invoice.created"]}
     for auth in ("hmac", "bearer", "none"):
-        await refused(server, "POST", "/v1/endpoints", {**ok, "auth": auth, "secret": ""}, "secret")
+        for blank in ("", "   ", "\t\n"):
+            await refused(server, "POST", "/v1/endpoints", {**ok, "auth": auth, "secret": blank}, "secret")
     ep = await add_endpoint(server, receiver)
-    await refused(server, "PATCH", f"/v1/endpoints/{ep['id']}", {"secret": ""}, "secret")
+    for blank in ("", "   "):
+        await refused(server, "PATCH", f"/v1/endpoints/{ep['id']}", {"secret": blank}, "secret")
     # The secret made on create still signs.
     assert (await deliver(server, receiver)).verify(ep["secret"])
 

@@ -38,9 +38,10 @@ MAX_DESCRIPTION = 500
 
 def _not_empty(secret: str | None) -> str | None:
     # An empty secret signs nothing and authenticates nothing: every delivery would carry a
-    # signature anyone can make, or "Authorization: Bearer " with no token.
-    if secret == "":
-        raise ValueError("must not be empty: leave it out to keep or generate one")
+    # signature anyone can make, or "Authorization: Bearer " with no token. Spaces alone are as
+    # easy to guess, and more likely a slip (a template left blank) than a choice.
+    if secret is not None and not secret.strip():
+        raise ValueError("must not be empty or only spaces: leave it out to keep or generate one")
     return secret
 
 
