@@ -327,6 +327,28 @@ async def test_sources_give_the_ingress_url_when_the_public_address_is_known(
         await other.stop()
 
 
+async def test_a_source_is_replaced_by_put_on_its_name_or_id(sqlite_url: str) -> None:
+    server = await start_server(sqlite_url)
+    try:
+        created = {"name": "billing", "verify": "hmac-sha256", "secret": "env:BILLING_SECRET"}
+        status, made = await server.request("PUT", "/v1/sources/billing", json=created)
+        assert status == 201, made
+        changed = {"verify": "hmac-sha256", "secret": "env:BILLING_SECRET", "header": "X-Billing-Signature"}
+        status, body = await server.request("PUT", f"/v1/sources/{made['id']}", json=changed)
+        assert status == 200, body
+        assert body["id"] == made["id"] and body["name"] == "billing"  # the same ingress address
+        _, one = await server.request("GET", "/v1/sources/billing")
+        assert one["config"]["header"] == "X-Billing-Signature", one
+        status, err = await server.request("PUT", "/v1/sources/billing", json={**changed, "name": "other"})
+        assert status == 422 and err["error"]["field"] == "name", err
+        status, err = await server.request("PUT", "/v1/sources/billing", json={"verify": "stripe"})
+        assert status == 422, err  # replaced whole: stripe needs a secret
+        _, listed = await server.request("GET", "/v1/sources")
+        assert [s["name"] for s in listed["data"]] == ["billing"]
+    finally:
+        await server.stop()
+
+
 async def test_a_source_secret_stored_under_another_master_key_is_a_503(
     server: RunningServer, receiver: Receiver
 ) -> None:

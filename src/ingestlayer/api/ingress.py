@@ -19,7 +19,7 @@ from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, unreadable_json_error
 from ingestlayer.api.ingest import MAX_KEY_LENGTH, may_hold_huge_int, storable_json
-from ingestlayer.api.manage import apply_one
+from ingestlayer.api.manage import apply_one, named_in_path
 from ingestlayer.api.ratelimit import RateLimiter
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
@@ -272,6 +272,19 @@ async def put_source(
 ) -> dict[str, Any]:
     name = await apply_one(rt, principal.project_id, "source", body, response)
     return source_json(await _find(rt, principal.project_id, name), rt.settings.public_url)
+
+
+@router.put(
+    "/v1/sources/{source}",
+    status_code=201,
+    summary="Create (201) or replace (200) a source by its name or id (the YAML shape, as JSON)",
+    responses={200: {"description": "An existing source, replaced"}},
+)
+async def replace_source(
+    source: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
+) -> dict[str, Any]:
+    cfg = await rt.store.load_project_config(principal.project_id)
+    return await put_source(named_in_path(body, source, cfg.sources.values()), principal, rt, response)
 
 
 @router.delete("/v1/sources/{source}", status_code=204)

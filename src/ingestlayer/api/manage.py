@@ -228,7 +228,7 @@ def _not_an_endpoint(p: Any) -> None:
         raise ApiError(409, f"pipeline {p.id} is an endpoint: change or delete it with /v1/endpoints/{p.id}")
 
 
-def _named_in_path(body: dict[str, Any], key: str, items: Any) -> dict[str, Any]:
+def named_in_path(body: dict[str, Any], key: str, items: Any) -> dict[str, Any]:
     """``body`` named as the path names it: by name, or by the id of an existing one."""
     name = next((item.name for item in items if key in (item.id, item.name)), key)
     body = {**body, "name": body.get("name", name)}
@@ -250,7 +250,7 @@ async def replace_pipeline(
 ) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
     _not_an_endpoint(next((p for p in cfg.pipelines if pipeline in (p.id, p.name)), None))
-    return await put_pipeline(_named_in_path(body, pipeline, cfg.pipelines), principal, rt, response)
+    return await put_pipeline(named_in_path(body, pipeline, cfg.pipelines), principal, rt, response)
 
 
 @router.delete("/pipelines/{pipeline:path}", status_code=204)
@@ -322,7 +322,7 @@ async def replace_destination(
     destination: str, body: dict[str, Any], principal: Admin, rt: RuntimeDep, response: Response
 ) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    named = _named_in_path(body, destination, cfg.destinations.values())
+    named = named_in_path(body, destination, cfg.destinations.values())
     return await put_destination(named, principal, rt, response)
 
 
