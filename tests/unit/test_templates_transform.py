@@ -80,6 +80,18 @@ async def test_transform_renames_sets_and_drops() -> None:
     assert PAYLOAD["email"] == "ada@acme.com" and "tags" in PAYLOAD  # the input was not mutated
 
 
+@pytest.mark.parametrize("keys", [["total", "msg", "original"], ["original", "msg", "total"]])
+async def test_set_templates_read_the_payload_as_it_was_whatever_the_key_order(keys: list[str]) -> None:
+    """A stored configuration does not keep the order of a mapping's keys: a template that saw
+    the fields set before it in the same block came out empty or stale, depending on names."""
+    values = {"total": 5, "msg": "t=$event.total", "original": "$event.payload"}
+    step = Transform(TransformConfig.model_validate({"set": {k: values[k] for k in keys}}))
+    event = PipelineEvent("evt_1", "order.placed", 0.0, 0.0, "api", {"total": 1, "n": 2})
+    out = await step(event, StepContext("prj", "p"))
+    assert isinstance(out, PipelineEvent)
+    assert out.payload == {"total": 5, "n": 2, "msg": "t=1", "original": {"total": 1, "n": 2}}
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [

@@ -1,7 +1,9 @@
 """``transform`` (MUT): set, rename and drop fields, with ``$event.*`` templates.
 
 Applied in that order: ``rename``, then ``set``, then ``drop``. Paths are dotted. Renames happen
-at once (``{a: b, b: a}`` swaps the two); a rename or ``set`` onto a field that exists replaces it.
+at once (``{a: b, b: a}`` swaps the two); so does ``set``: its templates all read the payload as
+the renames left it, whatever the order of its keys. A rename or ``set`` onto a field that exists
+replaces it.
 
 Example::
 
@@ -67,9 +69,15 @@ class Transform:
             if value is not MISSING:
                 set_path(payload, new, value)
         if self.config.set:
+            # Every template reads the payload as it was before the set, then all are written:
+            # a template that read a field set beside it depended on the order of the keys, which
+            # a stored configuration does not keep (it came out empty or stale, silently).
             envelope = event.envelope()
-            for path, value in self.config.set.items():
-                set_path(payload, path, render_value(value, envelope, payload))
+            values = [
+                (path, render_value(value, envelope, payload)) for path, value in self.config.set.items()
+            ]
+            for path, rendered in values:
+                set_path(payload, path, rendered)
         for path in self.config.drop:
             delete_path(payload, path)
         return event
