@@ -288,6 +288,8 @@ def test_iban_not_found(text: str) -> None:
             "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc123def",
         ),
         ("Authorization: Bearer tok-123456", "Bearer tok-123456"),
+        ("bearer Bearer abcdef1234567890", "Bearer abcdef1234567890"),  # the keyword twice
+        ("log: bearer BEARER abc.def", "BEARER abc.def"),
         ("token Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc", "Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc"),
     ],
 )
@@ -305,6 +307,7 @@ def test_secret_found(text: str, value: str) -> None:
         "this-is-a-very-long-lowercase-slug-for-a-blog-post",
         "the bearer of bad news",
         "Bearer instruments",
+        "Bearer bearer bearer",
         "evt_01HX3Y4Z5A6B7C8D9E0F1G2H3J",
         "pk_live_abcdefghijklmnop",  # publishable keys are public
     ],

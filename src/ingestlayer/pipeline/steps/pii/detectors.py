@@ -282,11 +282,17 @@ class Scanner:
 
     def _secrets(self, text: str, found: list[Found]) -> None:
         if "earer" in text or "EARER" in text:
-            for m in _BEARER.finditer(text):
+            pos = 0
+            while (m := _BEARER.search(text, pos)) is not None:
                 token = m.group(1)
-                if token.isalpha() or _overlaps(found, m.start(), m.end()):
-                    continue  # "bearer instruments": a token has digits or punctuation
-                found.append(Found(m.start(), m.end(), "secret", m.group(), token))
+                if token.isalpha():
+                    # "bearer instruments": a token has digits or punctuation. The word may be the
+                    # keyword itself ("bearer Bearer abc123…"): look again from it.
+                    pos = m.start(1)
+                    continue
+                pos = m.end()
+                if not _overlaps(found, m.start(), m.end()):
+                    found.append(Found(m.start(), m.end(), "secret", m.group(), token))
         if not (
             "_" in text
             or "sk-" in text
