@@ -578,3 +578,16 @@ def test_property_quoted_string_round_trip(value: str, quote_char: str, unicode_
     assert compile_expression(f"field in {{{quote(value, quote_char)}}}")(
         EvalContext(payload={"field": value}, event={})
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [("x = é", "é"), ("x = café", "café"), ("city in {Zürich, Bern}", "Zürich"), ("x != Ωmega", "Ωmega")],
+)
+def test_a_bare_word_beyond_ascii_is_told_to_be_quoted(text: str, word: str) -> None:
+    # Bare words are ASCII; the error said only "expected a value", found 'é' (or 'caf').
+    with pytest.raises(ExpressionError) as err:
+        compile_expression(text)
+    assert f'a word beyond ASCII must be quoted: "{word}"' in str(err.value)
+    quoted = text.replace(word, f'"{word}"')
+    compile_expression(quoted)  # quoted, it is taken

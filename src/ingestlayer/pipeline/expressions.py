@@ -109,6 +109,16 @@ def _describe(text: str, position: int) -> str:
     return repr(token if len(token) <= 24 else token[:24] + "...")
 
 
+def _beyond_ascii(text: str, pos: int) -> bool:
+    return pos < len(text) and not text[pos].isascii() and text[pos].isalpha()
+
+
+def _quote_hint(expected: str, text: str, start: int) -> str:
+    """Bare words are ASCII (the grammar): said, rather than only "expected a value"."""
+    word = re.split(r"[\s,}]", text[start:], maxsplit=1)[0][:40]
+    return f'{expected} (a word beyond ASCII must be quoted: "{word}")'
+
+
 class ExpressionError(ValueError):
     """Raised at compile time for malformed expressions.
 
@@ -448,7 +458,11 @@ class _Parser:
             return (float(token) if is_float else int(token)), start
         match = _BARE_WORD_RE.match(text, start)
         if match is None or match.group().lower() in _RESERVED:
+            if _beyond_ascii(text, start):
+                raise self.error(_quote_hint(expected, text, start), start)
             raise self.error(expected, start)
+        if _beyond_ascii(text, match.end()):  # "Zürich": the bare word stops at "ü"
+            raise self.error(_quote_hint(expected, text, start), start)
         self.pos = match.end()
         word = match.group()
         return _KEYWORD_VALUES.get(word.lower(), word), start
