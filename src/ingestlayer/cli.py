@@ -33,6 +33,7 @@ from ingestlayer.cli_backend import (
     RemoteBackend,
     check_secret_name,
     migrate_database,
+    time_filter,
     without_credentials,
 )
 from ingestlayer.config import MAX_PORT, MIN_PORT, Settings
@@ -527,12 +528,13 @@ def replay(
     _check_statuses(status, REPLAYABLE_STATUSES)
     if delivery_id and (destination or since or until or status):
         raise CliError("replay takes one delivery id or filters, not both")
+    since_at, until_at = time_filter(since, "--since"), time_filter(until, "--until")
     ids = _with_backend(
         database_url,
         project,
         url,
         key,
-        lambda b: b.replay(delivery_id, status or ["dead"], destination, since, until),
+        lambda b: b.replay(delivery_id, status or ["dead"], destination, since_at, until_at),
     )
     out.print(f"replayed {len(ids)} {'delivery' if len(ids) == 1 else 'deliveries'}")
 

@@ -46,7 +46,8 @@ class CliError(Exception):
 NUMBER_OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
 
 
-def _time_filter(value: str | None, option: str) -> float | None:
+def time_filter(value: str | None, option: str) -> float | None:
+    """An option's time (ISO 8601 or epoch seconds) as epoch seconds, read once for both modes."""
     if value is None:
         return None
     try:
@@ -219,8 +220,8 @@ class LocalBackend:
         delivery_id: str | None,
         status: list[str],
         destination: str | None,
-        since: str | None,
-        until: str | None,
+        since: float | None,
+        until: float | None,
     ) -> list[str]:
         pid = await self.project_id()
         await self.store.sync_clock()  # replayed deliveries are due now on the workers' clock
@@ -240,8 +241,8 @@ class LocalBackend:
             pid,
             status=status,
             destination_id=dest_id,
-            since=_time_filter(since, "--since"),
-            until=_time_filter(until, "--until"),
+            since=since,
+            until=until,
         )
 
     async def set_secret(self, name: str, value: str) -> bool:
@@ -344,18 +345,19 @@ class RemoteBackend:
         delivery_id: str | None,
         status: list[str],
         destination: str | None,
-        since: str | None,
-        until: str | None,
+        since: float | None,
+        until: float | None,
     ) -> list[str]:
         if delivery_id:
             path = f"/v1/deliveries/{urllib.parse.quote(delivery_id, safe='')}/replay"
             out: list[str] = (await self.fetch("POST", path, "replayed", body={}))["replayed"]
             return out
-        _time_filter(since, "--since"), _time_filter(until, "--until")  # refused here, as in the other mode
         body: dict[str, Any] = {"status": status}
-        for name, value in (("destination", destination), ("since", since), ("until", until)):
-            if value:
-                body[name] = value
+        if destination:
+            body["destination"] = destination
+        for name, at in (("since", since), ("until", until)):
+            if at is not None:
+                body[name] = repr(at)  # epoch seconds, which the route reads as text
         out = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))["replayed"]
         return out
 
