@@ -14,9 +14,24 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tests.support.freezing_proxy import FreezingProxy, through
-from tests.support.server import start_server, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 __all__ = ["FreezingProxy", "through"]  # moved to tests/support/freezing_proxy.py; kept importable here
+
+
+async def request(
+    server: RunningServer, method: str, path: str, key: str, timeout: aiohttp.ClientTimeout
+) -> tuple[int, str, float]:
+    """One request (a POST sends an event): its status, its body and how long it took."""
+    started = time.monotonic()
+    async with server.session.request(
+        method,
+        server.url + path,
+        json={"type": "a.b", "payload": {}} if method == "POST" else None,
+        headers=server.auth(key),
+        timeout=timeout,
+    ) as resp:
+        return resp.status, await resp.text(), time.monotonic() - started
 
 
 async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> None:
@@ -36,14 +51,8 @@ async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> 
             ("POST", "/v1/events", server.ingest_key),
             ("GET", "/readyz", server.admin_key),
         ):
-            async with server.session.request(
-                method,
-                server.url + path,
-                json={"type": "a.b", "payload": {}} if method == "POST" else None,
-                headers=server.auth(key),
-                timeout=bounded,
-            ) as resp:
-                assert resp.status == 503, (path, await resp.text())
+            status, text, _ = await request(server, method, path, key, bounded)
+            assert status == 503, (path, text)
 
         proxy.flowing.set()
 
@@ -74,16 +83,8 @@ async def test_frozen_database_answers_within_the_documented_bounds(pg_url: str)
     bounded = aiohttp.ClientTimeout(total=30)
 
     async def timed(method: str, path: str, key: str) -> tuple[int, float]:
-        started = time.monotonic()
-        async with server.session.request(
-            method,
-            server.url + path,
-            json={"type": "a.b", "payload": {}} if method == "POST" else None,
-            headers=server.auth(key),
-            timeout=bounded,
-        ) as resp:
-            await resp.read()
-            return resp.status, time.monotonic() - started
+        status, _, took = await request(server, method, path, key, bounded)
+        return status, took
 
     try:
         # Connections in both pools, as on a server that has been serving.
