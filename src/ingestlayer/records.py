@@ -129,10 +129,19 @@ class RouteLease:
             out.setdefault(self.tokens[eid], []).append(eid)
         return out
 
+    def token_of(self, event_id: str) -> float:
+        """The token the event's job is leased under."""
+        return self.token if self.tokens is None else self.tokens[event_id]
+
     def only(self, event: StoredEvent) -> RouteLease:
         """This lease narrowed to one of its events, under the token its job is leased with."""
-        token = self.token if self.tokens is None else self.tokens[event.id]
-        return RouteLease(token, [event], {event.id: self.attempts.get(event.id, 1)}, self.versions)
+        return RouteLease(
+            self.token_of(event.id), [event], {event.id: self.attempts.get(event.id, 1)}, self.versions
+        )
+
+    def subset(self, events: list[StoredEvent]) -> RouteLease:
+        """This lease narrowed to some of its events."""
+        return RouteLease(self.token, events, self.attempts, self.versions, self.tokens)
 
     @staticmethod
     def merge(leases: list[RouteLease]) -> RouteLease:

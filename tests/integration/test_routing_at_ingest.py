@@ -21,6 +21,7 @@ from ingestlayer.records import NewEvent
 from ingestlayer.runtime import Runtime
 from ingestlayer.store.schema import deliveries
 from ingestlayer.store.store import Store
+from tests.support.routing import route_all
 from tests.support.server import TEST_SECRET_KEY
 
 HOOK = "http://127.0.0.1:9/hook"  # never called: the dispatcher does not run here
@@ -175,7 +176,7 @@ async def test_pipelines_that_may_wait_are_left_to_the_router(db_url: str) -> No
         ev = _events(project_id, "feature.used", payload='{"user_id": "u1"}')
         await rt.committer.submit(ev)
         assert router.backlog() == 1  # an enrichment may wait: not run inside ingest
-        await router.run_once()
+        await route_all(router)
         assert len(await _deliveries_for(store, ev)) == 1
     finally:
         await rt.shutdown()

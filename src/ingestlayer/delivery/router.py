@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import orjson
 
 from ingestlayer.config import Settings
+from ingestlayer.delivery.held_routes import Held, HeldRoutes, Routed
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.pipeline.runner import (
@@ -41,9 +42,6 @@ ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
 # the database refuses what it produced) ends with the error in its trace and no deliveries: it
 # was routed again every half hour for ever. As many as a step with on_error: retry gets.
 MAX_ROUTE_ATTEMPTS = MAX_STEP_RETRIES
-
-
-ROUTE_CONCURRENCY = 64
 
 
 def retry_delay(attempt: int) -> float:
@@ -118,6 +116,7 @@ class Router:
         self._handed_events = 0
         self._last_table_lease = 0.0
         self._outage = OutageLog(log, "routing")
+        self._held = HeldRoutes(settings.route_lease_seconds)
 
     # ---- ingest in this process ----------------------------------------------------------------
 
@@ -168,6 +167,11 @@ class Router:
         """Events handed over by ingest and not yet routed."""
         return self._handed_events
 
+    def held(self) -> int:
+        """Events being routed in tasks of their own (their pipelines may wait), or finished
+        and not stored yet."""
+        return len(self._held)
+
     def accept(self, lease: RouteLease) -> None:
         """Take events just stored by ingest in this process, their jobs already leased to us:
         no lease query and no re-reading of what is in memory already."""
@@ -176,85 +180,131 @@ class Router:
         self.wake.set()
 
     async def run_once(self) -> int:
-        """Route one batch; return how many events it took."""
+        """Route one batch; return how many events it took or finished routing."""
+        finished = await self._store_finished()
+        await self._renew_held()
+        if self._held.full():
+            return finished  # more only once some of those held have finished
+        lease = await self._take()
+        if lease is None:
+            return finished
+        projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
+        routed: dict[str, Routed] = {}
+        put_off: dict[str, float] = {}
+        started: set[str] = set()
+        for ev in lease.events:
+            compiled = projects.get(ev.project_id)
+            if compiled is None or not compiled.takes(ev.type):  # project deleted, or no pipeline
+                continue
+            attempt = lease.attempts.get(ev.id, 1)
+            if not compiled.performs_io:
+                # Routed in turn, which costs no task per event (a tenth of the router's time
+                # when it made one for each).
+                routed[ev.id] = await self._route(ev, compiled, attempt)
+            elif self._held.has_room(ev.project_id):
+                # Its pipeline may wait (a model, a lookup): routed in a task of its own, so
+                # that one slow call holds up neither this pass nor the next.
+                self._held.start(
+                    ev, lease.token_of(ev.id), attempt, self._router_for(ev, compiled, attempt), self.wake.set
+                )
+                started.add(ev.id)
+            else:
+                put_off[ev.id] = self._held.put_off_delay(ev.project_id)
+        if put_off:
+            await self.store.defer_route_jobs(lease, put_off, uncounted=True)
+        now = [e for e in lease.events if e.id not in put_off and e.id not in started]
+        await self._store(lease.subset(now), routed)
+        return len(lease.events) + finished
+
+    async def _take(self) -> RouteLease | None:
+        """The next events to route: those ingest in this process handed over, or due jobs."""
         now = time.monotonic()
         if self._handed and now - self._last_table_lease < self.settings.poll_interval:
             # Everything handed over since the last pass, as one pass.
             handed, self._handed = self._handed, []
             self._handed_events -= sum(len(lease.events) for lease in handed)
-            lease = RouteLease.merge(handed)
-        else:
-            # Jobs in the table: retries, other processes' events, anything left by a crash.
-            # Taken at least once per poll interval even while ingest keeps handing work over.
-            self._last_table_lease = now
-            lease = await self.store.lease_route_jobs(
-                self.settings.route_batch, self.settings.route_lease_seconds
+            return RouteLease.merge(handed)
+        # Jobs in the table: retries, other processes' events, anything left by a crash.
+        # Taken at least once per poll interval even while ingest keeps handing work over.
+        self._last_table_lease = now
+        lease = await self.store.lease_route_jobs(
+            self.settings.route_batch, self.settings.route_lease_seconds
+        )
+        if lease.events:
+            return lease
+        return await self._take() if self._handed else None
+
+    def _router_for(
+        self, ev: StoredEvent, compiled: CompiledProject, attempt: int
+    ) -> Callable[[], Awaitable[Routed]]:
+        return lambda: self._route(ev, compiled, attempt)
+
+    async def _route(self, ev: StoredEvent, compiled: CompiledProject, attempt: int) -> Routed:
+        try:
+            dels, trace = await route_event(compiled, ev, self.services, attempt)
+        except StepRetry as exc:
+            log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
+            return Routed(retry_in=retry_delay(attempt))
+        except Exception as exc:
+            if attempt >= MAX_ROUTE_ATTEMPTS:
+                log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
+                return Routed(trace=failed_trace(exc, attempt))
+            log.exception("routing event %s failed; it will be retried", ev.id)
+            return Routed(retry_in=retry_delay(attempt))
+        return Routed(dels, trace or None)
+
+    async def _store_finished(self) -> int:
+        """Store what the events routed in tasks of their own produced, once they finished."""
+        finished = self._held.finished()
+        if not finished:
+            return 0
+        # Held until stored: if storing fails, the next pass tries again, their leases renewed.
+        await self._store_held(finished)
+        self._held.forget(finished)
+        return len(finished)
+
+    async def _store_held(self, finished: list[Held]) -> None:
+        await self._store(self._held.lease(finished), {h.event.id: h.result for h in finished if h.result})
+
+    async def _renew_held(self) -> None:
+        asked = self._held.renew_due()
+        if asked is None:
+            return
+        renewed = await self.store.renew_route_leases(asked, self.settings.route_lease_seconds)
+        lost = self._held.renewed(asked, renewed)
+        if lost:
+            log.warning(
+                "%d events being routed lost their lease (this worker could not renew it in time); "
+                "the router that took them over routes them",
+                lost,
             )
-            if not lease.events:
-                return 0 if not self._handed else await self.run_once()
-        projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
+
+    async def _store(self, lease: RouteLease, routed: dict[str, Routed]) -> None:
+        """Store the routing of the lease's events (those without an entry need none): their
+        deliveries and traces, and their jobs removed; those to retry are deferred."""
+        failed = {eid: r.retry_in for eid, r in routed.items() if r.retry_in is not None}
+        if failed:
+            failing = [e for e in lease.events if e.id in failed]
+            await self.store.defer_route_jobs(lease.subset(failing), {e.id: failed[e.id] for e in failing})
+            lease = lease.subset([e for e in lease.events if e.id not in failed])
+        if not lease.events:
+            return
         new: list[NewDelivery] = []
         traces: dict[str, list[dict[str, Any]]] = {}
-        failed: dict[str, float] = {}
-        # Events whose pipelines may wait (a model, a lookup) are routed concurrently (bounded),
-        # so one slow call does not hold up the batch; the rest are routed in turn, which costs
-        # no task per event (a tenth of the router's time when it made one for each).
-        limit = asyncio.Semaphore(ROUTE_CONCURRENCY)
-
-        async def one(ev: StoredEvent, compiled: CompiledProject, bounded: bool) -> None:
-            attempt = lease.attempts.get(ev.id, 1)
-            try:
-                if bounded:
-                    async with limit:
-                        dels, trace = await route_event(compiled, ev, self.services, attempt)
-                else:
-                    dels, trace = await route_event(compiled, ev, self.services, attempt)
-            except StepRetry as exc:
-                log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
-                failed[ev.id] = retry_delay(attempt)
-                return
-            except Exception as exc:
-                if attempt >= MAX_ROUTE_ATTEMPTS:
-                    log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
-                    traces[ev.id] = failed_trace(exc, attempt)
-                    return
-                log.exception("routing event %s failed; it will be retried", ev.id)
-                failed[ev.id] = retry_delay(attempt)
-                return
-            new.extend(dels)
-            if trace:
-                traces[ev.id] = trace
-
-        waiting: list[Awaitable[None]] = []
         for ev in lease.events:
-            compiled = projects.get(ev.project_id)
-            if compiled is None or not compiled.takes(ev.type):  # project deleted, or no pipeline
-                continue
-            if compiled.performs_io:
-                waiting.append(one(ev, compiled, True))
-            else:
-                await one(ev, compiled, False)
-        if waiting:
-            await asyncio.gather(*waiting)
-        if failed:
-            await self.store.defer_route_jobs(lease, failed)
-            lease = RouteLease(
-                lease.token,
-                [e for e in lease.events if e.id not in failed],
-                lease.attempts,
-                lease.versions,
-                lease.tokens,
-            )
-        if lease.events:
-            room = 0
-            if self.handoff is not None:
-                new, room = self.handoff.take(new)
-            created, leased = await self._complete(lease, new, traces, room)
-            if leased and self.handoff is not None:
-                self.handoff.accept(leased)
-            if self._on_routed is not None and created:
-                self._on_routed(created, len(leased))  # created, of which handed over
-        return len(lease.events) + len(failed)
+            r = routed.get(ev.id)
+            if r is not None:
+                new.extend(r.deliveries)
+                if r.trace:
+                    traces[ev.id] = r.trace
+        room = 0
+        if self.handoff is not None:
+            new, room = self.handoff.take(new)
+        created, leased = await self._complete(lease, new, traces, room)
+        if leased and self.handoff is not None:
+            self.handoff.accept(leased)
+        if self._on_routed is not None and created:
+            self._on_routed(created, len(leased))  # created, of which handed over
 
     async def _complete(
         self, lease: RouteLease, new: list[NewDelivery], traces: dict[str, list[dict[str, Any]]], room: int
@@ -339,6 +389,7 @@ class Router:
                 self._outage.succeeded()
             if took == 0:
                 await wait_for_work(self.wake, stop, self.settings.poll_interval)
+        await self._stop_held()
         if self._handed:
             # Handed over but not routed: due again now, for whichever router runs next.
             handed, self._handed = self._handed, []
@@ -349,3 +400,24 @@ class Router:
                 log.exception(
                     "could not release %d handed-over events; due when their lease expires", len(lease.events)
                 )
+
+    async def _stop_held(self) -> None:
+        """At shutdown: give the events routing in tasks the grace period to finish and store
+        them; those cut short are due again at once, for whichever router runs next, and the
+        attempt is not counted."""
+        finished, cut = await self._held.stop(self.settings.shutdown_grace_seconds)
+        try:
+            if finished:
+                await self._store(
+                    self._held.lease(finished), {h.event.id: h.result for h in finished if h.result}
+                )
+            if cut:
+                await self.store.defer_route_jobs(
+                    self._held.lease(cut), {h.event.id: 0.0 for h in cut}, uncounted=True
+                )
+        except Exception:
+            log.exception(
+                "could not store or release %d events being routed at shutdown; they are routed "
+                "again when their lease expires",
+                len(finished) + len(cut),
+            )

@@ -152,9 +152,15 @@ _SET_TRACES = """
 UPDATE events SET trace = v.trace FROM unnest($1::text[], $2::text[]) AS v(id, trace) WHERE events.id = v.id
 """
 _DEFER_JOBS = """
-UPDATE route_jobs SET due_at = v.due
+UPDATE route_jobs SET due_at = v.due, attempts = GREATEST(route_jobs.attempts - $4, 0)
 FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(id, token, due)
 WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
+"""
+_RENEW_JOBS = """
+UPDATE route_jobs SET due_at = $1
+FROM unnest($2::text[], $3::float8[]) AS v(id, token)
+WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
+RETURNING route_jobs.event_id
 """
 _LEASE_DELIVERIES = f"""
 UPDATE deliveries SET status = 'delivering', due_at = $1, lease_token = $2, updated_at = $3
@@ -478,7 +484,7 @@ class PgHotPath:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
         return len(mine), leased
 
-    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
+    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float], uncounted: bool) -> None:
         now = clock.now()
         rows = [
             (eid, token, now + delays[eid])
@@ -486,7 +492,12 @@ class PgHotPath:
             for eid in ids
         ]
         async with self.connection() as conn:
-            await conn.execute(_DEFER_JOBS, *_columns(rows, 3))
+            await conn.execute(_DEFER_JOBS, *_columns(rows, 3), int(uncounted))
+
+    async def renew_route_leases(self, tokens: dict[str, float], new_token: float) -> list[str]:
+        async with self.connection() as conn:
+            rows = await conn.fetch(_RENEW_JOBS, new_token, list(tokens), list(tokens.values()))
+        return [r[0] for r in rows]
 
     async def config_versions(self, project_ids: list[str]) -> dict[str, int]:
         async with self.connection() as conn:

@@ -225,16 +225,35 @@ def _insert_deliveries(
     return leased
 
 
-def defer_route_jobs(conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float]) -> None:
+def defer_route_jobs(
+    conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float], uncounted: bool
+) -> None:
     now = clock.now()
     conn.executemany(
-        "UPDATE route_jobs SET due_at = ? WHERE event_id = ? AND due_at = ?",
+        "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0) WHERE event_id = ? AND due_at = ?",
         [
-            (now + delays[eid], eid, token)
+            (now + delays[eid], int(uncounted), eid, token)
             for token, ids in lease.by_token(list(delays)).items()
             for eid in ids
         ],
     )
+
+
+def renew_route_leases(conn: sqlite3.Connection, tokens: dict[str, float], new_token: float) -> list[str]:
+    by_token: dict[float, list[str]] = {}
+    for eid, token in tokens.items():
+        by_token.setdefault(token, []).append(eid)
+    kept: list[str] = []
+    for token, ids in by_token.items():
+        kept.extend(
+            r[0]
+            for r in conn.execute(
+                "UPDATE route_jobs SET due_at = ? WHERE due_at = ?"
+                " AND event_id IN (SELECT value FROM json_each(?)) RETURNING event_id",
+                (new_token, token, _ids_json(ids)),
+            )
+        )
+    return kept
 
 
 _DUE_WINDOW = f"SELECT id, destination_id FROM deliveries WHERE {DUE} AND due_at <= ? ORDER BY due_at LIMIT ?"
@@ -387,8 +406,12 @@ class SqliteHotPath:
     ) -> tuple[int, list[LeasedDelivery]]:
         return await self.db.write(complete_routing, lease, new_deliveries, traces, prelease, lease_seconds)
 
-    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
-        await self.db.write(defer_route_jobs, lease, delays)
+    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float], uncounted: bool) -> None:
+        await self.db.write(defer_route_jobs, lease, delays, uncounted)
+
+    async def renew_route_leases(self, tokens: dict[str, float], new_token: float) -> list[str]:
+        # Not synced: a renewal lost with the machine is a lease that ran out, as it would have.
+        return await self.db.write(renew_route_leases, tokens, new_token, durable=False)
 
     async def lease_deliveries(
         self, limit: int, lease_seconds: float, room: Room | None = None

@@ -440,9 +440,22 @@ class Store:
         """
         return await self._hot.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
 
-    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float]) -> None:
-        """Give leased jobs back to the queue after a failure, each due again after its delay."""
-        await self._hot.defer_route_jobs(lease, delays)
+    async def defer_route_jobs(
+        self, lease: RouteLease, delays: dict[str, float], *, uncounted: bool = False
+    ) -> None:
+        """Give leased jobs back to the queue after a failure, each due again after its delay.
+        ``uncounted``: the routing was not attempted (put off, or cut short by a shutdown), so
+        the lease does not count as one of the event's routing attempts."""
+        await self._hot.defer_route_jobs(lease, delays, uncounted)
+
+    async def renew_route_leases(self, tokens: dict[str, float], lease_seconds: float) -> dict[str, float]:
+        """Extend the leases of jobs still being routed (event id → the token each is leased
+        under). Returns the new token of each job still ours; one missing ran out and was
+        taken by another router, which routes it instead."""
+        if not tokens:
+            return {}
+        token = self.route_token(lease_seconds)
+        return dict.fromkeys(await self._hot.renew_route_leases(tokens, token), token)
 
     async def create_test_delivery(self, event: NewEvent, destination_id: str) -> str:
         """Store a test event and one delivery of it to ``destination_id``, bypassing pipelines."""
