@@ -10,16 +10,17 @@ While an event is held its route job stays leased to this router: the router ren
 of held events (see :meth:`HeldRoutes.renew_due`), so a call that outlasts the lease does not let
 another router take the event and route it again. A project holds at most ``PROJECT_HELD``
 events and runs at most ``PROJECT_CONCURRENCY`` at once; what the router leases for it beyond
-that is given back, uncounted, to be due again after a delay that doubles while the project stays
-full. A project whose model cannot keep up thus waits its turn, and neither fills the worker's
-memory nor the room of other projects.
+that is given back, uncounted, to be due again about when the project will have room for it (by
+how fast its events have been finishing). A project whose model cannot keep up thus waits its
+turn, and neither fills the worker's memory nor the room of other projects; its backlog is not
+leased again and again meanwhile, and its model is not left idle waiting for a delay to pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +32,15 @@ PROJECT_HELD = 256
 PROJECT_CONCURRENCY = 64
 # Events held by one worker in all; past it the router takes no more events until some finish.
 MAX_HELD = 4096
-# Delay before an event a full project could not take is due again: doubled each time it
-# happens while the project stays full, up to the maximum, and reset once it has room.
+# An event a full project cannot take is due again after at least the first delay, plus its place
+# in the line (the events put off since the project was last not full) over the rate at which
+# the project's events finish; at most the maximum. Until some have finished, the rate is taken
+# to be its concurrency over the longest step timeout there is (a model that never answers).
 PUT_OFF_FIRST_SECONDS = 1.0
 PUT_OFF_MAX_SECONDS = 30.0
+ASSUMED_RATE = PROJECT_CONCURRENCY / 60.0
+RATE_WINDOW = 256  # finishes per project the rate is measured over
+RATE_MAX_AGE_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -61,7 +67,8 @@ class HeldRoutes:
         self._held: dict[str, Held] = {}
         self._per_project: Counter[str] = Counter()
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._put_off: dict[str, float] = {}
+        self._put_off: Counter[str] = Counter()  # events put off since the project was full
+        self._finishes: dict[str, deque[float]] = {}
         self._renewed_at = 0.0
 
     def __len__(self) -> int:
@@ -81,9 +88,28 @@ class HeldRoutes:
 
     def put_off_delay(self, project_id: str) -> float:
         """How long an event of this full project waits before it is due again."""
-        delay = self._put_off.get(project_id, PUT_OFF_FIRST_SECONDS / 2) * 2
-        self._put_off[project_id] = min(delay, PUT_OFF_MAX_SECONDS)
-        return self._put_off[project_id]
+        self._put_off[project_id] += 1
+        wait = self._put_off[project_id] / self._rate(project_id)
+        return min(PUT_OFF_FIRST_SECONDS + wait, PUT_OFF_MAX_SECONDS)
+
+    def _rate(self, project_id: str) -> float:
+        """Events of the project finished per second, lately."""
+        finishes = self._finishes.get(project_id)
+        now = time.monotonic()
+        while finishes and now - finishes[0] > RATE_MAX_AGE_SECONDS:
+            finishes.popleft()
+        if not finishes or len(finishes) < 2:
+            return ASSUMED_RATE
+        return max(len(finishes) / max(now - finishes[0], 1.0), ASSUMED_RATE)
+
+    def _finished_one(self, project_id: str) -> None:
+        finishes = self._finishes.get(project_id)
+        if finishes is None:
+            if len(self._finishes) >= MAX_HELD:  # forget the projects holding nothing now
+                for idle in [p for p in self._finishes if p not in self._per_project]:
+                    del self._finishes[idle]
+            finishes = self._finishes[project_id] = deque(maxlen=RATE_WINDOW)
+        finishes.append(time.monotonic())
 
     def start(
         self,
@@ -107,6 +133,7 @@ class HeldRoutes:
         async def run() -> None:
             async with slot:
                 held.result = await route()
+            self._finished_one(event.project_id)
             on_finished()
 
         held.task = asyncio.create_task(run(), name=f"route {event.id}")
