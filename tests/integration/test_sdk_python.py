@@ -36,6 +36,11 @@ from ingestlayer.sdk import (
     RateLimitError,
     ServerError,
     ValidationError,
+    _async_client,
+    _base,
+    _errors,
+    _sync_client,
+    _sync_http,
     _transport,
 )
 from ingestlayer.sdk import client as client_module
@@ -655,7 +660,9 @@ def test_public_names_are_exported() -> None:
     assert issubclass(ConnectionError, IngestlayerError)
 
 
-@pytest.mark.parametrize("module", [client_module, _transport])
+@pytest.mark.parametrize(
+    "module", [client_module, _errors, _base, _sync_http, _sync_client, _async_client, _transport]
+)
 def test_docstring_examples(module: Any) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
