@@ -61,6 +61,18 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{_head[1]}{_PAIRS[value & 1023]}"
 
 
+def random_id(prefix: str) -> str:
+    """An id nobody can work out from the ids they have been given: the time, then 80 fresh
+    random bits, never counted up from the last id made.
+
+    For ids that are a credential on their own: a source's id is its ingress URL, which takes no
+    API key (with ``verify: none``, nothing else). :func:`new_id` counts up within a millisecond,
+    so the id made after one a project was given (an event's, in its 202) was that id plus one:
+    another project could guess it. These ids sort by the millisecond only."""
+    ms = int(clock.now() * 1000)
+    return f"{prefix}_{encode_ulid((ms << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS))}"
+
+
 def new_ids(prefix: str, n: int) -> list[str]:
     """``n`` ids at once (a batch): one timestamp, its digits encoded once, and the random part
     counting up, exactly as ``n`` calls of :func:`new_id` within one millisecond would give."""

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from ingestlayer import clock
+from ingestlayer.ids import encode_ulid
 from tests.support.api import error_of
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
@@ -161,6 +163,46 @@ async def test_keys_are_bound_to_their_project(server: RunningServer) -> None:
     assert status == 200 and body["type"] == "b.only"
     _, a_events = await server.request("GET", "/v1/events")
     assert a_events["data"] == []
+
+
+def ulid_value(an_id: str) -> int:
+    """The 128-bit value of an ingestlayer id (``evt_01J…``)."""
+    value = 0
+    for digit in an_id.split("_", 1)[1]:
+        value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(digit)
+    return value
+
+
+async def test_a_project_cannot_guess_another_projects_source_ids(server: RunningServer) -> None:
+    """A source's id is its ingress URL, which takes no API key (with verify: none, nothing else
+    authenticates the sender). Ids count up within a millisecond, so a source another project
+    made in the millisecond of an event id this project was given had that id plus one: this
+    project could post events into the other's pipelines, or learn its sources exist (401, not
+    404)."""
+    _, _, b_admin = await server.runtime.store.create_project("other")
+    # Project B's source is made in the millisecond of an id project A is given: with the clock
+    # held back behind the ids made so far, every id counts on from the last one.
+    clock.CLOCK.offset -= 3600
+    try:
+        status, sent = await server.ingest("probe.sent", {})
+        assert status == 202, sent
+        status, src = await server.request(
+            "POST", "/v1/sources", key=b_admin, json={"name": "inbound", "verify": "none"}
+        )
+    finally:
+        clock.CLOCK.offset += 3600
+    assert status == 201, src
+    seen = ulid_value(sent["id"])
+    guesses = [f"src_{encode_ulid(seen + k)}" for k in range(1, 1001)]
+    assert src["id"] not in guesses
+    for guess in guesses[:10]:
+        status, body = await server.request("POST", f"/v1/ingress/{guess}", json={"type": "injected.by_a"})
+        assert status == 404 and error_of(body)["code"] == "not_found", (guess, status, body)
+    _, b_events = await server.request("GET", "/v1/events", key=b_admin)
+    assert b_events["data"] == []
+    # B's own sender still reaches it.
+    status, body = await server.request("POST", f"/v1/ingress/{src['id']}", json={"type": "b.hook"})
+    assert status == 202, body
 
 
 # ---- egress -------------------------------------------------------------------------------------------

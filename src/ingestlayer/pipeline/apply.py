@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ingestlayer.ids import new_id
+from ingestlayer.ids import new_id, random_id
 from ingestlayer.pipeline.config import ConfigError, ConfigFile
 from ingestlayer.store.store import Store
 
@@ -139,7 +139,8 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
     src_by_name = {s.name: s for s in current.sources.values()}
     for src in cfg.sources:
         old_s = src_by_name.get(src["name"])
-        sid = old_s.id if old_s else new_id("src")
+        # Unguessable: the id is the source's ingress URL, which takes no API key.
+        sid = old_s.id if old_s else random_id("src")
         if old_s is None:
             action = "create"
         elif old_s.config == src:
