@@ -369,9 +369,9 @@ def apply(
 
 
 def _storable_key(key: str) -> bool:
-    from ingestlayer.api.ingest import MAX_KEY_LENGTH
+    from ingestlayer.idempotency_keys import acceptable
 
-    if not 0 < len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+    if not acceptable(key):
         return False
     try:
         key.encode()  # an argument that was not valid UTF-8 arrives with lone surrogates
@@ -430,7 +430,7 @@ def send(
         # The API's rule, checked here for both modes: the database alone took a key the server
         # refuses (SQLite any length, PostgreSQL up to 255), and an empty one matched every
         # later send with an empty one.
-        raise CliError("--idempotency-key must be 1 to 255 characters, without NUL")
+        raise CliError("--idempotency-key must be 1 to 255 characters, without control characters")
     body = _read_payload(payload)
     result = _with_backend(database_url, project, url, key, lambda b: b.send(type_, body, idempotency_key))
     out.print(f"{result['id']}" + (" (duplicate)" if result["duplicate"] else ""), highlight=False)

@@ -258,16 +258,18 @@ async def test_a_sqlite_file_in_a_missing_directory_is_one_line(tmp_path: Path) 
 
 
 async def test_send_refuses_the_same_idempotency_keys_in_both_modes(tmp_path: Path, sqlite_url: str) -> None:
-    """The API's rule for a key (1 to 255 characters, no NUL), in both modes: the database alone
-    used to take a 300-character key and an empty one, which then matched every later empty one."""
+    """The API's rule for a key (1 to 255 characters, no control characters), in both modes: the
+    database alone used to take a 300-character key and an empty one, which then matched every
+    later empty one."""
     server = await start(sqlite_url)
     try:
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.ingest_key)
-        for bad in ("", "k" * 256):
+        rule = "--idempotency-key must be 1 to 255 characters, without control characters"
+        for bad in ("", "k" * 256, "tab\there"):
             for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
                 run = await cli("send", "a.b", "{}", "--idempotency-key", bad, *mode, cwd=tmp_path, **where)
-                one_line_error(run, "--idempotency-key must be 1 to 255 characters")
+                one_line_error(run, rule)
         # A good key still deduplicates, across the two modes.
         key = ("--idempotency-key", "k" * 255)
         first = ok(await cli("send", "a.b", "{}", *key, *local, cwd=tmp_path, db_url=sqlite_url)).out

@@ -366,3 +366,42 @@ async def test_a_source_secret_stored_under_another_master_key_is_a_503(
         assert resp.headers["Retry-After"] == "60"
         text = await resp.text()
     assert "not configured on the server" in text and "github" not in text  # the secret's name
+
+
+async def test_an_ingest_key_cannot_take_a_signed_webhooks_idempotency_key_first(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """A signed webhook's key is its source's name and the sender's id. Stored as such, an event
+    sent with an ingest key and the key ``stripe:evt_1PxStripe`` took it first: the verified
+    Stripe event was then answered 200 duplicate (so Stripe never retried) and dropped."""
+    paths = await configure(server, receiver)
+    status, forged = await server.ingest(
+        "invoice.paid", {"forged": True}, idempotency_key=f"stripe:{STRIPE_EVENT['id']}"
+    )
+    assert status == 202, forged
+    body = orjson.dumps(STRIPE_EVENT)
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), STRIPE_SECRET)
+    status, genuine = await post(server, paths["stripe"], body, {"Stripe-Signature": header})
+    assert status == 202 and genuine["duplicate"] is False, genuine
+    assert genuine["id"] != forged["id"]
+    status, event = await server.request("GET", f"/v1/events/{genuine['id']}")
+    assert event["payload"] == STRIPE_EVENT and event["source"] == "stripe"
+    # Shown as it always was; a redelivery is still the same event.
+    assert event["idempotency_key"] == f"stripe:{STRIPE_EVENT['id']}"
+    status, again = await post(server, paths["stripe"], body, {"Stripe-Signature": header})
+    assert status == 200 and again == {"id": genuine["id"], "duplicate": True}
+
+
+@pytest.mark.parametrize("key", ["\x1fstripe:evt_1", "tab\there", "line\nbreak", "del\x7f"])
+async def test_idempotency_keys_with_control_characters_are_refused(server: RunningServer, key: str) -> None:
+    status, body = await server.ingest("a.b", {}, idempotency_key=key)
+    assert status == 422, body
+    assert body["error"]["field"] == "idempotency_key"
+    assert "without control characters" in body["error"]["message"]
+    status, body = await server.request(
+        "POST",
+        "/v1/events",
+        key=server.ingest_key,
+        json={"batch": [{"type": "a.b", "payload": {}, "idempotency_key": key}]},
+    )
+    assert status == 422 and body["error"]["field"] == "batch[0].idempotency_key", body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,57 @@ def test_0006_keys_companies_by_their_domain_and_merges_spellings(tmp_path: Path
         ("company", "initech.com", '{"name": "Initech", "plan": "pro"}', 2),
         ("user", "U1", '{"email": "A@B.C"}', 5),
     ]
+
+
+def test_0009_marks_the_keys_of_signed_webhooks_only(tmp_path: Path) -> None:
+    """Keys stored from signed webhooks before 0009 are marked as new ones are, so a webhook
+    redelivered after the upgrade is still a duplicate; keys senders chose are left alone."""
+    from ingestlayer.idempotency_keys import ingress_key
+
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0008")
+    long_id = "evt_" + "x" * 300
+    old_long = f"stripe:{long_id}"  # as stored before: hashed to 255 characters
+    digest = hashlib.sha256(old_long.encode()).hexdigest()
+    old_long = old_long[: 255 - len(digest) - 1] + "~" + digest
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO sources (id, project_id, name, config, enabled, created_at, updated_at)"
+        " VALUES ('src_1', 'p1', 'stripe', '{}', 1, 1, 1)"
+    )
+    rows = [
+        ("e1", "p1", "stripe:evt_1", "stripe"),  # a webhook
+        ("e2", "p1", old_long, "stripe"),  # a webhook with a long id
+        ("e3", "p1", "stripe:evt_2", "sdk"),  # an event sent with that key through the API
+        ("e4", "p2", "stripe:evt_1", "stripe"),  # another project, without such a source
+    ]
+    conn.executemany(
+        "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at,"
+        " received_at) VALUES (?, ?, 'a.b', '{}', ?, ?, 1, 1)",
+        rows,
+    )
+    conn.commit()
+    conn.close()
+
+    upgrade(url)
+    conn = sqlite3.connect(path)
+    try:
+        keys = dict(conn.execute("SELECT id, idempotency_key FROM events").fetchall())
+    finally:
+        conn.close()
+    assert keys == {
+        "e1": ingress_key("stripe", "evt_1"),
+        "e2": ingress_key("stripe", long_id),
+        "e3": "stripe:evt_2",
+        "e4": "stripe:evt_1",
+    }
+    assert keys["e1"] == "\x1fstripe:evt_1"
+
+    command.downgrade(alembic_config(url), "0008")
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute("SELECT idempotency_key FROM events WHERE id = 'e1'").fetchone()
+        assert row == ("stripe:evt_1",)
+    finally:
+        conn.close()

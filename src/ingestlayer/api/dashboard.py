@@ -59,6 +59,7 @@ from ingestlayer.api.dashboard_views import (
     trace_view,
 )
 from ingestlayer.api.errors import ApiError
+from ingestlayer.idempotency_keys import shown as shown_key
 from ingestlayer.records import ProjectConfig
 from ingestlayer.store.stats import RANGES, DashboardStats, id_bound
 from ingestlayer.timefmt import parse_time_filter
@@ -1069,6 +1070,7 @@ async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Respo
         section="events",
         title=f"{ev.type} · {ev.id}",
         ev=ev,
+        idempotency_key=shown_key(ev.idempotency_key),
         payload=pretty_json(ev.payload_json),
         trace=trace_view(ev.trace),
         deliveries=dels,

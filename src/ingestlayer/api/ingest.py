@@ -24,6 +24,8 @@ from ingestlayer.api.errors import (
     unreadable_json_error,
 )
 from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.idempotency_keys import KEY_RULE, MAX_KEY_LENGTH
+from ingestlayer.idempotency_keys import acceptable as acceptable_key
 from ingestlayer.ids import new_id, new_ids
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
@@ -44,7 +46,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
 
 EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
-MAX_KEY_LENGTH = 255  # an idempotency key
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -321,14 +322,9 @@ class IngestHandler:
                 "idempotency_key in the body differs from the Idempotency-Key header; send one",
                 field="idempotency_key",
             )
-        if key is not None and (type(key) is not str or not 0 < len(key) <= MAX_KEY_LENGTH or "\x00" in key):
-            # NUL: PostgreSQL cannot store it in text, and one such key would fail its whole group.
-            prefix = _prefix(index)
-            raise ApiError(
-                422,
-                f"{prefix}idempotency_key must be a string of 1 to 255 characters, without NUL",
-                field=f"{prefix}idempotency_key",
-            )
+        if key is not None and not acceptable_key(key):
+            field = f"{_prefix(index)}idempotency_key"
+            raise ApiError(422, f"{field} must be {KEY_RULE}", field=field)
         occurred = item.get("occurred_at")
         occurred_at = now if occurred is None else _occurred_at(occurred, _prefix(index))
         return NewEvent(event_id, project_id, etype, str(payload_json, "utf-8"), key, "sdk", occurred_at, now)

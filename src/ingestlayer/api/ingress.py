@@ -7,7 +7,6 @@ reason. Verified events go through the same durable group commit as ``POST /v1/e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,9 +17,10 @@ from fastapi import APIRouter, Request, Response
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, unreadable_json_error
-from ingestlayer.api.ingest import MAX_KEY_LENGTH, may_hold_huge_int, storable_json
+from ingestlayer.api.ingest import may_hold_huge_int, storable_json
 from ingestlayer.api.manage import apply_one, named_in_path
 from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.idempotency_keys import ingress_key
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import NewEvent, SourceRow
@@ -152,21 +152,6 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def idempotency_key(source_name: str, value: Any) -> str | None:
-    """The stored key: per source, so two senders' ids never collide. An empty id is no id (else
-    every event without one would be taken for the first); a long one is hashed, not cut, so ids
-    that differ only at the end stay distinct."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    # NUL dropped: PostgreSQL cannot store it, and the insert would fail every event committed
-    # in the same group.
-    key = f"{source_name}:{value}".replace("\x00", "")
-    if len(key) > MAX_KEY_LENGTH:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        key = key[: MAX_KEY_LENGTH - len(digest) - 1] + "~" + digest
-    return key
-
-
 async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> list[str]:
     try:
         secrets = [await rt.dispatcher.resolver(source.project_id, ref) for ref in cfg.secret_refs()]
@@ -216,7 +201,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     if limiter is not None:
         await limiter.check(source.project_id, 1)
     key_loc = cfg.key_locator()
-    key = idempotency_key(source.name, locate(key_loc, headers, doc)) if key_loc else None
+    key = ingress_key(source.name, locate(key_loc, headers, doc)) if key_loc else None
     now = clock.now()
     event = NewEvent(
         id=new_id("evt"),

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from ingestlayer.idempotency_keys import shown as shown_key
 from ingestlayer.json_depth import MAX_JSON_DEPTH, nests_deeper
 from ingestlayer.records import DestinationRow, PipelineRow, StoredEvent
 from ingestlayer.timefmt import iso
@@ -50,7 +51,7 @@ def event_json(e: StoredEvent) -> dict[str, Any]:
         "id": e.id,
         "type": e.type,
         "payload": stored_json(e.payload_json),
-        "idempotency_key": e.idempotency_key,
+        "idempotency_key": shown_key(e.idempotency_key),
         "source": e.source,
         "occurred_at": iso(e.occurred_at),
         "received_at": iso(e.received_at),
