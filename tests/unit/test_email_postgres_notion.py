@@ -4,8 +4,10 @@ scrubbing, and the private-address policy. The real servers are in tests/integra
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
+from ingestlayer.destinations import shared
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
 from ingestlayer.destinations.email import Email, EmailConfig
 from ingestlayer.destinations.email import config as email_config_module
@@ -716,3 +719,35 @@ def test_every_yaml_example_in_the_docs_is_valid(page: str) -> None:
     for block in blocks:
         cfg = parse_config(yaml.safe_load(block))
         assert [d.kind for d in cfg.destinations] == [kind]
+
+
+async def test_postgres_connects_to_the_address_it_checked_not_to_the_name_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name that answers the check with a public address and the driver, asked
+    a moment later, with a private one. The driver must connect to the address checked. The
+    resolver's first answer is played by a stand-in (no DNS server of ours runs here); the
+    second is the system's own: ``127.1`` is 127.0.0.1 to it, where a listener counts who comes."""
+    arrived: list[str] = []
+
+    async def note(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        arrived.append("connection")
+        writer.close()
+
+    listener = await asyncio.start_server(note, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+
+    async def first_answer(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[str, int]]]:
+        return [(socket.AF_INET, ("93.184.216.34", port))]
+
+    async def dsn(project_id: str, ref: str) -> str:
+        return f"postgresql://u:p4ss-W0rd@127.1:{port}/x"
+
+    monkeypatch.setattr(shared, "resolve", first_answer)
+    try:
+        outcome = await send_with(Postgres(pg_cfg(timeout=2)), allow_private=False, resolver=dsn)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert not outcome.ok
+    assert arrived == [], "the driver resolved the name again and reached a private address"

@@ -84,24 +84,27 @@ def _denied(host: str) -> EgressDenied:
     )
 
 
-async def check_host(policy: EgressPolicy, host: str, port: int) -> None:
+async def check_host(policy: EgressPolicy, host: str, port: int) -> list[str]:
     """Refuse ``host`` unless every address it resolves to is public (or private is allowed).
+    Returns the addresses checked (``[host]`` when private ones are allowed): connect to those,
+    not to the name, which may resolve elsewhere the second time (DNS rebinding).
 
     Unix-socket paths and an empty host (the driver's local default) are local, so refused too.
     Resolution failures raise :class:`OSError` (a transient condition: retried).
     """
     if policy.allow_private:
-        return
+        return [host]
     if not host or host.startswith("/") or host == "localhost" or host.endswith(".localhost"):
         raise _denied(host or "(local default)")
     literal = _literal_ip(host)
     if literal is not None:
         if not is_public_address(literal):
             raise _denied(host)
-        return
+        return [literal]
     addresses = await resolve(host, port)
     if not addresses or any(not is_public_address(sa[0]) for _, sa in addresses):
         raise _denied(host)
+    return list(dict.fromkeys(sa[0] for _, sa in addresses))
 
 
 async def connect_checked(policy: EgressPolicy, host: str, port: int) -> socket.socket:

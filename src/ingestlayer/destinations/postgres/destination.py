@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -50,6 +51,13 @@ SCHEMA_CLASSES = frozenset({"42"})
 
 class DsnError(ValueError):
     """The DSN cannot be used; the message never contains it."""
+
+
+def verifies_hostname(dsn: str) -> bool:
+    """Whether the connection checks the server's certificate against the host name."""
+    query = parse_qs(urlsplit(dsn).query)
+    mode = (query.get("sslmode") or [os.environ.get("PGSSLMODE", "")])[-1]
+    return mode == "verify-full"
 
 
 def dsn_hosts(dsn: str) -> list[tuple[str, int]]:
@@ -186,11 +194,19 @@ class Postgres:
             if self._pool is not None and self._pool_dsn == dsn:
                 return self._pool
             hosts = dsn_hosts(dsn)
+            pin = not egress.allow_private and not verifies_hostname(dsn)
 
             async def connect(*args: Any, **kwargs: Any) -> Any:
                 # Every new connection, not just the first: a name may resolve elsewhere later.
+                # The driver connects to the addresses checked, not to the name: resolved again,
+                # a name could then answer with a private address (DNS rebinding). With
+                # sslmode=verify-full it must use the name, which the certificate has to match.
+                pinned: list[tuple[str, int]] = []
                 for host, port in hosts:
-                    await check_host(egress, host, port)
+                    pinned.extend((address, port) for address in await check_host(egress, host, port))
+                if pin:
+                    kwargs["host"] = [address for address, _ in pinned]
+                    kwargs["port"] = [port for _, port in pinned]
                 return await asyncpg.connect(*args, **kwargs)
 
             old = self._pool
