@@ -241,6 +241,11 @@ def test_second_pipeline_errors_name_index_one() -> None:
         ({"pipeline": []}, "pipeline", ["unknown top-level key"]),
         ({"destinations": [{"webhook.out": {"url": HOOK}}]}, "destinations[0].name", ["needs a `name`"]),
         ({"destinations": [{"name": "x", "ref": "y"}]}, "destinations[0].ref", ["kind"]),
+        (
+            {"sources": [{"name": "src_01JB8ZK6T3Q4R5S6T7V8W9X0YZ", "verify": "none"}]},
+            "sources[0].name",
+            ["has the shape of an id"],
+        ),
     ],
 )
 def test_config_errors_name_the_path(doc: Any, path: str, words: list[str]) -> None:

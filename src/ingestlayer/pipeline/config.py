@@ -366,6 +366,9 @@ def parse_config(doc: Any) -> ConfigFile:
             raise ConfigError(f"sources[{i}].{loc}" if loc else f"sources[{i}]", msg) from None
         if src.name in names:
             raise ConfigError(f"sources[{i}].name", f"duplicate source name {src.name!r}")
+        problem = _id_shaped(src.name)  # a path names a source by its name or its id
+        if problem:
+            raise ConfigError(f"sources[{i}].name", problem)
         names.add(src.name)
         out.sources.append(src.model_dump(mode="json"))
     return out
