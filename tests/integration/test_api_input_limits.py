@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from tests.support.api import error_of
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 
 async def test_entity_routes_check_the_kind_and_id_first(srv: RunningServer) -> None:
@@ -100,3 +101,28 @@ async def test_nul_characters_are_refused_where_postgresql_cannot_store_them(ser
     assert status == 202
     _, ev = await server.request("GET", f"/v1/events/{sent['id']}")
     assert ev["payload"] == {"note": "x\x00y"}
+
+
+async def test_identify_and_group_spend_the_projects_ingest_allowance(db_url: str) -> None:
+    """An ingest key could write traits as fast as the database took them, unlimited."""
+    server = await start_server(db_url, ingest_rate_limit=3)
+    try:
+        statuses = []
+        started = time.monotonic()
+        for i in range(10):
+            path, body = ("/v1/identify", {"user_id": f"u{i}", "traits": {"n": i}})
+            if i % 2:
+                path, body = ("/v1/group", {"user_id": f"u{i}", "account_id": "acme", "traits": {}})
+            status, answer = await server.request("POST", path, key=server.ingest_key, json=body)
+            statuses.append(status)
+            if status == 429:
+                assert error_of(answer)["code"] == "rate_limited", answer
+        elapsed = time.monotonic() - started
+        # One second's burst, and what refilled meanwhile (more only if a loaded machine was slow).
+        accepted = statuses.count(200)
+        assert 3 <= accepted <= max(4, 3 + 3 * elapsed) and statuses.count(429) == 10 - accepted, statuses
+        # The same bucket as events.
+        status, _ = await server.ingest("a.b", {})
+        assert status == 429
+    finally:
+        await server.stop()
