@@ -1,4 +1,5 @@
-"""Per-project ingest rate limits, shared by ``POST /v1/events`` and signed webhook ingress.
+"""Per-project ingest rate limits, shared by ``POST /v1/events``, signed webhook ingress, and
+``POST /v1/identify`` and ``/v1/group``.
 
 A token bucket per project: ``rate`` events a second, with one second of burst. One api process
 keeps it in memory (:class:`RateLimiter`). Where several api processes share a PostgreSQL
