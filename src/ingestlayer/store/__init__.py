@@ -1,1 +1,1 @@
-"""Persistence. :mod:`ingestlayer.store.store` is the only module that issues SQL."""
+"""Persistence: the only package that issues SQL. Callers use :class:`ingestlayer.store.store.Store`."""

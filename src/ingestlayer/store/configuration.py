@@ -1,0 +1,285 @@
+"""Each project's configuration: pipelines, destinations, sources and secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ingestlayer import clock
+from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, SourceRow
+from ingestlayer.store.base import Conflict, NotFound
+from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, EndingMixin
+from ingestlayer.store.notify import NotifyMixin
+from ingestlayer.store.schema import destinations, pipelines, projects, secrets, sources
+
+
+def _pipeline_from_row(row: Any) -> PipelineRow:
+    return PipelineRow(
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        config=orjson.loads(row.config),
+        endpoint=bool(row.endpoint),
+        enabled=bool(row.enabled),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _source_from_row(row: Any) -> SourceRow:
+    return SourceRow(
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        config=orjson.loads(row.config),
+        enabled=bool(row.enabled),
+        updated_at=row.updated_at,
+    )
+
+
+def _destination_from_row(row: Any) -> DestinationRow:
+    return DestinationRow(
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        kind=row.kind,
+        config=orjson.loads(row.config),
+        enabled=bool(row.enabled),
+        updated_at=row.updated_at,
+    )
+
+
+class ConfigMixin(NotifyMixin, EndingMixin):
+    """Reading and changing configuration (pipelines, destinations, sources, secrets)."""
+
+    async def config_versions(self, project_ids: Iterable[str]) -> dict[str, int]:
+        return await self._hot.config_versions(list(project_ids))
+
+    async def load_project_config(self, project_id: str) -> ProjectConfig:
+        async with self.engines.read.begin() as conn:
+            version = await conn.scalar(select(projects.c.config_version).where(projects.c.id == project_id))
+            if version is None:
+                raise NotFound(f"no project {project_id!r}")
+            prow = await conn.execute(
+                select(pipelines).where(pipelines.c.project_id == project_id).order_by(pipelines.c.name)
+            )
+            drow = await conn.execute(select(destinations).where(destinations.c.project_id == project_id))
+            srow = await conn.execute(select(sources).where(sources.c.project_id == project_id))
+            return ProjectConfig(
+                project_id=project_id,
+                version=int(version),
+                pipelines=[_pipeline_from_row(r) for r in prow],
+                destinations={r.id: _destination_from_row(r) for r in drow},
+                sources={r.id: _source_from_row(r) for r in srow},
+            )
+
+    async def get_source(self, source_id: str) -> SourceRow | None:
+        """A source by its global id (the ingress URL carries no key)."""
+        async with self.engines.read.connect() as conn:
+            row = (await conn.execute(select(sources).where(sources.c.id == source_id))).first()
+            return _source_from_row(row) if row else None
+
+    async def _bump_config(
+        self, conn: AsyncConnection, project_id: str, expect_version: int | None = None
+    ) -> None:
+        """Move the project's config_version on; with ``expect_version``, only from that one
+        (:class:`Conflict` if another change committed since)."""
+        conds = [projects.c.id == project_id]
+        if expect_version is not None:
+            conds.append(projects.c.config_version == expect_version)
+        res = await conn.execute(
+            update(projects).where(*conds).values(config_version=projects.c.config_version + 1)
+        )
+        if expect_version is not None and res.rowcount == 0:
+            raise Conflict("the configuration changed while this change was planned")
+
+    async def apply_config(
+        self,
+        project_id: str,
+        upsert_destinations: Sequence[dict[str, Any]],
+        upsert_pipelines: Sequence[dict[str, Any]],
+        delete_pipeline_ids: Sequence[str] = (),
+        delete_destination_ids: Sequence[str] = (),
+        upsert_sources: Sequence[dict[str, Any]] = (),
+        delete_source_ids: Sequence[str] = (),
+        *,
+        expect_version: int | None = None,
+    ) -> list[str]:
+        """Create/update/delete pipelines and destinations in one transaction.
+
+        Each upsert dict carries ``id`` (existing or new), ``name``, ``config`` and, for
+        destinations, ``kind``; pipelines may carry ``endpoint`` and ``enabled``.
+
+        With ``expect_version`` (the config_version the changes were planned at) it raises
+        :class:`Conflict` and changes nothing when another change committed since: two applies
+        planned at once would otherwise each write what it found different, leaving a mix.
+
+        A deleted destination's deliveries that wait for an attempt end ``dead`` right after
+        (see :meth:`end_waiting_deliveries`); returns their ids.
+        """
+        now = clock.now()
+        async with self.engines.write.begin() as conn:
+            # First, so that the project's row is locked while the rows are written.
+            await self._bump_config(conn, project_id, expect_version)
+            for d in upsert_destinations:
+                cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
+                res = await conn.execute(
+                    update(destinations)
+                    .where(destinations.c.project_id == project_id, destinations.c.id == d["id"])
+                    .values(
+                        name=d["name"],
+                        kind=d["kind"],
+                        config=cfg,
+                        enabled=d.get("enabled", True),
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount == 0:
+                    await conn.execute(
+                        insert(destinations).values(
+                            id=d["id"],
+                            project_id=project_id,
+                            name=d["name"],
+                            kind=d["kind"],
+                            config=cfg,
+                            enabled=d.get("enabled", True),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            for p in upsert_pipelines:
+                cfg = orjson.dumps(p["config"], option=orjson.OPT_SORT_KEYS).decode()
+                res = await conn.execute(
+                    update(pipelines)
+                    .where(pipelines.c.project_id == project_id, pipelines.c.id == p["id"])
+                    .values(
+                        name=p["name"],
+                        config=cfg,
+                        enabled=p.get("enabled", True),
+                        endpoint=p.get("endpoint", False),
+                        updated_at=now,
+                    )
+                )
+                if res.rowcount == 0:
+                    await conn.execute(
+                        insert(pipelines).values(
+                            id=p["id"],
+                            project_id=project_id,
+                            name=p["name"],
+                            config=cfg,
+                            enabled=p.get("enabled", True),
+                            endpoint=p.get("endpoint", False),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            for src in upsert_sources:
+                cfg = orjson.dumps(src["config"], option=orjson.OPT_SORT_KEYS).decode()
+                res = await conn.execute(
+                    update(sources)
+                    .where(sources.c.project_id == project_id, sources.c.id == src["id"])
+                    .values(name=src["name"], config=cfg, enabled=src.get("enabled", True), updated_at=now)
+                )
+                if res.rowcount == 0:
+                    await conn.execute(
+                        insert(sources).values(
+                            id=src["id"],
+                            project_id=project_id,
+                            name=src["name"],
+                            config=cfg,
+                            enabled=src.get("enabled", True),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            if delete_source_ids:
+                await conn.execute(
+                    delete(sources).where(
+                        sources.c.project_id == project_id, sources.c.id.in_(list(delete_source_ids))
+                    )
+                )
+            if delete_pipeline_ids:
+                await conn.execute(
+                    delete(pipelines).where(
+                        pipelines.c.project_id == project_id, pipelines.c.id.in_(list(delete_pipeline_ids))
+                    )
+                )
+            if delete_destination_ids:
+                await conn.execute(
+                    delete(destinations).where(
+                        destinations.c.project_id == project_id,
+                        destinations.c.id.in_(list(delete_destination_ids)),
+                    )
+                )
+        # The dispatcher would end each of them at its next attempt, but a retry may be hours
+        # away: meanwhile it was listed "retrying" for a destination that no longer exists, and
+        # its event was kept from retention. After the commit, in batches, like a disable.
+        ended: list[str] = []
+        for destination_id in delete_destination_ids:
+            ended += await self.end_waiting_deliveries(project_id, destination_id, DELETED_DESTINATION_ERROR)
+        return ended
+
+    async def set_secret(self, project_id: str, name: str, ciphertext: bytes) -> bool:
+        """Store an encrypted secret; return True when it replaced an existing one."""
+        now = clock.now()
+        async with self.engines.write.begin() as conn:
+            res = await conn.execute(
+                update(secrets)
+                .where(secrets.c.project_id == project_id, secrets.c.name == name)
+                .values(ciphertext=ciphertext, updated_at=now)
+            )
+            replaced = res.rowcount > 0
+            if not replaced:
+                await conn.execute(
+                    insert(secrets).values(
+                        project_id=project_id,
+                        name=name,
+                        ciphertext=ciphertext,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            await self._bump_config(conn, project_id)
+            await self._announce(conn, f"secrets:{project_id}")
+            return replaced
+
+    async def get_secret(self, project_id: str, name: str) -> bytes | None:
+        async with self.engines.read.connect() as conn:
+            value = await conn.scalar(
+                select(secrets.c.ciphertext).where(secrets.c.project_id == project_id, secrets.c.name == name)
+            )
+            return bytes(value) if value is not None else None
+
+    async def newest_secrets(self, limit: int = 20) -> list[bytes]:
+        """The ciphertexts of the secrets stored last, in any project, newest first."""
+        async with self.engines.read.connect() as conn:
+            rows = await conn.execute(
+                select(secrets.c.ciphertext).order_by(secrets.c.updated_at.desc()).limit(limit)
+            )
+            return [bytes(value) for value in rows.scalars()]
+
+    async def list_secrets(self, project_id: str) -> list[dict[str, Any]]:
+        async with self.engines.read.connect() as conn:
+            rows = await conn.execute(
+                select(secrets.c.name, secrets.c.created_at, secrets.c.updated_at)
+                .where(secrets.c.project_id == project_id)
+                .order_by(secrets.c.name)
+            )
+            return [dict(r._mapping) for r in rows]
+
+    async def delete_secret(self, project_id: str, name: str) -> None:
+        async with self.engines.write.begin() as conn:
+            res = await conn.execute(
+                delete(secrets).where(secrets.c.project_id == project_id, secrets.c.name == name)
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"no secret named {name!r}")
+            await self._bump_config(conn, project_id)
+            await self._announce(conn, f"secrets:{project_id}")
+
+    async def get_destinations(self, ids: Iterable[str]) -> dict[str, DestinationRow]:
+        return await self._hot.get_destinations(list(ids))

@@ -1,0 +1,92 @@
+"""Retention: purging finished deliveries, their attempts and their events once old."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy import delete, select
+
+from ingestlayer.store.base import StoreBase
+from ingestlayer.store.schema import attempts, deliveries, events, route_jobs
+
+DUE_STATUSES = ("pending", "retrying", "delivering")
+# Retention purges (and bulk replays) run in short transactions beside ingest: on SQLite each
+# one holds the only writer. 500 events with a delivery and an attempt each are about 10 ms.
+PURGE_BATCH = 500
+PURGE_TARGET_SECONDS = 0.025
+PURGE_PAUSE_SECONDS = 0.01
+REPLAY_BATCH = 1000
+
+
+class RetentionMixin(StoreBase):
+    """The retention purge, in short transactions beside ingest."""
+
+    async def purge_older_than(
+        self,
+        cutoff: float,
+        batch: int = PURGE_BATCH,
+        *,
+        target_seconds: float = PURGE_TARGET_SECONDS,
+        pause: float = PURGE_PAUSE_SECONDS,
+    ) -> int:
+        """Retention: delete finished deliveries, their attempts and events older than ``cutoff``.
+
+        Old events are walked in id order, at most ``batch`` per transaction. One still owed work
+        (an unfinished delivery or a route job) is kept and stepped over, so the purgeable events
+        behind it still go however many kept ones come first. Returns how many events went.
+
+        SQLite has one writer, so every transaction here stalls ingest while it is open: the
+        walk itself (past kept events, and past every recent one at the end) reads on a reader
+        connection, a transaction that took longer than ``target_seconds`` halves the next
+        batch (events with many deliveries and attempts cost more), and the writer is left to
+        others for ``pause`` (or as long as the transaction took, if longer) between batches.
+        """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        removed = 0
+        size = batch
+        after: str | None = None  # keyset cursor: the last event id looked at
+        while True:
+            async with self.engines.read.connect() as conn:
+                query = select(events.c.id).where(events.c.received_at < cutoff)
+                if after is not None:
+                    query = query.where(events.c.id > after)
+                old = await conn.execute(query.order_by(events.c.id).limit(size))
+                ids = list(old.scalars().all())
+            if not ids:
+                return removed
+            started = time.monotonic()
+            async with self.engines.write.begin() as conn:
+                # Every delivery of the batch is locked (PostgreSQL; SQLite's writer holds the
+                # database): a replay that turns a finished one back to pending meanwhile either
+                # commits first and is seen here, or waits and finds it gone.
+                owned = await conn.execute(
+                    select(deliveries.c.event_id, deliveries.c.status)
+                    .where(deliveries.c.event_id.in_(ids))
+                    .with_for_update()
+                )
+                keep = {event_id for event_id, status in owned if status in DUE_STATUSES} | set(
+                    (await conn.execute(select(route_jobs.c.event_id).where(route_jobs.c.event_id.in_(ids))))
+                    .scalars()
+                    .all()
+                )
+                gone = [i for i in ids if i not in keep]
+                if gone:
+                    dids = select(deliveries.c.id).where(deliveries.c.event_id.in_(gone)).scalar_subquery()
+                    await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(dids)))
+                    await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
+                    res = await conn.execute(delete(events).where(events.c.id.in_(gone)))
+                    # Another process's purge may have taken some since they were read.
+                    removed += res.rowcount
+            held = time.monotonic() - started
+            # A short batch was the last of the old events; otherwise go on after it (past the
+            # kept ones too: they stay, and the cursor still moves, so the walk ends).
+            if len(ids) < size:
+                return removed
+            after = ids[-1]
+            if held > target_seconds:
+                size = max(1, size // 2)
+            elif held < target_seconds / 2:
+                size = min(batch, size * 2)
+            await asyncio.sleep(max(pause, held))
