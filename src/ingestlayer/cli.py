@@ -359,6 +359,16 @@ def apply(
             highlight=False,
             soft_wrap=True,
         )
+    unreadable = result.get("unreadable_env") or []
+    if unreadable:
+        err.print(
+            f"note: the server does not let pipelines read {', '.join(unreadable)} (env:); what needs "
+            f"{'them' if len(unreadable) > 1 else 'it'} fails and retries until the operator lists "
+            f"{'them' if len(unreadable) > 1 else 'it'} in INGESTLAYER_ENV_SECRETS (or use ref: and "
+            "`ingestlayer secrets set`)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if paths_only:
         err.print(
             "note: INGESTLAYER_PUBLIC_URL is not set, so ingress is shown as a path on the server's "

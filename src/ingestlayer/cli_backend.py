@@ -166,16 +166,20 @@ class LocalBackend:
         return self._project_id
 
     async def apply(self, document: Any, dry_run: bool, prune: bool) -> dict[str, Any]:
-        class _Rt:
-            store = self.store
-
         # Imported here: the management API brings FastAPI and the server's runtime, which
         # every other command would pay for at startup (0.8 s of the CLI's 1.5 s).
         from ingestlayer.api.errors import ApiError
         from ingestlayer.api.manage import run_apply
 
         try:
-            return await run_apply(_Rt(), await self.project_id(), document, dry_run=dry_run, prune=prune)
+            return await run_apply(
+                self.store,
+                await self.project_id(),
+                document,
+                dry_run=dry_run,
+                prune=prune,
+                env_allowed=self.settings.env_secrets,
+            )
         except (ApiError, ConfigError) as exc:
             raise CliError(str(exc)) from None
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from tests.support.api import error_of
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server
 
 HOOK = "https://hooks.acme.example/in"
 
@@ -697,3 +697,59 @@ async def test_errors_have_the_error_shape_for_routing_and_auth(srv: RunningServ
     async with srv.session.get(srv.url + "/v1/pipelines") as resp:  # no Authorization at all
         assert resp.status == 401
         error_of(await resp.json())
+
+
+async def test_apply_names_the_env_variables_the_server_will_not_let_pipelines_read(db_url: str) -> None:
+    """`env:VAR` reads only what INGESTLAYER_ENV_SECRETS lists: a document naming another was
+    accepted without a word, and its deliveries then failed and retried."""
+    server = await start_server(db_url, env_secrets=("SLACK_*",))
+    try:
+        doc = {
+            "pipelines": [
+                {
+                    "name": "alerts",
+                    "source": {"match": ["invoice.*"]},
+                    "destinations": [
+                        {"webhook.out": {"url": HOOK, "auth": "bearer", "secret": "env:BILLING_TOKEN"}},
+                        {"webhook.out": {"url": HOOK + "/2", "auth": "bearer", "secret": "env:SLACK_TOKEN"}},
+                        {
+                            "webhook.out": {
+                                "url": HOOK + "/3",
+                                "auth": "bearer",
+                                "secret": "env:INGESTLAYER_KEY",
+                            }
+                        },
+                    ],
+                }
+            ]
+        }
+        status, body = await server.request("POST", "/v1/apply", json={"document": doc, "dry_run": True})
+        assert status == 200, body
+        assert body["unreadable_env"] == ["BILLING_TOKEN", "INGESTLAYER_KEY"]
+        assert body["missing_secrets"] == []
+    finally:
+        await server.stop()
+
+
+async def test_enrichment_steps_are_shown_by_their_yaml_keys(srv: RunningServer) -> None:
+    """GET showed enrich.entity's `from` as the Python attribute `from_`."""
+    step = {"enrich.entity": {"from": "account_id", "entity": "account", "attach": ["plan"]}}
+    doc = {
+        "pipelines": [
+            {
+                "name": "usage",
+                "source": {"match": ["feature.*"]},
+                "steps": [step, {"enrich.person": {"from": "contact.email"}}],
+                "destinations": [{"webhook.out": {"url": HOOK}}],
+            }
+        ]
+    }
+    await srv.apply(doc)
+    status, body = await srv.request("GET", "/v1/pipelines/usage")
+    assert status == 200, body
+    assert body["steps"][0]["enrich.entity"]["from"] == "account_id"
+    assert body["steps"][1]["enrich.person"]["from"] == "contact.email"
+    assert "from_" not in orjson.dumps(body).decode()
+    # The same document again is no change.
+    again = await srv.apply(doc)
+    assert again["summary"] == {"unchanged": 2}, again

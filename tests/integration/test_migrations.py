@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,37 @@ def test_0009_marks_the_keys_of_signed_webhooks_only(tmp_path: Path) -> None:
         assert row == ("stripe:evt_1",)
     finally:
         conn.close()
+
+
+def test_0010_stores_enrichment_steps_by_their_yaml_keys(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0009")
+    before = {
+        "source": {"match": ["feature.*"]},
+        "steps": [
+            {"name": "enrich.entity", "config": {"from_": "account_id", "entity": "account"}},
+            {"name": "filter.match", "config": {"expression": "from_ = 1"}},
+            {"name": "enrich.person", "config": {"from_": "email"}},
+        ],
+        "destinations": [],
+    }
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO pipelines (id, project_id, name, config, endpoint, enabled, created_at, updated_at)"
+        " VALUES ('pip_1', 'p1', 'usage', ?, 0, 1, 1, 1)",
+        (json.dumps(before),),
+    )
+    conn.commit()
+    conn.close()
+
+    upgrade(url)
+    conn = sqlite3.connect(path)
+    try:
+        (stored,) = conn.execute("SELECT config FROM pipelines").fetchone()
+    finally:
+        conn.close()
+    steps = json.loads(stored)["steps"]
+    assert steps[0]["config"] == {"from": "account_id", "entity": "account"}
+    assert steps[1]["config"] == {"expression": "from_ = 1"}  # not an enrichment: left alone
+    assert steps[2]["config"] == {"from": "email"}

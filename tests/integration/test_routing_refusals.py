@@ -35,13 +35,8 @@ def _pipeline(steps: list[Any] | None = None) -> dict[str, Any]:
 
 
 async def _project(store: Store, config: dict[str, Any]) -> str:
-    class _Rt:
-        pass
-
-    rt = _Rt()
-    rt.store = store  # type: ignore[attr-defined]
     project_id, _, _ = await store.create_project("routing")
-    await run_apply(rt, project_id, config, dry_run=False, prune=False)
+    await run_apply(store, project_id, config, dry_run=False, prune=False)
     return project_id
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -16,10 +16,11 @@ from ingestlayer.api.editable import destination_input, pipeline_input
 from ingestlayer.api.errors import ApiError, too_deep_error, unreadable_json_error
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import destination_json, pipeline_json
+from ingestlayer.delivery.dispatcher import env_readable
 from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
-from ingestlayer.store.store import Conflict, NotFound
+from ingestlayer.store.store import Conflict, NotFound, Store
 from ingestlayer.timefmt import iso
 
 # ``isalnum`` took any Unicode letter: names that look alike but differ, in references (ref:NAME).
@@ -61,9 +62,10 @@ async def until_unchanged(change: Callable[[], Awaitable[T]]) -> T:
     raise ApiError(409, "the configuration kept changing during the change; try again")
 
 
-def referenced_secrets(document: Any) -> set[str]:
-    """The stored secrets a configuration document names, as ``ref:NAME`` values anywhere in it
-    (webhook secrets, secret headers, API keys, hash keys)."""
+def referenced_secrets(document: Any, scheme: str = "ref") -> set[str]:
+    """The secrets a configuration document names, as ``ref:NAME`` (or, with ``scheme="env"``,
+    ``env:VAR``) values anywhere in it (webhook secrets, secret headers, API keys, hash keys)."""
+    prefix = f"{scheme}:"
     names: set[str] = set()
     pending = [document]
     while pending:  # a loop, not recursion: the document's depth is the user's
@@ -72,14 +74,28 @@ def referenced_secrets(document: Any) -> set[str]:
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
-        elif isinstance(value, str) and value.startswith("ref:") and SECRET_NAME.fullmatch(value[4:]):
-            names.add(value[4:])
+        elif (
+            isinstance(value, str)
+            and value.startswith(prefix)
+            and SECRET_NAME.fullmatch(value[len(prefix) :])
+        ):
+            names.add(value[len(prefix) :])
     return names
 
 
 async def run_apply(
-    rt: Any, project_id: str, document: Any, *, dry_run: bool, prune: bool, within: str = ""
+    store: Store,
+    project_id: str,
+    document: Any,
+    *,
+    dry_run: bool,
+    prune: bool,
+    within: str = "",
+    env_allowed: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Plan a configuration document against the project's, and apply it unless ``dry_run``.
+    ``env_allowed``: the variables ``env:`` references may read (INGESTLAYER_ENV_SECRETS), to
+    name those that will not be readable."""
     try:
         cfg = parse_config(document)
     except ConfigError as exc:
@@ -87,12 +103,12 @@ async def run_apply(
 
     async def plan_and_apply() -> Plan:
         try:
-            p = await plan(rt.store, project_id, cfg, prune=prune)
+            p = await plan(store, project_id, cfg, prune=prune)
         except ConfigError as exc:
             raise config_error(exc, within) from None
         if not dry_run:
             # Whole, or planned again: never mixed with a change that committed meanwhile.
-            await apply_plan(rt.store, p)
+            await apply_plan(store, p)
         return p
 
     p = await until_unchanged(plan_and_apply)
@@ -107,9 +123,17 @@ async def run_apply(
         changes.append(change)
     # Accepted (a secret may be set after its configuration), but said: until it is set, every
     # delivery or step that needs it fails and retries.
-    stored = {s["name"] for s in await rt.store.list_secrets(project_id)}
+    stored = {s["name"] for s in await store.list_secrets(project_id)}
     missing = sorted(referenced_secrets(document) - stored)
-    return {"dry_run": dry_run, "summary": p.summary(), "changes": changes, "missing_secrets": missing}
+    # Likewise env: references the server will not let pipelines read: accepted, but said.
+    unreadable = sorted(v for v in referenced_secrets(document, "env") if not env_readable(v, env_allowed))
+    return {
+        "dry_run": dry_run,
+        "summary": p.summary(),
+        "changes": changes,
+        "missing_secrets": missing,
+        "unreadable_env": unreadable,
+    }
 
 
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -166,7 +190,14 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
             "send the document as JSON (Content-Type: application/json) or YAML (application/yaml)",
             code="unsupported_media_type",
         )
-    return await run_apply(rt, principal.project_id, document, dry_run=dry_run, prune=prune)
+    return await run_apply(
+        rt.store,
+        principal.project_id,
+        document,
+        dry_run=dry_run,
+        prune=prune,
+        env_allowed=rt.settings.env_secrets,
+    )
 
 
 @router.get("/pipelines")
@@ -201,7 +232,15 @@ async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Re
     apply created, 200 for what existed already (updated or unchanged). Returns its name (which
     a destination may give inside its kind's mapping)."""
     document = {f"{kind}s": [body]}
-    result = await run_apply(rt, project_id, document, dry_run=False, prune=False, within=f"{kind}s[0]")
+    result = await run_apply(
+        rt.store,
+        project_id,
+        document,
+        dry_run=False,
+        prune=False,
+        within=f"{kind}s[0]",
+        env_allowed=rt.settings.env_secrets,
+    )
     mine = [c for c in result["changes"] if c["kind"] == kind]
     if not any(c["action"] == "create" for c in mine):
         response.status_code = 200

@@ -101,6 +101,14 @@ def _problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def env_readable(name: str, allowed: Sequence[str]) -> bool:
+    """Whether ``env:name`` may be read: listed in INGESTLAYER_ENV_SECRETS (names or globs), and
+    never one of the server's own ``INGESTLAYER_*`` settings."""
+    return not name.upper().startswith("INGESTLAYER_") and any(
+        fnmatch.fnmatchcase(name, pattern) for pattern in allowed
+    )
+
+
 class SecretResolver:
     """Resolves ``env:VAR`` and ``ref:NAME`` at send time; stored secrets are cached briefly.
 
@@ -121,7 +129,7 @@ class SecretResolver:
             name = ref[4:]
             if name.upper().startswith("INGESTLAYER_"):
                 raise LookupError(f"secret {ref}: the server's own settings are never readable as secrets")
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self._env_allowed):
+            if not env_readable(name, self._env_allowed):
                 raise LookupError(
                     f"secret {ref}: the server does not let pipelines read {name}; the operator lists "
                     "the variables they may read in INGESTLAYER_ENV_SECRETS (or store it with "

@@ -25,7 +25,7 @@ from ingestlayer.pipeline.paths import get_path, set_path
 
 
 class EnrichEntityConfig(StepConfig):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     from_: str = Field(default="user_id", alias="from", description="Payload path holding the entity id.")
     entity: str = Field(default="user", description="The entity kind to look up.")

@@ -127,7 +127,7 @@ class ProviderConfig(BaseModel):
 
 
 class EnrichPersonConfig(StepConfig):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
     from_: str = Field(default="email", alias="from", description="Payload path holding the email address.")
     attach: list[str] = Field(default_factory=lambda: ["company", "role", "country"], min_length=1)
