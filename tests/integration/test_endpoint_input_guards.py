@@ -242,3 +242,44 @@ async def test_a_description_is_at_most_500_characters(server: RunningServer, re
     await refused(server, "PATCH", path, {"description": "d" * 501}, "description")
     _, same = await server.request("GET", path)
     assert same["description"] == "é" * 500
+
+
+async def test_a_bearer_token_cannot_also_sign_standard_webhooks(srv: RunningServer) -> None:
+    """One secret sent in clear as the bearer token and used as the signing key: the signature
+    then proved nothing. Refused on endpoints and on webhook.out destinations alike."""
+    bearer = {
+        "url": HOOK,
+        "auth": "bearer",
+        "secret": "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI=",
+        "signing": "standard",
+    }
+    err = await refused(srv, "POST", "/v1/endpoints", {**bearer, "events": ["a.b"]}, "signing")
+    assert "cannot also sign" in err["message"]
+    doc = {
+        "destinations": [
+            {"name": "partner", "webhook.out": {**bearer, "secret": "ref:partner-token"}},
+        ]
+    }
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 422, body
+    assert error_of(body)["field"] == "destinations[0].webhook.out.signing"
+    assert "cannot also sign" in error_of(body)["message"]
+    # Signing with a bearer token in a header of its own is the way.
+    fine = {
+        "url": HOOK,
+        "signing": "standard",
+        "secret": "ref:signing",
+        "secret_headers": {"Authorization": "ref:tok"},
+    }
+    status, body = await srv.request(
+        "POST", "/v1/apply", json={"document": {"destinations": [{"name": "p2", "webhook.out": fine}]}}
+    )
+    assert status == 200, body
+
+
+def test_a_stored_bearer_that_signs_still_loads() -> None:
+    """Configurations stored before the check above still load and send as they did."""
+    from ingestlayer.destinations.registry import build_destination
+
+    stored = {"url": HOOK, "auth": "bearer", "secret": "ref:tok", "signing": "standard"}
+    assert build_destination("webhook.out", stored).config.signing == "standard"

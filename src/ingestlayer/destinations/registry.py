@@ -27,8 +27,10 @@ def destination_class(kind: str) -> Any:
 
 
 def parse_destination_config(kind: str, raw: Any) -> BaseModel:
+    """A destination's settings as written by a user (``new`` in the validation context: rules
+    that configurations stored before them must still load past are checked only here)."""
     model: type[BaseModel] = destination_class(kind).config_model
-    return model.model_validate(raw or {})
+    return model.model_validate(raw or {}, context={"new": True})
 
 
 def build_destination(kind: str, config: dict[str, Any]) -> Any:

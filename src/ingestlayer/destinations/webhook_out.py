@@ -191,6 +191,19 @@ class WebhookOutConfig(BaseModel):
                 raise ValueError("must be an ISO 8601 time, such as 2026-12-01T09:00:00Z") from None
         return v
 
+    @field_validator("signing")
+    @classmethod
+    def _not_with_bearer(cls, v: str, info: ValidationInfo) -> str:
+        if v == "standard" and info.data.get("auth") == "bearer" and (info.context or {}).get("new"):
+            # One secret cannot do both: sent in every request, it proves nothing when it signs.
+            # (Configurations stored before this check still load and send as they did.)
+            raise ValueError(
+                "auth: bearer sends the secret in clear in every request, so it cannot also sign "
+                "(signing: standard): use auth: none or auth: hmac with signing: standard, and a "
+                "bearer token, if the receiver wants one too, in secret_headers"
+            )
+        return v
+
     @model_validator(mode="after")
     def _secret(self) -> WebhookOutConfig:
         refs = self.secret_refs()
