@@ -19,6 +19,7 @@ from ingestlayer.api import dashboard, endpoints, entities, health, ingress, log
 from ingestlayer.api.dashboard_session import install_login_redirect
 from ingestlayer.api.errors import error_body, install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
+from ingestlayer.api.openapi_errors import document_errors, error_response
 from ingestlayer.api.ratelimit import RateLimiter, SharedRateLimiter
 from ingestlayer.runtime import Runtime
 
@@ -53,7 +54,7 @@ def _document_ingest(app: FastAPI) -> None:
         for model in (EventIn, BatchIn, IngestOut):
             comps[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(comps[model.__name__].pop("$defs", {}))
-        err = {"description": "Error", "content": {"application/json": {"schema": {"type": "object"}}}}
+        err = error_response()
         schema["paths"]["/v1/events"] = {
             **schema["paths"].get("/v1/events", {}),
             "post": {
@@ -94,6 +95,7 @@ def _document_ingest(app: FastAPI) -> None:
                 },
             },
         }
+        document_errors(schema)
         app.openapi_schema = schema
         return schema
 

@@ -584,6 +584,31 @@ async def test_openapi_documents_ingest_and_management(srv: RunningServer) -> No
     assert {"EventIn", "BatchIn", "IngestOut"} <= set(doc["components"]["schemas"])
 
 
+async def test_openapi_describes_errors_as_they_are_sent(srv: RunningServer) -> None:
+    """Every error answer is {"error": {"code", "message", "field"?}}; the document described a
+    422 as FastAPI's {"detail": [...]}, which is never sent, so generated clients misread errors."""
+    async with srv.session.get(srv.url + "/openapi.json") as resp:
+        doc = await resp.json()
+    assert "HTTPValidationError" not in orjson.dumps(doc).decode()
+    error = doc["components"]["schemas"]["Error"]
+    assert error["required"] == ["error"]
+    detail = doc["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["properties"]) == {"code", "message", "field"}
+    assert set(detail["required"]) == {"code", "message"}
+    documented = 0
+    for operations in doc["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status.startswith(("4", "5")):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (status, response)
+                    documented += 1
+    assert documented > 40
+    # And an actual error has that shape.
+    status, body = await srv.request("POST", "/v1/endpoints", json={"url": "ftp://x", "events": ["a.b"]})
+    assert status == 422 and set(body) == {"error"} and body["error"]["field"] == "url", body
+
+
 # ---- errors everywhere ------------------------------------------------------------------------------
 
 GARBAGE: list[bytes] = [
