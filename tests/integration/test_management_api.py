@@ -46,11 +46,15 @@ def recipe_doc() -> dict[str, Any]:
 
 
 async def raw_request(
-    server: RunningServer, method: str, path: str, data: bytes, content_type: str = "application/json"
+    server: RunningServer,
+    method: str,
+    path: str,
+    data: bytes,
+    content_type: str = "application/json",
+    key: str | None = None,
 ) -> tuple[int, Any, bytes]:
-    async with server.session.request(
-        method, server.url + path, data=data, headers={**server.auth(), "Content-Type": content_type}
-    ) as resp:
+    headers = {**server.auth(key), "Content-Type": content_type}
+    async with server.session.request(method, server.url + path, data=data, headers=headers) as resp:
         raw = await resp.read()
         try:
             body = orjson.loads(raw) if raw else None
@@ -659,8 +663,13 @@ async def test_a_body_that_is_not_json_is_a_400_on_every_route(srv: RunningServe
         # JSON, but not an object: the field-less 422 says what the body must be.
         status, body, text = await raw_request(srv, method, path, b"[1, 2]")
         assert status == 422 and "JSON object" in error_of(body)["message"], (path, text)
+        # What curl -d sends (form-encoded) and text/plain are read as JSON, as the ingest path
+        # reads any body; a body labelled as something else is not JSON.
+        for loose in ("application/x-www-form-urlencoded", "text/plain; charset=utf-8"):
+            status, body, text = await raw_request(srv, method, path, b'{"a": 1}', loose)
+            assert status != 415 and (status < 400 or error_of(body)["code"] != "invalid_json"), text
         if path != "/v1/events":  # the ingest path reads any body as JSON
-            status, body, text = await raw_request(srv, method, path, b'{"a": 1}', "text/plain")
+            status, body, text = await raw_request(srv, method, path, b'{"a": 1}', "application/xml")
             assert status == 415 and "Content-Type: application/json" in error_of(body)["message"], text
 
 
@@ -778,3 +787,19 @@ async def test_enrichment_steps_are_shown_by_their_yaml_keys(srv: RunningServer)
     # The same document again is no change.
     again = await srv.apply(doc)
     assert again["summary"] == {"unchanged": 2}, again
+
+
+async def test_curl_dash_d_works_on_json_routes(srv: RunningServer) -> None:
+    """`curl -d '{...}'` labels the body application/x-www-form-urlencoded: identify, entities and
+    replay answered 415 where POST /v1/events took the same request."""
+    status, _, text = await raw_request(
+        srv,
+        "POST",
+        "/v1/identify",
+        b'{"user_id": "u_1", "traits": {"plan": "pro"}}',
+        "application/x-www-form-urlencoded",
+        key=srv.ingest_key,
+    )
+    assert status == 200, text
+    status, entity = await srv.request("GET", "/v1/entities/user/u_1")
+    assert status == 200 and entity["traits"] == {"plan": "pro"}, entity

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, MutableMapping
 from typing import Any
 
 import orjson
@@ -34,11 +34,34 @@ class JsonBodyRequest(Request):
         return self._json
 
 
+# What ``curl -d`` and plain HTTP clients label a body they were given as text. FastAPI reads a
+# body as JSON only when it is labelled JSON (or not labelled), and answered these with a 415;
+# ``POST /v1/events`` reads any body. A bearer key rides in a header, which browsers never send
+# cross-site without asking first, so reading these labels as JSON opens no forged requests.
+LOOSELY_LABELLED = frozenset({"application/x-www-form-urlencoded", "text/plain"})
+
+
+def _labelled_json(scope: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``scope`` with a loosely labelled body's Content-Type read as application/json."""
+    headers = scope["headers"]
+    for name, value in headers:
+        if name == b"content-type":
+            if value.split(b";", 1)[0].strip().lower().decode("latin-1") not in LOOSELY_LABELLED:
+                return scope
+            kept = [(n, v) for n, v in headers if n != b"content-type"]
+            return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+    return scope
+
+
 class JsonBodyRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        # Only where the route takes a JSON body of a declared shape: a route reading its body
+        # itself (apply also takes YAML) decides what each label means.
+        takes_json = self.body_field is not None
 
         async def read_json_with_orjson(request: Request) -> Response:
-            return await handler(JsonBodyRequest(request.scope, request.receive))
+            scope = _labelled_json(request.scope) if takes_json else request.scope
+            return await handler(JsonBodyRequest(scope, request.receive))
 
         return read_json_with_orjson
