@@ -227,8 +227,13 @@ def serve(
 
     settings = _settings(database_url, host=host, port=port)
     configure(settings.log_level)
-    err.print(f"ingestlayer {__version__} serving on http://{settings.host}:{settings.port}", highlight=False)
-    run_http(settings, worker=True)
+    run_http(
+        settings,
+        worker=True,
+        on_listening=lambda: err.print(
+            f"ingestlayer {__version__} serving on http://{settings.host}:{settings.port}", highlight=False
+        ),
+    )
 
 
 @app.command()

@@ -8,7 +8,7 @@ import gc
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import uvicorn
@@ -16,6 +16,7 @@ import uvicorn
 from ingestlayer.app import create_app
 from ingestlayer.cli_backend import migrate_database
 from ingestlayer.config import Settings
+from ingestlayer.listen import listening_socket
 from ingestlayer.runtime import Runtime
 from ingestlayer.worker_probes import serve_probes
 
@@ -101,9 +102,17 @@ async def _checked(rt: Runtime) -> None:
         raise
 
 
-def run_http(settings: Settings, *, worker: bool) -> None:
-    """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM."""
-    migrate_database(settings.database_url)
+def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], None] | None = None) -> None:
+    """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM.
+    ``on_listening`` is called once the port is bound, before anything else starts."""
+    sock = listening_socket(settings.host, settings.port)
+    if on_listening is not None:
+        on_listening()
+    try:
+        migrate_database(settings.database_url)
+    except BaseException:
+        sock.close()
+        raise
     rt_holder: dict[str, Runtime] = {}
 
     async def main() -> None:
@@ -121,14 +130,21 @@ def run_http(settings: Settings, *, worker: bool) -> None:
             log_config=None,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         )
-        await _Server(config, rt).serve()
+        await _Server(config, rt).serve(sockets=[sock])
 
     _install_uvloop()
     asyncio.run(main())
 
 
 def run_worker(settings: Settings) -> None:
-    migrate_database(settings.database_url)
+    port = settings.worker_port
+    probes = listening_socket(settings.host, port) if port is not None else None  # a port in use: one line
+    try:
+        migrate_database(settings.database_url)
+    except BaseException:
+        if probes is not None:
+            probes.close()
+        raise
 
     async def main() -> None:
         rt = Runtime(settings, api=False, worker=True)
@@ -144,7 +160,7 @@ def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, on_signal)
         # The probes listen before the worker says it started, and outlive the drain: /readyz
         # and /metrics still answer while attempts finish.
-        async with serve_probes(rt, settings.host, settings.worker_port):
+        async with serve_probes(rt, probes):
             await rt.start()
             freeze_startup_objects()
             await stop.wait()

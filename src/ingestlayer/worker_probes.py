@@ -47,11 +47,13 @@ def probes_app(rt: Runtime) -> FastAPI:
 
 
 @contextlib.asynccontextmanager
-async def serve_probes(rt: Runtime, host: str, port: int | None) -> AsyncIterator[None]:
-    """Serve the probes while the block runs (nothing when ``port`` is None)."""
-    if port is None:
+async def serve_probes(rt: Runtime, sock: socket.socket | None) -> AsyncIterator[None]:
+    """Serve the probes on ``sock`` (bound by :func:`ingestlayer.listen.listening_socket`) while
+    the block runs; nothing when it is None."""
+    if sock is None:
         yield
         return
+    host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         probes_app(rt),
         host=host,
@@ -63,9 +65,9 @@ async def serve_probes(rt: Runtime, host: str, port: int | None) -> AsyncIterato
         log_config=None,
     )
     server = _ProbeServer(config)
-    task = asyncio.create_task(server.serve(), name="worker-probes")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="worker-probes")
     listening = asyncio.create_task(server.listening.wait())
-    # A port it cannot bind ends the process, with uvicorn's message; the task ends first then.
+    # The socket is bound already; should the server still fail to start, its task ends first.
     await asyncio.wait([task, listening], return_when=asyncio.FIRST_COMPLETED)
     listening.cancel()
     if task.done():

@@ -14,6 +14,7 @@ The CLI runs as users run it: the installed entry point, in a subprocess.
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -298,3 +299,23 @@ async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
             )
     finally:
         await server.stop()
+
+
+# ---- a port already in use ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["serve", "api", "worker"])
+async def test_a_port_in_use_is_one_line_before_anything_starts(role: str, tmp_path: Path) -> None:
+    """`serve` printed that it was serving, logged that it had started, then uvicorn's error
+    among the other lines, and exited 3."""
+    ok(await cli("init", cwd=tmp_path))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        run = await cli(role, "--port", str(port), cwd=tmp_path)
+    finally:
+        taken.close()
+    one_line_error(run, f"cannot listen on 127.0.0.1:{port}")
+    assert "serving on" not in run.out + run.err
