@@ -198,7 +198,9 @@ class LocalBackend:
             type=type_,
             payload_json=str(raw, "utf-8"),
             idempotency_key=idempotency_key,
-            source="cli",
+            # As sent through the API with an ingest key (SPEC: source is sdk or a webhook's):
+            # a pipeline's `when: event.source = sdk` treats it the same either way.
+            source="sdk",
             occurred_at=now,
             received_at=now,
         )

@@ -142,7 +142,7 @@ async def test_local_workflow_apply_send_deliveries_replay(
             event_id,
             "order.placed",
             {"n": 3, "who": "Zoë"},
-            "cli",
+            "sdk",  # as if sent through the API: a pipeline's `when: event.source = sdk` holds
         )
         (d,) = ok(dels_run).json()
         assert (d["id"], d["event_id"], d["status"], d["attempt_count"]) == (dlv_id, event_id, "dead", 1)
