@@ -101,7 +101,7 @@ class Settings:
     poll_interval: float = 0.05
     # Router
     route_batch: int = 500
-    route_lease_seconds: float = 60.0
+    route_lease_seconds: float = 15.0
     # How long in-flight attempts may run on shutdown before their leases are released.
     shutdown_grace_seconds: float = 15.0
     database_timeout: float = 30.0
@@ -137,7 +137,7 @@ class Settings:
             slow_destination_seconds=_env_float("INGESTLAYER_SLOW_DESTINATION_SECONDS", 2.0),
             delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 90.0),
             poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
-            route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 60.0),
+            route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 15.0),
             shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),
             database_timeout=_env_float("INGESTLAYER_DATABASE_TIMEOUT", 30.0),
             ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
