@@ -61,3 +61,14 @@ SQLITE_WAL_RESTARTS = Counter(
     "RESTART checkpoints that let the SQLite log start over under steady writes",
     registry=REGISTRY,
 )
+# Events whose pipelines wait on a call (a model, a lookup), routed in tasks of their own.
+ROUTING_HELD = Gauge(
+    "ingestlayer_routing_held_events",
+    "Events this process is routing in the background (their pipelines wait on a model or lookup)",
+    registry=REGISTRY,
+)
+ROUTING_PUT_OFF = Counter(
+    "ingestlayer_routing_put_off_total",
+    "Events given back, uncounted, because their project already held all it may on this process",
+    registry=REGISTRY,
+)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ingestlayer import clock
+from ingestlayer import clock, metrics
 from ingestlayer.delivery import held_routes
 from ingestlayer.store.schema import route_jobs
 from ingestlayer.store.store import Store
@@ -163,6 +163,7 @@ async def test_a_full_project_waits_its_turn_without_spending_attempts(
     server: RunningServer, receiver: Receiver, gated: GatedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(held_routes, "PROJECT_HELD", 2)
+    put_off_before = metrics.REGISTRY.get_sample_value("ingestlayer_routing_put_off_total") or 0.0
     await configure(
         server, server.admin_key, recipe(gated.server.url, receiver.url + "/hooks", max_concurrency=8)
     )
@@ -174,6 +175,9 @@ async def test_a_full_project_waits_its_turn_without_spending_attempts(
     jobs = [await route_job(store, e) for e in events]
     waiting = [job for job in jobs if job is not None and job[1] == 0]
     assert len(waiting) == 3, jobs  # given back uncounted, due again later
+    assert metrics.REGISTRY.get_sample_value("ingestlayer_routing_held_events") == 2
+    put_off = metrics.REGISTRY.get_sample_value("ingestlayer_routing_put_off_total") or 0.0
+    assert put_off - put_off_before >= 3
 
     gated.gate.set()
     await wait_for(lambda: _true(len(receiver.requests) == 5), timeout=15)
@@ -214,3 +218,37 @@ async def test_a_call_cut_short_by_shutdown_is_due_again_uncounted(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_call_finishing_in_the_shutdown_grace_keeps_its_lease_and_is_stored(
+    db_url: str, receiver: Receiver, gated: GatedModel
+) -> None:
+    """The grace period may be longer than a route lease: the lease is renewed meanwhile, so no
+    other worker takes the event (and calls the model again) while this one finishes it."""
+    server = await start_server(db_url, route_lease_seconds=1.0, shutdown_grace_seconds=4.0)
+    store = server.runtime.store
+    stopping: asyncio.Task[None] | None = None
+    try:
+        await configure(server, server.admin_key, recipe(gated.server.url, receiver.url + "/hooks"))
+        event_id = await send(server, server.ingest_key, "Checkout is down")
+        await wait_for(lambda: _true(gated.server.active == 1))
+        server.runtime.begin_shutdown()  # as SIGTERM does: the grace period starts
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.0  # two leases into the grace
+        while loop.time() < until:
+            job = await route_job(store, event_id)
+            assert job is not None and job[0] > clock.now(), "the event's route job became due"
+            await asyncio.sleep(0.05)
+        gated.gate.set()
+        await wait_for(lambda: _true(gated.server.active == 0))
+        stopping = asyncio.create_task(server.stop())
+        await wait_for(lambda: _true(stopping.done()), timeout=15)
+        check = Store.from_url(db_url)
+        try:
+            assert await route_job(check, event_id) is None  # routed, not given back
+        finally:
+            await check.close()
+        assert gated.server.calls == 1
+    finally:
+        if stopping is None:
+            await server.stop()

@@ -10,21 +10,24 @@ While an event is held its route job stays leased to this router: the router ren
 of held events (see :meth:`HeldRoutes.renew_due`), so a call that outlasts the lease does not let
 another router take the event and route it again. A project holds at most ``PROJECT_HELD``
 events and runs at most ``PROJECT_CONCURRENCY`` at once; what the router leases for it beyond
-that is given back, uncounted, to be due again about when the project will have room for it (by
-how fast its events have been finishing). A project whose model cannot keep up thus waits its
-turn, and neither fills the worker's memory nor the room of other projects; its backlog is not
-leased again and again meanwhile, and its model is not left idle waiting for a delay to pass.
+that is given back, uncounted, and put in line: due again about when the project will have room
+for it, one after another at the pace its events have been taking (see :meth:`HeldRoutes.put_off`).
+A project whose model cannot keep up thus waits its turn: it neither fills the worker's memory
+nor the room of other projects, its backlog is not leased again and again meanwhile, its model is
+not left idle waiting for a delay to pass, and other projects' events are not stuck behind a
+backlog that comes due all at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingestlayer import metrics
 from ingestlayer.records import NewDelivery, RouteLease, StoredEvent
 
 # Events one project may have routing in the background on one worker, and run at once.
@@ -32,15 +35,15 @@ PROJECT_HELD = 256
 PROJECT_CONCURRENCY = 64
 # Events held by one worker in all; past it the router takes no more events until some finish.
 MAX_HELD = 4096
-# An event a full project cannot take is due again after at least the first delay, plus its place
-# in the line (the events put off since the project was last not full) over the rate at which
-# the project's events finish; at most the maximum. Until some have finished, the rate is taken
-# to be its concurrency over the longest step timeout there is (a model that never answers).
+# Events a full project cannot take are put in line: the first due once the events it holds but
+# has not started yet would be started (at least PUT_OFF_FIRST_SECONDS from now), the next one
+# event's time later each, and none more than PUT_OFF_MAX_SECONDS away (a line longer than that
+# is looked at again then). An event's time is how long the project's routes take (an average of
+# the recent ones, and at least as long as the oldest one running now), over its concurrency.
 PUT_OFF_FIRST_SECONDS = 1.0
-PUT_OFF_MAX_SECONDS = 30.0
-ASSUMED_RATE = PROJECT_CONCURRENCY / 60.0
-RATE_WINDOW = 256  # finishes per project the rate is measured over
-RATE_MAX_AGE_SECONDS = 60.0
+PUT_OFF_MAX_SECONDS = 120.0
+ASSUMED_ROUTE_SECONDS = 1.0  # before any of the project's routes has finished
+DURATION_WEIGHT = 0.2  # of each new route's duration in the average
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class Held:
     token: float  # the route job's lease token, renewed while the event is held
     attempt: int
     task: asyncio.Task[None] | None = None
+    started_at: float | None = None  # when it got one of the project's slots
     result: Routed | None = None
 
 
@@ -67,8 +71,8 @@ class HeldRoutes:
         self._held: dict[str, Held] = {}
         self._per_project: Counter[str] = Counter()
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._put_off: Counter[str] = Counter()  # events put off since the project was full
-        self._finishes: dict[str, deque[float]] = {}
+        self._line_ends: dict[str, float] = {}  # when the last event a project put off is due
+        self._durations: dict[str, float] = {}  # the project's routes, on average (seconds)
         self._renewed_at = 0.0
 
     def __len__(self) -> int:
@@ -81,35 +85,32 @@ class HeldRoutes:
         return len(self._held) >= MAX_HELD
 
     def has_room(self, project_id: str) -> bool:
-        if self._per_project[project_id] < PROJECT_HELD:
-            self._put_off.pop(project_id, None)
-            return True
-        return False
+        return self._per_project[project_id] < PROJECT_HELD
 
-    def put_off_delay(self, project_id: str) -> float:
-        """How long an event of this full project waits before it is due again."""
-        self._put_off[project_id] += 1
-        wait = self._put_off[project_id] / self._rate(project_id)
-        return min(PUT_OFF_FIRST_SECONDS + wait, PUT_OFF_MAX_SECONDS)
-
-    def _rate(self, project_id: str) -> float:
-        """Events of the project finished per second, lately."""
-        finishes = self._finishes.get(project_id)
+    def put_off(self, project_id: str, n: int) -> list[float]:
+        """Seconds until each of ``n`` events of this full project is due again: in line
+        behind those put off before, one event's time apart."""
         now = time.monotonic()
-        while finishes and now - finishes[0] > RATE_MAX_AGE_SECONDS:
-            finishes.popleft()
-        if not finishes or len(finishes) < 2:
-            return ASSUMED_RATE
-        return max(len(finishes) / max(now - finishes[0], 1.0), ASSUMED_RATE)
+        held = [h for h in self._held.values() if h.event.project_id == project_id and h.result is None]
+        running = [h.started_at for h in held if h.started_at is not None]
+        duration = self._durations.get(project_id, ASSUMED_ROUTE_SECONDS)
+        if running:  # a model that stopped answering shows here before any route finishes
+            duration = max(duration, now - min(running))
+        gap = duration / PROJECT_CONCURRENCY
+        waiting = len(held) - len(running)
+        start = max(self._line_ends.get(project_id, 0.0), now + max(PUT_OFF_FIRST_SECONDS, waiting * gap))
+        delays = [min(start + i * gap - now, PUT_OFF_MAX_SECONDS) for i in range(1, n + 1)]
+        self._line_ends[project_id] = min(start + n * gap, now + PUT_OFF_MAX_SECONDS)
+        metrics.ROUTING_PUT_OFF.inc(n)
+        return delays
 
-    def _finished_one(self, project_id: str) -> None:
-        finishes = self._finishes.get(project_id)
-        if finishes is None:
-            if len(self._finishes) >= MAX_HELD:  # forget the projects holding nothing now
-                for idle in [p for p in self._finishes if p not in self._per_project]:
-                    del self._finishes[idle]
-            finishes = self._finishes[project_id] = deque(maxlen=RATE_WINDOW)
-        finishes.append(time.monotonic())
+    def _finished_one(self, held: Held) -> None:
+        if held.started_at is None:
+            return
+        project = held.event.project_id
+        took = time.monotonic() - held.started_at
+        average = self._durations.get(project)
+        self._durations[project] = took if average is None else average + DURATION_WEIGHT * (took - average)
 
     def start(
         self,
@@ -132,13 +133,15 @@ class HeldRoutes:
 
         async def run() -> None:
             async with slot:
+                held.started_at = time.monotonic()
                 held.result = await route()
-            self._finished_one(event.project_id)
+            self._finished_one(held)
             on_finished()
 
         held.task = asyncio.create_task(run(), name=f"route {event.id}")
         self._held[event.id] = held
         self._per_project[event.project_id] += 1
+        metrics.ROUTING_HELD.set(len(self._held))
 
     def finished(self) -> list[Held]:
         return [h for h in self._held.values() if h.result is not None]
@@ -161,16 +164,17 @@ class HeldRoutes:
             {h.event.id: h.token for h in held},
         )
 
-    def renew_due(self) -> dict[str, float] | None:
-        """The tokens of the events to renew, if the leases are a third of the way through."""
-        if not self._held or time.monotonic() - self._renewed_at < self._lease_seconds / 3:
+    def renew_due(self, now: bool = False) -> dict[str, float] | None:
+        """The tokens of the events to renew, if the leases are a third of the way through
+        (or ``now``)."""
+        if not self._held or (not now and time.monotonic() - self._renewed_at < self._lease_seconds / 3):
             return None
-        self._renewed_at = time.monotonic()
         return {eid: h.token for eid, h in self._held.items()}
 
     def renewed(self, asked: dict[str, float], renewed: dict[str, float]) -> int:
         """Take the renewed tokens; drop (and stop routing) the events whose lease ran out and
         went to another router. Returns how many were dropped."""
+        self._renewed_at = time.monotonic()  # after the renewal only: a failed one is tried again
         lost = 0
         for eid, token in asked.items():
             held = self._held.get(eid)
@@ -184,27 +188,34 @@ class HeldRoutes:
                 lost += 1
         return lost
 
-    async def stop(self, wait: float) -> tuple[list[Held], list[Held]]:
-        """Let running routes finish for up to ``wait`` seconds, then cancel the rest.
-        Returns (finished, cut short); neither is held any more."""
-        running = [h.task for h in self._held.values() if h.task is not None and h.result is None]
-        if running and wait > 0:
-            try:
-                await asyncio.wait(running, timeout=wait)
-            except asyncio.CancelledError:  # the shutdown's time is up: leave no task behind
-                for task in running:
-                    task.cancel()
-                raise
+    async def cancel_waiting(self) -> list[Held]:
+        """Stop the routes that have not started (no slot yet), at shutdown: they are given
+        back at once rather than started in the grace period only to be cut short."""
+        waiting = [h for h in self._held.values() if h.started_at is None and h.result is None]
+        await self._cancel(waiting)
+        self.forget(waiting)
+        return waiting
+
+    def running(self) -> list[asyncio.Task[None]]:
+        return [h.task for h in self._held.values() if h.task is not None and h.result is None]
+
+    async def stop(self) -> tuple[list[Held], list[Held]]:
+        """Cancel what still runs. Returns (finished, cut short); neither is held any more."""
         finished = self.finished()
         cut = [h for h in self._held.values() if h.result is None]
-        for held in cut:
-            if held.task is not None:
-                held.task.cancel()
-        await asyncio.gather(*(h.task for h in cut if h.task is not None), return_exceptions=True)
+        await self._cancel(cut)
         self.forget(finished + cut)
         return finished, cut
 
+    @staticmethod
+    async def _cancel(held: list[Held]) -> None:
+        tasks = [h.task for h in held if h.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _drop(self, held: Held) -> None:
+        metrics.ROUTING_HELD.set(len(self._held))
         if held.task is not None and not held.task.done():
             held.task.cancel()
         project = held.event.project_id
@@ -212,3 +223,6 @@ class HeldRoutes:
         if self._per_project[project] <= 0:
             del self._per_project[project]
             self._slots.pop(project, None)
+            self._line_ends.pop(project, None)
+            if len(self._durations) > MAX_HELD:  # forget what projects holding nothing took
+                self._durations = {p: d for p, d in self._durations.items() if p in self._per_project}

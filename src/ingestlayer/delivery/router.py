@@ -190,7 +190,7 @@ class Router:
             return finished
         projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
         routed: dict[str, Routed] = {}
-        put_off: dict[str, float] = {}
+        surplus: dict[str, list[str]] = {}  # by project: events it has no room for
         started: set[str] = set()
         for ev in lease.events:
             compiled = projects.get(ev.project_id)
@@ -209,7 +209,12 @@ class Router:
                 )
                 started.add(ev.id)
             else:
-                put_off[ev.id] = self._held.put_off_delay(ev.project_id)
+                surplus.setdefault(ev.project_id, []).append(ev.id)
+        put_off = {
+            eid: delay
+            for project_id, ids in surplus.items()
+            for eid, delay in zip(ids, self._held.put_off(project_id, len(ids)), strict=True)
+        }
         if put_off:
             await self.store.defer_route_jobs(lease, put_off, uncounted=True)
         now = [e for e in lease.events if e.id not in put_off and e.id not in started]
@@ -266,8 +271,8 @@ class Router:
     async def _store_held(self, finished: list[Held]) -> None:
         await self._store(self._held.lease(finished), {h.event.id: h.result for h in finished if h.result})
 
-    async def _renew_held(self) -> None:
-        asked = self._held.renew_due()
+    async def _renew_held(self, now: bool = False) -> None:
+        asked = self._held.renew_due(now)
         if asked is None:
             return
         renewed = await self.store.renew_route_leases(asked, self.settings.route_lease_seconds)
@@ -402,22 +407,48 @@ class Router:
                 )
 
     async def _stop_held(self) -> None:
-        """At shutdown: give the events routing in tasks the grace period to finish and store
-        them; those cut short are due again at once, for whichever router runs next, and the
-        attempt is not counted."""
-        finished, cut = await self._held.stop(self.settings.shutdown_grace_seconds)
+        """At shutdown. Events whose routes have not started are given back at once; those
+        running get the grace period to finish (their leases renewed meanwhile) and are stored;
+        what is still running then is cut short and given back. Given back: due again at once,
+        for whichever router runs next, the attempt not counted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_seconds
+        released = stored = 0
         try:
+            waiting = await self._held.cancel_waiting()
+            await self._release(waiting)
+            released += len(waiting)
+            while (running := self._held.running()) and loop.time() < deadline:
+                step = min(deadline - loop.time(), self.settings.route_lease_seconds / 3)
+                await asyncio.wait(running, timeout=step)
+                if self._held.running():
+                    await self._renew_held(now=True)
+            finished, cut = await self._held.stop()
             if finished:
-                await self._store(
-                    self._held.lease(finished), {h.event.id: h.result for h in finished if h.result}
-                )
-            if cut:
-                await self.store.defer_route_jobs(
-                    self._held.lease(cut), {h.event.id: 0.0 for h in cut}, uncounted=True
-                )
+                await self._store_held(finished)
+                stored += len(finished)
+            await self._release(cut)
+            released += len(cut)
+        except asyncio.CancelledError:  # the shutdown's time is up: leave no task behind
+            await self._held.stop()
+            raise
         except Exception:
+            await self._held.stop()
             log.exception(
-                "could not store or release %d events being routed at shutdown; they are routed "
-                "again when their lease expires",
-                len(finished) + len(cut),
+                "could not store or give back the events being routed at shutdown; they are routed "
+                "again when their lease expires"
+            )
+            return
+        if stored or released:
+            log.info(
+                "routing stopped: stored the routing of %d events that finished, gave back %d "
+                "(due again at once)",
+                stored,
+                released,
+            )
+
+    async def _release(self, held: list[Held]) -> None:
+        if held:
+            await self.store.defer_route_jobs(
+                self._held.lease(held), {h.event.id: 0.0 for h in held}, uncounted=True
             )
