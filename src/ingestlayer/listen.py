@@ -25,6 +25,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             # "::" takes IPv4 connections too, as uvicorn's own bind does.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # Accepted connections inherit it, whatever the loop does: an answer must never wait for
+        # the client's delayed ACK. (uvloop and asyncio set it on each connection too.)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.set_inheritable(True)
     except OSError as exc:
