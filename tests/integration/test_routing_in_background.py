@@ -13,6 +13,8 @@ from sqlalchemy import select
 
 from ingestlayer import clock, metrics
 from ingestlayer.delivery import held_routes
+from ingestlayer.ids import new_id
+from ingestlayer.records import NewEvent
 from ingestlayer.store.schema import route_jobs
 from ingestlayer.store.store import Store
 from tests.support.chat_server import ChatServer
@@ -252,3 +254,33 @@ async def test_a_call_finishing_in_the_shutdown_grace_keeps_its_lease_and_is_sto
     finally:
         if stopping is None:
             await server.stop()
+
+
+async def test_a_worker_holding_all_it_may_still_routes_events_that_need_no_call(
+    server: RunningServer, receiver: Receiver, gated: GatedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the worker's cap of events held, the router leased nothing at all: events of other
+    projects, whose pipelines need no call, waited for the slow model too."""
+    monkeypatch.setattr(held_routes, "MAX_HELD", 1)
+    # The model's call outlasts the test: it must not end in a timeout and free the worker.
+    await configure(server, server.admin_key, recipe(gated.server.url, receiver.url + "/slow", timeout=60))
+    await send(server, server.ingest_key, "Checkout is down")
+    await wait_for(lambda: _true(gated.server.active == 1))
+    other_id, _, other_admin = await server.runtime.store.create_project("other")
+    plain = {
+        "pipelines": [
+            {
+                "name": "all",
+                "source": {"match": ["order.*"]},
+                "destinations": [{"webhook.out": {"url": receiver.url + "/plain"}}],
+            }
+        ]
+    }
+    status, body = await server.request("POST", "/v1/apply", key=other_admin, json={"document": plain})
+    assert status == 200, body
+    # Stored for the router (as by another process's ingest): a route job due now.
+    now = clock.now()
+    event = NewEvent(new_id("evt"), other_id, "order.placed", "{}", None, "sdk", now, now)
+    await server.runtime.store.insert_events([event])
+    await wait_for(lambda: _true(any(r.path == "/plain" for r in receiver.requests)), timeout=10)
+    assert gated.server.active == 1 and server.runtime.router.held() == 1  # the slow call still waits

@@ -33,7 +33,8 @@ from ingestlayer.records import NewDelivery, RouteLease, StoredEvent
 # Events one project may have routing in the background on one worker, and run at once.
 PROJECT_HELD = 256
 PROJECT_CONCURRENCY = 64
-# Events held by one worker in all; past it the router takes no more events until some finish.
+# Events held by one worker in all; past it, events whose pipelines may wait are put off as a
+# full project's are, and the others are still routed.
 MAX_HELD = 4096
 # Events a full project cannot take are put in line: the first due once the events it holds but
 # has not started yet would be started (at least PUT_OFF_FIRST_SECONDS from now), the next one

@@ -183,8 +183,6 @@ class Router:
         """Route one batch; return how many events it took or finished routing."""
         finished = await self._store_finished()
         await self._renew_held()
-        if self._held.full():
-            return finished  # more only once some of those held have finished
         lease = await self._take()
         if lease is None:
             return finished
@@ -201,7 +199,7 @@ class Router:
                 # Routed in turn, which costs no task per event (a tenth of the router's time
                 # when it made one for each).
                 routed[ev.id] = await self._route(ev, compiled, attempt)
-            elif self._held.has_room(ev.project_id):
+            elif self._held.has_room(ev.project_id) and not self._held.full():
                 # Its pipeline may wait (a model, a lookup): routed in a task of its own, so
                 # that one slow call holds up neither this pass nor the next.
                 self._held.start(
