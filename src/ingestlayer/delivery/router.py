@@ -277,8 +277,9 @@ class Router:
         lost = self._held.renewed(asked, renewed)
         if lost:
             log.warning(
-                "%d events being routed lost their lease (this worker could not renew it in time); "
-                "the router that took them over routes them",
+                "%d events being routed are no longer leased to this worker (it could not renew "
+                "their lease in time, and another router took them over, or they were deleted); "
+                "it stopped routing them",
                 lost,
             )
 
