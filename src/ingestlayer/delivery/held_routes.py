@@ -79,9 +79,6 @@ class HeldRoutes:
     def __len__(self) -> int:
         return len(self._held)
 
-    def __contains__(self, event_id: object) -> bool:
-        return event_id in self._held
-
     def full(self) -> bool:
         return len(self._held) >= MAX_HELD
 
@@ -124,7 +121,7 @@ class HeldRoutes:
         """Route ``event`` in a task of its own; ``on_finished`` is called when it has."""
         if not self._held:
             self._renewed_at = time.monotonic()  # leased just now: nothing to renew for a while
-        previous = self._held.pop(event.id, None)
+        previous = self._held.get(event.id)
         if previous is not None:  # its lease ran out and this router took it again
             self._drop(previous)
         held = Held(event, token, attempt)
@@ -150,9 +147,7 @@ class HeldRoutes:
     def forget(self, done: list[Held]) -> None:
         """Stop holding these: their routing is stored, or given back."""
         for held in done:
-            if self._held.get(held.event.id) is held:
-                del self._held[held.event.id]
-                self._drop(held)
+            self._drop(held)
 
     @staticmethod
     def lease(held: list[Held]) -> RouteLease:
@@ -184,7 +179,6 @@ class HeldRoutes:
             if eid in renewed:
                 held.token = renewed[eid]
             else:
-                del self._held[eid]
                 self._drop(held)
                 lost += 1
         return lost
@@ -216,6 +210,10 @@ class HeldRoutes:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _drop(self, held: Held) -> None:
+        """Stop holding ``held`` (if it is still the one held for its event)."""
+        if self._held.get(held.event.id) is not held:
+            return
+        del self._held[held.event.id]
         metrics.ROUTING_HELD.set(len(self._held))
         if held.task is not None and not held.task.done():
             held.task.cancel()

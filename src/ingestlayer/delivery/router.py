@@ -8,9 +8,10 @@ route an event twice or lose it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -202,9 +203,8 @@ class Router:
             elif self._held.has_room(ev.project_id) and not self._held.full():
                 # Its pipeline may wait (a model, a lookup): routed in a task of its own, so
                 # that one slow call holds up neither this pass nor the next.
-                self._held.start(
-                    ev, lease.token_of(ev.id), attempt, self._router_for(ev, compiled, attempt), self.wake.set
-                )
+                route = functools.partial(self._route, ev, compiled, attempt)
+                self._held.start(ev, lease.token_of(ev.id), attempt, route, self.wake.set)
                 started.add(ev.id)
             else:
                 surplus.setdefault(ev.project_id, []).append(ev.id)
@@ -236,11 +236,6 @@ class Router:
         if lease.events:
             return lease
         return await self._take() if self._handed else None
-
-    def _router_for(
-        self, ev: StoredEvent, compiled: CompiledProject, attempt: int
-    ) -> Callable[[], Awaitable[Routed]]:
-        return lambda: self._route(ev, compiled, attempt)
 
     async def _route(self, ev: StoredEvent, compiled: CompiledProject, attempt: int) -> Routed:
         try:
@@ -288,8 +283,7 @@ class Router:
         deliveries and traces, and their jobs removed; those to retry are deferred."""
         failed = {eid: r.retry_in for eid, r in routed.items() if r.retry_in is not None}
         if failed:
-            failing = [e for e in lease.events if e.id in failed]
-            await self.store.defer_route_jobs(lease.subset(failing), {e.id: failed[e.id] for e in failing})
+            await self.store.defer_route_jobs(lease, failed)
             lease = lease.subset([e for e in lease.events if e.id not in failed])
         if not lease.events:
             return
