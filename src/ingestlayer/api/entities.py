@@ -19,7 +19,7 @@ from ingestlayer.api.deps import Admin, AnyKey, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.ingest import storable_json
 from ingestlayer.api.json_body import JsonBodyRoute
-from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.api.ratelimit import spend_ingest_allowance
 from ingestlayer.delivery.step_services import CachedEntities
 from ingestlayer.pipeline.steps.enrich_person import company_domain
 
@@ -102,19 +102,13 @@ def _check_traits(traits: Traits, field: str, limit: int) -> None:
         raise ApiError(413, f"{field} is {len(raw)} bytes; the limit is {limit // 1024} KiB", field=field)
 
 
-async def _within_rate(request: Request, project_id: str) -> None:
-    """identify and group spend the project's ingest allowance, one write each: an ingest key
-    could otherwise write as fast as the database takes it, unlimited."""
-    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
-    if limiter is not None and limiter.rate:
-        await limiter.check(project_id, 1)
-
-
 @router.post("/identify", summary="Set a user's traits (ingest or admin key)")
 async def identify(body: IdentifyIn, principal: AnyKey, rt: RuntimeDep, request: Request) -> dict[str, Any]:
     user_id = entity_key("user", body.user_id, "user_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await _within_rate(request, principal.project_id)
+    # One write each from the project's ingest allowance: else an ingest key could write
+    # traits as fast as the database takes them.
+    await spend_ingest_allowance(request, principal.project_id)
     await _upsert(rt, principal.project_id, [("user", user_id, body.traits, True)])
     return {"ok": True}
 
@@ -124,7 +118,9 @@ async def group(body: GroupIn, principal: AnyKey, rt: RuntimeDep, request: Reque
     user_id = entity_key("user", body.user_id, "user_id")
     account_id = entity_key("account", body.account_id, "account_id")
     _check_traits(body.traits, "traits", rt.settings.max_event_bytes)
-    await _within_rate(request, principal.project_id)
+    # One write each from the project's ingest allowance: else an ingest key could write
+    # traits as fast as the database takes them.
+    await spend_ingest_allowance(request, principal.project_id)
     await _upsert(
         rt,
         principal.project_id,

@@ -19,7 +19,7 @@ from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, unreadable_json_error
 from ingestlayer.api.ingest import may_hold_huge_int, storable_json
 from ingestlayer.api.manage import apply_one, named_in_path
-from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.api.ratelimit import spend_ingest_allowance
 from ingestlayer.idempotency_keys import ingress_key
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
@@ -197,9 +197,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     if not is_valid_event_type(etype):
         raise ApiError(422, f"{etype[:80]!r} is not a valid event type", field=cfg.type_locator())
     # After the signature: unsigned traffic must not spend the project's allowance.
-    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
-    if limiter is not None:
-        await limiter.check(source.project_id, 1)
+    await spend_ingest_allowance(request, source.project_id)
     key_loc = cfg.key_locator()
     key = ingress_key(source.name, locate(key_loc, headers, doc)) if key_loc else None
     now = clock.now()

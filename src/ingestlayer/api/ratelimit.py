@@ -14,6 +14,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from fastapi import Request
+
 from ingestlayer import clock
 from ingestlayer.api.errors import ApiError, unavailable_error
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
@@ -120,3 +122,11 @@ class SharedRateLimiter(RateLimiter):
         # Others may have spent what was held meanwhile: what they left, plus the slice, less n
         # (below zero, a debt the next slice pays).
         self._held[project_id] = self._held.get(project_id, 0.0) + taken - n
+
+
+async def spend_ingest_allowance(request: Request, project_id: str, n: int = 1) -> None:
+    """Spend ``n`` of the project's ingest allowance (the app's ``ingest_limiter``), or raise
+    the 429; for the routes beside ``POST /v1/events``, which has the limiter itself."""
+    limiter: RateLimiter | None = getattr(request.app.state, "ingest_limiter", None)
+    if limiter is not None:
+        await limiter.check(project_id, n)
