@@ -2,7 +2,9 @@
 
 Frozen, it holds every byte while the sockets stay open: what a frozen host or a network
 partition looks like to a client (nothing fails until a timeout does). Refusing, it drops every
-connection and refuses new ones: what a server that is down or restarting looks like.
+connection and refuses new ones: what a server that is down or restarting looks like. Holding
+closes, it passes every byte on but keeps a socket the server closed open towards the client:
+the moment between a server's last message and the end of its connection, held still.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ class FreezingProxy:
         self.target = (host, port)
         self.flowing = asyncio.Event()
         self.flowing.set()
+        self.closing = asyncio.Event()
+        self.closing.set()
+        self.closed_by_server = 0
+        self.accepted = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,25 +59,40 @@ class FreezingProxy:
         if self._server is None:
             await self.start()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def hold_closes(self) -> None:
+        """Pass the server's bytes on but keep its closed connections open towards the client,
+        until :meth:`release_closes`; each such close is counted in ``closed_by_server``."""
+        self.closing.clear()
+
+    def release_closes(self) -> None:
+        self.closing.set()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, from_server: bool
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 await self.flowing.wait()  # frozen: the bytes wait here, the sockets stay open
                 writer.write(data)
                 await writer.drain()
+            if from_server:
+                self.closed_by_server += 1
+                await self.closing.wait()
         writer.close()
         self._writers.discard(writer)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, from_server in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(src, dst, from_server))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         self.flowing.set()
+        self.closing.set()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):

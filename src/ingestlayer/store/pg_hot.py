@@ -292,6 +292,13 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     connection), cursor or advisory lock."""
 
 
+def handed_out_ended(exc: asyncpg.InternalClientError) -> bool:
+    """asyncpg would not start a statement: the connection was still reading the server's
+    FATAL for a session that had ended ("cannot switch to state 12; another operation (2) is in
+    progress"). Raised before anything is sent."""
+    return str(exc).startswith("cannot switch to state")
+
+
 class PgHotPath:
     def __init__(self, dsn: str, command_timeout: float | None = None) -> None:
         self._dsn = dsn
@@ -337,6 +344,30 @@ class PgHotPath:
             task.add_done_callback(self._releasing.discard)
             raise
         await self._release(pool, conn)
+
+    @contextlib.asynccontextmanager
+    async def ready_connection(
+        self, query: str, args: Sequence[Any]
+    ) -> AsyncIterator[tuple[asyncpg.Connection, list[asyncpg.Record]]]:
+        """A pooled connection and the rows of ``query``, its first statement, run on it.
+
+        When the server ends an idle pooled session (pg_terminate_backend, a restart), its
+        FATAL message reaches the client before the socket closes; in between, the pool may
+        hand the connection out, and asyncpg refuses to start any statement on it. Nothing was
+        sent, so the statement runs again on another connection: an ingest is not answered 503
+        because a session it never used had just been ended."""
+        for attempt in range(POOL_SIZE + 1):
+            async with self.connection() as conn:
+                try:
+                    rows = await conn.fetch(query, *args)
+                except asyncpg.InternalClientError as exc:
+                    if attempt == POOL_SIZE or not handed_out_ended(exc):
+                        raise
+                    conn.terminate()  # handed back, the pool opens a fresh one in its place
+                    continue
+                yield conn, rows
+                return
+        raise AssertionError("unreachable: the last attempt raises")
 
     @staticmethod
     async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
@@ -429,18 +460,17 @@ class PgHotPath:
             channels.append(ROUTE_CHANNEL)
         if len(leased) < len(mine):  # deliveries that wait in the table: wake the dispatchers
             channels.append(DELIVER_CHANNEL)
-        async with self.connection() as conn:
-            rows = await conn.fetch(
-                _INGEST,
-                orjson.dumps(fresh).decode(),
-                _json_rows(_DELIVERY_KEYS, delivery_rows),
-                now,
-                orjson.dumps([e.id for e in jobs]).decode(),
-                route_token,
-                0 if route_token is None else 1,
-                channels,
-                orjson.dumps(routing.versions if routing is not None else {}).decode(),
-            )
+        args = (
+            orjson.dumps(fresh).decode(),
+            _json_rows(_DELIVERY_KEYS, delivery_rows),
+            now,
+            orjson.dumps([e.id for e in jobs]).decode(),
+            route_token,
+            0 if route_token is None else 1,
+            channels,
+            orjson.dumps(routing.versions if routing is not None else {}).decode(),
+        )
+        async with self.ready_connection(_INGEST, args) as (conn, rows):
             inserted = {r[0] for r in rows if r[0] is not None}
             existing: dict[tuple[str, str], str] = {}
             for project_id, keys in plan.missing_keys(inserted).items():
