@@ -7,6 +7,8 @@ good. No FastAPI or database here: the CLI's rendering uses it too.
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from array import array
 from itertools import accumulate
@@ -148,9 +150,29 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 INT64_RANGE = (-(2**63), 2**64 - 1)
 
 
+# Where out_of_range_path read a number beyond a double's range.
+_INFINITE = object()
+
+
+def out_of_range_path(raw: bytes | str) -> str | None:
+    """The path of the first number in JSON text that cannot be stored as sent: beyond a
+    double's range (``1e400``, an integer of over 309 digits) or an integer beyond 64 bits. None
+    when there is none, or when the json module cannot read the text that far (nested deeper
+    than it recurses, an integer of more digits than it converts)."""
+    try:
+        value = json.loads(
+            raw, parse_float=lambda text: _INFINITE if math.isinf(float(text)) else float(text)
+        )
+    except (ValueError, RecursionError):
+        return None
+    return huge_int_path(value)
+
+
 def huge_int_path(value: Any, path: str = "") -> str | None:
     """The path (``retry.schedule[1]``) of the first integer in ``value`` that does not fit in
     64 bits, or None. Recursive: call it on values whose depth is already bounded."""
+    if value is _INFINITE:
+        return path
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -289,17 +289,29 @@ async def test_numbers_beyond_a_double_are_out_of_range_not_invalid_json(srv: Ru
     assert status == 201, source
     for number in (b"9" * 400, b"-" + b"9" * 400, b"1e400"):
         event = b'{"type": "n.x", "payload": {"n": ' + number + b"}}"
-        for path, body, key in (
-            ("/v1/events", event, srv.ingest_key),
-            ("/v1/events", b'{"batch": [' + event + b"]}", srv.ingest_key),
-            ("/v1/identify", b'{"user_id": "u1", "traits": {"n": ' + number + b"}}", srv.ingest_key),
-            ("/v1/apply", b'{"document": {"pipelines": [{"n": ' + number + b"}]}}", srv.admin_key),
-            (f"/v1/ingress/{source['id']}", event, srv.ingest_key),
+        for path, body, key, field in (
+            ("/v1/events", event, srv.ingest_key, "payload.n"),
+            ("/v1/events", b'{"batch": [' + event + b"]}", srv.ingest_key, "batch[0].payload.n"),
+            (
+                "/v1/identify",
+                b'{"user_id": "u1", "traits": {"n": ' + number + b"}}",
+                srv.ingest_key,
+                "traits.n",
+            ),
+            (
+                "/v1/apply",
+                b'{"document": {"pipelines": [{"n": ' + number + b"}]}}",
+                srv.admin_key,
+                "document.pipelines[0].n",
+            ),
+            (f"/v1/ingress/{source['id']}", event, srv.ingest_key, "payload.n"),
         ):
             status, err = await post_raw(srv, path, body, key)
             assert status == 422, (path, number[:5], err)
             assert error_of(err)["code"] == "number_out_of_range", (path, err)
             assert "numbers must fit in 64 bits" in err["error"]["message"], err
+            assert err["error"].get("field") == field, (path, number[:5], err)
+            assert f"{field}: numbers" in err["error"]["message"], err
     # Not a number at all: still not JSON.
     status, err = await post_raw(srv, "/v1/events", b'{"type": "n.x", "payload": {"n": 9e}}')
     assert status == 400 and error_of(err)["code"] == "invalid_json", err

@@ -145,6 +145,15 @@ async def test_integers_beyond_64_bits_are_refused_not_altered(srv: RunningServe
     assert status == 422, body
     assert body["error"]["code"] == "number_out_of_range"
     assert "64 bits" in body["error"]["message"]
+    assert body["error"]["field"] == "payload.n"
+    # In a batch, the event is named by its place.
+    status, body = await post_events(
+        srv,
+        b'{"batch": [{"type": "a.b"}, {"type": "big.int", "payload": {"xs": [1, -99999999999999999999]}}]}',
+    )
+    assert status == 422, body
+    assert body["error"]["field"] == "batch[1].payload.xs[1]"
+    assert body["error"]["message"].startswith("batch[1].payload.xs[1]: ")
     # The largest 64-bit values and long digit strings are kept exactly.
     status, body = await post_events(
         srv,

@@ -15,6 +15,7 @@ from ingestlayer.json_depth import (
     dumps_within,
     json_depth,
     nests_deeper,
+    out_of_range_path,
     too_deep,
 )
 
@@ -120,3 +121,12 @@ def test_stored_json_deeper_than_orjson_writes_never_fails(depth: int) -> None:
     assert json_depth(orjson.dumps(shown)) <= RENDER_DEPTH
     if depth > RENDER_DEPTH + ORJSON_WRITE_DEPTH:
         assert shown == text
+
+
+def test_out_of_range_path_names_the_first_number_that_cannot_be_stored() -> None:
+    assert out_of_range_path(b'{"a": [1, {"b": 1e400}], "c": ' + b"9" * 30 + b"}") == "a[1].b"
+    assert out_of_range_path('{"a": 1.5, "c": -' + "9" * 400 + "}") == "c"
+    assert out_of_range_path(b'{"a": 18446744073709551615, "b": -9223372036854775808}') is None
+    # Text the json module cannot read that far names nothing, rather than failing.
+    assert out_of_range_path(b"[" * 5000 + b"1e400" + b"]" * 5000) is None
+    assert out_of_range_path(b'{"a": ' + b"9" * 5000 + b"}") is None

@@ -17,6 +17,7 @@ from ingestlayer.json_depth import (
     ORJSON_READ_DEPTH,
     is_number_range_error,
     is_read_depth_error,
+    out_of_range_path,
 )
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
@@ -94,14 +95,15 @@ def number_out_of_range_error(what: str = "", field: str | None = None) -> ApiEr
     return ApiError(422, prefix + NUMBERS_TOO_LARGE, field=field, code="number_out_of_range")
 
 
-def unreadable_json_error(exc: ValueError, what: str) -> ApiError:
-    """Why orjson could not read ``what`` (\"the request body\"): nested too deep, or a number
-    beyond a double's range, are JSON all the same and refused as such (422); anything else is
-    not JSON (400)."""
+def unreadable_json_error(exc: ValueError, what: str, raw: bytes | str | None = None) -> ApiError:
+    """Why orjson could not read ``what`` (\"the request body\", whose text is ``raw``): nested
+    too deep, or a number beyond a double's range, are JSON all the same and refused as such
+    (422, naming the number's field when ``raw`` is given); anything else is not JSON (400)."""
     if is_read_depth_error(exc):
         return too_deep_error(what, None, f"more than {ORJSON_READ_DEPTH} levels deep")
     if is_number_range_error(exc):
-        return number_out_of_range_error(what)
+        where = out_of_range_path(raw) if raw is not None else None
+        return number_out_of_range_error(f"{what}: {where}" if where else what, where)
     return ApiError(400, f"{what} is not valid JSON", code="invalid_json")
 
 
@@ -123,15 +125,16 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
 _NOT_AN_OBJECT = frozenset({"dict_type", "model_attributes_type"})
 
 
-def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None:
+def _unreadable_body(exc: RequestValidationError) -> ApiError | None:
     """A body that is not JSON at all is a 400, as on ``POST /v1/events``, not a 422 saying
     "Input should be a valid dictionary"."""
     errors = exc.errors()
     if errors[0].get("type") == "json_invalid":
+        text = exc.body if isinstance(exc.body, bytes | str) else None  # what FastAPI could not read
         error = unreadable_json_error(
-            ValueError(errors[0].get("ctx", {}).get("error", "")), "the request body"
+            ValueError(errors[0].get("ctx", {}).get("error", "")), "the request body", text
         )
-        return error.status, error.code, error.message
+        return error
     if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
         return None
     raw = exc.body
@@ -142,11 +145,13 @@ def _unreadable_body(exc: RequestValidationError) -> tuple[int, str, str] | None
         except orjson.JSONDecodeError as decode_error:
             error = unreadable_json_error(decode_error, "the request body")
             if error.status == 400:  # JSON too deep or too large to read is JSON all the same
-                return error.status, error.code, error.message
-        return 415, "unsupported_media_type", "send the JSON body with Content-Type: application/json"
+                return error
+        return ApiError(
+            415, "send the JSON body with Content-Type: application/json", code="unsupported_media_type"
+        )
     missing = [e for e in errors if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",)]
     if raw is None and missing:
-        return 400, "invalid_json", "the request body is empty: send a JSON object"
+        return ApiError(400, "the request body is empty: send a JSON object", code="invalid_json")
     return None
 
 
@@ -180,8 +185,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_req: Request, exc: RequestValidationError) -> Response:
         unreadable = _unreadable_body(exc)
         if unreadable is not None:
-            status, code, message = unreadable
-            return Response(error_body(code, message), status, media_type="application/json")
+            return Response(unreadable.body(), unreadable.status, media_type="application/json")
         err = exc.errors()[0]
         if tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT:
             return Response(

@@ -59,11 +59,6 @@ def may_hold_huge_int(raw: bytes) -> bool:
     return _LONG_RUN in raw.translate(_DIGIT_MASK)
 
 
-def has_huge_int(value: Any) -> bool:
-    """True when a JSON value holds an integer outside what orjson keeps exactly."""
-    return huge_int_path(value) is not None
-
-
 # Over this size (per event, on average in a batch), serialising a payload within the depth
 # limit (dumps_within) costs less than counting its brackets after (too_deep): 0.8 ns a byte.
 LARGE_PAYLOAD_BYTES = 2048
@@ -184,7 +179,7 @@ class IngestHandler:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise unreadable_json_error(exc, "the request body") from None
+            raise unreadable_json_error(exc, "the request body", raw) from None
         if not isinstance(doc, dict):
             raise ApiError(422, 'the body must be a JSON object: an event or {"batch": [...]}')
         now = clock.now()
@@ -224,10 +219,10 @@ class IngestHandler:
         else:
             large = len(raw) > LARGE_PAYLOAD_BYTES
             events = [self._event(doc, None, principal.project_id, now, idem_header, new_id("evt"), large)]
-        # After validation, which bounds the body's depth: json.loads and has_huge_int recurse.
-        if may_hold_huge_int(raw) and has_huge_int(json.loads(raw)):
+        # After validation, which bounds the body's depth: json.loads and huge_int_path recurse.
+        if may_hold_huge_int(raw) and (where := huge_int_path(json.loads(raw))) is not None:
             # orjson would read it as a float: refuse rather than store something else than was sent.
-            raise number_out_of_range_error()
+            raise number_out_of_range_error(where, where)
         if self.limiter.rate:
             await self.limiter.check(principal.project_id, len(events))
         try:

@@ -142,7 +142,7 @@ def parse_document(raw: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise unreadable_json_error(exc, "the webhook body") from None
+        raise unreadable_json_error(exc, "the webhook body", raw) from None
     if may_hold_huge_int(raw):
         # Deeper than the json module reads is deeper than we store: storing refuses it.
         with contextlib.suppress(RecursionError):

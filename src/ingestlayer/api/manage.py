@@ -176,7 +176,7 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         try:
             data = await request.json()
         except json.JSONDecodeError as exc:
-            raise unreadable_json_error(exc, "the request body") from None
+            raise unreadable_json_error(exc, "the request body", await request.body()) from None
         try:
             req = ApplyRequest.model_validate(data)
         except ValidationError as exc:
