@@ -488,7 +488,7 @@ def test_scan_all_reaches_nested_objects_and_lists_and_leaves_other_values() -> 
     payload = {
         "user": {"contact": {"email": "ada@acme.com"}, "age": 36, "vip": True, "score": 1.5},
         "history": [{"ip": "203.0.113.9"}, "plain", 42, None, ["nested ada@acme.com"]],
-        "n": 4242424242424242,  # numbers are not scanned
+        "n": 4242424242424242,  # integers are read only in the fields named
         "missing": None,
         "body": "no pii here",
     }
@@ -524,9 +524,12 @@ def test_fields_naming_an_object_scans_inside_it() -> None:
     }
 
 
-def test_fields_non_string_values_untouched() -> None:
-    payload = {"phone": 4155552671, "card": 4242424242424242, "ok": True, "none": None}
-    assert redact(payload, fields=["phone", "card", "ok", "none"]) == payload
+def test_fields_other_non_string_values_untouched() -> None:
+    # Integers that are a phone or card number are redacted (test_redact_pii_integers.py); other
+    # numbers, booleans and null are not.
+    payload = {"n": 1795752180, "card": 4242424242424241, "ok": True, "x": 1.5, "none": None}
+    out = redact(payload, fields=["n", "card", "ok", "x", "none"])
+    assert out == payload and [type(v) for v in out.values()] == [type(v) for v in payload.values()]
 
 
 def test_empty_fields_scans_nothing() -> None:

@@ -1,9 +1,11 @@
 """``redact.pii`` (MUT): mask, hash, remove or replace PII in named fields or anywhere in the payload.
 
 Detects emails, IPs (v4 and v6), phone numbers (``phonenumbers``, valid numbers only), card
-numbers (Luhn), IBANs (mod-97) and secrets (API keys, tokens, JWTs, ``Bearer …``). With
-``destinations`` it changes only what those destinations receive. The full reference is
-docs/steps/redact-pii.md.
+numbers (Luhn), IBANs (mod-97) and secrets (API keys, tokens, JWTs, ``Bearer …``) in strings,
+and, in the fields named, phone and card numbers sent as JSON integers (``{"phone":
+14155550123}``), redacted as the same number in a string is (so they become strings:
+``"*******0123"``). With ``destinations`` it changes only what those destinations receive.
+The full reference is docs/steps/redact-pii.md.
 
 Example::
 
@@ -70,16 +72,21 @@ class RedactPiiConfig(StepConfig):
         default=None,
         description="Dotted payload paths to scan (`email`, `user.email`, `body`). In a string only "
         "the detected values are replaced, so free text keeps its other words and a field that is "
-        "one email becomes one masked email; an object or list is scanned throughout; numbers, "
-        "booleans and null are left alone. Omit to scan every string anywhere in the payload; `[]` "
-        "scans nothing (use with `whole_fields`).",
+        "one email becomes one masked email; an object or list is scanned throughout. An integer "
+        "whose digits, taken whole, are one phone or card number (read as written or, since a "
+        "number cannot carry a `+`, after one) is redacted as that number in a string would be, so "
+        "it becomes a string (`remove`: is removed); other numbers, floats, booleans and null are "
+        "left alone. Omit to scan every string anywhere in the payload (integers there are left "
+        "alone: most are ids, amounts and timestamps, and many of those read as phone numbers; "
+        "name the fields that hold numbers as PII); `[]` scans nothing (use with `whole_fields`).",
     )
     whole_fields: list[str] = Field(
         default_factory=list,
         description="Dotted payload paths redacted entirely whatever they hold (e.g. `ip`, "
         "`user.address`). A value that is one recognisable item (any detector type, even one not "
-        "in `detect`) is rendered as that type (`203.0.113.***`, `ip_…`); anything else as a "
-        "generic value (`***`, `value_…`, `[REDACTED]`).",
+        "in `detect`; an integer that is a phone or card number) is rendered as that type "
+        "(`203.0.113.***`, `ip_…`); anything else as a generic value (`***`, `value_…`, "
+        "`[REDACTED]`).",
     )
     mode: Mode = Field(
         default="mask",
@@ -251,7 +258,7 @@ class RedactPii:
 class _Run:
     """One payload's redaction: the key in use and the counts."""
 
-    __slots__ = ("counts", "key", "renderer", "scanner", "step")
+    __slots__ = ("counts", "integers", "key", "renderer", "scanner", "step")
 
     def __init__(self, step: RedactPii, key: bytes) -> None:
         self.step = step
@@ -259,6 +266,11 @@ class _Run:
         self.renderer = step.renderer
         self.key = key
         self.counts: dict[str, int] = {}
+        # Integers are read only under fields the user named as holding PII. Across a whole
+        # payload they are mostly ids, amounts and timestamps, and many of those read as valid
+        # phone numbers (about half of today's Unix times in some regions, most US ones from
+        # 2033): scanning them all would turn such values into masked strings.
+        self.integers = step.config.fields is not None
 
     def text(self, s: str) -> str | _Removed:
         found = self.scanner.scan(s)
@@ -314,13 +326,30 @@ class _Run:
                 if r is not REMOVED:
                     out.append(r)  # `remove` drops a list item that is all PII
             return out if changed else value
+        if self.integers and isinstance(value, int) and value is not True and value is not False:
+            return self.integer(value)
         return value
+
+    def integer(self, n: int) -> int | str | _Removed:
+        """An integer that is one phone or card number rendered as that number in a string would
+        be (so it becomes a string, or is removed); any other integer as it is."""
+        found = self.scanner.integer(n)
+        if found is None:
+            return n
+        self.counts[found.type] = self.counts.get(found.type, 0) + 1
+        if self.step.remove:
+            return REMOVED
+        return self.renderer.render(found, self.key)
 
     def whole(self, payload: dict[str, Any], path: str) -> None:
         value = get_path(payload, path, MISSING)
         if value is MISSING or value is None or value == "":
             return  # nothing there to redact
-        found = self.step.classifier.whole(value) if isinstance(value, str) else None
+        found: Found | None = None
+        if isinstance(value, str):
+            found = self.step.classifier.whole(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            found = self.step.classifier.integer(value)  # a card or phone number, as in the scan
         if found is None:
             text = value if isinstance(value, str) else _canonical_json(value)
             found = Found(0, len(text), "value", text, text)

@@ -10,6 +10,9 @@ high-entropy secret → phone. Checksums and validators keep false positives dow
 pass Luhn and carry a card-network prefix, IBANs the ISO 13616 mod-97 check and their country's
 length, IPs ``ipaddress``, and phones ``phonenumbers`` validity. Phone numbers are what
 ``phonenumbers.PhoneNumberMatcher`` finds, found in linear time by ``phones.PhoneFinder``.
+
+``Scanner.integer`` reads a JSON integer's digits whole, as one card or phone number, with the
+same checks (and, as an integer cannot carry one, after a ``+`` too).
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ _IBAN_START: Final = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}")
 # decimal or a `+` phone number.
 _CARD: Final = re.compile(r"(?<![0-9+.,])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _CARD_SEP: Final = re.compile(r"[ -]")
+CARD_MIN_DIGITS: Final = 13
+CARD_MAX_DIGITS: Final = 19
 _DIGIT_GROUP: Final = re.compile(r"[0-9]+")
 
 # --- IP ----------------------------------------------------------------------------------------
@@ -128,6 +133,11 @@ _ISO_TIMESTAMP: Final = re.compile(
 )
 _DROP_DIGITS: Final = str.maketrans("", "", "0123456789")
 _ANY_DIGIT: Final = re.compile(r"\d")
+
+# --- integers ----------------------------------------------------------------------------------
+# phonenumbers parses at most 250 characters: an integer with more digits is no phone number (nor
+# card), and is never written out (`str` of one with over 4300 digits raises).
+_INTEGER_LIMIT: Final = 10**250
 
 
 def luhn_valid(digits: str) -> bool:
@@ -226,6 +236,10 @@ class Scanner:
         self.region = default_region
         self.phone_min_digits = min(INTERNATIONAL_MIN_DIGITS, _national_min_digits(default_region))
         self.phones = PhoneFinder(default_region) if self.phone else None
+        # The least integer with digits enough for an enabled detector: for one below it (amounts,
+        # counts, years, any negative number) `integer` costs one comparison.
+        least = [n for n, on in ((self.phone_min_digits, self.phone), (CARD_MIN_DIGITS, self.card)) if on]
+        self.integer_min = 10 ** (min(least) - 1) if least else _INTEGER_LIMIT
 
     def scan(self, text: str) -> list[Found]:
         """Every detected value in ``text``, in order, non-overlapping."""
@@ -271,6 +285,33 @@ class Scanner:
             return None
         f = found[0]
         return f if not text[: f.start].strip() and not text[f.end :].strip() else None
+
+    def integer(self, n: int) -> Found | None:
+        """The card or phone number the integer ``n`` (a JSON number) is, its decimal digits taken
+        whole; ``Found.value`` is the digits. ``n`` must not be a ``bool``.
+
+        The digits are read as ``scan`` reads a string of them, with the same checks: a card
+        (13-19 digits, network prefix, Luhn), else a phone number valid in the default region
+        (which, as phonenumbers parses, may start with the region's own country code:
+        ``14155550123`` in the US). A string can carry the ``+`` of an international number and
+        is read as written, but an integer cannot, so failing that its digits are read after a
+        ``+``: ``447911123456`` is found as ``+44 7911 123456`` with the default region US too.
+        Part of a number is never a find, and negative numbers are never one.
+        """
+        if not self.integer_min <= n < _INTEGER_LIMIT:
+            return None
+        digits = str(n)
+        size = len(digits)
+        card = self.card and CARD_MIN_DIGITS <= size <= CARD_MAX_DIGITS
+        if card and card_prefix_valid(digits) and luhn_valid(digits):
+            return Found(0, size, "card", digits, digits)
+        if self.phones is None or size < self.phone_min_digits:
+            return None
+        number = self.phones.integer(digits)
+        if number is None:
+            return None
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return Found(0, size, "phone", digits, e164)
 
     # -- detectors: each appends what it finds that does not overlap an earlier find ------------
 

@@ -480,6 +480,25 @@ class PhoneFinder:
     def find(self, text: str) -> list[PhoneMatch]:
         return _Search(self, text).run()
 
+    def whole(self, text: str) -> PhoneNumber | None:
+        """The valid number ``text`` is taken whole, for a ``text`` of ASCII digits after an
+        optional ``+`` (an integer's digits): what ``find`` finds in it when it finds one number
+        spanning all of it, without looking for candidates. The matcher's pattern takes such a
+        text whole as its one candidate, which has nothing to split at, so this is ``find``'s one
+        try (a test checks the two agree)."""
+        found = _Search(self, text).try_piece(text, 0)
+        return None if found is None else found.number
+
+    def integer(self, digits: str) -> PhoneNumber | None:
+        """The valid number an integer's ``digits`` are, taken whole: ``whole(digits)``, failing
+        that ``whole("+" + digits)`` (an integer cannot carry the plus). The second is skipped when
+        the digits start with no country code whose numbers they fit: then ``parse`` reads them
+        after the plus as without it, which the first found invalid."""
+        found = self.whole(digits)
+        if found is None and (self.national is None or _Search(self, digits).international_fits(digits)):
+            found = self.whole("+" + digits)
+        return found
+
 
 class _Search:
     """One text's search: the matcher's loop, with the parses it can rule out skipped."""
