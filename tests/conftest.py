@@ -63,9 +63,10 @@ def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplate
 
 
 @pytest.fixture
-def pg_url(pg_templates: PgTemplates) -> str:
+def pg_url(pg_templates: PgTemplates) -> Iterator[str]:
     require_pg()
-    return pg_templates.new_database()
+    yield pg_templates.new_database()
+    pg_templates.drop_finished()
 
 
 @pytest.fixture
@@ -76,12 +77,14 @@ def sqlite_url(sqlite_templates: SqliteTemplates) -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(
     request: pytest.FixtureRequest, sqlite_templates: SqliteTemplates, pg_templates: PgTemplates
-) -> str:
+) -> Iterator[str]:
     """A fresh, migrated database: the test runs once on each backend."""
     if request.param == "postgres":
         require_pg()
-        return pg_templates.new_database()
-    return sqlite_templates.new_database()
+        yield pg_templates.new_database()
+        pg_templates.drop_finished()
+    else:
+        yield sqlite_templates.new_database()
 
 
 @pytest.fixture
