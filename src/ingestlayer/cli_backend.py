@@ -25,6 +25,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.json_depth import MAX_JSON_DEPTH, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
+from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.migrate import upgrade
 from ingestlayer.timefmt import parse_time_filter
@@ -122,11 +123,8 @@ async def in_daemon_thread(fn: Callable[[], T]) -> T:
 def check_secret_name(name: str) -> None:
     """The server's rule, checked before either backend: a name it refuses could not be referenced
     as ref:NAME, and one holding '/' or '?' would reach it as another URL."""
-    # Imported when used: the management API brings FastAPI (see LocalBackend.apply).
-    from ingestlayer.api.manage import SECRET_NAME
-
     if not SECRET_NAME.fullmatch(name):
-        raise CliError("secret names are 1 to 200 ASCII letters, digits, '-', '_' and '.'")
+        raise CliError(SECRET_NAME_RULE)
 
 
 class LocalBackend:
@@ -253,8 +251,6 @@ class LocalBackend:
 
     async def set_secret(self, name: str, value: str) -> bool:
         # As the server refuses it: an endpoint's secret is the endpoint's to set and rotate.
-        from ingestlayer.api.manage import secret_endpoint
-
         box = SecretBox.load(self.settings.secret_key, self.settings.secret_key_file)
         pid = await self.project_id()
         owner = secret_endpoint(name, await self.store.load_project_config(pid))

@@ -18,7 +18,6 @@ from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
-from ingestlayer.api.manage import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.destinations.webhook_out import header_value_problem, rotating_out
 from ingestlayer.ids import new_id
@@ -26,6 +25,7 @@ from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
+from ingestlayer.secret_names import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR, NotFound
 from ingestlayer.timefmt import iso, parse_iso
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -20,11 +19,9 @@ from ingestlayer.delivery.dispatcher import env_readable
 from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
+from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.store.store import Conflict, NotFound, Store
 from ingestlayer.timefmt import iso
-
-# ``isalnum`` took any Unicode letter: names that look alike but differ, in references (ref:NAME).
-SECRET_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 # Plans made again when another change commits between a plan and its apply.
 APPLY_ATTEMPTS = 5
@@ -394,7 +391,7 @@ class SecretBody(BaseModel):
 @router.put("/secrets/{name}", summary="Set a secret (write-only; stored encrypted)")
 async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     if not SECRET_NAME.fullmatch(name):
-        raise ApiError(422, "secret names are 1 to 200 ASCII letters, digits, '-', '_' and '.'", field="name")
+        raise ApiError(422, SECRET_NAME_RULE, field="name")
     owner = secret_endpoint(name, await rt.store.load_project_config(principal.project_id))
     if owner is not None:
         raise ApiError(
@@ -413,30 +410,6 @@ async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeD
 # rotation lasts, ``endpoint-<id>.previous`` (``.previous.2``, … when several old ones still
 # sign). They are listed, marked as the endpoint's, and cannot be deleted here: the endpoint
 # rotates them (POST /v1/endpoints/{id}/rotate-secret) and deletes them with itself.
-
-
-def endpoint_secret_name(endpoint_id: str) -> str:
-    """The secret an endpoint signs with (or, with auth: bearer, the token it sends)."""
-    return f"endpoint-{endpoint_id}"
-
-
-def endpoint_previous_name(endpoint_id: str) -> str:
-    """The first name for an endpoint's rotated-out secrets; more are ``<this>.2``, ``<this>.3``…"""
-    return f"{endpoint_secret_name(endpoint_id)}.previous"
-
-
-def is_endpoint_secret(name: str, endpoint_id: str) -> bool:
-    previous = endpoint_previous_name(endpoint_id)
-    return name in (endpoint_secret_name(endpoint_id), previous) or name.startswith(f"{previous}.")
-
-
-def secret_endpoint(name: str, cfg: ProjectConfig) -> str | None:
-    """The endpoint whose managed secret ``name`` is, if any."""
-    if name.startswith("endpoint-"):
-        for p in cfg.pipelines:
-            if p.endpoint and is_endpoint_secret(name, p.id):
-                return p.id
-    return None
 
 
 def _refs(value: Any) -> Iterator[str]:
