@@ -16,9 +16,14 @@ MIN_TIMESTAMP, MAX_TIMESTAMP = -62135596800.0, 253402300799.0
 
 def iso(ts: float | None) -> str | None:
     """Epoch seconds as ``2026-11-25T19:20:40.123Z``: exactly what
-    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives, with Z."""
+    ``datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")`` gives, with Z. A time
+    beyond the years 0001-9999 (a retry due after 1e300 seconds, stored before delays were
+    bounded) is shown as the nearest one ISO 8601 can write, not an error for every page and
+    answer that shows it."""
     if ts is None:
         return None
+    if not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP:
+        ts = MIN_TIMESTAMP if ts < MIN_TIMESTAMP else MAX_TIMESTAMP  # NaN too: never stored
     # Split as datetime.fromtimestamp does: microseconds rounded half-even, then truncated to ms.
     frac, whole = math.modf(ts)
     us = round(frac * 1e6)

@@ -279,6 +279,14 @@ async def test_bad_cursors_and_nul_characters_are_messages_not_errors(
         assert page.status == 404 and "text/html" in page.headers["Content-Type"], (path, page.status)
     page = await browser.post("/deliveries/dlv_%00/replay")
     assert page.status == 404
+    # An endpoint's page shows the test delivery named in ?test=; a NUL there names none.
+    status, endpoint = await server.request(
+        "POST", "/v1/endpoints", json={"url": "http://127.0.0.1:9/in", "events": ["a.*"]}
+    )
+    assert status == 201, endpoint
+    for test in ("%00", "dlv_%00"):
+        page = await browser.get(f"/webhooks/endpoints/{endpoint['id']}?test={test}")
+        assert page.status == 200 and "http://127.0.0.1:9/in" in page.text, (test, page.status)
 
 
 async def test_unknown_filters_are_messages_not_an_unfiltered_list(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -161,7 +162,7 @@ def test_exponential_zero_base_stays_zero() -> None:
 
 
 @given(
-    delay=st.floats(min_value=0, max_value=1e7, allow_nan=False),
+    delay=st.floats(min_value=0, max_value=retry.MAX_RETRY_DELAY, allow_nan=False),
     jitter=st.floats(min_value=0, max_value=1, allow_nan=False),
     r=st.floats(min_value=0, max_value=1, exclude_max=True),
 )
@@ -327,3 +328,19 @@ def test_docstring_examples() -> None:
     result = doctest.testmod(retry, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"schedule": [0, 1e300]}, "retry.schedule[1]"),
+        ({"schedule": [0, 60, 30 * 86400 + 1]}, "retry.schedule[2]"),
+        ({"max_attempts": 3, "base": 3e6, "factor": 2, "max": 60}, "retry.base"),
+        ({"max_attempts": 3, "base": 60, "factor": 2, "max": 1e12}, "retry.max"),
+    ],
+)
+def test_delays_over_thirty_days_are_refused_naming_the_key(cfg: dict[str, Any], key: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}: at most 2592000 seconds \(30 days\)"):
+        RetryPolicy.from_config(cfg)
+    # Thirty days is the longest wait allowed.
+    assert RetryPolicy.from_config({"schedule": [0, 30 * 86400]}).schedule == (0.0, 2592000.0)

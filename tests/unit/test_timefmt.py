@@ -32,3 +32,11 @@ def test_edges_of_rounding_and_of_the_calendar() -> None:
 def test_round_trip_at_millisecond_precision() -> None:
     ts = 1764098440.123
     assert abs(parse_iso(iso(ts) or "") - ts) < 1e-3
+
+
+def test_times_beyond_what_iso_8601_writes_show_as_the_nearest_it_can() -> None:
+    # A retry due 1e300 s from now was stored before delays were bounded: every page and answer
+    # showing it failed with OverflowError.
+    assert iso(1e300) == "9999-12-31T23:59:59.000Z"
+    assert iso(-1e300) == "0001-01-01T00:00:00.000Z"
+    assert iso(253402300799.0) == "9999-12-31T23:59:59.000Z"

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ingestlayer.api import endpoints as endpoints_api
 from ingestlayer.api import logs as logs_api
 from ingestlayer.api.dashboard_endpoint_form import EndpointForm, field_error, validation_errors
-from ingestlayer.api.dashboard_pages import error_page, page, redirect, signed_in_post
+from ingestlayer.api.dashboard_pages import error_page, page, redirect, signed_in_post, storable
 from ingestlayer.api.dashboard_session import (
     Session,
     SignedIn,
@@ -151,7 +151,7 @@ async def _endpoint_page(
         else []
     )
     test = None
-    if test_id:
+    if test_id and storable(test_id):  # a NUL would be a 500 on PostgreSQL
         found = await rt.store.get_delivery(sess.project_id, test_id)
         if found is not None and found["destination_id"] == ep["destination_id"]:
             test = found

@@ -25,7 +25,7 @@ from ingestlayer.destinations.registry import build_destination, destination_cla
 from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.store.stats import Series, SeriesPoint
-from ingestlayer.timefmt import iso
+from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, iso
 from ingestlayer.urlmask import MASK
 from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
 
@@ -44,6 +44,7 @@ _SENSITIVE = re.compile(
 def fmt_time(ts: float | None) -> str:
     if ts is None:
         return "—"
+    ts = min(max(ts, MIN_TIMESTAMP), MAX_TIMESTAMP)  # as iso(): the years 0001-9999
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -165,22 +166,54 @@ def is_reference(value: Any) -> bool:
 
 
 # An absolute URL inside free text (a target such as "discord webhook (https://…)", a summary).
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`]+")
+# It runs to the next whitespace: a URL may hold ' " ` < > (a path such as /it's/, or a query value
+# that holds one), and ending it at such a character would leave the query after it unmasked.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# What may close the text around a URL ("see 'https://host/x?token=T'.", "(https://host/x)"): given
+# back to the text when it ends the match. Nothing else is, so no part of a query value is shown.
+_CLOSING = frozenset("'\"`>.,;:!?")
+_BRACKETS = {")": "(", "]": "[", "}": "{"}
+# Keys whose value is a URL as a whole (a webhook.out or endpoint url, a provider's url, an api_base):
+# masked whole, whatever characters it holds.
+_URL_KEY = re.compile(r"(?:^|_)(?:url|uri)$|^api_base$", re.IGNORECASE)
+_STARTS_WITH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 # Hidden values shorter than this are left in free text: "1" or "on" names nothing, and
 # replacing them would garble the text around them.
 _MIN_HIDDEN = 4
+
+
+def _url_and_tail(found: str) -> tuple[str, str]:
+    """A URL found in free text, and what ends the match but belongs to the text: closing quotes,
+    punctuation, and a closing bracket the URL did not open."""
+    end = len(found)
+    while end > 0:
+        c = found[end - 1]
+        if c in _CLOSING or (c in _BRACKETS and found.count(c, 0, end) > found.count(_BRACKETS[c], 0, end)):
+            end -= 1
+            continue
+        break
+    return found[:end], found[end:]
 
 
 def mask_urls_in(text: str) -> str:
     """Free text with every absolute URL in it masked as :func:`mask_url` does."""
 
     def one(m: re.Match[str]) -> str:
-        url, tail = m.group(0), ""
-        if url.endswith(")") and url.count(")") > url.count("("):
-            url, tail = url[:-1], ")"  # "… (https://host/x)": the parenthesis is the text's
+        url, tail = _url_and_tail(m.group(0))
         return mask_url(url) + tail
 
     return _URL_IN_TEXT.sub(one, text)
+
+
+def is_url_key(key: str) -> bool:
+    """Whether ``key`` names a setting that holds one URL (``url``, ``base_url``, ``api_base``…)."""
+    return bool(_URL_KEY.search(key.replace("-", "_")))
+
+
+def mask_url_value(value: str) -> str:
+    """A setting that is a URL, masked whole (:func:`mask_url`): not searched for URLs as free text
+    is, so a character that may end a URL in a sentence (a quote, ``<``) leaves none of it shown."""
+    return mask_url(value) if _STARTS_WITH_SCHEME.match(value) else mask_urls_in(value)
 
 
 def _is_headers(key: str) -> bool:
@@ -203,7 +236,7 @@ def mask(value: Any, key: str = "") -> Any:
     if key and _SENSITIVE.search(key) and value not in (None, "", True, False) and not is_reference(value):
         return MASK
     if isinstance(value, str):
-        return mask_urls_in(value)
+        return mask_url_value(value) if key and is_url_key(key) else mask_urls_in(value)
     return value
 
 
@@ -322,6 +355,9 @@ def _target(d: DestinationRow) -> str:
         target = str(build_destination(d.kind, settings).target())
     except Exception:
         target = str(settings.get("url") or settings.get("channel") or d.kind)
+    url = settings.get("url")
+    if isinstance(url, str) and target == url:
+        return mask_url_value(target)  # the URL itself: masked whole, as in the YAML
     # A target built from a credential (an inline webhook URL, a DSN, a URL's password) must not
     # be shown.
     return scrub_text(target, settings)

@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_SCHEDULE",
     "MAX_ATTEMPTS_LIMIT",
     "MAX_RETRY_AFTER",
+    "MAX_RETRY_DELAY",
     "RETRY_AFTER_STATUSES",
     "RetryPolicy",
     "parse_retry_after",
@@ -57,6 +58,9 @@ DEFAULT_SCHEDULE: tuple[float, ...] = (0, 60, 300, 1800, 7200, 18000, 36000)
 MAX_RETRY_AFTER: float = 86400.0
 # Above this a "retry policy" is a denial of service on our own dispatcher and database.
 MAX_ATTEMPTS_LIMIT = 100
+# The longest wait between two attempts (30 days). Unbounded, a delay of 1e300 put the next
+# attempt past the year 9999, which no page or answer could show.
+MAX_RETRY_DELAY: float = 30 * 86400.0
 # Only these statuses carry a Retry-After that means "come back later" (RFC 9110 section 10.2.3).
 RETRY_AFTER_STATUSES: frozenset[int] = frozenset({429, 503})
 
@@ -82,6 +86,15 @@ def _number(key: str, value: object) -> float:
     return number
 
 
+def _delay(key: str, value: object) -> float:
+    seconds = _number(key, value)
+    if seconds > MAX_RETRY_DELAY:
+        raise ValueError(
+            f"retry.{key}: at most {MAX_RETRY_DELAY:.0f} seconds (30 days) between attempts, got {value!r}"
+        )
+    return seconds
+
+
 def _check_schedule(schedule: tuple[float, ...]) -> None:
     if not schedule:
         raise ValueError("retry.schedule: must not be empty (it needs at least the first attempt)")
@@ -90,7 +103,7 @@ def _check_schedule(schedule: tuple[float, ...]) -> None:
             f"retry.schedule: at most {MAX_ATTEMPTS_LIMIT} attempts allowed, got {len(schedule)}"
         )
     for i, delay in enumerate(schedule):
-        _number(f"schedule[{i}]", delay)
+        _delay(f"schedule[{i}]", delay)
 
 
 def _check_jitter(jitter: object) -> float:
@@ -179,12 +192,12 @@ class RetryPolicy:
             raise ValueError(f"retry.max_attempts: must be at least 1, got {attempts}")
         if attempts > MAX_ATTEMPTS_LIMIT:
             raise ValueError(f"retry.max_attempts: at most {MAX_ATTEMPTS_LIMIT} allowed, got {attempts}")
-        base = _number("base", cfg["base"])
+        base = _delay("base", cfg["base"])
         factor = _number("factor", cfg["factor"])
         if factor < 1:
             # A factor below 1 shrinks delays while the receiver stays down: backoff in reverse.
             raise ValueError(f"retry.factor: must be at least 1, got {cfg['factor']!r}")
-        cap = _number("max", cfg["max"])
+        cap = _delay("max", cfg["max"])
         return cls(schedule=_exponential_schedule(attempts, base, factor, cap), jitter=jitter)
 
     @property
