@@ -53,3 +53,22 @@ async def test_concurrent_requests_share_one_lookup_and_forget_wins_over_it(
         assert lookups == 2
     finally:
         await store.close()
+
+
+async def test_a_flood_of_wrong_keys_does_not_evict_the_real_ones(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone can send wrong keys; filling the cache with them emptied it of every real key, and
+    each real key's requests then waited on the database again."""
+    monkeypatch.setattr(auth, "MAX_ENTRIES", 50)
+    store = Store.from_url(sqlite_url)
+    try:
+        project_id, ingest_key, _admin = await store.create_project("keys")
+        cache = KeyCache(store)
+        assert (await cache.lookup(ingest_key)) is not None
+        for i in range(200):
+            assert await cache.lookup(f"il_ingest_wrong{i}") is None
+        principal = cache.cached(ingest_key)  # still known, without a lookup
+        assert principal is not None and principal.project_id == project_id
+    finally:
+        await store.close()

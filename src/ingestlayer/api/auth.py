@@ -31,17 +31,21 @@ class KeyCache:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Keys that resolved, and strings that did not, apart: a flood of wrong keys (anyone can
+        # send them) fills and clears only the second, never making every real key's requests
+        # look it up again.
+        self._known: dict[str, tuple[float, Principal | None]] = {}
+        self._unknown: dict[str, tuple[float, Principal | None]] = {}
         self._pending: dict[str, asyncio.Future[Principal | None]] = {}
         self._generation = 0  # bumped by forget(): a lookup begun before must not be cached
 
     def cached(self, key: str) -> Principal | None:
         """The principal of a key resolved recently, without waiting; None if not known now."""
-        hit = self._cache.get(key)
+        hit = self._known.get(key)
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
     async def lookup(self, key: str) -> Principal | None:
-        hit = self._cache.get(key)
+        hit = self._known.get(key) or self._unknown.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         loop = asyncio.get_running_loop()
@@ -63,15 +67,16 @@ class KeyCache:
                 del self._pending[key]
         principal = Principal(found[0], found[1]) if found else None
         if generation == self._generation:
-            if len(self._cache) >= MAX_ENTRIES:
-                self._cache.clear()  # bounded: a flood of bad keys cannot grow memory
-            ttl = POSITIVE_TTL if principal else NEGATIVE_TTL
-            self._cache[key] = (time.monotonic() + ttl, principal)
+            entries = self._known if principal else self._unknown
+            if len(entries) >= MAX_ENTRIES:
+                entries.clear()  # bounded: a flood of bad keys cannot grow memory
+            entries[key] = (time.monotonic() + (POSITIVE_TTL if principal else NEGATIVE_TTL), principal)
         fut.set_result(principal)
         return principal
 
     def forget(self) -> None:
-        self._cache.clear()
+        self._known.clear()
+        self._unknown.clear()
         self._pending.clear()
         self._generation += 1
 

@@ -69,7 +69,9 @@ async def login(request: Request) -> Response:
     key = form.get("key", "").strip()
     if not key:
         return await _login_page(request, next=target, error="Enter an admin key (il_admin_…).", status=400)
-    principal = await runtime(request).keys.lookup(key) if len(key) <= 200 else None
+    # Only what could be a key is looked up, as the API does: anything else is no key at all.
+    could_be = len(key) <= 200 and key.startswith(("il_ingest_", "il_admin_"))
+    principal = await runtime(request).keys.lookup(key) if could_be else None
     if principal is None:
         return await _login_page(
             request, next=target, error="That key is not valid, or it has been revoked.", status=401
