@@ -346,6 +346,7 @@ class Deployment:
     workdir: Path
     pipeline_yaml: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=server_cmd)  # how the server roles are started
     url: str = ""
     db_url: str = ""
     db_name: str | None = None  # the PostgreSQL database, for CPU accounting
@@ -404,18 +405,18 @@ class Deployment:
                 if self.mode == "serve":
                     self.procs.append(
                         Proc(
-                            "serve", [*server_cmd(), "serve"], env=env, cwd=self.workdir, logdir=self.workdir
+                            "serve", [*self.command, "serve"], env=env, cwd=self.workdir, logdir=self.workdir
                         )
                     )
                 else:  # split: api + worker; api: the api alone (nothing routes or delivers)
                     self.procs.append(
-                        Proc("api", [*server_cmd(), "api"], env=env, cwd=self.workdir, logdir=self.workdir)
+                        Proc("api", [*self.command, "api"], env=env, cwd=self.workdir, logdir=self.workdir)
                     )
                     if self.mode == "split":
                         self.procs.append(
                             Proc(
                                 "worker",
-                                [*server_cmd(), "worker"],
+                                [*self.command, "worker"],
                                 env=env,
                                 cwd=self.workdir,
                                 logdir=self.workdir,

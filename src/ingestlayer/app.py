@@ -6,13 +6,15 @@ other request goes to FastAPI, which also documents the ingest route in ``/opena
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from ingestlayer import __version__
 from ingestlayer.api import dashboard, endpoints, entities, health, ingress, logs, manage, slack_oauth
@@ -140,6 +142,15 @@ class IngestLayerApp:
     def __init__(self, rt: Runtime) -> None:
         self.runtime = rt
         self.api = build_fastapi(rt)
+        # X-Forwarded-For/-Proto from a trusted proxy (FORWARDED_ALLOW_IPS, as uvicorn reads it)
+        # are read for the API and the dashboard (its cookies are Secure behind a TLS proxy), not
+        # for ingest, which reads neither the client's address nor the scheme: the servers run
+        # uvicorn with proxy_headers=False and the middleware sits here instead.
+        # (Typed against uvicorn's own ASGI types, which FastAPI's are not.)
+        proxy: Any = ProxyHeadersMiddleware(
+            cast(Any, self.api), trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+        )
+        self.behind_proxy: Callable[[Scope, Receive, Send], Awaitable[None]] = proxy
         s = rt.settings
         # One bucket per project for every way events come in; on PostgreSQL, for every api
         # process too. (Several processes on one SQLite file are not how it is deployed, and
@@ -169,7 +180,7 @@ class IngestLayerApp:
             # (The dashboard's pages answer such input with a message of their own.)
             await send_json(send, 400, error_body("bad_request", "the URL holds a NUL character (%00)"))
             return
-        await self.api(scope, receive, send)
+        await self.behind_proxy(scope, receive, send)
 
 
 def create_app(rt: Runtime) -> IngestLayerApp:

@@ -125,6 +125,7 @@ def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], Non
             port=settings.port,
             loop="none",
             http="httptools",
+            proxy_headers=False,  # read by the app, beside the ingest path (app.py)
             lifespan="on",
             access_log=False,
             log_config=None,

@@ -102,6 +102,7 @@ async def start_server(database_url: str, *, project: str = "acme", **overrides:
         log_config=None,
         access_log=False,
         http="httptools",
+        proxy_headers=False,  # as the servers run it: the app reads them (app.py)
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
