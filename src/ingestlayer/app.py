@@ -23,6 +23,7 @@ from ingestlayer.api.errors import error_body, install_error_handlers
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
 from ingestlayer.api.openapi_errors import document_errors, error_response
 from ingestlayer.api.ratelimit import RateLimiter, SharedRateLimiter
+from ingestlayer.api.request_guard import guarded
 from ingestlayer.runtime import Runtime
 
 DOCS_STATIC_URL = "/static/api-docs"
@@ -161,6 +162,7 @@ class IngestLayerApp:
             else SharedRateLimiter(s.ingest_rate_limit, rt.store.take_rate_tokens)
         )
         self.api.state.ingest_limiter = limiter
+        self.max_request_bytes = s.max_request_bytes
         self.ingest = IngestHandler(
             rt.keys,
             rt.committer.submit,
@@ -180,7 +182,7 @@ class IngestLayerApp:
             # (The dashboard's pages answer such input with a message of their own.)
             await send_json(send, 400, error_body("bad_request", "the URL holds a NUL character (%00)"))
             return
-        await self.behind_proxy(scope, receive, send)
+        await guarded(self.behind_proxy, self.max_request_bytes, scope, receive, send)
 
 
 def create_app(rt: Runtime) -> IngestLayerApp:

@@ -64,6 +64,7 @@ class ApiError(Exception):
         field: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        unread_body: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -71,6 +72,8 @@ class ApiError(Exception):
         self.field = field
         self.code = code or STATUS_CODES.get(status, "error")
         self.headers = headers or {}
+        # Raised before the request's body was read: the answer closes the connection.
+        self.unread_body = unread_body
 
     def body(self) -> bytes:
         return error_body(self.code, self.message, self.field)
@@ -104,7 +107,16 @@ def unreadable_json_error(exc: ValueError, what: str, raw: bytes | str | None = 
     if is_number_range_error(exc):
         where = out_of_range_path(raw) if raw is not None else None
         return number_out_of_range_error(f"{what}: {where}" if where else what, where)
-    return ApiError(400, f"{what} is not valid JSON", code="invalid_json")
+    if raw is not None and not raw.strip():
+        return ApiError(400, f"{what} is empty: send a JSON object", code="invalid_json")
+    # The parser's reason and where (orjson: "unexpected character: line 1 column 9 (char 8)"):
+    # a BOM, UTF-16, a stray NaN or a trailing comma each read alike without it.
+    reason = str(exc).strip()
+    return ApiError(
+        400,
+        f"{what} is not valid JSON: {reason}" if reason else f"{what} is not valid JSON",
+        code="invalid_json",
+    )
 
 
 def error_body(code: str, message: str, field: str | None = None) -> bytes:
@@ -131,10 +143,13 @@ def _unreadable_body(exc: RequestValidationError) -> ApiError | None:
     errors = exc.errors()
     if errors[0].get("type") == "json_invalid":
         text = exc.body if isinstance(exc.body, bytes | str) else None  # what FastAPI could not read
-        error = unreadable_json_error(
-            ValueError(errors[0].get("ctx", {}).get("error", "")), "the request body", text
-        )
-        return error
+        reason = ValueError(errors[0].get("ctx", {}).get("error", ""))
+        if text is not None:
+            try:  # read again for orjson's reason with its place, as POST /v1/events gives it
+                orjson.loads(text)
+            except orjson.JSONDecodeError as again:
+                reason = again
+        return unreadable_json_error(reason, "the request body", text)
     if not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
         return None
     raw = exc.body

@@ -24,6 +24,7 @@ from ingestlayer.api.errors import (
     unreadable_json_error,
 )
 from ingestlayer.api.ratelimit import RateLimiter
+from ingestlayer.api.request_guard import ALLOW_ANY_ORIGIN, CLOSE, IDENTITY, mib, unsupported_encoding_message
 from ingestlayer.idempotency_keys import KEY_RULE, MAX_KEY_LENGTH
 from ingestlayer.idempotency_keys import acceptable as acceptable_key
 from ingestlayer.ids import new_id, new_ids
@@ -46,7 +47,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Submit = Callable[[list[NewEvent]], Awaitable[list[IngestResult]]]
 
 EVENT_FIELDS = frozenset({"type", "payload", "idempotency_key", "occurred_at"})
-JSON_HEADERS = [(b"content-type", b"application/json")]
+# Browsers may send events from any origin (see request_guard): every answer says so.
+JSON_HEADERS = [(b"content-type", b"application/json"), ALLOW_ANY_ORIGIN]
 
 
 # Digits to "9", everything else to " ": a run of 19 nines then marks a number that may not fit
@@ -118,7 +120,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body exceeds {limit // (1024 * 1024)} MiB")
+            raise ApiError(413, f"request body exceeds {mib(limit)}", unread_body=True)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -147,6 +149,8 @@ class IngestHandler:
             status, body = await self._handle(scope, receive)
         except ApiError as exc:
             extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            if exc.unread_body:
+                extra.append(CLOSE)  # kept open, the connection would take the rest of the body
             await send_json(send, exc.status, exc.body(), extra)
             return
         except ConnectionAbortedError:
@@ -164,7 +168,11 @@ class IngestHandler:
             elif name == b"idempotency-key":
                 idem_header = value.decode("latin-1")
             elif name == b"content-length" and int(value or 0) > self.max_request_bytes:
-                raise ApiError(413, f"request body exceeds {self.max_request_bytes // (1024 * 1024)} MiB")
+                raise ApiError(413, f"request body exceeds {mib(self.max_request_bytes)}", unread_body=True)
+            elif name == b"content-encoding" and value.strip().lower() not in IDENTITY:
+                raise ApiError(
+                    415, unsupported_encoding_message(value), code="unsupported_media_type", unread_body=True
+                )
         # A key seen in the last seconds needs no coroutine of its own; anything else (missing,
         # malformed, unknown, expired) takes the full path and its precise error.
         principal = None
@@ -175,6 +183,9 @@ class IngestHandler:
                 principal = await authenticate(self.keys, auth_header, admin=False)
             except DATABASE_UNAVAILABLE as exc:  # the key is looked up in the database
                 raise unavailable_error(exc, "the key could not be checked") from None
+            except ApiError as exc:
+                exc.unread_body = True
+                raise
         raw = await read_body(receive, self.max_request_bytes)
         try:
             doc = orjson.loads(raw)
