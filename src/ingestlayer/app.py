@@ -121,6 +121,9 @@ def build_fastapi(rt: Runtime) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         static_url=DOCS_STATIC_URL,
+        # A trailing slash is a 404 naming the path, not a 307 to a Location built from the
+        # request's Host header (which a client that does not follow it took for success).
+        redirect_slashes=False,
     )
     app.state.runtime = rt
     install_error_handlers(app)

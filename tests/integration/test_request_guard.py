@@ -211,3 +211,17 @@ async def test_a_body_that_is_not_json_is_answered_with_the_reason(srv: RunningS
     answer = await exchange(srv, post("/v1/events", srv.ingest_key, {}, 0))
     assert answer.status == 400
     assert answer.json()["error"]["message"] == "the request body is empty: send a JSON object"  # type: ignore[index]
+
+
+async def test_a_trailing_slash_is_a_404_not_a_redirect(srv: RunningServer) -> None:
+    for method, path in (("POST", "/v1/events/"), ("GET", "/v1/pipelines/"), ("POST", "/v1/identify/")):
+        async with srv.session.request(
+            method,
+            srv.url + path,
+            json={},
+            headers={**srv.auth(), "Host": "evil.example"},
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 404, (path, resp.status, resp.headers.get("Location"))
+            assert "Location" not in resp.headers
+            assert (await resp.json())["error"]["code"] == "not_found"

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingestlayer.api.ingest import may_hold_huge_int
 from ingestlayer.api.render import RENDER_DEPTH, stored_json
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
@@ -130,3 +131,15 @@ def test_out_of_range_path_names_the_first_number_that_cannot_be_stored() -> Non
     # Text the json module cannot read that far names nothing, rather than failing.
     assert out_of_range_path(b"[" * 5000 + b"1e400" + b"]" * 5000) is None
     assert out_of_range_path(b'{"a": ' + b"9" * 5000 + b"}") is None
+
+
+def test_long_digit_runs_in_strings_are_not_taken_for_numbers() -> None:
+    # Ids and trace ids in strings sent every such body through a second, slow parse.
+    assert not may_hold_huge_int(b'{"trace_id": "12345678901234567890123", "n": [1, 2]}')
+    assert not may_hold_huge_int(b'{"x": 12345678901234567890.5, "y": 1234567890123456789012e2}')
+    for bare in (
+        b'{"n": 12345678901234567890}',
+        b"[1,\n  -99999999999999999999]",
+        b'{"a":[0,18446744073709551616]}',
+    ):
+        assert may_hold_huge_int(bare), bare
