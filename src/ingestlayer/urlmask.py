@@ -2,13 +2,27 @@
 
 The CLI's and the server's messages (a database that cannot be opened, a server address) and the
 dashboard (destinations, endpoints, URLs inside free text) all show URLs through :func:`mask_url`.
+What it hides is, by the same rule, what :func:`url_secrets` lists: the values a destination
+scrubs from what a server answers it (a receiver may echo the URL it was called at).
 """
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote, unquote_plus
 
 MASK = "••••••"
+
+# Names whose values are credentials: the dashboard masks a setting so named whatever it holds,
+# and a destination keeps a header or query value so named out of what it stores.
+SENSITIVE_NAME = re.compile(
+    r"(secret|token|passw|api[_-]?key|credential|dsn|webhook_url|cookie|authorization|private[_-]?key|"
+    r"session|signature)",
+    re.IGNORECASE,
+)
+# A query value this long is taken for a credential whatever its name (`?k=…`, `?sig=…`);
+# shorter ones only under a sensitive name, so `?format=json` does not scrub every "json".
+LONG_QUERY_VALUE = 12
 
 # "scheme://" at the start; without one, the URL starts with its authority ("user:pw@host:8000").
 _SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -60,6 +74,40 @@ def mask_url(url: str) -> str:
             parts.append(f"{name}{eq}{value}")
         query = "&".join(parts)
     return head + rest + query_mark + query + hash_ + (MASK if fragment else "")
+
+
+def url_secrets(url: str) -> list[str]:
+    """What :func:`mask_url` hides in ``url``, as a server called at it may echo it back.
+
+    The password (or the user name, where there is no password: masked whole too), as written
+    and percent-decoded; ``user:password`` as HTTP Basic sends it, decoded (scrubbing its base64
+    form is the caller's, see :func:`ingestlayer.destinations.shared.secret_forms`); and each
+    query value that is not a ``{placeholder}`` and is long (LONG_QUERY_VALUE) or under a
+    sensitive name (SENSITIVE_NAME), as written and decoded (``%2B`` and ``+``). The
+    fragment is never sent, so it is not listed. Read as :func:`mask_url` reads the URL, so the
+    two cannot disagree about what is a credential.
+    """
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else (2 if url.startswith("//") else 0)
+    after = url[start:]
+    web = scheme is None or scheme.group(1).lower() in _WEB_SCHEMES
+    found: list[str] = []
+    length = _userinfo_length(after, web=web)
+    if length:
+        userinfo = after[: length - 1]
+        user, _, password = userinfo.partition(":")
+        hidden = password or user
+        found += [hidden, unquote(hidden), userinfo, f"{unquote(user)}:{unquote(password)}"]
+        after = after[length:]
+    query = after.partition("#")[0].partition("?")[2]
+    for part in query.split("&") if query else []:
+        name, eq, value = part.partition("=")
+        if not eq:  # a bare value, ?TOKEN
+            value = name
+        secret = len(value) >= LONG_QUERY_VALUE or (eq and SENSITIVE_NAME.search(name))
+        if value and secret and not _PLACEHOLDER.fullmatch(value):
+            found += [value, unquote(value), unquote_plus(value)]
+    return list(dict.fromkeys(f for f in found if f))
 
 
 def _userinfo_length(after: str, *, web: bool) -> int:

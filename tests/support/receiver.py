@@ -2,12 +2,15 @@
 
 It records every request (headers and raw body) and answers from a programmable plan: a list of
 status codes consumed one per request (then ``default``), optional delays, and extra headers
-such as ``Retry-After``.
+such as ``Retry-After``. A reply with ``echo=True`` answers, as httpbin does, with the request
+it got: the URL as requested, the query's values decoded, the HTTP Basic credentials decoded,
+and the headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +43,26 @@ class Reply:
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b'{"received": true}'
+    # Answer with the request instead of ``body`` (httpbin's /anything): see echo().
+    echo: bool = False
+
+
+def echo(request: web.Request) -> bytes:
+    """The request as a receiver that echoes it shows it: the URL first, as requested (the
+    raw path and query), then the query's values, the user:password of an ``Authorization:
+    Basic`` header, decoded, and every header."""
+    basic = None
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        basic = base64.b64decode(credentials).decode("utf-8", "replace")
+    return orjson.dumps(
+        {
+            "url": f"{request.scheme}://{request.host}{request.raw_path}",
+            "args": {str(k): v for k, v in request.query.items()},
+            "basic_auth": basic,
+            "headers": {str(k): v for k, v in request.headers.items()},
+        }
+    )
 
 
 class Receiver:
@@ -73,7 +96,10 @@ class Receiver:
             self.inflight[path] -= 1
             received.answered_at = time.time()
         return web.Response(
-            status=reply.status, body=reply.body, headers=reply.headers, content_type="application/json"
+            status=reply.status,
+            body=echo(request) if reply.echo else reply.body,
+            headers=reply.headers,
+            content_type="application/json",
         )
 
     async def start(self) -> Receiver:

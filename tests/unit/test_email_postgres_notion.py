@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import socket
 import textwrap
@@ -313,6 +314,12 @@ def test_scrub_removes_credentials_and_their_base64() -> None:
     assert scrub(text, [pw]) == f"535 bad <redacted> / <redacted> / {base64.b64encode(b'user').decode()}"
     assert scrub(None, [pw]) is None
     assert scrub("keep a b", ["a"]) == "keep a b"  # too short to scrub meaningfully
+
+
+def test_scrub_removes_a_credential_as_an_echoing_receiver_writes_it_in_json() -> None:
+    pw = 'pa"ss\\wörd-1'
+    echoed = f"{orjson.dumps({'h': pw}).decode()} {json.dumps({'h': pw})}"
+    assert scrub(echoed, [pw]) == '{"h":"<redacted>"} {"h": "<redacted>"}'
 
 
 async def send_with(dest: Any, allow_private: bool, resolver: Any = _no_secrets) -> Outcome:

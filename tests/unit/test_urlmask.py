@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from ingestlayer import cli_backend
 from ingestlayer.cli_backend import CliError, migrate_database
 from ingestlayer.store.db import DatabaseURLError, async_url
-from ingestlayer.urlmask import MASK, mask_url
+from ingestlayer.urlmask import MASK, mask_url, url_secrets
 
 M = MASK
 
@@ -129,3 +129,30 @@ def test_migrate_database_leaves_other_failures_as_they_are(monkeypatch: pytest.
     monkeypatch.setattr(cli_backend, "upgrade", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         migrate_database("sqlite:///x.db")
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        # The password, user:password as HTTP Basic sends it (decoded), each query value.
+        (
+            "http://apiuser:pa%40ss@h:8/hook?token=T0k%2Bn&e={email}#frag",
+            ["pa%40ss", "pa@ss", "apiuser:pa%40ss", "apiuser:pa@ss", "T0k%2Bn", "T0k+n"],
+        ),
+        # A user name alone is masked whole, and sent as "user:".
+        ("https://TOKEN@h/p?bare", ["TOKEN", "TOKEN:"]),
+        # Short values under names that are no credential's are not (`format=json` would scrub
+        # every "json" a receiver answers); long ones are, whatever their name.
+        ("https://h/p?format=json&v=2&a=x+y", []),
+        ("https://h/p?api_key=x+y&k=0123456789ab", ["x+y", "x y", "0123456789ab"]),
+        ("https://h/p?0123456789abcdef", ["0123456789abcdef"]),
+        ("https://h/it's/in?token=T1", ["T1"]),
+        ("https://h/p", []),
+        ("https://h/p?e={email}&d={domain}", []),
+    ],
+)
+def test_url_secrets_are_what_mask_url_hides(url: str, secrets: list[str]) -> None:
+    """What a destination scrubs from what a receiver echoes is what the dashboard masks."""
+    assert url_secrets(url) == secrets
+    shown = mask_url(url)
+    assert not [s for s in secrets if len(s) > 2 and s in shown], shown

@@ -26,16 +26,11 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.store.stats import Series, SeriesPoint
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, iso
-from ingestlayer.urlmask import MASK
+from ingestlayer.urlmask import MASK, SENSITIVE_NAME
 from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
-_SENSITIVE = re.compile(
-    r"(secret|token|passw|api[_-]?key|credential|dsn|webhook_url|cookie|authorization|private[_-]?key|"
-    r"session|signature)",
-    re.IGNORECASE,
-)
 
 
 # ---- formatting ------------------------------------------------------------------------------
@@ -233,7 +228,12 @@ def mask(value: Any, key: str = "") -> Any:
         return {k: mask(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask(v, key) for v in value]
-    if key and _SENSITIVE.search(key) and value not in (None, "", True, False) and not is_reference(value):
+    if (
+        key
+        and SENSITIVE_NAME.search(key)
+        and value not in (None, "", True, False)
+        and not is_reference(value)
+    ):
         return MASK
     if isinstance(value, str):
         return mask_url_value(value) if key and is_url_key(key) else mask_urls_in(value)

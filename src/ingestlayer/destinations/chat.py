@@ -25,6 +25,7 @@ import orjson
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
+from ingestlayer.destinations.shared import secret_forms, url_credentials
 from ingestlayer.pipeline.paths import get_path
 from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
 from ingestlayer.urlcheck import http_url_problem, url_characters_problem
@@ -40,7 +41,7 @@ def held_url_refused(reference: str, url: str) -> Outcome | None:
     """The ending of a delivery whose webhook URL, held in the secret ``reference``, holds a
     space or a control character: checked when used, since the URL is not in the configuration.
     The reference is named, never the URL (its token is the credential)."""
-    problem = url_characters_problem(url)
+    problem = url_characters_problem(url, delimiters=False)
     if problem is None:
         return None
     return Outcome(ok=False, error=f"webhook_url ({reference}): the URL it holds {problem}", permanent=True)
@@ -162,7 +163,8 @@ class Redactor:
             self.secrets.sort(key=len, reverse=True)
 
     def add_url(self, url: str) -> None:
-        """A webhook URL is a credential: the URL, its path, and each long path segment."""
+        """A webhook URL is a credential: the URL, its path, and each long path segment, and
+        what :meth:`add_url_credentials` takes."""
         self.add(url)
         parts = urlsplit(url)
         if parts.path and parts.path != "/":
@@ -172,6 +174,16 @@ class Redactor:
                     self.add(segment)
         if parts.query:
             self.add(parts.query)
+        self.add_url_credentials(url)
+
+    def add_url_credentials(self, url: str | None) -> None:
+        """What the dashboard masks in a URL (an ``api_base``, an ``avatar_url``): its password
+        and ``user:password`` (sent as ``Authorization: Basic``), its query values; each in the
+        forms a server may echo it in (:func:`~ingestlayer.destinations.shared.secret_forms`,
+        none too short to name anything)."""
+        for secret in url_credentials(url):
+            for form in secret_forms(secret):
+                self.add(form)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -298,6 +298,7 @@ class Discord:
         except LookupError as exc:
             return Outcome(ok=False, error=str(exc))
         redact.add_url(url)
+        redact.add_url_credentials(cfg.avatar_url)
         try:
             target = URL(url)
             if target.scheme not in ("http", "https") or not target.host:

@@ -16,10 +16,14 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import json
 import socket
 from collections.abc import Iterable
 
+import orjson
+
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy, is_public_address
+from ingestlayer.urlmask import url_secrets
 
 REDACTED = "<redacted>"
 # Shorter values are not scrubbed: replacing every "a" of a message helps nobody.
@@ -42,21 +46,40 @@ def check_reference(field_name: str, value: str, what: str) -> str:
 
 
 def secret_forms(value: str) -> list[str]:
-    """A credential and the encodings a server may echo it in (base64, as in SMTP AUTH)."""
-    forms = [value]
+    """A credential and the encodings a server may echo it in (base64, as in SMTP AUTH and HTTP
+    Basic; a JSON string's escapes, as a receiver that echoes the request in JSON writes it)."""
+    forms = [value, orjson.dumps(value).decode()[1:-1], json.dumps(value)[1:-1]]
     raw = value.encode()
     forms.append(base64.b64encode(raw).decode())
     forms.append(base64.urlsafe_b64encode(raw).decode())
     return [f for f in forms if len(f) >= MIN_SCRUB_CHARS]
 
 
+def url_credentials(url: str | None) -> list[str]:
+    """What the dashboard masks in a configured URL (its password, ``user:password``, its query
+    values: :func:`ingestlayer.urlmask.url_secrets`), for :func:`scrub`: a receiver may echo the
+    URL it was called at, and the ``Authorization: Basic`` made from its userinfo."""
+    return url_secrets(url) if url else []
+
+
+def credential_forms(secrets: Iterable[str]) -> list[str]:
+    """Every form of every credential (:func:`secret_forms`), the longest first: one may hold
+    another."""
+    return sorted({f for s in secrets if s for f in secret_forms(s)}, key=len, reverse=True)
+
+
+def scrub_forms(text: str, forms: Iterable[str]) -> str:
+    """``text`` with each of ``forms`` (from :func:`credential_forms`) replaced by ``<redacted>``."""
+    for form in forms:
+        text = text.replace(form, REDACTED)
+    return text
+
+
 def scrub(text: str | None, secrets: Iterable[str]) -> str | None:
     """``text`` with every credential (and its base64 forms) replaced by ``<redacted>``."""
     if text is None:
         return None
-    for secret in sorted({f for s in secrets if s for f in secret_forms(s)}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
+    return scrub_forms(text, credential_forms(secrets))
 
 
 def _literal_ip(host: str) -> str | None:

@@ -39,9 +39,10 @@ from ingestlayer.delivery.signing import (
     standard_webhooks_headers,
 )
 from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
-from ingestlayer.destinations.shared import scrub
+from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.timefmt import parse_iso
 from ingestlayer.urlcheck import http_url_problem
+from ingestlayer.urlmask import SENSITIVE_NAME
 
 RESERVED_HEADERS = {
     "content-type",
@@ -272,6 +273,15 @@ class WebhookOut:
         self.config = config
         # Parsed once, not per request.
         self._url = URL(config.url)
+        # What the dashboard masks in this configuration, besides the secrets resolved at send:
+        # inline header values under a credential's name (credentials belong in secret_headers,
+        # the others are content types, versions, tenants), and the URL's password and query
+        # values. A receiver may echo the request (its URL, its headers, the Basic
+        # authorization made from the URL's user:password), and what it answers is stored.
+        self._configured_credentials = [
+            *(v for k, v in config.headers.items() if SENSITIVE_NAME.search(k)),
+            *url_credentials(config.url),
+        ]
 
     def target(self) -> str:
         return self.config.url
@@ -279,7 +289,9 @@ class WebhookOut:
     async def build_headers(
         self, request: SendRequest, body: bytes, ctx: SendContext
     ) -> tuple[dict[str, str], list[str]]:
-        """The request's headers, and the secrets they were made with (to keep out of logs)."""
+        """The request's headers, and the credentials to keep out of the attempt log: the
+        secrets they were made with, and what the dashboard masks in the configuration (inline
+        header values, the URL's password and query values)."""
         cfg = self.config
         headers = {
             **cfg.headers,
@@ -291,7 +303,8 @@ class WebhookOut:
         }
         clock = time.time()
         secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.signing_refs(clock)]
-        credentials = list(secrets)  # everything to keep out of the attempt log
+        # Everything to keep out of the attempt log.
+        credentials = [*secrets, *self._configured_credentials]
         for name, ref in cfg.secret_headers.items():
             headers[name] = value = await ctx.resolve_secret(request.project_id, ref)
             credentials.append(value)
@@ -326,28 +339,38 @@ class WebhookOut:
             return Outcome(ok=False, error=f"the signing secret cannot be used: {exc}")
         if ctx.http is None:
             raise RuntimeError("webhook.out sends through the dispatcher's HTTP client")
+        # A receiver that echoes the request (as httpbin does) must not put a credential into
+        # the attempt log, which the API and the dashboard show. The answer is read past the
+        # excerpt's end by the longest form of one, so that one straddling the end is scrubbed
+        # whole before the excerpt is cut, never shown in part.
+        forms = credential_forms(credentials)
         try:
             resp = await ctx.http.post(
-                self._url, body, headers, timeout=cfg.timeout, max_excerpt=EXCERPT_BYTES
+                self._url,
+                body,
+                headers,
+                timeout=cfg.timeout,
+                max_excerpt=EXCERPT_BYTES + (len(forms[0].encode()) if forms else 0),
             )
         except TimeoutError:
             return Outcome(ok=False, error=f"timed out after {cfg.timeout:g}s")
         except EgressDenied as exc:
-            return Outcome(ok=False, error=str(exc), permanent=True)
+            return Outcome(ok=False, error=scrub_forms(str(exc), forms), permanent=True)
         except OSError as exc:  # refused, reset, unreachable, name not found, TLS
-            return Outcome(ok=False, error=f"connection error: {exc}")
+            return Outcome(ok=False, error=scrub_forms(f"connection error: {exc}", forms))
         except ValueError as exc:  # a malformed response, or a header value HTTP cannot carry
-            return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+            return Outcome(ok=False, error=scrub_forms(f"{type(exc).__name__}: {exc}", forms))
         ok = 200 <= resp.status < 300
         retry_after = None
         if resp.status in (429, 503):
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
+        answer = excerpt(
+            scrub_forms(resp.excerpt.decode("utf-8", "replace"), forms) if forms else resp.excerpt
+        )
         return Outcome(
             ok=ok,
             status_code=resp.status,
             error=None if ok else f"HTTP {resp.status}",
-            # A receiver that echoes the request (as httpbin does) must not put a bearer token
-            # into the attempt log, which the API and the dashboard show.
-            response_excerpt=scrub(excerpt(resp.excerpt), credentials),
+            response_excerpt=answer,
             retry_after=retry_after,
         )

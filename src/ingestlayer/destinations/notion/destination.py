@@ -12,7 +12,8 @@ one that cannot be read as a list of pages is retried, never taken for "no page 
 Outcomes: 200 → delivered; 429 (honouring ``Retry-After``), 409 ``conflict_error``, 5xx, timeouts
 and connection errors → retried; 400 ``validation_error``, 401 ``unauthorized``, 403
 ``restricted_resource``, 404 ``object_not_found`` (and any other 4xx) → dead at once, with
-Notion's ``message``. The token never appears in an error or an excerpt.
+Notion's ``message``. The token never appears in an error or an excerpt, nor what the dashboard
+masks in ``api_base`` (a proxy's password or query values).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, exc
 from ingestlayer.destinations.chat import read_bounded
 from ingestlayer.destinations.notion.config import NotionConfig
 from ingestlayer.destinations.notion.properties import property_value
-from ingestlayer.destinations.shared import scrub
+from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.templates import Template
 
 NOTION_VERSION = "2022-06-28"
@@ -120,16 +121,23 @@ class Notion:
             token = await ctx.resolve_secret(request.project_id, cfg.token)
         except LookupError as exc:
             return Outcome(ok=False, error=str(exc))
+        # The token, and what the dashboard masks in api_base (a proxy's password, its query
+        # values): a proxy in front of Notion may echo the request it was sent.
+        forms = credential_forms([token, *url_credentials(cfg.api_base)])
         outcome: Outcome | None = None
         if cfg.dedupe_property is not None and request.attempt > 1:
-            outcome = await self._existing_page(request.delivery_id, token, ctx)
+            outcome = await self._existing_page(request.delivery_id, token, ctx, forms)
         if outcome is None:
-            outcome = await self._post(url, token, orjson.dumps(self.build_body(request)), ctx)
-        outcome.error = scrub(outcome.error, [token])
-        outcome.response_excerpt = scrub(outcome.response_excerpt, [token])
+            outcome = await self._post(url, token, orjson.dumps(self.build_body(request)), ctx, forms)
+        if outcome.error is not None:
+            outcome.error = scrub_forms(outcome.error, forms)
+        if outcome.response_excerpt is not None:
+            outcome.response_excerpt = scrub_forms(outcome.response_excerpt, forms)
         return outcome
 
-    async def _existing_page(self, delivery_id: str, token: str, ctx: SendContext) -> Outcome | None:
+    async def _existing_page(
+        self, delivery_id: str, token: str, ctx: SendContext, forms: list[str]
+    ) -> Outcome | None:
         """Delivered already if an earlier attempt created the page; None when it did not."""
         cfg = self.config
         assert cfg.dedupe_property is not None
@@ -138,7 +146,7 @@ class Notion:
             "page_size": 1,
         }
         url = f"{cfg.api_base}/v1/databases/{cfg.database_id}/query"
-        answer = await self._post(url, token, orjson.dumps(query), ctx, raw_ok=True)
+        answer = await self._post(url, token, orjson.dumps(query), ctx, forms, raw_ok=True)
         if not answer.ok:
             return answer
         try:
@@ -167,9 +175,12 @@ class Notion:
         )
 
     async def _post(
-        self, url: str, token: str, body: bytes, ctx: SendContext, *, raw_ok: bool = False
+        self, url: str, token: str, body: bytes, ctx: SendContext, forms: list[str], *, raw_ok: bool = False
     ) -> Outcome:
-        """POST JSON to Notion; with ``raw_ok`` a 2xx keeps the whole answer in the excerpt."""
+        """POST JSON to Notion; with ``raw_ok`` a 2xx keeps the whole answer in the excerpt.
+
+        The answer is scrubbed of ``forms`` (:func:`credential_forms`) before anything is cut
+        from it (an excerpt, a message), so no credential is left in part at a cut."""
         timeout = self.config.timeout
         headers = {
             "Authorization": f"Bearer {token}",
@@ -186,6 +197,8 @@ class Notion:
                 allow_redirects=False,
             ) as resp:
                 raw = await read_bounded(resp, MAX_RESPONSE_BYTES)
+                if forms:
+                    raw = scrub_forms(raw.decode("utf-8", "replace"), forms).encode()
                 if raw_ok and 200 <= resp.status < 300:
                     return Outcome(
                         ok=True, status_code=resp.status, response_excerpt=raw.decode("utf-8", "replace")

@@ -186,6 +186,7 @@ class Slack:
         except LookupError as exc:
             return Outcome(ok=False, error=str(exc))
         redact.add(token)
+        redact.add_url_credentials(cfg.resolved_api_base())
         if not token or any(c.isspace() for c in token):
             return Outcome(
                 ok=False, error=f"connection ({cfg.connection}) does not hold a Slack token", permanent=True

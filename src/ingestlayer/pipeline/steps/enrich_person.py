@@ -32,6 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingestlayer.delivery.egress import EgressPolicy
+from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
 from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
@@ -232,6 +233,12 @@ class EnrichPerson:
         if provider.secret:
             secret = await ctx.services.resolve_secret(ctx.project_id, provider.secret)
             headers = {k: v.replace("$secret", secret) for k, v in headers.items()}
+        # Kept out of any message, as the dashboard keeps them out of the step's settings: an
+        # error page may echo the request (its headers, its URL, the Basic authorization made
+        # from the URL's user:password).
+        forms = credential_forms(
+            [*([secret] if secret else []), *headers.values(), *url_credentials(provider.url)]
+        )
         session = await ctx.services.http()
         try:
             # No redirects: the egress check above saw only this URL, and a redirect to an
@@ -249,7 +256,7 @@ class EnrichPerson:
                         f"lookup provider {urlsplit(url).hostname} answered HTTP {resp.status}"
                     )
                 else:
-                    result = self._mapped(await read_capped(resp), provider.mapping, url, secret)
+                    result = self._mapped(await read_capped(resp), provider.mapping, url, forms)
         except AnswerTooLarge as exc:
             raise RuntimeError(f"lookup provider {urlsplit(url).hostname}: {exc}") from None
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -264,7 +271,7 @@ class EnrichPerson:
         return result
 
     @staticmethod
-    def _mapped(raw: bytes, mapping: dict[str, str], url: str, secret: str | None) -> dict[str, Any]:
+    def _mapped(raw: bytes, mapping: dict[str, str], url: str, forms: list[str]) -> dict[str, Any]:
         """The mapped fields of a JSON object answer. Anything else (an HTML error page served
         with 200, a bare list) is a failed lookup, so it is neither cached nor read as "nobody"."""
         try:
@@ -272,9 +279,8 @@ class EnrichPerson:
         except orjson.JSONDecodeError:
             body = None
         if not isinstance(body, dict):
-            excerpt = raw[:80].decode("utf-8", "replace")
-            if secret:  # an error page may echo the request's headers
-                excerpt = excerpt.replace(secret, "***")
+            # Scrubbed before it is cut: a credential at the cut is not left in part.
+            excerpt = scrub_forms(raw.decode("utf-8", "replace"), forms)[:80]
             raise RuntimeError(
                 f"lookup provider {urlsplit(url).hostname} answered 200 without a JSON object: {excerpt!r}"
             )

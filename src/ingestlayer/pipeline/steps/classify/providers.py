@@ -22,8 +22,10 @@ import orjson
 
 from ingestlayer import __version__
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
+from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.steps.capped_body import MAX_ANSWER_BYTES, AnswerTooLarge, read_capped
 from ingestlayer.pipeline.steps.classify.config import ClassifyConfig
+from ingestlayer.urlmask import mask_url
 
 MAX_RESPONSE_BYTES = MAX_ANSWER_BYTES
 EXCERPT_CHARS = 200
@@ -101,8 +103,10 @@ class ChatAnswer:
     elapsed_ms: float
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _scrubbed(raw: bytes, forms: list[str]) -> bytes:
+    """The answer without the request's credentials, before any of it is cut to an excerpt: a
+    credential at the cut is not left in part."""
+    return scrub_forms(raw.decode("utf-8", "replace"), forms).encode() if forms else raw
 
 
 def _error_excerpt(raw: bytes) -> str:
@@ -161,6 +165,9 @@ async def chat_completion(
     }
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    # Kept out of every message: the key, and what the dashboard masks in base_url (a password,
+    # sent as Authorization: Basic when there is no key). A server may echo the request.
+    forms = credential_forms([*([api_key] if api_key else []), *url_credentials(request.url)])
     started = time.monotonic()
     try:
         async with (
@@ -181,21 +188,23 @@ async def chat_completion(
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, EgressDenied):
             raise ProviderConfigError(str(exc.os_error)) from None
-        raise ProviderFailure(_scrub(f"connection error: {exc.os_error or exc}", api_key)) from None
+        raise ProviderFailure(scrub_forms(f"connection error: {exc.os_error or exc}", forms)) from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise ProviderFailure(_scrub(f"{type(exc).__name__}: {exc}", api_key)) from None
+        raise ProviderFailure(scrub_forms(f"{type(exc).__name__}: {exc}", forms)) from None
     elapsed_ms = (time.monotonic() - started) * 1000
     if not 200 <= status < 300:
         message = f"answered HTTP {status}"
-        detail = _scrub(_error_excerpt(raw), api_key)
+        detail = _error_excerpt(_scrubbed(raw, forms))
         if detail:
             message += f": {detail}"
         if status in CONFIG_STATUSES:
-            raise ProviderConfigError(f"{request.url} {message}")
+            raise ProviderConfigError(f"{mask_url(request.url)} {message}")
         raise ProviderFailure(message)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ProviderFailure(f"the response is not JSON: {_scrub(_error_excerpt(raw), api_key)!r}") from None
+        raise ProviderFailure(
+            f"the response is not JSON: {_error_excerpt(_scrubbed(raw, forms))!r}"
+        ) from None
     model = data.get("model") if isinstance(data, dict) else None
     return ChatAnswer(_content(data), model if isinstance(model, str) else None, elapsed_ms)
