@@ -44,7 +44,7 @@ from ingestlayer.destinations.postgres import config as postgres_config_module
 from ingestlayer.destinations.postgres.destination import classify_error, dsn_hosts, dsn_secrets
 from ingestlayer.destinations.postgres.sql import create_table_sql, insert_columns, insert_sql, row_values
 from ingestlayer.destinations.registry import build_destination, destination_class
-from ingestlayer.destinations.shared import check_host, connect_checked, scrub
+from ingestlayer.destinations.shared import check_host, check_reference, connect_checked, scrub
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from tests.support.fake_notion import check_value
 
@@ -758,3 +758,14 @@ async def test_postgres_connects_to_the_address_it_checked_not_to_the_name_again
         await listener.wait_closed()
     assert not outcome.ok
     assert arrived == [], "the driver resolved the name again and reached a private address"
+
+
+@pytest.mark.parametrize(
+    "value", ['ref:"><svg onload=alert(1)>', "ref:a/b", "ref:" + "n" * 201, "env:1VAR", "env:MY-VAR"]
+)
+def test_a_reference_must_name_what_can_be_set(value: str) -> None:
+    with pytest.raises(ValueError, match=r"is not one (a secret|an environment variable) can have") as caught:
+        check_reference("connection", value, "bot token")
+    assert value.partition(":")[2] not in str(caught.value)
+    for good in ("ref:slack-main", "ref:a.b_c-1", "env:SLACK_BOT_TOKEN", "env:_x1"):
+        assert check_reference("connection", good, "bot token") == good

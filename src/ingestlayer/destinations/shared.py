@@ -17,17 +17,23 @@ import base64
 import contextlib
 import ipaddress
 import json
+import re
 import socket
 from collections.abc import Iterable
 
 import orjson
 
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy, is_public_address
+from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE
 from ingestlayer.urlmask import url_secrets
 
 REDACTED = "<redacted>"
 # Shorter values are not scrubbed: replacing every "a" of a message helps nobody.
 MIN_SCRUB_CHARS = 4
+
+
+# What an environment variable a pipeline may read can be called (POSIX's portable names).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def is_reference(value: str) -> bool:
@@ -36,12 +42,18 @@ def is_reference(value: str) -> bool:
 
 
 def check_reference(field_name: str, value: str, what: str) -> str:
-    """A credential field must be ``ref:NAME`` or ``env:VAR``; the message never repeats it."""
+    """A credential field must be ``ref:NAME`` (a name a secret can have) or ``env:VAR``; the
+    message never repeats the value, which may be the credential itself."""
     if not is_reference(value):
         raise ValueError(
             f"{field_name} must be a secret reference, `ref:NAME` (stored encrypted with "
             f"`ingestlayer secrets set NAME`) or `env:VAR`, never the {what} itself"
         )
+    kind, _, name = value.partition(":")
+    if not (SECRET_NAME if kind == "ref" else ENV_NAME).fullmatch(name):
+        rule = SECRET_NAME_RULE if kind == "ref" else "environment variable names are letters, digits and '_'"
+        what_is = "a secret" if kind == "ref" else "an environment variable"
+        raise ValueError(f"{field_name}: the name after `{kind}:` is not one {what_is} can have: {rule}")
     return value
 
 
