@@ -155,6 +155,10 @@ async def test_oauth_connects_a_workspace_then_delivers(server: RunningServer, s
         callback_url = str(resp.url)
     assert "Slack connected: Acme Corp" in page
     assert resp.headers["Cache-Control"] == "no-store"
+    # Like the dashboard's pages: no script runs, no other site frames it.
+    assert "script-src" not in resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["X-Content-Type-Options"] == "nosniff"
     (token,) = slack_app.tokens
     assert token not in page
 

@@ -50,6 +50,15 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 PENDING, USED = "pending", "used"
 # No caching of these pages, and no Referer carrying the code and state to other sites.
 PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The callback's page, as the dashboard's: no script, no framing (its one style is inline).
+HTML_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
 # The cookie that ties a connection started in the dashboard to that browser: otherwise a
 # project's admin could hand the Slack link to another workspace's admin and get its bot token.
 # SameSite=Lax: sent on the top-level navigation back from Slack, not on other sites' requests.
@@ -70,7 +79,7 @@ def _page(title: str, body_html: str, status: int) -> HTMLResponse:
         "code,pre{background:#f4f4f5;padding:.1rem .3rem;border-radius:4px}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{body_html}</body></html>"
     )
-    return HTMLResponse(doc, status_code=status, headers=PAGE_HEADERS)
+    return HTMLResponse(doc, status_code=status, headers=HTML_HEADERS)
 
 
 def _failure(request: Request, exc: SlackOAuthError) -> Response:
