@@ -47,6 +47,7 @@ from ingestlayer.json_depth import (
 )
 from ingestlayer.logsetup import configure
 from ingestlayer.urlmask import mask_url
+from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml
 
 app = typer.Typer(
     name="ingestlayer",
@@ -172,7 +173,9 @@ def _read_document(file: Path) -> dict[str, Any] | None:
     except OSError as exc:  # missing, a directory, unreadable
         raise CliError(f"{file}: {exc.strerror or exc}") from None
     try:
-        document = yaml.safe_load(text)
+        document = load_config_yaml(text)
+    except AliasExpansionError as exc:
+        raise CliError(f"{file}: {exc}") from None
     except yaml.YAMLError as exc:
         raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:  # PyYAML builds nested collections recursively
