@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 DEFAULT_SQLITE_URL = "sqlite:///./ingestlayer.db"
 # The ports a server may listen on; not 0 ("any free port"), as the port picked is reported nowhere.
 MIN_PORT, MAX_PORT = 1, 65535
+# The most HTTP connections allowed by default, however high the open-file limit (a connection
+# kept alive costs the server about 11 KiB).
+HTTP_MAX_CONNECTIONS_CEILING = 50_000
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -53,6 +58,15 @@ def _env_float(name: str, default: float) -> float:
 def _env_int(name: str, default: int) -> int:
     value = _env_opt_int(name)
     return default if value is None else value
+
+
+def _at_least(name: str, least: N, default: N) -> N:
+    """A number read from ``name`` (an integer when ``default`` is one), refused below ``least``:
+    a header limit of 0 bytes or a timeout of 0 s would refuse every request."""
+    value = _env_int(name, default) if isinstance(default, int) else _env_float(name, default)
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
+    return value
 
 
 def _env_opt_int(name: str) -> int | None:
@@ -108,6 +122,19 @@ class Settings:
     max_event_bytes: int = 256 * 1024
     max_request_bytes: int = 5 * 1024 * 1024
     max_batch_items: int = 1000
+    # The HTTP server (http_protocol.py). A request's head (request line and headers) may be this
+    # long: 431 (414 for the target) past it. AWS's load balancer allows 64 KiB in all, nginx
+    # 32 KiB (4 x 8k), Node 16 KiB: anything a proxy in front passes is read, and the parser
+    # (quadratic in a header's length when it arrives in pieces) is never given much more.
+    http_max_header_bytes: int = 64 * 1024
+    # A head not complete this long after it began (the first: after the connection opened) is
+    # answered 408, a connection silent that long closed (nginx and Node: 60 s).
+    http_header_timeout: float = 30.0
+    # A body that makes no progress this long is answered 408 (nginx's client_body_timeout).
+    http_body_timeout: float = 60.0
+    # Connections open at once; None: three quarters of the open-file limit, at most 50,000
+    # (http_connection_limit).
+    http_max_connections: int | None = None
     # Per-project ingest rate limit (events/s, 0 = unlimited) with a burst of one second's worth.
     ingest_rate_limit: float = 0.0
     retention_days: float = 0.0
@@ -142,6 +169,10 @@ class Settings:
             database_timeout=_env_float("INGESTLAYER_DATABASE_TIMEOUT", 30.0),
             ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
             retention_days=_env_float("INGESTLAYER_RETENTION_DAYS", 0.0),
+            http_max_header_bytes=_at_least("INGESTLAYER_HTTP_MAX_HEADER_BYTES", 1024, 64 * 1024),
+            http_header_timeout=_at_least("INGESTLAYER_HTTP_HEADER_TIMEOUT", 0.1, 30.0),
+            http_body_timeout=_at_least("INGESTLAYER_HTTP_BODY_TIMEOUT", 0.1, 60.0),
+            http_max_connections=_env_opt_int("INGESTLAYER_HTTP_MAX_CONNECTIONS"),
             env_secrets=_env_list("INGESTLAYER_ENV_SECRETS"),
             log_level=os.environ.get("INGESTLAYER_LOG_LEVEL") or "INFO",
         )
@@ -160,6 +191,17 @@ class Settings:
         if self.slow_destination_concurrency is not None:
             return max(1, self.slow_destination_concurrency)
         return max(1, self.delivery_concurrency // 8)
+
+    @property
+    def http_connection_limit(self) -> int:
+        """``http_max_connections``, or three quarters of the process's open-file limit (the
+        rest is left for the database, deliveries' connections and files), at most 50,000."""
+        if self.http_max_connections is not None:
+            return max(1, self.http_max_connections)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY or soft <= 0:
+            return HTTP_MAX_CONNECTIONS_CEILING
+        return max(1, min(HTTP_MAX_CONNECTIONS_CEILING, soft * 3 // 4))
 
     @property
     def is_sqlite(self) -> bool:

@@ -16,6 +16,7 @@ import uvicorn
 from ingestlayer.app import create_app
 from ingestlayer.cli_backend import migrate_database
 from ingestlayer.config import Settings
+from ingestlayer.http_protocol import http_protocol
 from ingestlayer.listen import listening_socket
 from ingestlayer.runtime import Runtime
 from ingestlayer.worker_probes import serve_probes
@@ -124,7 +125,7 @@ def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], Non
             host=settings.host,
             port=settings.port,
             loop="none",
-            http="httptools",
+            http=http_protocol(settings),  # httptools, held to the limits on heads, time, connections
             proxy_headers=False,  # read by the app, beside the ingest path (app.py)
             lifespan="on",
             access_log=False,

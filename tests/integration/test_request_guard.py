@@ -225,3 +225,23 @@ async def test_a_trailing_slash_is_a_404_not_a_redirect(srv: RunningServer) -> N
             assert resp.status == 404, (path, resp.status, resp.headers.get("Location"))
             assert "Location" not in resp.headers
             assert (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_a_client_leaving_mid_body_is_no_error_in_the_log(
+    srv: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed webhook's route reads its body as a stream; a sender that goes away halfway was
+    logged as "Exception in ASGI application" with a traceback."""
+    result = await srv.apply({"sources": [{"name": "open", "verify": "none"}]})
+    (path,) = [c["ingress_path"] for c in result["changes"] if c["kind"] == "source"]
+    for target in (path, "/v1/identify"):
+        url = urlsplit(srv.url)
+        _, writer = await asyncio.open_connection(url.hostname, url.port)
+        head = post(target, srv.ingest_key, {"Transfer-Encoding": "chunked"}, None)
+        writer.write(head + b"10\r\n" + b'{"type": "a.b", ' + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the route is reading the body
+        writer.close()
+        await asyncio.sleep(0.3)  # and finds its client gone
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    assert await stored(srv) == []

@@ -14,6 +14,7 @@ import uvicorn
 
 from ingestlayer.app import create_app
 from ingestlayer.config import Settings
+from ingestlayer.http_protocol import http_protocol
 from ingestlayer.runtime import Runtime
 
 TEST_SECRET_KEY = "test-master-key-not-for-production"
@@ -101,7 +102,7 @@ async def start_server(database_url: str, *, project: str = "acme", **overrides:
         lifespan="on",
         log_config=None,
         access_log=False,
-        http="httptools",
+        http=http_protocol(settings),  # as the servers run it: held to the settings' HTTP limits
         proxy_headers=False,  # as the servers run it: the app reads them (app.py)
         timeout_graceful_shutdown=5,
     )

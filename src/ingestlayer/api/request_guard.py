@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+
 from ingestlayer.api.errors import error_body
 
 Scope = MutableMapping[str, Any]
@@ -135,6 +137,10 @@ async def guarded(app: App, limit: int, scope: Scope, receive: Receive, send: Se
 
     try:
         await app(scope, bounded_receive, checked_send)
+    except ClientDisconnect:
+        # The client left (or the server closed a body that stopped arriving) while a route read
+        # its body: no one to answer, and nothing wrong here, so no traceback in the log.
+        return
     except Exception:
         if not cut_off:
             raise
