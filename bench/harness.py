@@ -367,7 +367,7 @@ class Deployment:
 
     def _cli(self, env: dict[str, str], *args: str, stdin: str | None = None) -> str:
         res = subprocess.run(
-            [INGESTLAYER, *args],
+            [*self.command, *args],  # the same version as the servers: it migrates the database
             env={**os.environ, **env},
             cwd=self.workdir,
             input=stdin,
