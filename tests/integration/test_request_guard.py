@@ -245,3 +245,31 @@ async def test_a_client_leaving_mid_body_is_no_error_in_the_log(
         await asyncio.sleep(0.3)  # and finds its client gone
     assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
     assert await stored(srv) == []
+
+
+async def test_a_header_that_counts_once_is_refused_when_given_twice(srv: RunningServer) -> None:
+    """With two Authorization headers the ingest route took the last and the others the first:
+    a wrong key then a right one was a 202 on one route and a 401 on the next."""
+    body = orjson.dumps({"type": "twice.sent", "payload": {}})
+    for path in ("/v1/events", "/v1/identify"):
+        payload = body if path == "/v1/events" else b'{"user_id": "u1"}'
+        lines = [
+            f"POST {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Content-Type: application/json",
+            "Authorization: Bearer il_ingest_wrong",
+            f"Authorization: Bearer {srv.ingest_key}",
+            f"Content-Length: {len(payload)}",
+        ]
+        answer = await exchange(srv, ("\r\n".join(lines) + "\r\n\r\n").encode(), payload)
+        assert answer.status == 400, (path, answer.body)
+        assert answer.json()["error"] == {
+            "code": "bad_request",
+            "message": "the Authorization header is given more than once: send it once",
+            "field": "Authorization",
+        }
+    head = post("/v1/events", srv.ingest_key, {"Idempotency-Key": "k1-x"}, len(body))
+    head = head.replace(b"\r\n\r\n", b"\r\nIdempotency-Key: k2-x\r\n\r\n")
+    answer = await exchange(srv, head, body)
+    assert answer.status == 400 and answer.json()["error"]["field"] == "Idempotency-Key"  # type: ignore[index]
+    assert await stored(srv) == []

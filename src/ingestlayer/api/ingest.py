@@ -25,7 +25,14 @@ from ingestlayer.api.errors import (
     unreadable_json_error,
 )
 from ingestlayer.api.ratelimit import RateLimiter
-from ingestlayer.api.request_guard import ALLOW_ANY_ORIGIN, CLOSE, IDENTITY, mib, unsupported_encoding_message
+from ingestlayer.api.request_guard import (
+    ALLOW_ANY_ORIGIN,
+    CLOSE,
+    IDENTITY,
+    mib,
+    twice,
+    unsupported_encoding_message,
+)
 from ingestlayer.idempotency_keys import KEY_RULE, MAX_KEY_LENGTH
 from ingestlayer.idempotency_keys import acceptable as acceptable_key
 from ingestlayer.ids import new_id, new_ids
@@ -170,8 +177,12 @@ class IngestHandler:
         idem_header: str | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if auth_header is not None:
+                    raise twice("Authorization")
                 auth_header = value.decode("latin-1")
             elif name == b"idempotency-key":
+                if idem_header is not None:
+                    raise twice("Idempotency-Key")
                 idem_header = value.decode("latin-1")
             elif name == b"content-length" and int(value or 0) > self.max_request_bytes:
                 raise ApiError(413, f"request body exceeds {mib(self.max_request_bytes)}", unread_body=True)

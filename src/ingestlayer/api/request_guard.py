@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect
 
-from ingestlayer.api.errors import error_body
+from ingestlayer.api.errors import ApiError, error_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,6 +49,17 @@ def mib(limit: int) -> str:
 
 def too_large(limit: int) -> bytes:
     return error_body("payload_too_large", f"request body exceeds {mib(limit)}")
+
+
+# Headers a request may carry once: with two, which one counts was up to each route (the ingest
+# route took the last Authorization, the others the first).
+SINGLE_HEADERS = {b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key"}
+
+
+def twice(header: str) -> ApiError:
+    return ApiError(
+        400, f"the {header} header is given more than once: send it once", field=header, unread_body=True
+    )
 
 
 def unsupported_encoding_message(encoding: bytes) -> str:
@@ -86,7 +97,13 @@ async def guarded(app: App, limit: int, scope: Scope, receive: Receive, send: Se
         await answer_preflight(send)
         return
     body_done = True  # no body: nothing left unread whenever the app answers
+    seen: set[bytes] = set()
     for name, value in scope["headers"]:
+        if name in SINGLE_HEADERS:
+            if name in seen:
+                await answer(send, 400, twice(SINGLE_HEADERS[name]).body(), [CLOSE])
+                return
+            seen.add(name)
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
                 await answer(send, 413, too_large(limit), [CLOSE])
