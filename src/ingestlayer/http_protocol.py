@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import ClassVar
@@ -83,6 +84,8 @@ def _answers(max_head_bytes: int) -> dict[str, tuple[int, bytes, bytes]]:
         "target": (414, _error("uri_too_long", f"the request target exceeds {max_head_bytes} bytes"), b""),
         "head_timeout": (408, _error("request_timeout", "the request's headers took too long"), b""),
         "body_timeout": (408, _error("request_timeout", "the request body stopped arriving"), b""),
+        # What uvicorn answers in plain text to bytes that are not an HTTP/1.1 request.
+        "invalid": (400, _error("bad_request", "the request is not valid HTTP/1.1"), b""),
         "refused": (
             503,
             _error("unavailable", "the server has as many connections open as it allows; retry shortly"),
@@ -358,6 +361,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # Answers of its own
 
+    def send_400_response(self, msg: str) -> None:
+        """A request that is not HTTP, answered in the project's error shape (uvicorn: plain
+        text, and the connection closed at once, over what the client may still be sending)."""
+        self._answer("invalid")
+
     def _answer(self, which: str) -> None:
         """Answer, half-close, and drop what the client still sends, for LINGER_SECONDS."""
         status, body, extra = self.answers[which]
@@ -380,8 +388,44 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
+INVALID_REQUEST = "Invalid HTTP request received."  # uvicorn's warning, one per such request
+INVALID_REQUEST_EVERY = 10.0
+
+
+class InvalidRequestsLog(logging.Filter):
+    """uvicorn logs a warning for every request that is not HTTP, and anyone can send those:
+    one line every INVALID_REQUEST_EVERY seconds, saying how many came since the last."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._monotonic = monotonic
+        self._last = -INVALID_REQUEST_EVERY
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != INVALID_REQUEST:
+            return True
+        now = self._monotonic()
+        if now - self._last < INVALID_REQUEST_EVERY:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = (
+                f"{INVALID_REQUEST} ({self._held} more in the {now - self._last:.0f} s before this one)"
+            )
+        self._last, self._held = now, 0
+        return True
+
+
+def _quiet_invalid_requests() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, InvalidRequestsLog) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(InvalidRequestsLog())
+
+
 def http_protocol(settings: Settings) -> type[LimitedHttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, with ``settings``' limits."""
+    _quiet_invalid_requests()
 
     class Protocol(LimitedHttpToolsProtocol):
         __slots__ = ()

@@ -278,3 +278,22 @@ async def test_connections_past_the_limit_are_refused_503(sqlite_url: str) -> No
         for w in writers:
             w.close()
         await server.stop()
+
+
+async def test_a_request_that_is_not_http_is_answered_in_json_and_logged_once(
+    srv: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn answered such requests in plain text and logged a warning for each: anyone could
+    fill the log."""
+    for _ in range(5):
+        reader, writer = await connect(srv)
+        try:
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+            answer = await read_answer(reader)
+            assert answer.status == 400
+            assert answer.error_code() == "bad_request"
+            assert answer.headers["connection"] == "close"
+        finally:
+            writer.close()
+    invalid = [r for r in caplog.records if "Invalid HTTP request received" in r.getMessage()]
+    assert len(invalid) <= 1

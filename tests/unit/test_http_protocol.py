@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import textwrap
 from typing import Any
 
@@ -14,7 +15,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ingestlayer.config import Settings
-from ingestlayer.http_protocol import LimitedHttpToolsProtocol, http_protocol
+from ingestlayer.http_protocol import (
+    INVALID_REQUEST,
+    InvalidRequestsLog,
+    LimitedHttpToolsProtocol,
+    http_protocol,
+)
 
 LIMIT = 1024
 
@@ -197,3 +203,24 @@ def test_limits_that_would_refuse_every_request_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=rf"^{name} must be at least"):
         Settings.from_env()
+
+
+def test_requests_that_are_not_http_are_logged_once_every_ten_seconds() -> None:
+    now = [100.0]
+    quiet = InvalidRequestsLog(monotonic=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, msg, (), None)
+
+    passed = []
+    for _ in range(5):  # a burst: one line
+        r = record(INVALID_REQUEST)
+        if quiet.filter(r):
+            passed.append(r.getMessage())
+        now[0] += 1.0
+    now[0] += 10.0
+    r = record(INVALID_REQUEST)
+    assert quiet.filter(r)
+    passed.append(r.getMessage())
+    assert passed == [INVALID_REQUEST, f"{INVALID_REQUEST} (4 more in the 15 s before this one)"]
+    assert quiet.filter(record("Shutting down"))  # anything else passes
