@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import orjson
+import pytest
 
+from ingestlayer.api import manage
 from tests.support.api import error_of
 from tests.support.server import RunningServer, start_server
 
@@ -803,3 +806,29 @@ async def test_curl_dash_d_works_on_json_routes(srv: RunningServer) -> None:
     assert status == 200, text
     status, entity = await srv.request("GET", "/v1/entities/user/u_1")
     assert status == 200 and entity["traits"] == {"plan": "pro"}, entity
+
+
+async def test_a_document_is_validated_off_the_event_loop(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of pipelines take seconds to validate: ingest on the same loop must not wait."""
+    threads: list[threading.Thread] = []
+    real = manage.parse_config
+
+    def recording(document: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real(document)
+
+    monkeypatch.setattr(manage, "parse_config", recording)
+    loop_thread = threading.current_thread()
+    hook = {"webhook.out": {"url": "http://127.0.0.1:9/in"}}
+    await server.apply({"pipelines": [{"name": "p", "source": {"match": ["a.*"]}, "destinations": [hook]}]})
+    status, _ = await server.request(
+        "POST",
+        "/v1/apply",
+        data=b"pipelines:\n  - name: q\n    source: {match: [b.*]}\n"
+        b"    destinations: [{webhook.out: {url: 'http://127.0.0.1:9/in'}}]\n",
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert status == 200
+    assert threads and all(t is not loop_thread for t in threads), threads

@@ -96,7 +96,9 @@ async def run_apply(
     ``env_allowed``: the variables ``env:`` references may read (INGESTLAYER_ENV_SECRETS), to
     name those that will not be readable."""
     try:
-        cfg = parse_config(document)
+        # Off the event loop: a document within the request limit (thousands of pipelines) takes
+        # seconds to validate, and ingest must not wait for it.
+        cfg = await asyncio.to_thread(parse_config, document)
     except ConfigError as exc:
         raise config_error(exc, within) from None
 
