@@ -441,3 +441,17 @@ def test_secret_headers_take_references_only_and_never_clash() -> None:
     ]:
         err = config_error(one_pipeline(destinations=[{"webhook.out": bad}]))
         assert why in err.message and "sk_live_123" not in err.message, err
+
+
+def test_plan_diffs_read_as_pyyaml_writes_them() -> None:
+    """Diffs are dumped with libyaml's emitter (for speed): the same text as PyYAML's own."""
+    from ingestlayer.pipeline.apply import _dump
+
+    tricky = {
+        "name": "p",
+        "source": {"match": ["a.*", "x: y", "'q'", "ü", "multi\nline", "", "yes", "1e3", None, 1.5, True]},
+        "steps": [{"filter.match": 'payload.n > 3 and type = "a"'}],
+        "destinations": [{"webhook.out": {"url": "https://h/x?a=1", "headers": {"X-A": "b" * 200}}}],
+        "retry": {"schedule": [0, 60.5, 1e20]},
+    }
+    assert _dump(tricky) == yaml.safe_dump(tricky, sort_keys=True, default_flow_style=False).splitlines(True)

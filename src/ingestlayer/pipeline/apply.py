@@ -52,10 +52,16 @@ class Plan:
         return out
 
 
+# libyaml's emitter when PyYAML was built with it: the same text as the pure-Python one, five
+# times faster (a plan of 2,000 pipelines spent 4 s of its event loop's time dumping them).
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def _dump(obj: Any) -> list[str]:
     if obj is None:
         return []
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False).splitlines(keepends=True)
+    text = yaml.dump(obj, Dumper=_DUMPER, sort_keys=True, default_flow_style=False)
+    return text.splitlines(keepends=True)
 
 
 def _diff(name: str, old: Any, new: Any) -> str:
