@@ -180,6 +180,13 @@ class IngestLayerApp:
             await self.ingest(scope, receive, send)
             return
         path = scope.get("path", "")
+        if path == "/v1/events" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            # FastAPI knows only the GET it serves here, and would say "Allow: GET".
+            body = error_body(
+                "method_not_allowed", f"{scope['method']} is not allowed here: use POST to send events"
+            )
+            await send_json(send, 405, body, [(b"allow", b"GET, POST")])
+            return
         if path.startswith("/v1/") and ("\x00" in path or b"%00" in scope["query_string"]):
             # PostgreSQL cannot store or compare text holding NUL: every query with one failed.
             # (The dashboard's pages answer such input with a message of their own.)

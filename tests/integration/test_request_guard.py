@@ -273,3 +273,13 @@ async def test_a_header_that_counts_once_is_refused_when_given_twice(srv: Runnin
     answer = await exchange(srv, head, body)
     assert answer.status == 400 and answer.json()["error"]["field"] == "Idempotency-Key"  # type: ignore[index]
     assert await stored(srv) == []
+
+
+async def test_a_wrong_method_on_the_events_route_names_post(srv: RunningServer) -> None:
+    for method in ("PUT", "DELETE", "PATCH"):
+        async with srv.session.request(
+            method, srv.url + "/v1/events", headers=srv.auth(srv.ingest_key)
+        ) as resp:
+            assert resp.status == 405, method
+            assert resp.headers["Allow"] == "GET, POST"
+            assert (await resp.json())["error"]["code"] == "method_not_allowed"
