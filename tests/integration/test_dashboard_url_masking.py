@@ -12,17 +12,14 @@ before the check still load, masked as well. Every page is read as a browser get
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 import pytest
-from sqlalchemy import select, update
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_urls_in, scrub_text
-from ingestlayer.store.schema import destinations
 from tests.integration.test_dashboard import Browser, signed_in
+from tests.integration.test_url_characters import store_as_an_earlier_version_did
 from tests.support.server import RunningServer
 
 APOSTROPHE_URL = "https://hooks.example.com/it's/in?token=APOSTROPHETOKEN1"
@@ -63,21 +60,6 @@ async def add_endpoint(server: RunningServer, url: str) -> dict[str, Any]:
     assert status == 201, ep
     result: dict[str, Any] = ep
     return result
-
-
-async def store_url(server: RunningServer, destination_id: str, url: str) -> None:
-    """Write ``url`` into a destination's stored settings, as an earlier version stored it."""
-    async with server.runtime.store.engines.write.begin() as conn:
-        row = (
-            await conn.execute(select(destinations.c.config).where(destinations.c.id == destination_id))
-        ).scalar_one()
-        config = orjson.loads(row)
-        config["settings"]["url"] = url
-        await conn.execute(
-            update(destinations)
-            .where(destinations.c.id == destination_id)
-            .values(config=orjson.dumps(config).decode(), updated_at=time.time())
-        )
 
 
 def test_a_url_setting_is_masked_whole_and_free_text_to_the_next_space() -> None:
@@ -136,7 +118,7 @@ async def test_urls_with_quotes_backticks_or_angle_brackets_never_show_their_cre
     for url in STORED_URLS.values():
         # Added with a URL the checks take, then given the URL an earlier version stored.
         old = await add_endpoint(server, "https://hooks.example.com/placeholder?token=x")
-        await store_url(server, old["destination_id"], url)
+        await store_as_an_earlier_version_did(server, old["destination_id"], url)
         stored.append(old)
 
     await signed_in(browser, server)
