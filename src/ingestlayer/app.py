@@ -27,6 +27,8 @@ from ingestlayer.api.request_guard import guarded
 from ingestlayer.runtime import Runtime
 
 DOCS_STATIC_URL = "/static/api-docs"
+# The methods FastAPI answers on /v1/events (the listing, and CORS preflights via the guard).
+EVENTS_ROUTE_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class EventIn(BaseModel):
@@ -176,17 +178,16 @@ class IngestLayerApp:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/v1/events" and scope["method"] == "POST":
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/v1/events"
+            and scope["method"] not in EVENTS_ROUTE_READS
+        ):
+            # POST, and every other method the ingest handler refuses (FastAPI, knowing only the
+            # GET it serves here, would say "Allow: GET").
             await self.ingest(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path == "/v1/events" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            # FastAPI knows only the GET it serves here, and would say "Allow: GET".
-            body = error_body(
-                "method_not_allowed", f"{scope['method']} is not allowed here: use POST to send events"
-            )
-            await send_json(send, 405, body, [(b"allow", b"GET, POST")])
-            return
         if path.startswith("/v1/") and ("\x00" in path or b"%00" in scope["query_string"]):
             # PostgreSQL cannot store or compare text holding NUL: every query with one failed.
             # (The dashboard's pages answer such input with a message of their own.)

@@ -172,7 +172,7 @@ class IngestHandler:
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[int, bytes]:
         if scope["method"] != "POST":
-            raise ApiError(405, "use POST to send events", headers={"Allow": "POST"})
+            raise ApiError(405, "use POST to send events", headers={"Allow": "GET, POST"}, unread_body=True)
         auth_header: str | None = None
         idem_header: str | None = None
         for name, value in scope["headers"]:
