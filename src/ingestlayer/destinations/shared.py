@@ -74,10 +74,11 @@ def url_credentials(url: str | None) -> list[str]:
     return url_secrets(url) if url else []
 
 
-def credential_forms(secrets: Iterable[str]) -> list[str]:
-    """Every form of every credential (:func:`secret_forms`), the longest first: one may hold
-    another."""
-    return sorted({f for s in secrets if s for f in secret_forms(s)}, key=len, reverse=True)
+def credential_forms(secrets: Iterable[str], known: Iterable[str] = ()) -> list[str]:
+    """Every form of every credential (:func:`secret_forms`), with ``known`` forms made before
+    (of credentials that do not change), the longest first: one may hold another."""
+    forms = {*known, *(f for s in secrets if s for f in secret_forms(s))}
+    return sorted(forms, key=len, reverse=True)
 
 
 def scrub_forms(text: str, forms: Iterable[str]) -> str:

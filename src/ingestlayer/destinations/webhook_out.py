@@ -278,10 +278,13 @@ class WebhookOut:
         # the others are content types, versions, tenants), and the URL's password and query
         # values. A receiver may echo the request (its URL, its headers, the Basic
         # authorization made from the URL's user:password), and what it answers is stored.
-        self._configured_credentials = [
-            *(v for k, v in config.headers.items() if SENSITIVE_NAME.search(k)),
-            *url_credentials(config.url),
-        ]
+        # Their forms are made once here; only the secrets resolved at send are new each time.
+        self._configured_forms = credential_forms(
+            [
+                *(v for k, v in config.headers.items() if SENSITIVE_NAME.search(k)),
+                *url_credentials(config.url),
+            ]
+        )
 
     def target(self) -> str:
         return self.config.url
@@ -289,9 +292,8 @@ class WebhookOut:
     async def build_headers(
         self, request: SendRequest, body: bytes, ctx: SendContext
     ) -> tuple[dict[str, str], list[str]]:
-        """The request's headers, and the credentials to keep out of the attempt log: the
-        secrets they were made with, and what the dashboard masks in the configuration (inline
-        header values, the URL's password and query values)."""
+        """The request's headers, and the secrets they were made with (to keep out of the attempt
+        log, with what the configuration holds of credentials: ``_configured_forms``)."""
         cfg = self.config
         headers = {
             **cfg.headers,
@@ -303,8 +305,7 @@ class WebhookOut:
         }
         clock = time.time()
         secrets = [await ctx.resolve_secret(request.project_id, ref) for ref in cfg.signing_refs(clock)]
-        # Everything to keep out of the attempt log.
-        credentials = [*secrets, *self._configured_credentials]
+        credentials = list(secrets)
         for name, ref in cfg.secret_headers.items():
             headers[name] = value = await ctx.resolve_secret(request.project_id, ref)
             credentials.append(value)
@@ -343,7 +344,7 @@ class WebhookOut:
         # the attempt log, which the API and the dashboard show. The answer is read past the
         # excerpt's end by the longest form of one, so that one straddling the end is scrubbed
         # whole before the excerpt is cut, never shown in part.
-        forms = credential_forms(credentials)
+        forms = credential_forms(credentials, self._configured_forms)
         try:
             resp = await ctx.http.post(
                 self._url,
