@@ -14,10 +14,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 import yaml
 
+from ingestlayer.delivery.egress import EgressPolicy
+from ingestlayer.destinations.base import SendContext, SendRequest
+from ingestlayer.destinations.postgres import Postgres, PostgresConfig
 from tests.integration.test_delivery import final_delivery
 from tests.support.databases import PG_URL, require_pg
 from tests.support.server import RunningServer, start_server, wait_for
@@ -303,3 +307,51 @@ async def test_docs_rollup_recipe_runs_as_written(
     ]
     assert all(isinstance(r["last_seen"], datetime) for r in rows)
     await target.execute("DROP TABLE feature_usage")
+
+
+async def test_workers_creating_the_same_table_at_once_all_deliver(
+    target: asyncpg.Connection, target_db: str
+) -> None:
+    """Several workers (each its own destination instance and pool) take the first deliveries to a
+    table that does not exist yet, at the same moment: one creates it, and every delivery lands.
+
+    PostgreSQL answers a CREATE TABLE IF NOT EXISTS that loses the race in more than one way
+    (a unique violation on its catalog, "relation already exists", "type already exists"); none
+    of them may make a delivery dead.
+    """
+    workers, per_worker, rounds = 4, 3, 12
+
+    async def resolve(project_id: str, ref: str) -> str:
+        return target_db
+
+    async with aiohttp.ClientSession() as session:
+        ctx = SendContext(session=session, resolve_secret=resolve, egress=EgressPolicy(True), user_agent="t")
+        for _ in range(rounds):
+            table = table_name()
+            config = PostgresConfig.model_validate(
+                {"dsn": "ref:warehouse", "table": table, "create_table": True}
+            )
+            instances = [Postgres(config) for _ in range(workers)]
+            try:
+                outcomes = await asyncio.gather(
+                    *(
+                        dest.send(
+                            SendRequest(
+                                delivery_id=f"dlv_{w}_{i}",
+                                project_id="prj_1",
+                                event_id=f"evt_{w}_{i}",
+                                event_type="feature.used",
+                                attempt=1,
+                                event={"id": f"evt_{w}_{i}", "type": "feature.used", "payload": {"n": i}},
+                                body_json="",
+                            ),
+                            ctx,
+                        )
+                        for w, dest in enumerate(instances)
+                        for i in range(per_worker)
+                    )
+                )
+            finally:
+                await asyncio.gather(*(dest.close() for dest in instances))
+            assert [o.error for o in outcomes if not o.ok] == []
+            assert await target.fetchval(f'SELECT count(*) FROM "{table}"') == workers * per_worker

@@ -265,6 +265,8 @@ async def test_no_secret_in_logs_responses_or_attempts(
                 return counts
 
             counts = await wait_for(finished, timeout=30)
+            _, dead = await server.request("GET", "/v1/deliveries?status=dead&limit=500")
+            errors = {d["destination"]: d["last_error"] for d in dead["data"]}
             # Every destination was exercised, and each failing one failed on its credentials.
             assert counts == {
                 "hooks-ok:delivered": 3,
@@ -275,9 +277,7 @@ async def test_no_secret_in_logs_responses_or_attempts(
                 "pg-denied:dead": 3,
                 "notion-ok:delivered": 3,
                 "notion-bad-auth:dead": 3,
-            }, counts
-            _, dead = await server.request("GET", "/v1/deliveries?status=dead&limit=500")
-            errors = {d["destination"]: d["last_error"] for d in dead["data"]}
+            }, (counts, errors)
             assert "535" in errors["email-bad-auth"]
             assert "permission denied" in errors["pg-denied"]
             assert "unauthorized" in errors["notion-bad-auth"]

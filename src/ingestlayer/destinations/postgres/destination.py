@@ -174,6 +174,7 @@ class Postgres:
         self._pool_dsn: str | None = None
         self._info: TableInfo | None = None
         self._lock: asyncio.Lock | None = None
+        self._table_lock: asyncio.Lock | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     def target(self) -> str:
@@ -231,17 +232,31 @@ class Postgres:
     async def _table_info(self, conn: Any) -> TableInfo:
         if self._info is not None:
             return self._info
-        info = await _read_table_info(conn, self.config.quoted_table())
-        if not info.columns and self.config.create_table:
-            # Another worker may create it at the same moment: then theirs is used.
-            with contextlib.suppress(
-                asyncpg.exceptions.UniqueViolationError, asyncpg.exceptions.DuplicateTableError
-            ):
-                await conn.execute(create_table_sql(self.config))
+        if self._table_lock is None:
+            self._table_lock = asyncio.Lock()
+        async with self._table_lock:  # this instance's first sends look (and create) once
+            if self._info is not None:
+                return self._info
             info = await _read_table_info(conn, self.config.quoted_table())
-        if table_problem(self.config, info) is None:
-            self._info = info
-        return info
+            if not info.columns and self.config.create_table:
+                info = await self._create_table(conn)
+            if table_problem(self.config, info) is None:
+                self._info = info
+            return info
+
+    async def _create_table(self, conn: Any) -> TableInfo:
+        try:
+            await conn.execute(create_table_sql(self.config))
+        except asyncpg.PostgresError:
+            # Another worker created it at the same moment. PostgreSQL tells the loser in more
+            # than one way (a unique violation in its catalog, "relation already exists",
+            # "type already exists"), so look rather than parse: if the table is there now,
+            # theirs is used; if not, the error was about something else.
+            info = await _read_table_info(conn, self.config.quoted_table())
+            if not info.columns:
+                raise
+            return info
+        return await _read_table_info(conn, self.config.quoted_table())
 
     async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
         cfg = self.config
