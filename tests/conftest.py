@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ingestlayer import ids
+from ingestlayer import clock, ids
 from tests.support.browser import chromium_browser
 from tests.support.databases import PgTemplates, SqliteTemplates, require_pg
 from tests.support.fake_discord import FakeDiscord
@@ -30,6 +30,17 @@ def _ids_back_on_time() -> Iterator[None]:
     if ids._state["ms"] > (time.time() + 5) * 1000:
         ids._state.update(state)
         ids._head[:] = head
+
+
+@pytest.fixture(autouse=True)
+def _database_clock_as_a_new_process_has_it() -> Iterator[None]:
+    """The database clock's offset is a process global (ingestlayer.clock), measured when a
+    runtime starts on PostgreSQL. A new process starts at 0; so does every test: an offset
+    measured by an earlier test (a few milliseconds either way under load) would otherwise move
+    this test's "now" against the times it stamps itself."""
+    clock.CLOCK.offset = 0.0
+    yield
+    clock.CLOCK.offset = 0.0
 
 
 # What ingestlayer makes in the working directory when given no path: a test that leaves one in
