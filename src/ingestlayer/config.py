@@ -5,6 +5,7 @@ Every tunable of the server lives here so a reader can see them all in one place
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
@@ -23,11 +24,39 @@ MIN_PORT, MAX_PORT = 1, 65535
 HTTP_MAX_CONNECTIONS_CEILING = 50_000
 
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(value)
+
+
 def _env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+    """A yes/no setting. Anything else is refused: a typo read as "no" would, for example,
+    leave private destinations forbidden and send their deliveries to the dead letters."""
+    value = _env_parsed(name, _boolean, "1, true, yes or on, or 0, false, no or off")
+    return default if value is None else value
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(value)
+    return level
 
 
 def _port_number(value: str) -> int:
@@ -51,7 +80,7 @@ def _env_parsed(name: str, parse: Callable[[str], T], what: str) -> T | None:
 
 
 def _env_float(name: str, default: float) -> float:
-    value = _env_parsed(name, float, "a number")
+    value = _env_parsed(name, _finite, "a number")
     return default if value is None else value
 
 
@@ -62,9 +91,17 @@ def _env_int(name: str, default: int) -> int:
 
 def _at_least(name: str, least: N, default: N) -> N:
     """A number read from ``name`` (an integer when ``default`` is one), refused below ``least``:
-    a header limit of 0 bytes or a timeout of 0 s would refuse every request."""
+    a header limit of 0 bytes or a timeout of 0 s would refuse every request, a concurrency of
+    0 would send nothing, and neither would say so."""
     value = _env_int(name, default) if isinstance(default, int) else _env_float(name, default)
     if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
+    return value
+
+
+def _opt_at_least(name: str, least: int) -> int | None:
+    value = _env_opt_int(name)
+    if value is not None and value < least:
         raise ValueError(f"{name} must be at least {least}, got {value}")
     return value
 
@@ -156,25 +193,28 @@ class Settings:
             allow_private_destinations=_env_bool("INGESTLAYER_ALLOW_PRIVATE_DESTINATIONS", False),
             secret_key=os.environ.get("INGESTLAYER_SECRET_KEY") or None,
             secret_key_file=os.environ.get("INGESTLAYER_SECRET_KEY_FILE") or "./ingestlayer.key",
-            delivery_concurrency=_env_int("INGESTLAYER_DELIVERY_CONCURRENCY", 128),
-            delivery_concurrency_per_destination=_env_opt_int(
-                "INGESTLAYER_DELIVERY_CONCURRENCY_PER_DESTINATION"
+            delivery_concurrency=_at_least("INGESTLAYER_DELIVERY_CONCURRENCY", 1, 128),
+            delivery_concurrency_per_destination=_opt_at_least(
+                "INGESTLAYER_DELIVERY_CONCURRENCY_PER_DESTINATION", 1
             ),
-            slow_destination_concurrency=_env_opt_int("INGESTLAYER_SLOW_DESTINATION_CONCURRENCY"),
-            slow_destination_seconds=_env_float("INGESTLAYER_SLOW_DESTINATION_SECONDS", 2.0),
-            delivery_lease_seconds=_env_float("INGESTLAYER_DELIVERY_LEASE_SECONDS", 90.0),
-            poll_interval=_env_float("INGESTLAYER_POLL_INTERVAL", 0.05),
-            route_lease_seconds=_env_float("INGESTLAYER_ROUTE_LEASE_SECONDS", 15.0),
-            shutdown_grace_seconds=_env_float("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 15.0),
-            database_timeout=_env_float("INGESTLAYER_DATABASE_TIMEOUT", 30.0),
-            ingest_rate_limit=_env_float("INGESTLAYER_INGEST_RATE_LIMIT", 0.0),
-            retention_days=_env_float("INGESTLAYER_RETENTION_DAYS", 0.0),
+            slow_destination_concurrency=_opt_at_least("INGESTLAYER_SLOW_DESTINATION_CONCURRENCY", 1),
+            slow_destination_seconds=_at_least("INGESTLAYER_SLOW_DESTINATION_SECONDS", 0.01, 2.0),
+            delivery_lease_seconds=_at_least("INGESTLAYER_DELIVERY_LEASE_SECONDS", 1.0, 90.0),
+            poll_interval=_at_least("INGESTLAYER_POLL_INTERVAL", 0.001, 0.05),
+            route_lease_seconds=_at_least("INGESTLAYER_ROUTE_LEASE_SECONDS", 1.0, 15.0),
+            shutdown_grace_seconds=_at_least("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 0.0, 15.0),
+            database_timeout=_at_least("INGESTLAYER_DATABASE_TIMEOUT", 0.1, 30.0),
+            ingest_rate_limit=_at_least("INGESTLAYER_INGEST_RATE_LIMIT", 0.0, 0.0),
+            retention_days=_at_least("INGESTLAYER_RETENTION_DAYS", 0.0, 0.0),
             http_max_header_bytes=_at_least("INGESTLAYER_HTTP_MAX_HEADER_BYTES", 1024, 64 * 1024),
             http_header_timeout=_at_least("INGESTLAYER_HTTP_HEADER_TIMEOUT", 0.1, 30.0),
             http_body_timeout=_at_least("INGESTLAYER_HTTP_BODY_TIMEOUT", 0.1, 60.0),
-            http_max_connections=_env_opt_int("INGESTLAYER_HTTP_MAX_CONNECTIONS"),
+            http_max_connections=_opt_at_least("INGESTLAYER_HTTP_MAX_CONNECTIONS", 1),
             env_secrets=_env_list("INGESTLAYER_ENV_SECRETS"),
-            log_level=os.environ.get("INGESTLAYER_LOG_LEVEL") or "INFO",
+            log_level=_env_parsed(
+                "INGESTLAYER_LOG_LEVEL", _log_level, ", ".join(LOG_LEVELS[:-1]) + " or CRITICAL"
+            )
+            or "INFO",
         )
 
     def with_overrides(self, **changes: Any) -> Settings:
