@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import itertools
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -469,37 +471,77 @@ async def test_server_closing_idle_connection_is_noticed(client: HttpClient) -> 
     assert len(server.requests) == 2
 
 
-async def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one(client: HttpClient) -> None:
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_request_the_server_read_is_not_sent_again_when_it_closes_without_answering(
+    client: HttpClient, how: str
+) -> None:
+    """A receiver that reads a webhook, acts on it and then drops the connection: a second copy
+    would be a send no attempt records (it was one, retried at once, on a reused connection)."""
+
     async def handler(request: Request, writer: asyncio.StreamWriter) -> bool:
-        # The race every keep-alive client meets: the server closes a connection just as we reuse it.
-        if request.number_on_conn > 0:
-            return False
-        writer.write(OK)
-        return True
+        if request.number_on_conn == 0:
+            writer.write(OK)
+            return True
+        if how == "reset":
+            reset(writer)
+        return False
 
     async with RawServer(handler) as server:
         await client.post(server.url(), b"1", {}, timeout=2)
-        got = await client.post(server.url(), b"2", {}, timeout=2)
-    assert got.status == 200
-    assert [(r.conn, r.body) for r in server.requests] == [(0, b"1"), (0, b"2"), (1, b"2")]
+        with pytest.raises(HttpConnectionClosed, match="before any response") as info:
+            await client.post(server.url(), b"2", {}, timeout=2)
+    assert info.value.request_sent and not info.value.response_started
+    assert [(r.conn, r.body) for r in server.requests] == [(0, b"1"), (0, b"2")]
 
 
-async def test_stale_retry_happens_only_once() -> None:
-    async def handler(request: Request, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0 and request.number_on_conn == 0:
-            writer.write(OK)
-            return True
-        return False  # every later request: dropped without a byte
+class ClosingAfterEachAnswer:
+    """A receiver in a thread of its own that answers one request per connection and then,
+    20 ms later, closes it without having said so (no ``Connection: close``): the way servers
+    end idle keep-alive connections. In a thread so that its close arrives while the client's
+    event loop is busy and has not read it."""
 
-    c = HttpClient(resolve=resolve_local)
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.bodies: list[tuple[int, bytes]] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for n in itertools.count():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.bodies.append((n, body))
+                conn.sendall(OK)
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+async def test_an_idle_connection_the_server_closed_is_left_out_before_the_loop_has_noticed(
+    client: HttpClient,
+) -> None:
+    server = ClosingAfterEachAnswer()
     try:
-        async with RawServer(handler) as server:
-            await c.post(server.url(), b"1", {}, timeout=2)
-            with pytest.raises(HttpConnectionClosed, match="before any response"):
-                await c.post(server.url(), b"2", {}, timeout=2)
+        url = yarl.URL(f"http://127.0.0.1:{server.port}/hook")
+        assert (await client.post(url, b"1", {}, timeout=2)).status == 200
+        time.sleep(0.2)  # noqa: ASYNC251 (blocking on purpose: the FIN arrives, unread by the loop)
+        assert (await client.post(url, b"2", {}, timeout=2)).status == 200
     finally:
-        await c.close()
-    assert len(server.requests) == 3
+        server.close()
+    assert server.bodies == [(0, b"1"), (1, b"2")]
 
 
 async def test_fresh_connection_closed_without_response_is_not_retried(client: HttpClient) -> None:

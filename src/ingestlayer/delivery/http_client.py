@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import select
 import socket
 import ssl
 from collections import deque
@@ -34,6 +35,8 @@ DRAIN_LIMIT = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# What an idle keep-alive connection must not have pending: data, the peer's FIN, an error.
+_PEER_SPOKE = select.POLLIN | select.POLLRDHUP | select.POLLERR | select.POLLHUP
 # Framing headers are ours: a caller's Content-Length / Transfer-Encoding could desynchronise the
 # connection (request smuggling). Host may be overridden by the caller (virtual hosting by IP).
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -61,13 +64,17 @@ class HttpConnectError(ConnectionError):
 class HttpConnectionClosed(ConnectionError):
     """The connection closed or was reset before the response was complete.
 
-    ``response_started`` tells whether any byte of a response arrived: only when none did is a
-    POST on a reused keep-alive connection safe to retry (the server closed it while idle).
+    ``response_started`` tells whether any byte of a response arrived; ``request_sent`` whether
+    the request was written. Only a request never written is retried: once written, a server
+    that closes without answering may have read it and acted on it (a receiver that processes a
+    webhook and then drops the connection), and a second copy would be a send the attempt log
+    does not show.
     """
 
-    def __init__(self, message: str, *, response_started: bool) -> None:
+    def __init__(self, message: str, *, response_started: bool, request_sent: bool = True) -> None:
         super().__init__(message)
         self.response_started = response_started
+        self.request_sent = request_sent
 
 
 def _check_header(name: str, value: str) -> None:
@@ -169,7 +176,11 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if self.closed or transport is None or transport.is_closing():
             waiter.set_exception(
-                HttpConnectionClosed("connection closed before the request was sent", response_started=False)
+                HttpConnectionClosed(
+                    "connection closed before the request was sent",
+                    response_started=False,
+                    request_sent=False,
+                )
             )
             return waiter
         self._waiter = waiter
@@ -187,6 +198,27 @@ class _Connection(asyncio.Protocol):
         self._timer = self._loop.call_at(deadline, self._on_timeout)
         transport.write(data)
         return waiter
+
+    def peer_has_spoken(self) -> bool:
+        """Whether an idle connection has something to read that the event loop has not handled
+        yet: the server's FIN (it closed the connection while idle), a reset, a TLS alert or
+        stray bytes. Such a connection is not reused: a request written on it would be lost
+        or answered out of step. One poll(2), no read: the loop still sees what arrived."""
+        transport = self._transport
+        if self.closed or transport is None or transport.is_closing():
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return True
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, _PEER_SPOKE)
+        return bool(poller.poll(0))
 
     def abort(self) -> None:
         """Close at once (no flush, no TLS close_notify): the connection is in an unknown state."""
@@ -431,10 +463,12 @@ class HttpClient:
         try:
             return await self._send(pool, conn, data, deadline, max_excerpt, loop)
         except HttpConnectionClosed as exc:
-            if not reused or exc.response_started or self._closed:
+            if not reused or exc.request_sent or self._closed:
                 raise
-        # The server closed a keep-alive connection we took from the pool before it saw the
-        # request: retry once, on a fresh connection (other idle ones may be just as stale).
+        # A keep-alive connection from the pool closed before the request was written: retry
+        # once, on a fresh connection (other idle ones may be just as stale). A request that was
+        # written is never sent again here (see HttpConnectionClosed); idle connections the
+        # server has closed are left out before use (_Connection.peer_has_spoken).
         pool = self._pools.get(key) or self._new_pool(key)
         conn, _ = await self._acquire(pool, deadline, loop, allow_idle=False)
         return await self._send(pool, conn, data, deadline, max_excerpt, loop)
@@ -493,15 +527,18 @@ class HttpClient:
     ) -> tuple[_Connection, bool]:
         """A connection for one request, and whether it was reused from the pool."""
         idle = pool.idle
-        if allow_idle and idle:
+        while allow_idle and idle:
             conn = idle.pop()
-            if conn.idle_since > loop.time() - self._idle_timeout:
+            if conn.idle_since <= loop.time() - self._idle_timeout:
+                # The newest is too old, so all are: closing them frees their slots.
+                stale = [conn, *idle]
+                idle.clear()
+                for conn in stale:
+                    conn.abort()
+                break
+            if not conn.peer_has_spoken():
                 return conn, True
-            # The newest is too old, so all are: closing them frees their slots.
-            stale = [conn, *idle]
-            idle.clear()
-            for conn in stale:
-                conn.abort()
+            conn.abort()  # closed by the server while idle: try the next one
         if pool.open < self._limit:
             pool.open += 1
         else:
