@@ -17,6 +17,7 @@ from tests.support.freezing_proxy import FreezingProxy, through
 from tests.support.server import RunningServer, start_server, wait_for
 
 __all__ = ["FreezingProxy", "through"]  # moved to tests/support/freezing_proxy.py; kept importable here
+FROZEN_KEY = "sent-while-frozen"
 
 
 async def request(
@@ -27,7 +28,7 @@ async def request(
     async with server.session.request(
         method,
         server.url + path,
-        json={"type": "a.b", "payload": {}} if method == "POST" else None,
+        json={"type": "a.b", "payload": {}, "idempotency_key": FROZEN_KEY} if method == "POST" else None,
         headers=server.auth(key),
         timeout=timeout,
     ) as resp:
@@ -53,6 +54,12 @@ async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> 
         ):
             status, text, _ = await request(server, method, path, key, bounded)
             assert status == 503, (path, text)
+            if method == "POST":
+                # Its INSERT may be held in the frozen connection and commit once it thaws: the
+                # answer must not say it was not stored (a client without a key would store it
+                # twice by sending it again); the same key makes sending it again safe.
+                assert "the event may not have been stored" in text, text
+                assert "same idempotency key" in text, text
 
         proxy.flowing.set()
 
@@ -61,6 +68,10 @@ async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> 
             return status == 200
 
         await wait_for(serving, timeout=20)
+        status, body = await server.ingest("a.b", {}, idempotency_key=FROZEN_KEY)
+        assert status in (200, 202), body  # 200 if the frozen insert committed after all
+        _, listed = await server.request("GET", "/v1/events?limit=10")
+        assert len(listed["data"]) == 2, listed  # the first event, and the frozen one once
         status, _ = await server.ingest("a.b", {"n": 2})
         assert status == 202
     finally:

@@ -262,8 +262,10 @@ class IngestHandler:
                 headers={"Retry-After": "1"},
             ) from None
         except Exception as exc:
+            # A statement the database did not answer in time may still commit once it does: the
+            # outcome is unknown, and only the same idempotency key makes sending again safe.
             raise unavailable_error(
-                exc, "the event was not stored; send it again with the same idempotency key"
+                exc, "the event may not have been stored; send it again with the same idempotency key"
             ) from None
         if "batch" in doc:
             dupes = sum(r.duplicate for r in results)

@@ -215,7 +215,9 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
         (result,) = await rt.committer.submit([event])
     except Exception:
         raise ApiError(
-            503, "the event was not stored; the sender should retry", headers={"Retry-After": "1"}
+            503,
+            "the event may not have been stored; the sender should send it again",
+            headers={"Retry-After": "1"},
         ) from None
     return Response(
         orjson.dumps({"id": result.id, "duplicate": result.duplicate}),
