@@ -108,6 +108,50 @@ async def test_outcomes_unrecorded_while_the_database_is_away_are_recorded_once_
         await proxy.close()
 
 
+async def test_a_worker_records_what_it_holds_before_leasing_again_after_an_outage_past_the_lease(
+    pg_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The database is away for longer than a lease. When it answers, the worker records the
+    outcomes it holds before it leases again: the other way round, it retook the deliveries whose
+    leases had run out, and sent them a second time though it knew they had been delivered."""
+    lease, reply_delay, n = 2.0, 0.5, 6
+    receiver.default = Reply(status=200, delay=reply_delay)
+    proxy = await FreezingProxy.to(pg_url)
+    try:
+        async with Cluster(tmp_path, pg_url, lease_seconds=lease) as cluster:
+            keys = await cluster.init_project()
+            await cluster.apply(pipeline(receiver.url))
+            api = await cluster.start("api")
+            worker = await cluster.start("worker", INGESTLAYER_DATABASE_URL=proxy.url(pg_url))
+            await ingest(cluster, api, keys, n)
+            await wait_until(
+                lambda: len(receiver.requests) == n, 30, "the attempts reach the receiver", worker
+            )
+            await proxy.refuse()
+            await wait_until(
+                lambda: all(r.answered_at is not None for r in receiver.requests),
+                reply_delay + 20,
+                "the receiver answers",
+                worker,
+            )
+            await asyncio.sleep(lease + 1.5)  # every lease has run out
+            await proxy.restore()
+
+            await cluster.wait_for_counts(api, keys.admin, {"delivered": n}, 30, worker)
+            await asyncio.sleep(1.0)  # nothing is sent again
+            assert len(receiver.requests) == n, [
+                r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests
+            ]
+            for d in await cluster.all_deliveries(api, keys.admin):
+                status, detail = await cluster.request(
+                    api, "GET", f"/v1/deliveries/{d['id']}", key=keys.admin
+                )
+                assert status == 200, detail
+                assert [(a["n"], a["status_code"]) for a in detail["attempts"]] == [(1, 200)], detail
+    finally:
+        await proxy.close()
+
+
 async def test_a_worker_logs_a_database_outage_in_a_few_lines(pg_url: str, tmp_path: Path) -> None:
     proxy = await FreezingProxy.to(pg_url)
     try:
