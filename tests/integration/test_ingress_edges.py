@@ -265,3 +265,35 @@ async def test_stripe_rolling_its_secret_sends_two_v1_and_either_verifies(srv: R
         assert status in (200, 202), answer
     status, err = await post(srv, paths["stripe"], body, {"Stripe-Signature": f"t={ts},v1={old}"})
     assert status == 401, err
+
+
+async def test_json_sent_by_curl_d_is_read_as_json_for_every_scheme(srv: RunningServer) -> None:
+    """`curl -d '{...}'` labels its body application/x-www-form-urlencoded. A JSON object so
+    labelled is JSON, for Stripe's scheme as for GitHub's: it was a 400 about GitHub's form
+    format. A form that is not JSON still has to carry its JSON in `payload`."""
+    await srv.set_secret("stripe", STRIPE_SECRET)
+    await srv.set_secret("github", GITHUB_SECRET)
+    paths = await configure(
+        srv,
+        {"name": "stripe", "verify": "stripe", "secret": "ref:stripe"},
+        {"name": "github", "verify": "github", "secret": "ref:github"},
+    )
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = b'  {"id": "evt_curl", "type": "invoice.paid", "data": {"object": {"amount": 5}}}'
+    ts = int(time.time())
+    signature = stripe.WebhookSignature._compute_signature(f"{ts}.{body.decode()}", STRIPE_SECRET)
+    status, answer = await post(
+        srv, paths["stripe"], body, {**form, "Stripe-Signature": f"t={ts},v1={signature}"}
+    )
+    assert status == 202, answer
+    _, event = await srv.request("GET", f"/v1/events/{answer['id']}")
+    assert event["type"] == "invoice.paid" and event["payload"]["data"] == {"object": {"amount": 5}}
+
+    body = b'{"zen": "Design for failure."}'
+    status, answer = await post(
+        srv, paths["github"], body, {**form, **github_headers(body, "ping", "d-curl")}
+    )
+    assert status == 202, answer
+    bad = b"other=1"
+    status, err = await post(srv, paths["github"], bad, {**form, **github_headers(bad, "push", "d-x")})
+    assert status == 400 and "Content-Type: application/json" in err["error"]["message"], err

@@ -119,8 +119,10 @@ FORM = "application/x-www-form-urlencoded"
 
 def json_text(body: bytes, content_type: str) -> bytes:
     """The JSON in the body. GitHub hooks set to ``application/x-www-form-urlencoded`` send it as
-    the form's ``payload`` field (and sign the form body, already verified)."""
-    if content_type.split(";", maxsplit=1)[0].strip().lower() != FORM:
+    the form's ``payload`` field (and sign the form body, already verified). A body labelled a
+    form that is a JSON object is read as one: ``curl -d '{...}'`` labels JSON that way, and no
+    form carrying a ``payload`` field starts with ``{``."""
+    if content_type.split(";", maxsplit=1)[0].strip().lower() != FORM or body.lstrip()[:1] == b"{":
         return body
     try:
         fields = parse_qsl(
@@ -131,7 +133,10 @@ def json_text(body: bytes, content_type: str) -> bytes:
     payloads = [value for name, value in fields if name == "payload"]
     if len(payloads) != 1:
         raise ApiError(
-            400, "a form-encoded webhook body must carry its JSON in one `payload` field", code="invalid_json"
+            400,
+            "a form-encoded webhook body must carry its JSON in one `payload` field "
+            "(or send JSON, with Content-Type: application/json)",
+            code="invalid_json",
         )
     return payloads[0].encode()
 
