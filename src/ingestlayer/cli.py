@@ -26,13 +26,13 @@ from rich.table import Column, Table
 
 from ingestlayer import __version__
 from ingestlayer.cli_backend import (
-    NUMBER_OUT_OF_RANGE,
     Backend,
     CliError,
     LocalBackend,
     RemoteBackend,
     check_secret_name,
     migrate_database,
+    number_out_of_range,
     time_filter,
     without_credentials,
 )
@@ -44,6 +44,7 @@ from ingestlayer.json_depth import (
     is_number_range_error,
     is_read_depth_error,
     nests_deeper,
+    out_of_range_path,
 )
 from ingestlayer.logsetup import configure
 from ingestlayer.urlmask import mask_url
@@ -406,8 +407,13 @@ def _read_payload(text: str) -> dict[str, Any]:
         if is_read_depth_error(exc):  # valid JSON, but deeper than orjson reads
             raise _too_deep(f"more than {ORJSON_READ_DEPTH} levels deep") from None
         if is_number_range_error(exc):  # valid JSON, but a number beyond a double's range
-            raise CliError(NUMBER_OUT_OF_RANGE) from None
-        raise CliError("JSON must be a valid JSON object") from None
+            raise CliError(number_out_of_range(out_of_range_path(text))) from None
+        # The parser's reason and where, as the API gives them: "unexpected character: line 1
+        # column 9 (char 8)" finds a trailing comma in a long payload.
+        reason = str(exc).strip()
+        raise CliError(
+            f"payload is not valid JSON: {reason}" if reason else "payload is not valid JSON"
+        ) from None
     if not isinstance(body, dict):
         raise CliError("JSON must be a JSON object")
     if nests_deeper(body, MAX_JSON_DEPTH):
@@ -416,8 +422,8 @@ def _read_payload(text: str) -> dict[str, Any]:
         raise _too_deep(nesting_of(body))
     # orjson reads an integer beyond 64 bits as a float, which would be stored rounded; the json
     # module reads it exactly (recursing, which the depth bounded above keeps safe).
-    if huge_int_path(json.loads(text)) is not None:
-        raise CliError(NUMBER_OUT_OF_RANGE)
+    if (where := huge_int_path(json.loads(text))) is not None:
+        raise CliError(number_out_of_range(where))
     return body
 
 

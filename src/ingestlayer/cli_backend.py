@@ -44,7 +44,13 @@ class CliError(Exception):
 
 # The API's refusal of a payload holding an integer that does not fit in 64 bits (its
 # ``number_out_of_range``), in its words: orjson cannot write it, nor the databases keep it exactly.
-NUMBER_OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
+def number_out_of_range(where: str | None = None) -> str:
+    """The message, naming the number's field within the payload (``order.total``) when known."""
+    field = f"payload.{where}" if where else "payload"
+    return f"{field}: numbers must fit in 64 bits; send larger ones as strings"
+
+
+NUMBER_OUT_OF_RANGE = number_out_of_range()
 
 
 def time_filter(value: str | None, option: str) -> float | None:

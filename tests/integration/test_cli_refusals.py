@@ -25,7 +25,7 @@ from tests.integration.test_cli import start
 from tests.support.cli import cli, ok, one_line_error
 from tests.support.server import wait_for
 
-OUT_OF_RANGE = "payload: numbers must fit in 64 bits; send larger ones as strings"
+OUT_OF_RANGE = "numbers must fit in 64 bits; send larger ones as strings"
 
 
 def files_in(directory: Path) -> list[str]:
@@ -36,16 +36,17 @@ def files_in(directory: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "field"),
     [
-        '{"n": 123456789012345678901234567890}',
-        '{"a": [1, {"b": -9223372036854775809}]}',  # one below the smallest signed 64-bit integer
-        '{"n": 18446744073709551616}',  # one above the largest unsigned one
-        '{"n": ' + "9" * 400 + "}",  # beyond even a double: no parser here reads it
+        ('{"n": 123456789012345678901234567890}', "payload.n"),
+        # One below the smallest signed 64-bit integer, named as the API names it.
+        ('{"a": [1, {"b": -9223372036854775809}]}', "payload.a[1].b"),
+        ('{"m": 1, "n": 18446744073709551616}', "payload.n"),  # one above the largest unsigned one
+        ('{"n": ' + "9" * 400 + "}", "payload.n"),  # beyond even a double: no parser here reads it
     ],
 )
 async def test_send_refuses_integers_beyond_64_bits_in_both_modes(
-    payload: str, sqlite_url: str, tmp_path: Path
+    payload: str, field: str, sqlite_url: str, tmp_path: Path
 ) -> None:
     server = await start(sqlite_url)
     try:
@@ -53,12 +54,30 @@ async def test_send_refuses_integers_beyond_64_bits_in_both_modes(
         remote = ("--url", server.url, "--key", server.ingest_key)
         for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
             run = await cli("send", "n.x", payload, *mode, cwd=tmp_path, **where)
-            one_line_error(run, OUT_OF_RANGE)
+            one_line_error(run, f"{field}: {OUT_OF_RANGE}")
+        # The API's words for the same payload.
+        status, body = await server.request(
+            "POST", "/v1/events", key=server.ingest_key, data=payload_event(payload)
+        )
+        assert status == 422 and body["error"]["field"] == field, body
+        assert body["error"]["message"].endswith(f"{field}: {OUT_OF_RANGE}"), body
         # Nothing was stored, rounded or otherwise.
         status, body = await server.request("GET", "/v1/events")
         assert status == 200 and body["data"] == [], body
     finally:
         await server.stop()
+
+
+def payload_event(payload: str) -> bytes:
+    return b'{"type": "n.x", "payload": ' + payload.encode() + b"}"
+
+
+async def test_send_gives_the_parsers_reason_and_position_for_json_it_cannot_read(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    ok(await cli("init", "--name", "bad-json", cwd=tmp_path, db_url=sqlite_url))
+    run = await cli("send", "n.x", '{"order": {"total": 1,}}', cwd=tmp_path, db_url=sqlite_url)
+    one_line_error(run, "payload is not valid JSON: trailing comma is not allowed: line 1 column 22")
 
 
 async def test_send_keeps_the_64_bit_extremes_exactly(sqlite_url: str, tmp_path: Path) -> None:
