@@ -370,11 +370,14 @@ def apply(
         )
     unreadable = result.get("unreadable_env") or []
     if unreadable:
+        them = "them" if len(unreadable) > 1 else "it"
+        # On the database directly, the only INGESTLAYER_ENV_SECRETS known is this shell's, not
+        # necessarily the server's: said as what it is, not as the server's refusal.
+        who = "the server does not" if url else "INGESTLAYER_ENV_SECRETS here does not"
         err.print(
-            f"note: the server does not let pipelines read {', '.join(unreadable)} (env:); what needs "
-            f"{'them' if len(unreadable) > 1 else 'it'} fails and retries until the operator lists "
-            f"{'them' if len(unreadable) > 1 else 'it'} in INGESTLAYER_ENV_SECRETS (or use ref: and "
-            "`ingestlayer secrets set`)",
+            f"note: {who} let pipelines read {', '.join(unreadable)} (env:); what needs {them} "
+            f"fails and retries unless the server's INGESTLAYER_ENV_SECRETS lists {them} (or use ref: "
+            "and `ingestlayer secrets set`)",
             highlight=False,
             soft_wrap=True,
         )

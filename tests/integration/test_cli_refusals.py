@@ -150,6 +150,45 @@ async def test_apply_names_the_secrets_not_set_yet(sqlite_url: str, tmp_path: Pa
     assert "not set" not in run.err, run
 
 
+async def test_apply_says_whose_setting_keeps_an_env_reference_unread(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """On the database directly, the CLI knows only its own shell's INGESTLAYER_ENV_SECRETS: its
+    note said "the server does not let pipelines read" a variable the server was reading fine."""
+    hook = (
+        "      - webhook.out: { url: https://hooks.example.com/in, auth: bearer, secret: env:ACME_HOOKS }\n"
+    )
+    (tmp_path / "hooks.yaml").write_text(
+        "pipelines:\n  - name: all\n    source: { match: ['*'] }\n    destinations:\n" + hook
+    )
+    server = await start(sqlite_url, env_secrets=("OTHER_*",))  # the server reads no ACME_ variable
+    try:
+        local = ("--project", server.project_id)
+        run = ok(await cli("apply", "-f", "hooks.yaml", "--dry-run", *local, cwd=tmp_path, db_url=sqlite_url))
+        assert (
+            "note: INGESTLAYER_ENV_SECRETS here does not let pipelines read ACME_HOOKS (env:)" in run.err
+        ), run
+        assert "unless the server's INGESTLAYER_ENV_SECRETS lists it" in run.err, run
+        run = ok(
+            await cli(
+                "apply",
+                "-f",
+                "hooks.yaml",
+                "--dry-run",
+                *local,
+                cwd=tmp_path,
+                db_url=sqlite_url,
+                INGESTLAYER_ENV_SECRETS="ACME_*",
+            )
+        )
+        assert "note:" not in run.err, run
+        remote = ("--url", server.url, "--key", server.admin_key)
+        run = ok(await cli("apply", "-f", "hooks.yaml", "--dry-run", *remote, cwd=tmp_path))
+        assert "note: the server does not let pipelines read ACME_HOOKS (env:)" in run.err, run
+    finally:
+        await server.stop()
+
+
 # ---- commands that must not create a database ---------------------------------------------------
 
 # Every command that uses the database but may not create it.
