@@ -48,7 +48,7 @@ from ingestlayer.json_depth import (
 )
 from ingestlayer.logsetup import configure
 from ingestlayer.urlmask import mask_url
-from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml
+from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
 app = typer.Typer(
     name="ingestlayer",
@@ -157,14 +157,6 @@ def _print_error(message: str) -> None:
     err.print(f"[red]error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if not problem:
-        return str(exc)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
-
-
 def _read_document(file: Path) -> dict[str, Any] | None:
     """The file's document, checked here so both modes refuse the same files in the same words."""
     try:
@@ -178,7 +170,7 @@ def _read_document(file: Path) -> dict[str, Any] | None:
     except AliasExpansionError as exc:
         raise CliError(f"{file}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise CliError(f"{file}: not valid YAML: {_yaml_problem(exc)}") from None
+        raise CliError(f"{file}: not valid YAML: {yaml_problem(exc)}") from None
     except RecursionError:  # PyYAML builds nested collections recursively
         raise CliError(f"{file}: nested too deeply to read") from None
     if document is None:  # an empty file (or only comments): None, for the caller to judge

@@ -157,3 +157,12 @@ def _loader_with(max_alias_nodes: int) -> type[_AliasCountingLoader]:
 
     Loader.max_alias_nodes = max_alias_nodes
     return Loader
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: the problem and where (its own text spans several lines)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem

@@ -288,6 +288,24 @@ async def test_apply_request_errors(srv: RunningServer) -> None:
         err = error_of(body)
         if field is not None:
             assert err["field"] == field, (raw, err)
+    # YAML that cannot be read: the code an empty document gets too, and PyYAML's problem and
+    # where on one line (its own text spans lines and quotes `"<byte string>"`).
+    status, body, _ = await raw_request(srv, "POST", "/v1/apply", cases[0][0], "application/yaml")
+    assert error_of(body)["code"] == "invalid_yaml", body
+    assert error_of(body)["message"] == (
+        "the body is not valid YAML: expected the node content, but found '-' (line 2, column 3)"
+    ), body
+
+
+async def test_a_rule_between_fields_names_the_field_it_is_about(srv: RunningServer) -> None:
+    """`verify: stripe` without a secret named no field on /v1/sources, and `sources[0]` on
+    /v1/apply: the secret is what is missing."""
+    status, body = await srv.request("POST", "/v1/sources", json={"name": "bad", "verify": "stripe"})
+    assert status == 422 and error_of(body)["field"] == "secret", body
+    assert error_of(body)["message"] == "secret: verify: stripe needs a secret", body
+    doc = {"sources": [{"name": "bad", "verify": "stripe"}]}
+    status, body = await srv.request("POST", "/v1/apply", json={"document": doc})
+    assert status == 422 and error_of(body)["field"] == "sources[0].secret", body
 
 
 # ---- pipelines CRUD -------------------------------------------------------------------------------

@@ -203,8 +203,29 @@ def test_second_pipeline_errors_name_index_one() -> None:
         ),
         (
             one_pipeline(destinations=[{"webhook.out": {"url": HOOK, "auth": "hmac"}}]),
-            "pipelines[0].destinations[0].webhook.out",
-            ["needs a secret"],
+            "pipelines[0].destinations[0].webhook.out.secret",
+            ["auth: hmac needs a secret"],
+        ),
+        (
+            one_pipeline(destinations=[{"webhook.out": {"url": HOOK, "signing": "standard"}}]),
+            "pipelines[0].destinations[0].webhook.out.secret",
+            ["signing: standard needs a secret"],
+        ),
+        # A rule between fields names the field it is about, not only the source.
+        (
+            {"sources": [{"name": "in", "verify": "stripe"}]},
+            "sources[0].secret",
+            ["verify: stripe needs a secret"],
+        ),
+        (
+            {"sources": [{"name": "in", "verify": "none", "previous_secret": "ref:x"}]},
+            "sources[0].previous_secret",
+            ["applies only"],
+        ),
+        (
+            {"sources": [{"name": "in", "verify": "github", "secret": "ref:g", "header": "X-Sig"}]},
+            "sources[0].header",
+            ["applies only to verify: hmac-sha256"],
         ),
         (
             one_pipeline(destinations=[{"webhook.out": {"url": "ftp://x.example"}}]),

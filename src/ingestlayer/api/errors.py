@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingestlayer.field_rule import error_loc
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
     ORJSON_READ_DEPTH,
@@ -208,7 +209,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 422,
                 media_type="application/json",
             )
-        field = _loc_to_field(tuple(err.get("loc", ())))
+        field = _loc_to_field(error_loc(err))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         message = f"{field}: {msg}" if field else msg
         return Response(

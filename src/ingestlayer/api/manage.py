@@ -23,7 +23,7 @@ from ingestlayer.records import ProjectConfig
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.store.store import Conflict, NotFound, Store
 from ingestlayer.timefmt import iso
-from ingestlayer.yaml_config import ALIAS_EXPANSION, AliasExpansionError, load_config_yaml
+from ingestlayer.yaml_config import ALIAS_EXPANSION, AliasExpansionError, load_config_yaml, yaml_problem
 
 # Plans made again when another change commits between a plan and its apply.
 APPLY_ATTEMPTS = 5
@@ -171,7 +171,9 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         except AliasExpansionError as exc:  # valid YAML, refused for what it would become
             raise ApiError(422, str(exc), code=ALIAS_EXPANSION) from None
         except yaml.YAMLError as exc:
-            raise ApiError(400, f"the body is not valid YAML: {exc}") from None
+            raise ApiError(
+                400, f"the body is not valid YAML: {yaml_problem(exc)}", code="invalid_yaml"
+            ) from None
         except RecursionError:  # PyYAML builds nested collections recursively
             raise too_deep_error("the document", None, "too deeply to read") from None
         if document is None:

@@ -40,6 +40,7 @@ from ingestlayer.delivery.signing import (
 )
 from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
 from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
+from ingestlayer.field_rule import FieldRule
 from ingestlayer.timefmt import parse_iso
 from ingestlayer.urlcheck import http_url_problem
 from ingestlayer.urlmask import SENSITIVE_NAME
@@ -209,9 +210,9 @@ class WebhookOutConfig(BaseModel):
     def _secret(self) -> WebhookOutConfig:
         refs = self.secret_refs()
         if self.auth in ("bearer", "hmac") and not refs:
-            raise ValueError(f"auth: {self.auth} needs a secret")
+            raise FieldRule("secret", f"auth: {self.auth} needs a secret")
         if self.signing == "standard" and not refs:
-            raise ValueError("signing: standard needs a secret")
+            raise FieldRule("secret", "signing: standard needs a secret")
         ends = self.rotation_ends_at
         if ends is not None and len(refs) < 2:
             raise ValueError("rotation_ends_at needs two secrets: the new one first, the old one last")

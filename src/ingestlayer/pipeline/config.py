@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.destinations.registry import DESTINATIONS, parse_destination_config
+from ingestlayer.field_rule import error_loc
 from ingestlayer.json_depth import MAX_JSON_DEPTH, deeper_than, huge_int_path
 from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
@@ -39,7 +40,7 @@ class ConfigError(ValueError):
 
 def _pydantic_message(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = ".".join(str(p) for p in error_loc(err))
     msg = err["msg"].removeprefix("Value error, ")
     return loc, msg
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ingestlayer.destinations.webhook_out import is_secret_reference
+from ingestlayer.field_rule import FieldRule
 from ingestlayer.pipeline.config import NAME_RE
 
 Scheme = Literal["stripe", "github", "standard-webhooks", "hmac-sha256", "none"]
@@ -93,9 +94,11 @@ class SourceConfig(BaseModel):
     @model_validator(mode="after")
     def _rules(self) -> SourceConfig:
         if self.verify != "none" and not self.secret:
-            raise ValueError(f"verify: {self.verify} needs a secret")
+            raise FieldRule("secret", f"verify: {self.verify} needs a secret")
         if self.previous_secret and self.verify == "none":
-            raise ValueError("previous_secret applies only to a verify scheme with a secret")
+            raise FieldRule(
+                "previous_secret", "previous_secret applies only to a verify scheme with a secret"
+            )
         hmac_only = {
             "header": self.header,
             "timestamp_header": self.timestamp_header,
@@ -104,7 +107,7 @@ class SourceConfig(BaseModel):
         if self.verify != "hmac-sha256":
             extra = [k for k, v in hmac_only.items() if v]
             if extra:
-                raise ValueError(f"{extra[0]} applies only to verify: hmac-sha256")
+                raise FieldRule(extra[0], f"{extra[0]} applies only to verify: hmac-sha256")
         _check_locator(self.event_type, "event_type")
         _check_locator(self.idempotency_key, "idempotency_key")
         return self
