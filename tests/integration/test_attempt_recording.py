@@ -99,6 +99,29 @@ async def test_a_late_record_after_the_lease_was_lost_logs_the_attempt_and_keeps
         await store.close()
 
 
+async def test_the_attempt_log_is_in_the_order_the_attempts_began(db_url: str) -> None:
+    """A worker paused past its lease records its attempt after the worker that took the
+    delivery over has recorded a later one: the log lists them as they happened, the late one
+    first, not the delivered delivery with a failure as its newest attempt."""
+    store = Store.from_url(db_url)
+    try:
+        pid, first = await one_leased(store, lease_seconds=0.01)
+        began = time.time()
+        await asyncio.sleep(0.05)
+        (second,) = await store.lease_deliveries(10, 60)
+        await store.record_attempts([outcome(second, "delivered", 200, time.time())])
+        paused = dataclasses.replace(outcome(first, "retrying", None, began), error="timed out after 3s")
+        await store.record_attempts([paused], again=True)
+        stored = await store.get_delivery(pid, first.id)
+        assert stored is not None and stored["status"] == "delivered", stored
+        assert [(a["status_code"], a["error"]) for a in stored["attempt_log"]] == [
+            (None, "timed out after 3s"),
+            (200, None),
+        ]
+    finally:
+        await store.close()
+
+
 async def test_an_attempt_cut_short_is_logged_without_counting_toward_the_schedule(db_url: str) -> None:
     store = Store.from_url(db_url)
     try:

@@ -102,7 +102,11 @@ class ListingsMixin(StoreBase):
             found = dict(row._mapping)
             found.pop("lease_token", None)
             arows = await conn.execute(
-                select(attempts).where(attempts.c.delivery_id == delivery_id).order_by(attempts.c.id)
+                # In the order they began: an attempt recorded late (its worker was paused past its
+                # lease, and another took the delivery over) shows where it happened.
+                select(attempts)
+                .where(attempts.c.delivery_id == delivery_id)
+                .order_by(attempts.c.started_at, attempts.c.id)
             )
             found["attempt_log"] = [dict(a._mapping) for a in arows]
             return found
