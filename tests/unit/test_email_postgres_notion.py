@@ -769,3 +769,37 @@ def test_a_reference_must_name_what_can_be_set(value: str) -> None:
     assert value.partition(":")[2] not in str(caught.value)
     for good in ("ref:slack-main", "ref:a.b_c-1", "env:SLACK_BOT_TOKEN", "env:_x1"):
         assert check_reference("connection", good, "bot token") == good
+
+
+async def test_a_server_echoing_auth_plain_in_its_refusal_shows_no_password() -> None:
+    """AUTH PLAIN sends base64 of ``\\0user\\0password`` in one piece; a server that repeats the
+    command in its 535 put the password in the attempt log (only the password's own base64,
+    AUTH LOGIN's, was scrubbed)."""
+
+    async def echoing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 echo ESMTP\r\n")
+        while line := (await reader.readline()).decode().strip():
+            if line.upper().startswith("EHLO"):
+                writer.write(b"250-echo\r\n250 AUTH PLAIN\r\n")
+            elif line.upper().startswith("AUTH"):
+                writer.write(f"535 5.7.8 Authentication failed for: {line}\r\n".encode())
+            elif line.upper().startswith("QUIT"):
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(echoing, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    cfg = email_cfg(host="127.0.0.1", port=port, tls="none", username="alerts@acme.com", password="ref:pw")
+    try:
+        outcome = await send_with(Email(cfg), allow_private=True, resolver=_secrets)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert not outcome.ok and outcome.permanent and "535" in (outcome.error or ""), outcome
+    plain = base64.b64encode(b"\0alerts@acme.com\0s3cret-Password!").decode()
+    assert plain not in (outcome.error or ""), outcome.error
+    assert "AUTH PLAIN <redacted>" in (outcome.error or ""), outcome.error

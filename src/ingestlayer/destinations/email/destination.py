@@ -94,6 +94,16 @@ def classify_exception(exc: BaseException, timeout: float) -> Outcome:
     return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
 
 
+def smtp_auth_secrets(username: str | None, password: str | None) -> list[str]:
+    """What to scrub from a server's answers: the password, and the strings SMTP AUTH sends it
+    in with the user name, whose base64 forms a server may echo in an error (PLAIN's
+    ``\\0user\\0password``, XOAUTH2's); AUTH LOGIN sends the password alone."""
+    if not password:
+        return []
+    user = username or ""
+    return [password, f"\0{user}\0{password}", f"user={user}\x01auth=Bearer {password}\x01\x01"]
+
+
 class Email:
     kind: ClassVar[str] = "email"
     config_model: ClassVar[type[BaseModel]] = EmailConfig
@@ -164,7 +174,7 @@ class Email:
                 ca_pem = await ctx.resolve_secret(request.project_id, ca_pem)
         except LookupError as exc:  # a reference that cannot be resolved (yet): retried
             return Outcome(ok=False, error=str(exc))
-        secrets = [s for s in (password,) if s]
+        secrets = smtp_auth_secrets(username, password)
         try:
             tls_context = await self._tls_context(ca_pem) if cfg.tls != "none" else None
         except (ssl.SSLError, ValueError) as exc:
