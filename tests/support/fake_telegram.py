@@ -35,9 +35,12 @@ TAGS = frozenset(
     | {"code", "pre", "blockquote"}
 )
 ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|lt|gt|amp|quot);")
+# An unquoted attribute value is letters, digits, '.' and '-' only, as in Telegram's parser
+# (tdlib): href=https://… and a quoted value followed by more characters are refused.
 START_TAG = re.compile(
-    r"<([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:=(?:\"[^\"]*\"|'[^']*'|[^\s>]+))?)*)\s*>"
+    r"<([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[a-zA-Z0-9.-]+))?)*)\s*>"
 )
+SPOILER_CLASS = re.compile(r"\sclass\s*=\s*(?:\"tg-spoiler\"|'tg-spoiler'|tg-spoiler)(?:\s|$)")
 END_TAG = re.compile(r"</([a-zA-Z][a-zA-Z0-9-]*)\s*>")
 
 
@@ -80,6 +83,8 @@ def parse_html(markup: str) -> str:
                 raise EntityError(f'Unsupported start tag "{name}" at byte offset {offset}')
             if name == "a" and "href" not in start.group(2):
                 raise EntityError(f"Can't find href in a tag at byte offset {offset}")
+            if name == "span" and not SPOILER_CLASS.search(start.group(2)):
+                raise EntityError('Tag "span" must have class "tg-spoiler" at byte offset ' + str(offset))
             stack.append(name)
             i = start.end()
             continue

@@ -31,7 +31,7 @@ from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.secretbox import SecretBox
 from tests.support.fake_discord import validate_message
 from tests.support.fake_slack import validate_blocks
-from tests.support.fake_telegram import parse_html
+from tests.support.fake_telegram import EntityError, parse_html
 
 EVENT: dict[str, Any] = {
     "id": "evt_01JTEST",
@@ -498,6 +498,26 @@ def test_telegram_template_keeps_its_tags_and_escapes_values() -> None:
     assert parse_html(text) == 'csv & <b> by "><script>'
 
 
+def test_telegram_a_quote_in_a_value_cannot_end_a_single_quoted_attribute() -> None:
+    """href='…/$event.user' with o'brien ended the attribute early: Telegram refused every such
+    message (400 can't parse entities), so the delivery went dead."""
+    text = build_text(
+        event({"user": "o'brien"}),
+        template="<a href='https://app.acme.com/u/$event.user'>$event.user</a> &amp; "
+        '<span class="tg-spoiler">x</span>',
+        fields=None,
+    )
+    assert text == (
+        "<a href='https://app.acme.com/u/o&#39;brien'>o&#39;brien</a> &amp; "
+        '<span class="tg-spoiler">x</span>'
+    )
+    assert parse_html(text) == "o'brien & x"
+    check_html(text)
+    # What was sent before, which Telegram refuses (and the fake now does too).
+    with pytest.raises(EntityError):
+        parse_html("<a href='https://app.acme.com/u/o'brien'>o'brien</a>")
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [
@@ -509,6 +529,10 @@ def test_telegram_template_keeps_its_tags_and_escapes_values() -> None:
         ("&nbsp;$event.x", "unsupported entity &nbsp;"),
         ("<a>$event.x</a>", "<a> needs an href"),
         ("line<br/>$event.x", "does not support the tag <br>"),
+        # What Telegram's parser refuses in every message, so refused when configured.
+        ("<a href=https://app.acme.com/u>$event.x</a>", "attribute values must be in quotes"),
+        ("<a href='https://a.b/c'x>$event.x</a>", "attribute values must be in quotes"),
+        ("<span>$event.x</span>", '<span class="tg-spoiler">'),
     ],
 )
 def test_telegram_template_must_be_telegram_html(template: str, message: str) -> None:

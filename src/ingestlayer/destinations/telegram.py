@@ -83,10 +83,14 @@ SUPPORTED_TAGS = frozenset(
     }
 )
 NAMED_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
-_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+# ' too: a value inside a single-quoted attribute (href='…$event.user…') would end it early.
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
 # A tag, an entity, or one character: the units a message may be cut between.
 _TOKEN = re.compile(r"<[^<>]*>|&(?:#\d{1,7}|#x[0-9A-Fa-f]{1,6}|[A-Za-z]{1,10});|.", re.S)
 _TAG = re.compile(r"^<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s[^<>]*)?)(/?)>$")
+# An attribute as Telegram's parser reads one: a value quoted either way, or unquoted of letters,
+# digits, '.' and '-' only (href=https://… is refused).
+_ATTR = re.compile(r"\s+([A-Za-z-]+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9.-]+))?")
 
 
 def escape_char(ch: str) -> str:
@@ -94,7 +98,7 @@ def escape_char(ch: str) -> str:
 
 
 def escape(text: str) -> str:
-    """HTML-escape a value for Telegram: ``&``, ``<``, ``>`` and ``"``."""
+    """HTML-escape a value for Telegram: ``&``, ``<``, ``>``, ``"`` and ``'``."""
     return "".join(_ESCAPES.get(ch, ch) for ch in text)
 
 
@@ -132,11 +136,31 @@ def check_html(markup: str) -> None:
         else:
             if attrs.rstrip().endswith("/"):
                 raise ValueError(f"<{name}/>: Telegram tags cannot be self-closing")
-            if name == "a" and "href=" not in attrs:
+            found = _attributes(name, attrs)
+            if name == "a" and "href" not in found:
                 raise ValueError("<a> needs an href")
+            if name == "span" and found.get("class") != "tg-spoiler":
+                raise ValueError('Telegram supports <span> only as <span class="tg-spoiler">')
             stack.append(name)
     if stack:
         raise ValueError(f"<{stack[-1]}> is never closed")
+
+
+def _attributes(tag: str, attrs: str) -> dict[str, str]:
+    """A start tag's attributes and their values (unquoted), as Telegram's parser reads them."""
+    found: dict[str, str] = {}
+    at = 0
+    text = attrs.rstrip().removesuffix("/")
+    while at < len(text.rstrip()):
+        m = _ATTR.match(text, at)
+        if m is None:
+            raise ValueError(
+                f"<{tag}>: attribute values must be in quotes (or letters, digits, '.' and '-' only)"
+            )
+        value = m.group(2) or ""
+        found[m.group(1).lower()] = value[1:-1] if value[:1] in ("'", '"') else value
+        at = m.end()
+    return found
 
 
 def _shown(tok: str) -> str:
