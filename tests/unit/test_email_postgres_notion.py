@@ -565,6 +565,11 @@ def test_numbers(value: Any, number: Any) -> None:
         (1772368200000, "2026-03-01T12:30:00.000Z"),
         ("yesterday", None),
         (None, None),
+        # Numbers too small to be a moment since 1973: a year, a count. They were 1970 dates.
+        ("2024", None),
+        ("12", None),
+        (2024, None),
+        (-5, None),
     ],
 )
 def test_dates(value: Any, start: str | None) -> None:

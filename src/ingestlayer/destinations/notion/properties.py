@@ -28,6 +28,9 @@ MAX_EMAIL_CHARS = 200
 MAX_INT = 2**63 - 1
 # Epoch numbers above this are milliseconds (it is the year 5138 in seconds).
 MS_THRESHOLD = 1e11
+# The smallest number read as epoch seconds (1973-03-03): a year ("2024"), a count or a day of
+# the month is not a moment in January 1970, and is left empty rather than stored as one.
+EPOCH_MIN = 1e8
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -104,11 +107,11 @@ def select_names(value: Any) -> list[str]:
 
 def to_date(value: Any) -> str | None:
     """ISO 8601 for Notion's ``date.start``: from ISO text (a date or a date-time) or epoch
-    seconds (or milliseconds); None when it is neither."""
+    seconds (or milliseconds) from 1973 on; None when it is neither."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if not math.isfinite(value) or abs(value) < EPOCH_MIN:
             return None
         seconds = value / 1000 if abs(value) > MS_THRESHOLD else value
         try:
