@@ -161,6 +161,28 @@ def signed_cases(delivered: tuple[dict[str, str], bytes, str]) -> list[dict[str,
         _case("wrong secret", other, ours, body, error="no matching signature"),
         _case("stale timestamp", secret, stale, body, error="timestamp outside tolerance"),
         _case("a real delivery from the server", real_secret, real_headers, real_body),
+        # An endpoint's hmac secret need not be base64; one request with Standard Webhooks
+        # headers threw a plain Error there (an unhandled crash of the docs' Node receiver).
+        _case(
+            "Standard Webhooks headers, a secret that is not base64",
+            "acme-hooks-secret-2024!",
+            standard,
+            body,
+            error="no secret given is one",
+        ),
+        _case(
+            "Standard Webhooks headers, a list with such a secret",
+            ["acme-hooks-secret-2024!", secret],
+            standard,
+            body,
+        ),
+        _case(
+            "a webhook-signature that is not ASCII",
+            secret,
+            {**standard, "webhook-signature": "v1,\u00e9\u00e9\u00e9\u00e9"},
+            body,
+            error="not base64",
+        ),
     ]
 
 

@@ -289,9 +289,18 @@ def test_standard_other_versions_are_skipped() -> None:
     assert verify(STD_SECRET, headers, BODY, now=NOW) == EVENT
 
 
-def test_standard_invalid_secret_is_a_configuration_error() -> None:
-    with pytest.raises(ValueError, match="base64"):
-        verify("whsec_not-base64", _std_headers(), BODY, now=NOW)
+@pytest.mark.parametrize("secret", ["whsec_not-base64", "acme-hooks-secret-2024!"])
+def test_standard_headers_with_a_secret_that_is_not_base64_are_no_match_not_a_crash(secret: str) -> None:
+    """An endpoint's hmac secret need not be base64: one unsigned request carrying Standard
+    Webhooks headers raised ValueError, a 500 (or a crash) in the receiver."""
+    with pytest.raises(WebhookVerificationError, match="no secret given is one"):
+        verify(secret, _std_headers(), BODY, now=NOW)
+    assert verify([secret, STD_SECRET], _std_headers(), BODY, now=NOW) == EVENT
+
+
+def test_a_standard_signature_that_is_not_ascii_is_malformed() -> None:
+    with pytest.raises(WebhookVerificationError, match=r"malformed header: .*not base64"):
+        verify(STD_SECRET, _std_headers(signature="v1,\u00e9\u00e9\u00e9\u00e9"), BODY, now=NOW)
 
 
 def test_ingestlayer_header_wins_over_standard_headers() -> None:

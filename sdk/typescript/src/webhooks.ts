@@ -191,7 +191,7 @@ function checkIngestlayer(secrets: string[], header: string, body: Uint8Array, t
 function standardKey(secret: string): Uint8Array {
   const raw = secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret;
   const data = raw.replace(/=+$/, "");
-  if (!BASE64.test(raw) || data === "" || data.length % 4 === 1) {
+  if (!isStandardSecret(secret)) {
     // A configuration error on the receiver's side, not a bad request.
     throw new Error(
       "Standard Webhooks secret must be non-empty base64 (A-Z a-z 0-9 + /, optional '=' padding) " +
@@ -229,11 +229,23 @@ function checkStandard(
   }
   if (signatures.length === 0) throw new WebhookVerificationError(`malformed header: ${STD_SIG} has no v1 signature`);
   checkTimestamp(timestamp, tolerance, now);
-  return {
-    signed: concat(`${msgId}.${timestamp}.`, body),
-    keys: secrets.map((secret) => () => standardKey(secret)),
-    signatures,
-  };
+  // A secret that is not base64 cannot have signed in this scheme (the sender refuses it for
+  // `signing: standard`): it is no match, not an error of the receiver. Throwing a plain Error
+  // here let one unsigned request with these headers crash a receiver keyed with such a secret.
+  const keys = secrets.filter(isStandardSecret).map((secret) => () => standardKey(secret));
+  if (keys.length === 0) {
+    throw new WebhookVerificationError(
+      "no matching signature: a Standard Webhooks signature, but no secret given is one " +
+        "(base64, optionally 'whsec_'-prefixed)",
+    );
+  }
+  return { signed: concat(`${msgId}.${timestamp}.`, body), keys, signatures };
+}
+
+function isStandardSecret(secret: string): boolean {
+  const raw = secret.startsWith("whsec_") ? secret.slice("whsec_".length) : secret;
+  const data = raw.replace(/=+$/, "");
+  return BASE64.test(raw) && data !== "" && data.length % 4 !== 1;
 }
 
 /** Everything but the HMAC itself: arguments, headers, timestamp; then what to compute. */
@@ -287,7 +299,7 @@ function parse<T>(body: Uint8Array): T {
  *
  * Throws {@link WebhookVerificationError} when the request must be rejected (answer 400), and a
  * plain `Error`/`TypeError` for a misconfiguration on your side (no secret, a negative tolerance,
- * a Standard Webhooks secret that is not base64, a parsed body).
+ * a parsed body).
  *
  * Synchronous, so it needs `node:crypto` (Node.js, Bun, Deno). Where only WebCrypto exists
  * (browsers, Cloudflare Workers, Vercel Edge) it throws an `Error` saying to use

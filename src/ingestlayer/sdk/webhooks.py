@@ -210,7 +210,7 @@ def _verify_standard(
             continue
         try:
             signatures.append(base64.b64decode(value, validate=True))
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: text that is not ASCII
             raise WebhookVerificationError(
                 f"malformed header: {_STD_SIG} v1 signature is not base64"
             ) from None
@@ -220,11 +220,27 @@ def _verify_standard(
 
     # Sign the canonical integer form, as the reference implementation does.
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    for secret in secrets:
-        expected = hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()
+    # A secret that is not base64 cannot have signed in this scheme (the sender refuses it for
+    # `signing: standard`): it is no match, not an error of the receiver. Raising ValueError here
+    # let one unsigned request with these headers crash a receiver keyed with such a secret.
+    keys = [key for key in map(_standard_key_or_none, secrets) if key is not None]
+    for key in keys:
+        expected = hmac.new(key, signed, hashlib.sha256).digest()
         if any(hmac.compare_digest(expected, candidate) for candidate in signatures):
             return
+    if not keys:
+        raise WebhookVerificationError(
+            "no matching signature: a Standard Webhooks signature, but no secret given is one "
+            f"(base64, optionally {_STANDARD_PREFIX!r}-prefixed)"
+        )
     raise WebhookVerificationError("no matching signature: wrong secret, or the body was modified")
+
+
+def _standard_key_or_none(secret: str) -> bytes | None:
+    try:
+        return _standard_key(secret)
+    except ValueError:
+        return None
 
 
 def verify(
@@ -241,9 +257,9 @@ def verify(
     ``raw_body`` is the exact body received (a ``str`` is encoded as UTF-8). Timestamps more than
     ``tolerance`` seconds before or after ``now`` (default: the current time) are rejected.
 
-    Raises :class:`WebhookVerificationError` when the request must be rejected, and
-    :class:`ValueError` for a misconfiguration on your side (no secret, a negative tolerance, a
-    Standard Webhooks secret that is not base64).
+    Raises :class:`WebhookVerificationError` when the request must be rejected (a Standard
+    Webhooks signature when no secret given is base64 among them), and :class:`ValueError` for a
+    misconfiguration on your side (no secret, a negative tolerance).
 
     Example::
 
