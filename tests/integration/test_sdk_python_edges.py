@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ingestlayer.sdk import Client, IngestlayerError, QueueFullError
+from ingestlayer.sdk import AsyncClient, Client, IngestlayerError, QueueFullError
 from tests.integration.test_sdk_python import FAST, call, events_of, free_port, make
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
@@ -223,6 +223,33 @@ async def test_max_queue_size_counts_the_events_the_sender_holds(kind: str) -> N
     assert await call(client, "close", 0.2) is False
     given_up = [e["idempotency_key"] for _, events in reported for e in events]
     assert given_up == [f"k{i}" for i in range(5)]
+
+
+async def test_an_async_ingest_waiting_for_room_when_the_client_closes_is_refused_not_lost() -> None:
+    """An ingest() waiting for room in a full queue, and close() giving up meanwhile: the event
+    was accepted (None) after close had handed its backlog to on_error, and then sat in a queue
+    nothing would send (a new sender started after close, the exit hook gone)."""
+    reported, on_error = collector()
+    client = AsyncClient(
+        "il_ingest_k",
+        f"http://127.0.0.1:{free_port()}",
+        background=True,
+        timeout=5,
+        batch_size=1,
+        flush_interval=0,
+        max_queue_size=1,
+        backoff_base=5,
+        backoff_max=5,
+        on_error=on_error,
+    )
+    await client.ingest("room.wait", {}, idempotency_key="e1")
+    waiting = asyncio.create_task(client.ingest("room.wait", {}, idempotency_key="e2"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    assert await client.close(timeout=0.3) is False
+    with pytest.raises(IngestlayerError, match="closed while the event waited for room"):
+        await asyncio.wait_for(waiting, 5)
+    assert [e["idempotency_key"] for _, events in reported for e in events] == ["e1"]
 
 
 _EXIT_WITH_BACKLOG = """

@@ -130,6 +130,10 @@ class AsyncClient(_Base):
                 self._flush_now = True
                 wake.set()
                 await asyncio.sleep(0.01)
+                if self._closed:
+                    # Closed while this call waited for room: nothing would send the event (the
+                    # close has handed over what it held), so it is refused, not lost.
+                    raise IngestlayerError("this client was closed while the event waited for room")
         self._pending.append(event)
         idle.clear()
         self._ensure_task()
