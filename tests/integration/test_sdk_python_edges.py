@@ -7,6 +7,7 @@ Each test here failed before the fix it covers; tests/integration/test_sdk_pytho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -250,6 +251,33 @@ async def test_an_async_ingest_waiting_for_room_when_the_client_closes_is_refuse
     with pytest.raises(IngestlayerError, match="closed while the event waited for room"):
         await asyncio.wait_for(waiting, 5)
     assert [e["idempotency_key"] for _, events in reported for e in events] == ["e1"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_timeout_bounds_the_whole_request_against_a_server_that_trickles(kind: str) -> None:
+    """A server answering one byte every 0.3 s: the sync client's timeout bounded each read, not
+    the request, and a call with timeout=1 took minutes (the async client's bounded it whole)."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            for byte in b"HTTP/1.1 202 Accepted\r\nContent-Length: 40\r\n\r\n" + b" " * 40:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.3)
+        writer.close()
+
+    listener = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = make(kind, "il_ingest_k", f"http://127.0.0.1:{port}", timeout=1, max_retries=0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(IngestlayerError):
+            await call(client, "ingest", "slow.answer", {}, idempotency_key="k")
+    finally:
+        await call(client, "close", 1)
+        listener.close()
+    assert time.monotonic() - started < 4, time.monotonic() - started  # the answer takes 29 s
 
 
 _EXIT_WITH_BACKLOG = """

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import http.client
+import socket
 import ssl
 import threading
 
@@ -67,13 +69,35 @@ class _SyncHTTP:
         conn.timeout = timeout  # for connect()
         if conn.sock is not None:  # a kept-alive connection
             conn.sock.settimeout(timeout)
+        # The socket timeout bounds each read, not the request: a server trickling a byte now and
+        # then held a call for minutes. At the deadline the socket is shut down, which ends the
+        # read under way in this thread.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
             conn.request("POST", self._endpoint.prefix + path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
-        except BaseException:
+        except BaseException as exc:
             self._drop(conn)
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {timeout:g}s") from exc
             raise
+        finally:
+            timer.cancel()
+        if expired.is_set():  # a close-delimited body ends "normally" at the shutdown
+            self._drop(conn)
+            raise TimeoutError(f"no complete answer within {timeout:g}s")
         if resp.will_close:
             self._drop(conn)
         return resp.status, dict(resp.getheaders()), data
@@ -81,7 +105,8 @@ class _SyncHTTP:
     def post(
         self, path: str, body: bytes, headers: dict[str, str], timeout: float | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        """One request; ``timeout`` (default: the client's) bounds connecting and each read."""
+        """One request; ``timeout`` (default: the client's) bounds it whole, from connecting to
+        the last byte of the answer."""
         timeout = self._timeout if timeout is None else timeout
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
