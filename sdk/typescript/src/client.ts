@@ -107,6 +107,8 @@ interface Queued {
   generatedKey: boolean;
   resolve: (result: IngestResult) => void;
   reject: (error: IngestlayerError) => void;
+  /** Settles (never rejects) once the event is sent or given up on: what flush() waits for. */
+  settled: Promise<void>;
 }
 
 interface Sent {
@@ -161,6 +163,7 @@ export class Client<E extends object = AnyEvents> {
   readonly #onError: (error: IngestlayerError, events: WireEvent[]) => void;
   readonly #fetch: typeof fetch;
   #queue: Queued[] = [];
+  #batch: Queued[] = []; // the batch being sent
   #inflight = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #due = false;
@@ -223,7 +226,7 @@ export class Client<E extends object = AnyEvents> {
    * in it. Otherwise with the typed error of the last attempt once retries are exhausted.
    */
   ingest<K extends EventName<E>>(type: K, payload: E[K], options: IngestOptions = {}): Promise<IngestResult> {
-    let queued: Omit<Queued, "resolve" | "reject"> | undefined;
+    let queued: Omit<Queued, "resolve" | "reject" | "settled"> | undefined;
     try {
       if (this.#closed) throw new IngestlayerError("this client is closed");
       queued = this.#prepare(type, payload, options);
@@ -243,10 +246,13 @@ export class Client<E extends object = AnyEvents> {
     if (!this.batching) {
       return this.#post("/v1/events", queued.raw).then((sent) => this.#result(sent.data, queued, sent.attempts));
     }
+    let settle!: Pick<Queued, "resolve" | "reject">;
     const promise = new Promise<IngestResult>((resolve, reject) => {
-      this.#queue.push({ ...queued, resolve, reject });
+      settle = { resolve, reject };
     });
     promise.catch(() => undefined); // handled here: fire-and-forget must not crash the process
+    const noop = (): void => undefined;
+    this.#queue.push({ ...queued, ...settle, settled: promise.then(noop, noop) });
     if (this.#queue.length >= this.batchSize) {
       void this.#kick();
     } else if (this.#timer === undefined) {
@@ -273,10 +279,13 @@ export class Client<E extends object = AnyEvents> {
 
   /** Send every queued event now; resolves when they are sent (or handed to `onError`). */
   async flush(): Promise<void> {
-    while (this.#queue.length > 0 || this.#sending !== undefined) {
-      this.#flushRequested = true;
-      await this.#kick();
-    }
+    // The events queued before this call and those being sent, not the ones queued meanwhile:
+    // waiting for an empty queue never ended while events kept coming.
+    const waiting = [...this.#batch, ...this.#queue].map((event) => event.settled);
+    if (waiting.length === 0) return;
+    this.#flushRequested = true;
+    void this.#kick();
+    await Promise.all(waiting);
   }
 
   /** Flush, then refuse further events. Idempotent. */
@@ -288,7 +297,7 @@ export class Client<E extends object = AnyEvents> {
 
   // -- internals --
 
-  #prepare(type: string, payload: unknown, options: IngestOptions): Omit<Queued, "resolve" | "reject"> {
+  #prepare(type: string, payload: unknown, options: IngestOptions): Omit<Queued, "resolve" | "reject" | "settled"> {
     if (typeof type !== "string" || type === "") {
       throw new ValidationError("type must be a non-empty string: a dotted event name such as 'feature.used'", {
         field: "type",
@@ -333,7 +342,7 @@ export class Client<E extends object = AnyEvents> {
     return serialize({ ...ids, traits }, traits, "traits", "traits are");
   }
 
-  #result(data: unknown, event: Omit<Queued, "resolve" | "reject">, attempts: number): IngestResult {
+  #result(data: unknown, event: Omit<Queued, "resolve" | "reject" | "settled">, attempts: number): IngestResult {
     const answer = data as { id?: unknown; duplicate?: unknown } | null;
     if (typeof answer !== "object" || answer === null || typeof answer.id !== "string") {
       throw new APIError("the server's answer has no event id", { code: "invalid_response", attempts });
@@ -421,6 +430,7 @@ export class Client<E extends object = AnyEvents> {
       (this.#queue.length > 0 && (this.#due || this.#flushRequested || this.#closed))
     ) {
       const batch = this.#queue.splice(0, this.batchSize);
+      this.#batch = batch;
       // A full batch leaving restarts the clock for whatever is left.
       this.#clearTimer();
       this.#due = false;
@@ -434,6 +444,7 @@ export class Client<E extends object = AnyEvents> {
         }
       } finally {
         this.#inflight -= batch.length;
+        this.#batch = [];
       }
     }
     if (this.#queue.length === 0) this.#flushRequested = false;

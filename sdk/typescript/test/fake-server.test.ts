@@ -17,7 +17,7 @@ import {
   createClient,
   type WireEvent,
 } from "../src/index.js";
-import { FAST, FakeServer, freePort } from "../test-support/fake.js";
+import { FAST, FakeServer, batchAccepted, freePort } from "../test-support/fake.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
@@ -206,6 +206,33 @@ describe("batching", () => {
     );
     assert.equal(new Set(items.map((i: WireEvent) => i.idempotency_key)).size, 25);
     await c.close();
+  });
+
+  test("flush() resolves while events keep coming: it waits for those queued before it", async () => {
+    // Each request takes 100 ms and an event arrives every 5 ms: waiting for an empty queue, flush
+    // never resolved until ingestion stopped.
+    fake.fallback = (req) => ({ ...batchAccepted(req), delayMs: 100 });
+    const c = client({ batch: { size: 10, intervalMs: 50 } });
+    let sentBefore = 0;
+    for (const n of [0, 1, 2]) {
+      c.ingest("stream.event", { n }).then(
+        () => sentBefore++,
+        () => sentBefore++,
+      );
+    }
+    let n = 3;
+    const stream = setInterval(() => void c.ingest("stream.event", { n: n++ }), 5);
+    try {
+      const flushed = await Promise.race([
+        c.flush().then(() => "flushed"),
+        new Promise((resolve) => setTimeout(() => resolve("still waiting after 3 s"), 3000)),
+      ]);
+      assert.equal(flushed, "flushed");
+      assert.equal(sentBefore, 3, "flush() resolved before the events queued before it were sent");
+    } finally {
+      clearInterval(stream);
+      await c.close();
+    }
   });
 
   test("a failed batch is retried with the same keys", async () => {
