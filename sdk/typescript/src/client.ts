@@ -230,7 +230,8 @@ export class Client<E extends object = AnyEvents> {
     try {
       if (this.#closed) throw new IngestlayerError("this client is closed");
       queued = this.#prepare(type, payload, options);
-      if (this.batching && this.#queue.length >= this.#maxQueue) {
+      // The batch being sent counts too: maxQueue bounds every event not sent yet, as in Python.
+      if (this.batching && this.#queue.length + this.#inflight >= this.#maxQueue) {
         throw new QueueFullError(`${this.#maxQueue} events are already waiting to be sent; is the server reachable?`);
       }
     } catch (err) {

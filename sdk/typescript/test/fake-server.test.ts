@@ -235,6 +235,35 @@ describe("batching", () => {
     }
   });
 
+  test("maxQueue counts the batch being sent", async () => {
+    // The sender takes a batch out of the queue; while the server fails they are still unsent,
+    // but they freed their places: maxQueue 5 let 10 in.
+    fake.fallback = { status: 503, body: { error: { code: "unavailable", message: "down" } } };
+    const reported: string[] = [];
+    const c = client({
+      batch: { size: 5, intervalMs: 10, maxQueue: 5 },
+      maxRetries: 50,
+      backoff: { baseMs: 200, maxMs: 200 },
+      onError: (e) => reported.push(e.name),
+    });
+    let accepted = 0;
+    for (let n = 0; n < 12; n++) {
+      const pending = c.ingest("bounded.queue", { n });
+      const full = await Promise.race([
+        pending.then(
+          () => false,
+          (e: unknown) => e instanceof Error && e.name === "QueueFullError",
+        ),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 30)),
+      ]);
+      if (full) break;
+      accepted++;
+    }
+    assert.equal(accepted, 5);
+    fake.fallback = batchAccepted;
+    await c.close();
+  });
+
   test("a failed batch is retried with the same keys", async () => {
     const errors: unknown[] = [];
     fake.failTimes(2, 500);
