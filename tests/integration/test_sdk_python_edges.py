@@ -280,6 +280,46 @@ async def test_timeout_bounds_the_whole_request_against_a_server_that_trickles(k
     assert time.monotonic() - started < 4, time.monotonic() - started  # the answer takes 29 s
 
 
+async def test_an_async_close_that_gives_up_reports_an_event_rejected_alone_only_once(
+    receiver: Receiver,
+) -> None:
+    """One event of a batch refused by name (422 batch[1]), the rest retried against 503s, then
+    close(timeout) gives up: the refused event went to on_error a second time with the batch."""
+    receiver.plan = [
+        Reply(
+            status=422,
+            body=b'{"error":{"code":"validation_error","message":"bad","field":"batch[1].type"}}',
+        )
+    ]
+    receiver.default = Reply(status=503, body=b'{"error":{"code":"unavailable","message":"down"}}')
+    reported, on_error = collector()
+    client = AsyncClient(
+        "il_ingest_k",
+        receiver.url,
+        background=True,
+        batch_size=4,
+        flush_interval=0,
+        max_retries=50,
+        backoff_base=0.2,
+        backoff_max=0.2,
+        on_error=on_error,
+    )
+    for key in ("a", "bad", "c", "d"):
+        await client.ingest("one.bad", {}, idempotency_key=key)
+    async def retrying() -> bool:
+        return len(receiver.requests) >= 2
+
+    await wait_for(retrying)
+    assert await client.close(timeout=0.3) is False
+    given_up = [(type(error).__name__, e["idempotency_key"]) for error, events in reported for e in events]
+    assert sorted(given_up) == [
+        ("IngestlayerError", "a"),
+        ("IngestlayerError", "c"),
+        ("IngestlayerError", "d"),
+        ("ValidationError", "bad"),
+    ], given_up
+
+
 _EXIT_WITH_BACKLOG = """
 import atexit, sys, time
 from ingestlayer.sdk import Client

@@ -323,21 +323,32 @@ class AsyncClient(_Base):
         while pending:
             try:
                 await self._post(EVENTS_PATH, batch_body([e.raw for e in pending]))
+                self._settled(pending)
                 return
             except ValidationError as exc:
                 index = batch_index(exc.field)
                 if index is not None and index < len(pending):
-                    self._report(exc, [pending.pop(index)])
+                    self._settled_report(exc, [pending.pop(index)])
                     continue
                 if len(pending) > 1:
                     for half in _halves(pending):
                         await self._deliver(half)
                     return
-                self._report(exc, pending)
+                self._settled_report(exc, pending)
                 return
             except IngestlayerError as exc:
-                self._report(exc, pending)
+                self._settled_report(exc, pending)
                 return
+
+    def _settled(self, events: list[_Event]) -> None:
+        """Out of the batch in hand: a close() that gives up reports only what is still unsent
+        (an event rejected alone was reported a second time, with the batch)."""
+        done = {id(e) for e in events}
+        self._inflight = [e for e in self._inflight if id(e) not in done]
+
+    def _settled_report(self, error: IngestlayerError, events: list[_Event]) -> None:
+        self._settled(events)
+        self._report(error, events)
 
     def _atexit(self) -> None:
         """The loop is gone with events unsent (``asyncio.run`` returned): send them synchronously.
