@@ -306,6 +306,7 @@ async def test_an_async_close_that_gives_up_reports_an_event_rejected_alone_only
     )
     for key in ("a", "bad", "c", "d"):
         await client.ingest("one.bad", {}, idempotency_key=key)
+
     async def retrying() -> bool:
         return len(receiver.requests) >= 2
 
