@@ -321,6 +321,28 @@ async def test_an_async_close_that_gives_up_reports_an_event_rejected_alone_only
     ], given_up
 
 
+async def test_a_flush_that_a_close_overtakes_returns(srv: RunningServer) -> None:
+    """flush() checked the client was open, then close() stopped the sender before flush's
+    marker was queued: nothing answered the marker, and flush() without a timeout never returned.
+    The interleaving is forced by closing from inside the queue's put."""
+    from ingestlayer.sdk._sync_client import _Flush
+
+    client = Client(srv.ingest_key, srv.url, background=True, flush_interval=0.05)
+    client.ingest("race.event", {}, idempotency_key="k")
+    assert client._queue is not None
+    put = client._queue.put
+
+    def put_after_close(item: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(item, _Flush) and not item.stop:
+            client.close(timeout=5)
+        put(item, *args, **kwargs)
+
+    client._queue.put = put_after_close  # type: ignore[method-assign]
+    assert await asyncio.wait_for(asyncio.to_thread(client.flush), 10) is True
+    status, listed = await srv.request("GET", "/v1/events")
+    assert status == 200 and len(listed["data"]) == 1, listed
+
+
 _EXIT_WITH_BACKLOG = """
 import atexit, sys, time
 from ingestlayer.sdk import Client

@@ -72,6 +72,8 @@ class _Cutoff:
 _QUEUE_FULL_POLL = 0.01
 # The shortest request a deadline leaves room for (a zero socket timeout would mean non-blocking).
 _MIN_REQUEST_TIMEOUT = 0.01
+# How often a flush() waiting for the sender looks whether close() has finished meanwhile.
+FLUSH_POLL_SECONDS = 0.1
 
 
 # Live sync clients, so a forked child can give each its own sender thread and connections.
@@ -148,6 +150,7 @@ class Client(_Base):
         self._http = _SyncHTTP(self._endpoint, self.timeout)
         self._lock = threading.Lock()
         self._closed = False
+        self._close_finished = threading.Event()  # close() has sent or reported every event
         self._queue: queue.Queue[_Event | _Flush] | None = None
         self._thread: threading.Thread | None = None
         # Every event accepted and neither sent nor reported yet (queued, or in the sender's hands),
@@ -263,7 +266,19 @@ class Client(_Base):
             return True
         marker = _Flush()
         self._queue.put(marker)
-        return marker.done.wait(timeout)
+        # A close() that began after the check above stops the sender before it reaches this
+        # marker, which is then never answered: waited for in slices, it is over once close() is.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = (
+                FLUSH_POLL_SECONDS
+                if deadline is None
+                else min(FLUSH_POLL_SECONDS, deadline - time.monotonic())
+            )
+            if marker.done.wait(max(0.0, left)) or self._close_finished.is_set():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush the queue, stop the sender thread and close connections. Idempotent.
@@ -286,6 +301,7 @@ class Client(_Base):
                     self._thread.join(timeout)  # it ends right after answering the marker
                 else:
                     self._abandon(timeout)
+        self._close_finished.set()
         self._http.close()
         return flushed
 
