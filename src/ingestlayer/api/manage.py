@@ -16,6 +16,7 @@ from ingestlayer.api.editable import destination_input, pipeline_input
 from ingestlayer.api.errors import ApiError, too_deep_error, unreadable_json_error
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import destination_json, pipeline_json
+from ingestlayer.config import FALSE_WORDS, TRUE_WORDS
 from ingestlayer.delivery.dispatcher import env_readable
 from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
@@ -137,10 +138,6 @@ async def run_apply(
     }
 
 
-_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-
-
 def query_flag(request: Request, name: str) -> bool:
     """A yes/no query parameter. A word that is neither is refused: read as "no", a
     ``?dry_run=True`` applied the document for real, and ``?prune=yes`` would be ignored."""
@@ -148,9 +145,9 @@ def query_flag(request: Request, name: str) -> bool:
     if value is None:
         return False
     word = value.strip().lower()
-    if word in _TRUE_WORDS:
+    if word in TRUE_WORDS:
         return True
-    if word in _FALSE_WORDS:
+    if word in FALSE_WORDS:
         return False
     raise ApiError(422, f"{name} must be true or false (1/0, yes/no, on/off), not {value!r}", field=name)
 

@@ -49,7 +49,7 @@ RECORD_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 # deliveries are attempted again when their leases expire, as if this worker had died.
 MAX_UNRECORDED = 20_000
 # How often the lease loop looks whether held outcomes have been recorded (it leases once they
-# are; the writer wakes it sooner), and asks the writer to try them again.
+# are), and how often at most it asks the writer to try them again.
 HELD_OUTCOMES_POLL_SECONDS = 0.1
 HELD_OUTCOMES_POKE_SECONDS = 1.0
 CUT_SHORT_ERROR = "cut short: the worker shut down before the answer came"
