@@ -22,7 +22,7 @@ from ingestlayer import clock
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
-from ingestlayer.json_depth import MAX_JSON_DEPTH, dumps_within
+from ingestlayer.json_depth import MAX_JSON_DEPTH, NUMBERS_TOO_LARGE, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
@@ -47,7 +47,7 @@ class CliError(Exception):
 def number_out_of_range(where: str | None = None) -> str:
     """The message, naming the number's field within the payload (``order.total``) when known."""
     field = f"payload.{where}" if where else "payload"
-    return f"{field}: numbers must fit in 64 bits; send larger ones as strings"
+    return f"{field}: {NUMBERS_TOO_LARGE}"
 
 
 NUMBER_OUT_OF_RANGE = number_out_of_range()

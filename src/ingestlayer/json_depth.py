@@ -148,6 +148,8 @@ def deeper_than(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 # The integers orjson writes (and the databases' JSON keeps) exactly: a signed or unsigned
 # 64-bit integer. Python's json module reads any integer, and orjson refuses to write a larger one.
 INT64_RANGE = (-(2**63), 2**64 - 1)
+# What the API and the CLI say of a number outside it (or beyond a double's range).
+NUMBERS_TOO_LARGE = "numbers must fit in 64 bits; send larger ones as strings"
 
 
 # Where out_of_range_path read a number beyond a double's range.

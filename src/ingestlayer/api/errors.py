@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ingestlayer.field_rule import error_loc
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
+    NUMBERS_TOO_LARGE,
     ORJSON_READ_DEPTH,
     is_number_range_error,
     is_read_depth_error,
@@ -88,9 +89,6 @@ def too_deep_error(what: str, field: str | None, how: str) -> ApiError:
         field=field,
         code=TOO_DEEP,
     )
-
-
-NUMBERS_TOO_LARGE = "numbers must fit in 64 bits; send larger ones as strings"
 
 
 def number_out_of_range_error(what: str = "", field: str | None = None) -> ApiError:

@@ -150,8 +150,8 @@ def _attributes(tag: str, attrs: str) -> dict[str, str]:
     """A start tag's attributes and their values (unquoted), as Telegram's parser reads them."""
     found: dict[str, str] = {}
     at = 0
-    text = attrs.rstrip().removesuffix("/")
-    while at < len(text.rstrip()):
+    text = attrs.rstrip().removesuffix("/").rstrip()
+    while at < len(text):
         m = _ATTR.match(text, at)
         if m is None:
             raise ValueError(
