@@ -65,56 +65,19 @@ def traceback_after(log: str, logger_names: tuple[str, ...]) -> list[str]:
     ]
 
 
-async def test_outcomes_unrecorded_while_the_database_is_away_are_recorded_once_it_answers(
-    pg_url: str, tmp_path: Path, receiver: Receiver
-) -> None:
-    receiver.default = Reply(status=200, delay=REPLY_DELAY)
-    proxy = await FreezingProxy.to(pg_url)
-    try:
-        async with Cluster(tmp_path, pg_url, lease_seconds=LEASE_SECONDS) as cluster:
-            keys = await cluster.init_project()
-            await cluster.apply(pipeline(receiver.url))
-            api = await cluster.start("api")
-            worker = await cluster.start("worker", INGESTLAYER_DATABASE_URL=proxy.url(pg_url))
-            await ingest(cluster, api, keys, N_EVENTS)
-            await wait_until(
-                lambda: len(receiver.requests) == N_EVENTS, 30, "the attempts reach the receiver", worker
-            )
-            # Away while the receiver holds the requests, so that every outcome comes while it
-            # is; back a while after the last of them.
-            await proxy.refuse()
-            await wait_until(
-                lambda: all(r.answered_at is not None for r in receiver.requests),
-                REPLY_DELAY + 20,
-                "the receiver answers",
-                worker,
-            )
-            await asyncio.sleep(1.5)
-            await proxy.restore()
-
-            await cluster.wait_for_counts(api, keys.admin, {"delivered": N_EVENTS}, 30, worker)
-            for d in await cluster.all_deliveries(api, keys.admin):
-                status, detail = await cluster.request(
-                    api, "GET", f"/v1/deliveries/{d['id']}", key=keys.admin
-                )
-                assert status == 200, detail
-                assert [(a["n"], a["status_code"]) for a in detail["attempts"]] == [(1, 200)], detail
-            await asyncio.sleep(1.0)  # nothing is sent again
-            assert len(receiver.requests) == N_EVENTS
-            log = worker.log()
-            assert "recording attempts failed: database unavailable" in log, worker.describe()
-            assert "recording attempts works again" in log, worker.describe()
-    finally:
-        await proxy.close()
-
-
-async def test_a_worker_records_what_it_holds_before_leasing_again_after_an_outage_past_the_lease(
-    pg_url: str, tmp_path: Path, receiver: Receiver
-) -> None:
-    """The database is away for longer than a lease. When it answers, the worker records the
-    outcomes it holds before it leases again: the other way round, it retook the deliveries whose
-    leases had run out, and sent them a second time though it knew they had been delivered."""
-    lease, reply_delay, n = 2.0, 0.5, 6
+async def outage_while_answering(
+    pg_url: str,
+    tmp_path: Path,
+    receiver: Receiver,
+    *,
+    lease: float,
+    reply_delay: float,
+    n: int,
+    away_after_answers: float,
+) -> str:
+    """``n`` events sent to a worker whose database goes away while the receiver holds their
+    requests, and comes back ``away_after_answers`` seconds after the last answer: every
+    delivery must end delivered, with one attempt logged and one request made. The worker's log."""
     receiver.default = Reply(status=200, delay=reply_delay)
     proxy = await FreezingProxy.to(pg_url)
     try:
@@ -127,6 +90,7 @@ async def test_a_worker_records_what_it_holds_before_leasing_again_after_an_outa
             await wait_until(
                 lambda: len(receiver.requests) == n, 30, "the attempts reach the receiver", worker
             )
+            # Away while the receiver holds the requests, so that every outcome comes while it is.
             await proxy.refuse()
             await wait_until(
                 lambda: all(r.answered_at is not None for r in receiver.requests),
@@ -134,22 +98,52 @@ async def test_a_worker_records_what_it_holds_before_leasing_again_after_an_outa
                 "the receiver answers",
                 worker,
             )
-            await asyncio.sleep(lease + 1.5)  # every lease has run out
+            await asyncio.sleep(away_after_answers)
             await proxy.restore()
 
             await cluster.wait_for_counts(api, keys.admin, {"delivered": n}, 30, worker)
-            await asyncio.sleep(1.0)  # nothing is sent again
-            assert len(receiver.requests) == n, [
-                r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests
-            ]
             for d in await cluster.all_deliveries(api, keys.admin):
                 status, detail = await cluster.request(
                     api, "GET", f"/v1/deliveries/{d['id']}", key=keys.admin
                 )
                 assert status == 200, detail
                 assert [(a["n"], a["status_code"]) for a in detail["attempts"]] == [(1, 200)], detail
+            await asyncio.sleep(1.0)  # nothing is sent again
+            assert len(receiver.requests) == n, [
+                r.headers["X-Ingestlayer-Delivery"] for r in receiver.requests
+            ]
+            return worker.log()
     finally:
         await proxy.close()
+
+
+async def test_outcomes_unrecorded_while_the_database_is_away_are_recorded_once_it_answers(
+    pg_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    log = await outage_while_answering(
+        pg_url,
+        tmp_path,
+        receiver,
+        lease=LEASE_SECONDS,
+        reply_delay=REPLY_DELAY,
+        n=N_EVENTS,
+        away_after_answers=1.5,
+    )
+    assert "recording attempts failed: database unavailable" in log, log[-3000:]
+    assert "recording attempts works again" in log, log[-3000:]
+
+
+async def test_a_worker_records_what_it_holds_before_leasing_again_after_an_outage_past_the_lease(
+    pg_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The database is away for longer than a lease. When it answers, the worker records the
+    outcomes it holds before it leases again: the other way round, it retook the deliveries whose
+    leases had run out, and sent them a second time though it knew they had been delivered."""
+    lease = 2.0
+    # Back once every lease has run out.
+    await outage_while_answering(
+        pg_url, tmp_path, receiver, lease=lease, reply_delay=0.5, n=6, away_after_answers=lease + 1.5
+    )
 
 
 async def test_a_worker_logs_a_database_outage_in_a_few_lines(pg_url: str, tmp_path: Path) -> None:
