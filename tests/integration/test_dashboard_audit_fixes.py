@@ -254,15 +254,13 @@ async def test_bad_cursors_and_nul_characters_are_messages_not_errors(
     server: RunningServer, browser: Browser
 ) -> None:
     await signed_in(browser, server)
-    for before in ("9223372036854775808", "%C2%B2", "12a", "-1", "1" * 30):
+    # The logs' cursor is sealed (see test_logs_pages_carry_no_count_of_other_projects): an attempt
+    # id, or anything else typed in, is not one.
+    for before in ("9223372036854775808", "%C2%B2", "12a", "-1", "1" * 30, "0", "gAAAAABfake"):
         page = await browser.get(f"/webhooks/logs?before={before}")
         assert page.status == 422, (before, page.status, page.text[:200])
-        assert "is not an attempt id" in page.text and "flash-error" in page.text
+        assert "is not a page of these logs" in page.text and "flash-error" in page.text
         assert "← newest" in page.text
-    # In range of 64 bits: no such attempt, an empty page (even where ids are 32-bit).
-    for before in ("9223372036854775807", "2147483648", "0"):
-        page = await browser.get(f"/webhooks/logs?before={before}")
-        assert page.status == 200 and "No attempts" in page.text, (before, page.status)
     # PostgreSQL text holds no NUL: asking for one is no match, not a database error.
     for path in (
         "/webhooks/dead?before=%00",
@@ -332,6 +330,59 @@ async def test_unknown_filters_are_messages_not_an_unfiltered_list(
         )
         assert ev["id"] not in page.text, path  # nothing listed
         assert "Replay all matching" not in page.text, path
+
+
+async def test_logs_pages_carry_no_count_of_other_projects(
+    server: RunningServer, browser: Browser, receiver: Receiver
+) -> None:
+    """Attempt ids count up across the server's projects: a page link holding them would tell a
+    project, by the gaps between its own, how many attempts others made. The link is sealed, and
+    the pages still list every attempt once."""
+    _, other_ingest, other_admin = await server.runtime.store.create_project("other")
+    for key in (server.admin_key, other_admin):
+        status, body = await server.request(
+            "POST",
+            "/v1/endpoints",
+            key=key,
+            json={"url": receiver.url + "/pages", "events": ["page.*"], "auth": "none"},
+        )
+        assert status == 201, body
+    mine: set[str] = set()
+    for round_ in range(6):  # the two projects' attempts interleaved
+        for key, n in ((server.ingest_key, 10), (other_ingest, 5)):
+            batch = [{"type": "page.seen", "payload": {"round": round_, "i": i}} for i in range(n)]
+            status, body = await server.request("POST", "/v1/events", key=key, json={"batch": batch})
+            assert status == 202, body
+            if key == server.ingest_key:
+                mine.update(item["id"] for item in body["items"])
+        expected = (round_ + 1) * 15
+
+        async def arrived(expected: int = expected) -> bool:
+            return len(receiver.requests) >= expected
+
+        await wait_for(arrived, timeout=20)
+    await signed_in(browser, server)
+    first = await browser.get("/webhooks/logs")
+    assert first.status == 200
+    older = re.search(r'href="/webhooks/logs\?before=([^"&]+)" rel="next"', first.text)
+    assert older is not None, first.text[-2000:]
+    cursor = older.group(1)
+    assert not cursor.isdigit() and len(cursor) > 40, cursor
+    second = await browser.get(f"/webhooks/logs?before={cursor}")
+    assert second.status == 200, second.text[:300]
+    assert 'rel="next"' not in second.text  # 10 attempts left: the last page
+
+    def deliveries(text: str) -> list[str]:
+        return re.findall(r'href="/deliveries/(dlv_\w+)"', text)
+
+    listed = deliveries(first.text) + deliveries(second.text)
+    assert len(listed) == len(set(listed)) == 60, len(listed)  # 60 attempts, one each, in 2 pages
+    events = {(await server.request("GET", f"/v1/deliveries/{d}"))[1]["event_id"] for d in set(listed)}
+    assert events == mine  # every one of this project's, none of the other's
+    # A cursor sealed by a server with another key is not a page either.
+    tampered = cursor[:-8] + ("A" * 8 if not cursor.endswith("A" * 8) else "B" * 8)
+    page = await browser.get(f"/webhooks/logs?before={tampered}")
+    assert page.status == 422 and "is not a page of these logs" in page.text
 
 
 # ---- 4. event search by time ---------------------------------------------------------------------

@@ -3,7 +3,6 @@ page with its attempts, and replaying one delivery or all that match a filter.""
 
 from __future__ import annotations
 
-import re
 from typing import Any, cast
 
 from fastapi import APIRouter, Request
@@ -24,7 +23,7 @@ from ingestlayer.api.dashboard_pages import (
     signed_in_post,
     storable,
 )
-from ingestlayer.api.dashboard_session import SignedIn, runtime, safe_next
+from ingestlayer.api.dashboard_session import SignedIn, runtime, safe_next, seal, unseal
 from ingestlayer.api.dashboard_views import STATUSES, pretty_json
 from ingestlayer.api.errors import ApiError
 
@@ -32,13 +31,8 @@ router = APIRouter(include_in_schema=False)
 
 # The statuses worth a count in the logs' filter (delivered, most rows by far, is left out).
 UNSETTLED = ("pending", "delivering", "retrying", "dead")
-# An attempt id in the logs' "older →" link: ASCII digits (str.isdigit() also takes "²", which
-# int() refuses) of a 64-bit integer.
-_ATTEMPT_ID = re.compile(r"[0-9]{1,19}")
-_INT64_MAX = 2**63 - 1
-# attempts.id is an INTEGER column: 64-bit on SQLite, 32-bit on PostgreSQL, whose driver refuses
-# a larger parameter instead of finding nothing.
-_ATTEMPT_ID_MAX = {"postgresql": 2**31 - 1}
+# The field of the logs' sealed "older →" cursor (see _attempt_cursor).
+_CURSOR_FIELD = "attempts_before"
 
 
 @router.get("/webhooks/logs")
@@ -48,14 +42,16 @@ async def delivery_logs(
     cfg = await project_config(request, sess.project_id)
     names = destination_names(cfg)
     stats = dashboard_stats(request)
-    cursor = _attempt_cursor(before) if before else None
+    cursor = _attempt_cursor(request, before) if before else None
     error = _unknown_filter(names, destination, status)
     rows: list[Any] = []
     if error:
         status, destination = "", ""
     elif before and cursor is None:
-        error = f"{shown(before)} is not an attempt id: “older →” links carry one. Start from the newest."
-    elif cursor is None or cursor <= _ATTEMPT_ID_MAX.get(stats.dialect, _INT64_MAX):
+        error = (
+            f"{shown(before)} is not a page of these logs: “older →” links carry one. Start from the newest."
+        )
+    else:
         rows = await stats.list_attempts(
             sess.project_id,
             status=[status] if status else None,
@@ -63,7 +59,6 @@ async def delivery_logs(
             before=cursor,
             limit=PAGE,
         )
-    # else: no attempt has an id that large here (the database's integer is narrower): no rows.
     counts = await runtime(request).store.delivery_counts(sess.project_id, statuses=UNSETTLED, zeros=True)
     return await page(
         request,
@@ -78,7 +73,11 @@ async def delivery_logs(
         status=status,
         destination=destination,
         counts=counts,
-        older=filters(status=status, destination=destination, before=rows[-1].id)
+        older=filters(
+            status=status,
+            destination=destination,
+            before=seal(runtime(request), {_CURSOR_FIELD: rows[-1].id}),
+        )
         if len(rows) == PAGE
         else None,
         first_page=not before,
@@ -100,12 +99,15 @@ def _unknown_filter(names: dict[str, str], destination: str, status: str = "") -
     return None
 
 
-def _attempt_cursor(before: str) -> int | None:
-    """The attempt id of the logs' ``before``, or None if it is not one (ASCII digits, 64-bit)."""
-    if not _ATTEMPT_ID.fullmatch(before):
-        return None
-    n = int(before)
-    return n if n <= _INT64_MAX else None
+def _attempt_cursor(request: Request, before: str) -> int | None:
+    """The attempt id sealed in the logs' ``before``, or None if it holds none.
+
+    Attempt ids count up across every project on the server: shown in the link, the gaps
+    between a project's own ids would tell it how many attempts other projects made, and when.
+    The link carries the id encrypted with the server's key instead."""
+    data = unseal(runtime(request), before)
+    value = data.get(_CURSOR_FIELD) if data is not None else None
+    return value if type(value) is int else None
 
 
 @router.get("/webhooks/dead")
