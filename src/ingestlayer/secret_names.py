@@ -19,18 +19,15 @@ SECRET_NAME_RULE = "secret names are 1 to 200 ASCII letters, digits, '-', '_' an
 
 
 def endpoint_secret_name(endpoint_id: str) -> str:
-    """The secret an endpoint signs with (or, with auth: bearer, the token it sends)."""
+    """The name of an endpoint's first secret (its signing secret or, with auth: bearer, the token
+    it sends). Each secret set after it (rotated, or sent in a PATCH) is stored under a new name,
+    ``<this>.2``, ``<this>.3``…; older versions named rotated-out copies ``<this>.previous…``."""
     return f"endpoint-{endpoint_id}"
 
 
-def endpoint_previous_name(endpoint_id: str) -> str:
-    """The first name for an endpoint's rotated-out secrets; more are ``<this>.2``, ``<this>.3``…"""
-    return f"{endpoint_secret_name(endpoint_id)}.previous"
-
-
 def is_endpoint_secret(name: str, endpoint_id: str) -> bool:
-    previous = endpoint_previous_name(endpoint_id)
-    return name in (endpoint_secret_name(endpoint_id), previous) or name.startswith(f"{previous}.")
+    base = endpoint_secret_name(endpoint_id)
+    return name == base or name.startswith(f"{base}.")
 
 
 def secret_endpoint(name: str, cfg: ProjectConfig) -> str | None:

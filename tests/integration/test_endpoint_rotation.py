@@ -100,7 +100,8 @@ async def test_a_second_rotation_keeps_the_first_old_secret_signing(
     assert got["rotation_ends_at"] == second["rotation_ends_at"]
     assert got["previous_secrets"] == second["previous_secrets"]
     # Every secret still signing is stored under its own name: the endpoint's, listed as such.
-    names = [f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.previous", f"endpoint-{ep['id']}.previous.2"]
+    # Each secret keeps its name while it signs; a new one gets a name of its own.
+    names = [f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.2", f"endpoint-{ep['id']}.3"]
     assert await stored_secrets(server) == names
 
 
@@ -128,7 +129,7 @@ async def test_each_old_secret_stops_at_its_own_end(srv: RunningServer, receiver
     # A patch keeps the rotation going, and lets the expired secret go.
     status, patched = await srv.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"description": "billing"})
     assert status == 200 and patched["previous_secrets"] == got["previous_secrets"]
-    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.previous.2"]
+    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}.2", f"endpoint-{ep['id']}.3"]
     req = await next_request(srv, receiver)
     assert signed_by(req, long["secret"]) and signed_by(req, short["secret"])
 
@@ -151,7 +152,7 @@ async def test_a_secret_set_by_hand_ends_every_rotation(srv: RunningServer, rece
     assert patched["rotation_ends_at"] is None and patched["previous_secrets"] == []
     req = await next_request(srv, receiver)
     assert req.headers["X-Ingestlayer-Signature"].count("v1=") == 1 and signed_by(req, "whsec_my-own")
-    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}"]
+    assert await stored_secrets(srv) == [f"endpoint-{ep['id']}.4"]
 
 
 async def test_old_secrets_signing_at_once_are_bounded(srv: RunningServer, receiver: Receiver) -> None:
@@ -205,3 +206,71 @@ async def test_endpoint_errors_name_the_request_fields(srv: RunningServer, recei
     err = error_of(resp)
     assert err["field"] == "signing" and "rotate" in err["message"], err
     assert "my-own" not in err["message"]
+
+
+# ---- changes at the same moment ------------------------------------------------------------------
+# Each endpoint change reads the configuration and writes it back. Two at once each wrote what
+# it had read: a patch undid a disable, or deleted the secret a rotation had just stored (every
+# delivery then failed: "secret … does not exist"), and of two rotations the first one's secret,
+# already handed out, never signed. They now write only over what they read, again otherwise.
+
+ROUNDS = 4
+
+
+async def test_a_patch_and_a_rotation_at_once_both_hold(server: RunningServer, receiver: Receiver) -> None:
+    for round_ in range(ROUNDS):
+        ep = await add_endpoint(server, receiver)
+        (rotated_status, rotated), (patched_status, patched) = await asyncio.gather(
+            server.request("POST", f"/v1/endpoints/{ep['id']}/rotate-secret"),
+            server.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"description": f"round {round_}"}),
+        )
+        assert rotated_status == 200 and patched_status == 200, (rotated, patched)
+        _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+        assert got["description"] == f"round {round_}" and len(got["previous_secrets"]) == 1, got
+        req = await next_request(server, receiver)
+        assert signed_by(req, rotated["secret"]) and signed_by(req, ep["secret"]), round_
+        status, body = await server.request("DELETE", f"/v1/endpoints/{ep['id']}")
+        assert status == 204, body
+
+
+async def test_two_patches_at_once_both_hold(server: RunningServer, receiver: Receiver) -> None:
+    for round_ in range(ROUNDS):
+        ep = await add_endpoint(server, receiver)
+        results = await asyncio.gather(
+            server.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"enabled": False}),
+            server.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"description": "note"}),
+            server.request("PATCH", f"/v1/endpoints/{ep['id']}", json={"events": ["invoice.*"]}),
+        )
+        assert [status for status, _ in results] == [200, 200, 200], results
+        _, got = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+        assert (got["enabled"], got["description"], got["events"]) == (False, "note", ["invoice.*"]), round_
+
+
+async def test_every_secret_two_rotations_at_once_hand_out_signs(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    for round_ in range(ROUNDS):
+        ep = await add_endpoint(server, receiver)
+        first, second = await asyncio.gather(rotate(server, ep["id"]), rotate(server, ep["id"]))
+        req = await next_request(server, receiver)
+        for secret in (ep["secret"], first["secret"], second["secret"]):
+            assert signed_by(req, secret), round_
+        status, body = await server.request("DELETE", f"/v1/endpoints/{ep['id']}")
+        assert status == 204, body
+    # Nothing is left behind of the deleted endpoints' secrets.
+    assert await stored_secrets(server) == []
+
+
+async def test_a_configuration_read_before_a_rotation_still_signs_with_the_old_secret(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """A worker that read the endpoint just before a rotation committed and resolves its secrets
+    just after must still sign with the secret the receiver has, not with the new one alone."""
+    ep = await add_endpoint(server, receiver)
+    store, resolver = server.runtime.store, server.runtime.dispatcher.resolver
+    (before,) = (await store.get_destinations([ep["destination_id"]])).values()
+    await rotate(server, ep["id"])
+    resolver.forget(server.project_id)  # as another process is told at the rotation's commit
+    refs = before.config["settings"]["secret"]
+    refs = refs if isinstance(refs, list) else [refs]
+    assert [await resolver(server.project_id, ref) for ref in refs] == [ep["secret"]]

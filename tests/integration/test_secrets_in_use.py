@@ -49,13 +49,13 @@ async def test_endpoint_secrets_are_listed_as_the_endpoints_and_cannot_be_delete
     assert listed == [
         {"name": "acme-hooks"},
         {"name": f"endpoint-{ep['id']}", **managed},
-        {"name": f"endpoint-{ep['id']}.previous", **managed},
+        {"name": f"endpoint-{ep['id']}.2", **managed},
     ]
     for value in (ep["secret"], rotated["secret"], "whsec_user-secret-value"):
         assert value.encode() not in raw
 
     # Neither the current nor the rotated-out secret can be deleted: the endpoint would break.
-    for name in (f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.previous"):
+    for name in (f"endpoint-{ep['id']}", f"endpoint-{ep['id']}.2"):
         status, body = await server.request("DELETE", f"/v1/secrets/{name}")
         assert status == 409, (name, body)
         err = error_of(body)

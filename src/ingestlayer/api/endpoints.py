@@ -7,8 +7,8 @@ once in the create (or rotate) response.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
@@ -18,6 +18,7 @@ from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
+from ingestlayer.api.manage import until_unchanged
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.destinations.webhook_out import header_value_problem, rotating_out
 from ingestlayer.ids import new_id
@@ -25,8 +26,8 @@ from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
-from ingestlayer.secret_names import endpoint_previous_name, endpoint_secret_name, is_endpoint_secret
-from ingestlayer.store.store import DISABLED_DESTINATION_ERROR, NotFound
+from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret
+from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
 from ingestlayer.timefmt import iso, parse_iso
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
@@ -129,13 +130,25 @@ def _previous(settings: dict[str, Any], now: float) -> list[tuple[str, str, floa
     return live
 
 
-def _free_previous_name(endpoint_id: str, taken: set[str]) -> str:
-    first = endpoint_previous_name(endpoint_id)
-    name, n = first, 1
-    while name in taken:
+def _current_name(settings: Mapping[str, Any]) -> str | None:
+    """The name of the stored secret the endpoint signs with (or sends) now: the first it names."""
+    secret = settings.get("secret")
+    ref = secret[0] if isinstance(secret, list) and secret else secret
+    return ref.removeprefix("ref:") if isinstance(ref, str) and ref.startswith("ref:") else None
+
+
+def _new_name(endpoint_id: str, taken: set[str]) -> str:
+    """A name for a new secret of the endpoint, none of ``taken``. The value stored under a name
+    the configuration refers to never changes: a worker still sending with the configuration of a
+    moment ago signs with the secrets it names, never with a new secret alone that no receiver
+    has been given yet."""
+    base = endpoint_secret_name(endpoint_id)
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}.{n}" in taken:
         n += 1
-        name = f"{first}.{n}"
-    return name
+    return f"{base}.{n}"
 
 
 def _field_of(path: str) -> str | None:
@@ -207,13 +220,51 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
     }
 
 
-async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> tuple[PipelineRow, DestinationRow | None]:
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    pipeline: PipelineRow
+    destination: DestinationRow | None
+    version: int  # the project's config_version it was read at
+    stored: list[str]  # the names of the endpoint's stored secrets (read after the configuration)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.destination.config.get("settings", {}) if self.destination else {}
+
+    def current_name(self) -> str | None:
+        """The secret the endpoint signs with (or sends), or, without one (auth: none), the one
+        kept from before, which signs again if signing is switched back on."""
+        named = _current_name(self.settings)
+        if named is not None:
+            return named
+        return self.stored[0] if len(self.stored) == 1 else None
+
+    def new_name(self) -> str:
+        """A name for a new secret of the endpoint: none it has stored or refers to."""
+        secret = self.settings.get("secret")
+        refs = secret if isinstance(secret, list) else [secret]
+        named = {ref.removeprefix("ref:") for ref in refs if isinstance(ref, str)}
+        return _new_name(self.pipeline.id, set(self.stored) | named)
+
+
+async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> _Loaded:
     cfg = await rt.store.load_project_config(project_id)
     for p in cfg.pipelines:
         if p.endpoint and p.id == endpoint_id:
             routes = p.config.get("destinations", [])
-            return p, cfg.destinations.get(routes[0]["destination_id"]) if routes else None
+            d = cfg.destinations.get(routes[0]["destination_id"]) if routes else None
+            stored = [
+                s["name"]
+                for s in await rt.store.list_secrets(project_id)
+                if is_endpoint_secret(s["name"], endpoint_id)
+            ]
+            return _Loaded(p, d, cfg.version, stored)
     raise ApiError(404, f"no endpoint {endpoint_id!r}")
+
+
+async def _shown(rt: Runtime, project_id: str, endpoint_id: str) -> dict[str, Any]:
+    found = await _load(rt, project_id, endpoint_id)
+    return _endpoint_json(found.pipeline, found.destination)
 
 
 async def _save(
@@ -222,10 +273,18 @@ async def _save(
     endpoint_id: str,
     dest_id: str,
     spec: dict[str, Any],
-    new_secret: str | None,
+    *,
+    current: str,
+    new_secret: str | None = None,
     previous: Sequence[tuple[str, str]] = (),
+    loaded: _Loaded | None = None,
+    drop_current: bool = False,
 ) -> None:
-    """Store the endpoint; ``previous`` are the old secrets that still sign, (ref, ISO end)."""
+    """Store the endpoint, and its secrets with it in one transaction, if the configuration is
+    still the one ``loaded`` was read at (:class:`Conflict` otherwise). ``current`` names the
+    secret it signs with (``new_secret`` its value, when new); ``previous`` are the old secrets
+    that still sign, (ref, ISO end). The endpoint's other stored secrets are deleted: those whose
+    time is up, and ``current`` too with ``drop_current`` (a bearer token no longer sent)."""
     for i, pattern in enumerate(spec["events"]):
         if not is_valid_pattern(pattern):
             raise ApiError(
@@ -239,7 +298,7 @@ async def _save(
     if not _needs_secret(spec) or spec["auth"] == "bearer":
         previous = ()  # nothing signs: no old secret either
     if _needs_secret(spec):
-        settings["secret"] = f"ref:{endpoint_secret_name(endpoint_id)}"
+        settings["secret"] = f"ref:{current}"
         if previous:
             settings["secret"] = [settings["secret"], *(ref for ref, _ in previous)]
             ends = [end for _, end in previous]
@@ -252,14 +311,15 @@ async def _save(
         dest = parse_endpoint_destination(entry)
     except ConfigError as exc:
         raise _config_error(exc) from None
-    if new_secret is not None:
-        await rt.store.set_secret(project_id, endpoint_secret_name(endpoint_id), rt.box.encrypt(new_secret))
     pipeline_cfg = {
         "description": spec.get("description"),
         "source": {"match": spec["events"]},
         "steps": [],
         "destinations": [{"destination_id": dest_id, "destination": dest.name, "when": None}],
     }
+    keep = {ref.removeprefix("ref:") for ref, _ in previous}
+    if not drop_current:
+        keep.add(current)  # with auth: none too, kept to sign again if signing is switched on
     await rt.store.apply_config(
         project_id,
         [
@@ -280,19 +340,10 @@ async def _save(
                 "enabled": spec["enabled"],
             }
         ],
+        expect_version=loaded.version if loaded else None,
+        set_secrets={current: rt.box.encrypt(new_secret)} if new_secret is not None else None,
+        delete_secrets=[name for name in (loaded.stored if loaded else []) if name not in keep],
     )
-    # Old secrets that no longer sign (their time is up, or the rotation was cut short) go.
-    keep = {endpoint_secret_name(endpoint_id)} | {ref.removeprefix("ref:") for ref, _ in previous}
-    await _delete_secrets(
-        rt, project_id, lambda name: is_endpoint_secret(name, endpoint_id) and name not in keep
-    )
-
-
-async def _delete_secrets(rt: Runtime, project_id: str, which: Callable[[str], bool]) -> None:
-    for s in await rt.store.list_secrets(project_id):
-        if which(s["name"]):
-            with contextlib.suppress(NotFound):
-                await rt.store.delete_secret(project_id, s["name"])
 
 
 @router.post("", status_code=201, summary="Add an endpoint: POST these event types to a URL")
@@ -308,9 +359,16 @@ async def create_endpoint(body: EndpointIn, principal: Admin, rt: RuntimeDep) ->
         secret, generated = generate_secret(), True
     elif secret is not None and body.signing == "standard":
         _check_standard(secret, "secret", "")
-    await _save(rt, principal.project_id, endpoint_id, new_id("dst"), body.model_dump(), secret)
-    p, d = await _load(rt, principal.project_id, endpoint_id)
-    out = _endpoint_json(p, d)
+    await _save(
+        rt,
+        principal.project_id,
+        endpoint_id,
+        new_id("dst"),
+        body.model_dump(),
+        current=endpoint_secret_name(endpoint_id),
+        new_secret=secret,
+    )
+    out = await _shown(rt, principal.project_id, endpoint_id)
     if generated:
         out["secret"] = secret  # shown once; store it in your receiver's configuration
     return out
@@ -331,65 +389,79 @@ async def list_endpoints(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
 
 @router.get("/{endpoint_id}")
 async def get_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
-    return _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
+    return await _shown(rt, principal.project_id, endpoint_id)
 
 
 @router.patch("/{endpoint_id}", summary="Update, disable (enabled: false) or re-enable an endpoint")
 async def update_endpoint(
     endpoint_id: str, body: EndpointPatch, principal: Admin, rt: RuntimeDep
 ) -> dict[str, Any]:
-    p, d = await _load(rt, principal.project_id, endpoint_id)
-    current = _endpoint_json(p, d)
-    # A rotation goes on through a patch: the old secrets still sign, each until its end.
-    previous = [
-        (ref, end) for ref, end, _ in _previous(d.config.get("settings", {}) if d else {}, clock.now())
-    ]
     changes = body.model_dump(exclude_unset=True)
-    secret = changes.pop("secret", None)
-    spec = {**current, **changes}
-    generated = False
-    # The stored secret of a bearer endpoint is the receiver's token, sent in clear in every
-    # request: once the endpoint stops sending it, it must never become a signing key.
-    leaves_bearer = current["auth"] == "bearer" and spec["auth"] != "bearer"
-    if secret is not None:
-        if spec["auth"] == "bearer":
-            _check_bearer_token(secret)
-        if spec["signing"] == "standard":
-            _check_standard(secret, "secret", "")
-        previous = []  # a secret set by hand replaces the old ones at once
-    elif _needs_secret(spec):
-        # Switching to auth or signing that needs a secret: the one already stored, if any (an
-        # endpoint created with auth: none has none), must suit it; else one is made, as on create.
-        # A bearer token is the receiver's own, never a signing secret reused.
-        if spec["auth"] == "bearer" and current["auth"] != "bearer":
-            raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
-        stored = (
-            None
-            if leaves_bearer  # a new one, as for an endpoint without a secret
-            else await rt.store.get_secret(principal.project_id, endpoint_secret_name(endpoint_id))
+    given = changes.pop("secret", None)
+    project_id = principal.project_id
+
+    # Read, decide and write again from a fresh read when another change to the project
+    # commits in between (a rotation, another patch): neither is lost, nor its secrets.
+    async def change() -> tuple[dict[str, Any], str | None, str]:
+        found = await _load(rt, project_id, endpoint_id)
+        current = _endpoint_json(found.pipeline, found.destination)
+        # A rotation goes on through a patch: the old secrets still sign, each until its end.
+        previous = [(ref, end) for ref, end, _ in _previous(found.settings, clock.now())]
+        spec = {**current, **changes}
+        secret, generated = given, False
+        name = found.current_name()
+        # The stored secret of a bearer endpoint is the receiver's token, sent in clear in every
+        # request: once the endpoint stops sending it, it must never become a signing key.
+        leaves_bearer = current["auth"] == "bearer" and spec["auth"] != "bearer"
+        if secret is not None:
+            if spec["auth"] == "bearer":
+                _check_bearer_token(secret)
+            if spec["signing"] == "standard":
+                _check_standard(secret, "secret", "")
+            previous = []  # a secret set by hand replaces the old ones at once
+        elif _needs_secret(spec):
+            # Switching to auth or signing that needs a secret: the one already stored, if any (an
+            # endpoint created with auth: none has none), must suit it; else one is made, as on
+            # create. A bearer token is the receiver's own, never a signing secret reused.
+            if spec["auth"] == "bearer" and current["auth"] != "bearer":
+                raise ApiError(422, "auth: bearer needs the token as `secret`", field="secret")
+            stored = None if leaves_bearer or name is None else await rt.store.get_secret(project_id, name)
+            if stored is None:
+                secret, generated = generate_secret(), True
+            elif spec["signing"] == "standard":
+                _check_standard(
+                    rt.box.decrypt(stored),
+                    "signing" if "signing" in changes else "secret",
+                    "; send a new `secret` or rotate it (POST …/rotate-secret)",
+                )
+        if secret is not None or name is None:
+            # Under a name of its own: the old name keeps its value while anything still uses it.
+            name = found.new_name()
+        dest_id = found.destination.id if found.destination else new_id("dst")
+        await _save(
+            rt,
+            project_id,
+            endpoint_id,
+            dest_id,
+            spec,
+            current=name,
+            new_secret=secret,
+            previous=previous,
+            loaded=found,
+            # Now unused (auth: none, unsigned): dropped, so that a later switch to signing makes
+            # a new secret instead of signing with the token.
+            drop_current=leaves_bearer and secret is None,
         )
-        if stored is None:
-            secret, generated = generate_secret(), True
-        elif spec["signing"] == "standard":
-            _check_standard(
-                rt.box.decrypt(stored),
-                "signing" if "signing" in changes else "secret",
-                "; send a new `secret` or rotate it (POST …/rotate-secret)",
-            )
-    dest_id = d.id if d else new_id("dst")
-    await _save(rt, principal.project_id, endpoint_id, dest_id, spec, secret, previous)
-    if leaves_bearer and secret is None:
-        # Now unused (auth: none, unsigned): dropped, so that a later switch to signing makes a
-        # new secret instead of signing with the token.
-        with contextlib.suppress(NotFound):
-            await rt.store.delete_secret(principal.project_id, endpoint_secret_name(endpoint_id))
+        return spec, secret if generated else None, dest_id
+
+    spec, generated_secret, dest_id = await until_unchanged(change)
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
-        await rt.store.end_waiting_deliveries(principal.project_id, dest_id, DISABLED_DESTINATION_ERROR)
-    out = _endpoint_json(*await _load(rt, principal.project_id, endpoint_id))
-    if generated:
-        out["secret"] = secret  # shown once, as on create
+        await rt.store.end_waiting_deliveries(project_id, dest_id, DISABLED_DESTINATION_ERROR)
+    out = await _shown(rt, project_id, endpoint_id)
+    if generated_secret is not None:
+        out["secret"] = generated_secret  # shown once, as on create
     return out
 
 
@@ -400,36 +472,49 @@ async def update_endpoint(
 async def rotate_secret(
     endpoint_id: str, principal: Admin, rt: RuntimeDep, body: RotateIn | None = None
 ) -> dict[str, Any]:
-    p, d = await _load(rt, principal.project_id, endpoint_id)
-    current = _endpoint_json(p, d)
-    if current["auth"] == "bearer":
-        raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
     keep_for = (body or RotateIn()).keep_old_for
     project_id = principal.project_id
-    now = clock.now()
-    # The secrets rotated out before still sign, each until its own end; keep_old_for 0 cuts
-    # over at once: only the new secret signs, and every old one stops now.
-    live = _previous(d.config.get("settings", {}) if d else {}, now) if keep_for > 0 else []
-    previous = [(ref, end) for ref, end, _ in live]
-    old = await rt.store.get_secret(project_id, endpoint_secret_name(endpoint_id))
-    if keep_for > 0 and old is not None and _needs_secret(current):
-        if len(live) >= MAX_PREVIOUS_SECRETS:
-            last = max(t for _, _, t in live)
-            raise ApiError(
-                409,
-                f"{len(live)} old secrets still sign beside the current one (the last until "
-                f"{_at(last)}): rotate with keep_old_for 0 to cut over at once, or wait",
-            )
-        # Kept under a name no old secret still signing uses, so none of them is overwritten.
-        name = _free_previous_name(endpoint_id, {ref.removeprefix("ref:") for ref, _ in previous})
-        await rt.store.set_secret(project_id, name, old)
-        previous.insert(0, (f"ref:{name}", _at(now + keep_for)))
-    secret = generate_secret()
-    current["auth"] = (
-        "hmac" if current["auth"] == "none" and current["signing"] != "standard" else current["auth"]
-    )
-    await _save(rt, project_id, endpoint_id, d.id if d else new_id("dst"), current, secret, previous)
-    saved = _endpoint_json(*await _load(rt, project_id, endpoint_id))
+
+    async def change() -> str:
+        found = await _load(rt, project_id, endpoint_id)
+        current = _endpoint_json(found.pipeline, found.destination)
+        if current["auth"] == "bearer":
+            raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
+        now = clock.now()
+        # The secrets rotated out before still sign, each until its own end; keep_old_for 0 cuts
+        # over at once: only the new secret signs, and every old one stops now.
+        live = _previous(found.settings, now) if keep_for > 0 else []
+        previous = [(ref, end) for ref, end, _ in live]
+        signing = _current_name(found.settings)
+        if keep_for > 0 and signing is not None and _needs_secret(current):
+            if len(live) >= MAX_PREVIOUS_SECRETS:
+                last = max(t for _, _, t in live)
+                raise ApiError(
+                    409,
+                    f"{len(live)} old secrets still sign beside the current one (the last until "
+                    f"{_at(last)}): rotate with keep_old_for 0 to cut over at once, or wait",
+                )
+            # The secret signing now goes on signing, under its own name, until its end.
+            previous.insert(0, (f"ref:{signing}", _at(now + keep_for)))
+        secret = generate_secret()
+        current["auth"] = (
+            "hmac" if current["auth"] == "none" and current["signing"] != "standard" else current["auth"]
+        )
+        await _save(
+            rt,
+            project_id,
+            endpoint_id,
+            found.destination.id if found.destination else new_id("dst"),
+            current,
+            current=found.new_name(),
+            new_secret=secret,
+            previous=previous,
+            loaded=found,
+        )
+        return secret
+
+    secret = await until_unchanged(change)
+    saved = await _shown(rt, project_id, endpoint_id)
     return {
         "id": endpoint_id,
         "secret": secret,
@@ -440,16 +525,20 @@ async def rotate_secret(
 
 @router.delete("/{endpoint_id}", status_code=204)
 async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) -> Response:
-    p, d = await _load(rt, principal.project_id, endpoint_id)
-    # Its deliveries waiting for an attempt end as dead at once ("destination was deleted"), in
-    # every worker's view; their logs stay.
-    await rt.store.apply_config(
-        principal.project_id,
-        [],
-        [],
-        delete_pipeline_ids=[p.id],
-        delete_destination_ids=[d.id] if d else [],
-    )
-    # Its signing secrets go with it, the old ones still signing too (none for auth: none).
-    await _delete_secrets(rt, principal.project_id, lambda name: is_endpoint_secret(name, endpoint_id))
+    async def change() -> None:
+        found = await _load(rt, principal.project_id, endpoint_id)
+        # Its deliveries waiting for an attempt end as dead at once ("destination was deleted"),
+        # in every worker's view; their logs stay. Its signing secrets go with it, the old ones
+        # still signing too (none for auth: none).
+        await rt.store.apply_config(
+            principal.project_id,
+            [],
+            [],
+            delete_pipeline_ids=[found.pipeline.id],
+            delete_destination_ids=[found.destination.id] if found.destination else [],
+            expect_version=found.version,
+            delete_secrets=found.stored,
+        )
+
+    await until_unchanged(change)
     return Response(status_code=204)

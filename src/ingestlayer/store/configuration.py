@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -108,6 +108,8 @@ class ConfigMixin(NotifyMixin, EndingMixin):
         delete_source_ids: Sequence[str] = (),
         *,
         expect_version: int | None = None,
+        set_secrets: Mapping[str, bytes] | None = None,
+        delete_secrets: Collection[str] = (),
     ) -> list[str]:
         """Create/update/delete pipelines and destinations in one transaction.
 
@@ -118,6 +120,10 @@ class ConfigMixin(NotifyMixin, EndingMixin):
         :class:`Conflict` and changes nothing when another change committed since: two applies
         planned at once would otherwise each write what it found different, leaving a mix.
 
+        ``set_secrets`` (name: ciphertext) and ``delete_secrets`` are written in the same
+        transaction: secrets that a configuration refers to (an endpoint's signing secrets) change
+        with it or not at all, never one without the other.
+
         A deleted destination's deliveries that wait for an attempt end ``dead`` right after
         (see :meth:`end_waiting_deliveries`); returns their ids.
         """
@@ -125,6 +131,16 @@ class ConfigMixin(NotifyMixin, EndingMixin):
         async with self.engines.write.begin() as conn:
             # First, so that the project's row is locked while the rows are written.
             await self._bump_config(conn, project_id, expect_version)
+            for name, ciphertext in (set_secrets or {}).items():
+                await self._put_secret(conn, project_id, name, ciphertext, now)
+            if delete_secrets:
+                await conn.execute(
+                    delete(secrets).where(
+                        secrets.c.project_id == project_id, secrets.c.name.in_(list(delete_secrets))
+                    )
+                )
+            if set_secrets or delete_secrets:
+                await self._announce(conn, f"secrets:{project_id}")
             for d in upsert_destinations:
                 cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
                 res = await conn.execute(
@@ -225,27 +241,28 @@ class ConfigMixin(NotifyMixin, EndingMixin):
 
     async def set_secret(self, project_id: str, name: str, ciphertext: bytes) -> bool:
         """Store an encrypted secret; return True when it replaced an existing one."""
-        now = clock.now()
         async with self.engines.write.begin() as conn:
-            res = await conn.execute(
-                update(secrets)
-                .where(secrets.c.project_id == project_id, secrets.c.name == name)
-                .values(ciphertext=ciphertext, updated_at=now)
-            )
-            replaced = res.rowcount > 0
-            if not replaced:
-                await conn.execute(
-                    insert(secrets).values(
-                        project_id=project_id,
-                        name=name,
-                        ciphertext=ciphertext,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
+            replaced = await self._put_secret(conn, project_id, name, ciphertext, clock.now())
             await self._bump_config(conn, project_id)
             await self._announce(conn, f"secrets:{project_id}")
             return replaced
+
+    async def _put_secret(
+        self, conn: AsyncConnection, project_id: str, name: str, ciphertext: bytes, now: float
+    ) -> bool:
+        res = await conn.execute(
+            update(secrets)
+            .where(secrets.c.project_id == project_id, secrets.c.name == name)
+            .values(ciphertext=ciphertext, updated_at=now)
+        )
+        if res.rowcount > 0:
+            return True
+        await conn.execute(
+            insert(secrets).values(
+                project_id=project_id, name=name, ciphertext=ciphertext, created_at=now, updated_at=now
+            )
+        )
+        return False
 
     async def get_secret(self, project_id: str, name: str) -> bytes | None:
         async with self.engines.read.connect() as conn:
