@@ -239,9 +239,10 @@ class LocalBackend:
             d = await self.store.get_delivery(pid, delivery_id)
             if d is None:
                 raise CliError(f"no delivery {delivery_id!r}")
-            if d["status"] == "delivering":
+            replayed = [] if d["status"] == "delivering" else await self.store.replay(pid, [delivery_id])
+            if not replayed:  # a worker may take it between the read and the update
                 raise CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
-            return await self.store.replay(pid, [delivery_id])
+            return replayed
         dest_id = None
         if destination:
             dest_id = (await self.store.load_project_config(pid)).destination_id(destination)

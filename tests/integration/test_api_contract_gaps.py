@@ -11,7 +11,11 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
+from sqlalchemy import update
+
 import ingestlayer
+from ingestlayer.store.schema import deliveries
 from ingestlayer.timefmt import parse_iso
 from tests.support.api import error_of
 from tests.support.receiver import Receiver, Reply
@@ -125,6 +129,38 @@ async def test_retry_after_on_a_500_is_not_honoured(server: RunningServer, recei
     assert second - first < 1.9, second - first  # not the 2 s asked for (which it could not beat)
     announced = waited_after(d["attempts"][0])
     assert announced < 0.5, d["attempts"][0]  # the schedule's 0.05 s, not 2 s
+
+
+# ---- replaying one delivery that a worker takes meanwhile --------------------------------------
+
+
+async def test_replaying_a_delivery_a_worker_took_meanwhile_is_a_409(
+    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay reads the delivery, then updates it unless it is being attempted; a worker may
+    lease it in between. The update then leaves it alone, and the answer must say so: a 200
+    "replayed" for a delivery that was not replayed promised a new attempt that never came."""
+    receiver.default = Reply(status=500)
+    await server.apply(one_destination(receiver.url, ONE_SHOT))
+    (delivery,) = (await ingest_and_settle(server, {"n": 1})).values()
+    assert delivery["status"] == "dead", delivery
+    store = server.runtime.store
+    read = store.get_delivery
+
+    async def read_then_leased(project_id: str, delivery_id: str) -> Any:
+        found = await read(project_id, delivery_id)
+        async with store.engines.write.begin() as conn:  # a worker leases it right after the read
+            await conn.execute(
+                update(deliveries).where(deliveries.c.id == delivery_id).values(status="delivering")
+            )
+        return found
+
+    monkeypatch.setattr(store, "get_delivery", read_then_leased)
+    status, body = await server.request("POST", f"/v1/deliveries/{delivery['id']}/replay")
+    assert status == 409 and "being attempted right now" in error_of(body)["message"], body
+    monkeypatch.undo()
+    _, got = await server.request("GET", f"/v1/deliveries/{delivery['id']}")
+    assert got["status"] == "delivering" and got["attempt_count"] == 1, got  # untouched by the replay
 
 
 # ---- bulk replay filters -------------------------------------------------------------------------

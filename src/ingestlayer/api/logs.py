@@ -160,9 +160,10 @@ async def replay_one(delivery_id: str, principal: Admin, rt: RuntimeDep) -> dict
     d = await rt.store.get_delivery(principal.project_id, delivery_id)
     if d is None:
         raise ApiError(404, f"no delivery {delivery_id!r}")
-    if d["status"] == "delivering":
+    # Checked again as it is replayed: a worker may take it between that read and the update,
+    # which then leaves it alone.
+    if d["status"] == "delivering" or not await rt.store.replay(principal.project_id, [delivery_id]):
         raise ApiError(409, "this delivery is being attempted right now")
-    await rt.store.replay(principal.project_id, [delivery_id])
     rt.dispatcher.wake.set()
     return {"replayed": [delivery_id]}
 
