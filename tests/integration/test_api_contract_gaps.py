@@ -8,6 +8,7 @@ window and status, the ``/v1/sources`` lifecycle across projects, and the delive
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,7 +20,7 @@ from ingestlayer.store.schema import deliveries
 from ingestlayer.timefmt import parse_iso
 from tests.support.api import error_of
 from tests.support.receiver import Receiver, Reply
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}
 ONE_SHOT = {"schedule": [0]}  # any failure is final: the delivery is dead after one attempt
@@ -372,3 +373,47 @@ async def test_deliveries_carry_the_exact_user_agent(srv: RunningServer, receive
     assert status == 200 and sent["status"] == "delivered", sent
     assert receiver.requests[-1].headers["User-Agent"] == expected
     assert len(receiver.requests) == 3
+
+
+# ---- a lease shorter than an attempt ---------------------------------------------------------------
+
+
+async def test_an_attempt_longer_than_its_lease_is_cut_short_not_sent_twice_at_once(
+    sqlite_url: str, receiver: Receiver
+) -> None:
+    """With INGESTLAYER_DELIVERY_LEASE_SECONDS below a destination's timeout, an attempt still
+    running when its lease ended was retaken and sent again beside itself, again and again (5
+    requests at once for one delivery, seen). It is now cut short at its lease, as a timeout."""
+    server = await start_server(sqlite_url, delivery_lease_seconds=2.0)
+    try:
+        receiver.plan = [Reply(status=200, delay=6.0)]  # the first attempt outlasts the lease
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "slow",
+                        "source": {"match": ["order.*"]},
+                        "destinations": [
+                            {
+                                "webhook.out": {"url": receiver.url + "/slow", "timeout": 40},
+                                "name": "slow",
+                                "retry": FAST,
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+        status, body = await server.ingest("order.placed", {"n": 1})
+        assert status == 202, body
+        (delivery,) = (await deliveries_of(server, body["id"])).values()
+        assert delivery["status"] == "delivered", delivery
+        attempts = delivery["attempts"]
+        assert "cut short after 1.5 s" in attempts[0]["error"], attempts[0]
+        assert [a["n"] for a in attempts] == [1, 2] and len(receiver.requests) == 2, attempts
+        # Each attempt ended before the next began: never two at once.
+        for one, after in itertools.pairwise(attempts):
+            ended = parse_iso(one["started_at"]) + one["duration_ms"] / 1000
+            assert ended <= parse_iso(after["started_at"]) + 0.01, attempts
+    finally:
+        await server.stop()

@@ -30,7 +30,13 @@ from ingestlayer.delivery.http_client import HttpClient
 from ingestlayer.delivery.retry import RetryPolicy
 from ingestlayer.delivery.slots import DestinationSlots
 from ingestlayer.delivery.wakeup import wait_for_work
-from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.base import (
+    MAX_TIMEOUT_SECONDS,
+    Destination,
+    Outcome,
+    SendContext,
+    SendRequest,
+)
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
@@ -111,6 +117,11 @@ def env_readable(name: str, allowed: Sequence[str]) -> bool:
     return not name.upper().startswith("INGESTLAYER_") and any(
         fnmatch.fnmatchcase(name, pattern) for pattern in allowed
     )
+
+
+# Time kept between an attempt's end and its lease's: the lease was taken a moment before the
+# attempt began, and recording the outcome takes a moment after.
+LEASE_MARGIN_SECONDS = 5.0
 
 
 class SecretResolver:
@@ -205,6 +216,20 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.settings = settings
+        # A lease shorter than an attempt may take: past its lease, an attempt still running would
+        # be retaken and sent again beside itself. Such attempts are cut short at their lease.
+        self._attempt_limit: float | None = None
+        if settings.delivery_lease_seconds < MAX_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS:
+            lease = settings.delivery_lease_seconds
+            self._attempt_limit = lease - min(LEASE_MARGIN_SECONDS, lease / 4)
+            log.warning(
+                "INGESTLAYER_DELIVERY_LEASE_SECONDS=%g is shorter than a destination's longest timeout "
+                "(%d s) and a margin: attempts are cut short after %g s, as a timeout, so that none "
+                "is sent again while it still runs",
+                settings.delivery_lease_seconds,
+                MAX_TIMEOUT_SECONDS,
+                self._attempt_limit,
+            )
         self.resolver = SecretResolver(store, box, settings.env_secrets)
         self.egress = EgressPolicy(allow_private=settings.allow_private_destinations)
         self.wake = asyncio.Event()
@@ -278,6 +303,20 @@ class Dispatcher:
             out[did] = cached
         return out
 
+    async def _send(self, dest: _Dest, request: SendRequest, ctx: SendContext) -> Outcome:
+        instance: Destination = dest.instance
+        if self._attempt_limit is None:
+            return await instance.send(request, ctx)
+        try:
+            async with asyncio.timeout(self._attempt_limit):
+                return await instance.send(request, ctx)
+        except TimeoutError:
+            return Outcome(
+                ok=False,
+                error=f"timeout: cut short after {self._attempt_limit:g} s, at the end of the delivery's "
+                "lease (INGESTLAYER_DELIVERY_LEASE_SECONDS)",
+            )
+
     async def send_one(self, d: LeasedDelivery, dest: _Dest | None) -> AttemptResult:
         """Make one attempt and decide the delivery's next state."""
         n = d.attempts + 1
@@ -302,7 +341,7 @@ class Dispatcher:
                 body_json=d.body,
             )
             try:
-                outcome = await dest.instance.send(request, ctx)
+                outcome = await self._send(dest, request, ctx)
             except Exception as exc:  # a destination bug must not strand the delivery
                 log.exception("destination %s raised on delivery %s", d.destination_id, d.id)
                 outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")

@@ -16,6 +16,8 @@ from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.delivery.http_client import HttpClient
 
 EXCERPT_BYTES = 1024
+# The longest any destination's `timeout` may be (seconds): a delivery's lease must outlast it.
+MAX_TIMEOUT_SECONDS = 60
 
 
 @dataclass(slots=True)

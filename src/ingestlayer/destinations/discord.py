@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from yarl import URL
 
 from ingestlayer.delivery.retry import parse_retry_after
-from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS, Outcome, SendContext, SendRequest
 from ingestlayer.destinations.chat import (
     ELLIPSIS,
     Redactor,
@@ -124,7 +124,9 @@ class DiscordConfig(BaseModel):
     color: int | str | None = Field(
         default=None, description="Embed colour: `#5865F2` or an integer 0 to 16777215."
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Discord's answer.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds to wait for Discord's answer."
+    )
 
     @field_validator("webhook_url")
     @classmethod

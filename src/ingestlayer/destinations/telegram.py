@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS, Outcome, SendContext, SendRequest
 from ingestlayer.destinations.chat import (
     ELLIPSIS,
     Redactor,
@@ -256,7 +256,9 @@ class TelegramConfig(BaseModel):
     api_base: str | None = Field(
         default=None, description=f"Bot API base URL; default `${API_BASE_ENV}` or {DEFAULT_API_BASE}."
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Telegram's answer.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds to wait for Telegram's answer."
+    )
 
     @field_validator("bot_token")
     @classmethod

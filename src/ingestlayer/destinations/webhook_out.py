@@ -38,7 +38,14 @@ from ingestlayer.delivery.signing import (
     ingestlayer_signature,
     standard_webhooks_headers,
 )
-from ingestlayer.destinations.base import EXCERPT_BYTES, Outcome, SendContext, SendRequest, excerpt
+from ingestlayer.destinations.base import (
+    EXCERPT_BYTES,
+    MAX_TIMEOUT_SECONDS,
+    Outcome,
+    SendContext,
+    SendRequest,
+    excerpt,
+)
 from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.timefmt import parse_iso
@@ -118,7 +125,9 @@ class WebhookOutConfig(BaseModel):
         default_factory=dict,
         description="Extra headers whose values are credentials: `ref:NAME` or `env:VAR`, resolved at send.",
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for a 2xx.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds to wait for a 2xx."
+    )
     rotation_ends_at: str | list[str] | None = Field(
         default=None,
         description="ISO 8601: while rotating, when the old `secret`s stop signing: one time for the last "

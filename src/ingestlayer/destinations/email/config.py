@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS
 from ingestlayer.destinations.shared import check_reference, is_reference
 
 DEFAULT_PORT = {"starttls": 587, "none": 587, "implicit": 465}
@@ -128,7 +129,9 @@ class EmailConfig(BaseModel):
     helo_name: str | None = Field(
         default=None, description="The name ingestlayer gives in EHLO; default: this machine's host name."
     )
-    timeout: float = Field(default=30.0, gt=0, le=60, description="Seconds for the whole SMTP exchange.")
+    timeout: float = Field(
+        default=30.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds for the whole SMTP exchange."
+    )
 
     @field_validator("to", "cc", "bcc", mode="before")
     @classmethod

@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS
 from ingestlayer.destinations.shared import check_reference
 from ingestlayer.urlcheck import http_url_problem
 
@@ -78,7 +79,9 @@ class NotionConfig(BaseModel):
     api_base: str = Field(
         default=DEFAULT_API_BASE, description="The API's base URL (override for a proxy or a test server)."
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Notion's answer.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds to wait for Notion's answer."
+    )
 
     @field_validator("token")
     @classmethod

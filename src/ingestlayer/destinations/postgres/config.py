@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS
 from ingestlayer.destinations.shared import check_reference
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -86,7 +87,9 @@ class PostgresConfig(BaseModel):
         "mapped columns and the jsonb column.",
     )
     pool_size: int = Field(default=4, ge=1, le=20, description="Most connections this destination holds.")
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds for connecting and inserting.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds for connecting and inserting."
+    )
 
     @field_validator("dsn")
     @classmethod

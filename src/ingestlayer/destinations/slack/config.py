@@ -6,6 +6,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS
 from ingestlayer.destinations.chat import check_http_url, check_paths
 from ingestlayer.destinations.shared import check_reference
 
@@ -86,7 +87,9 @@ class SlackConfig(BaseModel):
         default=None,
         description=f"Slack Web API base URL; default `${API_BASE_ENV}` or {DEFAULT_API_BASE}.",
     )
-    timeout: float = Field(default=10.0, gt=0, le=60, description="Seconds to wait for Slack's answer.")
+    timeout: float = Field(
+        default=10.0, gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds to wait for Slack's answer."
+    )
 
     @field_validator("connection")
     @classmethod
