@@ -185,6 +185,10 @@ def test_0009_marks_the_keys_of_signed_webhooks_only(tmp_path: Path) -> None:
         ("e2", "p1", old_long, "stripe"),  # a webhook with a long id
         ("e3", "p1", "stripe:evt_2", "sdk"),  # an event sent with that key through the API
         ("e4", "p2", "stripe:evt_1", "stripe"),  # another project, without such a source
+        # A webhook stored before, and its redelivery stored marked by a newer process already
+        # (a rolling upgrade): the key is taken, the old one stays as it is.
+        ("e5", "p1", "stripe:evt_3", "stripe"),
+        ("e6", "p1", "\x1fstripe:evt_3", "stripe"),
     ]
     conn.executemany(
         "INSERT INTO events (id, project_id, type, payload, idempotency_key, source, occurred_at,"
@@ -205,6 +209,8 @@ def test_0009_marks_the_keys_of_signed_webhooks_only(tmp_path: Path) -> None:
         "e2": ingress_key("stripe", long_id),
         "e3": "stripe:evt_2",
         "e4": "stripe:evt_1",
+        "e5": "stripe:evt_3",
+        "e6": "\x1fstripe:evt_3",
     }
     assert keys["e1"] == "\x1fstripe:evt_1"
 

@@ -33,7 +33,11 @@ def _mark() -> str:
 
 
 def _free(key: str) -> str:
-    """No event of the same project holds ``key`` already (keys are unique per project)."""
+    """No event of the same project holds ``key`` already (keys are unique per project).
+
+    ``key`` names the updated row's column as ``events.idempotency_key``: unqualified inside
+    the subquery it would be ``other``'s own, comparing each row with itself, which matched
+    nothing (the check never held) and read every event of the project for each webhook's."""
     return (
         "NOT EXISTS (SELECT 1 FROM events other WHERE other.project_id = events.project_id"
         f" AND other.idempotency_key = {key})"
@@ -41,13 +45,13 @@ def _free(key: str) -> str:
 
 
 def upgrade() -> None:
-    marked = f"substr({_mark()} || idempotency_key, 1, 255)"
+    marked = f"substr({_mark()} || events.idempotency_key, 1, 255)"
     op.execute(f"UPDATE events SET idempotency_key = {marked} WHERE {_FROM_WEBHOOKS} AND {_free(marked)}")
 
 
 def downgrade() -> None:
     # Keys cut to fit after the mark keep their last 254 characters.
-    unmarked = "substr(idempotency_key, 2)"
+    unmarked = "substr(events.idempotency_key, 2)"
     op.execute(
         f"UPDATE events SET idempotency_key = {unmarked}"
         f" WHERE substr(idempotency_key, 1, 1) = {_mark()} AND {_free(unmarked)}"
