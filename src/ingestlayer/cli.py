@@ -277,11 +277,12 @@ def migrate(database_url: DbOpt = None) -> None:
         nonlocal applied, last
         now = time.perf_counter()
         applied += 1
-        what = escape(description.splitlines()[0] if description else "")
+        # A migration's first docstring line, its reStructuredText ``code`` as Markdown's `code`.
+        what = escape(description.splitlines()[0].replace("``", "`") if description else "")
         out.print(f"applied {escape(revision)}: {what} ({now - last:.1f} s)", highlight=False, soft_wrap=True)
         last = now
 
-    migrate_database(settings.database_url, on_step=step)
+    migrate_database(settings, on_step=step)
     done = f" ({applied} migrations applied)" if applied else ""
     out.print(f"database is up to date{done}")
 
@@ -296,7 +297,7 @@ def init(
     from ingestlayer.store.store import Conflict, Store
 
     settings = _settings(database_url)
-    migrate_database(settings.database_url)
+    migrate_database(settings)
 
     async def run() -> tuple[str, str, str]:
         store = Store.from_url(settings.database_url)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import re
 import threading
 import urllib.error
 import urllib.parse
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ingestlayer import clock
+from ingestlayer import __version__, clock
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
@@ -27,7 +28,7 @@ from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.secretbox import SecretBox
-from ingestlayer.store.migrate import upgrade
+from ingestlayer.store.migrate import current_head, upgrade
 from ingestlayer.timefmt import parse_time_filter
 from ingestlayer.urlmask import mask_url
 
@@ -69,24 +70,42 @@ def without_credentials(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def migrate_database(database_url: str, on_step: Callable[[str, str], None] | None = None) -> None:
+def migrate_database(settings: Settings, on_step: Callable[[str, str], None] | None = None) -> None:
     """Migrate the database: the first time a command connects to it, and when ``serve``, ``api``
     or ``worker`` start. A database that cannot be reached, opened or migrated is reported here
     in one line, named by its URL with the password masked (the driver's own message names only
     an address, or not even that)."""
+    database_url = settings.database_url
     try:
-        upgrade(database_url, on_step=on_step)
+        upgrade(database_url, on_step=on_step, connect_timeout=settings.database_timeout)
     except Exception as exc:
+        newer = _newer_schema(exc)
+        if newer is not None:
+            raise CliError(
+                f"the database at {mask_url(database_url)} is at schema revision {newer}, which this "
+                f"version of ingestlayer ({__version__}, revisions up to {current_head()}) does not "
+                "know: a newer ingestlayer has upgraded it. Run that version (schemas are not "
+                "migrated down), or restore the backup taken before the upgrade"
+            ) from None
         problem = _connect_problem(exc)
         if problem is None:
             raise
         raise CliError(f"cannot open the database at {mask_url(database_url)}: {problem}") from None
 
 
+_UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '([^']+)'")
+
+
+def _newer_schema(exc: Exception) -> str | None:
+    """The revision a database is at that these migrations do not have, from Alembic's error."""
+    found = _UNKNOWN_REVISION.search(str(exc)) if type(exc).__module__.startswith("alembic") else None
+    return found.group(1) if found else None
+
+
 def _connect_problem(exc: Exception) -> str | None:
     """What a failure to reach or open a database says, without SQLAlchemy's wrapping."""
-    if isinstance(exc, OSError):  # refused, unreachable, name not found
-        return str(exc)
+    if isinstance(exc, OSError):  # refused, unreachable, name not found, timed out
+        return str(exc) or ("timed out" if isinstance(exc, TimeoutError) else type(exc).__name__)
     orig = getattr(exc, "orig", None)  # a driver's error wrapped by SQLAlchemy
     if type(exc).__module__.startswith("sqlalchemy") and orig is not None:
         text = str(orig).strip().splitlines()
@@ -143,7 +162,7 @@ class LocalBackend:
         # open it, not by `--help` or the commands that talk to a server over REST.
         from ingestlayer.store.store import Store
 
-        migrate_database(settings.database_url)
+        migrate_database(settings)
         self.store: Store = Store.from_url(settings.database_url)
         self._project_id: str | None = None
 

@@ -264,7 +264,10 @@ class Runtime:
         try:
             await self.store.sync_clock()
         except Exception as exc:  # keep the last offset; the next measurement may succeed
-            log.warning("could not read the database's clock (stored times keep the last offset): %s", exc)
+            log.warning(
+                "could not read the database's clock (stored times keep the last offset): %s",
+                str(exc) or type(exc).__name__,
+            )
 
     async def _keep_clock_in_sync(self) -> None:
         """Measure the database's clock again now and then: machines' clocks drift and are

@@ -110,7 +110,7 @@ def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], Non
     if on_listening is not None:
         on_listening()
     try:
-        migrate_database(settings.database_url)
+        migrate_database(settings)
     except BaseException:
         sock.close()
         raise
@@ -142,7 +142,7 @@ def run_worker(settings: Settings) -> None:
     port = settings.worker_port
     probes = listening_socket(settings.host, port) if port is not None else None  # a port in use: one line
     try:
-        migrate_database(settings.database_url)
+        migrate_database(settings)
     except BaseException:
         if probes is not None:
             probes.close()

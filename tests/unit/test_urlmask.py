@@ -10,6 +10,7 @@ import sqlalchemy.exc
 
 from ingestlayer import cli_backend
 from ingestlayer.cli_backend import CliError, migrate_database
+from ingestlayer.config import Settings
 from ingestlayer.store.db import DatabaseURLError, async_url
 from ingestlayer.urlmask import MASK, mask_url, url_secrets
 
@@ -98,6 +99,8 @@ def test_a_database_url_sqlalchemy_cannot_read_is_named_without_its_password() -
     ("error", "problem"),
     [
         (ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 9)"), "Connect call failed"),
+        # asyncpg's connect timeout says nothing: the line ended at the colon.
+        (TimeoutError(), "timed out"),
         (
             sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception('database "x" does not exist\nDETAIL')),
             'database "x" does not exist',
@@ -112,12 +115,14 @@ def test_migrate_database_names_the_database_in_one_line(
 
     monkeypatch.setattr(cli_backend, "upgrade", fail)
     with pytest.raises(CliError) as info:
-        migrate_database("postgresql://postgres:hunter2@127.0.0.1:9/x?password=hunter2")
+        migrate_database(
+            Settings(database_url="postgresql://postgres:hunter2@127.0.0.1:9/x?password=hunter2")
+        )
     message = str(info.value)
     assert (
         message
         == f"cannot open the database at postgresql://postgres:{M}@127.0.0.1:9/x?password={M}: "
-        + (str(error) if isinstance(error, OSError) else problem)
+        + (str(error) if isinstance(error, OSError) and str(error) else problem)
     )
     assert "hunter2" not in message and "\n" not in message
 
@@ -128,7 +133,7 @@ def test_migrate_database_leaves_other_failures_as_they_are(monkeypatch: pytest.
 
     monkeypatch.setattr(cli_backend, "upgrade", fail)
     with pytest.raises(RuntimeError, match="a bug"):
-        migrate_database("sqlite:///x.db")
+        migrate_database(Settings(database_url="sqlite:///x.db"))
 
 
 @pytest.mark.parametrize(
@@ -156,3 +161,37 @@ def test_url_secrets_are_what_mask_url_hides(url: str, secrets: list[str]) -> No
     assert url_secrets(url) == secrets
     shown = mask_url(url)
     assert not [s for s in secrets if len(s) > 2 and s in shown], shown
+
+
+def test_a_database_a_newer_version_upgraded_is_named_as_such(tmp_path: Any) -> None:
+    """An older ingestlayer started on a database a newer one has migrated: Alembic's "Can't
+    locate revision identified by '…'" said nothing of versions."""
+    import sqlite3
+
+    from ingestlayer.store.migrate import current_head
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    migrate_database(Settings(database_url=url))
+    with sqlite3.connect(tmp_path / "newer.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    with pytest.raises(CliError) as info:
+        migrate_database(Settings(database_url=url))
+    message = str(info.value)
+    assert "schema revision 0099" in message and f"revisions up to {current_head()}" in message
+    assert "a newer ingestlayer has upgraded it" in message
+
+
+def test_a_database_that_never_answers_fails_within_the_database_timeout() -> None:
+    """A server that accepts the connection and never answers (a frozen PostgreSQL, a proxy in
+    front of a dead one): the start waited for the driver's own 60 s, whatever
+    INGESTLAYER_DATABASE_TIMEOUT said, then printed no reason."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes connections; nothing ever answers on them
+        port = silent.getsockname()[1]
+        settings = Settings(database_url=f"postgresql://postgres@127.0.0.1:{port}/x", database_timeout=0.5)
+        with pytest.raises(CliError) as info:
+            migrate_database(settings)
+    assert str(info.value) == f"cannot open the database at {mask_url(settings.database_url)}: timed out"

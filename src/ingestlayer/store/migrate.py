@@ -24,13 +24,19 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(
-    database_url: str, revision: str = "head", on_step: Callable[[str, str], None] | None = None
+    database_url: str,
+    revision: str = "head",
+    on_step: Callable[[str, str], None] | None = None,
+    *,
+    connect_timeout: float | None = None,
 ) -> None:
-    """Migrate to ``revision``; ``on_step(revision, description)`` is called after each step."""
+    """Migrate to ``revision``; ``on_step(revision, description)`` is called after each step.
+    ``connect_timeout`` bounds connecting to PostgreSQL (not the migrations, which may be long)."""
     from alembic import command
 
     cfg = alembic_config(database_url)
     cfg.attributes["on_step"] = on_step
+    cfg.attributes["connect_timeout"] = connect_timeout
     command.upgrade(cfg, revision)
 
 

@@ -48,8 +48,14 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
-def _engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(async_url(url))
+def _engine(url: str, connect_timeout: float | None = None) -> AsyncEngine:
+    driver_url = async_url(url)
+    connect_args: dict[str, Any] = {}
+    if connect_timeout is not None and driver_url.startswith("postgresql"):
+        # asyncpg's own default is 60 s: a server that accepts and never answers held a start
+        # for a minute, whatever INGESTLAYER_DATABASE_TIMEOUT said.
+        connect_args["timeout"] = connect_timeout
+    engine = create_async_engine(driver_url, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -67,8 +73,8 @@ def _engine(url: str) -> AsyncEngine:
     return engine
 
 
-async def _run_async(url: str) -> None:
-    engine = _engine(url)
+async def _run_async(url: str, connect_timeout: float | None) -> None:
+    engine = _engine(url, connect_timeout)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)
@@ -85,7 +91,7 @@ def run_migrations_online() -> None:
     if connectable is not None:
         _run(connectable)
         return
-    asyncio.run(_run_async(str(url)))
+    asyncio.run(_run_async(str(url), config.attributes.get("connect_timeout")))
 
 
 run_migrations_online()
