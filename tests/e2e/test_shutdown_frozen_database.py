@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_worker_database_outage import ingest, pipeline
 from tests.support.freezing_proxy import FreezingProxy
-from tests.support.processes import Cluster
+from tests.support.processes import Cluster, wait_until
+from tests.support.receiver import Receiver, Reply
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(90)]
 
@@ -58,4 +60,46 @@ async def test_sigterm_stops_a_process_whose_database_is_frozen(
             assert "without waiting for the database" in log, proc.describe()
             assert "ingestlayer stopped" in log, proc.describe()
     finally:
+        await proxy.close()
+
+
+async def test_outcomes_a_frozen_database_never_took_are_named_when_the_shutdown_runs_out(
+    pg_url: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """A worker holds an attempt's outcome the frozen database did not take, and attempts still
+    in flight use up the grace period: the shutdown cancels the dispatcher at its deadline. The
+    documented line naming the unrecorded attempts was not written then (only when the writer's
+    own last try failed in time), so nothing said which deliveries' logs lack an attempt."""
+    receiver.plan = [Reply(status=200, delay=0.5)]  # the first answers; the others hang
+    receiver.default = Reply(status=200, delay=15.0)  # past the shutdown's deadline
+    proxy = await FreezingProxy.to(pg_url)
+    try:
+        async with Cluster(tmp_path, pg_url, grace_seconds=GRACE_SECONDS, lease_seconds=120) as cluster:
+            keys = await cluster.init_project()
+            await cluster.apply(pipeline(receiver.url))
+            api = await cluster.start("api")
+            worker = await cluster.start(
+                "worker",
+                INGESTLAYER_DATABASE_URL=proxy.url(pg_url),
+                INGESTLAYER_DATABASE_TIMEOUT=str(DATABASE_TIMEOUT),
+            )
+            await ingest(cluster, api, keys, 3)
+            await wait_until(
+                lambda: len(receiver.requests) == 3, 30, "the attempts reach the receiver", worker
+            )
+            proxy.flowing.clear()  # frozen before the first answer comes
+            answered = receiver.requests[0]
+            await wait_until(lambda: answered.answered_at is not None, 10, "the first answer", worker)
+            await asyncio.sleep(0.5)
+
+            worker.signal(signal.SIGTERM)
+            code = await worker.wait_exit(EXIT_WITHIN + 10)
+            assert code == 0, worker.describe()
+            log = worker.log()
+            assert "cancelled the dispatcher" in log, log[-3000:]  # the case: the deadline ran out
+            unrecorded = [line for line in log.splitlines() if "exiting with 1 attempts unrecorded" in line]
+            assert len(unrecorded) == 1, log[-3000:]
+            assert f"{answered.headers['X-Ingestlayer-Delivery']} (attempt 1, delivered)" in unrecorded[0]
+    finally:
+        proxy.flowing.set()
         await proxy.close()

@@ -239,6 +239,7 @@ class Dispatcher:
         self._results: list[AttemptResult] = []
         self._unrecorded: list[AttemptResult] = []  # the database was out of reach when recorded
         self._recording_again = False  # the writer is trying such outcomes again
+        self._recording: list[AttemptResult] = []  # the batch the writer is recording now
         self._record_now = asyncio.Event()  # cuts the writer's pause after a failure short
         self._record_poked = 0.0  # time.monotonic() of the lease loop's last _record_now
         self._grace_ends: float | None = None  # time.monotonic() when shutdown's grace period ends
@@ -421,11 +422,11 @@ class Dispatcher:
                 again = bool(self._unrecorded)
                 batch = self._unrecorded + self._results
                 self._unrecorded, self._results = [], []
-                self._recording_again = again
+                self._recording_again, self._recording = again, batch
                 try:
                     recorded, kept = await self._record(batch, again, final)
                 finally:
-                    self._recording_again = False
+                    self._recording_again, self._recording = False, []
                 if self._on_finished is not None:
                     for r in recorded:
                         self._on_finished(r)
@@ -600,12 +601,21 @@ class Dispatcher:
         finally:
             self._accepting = False
             self._grace_ends = time.monotonic() + self.settings.shutdown_grace_seconds
-            if self._starting:
-                await asyncio.gather(*self._starting, return_exceptions=True)
-            await self._drain()
-            done.set()
-            self._results_ready.set()
-            await writer
+            try:
+                if self._starting:
+                    await asyncio.gather(*self._starting, return_exceptions=True)
+                await self._drain()
+                done.set()
+                self._results_ready.set()
+                await writer
+            except asyncio.CancelledError:
+                # The shutdown's time ran out (a database that stopped answering): what the writer
+                # still held is said now, or it would go unsaid.
+                writer.cancel()
+                held = self._recording + self._unrecorded + self._results
+                if held:
+                    self._give_up(held)
+                raise
             await self._close_all()
             if self._session is not None:
                 await self._session.close()
