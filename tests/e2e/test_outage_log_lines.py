@@ -27,6 +27,8 @@ async def test_a_database_outage_is_a_few_log_lines(pg_url: str, tmp_path: Path)
     try:
         async with Cluster(tmp_path, pg_url) as cluster:
             keys = await cluster.init_project()
+            # A key this api has not seen: looked up in the database, which is away.
+            unseen = await cluster.init_project("other")
             api = await cluster.start("api", INGESTLAYER_DATABASE_URL=proxy.url(pg_url))
             event = {"type": "a.b", "payload": {}}
             status, body = await cluster.request(api, "POST", "/v1/events", key=keys.ingest, json=event)
@@ -41,6 +43,8 @@ async def test_a_database_outage_is_a_few_log_lines(pg_url: str, tmp_path: Path)
                 answers.append(status)
                 status, _ = await cluster.request(api, "GET", "/v1/deliveries", key=keys.admin)
                 answers.append(status)
+                status, _ = await cluster.request(api, "POST", "/v1/events", key=unseen.ingest, json=event)
+                answers.append(status)
                 await asyncio.sleep(0.05)
             assert set(answers) == {503}, answers
             await proxy.restore()
@@ -50,15 +54,20 @@ async def test_a_database_outage_is_a_few_log_lines(pg_url: str, tmp_path: Path)
                 return status == 202
 
             await wait_until(ingesting, 20, "ingest after the outage", api)
+            status, body = await cluster.request(api, "POST", "/v1/events", key=unseen.ingest, json=event)
+            assert status == 202, body
             await wait_until(lambda: "works again" in api.log(), 10, "the recovery line", api)
 
             lines = api.log().splitlines()[before:]
             shown = "\n".join(lines)
             assert "Traceback" not in shown, shown
-            # The first failure, one every 5 s, the recovery; management requests the same.
-            # Before: over 50 lines per failed ingest.
-            assert len(lines) <= 12, shown
+            # The first failure, one every 5 s, the recovery; management requests and key lookups
+            # the same. Before: over 50 lines per failed ingest.
+            assert len(lines) <= 16, shown
             assert any("database unavailable" in line for line in lines), shown
+            # Ingest refused for a key it could not look up was not in the log at all.
+            assert any("checking ingest keys failed" in line for line in lines), shown
+            assert any("checking ingest keys works again" in line for line in lines), shown
             assert len(answers) >= 20, answers  # enough requests that one line each would show
     finally:
         await proxy.close()

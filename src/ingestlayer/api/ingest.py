@@ -8,6 +8,7 @@ The contract (errors, limits, idempotency) is the same as every other route's.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -47,7 +48,10 @@ from ingestlayer.json_depth import (
 )
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
+from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
+
+log = logging.getLogger("ingestlayer.ingest")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -156,6 +160,9 @@ class IngestHandler:
         self.max_request_bytes = max_request_bytes
         self.max_batch_items = max_batch_items
         self.limiter = limiter or RateLimiter(0.0)
+        # Requests refused because a key could not be looked up: a line as that starts, a few
+        # while it lasts, one when it ends (the store logs its own failures to store events).
+        self._key_outage = OutageLog(log, "checking ingest keys")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -199,10 +206,15 @@ class IngestHandler:
             try:
                 principal = await authenticate(self.keys, auth_header, admin=False)
             except DATABASE_UNAVAILABLE as exc:  # the key is looked up in the database
+                self._key_outage.failed(exc, "ingest requests with keys not seen lately are answered 503")
                 raise unavailable_error(exc, "the key could not be checked") from None
             except ApiError as exc:
+                if self._key_outage.failing:
+                    self._key_outage.succeeded()  # the database answered (the key was wrong)
                 exc.unread_body = True
                 raise
+            if self._key_outage.failing:
+                self._key_outage.succeeded()
         raw = await read_body(receive, self.max_request_bytes)
         try:
             doc = orjson.loads(raw)
