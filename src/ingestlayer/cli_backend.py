@@ -287,6 +287,10 @@ class LocalBackend:
         # (in any project: this one may have none yet) show the key differs.
         stored = await self.store.newest_secrets()
         if stored and not box.readable(stored):
+            if box.created_key_file is not None:
+                # Made by this command for want of the file: not left to be read as "the" key
+                # by the next command or server started here (as the servers do too).
+                box.created_key_file.unlink(missing_ok=True)
             raise CliError(
                 "this master key is not the one the database's secrets were stored with "
                 "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"

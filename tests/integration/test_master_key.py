@@ -107,3 +107,17 @@ async def test_secrets_set_checks_the_key_against_every_projects_secrets(tmp_pat
         secret_key="another-master-key",
     )
     refused(run, "master key is not the one")
+
+
+async def test_secrets_set_refused_for_a_missing_key_file_leaves_no_key_file(tmp_path: Path) -> None:
+    """Run where the key file is not, `secrets set` made one, was refused, and left it: the next
+    command or server started there read it as "the" key, and was refused in turn."""
+    db = f"sqlite:///{tmp_path / 'il.db'}"
+    ok(await cli("init", cwd=tmp_path, db_url=db, secret_key=None))
+    ok(await cli("secrets", "set", "tok", "--value", "one", cwd=tmp_path, db_url=db, secret_key=None))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = await cli("secrets", "set", "tok2", "--value", "two", cwd=elsewhere, db_url=db, secret_key=None)
+    refused(run, "master key is not the one")
+    assert not (elsewhere / "ingestlayer.key").exists()
+    assert (tmp_path / "ingestlayer.key").exists()  # the right one stays
