@@ -22,7 +22,7 @@ from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLeas
 from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from ingestlayer.store.db import connections_dropped
 from ingestlayer.store.group_commit import GroupCommitter
-from ingestlayer.store.outage_log import OutageLog
+from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
@@ -280,6 +280,8 @@ class Runtime:
 
     async def _retention(self) -> None:
         """Purge events (with their finished deliveries and attempts) past the retention age."""
+        # A database that is away is a line, not a traceback (as every other loop's outage).
+        outage = OutageLog(log, "retention purge", every=RETENTION_INTERVAL_SECONDS)
         while not self.stop.is_set():
             cutoff = clock.now() - self.settings.retention_days * 86400
             try:
@@ -290,8 +292,12 @@ class Runtime:
                         removed,
                         self.settings.retention_days,
                     )
+            except CONNECTION_LOST as exc:
+                outage.failed(exc, f"the next purge in {RETENTION_INTERVAL_SECONDS:.0f} s")
             except Exception:
                 log.exception("retention purge failed; trying again later")
+            else:
+                outage.succeeded()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), RETENTION_INTERVAL_SECONDS)
 

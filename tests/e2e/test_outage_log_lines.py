@@ -71,3 +71,31 @@ async def test_a_database_outage_is_a_few_log_lines(pg_url: str, tmp_path: Path)
             assert len(answers) >= 20, answers  # enough requests that one line each would show
     finally:
         await proxy.close()
+
+
+async def test_a_retention_purge_the_database_is_away_for_is_a_line_not_a_traceback(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ingestlayer.config import Settings
+    from ingestlayer.runtime import Runtime
+    from tests.support.server import TEST_SECRET_KEY
+
+    proxy = await FreezingProxy.to(pg_url)
+    settings = Settings.from_env().with_overrides(
+        database_url=proxy.url(pg_url), secret_key=TEST_SECRET_KEY, retention_days=1.0, database_timeout=1.0
+    )
+    rt = Runtime(settings, api=False, worker=True)
+    try:
+        await proxy.refuse()
+        purging = asyncio.create_task(rt._retention())
+        await wait_until(lambda: "retention purge" in caplog.text, 20, "the purge's line")
+        rt.stop.set()
+        await purging
+        await proxy.restore()
+        lines = [r for r in caplog.records if "retention purge" in r.getMessage()]
+        assert [r.levelname for r in lines] == ["WARNING"], caplog.text
+        assert "retention purge failed: database unavailable" in lines[0].getMessage()
+        assert lines[0].exc_info is None and "Traceback" not in caplog.text, caplog.text
+    finally:
+        await rt.store.close()
+        await proxy.close()
