@@ -39,7 +39,7 @@ check: lint typecheck
 # Two workers, a test file each at a time: most tests wait on servers, receivers and subprocesses,
 # so the suite takes about two thirds of the time it takes in one process.
 test: $(STAMP) check $(CHROMIUM)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -71,7 +71,7 @@ async def test_outcomes_a_frozen_database_never_took_are_named_when_the_shutdown
     documented line naming the unrecorded attempts was not written then (only when the writer's
     own last try failed in time), so nothing said which deliveries' logs lack an attempt."""
     receiver.plan = [Reply(status=200, delay=0.5)]  # the first answers; the others hang
-    receiver.default = Reply(status=200, delay=15.0)  # past the shutdown's deadline
+    receiver.default = Reply(status=200, delay=9.0)  # past the shutdown's deadline (5 s after)
     proxy = await FreezingProxy.to(pg_url)
     try:
         async with Cluster(tmp_path, pg_url, grace_seconds=GRACE_SECONDS, lease_seconds=120) as cluster:

@@ -386,7 +386,7 @@ async def test_an_attempt_longer_than_its_lease_is_cut_short_not_sent_twice_at_o
     requests at once for one delivery, seen). It is now cut short at its lease, as a timeout."""
     server = await start_server(sqlite_url, delivery_lease_seconds=2.0)
     try:
-        receiver.plan = [Reply(status=200, delay=6.0)]  # the first attempt outlasts the lease
+        receiver.plan = [Reply(status=200, delay=3.0)]  # the first attempt outlasts the lease
         await server.apply(
             {
                 "pipelines": [
