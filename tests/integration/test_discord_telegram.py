@@ -70,6 +70,9 @@ async def test_discord_embed_is_delivered_and_429_retry_after_is_honoured(
     chosen = parse_iso(a0["next_retry_at"]) - parse_iso(a0["started_at"]) - a0["duration_ms"] / 1000
     assert 0.55 <= chosen < 0.95, a0
     (sent,) = discord.executed
+    # The URL as Discord shows it names no API version: the request names v10, whose 429 says
+    # seconds (the default version, v6, said 600 ms, which was waited as 600 s).
+    assert sent.version == 10
     assert sent.query == {"wait": "true"}
     assert sent.body["username"] == "ingestlayer"
     assert sent.body["allowed_mentions"] == {"parse": []}

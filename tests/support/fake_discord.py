@@ -1,4 +1,4 @@
-"""A local Discord webhook endpoint on 127.0.0.1: ``POST /api/webhooks/{id}/{token}``.
+"""A local Discord webhook endpoint on 127.0.0.1: ``POST /api/v{version}/webhooks/{id}/{token}``.
 
 It checks what Discord checks and answers as Discord does:
 
@@ -11,7 +11,10 @@ It checks what Discord checks and answers as Discord does:
 - ``rate_limit(n, retry_after)``: the next ``n`` requests get 429 ``{"message": "You are being
   rate limited.", "retry_after": 0.5, "global": false}`` with ``Retry-After``,
   ``X-RateLimit-Reset-After`` and ``X-RateLimit-Scope``;
-- ``?wait=true``: 200 with the message object; without it 204.
+- ``?wait=true``: 200 with the message object; without it 204;
+- the API version of the path: without one (``/api/webhooks/…``, as Discord shows webhook URLs),
+  Discord's default, v6, whose 429 gives ``retry_after`` and ``Retry-After`` in milliseconds
+  (seconds from v8 on; discord-api-docs#4722 is a user meeting it); v3-v5 are discontinued (400).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ class Executed:
     query: dict[str, str]
     body: dict[str, Any]
     at: float
+    version: int  # the API version the request asked for (6 when its path named none)
+
+
+DEFAULT_VERSION = 6  # what Discord serves a path without a version
+VERSIONS = range(6, 11)  # available or deprecated; older ones are discontinued
 
 
 @dataclass
@@ -58,16 +66,22 @@ class FakeDiscord:
     async def _execute(self, request: web.Request) -> web.Response:
         self.attempts.append(time.time())
         hook_id, token = request.match_info["id"], request.match_info["token"]
+        version = int(request.match_info.get("version", DEFAULT_VERSION))
+        if version not in VERSIONS:
+            return _json({"message": "Invalid API version", "code": 50041}, status=400)
         if self._ratelimit:
             wait, is_global = self._ratelimit.pop(0)
+            headers = {"X-RateLimit-Scope": "global" if is_global else "user"}
+            if version >= 8:
+                retry_after: float = wait
+                headers |= {"Retry-After": str(math.ceil(wait)), "X-RateLimit-Reset-After": f"{wait:.3f}"}
+            else:  # milliseconds, and the reset at whole seconds (the default precision then)
+                retry_after = math.ceil(wait * 1000)
+                headers |= {"Retry-After": str(retry_after), "X-RateLimit-Reset-After": str(math.ceil(wait))}
             return _json(
-                {"message": "You are being rate limited.", "retry_after": wait, "global": is_global},
+                {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global},
                 status=429,
-                headers={
-                    "Retry-After": str(math.ceil(wait)),
-                    "X-RateLimit-Reset-After": f"{wait:.3f}",
-                    "X-RateLimit-Scope": "global" if is_global else "user",
-                },
+                headers=headers,
             )
         if hook_id not in self.hooks:
             return _json({"message": "Unknown Webhook", "code": 10015}, status=404)
@@ -84,7 +98,7 @@ class FakeDiscord:
         errors = validate_message(body)
         if errors:
             return _json({"message": "Invalid Form Body", "code": 50035, "errors": errors}, status=400)
-        self.executed.append(Executed(hook_id, dict(request.query), body, time.time()))
+        self.executed.append(Executed(hook_id, dict(request.query), body, time.time(), version))
         if request.query.get("wait", "").lower() != "true":
             return web.Response(status=204)
         return _json(
@@ -103,6 +117,7 @@ class FakeDiscord:
     async def start(self) -> FakeDiscord:
         app = web.Application()
         app.router.add_post("/api/webhooks/{id}/{token}", self._execute)
+        app.router.add_post(r"/api/v{version:\d+}/webhooks/{id}/{token}", self._execute)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

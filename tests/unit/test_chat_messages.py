@@ -14,13 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from yarl import URL
 
 from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.destinations import discord as discord_mod
 from ingestlayer.destinations import telegram as telegram_mod
 from ingestlayer.destinations.base import SendContext, SendRequest
 from ingestlayer.destinations.chat import Redactor, Reply, escape_fitting, key_fields
-from ingestlayer.destinations.discord import Discord, DiscordConfig, build_embed, embed_size
+from ingestlayer.destinations.discord import Discord, DiscordConfig, build_embed, embed_size, pinned_version
 from ingestlayer.destinations.registry import destination_class
 from ingestlayer.destinations.slack import Slack, SlackConfig
 from ingestlayer.destinations.slack.blocks import build_message, cut_mrkdwn
@@ -745,3 +746,25 @@ def test_docs_pages_examples_apply_and_reference_every_field(page: str, model: A
     reference = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(\w+)` \|", reference, re.M))
     assert documented == set(model.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        # As Discord shows webhook URLs: no version, which it serves as v6 (429s in milliseconds).
+        ("https://discord.com/api/webhooks/123/tok-en", "https://discord.com/api/v10/webhooks/123/tok-en"),
+        (
+            "https://discordapp.com/api/webhooks/1/t?thread_id=9",
+            "https://discordapp.com/api/v10/webhooks/1/t?thread_id=9",
+        ),
+        ("https://discord.com/api/v6/webhooks/1/t", "https://discord.com/api/v10/webhooks/1/t"),
+        ("https://discord.com/api/v9/webhooks/1/t", "https://discord.com/api/v9/webhooks/1/t"),  # seconds
+        ("https://discord.com/api/v10/webhooks/1/t", "https://discord.com/api/v10/webhooks/1/t"),
+        (
+            "https://proxy.internal/relay/discord",
+            "https://proxy.internal/relay/discord",
+        ),  # not Discord's path
+    ],
+)
+def test_discord_requests_name_an_api_version_whose_429s_say_seconds(given: str, sent: str) -> None:
+    assert str(pinned_version(URL(given))) == sent

@@ -17,8 +17,9 @@ description 4096, at most 25 fields (name 256, value 1024), 6000 characters in a
 2000. Event values are escaped so Discord shows them as sent (no stray bold, links or mentions),
 and ``allowed_mentions`` is empty, so nothing in an event can ping ``@everyone``.
 
-Answers: 2xx delivered; 429 retried after the body's ``retry_after`` (seconds, a float; else the
-``X-RateLimit-Reset-After`` / ``Retry-After`` headers); 400 (invalid form body), 401, 403 and 404
+Requests name API v10 (see API_VERSION). Answers: 2xx delivered; 429 retried after the body's
+``retry_after`` (seconds, a float; else the ``X-RateLimit-Reset-After`` / ``Retry-After``
+headers); 400 (invalid form body), 401, 403 and 404
 (unknown webhook) dead at once with Discord's message; 5xx retried. The webhook URL holds the
 webhook's token: it never appears in errors or the attempt log.
 """
@@ -265,6 +266,23 @@ def classify_reply(reply: Reply, redact: Redactor) -> Outcome:
     return reply_outcome(reply, redact, ok=False, error=reason, retry_after=retry, permanent=permanent)
 
 
+# The API version requests name. Discord shows webhook URLs without one (/api/webhooks/…), which
+# it serves as its default version, v6: there a 429's retry_after (and Retry-After) are
+# milliseconds, read here as seconds (a wait of 0.6 s became 600 s). From v8 on they are
+# seconds; versions before v8 are deprecated or discontinued.
+API_VERSION = 10
+_WEBHOOK_PATH = re.compile(r"^(?P<base>.*?/api)(?:/v(?P<version>\d+))?(?P<rest>/webhooks/.*)$")
+
+
+def pinned_version(url: URL) -> URL:
+    """``url`` asking for API_VERSION when it names no version, or one before v8."""
+    found = _WEBHOOK_PATH.match(url.raw_path)
+    if found is None or (found["version"] is not None and int(found["version"]) >= 8):
+        return url
+    # with_path drops the query (a thread_id, say): it is put back.
+    return url.with_path(f"{found['base']}/v{API_VERSION}{found['rest']}", encoded=True).with_query(url.query)
+
+
 class Discord:
     kind: ClassVar[str] = "discord"
     config_model: ClassVar[type[BaseModel]] = DiscordConfig
@@ -305,7 +323,7 @@ class Discord:
             target = URL(url)
             if target.scheme not in ("http", "https") or not target.host:
                 raise ValueError
-            target = target.update_query(wait="true")
+            target = pinned_version(target).update_query(wait="true")
         except ValueError:
             return Outcome(
                 ok=False,
