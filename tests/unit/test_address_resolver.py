@@ -19,14 +19,31 @@ async def test_private_names_resolve_when_private_destinations_are_allowed() -> 
     assert addresses and set(addresses) <= {"127.0.0.1", "::1"}
 
 
-@pytest.mark.parametrize("literal", ["10.0.0.7", "169.254.169.254", "::1", "0.0.0.0", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "10.0.0.7",
+        "169.254.169.254",
+        "::1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        # Shared address space (CGNAT): Alibaba Cloud's metadata service, Tailscale's network.
+        "100.64.0.1",
+        "100.100.100.200",
+        "fec0::1",  # site-local
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo: a tunnel to an address hidden in it
+        "224.0.0.251",  # multicast
+    ],
+)
 async def test_literal_private_addresses_are_refused(literal: str) -> None:
     with pytest.raises(EgressDenied):
         await AddressResolver(EgressPolicy(allow_private=False))(literal, 443)
 
 
-async def test_literal_public_addresses_need_no_lookup() -> None:
-    assert await AddressResolver(EgressPolicy(allow_private=False))("93.184.216.34", 443) == ["93.184.216.34"]
+@pytest.mark.parametrize("literal", ["93.184.216.34", "2606:4700:4700::1111", "2002:808:808::1"])
+async def test_literal_public_addresses_need_no_lookup(literal: str) -> None:
+    assert await AddressResolver(EgressPolicy(allow_private=False))(literal, 443) == [literal]
 
 
 async def test_unknown_names_fail_with_an_os_error() -> None:

@@ -25,19 +25,24 @@ class EgressDenied(Exception):
 
 
 def is_public_address(addr: str) -> bool:
+    """Whether ``addr`` is globally routable: not private, loopback, link-local, shared (CGNAT,
+    100.64.0.0/10, where some clouds' metadata services and overlay networks live), reserved or
+    multicast. IPv6 forms that carry an IPv4 address (mapped, 6to4) are judged by it; Teredo
+    and site-local addresses are refused."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    return not (
+    if isinstance(ip, ipaddress.IPv6Address):
+        for embedded in (ip.ipv4_mapped, ip.sixtofour):
+            if embedded is not None:
+                return is_public_address(str(embedded))
+        if ip.teredo is not None or ip.is_site_local:
+            return False
+    return ip.is_global and not (
         ip.is_private
         or ip.is_loopback
         or ip.is_link_local
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or (
-            isinstance(ip, ipaddress.IPv6Address)
-            and ip.ipv4_mapped is not None
-            and not is_public_address(str(ip.ipv4_mapped))
-        )
     )
 
 
