@@ -30,7 +30,7 @@ from ingestlayer.pipeline.steps.pii.detectors import (
     ALL_TYPES,
     Found,
     Scanner,
-    _overlaps,
+    _Finds,
     _part_of_identifier,
     card_prefix_valid,
     luhn_valid,
@@ -44,6 +44,25 @@ REGIONS = [
     *["JP", "AU", "RU", "CN", "IT", "AT", "AG", "CO"],
 ]
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _overlaps(found: list[Found], start: int, end: int) -> bool:
+    """Whether [start, end) overlaps any find: the scanner's check as it was, by looking at each."""
+    return any(start < f.end and f.start < end for f in found)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(1, 12))), st.integers(0, 220), st.integers(1, 15))
+def test_the_finds_index_answers_overlaps_as_looking_at_each_find_does(
+    spans: list[tuple[int, int]], start: int, length: int
+) -> None:
+    finds = _Finds()
+    for at, size in spans:  # in any order, as the detectors add them, never overlapping
+        if not _overlaps(finds, at, at + size):
+            finds.append(Found(at, at + size, "email", "", ""))
+    assert finds.overlaps(start, start + length) == _overlaps(finds, start, start + length)
+
+
 FINDERS: dict[str, phones.PhoneFinder] = {}
 
 

@@ -196,8 +196,25 @@ def looks_random(token: str) -> bool:
     return _entropy(token) >= GENERIC_MIN_ENTROPY
 
 
-def _overlaps(found: list[Found], start: int, end: int) -> bool:
-    return any(start < f.end and f.start < end for f in found)
+class _Finds(list[Found]):
+    """The finds so far, which never overlap one another, with their spans kept in order: whether
+    a new one overlaps any is two bisections. Compared with every find, 20,000 emails in one
+    text (an event well under the size limit) took 10 s of the event loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def overlaps(self, start: int, end: int) -> bool:
+        i = bisect_right(self._starts, start)
+        return (i > 0 and self._ends[i - 1] > start) or (i < len(self._starts) and self._starts[i] < end)
+
+    def append(self, f: Found) -> None:
+        i = bisect_right(self._starts, f.start)  # at the end, for finds made in order: no move
+        self._starts.insert(i, f.start)
+        self._ends.insert(i, f.end)
+        super().append(f)
 
 
 def _part_of_identifier(text: str, start: int, end: int) -> bool:
@@ -251,7 +268,7 @@ class Scanner:
             return []  # the common short word: nothing any detector could find
         if digits >= 8 and _ISO_TIMESTAMP.fullmatch(text):
             return []
-        found: list[Found] = []
+        found = _Finds()
         if self.email and "@" in text:
             self._emails(text, found)
         if self.secret and n >= 13:
@@ -315,13 +332,13 @@ class Scanner:
 
     # -- detectors: each appends what it finds that does not overlap an earlier find ------------
 
-    def _emails(self, text: str, found: list[Found]) -> None:
+    def _emails(self, text: str, found: _Finds) -> None:
         for m in _EMAIL.finditer(text):
-            if not _overlaps(found, m.start(), m.end()):
+            if not found.overlaps(m.start(), m.end()):
                 v = m.group()
                 found.append(Found(m.start(), m.end(), "email", v, v.lower()))
 
-    def _secrets(self, text: str, found: list[Found]) -> None:
+    def _secrets(self, text: str, found: _Finds) -> None:
         if "earer" in text or "EARER" in text:
             pos = 0
             while (m := _BEARER.search(text, pos)) is not None:
@@ -332,7 +349,7 @@ class Scanner:
                     pos = m.start(1)
                     continue
                 pos = m.end()
-                if not _overlaps(found, m.start(), m.end()):
+                if not found.overlaps(m.start(), m.end()):
                     found.append(Found(m.start(), m.end(), "secret", m.group(), token))
         if not (
             "_" in text
@@ -345,15 +362,15 @@ class Scanner:
         ):
             return  # every prefixed token holds one of these; substring tests beat the regex
         for m in _PREFIXED.finditer(text):
-            if not _overlaps(found, m.start(), m.end()):
+            if not found.overlaps(m.start(), m.end()):
                 found.append(Found(m.start(), m.end(), "secret", m.group(), m.group()))
 
-    def _generic_secrets(self, text: str, found: list[Found]) -> None:
+    def _generic_secrets(self, text: str, found: _Finds) -> None:
         for m in _GENERIC.finditer(text):
-            if looks_random(m.group()) and not _overlaps(found, m.start(), m.end()):
+            if looks_random(m.group()) and not found.overlaps(m.start(), m.end()):
                 found.append(Found(m.start(), m.end(), "secret", m.group(), m.group()))
 
-    def _ibans(self, text: str, found: list[Found]) -> None:
+    def _ibans(self, text: str, found: _Finds) -> None:
         n = len(text)
         for m in _IBAN_START.finditer(text):
             country = m.group()[:2].upper()
@@ -377,19 +394,19 @@ class Scanner:
             if count != length or (i < n and text[i].isascii() and text[i].isdigit()):
                 continue
             iban = "".join(chars)
-            if iban_valid(iban) and not _overlaps(found, m.start(), i):
+            if iban_valid(iban) and not found.overlaps(m.start(), i):
                 found.append(Found(m.start(), i, "iban", text[m.start() : i], iban))
 
-    def _cards(self, text: str, found: list[Found]) -> None:
+    def _cards(self, text: str, found: _Finds) -> None:
         for m in _CARD.finditer(text):
             digits = _CARD_SEP.sub("", m.group())
             if card_prefix_valid(digits) and luhn_valid(digits):
-                if not _overlaps(found, m.start(), m.end()):
+                if not found.overlaps(m.start(), m.end()):
                     found.append(Found(m.start(), m.end(), "card", m.group(), digits))
                 continue
             self._card_windows(text, m.start(), m.group(), found)
 
-    def _card_windows(self, text: str, offset: int, run: str, found: list[Found]) -> None:
+    def _card_windows(self, text: str, offset: int, run: str, found: _Finds) -> None:
         """A grouped run that is not one card may hold one next to other digits
         (``4242 4242 4242 4242 12``): try runs of whole groups, longest first."""
         groups = [(g.start(), g.end()) for g in _DIGIT_GROUP.finditer(run)]
@@ -417,19 +434,19 @@ class Scanner:
                 i += 1
                 continue
             start, end = offset + groups[i][0], offset + best[1]
-            if not _overlaps(found, start, end):
+            if not found.overlaps(start, end):
                 value = text[start:end]
                 found.append(Found(start, end, "card", value, _CARD_SEP.sub("", value)))
             i = best[0] + 1
 
-    def _ipv4(self, text: str, found: list[Found]) -> None:
+    def _ipv4(self, text: str, found: _Finds) -> None:
         for m in _IPV4.finditer(text):
             value = m.group()
-            if not ipv4_valid(value) or _overlaps(found, m.start(), m.end()):
+            if not ipv4_valid(value) or found.overlaps(m.start(), m.end()):
                 continue  # 999.1.1.1, leading zeros
             found.append(Found(m.start(), m.end(), "ip", value, value))
 
-    def _ipv6(self, text: str, found: list[Found]) -> None:
+    def _ipv6(self, text: str, found: _Finds) -> None:
         for m in _IPV6.finditer(text):
             value = m.group()
             if value.strip(":") == "":
@@ -438,10 +455,10 @@ class Scanner:
                 addr = ipaddress.IPv6Address(value)
             except ValueError:
                 continue  # times (12:30:45), MAC addresses, C++ scopes
-            if not _overlaps(found, m.start(), m.end()):
+            if not found.overlaps(m.start(), m.end()):
                 found.append(Found(m.start(), m.end(), "ip", value, str(addr)))
 
-    def _phones(self, text: str, found: list[Found]) -> None:
+    def _phones(self, text: str, found: _Finds) -> None:
         assert self.phones is not None
         # What the other detectors found, in order: their spans never overlap one another.
         spans = sorted((f.start, f.end) for f in found)
