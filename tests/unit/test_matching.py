@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.pipeline.matching import TypeMatcher, is_valid_event_type, is_valid_pattern
@@ -167,3 +171,19 @@ def test_a_project_takes_the_types_any_of_its_pipelines_matches() -> None:
         assert not project.takes("user.deleted")
         assert not project.takes("feature.used")
     assert not CompiledProject("prj_2", 1, []).takes("invoice.failed")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab.", max_size=4), min_size=2, max_size=5).map("*".join),
+    st.text(alphabet="ab.", max_size=14),
+)
+def test_wildcards_match_as_the_regex_they_mean(pattern: str, event_type: str) -> None:
+    """One pass over the type (a backtracking regex took seconds on *a*a*a*a*b), same answers."""
+    meaning = re.compile(".*".join(map(re.escape, pattern.split("*"))), re.DOTALL)
+    assert TypeMatcher([pattern])(event_type) == (meaning.fullmatch(event_type) is not None)
+
+
+def test_a_pattern_that_made_the_regex_backtrack_matches_as_it_should() -> None:
+    match = TypeMatcher(["*a*a*a*a*b"])
+    assert not match("a" * 188 + "c") and match("a" * 188 + "b") and not match("aaab")
