@@ -593,19 +593,17 @@ def _regex_search(
 ) -> Callable[[str], bool]:
     """How ``matches`` searches, by what the pattern needs:
 
-    - Python's ``re`` on the whole string for a pattern that repeats nothing: its search is
-      linear then, and the fastest call;
-    - RE2 on the whole string for any other (:mod:`ingestlayer.pipeline.linear_regex`), where
-      it answers exactly as Python would: linear in the text even for ``(a+)+$``, or for
-      ``.{1,16}`` four times over, which Python tries 16**4 ways at every position;
+    - RE2 on the whole string where it answers exactly as Python would
+      (:mod:`ingestlayer.pipeline.linear_regex`): linear in the text even for ``(a+)+$``, for
+      ``.{1,16}`` four times over, which Python tries 16**4 ways at every position, or for
+      ``(a|a)`` twenty times over, which it tries 2**20 ways;
     - otherwise (lookarounds, backreferences; ``\\b`` on text that is not ASCII) Python's ``re``
       on the start of the string only, the window regex_safety allows.
 
     Raises :class:`regex_safety.UnsafePattern` for a pattern only Python's engine can run and
     that can backtrack exponentially. ``linear`` is the pattern's RE2 search, if it has one."""
-    if linear is not None and not linear.repeats:
-        return lambda value: compiled.search(value) is not None
     if linear is not None and not linear.ascii_only:
+        # Even without a repeat Python's engine is not linear: (a|a)(a|a)… tries 2**k ways.
         return linear.found
     window = regex_safety.search_window(regex_safety.check(pattern, flags))
     if window is None:  # nothing repeated, but RE2 could not take it

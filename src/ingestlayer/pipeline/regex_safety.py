@@ -74,7 +74,50 @@ def check(pattern: str, flags: int) -> int:
         return len(SEARCH_WINDOWS)
     ignore_case = bool(parsed.state.flags & re.IGNORECASE)
     samples = _samples(parsed.data)
-    return _Walker(ignore_case, samples).walk(list(parsed.data))
+    repeats = _Walker(ignore_case, samples).walk(list(parsed.data))
+    ways = _ways(list(parsed.data))
+    if ways > MAX_WAYS:
+        raise UnsafePattern(
+            f"alternatives and optional parts one after another, such as (a|a)(a|a)… or a?a?…, "
+            f"give a search {'more than ' if ways > _WAYS_CAP else ''}{ways:,} ways to try at every "
+            f"position (at most {MAX_WAYS:,}); use fewer of them"
+        )
+    # Each doubling of the ways to try costs as much as one more repeat: a shorter window.
+    return repeats + ways.bit_length() - 1
+
+
+# How many ways a pattern may give the search to try at each position through its alternatives
+# and optional parts (`?`), whatever their length: `(a|a)` 20 times over is 2**20, and
+# Python's engine, which holds the event loop, tried them all (1.4 s on 40 characters; the time
+# doubles with each more). Unbounded repeats are bounded by the window instead.
+MAX_WAYS: Final = 1024
+_WAYS_CAP: Final = 1 << 40  # counting stops here: big enough to be refused, small to compute
+
+
+def _ways(items: list[Any]) -> int:
+    """An upper bound on the ways ``items``, matched one after another, can be tried at a
+    position through alternatives and optional parts; other repeats count their body once (the
+    window bounds what they cost)."""
+    total = 1
+    for op, av in items:
+        if op is _c.BRANCH:
+            here = sum(_ways(list(branch)) for branch in av[1])
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            low, high, body = av
+            inner = _ways(list(body))
+            if op is _c.POSSESSIVE_REPEAT:
+                here = 1  # never tried again
+            elif high > 1:  # `*`, `+`, `{2,5}`: counted as repeats, their cost is the window's
+                here = inner
+            else:  # `?`: without its body, or one of its body's ways
+                here = inner + (1 if low == 0 else 0) if high == 1 else 1
+        elif op is _c.GROUPREF_EXISTS:
+            here = sum(_ways(list(branch)) for branch in av[1:] if branch is not None)
+        else:
+            children = _children(op, av)  # a group, an atomic group, a lookaround: one body
+            here = _ways(list(children[0])) if children else 1
+        total = min(total * max(here, 1), _WAYS_CAP + 1)
+    return total
 
 
 def search_window(repeats: int) -> int | None:
