@@ -61,7 +61,6 @@ class LinearSearch:
     found: Callable[[str], bool]
     ascii_only: bool  # the pattern has ``\\b`` or ``\\B``
     re2_pattern: str
-    repeats: bool = True  # the pattern repeats something (``*``, ``+``, ``?``, ``{m,n}``)
 
     def answers_for(self, text: str) -> bool:
         """Whether :attr:`found` answers as Python would for ``text``. RE2's word boundaries
@@ -98,7 +97,7 @@ def compile_linear(pattern: str, flags: int) -> LinearSearch | None:
         # surrogate cannot be UTF-8: passed through as bytes no class of ours matches.
         return search(text.encode("utf-8", "surrogatepass")) is not None
 
-    return LinearSearch(found, writer.boundaries, translated, writer.repeats)
+    return LinearSearch(found, writer.boundaries, translated)
 
 
 def _point(code: int) -> str:
@@ -135,7 +134,6 @@ def _category(name: str) -> str:
 class _Writer:
     def __init__(self) -> None:
         self.boundaries = False  # \b or \B used: RE2's hold for ASCII text only
-        self.repeats = False
 
     def sequence(self, items: list[tuple[Any, Any]], flags: int, *, final: bool) -> str:
         """``final``: nothing can follow this sequence in the pattern (see ``$`` below)."""
@@ -168,7 +166,6 @@ class _Writer:
             return f"(?{mode}:" + self.sequence(list(p), inner, final=final) + ")"
         if op in (c.MAX_REPEAT, c.MIN_REPEAT):
             low, high, p = av
-            self.repeats = True
             if low > _MAX_COUNT or (high is not c.MAXREPEAT and high > _MAX_COUNT):
                 raise _Untranslatable(f"a repeat count over {_MAX_COUNT}")
             # Whatever follows a repeated `$` is the repeat's next iteration too.
