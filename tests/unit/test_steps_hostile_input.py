@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ingestlayer.pipeline import regex_safety
 from ingestlayer.pipeline.event import PipelineEvent, StepContext
 from ingestlayer.pipeline.expressions import EvalContext, ExpressionError, compile_expression
-from ingestlayer.pipeline.paths import delete_path, get_path, set_path
+from ingestlayer.pipeline.paths import delete_path, get_parts, get_path, set_path
 from ingestlayer.pipeline.steps.pii.detectors import Scanner
 from ingestlayer.pipeline.steps.redact_pii import RedactPii, RedactPiiConfig
 from ingestlayer.pipeline.steps.transform import Transform, TransformConfig
@@ -270,3 +270,23 @@ def test_surrogate_pair_escape_is_one_character() -> None:
     assert expression(EvalContext({"mood": "😀"}, {}))
     # A lone surrogate stays what it was written as.
     assert compile_expression(r"x = '\ud83d'")(EvalContext({"x": "\ud83d"}, {}))
+
+
+class _CountedLookups(dict[str, Any]):
+    """A payload object that counts the keys looked up in it."""
+
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        type(self).lookups += 1
+        return super().__contains__(key)
+
+
+def test_a_long_path_looks_up_no_more_keys_than_the_object_can_hold() -> None:
+    """Keys holding dots are found by joining the path's segments; every run of them was tried,
+    so a path of 100,000 segments (a 40 KB expression) took 47 s per event."""
+    payload = _CountedLookups({"a": 1, "ab": 2})
+    assert get_parts(payload, ["a"] * 20_000) is None
+    assert _CountedLookups.lookups <= 2  # "a", then "a.a": longer than any key here
+    nested = {"a.b": {"c": 3}, "a": {"x": 0}}
+    assert get_parts(nested, ["a", "b", "c"]) == 3  # a dotted key is still found
