@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
 from ingestlayer.pipeline.event import PipelineEvent, StepContext
 from ingestlayer.pipeline.paths import delete_path, get_path, set_path
-from ingestlayer.pipeline.steps.transform import Transform, TransformConfig
+from ingestlayer.pipeline.steps.transform import MAX_PAYLOAD_BYTES, Transform, TransformConfig
 from ingestlayer.pipeline.templates import Template
 
 ENVELOPE = {
@@ -105,3 +106,28 @@ def test_transform_config_errors(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as err:
         TransformConfig.model_validate(config)
     assert message in str(err.value)
+
+
+async def test_copying_objects_step_after_step_stops_at_the_size_limit() -> None:
+    """Each step sets two copies of the payload: it doubles, and thirty such steps made 30 GB of
+    one event on the worker every project shares. The step that would pass the limit fails (its
+    on_error policy then decides), and the payload it was given is not grown."""
+    doubling = Transform(
+        TransformConfig.model_validate({"set": {"a": "$event.payload", "b": "$event.payload"}})
+    )
+    event = PipelineEvent("evt_1", "a.b", 0.0, 0.0, "api", {"text": "x" * 100})
+    grown = 0
+    for _ in range(40):
+        before = event.payload
+        event.payload = dict(before)  # as the runner gives each step its own copy
+        try:
+            out = await doubling(event, StepContext("prj", "p"))
+        except ValueError as exc:
+            assert f"at most {MAX_PAYLOAD_BYTES:,}" in str(exc)
+            break
+        assert isinstance(out, PipelineEvent)
+        event, grown = out, grown + 1
+    else:
+        raise AssertionError("the payload grew past the limit without an error")
+    assert 10 < grown < 20
+    assert len(orjson.dumps(before)) <= MAX_PAYLOAD_BYTES

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, Field, model_validator
 
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
@@ -29,6 +30,18 @@ from ingestlayer.pipeline.paths import MISSING, delete_path, get_path, set_path
 from ingestlayer.pipeline.templates import render_value
 
 PATH = r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$"
+
+
+# The most a payload may grow to through ``set``: four times an event's own limit. Copying
+# objects (``a: $event.payload``, ``b: $event.payload``) doubles it with each step, and thirty
+# such steps would have made 30 GB of one event, on the worker every project shares.
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+def _check_size(payload: dict[str, Any]) -> None:
+    size = len(orjson.dumps(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"the payload would be {size:,} bytes after this set; at most {MAX_PAYLOAD_BYTES:,}")
 
 
 class TransformConfig(StepConfig):
@@ -78,6 +91,8 @@ class Transform:
             ]
             for path, rendered in values:
                 set_path(payload, path, rendered)
+            if any(isinstance(rendered, dict | list) for _, rendered in values):
+                _check_size(payload)
         for path in self.config.drop:
             delete_path(payload, path)
         return event
