@@ -28,7 +28,7 @@ from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.secretbox import SecretBox
-from ingestlayer.store.migrate import current_head, upgrade
+from ingestlayer.store.migrate import current_head, sqlite_schema_is_current, upgrade
 from ingestlayer.timefmt import parse_time_filter
 from ingestlayer.urlmask import mask_url
 
@@ -76,6 +76,8 @@ def migrate_database(settings: Settings, on_step: Callable[[str, str], None] | N
     in one line, named by its URL with the password masked (the driver's own message names only
     an address, or not even that)."""
     database_url = settings.database_url
+    if sqlite_schema_is_current(database_url):
+        return
     try:
         upgrade(database_url, on_step=on_step, connect_timeout=settings.database_timeout)
     except Exception as exc:

@@ -255,3 +255,18 @@ def test_0010_stores_enrichment_steps_by_their_yaml_keys(tmp_path: Path) -> None
     assert steps[0]["config"] == {"from": "account_id", "entity": "account"}
     assert steps[1]["config"] == {"expression": "from_ = 1"}  # not an enrichment: left alone
     assert steps[2]["config"] == {"from": "email"}
+
+
+def test_the_head_read_from_file_names_is_alembics(tmp_path: Path) -> None:
+    """Commands skip Alembic on a SQLite file already at the head, which they read from the
+    migrations' file names: that must be the head Alembic itself finds."""
+    from ingestlayer.store.migrate import current_head, head_revision, sqlite_schema_is_current
+
+    assert head_revision() == current_head()
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    assert not sqlite_schema_is_current(url) and not (tmp_path / "h.db").exists()  # not created
+    upgrade(url, "0008")
+    assert not sqlite_schema_is_current(url)
+    upgrade(url)
+    assert sqlite_schema_is_current(url)
+    assert not sqlite_schema_is_current(f"postgresql://postgres@127.0.0.1/{tmp_path.name}")
