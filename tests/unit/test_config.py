@@ -476,3 +476,25 @@ def test_plan_diffs_read_as_pyyaml_writes_them() -> None:
         "retry": {"schedule": [0, 60.5, 1e20]},
     }
     assert _dump(tricky) == yaml.safe_dump(tricky, sort_keys=True, default_flow_style=False).splitlines(True)
+
+
+async def test_a_source_stored_before_a_setting_existed_is_unchanged_by_the_same_file(store: Store) -> None:
+    """A source stored before ``previous_secret`` existed has no such key; the file's, parsed
+    now, has it null: the dry run showed an update (``+previous_secret: null``) that was none."""
+    pid = await _project(store)
+    doc = {"sources": [{"name": "stripe", "verify": "stripe", "secret": "ref:stripe-signing"}]}
+    await apply_plan(store, await plan(store, pid, parse_config(doc)))
+    (stored,) = (await store.load_project_config(pid)).sources.values()
+    assert "previous_secret" in stored.config
+    older = {k: v for k, v in stored.config.items() if k != "previous_secret"}
+    await store.apply_config(
+        pid, [], [], upsert_sources=[{"id": stored.id, "name": "stripe", "config": older, "enabled": True}]
+    )
+    again = await plan(store, pid, parse_config(doc))
+    assert _actions(again) == {("source", "stripe"): "unchanged"} and not again.has_changes
+    changed = await plan(
+        store, pid, parse_config({"sources": [{**doc["sources"][0], "secret": "ref:other"}]})
+    )
+    (change,) = changed.changes
+    assert change.action == "update" and "+secret: ref:other" in change.diff.replace("'", "")
+    assert "previous_secret" not in change.diff

@@ -84,6 +84,12 @@ def _belongs_to_endpoint(name: str, endpoint_id: str) -> str:
     )
 
 
+def _set_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored source's settings without those left unset: a source stored before a setting
+    existed (``previous_secret``) is the same source as the file's, where it is null."""
+    return {key: value for key, value in config.items() if value is not None}
+
+
 async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = False) -> Plan:
     current = await store.load_project_config(project_id)
     dest_by_name = {d.name: d for d in current.destinations.values()}
@@ -149,11 +155,12 @@ async def plan(store: Store, project_id: str, cfg: ConfigFile, *, prune: bool = 
         sid = old_s.id if old_s else random_id("src")
         if old_s is None:
             action = "create"
-        elif old_s.config == src:
+        elif _set_fields(old_s.config) == _set_fields(src):
             action = "unchanged"
         else:
             action = "update"
-        diff = _diff(src["name"], old_s.config if old_s else None, src) if action != "unchanged" else ""
+        old_view = _set_fields(old_s.config) if old_s else None
+        diff = _diff(src["name"], old_view, _set_fields(src)) if action != "unchanged" else ""
         out.changes.append(Change(action, "source", src["name"], sid, diff))
         if action != "unchanged":
             out.source_rows.append({"id": sid, "name": src["name"], "config": src, "enabled": src["enabled"]})
