@@ -62,3 +62,12 @@ def test_plain_http_is_refused_unless_private_destinations_are_allowed(url: str)
 def test_a_private_address_is_named_before_the_scheme() -> None:
     with pytest.raises(EgressDenied, match="private"):
         EgressPolicy(allow_private=False).check_url("http://10.1.2.3/internal")
+
+
+@pytest.mark.parametrize(
+    "url", ["https://localhost./in", "https://api.localhost./in", "https://LOCALHOST/in"]
+)
+def test_localhost_by_any_spelling_is_refused_by_name(url: str) -> None:
+    """With a final dot it reached the resolver, and the attempt failed as a DNS error."""
+    with pytest.raises(EgressDenied, match="is local"):
+        EgressPolicy(allow_private=False).check_url(url)

@@ -72,7 +72,8 @@ class EgressPolicy:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if host == "localhost" or host.endswith(".localhost"):
+            name = host.rstrip(".")  # `localhost.` is the same name, fully qualified
+            if name == "localhost" or name.endswith(".localhost"):
                 raise EgressDenied(
                     f"destination host {host!r} is local; private destinations are not allowed"
                 ) from None
