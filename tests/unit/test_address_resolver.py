@@ -32,6 +32,7 @@ async def test_private_names_resolve_when_private_destinations_are_allowed() -> 
         "100.100.100.200",
         "fec0::1",  # site-local
         "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
         "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo: a tunnel to an address hidden in it
         "224.0.0.251",  # multicast
     ],
@@ -41,7 +42,9 @@ async def test_literal_private_addresses_are_refused(literal: str) -> None:
         await AddressResolver(EgressPolicy(allow_private=False))(literal, 443)
 
 
-@pytest.mark.parametrize("literal", ["93.184.216.34", "2606:4700:4700::1111", "2002:808:808::1"])
+@pytest.mark.parametrize(
+    "literal", ["93.184.216.34", "2606:4700:4700::1111", "2002:808:808::1", "64:ff9b::808:808"]
+)
 async def test_literal_public_addresses_need_no_lookup(literal: str) -> None:
     assert await AddressResolver(EgressPolicy(allow_private=False))(literal, 443) == [literal]
 

@@ -24,14 +24,19 @@ class EgressDenied(Exception):
     pass
 
 
+# NAT64's well-known prefix: the last 32 bits are the IPv4 address reached.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_public_address(addr: str) -> bool:
     """Whether ``addr`` is globally routable: not private, loopback, link-local, shared (CGNAT,
     100.64.0.0/10, where some clouds' metadata services and overlay networks live), reserved or
-    multicast. IPv6 forms that carry an IPv4 address (mapped, 6to4) are judged by it; Teredo
+    multicast. IPv6 forms that carry an IPv4 address (mapped, 6to4, NAT64) are judged by it; Teredo
     and site-local addresses are refused."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
-        for embedded in (ip.ipv4_mapped, ip.sixtofour):
+        nat64 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None
+        for embedded in (ip.ipv4_mapped, ip.sixtofour, nat64):
             if embedded is not None:
                 return is_public_address(str(embedded))
         if ip.teredo is not None or ip.is_site_local:
