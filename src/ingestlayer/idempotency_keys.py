@@ -36,10 +36,13 @@ def ingress_key(source_name: str, value: Any) -> str | None:
         return None
     # NUL dropped: PostgreSQL cannot store it.
     key = f"{source_name}:{value}".replace("\x00", "")
-    if len(key) > MAX_KEY_LENGTH:
+    if len(key) >= MAX_KEY_LENGTH:
+        # From 255 characters, as the mark then takes the room of the last one: cut, ids that
+        # differed only there were taken for one (the second event answered as a duplicate).
         digest = hashlib.sha256(key.encode()).hexdigest()
         key = key[: MAX_KEY_LENGTH - len(digest) - 1] + "~" + digest
-    # Cut to fit after the mark: migration 0009 marked the keys stored before the same way.
+    # Cut to fit after the mark (the digest's last digit): migration 0009 marked the keys stored
+    # before the same way, so longer ids redelivered after it are still recognised.
     return (INGRESS_MARK + key)[:MAX_KEY_LENGTH]
 
 

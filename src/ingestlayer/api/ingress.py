@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -38,6 +39,8 @@ from ingestlayer.sources.verify import (
     verify_stripe,
 )
 from ingestlayer.timefmt import iso
+
+log = logging.getLogger("ingestlayer.ingress")
 
 router = APIRouter(tags=["sources"])
 
@@ -158,22 +161,40 @@ def parse_document(raw: bytes) -> dict[str, Any]:
 
 
 async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> list[str]:
-    try:
-        secrets = [await rt.dispatcher.resolver(source.project_id, ref) for ref in cfg.secret_refs()]
-    except LookupError:
-        # The operator's misconfiguration, not the sender's: say so without naming the secret.
-        raise ApiError(
-            503, "this source's secret is not configured on the server", headers={"Retry-After": "60"}
-        ) from None
-    if cfg.verify == "standard-webhooks":
+    """The secrets to verify with: the current one, which must resolve (else a 503: the
+    operator's misconfiguration, not the sender's, said without naming the secret), and the
+    previous one where it resolves. A previous secret mistyped during a rotation is logged and
+    left out: it refused every request, those signed with the current secret too."""
+    refs = cfg.secret_refs()
+    secrets: list[str] = []
+    for i, ref in enumerate(refs):
         try:
-            for secret in secrets:
+            secret = await rt.dispatcher.resolver(source.project_id, ref)
+            if cfg.verify == "standard-webhooks":
                 standard_key(secret)
-        except SourceSecretError as exc:
-            raise ApiError(
-                503, f"this source's secret is unusable: {exc}", headers={"Retry-After": "60"}
-            ) from None
+        except (LookupError, SourceSecretError) as exc:
+            if i == 0:
+                what = "unusable" if isinstance(exc, SourceSecretError) else "not configured on the server"
+                detail = f": {exc}" if isinstance(exc, SourceSecretError) else ""
+                raise ApiError(
+                    503, f"this source's secret is {what}{detail}", headers={"Retry-After": "60"}
+                ) from None
+            if (source.id, ref) not in _WARNED_PREVIOUS:
+                _WARNED_PREVIOUS.add((source.id, ref))
+                log.warning(
+                    "source %s: previous_secret %s cannot be used (%s); requests are verified with "
+                    "its current secret alone",
+                    source.name,
+                    ref,
+                    exc,
+                )
+            continue
+        secrets.append(secret)
     return secrets
+
+
+# Sources whose previous_secret could not be used, already logged (once per process each).
+_WARNED_PREVIOUS: set[tuple[str, str]] = set()
 
 
 @router.post("/v1/ingress/{source_id}", status_code=202, summary="Receive a signed webhook from a source")

@@ -51,12 +51,16 @@ DEFAULT_KEY: dict[str, str | None] = {
 }
 
 
-def _check_locator(value: str | None, field: str) -> str | None:
+def _check_locator(
+    value: str | None, field: str, kinds: tuple[str, ...] = ("body", "header", "const")
+) -> str | None:
     if value is None:
         return None
     kind, _, rest = value.partition(":")
-    if kind not in ("body", "header", "const") or not rest:
-        raise ValueError(f"{field} must be body:<path>, header:<Name> or const:<value>")
+    if kind not in kinds or not rest:
+        shapes = {"body": "body:<path>", "header": "header:<Name>", "const": "const:<value>"}
+        wanted = [shapes[k] for k in kinds]
+        raise ValueError(f"{field} must be {', '.join(wanted[:-1])} or {wanted[-1]}")
     return value
 
 
@@ -109,7 +113,8 @@ class SourceConfig(BaseModel):
             if extra:
                 raise FieldRule(extra[0], f"{extra[0]} applies only to verify: hmac-sha256")
         _check_locator(self.event_type, "event_type")
-        _check_locator(self.idempotency_key, "idempotency_key")
+        # A constant key would make every event after the first a duplicate of it, dropped.
+        _check_locator(self.idempotency_key, "idempotency_key", ("body", "header"))
         return self
 
     def secret_refs(self) -> list[str]:
