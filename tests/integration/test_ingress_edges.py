@@ -346,3 +346,16 @@ async def test_a_constant_idempotency_key_is_refused(srv: RunningServer) -> None
     )
     assert status == 422, err
     assert err["error"]["message"].endswith("must be body:<path> or header:<Name>"), err
+    # One stored by an earlier version is read as no key: its events are no longer dropped.
+    paths = await configure(srv, {"name": "cst", "verify": "none"})
+    (source,) = (await srv.runtime.store.load_project_config(srv.project_id)).sources.values()
+    config = {**source.config, "idempotency_key": "const:x"}
+    row = {"id": source.id, "name": "cst", "config": config, "enabled": True}
+    await srv.runtime.store.apply_config(srv.project_id, [], [], upsert_sources=[row])
+    ids = set()
+    for event_type in ("a.one", "b.two"):
+        body = orjson.dumps({"type": event_type})
+        status, answer = await post(srv, paths["cst"], body, {"Content-Type": "application/json"})
+        assert status == 202, answer
+        ids.add(answer["id"])
+    assert len(ids) == 2

@@ -38,6 +38,7 @@ from ingestlayer.sources.verify import (
     verify_standard,
     verify_stripe,
 )
+from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.ingress")
@@ -202,7 +203,8 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     source = await rt.store.get_source(source_id)
     if source is None or not source.enabled:
         raise ApiError(404, f"no source {source_id!r}")
-    cfg = SourceConfig.model_validate(source.config)
+    with stored_configuration():  # checked when it was applied, maybe by an earlier version
+        cfg = SourceConfig.model_validate(source.config)
     body = await read_body(request, rt.settings.max_request_bytes)
     headers = dict(request.headers)
     if cfg.verify == "standard-webhooks":

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ingestlayer.destinations.webhook_out import is_secret_reference
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.pipeline.config import NAME_RE
+from ingestlayer.stored_config import reading_stored
 
 Scheme = Literal["stripe", "github", "standard-webhooks", "hmac-sha256", "none"]
 
@@ -113,8 +114,10 @@ class SourceConfig(BaseModel):
             if extra:
                 raise FieldRule(extra[0], f"{extra[0]} applies only to verify: hmac-sha256")
         _check_locator(self.event_type, "event_type")
-        # A constant key would make every event after the first a duplicate of it, dropped.
-        _check_locator(self.idempotency_key, "idempotency_key", ("body", "header"))
+        # A constant key would make every event after the first a duplicate of it, dropped. (One
+        # stored before this check is read as no key: see key_locator.)
+        key_kinds = ("body", "header", "const") if reading_stored() else ("body", "header")
+        _check_locator(self.idempotency_key, "idempotency_key", key_kinds)
         return self
 
     def secret_refs(self) -> list[str]:
@@ -125,6 +128,8 @@ class SourceConfig(BaseModel):
         return self.event_type or DEFAULT_TYPE[self.verify]
 
     def key_locator(self) -> str | None:
+        if self.idempotency_key is not None and self.idempotency_key.startswith("const:"):
+            return None  # stored by an earlier version: the same for every event, so no delivery id
         return self.idempotency_key or DEFAULT_KEY[self.verify]
 
 
