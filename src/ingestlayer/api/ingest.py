@@ -209,12 +209,10 @@ class IngestHandler:
                 self._key_outage.failed(exc, "ingest requests with keys not seen lately are answered 503")
                 raise unavailable_error(exc, "the key could not be checked") from None
             except ApiError as exc:
-                if self._key_outage.failing:
-                    self._key_outage.succeeded()  # the database answered (the key was wrong)
+                self._key_outage.succeeded()  # the database answered (the key was wrong)
                 exc.unread_body = True
                 raise
-            if self._key_outage.failing:
-                self._key_outage.succeeded()
+            self._key_outage.succeeded()
         raw = await read_body(receive, self.max_request_bytes)
         try:
             doc = orjson.loads(raw)

@@ -175,11 +175,12 @@ async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> 
                 standard_key(secret)
         except (LookupError, SourceSecretError) as exc:
             if i == 0:
-                what = "unusable" if isinstance(exc, SourceSecretError) else "not configured on the server"
-                detail = f": {exc}" if isinstance(exc, SourceSecretError) else ""
-                raise ApiError(
-                    503, f"this source's secret is {what}{detail}", headers={"Retry-After": "60"}
-                ) from None
+                message = (
+                    f"this source's secret is unusable: {exc}"
+                    if isinstance(exc, SourceSecretError)
+                    else "this source's secret is not configured on the server"
+                )
+                raise ApiError(503, message, headers={"Retry-After": "60"}) from None
             if (source.id, ref) not in _WARNED_PREVIOUS:
                 _WARNED_PREVIOUS.add((source.id, ref))
                 log.warning(
