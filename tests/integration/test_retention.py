@@ -170,6 +170,45 @@ async def test_a_replay_during_the_purge_is_not_lost(pg_url: str) -> None:
         await store.close()
 
 
+async def test_an_event_routed_during_the_purge_keeps_its_deliveries(pg_url: str) -> None:
+    """The router deletes an old event's route job and inserts its deliveries in one commit. A
+    purge that read the event's deliveries before that commit and its route jobs after it saw
+    neither, and deleted the event with the deliveries it had just been given."""
+    store = Store.from_url(pg_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        old = time.time() - 40 * 86400
+        (finished,) = await _finished_events(store, pid, old, 1)
+        (finished_delivery,) = await store.list_deliveries(pid, limit=10)
+        unrouted = _event(pid, old + 1)  # accepted while no worker ran, still to be routed
+        await store.insert_events([unrouted])
+        lease = await store.lease_route_jobs(10, 60)  # a router took it up
+        assert [e.id for e in lease.events] == [unrouted.id]
+
+        other = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            tx = other.transaction()
+            await tx.start()
+            # Any short row lock on an old delivery (a replay, the dispatcher) holds the purge up.
+            await other.execute("SELECT 1 FROM deliveries WHERE id = $1 FOR UPDATE", finished_delivery["id"])
+            purge = asyncio.create_task(store.purge_older_than(time.time() - 30 * 86400))
+            await asyncio.sleep(0.3)
+            assert not purge.done()
+            routed = NewDelivery(new_id("dlv"), pid, unrouted.id, unrouted.type, "pip_x", "dst_x", "{}")
+            routing = asyncio.create_task(store.complete_routing(lease, [routed], {}))
+            await asyncio.sleep(0.3)
+            await tx.commit()
+            await asyncio.wait_for(asyncio.gather(purge, routing), 10)
+        finally:
+            await other.close()
+        assert await store.get_event(pid, unrouted.id) is not None
+        kept = await store.get_delivery(pid, routed.id)
+        assert kept is not None and kept["status"] == "pending"
+        assert await store.get_event(pid, finished.id) is None  # the finished one still went
+    finally:
+        await store.close()
+
+
 async def _finished_events(store: Store, pid: str, received_at: float, n: int) -> list[NewEvent]:
     """``n`` events received at ``received_at``, each with one delivered delivery and its attempt."""
     evs = [_event(pid, received_at) for _ in range(n)]

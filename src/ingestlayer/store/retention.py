@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 
 from ingestlayer.store.base import StoreBase
 from ingestlayer.store.schema import attempts, deliveries, events, route_jobs
@@ -58,25 +58,38 @@ class RetentionMixin(StoreBase):
                 return removed
             started = time.monotonic()
             async with self.engines.write.begin() as conn:
-                # Every delivery of the batch is locked (PostgreSQL; SQLite's writer holds the
-                # database): a replay that turns a finished one back to pending meanwhile either
-                # commits first and is seen here, or waits and finds it gone.
+                # Route jobs first, then deliveries, each locked (PostgreSQL; SQLite's writer
+                # holds the database). The router deletes an event's route job and inserts its
+                # deliveries in one commit: read in the other order, under READ COMMITTED, a
+                # commit landing between the two reads hid both, and the event went with the
+                # deliveries it had just been given. Read in this order, a route job gone from
+                # the first read left its deliveries visible to the second. A replay that turns
+                # a finished delivery back to pending either commits first and is seen here, or
+                # waits for the lock and finds it gone.
+                routing = await conn.execute(
+                    select(route_jobs.c.event_id).where(route_jobs.c.event_id.in_(ids)).with_for_update()
+                )
+                keep = set(routing.scalars().all())
                 owned = await conn.execute(
                     select(deliveries.c.event_id, deliveries.c.status)
                     .where(deliveries.c.event_id.in_(ids))
                     .with_for_update()
                 )
-                keep = {event_id for event_id, status in owned if status in DUE_STATUSES} | set(
-                    (await conn.execute(select(route_jobs.c.event_id).where(route_jobs.c.event_id.in_(ids))))
-                    .scalars()
-                    .all()
-                )
+                keep.update(event_id for event_id, status in owned if status in DUE_STATUSES)
                 gone = [i for i in ids if i not in keep]
                 if gone:
-                    dids = select(deliveries.c.id).where(deliveries.c.event_id.in_(gone)).scalar_subquery()
+                    # Only finished deliveries go, and an event only with nothing left of its
+                    # own: whatever this transaction did not see stays with its event.
+                    finished = deliveries.c.event_id.in_(gone) & deliveries.c.status.not_in(DUE_STATUSES)
+                    dids = select(deliveries.c.id).where(finished).scalar_subquery()
                     await conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(dids)))
-                    await conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(gone)))
-                    res = await conn.execute(delete(events).where(events.c.id.in_(gone)))
+                    await conn.execute(delete(deliveries).where(finished))
+                    unowned = (
+                        events.c.id.in_(gone)
+                        & ~exists().where(deliveries.c.event_id == events.c.id)
+                        & ~exists().where(route_jobs.c.event_id == events.c.id)
+                    )
+                    res = await conn.execute(delete(events).where(unowned))
                     # Another process's purge may have taken some since they were read.
                     removed += res.rowcount
             held = time.monotonic() - started
