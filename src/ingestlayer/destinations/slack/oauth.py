@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -212,6 +213,21 @@ class Installation:
         return self.team_name or self.team_id or "your workspace"
 
 
+# Slack's error codes are short snake_case words. Anything else in ``error`` (a proxy or a
+# server in Slack's place echoing the request, with the client secret in its Basic
+# authorization) is not shown: the callback page needs no key, and its message is logged.
+_ERROR_CODE = re.compile(r"[a-z0-9_.]{1,64}")
+
+
+def slack_error_code(value: object) -> str | None:
+    """Slack's ``error`` field when it is an error code; ``"unrecognised error"`` otherwise."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and _ERROR_CODE.fullmatch(value):
+        return value
+    return "unrecognised error"
+
+
 async def exchange_code(app: SlackApp, code: str, redirect_uri: str) -> Installation:
     """``oauth.v2.access``: the code for a bot token. Raises :class:`SlackOAuthError`."""
     try:
@@ -239,7 +255,7 @@ async def exchange_code(app: SlackApp, code: str, redirect_uri: str) -> Installa
     if not isinstance(body, dict):
         raise SlackOAuthError(f"Slack answered HTTP {status} without a JSON body", status=502)
     if body.get("ok") is not True:
-        error = str(body.get("error") or f"HTTP {status}")
+        error = slack_error_code(body.get("error")) or f"HTTP {status}"
         hint = EXCHANGE_ERRORS.get(error)
         raise SlackOAuthError(
             f"Slack refused the authorization: {error}" + (f" ({hint})" if hint else ""),
