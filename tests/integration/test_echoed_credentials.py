@@ -29,6 +29,8 @@ URL_USER = "apiuser"
 URL_PASSWORD = "ECHOURLPASSWORD"
 QUERY_TOKEN = "ECHOQUERYTOKEN"
 INLINE_HEADER = "ECHOINLINEHEADER"
+# Under a name that does not say "credential": the dashboard masks it all the same.
+INLINE_PLAIN_NAME = "ECHOPLAINNAMEDHEADER"
 BEARER = "ECHOBEARERSECRET"
 EDIT_FIELD = re.compile(r'<input id="f-url" name="url" type="url" required value="([^"]*)"')
 
@@ -41,7 +43,9 @@ def forms(*values: str) -> list[str]:
     return out
 
 
-CREDENTIALS = forms(URL_PASSWORD, f"{URL_USER}:{URL_PASSWORD}", QUERY_TOKEN, INLINE_HEADER, BEARER)
+CREDENTIALS = forms(
+    URL_PASSWORD, f"{URL_USER}:{URL_PASSWORD}", QUERY_TOKEN, INLINE_HEADER, INLINE_PLAIN_NAME, BEARER
+)
 
 
 def leaked(text: str) -> list[str]:
@@ -78,7 +82,7 @@ async def test_an_echoing_receiver_leaves_no_credential_in_excerpts_pages_or_tes
 ) -> None:
     receiver.default = Reply(status=200, echo=True)
     await server.set_secret("echosec", BEARER)
-    inline = {"X-Api-Key": INLINE_HEADER}
+    inline = {"X-Api-Key": INLINE_HEADER, "X-Access": INLINE_PLAIN_NAME}
     await server.apply(
         {
             "pipelines": [
@@ -112,6 +116,7 @@ async def test_an_echoing_receiver_leaves_no_credential_in_excerpts_pages_or_tes
     # Everything was sent: the receiver got each credential.
     got = {r.path: r.headers for r in receiver.requests}
     assert got["/ok/bearer"]["X-Api-Key"] == INLINE_HEADER
+    assert got["/ok/bearer"]["X-Access"] == INLINE_PLAIN_NAME
     assert got["/ok/bearer"]["Authorization"] == f"Bearer {BEARER}"
     basic = base64.b64encode(f"{URL_USER}:{URL_PASSWORD}".encode()).decode()
     assert got["/ok/basic"]["Authorization"] == f"Basic {basic}"

@@ -50,7 +50,6 @@ from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_c
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.timefmt import parse_iso
 from ingestlayer.urlcheck import http_url_problem
-from ingestlayer.urlmask import SENSITIVE_NAME
 
 RESERVED_HEADERS = {
     "content-type",
@@ -284,14 +283,14 @@ class WebhookOut:
         # Parsed once, not per request.
         self._url = URL(config.url)
         # What the dashboard masks in this configuration, besides the secrets resolved at send:
-        # inline header values under a credential's name (credentials belong in secret_headers,
-        # the others are content types, versions, tenants), and the URL's password and query
-        # values. A receiver may echo the request (its URL, its headers, the Basic
+        # every inline header value (credentials belong in secret_headers, but X-Auth, X-Key or
+        # X-Access written inline are credentials too, whatever the name says), and the URL's
+        # password and query values. A receiver may echo the request (its URL, its headers, the Basic
         # authorization made from the URL's user:password), and what it answers is stored.
         # Their forms are made once here; only the secrets resolved at send are new each time.
         self._configured_forms = credential_forms(
             [
-                *(v for k, v in config.headers.items() if SENSITIVE_NAME.search(k)),
+                *config.headers.values(),
                 *url_credentials(config.url),
             ]
         )
