@@ -16,6 +16,7 @@ import base64
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -304,8 +305,13 @@ async def test_a_telegram_api_base_echoing_the_request_leaves_no_credential_in_t
     server: RunningServer,
 ) -> None:
     async def refuse(request: web.Request) -> web.Response:
+        # The path as requested, and again percent-encoded (the token's ":" as "%3A"), and the
+        # token's secret part alone.
+        path = request.raw_path
+        told_again = f"{quote(path, safe='')} {path.split(':')[-1].split('/')[0]}"
         return web.json_response(
-            {"ok": False, "error_code": 400, "description": f"Bad Request: {told(request)}"}, status=400
+            {"ok": False, "error_code": 400, "description": f"Bad Request: {told(request)} {told_again}"},
+            status=400,
         )
 
     base, runner = await echo_server(refuse)
@@ -334,5 +340,7 @@ async def test_a_telegram_api_base_echoing_the_request_leaves_no_credential_in_t
         (attempt,) = full["attempts"]
         assert "Basic <redacted>" in str(attempt), attempt
         assert leaked(str(full)) == [], leaked(str(full))
+        for form in ("ABCdefGhIJKlmNoPQRsTUVwxyZ", "123456%3AABC", "%2Fbot123456"):
+            assert form not in str(full), (form, attempt)
     finally:
         await runner.cleanup()

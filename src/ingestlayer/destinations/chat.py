@@ -25,7 +25,7 @@ import orjson
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
-from ingestlayer.destinations.shared import secret_forms, url_credentials
+from ingestlayer.destinations.shared import percent_forms, secret_forms, url_credentials
 from ingestlayer.pipeline.paths import get_path
 from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
 from ingestlayer.urlcheck import http_url_problem, url_characters_problem
@@ -157,10 +157,13 @@ class Redactor:
     secrets: list[str] = field(default_factory=list)
 
     def add(self, secret: str) -> None:
-        if secret and secret not in self.secrets:
-            self.secrets.append(secret)
-            # Longest first, so a URL goes before the token inside it.
-            self.secrets.sort(key=len, reverse=True)
+        """``secret`` as written and percent-encoded (a server may echo the path it was sent to
+        encoded: a token's ``:`` as ``%3A``)."""
+        for form in (secret, *percent_forms(secret)) if secret else ():
+            if form not in self.secrets:
+                self.secrets.append(form)
+        # Longest first, so a URL goes before the token inside it.
+        self.secrets.sort(key=len, reverse=True)
 
     def add_url(self, url: str) -> None:
         """A webhook URL is a credential: the URL, its path, and each long path segment, and

@@ -20,6 +20,7 @@ import json
 import re
 import socket
 from collections.abc import Iterable
+from urllib.parse import quote
 
 import orjson
 
@@ -64,7 +65,14 @@ def secret_forms(value: str) -> list[str]:
     raw = value.encode()
     forms.append(base64.b64encode(raw).decode())
     forms.append(base64.urlsafe_b64encode(raw).decode())
+    forms += percent_forms(value)
     return [f for f in forms if len(f) >= MIN_SCRUB_CHARS]
+
+
+def percent_forms(value: str) -> list[str]:
+    """``value`` percent-encoded, as a server echoing the URL it was called at may write it (a
+    Telegram token's ``:`` as ``%3A``), where that differs from the value as written."""
+    return [f for f in dict.fromkeys((quote(value, safe=""), quote(value, safe="/"))) if f != value]
 
 
 def url_credentials(url: str | None) -> list[str]:

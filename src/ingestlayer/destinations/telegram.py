@@ -376,6 +376,7 @@ class Telegram:
         except LookupError as exc:
             return Outcome(ok=False, error=str(exc))
         redact.add(token)
+        redact.add(token.partition(":")[2])  # the secret part, echoed on its own
         redact.add_url_credentials(cfg.resolved_api_base())
         if not TOKEN_RE.fullmatch(token):
             return Outcome(
