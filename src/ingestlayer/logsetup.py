@@ -11,9 +11,21 @@ import sys
 LIBRARY_FLOOR = logging.INFO
 
 
+class OneLineFormatter(logging.Formatter):
+    """A record's line with its line breaks written as ``\\n``: messages quote text that others
+    control (a receiver's error answer, a rejected header), which could otherwise start a line
+    that reads as a record of its own. A traceback (ours) still follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        if "\n" in line or "\r" in line:
+            line = line.replace("\r", "\\r").replace("\n", "\\n")
+        return line
+
+
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     wanted = logging.getLevelNamesMapping()[level.upper()]
     root = logging.getLogger()
     root.handlers[:] = [handler]

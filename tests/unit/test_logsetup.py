@@ -45,3 +45,23 @@ def test_the_level_still_applies_to_ingestlayer(capsys: pytest.CaptureFixture[st
     logging.getLogger("uvicorn.error").info("library info not shown either")
     err = capsys.readouterr().err
     assert "shown" in err and "not shown" not in err and "library info" not in err
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_quoted_text_cannot_start_a_line_of_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    """An attempt's error quotes the receiver's answer, which the receiver controls."""
+    configure("INFO")
+    forged = "HTTP 500\n2026-11-27 12:00:00,000 CRITICAL ingestlayer.auth admin key leaked\r\nok"
+    logging.getLogger("ingestlayer.delivery").info("attempt delivery=%s error=%s", "dlv_1", forged)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("ingestlayer.delivery").exception("a bug")
+
+    lines = capsys.readouterr().err.splitlines()
+    assert not any(line.startswith("2026-11-27 12:00:00,000 CRITICAL") for line in lines)
+    assert lines[0].endswith(
+        "error=HTTP 500\\n2026-11-27 12:00:00,000 CRITICAL ingestlayer.auth admin key leaked\\r\\nok"
+    )
+    assert lines[1].endswith("ERROR ingestlayer.delivery a bug")
+    assert lines[2] == "Traceback (most recent call last):"  # our own traceback keeps its lines
