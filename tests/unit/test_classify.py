@@ -373,6 +373,7 @@ def test_labels_as_the_recipe_cards_write_them() -> None:
     [
         ({"api_key": "sk-live-abcdef"}, "api_key", "never the key itself"),
         ({"api_key": "ref:"}, "api_key", "never the key itself"),
+        ({"api_key": "ref:openai key"}, "api_key", "not one a secret can have"),
         ({"fallback": "medium"}, "fallback", "'medium' is not one of the labels: low, high, critical"),
         ({"labels": ["only"]}, "labels", "at least 2 labels"),
         ({"labels": []}, "labels", "at least 2 labels"),
@@ -427,7 +428,7 @@ def test_apply_errors_name_the_path() -> None:
 
     with pytest.raises(ConfigError) as info:
         parse_step("steps[0]", {"classify": {**openai_config().model_dump(mode="json"), "api_key": "sk-1"}})
-    assert str(info.value).startswith("steps[0].classify.api_key: api_key must be a reference")
+    assert str(info.value).startswith("steps[0].classify.api_key: api_key must be a secret reference")
 
 
 # --------------------------------------------------------------------------------------------- cache key

@@ -743,7 +743,7 @@ def test_stored_config_round_trips() -> None:
         ({"detect": ["email", "ssn"]}, "Input should be"),
         ({"detect": []}, "at least 1"),
         ({"mode": "scramble"}, "Input should be"),
-        ({"mode": "hash", "hash_key": "plain-secret"}, "must be a reference"),
+        ({"mode": "hash", "hash_key": "plain-secret"}, "must be a secret reference"),
         ({"hash_key": "env:K"}, "applies only to `mode: hash`"),
         ({"replacement": "x"}, "applies only to `mode: replace`"),
         ({"default_region": "XX"}, "not a region"),

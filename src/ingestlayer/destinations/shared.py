@@ -26,6 +26,7 @@ import orjson
 
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy, is_public_address
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE
+from ingestlayer.stored_config import reading_stored
 from ingestlayer.urlmask import url_secrets
 
 REDACTED = "<redacted>"
@@ -51,7 +52,9 @@ def check_reference(field_name: str, value: str, what: str) -> str:
             f"`ingestlayer secrets set NAME`) or `env:VAR`, never the {what} itself"
         )
     kind, _, name = value.partition(":")
-    if not (SECRET_NAME if kind == "ref" else ENV_NAME).fullmatch(name):
+    # Stored before every setting checked the name (and read back now): such a reference never
+    # resolves, and fails where it is used, as a secret that does not exist.
+    if not reading_stored() and not (SECRET_NAME if kind == "ref" else ENV_NAME).fullmatch(name):
         rule = SECRET_NAME_RULE if kind == "ref" else "environment variable names are letters, digits and '_'"
         what_is = "a secret" if kind == "ref" else "an environment variable"
         raise ValueError(f"{field_name}: the name after `{kind}:` is not one {what_is} can have: {rule}")

@@ -46,7 +46,7 @@ from ingestlayer.destinations.base import (
     SendRequest,
     excerpt,
 )
-from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
+from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.timefmt import parse_iso
 from ingestlayer.urlcheck import http_url_problem
@@ -68,10 +68,6 @@ RESERVED_HEADERS = {
 
 # RFC 9110 §5.6.2: a header name is a token, one or more of these.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
-
-
-def is_secret_reference(value: str) -> bool:
-    return value.startswith(("env:", "ref:"))
 
 
 def header_name_problem(name: str) -> str | None:
@@ -167,8 +163,7 @@ class WebhookOutConfig(BaseModel):
     @classmethod
     def _secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
         for name, ref in v.items():
-            if not is_secret_reference(ref):
-                raise ValueError(f"{name}: a secret header's value must be `ref:NAME` or `env:VAR`")
+            check_reference(name, ref, "header's value")
         return v
 
     @model_validator(mode="after")
@@ -185,10 +180,7 @@ class WebhookOutConfig(BaseModel):
     def _secret_refs(cls, v: str | list[str] | None) -> str | list[str] | None:
         # A field validator, so the error names `…secret`, the field to fix.
         for ref in [v] if isinstance(v, str) else list(v or []):
-            if not is_secret_reference(ref):
-                raise ValueError(
-                    "secret must be a reference, `ref:NAME` or `env:VAR`, never the secret itself"
-                )
+            check_reference("secret", ref, "secret")
         return v
 
     @field_validator("rotation_ends_at")

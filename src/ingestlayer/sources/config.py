@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ingestlayer.destinations.webhook_out import is_secret_reference
+from ingestlayer.destinations.shared import check_reference
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.pipeline.config import NAME_RE
 from ingestlayer.stored_config import reading_stored
@@ -92,9 +92,7 @@ class SourceConfig(BaseModel):
     @field_validator("secret", "previous_secret")
     @classmethod
     def _secret(cls, v: str | None) -> str | None:
-        if v is not None and not is_secret_reference(v):
-            raise ValueError("secret must be a reference, `ref:NAME` or `env:VAR`, never the secret itself")
-        return v
+        return v if v is None else check_reference("secret", v, "secret")
 
     @model_validator(mode="after")
     def _rules(self) -> SourceConfig:

@@ -32,7 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingestlayer.delivery.egress import EgressPolicy
-from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
+from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
 from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
@@ -122,9 +122,7 @@ class ProviderConfig(BaseModel):
     @field_validator("secret")
     @classmethod
     def _ref(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("ref:", "env:")):
-            raise ValueError("secret must be a reference, `ref:NAME` or `env:VAR`")
-        return v
+        return v if v is None else check_reference("secret", v, "secret")
 
 
 class EnrichPersonConfig(StepConfig):

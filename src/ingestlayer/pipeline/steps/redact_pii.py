@@ -35,6 +35,7 @@ import orjson
 import phonenumbers
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from ingestlayer.destinations.shared import check_reference
 from ingestlayer.pipeline.event import Drop, OnError, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import MISSING, delete_path, get_path, set_path
 from ingestlayer.pipeline.steps.pii.detectors import ALL_TYPES, Found, PiiType, Scanner
@@ -147,9 +148,7 @@ class RedactPiiConfig(StepConfig):
     @field_validator("hash_key")
     @classmethod
     def _reference(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("ref:", "env:")):
-            raise ValueError("hash_key must be a reference, `ref:NAME` or `env:VAR`, never the key itself")
-        return v
+        return v if v is None else check_reference("hash_key", v, "key")
 
     @model_validator(mode="after")
     def _mode_options(self) -> RedactPiiConfig:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from ingestlayer.destinations.shared import check_reference
 from ingestlayer.pipeline.event import StepConfig
 from ingestlayer.urlcheck import url_characters_problem
 
@@ -32,11 +33,6 @@ OPENAI_FIELDS = (
     "extra_body",
 )
 KEYWORDS_FIELDS = ("rules", "default")
-
-
-def is_secret_reference(value: str) -> bool:
-    kind, _, name = value.partition(":")
-    return kind in ("ref", "env") and bool(name.strip())
 
 
 def _label_list(v: Any) -> Any:
@@ -280,9 +276,7 @@ class ClassifyConfig(StepConfig):
     @field_validator("api_key")
     @classmethod
     def _api_key(cls, v: str | None) -> str | None:
-        if v is not None and not is_secret_reference(v):
-            raise ValueError("api_key must be a reference, `ref:NAME` or `env:VAR`, never the key itself")
-        return v
+        return v if v is None else check_reference("api_key", v, "key")
 
     @field_validator("base_url")
     @classmethod
