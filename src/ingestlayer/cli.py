@@ -30,6 +30,7 @@ from ingestlayer.cli_backend import (
     CliError,
     LocalBackend,
     RemoteBackend,
+    ReplayFilter,
     check_secret_name,
     migrate_database,
     number_out_of_range,
@@ -539,24 +540,48 @@ def replay(
         str | None, typer.Option("--since", help="Only deliveries created at or after (ISO 8601 or epoch s)")
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Only deliveries created before")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Replay at most this many (default: every match)")
+    ] = None,
     database_url: DbOpt = None,
     project: ProjectOpt = None,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Replay one delivery, or every delivery matching a filter (new attempts, same ids)."""
+    """Replay one delivery, or every delivery matching a filter (new attempts, same ids).
+
+    Deliveries to a disabled or deleted destination are left as they are: they would fail at
+    once. Matches are replayed in pages of 10,000, each page after the last one's ids, so a
+    delivery that fails again meanwhile is not taken twice."""
     _check_statuses(status, REPLAYABLE_STATUSES)
-    if delivery_id and (destination or since or until or status):
+    if delivery_id and (destination or since or until or status or limit):
         raise CliError("replay takes one delivery id or filters, not both")
-    since_at, until_at = time_filter(since, "--since"), time_filter(until, "--until")
-    ids = _with_backend(
-        database_url,
-        project,
-        url,
-        key,
-        lambda b: b.replay(delivery_id, status or ["dead"], destination, since_at, until_at),
+    if delivery_id:
+        _with_backend(database_url, project, url, key, lambda b: b.replay_one(delivery_id))
+        out.print("replayed 1 delivery")
+        return
+    match = ReplayFilter(
+        status or ["dead"], destination, time_filter(since, "--since"), time_filter(until, "--until")
     )
-    out.print(f"replayed {len(ids)} {'delivery' if len(ids) == 1 else 'deliveries'}")
+    count = _with_backend(database_url, project, url, key, lambda b: _replay_pages(b, match, limit))
+    out.print(f"replayed {count} {'delivery' if count == 1 else 'deliveries'}")
+
+
+REPLAY_PAGE = 10_000
+
+
+async def _replay_pages(backend: Backend, match: ReplayFilter, limit: int | None) -> int:
+    """Every match (up to ``limit``), a page at a time, with the count so far on stderr."""
+    count, after = 0, None
+    while limit is None or count < limit:
+        size = REPLAY_PAGE if limit is None else min(REPLAY_PAGE, limit - count)
+        ids = await backend.replay_page(match, after, size)
+        count += len(ids)
+        if len(ids) < size:
+            break
+        after = ids[-1]
+        err.print(f"replayed {count} so far…", highlight=False)
+    return count
 
 
 @app.command()

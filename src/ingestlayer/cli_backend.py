@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -26,6 +27,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.json_depth import MAX_JSON_DEPTH, NUMBERS_TOO_LARGE, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
+from ingestlayer.replay_scope import ReplayRefused, replayable_destinations, why_not_replayable
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.migrate import current_head, sqlite_schema_is_current, upgrade
@@ -154,6 +156,16 @@ def check_secret_name(name: str) -> None:
         raise CliError(SECRET_NAME_RULE)
 
 
+@dataclass(frozen=True)
+class ReplayFilter:
+    """Which deliveries a bulk replay takes."""
+
+    status: list[str]
+    destination: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
 class LocalBackend:
     """Works on the database directly (migrating it first), scoped to one project."""
 
@@ -246,35 +258,37 @@ class LocalBackend:
             delivery_json(d, names) for d in await self.store.list_deliveries(pid, status=status, limit=limit)
         ]
 
-    async def replay(
-        self,
-        delivery_id: str | None,
-        status: list[str],
-        destination: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> list[str]:
+    async def replay_one(self, delivery_id: str) -> None:
         pid = await self.project_id()
         await self.store.sync_clock()  # replayed deliveries are due now on the workers' clock
-        if delivery_id:
-            d = await self.store.get_delivery(pid, delivery_id)
-            if d is None:
-                raise CliError(f"no delivery {delivery_id!r}")
-            replayed = [] if d["status"] == "delivering" else await self.store.replay(pid, [delivery_id])
-            if not replayed:  # a worker may take it between the read and the update
-                raise CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
-            return replayed
-        dest_id = None
-        if destination:
-            dest_id = (await self.store.load_project_config(pid)).destination_id(destination)
-            if dest_id is None:
-                raise CliError(f"no destination {destination!r}")
+        d = await self.store.get_delivery(pid, delivery_id)
+        if d is None:
+            raise CliError(f"no delivery {delivery_id!r}")
+        if d["status"] != "delivering":
+            problem = why_not_replayable(await self.store.load_project_config(pid), d["destination_id"])
+            if problem is not None:
+                raise CliError(problem)
+        replayed = [] if d["status"] == "delivering" else await self.store.replay(pid, [delivery_id])
+        if not replayed:  # a worker may take it between the read and the update
+            raise CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
+
+    async def replay_page(self, match: ReplayFilter, after: str | None, limit: int) -> list[str]:
+        pid = await self.project_id()
+        await self.store.sync_clock()
+        try:
+            destination_ids = replayable_destinations(
+                await self.store.load_project_config(pid), match.destination
+            )
+        except (LookupError, ReplayRefused) as exc:
+            raise CliError(str(exc.args[0])) from None
         return await self.store.replay(
             pid,
-            status=status,
-            destination_id=dest_id,
-            since=since,
-            until=until,
+            status=match.status,
+            destination_ids=destination_ids,
+            since=match.since,
+            until=match.until,
+            after=after,
+            limit=limit,
         )
 
     async def set_secret(self, name: str, value: str) -> bool:
@@ -374,25 +388,22 @@ class RemoteBackend:
         out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/deliveries" + q, "data"))["data"]
         return out
 
-    async def replay(
-        self,
-        delivery_id: str | None,
-        status: list[str],
-        destination: str | None,
-        since: float | None,
-        until: float | None,
-    ) -> list[str]:
-        if delivery_id:
-            path = f"/v1/deliveries/{urllib.parse.quote(delivery_id, safe='')}/replay"
-            out: list[str] = (await self.fetch("POST", path, "replayed", body={}))["replayed"]
-            return out
-        body: dict[str, Any] = {"status": status}
-        if destination:
-            body["destination"] = destination
-        for name, at in (("since", since), ("until", until)):
+    async def replay_one(self, delivery_id: str) -> None:
+        path = f"/v1/deliveries/{urllib.parse.quote(delivery_id, safe='')}/replay"
+        await self.fetch("POST", path, "replayed", body={})
+
+    async def replay_page(self, match: ReplayFilter, after: str | None, limit: int) -> list[str]:
+        body: dict[str, Any] = {"status": match.status, "limit": limit}
+        if match.destination:
+            body["destination"] = match.destination
+        for name, at in (("since", match.since), ("until", match.until)):
             if at is not None:
                 body[name] = repr(at)  # epoch seconds, which the route reads as text
-        out = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))["replayed"]
+        if after is not None:
+            body["after"] = after
+        out: list[str] = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))[
+            "replayed"
+        ]
         return out
 
     async def set_secret(self, name: str, value: str) -> bool:

@@ -182,7 +182,7 @@ async def test_bulk_replay_by_destination_name_or_id(server: RunningServer, rece
     # By name: only alpha's dead deliveries.
     status, body = await server.request("POST", "/v1/deliveries/replay", json={"destination": "alpha"})
     assert status == 200, body
-    assert body == {"replayed": alpha_ids, "count": 2}
+    assert body == {"replayed": alpha_ids, "count": 2, "next_after": None}
     for did in beta_ids:  # untouched, right after the call
         d = await get_delivery(server, did)
         assert d["status"] == "dead" and d["attempt_count"] == 1, d
@@ -201,7 +201,7 @@ async def test_bulk_replay_by_destination_name_or_id(server: RunningServer, rece
         "POST", "/v1/deliveries/replay", json={"destination": beta_destination_id}
     )
     assert status == 200, body
-    assert body == {"replayed": beta_ids, "count": 2}
+    assert body == {"replayed": beta_ids, "count": 2, "next_after": None}
     for did in beta_ids:
         d = await finished(server, did)
         assert d["status"] == "delivered" and [a["n"] for a in d["attempts"]] == [1, 2]
@@ -240,7 +240,7 @@ async def test_bulk_replay_by_time_window_and_status(server: RunningServer, rece
         json={"status": ["delivered"], "since": since, "until": until_offset},
     )
     assert status == 200, body
-    assert body == {"replayed": [delivered_in["id"]], "count": 1}
+    assert body == {"replayed": [delivered_in["id"]], "count": 1, "next_after": None}
     again = await wait_for(lambda: _attempted(server, delivered_in["id"], 2))
     assert again["status"] == "delivered" and [a["n"] for a in again["attempts"]] == [1, 2]
     assert (await get_delivery(server, dead_in["id"]))["status"] == "dead"
@@ -250,7 +250,7 @@ async def test_bulk_replay_by_time_window_and_status(server: RunningServer, rece
         "POST", "/v1/deliveries/replay", json={"status": ["dead"], "since": since, "until": until_text}
     )
     assert status == 200, body
-    assert body == {"replayed": [dead_in["id"]], "count": 1}
+    assert body == {"replayed": [dead_in["id"]], "count": 1, "next_after": None}
     d = await finished(server, dead_in["id"])
     assert d["status"] == "delivered" and [a["n"] for a in d["attempts"]] == [1, 2]
     assert [r.headers["X-Ingestlayer-Attempt"] for r in receiver.by_delivery()[d["id"]]] == ["1", "2"]
@@ -264,7 +264,7 @@ async def test_bulk_replay_by_time_window_and_status(server: RunningServer, rece
     status, body = await server.request(
         "POST", "/v1/deliveries/replay", json={"status": ["dead"], "since": after["created_at"]}
     )
-    assert status == 200 and body == {"replayed": [after["id"]], "count": 1}, body
+    assert status == 200 and body == {"replayed": [after["id"]], "count": 1, "next_after": None}, body
     assert (await finished(server, after["id"]))["status"] == "delivered"
     assert (await get_delivery(server, before["id"]))["status"] == "dead"
 

@@ -43,7 +43,7 @@ async def test_bulk_replay_takes_the_first_matches_a_batch_per_transaction(db_ur
         elsewhere = await _ended(store, pid, "dst_y", "dead", 1)
         log = WriteLog(store, lambda: _pending(store))
 
-        first = await store.replay(pid, status=["dead"], destination_id="dst_x", limit=5, batch=2, pause=0)
+        first = await store.replay(pid, status=["dead"], destination_ids=["dst_x"], limit=5, batch=2, pause=0)
 
         assert first == dead[:5]
         assert log.seen == [2, 4, 5]  # pending after each transaction: never more than 2 at once
@@ -58,9 +58,11 @@ async def test_bulk_replay_takes_the_first_matches_a_batch_per_transaction(db_ur
             assert d is not None and d["status"] == "delivered"
 
         # Run again for the rest: the ones replayed are no longer dead.
-        rest = await store.replay(pid, status=["dead"], destination_id="dst_x", limit=100, batch=2, pause=0)
+        rest = await store.replay(
+            pid, status=["dead"], destination_ids=["dst_x"], limit=100, batch=2, pause=0
+        )
         assert rest == dead[5:]
-        assert await store.replay(pid, status=["dead"], destination_id="dst_x", batch=2, pause=0) == []
+        assert await store.replay(pid, status=["dead"], destination_ids=["dst_x"], batch=2, pause=0) == []
     finally:
         await store.close()
 

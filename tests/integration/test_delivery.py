@@ -523,19 +523,34 @@ async def test_an_attempt_the_database_refuses_leaves_the_others_recorded(
 
 
 async def test_bulk_replay_answers_at_most_limit(server: RunningServer, receiver: Receiver) -> None:
-    """``limit`` bounds one request; a count equal to it means there may be more: ask again."""
+    """``limit`` bounds one request; a full page gives ``next_after``, where the next one starts.
+    The receiver still fails, so the replayed deliveries are dead again before the next request:
+    sending the same filter again took the same ones, page after page."""
     receiver.default = Reply(status=410)
     await server.apply(webhook_pipeline(receiver.url, retry={"schedule": [0]}))
     ids = []
     for i in range(3):
         _, body = await server.ingest("feature.used", {"feature": "api", "i": i})
         ids.append(body["id"])
-    dead = [(await final_delivery(server, eid))["id"] for eid in ids]
-    receiver.default = Reply(status=204)
+    dead = sorted([(await final_delivery(server, eid))["id"] for eid in ids])
     two_dead = {"status": ["dead"], "limit": 2}
     status, body = await server.request("POST", "/v1/deliveries/replay", json=two_dead)
-    assert status == 200 and body["count"] == 2 and body["replayed"] == sorted(dead)[:2]
-    status, body = await server.request("POST", "/v1/deliveries/replay", json=two_dead)
-    assert status == 200 and body == {"replayed": sorted(dead)[2:], "count": 1}
+    assert status == 200 and body == {"replayed": dead[:2], "count": 2, "next_after": dead[1]}
+
+    async def dead_again() -> bool | None:
+        _, page = await server.request("GET", "/v1/deliveries?status=dead")
+        return {d["id"]: d["attempt_count"] for d in page["data"]} == {
+            dead[0]: 2,
+            dead[1]: 2,
+            dead[2]: 1,
+        } or None
+
+    await wait_for(dead_again)
+    status, body = await server.request(
+        "POST", "/v1/deliveries/replay", json={**two_dead, "after": body["next_after"]}
+    )
+    assert status == 200 and body == {"replayed": dead[2:], "count": 1, "next_after": None}
+    status, body = await server.request("POST", "/v1/deliveries/replay", json={**two_dead, "after": "dlv_1"})
+    assert status == 422 and body["error"]["field"] == "after"
     status, body = await server.request("POST", "/v1/deliveries/replay", json={"limit": 100_001})
     assert status == 422

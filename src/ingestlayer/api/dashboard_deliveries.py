@@ -190,6 +190,10 @@ async def replay_one(request: Request, delivery_id: str) -> Response:
     return redirect(request, target, f"Replaying {delivery_id}: a new attempt is on its way.")
 
 
+# What one click of "Replay all matching" replays at most, in pages of the API's default limit.
+DASHBOARD_REPLAY_MAX = 100_000
+
+
 @router.post("/deliveries/replay")
 async def replay_matching(request: Request) -> Response:
     got = await signed_in_post(request)
@@ -202,11 +206,18 @@ async def replay_matching(request: Request) -> Response:
         return await error_page(
             request, sess, 422, "Only pending, retrying, delivered or dead deliveries replay."
         )
-    body = logs_api.BulkReplay(status=[cast(Any, status)], destination=form.get("destination") or None)
-    try:
-        result = await logs_api.replay_bulk(body, sess.principal, runtime(request))
-    except ApiError as exc:
-        return redirect(request, target, exc.message, "error")
-    n = int(result["count"])
-    more = " (the most one request replays; run it again for the rest)" if n >= body.limit else ""
+    n, after = 0, None
+    while True:  # a page at a time, each after the last one's ids (see logs_api.replay_bulk)
+        body = logs_api.BulkReplay(
+            status=[cast(Any, status)], destination=form.get("destination") or None, after=after
+        )
+        try:
+            result = await logs_api.replay_bulk(body, sess.principal, runtime(request))
+        except ApiError as exc:
+            return redirect(request, target, exc.message, "error")
+        n += int(result["count"])
+        after = result["next_after"]
+        if after is None or n >= DASHBOARD_REPLAY_MAX:
+            break
+    more = " (the most one click replays; click again for the rest)" if after is not None else ""
     return redirect(request, target, f"Replaying {n} deliver{'y' if n == 1 else 'ies'}{more}.")

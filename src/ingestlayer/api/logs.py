@@ -17,6 +17,12 @@ from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent, ProjectConfig
+from ingestlayer.replay_scope import (
+    ReplayRefused,
+    listed_destination,
+    replayable_destinations,
+    why_not_replayable,
+)
 from ingestlayer.store.store import AtLeast
 from ingestlayer.timefmt import parse_time_filter
 
@@ -43,14 +49,18 @@ _DELIVERY_ID = re.compile(f"dlv_{_ULID}")
 _TYPE_FILTER = re.compile(r"[A-Za-z0-9_\-.]{1,200}|[A-Za-z0-9_\-.]{0,200}\*")
 
 
-def _cursor(value: str | None, pattern: re.Pattern[str], what: str) -> str | None:
-    """A ``before`` cursor, which must be an id of the kind listed: compared as text, any other
-    string silently moved the page (``before=zzz`` listed everything)."""
+def _cursor(
+    value: str | None,
+    pattern: re.Pattern[str],
+    what: str,
+    field: str = "before",
+    given_by: str = "a page's next_before",
+) -> str | None:
+    """A cursor (``before``, ``after``), which must be an id of the kind listed: compared as
+    text, any other string silently moved the page (``before=zzz`` listed everything)."""
     if value is not None and not pattern.fullmatch(value):
         raise ApiError(
-            422,
-            f"before must be {what} id, as a page's next_before gives, not {value[:80]!r}",
-            field="before",
+            422, f"{field} must be {what} id, as {given_by} gives, not {value[:80]!r}", field=field
         )
     return value
 
@@ -115,7 +125,7 @@ async def list_deliveries(
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
     cfg = await _config(rt, principal.project_id)
-    names, dest_id = _names(cfg), _destination_id(cfg, destination)
+    names, dest_id = _names(cfg), _listed_destination(cfg, destination)
     items = await rt.store.list_deliveries(
         principal.project_id,
         status=status,
@@ -136,6 +146,16 @@ async def list_deliveries(
         page["counts"] = {st: int(n) for st, n in counts.items()}
         page["counts_capped"] = [st for st, n in counts.items() if isinstance(n, AtLeast)]
     return page
+
+
+def _listed_destination(cfg: ProjectConfig, destination: str | None) -> str | None:
+    """A listing's destination filter: one deleted still lists its deliveries by its dst_ id."""
+    if destination is None:
+        return None
+    found = listed_destination(cfg, destination)
+    if found is None:
+        raise ApiError(404, f"no destination {destination!r}", field="destination")
+    return found
 
 
 def _destination_id(cfg: ProjectConfig, destination: str | None) -> str | None:
@@ -160,6 +180,9 @@ async def replay_one(delivery_id: str, principal: Admin, rt: RuntimeDep) -> dict
     d = await rt.store.get_delivery(principal.project_id, delivery_id)
     if d is None:
         raise ApiError(404, f"no delivery {delivery_id!r}")
+    problem = None if d["status"] == "delivering" else await _not_replayable(rt, principal.project_id, d)
+    if problem is not None:
+        raise ApiError(409, problem)
     # Checked again as it is replayed: a worker may take it between that read and the update,
     # which then leaves it alone.
     if d["status"] == "delivering" or not await rt.store.replay(principal.project_id, [delivery_id]):
@@ -168,12 +191,19 @@ async def replay_one(delivery_id: str, principal: Admin, rt: RuntimeDep) -> dict
     return {"replayed": [delivery_id]}
 
 
+async def _not_replayable(rt: Any, project_id: str, delivery: dict[str, Any]) -> str | None:
+    return why_not_replayable(await _config(rt, project_id), delivery["destination_id"])
+
+
 class BulkReplay(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: list[Status] = Field(default_factory=lambda: list[Status](["dead"]))
     destination: str | None = None
     since: str | None = None
     until: str | None = None
+    after: str | None = Field(
+        default=None, description="Only deliveries after this id: the next_after of the request before"
+    )
     limit: int = Field(default=10_000, ge=1, le=100_000)
 
 
@@ -184,17 +214,27 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
         raise ApiError(422, 'status must name at least one status, e.g. ["dead"]', field="status")
     if "delivering" in body.status:
         raise ApiError(422, "deliveries being attempted cannot be replayed", field="status")
+    after = _cursor(body.after, _DELIVERY_ID, "a delivery", "after", "the last answer's next_after")
     cfg = await _config(rt, principal.project_id)
+    try:
+        destination_ids = replayable_destinations(cfg, body.destination)
+    except LookupError as exc:
+        raise ApiError(404, str(exc.args[0]), field="destination") from None
+    except ReplayRefused as exc:
+        raise ApiError(409, str(exc), field="destination") from None
     ids = await rt.store.replay(
         principal.project_id,
         status=body.status,
-        destination_id=_destination_id(cfg, body.destination),
+        destination_ids=destination_ids,
         since=_time(body.since, "since"),
         until=_time(body.until, "until"),
+        after=after,
         limit=body.limit,
     )
     rt.dispatcher.wake.set()
-    return {"replayed": ids, "count": len(ids)}
+    # A full page may have more after it: the next request starts after its last id, so the
+    # ones replayed here are not picked again even when they have failed again meanwhile.
+    return {"replayed": ids, "count": len(ids), "next_after": ids[-1] if len(ids) == body.limit else None}
 
 
 @router.post(

@@ -117,9 +117,10 @@ class ListingsMixin(StoreBase):
         delivery_ids: Sequence[str] | None = None,
         *,
         status: Sequence[str] | None = None,
-        destination_id: str | None = None,
+        destination_ids: Sequence[str] | None = None,
         since: float | None = None,
         until: float | None = None,
+        after: str | None = None,
         limit: int = 10_000,
         batch: int = REPLAY_BATCH,
         pause: float = PURGE_PAUSE_SECONDS,
@@ -127,7 +128,8 @@ class ListingsMixin(StoreBase):
         """Make deliveries due again on the same ids, starting the retry schedule afresh.
 
         A delivery that is being attempted right now is left alone. Returns the ids replayed:
-        the first ``limit`` that match, in id order.
+        the first ``limit`` that match (to one of ``destination_ids``, if given; after the id
+        ``after``, if given), in id order.
 
         They are replayed ``batch`` per transaction, with ``pause`` (or as long as the last
         transaction took, if longer) between: on SQLite a transaction holds the only writer,
@@ -142,14 +144,14 @@ class ListingsMixin(StoreBase):
             conds.append(deliveries.c.id.in_(list(delivery_ids)))
         if status:
             conds.append(deliveries.c.status.in_(list(status)))
-        if destination_id:
-            conds.append(deliveries.c.destination_id == destination_id)
+        if destination_ids is not None:
+            conds.append(deliveries.c.destination_id.in_(list(destination_ids)))
         if since is not None:
             conds.append(deliveries.c.created_at >= since)
         if until is not None:
             conds.append(deliveries.c.created_at < until)
         replayed: list[str] = []
-        after: str | None = None  # keyset cursor: the last delivery id looked at
+        # after: the keyset cursor, the last delivery id looked at
         while len(replayed) < limit:
             size = min(batch, limit - len(replayed))
             query = select(deliveries.c.id).where(*conds)
@@ -159,9 +161,11 @@ class ListingsMixin(StoreBase):
                 picked = list((await conn.execute(query.order_by(deliveries.c.id).limit(size))).scalars())
             if not picked:
                 break
-            started = time.monotonic()
-            now = clock.now()
             async with self.engines.write.begin() as conn:
+                # Timed from when the writer is ours: a wait for another connection's lock is
+                # not time this transaction held it, to be left to others after.
+                started = time.monotonic()
+                now = clock.now()
                 res = await conn.execute(
                     update(deliveries)
                     .where(deliveries.c.id.in_(picked), *conds)

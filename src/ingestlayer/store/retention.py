@@ -56,8 +56,8 @@ class RetentionMixin(StoreBase):
                 ids = list(old.scalars().all())
             if not ids:
                 return removed
-            started = time.monotonic()
             async with self.engines.write.begin() as conn:
+                started = time.monotonic()  # from when the writer is ours (see replay)
                 # Route jobs first, then deliveries, each locked (PostgreSQL; SQLite's writer
                 # holds the database). The router deletes an event's route job and inserts its
                 # deliveries in one commit: read in the other order, under READ COMMITTED, a

@@ -1,0 +1,113 @@
+"""A replay sends again only to destinations that exist and are enabled.
+
+Replayed to a disabled or deleted destination, a delivery ended ``dead`` again at once, used up
+an attempt and counted as replayed; a bulk replay took every such one along, and, dead again,
+they matched the next request too. Deliveries of a deleted destination are still listed under
+its ``dst_`` id, which the filters now accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ingestlayer import cli
+from ingestlayer.cli_backend import RemoteBackend, ReplayFilter
+from tests.support.receiver import Receiver, Reply
+from tests.support.server import RunningServer, wait_for
+
+ONE_SHOT = {"schedule": [0], "jitter": 0}
+
+
+async def endpoint(server: RunningServer, receiver: Receiver, path: str) -> dict[str, Any]:
+    status, ep = await server.request(
+        "POST", "/v1/endpoints", json={"url": receiver.url + path, "events": ["order.*"], "retry": ONE_SHOT}
+    )
+    assert status == 201, ep
+    result: dict[str, Any] = ep
+    return result
+
+
+async def dead_deliveries(server: RunningServer, event_id: str) -> dict[str, dict[str, Any]]:
+    """The event's deliveries by destination id, once both are dead."""
+
+    async def check() -> dict[str, dict[str, Any]] | None:
+        _, ev = await server.request("GET", f"/v1/events/{event_id}")
+        found = {d["destination_id"]: d for d in ev["deliveries"]}
+        return found if len(found) == 2 and {d["status"] for d in found.values()} == {"dead"} else None
+
+    result: dict[str, dict[str, Any]] = await wait_for(check)
+    return result
+
+
+async def test_replay_leaves_deliveries_to_disabled_and_deleted_destinations_alone(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    receiver.default = Reply(status=500)
+    live, off = await endpoint(server, receiver, "/live"), await endpoint(server, receiver, "/off")
+    _, ev = await server.ingest("order.placed", {"n": 1})
+    by_dest = await dead_deliveries(server, ev["id"])
+    live_dlv, off_dlv = by_dest[live["destination_id"]], by_dest[off["destination_id"]]
+    receiver.default = Reply(status=200)
+
+    status, _ = await server.request("PATCH", f"/v1/endpoints/{off['id']}", json={"enabled": False})
+    assert status == 200
+    status, body = await server.request("POST", f"/v1/deliveries/{off_dlv['id']}/replay")
+    assert status == 409 and "is disabled: enable it, then replay" in body["error"]["message"], body
+    status, body = await server.request(
+        "POST", "/v1/deliveries/replay", json={"destination": off["id"], "status": ["dead"]}
+    )
+    assert status == 409 and body["error"]["field"] == "destination", body
+
+    # Every dead delivery: only the enabled destination's is replayed.
+    status, body = await server.request("POST", "/v1/deliveries/replay", json={"status": ["dead"]})
+    assert status == 200 and body["replayed"] == [live_dlv["id"]], body
+    status, off_now = await server.request("GET", f"/v1/deliveries/{off_dlv['id']}")
+    assert off_now["status"] == "dead" and off_now["attempt_count"] == 1, off_now
+
+    # Deleted: still listed under its dst_ id, and not replayed.
+    status, _ = await server.request("DELETE", f"/v1/endpoints/{off['id']}")
+    assert status == 204
+    status, page = await server.request("GET", f"/v1/deliveries?destination={off['destination_id']}")
+    assert status == 200 and [d["id"] for d in page["data"]] == [off_dlv["id"]], page
+    status, body = await server.request("POST", f"/v1/deliveries/{off_dlv['id']}/replay")
+    assert status == 409 and "was deleted" in body["error"]["message"], body
+    status, body = await server.request(
+        "POST", "/v1/deliveries/replay", json={"destination": off["destination_id"]}
+    )
+    assert status == 409 and "was deleted" in body["error"]["message"], body
+    status, body = await server.request("GET", "/v1/deliveries?destination=dst_nope")
+    assert status == 404 and body["error"]["field"] == "destination"
+
+
+async def test_the_cli_replays_every_match_a_page_at_a_time(
+    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ingestlayer replay`` took the first 10,000 matches and said nothing of the rest; run
+    again, it took the same ones (dead again) and never the others."""
+    receiver.default = Reply(status=500)
+    await endpoint(server, receiver, "/hook")
+    for i in range(5):
+        await server.ingest("order.placed", {"n": i})
+
+    async def dead(attempts: int) -> list[str] | None:
+        _, page = await server.request("GET", "/v1/deliveries?status=dead")
+        found = [d for d in page["data"] if d["attempt_count"] == attempts]
+        return [d["id"] for d in found] if len(found) == 5 else None
+
+    await wait_for(lambda: dead(1))
+    monkeypatch.setattr(cli, "REPLAY_PAGE", 2)
+    backend = RemoteBackend(server.url, server.admin_key)
+    try:
+        assert await cli._replay_pages(backend, ReplayFilter(["dead"]), None) == 5
+        await wait_for(lambda: dead(2))  # every one replayed once, and dead again
+        assert await cli._replay_pages(backend, ReplayFilter(["dead"]), 3) == 3
+    finally:
+        await backend.close()
+
+    async def settled() -> list[int] | None:
+        _, page = await server.request("GET", "/v1/deliveries?status=dead")
+        counts = sorted(d["attempt_count"] for d in page["data"])
+        return counts if sum(counts) == 13 else None
+
+    assert await wait_for(settled) == [2, 2, 3, 3, 3]  # --limit 3: three of them, once each
