@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import sqlite3
 import sys
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
+import sqlalchemy.exc
 import typer
 import yaml
 from rich.console import Console
@@ -48,6 +50,7 @@ from ingestlayer.json_depth import (
     out_of_range_path,
 )
 from ingestlayer.logsetup import configure
+from ingestlayer.store.outage_log import reason
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
@@ -145,11 +148,29 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except (CliError, ValueError, OSError, LookupError) as exc:
             _print_error(str(exc))
             raise typer.Exit(1) from None
+        except (sqlalchemy.exc.DBAPIError, sqlite3.Error) as exc:
+            _print_error(database_problem(exc))
+            raise typer.Exit(1) from None
         except Exception as exc:  # anything else: still one line, with its type
             _print_error(f"{type(exc).__name__}: {exc}")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def database_problem(exc: BaseException) -> str:
+    """A database's refusal in one line: the driver's error, never SQLAlchemy's text, which
+    quotes the statement and its parameters (a destination's config, a secret's ciphertext)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).lower()
+    if "database is locked" in text or "database is busy" in text:
+        return "the database is locked by another connection and stayed locked; try again"
+    if "readonly" in text or "read-only" in text:
+        return (
+            "the database cannot be written here: the file, or its directory (where SQLite keeps "
+            "its -wal and -shm files), is read-only"
+        )
+    return f"the database refused: {reason(cause)}"
 
 
 def _print_error(message: str) -> None:
@@ -575,7 +596,12 @@ async def _replay_pages(backend: Backend, match: ReplayFilter, limit: int | None
     count, after = 0, None
     while limit is None or count < limit:
         size = REPLAY_PAGE if limit is None else min(REPLAY_PAGE, limit - count)
-        ids = await backend.replay_page(match, after, size)
+        try:
+            ids = await backend.replay_page(match, after, size)
+        except Exception:
+            if count:  # those are replayed: the error that follows is about the rest
+                err.print(f"replayed {count} before the error below", highlight=False)
+            raise
         count += len(ids)
         if len(ids) < size:
             break
