@@ -95,8 +95,10 @@ class _Server(uvicorn.Server):
 
 
 async def _checked(rt: Runtime) -> None:
-    """Refuse to start (MasterKeyMismatch, one line from the CLI) before serving anything."""
+    """Refuse to start (a read-only database, MasterKeyMismatch: one line from the CLI) before serving
+    anything."""
     try:
+        await rt.store.check_writable()
         await rt.check_master_key()
     except BaseException:
         await rt.store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -255,6 +256,17 @@ async def test_a_sqlite_file_in_a_missing_directory_is_one_line(tmp_path: Path) 
     for command in (("events",), ("init",), ("migrate",)):
         run = await cli(*command, "--database-url", url, cwd=tmp_path)
         one_line_error(run, "cannot open the database", f"no directory {tmp_path}/no/such/dir")
+
+
+async def test_a_question_mark_in_a_sqlite_path_is_refused_not_cut_off(tmp_path: Path) -> None:
+    """Read as a URL's query, what follows '?' was dropped: init made ``q`` instead of
+    ``q?dir/x.db``, and said nothing."""
+    (tmp_path / "q?dir").mkdir()
+    run = await cli("init", "--name", "x", "--database-url", f"sqlite:///{tmp_path}/q?dir/x.db", cwd=tmp_path)
+    one_line_error(run, "a SQLite URL takes no ?query; a '?' in the file's path is written %3F")
+    assert sorted(os.listdir(tmp_path)) == ["q?dir"]
+    ok(await cli("init", "--name", "x", "--database-url", f"sqlite:///{tmp_path}/q%3Fdir/x.db", cwd=tmp_path))
+    assert (tmp_path / "q?dir" / "x.db").is_file()
 
 
 async def test_send_refuses_the_same_idempotency_keys_in_both_modes(tmp_path: Path, sqlite_url: str) -> None:

@@ -63,6 +63,15 @@ async def test_a_full_disk_is_named(srv: RunningServer) -> None:
     assert "disk is full" in error_of(body)["message"]
 
 
+async def test_a_database_file_become_read_only_is_named(srv: RunningServer) -> None:
+    async def read_only(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    srv.runtime.committer._insert = read_only  # type: ignore[assignment]
+    status, body, _ = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
+    assert status == 503 and "the database file has become read-only" in error_of(body)["message"], body
+
+
 async def test_other_errors_stay_500(srv: RunningServer) -> None:
     srv.runtime.store.list_deliveries = down(ValueError("a bug"))  # type: ignore[method-assign]
     async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:

@@ -33,8 +33,14 @@ OUTAGE_QUIET_SECONDS = 30.0
 
 def unavailable_error(exc: BaseException, what: str) -> ApiError:
     """The 503 for a database error: clients retry after a second (with the same idempotency
-    key, for events); the reason is named when it is the disk."""
-    reason = "the database's disk is full" if "disk is full" in str(exc) else "database unavailable"
+    key, for events); the reason is named when it is the disk or the file's permissions."""
+    text = str(exc)
+    if "disk is full" in text:
+        reason = "the database's disk is full"
+    elif "readonly database" in text:
+        reason = "the database file has become read-only"
+    else:
+        reason = "database unavailable"
     return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": "1"})
 
 

@@ -43,6 +43,12 @@ def async_url(url: str) -> str:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
+        if "?" in url:
+            # Read as a query, what follows a '?' was dropped: the file was another one (and the
+            # driver's options are ours to set).
+            raise DatabaseURLError(
+                f"{mask_url(url)}: a SQLite URL takes no ?query; a '?' in the file's path is written %3F"
+            )
         return str(parsed.set(drivername="sqlite+aiosqlite"))
     if backend in {"postgresql", "postgres"}:
         return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)

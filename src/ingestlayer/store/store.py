@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from ingestlayer import clock
 from ingestlayer.ids import new_id
@@ -125,6 +126,10 @@ def storable_attempt(r: AttemptResult) -> AttemptResult:
     return dataclasses.replace(r, error=error, response_excerpt=excerpt)
 
 
+class DatabaseNotWritable(PermissionError):
+    """The SQLite file (or its directory) is read-only to this process."""
+
+
 class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMixin, EntitiesMixin):
     """Async access to the database. One instance per process."""
 
@@ -168,6 +173,29 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
     async def ping(self) -> None:
         async with self.engines.read.connect() as conn:
             await conn.execute(select(1))
+
+    async def check_writable(self) -> None:
+        """Raise :class:`DatabaseNotWritable` when this process cannot write the SQLite file.
+
+        A read-only file opens, reads and answers pings: a server started on one was ready, and
+        answered every event 503 "retry shortly", for ever. Writing the header's user_version
+        back as it is, then rolling back, is the smallest write SQLite refuses there."""
+        if self.dialect != "sqlite":
+            return
+        async with self.engines.write.connect() as conn:
+            trans = await conn.begin()
+            try:
+                version = (await conn.exec_driver_sql("PRAGMA user_version")).scalar_one()
+                await conn.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
+            except DBAPIError as exc:
+                if "readonly" not in str(exc.orig):
+                    raise
+                raise DatabaseNotWritable(
+                    f"the database {self.engines.write.url.database} cannot be written by this process: "
+                    "the file, or its directory (where SQLite keeps its -wal and -shm files), is read-only"
+                ) from None
+            finally:
+                await trans.rollback()
 
     # ---- ingest ------------------------------------------------------------------------------
 
