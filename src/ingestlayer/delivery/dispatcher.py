@@ -71,6 +71,13 @@ class _Dest:
     # Why the stored configuration cannot be used (it predates a check, say): each attempt fails
     # with this and retries, so fixing the configuration delivers; other destinations go on.
     broken: str | None = None
+    used_at: float = 0.0  # time.monotonic() of the last lease that needed it
+
+
+# A destination no lease has needed for this long is dropped from the cache (and its pools and
+# connections closed): deleted destinations' deliveries end with them, so no lease would ever
+# find one missing and drop it, and a project that churns endpoints grew the cache for good.
+IDLE_DESTINATION_SECONDS = 600.0
 
 
 def _build(row: DestinationRow) -> _Dest:
@@ -234,6 +241,7 @@ class Dispatcher:
         self.egress = EgressPolicy(allow_private=settings.allow_private_destinations)
         self.wake = asyncio.Event()
         self._dests: dict[str, _Dest] = {}
+        self._next_idle_sweep = 0.0
         self._inflight: dict[asyncio.Task[None], LeasedDelivery] = {}  # attempt → its delivery
         self._began: dict[asyncio.Task[None], tuple[float, float]] = {}  # clock.now(), perf_counter()
         self._results: list[AttemptResult] = []
@@ -286,10 +294,15 @@ class Dispatcher:
 
     async def _destinations(self, ids: set[str]) -> dict[str, _Dest | None]:
         rows = await self.store.get_destinations(ids)
+        now = time.monotonic()
+        self._drop_idle_destinations(now, keep=ids)
         out: dict[str, _Dest | None] = {}
         for did in ids:
             row = rows.get(did)
-            if row is None:
+            if row is None:  # deleted: its instance (a pool, connections) goes with it
+                gone = self._dests.pop(did, None)
+                if gone is not None:
+                    self._retire(gone.instance)
                 out[did] = None
                 continue
             cached = self._dests.get(did)
@@ -301,8 +314,18 @@ class Dispatcher:
                 self.resolver.forget(row.project_id)
                 cached = _build(row)
                 self._dests[did] = cached
+            cached.used_at = now
             out[did] = cached
         return out
+
+    def _drop_idle_destinations(self, now: float, keep: set[str]) -> None:
+        if now < self._next_idle_sweep:
+            return
+        self._next_idle_sweep = now + IDLE_DESTINATION_SECONDS / 10
+        idle = [did for did, d in self._dests.items() if now - d.used_at > IDLE_DESTINATION_SECONDS]
+        for did in idle:
+            if did not in keep:
+                self._retire(self._dests.pop(did).instance)
 
     async def _send(self, dest: _Dest, request: SendRequest, ctx: SendContext) -> Outcome:
         instance: Destination = dest.instance
