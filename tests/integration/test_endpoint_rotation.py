@@ -274,3 +274,16 @@ async def test_a_configuration_read_before_a_rotation_still_signs_with_the_old_s
     refs = before.config["settings"]["secret"]
     refs = refs if isinstance(refs, list) else [refs]
     assert [await resolver(server.project_id, ref) for ref in refs] == [ep["secret"]]
+
+
+async def test_many_endpoint_changes_at_once_all_succeed(server: RunningServer, receiver: Receiver) -> None:
+    """Changes to one project's configuration take turns within a process: twelve creations,
+    then twelve deletions, at once. Each tried five times at once against the others, and a
+    third of them answered 409 (the deleted ones then stayed, with their secrets)."""
+    created = await asyncio.gather(*(add_endpoint(server, receiver) for _ in range(12)))
+    assert len({ep["id"] for ep in created}) == 12
+    deleted = await asyncio.gather(*(server.request("DELETE", f"/v1/endpoints/{ep['id']}") for ep in created))
+    assert [status for status, _ in deleted] == [204] * 12, deleted
+    _, listed = await server.request("GET", "/v1/endpoints")
+    assert listed["data"] == []
+    assert await stored_secrets(server) == []
