@@ -4,6 +4,7 @@ never blocking the loop on another connection's lock."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingestlayer import metrics
-from ingestlayer.store import sqlite_loop
+from ingestlayer.store import sqlite_durability, sqlite_loop
 from ingestlayer.store.sqlite_durability import WalSync
 from ingestlayer.store.sqlite_loop import LoopSqlite
 
@@ -273,3 +274,36 @@ async def test_every_connection_cuts_a_grown_log_back(tmp_path: Path) -> None:
     finally:
         await engines.dispose()
         await loop_db.close()
+
+
+async def test_a_reader_holding_the_log_back_is_named_in_the_log(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader's old snapshot keeps every frame after it: the -wal file grows with each write
+    and cannot start over. That used to show only in ingestlayer_sqlite_wal_bytes."""
+    monkeypatch.setattr(sqlite_durability, "HELD_WARNING_SECONDS", 0.3)
+    caplog.set_level(logging.INFO, logger="ingestlayer")
+    store = LoopSqlite(db, restart_wal_after_frames=64)
+    reader = sqlite3.connect(db, isolation_level=None)
+    try:
+        await store.write(_insert_group, 0, durable=False)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()  # holds this snapshot
+        await _write_for(store, 1, seconds=2.0)  # checkpoints are asked for every 0.5 s
+        held = [r.getMessage() for r in caplog.records if "has not been able to start over" in r.getMessage()]
+        assert len(held) == 1 and "a reader holds an old snapshot" in held[0], held
+        reader.execute("COMMIT")
+        await _write_for(store, 100_000, seconds=1.5)
+        assert any("starts over again" in r.getMessage() for r in caplog.records)
+    finally:
+        reader.close()
+        await store.close()
+
+
+async def _write_for(store: LoopSqlite, first: int, seconds: float) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    commit = first
+    while asyncio.get_running_loop().time() < deadline:
+        await store.write(_insert_group, commit * 30, durable=False)
+        await asyncio.sleep(0.002)
+        commit += 1

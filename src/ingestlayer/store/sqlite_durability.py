@@ -24,6 +24,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 
 from ingestlayer import metrics
@@ -129,6 +130,9 @@ RESTART_AFTER_FRAMES = 8192
 # How long that restart may wait for the writer and the readers to let go (and so hold up the
 # next writer) before it gives up until the next checkpoint.
 RESTART_WAIT_MS = 20
+# A reader in the way of every restart for this long is named in the log, then every 5 minutes.
+HELD_WARNING_SECONDS = 30.0
+HELD_WARNING_EVERY_SECONDS = 300.0
 
 
 class Checkpointer:
@@ -164,6 +168,8 @@ class Checkpointer:
         self._restart_after = restart_after_frames
         self._wanted = threading.Event()
         self._closed = False
+        self._held_since: float | None = None  # when restarts began to find a reader in the way
+        self._next_held_warning = 0.0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -200,9 +206,39 @@ class Checkpointer:
                             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
                         if not busy:
                             metrics.SQLITE_WAL_RESTARTS.inc()
+                        self._restart_outcome(bool(busy), time.monotonic())
                 except sqlite3.Error as exc:  # busy or locked: the next request tries again
                     log.warning("WAL checkpoint failed: %s", exc)
                 with contextlib.suppress(OSError):  # no log yet, or a read-only copy
                     metrics.SQLITE_WAL_BYTES.set(os.stat(self._wal_path).st_size)
         finally:
             conn.close()
+
+    def _restart_outcome(self, busy: bool, now: float) -> None:
+        """Say so when the log cannot start over for long: a reader holding an old snapshot (a
+        long transaction in another process, an open ``sqlite3`` shell) keeps every frame after
+        it, and the file grows by every write (500 MB in 35 s at 700 events/s) with, until
+        now, nothing in the log but ``ingestlayer_sqlite_wal_bytes``."""
+        if not busy:
+            if self._held_since is not None and self._next_held_warning:
+                log.info(
+                    "the SQLite log starts over again, after %.0f s held back by a reader",
+                    now - self._held_since,
+                )
+            self._held_since, self._next_held_warning = None, 0.0
+            return
+        if self._held_since is None:
+            self._held_since = now
+        held = now - self._held_since
+        if held >= HELD_WARNING_SECONDS and now >= self._next_held_warning:
+            self._next_held_warning = now + HELD_WARNING_EVERY_SECONDS
+            with contextlib.suppress(OSError):
+                size = os.stat(self._wal_path).st_size
+                log.warning(
+                    "the SQLite log %s (%.0f MB) has not been able to start over for %.0f s: a reader "
+                    "holds an old snapshot (a long transaction in another process, an open sqlite3 "
+                    "shell); the file grows with every write until that reader ends",
+                    self._wal_path,
+                    size / 1e6,
+                    held,
+                )
