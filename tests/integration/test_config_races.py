@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from ingestlayer.api.manage import run_apply
 from ingestlayer.records import ProjectConfig
+from ingestlayer.store.store import Store
 from tests.support.server import RunningServer
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -35,20 +37,22 @@ async def test_a_destination_deleted_while_a_pipeline_takes_it_up_is_never_left_
     server: RunningServer,
 ) -> None:
     """DELETE checks that no pipeline uses the destination, then deletes it; a pipeline created
-    between the two used to be left pointing at a destination that no longer exists."""
+    between the two (by another API process: within one, changes take turns) used to be left
+    pointing at a destination that no longer exists."""
     await server.apply({"destinations": [{"name": "out", "webhook.out": {"url": HOOK}}]})
     store = server.runtime.store
     read = store.load_project_config
-    created: list[int] = []
+    created: list[str] = []
+    other_process = Store.from_url(server.runtime.settings.database_url)
 
     async def read_then_race(project_id: str) -> ProjectConfig:
         cfg = await read(project_id)
         if not created:  # the DELETE's read: a pipeline takes the destination up right after it
-            created.append(0)
             pipeline = {"name": "p", "source": {"match": ["a.*"]}, "destinations": [{"ref": "out"}]}
-            status, body = await server.request("POST", "/v1/pipelines", json=pipeline)
-            assert status == 201, body
-            created[0] = status
+            applied = await run_apply(
+                other_process, project_id, {"pipelines": [pipeline]}, dry_run=False, prune=False
+            )
+            created.extend(c["action"] for c in applied["changes"])
         return cfg
 
     store.load_project_config = read_then_race  # type: ignore[method-assign]
@@ -56,7 +60,8 @@ async def test_a_destination_deleted_while_a_pipeline_takes_it_up_is_never_left_
         status, body = await server.request("DELETE", "/v1/destinations/out")
     finally:
         store.load_project_config = read  # type: ignore[method-assign]
-    assert created == [201]
+        await other_process.close()
+    assert created == ["create"]
     # Read again after the pipeline came: in use, so kept.
     assert status == 409 and "used by pipelines: p" in body["error"]["message"], body
     _, pipe = await server.request("GET", "/v1/pipelines/p")

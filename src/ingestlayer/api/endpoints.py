@@ -454,7 +454,7 @@ async def update_endpoint(
         )
         return spec, secret if generated else None, dest_id
 
-    spec, generated_secret, dest_id = await until_unchanged(principal.project_id, change)
+    spec, generated_secret, dest_id = await until_unchanged(rt.store, principal.project_id, change)
     if not spec["enabled"]:
         # Disabled: what waits for an attempt ends now, as the dispatcher would end it at that
         # attempt, instead of staying "retrying" for hours. Replayable once re-enabled.
@@ -513,7 +513,7 @@ async def rotate_secret(
         )
         return secret
 
-    secret = await until_unchanged(principal.project_id, change)
+    secret = await until_unchanged(rt.store, principal.project_id, change)
     saved = await _shown(rt, project_id, endpoint_id)
     return {
         "id": endpoint_id,
@@ -540,5 +540,5 @@ async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) ->
             delete_secrets=found.stored,
         )
 
-    await until_unchanged(principal.project_id, change)
+    await until_unchanged(rt.store, principal.project_id, change)
     return Response(status_code=204)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -52,31 +51,25 @@ def config_error(exc: ConfigError, within: str = "") -> ApiError:
     return ApiError(422, f"{path}: {exc.message}" if path else exc.message, field=path or None)
 
 
-async def until_unchanged(project_id: str, change: Callable[[], Awaitable[T]]) -> T:
+async def until_unchanged(store: Store, project_id: str, change: Callable[[], Awaitable[T]]) -> T:
     """Run ``change``, which reads the configuration, checks what it needs and writes only if
     the configuration is still the version it read (:class:`Conflict` otherwise); again from a
     fresh read when another change committed in between, and a 409 after APPLY_ATTEMPTS.
 
-    One project's changes take turns within a process, so only other processes' changes can
-    conflict; those are tried again after a short random wait that doubles each time. Without
-    either, eight requests at once made a third of them 409."""
-    lock = _CHANGE_LOCKS.get(project_id)
-    if lock is None:
-        lock = _CHANGE_LOCKS[project_id] = asyncio.Lock()
-    async with lock:
+    One project's changes take turns within a process (one store), so only other processes'
+    changes can conflict; those are tried again after a short random wait that doubles each
+    time. Without either, eight requests at once made a third of them 409."""
+    async with store.config_change_lock(project_id):
         for attempt in range(APPLY_ATTEMPTS):
             try:
                 return await change()
             except Conflict:
                 if attempt + 1 < APPLY_ATTEMPTS:
                     await asyncio.sleep(random.uniform(0, CONFLICT_WAIT_SECONDS * 2**attempt))
-    raise ApiError(
-        409, "the configuration kept changing during the change; try again", headers={"Retry-After": "1"}
-    )
+    message = "the configuration kept changing during the change; try again"
+    raise ApiError(409, message, headers={"Retry-After": "1"})
 
 
-# Held only while a change runs (weak values): a project without changes in flight has none.
-_CHANGE_LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 CONFLICT_WAIT_SECONDS = 0.01
 
 
@@ -131,7 +124,7 @@ async def run_apply(
             await apply_plan(store, p)
         return p
 
-    p = await until_unchanged(project_id, plan_and_apply)
+    p = await until_unchanged(store, project_id, plan_and_apply)
     changes = []
     for c in p.changes:
         # What a dry run would create has no id yet: the apply makes its own.
@@ -342,7 +335,7 @@ async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Re
             expect_version=cfg.version,
         )
 
-    await until_unchanged(principal.project_id, delete)
+    await until_unchanged(rt.store, principal.project_id, delete)
     return Response(status_code=204)
 
 
@@ -404,7 +397,7 @@ async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep)
             principal.project_id, [], [], delete_destination_ids=[found.id], expect_version=cfg.version
         )
 
-    await until_unchanged(principal.project_id, delete)
+    await until_unchanged(rt.store, principal.project_id, delete)
     return Response(status_code=204)
 
 

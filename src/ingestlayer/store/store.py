@@ -14,10 +14,12 @@ cache) and :mod:`.notify` (LISTEN/NOTIFY), on :mod:`.base` (what they share).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,6 +139,9 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         self.engines = engines
         self.dialect = engines.dialect
         self.worker_id = f"{os.uname().nodename}:{os.getpid()}"
+        self._config_change_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         # The statements run for every event and attempt bypass SQLAlchemy: plain sqlite3 on
         # the store's own threads, or an asyncpg pool (see sqlite_hot and pg_hot).
         url = engines.write.url
@@ -148,6 +153,14 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         else:
             dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._hot = PgHotPath(dsn, engines.command_timeout)
+
+    def config_change_lock(self, project_id: str) -> asyncio.Lock:
+        """Held by one change of the project's configuration at a time in this process (see
+        :func:`ingestlayer.api.manage.until_unchanged`); kept only while in use."""
+        lock = self._config_change_locks.get(project_id)
+        if lock is None:
+            lock = self._config_change_locks[project_id] = asyncio.Lock()
+        return lock
 
     @property
     def concurrent_writers(self) -> int:
