@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
-import sqlalchemy.exc
 import typer
 import yaml
 from rich.console import Console
@@ -50,7 +49,6 @@ from ingestlayer.json_depth import (
     out_of_range_path,
 )
 from ingestlayer.logsetup import configure
-from ingestlayer.store.outage_log import reason
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
@@ -148,14 +146,20 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except (CliError, ValueError, OSError, LookupError) as exc:
             _print_error(str(exc))
             raise typer.Exit(1) from None
-        except (sqlalchemy.exc.DBAPIError, sqlite3.Error) as exc:
-            _print_error(database_problem(exc))
-            raise typer.Exit(1) from None
         except Exception as exc:  # anything else: still one line, with its type
-            _print_error(f"{type(exc).__name__}: {exc}")
+            _print_error(database_problem(exc) if _is_database_error(exc) else f"{type(exc).__name__}: {exc}")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    # SQLAlchemy is looked up, not imported: the CLI starts without it (only commands that open
+    # the database load it, and only they can raise its errors).
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return isinstance(exc, sqlite3.Error) or (
+        sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.DBAPIError)
+    )
 
 
 def database_problem(exc: BaseException) -> str:
@@ -170,6 +174,8 @@ def database_problem(exc: BaseException) -> str:
             "the database cannot be written here: the file, or its directory (where SQLite keeps "
             "its -wal and -shm files), is read-only"
         )
+    from ingestlayer.store.outage_log import reason  # the database layer is loaded by now
+
     return f"the database refused: {reason(cause)}"
 
 

@@ -276,9 +276,8 @@ class LocalBackend:
         pid = await self.project_id()
         await self.store.sync_clock()
         try:
-            destination_ids = replayable_destinations(
-                await self.store.load_project_config(pid), match.destination
-            )
+            cfg = await self.store.load_project_config(pid)
+            destination_ids = await replayable_destinations(self.store, cfg, match.destination)
         except (LookupError, ReplayRefused) as exc:
             raise CliError(str(exc.args[0])) from None
         return await self.store.replay(

@@ -10,8 +10,12 @@ reason, or leave those deliveries out of a bulk one.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from ingestlayer.records import ProjectConfig
+
+if TYPE_CHECKING:
+    from ingestlayer.store.store import Store
 
 # A destination's id as the store makes them (``new_id("dst")``): such a reference names a
 # destination even once it is deleted, whose deliveries are still listed under that id.
@@ -22,12 +26,16 @@ class ReplayRefused(Exception):
     """A replay that could only fail: the message says why, and what to do."""
 
 
-def listed_destination(cfg: ProjectConfig, reference: str) -> str | None:
+async def listed_destination(store: Store, cfg: ProjectConfig, reference: str) -> str | None:
     """The destination id a listing filter names: by id, name or endpoint id while it exists,
-    and by its ``dst_`` id once deleted (its deliveries are still listed). None: no such
-    destination, ever."""
+    and by its ``dst_`` id once deleted, while the project has deliveries to it. None: no such
+    destination of this project (another project's id is answered as one that never was)."""
     found = cfg.destination_id(reference)
-    if found is None and DESTINATION_ID.fullmatch(reference):
+    if (
+        found is None
+        and DESTINATION_ID.fullmatch(reference)
+        and await store.has_deliveries_to(cfg.project_id, reference)
+    ):
         return reference
     return found
 
@@ -42,13 +50,13 @@ def why_not_replayable(cfg: ProjectConfig, destination_id: str, shown: str | Non
     return None
 
 
-def replayable_destinations(cfg: ProjectConfig, reference: str | None) -> list[str]:
+async def replayable_destinations(store: Store, cfg: ProjectConfig, reference: str | None) -> list[str]:
     """The destinations a bulk replay sends to: the one ``reference`` names, or every enabled one.
     Raises :class:`ReplayRefused` when the one named is deleted or disabled, and LookupError when
     it names none."""
     if reference is None:
         return [d.id for d in cfg.destinations.values() if d.enabled]
-    found = listed_destination(cfg, reference)
+    found = await listed_destination(store, cfg, reference)
     if found is None:
         raise LookupError(f"no destination {reference!r}")
     problem = why_not_replayable(cfg, found, reference)

@@ -23,7 +23,7 @@ from ingestlayer.replay_scope import (
     replayable_destinations,
     why_not_replayable,
 )
-from ingestlayer.store.store import AtLeast
+from ingestlayer.store.store import AtLeast, Store
 from ingestlayer.timefmt import parse_time_filter
 
 router = APIRouter(prefix="/v1", tags=["logs"], route_class=JsonBodyRoute)
@@ -125,7 +125,7 @@ async def list_deliveries(
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
     cfg = await _config(rt, principal.project_id)
-    names, dest_id = _names(cfg), _listed_destination(cfg, destination)
+    names, dest_id = _names(cfg), await _listed_destination(rt.store, cfg, destination)
     items = await rt.store.list_deliveries(
         principal.project_id,
         status=status,
@@ -148,11 +148,11 @@ async def list_deliveries(
     return page
 
 
-def _listed_destination(cfg: ProjectConfig, destination: str | None) -> str | None:
+async def _listed_destination(store: Store, cfg: ProjectConfig, destination: str | None) -> str | None:
     """A listing's destination filter: one deleted still lists its deliveries by its dst_ id."""
     if destination is None:
         return None
-    found = listed_destination(cfg, destination)
+    found = await listed_destination(store, cfg, destination)
     if found is None:
         raise ApiError(404, f"no destination {destination!r}", field="destination")
     return found
@@ -217,7 +217,7 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
     after = _cursor(body.after, _DELIVERY_ID, "a delivery", "after", "the last answer's next_after")
     cfg = await _config(rt, principal.project_id)
     try:
-        destination_ids = replayable_destinations(cfg, body.destination)
+        destination_ids = await replayable_destinations(rt.store, cfg, body.destination)
     except LookupError as exc:
         raise ApiError(404, str(exc.args[0]), field="destination") from None
     except ReplayRefused as exc:

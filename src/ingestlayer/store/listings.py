@@ -88,6 +88,14 @@ class ListingsMixin(StoreBase):
             )
             return [dict(r._mapping) for r in rows if r.project_id == project_id]
 
+    async def has_deliveries_to(self, project_id: str, destination_id: str) -> bool:
+        """Whether the project has any delivery to this destination (one deleted, say)."""
+        async with self.engines.read.connect() as conn:
+            query = select(deliveries.c.project_id).where(deliveries.c.destination_id == destination_id)
+            # By the destination's index; checked against the project after, as list_deliveries does.
+            rows = await conn.execute(query.limit(1))
+            return any(r.project_id == project_id for r in rows)
+
     async def get_delivery(self, project_id: str, delivery_id: str) -> dict[str, Any] | None:
         async with self.engines.read.connect() as conn:
             row = (
