@@ -29,6 +29,7 @@ from ingestlayer import __version__
 from ingestlayer.cli_backend import (
     Backend,
     CliError,
+    EventFilter,
     LocalBackend,
     RemoteBackend,
     ReplayFilter,
@@ -488,6 +489,10 @@ def send(
 @cli_errors
 def events(
     type_: Annotated[str | None, typer.Option("--type", help="Type or prefix*")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only events received at or after (ISO 8601 or epoch s)")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only events received before")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     database_url: DbOpt = None,
@@ -496,7 +501,8 @@ def events(
     key: KeyOpt = None,
 ) -> None:
     """List recent events."""
-    rows = _with_backend(database_url, project, url, key, lambda b: b.events(type_, limit))
+    match = EventFilter(type_, time_filter(since, "--since"), time_filter(until, "--until"))
+    rows = _with_backend(database_url, project, url, key, lambda b: b.events(match, limit))
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -523,6 +529,12 @@ def deliveries(
     status: Annotated[
         list[str] | None, typer.Option("--status", help="pending|delivering|retrying|delivered|dead")
     ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(
+            "--destination", help="Name or id (an endpoint's: its ep_ id; a deleted one's: its dst_ id)"
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     database_url: DbOpt = None,
@@ -532,7 +544,7 @@ def deliveries(
 ) -> None:
     """List recent deliveries."""
     _check_statuses(status, DELIVERY_STATUSES)
-    rows = _with_backend(database_url, project, url, key, lambda b: b.deliveries(status, limit))
+    rows = _with_backend(database_url, project, url, key, lambda b: b.deliveries(status, destination, limit))
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return

@@ -27,7 +27,12 @@ from ingestlayer.ids import new_id
 from ingestlayer.json_depth import MAX_JSON_DEPTH, NUMBERS_TOO_LARGE, dumps_within
 from ingestlayer.pipeline.config import ConfigError
 from ingestlayer.records import NewEvent
-from ingestlayer.replay_scope import ReplayRefused, replayable_destinations, why_not_replayable
+from ingestlayer.replay_scope import (
+    ReplayRefused,
+    listed_destination,
+    replayable_destinations,
+    why_not_replayable,
+)
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.migrate import current_head, sqlite_schema_is_current, upgrade
@@ -157,6 +162,15 @@ def check_secret_name(name: str) -> None:
 
 
 @dataclass(frozen=True)
+class EventFilter:
+    """Which events a listing shows."""
+
+    type_: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
 class ReplayFilter:
     """Which deliveries a bulk replay takes."""
 
@@ -244,19 +258,26 @@ class LocalBackend:
         r = (await self.store.insert_events([ev]))[0]
         return {"id": r.id, "duplicate": r.duplicate}
 
-    async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
-        return [
-            event_json(e)
-            for e in await self.store.list_events(await self.project_id(), type_=type_, limit=limit)
-        ]
+    async def events(self, match: EventFilter, limit: int) -> list[dict[str, Any]]:
+        pid = await self.project_id()
+        found = await self.store.list_events(
+            pid, type_=match.type_, since=match.since, until=match.until, limit=limit
+        )
+        return [event_json(e) for e in found]
 
-    async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
+    async def deliveries(
+        self, status: list[str] | None, destination: str | None, limit: int
+    ) -> list[dict[str, Any]]:
         pid = await self.project_id()
         cfg = await self.store.load_project_config(pid)
+        dest_id = None
+        if destination is not None:
+            dest_id = await listed_destination(self.store, cfg, destination)
+            if dest_id is None:
+                raise CliError(f"no destination {destination!r}")
         names = {d.id: d.name for d in cfg.destinations.values()}
-        return [
-            delivery_json(d, names) for d in await self.store.list_deliveries(pid, status=status, limit=limit)
-        ]
+        found = await self.store.list_deliveries(pid, status=status, destination_id=dest_id, limit=limit)
+        return [delivery_json(d, names) for d in found]
 
     async def replay_one(self, delivery_id: str) -> None:
         pid = await self.project_id()
@@ -377,14 +398,24 @@ class RemoteBackend:
             body["idempotency_key"] = idempotency_key
         return await self.fetch("POST", "/v1/events", "id", "duplicate", body=body)
 
-    async def events(self, type_: str | None, limit: int) -> list[dict[str, Any]]:
-        q = f"?limit={limit}" + (f"&type={urllib.parse.quote(type_)}" if type_ else "")
-        out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/events" + q, "data"))["data"]
+    async def events(self, match: EventFilter, limit: int) -> list[dict[str, Any]]:
+        query: list[tuple[str, Any]] = [("limit", limit)]
+        if match.type_:
+            query.append(("type", match.type_))
+        times = (("since", match.since), ("until", match.until))
+        query += [(name, repr(at)) for name, at in times if at is not None]  # epoch seconds
+        path = "/v1/events?" + urllib.parse.urlencode(query)
+        out: list[dict[str, Any]] = (await self.fetch("GET", path, "data"))["data"]
         return out
 
-    async def deliveries(self, status: list[str] | None, limit: int) -> list[dict[str, Any]]:
-        q = f"?limit={limit}" + "".join(f"&status={s}" for s in status or [])
-        out: list[dict[str, Any]] = (await self.fetch("GET", "/v1/deliveries" + q, "data"))["data"]
+    async def deliveries(
+        self, status: list[str] | None, destination: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        query: list[tuple[str, Any]] = [("limit", limit), *(("status", s) for s in status or [])]
+        if destination is not None:
+            query.append(("destination", destination))
+        path = "/v1/deliveries?" + urllib.parse.urlencode(query)
+        out: list[dict[str, Any]] = (await self.fetch("GET", path, "data"))["data"]
         return out
 
     async def replay_one(self, delivery_id: str) -> None:

@@ -7,14 +7,18 @@ its ``dst_`` id, which the filters now accept."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ingestlayer import cli
+from ingestlayer import cli as cli_module
 from ingestlayer.cli_backend import RemoteBackend, ReplayFilter
+from ingestlayer.timefmt import parse_iso
+from tests.support.cli import cli, ok
 from tests.support.receiver import Receiver, Reply
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, start_server, wait_for
 
 ONE_SHOT = {"schedule": [0], "jitter": 0}
 
@@ -96,12 +100,12 @@ async def test_the_cli_replays_every_match_a_page_at_a_time(
         return [d["id"] for d in found] if len(found) == 5 else None
 
     await wait_for(lambda: dead(1))
-    monkeypatch.setattr(cli, "REPLAY_PAGE", 2)
+    monkeypatch.setattr(cli_module, "REPLAY_PAGE", 2)
     backend = RemoteBackend(server.url, server.admin_key)
     try:
-        assert await cli._replay_pages(backend, ReplayFilter(["dead"]), None) == 5
+        assert await cli_module._replay_pages(backend, ReplayFilter(["dead"]), None) == 5
         await wait_for(lambda: dead(2))  # every one replayed once, and dead again
-        assert await cli._replay_pages(backend, ReplayFilter(["dead"]), 3) == 3
+        assert await cli_module._replay_pages(backend, ReplayFilter(["dead"]), 3) == 3
     finally:
         await backend.close()
 
@@ -111,3 +115,52 @@ async def test_the_cli_replays_every_match_a_page_at_a_time(
         return counts if sum(counts) == 13 else None
 
     assert await wait_for(settled) == [2, 2, 3, 3, 3]  # --limit 3: three of them, once each
+
+
+@pytest.fixture
+async def sqlite_server(sqlite_url: str) -> AsyncIterator[RunningServer]:
+    """One database is enough here: the CLI's filters go to the same store calls as the API's."""
+    s = await start_server(sqlite_url)
+    yield s
+    await s.stop()
+
+
+async def test_the_cli_lists_by_destination_and_events_by_time(
+    sqlite_server: RunningServer, receiver: Receiver, tmp_path: Path
+) -> None:
+    """``deliveries --destination`` (a deleted one's too, by its dst_ id) and ``events --since
+    --until``, on the database and through a server."""
+    server = sqlite_server
+    receiver.default = Reply(status=200)
+    keep, gone = await endpoint(server, receiver, "/keep"), await endpoint(server, receiver, "/gone")
+    _, ev = await server.ingest("order.placed", {"n": 1})
+
+    async def settled() -> list[dict[str, Any]] | None:
+        _, got = await server.request("GET", f"/v1/events/{ev['id']}")
+        found: list[dict[str, Any]] = got["deliveries"]
+        return found if len(found) == 2 and {d["status"] for d in found} == {"delivered"} else None
+
+    by_dest = {d["destination_id"]: d["id"] for d in await wait_for(settled)}
+    assert set(by_dest) == {keep["destination_id"], gone["destination_id"]}
+    status, _ = await server.request("DELETE", f"/v1/endpoints/{gone['id']}")
+    assert status == 204
+    _, stored = await server.request("GET", f"/v1/events/{ev['id']}")
+    received = parse_iso(stored["received_at"])
+    window = ("--since", repr(received - 1), "--until", repr(received + 1))
+    on_db: dict[str, Any] = {"db_url": server.runtime.settings.database_url}
+    remote = ("--url", server.url, "--key", server.admin_key)
+    for where, kw in (((), on_db), (remote, {})):
+        run = ok(
+            await cli(
+                "deliveries", "--destination", gone["destination_id"], "--json", *where, cwd=tmp_path, **kw
+            )
+        )
+        assert [d["id"] for d in run.json()] == [by_dest[gone["destination_id"]]], (where, run.out)
+        run = ok(await cli("events", *window, "--json", *where, cwd=tmp_path, **kw))
+        assert [e["id"] for e in run.json()] == [ev["id"]], run.out
+    run = ok(await cli("deliveries", "--destination", keep["id"], "--json", cwd=tmp_path, **on_db))
+    assert [d["id"] for d in run.json()] == [by_dest[keep["destination_id"]]], run.out
+    missing = await cli("deliveries", "--destination", "nope", cwd=tmp_path, **on_db)
+    assert missing.rc == 1 and "no destination 'nope'" in missing.err, missing
+    run = ok(await cli("events", "--since", repr(received + 1), "--json", cwd=tmp_path, **on_db))
+    assert run.json() == [], run.out
