@@ -1,4 +1,4 @@
-"""step configurations stored under their YAML names: ``from``, not ``from_``
+"""step configurations stored under their YAML names: "from", not "from_"
 
 ``enrich.entity`` and ``enrich.person`` were stored (and shown by ``GET /v1/pipelines``) with
 the Python attribute ``from_`` for the YAML key ``from``. They are now stored as written; this
