@@ -131,3 +131,24 @@ async def test_copying_objects_step_after_step_stops_at_the_size_limit() -> None
         raise AssertionError("the payload grew past the limit without an error")
     assert 10 < grown < 20
     assert len(orjson.dumps(before)) <= MAX_PAYLOAD_BYTES
+
+
+async def test_text_quoting_fields_step_after_step_stops_at_the_size_limit() -> None:
+    """The same with text: a template that quotes a field four times made a 250 KB payload 1 MB,
+    then 4 and 16 MB, since only objects and lists were measured."""
+    quadrupling = Transform(
+        TransformConfig.model_validate({"set": {"s": "$event.s$event.s$event.s$event.s"}})
+    )
+    event = PipelineEvent("evt_1", "a.b", 0.0, 0.0, "api", {"s": "a" * 250_000})
+    sizes = []
+    with pytest.raises(ValueError, match=f"at most {MAX_PAYLOAD_BYTES:,}"):
+        for _ in range(4):
+            event.payload = dict(event.payload)
+            out = await quadrupling(event, StepContext("prj", "p"))
+            assert isinstance(out, PipelineEvent)
+            sizes.append(len(orjson.dumps(out.payload)))
+    assert sizes == [1_000_008]  # the second would pass the limit: 4 MB
+    # Short text is not measured (it grows the payload by no more than the configuration does).
+    small = Transform(TransformConfig.model_validate({"set": {"note": "hello $event.type"}}))
+    out = await small(PipelineEvent("evt_2", "a.b", 0.0, 0.0, "api", {}), StepContext("prj", "p"))
+    assert isinstance(out, PipelineEvent) and out.payload == {"note": "hello a.b"}

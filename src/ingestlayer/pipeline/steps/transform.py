@@ -44,6 +44,20 @@ def _check_size(payload: dict[str, Any]) -> None:
         raise ValueError(f"the payload would be {size:,} bytes after this set; at most {MAX_PAYLOAD_BYTES:,}")
 
 
+# A set that writes only numbers, booleans and strings up to this long grows the payload by no
+# more than its own configuration does; anything else (an object, a list, a template's text that
+# quoted a field: "copy: $event.payload" made 250 KB into 1 MB, then 4 and 16 MB, step after
+# step) is measured against MAX_PAYLOAD_BYTES. Serialising every payload after every set would
+# cost small events most.
+SMALL_STRING_CHARS = 256
+
+
+def _may_grow(rendered: Any) -> bool:
+    return isinstance(rendered, dict | list) or (
+        isinstance(rendered, str) and len(rendered) > SMALL_STRING_CHARS
+    )
+
+
 class TransformConfig(StepConfig):
     set: dict[str, Any] = Field(default_factory=dict, description="path → value or $event.* template.")
     rename: dict[str, str] = Field(default_factory=dict, description="old path → new path.")
@@ -91,7 +105,7 @@ class Transform:
             ]
             for path, rendered in values:
                 set_path(payload, path, rendered)
-            if any(isinstance(rendered, dict | list) for _, rendered in values):
+            if any(_may_grow(rendered) for _, rendered in values):
                 _check_size(payload)
         for path in self.config.drop:
             delete_path(payload, path)
