@@ -6,6 +6,7 @@ they answer.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -68,4 +69,8 @@ def excerpt(data: bytes | str | None) -> str | None:
     if data is None:
         return None
     raw = data.encode() if isinstance(data, str) else data
-    return raw[:EXCERPT_BYTES].decode("utf-8", "replace")
+    # Not final: a character the cut split is left out whole (plain decoding made it U+FFFD, and
+    # the excerpt a byte or two over EXCERPT_BYTES); bytes that are not UTF-8 are still replaced.
+    return codecs.getincrementaldecoder("utf-8")("replace").decode(
+        raw[:EXCERPT_BYTES], final=len(raw) <= EXCERPT_BYTES
+    )
