@@ -122,6 +122,23 @@ async def test_values_that_do_not_fit_become_empty(server: RunningServer, notion
     assert props["Notes"] == {"rich_text": []}
 
 
+async def test_an_event_too_large_for_one_notion_request_is_cut_to_fit(
+    server: RunningServer, notion: FakeNotion
+) -> None:
+    """Two text properties of 80,000 CJK characters each: every property within Notion's
+    limits, the request over its 500 KB (400 validation_error, and the delivery went dead)."""
+    props = {**PROPERTIES, "Name": {"type": "title", "value": "$event.notes"}}
+    await setup(server, notion, properties=props)
+    _, body = await server.ingest("user.signed_up", {"email": "a@b.co", "notes": "漢" * 80_000})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered", d
+    (page,) = notion.pages
+    name = "".join(t["text"]["content"] for t in page["properties"]["Name"]["title"])
+    notes = "".join(t["text"]["content"] for t in page["properties"]["Notes"]["rich_text"])
+    assert name.endswith("…") or notes.endswith("…")
+    assert len(name) + len(notes) > 100_000  # cut to fit, not emptied
+
+
 async def test_rate_limit_honours_retry_after(server: RunningServer, notion: FakeNotion) -> None:
     await setup(server, notion)
     notion.fail_next(429, retry_after=1)

@@ -56,6 +56,11 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     )
 
 
+# Notion's request limits: "the maximum size of the payload is 1000 block elements and 500KB
+# overall"; a request over a size limit is answered 400 validation_error.
+MAX_REQUEST_BYTES = 500_000
+
+
 def invalid(message: str) -> web.Response:
     return error(400, "validation_error", message)
 
@@ -232,6 +237,8 @@ class FakeNotion:
         )
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return body, error(401, "unauthorized", "API token is invalid.")
+        if len(raw) > MAX_REQUEST_BYTES:  # "500KB overall", a size limit: validation_error
+            return body, invalid(f"Request body too large: {len(raw)} bytes, at most 500KB.")
         if not request.headers.get("Notion-Version"):
             return body, error(
                 400,

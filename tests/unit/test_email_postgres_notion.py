@@ -657,6 +657,40 @@ def test_notion_dedupe_property() -> None:
         NotionConfig.model_validate({**base, "dedupe_property": "Name"})
 
 
+def test_a_notion_request_is_cut_to_fit_notions_500_kb() -> None:
+    """Each text property fits its own limit (100 objects of 2,000 units), but three of them
+    made an 800 KB request, which Notion refuses: the delivery went dead. The heaviest texts
+    are cut, with an ellipsis, until the request fits."""
+    cfg = NotionConfig.model_validate(
+        {
+            "token": "ref:t",
+            "database_id": "0" * 32,
+            "properties": {
+                "Name": {"type": "title", "value": "$event.cjk"},
+                "Body": {"type": "rich_text", "value": "$event.long"},
+                "Quoted": {"type": "rich_text", "value": "$event.quotes"},
+                "Count": {"type": "number", "value": "$event.n"},
+            },
+        }
+    )
+    payload = {"cjk": "漢" * 300_000, "long": "a" * 300_000, "quotes": '"' * 150_000, "n": 3}
+    body = Notion(cfg).build_body(request(event={**EVENT, "payload": payload}))
+    raw = orjson.dumps(body)
+    assert 400_000 < len(raw) <= 480_000, len(raw)
+    props = body["properties"]
+    assert props["Count"] == {"number": 3}
+    for name in ("Name", "Body", "Quoted"):
+        kind = "title" if name == "Name" else "rich_text"
+        parts = props[name][kind]
+        assert len(parts) <= 100 and all(len(p["text"]["content"]) <= 2000 for p in parts)
+    assert props["Name"]["title"][-1]["text"]["content"].endswith("…")
+    # What fits is left whole.
+    small = Notion(cfg).build_body(
+        request(event={**EVENT, "payload": {"cjk": "漢", "long": "a", "quotes": '"', "n": 1}})
+    )
+    assert small["properties"]["Name"] == {"title": [{"type": "text", "text": {"content": "漢"}}]}
+
+
 def _notion_error(status: int, code: str, message: str) -> bytes:
     import orjson
 

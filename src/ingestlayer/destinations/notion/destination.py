@@ -73,6 +73,33 @@ def classify_response(status: int, raw: bytes, retry_after_header: str | None) -
     )
 
 
+# Notion refuses a request over 500 KB (400 validation_error, or 413) however each property
+# fits its own limits: three text properties of 200,000 characters each made 800 KB, and the
+# delivery went dead. Text properties are cut to fit, the longest first, with an ellipsis.
+MAX_REQUEST_BYTES = 480_000
+TEXT_KINDS = frozenset({"title", "rich_text"})
+
+
+def fit_request(body: dict[str, Any], text_kinds: dict[str, str]) -> dict[str, Any]:
+    """``body`` with its text properties (``text_kinds``: name → title or rich_text) cut, the
+    heaviest first, until it fits in MAX_REQUEST_BYTES."""
+    properties = body["properties"]
+    size = len(orjson.dumps(body))
+    while size > MAX_REQUEST_BYTES and text_kinds:
+        weights = {name: len(orjson.dumps(properties[name])) for name in text_kinds}
+        name = max(weights, key=weights.__getitem__)
+        kind = text_kinds[name]
+        shown = "".join(part["text"]["content"] for part in properties[name][kind])
+        if len(shown) <= 1:
+            break
+        # Cut by what a character weighs in the request (escapes, multi-byte ones), with room.
+        per_char = weights[name] / len(shown)
+        keep = max(0, min(len(shown) - 2, len(shown) - int((size - MAX_REQUEST_BYTES) / per_char) - 64))
+        properties[name] = property_value(kind, shown[:keep] + "…")
+        size = len(orjson.dumps(body))
+    return body
+
+
 class Notion:
     kind: ClassVar[str] = "notion"
     config_model: ClassVar[type[BaseModel]] = NotionConfig
@@ -96,12 +123,16 @@ class Notion:
         payload = ev.get("payload")
         payload_map = payload if isinstance(payload, dict) else {}
         properties: dict[str, Any] = {}
+        text_kinds: dict[str, str] = {}  # the text properties, to cut if the request is too large
         for name, (kind, template) in self._templates.items():
             value = template.render(envelope, payload_map) if isinstance(template, Template) else template
             properties[name] = property_value(kind, value)
+            if kind in TEXT_KINDS:
+                text_kinds[name] = kind
         if self.config.dedupe_property is not None:
             properties[self.config.dedupe_property] = property_value("rich_text", request.delivery_id)
-        return {"parent": {"database_id": self.config.database_id}, "properties": properties}
+        body = {"parent": {"database_id": self.config.database_id}, "properties": properties}
+        return fit_request(body, text_kinds)
 
     async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
         cfg = self.config

@@ -41,10 +41,20 @@ def _units(ch: str) -> int:
     return 2 if ord(ch) > 0xFFFF else 1
 
 
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")  # two UTF-16 units each
+
+
 def split_text(text: str) -> list[str]:
     """Chunks of at most 2,000 UTF-16 code units (Notion's measure), never splitting a character;
     at most 100 chunks (the rest is cut, with an ellipsis)."""
-    chunks: list[str] = []
+    if not _ASTRAL.search(text, 0, MAX_TEXT_UNITS * MAX_TEXT_OBJECTS):
+        # One unit per character: slices, not a loop over every character of a long value.
+        shown = MAX_TEXT_UNITS * MAX_TEXT_OBJECTS
+        chunks = [text[i : i + MAX_TEXT_UNITS] for i in range(0, min(len(text), shown), MAX_TEXT_UNITS)]
+        if len(text) > shown:
+            chunks[-1] = chunks[-1][:-1] + "…"
+        return chunks
+    chunks = []
     current: list[str] = []
     used = 0
     for ch in text:
