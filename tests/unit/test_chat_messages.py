@@ -486,6 +486,14 @@ def test_telegram_default_text_escapes_every_value() -> None:
     assert parse_html(text) == f"a<b>\nnote: {NASTY}\nn: 3"
 
 
+def test_telegram_default_text_cuts_each_value_at_1000_shown_characters() -> None:
+    """Telegram counts &lt; as the one character it shows: a value of "<"s was cut by its
+    escaped length, and showed 200 of its 1,000."""
+    text = build_text(event({"u": "<" * 5000, "v": "ok"}), template=None, fields=None)
+    shown = parse_html(text)
+    assert "u: " + "<" * 999 + "…\nv: ok" in shown, shown[-40:]
+
+
 def test_telegram_template_keeps_its_tags_and_escapes_values() -> None:
     text = build_text(
         event({"u": '"><script>', "f": "csv & <b>"}),

@@ -40,12 +40,12 @@ from ingestlayer.destinations.chat import (
     Reply,
     check_http_url,
     check_paths,
-    escape_fitting,
     is_transient_status,
     key_fields,
     render_template,
     reply_outcome,
     template_placeholders_only,
+    truncate,
 )
 from ingestlayer.destinations.chat import (
     post as post_json,
@@ -91,10 +91,6 @@ _TAG = re.compile(r"^<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s[^<>]*)?)(/?)>$")
 # An attribute as Telegram's parser reads one: a value quoted either way, or unquoted of letters,
 # digits, '.' and '-' only (href=https://… is refused).
 _ATTR = re.compile(r"\s+([A-Za-z-]+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9.-]+))?")
-
-
-def escape_char(ch: str) -> str:
-    return _ESCAPES.get(ch, ch)
 
 
 def escape(text: str) -> str:
@@ -215,8 +211,10 @@ def build_text(event: Mapping[str, Any], *, template: str | None, fields: list[s
     lines = [f"<b>{escape(event_type)}</b>"]
     limit = len(fields) if fields is not None else DEFAULT_FIELDS
     for label, value in key_fields(payload if isinstance(payload, Mapping) else {}, fields, limit):
-        # Each value is cut on its own first, so one huge field cannot crowd out the others.
-        lines.append(f"{escape(label)}: {escape_fitting(value, 1000, escape_char)}")
+        # Each value is cut on its own first, so one huge field cannot crowd out the others; by
+        # the characters Telegram shows (an entity such as &lt; is one), then escaped: cut after
+        # escaping, a value of "<"s showed 200 of its 1,000.
+        lines.append(f"{escape(label)}: {escape(truncate(value, 1000))}")
     return fit_html("\n".join(lines))
 
 
