@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import orjson
 import typer
 import yaml
@@ -50,6 +51,7 @@ from ingestlayer.json_depth import (
     out_of_range_path,
 )
 from ingestlayer.logsetup import configure
+from ingestlayer.pipeline.matching import TYPE_FILTER, TYPE_FILTER_RULE
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
@@ -142,8 +144,11 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except (typer.Exit, typer.Abort, click.exceptions.Abort):  # Ctrl-C at a prompt: "Aborted!"
             raise
+        except BrokenPipeError:  # whoever read the output stopped reading: nothing to say
+            _quiet_stdout()
+            raise typer.Exit(141) from None
         except (CliError, ValueError, OSError, LookupError) as exc:
             _print_error(str(exc))
             raise typer.Exit(1) from None
@@ -152,6 +157,12 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _quiet_stdout() -> None:
+    # Python flushes stdout again at exit, and would report the broken pipe there.
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _is_database_error(exc: BaseException) -> bool:
@@ -501,6 +512,8 @@ def events(
     key: KeyOpt = None,
 ) -> None:
     """List recent events."""
+    if type_ and not TYPE_FILTER.fullmatch(type_):  # as the API refuses it
+        raise CliError(f"--type: {TYPE_FILTER_RULE}, not {type_[:80]!r}")
     match = EventFilter(type_, time_filter(since, "--since"), time_filter(until, "--until"))
     rows = _with_backend(database_url, project, url, key, lambda b: b.events(match, limit))
     if as_json:
@@ -616,12 +629,17 @@ async def _replay_pages(backend: Backend, match: ReplayFilter, limit: int | None
         size = REPLAY_PAGE if limit is None else min(REPLAY_PAGE, limit - count)
         try:
             ids = await backend.replay_page(match, after, size)
-        except Exception:
-            if count:  # those are replayed: the error that follows is about the rest
-                err.print(f"replayed {count} before the error below", highlight=False)
+        except (Exception, KeyboardInterrupt, asyncio.CancelledError) as exc:
+            if isinstance(exc, Exception):
+                if count:  # those are replayed: the error that follows is about the rest
+                    err.print(f"replayed {count} before the error below", highlight=False)
+            else:
+                err.print(
+                    f"interrupted: replayed {count}, and the page in flight may have been", highlight=False
+                )
             raise
         count += len(ids)
-        if len(ids) < size:
+        if len(ids) < size or count == limit:
             break
         after = ids[-1]
         err.print(f"replayed {count} so far…", highlight=False)

@@ -30,6 +30,7 @@ from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.cli_backend import Backend, CliError, LocalBackend
 from ingestlayer.ids import encode_ulid
 from ingestlayer.pipeline.matching import TypeMatcher
+from ingestlayer.replay_scope import listed_destination
 from ingestlayer.timefmt import parse_iso
 
 Row = dict[str, Any]
@@ -139,8 +140,8 @@ class Source:
             cfg = await b.store.load_project_config(pid)
             names = {d.id: d.name for d in cfg.destinations.values()}
             dest_id = None
-            if destination:
-                dest_id = next((i for i, n in names.items() if destination in (i, n)), None)
+            if destination:  # as the API reads it: by name, id, an endpoint's ep_ id, a deleted one's
+                dest_id = await listed_destination(b.store, cfg, destination)
                 if dest_id is None:
                     raise CliError(f"no destination {destination!r}")
             found = await b.store.list_deliveries(

@@ -85,7 +85,10 @@ async def test_replay_leaves_deliveries_to_disabled_and_deleted_destinations_alo
 
 
 async def test_the_cli_replays_every_match_a_page_at_a_time(
-    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``ingestlayer replay`` took the first 10,000 matches and said nothing of the rest; run
     again, it took the same ones (dead again) and never the others."""
@@ -104,8 +107,19 @@ async def test_the_cli_replays_every_match_a_page_at_a_time(
     backend = RemoteBackend(server.url, server.admin_key)
     try:
         assert await cli_module._replay_pages(backend, ReplayFilter(["dead"]), None) == 5
+        assert capsys.readouterr().err.split() == [
+            "replayed",
+            "2",
+            "so",
+            "far…",
+            "replayed",
+            "4",
+            "so",
+            "far…",
+        ]
         await wait_for(lambda: dead(2))  # every one replayed once, and dead again
         assert await cli_module._replay_pages(backend, ReplayFilter(["dead"]), 3) == 3
+        assert capsys.readouterr().err.split() == ["replayed", "2", "so", "far…"]  # not "3 so far"
     finally:
         await backend.close()
 
@@ -164,3 +178,17 @@ async def test_the_cli_lists_by_destination_and_events_by_time(
     assert missing.rc == 1 and "no destination 'nope'" in missing.err, missing
     run = ok(await cli("events", "--since", repr(received + 1), "--json", cwd=tmp_path, **on_db))
     assert run.json() == [], run.out
+    # tail reads --destination as the rest do (it took only current names and ids on the database).
+    for ref, wanted in (
+        (keep["id"], keep["destination_id"]),
+        (gone["destination_id"], gone["destination_id"]),
+    ):
+        run = ok(
+            await cli(
+                "tail", "--destination", ref, "-n", "5", "--for", "0", "--no-events", cwd=tmp_path, **on_db
+            )
+        )
+        assert by_dest[wanted] in run.out, (ref, run.out)
+    # A type filter the API refuses is refused on the database too (it listed nothing, exit 0).
+    bad = await cli("events", "--type", "*.created", cwd=tmp_path, **on_db)
+    assert bad.rc == 1 and "type must be an event type or a prefix of one ending in *" in bad.err, bad

@@ -16,6 +16,7 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
+from ingestlayer.pipeline.matching import TYPE_FILTER, TYPE_FILTER_RULE
 from ingestlayer.records import NewEvent, ProjectConfig
 from ingestlayer.replay_scope import (
     ReplayRefused,
@@ -45,8 +46,6 @@ def _time(value: str | None, field: str) -> float | None:
 _ULID = "[0-9A-HJKMNP-TV-Z]{26}"
 _EVENT_ID = re.compile(f"evt_{_ULID}")
 _DELIVERY_ID = re.compile(f"dlv_{_ULID}")
-# A type filter: an event type, or a prefix of one ending in * ("invoice.*", "inv*", "*").
-_TYPE_FILTER = re.compile(r"[A-Za-z0-9_\-.]{1,200}|[A-Za-z0-9_\-.]{0,200}\*")
 
 
 def _cursor(
@@ -84,10 +83,10 @@ async def list_events(
     before: str | None = Query(default=None, description="Return events older than this event id"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
-    if type and not _TYPE_FILTER.fullmatch(type):  # empty: no filter, as before
+    if type and not TYPE_FILTER.fullmatch(type):  # empty: no filter, as before
         raise ApiError(
             422,
-            f"type must be an event type or a prefix of one ending in * (invoice.*), not {type[:80]!r}",
+            f"{TYPE_FILTER_RULE}, not {type[:80]!r}",
             field="type",
         )
     items = await rt.store.list_events(

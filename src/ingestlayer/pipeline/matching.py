@@ -70,3 +70,9 @@ class TypeMatcher:
 
     def _wild_match(self, event_type: str) -> bool:
         return any(wildcard_match(parts, event_type) for parts in self._wild)
+
+
+# A listing's type filter: an event type, or a prefix of one ending in * ("invoice.*", "inv*",
+# "*"); the API and the CLI's `events` take the same.
+TYPE_FILTER = re.compile(r"[A-Za-z0-9_\-.]{1,200}|[A-Za-z0-9_\-.]{0,200}\*")
+TYPE_FILTER_RULE = "type must be an event type or a prefix of one ending in * (invoice.*)"
