@@ -18,7 +18,6 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import orjson
 import typer
 import yaml
@@ -144,7 +143,7 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, click.exceptions.Abort):  # Ctrl-C at a prompt: "Aborted!"
+        except (typer.Exit, typer.Abort):  # Abort: Ctrl-C at a prompt, which main() reports
             raise
         except BrokenPipeError:  # whoever read the output stopped reading: nothing to say
             _quiet_stdout()
