@@ -285,13 +285,14 @@ class LocalBackend:
         d = await self.store.get_delivery(pid, delivery_id)
         if d is None:
             raise CliError(f"no delivery {delivery_id!r}")
-        if d["status"] != "delivering":
-            problem = why_not_replayable(await self.store.load_project_config(pid), d["destination_id"])
-            if problem is not None:
-                raise CliError(problem)
-        replayed = [] if d["status"] == "delivering" else await self.store.replay(pid, [delivery_id])
-        if not replayed:  # a worker may take it between the read and the update
-            raise CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
+        in_flight = CliError(f"delivery {delivery_id} is being attempted right now; replay it once done")
+        if d["status"] == "delivering":
+            raise in_flight
+        problem = why_not_replayable(await self.store.load_project_config(pid), d["destination_id"])
+        if problem is not None:
+            raise CliError(problem)
+        if not await self.store.replay(pid, [delivery_id]):  # a worker took it since the read
+            raise in_flight
 
     async def replay_page(self, match: ReplayFilter, after: str | None, limit: int) -> list[str]:
         pid = await self.project_id()
@@ -332,6 +333,11 @@ class LocalBackend:
                 "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
             )
         return await self.store.set_secret(pid, name, box.encrypt(value))
+
+
+def _time_params(since: float | None, until: float | None) -> list[tuple[str, str]]:
+    """A time window for the API: epoch seconds, which its routes read as text."""
+    return [(name, repr(at)) for name, at in (("since", since), ("until", until)) if at is not None]
 
 
 class RemoteBackend:
@@ -402,8 +408,7 @@ class RemoteBackend:
         query: list[tuple[str, Any]] = [("limit", limit)]
         if match.type_:
             query.append(("type", match.type_))
-        times = (("since", match.since), ("until", match.until))
-        query += [(name, repr(at)) for name, at in times if at is not None]  # epoch seconds
+        query += _time_params(match.since, match.until)
         path = "/v1/events?" + urllib.parse.urlencode(query)
         out: list[dict[str, Any]] = (await self.fetch("GET", path, "data"))["data"]
         return out
@@ -426,9 +431,7 @@ class RemoteBackend:
         body: dict[str, Any] = {"status": match.status, "limit": limit}
         if match.destination:
             body["destination"] = match.destination
-        for name, at in (("since", match.since), ("until", match.until)):
-            if at is not None:
-                body[name] = repr(at)  # epoch seconds, which the route reads as text
+        body.update(_time_params(match.since, match.until))
         if after is not None:
             body["after"] = after
         out: list[str] = (await self.fetch("POST", "/v1/deliveries/replay", "replayed", body=body))[

@@ -179,19 +179,18 @@ async def replay_one(delivery_id: str, principal: Admin, rt: RuntimeDep) -> dict
     d = await rt.store.get_delivery(principal.project_id, delivery_id)
     if d is None:
         raise ApiError(404, f"no delivery {delivery_id!r}")
-    problem = None if d["status"] == "delivering" else await _not_replayable(rt, principal.project_id, d)
+    in_flight = ApiError(409, "this delivery is being attempted right now")
+    if d["status"] == "delivering":
+        raise in_flight
+    problem = why_not_replayable(await _config(rt, principal.project_id), d["destination_id"])
     if problem is not None:
         raise ApiError(409, problem)
     # Checked again as it is replayed: a worker may take it between that read and the update,
     # which then leaves it alone.
-    if d["status"] == "delivering" or not await rt.store.replay(principal.project_id, [delivery_id]):
-        raise ApiError(409, "this delivery is being attempted right now")
+    if not await rt.store.replay(principal.project_id, [delivery_id]):
+        raise in_flight
     rt.dispatcher.wake.set()
     return {"replayed": [delivery_id]}
-
-
-async def _not_replayable(rt: Any, project_id: str, delivery: dict[str, Any]) -> str | None:
-    return why_not_replayable(await _config(rt, project_id), delivery["destination_id"])
 
 
 class BulkReplay(BaseModel):

@@ -322,10 +322,13 @@ class Dispatcher:
         if now < self._next_idle_sweep:
             return
         self._next_idle_sweep = now + IDLE_DESTINATION_SECONDS / 10
-        idle = [did for did, d in self._dests.items() if now - d.used_at > IDLE_DESTINATION_SECONDS]
+        idle = [
+            did
+            for did, d in self._dests.items()
+            if now - d.used_at > IDLE_DESTINATION_SECONDS and did not in keep
+        ]
         for did in idle:
-            if did not in keep:
-                self._retire(self._dests.pop(did).instance)
+            self._retire(self._dests.pop(did).instance)
 
     async def _send(self, dest: _Dest, request: SendRequest, ctx: SendContext) -> Outcome:
         instance: Destination = dest.instance
