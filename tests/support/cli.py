@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,16 @@ def cli_env(
 
 
 async def cli(
-    *args: str, cwd: Path, db_url: str | None = None, stdin: bytes | None = None, **extra_env: str
+    *args: str,
+    cwd: Path,
+    db_url: str | None = None,
+    stdin: bytes | None = None,
+    run_as: Sequence[str] = (),
+    **extra_env: str,
 ) -> Run:
+    """``ingestlayer *args``; ``run_as``: a command that runs it (``setpriv …``), if any."""
     proc = await asyncio.create_subprocess_exec(
+        *run_as,
         CLI,
         *args,
         cwd=cwd,
