@@ -274,7 +274,9 @@ class Cluster:
                 await proc.wait_ready(self.session)
             except AssertionError:
                 # The port picked was taken between our check and the child's bind: try another.
-                if proc.returncode is not None and "address already in use" in proc.log() and attempt < 2:
+                # (The child says "Address already in use", capitalised as the OS words it.)
+                taken = "address already in use" in proc.log().lower()
+                if proc.returncode is not None and taken and attempt < 2:
                     continue
                 raise
             return proc
