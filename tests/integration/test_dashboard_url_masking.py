@@ -43,7 +43,7 @@ SECRETS = [
     "ANGLETOKEN7",
     "WORD8",
 ]
-EDIT_FIELD = re.compile(r'<input id="f-url" name="url" type="url" required value="([^"]*)"')
+EDIT_FIELD = re.compile(r'<input id="f-url" name="url" type="text" inputmode="url" required value="([^"]*)"')
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ INLINE_HEADER = "ECHOINLINEHEADER"
 # Under a name that does not say "credential": the dashboard masks it all the same.
 INLINE_PLAIN_NAME = "ECHOPLAINNAMEDHEADER"
 BEARER = "ECHOBEARERSECRET"
-EDIT_FIELD = re.compile(r'<input id="f-url" name="url" type="url" required value="([^"]*)"')
+EDIT_FIELD = re.compile(r'<input id="f-url" name="url" type="text" inputmode="url" required value="([^"]*)"')
 
 
 def forms(*values: str) -> list[str]:

@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -25,7 +24,7 @@ import orjson
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
-from ingestlayer.destinations.shared import percent_forms, secret_forms, url_credentials
+from ingestlayer.destinations.shared import held_url_parts, percent_forms, secret_forms, url_credentials
 from ingestlayer.pipeline.paths import get_path
 from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
 from ingestlayer.urlcheck import http_url_problem, url_characters_problem
@@ -168,15 +167,8 @@ class Redactor:
     def add_url(self, url: str) -> None:
         """A webhook URL is a credential: the URL, its path, and each long path segment, and
         what :meth:`add_url_credentials` takes."""
-        self.add(url)
-        parts = urlsplit(url)
-        if parts.path and parts.path != "/":
-            self.add(parts.path)
-            for segment in parts.path.split("/"):
-                if len(segment) >= 16:
-                    self.add(segment)
-        if parts.query:
-            self.add(parts.query)
+        for part in held_url_parts(url):
+            self.add(part)
         self.add_url_credentials(url)
 
     def add_url_credentials(self, url: str | None) -> None:

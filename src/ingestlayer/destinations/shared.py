@@ -20,7 +20,7 @@ import json
 import re
 import socket
 from collections.abc import Iterable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -83,6 +83,25 @@ def url_credentials(url: str | None) -> list[str]:
     values: :func:`ingestlayer.urlmask.url_secrets`), for :func:`scrub`: a receiver may echo the
     URL it was called at, and the ``Authorization: Basic`` made from its userinfo."""
     return url_secrets(url) if url else []
+
+
+# A path segment this long, in a URL that is a credential, is taken for the token it holds
+# (Slack's and Discord's webhook URLs: /services/T…/B…/<token>, /webhooks/<id>/<token>).
+LONG_PATH_SEGMENT = 16
+
+
+def held_url_parts(url: str) -> list[str]:
+    """A URL that is itself a credential (kept as a secret), as a server may echo parts of it:
+    the URL, its path, each long path segment and its query. Its password and query values are
+    :func:`url_credentials`."""
+    parts = urlsplit(url)
+    found = [url]
+    if parts.path and parts.path != "/":
+        found.append(parts.path)
+        found += [segment for segment in parts.path.split("/") if len(segment) >= LONG_PATH_SEGMENT]
+    if parts.query:
+        found.append(parts.query)
+    return found
 
 
 def credential_forms(secrets: Iterable[str], known: Iterable[str] = ()) -> list[str]:

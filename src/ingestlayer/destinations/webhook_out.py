@@ -4,7 +4,7 @@ Example::
 
     destinations:
       - webhook.out:
-          url: https://api.acme.com/hooks
+          url: https://api.acme.com/hooks   # or ref:NAME / env:VAR: a URL that is a credential
           auth: hmac            # none | bearer | hmac
           secret: ref:acme-hooks
           signing: standard     # also send Standard Webhooks headers
@@ -46,7 +46,14 @@ from ingestlayer.destinations.base import (
     SendRequest,
     excerpt,
 )
-from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
+from ingestlayer.destinations.shared import (
+    check_reference,
+    credential_forms,
+    held_url_parts,
+    is_reference,
+    scrub_forms,
+    url_credentials,
+)
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.timefmt import parse_iso
 from ingestlayer.urlcheck import http_url_problem
@@ -103,7 +110,11 @@ def header_value_problem(value: str, *, tab: bool = True) -> str | None:
 class WebhookOutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="The endpoint; https, or http where private destinations are allowed.")
+    url: str = Field(
+        description="The endpoint; https, or http where private destinations are allowed. A URL that "
+        "carries a credential (a token in its path or query, a password) can be kept as a secret: "
+        "`ref:NAME` or `env:VAR`, resolved at send."
+    )
     auth: Literal["none", "bearer", "hmac"] = Field(
         default="none", description="How requests are authenticated."
     )
@@ -132,6 +143,8 @@ class WebhookOutConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        if is_reference(v):  # the URL itself is checked when it is resolved, at send
+            return check_reference("url", v, "URL")
         problem = http_url_problem(v)
         if problem:
             raise ValueError(problem)
@@ -272,8 +285,11 @@ class WebhookOut:
 
     def __init__(self, config: WebhookOutConfig) -> None:
         self.config = config
-        # Parsed once, not per request.
-        self._url = URL(config.url)
+        # Where the URL is a secret reference, it is resolved at every send (a secret can change);
+        # the last one resolved is kept parsed. Otherwise it is parsed once, not per request.
+        self._url_reference = config.url if is_reference(config.url) else None
+        self._url = None if self._url_reference else URL(config.url)
+        self._resolved: tuple[str, URL, list[str]] | None = None
         # What the dashboard masks in this configuration, besides the secrets resolved at send:
         # every inline header value (credentials belong in secret_headers, but X-Auth, X-Key or
         # X-Access written inline are credentials too, whatever the name says), and the URL's
@@ -283,7 +299,7 @@ class WebhookOut:
         self._configured_forms = credential_forms(
             [
                 *config.headers.values(),
-                *url_credentials(config.url),
+                *([] if self._url_reference else url_credentials(config.url)),
             ]
         )
 
@@ -319,12 +335,40 @@ class WebhookOut:
             headers.update(standard_webhooks_headers(secrets, request.delivery_id, now, body))
         return headers, credentials
 
+    async def _target(self, request: SendRequest, ctx: SendContext) -> tuple[str, URL, list[str]] | Outcome:
+        """The URL to call, parsed, and the forms (:func:`credential_forms`) of the credentials it
+        holds (the whole URL, where it is kept as a secret), or the ending of a delivery that
+        cannot be sent to it."""
+        if self._url is not None:
+            return self.config.url, self._url, []
+        ref = self.config.url
+        try:
+            url = (await ctx.resolve_secret(request.project_id, ref)).strip()
+        except LookupError as exc:  # retried: setting the secret in time still delivers
+            return Outcome(ok=False, error=str(exc))
+        if self._resolved is not None and self._resolved[0] == url:
+            return self._resolved
+        # Named by its reference, never quoted: the URL is the credential.
+        problem = http_url_problem(url)
+        if problem is not None:
+            return Outcome(ok=False, error=f"url ({ref}): the URL it holds {problem}", permanent=True)
+        try:
+            parsed = URL(url)
+        except ValueError:
+            return Outcome(ok=False, error=f"url ({ref}): the URL it holds cannot be read", permanent=True)
+        self._resolved = (url, parsed, credential_forms([*held_url_parts(url), *url_credentials(url)]))
+        return self._resolved
+
     async def send(self, request: SendRequest, ctx: SendContext) -> Outcome:
         cfg = self.config
+        target = await self._target(request, ctx)
+        if isinstance(target, Outcome):
+            return target
+        url, parsed_url, url_forms = target
         try:
-            ctx.egress.check_url(cfg.url)
+            ctx.egress.check_url(url)
         except EgressDenied as exc:
-            return Outcome(ok=False, error=str(exc), permanent=True)
+            return Outcome(ok=False, error=scrub_forms(str(exc), url_forms), permanent=True)
         # The router stored the delivery in the "ingestlayer" format already: send it as stored.
         body = (
             request.body_json.encode()
@@ -345,10 +389,10 @@ class WebhookOut:
         # the attempt log, which the API and the dashboard show. The answer is read past the
         # excerpt's end by the longest form of one, so that one straddling the end is scrubbed
         # whole before the excerpt is cut, never shown in part.
-        forms = credential_forms(credentials, self._configured_forms)
+        forms = credential_forms(credentials, [*self._configured_forms, *url_forms])
         try:
             resp = await ctx.http.post(
-                self._url,
+                parsed_url,
                 body,
                 headers,
                 timeout=cfg.timeout,
