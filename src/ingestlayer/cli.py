@@ -333,8 +333,12 @@ def init(
     database_url: DbOpt = None,
 ) -> None:
     """Create a project and print its ingest and admin keys (shown once)."""
+    from ingestlayer.store.projects import project_name_problem
     from ingestlayer.store.store import Conflict, Store
 
+    problem = project_name_problem(name)
+    if problem is not None:  # before a database is created or migrated for nothing
+        raise CliError(f"--name {problem}")
     settings = _settings(database_url)
     migrate_database(settings)
 

@@ -46,6 +46,22 @@ pipelines:
 # ---- init --------------------------------------------------------------------------------------------
 
 
+async def test_init_refuses_a_name_that_is_not_one_line_of_text(tmp_path: Path) -> None:
+    for name, expected in (
+        ("", "--name must not be empty"),
+        ("   ", "--name must not be empty"),
+        (" acme", "--name must not start or end with spaces"),
+        ("acme\nadmin    il_admin_fake", "U+000A"),
+        ("a\x1b[31mred", "U+001B"),
+        ("x" * 101, "is 101 characters; at most 100"),
+    ):
+        one_line_error(await cli("init", "--name", name, cwd=tmp_path), expected)
+    # Refused before anything was created; a good name then works.
+    assert not (tmp_path / "ingestlayer.db").exists()
+    run = ok(await cli("init", "--name", "Acme Inc. (staging)", cwd=tmp_path))
+    assert "project  Acme Inc. (staging) (prj_" in run.out
+
+
 async def test_init_prints_both_keys_once(tmp_path: Path) -> None:
     # No database configured: ./ingestlayer.db in the working directory.
     run = ok(await cli("init", "--name", "demo", cwd=tmp_path))

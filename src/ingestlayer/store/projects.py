@@ -14,6 +14,24 @@ from ingestlayer.store.base import Conflict, NotFound
 from ingestlayer.store.notify import NotifyMixin
 from ingestlayer.store.schema import api_keys, dashboard_signouts, projects, rate_buckets
 
+# The column holds 200; a name is shown in tables, headings and log lines, where shorter is kinder.
+MAX_PROJECT_NAME = 100
+
+
+def project_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a project, or None. A name is how ``--project`` finds it and how
+    the dashboard and the CLI show it: one line of visible text."""
+    if not name.strip():
+        return "must not be empty"
+    if name != name.strip():
+        return "must not start or end with spaces"
+    if len(name) > MAX_PROJECT_NAME:
+        return f"is {len(name)} characters; at most {MAX_PROJECT_NAME}"
+    control = next((c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if control is not None:
+        return f"must be one line of text: it holds the control character U+{ord(control):04X}"
+    return None
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
@@ -23,7 +41,11 @@ class ProjectsMixin(NotifyMixin):
     """Projects and keys: who may use the store, and how fast."""
 
     async def create_project(self, name: str) -> tuple[str, str, str]:
-        """Create a project; return (project_id, ingest_key, admin_key). Keys are shown once."""
+        """Create a project; return (project_id, ingest_key, admin_key). Keys are shown once.
+        A name :func:`project_name_problem` refuses is a ValueError."""
+        problem = project_name_problem(name)
+        if problem is not None:
+            raise ValueError(f"the project name {problem}")
         now = clock.now()
         pid = new_id("prj")
         ingest_key, admin_key = new_key("ingest"), new_key("admin")
