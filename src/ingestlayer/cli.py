@@ -40,6 +40,7 @@ from ingestlayer.cli_backend import (
     without_credentials,
 )
 from ingestlayer.config import MAX_PORT, MIN_PORT, Settings
+from ingestlayer.entry import ABORTED_EXIT
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
     ORJSON_READ_DEPTH,
@@ -802,7 +803,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(ABORTED_EXIT)
     sys.exit(code if isinstance(code, int) else 0)
 
 

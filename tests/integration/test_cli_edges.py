@@ -10,8 +10,10 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ingestlayer.urlmask import MASK
@@ -154,6 +156,42 @@ async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path:
         for conn in held:
             conn.close()
         silent.close()
+
+
+# Ctrl-C while the command line is still being imported, made certain: the import of
+# ingestlayer.cli is interrupted as a Ctrl-C at that moment would.
+_INTERRUPTED_IMPORT = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ingestlayer.cli":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from ingestlayer.entry import main
+main()
+"""
+
+
+async def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _INTERRUPTED_IMPORT,
+        "events",
+        cwd=tmp_path,
+        env=cli_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert (proc.returncode, out, err) == (130, b"", b"error: aborted\n")
+    # The installed command is that entry point.
+    scripts = [e for e in entry_points(group="console_scripts") if e.name == "ingestlayer"]
+    assert [e.value for e in scripts] == ["ingestlayer.entry:main"], scripts
 
 
 async def test_project_with_url_is_refused_not_ignored(tmp_path: Path, sqlite_url: str) -> None:
