@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -784,6 +785,26 @@ def _options(
     ] = False,
 ) -> None:
     pass
+
+
+def _help_paragraphs(text: str) -> str:
+    """A docstring as help: its paragraphs each one line, for the help to wrap to the terminal.
+    Typer keeps a docstring's line breaks, so lines wrapped at the source's width came out
+    broken again at the terminal's ("they\n would fail at\n once.")."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        doc = command.help if isinstance(command.help, str) else inspect.getdoc(command.callback)
+        if doc:
+            command.help = _help_paragraphs(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
 
 
 def main() -> None:

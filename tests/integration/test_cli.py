@@ -7,6 +7,7 @@ command runs.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import socket
 from pathlib import Path
@@ -358,6 +359,24 @@ async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> Non
     # Help is still help, on stdout, exit 0.
     run = await cli("send", "--help", cwd=tmp_path)
     assert run.rc == 0 and "Usage" in run.out and run.err == ""
+
+
+async def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source(tmp_path: Path) -> None:
+    # Wide: each paragraph on one line. The source wraps its docstrings at 110 columns; those
+    # breaks used to come out as they were, mid-sentence, at any width.
+    wide = ok(await cli("replay", "--help", cwd=tmp_path, COLUMNS="300"))
+    assert (
+        " Deliveries to a disabled or deleted destination are left as they are: they would fail at "
+        "once. Matches are replayed in pages of 10,000"
+    ) in wide.out, wide.out
+    # Narrow: wrapped to 60 columns, no line shorter than it need be but the paragraph's last.
+    narrow = ok(await cli("tail", "--help", cwd=tmp_path, COLUMNS="60"))
+    lines = narrow.out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("One line per event"))
+    para = lines[start : next(i for i in range(start, len(lines)) if not lines[i].strip())]
+    assert len(para) > 3, narrow.out
+    for line, after in itertools.pairwise(para):
+        assert len(line.rstrip()) + 1 + len(after.split()[0]) > 58, (line, after)
 
 
 async def test_migrate_reports_each_step_then_nothing_to_do(tmp_path: Path) -> None:
