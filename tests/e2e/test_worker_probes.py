@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_crash_recovery import ingest
-from tests.support.processes import Cluster, free_port, wait_until
+from tests.support.processes import Cluster, wait_until
 from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -29,8 +29,6 @@ def attempts_by_result(text: str) -> dict[str, float]:
 async def test_a_worker_serves_its_probes_and_counters(
     sqlite_url: str, tmp_path: Path, receiver: Receiver
 ) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     async with Cluster(tmp_path, sqlite_url) as cluster, aiohttp.ClientSession() as http:
         keys = await cluster.init_project()
         await cluster.apply(
@@ -45,7 +43,8 @@ async def test_a_worker_serves_its_probes_and_counters(
             }
         )
         api = await cluster.start("api")
-        worker = await cluster.start("worker", INGESTLAYER_WORKER_PORT=str(port))
+        worker = await cluster.start("worker", probes=True)  # ready once its /healthz answers
+        base = worker.url
 
         async with http.get(base + "/healthz") as resp:
             assert resp.status == 200 and await resp.json() == {"status": "ok"}

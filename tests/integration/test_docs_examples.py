@@ -310,26 +310,34 @@ async def test_typescript_receiver_accepts_and_rejects_signed_requests(
 ) -> None:
     node, work = compiled_docs
     new, old = generate_secret(), generate_secret()
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "INGESTLAYER_WEBHOOK_SECRET": f"{new},{old}"}
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        "out/receiver.js",
-        cwd=work,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/webhooks/ingestlayer"
-    body = delivery_body()
-    try:
+    for attempt in range(3):
+        port = free_port()
+        env = {**os.environ, "PORT": str(port), "INGESTLAYER_WEBHOOK_SECRET": f"{new},{old}"}
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            "out/receiver.js",
+            cwd=work,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         for _ in range(3000):  # wait for it to listen (Node starts slowly on a loaded machine)
+            if proc.returncode is not None:
+                break
             try:
                 _r, w = await asyncio.open_connection("127.0.0.1", port)
                 w.close()
                 break
             except OSError:
                 await asyncio.sleep(0.01)
+        if proc.returncode is None:
+            break
+        # Exited: the port picked was taken before it bound it (EADDRINUSE), or worse.
+        _, failed = await proc.communicate()
+        assert b"EADDRINUSE" in failed and attempt < 2, failed.decode()
+    url = f"http://127.0.0.1:{port}/webhooks/ingestlayer"
+    body = delivery_body()
+    try:
         accepted = [
             await post(url, signed([new], body), body),
             await post(url, signed([new], body), body),  # a retry: accepted, logged once

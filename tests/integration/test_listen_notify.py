@@ -100,26 +100,20 @@ async def test_sqlite_workers_are_woken_by_other_connections_commits(sqlite_url:
         assert woken == []
         await worker.complete_routing(await worker.lease_route_jobs(10, 60.0), [], {})
 
-        # Both callbacks, within milliseconds: far below the 50 ms poll interval. The best of
-        # three tries counts, so one stall of a loaded machine does not decide it.
-        delays: list[float] = []
-        for _ in range(3):
-            woken.clear()
-            ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
-            committed = time.monotonic()
-            await api.insert_events([ev])
-            for _ in range(400):
-                if len(woken) == 2:
-                    break
-                await asyncio.sleep(0.005)
-            assert len(woken) == 2, woken
-            delays.append(woken[0] - committed)
-            routing = await worker.lease_route_jobs(10, 60.0)
-            assert [e.id for e in routing.events] == [ev.id]
-            await worker.complete_routing(routing, [], {})
-            if delays[-1] < 0.04:
+        # Another connection's commit wakes both (nothing else calls them here: how soon is the
+        # watch interval's, COMMIT_WATCH_SECONDS, and measured by bench_delivery's latency run).
+        ev = NewEvent(new_id("evt"), project_id, "a.b", "{}", None, "api", now, now)
+        await api.insert_events([ev])
+        for _ in range(1000):  # 10 s at most, for a loaded machine
+            if len(woken) == 2:
                 break
-        assert min(delays) < 0.04, delays
+            await asyncio.sleep(0.01)
+        assert len(woken) == 2, woken
+        routing = await worker.lease_route_jobs(10, 60.0)
+        assert [e.id for e in routing.events] == [ev.id]
+        await worker.complete_routing(routing, [], {})
+        await asyncio.sleep(0.05)
+        assert len(woken) == 2, woken  # once per commit, not again without one
     finally:
         stop.set()
         await asyncio.wait_for(watching, 5)

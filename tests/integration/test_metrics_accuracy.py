@@ -7,7 +7,6 @@ and the dashboard's overview must say what the database holds.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,17 +130,24 @@ async def test_metrics_and_overview_match_the_database(server: RunningServer, fl
     status, body = await server.request("POST", "/v1/deliveries/replay", json={"status": ["dead"]})
     assert status == 200 and body["count"] == 8, body
     await wait_for(lambda: settled(server), 20)
-    await asyncio.sleep(0.1)  # the writer records the last attempts' rows
+    # 10 at once, 8 after one failure, 8 dead after three then delivered on replay.
+    expected_attempts = 10 + 8 * 2 + 8 * 4
 
-    after = await scrape(server)
+    async def recorded() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        """The counters once the writer has recorded the last attempts' rows and counted them."""
+        scraped = await scrape(server)
+        rows = await db_scalar(server, select(func.count()).select_from(attempts))
+        counted = delta(scraped, before, "ingestlayer_delivery_attempt_seconds_count")
+        return scraped if rows == counted == expected_attempts else None
+
+    after = await wait_for(recorded, 20)
     n_events = await db_scalar(server, select(func.count()).select_from(events))
     n_deliveries = await db_scalar(server, select(func.count()).select_from(deliveries))
     n_attempts = await db_scalar(server, select(func.count()).select_from(attempts))
     n_ok = await db_scalar(server, select(func.count()).where(attempts.c.error.is_(None)))
     total_seconds = await db_scalar(server, select(func.sum(attempts.c.duration_ms))) / 1000
     assert (n_events, n_deliveries) == (13, 26)
-    # 10 at once, 8 after one failure, 8 dead after three then delivered on replay.
-    assert n_attempts == 10 + 8 * 2 + 8 * 4 and n_ok == 26
+    assert n_attempts == expected_attempts and n_ok == 26
 
     assert delta(after, before, "ingestlayer_events_ingested_total") == n_events
     assert delta(after, before, "ingestlayer_events_duplicate_total") == 5

@@ -243,17 +243,18 @@ class Cluster:
 
     # ---- long-running roles -------------------------------------------------------------------
 
-    async def start(self, role: str, *, ready: bool = True, **extra_env: str) -> Proc:
-        """Launch ``ingestlayer serve|api|worker``; by default wait until it is ready."""
+    async def start(self, role: str, *, ready: bool = True, probes: bool = False, **extra_env: str) -> Proc:
+        """Launch ``ingestlayer serve|api|worker``; by default wait until it is ready. A worker
+        with ``probes`` serves its probes on a port of its own (``Proc.port``)."""
         assert role in ("serve", "api", "worker"), role
         assert self.session is not None, "use `async with Cluster(...)`"
         n = self._counts[role] = self._counts.get(role, 0) + 1
         name = f"{role}-{n}"
         for attempt in range(3):
-            port = None if role == "worker" else free_port()
+            port = None if role == "worker" and not probes else free_port()
             env = {**self.env, **extra_env}
             if port is not None:
-                env["INGESTLAYER_PORT"] = str(port)
+                env["INGESTLAYER_WORKER_PORT" if role == "worker" else "INGESTLAYER_PORT"] = str(port)
             log_path = self.workdir / f"{name}.stderr.log"
             with log_path.open("wb") as log_file:
                 process = await asyncio.create_subprocess_exec(

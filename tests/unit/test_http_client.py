@@ -263,9 +263,8 @@ async def test_huge_body_is_cut_off_not_read_and_connection_dropped(client: Http
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1_000_000)
 
     async with RawServer(endless) as server:
-        start = time.monotonic()
+        # Reading on, or waiting for the rest, would end in the 5 s timeout's TimeoutError.
         got = await client.post(server.url(), b"a", {}, timeout=5)
-        assert time.monotonic() - start < 2
         assert got.excerpt == b"x" * 1024
         await eventually(lambda: server.ended == 1)  # we closed it (a reset: data was left unread)
         again = await client.post(server.url(), b"b", {}, timeout=5)
@@ -337,7 +336,7 @@ async def test_malformed_response_is_a_protocol_error(client: HttpClient) -> Non
 
 async def test_bad_content_length_is_a_protocol_error(client: HttpClient) -> None:
     async with RawServer(replying(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")) as server:
-        with pytest.raises(ValueError):
+        with pytest.raises(HttpProtocolError):
             await client.post(server.url(), b"a", {}, timeout=2)
 
 
@@ -427,7 +426,9 @@ async def test_waiting_for_a_busy_pool_respects_the_deadline() -> None:
             start = time.monotonic()
             with pytest.raises(TimeoutError):
                 await c.post(server.url(), b"2", {}, timeout=0.2)
-            assert 0.15 < time.monotonic() - start < 3
+            # It waited its 0.2 s for the connection (not failing at once); without the timeout
+            # covering that wait, it would have been sent once the first was answered.
+            assert time.monotonic() - start > 0.15
             release.set()
             assert (await first).status == 200
             assert (await c.post(server.url(), b"3", {}, timeout=2)).status == 200
@@ -579,8 +580,10 @@ async def test_reset_before_any_response_on_fresh_connection(client: HttpClient)
         return False
 
     async with RawServer(handler) as server:
-        with pytest.raises(OSError):
-            await client.post(server.url(), b"1", {}, timeout=2)
+        # Not OSError: TimeoutError is one, and a client that missed the reset would time out.
+        with pytest.raises(HttpConnectionClosed, match=r"reset|closed") as info:
+            await client.post(server.url(), b"1", {}, timeout=30)
+    assert not info.value.response_started and info.value.request_sent
     assert len(server.requests) == 1
 
 
@@ -594,7 +597,7 @@ async def test_timeout_when_server_never_answers(client: HttpClient) -> None:
             await client.post(server.url(), b"1", {}, timeout=0.3)
         elapsed = time.monotonic() - start
         await eventually(lambda: server.client_eofs == 1)  # the connection was closed
-    assert 0.25 < elapsed < 2  # the 0.3 s asked for (the server would never answer)
+    assert 0.25 < elapsed < 10  # the 0.3 s asked for (the server would never answer)
 
 
 async def test_timeout_covers_a_slow_body(client: HttpClient) -> None:
