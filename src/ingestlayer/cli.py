@@ -53,6 +53,7 @@ from ingestlayer.json_depth import (
 )
 from ingestlayer.logsetup import configure
 from ingestlayer.pipeline.matching import TYPE_FILTER, TYPE_FILTER_RULE
+from ingestlayer.store.conditions import storage_condition
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
@@ -182,11 +183,14 @@ def database_problem(exc: BaseException) -> str:
     text = str(cause).lower()
     if "database is locked" in text or "database is busy" in text:
         return "the database is locked by another connection and stayed locked; try again"
-    if "readonly" in text or "read-only" in text:
+    condition = storage_condition(cause)
+    if condition == "read_only":
         return (
             "the database cannot be written here: the file, or its directory (where SQLite keeps "
             "its -wal and -shm files), is read-only"
         )
+    if condition == "disk_full":
+        return "the database's disk is full: free space where the database is kept, then try again"
     from ingestlayer.store.outage_log import reason  # the database layer is loaded by now
 
     return f"the database refused: {reason(cause)}"

@@ -53,14 +53,31 @@ async def test_admin_routes_are_a_503_while_the_database_is_down(
     assert "shutting down" in line and "hunter2" not in line
 
 
-async def test_a_full_disk_is_named(srv: RunningServer) -> None:
-    async def full(*_args: Any, **_kwargs: Any) -> Any:
-        raise sqlite3.OperationalError("database or disk is full")
+async def test_a_full_disk_is_named_and_retried_later_than_an_outage(srv: RunningServer) -> None:
+    # SQLite's words, and PostgreSQL's (SQLSTATE 53100, through SQLAlchemy's wrapper).
+    pg_full = Exception('could not extend file "base/16384/16400": No space left on device')
+    for error in (
+        sqlite3.OperationalError("database or disk is full"),
+        sqlalchemy.exc.OperationalError("INSERT INTO events ...", ("hunter2",), pg_full),
+    ):
 
-    srv.runtime.committer._insert = full  # type: ignore[assignment]
-    status, body, retry_after = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
-    assert status == 503 and retry_after == "1", body
-    assert "disk is full" in error_of(body)["message"]
+        async def full(*_args: Any, error: Exception = error, **_kwargs: Any) -> Any:
+            raise error
+
+        srv.runtime.committer._insert = full  # type: ignore[assignment]
+        status, body, retry_after = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
+        # A full disk does not clear in a second: asking every client back each second only adds load.
+        assert status == 503 and retry_after == "30", body
+        assert "(the database's disk is full)" in error_of(body)["message"], body
+        assert "hunter2" not in str(body)
+
+
+def test_the_cli_names_a_full_disk() -> None:
+    from ingestlayer.cli import database_problem
+
+    assert database_problem(sqlite3.OperationalError("database or disk is full")) == (
+        "the database's disk is full: free space where the database is kept, then try again"
+    )
 
 
 async def test_a_database_file_become_read_only_is_named(srv: RunningServer) -> None:

@@ -307,3 +307,67 @@ async def _write_for(store: LoopSqlite, first: int, seconds: float) -> None:
         await store.write(_insert_group, commit * 30, durable=False)
         await asyncio.sleep(0.002)
         commit += 1
+
+
+class _FullDisk:
+    """The checkpoint thread's connection, on a disk with no room left until ``freed``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.freed = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql and not self.freed:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _disk_full(conn: sqlite3.Connection, value: int) -> None:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_full_disk_is_logged_once_and_still_checkpointed(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every checkpoint fails while the disk is full: they were each a warning, twice a second.
+    And failed writes asked for none, so the log's size went unmeasured, and the first
+    checkpoint after space was freed waited for a write to succeed."""
+    monkeypatch.setattr(sqlite_loop, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    caplog.set_level(logging.INFO, logger="ingestlayer")
+    store = LoopSqlite(db)
+    disk: list[_FullDisk] = []
+    real_connect = store._checkpointer._connect
+    store._checkpointer._connect = lambda: disk.append(_FullDisk(real_connect())) or disk[-1]  # type: ignore[assignment,func-returns-value]
+    try:
+        await store.write(_insert, 1)  # a log to measure
+        metrics.SQLITE_WAL_BYTES.set(0)
+        for n in range(2, 60):
+            with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+                await store.write(_disk_full, n)
+            await asyncio.sleep(0.01)
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("WAL checkpoint")]
+        reason = "OperationalError: database or disk is full"
+        assert lines == [f"WAL checkpoint failed: database unavailable: {reason}; retrying"], lines
+        # Measured by the checkpoints the failed writes asked for.
+        assert metrics.SQLITE_WAL_BYTES._value.get() == os.stat(db + "-wal").st_size > 0
+
+        disk[0].freed = True
+        await asyncio.sleep(0.05)
+        with pytest.raises(sqlite3.OperationalError):
+            await store.write(_disk_full, 100)  # still no write succeeds: the checkpoint runs
+
+        async def recovered() -> bool:
+            return any("WAL checkpoint works again" in r.getMessage() for r in caplog.records)
+
+        for _ in range(200):
+            if await recovered():
+                break
+            await asyncio.sleep(0.01)
+        assert await recovered()
+        assert _committed(db) == [1]
+    finally:
+        await store.close()

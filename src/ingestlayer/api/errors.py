@@ -21,6 +21,7 @@ from ingestlayer.json_depth import (
     is_read_depth_error,
     out_of_range_path,
 )
+from ingestlayer.store.conditions import DISK_FULL_RETRY_SECONDS, storage_condition
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
 
@@ -33,15 +34,16 @@ OUTAGE_QUIET_SECONDS = 30.0
 
 def unavailable_error(exc: BaseException, what: str) -> ApiError:
     """The 503 for a database error: clients retry after a second (with the same idempotency
-    key, for events); the reason is named when it is the disk or the file's permissions."""
-    text = str(exc)
-    if "disk is full" in text:
-        reason = "the database's disk is full"
-    elif "readonly database" in text:
-        reason = "the database file has become read-only"
-    else:
-        reason = "database unavailable"
-    return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": "1"})
+    key, for events), or after DISK_FULL_RETRY_SECONDS when the disk is full; the reason is
+    named when it is the disk or the file's permissions."""
+    condition = storage_condition(exc)
+    retry_after = DISK_FULL_RETRY_SECONDS if condition == "disk_full" else 1
+    reason = {
+        "disk_full": "the database's disk is full",
+        "read_only": "the database file has become read-only",
+        None: "database unavailable",
+    }[condition]
+    return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": str(retry_after)})
 
 
 STATUS_CODES = {

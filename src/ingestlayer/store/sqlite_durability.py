@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 from ingestlayer import metrics
+from ingestlayer.store.outage_log import OutageLog
 
 log = logging.getLogger("ingestlayer.store")
 
@@ -172,6 +173,9 @@ class Checkpointer:
         self._next_held_warning = 0.0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # A full disk fails every checkpoint, twice a second: a line as it starts, a few while it
+        # lasts, one when it ends.
+        self._outage = OutageLog(log, "WAL checkpoint")
 
     def request(self) -> None:
         if self._closed:
@@ -207,8 +211,9 @@ class Checkpointer:
                         if not busy:
                             metrics.SQLITE_WAL_RESTARTS.inc()
                         self._restart_outcome(bool(busy), time.monotonic())
-                except sqlite3.Error as exc:  # busy or locked: the next request tries again
-                    log.warning("WAL checkpoint failed: %s", exc)
+                    self._outage.succeeded()
+                except sqlite3.Error as exc:  # locked, or the disk is full: the next request tries again
+                    self._outage.failed(exc)
                 with contextlib.suppress(OSError):  # no log yet, or a read-only copy
                     metrics.SQLITE_WAL_BYTES.set(os.stat(self._wal_path).st_size)
         finally:

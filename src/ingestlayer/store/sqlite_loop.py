@@ -111,13 +111,17 @@ class LoopSqlite:
         """Run ``fn`` in a write transaction. ``durable=False`` marks a write whose loss on power
         failure loses nothing else (a lease: the work is simply retaken); it returns at COMMIT.
         A durable write returns once its transaction is on disk."""
-        value = await self._with_lock(self._transaction, fn, args)
-        if durable and self.wal is not None:
-            await self.wal.wait()
-        now = time.monotonic()
-        if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS:
-            self._last_checkpoint = now
-            self._checkpointer.request()
+        try:
+            value = await self._with_lock(self._transaction, fn, args)
+            if durable and self.wal is not None:
+                await self.wal.wait()
+        finally:
+            # After a failed write too: on a full disk, the log's size is still measured, and the
+            # first checkpoint after space is freed does not wait for a write to succeed first.
+            now = time.monotonic()
+            if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS:
+                self._last_checkpoint = now
+                self._checkpointer.request()
         return value
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:

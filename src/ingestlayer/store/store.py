@@ -39,6 +39,7 @@ from ingestlayer.records import (
     RouteLease,
 )
 from ingestlayer.store.base import Conflict, NotFound
+from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.configuration import ConfigMixin
 from ingestlayer.store.db import DATABASE_TIMEOUT_SECONDS, Engines, create_engines
 from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, EndingMixin
@@ -201,7 +202,7 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
                 version = (await conn.exec_driver_sql("PRAGMA user_version")).scalar_one()
                 await conn.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
             except DBAPIError as exc:
-                if "readonly" not in str(exc.orig):
+                if storage_condition(exc) != "read_only":
                     raise
                 raise DatabaseNotWritable(
                     f"the database {self.engines.write.url.database} cannot be written by this process: "

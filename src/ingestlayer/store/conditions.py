@@ -1,0 +1,26 @@
+"""The two storage conditions a database error is named by, wherever one is reported: the disk
+is full, or the file cannot be written. Told apart by the driver's words (SQLite's "database or
+disk is full" and "attempt to write a readonly database", PostgreSQL's "No space left on
+device"), since neither driver gives them an error class of their own. Kept free of the database
+libraries: the CLI reports errors before it has loaded them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Condition = Literal["disk_full", "read_only"]
+
+# A full disk does not clear in a second: clients are asked to wait this long before trying again.
+DISK_FULL_RETRY_SECONDS = 30
+
+
+def storage_condition(exc: BaseException) -> Condition | None:
+    """``exc`` (or the driver's error SQLAlchemy wraps in it) says the disk is full or the database
+    cannot be written; None for anything else."""
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    if "disk is full" in text or "no space left on device" in text:
+        return "disk_full"
+    if "readonly database" in text or "read-only" in text:
+        return "read_only"
+    return None
