@@ -287,8 +287,8 @@ class WebhookOut:
         self.config = config
         # Where the URL is a secret reference, it is resolved at every send (a secret can change);
         # the last one resolved is kept parsed. Otherwise it is parsed once, not per request.
-        self._url_reference = config.url if is_reference(config.url) else None
-        self._url = None if self._url_reference else URL(config.url)
+        held = is_reference(config.url)
+        self._url = None if held else URL(config.url)
         self._resolved: tuple[str, URL, list[str]] | None = None
         # What the dashboard masks in this configuration, besides the secrets resolved at send:
         # every inline header value (credentials belong in secret_headers, but X-Auth, X-Key or
@@ -299,7 +299,7 @@ class WebhookOut:
         self._configured_forms = credential_forms(
             [
                 *config.headers.values(),
-                *([] if self._url_reference else url_credentials(config.url)),
+                *([] if held else url_credentials(config.url)),
             ]
         )
 
