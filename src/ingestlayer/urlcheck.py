@@ -20,6 +20,7 @@ import unicodedata
 from urllib.parse import urlsplit
 
 from ingestlayer.stored_config import reading_stored
+from ingestlayer.urlmask import MASK
 
 HTTP_URL_REQUIRED = "must be an absolute http:// or https:// URL"
 # The ones a pasted URL usually carries, by name.
@@ -68,6 +69,11 @@ def url_characters_problem(url: str, *, delimiters: bool = True) -> str | None:
 
 def http_url_problem(url: str) -> str | None:
     """Why ``url`` is not an http(s) URL ingestlayer can call as written, or None."""
+    if MASK in url:
+        return (
+            f"holds {MASK}, the masked form in which answers show a stored URL's credentials: "
+            "send the URL whole"
+        )
     parts = urlsplit(url)
     # urlsplit drops tabs and line breaks, and leading spaces and C0 controls, before reading
     # the scheme and host: such characters are found by the second check, not this one.

@@ -9,6 +9,7 @@ scrubs from what a server answers it (a receiver may echo the URL it was called 
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote, unquote_plus
 
 MASK = "••••••"
@@ -74,6 +75,29 @@ def mask_url(url: str) -> str:
             parts.append(f"{name}{eq}{value}")
         query = "&".join(parts)
     return head + rest + query_mark + query + hash_ + (MASK if fragment else "")
+
+
+# Keys whose value is a URL as a whole (a webhook.out or endpoint url, a provider's url, an api_base).
+_URL_KEY = re.compile(r"(?:^|_)(?:url|uri)$|^api_base$", re.IGNORECASE)
+STARTS_WITH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url_key(key: str) -> bool:
+    """Whether ``key`` names a setting that holds one URL (``url``, ``base_url``, ``api_base``…)."""
+    return bool(_URL_KEY.search(key.replace("-", "_")))
+
+
+def mask_url_settings(value: Any, key: str = "") -> Any:
+    """A configuration as answers show it: each URL setting (:func:`is_url_key`) written inline
+    masked as :func:`mask_url` does, everything else as it is (references name a secret without
+    holding it). The dashboard masks more (:func:`ingestlayer.api.dashboard_views.mask`)."""
+    if isinstance(value, dict):
+        return {k: mask_url_settings(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_url_settings(v, key) for v in value]
+    if isinstance(value, str) and key and is_url_key(key) and STARTS_WITH_SCHEME.match(value):
+        return mask_url(value)
+    return value
 
 
 def url_secrets(url: str) -> list[str]:

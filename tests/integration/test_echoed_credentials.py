@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import web
 
+from ingestlayer.urlmask import MASK
 from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_enrich_steps import trace_of
 from tests.support.receiver import Receiver, Reply
@@ -156,9 +157,10 @@ async def test_an_echoing_receiver_leaves_no_credential_in_excerpts_pages_or_tes
     await signed_in(browser, server)
     page = await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}/test"))
     assert page.status == 200 and "Basic &lt;redacted&gt;" in page.text, page.text[-2000:]
-    # The edit form's URL field holds the URL whole (saving must keep it); nothing else does.
-    endpoint_page = EDIT_FIELD.sub("", page.text, count=1)
-    pages = {"endpoint test": endpoint_page}
+    # The edit form's URL field too holds the URL masked (saving it unchanged keeps it).
+    field = EDIT_FIELD.search(page.text)
+    assert field is not None and MASK in field.group(1), page.text[-2000:]
+    pages = {"endpoint test": page.text}
     for path in ("/webhooks/logs", *(f"/deliveries/{d['id']}" for d in deliveries)):
         shown = await browser.get(path)
         assert shown.status == 200, (path, shown.status)

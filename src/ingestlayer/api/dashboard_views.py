@@ -26,7 +26,7 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.store.stats import Series, SeriesPoint
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, iso
-from ingestlayer.urlmask import MASK, SENSITIVE_NAME
+from ingestlayer.urlmask import MASK, SENSITIVE_NAME, STARTS_WITH_SCHEME, is_url_key
 from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -168,10 +168,6 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 # back to the text when it ends the match. Nothing else is, so no part of a query value is shown.
 _CLOSING = frozenset("'\"`>.,;:!?")
 _BRACKETS = {")": "(", "]": "[", "}": "{"}
-# Keys whose value is a URL as a whole (a webhook.out or endpoint url, a provider's url, an api_base):
-# masked whole, whatever characters it holds.
-_URL_KEY = re.compile(r"(?:^|_)(?:url|uri)$|^api_base$", re.IGNORECASE)
-_STARTS_WITH_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 # Hidden values shorter than this are left in free text: "1" or "on" names nothing, and
 # replacing them would garble the text around them.
 _MIN_HIDDEN = 4
@@ -200,15 +196,10 @@ def mask_urls_in(text: str) -> str:
     return _URL_IN_TEXT.sub(one, text)
 
 
-def is_url_key(key: str) -> bool:
-    """Whether ``key`` names a setting that holds one URL (``url``, ``base_url``, ``api_base``…)."""
-    return bool(_URL_KEY.search(key.replace("-", "_")))
-
-
 def mask_url_value(value: str) -> str:
     """A setting that is a URL, masked whole (:func:`mask_url`): not searched for URLs as free text
     is, so a character that may end a URL in a sentence (a quote, ``<``) leaves none of it shown."""
-    return mask_url(value) if _STARTS_WITH_SCHEME.match(value) else mask_urls_in(value)
+    return mask_url(value) if STARTS_WITH_SCHEME.match(value) else mask_urls_in(value)
 
 
 def _is_headers(key: str) -> bool:

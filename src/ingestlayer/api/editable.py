@@ -5,6 +5,10 @@ write shape is the YAML one. A user who fetches a pipeline, edits it and sends i
 that to work, so the read-only fields are checked against what is stored (a pipeline's ``id``
 must be its own) and dropped, and a route written as ``{id, name, kind, when}`` becomes
 ``{ref: NAME, when}``: the destination it names, unchanged.
+
+Answers show a URL written inline with its credentials masked
+(:func:`~ingestlayer.urlmask.mask_url_settings`); such a URL sent back as it was shown is the
+stored one (:func:`restored`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,34 @@ from typing import Any
 
 from ingestlayer.api.errors import ApiError
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
+from ingestlayer.urlmask import MASK, is_url_key, mask_url
 
 TIMES = ("created_at", "updated_at")
 ROUTE_READ_FIELDS = frozenset({"id", "name", "kind", "when"})
+
+
+def restored(given: Any, stored: Any, path: str = "") -> Any:
+    """``given`` with each URL setting that is a stored URL as answers show it (masked) replaced by
+    that stored URL. A masked URL that is not the stored one's masked form (its host or path
+    edited, or nothing stored there) is refused: stored, it would be a URL no one can call."""
+    if isinstance(given, dict):
+        inner = stored if isinstance(stored, dict) else {}
+        return {k: restored(v, inner.get(k), f"{path}.{k}" if path else str(k)) for k, v in given.items()}
+    if isinstance(given, list):
+        items = stored if isinstance(stored, list) else []
+        return [
+            restored(v, items[i] if i < len(items) else None, f"{path}[{i}]") for i, v in enumerate(given)
+        ]
+    if isinstance(given, str) and MASK in given and is_url_key(path.rpartition(".")[2]):
+        if isinstance(stored, str) and mask_url(stored) == given:
+            return stored
+        raise ApiError(
+            422,
+            f"{path} holds {MASK}, the masked form in which answers show a stored URL's credentials, "
+            "but not as the stored URL shows it: send the URL whole, or its credentials as they were",
+            field=path,
+        )
+    return given
 
 
 def _read_only(field: str, given: Any, stored: Any, what: str) -> None:
@@ -64,24 +93,44 @@ def pipeline_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:
     routes = out.get("destinations")
     if isinstance(routes, list):
         out["destinations"] = [_route(e, cfg, f"destinations[{i}]") for i, e in enumerate(routes)]
+    steps = out.get("steps")
+    if isinstance(steps, list):
+        # A step's settings are restored from the stored step at its place, if it is the same step.
+        stored_steps = existing.config.get("steps", []) if existing else []
+        out["steps"] = [
+            _restored_step(step, stored_steps[i] if i < len(stored_steps) else None, f"steps[{i}]")
+            for i, step in enumerate(steps)
+        ]
     return out
+
+
+def _restored_step(step: Any, stored: dict[str, Any] | None, path: str) -> Any:
+    if not isinstance(step, dict) or len(step) != 1:
+        return step
+    ((name, settings),) = step.items()
+    same = stored is not None and stored.get("name") == name
+    return {name: restored(settings, stored["config"] if same and stored else None, f"{path}.{name}")}
 
 
 def destination_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:
     """A destination in the read shape (``kind`` and ``config``) in the YAML one
     (``{KIND: config}``); the YAML shape passes as it is."""
-    if "kind" not in body:
-        return body
-    out = {k: v for k, v in body.items() if k not in TIMES}
-    name = out.get("name")
+    name = body.get("name")
     existing = next((d for d in cfg.destinations.values() if d.name == name), None)
+    stored = existing.config.get("settings", {}) if existing else None
+    if "kind" not in body:
+        if existing is not None and isinstance(body.get(existing.kind), dict):
+            return {**body, existing.kind: restored(body[existing.kind], stored, existing.kind)}
+        return body  # nothing stored to restore from: a masked URL is refused as no URL at all
+    out = {k: v for k, v in body.items() if k not in TIMES}
     _check_id(out.pop("id", None), existing, "destination", name)
     enabled = out.pop("enabled", None)
     _read_only("enabled", enabled, existing.enabled if existing else True, f"destination {name!r}")
     kind = out.pop("kind")
     if not isinstance(kind, str):
         raise ApiError(422, "kind must be a destination kind such as webhook.out", field="kind")
-    out[kind] = out.pop("config", None) or {}
+    same_kind = existing is not None and existing.kind == kind
+    out[kind] = restored(out.pop("config", None) or {}, stored if same_kind else None, "config")
     for key in ("retry", "concurrency"):
         if key in out and out[key] is None:
             del out[key]

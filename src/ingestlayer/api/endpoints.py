@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
+from ingestlayer.api.editable import restored
 from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import until_unchanged
@@ -29,6 +30,7 @@ from ingestlayer.runtime import Runtime
 from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
 from ingestlayer.timefmt import iso, parse_iso
+from ingestlayer.urlmask import mask_url_settings
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
 
@@ -195,12 +197,15 @@ def _check_standard(secret: str, field: str | None, fix: str) -> None:
         raise ApiError(422, f"signing: standard: {exc}{fix}", field=field) from None
 
 
-def _endpoint_json(p: PipelineRow, d: DestinationRow | None) -> dict[str, Any]:
+def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = True) -> dict[str, Any]:
+    """The endpoint as answers show it (its URL's credentials masked), or with ``shown=False``
+    whole, as a change starts from."""
     settings = d.config.get("settings", {}) if d else {}
     previous = _previous(settings, clock.now())
+    url = settings.get("url")
     return {
         "id": p.id,
-        "url": settings.get("url"),
+        "url": mask_url_settings(url, "url") if shown else url,
         "events": p.config["source"]["match"],
         "auth": settings.get("auth"),
         "signing": settings.get("signing"),
@@ -404,10 +409,10 @@ async def update_endpoint(
     # commits in between (a rotation, another patch): neither is lost, nor its secrets.
     async def change() -> tuple[dict[str, Any], str | None, str]:
         found = await _load(rt, project_id, endpoint_id)
-        current = _endpoint_json(found.pipeline, found.destination)
+        current = _endpoint_json(found.pipeline, found.destination, shown=False)
         # A rotation goes on through a patch: the old secrets still sign, each until its end.
         previous = [(ref, end) for ref, end, _ in _previous(found.settings, clock.now())]
-        spec = {**current, **changes}
+        spec = {**current, **restored(changes, current)}  # the URL as it was shown is the stored one
         secret, generated = given, False
         name = found.current_name()
         # The stored secret of a bearer endpoint is the receiver's token, sent in clear in every
@@ -477,7 +482,7 @@ async def rotate_secret(
 
     async def change() -> str:
         found = await _load(rt, project_id, endpoint_id)
-        current = _endpoint_json(found.pipeline, found.destination)
+        current = _endpoint_json(found.pipeline, found.destination, shown=False)
         if current["auth"] == "bearer":
             raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")
         now = clock.now()

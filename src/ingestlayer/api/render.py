@@ -10,6 +10,7 @@ from ingestlayer.idempotency_keys import shown as shown_key
 from ingestlayer.json_depth import MAX_JSON_DEPTH, nests_deeper
 from ingestlayer.records import DestinationRow, PipelineRow, StoredEvent
 from ingestlayer.timefmt import iso
+from ingestlayer.urlmask import mask_url_settings
 
 # Stored JSON is shown to this depth, and below it as JSON text (strings). What comes in now nests
 # at most MAX_JSON_DEPTH levels and is shown whole; an event stored before that limit may nest up
@@ -104,7 +105,7 @@ def pipeline_json(p: PipelineRow, destinations: dict[str, DestinationRow]) -> di
         "enabled": p.enabled,
         "endpoint": p.endpoint,
         "source": cfg["source"],
-        "steps": [{s["name"]: s["config"]} for s in cfg.get("steps", [])],
+        "steps": [{s["name"]: mask_url_settings(s["config"])} for s in cfg.get("steps", [])],
         "destinations": [
             {
                 "id": r["destination_id"],
@@ -122,13 +123,14 @@ def pipeline_json(p: PipelineRow, destinations: dict[str, DestinationRow]) -> di
 
 
 def destination_json(d: DestinationRow) -> dict[str, Any]:
-    # Configs hold only secret references (env:/ref:), never secret values.
+    # Configs hold secret references (env:/ref:), never secret values; a URL written inline is
+    # shown with its credentials masked (taken back as it was shown: api/editable.py).
     return {
         "id": d.id,
         "name": d.name,
         "kind": d.kind,
         "enabled": d.enabled,
-        "config": d.config.get("settings", {}),
+        "config": mask_url_settings(d.config.get("settings", {})),
         "retry": d.config.get("retry"),
         "concurrency": d.config.get("concurrency"),
         "updated_at": iso(d.updated_at),

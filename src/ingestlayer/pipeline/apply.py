@@ -16,6 +16,7 @@ import yaml
 from ingestlayer.ids import new_id, random_id
 from ingestlayer.pipeline.config import ConfigError, ConfigFile
 from ingestlayer.store.store import Store
+from ingestlayer.urlmask import mask_url_settings
 
 Action = Literal["create", "update", "unchanged", "delete"]
 
@@ -65,7 +66,13 @@ def _dump(obj: Any) -> list[str]:
 
 
 def _diff(name: str, old: Any, new: Any) -> str:
-    return "".join(difflib.unified_diff(_dump(old), _dump(new), f"stored/{name}", f"file/{name}"))
+    """What changes, as answers show configurations: URLs' credentials masked on both sides (a
+    change to them alone shows as such, not as the credentials)."""
+    before, after = _dump(mask_url_settings(old)), _dump(mask_url_settings(new))
+    diff = "".join(difflib.unified_diff(before, after, f"stored/{name}", f"file/{name}"))
+    if not diff and _dump(old) != _dump(new):
+        diff = f"--- stored/{name}\n+++ file/{name}\n# a URL's credentials change (shown masked)\n"
+    return diff
 
 
 def _pipeline_view(config: dict[str, Any] | None) -> dict[str, Any] | None:
