@@ -49,6 +49,17 @@ ATTEMPT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
+# Why a request was answered 503 without being served: the values of ``reason``.
+UNAVAILABLE_REASONS = ("database", "disk_full", "read_only", "shutting_down")
+UNAVAILABLE = Counter(
+    "ingestlayer_requests_unavailable_total",
+    "Requests answered 503 because the database could not be used (unreachable, its disk full, its file "
+    "read-only) or the server was shutting down",
+    ["reason"],
+    registry=REGISTRY,
+)
+for _reason in UNAVAILABLE_REASONS:  # at 0 from the start, as ATTEMPTS
+    UNAVAILABLE.labels(reason=_reason)
 # SQLite only: what the checkpoint thread saw. A log that keeps growing means a reader holds an
 # old snapshot (or checkpoints fail), and the disk fills with it.
 SQLITE_WAL_BYTES = Gauge(

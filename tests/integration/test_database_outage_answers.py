@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import sqlalchemy.exc
 
+from ingestlayer import metrics
+from ingestlayer.store.group_commit import SHUTTING_DOWN
 from tests.support.api import error_of
 from tests.support.server import RunningServer
 
@@ -93,3 +95,47 @@ async def test_other_errors_stay_500(srv: RunningServer) -> None:
     srv.runtime.store.list_deliveries = down(ValueError("a bug"))  # type: ignore[method-assign]
     async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
         assert resp.status == 500
+
+
+def unavailable_counts() -> dict[str, float]:
+    return {r: metrics.UNAVAILABLE.labels(reason=r)._value.get() for r in metrics.UNAVAILABLE_REASONS}
+
+
+async def test_requests_refused_for_the_database_are_counted_by_reason(srv: RunningServer) -> None:
+    """An operator alerts on ingest refused (a full disk, a database away) from /metrics: it used
+    to show only in the logs and to the clients. A signed-ingress event refused for a full disk
+    now says so too, as /v1/events does."""
+    status, source = await srv.request("POST", "/v1/sources", json={"name": "forms", "verify": "none"})
+    assert status == 201, source
+    before = unavailable_counts()
+
+    async def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    srv.runtime.committer._insert = full  # type: ignore[assignment]
+    status, _, _ = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
+    assert status == 503
+    async with srv.session.post(srv.url + source["ingress_path"], data=b'{"type":"submitted"}') as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "30", body
+    assert "(the database's disk is full)" in error_of(body)["message"], body
+    srv.runtime.store.list_deliveries = down(  # type: ignore[method-assign]
+        sqlalchemy.exc.OperationalError("SELECT 1", (), Exception("the database system is shutting down"))
+    )
+    async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
+        assert resp.status == 503
+
+    srv.runtime.committer._closing = True  # as at the start of a shutdown
+    status, body, _ = await post(srv, srv.ingest_key, {"type": "a.b", "payload": {}})
+    assert status == 503 and f"was not stored: {SHUTTING_DOWN}" in error_of(body)["message"], body
+
+    after = unavailable_counts()
+    assert {r: after[r] - before[r] for r in after} == {
+        "database": 1,
+        "disk_full": 2,
+        "read_only": 0,
+        "shutting_down": 1,
+    }
+    async with srv.session.get(srv.url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'ingestlayer_requests_unavailable_total{reason="disk_full"}' in text

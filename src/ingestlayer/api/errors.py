@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ingestlayer import metrics
 from ingestlayer.field_rule import error_loc
 from ingestlayer.json_depth import (
     MAX_JSON_DEPTH,
@@ -37,6 +38,7 @@ def unavailable_error(exc: BaseException, what: str) -> ApiError:
     key, for events), or after DISK_FULL_RETRY_SECONDS when the disk is full; the reason is
     named when it is the disk or the file's permissions."""
     condition = storage_condition(exc)
+    metrics.UNAVAILABLE.labels(reason=condition or "database").inc()
     retry_after = DISK_FULL_RETRY_SECONDS if condition == "disk_full" else 1
     reason = {
         "disk_full": "the database's disk is full",
@@ -44,6 +46,17 @@ def unavailable_error(exc: BaseException, what: str) -> ApiError:
         None: "database unavailable",
     }[condition]
     return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": str(retry_after)})
+
+
+def not_stored_error(exc: BaseException, send_again: str) -> ApiError:
+    """The 503 for an event the group committer could not take: certainly not stored when the
+    server is shutting down (a RuntimeError), else perhaps (:func:`unavailable_error`), since a
+    statement the database did not answer in time may still commit once it does. ``send_again``
+    says how to send it again safely."""
+    if isinstance(exc, RuntimeError):
+        metrics.UNAVAILABLE.labels(reason="shutting_down").inc()
+        return ApiError(503, f"the event was not stored: {exc}; {send_again}", headers={"Retry-After": "1"})
+    return unavailable_error(exc, f"the event may not have been stored; {send_again}")
 
 
 STATUS_CODES = {

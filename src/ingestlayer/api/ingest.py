@@ -20,6 +20,7 @@ from ingestlayer.api.auth import KeyCache, authenticate
 from ingestlayer.api.errors import (
     DATABASE_UNAVAILABLE,
     ApiError,
+    not_stored_error,
     number_out_of_range_error,
     too_deep_error,
     unavailable_error,
@@ -265,18 +266,9 @@ class IngestHandler:
             await self.limiter.check(principal.project_id, len(events))
         try:
             results = await self.submit(events)
-        except RuntimeError as exc:
-            raise ApiError(
-                503,
-                f"the event was not stored: {exc}; retry with the same idempotency key",
-                headers={"Retry-After": "1"},
-            ) from None
         except Exception as exc:
-            # A statement the database did not answer in time may still commit once it does: the
-            # outcome is unknown, and only the same idempotency key makes sending again safe.
-            raise unavailable_error(
-                exc, "the event may not have been stored; send it again with the same idempotency key"
-            ) from None
+            # Only the same idempotency key makes sending again safe when the outcome is unknown.
+            raise not_stored_error(exc, "send it again with the same idempotency key") from None
         if "batch" in doc:
             dupes = sum(r.duplicate for r in results)
             body = orjson.dumps(

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
-from ingestlayer.api.errors import ApiError, unreadable_json_error
+from ingestlayer.api.errors import ApiError, not_stored_error, unreadable_json_error
 from ingestlayer.api.ingest import may_hold_huge_int, storable_json
 from ingestlayer.api.manage import apply_one, named_in_path
 from ingestlayer.api.ratelimit import spend_ingest_allowance
@@ -242,12 +242,8 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     )
     try:
         (result,) = await rt.committer.submit([event])
-    except Exception:
-        raise ApiError(
-            503,
-            "the event may not have been stored; the sender should send it again",
-            headers={"Retry-After": "1"},
-        ) from None
+    except Exception as exc:
+        raise not_stored_error(exc, "the sender should send it again") from None
     return Response(
         orjson.dumps({"id": result.id, "duplicate": result.duplicate}),
         status_code=200 if result.duplicate else 202,
