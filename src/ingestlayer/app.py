@@ -111,6 +111,8 @@ def build_fastapi(rt: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await rt.start()
+        if rt.run_api:
+            rt.supervise("rotations", lambda: endpoints.sweep_finished_rotations(rt))
         try:
             yield
         finally:

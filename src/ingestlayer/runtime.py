@@ -200,14 +200,14 @@ class Runtime:
             # Before any lease or due time is stamped: the first ones must be on the database's
             # clock too, or a worker on a fast machine takes over its peers' leases at once.
             await self._sync_clock()
-            self._supervise("clock", self._keep_clock_in_sync)
+            self.supervise("clock", self._keep_clock_in_sync)
         if self.run_api:
             self.committer.start()
         if self.run_worker:
-            self._supervise("router", lambda: self.router.run(self.stop))
-            self._supervise("dispatcher", lambda: self.dispatcher.run(self.stop))
+            self.supervise("router", lambda: self.router.run(self.stop))
+            self.supervise("dispatcher", lambda: self.dispatcher.run(self.stop))
         if self.run_worker or self.store.dialect != "sqlite":
-            self._supervise(
+            self.supervise(
                 "listen",
                 lambda: self.store.listen_for_work(
                     self.router.wake.set if self.run_worker else None,
@@ -219,7 +219,7 @@ class Runtime:
                 ),
             )
         if self.run_worker and self.settings.retention_days > 0:
-            self._supervise("retention", self._retention)
+            self.supervise("retention", self._retention)
         log.info(
             "ingestlayer started (api=%s worker=%s, %s)", self.run_api, self.run_worker, self.store.dialect
         )
@@ -232,7 +232,7 @@ class Runtime:
         elif change.startswith("secrets:"):
             self.dispatcher.resolver.forget(change.removeprefix("secrets:"))
 
-    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
         """Run a worker loop until it returns, starting it again whenever it fails.
 
         Each loop handles the errors it expects, but one that escaped (a database call outside

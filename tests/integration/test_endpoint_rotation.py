@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ingestlayer.api import endpoints
 from ingestlayer.sdk.webhooks import WebhookVerificationError, verify
 from ingestlayer.timefmt import parse_iso
 from tests.support.api import FAST_RETRY, add_endpoint, error_of
@@ -287,3 +288,44 @@ async def test_many_endpoint_changes_at_once_all_succeed(server: RunningServer, 
     _, listed = await server.request("GET", "/v1/endpoints")
     assert listed["data"] == []
     assert await stored_secrets(server) == []
+
+
+async def endpoint_secrets(server: RunningServer, endpoint_id: str) -> list[str]:
+    _, listed = await server.request("GET", "/v1/secrets")
+    return sorted(
+        s["name"] for s in listed["data"] if (s.get("managed_by") or {}).get("endpoint_id") == endpoint_id
+    )
+
+
+async def test_secrets_whose_rotation_ended_are_deleted_without_another_change(
+    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotated-out secret stops signing at its end, and used to stay stored (and named in the
+    configuration) until the endpoint's next change. The api's sweep now drops it by itself."""
+    ep = await add_endpoint(server, receiver)
+    old = ep["secret"]
+    rotated = await rotate(server, ep["id"], keep_old_for=1.0)
+    assert len(await endpoint_secrets(server, ep["id"])) == 2
+    assert signed_by(await next_request(server, receiver), old)  # still signing, until its end
+    version = (await server.runtime.store.load_project_config(server.project_id)).version
+    assert await endpoints.drop_finished_rotations(server.runtime, server.project_id) == 0
+    assert (await server.runtime.store.load_project_config(server.project_id)).version == version
+
+    # Past its end, the sweep (every ROTATION_SWEEP_SECONDS) drops it: nothing else changes.
+    monkeypatch.setattr(endpoints, "ROTATION_SWEEP_SECONDS", 0.2)
+    server.runtime.supervise("rotations-test", lambda: endpoints.sweep_finished_rotations(server.runtime))
+    await asyncio.sleep(1.0)
+
+    async def dropped() -> bool:
+        return len(await endpoint_secrets(server, ep["id"])) == 1
+
+    await wait_for(dropped, timeout=10)
+    _, now = await server.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert now["previous_secrets"] == [] and now["rotation_ends_at"] is None, now
+    assert {k: now[k] for k in ("url", "events", "auth", "enabled")} == {
+        k: ep[k] for k in ("url", "events", "auth", "enabled")
+    }
+    _, dest = await server.request("GET", f"/v1/destinations/{ep['destination_id']}")
+    assert isinstance(dest["config"]["secret"], str) and "rotation_ends_at" not in dest["config"], dest
+    request = await next_request(server, receiver)
+    assert signed_by(request, rotated["secret"]) and not signed_by(request, old)

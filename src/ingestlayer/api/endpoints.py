@@ -7,6 +7,9 @@ once in the create (or rotate) response.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,9 +18,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ingestlayer import clock
+from ingestlayer.api.auth import Principal
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.editable import restored
-from ingestlayer.api.errors import ApiError
+from ingestlayer.api.errors import DATABASE_UNAVAILABLE, ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import until_unchanged
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
@@ -28,9 +32,12 @@ from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
 from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret
+from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
 from ingestlayer.timefmt import iso, parse_iso
 from ingestlayer.urlmask import mask_url_settings
+
+log = logging.getLogger("ingestlayer.api")
 
 router = APIRouter(prefix="/v1/endpoints", tags=["endpoints"], route_class=JsonBodyRoute)
 
@@ -547,3 +554,55 @@ async def delete_endpoint(endpoint_id: str, principal: Admin, rt: RuntimeDep) ->
 
     await until_unchanged(rt.store, principal.project_id, change)
     return Response(status_code=204)
+
+
+# ---- rotations that have ended --------------------------------------------------------------
+
+# How often an api process looks for endpoints whose rotated-out secrets have stopped signing.
+ROTATION_SWEEP_SECONDS = 300.0
+
+
+def _finished_rotations(settings: Mapping[str, Any], now: float) -> bool:
+    """Whether one of the endpoint's rotated-out secrets has stopped signing (and is still kept)."""
+    secret = settings.get("secret")
+    refs = secret if isinstance(secret, list) else []
+    return len(rotating_out(refs, settings.get("rotation_ends_at"))) > len(_previous(dict(settings), now))
+
+
+async def drop_finished_rotations(rt: Runtime, project_id: str) -> int:
+    """Save again each endpoint of the project whose rotated-out secrets have stopped signing, as
+    any change to it would: its configuration then names only the secrets that still sign, and
+    the others are deleted. They used to stay stored, unused, until the endpoint's next change.
+    Returns how many endpoints were saved."""
+    cfg = await rt.store.load_project_config(project_id)
+    now = clock.now()
+    saved = 0
+    for p in cfg.pipelines:
+        routes = p.config.get("destinations", [])
+        dest = cfg.destinations.get(routes[0]["destination_id"]) if p.endpoint and routes else None
+        if dest is not None and _finished_rotations(dest.config.get("settings", {}), now):
+            await update_endpoint(p.id, EndpointPatch(), Principal(project_id, "admin"), rt)
+            saved += 1
+    return saved
+
+
+async def sweep_finished_rotations(rt: Runtime) -> None:
+    """Every ROTATION_SWEEP_SECONDS, :func:`drop_finished_rotations` for every project. Several
+    api processes may sweep at once: a save is made against the configuration it read, and
+    the second finds nothing left to drop."""
+    outage = OutageLog(log, "dropping ended secret rotations", every=ROTATION_SWEEP_SECONDS)
+    while not rt.stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.stop.wait(), ROTATION_SWEEP_SECONDS)
+        if rt.stop.is_set():
+            return
+        try:
+            for project in await rt.store.list_projects():
+                try:
+                    await drop_finished_rotations(rt, project["id"])
+                except ApiError as exc:  # the endpoint went meanwhile, or its configuration is refused
+                    log.warning("dropping the ended rotations of project %s failed: %s", project["id"], exc)
+        except DATABASE_UNAVAILABLE as exc:
+            outage.failed(exc, f"the next try in {ROTATION_SWEEP_SECONDS:.0f} s")
+        else:
+            outage.succeeded()
