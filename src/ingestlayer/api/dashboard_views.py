@@ -28,6 +28,7 @@ from ingestlayer.store.stats import Series, SeriesPoint
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, iso
 from ingestlayer.urlmask import MASK, SENSITIVE_NAME, STARTS_WITH_SCHEME, is_url_key
 from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
+from ingestlayer.yaml_config import YAML_DUMPER
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 STATUSES = ("pending", "delivering", "retrying", "delivered", "dead")
@@ -408,7 +409,9 @@ def pipeline_yaml(p: PipelineRow, cfg: ProjectConfig) -> str:
             entry["concurrency"] = d.config["concurrency"]
         dests.append(entry)
     doc["destinations"] = dests
-    text: str = yaml.safe_dump({"pipelines": [doc]}, sort_keys=False, allow_unicode=True, width=100)
+    text: str = yaml.dump(
+        {"pipelines": [doc]}, Dumper=YAML_DUMPER, sort_keys=False, allow_unicode=True, width=100
+    )
     return text
 
 

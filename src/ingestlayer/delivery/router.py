@@ -91,10 +91,21 @@ class ConfigCache:
                 continue
             cached = self._compiled.get(pid)
             if cached is None or cached.version != version:
-                cached = compile_project(await self._store.load_project_config(pid))
+                cfg = await self._store.load_project_config(pid)
+                if len(cfg.pipelines) > COMPILE_ON_LOOP_PIPELINES:
+                    # 2,000 pipelines took 0.7-1.0 s to compile: on the event loop, every
+                    # project's requests waited that long after each change of this one.
+                    cached = await asyncio.to_thread(compile_project, cfg)
+                else:
+                    cached = compile_project(cfg)
                 self._compiled[pid] = cached
             out[pid] = cached
         return out
+
+
+# Projects with more pipelines than this are compiled on a thread of their own (a few ms and
+# up); smaller ones where they are needed, without a hand-off.
+COMPILE_ON_LOOP_PIPELINES = 50
 
 
 class Router:

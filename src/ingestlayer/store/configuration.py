@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock
@@ -141,77 +141,53 @@ class ConfigMixin(NotifyMixin, EndingMixin):
                 )
             if set_secrets or delete_secrets:
                 await self._announce(conn, f"secrets:{project_id}")
-            for d in upsert_destinations:
-                cfg = orjson.dumps(d["config"], option=orjson.OPT_SORT_KEYS).decode()
-                res = await conn.execute(
-                    update(destinations)
-                    .where(destinations.c.project_id == project_id, destinations.c.id == d["id"])
-                    .values(
-                        name=d["name"],
-                        kind=d["kind"],
-                        config=cfg,
-                        enabled=d.get("enabled", True),
-                        updated_at=now,
-                    )
-                )
-                if res.rowcount == 0:
-                    await conn.execute(
-                        insert(destinations).values(
-                            id=d["id"],
-                            project_id=project_id,
-                            name=d["name"],
-                            kind=d["kind"],
-                            config=cfg,
-                            enabled=d.get("enabled", True),
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
-            for p in upsert_pipelines:
-                cfg = orjson.dumps(p["config"], option=orjson.OPT_SORT_KEYS).decode()
-                res = await conn.execute(
-                    update(pipelines)
-                    .where(pipelines.c.project_id == project_id, pipelines.c.id == p["id"])
-                    .values(
-                        name=p["name"],
-                        config=cfg,
-                        enabled=p.get("enabled", True),
-                        endpoint=p.get("endpoint", False),
-                        updated_at=now,
-                    )
-                )
-                if res.rowcount == 0:
-                    await conn.execute(
-                        insert(pipelines).values(
-                            id=p["id"],
-                            project_id=project_id,
-                            name=p["name"],
-                            config=cfg,
-                            enabled=p.get("enabled", True),
-                            endpoint=p.get("endpoint", False),
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
-            for src in upsert_sources:
-                cfg = orjson.dumps(src["config"], option=orjson.OPT_SORT_KEYS).decode()
-                res = await conn.execute(
-                    update(sources)
-                    .where(sources.c.project_id == project_id, sources.c.id == src["id"])
-                    .values(name=src["name"], config=cfg, enabled=src.get("enabled", True), updated_at=now)
-                )
-                if res.rowcount == 0:
-                    await conn.execute(
-                        insert(sources).values(
-                            id=src["id"],
-                            project_id=project_id,
-                            name=src["name"],
-                            config=cfg,
-                            enabled=src.get("enabled", True),
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
+            await _upsert(
+                conn,
+                destinations,
+                project_id,
+                now,
+                [
+                    {
+                        "id": d["id"],
+                        "name": d["name"],
+                        "kind": d["kind"],
+                        "config": _stored(d["config"]),
+                        "enabled": d.get("enabled", True),
+                    }
+                    for d in upsert_destinations
+                ],
+            )
+            await _upsert(
+                conn,
+                pipelines,
+                project_id,
+                now,
+                [
+                    {
+                        "id": p["id"],
+                        "name": p["name"],
+                        "config": _stored(p["config"]),
+                        "enabled": p.get("enabled", True),
+                        "endpoint": p.get("endpoint", False),
+                    }
+                    for p in upsert_pipelines
+                ],
+            )
+            await _upsert(
+                conn,
+                sources,
+                project_id,
+                now,
+                [
+                    {
+                        "id": src["id"],
+                        "name": src["name"],
+                        "config": _stored(src["config"]),
+                        "enabled": src.get("enabled", True),
+                    }
+                    for src in upsert_sources
+                ],
+            )
             if delete_source_ids:
                 await conn.execute(
                     delete(sources).where(
@@ -300,3 +276,54 @@ class ConfigMixin(NotifyMixin, EndingMixin):
 
     async def get_destinations(self, ids: Iterable[str]) -> dict[str, DestinationRow]:
         return await self._hot.get_destinations(list(ids))
+
+
+# Ids looked up at once when a change updates or inserts rows: well under every database's limit
+# on bound parameters in one statement.
+_IDS_PER_LOOKUP = 1000
+
+
+def _stored(config: Any) -> str:
+    return orjson.dumps(config, option=orjson.OPT_SORT_KEYS).decode()
+
+
+async def _upsert(
+    conn: AsyncConnection, table: Table, project_id: str, now: float, rows: list[dict[str, Any]]
+) -> None:
+    """Update the project's rows of ``table`` that exist, insert the others: two statements run
+    for many rows each, not two per row. A change of 2,000 pipelines wrote them one at a time,
+    holding SQLite's only write lock (and with it every project's ingest) for 2.6-5.3 s."""
+    if not rows:
+        return
+    existing: set[str] = set()
+    ids = [r["id"] for r in rows]
+    for i in range(0, len(ids), _IDS_PER_LOOKUP):
+        chunk = ids[i : i + _IDS_PER_LOOKUP]
+        found = await conn.execute(
+            select(table.c.id).where(table.c.project_id == project_id, table.c.id.in_(chunk))
+        )
+        existing.update(found.scalars())
+    updates = [
+        {
+            **{k: v for k, v in r.items() if k != "id"},
+            "b_project": project_id,
+            "b_id": r["id"],
+            "updated_at": now,
+        }
+        for r in rows
+        if r["id"] in existing
+    ]
+    inserts = [
+        {**r, "project_id": project_id, "created_at": now, "updated_at": now}
+        for r in rows
+        if r["id"] not in existing
+    ]
+    if updates:
+        # In the order given, as one statement per row did: a rename onto a name another row
+        # gives up in the same change still finds it given up.
+        stmt = update(table).where(
+            table.c.project_id == bindparam("b_project"), table.c.id == bindparam("b_id")
+        )
+        await conn.execute(stmt, updates)
+    if inserts:
+        await conn.execute(insert(table), inserts)
