@@ -56,8 +56,6 @@ class Plan:
         return out
 
 
-
-
 def _dump(obj: Any) -> list[str]:
     if obj is None:
         return []

@@ -141,53 +141,13 @@ class ConfigMixin(NotifyMixin, EndingMixin):
                 )
             if set_secrets or delete_secrets:
                 await self._announce(conn, f"secrets:{project_id}")
-            await _upsert(
-                conn,
-                destinations,
-                project_id,
-                now,
-                [
-                    {
-                        "id": d["id"],
-                        "name": d["name"],
-                        "kind": d["kind"],
-                        "config": _stored(d["config"]),
-                        "enabled": d.get("enabled", True),
-                    }
-                    for d in upsert_destinations
-                ],
-            )
-            await _upsert(
-                conn,
-                pipelines,
-                project_id,
-                now,
-                [
-                    {
-                        "id": p["id"],
-                        "name": p["name"],
-                        "config": _stored(p["config"]),
-                        "enabled": p.get("enabled", True),
-                        "endpoint": p.get("endpoint", False),
-                    }
-                    for p in upsert_pipelines
-                ],
-            )
-            await _upsert(
-                conn,
-                sources,
-                project_id,
-                now,
-                [
-                    {
-                        "id": src["id"],
-                        "name": src["name"],
-                        "config": _stored(src["config"]),
-                        "enabled": src.get("enabled", True),
-                    }
-                    for src in upsert_sources
-                ],
-            )
+            # Each row's own columns beside id, name, config and enabled, with their defaults.
+            for table, items, own in (
+                (destinations, upsert_destinations, {"kind": None}),
+                (pipelines, upsert_pipelines, {"endpoint": False}),
+                (sources, upsert_sources, {}),
+            ):
+                await _upsert(conn, table, project_id, now, [_row(item, own) for item in items])
             if delete_source_ids:
                 await conn.execute(
                     delete(sources).where(
@@ -283,8 +243,15 @@ class ConfigMixin(NotifyMixin, EndingMixin):
 _IDS_PER_LOOKUP = 1000
 
 
-def _stored(config: Any) -> str:
-    return orjson.dumps(config, option=orjson.OPT_SORT_KEYS).decode()
+def _row(item: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
+    """A destination, pipeline or source of a change as its table's columns."""
+    return {
+        "id": item["id"],
+        "name": item["name"],
+        "config": orjson.dumps(item["config"], option=orjson.OPT_SORT_KEYS).decode(),
+        "enabled": item.get("enabled", True),
+        **{column: item.get(column, default) for column, default in own.items()},
+    }
 
 
 async def _upsert(
