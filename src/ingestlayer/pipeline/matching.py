@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _PATTERN_RE = re.compile(r"^(\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*)$")
@@ -19,11 +20,13 @@ def is_valid_pattern(value: str) -> bool:
     return len(value) <= 200 and bool(_PATTERN_RE.match(value))
 
 
-# Types remembered per matcher or project at most: event types are many only in a flood.
+# Types remembered per project at most: event types are many only in a flood.
 _SEEN_MAX = 10_000
 
+T = TypeVar("T")
 
-def remembered(memo: dict[str, bool], event_type: str, compute: Callable[[str], bool]) -> bool:
+
+def remembered(memo: dict[str, T], event_type: str, compute: Callable[[str], T]) -> T:
     """``compute(event_type)``, kept in ``memo`` (a project sees the same few types again and
     again); the memo is emptied when it reaches its bound."""
     known = memo.get(event_type)
@@ -53,22 +56,18 @@ def wildcard_match(parts: Sequence[str], text: str) -> bool:
 
 
 class TypeMatcher:
-    """Compiled list of patterns; ``*`` matches any run of characters, dots included."""
+    """Compiled list of patterns; ``*`` matches any run of characters, dots included. Its answers
+    are remembered by the project, for all its pipelines at once (``CompiledProject.matching``):
+    one memo each, 10,000 types in a flood against 333 wildcard pipelines held 70 MB."""
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.patterns = tuple(patterns)
         self._exact = frozenset(p for p in patterns if "*" not in p)
         self._wild = tuple(tuple(p.split("*")) for p in dict.fromkeys(patterns) if "*" in p)
-        self._seen: dict[str, bool] = {}  # wildcard results by type: a project has few types
 
     def __call__(self, event_type: str) -> bool:
         if event_type in self._exact:
             return True
-        if not self._wild:
-            return False
-        return remembered(self._seen, event_type, self._wild_match)
-
-    def _wild_match(self, event_type: str) -> bool:
         return any(wildcard_match(parts, event_type) for parts in self._wild)
 
 
