@@ -4,12 +4,16 @@ prose, entities changed between two events, a lookup provider answering garbage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from ingestlayer.pipeline.event import StepContext, StepServices
 from ingestlayer.pipeline.steps.classify import parse_answer
 from ingestlayer.pipeline.steps.enrich_person import EnrichPerson, EnrichPersonConfig
 from tests.integration.test_classify_pipeline import API_KEY as CHAT_KEY
@@ -200,3 +204,59 @@ def test_own_free_mail_domains_are_compared_as_domains_from_addresses() -> None:
     config = EnrichPersonConfig.model_validate({"free_mail_domains": [" Mail.Example. ", "posteo.de"]})
     step = EnrichPerson(config)
     assert {"mail.example", "posteo.de", "gmail.com"} <= step.free_mail
+
+
+async def test_a_lookup_that_outlives_its_waiters_fails_quietly_and_a_timeout_says_so(
+    receiver: Receiver,
+) -> None:
+    """At a shutdown the router gives back events waiting on a lookup (their waits are
+    cancelled); the lookup itself, shared by them, went on and failed for nobody, and was logged
+    as "Task exception was never retrieved", once per lookup. A timed-out lookup said only
+    "failed: TimeoutError"."""
+    receiver.default = Reply(status=200, delay=1.0)
+    config = EnrichPersonConfig.model_validate(
+        {
+            "provider": {
+                "url": receiver.url + "/p?e={email}",
+                "mapping": {"role": "title"},
+                "timeout": 0.3,
+                "cache_ttl": 0,
+            }
+        }
+    )
+    step = EnrichPerson(config)
+    session = aiohttp.ClientSession()
+
+    async def http() -> aiohttp.ClientSession:
+        return session
+
+    async def no_secret(_project: str, _ref: str) -> str:
+        raise LookupError
+
+    services = StepServices(
+        entities=None, cache=None, http=http, resolve_secret=no_secret, allow_private=True
+    )  # type: ignore[arg-type]
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        ctx = StepContext("prj_1", "p", services)
+        with pytest.raises(RuntimeError, match=r"did not answer within 0\.3 s"):
+            await step._lookup("ann@corp.io", "corp.io", ctx)
+
+        waiter = asyncio.ensure_future(
+            step._lookup("bob@corp.io", "corp.io", StepContext("prj_1", "p", services))
+        )
+        await asyncio.sleep(0.05)
+        waiter.cancel()  # given back at a shutdown
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        await asyncio.sleep(0.6)  # the lookup itself times out meanwhile
+        del waiter
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not step._inflight
+        assert [c for c in unretrieved if "never retrieved" in str(c.get("message"))] == []
+    finally:
+        loop.set_exception_handler(None)
+        await session.close()

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from ingestlayer.delivery.egress import EgressPolicy, GuardedResolver
+from ingestlayer.delivery.held_routes import PROJECT_CONCURRENCY
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.store.store import Store
 
@@ -86,6 +87,15 @@ class StoreCache:
             self._local.popitem(last=False)
 
 
+# Connections the steps' calls (lookups, models) may hold at once: to one host, as many as one
+# project's routes may run at once, so that one project's provider that hangs cannot hold every
+# connection (aiohttp's default, 100 in all, let two such projects starve every other project's
+# calls to healthy providers, which then timed out waiting for a connection); in all, a bound on
+# the sockets they take.
+STEP_CONNECTIONS_PER_HOST = PROJECT_CONCURRENCY
+STEP_CONNECTIONS = 1024
+
+
 class HttpSessions:
     def __init__(self, egress: EgressPolicy) -> None:
         self._egress = egress
@@ -94,7 +104,11 @@ class HttpSessions:
     async def __call__(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=GuardedResolver(self._egress))
+                connector=aiohttp.TCPConnector(
+                    resolver=GuardedResolver(self._egress),
+                    limit=STEP_CONNECTIONS,
+                    limit_per_host=STEP_CONNECTIONS_PER_HOST,
+                )
             )
         return self._session
 

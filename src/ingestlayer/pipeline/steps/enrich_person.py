@@ -204,10 +204,18 @@ class EnrichPerson:
         if task is None:
             task = asyncio.ensure_future(self._fetch(email, domain, ctx))
             self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+            task.add_done_callback(lambda t: self._forget(key, t))
         else:
             ctx.notes.append("shared a lookup in flight")
         return await asyncio.shield(task)
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            # Retrieved: a lookup whose waiters are gone (a shutdown that gave their events back)
+            # failed for nobody, and was logged as "Task exception was never retrieved" each.
+            task.exception()
 
     async def _fetch(self, email: str, domain: str, ctx: StepContext) -> dict[str, Any]:
         provider = self.config.provider
@@ -257,7 +265,11 @@ class EnrichPerson:
                     result = self._mapped(await read_capped(resp), provider.mapping, url, forms)
         except AnswerTooLarge as exc:
             raise RuntimeError(f"lookup provider {urlsplit(url).hostname}: {exc}") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except TimeoutError:
+            raise RuntimeError(
+                f"lookup provider {urlsplit(url).hostname} did not answer within {provider.timeout:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
             raise RuntimeError(
                 f"lookup provider {urlsplit(url).hostname} failed: {type(exc).__name__}"
             ) from None
