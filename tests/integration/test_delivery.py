@@ -359,38 +359,39 @@ async def ingest_batch(server: RunningServer, type_: str, n: int) -> None:
 
 
 async def test_a_hanging_receiver_leaves_slots_to_other_destinations(db_url: str, receiver: Receiver) -> None:
-    """A receiver that never answers, with a backlog, holds at most three quarters of the
-    process's slots (12 of 16), and another destination's deliveries are made meanwhile, not
-    after its attempts time out."""
+    """A receiver that never answers, with a backlog, holds at most a quarter of the process's
+    slots (4 of 16: none of its attempts has ended yet), and another destination's deliveries
+    are made meanwhile, not after its attempts time out."""
     async with SlowReceiver() as stuck:
         server = await start_server(db_url, delivery_concurrency=16)
         try:
             await server.apply(two_destinations(stuck.url, receiver.url + "/fine"))
             await ingest_batch(server, "slow.e", 40)
 
-            async def twelve_hanging() -> bool:
-                return stuck.now == 12
+            async def four_hanging() -> bool:
+                return stuck.now == 4
 
-            await wait_for(twelve_hanging)
+            await wait_for(four_hanging)
             await ingest_batch(server, "fine.e", 10)
 
             async def fine_delivered() -> bool:
                 return len(receiver.requests) == 10
 
-            # webhook.out gives up on a request after 10 s: these must arrive while the 12 hang.
+            # webhook.out gives up on a request after 10 s: these must arrive while the 4 hang.
             await wait_for(fine_delivered, timeout=8)
-            assert (stuck.now, max(stuck.seen_at_arrival), stuck.answered) == (12, 12, 0)
+            assert (stuck.now, max(stuck.seen_at_arrival), stuck.answered) == (4, 4, 0)
             _, page = await server.request("GET", "/v1/deliveries?status=pending&limit=100")
-            assert len(page["data"]) == 28  # the rest of its backlog waits in the table, due
+            assert len(page["data"]) == 36  # the rest of its backlog waits in the table, due
         finally:
             await server.stop()
 
 
 async def test_a_slow_destination_is_held_to_a_few_slots(db_url: str, receiver: Receiver) -> None:
-    """Once an attempt took longer than slow_destination_seconds, the destination gets no new
-    slot until it has fewer than an eighth of them (2 of 16) in flight; every delivery is made."""
+    """Until one of its attempts has ended, a destination gets a quarter of the slots (4 of 16);
+    once one took longer than slow_destination_seconds, no new slot until it has fewer than an
+    eighth of them (2 of 16) in flight; every delivery is made."""
     # Answers slow enough that the whole first wave is in flight at once, however slowly a
-    # loaded machine opens its twelve connections.
+    # loaded machine opens its connections.
     async with SlowReceiver(delay=0.5) as slow:
         server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=0.05)
         try:
@@ -401,9 +402,30 @@ async def test_a_slow_destination_is_held_to_a_few_slots(db_url: str, receiver: 
                 return slow.answered == 30
 
             await wait_for(all_answered, timeout=15)
-            first_wave, later = slow.seen_at_arrival[:12], slow.seen_at_arrival[12:]
-            assert max(first_wave) == 12  # not slow yet: three quarters of the slots
+            first_wave, later = slow.seen_at_arrival[:4], slow.seen_at_arrival[4:]
+            assert max(first_wave) == 4  # nothing has ended yet: a quarter of the slots
             assert later and max(later) <= 2
+        finally:
+            await server.stop()
+
+
+async def test_a_destination_that_answers_gets_three_quarters_of_the_slots(
+    db_url: str, receiver: Receiver
+) -> None:
+    """A quarter of the slots only until its first attempts end: a receiver answering in time
+    (0.3 s, under slow_destination_seconds) then has up to three quarters (12 of 16) in flight."""
+    async with SlowReceiver(delay=0.3) as busy:
+        server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=2.0)
+        try:
+            await server.apply(two_destinations(busy.url, receiver.url + "/fine"))
+            await ingest_batch(server, "slow.e", 60)
+
+            async def all_answered() -> bool:
+                return busy.answered == 60
+
+            await wait_for(all_answered, timeout=20)
+            assert max(busy.seen_at_arrival[:4]) == 4
+            assert max(busy.seen_at_arrival) == 12
         finally:
             await server.stop()
 

@@ -163,3 +163,24 @@ def test_take_never_hands_over_more_than_the_free_slots() -> None:
     ordered, n = s.take(fresh("dst_a", "dst_b", "dst_c"), free=2)
     assert n == 2 and [d.id for d in ordered] == ["dlv_0", "dlv_1", "dlv_2"]
     assert s.take(fresh("dst_a"), free=0) == (fresh("dst_a"), 0)
+
+
+def test_a_destination_not_heard_from_lately_gets_a_quarter_until_an_attempt_ends() -> None:
+    """Two receivers that hang from their first request held every slot (three quarters each)
+    until their attempts timed out, up to a minute: every other destination waited. Until one of
+    its attempts has ended, a destination now gets the fresh limit; a fast answer gives it its
+    whole share at once, a slow one the slow limit."""
+    clock = Clock()
+    s = DestinationSlots(per_destination=12, slow_limit=2, slow_seconds=1.0, fresh_limit=4, clock=clock)
+    for did in ("dst_hangs", "dst_hangs_too"):
+        assert all(s.start(did, None) for _ in range(4)) and not s.start(did, None)
+    assert s.room().of("dst_hangs") == 0
+    assert all(s.start("dst_other", None) for _ in range(4))  # free slots left for the others
+
+    s.finish("dst_other", 0.05)  # answered fast: its whole share
+    assert s.limit("dst_other") == 12 and all(s.start("dst_other", None) for _ in range(9))
+    s.finish("dst_hangs", 30.0)  # timed out: the slow limit
+    assert s.limit("dst_hangs") == 2
+    clock.now += 2 * SLOW_FOR_SECONDS  # nothing ended for two minutes: not heard from lately
+    assert s.limit("dst_other") == 4
+    assert slots().limit("dst_any") == 6  # without a fresh limit, the share at once

@@ -268,6 +268,7 @@ class Dispatcher:
             per_destination=settings.per_destination_concurrency,
             slow_limit=settings.slow_destination_limit,
             slow_seconds=settings.slow_destination_seconds,
+            fresh_limit=max(settings.slow_destination_limit, settings.delivery_concurrency // 4),
         )
 
     async def _open(self) -> SendContext:

@@ -8,6 +8,10 @@ for its timeouts: measured, 38 s behind a backlog of 600 to a receiver that neve
 - its own ``concurrency: N``, when it has one;
 - otherwise three quarters of the slots (``delivery_concurrency_per_destination``), so another
   destination always finds a quarter of them free, at once;
+- but a quarter of them (``fresh_limit``) until one of its attempts has ended in the last minute:
+  a receiver that hangs from the start is not known to until its first attempts time out (up to
+  a minute), and two such destinations, three quarters each, held every slot meanwhile, every
+  other destination waiting; a healthy one is past this limit as soon as its first answers come;
 - and an eighth (``slow_destination_concurrency``) while it is slow: at least an eighth of its
   attempts that ended in the last minute, or its last 8 in a row, took longer than
   ``slow_destination_seconds`` (every timeout does). Its attempts in flight are not cut short;
@@ -87,10 +91,12 @@ class DestinationSlots:
         per_destination: int,
         slow_limit: int,
         slow_seconds: float,
+        fresh_limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_destination = max(1, per_destination)
         self.slow_limit = max(1, slow_limit)
+        self.fresh_limit = min(self.per_destination, max(1, fresh_limit or self.per_destination))
         self.slow_seconds = slow_seconds
         self._clock = clock
         self._busy: dict[str, int] = {}  # attempts in flight
@@ -109,11 +115,13 @@ class DestinationSlots:
         if own is not None:
             return own
         recent = self._recent.get(did)
-        if recent is not None:
-            if recent.is_slow(self._clock()):
-                return self.slow_limit
-            if recent.idle():
-                del self._recent[did]
+        if recent is None:
+            return self.fresh_limit
+        if recent.is_slow(self._clock()):
+            return self.slow_limit
+        if recent.idle():
+            del self._recent[did]
+            return self.fresh_limit
         return self.per_destination
 
     def room(self) -> Room:
