@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -198,6 +199,23 @@ async def test_a_rate_limited_model_yields_the_fallback_on_the_trace_and_never_t
     (note,) = classify_entry(event)["notes"]
     assert note.startswith("label critical (fallback): openai: answered HTTP 429")
     assert CHAT_KEY not in orjson.dumps(event).decode()
+
+
+async def test_a_rate_limited_model_without_a_fallback_is_asked_again_when_it_said(
+    server: RunningServer, receiver: Receiver, chat: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await classify_setup(server, chat, receiver, on_error="retry", fallback=None)
+    chat.retry_after = "90"
+    chat.fail_next(429)
+    caplog.set_level(logging.WARNING, logger="ingestlayer")
+    event_id = await send(server, ticket("T-3", "Question", "How do I export?"))
+
+    async def decided() -> list[str]:
+        return [r.getMessage() for r in caplog.records if event_id in r.getMessage()]
+
+    (line,) = await wait_for(decided)
+    assert "answered HTTP 429" in line and line.endswith("routing again in 90s"), line
+    assert chat.calls == 1
 
 
 def test_own_free_mail_domains_are_compared_as_domains_from_addresses() -> None:

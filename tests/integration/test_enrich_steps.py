@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -271,3 +274,45 @@ async def test_on_error_policies(server: RunningServer, receiver: Receiver) -> N
         _ = retried
     finally:
         await down.stop()
+
+
+async def test_a_provider_asking_to_wait_is_waited_for_before_the_event_is_routed_again(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lookup answered 429 with Retry-After: 120, under on_error: retry, was tried again after
+    the router's own schedule (1 s, 5 s, 30 s), each try another 429 the provider had asked not
+    to get."""
+    busy = Receiver()
+    await busy.start()
+    try:
+        busy.default = Reply(status=429, headers={"Retry-After": "120"})
+        provider = {"url": busy.url + "/x?e={email}", "mapping": {"role": "title"}, "cache_ttl": 0}
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "people",
+                        "source": {"match": ["user.*"]},
+                        "steps": [{"enrich.person": {"provider": provider, "on_error": "retry"}}],
+                        "destinations": [{"webhook.out": {"url": f"{receiver.url}/people"}}],
+                    }
+                ]
+            }
+        )
+        caplog.set_level(logging.WARNING, logger="ingestlayer")
+        _, ev = await server.ingest("user.signed_up", {"email": "ann@corp.io"})
+
+        def decided() -> list[str]:
+            return [r.getMessage() for r in caplog.records if ev["id"] in r.getMessage()]
+
+        async def waits() -> bool:
+            return bool(decided())
+
+        await wait_for(waits)
+        (line,) = decided()
+        assert (
+            "enrich.person" in line and "answered HTTP 429" in line and line.endswith("routing again in 120s")
+        )
+        assert len(busy.requests) == 1
+    finally:
+        await busy.stop()

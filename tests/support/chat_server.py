@@ -133,6 +133,8 @@ class ChatServer:
         self._runner: web.AppRunner | None = None
         self.url = ""  # the base URL, ending in /v1
 
+    retry_after = "1"  # the Retry-After of its 429s
+
     def fail_next(self, status: int, times: int = 1) -> None:
         self._failures.extend([status] * times)
 
@@ -188,7 +190,7 @@ class ChatServer:
                     "Rate limit reached for requests.",
                     "requests",
                     code="rate_limit_exceeded",
-                    headers={"Retry-After": "1"},
+                    headers={"Retry-After": self.retry_after},
                 )
             return _error(status, "The server had an error while processing your request.", "server_error")
         content = self.answer(body)

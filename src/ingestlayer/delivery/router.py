@@ -252,8 +252,10 @@ class Router:
         try:
             dels, trace = await route_event(compiled, ev, self.services, attempt)
         except StepRetry as exc:
-            log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, retry_delay(attempt))
-            return Routed(retry_in=retry_delay(attempt))
+            # A provider's Retry-After (a 429) is waited out, up to the schedule's longest wait.
+            delay = max(retry_delay(attempt), min(exc.retry_after or 0.0, ROUTE_RETRY_DELAYS[-1]))
+            log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, delay)
+            return Routed(retry_in=delay)
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
                 log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)

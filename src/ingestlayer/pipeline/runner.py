@@ -36,7 +36,12 @@ TRACE_ERROR_CHARS = 300
 
 
 class StepRetry(Exception):
-    """A step with ``on_error: retry`` failed: route the whole event again later."""
+    """A step with ``on_error: retry`` failed: route the whole event again later, and not sooner
+    than ``retry_after`` when the step's provider said so (its Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -160,7 +165,7 @@ async def _run_step(
             entry["notes"] = list(ctx.notes)
         event.payload = before
         if policy == "retry" and attempt < MAX_STEP_RETRIES:
-            raise StepRetry(f"{step.name}: {reason}") from exc
+            raise StepRetry(f"{step.name}: {reason}", getattr(exc, "retry_after", None)) from exc
         if policy == "retry":
             # A step asked to be retried must not be passed over in the end: skipping it would
             # send on what it was there to change (a redact.pii step: the very PII). Fail closed.

@@ -32,6 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ingestlayer.delivery.egress import EgressPolicy
+from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
@@ -123,6 +124,15 @@ class ProviderConfig(BaseModel):
     @classmethod
     def _ref(cls, v: str | None) -> str | None:
         return v if v is None else check_reference("secret", v, "secret")
+
+
+class LookupFailed(RuntimeError):
+    """The provider answered with an error. With ``on_error: retry``, the event is routed again
+    not sooner than ``retry_after`` (the provider's Retry-After, on a 429 or 503)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EnrichPersonConfig(StepConfig):
@@ -258,8 +268,10 @@ class EnrichPerson:
                 if resp.status == 404:
                     result: dict[str, Any] = {}
                 elif resp.status != 200:
-                    raise RuntimeError(
-                        f"lookup provider {urlsplit(url).hostname} answered HTTP {resp.status}"
+                    busy = resp.status in (429, 503)
+                    raise LookupFailed(
+                        f"lookup provider {urlsplit(url).hostname} answered HTTP {resp.status}",
+                        parse_retry_after(resp.headers.get("Retry-After")) if busy else None,
                     )
                 else:
                     result = self._mapped(await read_capped(resp), provider.mapping, url, forms)

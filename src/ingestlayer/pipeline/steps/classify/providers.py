@@ -22,6 +22,7 @@ import orjson
 
 from ingestlayer import __version__
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
+from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
 from ingestlayer.pipeline.steps.capped_body import MAX_ANSWER_BYTES, AnswerTooLarge, read_capped
 from ingestlayer.pipeline.steps.classify.config import ClassifyConfig
@@ -33,7 +34,12 @@ CONFIG_STATUSES = frozenset({401, 403, 404})
 
 
 class ProviderFailure(Exception):
-    """The provider gave no usable answer this time; the fallback label applies."""
+    """The provider gave no usable answer this time; the fallback label applies. ``retry_after``:
+    the seconds its ``Retry-After`` asked for (a 429 or 503), for a step retried later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ProviderConfigError(Exception):
@@ -181,6 +187,7 @@ async def chat_completion(
             except AnswerTooLarge as exc:
                 raise ProviderFailure(str(exc)) from None
             status = resp.status
+            retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in (429, 503) else None
     except TimeoutError:
         raise ProviderFailure(f"timed out after {timeout:g}s") from None
     except EgressDenied as exc:
@@ -199,7 +206,7 @@ async def chat_completion(
             message += f": {detail}"
         if status in CONFIG_STATUSES:
             raise ProviderConfigError(f"{mask_url(request.url)} {message}")
-        raise ProviderFailure(message)
+        raise ProviderFailure(message, retry_after)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -46,7 +46,12 @@ ANSWER_EXCERPT = 80
 
 
 class ClassifyError(Exception):
-    """The step could not produce a label and has no fallback: ``on_error`` applies."""
+    """The step could not produce a label and has no fallback: ``on_error`` applies. With
+    ``on_error: retry``, not sooner than ``retry_after`` (the provider's Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,7 @@ class Outcome:
     label: str | None
     source: Literal["model", "cache"]
     failure: str | None = None
+    retry_after: float | None = None  # what the provider's Retry-After asked for
 
 
 class Classify:
@@ -143,7 +149,7 @@ class Classify:
             return event
         failure = outcome.failure or "no answer"
         if self.config.fallback is None:
-            raise ClassifyError(f"openai: {failure} (no fallback label is set)")
+            raise ClassifyError(f"openai: {failure} (no fallback label is set)", outcome.retry_after)
         ctx.notes.append(f"label {self.config.fallback} (fallback): openai: {failure}")
         set_path(event.payload, self.config.field, self.config.fallback)
         return event
@@ -179,7 +185,7 @@ class Classify:
                     allow_private=services.allow_private,
                 )
             except ProviderFailure as exc:
-                return Outcome(None, "model", str(exc))
+                return Outcome(None, "model", str(exc), exc.retry_after)
             except ProviderConfigError as exc:
                 raise ClassifyError(f"openai: {exc}") from None
         label = self.parser(answer.content)
