@@ -628,6 +628,34 @@ async def test_event_log_pages_older_with_before(server: RunningServer, browser:
     assert 'rel="next"' not in second.text and "← newest" in second.text
 
 
+async def test_the_pipelines_page_shows_a_large_project_a_page_at_a_time(
+    server: RunningServer, browser: Browser
+) -> None:
+    """2,000 pipelines made one page of 3.8 MB in 2.5 s, every request to the server waiting."""
+    pipelines = [
+        {"name": f"p{i:03}", "source": {"match": [f"t{i}.*"]}, "destinations": [{"ref": "hook"}]}
+        for i in range(120)
+    ]
+    await server.apply(
+        {
+            "destinations": [{"name": "hook", "webhook.out": {"url": "https://hooks.example.com/in"}}],
+            "pipelines": pipelines,
+        }
+    )
+    await signed_in(browser, server)
+    seen: list[str] = []
+    for number, expected in ((1, 50), (2, 50), (3, 20)):
+        shown = await browser.get(f"/pipelines?page={number}")
+        assert shown.status == 200 and f"120 pipelines: page {number} of 3." in shown.text
+        names = re.findall(r'-name"><code class="wrap">(p\d{3})</code>', shown.text)
+        assert len(names) == expected, (number, len(names))
+        seen += names
+        assert ('rel="next"' in shown.text) == (number < 3) and ('rel="prev"' in shown.text) == (number > 1)
+    assert sorted(seen) == [f"p{i:03}" for i in range(120)]  # each once
+    for odd in ("0", "99", "x", "-1"):  # no such page: the nearest one, not an error
+        assert (await browser.get(f"/pipelines?page={odd}")).status == 200
+
+
 async def test_connect_slack_starts_the_oauth_flow(
     server: RunningServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
