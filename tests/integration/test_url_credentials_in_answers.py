@@ -88,8 +88,16 @@ async def test_a_destination_and_a_pipeline_fetched_and_sent_back_keep_their_url
     status, put = await server.request("PUT", "/v1/destinations/ops-hook", json=dest)
     assert status == 200 and put["config"]["timeout"] == 5 and leaks(put) == [], put
     pipe["description"] = "orders, enriched"
+    pipe["steps"].insert(0, {"filter.match": "n > 0"})  # the enrichment moves down a place
     status, put = await server.request("PUT", "/v1/pipelines/orders", json=pipe)
     assert status == 200 and leaks(put) == [], put
+    assert [next(iter(s)) for s in put["steps"]] == ["filter.match", "enrich.person"]
+    cfg = await server.runtime.store.load_project_config(server.project_id)
+    (orders,) = [p for p in cfg.pipelines if p.name == "orders"]
+    assert orders.config["steps"][1]["config"]["provider"]["url"] == step_url  # the stored one, whole
+    pipe["steps"].pop(0)
+    status, put = await server.request("PUT", "/v1/pipelines/orders", json=pipe)
+    assert status == 200, put
     _, stored = await server.request(
         "POST", "/v1/apply", json={"document": document(inline_url(receiver), step_url), "dry_run": True}
     )

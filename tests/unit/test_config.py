@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from ingestlayer.destinations.webhook_out import WebhookOutConfig
 from ingestlayer.pipeline.apply import apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.store.store import Store
+from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import parse_iso
+from ingestlayer.urlmask import MASK
 
 HOOK = "https://api.acme.com/hooks"
 
@@ -498,3 +501,13 @@ async def test_a_source_stored_before_a_setting_existed_is_unchanged_by_the_same
     (change,) = changed.changes
     assert change.action == "update" and "+secret: ref:other" in change.diff.replace("'", "")
     assert "previous_secret" not in change.diff
+
+
+def test_a_masked_url_is_refused_when_written_and_sent_as_it_was_when_stored() -> None:
+    """A URL holding the mask (copied from a masked view) is refused in what is written now; one
+    stored so before that check is read back and sent as it always was, not broken by it."""
+    masked = f"https://hooks.example.com/in?token={MASK}"
+    with pytest.raises(ValidationError, match="masked form"):
+        WebhookOutConfig.model_validate({"url": masked})
+    with stored_configuration():
+        assert WebhookOutConfig.model_validate({"url": masked}).url == masked

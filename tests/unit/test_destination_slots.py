@@ -172,6 +172,9 @@ def test_a_destination_not_heard_from_lately_gets_a_quarter_until_an_attempt_end
     whole share at once, a slow one the slow limit."""
     clock = Clock()
     s = DestinationSlots(per_destination=12, slow_limit=2, slow_seconds=1.0, fresh_limit=4, clock=clock)
+    # No more is leased for a destination not heard from than may start (it was leased three
+    # quarters, and all but a quarter of that released again at once).
+    assert s.room().of("dst_hangs") == 4
     for did in ("dst_hangs", "dst_hangs_too"):
         assert all(s.start(did, None) for _ in range(4)) and not s.start(did, None)
     assert s.room().of("dst_hangs") == 0

@@ -95,21 +95,30 @@ def pipeline_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:
         out["destinations"] = [_route(e, cfg, f"destinations[{i}]") for i, e in enumerate(routes)]
     steps = out.get("steps")
     if isinstance(steps, list):
-        # A step's settings are restored from the stored step at its place, if it is the same step.
         stored_steps = existing.config.get("steps", []) if existing else []
-        out["steps"] = [
-            _restored_step(step, stored_steps[i] if i < len(stored_steps) else None, f"steps[{i}]")
-            for i, step in enumerate(steps)
-        ]
+        out["steps"] = [_restored_step(step, i, stored_steps) for i, step in enumerate(steps)]
     return out
 
 
-def _restored_step(step: Any, stored: dict[str, Any] | None, path: str) -> Any:
+def _restored_step(step: Any, index: int, stored_steps: list[dict[str, Any]]) -> Any:
+    """A step's settings restored from the stored step of its name at its place, else from any
+    stored step of its name (a step inserted or moved before it)."""
     if not isinstance(step, dict) or len(step) != 1:
         return step
     ((name, settings),) = step.items()
-    same = stored is not None and stored.get("name") == name
-    return {name: restored(settings, stored["config"] if same and stored else None, f"{path}.{name}")}
+    path = f"steps[{index}].{name}"
+    same_name = [s["config"] for s in stored_steps if s.get("name") == name]
+    at_place = stored_steps[index] if index < len(stored_steps) else None
+    if at_place is not None and at_place.get("name") == name:
+        same_name.insert(0, at_place["config"])
+    refusal: ApiError | None = None
+    for candidate in same_name or [None]:
+        try:
+            return {name: restored(settings, candidate, path)}
+        except ApiError as exc:
+            refusal = refusal or exc
+    assert refusal is not None
+    raise refusal
 
 
 def destination_input(body: dict[str, Any], cfg: ProjectConfig) -> dict[str, Any]:

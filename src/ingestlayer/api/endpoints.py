@@ -32,6 +32,7 @@ from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
 from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret
+from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
 from ingestlayer.timefmt import iso, parse_iso
@@ -600,7 +601,7 @@ async def sweep_finished_rotations(rt: Runtime) -> None:
             for project in await rt.store.list_projects():
                 try:
                     await drop_finished_rotations(rt, project["id"])
-                except ApiError as exc:  # the endpoint went meanwhile, or its configuration is refused
+                except (ApiError, NotFound) as exc:  # deleted meanwhile, or its configuration refused
                     log.warning("dropping the ended rotations of project %s failed: %s", project["id"], exc)
         except DATABASE_UNAVAILABLE as exc:
             outage.failed(exc, f"the next try in {ROTATION_SWEEP_SECONDS:.0f} s")

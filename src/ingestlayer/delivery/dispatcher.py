@@ -586,7 +586,9 @@ class Dispatcher:
                     # more than the least room: that is the plain lease in due order, one
                     # statement. Otherwise (a destination is full) the lease goes by each
                     # destination's room, past the full one's backlog (store/lease_window.py).
-                    least = room.smallest()
+                    # (Of the destinations in view: one not heard from lately gets its fresh
+                    # limit through the lease by room, which a smaller lease would not need.)
+                    least = room.smallest_known()
                     if least >= min(want, threshold):
                         want = min(want, least)
                     try:

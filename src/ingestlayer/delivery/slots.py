@@ -131,7 +131,9 @@ class DestinationSlots:
         for counts in (self._busy, self._pending):
             for did, n in counts.items():
                 known[did] = known.get(did, self.limit(did)) - n
-        return Room(known, self.per_destination)
+        # Any other destination has not been heard from lately: no more is leased for it than
+        # may start (it was leased its whole share, and all but the fresh limit released again).
+        return Room(known, self.fresh_limit)
 
     def take(self, fresh: list[NewDelivery], free: int) -> tuple[list[NewDelivery], int]:
         """Which of the router's fresh deliveries to start at once: up to ``free``, each

@@ -21,6 +21,8 @@ def storage_condition(exc: BaseException) -> Condition | None:
     text = str(getattr(exc, "orig", None) or exc).lower()
     if "disk is full" in text or "no space left on device" in text:
         return "disk_full"
-    if "readonly database" in text or "read-only" in text:
+    # SQLite's words only: PostgreSQL's "read-only transaction" (a standby, a failover under way)
+    # is an outage like any other, not a file's permissions.
+    if "readonly database" in text:
         return "read_only"
     return None

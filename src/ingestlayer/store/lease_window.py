@@ -56,9 +56,9 @@ class Room:
             known[d.destination_id] = known.get(d.destination_id, self.default) - 1
         return Room(known, self.default)
 
-    def smallest(self) -> int:
-        """The room of the destination with the least: a lease no larger cuts none short."""
-        return min(self.default, *self.known.values()) if self.known else self.default
+    def smallest_known(self) -> int:
+        """The least room of the destinations listed (the default when none is)."""
+        return min(self.known.values()) if self.known else self.default
 
     def may_cut(self, limit: int) -> bool:
         """Whether some destination's room is smaller than a lease of ``limit``."""
