@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +24,7 @@ from aiohttp import web
 from ingestlayer.urlmask import MASK
 from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_enrich_steps import trace_of
-from tests.support.receiver import Receiver, Reply
+from tests.support.receiver import Receiver, Reply, serve_handler
 from tests.support.server import RunningServer, wait_for
 
 URL_USER = "apiuser"
@@ -206,17 +206,6 @@ async def test_a_credential_at_the_excerpts_end_is_not_left_in_part(
 # ---- steps and chat destinations calling a server that echoes -------------------------------------
 
 
-async def echo_server(handler: Callable[[web.Request], Awaitable[web.Response]]) -> tuple[str, web.AppRunner]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://127.0.0.1:{port}", runner
-
-
 def told(request: web.Request) -> str:
     """What an echoing error page says: the path and query as requested, then the values of the
     credential headers, X-Auth before Authorization."""
@@ -231,7 +220,7 @@ async def test_a_lookup_provider_echoing_the_request_leaves_no_credential_in_the
         # Answered with 200 but no JSON object: a failed lookup, whose error quotes the answer.
         return web.Response(text=told(request), content_type="text/html")
 
-    base, runner = await echo_server(page)
+    base, runner = await serve_handler(page)
     try:
         provider = {
             "url": echo_url(base, "/p").replace(
@@ -270,7 +259,7 @@ async def test_a_model_server_echoing_the_request_leaves_no_credential_in_the_st
         message = f"no access for {told(request)}"
         return web.json_response({"error": {"message": message}}, status=401)
 
-    base, runner = await echo_server(refuse)
+    base, runner = await serve_handler(refuse)
     try:
         classify = {
             "field": "topic",
@@ -316,7 +305,7 @@ async def test_a_telegram_api_base_echoing_the_request_leaves_no_credential_in_t
             status=400,
         )
 
-    base, runner = await echo_server(refuse)
+    base, runner = await serve_handler(refuse)
     try:
         await server.set_secret("tg", "123456:ABCdefGhIJKlmNoPQRsTUVwxyZ")
         api_base = echo_url(base, "/tg").split("?")[0]

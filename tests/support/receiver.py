@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,3 +123,18 @@ class Receiver:
         for r in self.requests:
             out.setdefault(r.headers.get("X-Ingestlayer-Delivery", ""), []).append(r)
         return out
+
+
+async def serve_handler(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> tuple[str, web.AppRunner]:
+    """``handler`` answering every path on a port of 127.0.0.1: its base URL, and the runner to
+    clean up."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}", runner

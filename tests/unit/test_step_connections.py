@@ -16,17 +16,7 @@ from aiohttp import web
 from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.delivery.held_routes import PROJECT_CONCURRENCY
 from ingestlayer.delivery.step_services import STEP_CONNECTIONS_PER_HOST, HttpSessions
-
-
-async def serve(handler: web.RequestHandler) -> tuple[web.AppRunner, str]:  # type: ignore[type-arg]
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+from tests.support.receiver import serve_handler
 
 
 async def test_calls_to_a_healthy_provider_get_a_connection_while_others_hang() -> None:
@@ -42,9 +32,9 @@ async def test_calls_to_a_healthy_provider_get_a_connection_while_others_hang() 
     async def answer(_request: web.Request) -> web.Response:
         return web.json_response({"company": "Acme"})
 
-    slow_a, url_a = await serve(hang)
-    slow_b, url_b = await serve(hang)  # a second project's provider, hanging too
-    healthy, url_ok = await serve(answer)
+    url_a, slow_a = await serve_handler(hang)
+    url_b, slow_b = await serve_handler(hang)  # a second project's provider, hanging too
+    url_ok, healthy = await serve_handler(answer)
     sessions = HttpSessions(EgressPolicy(allow_private=True))
     session = await sessions()
     stuck: list[asyncio.Task[None]] = []
