@@ -54,6 +54,7 @@ async def test_init_refuses_a_name_that_is_not_one_line_of_text(tmp_path: Path) 
         (" acme", "--name must not start or end with spaces"),
         ("acme\nadmin    il_admin_fake", "U+000A"),
         ("a\x1b[31mred", "U+001B"),
+        ("two\u2028lines", "U+2028"),
         ("x" * 101, "is 101 characters; at most 100"),
     ):
         one_line_error(await cli("init", "--name", name, cwd=tmp_path), expected)

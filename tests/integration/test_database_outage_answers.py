@@ -5,6 +5,7 @@ the store; the server, its routes and the HTTP client are real."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -91,8 +92,41 @@ async def test_a_database_file_become_read_only_is_named(srv: RunningServer) -> 
     assert status == 503 and "the database file has become read-only" in error_of(body)["message"], body
 
 
+async def test_postgresqls_full_disk_is_a_503_on_every_route_and_one_line_in_the_log(
+    srv: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg's DiskFullError reaches the server as a plain DBAPIError: management routes
+    answered 500 for it, and each ingest group that met it logged a traceback and was stored
+    again request by request."""
+    full = sqlalchemy.exc.DBAPIError(
+        "INSERT INTO secrets ...",
+        ("hunter2",),
+        Exception('could not extend file "base/1/2": No space left on device'),
+    )
+    srv.runtime.store.set_secret = down(full)  # type: ignore[method-assign]
+    async with srv.session.put(
+        srv.url + "/v1/secrets/hook", json={"value": "s3cret-value"}, headers=srv.auth()
+    ) as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 503 and resp.headers["Retry-After"] == "30", body
+    assert "(the database's disk is full)" in error_of(body)["message"]
+
+    srv.runtime.committer._insert = down(full)  # type: ignore[assignment]
+    caplog.clear()
+    answers = await asyncio.gather(
+        *(post(srv, srv.ingest_key, {"type": "a.b", "payload": {}}) for _ in range(6))
+    )
+    assert {(status, retry_after) for status, _, retry_after in answers} == {(503, "30")}
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    assert "hunter2" not in caplog.text
+
+
 async def test_other_errors_stay_500(srv: RunningServer) -> None:
     srv.runtime.store.list_deliveries = down(ValueError("a bug"))  # type: ignore[method-assign]
+    async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
+        assert resp.status == 500
+    refused = sqlalchemy.exc.DBAPIError("SELECT ...", (), Exception("division by zero"))
+    srv.runtime.store.list_deliveries = down(refused)  # type: ignore[method-assign]
     async with srv.session.get(srv.url + "/v1/deliveries", headers=srv.auth()) as resp:
         assert resp.status == 500
 

@@ -27,7 +27,8 @@ def project_name_problem(name: str) -> str | None:
         return "must not start or end with spaces"
     if len(name) > MAX_PROJECT_NAME:
         return f"is {len(name)} characters; at most {MAX_PROJECT_NAME}"
-    control = next((c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+    control = next((c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"), None)
     if control is not None:
         return f"must be one line of text: it holds the control character U+{ord(control):04X}"
     return None
