@@ -386,27 +386,36 @@ async def test_a_hanging_receiver_leaves_slots_to_other_destinations(db_url: str
             await server.stop()
 
 
+async def in_flight_at_arrivals(
+    db_url: str, receiver: Receiver, *, delay: float, events: int, slow_seconds: float, timeout: float
+) -> list[int]:
+    """Deliver ``events`` to a receiver answering after ``delay`` from a server of 16 slots:
+    how many of its requests were in flight as each arrived, once all were answered."""
+    async with SlowReceiver(delay=delay) as slow:
+        server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=slow_seconds)
+        try:
+            await server.apply(two_destinations(slow.url, receiver.url + "/fine"))
+            await ingest_batch(server, "slow.e", events)
+
+            async def all_answered() -> bool:
+                return slow.answered == events
+
+            await wait_for(all_answered, timeout=timeout)
+            return list(slow.seen_at_arrival)
+        finally:
+            await server.stop()
+
+
 async def test_a_slow_destination_is_held_to_a_few_slots(db_url: str, receiver: Receiver) -> None:
     """Until one of its attempts has ended, a destination gets a quarter of the slots (4 of 16);
     once one took longer than slow_destination_seconds, no new slot until it has fewer than an
     eighth of them (2 of 16) in flight; every delivery is made."""
     # Answers slow enough that the whole first wave is in flight at once, however slowly a
     # loaded machine opens its connections.
-    async with SlowReceiver(delay=0.5) as slow:
-        server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=0.05)
-        try:
-            await server.apply(two_destinations(slow.url, receiver.url + "/fine"))
-            await ingest_batch(server, "slow.e", 30)
-
-            async def all_answered() -> bool:
-                return slow.answered == 30
-
-            await wait_for(all_answered, timeout=15)
-            first_wave, later = slow.seen_at_arrival[:4], slow.seen_at_arrival[4:]
-            assert max(first_wave) == 4  # nothing has ended yet: a quarter of the slots
-            assert later and max(later) <= 2
-        finally:
-            await server.stop()
+    seen = await in_flight_at_arrivals(db_url, receiver, delay=0.5, events=30, slow_seconds=0.05, timeout=15)
+    first_wave, later = seen[:4], seen[4:]
+    assert max(first_wave) == 4  # nothing has ended yet: a quarter of the slots
+    assert later and max(later) <= 2
 
 
 async def test_a_destination_that_answers_gets_three_quarters_of_the_slots(
@@ -414,20 +423,9 @@ async def test_a_destination_that_answers_gets_three_quarters_of_the_slots(
 ) -> None:
     """A quarter of the slots only until its first attempts end: a receiver answering in time
     (0.3 s, under slow_destination_seconds) then has up to three quarters (12 of 16) in flight."""
-    async with SlowReceiver(delay=0.3) as busy:
-        server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=2.0)
-        try:
-            await server.apply(two_destinations(busy.url, receiver.url + "/fine"))
-            await ingest_batch(server, "slow.e", 60)
-
-            async def all_answered() -> bool:
-                return busy.answered == 60
-
-            await wait_for(all_answered, timeout=20)
-            assert max(busy.seen_at_arrival[:4]) == 4
-            assert max(busy.seen_at_arrival) == 12
-        finally:
-            await server.stop()
+    seen = await in_flight_at_arrivals(db_url, receiver, delay=0.3, events=60, slow_seconds=2.0, timeout=20)
+    assert max(seen[:4]) == 4
+    assert max(seen) == 12
 
 
 async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(server: RunningServer) -> None:
