@@ -9,11 +9,15 @@ import asyncio
 import sqlite3
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy.exc
 
 from ingestlayer import metrics
+from ingestlayer.api.errors import DATABASE_UNAVAILABLE, unavailable_error
+from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.group_commit import SHUTTING_DOWN
+from ingestlayer.store.store import Store
 from tests.support.api import error_of
 from tests.support.server import RunningServer
 
@@ -92,25 +96,43 @@ async def test_a_database_file_become_read_only_is_named(srv: RunningServer) -> 
     assert status == 503 and "the database file has become read-only" in error_of(body)["message"], body
 
 
-async def test_postgresqls_full_disk_is_a_503_on_every_route_and_one_line_in_the_log(
+# PostgreSQL's full disk (SQLSTATE 53100), raised for real by the server itself.
+_DISK_FULL = (
+    "DO $$ BEGIN RAISE EXCEPTION 'could not extend file \"base/1/2\": No space left on device' "
+    "USING ERRCODE = '53100'; END $$"
+)
+
+
+async def test_postgresqls_full_disk_is_the_outage_sqlites_is(pg_url: str) -> None:
+    """SQLAlchemy raised PostgreSQL's full disk as a plain DBAPIError, which every handler of a
+    database that cannot be used passed over: management routes answered 500, each ingest group
+    logged a traceback. It is an OperationalError now, as SQLite's is, and the hot path's own
+    asyncpg error is one of DATABASE_UNAVAILABLE."""
+    store = Store.from_url(pg_url)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+            async with store.engines.write.connect() as conn:
+                await conn.exec_driver_sql(_DISK_FULL)
+        assert isinstance(raised.value, DATABASE_UNAVAILABLE)
+        assert storage_condition(raised.value) == "disk_full"
+        assert unavailable_error(raised.value, "x").headers == {"Retry-After": "30"}
+        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            with pytest.raises(asyncpg.exceptions.DiskFullError) as direct:
+                await conn.execute(_DISK_FULL)
+        finally:
+            await conn.close()
+        assert isinstance(direct.value, DATABASE_UNAVAILABLE)
+    finally:
+        await store.close()
+
+
+async def test_a_full_disk_under_ingest_is_a_503_and_one_line_in_the_log(
     srv: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """asyncpg's DiskFullError reaches the server as a plain DBAPIError: management routes
-    answered 500 for it, and each ingest group that met it logged a traceback and was stored
+    """Each ingest group that met PostgreSQL's full disk logged a traceback and was stored
     again request by request."""
-    full = sqlalchemy.exc.DBAPIError(
-        "INSERT INTO secrets ...",
-        ("hunter2",),
-        Exception('could not extend file "base/1/2": No space left on device'),
-    )
-    srv.runtime.store.set_secret = down(full)  # type: ignore[method-assign]
-    async with srv.session.put(
-        srv.url + "/v1/secrets/hook", json={"value": "s3cret-value"}, headers=srv.auth()
-    ) as resp:
-        body = await resp.json(content_type=None)
-        assert resp.status == 503 and resp.headers["Retry-After"] == "30", body
-    assert "(the database's disk is full)" in error_of(body)["message"]
-
+    full = asyncpg.exceptions.DiskFullError('could not extend file "base/1/2": No space left on device')
     srv.runtime.committer._insert = down(full)  # type: ignore[assignment]
     caplog.clear()
     answers = await asyncio.gather(
@@ -118,7 +140,6 @@ async def test_postgresqls_full_disk_is_a_503_on_every_route_and_one_line_in_the
     )
     assert {(status, retry_after) for status, _, retry_after in answers} == {(503, "30")}
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
-    assert "hunter2" not in caplog.text
 
 
 async def test_other_errors_stay_500(srv: RunningServer) -> None:

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import orjson
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -216,15 +215,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for error_class in DATABASE_UNAVAILABLE:
         app.add_exception_handler(error_class, _unavailable)
-
-    async def _refused_by_storage(req: Request, exc: Exception) -> Response:
-        # PostgreSQL's full disk is a plain DBAPIError: a 503 naming it, like SQLite's; any other
-        # DBAPIError is a bug or a refused row, the 500 it always was.
-        if storage_condition(exc) is None:
-            raise exc
-        return await _unavailable(req, exc)
-
-    app.add_exception_handler(sqlalchemy.exc.DBAPIError, _refused_by_storage)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> Response:

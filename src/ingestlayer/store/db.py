@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import sqlalchemy.exc
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.sqlite_loop import set_pragmas
 from ingestlayer.urlmask import mask_url
 
@@ -165,4 +167,22 @@ def create_engines(url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) 
     def _track(_dbapi_conn: Any, record: Any) -> None:
         engines.connections.add(record.driver_connection)
 
+    event.listen(engine.sync_engine, "handle_error", full_disk_is_operational)
     return engines
+
+
+def full_disk_is_operational(context: ExceptionContext) -> sqlalchemy.exc.DBAPIError | None:
+    """PostgreSQL's full disk (SQLSTATE 53100) as an OperationalError, as SQLite's is: SQLAlchemy
+    raises it as a plain DBAPIError, which every handler of an unreachable database passed over
+    (management routes answered 500, each ingest group logged a traceback)."""
+    error = context.sqlalchemy_exception
+    if (
+        isinstance(error, sqlalchemy.exc.DBAPIError)
+        and error.orig is not None
+        and not isinstance(error, sqlalchemy.exc.OperationalError)
+        and storage_condition(error) == "disk_full"
+    ):
+        return sqlalchemy.exc.OperationalError(
+            error.statement, error.params, error.orig, hide_parameters=True
+        )
+    return None

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ingestlayer.records import IngestResult, NewEvent
 from ingestlayer.store.outage_log import OutageLog
-from ingestlayer.store.unavailable import is_unavailable
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("ingestlayer.ingest")
 
@@ -104,7 +104,7 @@ class GroupCommitter:
                     fut.set_exception(RuntimeError(SHUTTING_DOWN))
             raise
         except Exception as exc:
-            if len(group) > 1 and not is_unavailable(exc):
+            if len(group) > 1 and not isinstance(exc, DATABASE_UNAVAILABLE):
                 # The database refused the group rather than being out of reach: one request's
                 # event must not fail every other request's (all 503, and again on their
                 # retries while it kept coming back). Each request is stored on its own.
@@ -118,7 +118,7 @@ class GroupCommitter:
                 return
             # Nothing was committed: every request in the group gets the error (a 503), and
             # its client retries with the same idempotency key.
-            if is_unavailable(exc):
+            if isinstance(exc, DATABASE_UNAVAILABLE):
                 self._outage.failed(exc, "requests are answered 503 with Retry-After")
             else:
                 log.exception("ingest transaction failed for %d events", len(flat))

@@ -13,8 +13,6 @@ import sqlite3
 import asyncpg
 import sqlalchemy.exc
 
-from ingestlayer.store.conditions import storage_condition
-
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -22,13 +20,9 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # PostgreSQL's full disk, raised as it is by the hot path's asyncpg pool (through SQLAlchemy
+    # it becomes an OperationalError: store/db.py).
+    asyncpg.exceptions.DiskFullError,
     sqlite3.OperationalError,
     OSError,  # connection refused or reset, timeouts
 )
-
-
-def is_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be used now: out of reach (DATABASE_UNAVAILABLE),
-    or its disk full or its file read-only. PostgreSQL's full disk comes through SQLAlchemy as a
-    plain DBAPIError, which names no class of its own."""
-    return isinstance(exc, DATABASE_UNAVAILABLE) or storage_condition(exc) is not None
