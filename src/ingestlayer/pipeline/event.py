@@ -76,6 +76,16 @@ class _LazyEnvelope(Mapping[str, Any]):
         return self._load().get(key, default)
 
 
+class RetryLater(Exception):
+    """A step's failure that said when to try again: ``retry_after``, the seconds its provider's
+    ``Retry-After`` asked for (a 429 or 503), or None. With ``on_error: retry`` the event is not
+    routed again sooner."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class Drop:
     """Returned by a step to stop the event in this pipeline; ``reason`` lands in the trace."""

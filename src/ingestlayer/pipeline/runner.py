@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ingestlayer.ids import new_id
-from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
+from ingestlayer.pipeline.event import Drop, PipelineEvent, RetryLater, StepContext, StepServices
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 from ingestlayer.pipeline.matching import TypeMatcher, remembered
 from ingestlayer.pipeline.steps.registry import step_class
@@ -35,13 +35,9 @@ MAX_STEP_RETRIES = 8
 TRACE_ERROR_CHARS = 300
 
 
-class StepRetry(Exception):
+class StepRetry(RetryLater):
     """A step with ``on_error: retry`` failed: route the whole event again later, and not sooner
     than ``retry_after`` when the step's provider said so (its Retry-After)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -165,7 +161,8 @@ async def _run_step(
             entry["notes"] = list(ctx.notes)
         event.payload = before
         if policy == "retry" and attempt < MAX_STEP_RETRIES:
-            raise StepRetry(f"{step.name}: {reason}", getattr(exc, "retry_after", None)) from exc
+            wait = exc.retry_after if isinstance(exc, RetryLater) else None
+            raise StepRetry(f"{step.name}: {reason}", wait) from exc
         if policy == "retry":
             # A step asked to be retried must not be passed over in the end: skipping it would
             # send on what it was there to change (a redact.pii step: the very PII). Fail closed.

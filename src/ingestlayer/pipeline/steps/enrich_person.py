@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
-from ingestlayer.pipeline.event import Drop, PipelineEvent, StepConfig, StepContext
+from ingestlayer.pipeline.event import Drop, PipelineEvent, RetryLater, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
 from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
 from ingestlayer.stored_config import reading_stored
@@ -126,13 +126,8 @@ class ProviderConfig(BaseModel):
         return v if v is None else check_reference("secret", v, "secret")
 
 
-class LookupFailed(RuntimeError):
-    """The provider answered with an error. With ``on_error: retry``, the event is routed again
-    not sooner than ``retry_after`` (the provider's Retry-After, on a 429 or 503)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class LookupFailed(RetryLater):
+    """The lookup provider answered with an error."""
 
 
 class EnrichPersonConfig(StepConfig):

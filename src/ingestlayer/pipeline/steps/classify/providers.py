@@ -24,6 +24,7 @@ from ingestlayer import __version__
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
+from ingestlayer.pipeline.event import RetryLater
 from ingestlayer.pipeline.steps.capped_body import MAX_ANSWER_BYTES, AnswerTooLarge, read_capped
 from ingestlayer.pipeline.steps.classify.config import ClassifyConfig
 from ingestlayer.urlmask import mask_url
@@ -33,13 +34,8 @@ EXCERPT_CHARS = 200
 CONFIG_STATUSES = frozenset({401, 403, 404})
 
 
-class ProviderFailure(Exception):
-    """The provider gave no usable answer this time; the fallback label applies. ``retry_after``:
-    the seconds its ``Retry-After`` asked for (a 429 or 503), for a step retried later."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class ProviderFailure(RetryLater):
+    """The provider gave no usable answer this time; the fallback label applies."""
 
 
 class ProviderConfigError(Exception):

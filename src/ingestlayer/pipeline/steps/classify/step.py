@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel
 
-from ingestlayer.pipeline.event import Drop, PipelineEvent, StepContext, StepServices
+from ingestlayer.pipeline.event import Drop, PipelineEvent, RetryLater, StepContext, StepServices
 from ingestlayer.pipeline.paths import set_path
 from ingestlayer.pipeline.steps.classify.config import ClassifyConfig
 from ingestlayer.pipeline.steps.classify.parsing import AnswerParser, KeywordModel
@@ -45,13 +45,8 @@ CACHE_KEY_VERSION = 1
 ANSWER_EXCERPT = 80
 
 
-class ClassifyError(Exception):
-    """The step could not produce a label and has no fallback: ``on_error`` applies. With
-    ``on_error: retry``, not sooner than ``retry_after`` (the provider's Retry-After)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+class ClassifyError(RetryLater):
+    """The step could not produce a label and has no fallback: ``on_error`` applies."""
 
 
 @dataclass(frozen=True, slots=True)
