@@ -14,6 +14,7 @@ import pytest
 
 from ingestlayer import metrics
 from ingestlayer.store import sqlite_durability, sqlite_loop
+from ingestlayer.store.log_sync_process import LogSyncProcess
 from ingestlayer.store.sqlite_durability import WalSync
 from ingestlayer.store.sqlite_loop import LoopSqlite
 
@@ -175,19 +176,35 @@ async def test_waiters_queued_during_a_sync_are_served_by_the_next_one(tmp_path:
         await asyncio.to_thread(sync.close)
 
 
-async def test_a_failed_sync_fails_the_durable_write(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_sync_fails_the_durable_write(db: str, tmp_path: Path) -> None:
     store = LoopSqlite(db)
+    # fdatasync of a FIFO fails (EINVAL) in the kernel, as an I/O error on the log would.
+    fifo = tmp_path / "not-a-log"
+    os.mkfifo(fifo)
+    real = store.wal
+    store.wal = LogSyncProcess(str(fifo))
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="could not sync the database log: Invalid arg"):
+            await store.write(_insert, 1)
+    finally:
+        await store.wal.close()
+        store.wal = real
+        await store.close()
+
+
+async def test_a_failed_sync_on_the_thread_fails_its_waiters(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"x")
 
     def broken(_fd: int) -> None:
         raise OSError(5, "Input/output error")
 
+    sync = WalSync(str(path), fsync=broken)
     try:
-        assert store.wal is not None
-        monkeypatch.setattr(store.wal, "_fsync", broken)
         with pytest.raises(sqlite3.OperationalError, match="could not sync the database log"):
-            await store.write(_insert, 1)
+            await sync.wait()
     finally:
-        await store.close()
+        await asyncio.to_thread(sync.close)
 
 
 def _insert_blob(conn: sqlite3.Connection, n: int) -> None:

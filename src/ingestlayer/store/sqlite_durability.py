@@ -35,7 +35,8 @@ log = logging.getLogger("ingestlayer.store")
 _Waiter = tuple["asyncio.Future[None]", asyncio.AbstractEventLoop]
 
 
-def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+def settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    """Resolve the waiters of one sync (on their loop's thread)."""
     for fut in waiters:
         if fut.done():  # the caller gave up (cancelled)
             continue
@@ -53,7 +54,7 @@ def settle_on_loops(waiters: list[_Waiter], exc: BaseException | None) -> None:
     for loop, futs in by_loop.items():
         # A closed loop raises RuntimeError: nobody is waiting any more.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, futs, exc)
+            loop.call_soon_threadsafe(settle, futs, exc)
 
 
 class WalSync:

@@ -9,8 +9,9 @@ same statements on the loop (same run, 64 connections).
 
 What may not block the loop is kept off it:
 
-- the fsync: commits are made durable by :class:`~ingestlayer.store.sqlite_durability.WalSync`
-  on its own thread, while the loop goes on;
+- the fsync: commits are made durable by :class:`~ingestlayer.store.log_sync_process.LogSyncProcess`
+  in a helper process (or :class:`~ingestlayer.store.sqlite_durability.WalSync` on a thread),
+  while the loop goes on;
 - the checkpoint, by :class:`~ingestlayer.store.sqlite_durability.Checkpointer`;
 - waiting for another connection's write lock: ``busy_timeout`` is 0 here, and a busy database
   is retried after an ``asyncio.sleep``, so the other writer (the management API's connection,
@@ -29,11 +30,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ingestlayer.store.log_sync_process import LogSyncProcess
 from ingestlayer.store.sqlite_durability import (
     CHECKPOINT_INTERVAL_SECONDS,
     RESTART_AFTER_FRAMES,
     Checkpointer,
-    WalSync,
 )
 
 T = TypeVar("T")
@@ -99,12 +100,12 @@ class LoopSqlite:
             writer_lock=self._lock,
             restart_after_frames=restart_wal_after_frames,
         )
-        self.wal: WalSync | None = None
+        self.wal: LogSyncProcess | None = None
         mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode == "wal":
-            # Commits append to the log without syncing it; durable writes wait for WalSync.
+            # Commits append to the log without syncing it; durable writes wait for its sync.
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self.wal = WalSync(path + "-wal")
+            self.wal = LogSyncProcess(path + "-wal")
         # Otherwise (a file system without WAL support) every COMMIT syncs, at FULL.
 
     async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
@@ -133,7 +134,7 @@ class LoopSqlite:
             return
         self._closed = True
         if self.wal is not None:
-            await asyncio.to_thread(self.wal.close)
+            await self.wal.close()
         await asyncio.to_thread(self._checkpointer.close)
         with self._lock:
             self._conn.close()
