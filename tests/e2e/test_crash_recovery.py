@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import Cluster, Keys, Proc, wait_until
+from tests.support.processes import Cluster, Keys, Proc, post_events, wait_until
 from tests.support.receiver import Receiver, Reply
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -46,27 +46,6 @@ def pipeline(receiver_url: str) -> dict[str, Any]:
             }
         ]
     }
-
-
-async def ingest(cluster: Cluster, api: Proc, keys: Keys, start: int, count: int) -> list[str]:
-    """POST events one by one, 20 at a time (so group commit batches them); return their ids."""
-    gate = asyncio.Semaphore(20)
-
-    async def one(i: int) -> str:
-        async with gate:
-            status, body = await cluster.request(
-                api,
-                "POST",
-                "/v1/events",
-                key=keys.ingest,
-                json={"type": "order.created", "payload": {"i": i}},
-            )
-        assert status == 202, body
-        assert body["duplicate"] is False
-        event_id: str = body["id"]
-        return event_id
-
-    return list(await asyncio.gather(*(one(i) for i in range(start, start + count))))
 
 
 async def ingest_batch(cluster: Cluster, api: Proc, keys: Keys, start: int, count: int) -> list[str]:
@@ -118,7 +97,7 @@ async def test_worker_killed_mid_delivery_loses_nothing(
         api = await cluster.start("api")
         w1 = await cluster.start("worker")
 
-        sending = asyncio.create_task(ingest(cluster, api, keys, 0, N_EVENTS))
+        sending = asyncio.create_task(post_events(cluster, api, keys, 0, N_EVENTS))
         try:
             # Kill the worker while the receiver holds requests whose replies have not gone out:
             # it dies before it can learn (let alone record) how they went.
@@ -169,7 +148,7 @@ async def test_api_killed_right_after_202_loses_nothing(
         api = await cluster.start("api")
         # No worker yet: after the kill, the database is the only place these events can be.
         singles, batch = await asyncio.gather(
-            ingest(cluster, api, keys, 0, 60), ingest_batch(cluster, api, keys, 60, 40)
+            post_events(cluster, api, keys, 0, 60), ingest_batch(cluster, api, keys, 60, 40)
         )
         await api.kill()  # the moment the last 202 arrived
         event_ids = set(singles) | set(batch)

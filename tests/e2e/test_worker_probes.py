@@ -10,8 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.test_crash_recovery import ingest
-from tests.support.processes import Cluster, wait_until
+from tests.support.processes import Cluster, post_events, wait_until
 from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -56,7 +55,7 @@ async def test_a_worker_serves_its_probes_and_counters(
         async with http.get(base + "/v1/events") as resp:
             assert resp.status == 404  # the probes only: nothing else is served there
 
-        await ingest(cluster, api, keys, 0, N_EVENTS)
+        await post_events(cluster, api, keys, 0, N_EVENTS)
         await wait_until(lambda: len(receiver.requests) == N_EVENTS, timeout=30, what="the deliveries")
 
         async def counted() -> bool:

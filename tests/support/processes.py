@@ -386,3 +386,27 @@ async def wait_until(
     shown = progress() if progress is not None else last
     logs = "\n".join(p.describe() for p in procs)
     raise AssertionError(f"{what}: not within {timeout}s (last: {shown!r})\n{logs}")
+
+
+async def post_events(
+    cluster: Cluster, proc: Proc, keys: Keys, start: int, count: int, *, at_once: int = 20
+) -> list[str]:
+    """POST ``order.created`` events one by one, ``at_once`` at a time (so group commit batches
+    them), payloads ``{"i": start..}``; each must be accepted as new. Returns their ids."""
+    gate = asyncio.Semaphore(at_once)
+
+    async def one(i: int) -> str:
+        async with gate:
+            status, body = await cluster.request(
+                proc,
+                "POST",
+                "/v1/events",
+                key=keys.ingest,
+                json={"type": "order.created", "payload": {"i": i}},
+            )
+        assert status == 202, body
+        assert body["duplicate"] is False
+        event_id: str = body["id"]
+        return event_id
+
+    return list(await asyncio.gather(*(one(i) for i in range(start, start + count))))

@@ -47,6 +47,8 @@ log = logging.getLogger("ingestlayer.store")
 RESTART_AFTER_SECONDS = 60.0
 # How long close() waits for the sync in flight, and then for the helper to exit.
 CLOSE_WAIT_SECONDS = 10.0
+# How long a helper whose pipes closed is given to be reaped, to say how it ended.
+EXIT_WAIT_SECONDS = 0.1
 
 
 HELPER_SCRIPT = str(Path(__file__).with_name("log_sync_helper.py"))
@@ -77,6 +79,15 @@ class _Helper:
         self.ask_fd = self.proc.stdin.fileno()
         self.answer_fd = self.proc.stdout.fileno()
         os.set_blocking(self.answer_fd, False)
+
+    def exit_reason(self) -> str | None:
+        """How it ended, once it has: its pipes close a moment before it can be reaped, so
+        this waits a little (a rare path: the helper died)."""
+        try:
+            status = self.proc.wait(EXIT_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            return None
+        return f"killed by signal {-status}" if status < 0 else f"it exited with status {status}"
 
     def stop(self, *, wait: float = 0.0) -> None:
         """Close our ends (the helper exits at the end of its input) and reap it."""
@@ -190,13 +201,7 @@ class LogSyncProcess:
         except OSError:
             answers = b""
         if not answers:
-            status = helper.proc.poll()
-            if status is None:
-                self._stopped("its answers ended")
-            elif status < 0:
-                self._stopped(f"killed by signal {-status}")
-            else:
-                self._stopped(f"it exited with status {status}")
+            self._stopped("its answers ended")
             return
         for errno in answers:
             waiters, self._running = self._running or [], None
@@ -209,12 +214,13 @@ class LogSyncProcess:
         if self._next and self._running is None:
             self._ask()
 
-    def _stopped(self, why: str) -> None:
+    def _stopped(self, what: str) -> None:
         """The helper is gone: its waiters, and the rest until it runs again, use the thread."""
+        why = self._helper.exit_reason() if self._helper is not None else None
         log.warning(
             "the log sync process stopped (%s); the log is synced on a thread, and a new process "
             "is tried in %.0f s",
-            why,
+            why or what,
             RESTART_AFTER_SECONDS,
         )
         self._retry_at = time.monotonic() + RESTART_AFTER_SECONDS
