@@ -4,8 +4,10 @@ returns after a sync that began after it asked), and nothing lost when the helpe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -135,9 +137,10 @@ async def test_a_killed_helper_hands_its_waiters_to_the_thread(
             # Neither write was synced by the helper: a sync on the thread, begun after it
             # stopped, serves both.
             await asyncio.wait_for(asyncio.gather(held, queued), 10)
-        assert sync.fallback.syncs >= 1
-        assert "the log sync process stopped (killed by signal 9)" in caplog.text
-        assert not _alive(pid)
+            assert sync.fallback.syncs >= 1
+            killed = "the log sync process stopped (killed by signal 9)"
+            await _until(lambda: killed in caplog.text, "the warning")
+            await _until(lambda: not _alive(pid), "the helper to be reaped")
         # Until the next try, syncs run on the thread.
         before = sync.fallback.syncs
         await asyncio.wait_for(sync.wait(), 10)
@@ -250,5 +253,60 @@ async def test_the_helper_starts_again_after_its_pause(
         await _until(lambda: sync.helper_pid is None, "the stop to be noticed")
         await sync.wait()
         assert sync.helper_pid not in (None, first)
+    finally:
+        await sync.close()
+
+
+async def test_a_helper_that_stops_answering_hands_its_waiters_to_the_thread(
+    log_file: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(log_sync_process, "ANSWER_TIMEOUT_SECONDS", 0.5)
+    sync = LogSyncProcess(str(log_file))
+    try:
+        await sync.wait()
+        pid = sync.helper_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # alive, and silent
+        with caplog.at_level(logging.WARNING, "ingestlayer.store"):
+            await asyncio.wait_for(asyncio.gather(*(sync.wait() for _ in range(3))), 10)
+            await _until(lambda: "the log sync process stopped (" in caplog.text, "the warning")
+        assert sync.fallback.syncs >= 1
+        await _until(lambda: not _alive(pid), "the silent helper to be ended")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        await sync.close()
+
+
+async def test_close_hands_what_is_still_unanswered_to_the_thread(
+    log_file: Path, gate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, calls = gate
+    monkeypatch.setattr(log_sync_process, "CLOSE_WAIT_SECONDS", 0.3)
+    sync = _gated(log_file)  # its sync is held at the gate, which stays shut
+    held = asyncio.ensure_future(sync.wait())
+    await _until(lambda: _calls(calls) == 1, "the sync to start")
+    queued = asyncio.ensure_future(sync.wait())
+    await asyncio.wait_for(sync.close(), 10)
+    # Both were synced (on the thread) before close() returned: none is left waiting.
+    assert held.done() and queued.done()
+    assert held.exception() is None and queued.exception() is None
+    assert sync.fallback.syncs == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        await sync.wait()
+
+
+async def test_a_failed_sync_fails_every_later_durable_write(tmp_path: Path) -> None:
+    # fdatasync of a FIFO fails (EINVAL) in the kernel, as an I/O error on the log would. After
+    # one, a later sync could succeed over pages the kernel dropped: nothing is synced again.
+    fifo = tmp_path / "not-a-log"
+    os.mkfifo(fifo)
+    sync = LogSyncProcess(str(fifo))
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="could not sync the database log: Invalid arg"):
+            await sync.wait()
+        assert sync.failure == "Invalid argument"
+        with pytest.raises(sqlite3.OperationalError, match=re.escape("earlier (Invalid argument); nothing")):
+            await sync.wait()
     finally:
         await sync.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -186,6 +187,12 @@ async def test_a_failed_sync_fails_the_durable_write(db: str, tmp_path: Path) ->
     try:
         with pytest.raises(sqlite3.OperationalError, match="could not sync the database log: Invalid arg"):
             await store.write(_insert, 1)
+        # Nothing durable from now on: a later write is refused before it commits, so no event
+        # is stored (and routed) that its client was told may not have been.
+        with pytest.raises(sqlite3.OperationalError, match="earlier"):
+            await store.write(_insert, 2)
+        assert _committed(db) == [1]
+        assert await store.write(_insert, 3, durable=False) == 3  # a lease, say: lost with nothing
     finally:
         await store.wal.close()
         store.wal = real
@@ -202,6 +209,8 @@ async def test_a_failed_sync_on_the_thread_fails_its_waiters(tmp_path: Path) -> 
     sync = WalSync(str(path), fsync=broken)
     try:
         with pytest.raises(sqlite3.OperationalError, match="could not sync the database log"):
+            await sync.wait()
+        with pytest.raises(sqlite3.OperationalError, match=re.escape("earlier (Input/output error)")):
             await sync.wait()
     finally:
         await asyncio.to_thread(sync.close)

@@ -1,4 +1,4 @@
-"""``/healthz`` (the process answers), ``/readyz`` (the database answers), ``/metrics``."""
+"""``/healthz`` (the process answers), ``/readyz`` (the database answers and can store), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ async def readyz(rt: RuntimeDep) -> dict[str, str]:
         raise ApiError(503, "the database is not reachable")
     if ping.exception() is not None:
         raise ApiError(503, "the database is not reachable")
+    failure = rt.store.durability_failure()
+    if failure is not None:
+        raise ApiError(
+            503, f"the database log could not be synced ({failure}); nothing is stored until a restart"
+        )
     return {"status": "ready"}
 
 

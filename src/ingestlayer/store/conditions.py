@@ -1,7 +1,8 @@
-"""The two storage conditions a database error is named by, wherever one is reported: the disk
-is full, or the file cannot be written. Told apart by the driver's words (SQLite's "database or
-disk is full" and "attempt to write a readonly database", PostgreSQL's "No space left on
-device"), since neither driver gives them an error class of their own. Kept free of the database
+"""The storage conditions a database error is named by, wherever one is reported: the disk is
+full, the file cannot be written, or SQLite's log could not be synced (until a restart). Told
+apart by the words (SQLite's "database or disk is full" and "attempt to write a readonly
+database", PostgreSQL's "No space left on device", our own for the log's sync), since neither
+driver gives them an error class of their own. Kept free of the database
 libraries: the CLI reports errors before it has loaded them.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Condition = Literal["disk_full", "read_only"]
+Condition = Literal["disk_full", "read_only", "sync_failed"]
 
 # A full disk does not clear in a second: clients are asked to wait this long before trying again.
 DISK_FULL_RETRY_SECONDS = 30
@@ -25,4 +26,7 @@ def storage_condition(exc: BaseException) -> Condition | None:
     # is an outage like any other, not a file's permissions.
     if "readonly database" in text:
         return "read_only"
+    # Ours (sqlite_durability.sync_failed): a failed fdatasync of SQLite's log, for good.
+    if "could not sync the database log" in text:
+        return "sync_failed"
     return None

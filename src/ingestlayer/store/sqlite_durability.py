@@ -57,6 +57,29 @@ def settle_on_loops(waiters: list[_Waiter], exc: BaseException | None) -> None:
             loop.call_soon_threadsafe(settle, futs, exc)
 
 
+def sync_failed(path: str, reason: str) -> sqlite3.OperationalError:
+    """Log a failed ``fdatasync`` of the log; return the error its waiters get.
+
+    After one, the log is not synced again until the server restarts: the kernel reports a
+    failed writeback once and may drop the pages it could not write, so a later sync could
+    succeed over a hole in the log, and SQLite's recovery stops at the first frame missing, with
+    every commit after it. Nothing acknowledged is lost that way only if nothing is acknowledged
+    after the failure (as PostgreSQL stops on a failed fsync)."""
+    log.error(
+        "fdatasync of %s failed: %s; nothing more is stored until the server restarts "
+        "(SQLite recovers the log on the next start)",
+        path,
+        reason,
+    )
+    return sqlite3.OperationalError(f"could not sync the database log: {reason}")
+
+
+def sync_failed_earlier(reason: str) -> sqlite3.OperationalError:
+    return sqlite3.OperationalError(
+        f"could not sync the database log earlier ({reason}); nothing is stored until the server restarts"
+    )
+
+
 class WalSync:
     """``await sync.wait()`` after a commit returns once that commit is on disk."""
 
@@ -67,9 +90,15 @@ class WalSync:
         self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = False
         self.syncs = 0  # how many fdatasync calls were made (for tests and metrics)
+        self.failure: str | None = None  # why a sync failed, once one has (see sync_failed)
 
     async def wait(self) -> None:
+        if self._closed:
+            raise RuntimeError("the database log's sync has been closed")
+        if self.failure is not None:
+            raise sync_failed_earlier(self.failure)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._ensure_thread()
@@ -77,6 +106,7 @@ class WalSync:
         await fut
 
     def close(self) -> None:
+        self._closed = True
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
@@ -109,17 +139,20 @@ class WalSync:
                     stop = True
                     break
                 waiters.append(item)
-            try:
-                if self._fd is None:
-                    # The log exists once the first transaction has committed into it, and stays
-                    # while this process keeps its connection open.
-                    self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-                self._fsync(self._fd)
-                self.syncs += 1
-                error: BaseException | None = None
-            except OSError as exc:
-                log.error("fdatasync of %s failed: %s", self._path, exc)
-                error = sqlite3.OperationalError(f"could not sync the database log: {exc}")
+            error: BaseException | None = None
+            if self.failure is not None:
+                error = sync_failed_earlier(self.failure)
+            else:
+                try:
+                    if self._fd is None:
+                        # The log exists once the first transaction has committed into it, and
+                        # stays while this process keeps its connection open.
+                        self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
+                    self._fsync(self._fd)
+                    self.syncs += 1
+                except OSError as exc:
+                    self.failure = exc.strerror or str(exc)
+                    error = sync_failed(self._path, self.failure)
             settle_on_loops(waiters, error)
             if stop:
                 return

@@ -35,6 +35,7 @@ from ingestlayer.store.sqlite_durability import (
     CHECKPOINT_INTERVAL_SECONDS,
     RESTART_AFTER_FRAMES,
     Checkpointer,
+    sync_failed_earlier,
 )
 
 T = TypeVar("T")
@@ -112,6 +113,9 @@ class LoopSqlite:
         """Run ``fn`` in a write transaction. ``durable=False`` marks a write whose loss on power
         failure loses nothing else (a lease: the work is simply retaken); it returns at COMMIT.
         A durable write returns once its transaction is on disk."""
+        if durable and self.wal is not None and self.wal.failure is not None:
+            # Not even committed: a write that could not be made durable is not made visible.
+            raise sync_failed_earlier(self.wal.failure)
         try:
             value = await self._with_lock(self._transaction, fn, args)
             if durable and self.wal is not None:

@@ -188,6 +188,12 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         async with self.engines.read.connect() as conn:
             await conn.execute(select(1))
 
+    def durability_failure(self) -> str | None:
+        """Why nothing can be stored durably until restart (SQLite: a failed sync of the log)."""
+        if isinstance(self._hot, SqliteHotPath) and self._hot.db.wal is not None:
+            return self._hot.db.wal.failure
+        return None
+
     async def check_writable(self) -> None:
         """Raise :class:`DatabaseNotWritable` when this process cannot write the SQLite file.
 
