@@ -310,3 +310,18 @@ async def test_a_failed_sync_fails_every_later_durable_write(tmp_path: Path) -> 
             await sync.wait()
     finally:
         await sync.close()
+
+
+async def test_close_right_after_the_helper_died_still_syncs_its_waiters(
+    log_file: Path, gate: tuple[Path, Path]
+) -> None:
+    _, calls = gate
+    sync = _gated(log_file)
+    held = asyncio.ensure_future(sync.wait())
+    await _until(lambda: _calls(calls) == 1, "the sync to start")
+    pid = sync.helper_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(sync.close(), 10)  # before its end is even noticed
+    assert held.done() and held.exception() is None
+    assert sync.fallback.syncs == 1

@@ -165,7 +165,8 @@ class LogSyncProcess:
     async def close(self) -> None:
         self._closed = True
         owner = self._loop
-        if self._helper is not None and owner is not None and not owner.is_closed():
+        busy = self._helper is not None or self._handed_over
+        if busy and owner is not None and not owner.is_closed():
             if owner is asyncio.get_running_loop():
                 await self._drain()
             else:
