@@ -335,13 +335,13 @@ class SlowReceiver:
             await self._runner.cleanup()
 
 
-def two_destinations(slow_url: str, fine_url: str) -> dict[str, Any]:
+def two_destinations(slow_url: str, fine_url: str, **slow_extra: Any) -> dict[str, Any]:
     return {
         "pipelines": [
             {
                 "name": "slow",
                 "source": {"match": ["slow.*"]},
-                "destinations": [{"webhook.out": {"url": slow_url}, "retry": FAST}],
+                "destinations": [{"webhook.out": {"url": slow_url}, "retry": FAST, **slow_extra}],
             },
             {
                 "name": "fine",
@@ -358,14 +358,19 @@ async def ingest_batch(server: RunningServer, type_: str, n: int) -> None:
     assert status == 202, body
 
 
-async def test_a_hanging_receiver_leaves_slots_to_other_destinations(db_url: str, receiver: Receiver) -> None:
+@pytest.mark.parametrize("own_concurrency", [None, 100], ids=["default", "concurrency-100"])
+async def test_a_hanging_receiver_leaves_slots_to_other_destinations(
+    db_url: str, receiver: Receiver, own_concurrency: int | None
+) -> None:
     """A receiver that never answers, with a backlog, holds at most a quarter of the process's
     slots (4 of 16: none of its attempts has ended yet), and another destination's deliveries
-    are made meanwhile, not after its attempts time out."""
+    are made meanwhile, not after its attempts time out. Its project setting `concurrency: 100`
+    does not change that: it took all 16 slots."""
+    extra = {} if own_concurrency is None else {"concurrency": own_concurrency}
     async with SlowReceiver() as stuck:
         server = await start_server(db_url, delivery_concurrency=16)
         try:
-            await server.apply(two_destinations(stuck.url, receiver.url + "/fine"))
+            await server.apply(two_destinations(stuck.url, receiver.url + "/fine", **extra))
             await ingest_batch(server, "slow.e", 40)
 
             async def four_hanging() -> bool:

@@ -38,14 +38,43 @@ def test_a_destination_gets_its_share_then_none() -> None:
     assert (room.of("dst_a"), room.of("dst_b"), room.of("dst_new")) == (0, 5, 6)
 
 
-def test_its_own_concurrency_wins_over_the_default() -> None:
-    s = slots()
-    assert s.start("dst_a", 10)
-    assert s.room().of("dst_a") == 9
-    assert all(s.start("dst_a", 10) for _ in range(9))
-    assert not s.start("dst_a", 10)
+def test_its_own_concurrency_lowers_its_share_and_raises_it_only_once_healthy() -> None:
+    """A project's `concurrency: 10000` on a receiver that hangs held every slot of the process:
+    above the share, its own limit holds only once an attempt has ended in time."""
+    s = slots()  # a share of 6
+    assert all(s.start("dst_a", 10) for _ in range(6)) and not s.start("dst_a", 10)
+    s.finish("dst_a", 0.05)  # answered in time: healthy
+    assert s.room().of("dst_a") == 5
+    assert all(s.start("dst_a", 10) for _ in range(5)) and not s.start("dst_a", 10)
     # The limit changed to 1 (a new configuration): no new slot until it is below it.
     assert not s.start("dst_a", 1)
+    assert s.start("dst_b", 1) and not s.start("dst_b", 1)  # lower than the share: at once
+    s.finish("dst_a", 30.0)
+    s.finish("dst_a", 30.0)  # timed out, a quarter of its attempts: slow, held to 2 like any other
+    assert not s.start("dst_a", 10) and s.limit("dst_a") == 2
+
+
+def test_slow_destinations_together_hold_at_most_their_pool() -> None:
+    """Eight receivers that hang, an eighth of the slots each, held every slot; one project can
+    make eight. Slow ones now hold half at most together; fresh ones are not pooled."""
+    s = DestinationSlots(per_destination=12, slow_limit=2, slow_seconds=1.0, fresh_limit=4, slow_pool_limit=4)
+    hanging = [f"dst_hangs_{i}" for i in range(4)]
+    for did in hanging:
+        assert s.start(did, None)
+        s.finish(did, 30.0)  # a timeout: slow
+        assert s.limit(did) == 2
+    assert s.start(hanging[0], None) and s.start(hanging[0], None)
+    assert s.start(hanging[1], None) and s.start(hanging[1], None)
+    assert not s.start(hanging[2], None)  # the pool is full
+    room = s.room()
+    assert room.of(hanging[2]) == 0 and room.of(hanging[0]) == 0
+    # Fresh and healthy destinations are not held back by it.
+    assert room.of("dst_new") == 4 and all(s.start("dst_new", None) for _ in range(4))
+    s.finish("dst_ok", 0.05)
+    assert all(s.start("dst_ok", None) for _ in range(12))
+    # A pooled slot freed goes to the next slow destination.
+    s.finish(hanging[0], 30.0)
+    assert s.room().of(hanging[2]) == 1 and s.start(hanging[2], None)
 
 
 def test_a_slow_attempt_holds_the_destination_to_the_slow_limit_for_a_minute() -> None:

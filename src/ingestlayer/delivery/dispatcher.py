@@ -269,6 +269,7 @@ class Dispatcher:
             slow_limit=settings.slow_destination_limit,
             slow_seconds=settings.slow_destination_seconds,
             fresh_limit=max(settings.slow_destination_limit, settings.delivery_concurrency // 4),
+            slow_pool_limit=settings.delivery_concurrency // 2,
         )
 
     async def _open(self) -> SendContext:

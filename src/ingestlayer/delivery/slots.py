@@ -17,6 +17,15 @@ for its timeouts: measured, 38 s behind a backlog of 600 to a receiver that neve
   ``slow_destination_seconds`` (every timeout does). Its attempts in flight are not cut short;
   it gets no new slot until it is below that limit.
 
+Slow destinations together hold at most ``slow_pool_limit`` slots (half): eight receivers that
+hang, at an eighth each, held every slot for as long as they kept hanging, and one project can
+point eight endpoints at a black hole. Fresh destinations are not pooled: a receiver just added,
+or every receiver after a restart, is fresh too, and healthy ones must not wait behind those
+that hang; a fresh one that hangs is slow after its first timeouts. A destination's own
+``concurrency: N`` (a project's setting) raises its share only while it is healthy: fresh or
+slow, it is held like any other, or one hanging destination with ``concurrency: 10000`` held
+every slot of the process.
+
 A destination alone keeps most of the slots (a healthy receiver is not slowed down), and a slow
 one is soon held to a few: its first timeouts do it. A busy receiver whose answers are slow now
 and then is not: a single slow answer used to hold it to the slow limit for a minute, so one in
@@ -32,6 +41,8 @@ from collections.abc import Callable, Sequence
 from ingestlayer.records import LeasedDelivery, NewDelivery
 from ingestlayer.store.lease_window import Room
 
+# A destination's state, which sets its share of the slots.
+FRESH, SLOW, HEALTHY = "fresh", "slow", "healthy"
 # The attempts a destination is judged by: those that ended in the last minute (counted in two
 # halves, so that the oldest half is dropped at once).
 SLOW_FOR_SECONDS = 60.0
@@ -92,14 +103,23 @@ class DestinationSlots:
         slow_limit: int,
         slow_seconds: float,
         fresh_limit: int | None = None,
+        slow_pool_limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_destination = max(1, per_destination)
         self.slow_limit = max(1, slow_limit)
         self.fresh_limit = min(self.per_destination, max(1, fresh_limit or self.per_destination))
+        # None: slow destinations are not held together, only each to its slow limit.
+        self.slow_pool_limit = None if slow_pool_limit is None else max(self.slow_limit, slow_pool_limit)
         self.slow_seconds = slow_seconds
         self._clock = clock
         self._busy: dict[str, int] = {}  # attempts in flight
+        # Attempts in flight that started while their destination was slow, and their sum,
+        # counted against slow_pool_limit until they end. (One that ends while its destination
+        # has recovered frees a pooled slot though its slow attempts may still run: the pool
+        # errs towards the healthy, for as long as those take.)
+        self._slow_busy: dict[str, int] = {}
+        self._slow_total = 0
         self._pending: dict[str, int] = {}  # handed over by the router, not started yet
         self._own: dict[str, int] = {}  # `concurrency: N` of the destinations that have one
         self._recent: dict[str, _Recent] = {}  # destinations with an attempt that ended lately
@@ -111,18 +131,33 @@ class DestinationSlots:
         return self._busy.get(did, 0)
 
     def limit(self, did: str) -> int:
+        state = self._state(did)
+        share = self._shares[state]
         own = self._own.get(did)
-        if own is not None:
-            return own
+        if own is None:
+            return share
+        # Its own limit lowers its share, and raises it only while it is healthy.
+        return own if state == HEALTHY else min(own, share)
+
+    @property
+    def _shares(self) -> dict[str, int]:
+        return {FRESH: self.fresh_limit, SLOW: self.slow_limit, HEALTHY: self.per_destination}
+
+    def _state(self, did: str) -> str:
         recent = self._recent.get(did)
         if recent is None:
-            return self.fresh_limit
+            return FRESH
         if recent.is_slow(self._clock()):
-            return self.slow_limit
+            return SLOW
         if recent.idle():
             del self._recent[did]
-            return self.fresh_limit
-        return self.per_destination
+            return FRESH
+        return HEALTHY
+
+    def _slow_pool_left(self) -> int | None:
+        if self.slow_pool_limit is None:
+            return None
+        return max(0, self.slow_pool_limit - self._slow_total)
 
     def room(self) -> Room:
         """Each destination's free slots, for the next lease: listed for those with attempts in
@@ -131,6 +166,11 @@ class DestinationSlots:
         for counts in (self._busy, self._pending):
             for did, n in counts.items():
                 known[did] = known.get(did, self.limit(did)) - n
+        pool_left = self._slow_pool_left()
+        if pool_left is not None:
+            for did, n in known.items():
+                if n > pool_left and did in self._recent and self._state(did) == SLOW:
+                    known[did] = pool_left
         # Any other destination has not been heard from lately: no more is leased for it than
         # may start (it was leased its whole share, and all but the fresh limit released again).
         return Room(known, self.fresh_limit)
@@ -169,6 +209,11 @@ class DestinationSlots:
             self._own.pop(did, None)
         if self._busy.get(did, 0) >= self.limit(did):
             return False
+        if self.slow_pool_limit is not None and self._state(did) == SLOW:
+            if self._slow_total >= self.slow_pool_limit:
+                return False  # slow destinations hold all they may together
+            _add(self._slow_busy, did, 1)
+            self._slow_total += 1
         _add(self._busy, did, 1)
         return True
 
@@ -194,6 +239,9 @@ class DestinationSlots:
         else:
             recent.streak = 0
         left = _add(self._busy, did, -1)
+        if self._slow_busy.get(did):
+            _add(self._slow_busy, did, -1)
+            self._slow_total -= 1
         if did not in self._wanted:
             return False
         limit = self.limit(did)
