@@ -579,3 +579,63 @@ async def test_bulk_replay_answers_at_most_limit(server: RunningServer, receiver
     assert status == 422 and body["error"]["field"] == "after"
     status, body = await server.request("POST", "/v1/deliveries/replay", json={"limit": 100_001})
     assert status == 422
+
+
+async def test_slow_destinations_together_leave_half_the_slots(db_url: str, receiver: Receiver) -> None:
+    """Eight receivers slow to answer (one project can make eight), an eighth of the slots each
+    (2 of 16), held every slot between them. Known to be slow, together they now hold half (8 of
+    16) at most, and another destination's deliveries go on beside them."""
+    in_flight, seen, answered = 0, [], 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal in_flight, answered
+        await request.read()
+        in_flight += 1
+        seen.append(in_flight)
+        try:
+            await asyncio.sleep(0.4)
+        finally:
+            in_flight -= 1
+        answered += 1
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/slow/{n}", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/slow"  # type: ignore[union-attr]
+    server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=0.05)
+    try:
+        destinations = [{"webhook.out": {"url": f"{base}/{i}"}, "retry": FAST} for i in range(8)]
+        await server.apply(
+            {
+                "pipelines": [
+                    {"name": "slow", "source": {"match": ["slow.*"]}, "destinations": destinations},
+                    {
+                        "name": "fine",
+                        "source": {"match": ["fine.*"]},
+                        "destinations": [{"webhook.out": {"url": receiver.url + "/fine"}, "retry": FAST}],
+                    },
+                ]
+            }
+        )
+        await ingest_batch(server, "slow.e", 1)  # one delivery to each: each is known slow after it
+
+        async def first_answered() -> bool:
+            return answered == 8
+
+        await wait_for(first_answered, timeout=10)
+        await ingest_batch(server, "slow.e", 8)  # 64 more, 8 to each
+        await ingest_batch(server, "fine.e", 20)
+
+        async def all_answered() -> bool:
+            return answered == 72 and len(receiver.requests) == 20
+
+        await wait_for(all_answered, timeout=30)
+        assert len(seen) == 72
+        assert max(seen[8:]) == 8, seen  # 16 before: 2 each
+    finally:
+        await server.stop()
+        await runner.cleanup()
