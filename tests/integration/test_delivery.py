@@ -10,7 +10,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
-from tests.support.receiver import Receiver, Reply
+from tests.support.receiver import Receiver, Reply, serve_handler
 from tests.support.refusals import refuse_inserts
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -599,16 +599,10 @@ async def test_slow_destinations_together_leave_half_the_slots(db_url: str, rece
         answered += 1
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/slow/{n}", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/slow"  # type: ignore[union-attr]
+    base, runner = await serve_handler(slow)
     server = await start_server(db_url, delivery_concurrency=16, slow_destination_seconds=0.05)
     try:
-        destinations = [{"webhook.out": {"url": f"{base}/{i}"}, "retry": FAST} for i in range(8)]
+        destinations = [{"webhook.out": {"url": f"{base}/slow/{i}"}, "retry": FAST} for i in range(8)]
         await server.apply(
             {
                 "pipelines": [
