@@ -111,6 +111,7 @@ class DestinationSlots:
         self.fresh_limit = min(self.per_destination, max(1, fresh_limit or self.per_destination))
         # None: slow destinations are not held together, only each to its slow limit.
         self.slow_pool_limit = None if slow_pool_limit is None else max(self.slow_limit, slow_pool_limit)
+        self._shares = {FRESH: self.fresh_limit, SLOW: self.slow_limit, HEALTHY: self.per_destination}
         self.slow_seconds = slow_seconds
         self._clock = clock
         self._busy: dict[str, int] = {}  # attempts in flight
@@ -131,17 +132,15 @@ class DestinationSlots:
         return self._busy.get(did, 0)
 
     def limit(self, did: str) -> int:
-        state = self._state(did)
+        return self._limit(did, self._state(did))
+
+    def _limit(self, did: str, state: str) -> int:
         share = self._shares[state]
         own = self._own.get(did)
         if own is None:
             return share
         # Its own limit lowers its share, and raises it only while it is healthy.
         return own if state == HEALTHY else min(own, share)
-
-    @property
-    def _shares(self) -> dict[str, int]:
-        return {FRESH: self.fresh_limit, SLOW: self.slow_limit, HEALTHY: self.per_destination}
 
     def _state(self, did: str) -> str:
         recent = self._recent.get(did)
@@ -207,9 +206,10 @@ class DestinationSlots:
             self._own[did] = own_limit
         else:
             self._own.pop(did, None)
-        if self._busy.get(did, 0) >= self.limit(did):
+        state = self._state(did)
+        if self._busy.get(did, 0) >= self._limit(did, state):
             return False
-        if self.slow_pool_limit is not None and self._state(did) == SLOW:
+        if state == SLOW and self.slow_pool_limit is not None:
             if self._slow_total >= self.slow_pool_limit:
                 return False  # slow destinations hold all they may together
             _add(self._slow_busy, did, 1)
