@@ -148,11 +148,16 @@ class WalSync:
                         # The log exists once the first transaction has committed into it, and
                         # stays while this process keeps its connection open.
                         self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-                    self._fsync(self._fd)
-                    self.syncs += 1
-                except OSError as exc:
-                    self.failure = exc.strerror or str(exc)
-                    error = sync_failed(self._path, self.failure)
+                except OSError as exc:  # no sync was made, nothing was dropped: try again next time
+                    log.error("could not open %s to sync it: %s", self._path, exc)
+                    error = sqlite3.OperationalError(f"could not sync the database log: {exc}")
+                else:
+                    try:
+                        self._fsync(self._fd)
+                        self.syncs += 1
+                    except OSError as exc:
+                        self.failure = exc.strerror or str(exc)
+                        error = sync_failed(self._path, self.failure)
             settle_on_loops(waiters, error)
             if stop:
                 return
