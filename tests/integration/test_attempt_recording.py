@@ -185,6 +185,15 @@ async def test_an_outcome_the_database_could_not_take_is_recorded_once_it_answer
     assert len(receiver.requests) == 1
     # The tries after the first may repeat what it committed: they say so.
     assert calls[0] is False and all(calls[1:]), calls
-    # One line for the outage and one when it ended, no traceback.
-    lines = [r for r in caplog.records if r.getMessage().startswith("recording attempts")]
+    # One line for the outage and one when it ended, no traceback. (The second follows the
+    # log's sync, which a reader of the delivery does not wait for.)
+
+    def outage_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("recording attempts")]
+
+    async def ended() -> bool:
+        return len(outage_lines()) >= 2
+
+    await wait_for(ended, timeout=10)
+    lines = outage_lines()
     assert len(lines) == 2 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
