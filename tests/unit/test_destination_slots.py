@@ -60,21 +60,60 @@ def test_slow_destinations_together_hold_at_most_their_pool() -> None:
     s = DestinationSlots(per_destination=12, slow_limit=2, slow_seconds=1.0, fresh_limit=4, slow_pool_limit=4)
     hanging = [f"dst_hangs_{i}" for i in range(4)]
     for did in hanging:
-        assert s.start(did, None)
-        s.finish(did, 30.0)  # a timeout: slow
+        slot = s.start(did, None)
+        assert slot is not None and not slot.pooled  # fresh
+        s.finish(did, 30.0, slot)  # a timeout: slow
         assert s.limit(did) == 2
-    assert s.start(hanging[0], None) and s.start(hanging[0], None)
-    assert s.start(hanging[1], None) and s.start(hanging[1], None)
-    assert not s.start(hanging[2], None)  # the pool is full
+    held = [s.start(hanging[0], None), s.start(hanging[0], None), s.start(hanging[1], None)]
+    assert all(slot is not None and slot.pooled for slot in held)
     room = s.room()
-    assert room.of(hanging[2]) == 0 and room.of(hanging[0]) == 0
+    # What the pool has left (1) is offered once in all, not to each slow destination.
+    assert sum(room.of(did) for did in hanging) == 1
+    assert s.start(hanging[1], None) is not None
+    assert s.start(hanging[2], None) is None  # the pool is full
+    room = s.room()
+    assert [room.of(did) for did in hanging] == [0, 0, 0, 0]
     # Fresh and healthy destinations are not held back by it.
     assert room.of("dst_new") == 4 and all(s.start("dst_new", None) for _ in range(4))
     s.finish("dst_ok", 0.05)
     assert all(s.start("dst_ok", None) for _ in range(12))
     # A pooled slot freed goes to the next slow destination.
-    s.finish(hanging[0], 30.0)
-    assert s.room().of(hanging[2]) == 1 and s.start(hanging[2], None)
+    first = held[0]
+    assert first is not None
+    s.finish(hanging[0], 30.0, first)
+    room = s.room()
+    assert sum(room.of(did) for did in hanging) == 1 and s.start(hanging[2], None) is not None
+
+
+def test_a_destination_that_turns_slow_does_not_free_pooled_slots_with_its_older_attempts() -> None:
+    """Attempts a destination started while healthy end after it turned slow: they free no
+    pooled slot, or slow destinations held more than the pool (12 of a pool of 8 were seen)."""
+    s = DestinationSlots(per_destination=12, slow_limit=4, slow_seconds=1.0, fresh_limit=4, slow_pool_limit=4)
+    s.finish("dst_a", 0.05)  # healthy
+    older = [s.start("dst_a", None) for _ in range(10)]
+    assert all(slot is not None and not slot.pooled for slot in older)
+    for slot in older[:7]:
+        assert slot is not None
+        s.finish("dst_a", 30.0, slot)  # it starts hanging: slow, 3 still in flight
+    assert s.limit("dst_a") == 4
+    pooled = s.start("dst_a", None)
+    assert pooled is not None and pooled.pooled
+    for slot in older[7:]:
+        assert slot is not None
+        s.finish("dst_a", 30.0, slot)  # the older attempts end: the pooled one still runs
+    s.finish("dst_b", 30.0)  # another slow destination
+    more = [s.start("dst_b", None) for _ in range(4)]
+    assert sum(slot is not None for slot in more) == 3  # 4 in the pool with dst_a's
+    # Deliveries handed over and not started yet will take pooled slots too.
+    freed = more[0]
+    assert freed is not None
+    s.finish("dst_b", 30.0, freed)  # one pooled slot free
+    s.finish("dst_c", 30.0)  # a third slow destination, with a delivery handed over
+    room = s.room()
+    assert sum(room.of(did) for did in ("dst_a", "dst_b", "dst_c")) == 1
+    s.hold([leased("dst_c")], 1)
+    room = s.room()
+    assert sum(room.of(did) for did in ("dst_a", "dst_b", "dst_c")) == 0
 
 
 def test_a_slow_attempt_holds_the_destination_to_the_slow_limit_for_a_minute() -> None:

@@ -28,7 +28,7 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
 from ingestlayer.delivery.retry import RetryPolicy
-from ingestlayer.delivery.slots import DestinationSlots
+from ingestlayer.delivery.slots import DestinationSlots, Slot
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import (
     MAX_TIMEOUT_SECONDS,
@@ -422,12 +422,12 @@ class Dispatcher:
         )
         return result
 
-    async def _run_one(self, d: LeasedDelivery, dest: _Dest | None) -> None:
+    async def _run_one(self, d: LeasedDelivery, dest: _Dest | None, slot: Slot | None) -> None:
         t0 = time.monotonic()
         try:
             result = await self.send_one(d, dest)
         finally:
-            if dest is not None and self.slots.finish(d.destination_id, time.monotonic() - t0):
+            if slot is not None and self.slots.finish(d.destination_id, time.monotonic() - t0, slot):
                 self.wake.set()  # it was left out of leases for want of room: it has some again
         self._results.append(result)
         self._results_ready.set()
@@ -691,10 +691,13 @@ class Dispatcher:
         for d in leased:
             dest = dests[d.destination_id]
             # A deleted destination's delivery is recorded as failed at once, without a slot.
-            if dest is not None and not self.slots.start(d.destination_id, dest.concurrency):
-                over.append(d)
-                continue
-            task = asyncio.create_task(self._run_one(d, dest))
+            slot = None
+            if dest is not None:
+                slot = self.slots.start(d.destination_id, dest.concurrency)
+                if slot is None:
+                    over.append(d)
+                    continue
+            task = asyncio.create_task(self._run_one(d, dest, slot))
             self._inflight[task] = d
             self._began[task] = (clock.now(), time.perf_counter())
             task.add_done_callback(self._task_done)

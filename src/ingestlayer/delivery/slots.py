@@ -21,7 +21,10 @@ Slow destinations together hold at most ``slow_pool_limit`` slots (half): eight 
 hang, at an eighth each, held every slot for as long as they kept hanging, and one project can
 point eight endpoints at a black hole. Fresh destinations are not pooled: a receiver just added,
 or every receiver after a restart, is fresh too, and healthy ones must not wait behind those
-that hang; a fresh one that hangs is slow after its first timeouts. A destination's own
+that hang; a fresh one that hangs is slow after its first timeouts. An attempt counts against
+the pool if it started while its destination was slow (its ``Slot`` says so), whatever the
+destination has become when it ends; the pool's room is offered to the slow destinations in
+turn, so a lease never takes more for them than may start. A destination's own
 ``concurrency: N`` (a project's setting) raises its share only while it is healthy: fresh or
 slow, it is held like any other, or one hanging destination with ``concurrency: 10000`` held
 every slot of the process.
@@ -37,12 +40,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ingestlayer.records import LeasedDelivery, NewDelivery
 from ingestlayer.store.lease_window import Room
 
 # A destination's state, which sets its share of the slots.
 FRESH, SLOW, HEALTHY = "fresh", "slow", "healthy"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A slot taken by ``start``, handed back to ``finish``: whether it counts against the slow
+    destinations' pool (taken while its destination was slow) goes with the attempt, since its
+    destination's state may change before the attempt ends."""
+
+    pooled: bool
+
+
+FREE_SLOT, POOLED_SLOT = Slot(False), Slot(True)
+
 # The attempts a destination is judged by: those that ended in the last minute (counted in two
 # halves, so that the oldest half is dropped at once).
 SLOW_FOR_SECONDS = 60.0
@@ -115,12 +132,10 @@ class DestinationSlots:
         self.slow_seconds = slow_seconds
         self._clock = clock
         self._busy: dict[str, int] = {}  # attempts in flight
-        # Attempts in flight that started while their destination was slow, and their sum,
-        # counted against slow_pool_limit until they end. (One that ends while its destination
-        # has recovered frees a pooled slot though its slow attempts may still run: the pool
-        # errs towards the healthy, for as long as those take.)
-        self._slow_busy: dict[str, int] = {}
+        # Attempts in flight that started while their destination was slow (POOLED_SLOT),
+        # counted against slow_pool_limit until they end.
         self._slow_total = 0
+        self._turn = 0  # which slow destination the pool's room is offered to first
         self._pending: dict[str, int] = {}  # handed over by the router, not started yet
         self._own: dict[str, int] = {}  # `concurrency: N` of the destinations that have one
         self._recent: dict[str, _Recent] = {}  # destinations with an attempt that ended lately
@@ -153,10 +168,21 @@ class DestinationSlots:
             return FRESH
         return HEALTHY
 
-    def _slow_pool_left(self) -> int | None:
-        if self.slow_pool_limit is None:
-            return None
-        return max(0, self.slow_pool_limit - self._slow_total)
+    def _share_pool(self, known: dict[str, int]) -> None:
+        """Cut the slow destinations' room to what the pool has left, shared out: offered to
+        each in turn (one first, then the next), never more in all than may start. Offering the
+        whole rest to each leased several times what could start, and released it again."""
+        assert self.slow_pool_limit is not None
+        slow = [did for did in known if did in self._recent and self._state(did) == SLOW]
+        if not slow:
+            return
+        handed = sum(self._pending.get(did, 0) for did in slow)  # will take pooled slots
+        left = max(0, self.slow_pool_limit - self._slow_total - handed)
+        self._turn = (self._turn + 1) % len(slow)
+        for did in slow[self._turn :] + slow[: self._turn]:
+            n = min(max(0, known[did]), left)
+            known[did] = n
+            left -= n
 
     def room(self) -> Room:
         """Each destination's free slots, for the next lease: listed for those with attempts in
@@ -165,11 +191,8 @@ class DestinationSlots:
         for counts in (self._busy, self._pending):
             for did, n in counts.items():
                 known[did] = known.get(did, self.limit(did)) - n
-        pool_left = self._slow_pool_left()
-        if pool_left is not None:
-            for did, n in known.items():
-                if n > pool_left and did in self._recent and self._state(did) == SLOW:
-                    known[did] = pool_left
+        if self.slow_pool_limit is not None:
+            self._share_pool(known)
         # Any other destination has not been heard from lately: no more is leased for it than
         # may start (it was leased its whole share, and all but the fresh limit released again).
         return Room(known, self.fresh_limit)
@@ -200,22 +223,24 @@ class DestinationSlots:
         for d in leased:
             _add(self._pending, d.destination_id, n)
 
-    def start(self, did: str, own_limit: int | None) -> bool:
-        """Take a slot for an attempt to ``did``; False when it has none free."""
+    def start(self, did: str, own_limit: int | None) -> Slot | None:
+        """Take a slot for an attempt to ``did``, to hand back to ``finish``; None when it has
+        none free."""
         if own_limit is not None:
             self._own[did] = own_limit
         else:
             self._own.pop(did, None)
         state = self._state(did)
         if self._busy.get(did, 0) >= self._limit(did, state):
-            return False
+            return None
+        slot = FREE_SLOT
         if state == SLOW and self.slow_pool_limit is not None:
             if self._slow_total >= self.slow_pool_limit:
-                return False  # slow destinations hold all they may together
-            _add(self._slow_busy, did, 1)
+                return None  # slow destinations hold all they may together
             self._slow_total += 1
+            slot = POOLED_SLOT
         _add(self._busy, did, 1)
-        return True
+        return slot
 
     def leased(self, room: Room, want: int, got: int) -> None:
         """After a lease of ``got`` out of ``want``: remember the destinations whose room may
@@ -223,8 +248,8 @@ class DestinationSlots:
         if got < want:
             self._wanted.update(did for did, n in room.known.items() if n < want)
 
-    def finish(self, did: str, seconds: float) -> bool:
-        """Free the slot of an attempt that took ``seconds``. True when a lease was cut short by
+    def finish(self, did: str, seconds: float, slot: Slot = FREE_SLOT) -> bool:
+        """Free the ``slot`` of an attempt that took ``seconds``. True when a lease was cut short by
         this destination's room and it now has enough to lease for again: an eighth of its limit
         (at least one). Leasing for every slot freed would make a transaction per attempt."""
         now = self._clock()
@@ -239,8 +264,7 @@ class DestinationSlots:
         else:
             recent.streak = 0
         left = _add(self._busy, did, -1)
-        if self._slow_busy.get(did):
-            _add(self._slow_busy, did, -1)
+        if slot.pooled:
             self._slow_total -= 1
         if did not in self._wanted:
             return False
