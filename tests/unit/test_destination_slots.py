@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ingestlayer.delivery.slots import SLOW_FOR_SECONDS, DestinationSlots
 from ingestlayer.records import LeasedDelivery, NewDelivery
+from ingestlayer.store.lease_window import Room
 
 
 class Clock:
@@ -255,3 +256,19 @@ def test_a_destination_not_heard_from_lately_gets_a_quarter_until_an_attempt_end
     clock.now += 2 * SLOW_FOR_SECONDS  # nothing ended for two minutes: not heard from lately
     assert s.limit("dst_other") == 4
     assert slots().limit("dst_any") == 6  # without a fresh limit, the share at once
+
+
+def test_a_pooled_slot_freed_wakes_the_lease_for_another_slow_destination() -> None:
+    s = DestinationSlots(per_destination=12, slow_limit=2, slow_seconds=1.0, fresh_limit=4, slow_pool_limit=2)
+    for did in ("dst_a", "dst_b"):
+        s.finish(did, 30.0)  # slow
+    taken = [s.start("dst_a", None), s.start("dst_a", None)]
+    assert s.room().of("dst_b") == 0
+    s.leased(Room({"dst_b": 0}, 4), 1, 0)  # a lease that found no room for dst_b
+    first = taken[0]
+    assert first is not None and first.pooled
+    assert s.finish("dst_a", 30.0, first) is True  # dst_b may lease again, now
+    rooms = [s.room() for _ in range(2)]
+    # One pooled slot is free, offered to each slow destination in turn.
+    assert [r.of("dst_a") + r.of("dst_b") for r in rooms] == [1, 1]
+    assert {r.of("dst_b") for r in rooms} == {0, 1}

@@ -251,7 +251,8 @@ class DestinationSlots:
     def finish(self, did: str, seconds: float, slot: Slot = FREE_SLOT) -> bool:
         """Free the ``slot`` of an attempt that took ``seconds``. True when a lease was cut short by
         this destination's room and it now has enough to lease for again: an eighth of its limit
-        (at least one). Leasing for every slot freed would make a transaction per attempt."""
+        (at least one), or a pooled slot is free for another slow destination a lease left out.
+        Leasing for every slot freed would make a transaction per attempt."""
         now = self._clock()
         recent = self._recent.get(did)
         if recent is None:
@@ -266,6 +267,8 @@ class DestinationSlots:
         left = _add(self._busy, did, -1)
         if slot.pooled:
             self._slow_total -= 1
+            if any(w != did and w in self._recent and self._state(w) == SLOW for w in self._wanted):
+                return True  # a slow destination left out of a lease for want of pool has room
         if did not in self._wanted:
             return False
         limit = self.limit(did)
