@@ -173,7 +173,7 @@ class DestinationSlots:
         each in turn (one first, then the next), never more in all than may start. Offering the
         whole rest to each leased several times what could start, and released it again."""
         assert self.slow_pool_limit is not None
-        slow = [did for did in known if did in self._recent and self._state(did) == SLOW]
+        slow = [did for did in known if self._state(did) == SLOW]
         if not slow:
             return
         handed = sum(self._pending.get(did, 0) for did in slow)  # will take pooled slots
@@ -267,7 +267,7 @@ class DestinationSlots:
         left = _add(self._busy, did, -1)
         if slot.pooled:
             self._slow_total -= 1
-            if any(w != did and w in self._recent and self._state(w) == SLOW for w in self._wanted):
+            if any(w != did and self._state(w) == SLOW for w in self._wanted):
                 return True  # a slow destination left out of a lease for want of pool has room
         if did not in self._wanted:
             return False

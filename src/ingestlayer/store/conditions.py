@@ -2,8 +2,8 @@
 full, the file cannot be written, or SQLite's log could not be synced (until a restart). Told
 apart by the words (SQLite's "database or disk is full" and "attempt to write a readonly
 database", PostgreSQL's "No space left on device", our own for the log's sync), since neither
-driver gives them an error class of their own. Kept free of the database
-libraries: the CLI reports errors before it has loaded them.
+driver gives them an error class of their own. Kept free of the database libraries: the CLI
+reports errors before it has loaded them.
 """
 
 from __future__ import annotations
