@@ -65,13 +65,25 @@ async def app(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument(
+        "--stack",
+        choices=["uvicorn", "ingestlayer"],
+        default="uvicorn",
+        help="uvicorn's own httptools protocol, or the one ingestlayer serves with",
+    )
     args = p.parse_args()
+    http: Any = "httptools"
+    if args.stack == "ingestlayer":
+        from ingestlayer.config import Settings
+        from ingestlayer.http_protocol import http_protocol
+
+        http = http_protocol(Settings())
     uvicorn.run(
         app,
         host="127.0.0.1",
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -149,15 +149,29 @@ def rows_for(result: dict[str, Any]) -> list[list[str]]:
             result["ratio_single_vs_bare"],
             s,
         )
-        cap, bcap = result.get("ingest_capacity"), result.get("bare_capacity")
-        if cap and bcap:
+        if "bare_ours_single" in result:
+            bo = result["bare_ours_single"]
             single(
-                f"ingest{how}, 1 event/request, capacity",
-                f"{cap['rps']:,.0f} ev/s @{cap['connections']}",
-                f"{bcap['rps']:,.0f} req/s @{bcap['connections']} (bare)",
-                result["ratio_single_capacity"],
-                result["ingest_sweep"][str(cap["connections"])],
+                f"ingest{how}, 1 event/request, 64 conn.",
+                f"{s['events_per_s']:,.0f} ev/s",
+                f"{bo['rps']:,.0f} req/s (bare, our protocol){bound(bo)}",
+                result["ratio_single_vs_bare_ours"],
+                s,
             )
+        cap = result.get("ingest_capacity")
+        for side, label, ratio in (
+            ("bare", "bare", "ratio_single_capacity"),
+            ("bare_ours", "bare, our protocol", "ratio_single_capacity_ours"),
+        ):
+            bcap = result.get(f"{side}_capacity")
+            if cap and bcap:
+                single(
+                    f"ingest{how}, 1 event/request, capacity",
+                    f"{cap['rps']:,.0f} ev/s @{cap['connections']}",
+                    f"{bcap['rps']:,.0f} req/s @{bcap['connections']} ({label})",
+                    result[ratio],
+                    result["ingest_sweep"][str(cap["connections"])],
+                )
         b, bb = result["ingest_batch"], result["bare_batch"]
         rows.append(
             [

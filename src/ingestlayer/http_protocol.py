@@ -42,11 +42,13 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import httptools
+from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ingestlayer.config import Settings
+from ingestlayer.http_cycle import HeldTransport, OneWriteCycle, TurnWrites
 
 log = logging.getLogger("ingestlayer.http")
 
@@ -134,6 +136,7 @@ class _Sweeper:
 
 
 _SWEEPERS: weakref.WeakKeyDictionary[ServerState, _Sweeper] = weakref.WeakKeyDictionary()
+_TURN_WRITES: weakref.WeakKeyDictionary[ServerState, TurnWrites] = weakref.WeakKeyDictionary()
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -154,6 +157,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         "_room_seen",
         "_seen_cycle",
         "_sweeper",
+        "_turn",
     )
 
     max_head_bytes: ClassVar[int] = 64 * 1024
@@ -193,12 +197,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             interval = max(MIN_SWEEP_INTERVAL, min(MAX_SWEEP_INTERVAL, shortest))
             sweeper = _SWEEPERS[server_state] = _Sweeper(self.loop, server_state, interval)
         self._sweeper = sweeper
+        turn = _TURN_WRITES.get(server_state)
+        if turn is None or turn.loop is not self.loop:
+            turn = _TURN_WRITES[server_state] = TurnWrites(self.loop)
+        self._turn = turn
 
     # uvicorn's callbacks
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         over = len(self.connections) >= self.max_connections
-        super().connection_made(transport)
+        super().connection_made(HeldTransport(transport, self._turn))
         self._sweeper.start()
         if over:
             # Answered at its first read, once the request has been read (closed over unread
@@ -232,6 +240,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Every request's cycle, the first on a connection and pipelined ones alike, passes here
+        # before its task runs: it becomes a OneWriteCycle (the same object and state; only
+        # ``send`` differs), rather than inlining uvicorn's on_headers_complete to create one.
+        if type(cycle) is RequestResponseCycle:
+            cycle.__class__ = OneWriteCycle
+        super()._start_asgi_task(cycle, app)
+
+    def eof_received(self) -> None:
+        # The client sends no more, and the transport closes itself after this: the responses
+        # held for the end of the loop's turn go out first.
+        transport = self.transport
+        if isinstance(transport, HeldTransport):
+            transport.release()
 
     def on_message_complete(self) -> None:
         # What follows is the next request's head. (The rest of the read that ended this
