@@ -37,6 +37,13 @@ _SQLALCHEMY_USERINFO = re.compile(r"[^:/]*(?::[^@]*)?@")
 _HOST_PORT = re.compile(r"(?:\[[^\]]*\]|[^\s:@\[\]]*)(?::\d*)?")
 # A URL template's placeholder, such as enrich.person's ``?email={email}``: not a secret.
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*\}")
+# A web address's path segment that may be a credential: Slack's incoming webhooks
+# (/services/T…/B…/<token>), Discord's (/api/webhooks/<id>/<token>), Telegram's bot token
+# (/bot<id>:<token>/). Taken for one when it is this long, of a token's characters, and holds
+# letters and digits, in mixed case or a quarter digits: ids (ULIDs, UUIDs) are masked too, and
+# words (`notifications-service-v2`) are not.
+PATH_TOKEN_LENGTH = 16
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.:~+=%]+")
 
 
 def mask_url(url: str) -> str:
@@ -46,7 +53,8 @@ def mask_url(url: str) -> str:
     (``postgresql://app:••••••@db:5432/prod``). A userinfo without a password is masked whole: a
     user name alone is often a token (``https://TOKEN@host``, ``https://API_KEY:@host``). Query
     values and the fragment are masked too: receivers take credentials as ``?token=…``, and
-    PostgreSQL as ``?password=…``.
+    PostgreSQL as ``?password=…``. So is each segment of a web address's path that looks like a
+    token (see PATH_TOKEN_LENGTH): Slack, Discord and Telegram put theirs there.
 
     Nothing is parsed into parts and rebuilt, so a URL that no library accepts is masked as
     well; a password holding '@', ':' or percent-escapes is masked whole. A database URL is
@@ -64,6 +72,9 @@ def mask_url(url: str) -> str:
         head, after = f"{head}{userinfo}@", after[length:]
     rest, hash_, fragment = after.partition("#")
     rest, query_mark, query = rest.partition("?")
+    if web:
+        authority, slash, path = rest.partition("/")
+        rest = authority + slash + "/".join(MASK if _is_path_token(p) else p for p in path.split("/"))
     if query:
         parts = []
         for part in query.split("&"):
@@ -107,9 +118,10 @@ def url_secrets(url: str) -> list[str]:
     and percent-decoded; ``user:password`` as HTTP Basic sends it, decoded (scrubbing its base64
     form is the caller's, see :func:`ingestlayer.destinations.shared.secret_forms`); and each
     query value that is not a ``{placeholder}`` and is long (LONG_QUERY_VALUE) or under a
-    sensitive name (SENSITIVE_NAME), as written and decoded (``%2B`` and ``+``). The
-    fragment is never sent, so it is not listed. Read as :func:`mask_url` reads the URL, so the
-    two cannot disagree about what is a credential.
+    sensitive name (SENSITIVE_NAME), as written and decoded (``%2B`` and ``+``); and each path
+    segment taken for a token, as written and decoded. The fragment is never sent, so it is not
+    listed. Read as :func:`mask_url` reads the URL, so the two cannot disagree about what is a
+    credential.
     """
     scheme = _SCHEME.match(url)
     start = scheme.end() if scheme else (2 if url.startswith("//") else 0)
@@ -123,7 +135,11 @@ def url_secrets(url: str) -> list[str]:
         hidden = password or user
         found += [hidden, unquote(hidden), userinfo, f"{unquote(user)}:{unquote(password)}"]
         after = after[length:]
-    query = after.partition("#")[0].partition("?")[2]
+    rest, _, query = after.partition("#")[0].partition("?")
+    if web:
+        for segment in rest.partition("/")[2].split("/"):
+            if _is_path_token(segment):
+                found += [segment, unquote(segment)]
     for part in query.split("&") if query else []:
         name, eq, value = part.partition("=")
         if not eq:  # a bare value, ?TOKEN
@@ -132,6 +148,17 @@ def url_secrets(url: str) -> list[str]:
         if value and secret and not _PLACEHOLDER.fullmatch(value):
             found += [value, unquote(value), unquote_plus(value)]
     return list(dict.fromkeys(f for f in found if f))
+
+
+def _is_path_token(segment: str) -> bool:
+    """Whether a web address's path segment is taken for a credential (see PATH_TOKEN_LENGTH)."""
+    if len(segment) < PATH_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(segment):
+        return False
+    digits = sum(c.isdigit() for c in segment)
+    if not digits or not any(c.isalpha() for c in segment):
+        return False
+    mixed_case = not segment.islower() and not segment.isupper()
+    return mixed_case or digits * 4 >= len(segment)
 
 
 def _userinfo_length(after: str, *, web: bool) -> int:

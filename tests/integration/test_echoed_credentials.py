@@ -335,3 +335,49 @@ async def test_a_telegram_api_base_echoing_the_request_leaves_no_credential_in_t
             assert form not in str(full), (form, attempt)
     finally:
         await runner.cleanup()
+
+
+PATH_TOKEN = "PathT0kenAbCdEf12345678"  # as Slack's and Discord's webhook URLs carry theirs
+
+
+async def test_a_token_in_a_urls_path_is_shown_nowhere(
+    server: RunningServer, receiver: Receiver, browser: Browser
+) -> None:
+    receiver.default = Reply(status=200, echo=True)
+    url = f"{receiver.url}/services/T0123/{PATH_TOKEN}"
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "chat",
+                    "source": {"match": ["chat.*"]},
+                    "destinations": [{"webhook.out": {"url": url}, "name": "chat-hook"}],
+                }
+            ]
+        }
+    )
+    status, ep = await server.request("POST", "/v1/endpoints", json={"url": url, "events": ["chat.*"]})
+    assert status == 201 and PATH_TOKEN not in str(ep), ep
+    _, ev = await server.ingest("chat.said", {"n": 1})
+    deliveries = await finished(server, ev["id"], 2)
+    assert {d["status"] for d in deliveries} == {"delivered"}, deliveries
+    assert {r.path for r in receiver.requests} == {f"/services/T0123/{PATH_TOKEN}"}  # sent as written
+
+    status, dest = await server.request("GET", "/v1/destinations/chat-hook")
+    assert status == 200 and dest["config"]["url"] == f"{receiver.url}/services/T0123/{MASK}", dest
+    for path in (
+        "/v1/destinations",
+        "/v1/endpoints",
+        "/v1/pipelines",
+        *(f"/v1/deliveries/{d['id']}" for d in deliveries),
+    ):
+        status, answer = await server.request("GET", path)
+        assert status == 200 and PATH_TOKEN not in str(answer), (path, answer)
+    _, full = await server.request("GET", f"/v1/deliveries/{deliveries[0]['id']}")
+    assert "/services/T0123/<redacted>" in full["attempts"][0]["response_excerpt"], full
+
+    await signed_in(browser, server)
+    pages = ("/pipelines", "/webhooks/endpoints", f"/webhooks/endpoints/{ep['id']}", "/webhooks/logs")
+    for path in (*pages, *(f"/deliveries/{d['id']}" for d in deliveries)):
+        page = await browser.get(path)
+        assert page.status == 200 and PATH_TOKEN not in page.text, path

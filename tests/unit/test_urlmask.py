@@ -61,6 +61,24 @@ M = MASK
         ("  http://ops:hunter2@host", f"  http://ops:{M}@host"),
         ("127.0.0.1:8000", "127.0.0.1:8000"),
         ("https://host/p", "https://host/p"),
+        # Tokens in a web address's path (Slack, Discord, Telegram put theirs there); ids are
+        # masked too, words and short segments are not, nor a file's path.
+        (
+            "https://hooks.slack.com/services/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",
+            f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{M}",
+        ),
+        (
+            "https://discord.com/api/webhooks/123456789012345678/abcDEF_ghi-JKL123mnoPQR",
+            f"https://discord.com/api/webhooks/123456789012345678/{M}",
+        ),
+        (
+            "https://api.telegram.org/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage",
+            f"https://api.telegram.org/{M}/sendMessage",
+        ),
+        ("https://h/hooks/550e8400-e29b-41d4-a716-446655440000", f"https://h/hooks/{M}"),
+        ("https://h/notifications-service-v2/Hooks/v1", "https://h/notifications-service-v2/Hooks/v1"),
+        ("https://h/{email}/x", "https://h/{email}/x"),
+        ("sqlite:///var/lib/ingestlayer-2026-11-27.db", "sqlite:///var/lib/ingestlayer-2026-11-27.db"),
     ],
 )
 def test_mask_url(url: str, shown: str) -> None:
@@ -154,6 +172,8 @@ def test_migrate_database_leaves_other_failures_as_they_are(monkeypatch: pytest.
         ("https://h/it's/in?token=T1", ["T1"]),
         ("https://h/p", []),
         ("https://h/p?e={email}&d={domain}", []),
+        # A token in the path, as written and decoded.
+        ("https://h/hooks/aBcD1234eFgH%2B5678iJkL?x=1", ["aBcD1234eFgH%2B5678iJkL", "aBcD1234eFgH+5678iJkL"]),
     ],
 )
 def test_url_secrets_are_what_mask_url_hides(url: str, secrets: list[str]) -> None:
