@@ -59,10 +59,7 @@ class TurnWrites:
     def write_all(self) -> None:
         waiting, self._waiting = self._waiting, []
         for transport in waiting:
-            try:
-                transport.release()
-            except Exception:  # one connection's transport refusing must not hold back the rest
-                log.debug("a held response could not be written", exc_info=True)
+            transport.release()
 
 
 class HeldTransport(asyncio.Transport):
@@ -85,10 +82,16 @@ class HeldTransport(asyncio.Transport):
             self._held.append(data)
 
     def release(self) -> None:
-        """Write what is held (dropped if the connection is closing: it has gone)."""
+        """Write what is held. Dropped if the connection is closing (the client has gone) or
+        the transport refuses it (half-closed by an answer of the protocol's own): nothing
+        else done to the connection, nor to any other held with it, may fail for that."""
         held, self._held = self._held, None
-        if held is not None and not self.transport.is_closing():
+        if held is None or self.transport.is_closing():
+            return
+        try:
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+        except Exception:
+            log.debug("a held response could not be written", exc_info=True)
 
     # asyncio.Transport, after what is held
 
@@ -151,13 +154,16 @@ class HeldTransport(asyncio.Transport):
 
 
 class _Captured:
-    """Takes the transport's place during uvicorn's ``send``: what it writes is kept, and a
-    close is remembered, to be done after the write."""
+    """Takes the transport's place during uvicorn's ``send``: what it writes is kept (after
+    ``writes``, a head held from before). A close writes it all and closes the transport at
+    once: uvicorn closes before it ends the response, and a connection still open then would
+    read on and run a request pipelined behind it, whose answer the close would drop."""
 
-    __slots__ = ("closed", "writes")
+    __slots__ = ("closed", "transport", "writes")
 
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self.transport = transport
+        self.writes = writes
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -165,6 +171,10 @@ class _Captured:
 
     def close(self) -> None:
         self.closed = True
+        writes, self.writes = self.writes, []
+        if writes:
+            self.transport.write(b"".join(writes))
+        self.transport.close()
 
 
 class OneWriteCycle(RequestResponseCycle):
@@ -178,24 +188,15 @@ class OneWriteCycle(RequestResponseCycle):
             # Before the transport is stood in for: nothing else may write into the stand-in.
             await self.flow.drain()
         transport = self.transport
-        captured = _Captured()
+        captured = _Captured(transport, [] if self._head is None else [self._head])
+        self._head = None
         self.transport = captured  # type: ignore[assignment]
         try:
             await super().send(message)
         finally:
             self.transport = transport
         writes = captured.writes
-        if self._head is not None:
-            writes.insert(0, self._head)
-            self._head = None
-        if self.disconnected:
-            return
-        if captured.closed:
-            if writes:
-                transport.write(b"".join(writes))
-            transport.close()
-            return
-        if not writes:
+        if self.disconnected or captured.closed or not writes:
             return
         data = writes[0] if len(writes) == 1 else b"".join(writes)
         if self.response_complete and isinstance(transport, HeldTransport):

@@ -182,6 +182,27 @@ async def test_a_response_that_closes_the_connection_is_written_before_the_close
     assert transport.calls[0][1].endswith(b"\r\n\r\nok")
 
 
+async def test_a_request_pipelined_behind_a_closing_response_is_not_run() -> None:
+    ran: list[str] = []
+
+    async def close_or_count(scope: Any, receive: Any, send: Any) -> None:
+        ran.append(scope["path"])
+        extra = [(b"connection", b"close")] if scope["path"] == "/close" else []
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2"), *extra]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    proto, transport = serve(close_or_count)
+    proto.data_received(request("/first") + request("/close") + request("/count"))
+    await turns(60)
+    # As uvicorn does: the connection ends with the answer that closes it, and what was sent
+    # behind it is not run (its answer could not be sent).
+    assert ran == ["/first", "/close"]
+    assert transport.calls[-1] == ("close",)
+    assert b"".join(transport.writes()).count(b"HTTP/1.1 200 OK") == 2
+
+
 async def test_a_shutdown_in_the_same_turn_writes_the_held_response_first() -> None:
     holder: list[LimitedHttpToolsProtocol] = []
 
@@ -259,3 +280,13 @@ async def test_what_is_held_counts_in_the_write_buffer() -> None:
     assert held.get_write_buffer_size() == 5
     held.release()
     assert held.get_write_buffer_size() == 0
+
+
+async def test_a_held_response_the_transport_refuses_does_not_stop_its_close() -> None:
+    # Half-closed by an answer of the protocol's own, the transport refuses writes.
+    refusing = Transport()
+    refusing.refuse = True
+    held = HeldTransport(refusing, TurnWrites(asyncio.get_running_loop()))
+    held.hold(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+    held.close()
+    assert refusing.calls == [("close",)]
