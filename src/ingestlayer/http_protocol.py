@@ -20,7 +20,9 @@ time, stayed open for good. :class:`LimitedHttpToolsProtocol` changes only that:
 - Past ``max_connections`` open connections, a new one is answered ``503`` and closed.
 
 Nothing else changes: keep-alive (uvicorn's ``timeout_keep_alive`` between requests),
-pipelining, flow control, graceful shutdown, and what the application answers.
+pipelining, flow control, graceful shutdown, and what the application answers; only how its
+answers reach the socket (:mod:`ingestlayer.http_cycle`: a response in one write, the
+responses finished in a turn of the event loop written together at its end).
 
 Cost: a request adds an attribute store and a few comparisons in ``data_received`` and two
 stores in ``on_message_complete``; no timer is created per request or connection. One sweep per
