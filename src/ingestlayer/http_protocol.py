@@ -251,12 +251,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             cycle.__class__ = OneWriteCycle
         super()._start_asgi_task(cycle, app)
 
-    def eof_received(self) -> None:
-        # The client sends no more, and the transport closes itself after this: the responses
-        # held for the end of the loop's turn go out first.
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol's type
+        """The client sends no more (it half-closed). A request it sent whole and is not yet
+        answered is answered, and the connection closed after it: uvicorn closed at once, and
+        an event posted by a client that half-closes after its request (``nc -N``, some HTTP/1.0
+        clients) was stored and never acknowledged. Otherwise the transport closes after this,
+        the responses held for the end of the loop's turn going out first."""
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_complete
+            and not cycle.more_body
+            and self._linger_until is None
+        ):
+            cycle.keep_alive = False
+            return True  # keep the sending side open; nothing more is read
         transport = self.transport
         if isinstance(transport, HeldTransport):
             transport.release()
+        return None
 
     def on_message_complete(self) -> None:
         # What follows is the next request's head. (The rest of the read that ended this

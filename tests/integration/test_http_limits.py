@@ -297,3 +297,21 @@ async def test_a_request_that_is_not_http_is_answered_in_json_and_logged_once(
             writer.close()
     invalid = [r for r in caplog.records if "Invalid HTTP request received" in r.getMessage()]
     assert len(invalid) <= 1
+
+
+async def test_an_event_from_a_client_that_half_closes_after_sending_is_acknowledged(
+    srv: RunningServer,
+) -> None:
+    """``nc -N`` and some HTTP/1.0 clients end their side once the request is sent: the event is
+    answered 202 before the connection closes, not stored and left unacknowledged."""
+    reader, writer = await connect(srv)
+    writer.write(post_event(srv, 7))
+    writer.write_eof()
+    answer = await read_answer(reader)
+    assert answer.status == 202, answer.body
+    assert answer.headers.get("connection") == "close"
+    assert await closed(reader)
+    event_id = orjson.loads(answer.body)["id"]
+    status, stored = await srv.request("GET", f"/v1/events/{event_id}")
+    assert status == 200 and stored["payload"] == {"n": 7, "pad": ""}, stored
+    writer.close()

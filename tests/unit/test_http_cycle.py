@@ -290,3 +290,23 @@ async def test_a_held_response_the_transport_refuses_does_not_stop_its_close() -
     held.hold(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
     held.close()
     assert refusing.calls == [("close",)]
+
+
+async def test_a_client_that_half_closes_after_its_request_is_answered_then_closed() -> None:
+    proto, transport = serve(fixed)
+    proto.data_received(request())
+    assert proto.eof_received() is True  # before the answer: the connection stays open to send it
+    await turns()
+    assert [c[0] for c in transport.calls] == ["write", "close"]
+    assert transport.calls[0][1].endswith(b'{"ok":true}')
+
+
+async def test_a_client_that_half_closes_mid_request_or_between_requests_is_closed() -> None:
+    proto, _ = serve(fixed)
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+    assert proto.eof_received() is None  # a body cut short: nothing to answer
+
+    proto, _ = serve(fixed)
+    proto.data_received(request())
+    await turns()
+    assert proto.eof_received() is None  # answered: nothing more to send
