@@ -4,7 +4,9 @@ In one run, on 127.0.0.1:
 
 1. the baseline, ``bench/bare_asgi.py`` (uvicorn + httptools + uvloop, one process), takes the
    single small event (from 64, then 16 and 256 connections), then a batch of ``--batch`` of
-   them; it parses the JSON and answers 202;
+   them; it parses the JSON and answers 202. It runs twice: on uvicorn's own protocol, and on
+   the one ingestlayer serves with (``--stack ingestlayer``: its limits, and answers written
+   once per turn of the loop), and the ratios against both are reported;
 2. ``ingestlayer serve`` on a fresh database (or ``api`` + ``worker`` with ``--mode split``)
    takes the same two bodies with an ingest key: authenticated, validated and committed durably
    (group commit) before each 202, while its router drains the outbox beside it.
