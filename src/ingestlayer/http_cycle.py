@@ -19,8 +19,9 @@ since the last one: py-spy put 40 % of the event loop's time in those writes (64
 
 Left as uvicorn does: responses of unknown length (streamed, chunked) and empty ones send their
 head at once, so a client sees a stream begin before its first chunk; a response that closes
-the connection is written and closed at once; flow control (a send waits for a paused transport
-before anything is written). An application that fails between a held head and its body ends
+the connection is written and closed at once, before uvicorn ends the response, so nothing
+pipelined behind it is run; flow control (a send waits for a paused transport before anything
+is written). An application that fails between a held head and its body ends
 the connection, as under uvicorn; the client then receives nothing of that response instead of
 a head without its body.
 
