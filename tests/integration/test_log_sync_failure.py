@@ -25,6 +25,8 @@ async def test_a_failed_log_sync_stops_storing_until_a_restart(sqlite_url: str, 
     try:
         status, body = await server.request("GET", "/readyz")
         assert status == 200, body
+        status, body = await server.request("GET", "/healthz")
+        assert status == 200, body
 
         status, body = await server.ingest("order.created", {"n": 1})
         assert status == 503, body
@@ -37,6 +39,10 @@ async def test_a_failed_log_sync_stops_storing_until_a_restart(sqlite_url: str, 
         status, body = await server.request("GET", "/readyz")
         assert status == 503
         assert "could not be synced (Invalid argument)" in body["error"]["message"]
+        # And the liveness probe, whose failure gets the process restarted: the remedy.
+        status, body = await server.request("GET", "/healthz")
+        assert status == 503
+        assert "nothing is stored until a restart" in body["error"]["message"]
         # Reads still answer; the second event was refused before it was committed.
         status, body = await server.request("GET", "/v1/events?limit=10")
         assert status == 200, body

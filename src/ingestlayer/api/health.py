@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers), ``/readyz`` (the database answers and can store), ``/metrics``."""
+"""``/healthz`` (the process answers and needs no restart), ``/readyz`` (the database answers and
+can store), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -17,8 +18,18 @@ READY_TIMEOUT_SECONDS = 2.0
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz(rt: RuntimeDep) -> dict[str, str]:
+    # No database call. But a process whose SQLite log could not be synced stores nothing until
+    # it restarts: a liveness probe (Kubernetes, systemd's watchdog, a supervisor) that sees it
+    # fail restarts it, which is the remedy; /readyz alone only took it out of rotation.
+    failure = rt.store.durability_failure()
+    if failure is not None:
+        raise ApiError(503, _sync_failed(failure))
     return {"status": "ok"}
+
+
+def _sync_failed(failure: str) -> str:
+    return f"the database log could not be synced ({failure}); nothing is stored until a restart"
 
 
 # Pings given up on, still closing their connections.
@@ -48,9 +59,7 @@ async def readyz(rt: RuntimeDep) -> dict[str, str]:
         raise ApiError(503, "the database is not reachable")
     failure = rt.store.durability_failure()
     if failure is not None:
-        raise ApiError(
-            503, f"the database log could not be synced ({failure}); nothing is stored until a restart"
-        )
+        raise ApiError(503, _sync_failed(failure))
     return {"status": "ready"}
 
 
