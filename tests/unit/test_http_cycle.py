@@ -203,63 +203,58 @@ async def test_a_request_pipelined_behind_a_closing_response_is_not_run() -> Non
     assert b"".join(transport.writes()).count(b"HTTP/1.1 200 OK") == 2
 
 
-async def test_a_shutdown_in_the_same_turn_writes_the_held_response_first() -> None:
+async def answered_then(after: Callable[[LimitedHttpToolsProtocol], object]) -> Transport:
+    """One request, answered, then ``after(protocol)`` in the same turn (the answer still held);
+    the stub transport once the turns that follow have run."""
     holder: list[LimitedHttpToolsProtocol] = []
 
-    async def then_shutdown(scope: Any, receive: Any, send: Any) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
         await fixed(scope, receive, send)
-        holder[0].shutdown()  # what uvicorn does to idle connections on SIGTERM
+        after(holder[0])
 
-    proto, transport = serve(then_shutdown)
+    proto, transport = serve(app)
     holder.append(proto)
     proto.data_received(request())
     await turns()
+    return transport
+
+
+def real_transport(proto: LimitedHttpToolsProtocol) -> Transport:
+    """The stub under the protocol's HeldTransport."""
+    held = proto.transport
+    assert isinstance(held, HeldTransport) and isinstance(held.transport, Transport)
+    return held.transport
+
+
+async def test_a_shutdown_in_the_same_turn_writes_the_held_response_first() -> None:
+    # What uvicorn does to idle connections on SIGTERM.
+    transport = await answered_then(lambda proto: proto.shutdown())
     assert [c[0] for c in transport.calls] == ["write", "close"]
     assert transport.calls[0][1].endswith(b'{"ok":true}')
 
 
 async def test_a_client_that_stops_sending_still_receives_the_held_response() -> None:
-    holder: list[LimitedHttpToolsProtocol] = []
+    def eof(proto: LimitedHttpToolsProtocol) -> None:
+        proto.eof_received()
+        real_transport(proto).close()  # as uvloop's transport does, after it
 
-    async def then_eof(scope: Any, receive: Any, send: Any) -> None:
-        await fixed(scope, receive, send)
-        holder[0].eof_received()
-        holder[0].transport.transport.close()  # type: ignore[attr-defined]  # as uvloop's does, after it
-
-    proto, transport = serve(then_eof)
-    holder.append(proto)
-    proto.data_received(request())
-    await turns()
+    transport = await answered_then(eof)
     assert [c[0] for c in transport.calls] == ["write", "close"]
 
 
 async def test_the_protocols_own_answer_follows_a_held_response() -> None:
-    holder: list[LimitedHttpToolsProtocol] = []
-
-    async def then_bad_request(scope: Any, receive: Any, send: Any) -> None:
-        await fixed(scope, receive, send)
-        holder[0].data_received(b"NOT HTTP AT ALL\r\n\r\n")  # answered 400 by the protocol
-
-    proto, transport = serve(then_bad_request)
-    holder.append(proto)
-    proto.data_received(request())
-    await turns()
+    # Answered 400 by the protocol.
+    transport = await answered_then(lambda proto: proto.data_received(b"NOT HTTP AT ALL\r\n\r\n"))
     statuses = [w.split(b"\r\n", 1)[0] for w in transport.writes()]
     assert statuses == [b"HTTP/1.1 202 Accepted", b"HTTP/1.1 400 Bad Request"]
 
 
 async def test_a_connection_gone_before_the_turn_ends_is_not_written() -> None:
-    holder: list[LimitedHttpToolsProtocol] = []
+    def lost(proto: LimitedHttpToolsProtocol) -> None:
+        real_transport(proto).close()  # the socket went away
+        proto.connection_lost(ConnectionResetError())
 
-    async def then_lost(scope: Any, receive: Any, send: Any) -> None:
-        await fixed(scope, receive, send)
-        holder[0].transport.transport.close()  # type: ignore[attr-defined]  # the socket went away
-        holder[0].connection_lost(ConnectionResetError())
-
-    proto, transport = serve(then_lost)
-    holder.append(proto)
-    proto.data_received(request())
-    await turns()
+    transport = await answered_then(lost)
     assert transport.writes() == []  # the stub fails any write after its close
 
 
