@@ -150,3 +150,67 @@ async def test_urls_with_quotes_backticks_or_angle_brackets_never_show_their_cre
     assert f"https://hooks.example.com/a&#34;b?token={MASK}" in cards
     assert f"https://hooks.example.com/&lt;d&gt;?token={MASK}" in cards
     assert f"https://ops:{MASK}@hooks.example.com/e" in cards
+
+
+DESCRIBED_URL = "https://admin:DESCPASSWORD9@internal.example.com/hook?token=DESCTOKEN10"
+DESCRIPTION_FIELD = re.compile(r'<input id="f-description" name="description" value="([^"]*)"')
+
+
+async def test_a_url_in_a_description_is_masked_and_saving_the_form_unchanged_keeps_it(
+    srv: RunningServer, browser: Browser
+) -> None:
+    """Descriptions are free text: a URL written in one (a mirror's address, a runbook link with
+    its token) is shown masked on every page, in the YAML view and in the edit form; the form
+    sent back with the description as shown keeps the one stored."""
+    description = f"mirror of {DESCRIBED_URL} (see runbook)"
+    status, ep = await srv.request(
+        "POST",
+        "/v1/endpoints",
+        json={
+            "url": "https://hooks.example.com/in",
+            "events": ["a.b"],
+            "auth": "none",
+            "description": description,
+        },
+    )
+    assert status == 201, ep
+    await srv.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "described",
+                    "description": description,
+                    "source": {"match": ["user.*"]},
+                    "destinations": [{"webhook.out": {"url": "https://hooks.example.com/d"}}],
+                }
+            ]
+        }
+    )
+    await signed_in(browser, srv)
+    shown = f"mirror of https://admin:{MASK}@internal.example.com/hook?token={MASK} (see runbook)"
+    for path in ("/pipelines", "/webhooks/endpoints", f"/webhooks/endpoints/{ep['id']}"):
+        page = await browser.get(path)
+        assert page.status == 200, (path, page.status)
+        assert "DESCPASSWORD9" not in page.text and "DESCTOKEN10" not in page.text, path
+        assert shown in page.text, path
+    field = DESCRIPTION_FIELD.search(page.text)
+    assert field is not None and field.group(1) == shown
+
+    form = {
+        "url": ep["url"],
+        "events": "a.b",
+        "auth": "none",
+        "signing": "ingestlayer",
+        "format": "ingestlayer",
+        "timeout": "10",
+        "retry": "",
+        "description": shown,
+    }
+    saved = await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}", form))
+    assert "Endpoint saved" in saved.text
+    _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["description"] == description
+    # Edited, the description is stored as sent.
+    await browser.post(f"/webhooks/endpoints/{ep['id']}", {**form, "description": "no link now"})
+    _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")
+    assert got["description"] == "no link now"

@@ -46,7 +46,8 @@ class EndpointForm:
             format=ep.get("format") or "ingestlayer",
             timeout=f"{ep.get('timeout') or 10:g}",
             retry=", ".join(f"{s:g}" for s in retry.get("schedule", [])),
-            description=ep.get("description") or "",
+            # As every page shows it: a URL in it masked (saving it unchanged keeps the stored one).
+            description=mask_urls_in(ep.get("description") or ""),
             enabled=bool(ep.get("enabled", True)),
         )
 

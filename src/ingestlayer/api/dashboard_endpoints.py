@@ -203,7 +203,11 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
     errors: dict[str, str] = {}
     values = form.values(errors)
     values.pop("enabled")
-    if form.retry == EndpointForm.from_endpoint(current).retry:
+    shown = EndpointForm.from_endpoint(current)
+    if form.description == shown.description:
+        # The description as the page showed it, a URL's credentials in it masked: keep it.
+        values["description"] = current.get("description")
+    if form.retry == shown.retry:
         # The retry field as the page showed it: keep the policy whole. The field shows only a
         # schedule's delays, so resending it would drop a jitter or a {max_attempts, base, …}.
         values["retry"] = current.get("retry")

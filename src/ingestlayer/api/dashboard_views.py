@@ -139,6 +139,7 @@ def env() -> Environment:
             num=fmt_num,
             pct=fmt_pct,
             masked_url=mask_url,
+            masked_text=mask_urls_in,
         )
         e.globals.update(
             STATUSES=STATUSES,
@@ -385,7 +386,7 @@ def destination_view(d: DestinationRow, when: str | None, secret_names: set[str]
 def pipeline_yaml(p: PipelineRow, cfg: ProjectConfig) -> str:
     doc: dict[str, Any] = {"name": p.name}
     if p.config.get("description"):
-        doc["description"] = p.config["description"]
+        doc["description"] = mask_urls_in(p.config["description"])
     if not p.enabled:
         doc["enabled"] = False
     doc["source"] = {"match": list(p.config["source"]["match"])}
@@ -437,7 +438,7 @@ def pipeline_card(p: PipelineRow, cfg: ProjectConfig, secret_names: set[str]) ->
     return PipelineCard(
         id=p.id,
         name=name,
-        description=p.config.get("description"),
+        description=mask_urls_in(p.config["description"]) if p.config.get("description") else None,
         enabled=p.enabled,
         endpoint=p.endpoint,
         match=list(p.config["source"]["match"]),
