@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -190,6 +191,65 @@ async def test_retry_after_is_honoured(server: RunningServer, receiver: Receiver
     first, second = receiver.requests
     # The schedule says 0.05 s; the server asked for 1 s, and got at least that.
     assert second.at - first.at >= 0.95
+
+
+class RateLimited:
+    """A receiver that takes ``rate`` requests per ``window`` seconds (fixed windows) and answers
+    the rest 429 with the time left in the window as ``Retry-After``, as Discord's and Slack's
+    webhooks do."""
+
+    def __init__(self, rate: int, window: float) -> None:
+        self.rate, self.window = rate, window
+        self.windows: dict[int, int] = {}
+        self.delivered: list[str] = []
+        self.too_many = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        n = int(now // self.window)
+        self.windows[n] = self.windows.get(n, 0) + 1
+        if self.windows[n] > self.rate:
+            self.too_many += 1
+            left = (n + 1) * self.window - now
+            return web.Response(status=429, headers={"Retry-After": f"{left:.3f}"})
+        self.delivered.append(request.headers["X-Ingestlayer-Delivery"])
+        return web.Response(status=200)
+
+
+async def test_a_rate_limited_receiver_gets_every_delivery_without_spending_them_on_429s(
+    server: RunningServer,
+) -> None:
+    """40 events to a receiver that takes 6 requests a half second, with 5 attempts each: a 429
+    used to delay only its own delivery, the others kept coming, each spent an attempt on its own
+    429, and 10 of the 40 ended dead. The destination is now paused until the time it asks for,
+    then sent fewer at once: every delivery arrives."""
+    limited = RateLimited(rate=6, window=0.5)
+    url, runner = await serve_handler(limited.handle)
+    try:
+        retry = {"schedule": [0, 0.1, 0.1, 0.1, 0.1], "jitter": 0}
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "limited",
+                        "source": {"match": ["burst.*"]},
+                        "destinations": [{"webhook.out": {"url": url + "/hook"}, "retry": retry}],
+                    }
+                ]
+            }
+        )
+        await ingest_batch(server, "burst.happened", 40)
+
+        async def settled() -> dict[str, int] | None:
+            _, body = await server.request("GET", "/v1/deliveries?limit=1")
+            counts = {s: body["counts"].get(s, 0) for s in ("delivered", "dead")}
+            return counts if counts["delivered"] + counts["dead"] == 40 else None
+
+        counts = await wait_for(settled, 60)
+        assert counts == {"delivered": 40, "dead": 0}, (counts, limited.too_many)
+        assert len(set(limited.delivered)) == 40
+    finally:
+        await runner.cleanup()
 
 
 async def test_timeout_counts_as_failure(server: RunningServer, receiver: Receiver) -> None:

@@ -272,3 +272,60 @@ def test_a_pooled_slot_freed_wakes_the_lease_for_another_slow_destination() -> N
     # One pooled slot is free, offered to each slow destination in turn.
     assert [r.of("dst_a") + r.of("dst_b") for r in rooms] == [1, 1]
     assert {r.of("dst_b") for r in rooms} == {0, 1}
+
+
+def test_a_destination_that_answers_too_many_requests_is_paused_then_limited() -> None:
+    """A 429 pauses the whole destination until the time it gave, then lets half as many
+    attempts run at once as it had; deliveries that go through raise the limit back."""
+    clock = Clock()
+    s = slots(clock)  # a share of 6
+    taken = [s.start("dst_a", None) for _ in range(4)]
+    assert all(taken)
+    assert s.answered_too_many("dst_a", 2.0) == 2.0
+    # Paused: nothing starts, and leases and the router's hand-overs find no room.
+    assert s.start("dst_a", None) is None
+    assert s.room().of("dst_a") <= 0
+    first, n = s.take(fresh("dst_a", "dst_b"), 10)
+    assert n == 1 and first[0].destination_id == "dst_b"
+    # The other attempts in flight answer 429 too: the pause holds, the limit is halved once.
+    assert s.answered_too_many("dst_a", 1.0) == 2.0
+    assert s.answered_too_many("dst_a", 3.0) == 3.0  # asked for longer: the pause is longer
+    for _ in range(4):
+        s.finish("dst_a", 0.05)
+    clock.now += 2.9
+    assert s.start("dst_a", None) is None
+    clock.now += 0.2
+    # Over: half of the 4 it had in flight.
+    assert s.limit("dst_a") == 2
+    assert s.start("dst_a", None) and s.start("dst_a", None)
+    assert s.start("dst_a", None) is None
+    assert s.room().of("dst_a") == 0
+    s.finish("dst_a", 0.05, delivered=True)
+    s.finish("dst_a", 0.05, delivered=True)
+    assert s.limit("dst_a") == 3  # a round of 2 went through: one more
+    for _ in range(3):
+        assert s.start("dst_a", None)
+        s.finish("dst_a", 0.05, delivered=True)
+    assert s.limit("dst_a") == 4
+    for _ in range(4 + 5):
+        assert s.start("dst_a", None)
+        s.finish("dst_a", 0.05, delivered=True)
+    assert s.limit("dst_a") == 6  # its whole share again, and no longer listed as held back
+    assert "dst_a" not in set(s.rate.held_back())
+
+
+def test_a_failure_that_is_not_a_rate_limit_does_not_raise_the_limit_back() -> None:
+    clock = Clock()
+    s = slots(clock)
+    assert s.start("dst_a", None) and s.start("dst_a", None)
+    s.answered_too_many("dst_a", None)  # no Retry-After: a short pause of its own
+    s.finish("dst_a", 0.05)
+    s.finish("dst_a", 0.05)
+    clock.now += 1.0
+    assert s.limit("dst_a") == 1
+    for _ in range(5):
+        assert s.start("dst_a", None)
+        s.finish("dst_a", 0.05)  # failed (a 500): the limit stays
+    assert s.limit("dst_a") == 1
+    assert s.start("dst_b", None)  # other destinations keep their share
+    assert s.limit("dst_b") == 6

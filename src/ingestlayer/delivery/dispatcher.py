@@ -27,7 +27,7 @@ from ingestlayer import __version__, clock, metrics
 from ingestlayer.config import Settings
 from ingestlayer.delivery.egress import AddressResolver, EgressPolicy, GuardedResolver
 from ingestlayer.delivery.http_client import HttpClient
-from ingestlayer.delivery.retry import RetryPolicy
+from ingestlayer.delivery.retry import MAX_RETRY_AFTER, RetryPolicy
 from ingestlayer.delivery.slots import DestinationSlots, Slot
 from ingestlayer.delivery.wakeup import wait_for_work
 from ingestlayer.destinations.base import (
@@ -375,6 +375,9 @@ class Dispatcher:
                 log.exception("destination %s raised on delivery %s", d.destination_id, d.id)
                 outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
         duration_ms = (time.perf_counter() - t0) * 1000
+        too_many = outcome.status_code == 429 or outcome.retry_after is not None
+        if dest is not None and not outcome.ok and too_many:
+            self._too_many(d.destination_id, outcome.retry_after)
         next_at: float | None = None
         if outcome.ok:
             status = "delivered"
@@ -422,12 +425,23 @@ class Dispatcher:
         )
         return result
 
+    def _too_many(self, did: str, retry_after: float | None) -> None:
+        """The destination asked for fewer requests: no attempt to it starts until the time it
+        gave, and fewer at once after (delivery/rate_limits.py); the lease loop looks again then."""
+        wait = None if retry_after is None else min(retry_after, MAX_RETRY_AFTER)
+        pause = self.slots.answered_too_many(did, wait)
+        asyncio.get_running_loop().call_later(pause, self.wake.set)
+
     async def _run_one(self, d: LeasedDelivery, dest: _Dest | None, slot: Slot | None) -> None:
         t0 = time.monotonic()
+        delivered = False
         try:
             result = await self.send_one(d, dest)
+            delivered = result.status == "delivered"
         finally:
-            if slot is not None and self.slots.finish(d.destination_id, time.monotonic() - t0, slot):
+            if slot is not None and self.slots.finish(
+                d.destination_id, time.monotonic() - t0, slot, delivered=delivered
+            ):
                 self.wake.set()  # it was left out of leases for want of room: it has some again
         self._results.append(result)
         self._results_ready.set()

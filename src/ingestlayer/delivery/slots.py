@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ingestlayer.delivery.rate_limits import RateLimits
 from ingestlayer.records import LeasedDelivery, NewDelivery
 from ingestlayer.store.lease_window import Room
 
@@ -142,6 +143,8 @@ class DestinationSlots:
         # Destinations whose room may have cut the last lease short: leased for again once
         # they have room enough (finish), not at the next poll.
         self._wanted: set[str] = set()
+        # Destinations that answered "too many requests": paused, then limited (rate_limits.py).
+        self.rate = RateLimits(clock)
 
     def in_flight(self, did: str) -> int:
         return self._busy.get(did, 0)
@@ -150,6 +153,12 @@ class DestinationSlots:
         return self._limit(did, self._state(did))
 
     def _limit(self, did: str, state: str) -> int:
+        if self.rate.paused(did):
+            return 0
+        return self.rate.limit(did, self._usual(did, state))
+
+    def _usual(self, did: str, state: str) -> int:
+        """The limit its state and its own setting give, before any rate limit it met."""
         share = self._shares[state]
         own = self._own.get(did)
         if own is None:
@@ -187,7 +196,7 @@ class DestinationSlots:
     def room(self) -> Room:
         """Each destination's free slots, for the next lease: listed for those with attempts in
         flight, a limit of their own or attempts that ended lately; the default for any other."""
-        known = {did: self.limit(did) for did in (*self._own, *self._recent)}
+        known = {did: self.limit(did) for did in (*self._own, *self._recent, *self.rate.held_back())}
         for counts in (self._busy, self._pending):
             for did, n in counts.items():
                 known[did] = known.get(did, self.limit(did)) - n
@@ -248,10 +257,16 @@ class DestinationSlots:
         if got < want:
             self._wanted.update(did for did, n in room.known.items() if n < want)
 
-    def finish(self, did: str, seconds: float, slot: Slot = FREE_SLOT) -> bool:
-        """Free the ``slot`` of an attempt that took ``seconds``. True when a lease was cut short by
-        this destination's room and it now has enough to lease for again: an eighth of its limit
-        (at least one), or a pooled slot is free for another slow destination a lease left out.
+    def answered_too_many(self, did: str, seconds: float | None) -> float:
+        """An attempt to ``did`` (still in flight) was answered "too many requests", to come back
+        in ``seconds``: pause and limit the destination. Returns the seconds the pause lasts."""
+        return self.rate.answered_too_many(did, seconds, self._busy.get(did, 0))
+
+    def finish(self, did: str, seconds: float, slot: Slot = FREE_SLOT, *, delivered: bool = False) -> bool:
+        """Free the ``slot`` of an attempt that took ``seconds`` (``delivered``: its delivery went
+        through). True when a lease was cut short by this destination's room and it now has
+        enough to lease for again: an eighth of its limit (at least one), or a pooled slot is free
+        for another slow destination a lease left out.
         Leasing for every slot freed would make a transaction per attempt."""
         now = self._clock()
         recent = self._recent.get(did)
@@ -265,6 +280,8 @@ class DestinationSlots:
         else:
             recent.streak = 0
         left = _add(self._busy, did, -1)
+        if delivered:
+            self.rate.went_through(did, self._usual(did, self._state(did)))
         if slot.pooled:
             self._slow_total -= 1
             if any(w != did and self._state(w) == SLOW for w in self._wanted):
