@@ -20,11 +20,11 @@ from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.destinations import discord as discord_mod
 from ingestlayer.destinations import telegram as telegram_mod
 from ingestlayer.destinations.base import SendContext, SendRequest
-from ingestlayer.destinations.chat import Redactor, Reply, escape_fitting, key_fields
+from ingestlayer.destinations.chat import Redactor, Reply, escape_fitting, key_fields, markup_template
 from ingestlayer.destinations.discord import Discord, DiscordConfig, build_embed, embed_size, pinned_version
 from ingestlayer.destinations.registry import destination_class
 from ingestlayer.destinations.slack import Slack, SlackConfig
-from ingestlayer.destinations.slack.blocks import build_message, cut_mrkdwn
+from ingestlayer.destinations.slack.blocks import build_message, cut_mrkdwn, slack_spots
 from ingestlayer.destinations.slack.destination import classify_api_reply, classify_webhook_reply
 from ingestlayer.destinations.slack.oauth import SlackOAuthError, open_state, seal_state
 from ingestlayer.destinations.telegram import Telegram, TelegramConfig, build_text, check_html, fit_html
@@ -134,7 +134,8 @@ def test_slack_escapes_values_but_keeps_template_markup() -> None:
         template="*New:* $event.email <https://app.acme.com/u/$event.uid|open> ($event.type)",
     )
     section = templated["blocks"][0]["text"]["text"]
-    assert section == "*New:* a&lt;b&gt;@x.com <https://app.acme.com/u/u&amp;1|open> (feature.used)"
+    # The value in the link's URL is one path segment, percent-encoded (`&` as %26).
+    assert section == "*New:* a&lt;b&gt;@x.com <https://app.acme.com/u/u%261|open> (feature.used)"
     assert templated["text"] == section
     assert [b["type"] for b in templated["blocks"]] == ["section", "context"]
 
@@ -178,6 +179,68 @@ def test_slack_fields_choose_and_order_the_key_fields() -> None:
 )
 def test_cut_mrkdwn(text: str, limit: int, expected: str) -> None:
     assert cut_mrkdwn(text, limit) == expected
+
+
+# The template from docs/destinations/slack.md.
+SLACK_DOCS_TEMPLATE = (
+    "*$event.count exports* by <https://app.acme.com/users/$event.user_id|$event.user_id> ($event.plan)"
+)
+
+
+def slack_section(payload: dict[str, Any], template: str) -> str:
+    msg = build_message(event(payload), template=template)
+    assert validate_blocks(msg["blocks"]) == []
+    text: str = msg["blocks"][0]["text"]["text"]
+    assert msg["text"] == text
+    return text
+
+
+def test_slack_value_in_a_link_url_cannot_choose_the_label() -> None:
+    text = slack_section(
+        {"count": 120, "user_id": "u1|Click here for a refund", "plan": "free"}, SLACK_DOCS_TEMPLATE
+    )
+    assert text == (
+        "*120 exports* by <https://app.acme.com/users/u1%7CClick%20here%20for%20a%20refund"
+        "|u1\u2223Click here for a refund> (free)"
+    )
+    # One link, whose only `|` is the template's: the URL is the user's page, the label the value.
+    (link,) = re.findall(r"<([^>]*)>", text)
+    assert link.count("|") == 1
+    # Where each placeholder sits is found once per template, not per event.
+    assert markup_template(SLACK_DOCS_TEMPLATE, slack_spots) is markup_template(
+        SLACK_DOCS_TEMPLATE, slack_spots
+    )
+
+
+def test_slack_link_url_values_are_percent_encoded() -> None:
+    value = "a/b?c=d&e#f g>h<i)(j\\k`lé"
+    # After the template's text: one component, so `/`, `?`, `&` and `#` are encoded too.
+    assert slack_section({"v": value}, "<https://x.com/u/$event.v|open>") == (
+        "<https://x.com/u/a%2Fb%3Fc%3Dd%26e%23f%20g%3Eh%3Ci%29%28j%5Ck%60l%C3%A9|open>"
+    )
+    # Starting the URL: a whole URL, whose delimiters are kept (`&` then sent as Slack's `&amp;`).
+    url = "https://x.com/a b?q=1&r=|2>"
+    assert slack_section({"u": url}, "<$event.u|open> <$event.u>") == (
+        "<https://x.com/a%20b?q=1&amp;r=%7C2%3E|open> <https://x.com/a%20b?q=1&amp;r=%7C2%3E>"
+    )
+
+
+def test_slack_code_span_values_cannot_close_the_span() -> None:
+    value = "a`b & <c> *d*"
+    text = slack_section({"v": value}, "`$event.v` and ```$event.v``` but $event.v")
+    assert (
+        text
+        == "`a\u02cbb &amp; &lt;c&gt; *d*` and ```a\u02cbb &amp; &lt;c&gt; *d*``` but a`b &amp; &lt;c&gt; *d*"
+    )
+    # A lone backtick opens no span: the value is plain text there.
+    assert slack_section({"v": value}, "it's ` $event.v") == "it's ` a`b &amp; &lt;c&gt; *d*"
+
+
+def test_slack_plain_text_escaping_is_unchanged() -> None:
+    assert slack_section({"v": NASTY}, "*$event.v* said: $event.v") == (
+        '*&lt;script&gt;alert("x")&lt;/script&gt; &amp; co &gt; *bold* _it_ `code` @everyone* said: '
+        '&lt;script&gt;alert("x")&lt;/script&gt; &amp; co &gt; *bold* _it_ `code` @everyone'
+    )
 
 
 SLACK_API_CASES = [
@@ -364,6 +427,69 @@ def test_discord_escapes_markdown_in_values() -> None:
         r'*\<script\>alert("x")\</script\> & co \> \*bold\* \_it\_ \`code\` @everyone*'
     )
     assert embed["color"] == 0x5865F2 and "fields" not in embed
+
+
+def discord_description(payload: dict[str, Any], template: str) -> str:
+    embed = build_embed(event(payload), template=template, fields=None, color=None)
+    assert validate_message({"embeds": [embed]}) == {}
+    description: str = embed["description"]
+    return description
+
+
+def test_discord_code_span_values_show_without_backslashes() -> None:
+    # The template from docs/destinations/discord.md.
+    template = "**$event.feature** used $event.count times by `$event.user_id`"
+    payload = {"feature": "csv_export", "count": 3, "user_id": "u_1"}
+    assert discord_description(payload, template) == "**csv\\_export** used 3 times by `u_1`"
+    # A backtick in the value cannot close the span (nor a code block's ```).
+    value = "a`b ```c *d* \\e"
+    assert discord_description({"v": value}, "`$event.v` ``$event.v`` ```\n$event.v\n```") == (
+        "`a\u02cbb \u02cb\u02cb\u02cbc *d* \\e` ``a\u02cbb \u02cb\u02cb\u02cbc *d* \\e`` "
+        "```\na\u02cbb \u02cb\u02cb\u02cbc *d* \\e\n```"
+    )
+    # No span: an unclosed backtick, or one the template escapes.
+    assert discord_description({"v": "u_1"}, "`$event.v") == "`u\\_1"
+    assert discord_description({"v": "u_1"}, "\\`$event.v\\`") == "\\`u\\_1\\`"
+
+
+def test_discord_link_url_values_are_percent_encoded() -> None:
+    template = "[$event.customer](https://app/u/$event.customer)"
+    assert discord_description({"customer": "cus_123"}, template) == "[cus\\_123](https://app/u/cus_123)"
+    value = "a/b?c&d e|f<g>h\\i`jé"
+    assert discord_description({"customer": value}, "[x](https://app/u/$event.customer)") == (
+        "[x](https://app/u/a%2Fb%3Fc%26d%20e%7Cf%3Cg%3Eh%5Ci%60j%C3%A9)"
+    )
+    # A value starting the URL is a whole URL: its delimiters are kept.
+    assert discord_description({"u": "https://e.com/a_b?q=1 2"}, "[open]($event.u)") == (
+        "[open](https://e.com/a_b?q=1%202)"
+    )
+
+
+def test_discord_value_cannot_end_a_link_url() -> None:
+    value = "x) [refund](https://evil.example"
+    described = discord_description(
+        {"customer": value}, "[account](https://app/u/$event.customer) and (more)"
+    )
+    assert described == "[account](https://app/u/x%29%20%5Brefund%5D%28https%3A%2F%2Fevil.example) and (more)"
+    # The link's URL is all of the value: it ends at the template's `)`.
+    assert re.findall(r"\]\(([^)]*)\)", described) == [
+        "https://app/u/x%29%20%5Brefund%5D%28https%3A%2F%2Fevil.example"
+    ]
+    # A URL with its own pair of parentheses is one URL.
+    assert (
+        discord_description({"v": "a)"}, "[w](https://w.org/F_(b)/$event.v)")
+        == "[w](https://w.org/F_(b)/a%29)"
+    )
+
+
+def test_discord_plain_text_escaping_is_unchanged() -> None:
+    escaped = r'\<script\>alert("x")\</script\> & co \> \*bold\* \_it\_ \`code\` @everyone'
+    # Text, a masked link's label, and text after a link or a code span.
+    assert discord_description({"v": NASTY}, "$event.v [$event.v](https://a.b) `c` $event.v") == (
+        f"{escaped} [{escaped}](https://a.b) `c` {escaped}"
+    )
+    body = Discord(DiscordConfig(webhook_url="ref:d", content="**$event.v**")).message(event({"v": "a_b*"}))
+    assert body["content"] == "**a\\_b\\***"
 
 
 def test_discord_embed_stays_within_every_limit() -> None:

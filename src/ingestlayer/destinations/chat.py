@@ -3,7 +3,8 @@
 - secret references in configs (``ref:NAME`` / ``env:VAR``, never the credential itself);
 - the event's envelope and its "key fields" (what a default message shows);
 - ``$event.*`` templates whose substituted values are escaped for the target's markup, while the
-  template's own text (the user's markup) is kept as written;
+  template's own text (the user's markup) is kept as written; in Slack and Discord markup, for
+  the spot each placeholder sits in (:class:`Spot`: text, a code span, a link's URL or label);
 - one bounded HTTP POST with the transport errors turned into :class:`Outcome` s, and every
   credential (tokens, webhook URLs) redacted from errors and excerpts.
 
@@ -16,7 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -26,7 +30,13 @@ from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, excerpt
 from ingestlayer.destinations.shared import held_url_parts, percent_forms, secret_forms, url_credentials
 from ingestlayer.pipeline.paths import get_path
-from ingestlayer.pipeline.templates import as_text, render_escaped, strip_placeholders
+from ingestlayer.pipeline.templates import (
+    as_text,
+    lookup,
+    render_escaped,
+    split_placeholders,
+    strip_placeholders,
+)
 from ingestlayer.urlcheck import http_url_problem, url_characters_problem
 
 # Enough for any chat API's JSON answer (Slack echoes the message back); bounded so a hostile
@@ -112,6 +122,101 @@ def render_template(source: str, event: Mapping[str, Any], escape: Callable[[str
     """
     env, payload = envelope(event)
     return render_escaped(source, env, payload, escape)
+
+
+class Spot(Enum):
+    """Where a placeholder sits in a template's markup, which decides how its value is escaped."""
+
+    TEXT = "text"
+    CODE = "code"  # inside a code span or block: shown as it is, no escape of the markup applies
+    URL = "url"  # the start of a link's URL: the value is taken as a URL (or its start)
+    URL_PART = "url part"  # in a link's URL after the template's own text: a path segment, a query value
+    LABEL = "label"  # Slack: a link's label, after the `|` that ends its URL
+
+
+# (template text with each placeholder as one "x", the placeholders' offsets) -> their spots, in order
+Locate = Callable[[str, Sequence[int]], list[Spot]]
+Escapes = Mapping[Spot, Callable[[str], str]]
+
+# What a backtick in a value becomes inside a code span, where a backtick would end the span and
+# no escape is read: U+02CB MODIFIER LETTER GRAVE ACCENT, which looks like one.
+CODE_BACKTICK = "\u02cb"
+# Kept as written in a value that starts a link's URL: letters, digits, ``-._~`` and the
+# delimiters of a URL's parts (``:/?#@&=+,;``), and ``%`` (what is already encoded). Everything
+# else is percent-encoded (UTF-8 for non-ASCII, RFC 3986): spaces, ``| < > ( ) [ ] \ ` " '``...
+URL_KEEP = ":/?#@&=+,;%"
+
+
+def in_code(value: str) -> str:
+    """A value inside a code span: only its backticks are changed (see CODE_BACKTICK)."""
+    return value.replace("`", CODE_BACKTICK)
+
+
+def in_url(value: str) -> str:
+    """A value that starts a link's URL: percent-encoded but for URL_KEEP."""
+    return quote(value, safe=URL_KEEP)
+
+
+def in_url_part(value: str) -> str:
+    """A value inside a link's URL, after the template's text: one component, so everything but
+    letters, digits and ``-._~`` is percent-encoded (``/``, ``?``, ``&`` and ``#`` too: the value
+    cannot add a path segment or a query parameter)."""
+    return quote(value, safe="")
+
+
+def backtick_run(text: str, start: int) -> int:
+    """How many backticks there are in a row from ``start``."""
+    end = start
+    while end < len(text) and text[end] == "`":
+        end += 1
+    return end - start
+
+
+def closing_run(text: str, start: int, length: int) -> int | None:
+    """Where the next run of exactly ``length`` backticks from ``start`` begins: what closes a code
+    span opened by such a run (None: the opening backticks are plain text)."""
+    i = text.find("`", start)
+    while i != -1:
+        run = backtick_run(text, i)
+        if run == length:
+            return i
+        i = text.find("`", i + run)
+    return None
+
+
+@dataclass(frozen=True)
+class MarkupTemplate:
+    """A chat template parsed once: its literal text, and each placeholder with its :class:`Spot`."""
+
+    literals: tuple[str, ...]
+    placeholders: tuple[tuple[str, Spot], ...]
+
+    def render(self, event: Mapping[str, Any], escapes: Escapes) -> str:
+        env, payload = envelope(event)
+        out = [self.literals[0]]
+        for (path, spot), literal in zip(self.placeholders, self.literals[1:], strict=True):
+            out.append(escapes[spot](as_text(lookup(path, env, payload))))
+            out.append(literal)
+        return "".join(out)
+
+
+@lru_cache(maxsize=1024)
+def markup_template(source: str, locate: Locate) -> MarkupTemplate:
+    """``source`` parsed, its placeholders' spots found by ``locate`` (once per template)."""
+    literals, paths = split_placeholders(source)
+    offsets: list[int] = []
+    pos = 0
+    for literal in literals[:-1]:
+        pos += len(literal)
+        offsets.append(pos)
+        pos += 1
+    spots = locate("x".join(literals), offsets)
+    return MarkupTemplate(tuple(literals), tuple(zip(paths, spots, strict=True)))
+
+
+def render_markup(source: str, event: Mapping[str, Any], locate: Locate, escapes: Escapes) -> str:
+    """Render a Slack or Discord template: each value escaped for the spot it sits in."""
+    return markup_template(source, locate).render(event, escapes)
 
 
 def template_placeholders_only(source: str, replacement: str = "x") -> str:

@@ -15,7 +15,11 @@ The embed: ``title`` the event type, ``description`` the rendered template (or, 
 a footer with the event id. Discord's limits are kept by cutting text safely: title 256,
 description 4096, at most 25 fields (name 256, value 1024), 6000 characters in all; ``content``
 2000. Event values are escaped so Discord shows them as sent (no stray bold, links or mentions),
-and ``allowed_mentions`` is empty, so nothing in an event can ping ``@everyone``.
+and ``allowed_mentions`` is empty, so nothing in an event can ping ``@everyone``. In a template a
+value is escaped for where its placeholder sits (:func:`discord_spots`): with backslashes in
+text; inside a code span, where Discord shows backslashes, only its backticks change (to the
+look-alike U+02CB); in a masked link's URL, ``[label](url)``, it is percent-encoded (``_`` stays
+``_``, and a ``)`` cannot end the link).
 
 Requests name API v10 (see API_VERSION). Answers: 2xx delivered; 429 retried after the body's
 ``retry_after`` (seconds, a float; else the ``X-RateLimit-Reset-After`` / ``Retry-After``
@@ -27,7 +31,7 @@ webhook's token: it never appears in errors or the attempt log.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,16 +41,23 @@ from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import MAX_TIMEOUT_SECONDS, Outcome, SendContext, SendRequest
 from ingestlayer.destinations.chat import (
     ELLIPSIS,
+    Escapes,
     Redactor,
     Reply,
+    Spot,
+    backtick_run,
     check_http_url,
     check_paths,
+    closing_run,
     escape_fitting,
     held_url_refused,
+    in_code,
+    in_url,
+    in_url_part,
     is_transient_status,
     key_fields,
     post,
-    render_template,
+    render_markup,
     reply_outcome,
     truncate,
 )
@@ -80,6 +91,74 @@ def escape(text: str) -> str:
 
 def escape_limited(text: str, limit: int) -> str:
     return escape_fitting(text, limit, escape_char)
+
+
+TEMPLATE_ESCAPES: Escapes = {
+    Spot.TEXT: escape,
+    Spot.CODE: in_code,
+    Spot.URL: in_url,
+    Spot.URL_PART: in_url_part,
+    Spot.LABEL: escape,  # Discord's link labels are text: never found by discord_spots
+}
+
+
+def link_url_end(text: str, start: int) -> int:
+    """Where the ``)`` that ends a masked link's URL starting at ``start`` is (pairs of
+    parentheses inside it are kept), or -1."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            if not depth:
+                return i
+            depth -= 1
+    return -1
+
+
+def discord_spots(text: str, offsets: Sequence[int]) -> list[Spot]:
+    """Where each placeholder (at ``offsets`` in ``text``) sits in a template's Discord markdown.
+
+    A run of backticks opens a code span (or block) closed by the next run as long: nothing inside
+    is markdown. ``[label](url)`` is a masked link: its label is text, its URL runs to the ``)``
+    that closes it. A backslash makes the character after it plain text.
+    """
+    placeholders = set(offsets)
+    spots: dict[int, Spot] = {}
+    open_brackets = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if i in placeholders:
+            spots[i] = Spot.TEXT
+        elif ch == "\\" and i + 1 not in placeholders:
+            i += 1
+        elif ch == "`":
+            run = backtick_run(text, i)
+            end = closing_run(text, i + run, run)
+            if end is not None:
+                spots.update((at, Spot.CODE) for at in range(i + run, end) if at in placeholders)
+                i = end
+            i += run
+            continue
+        elif ch == "[":
+            open_brackets += 1
+        elif ch == "]" and open_brackets:
+            open_brackets -= 1
+            end = link_url_end(text, i + 2) if text.startswith("(", i + 1) else -1
+            if end != -1:
+                for at in range(i + 2, end):
+                    if at in placeholders:
+                        starts = not text[i + 2 : at].strip(" <")
+                        spots[at] = Spot.URL if starts else Spot.URL_PART
+                i = end
+        i += 1
+    return [spots[at] for at in offsets]
+
+
+def render(template: str, event: Mapping[str, Any]) -> str:
+    """A ``template`` or ``content`` rendered: each event value escaped for where it sits."""
+    return render_markup(template, event, discord_spots, TEMPLATE_ESCAPES)
 
 
 def cut_markdown(text: str, limit: int) -> str:
@@ -187,7 +266,7 @@ def build_embed(
     remaining = EMBED_TOTAL_LIMIT - len(title) - len(footer)
     embed: dict[str, Any] = {"title": title}
     if template is not None:
-        rendered = render_template(template, event, escape).strip() or escape(event_type)
+        rendered = render(template, event).strip() or escape(event_type)
         embed["description"] = cut_markdown(rendered, min(DESCRIPTION_LIMIT, remaining))
     else:
         out: list[dict[str, Any]] = []
@@ -301,7 +380,7 @@ class Discord:
             "allowed_mentions": {"parse": []},
         }
         if cfg.content is not None:
-            rendered = render_template(cfg.content, event, escape).strip()
+            rendered = render(cfg.content, event).strip()
             if rendered:
                 body["content"] = cut_markdown(rendered, CONTENT_LIMIT)
         if cfg.username:

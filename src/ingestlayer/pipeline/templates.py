@@ -80,6 +80,20 @@ def render_escaped(
     )
 
 
+def split_placeholders(source: str) -> tuple[list[str], list[str]]:
+    """A template's literal pieces and the placeholder paths between them (one piece more than
+    paths: ``"a $event.x b"`` is ``(["a ", " b"], ["x"])``)."""
+    literals: list[str] = []
+    paths: list[str] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(source):
+        literals.append(source[pos : m.start()])
+        paths.append(m.group(1) or m.group(2))
+        pos = m.end()
+    literals.append(source[pos:])
+    return literals, paths
+
+
 def strip_placeholders(source: str, replacement: str = "x") -> str:
     """The template with each placeholder replaced: its literal markup, to validate on its own."""
     return _PLACEHOLDER.sub(replacement, source)

@@ -14,6 +14,11 @@ With a template: one mrkdwn section (≤ 3000) and the same context line.
 Slack's rules: in mrkdwn and in ``text``, ``&``, ``<`` and ``>`` are control characters and must be
 sent as ``&amp;``, ``&lt;``, ``&gt;``; every event value is escaped that way (and never cut inside
 an escape). ``plain_text`` objects are shown literally and are not escaped.
+
+In a template, a value is escaped for where its placeholder sits (:func:`slack_spots`): in the
+URL of a ``<url|label>`` it is percent-encoded (a ``|``, ``>`` or space cannot end the URL and
+choose the label); in a label each ``|`` becomes the look-alike U+2223 (Slack documents no escape
+for a pipe); in a code span each backtick becomes the look-alike U+02CB, which does not end it.
 """
 
 from __future__ import annotations
@@ -23,9 +28,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ingestlayer.destinations.chat import (
+    Escapes,
+    Spot,
+    backtick_run,
+    closing_run,
     escape_fitting,
+    in_code,
+    in_url,
+    in_url_part,
     key_fields,
-    render_template,
+    render_markup,
     truncate,
 )
 
@@ -48,6 +60,62 @@ def escape_char(ch: str) -> str:
 def escape(text: str) -> str:
     """Escape text for Slack mrkdwn / ``text``: ``&``, ``<`` and ``>`` only, as Slack asks."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# What a value's `|` becomes in a link's label: U+2223 DIVIDES, which looks like one. Slack ends a
+# link's URL at its first `|` and documents no escape for one, so none is sent after it either.
+LABEL_BAR = "\u2223"
+
+TEMPLATE_ESCAPES: Escapes = {
+    Spot.TEXT: escape,
+    Spot.CODE: lambda value: escape(in_code(value)),
+    Spot.URL: lambda value: escape(in_url(value)),
+    Spot.URL_PART: lambda value: escape(in_url_part(value)),
+    Spot.LABEL: lambda value: escape(value).replace("|", LABEL_BAR),
+}
+
+
+def slack_spots(text: str, offsets: Sequence[int]) -> list[Spot]:
+    """Where each placeholder (at ``offsets`` in ``text``) sits in a template's mrkdwn.
+
+    ``<…>`` (a link, a mention, ``<!here>``) is read before any formatting, as Slack parses it, also
+    inside code: in it, what comes before the first ``|`` is the URL (or id), the rest the label.
+    A run of backticks (one: a code span; three: a block) opens code, closed by the next run as
+    long; with no such run the backticks are plain text.
+    """
+    placeholders = set(offsets)
+    spots: dict[int, Spot] = {}
+    code_end = -1  # where the closing backticks of the code span we are in begin
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        close = text.find(">", i + 1) if ch == "<" else -1
+        if close != -1:
+            bar = text.find("|", i + 1, close)
+            for at in range(i + 1, close):
+                if at in placeholders:
+                    if bar != -1 and at > bar:
+                        spots[at] = Spot.LABEL
+                    else:
+                        spots[at] = Spot.URL if at == i + 1 else Spot.URL_PART
+            i = close + 1
+        elif ch == "`":
+            run = backtick_run(text, i)
+            if i == code_end:
+                code_end = -1
+            elif i > code_end:
+                code_end = closing_run(text, i + run, run) or -1
+            i += run
+        else:
+            if i in placeholders:
+                spots[i] = Spot.CODE if i < code_end else Spot.TEXT
+            i += 1
+    return [spots[at] for at in offsets]
+
+
+def render(template: str, event: Mapping[str, Any]) -> str:
+    """A template rendered: each event value escaped for where it sits."""
+    return render_markup(template, event, slack_spots, TEMPLATE_ESCAPES)
 
 
 def escape_limited(text: str, limit: int) -> str:
@@ -100,7 +168,7 @@ def build_message(
     if not isinstance(payload, Mapping):
         payload = {}
     if template is not None:
-        rendered = render_template(template, event, escape).strip() or escape(event_type)
+        rendered = render(template, event).strip() or escape(event_type)
         text = cut_mrkdwn(rendered, SECTION_TEXT_LIMIT)
         return {
             "text": cut_mrkdwn(rendered, FALLBACK_LIMIT),
