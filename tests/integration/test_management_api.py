@@ -670,6 +670,8 @@ async def test_a_body_that_is_not_json_is_a_400_on_every_route(srv: RunningServe
         ("PATCH", f"/v1/endpoints/{ep['id']}"),
         ("POST", "/v1/deliveries/replay"),
         ("POST", "/v1/identify"),
+        ("POST", "/v1/sources"),
+        ("PUT", "/v1/sources/some-name"),
     ]
     for method, path in routes:
         for raw, ctype in [

@@ -19,6 +19,7 @@ from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, not_stored_error, unreadable_json_error
 from ingestlayer.api.ingest import may_hold_huge_int, storable_json
+from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import apply_one, named_in_path
 from ingestlayer.api.ratelimit import spend_ingest_allowance
 from ingestlayer.idempotency_keys import ingress_key
@@ -43,7 +44,9 @@ from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.ingress")
 
-router = APIRouter(tags=["sources"])
+# As every management route: a JSON body sent as form data or plain text (`curl -d`) is read as
+# JSON. The ingress route reads its body itself (its signature covers the bytes as sent).
+router = APIRouter(tags=["sources"], route_class=JsonBodyRoute)
 
 
 def ingress_path(source_id: str) -> str:
