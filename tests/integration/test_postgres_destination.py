@@ -207,6 +207,68 @@ async def test_table_without_unique_delivery_id_is_dead_then_fixed_and_replayed(
 
 
 @pytest.mark.parametrize(
+    ("keys", "fix"),
+    [
+        # The only unique key is deferrable: drop it and add a non-deferrable one.
+        ("UNIQUE DEFERRABLE", 'DROP CONSTRAINT "{table}_delivery_id_key", ADD UNIQUE (delivery_id)'),
+        (
+            "PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE",
+            'DROP CONSTRAINT "{table}_pkey", ADD UNIQUE (delivery_id)',
+        ),
+        # A non-deferrable one beside it is not enough: ON CONFLICT takes both and refuses.
+        ("UNIQUE DEFERRABLE UNIQUE", 'DROP CONSTRAINT "{table}_delivery_id_key"'),
+    ],
+)
+async def test_deferrable_unique_delivery_id_is_dead_at_once_then_fixed_and_replayed(
+    server: RunningServer, target: asyncpg.Connection, target_db: str, keys: str, fix: str
+) -> None:
+    table = table_name()
+    await target.execute(f'CREATE TABLE "{table}" (delivery_id text {keys}, payload jsonb)')
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc(table, retry={"schedule": [0, 0.05, 0.05]}))
+    d = await deliver(server, {"account": "acme"})
+    assert d["status"] == "dead"
+    (attempt,) = d["attempts"]  # refused by the table check, not retried
+    assert f"table {table} has a DEFERRABLE unique key on delivery_id" in attempt["error"]
+    assert "must be non-deferrable" in attempt["error"]
+    statement = f"ALTER TABLE {table} {fix.format(table=table)}"
+    assert attempt["error"].endswith(f"Replace it: {statement}")
+    await target.execute(statement)
+    await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
+
+    async def delivered() -> bool:
+        _, again = await server.request("GET", f"/v1/deliveries/{d['id']}")
+        return bool(again["status"] == "delivered")
+
+    await wait_for(delivered)
+    assert await target.fetchval(f'SELECT count(*) FROM "{table}"') == 1
+
+
+async def test_unique_key_made_deferrable_after_the_check_is_dead_not_retried(
+    server: RunningServer, target: asyncpg.Connection, target_db: str
+) -> None:
+    """The table passed the check, then its key became DEFERRABLE: PostgreSQL's 55000 from ON
+    CONFLICT is permanent (it used to be retried for hours as "object not in prerequisite
+    state"), and the next delivery looks at the table again."""
+    table = table_name()
+    await target.execute(f'CREATE TABLE "{table}" (delivery_id text UNIQUE, payload jsonb)')
+    await server.set_secret("warehouse", target_db)
+    await server.apply(pg_doc(table, retry={"schedule": [0, 0.05, 0.05]}))
+    assert (await deliver(server, {"n": 1}))["status"] == "delivered"
+    await target.execute(
+        f'ALTER TABLE "{table}" DROP CONSTRAINT "{table}_delivery_id_key", '
+        f'ADD CONSTRAINT "{table}_d" UNIQUE (delivery_id) DEFERRABLE'
+    )
+    d = await deliver(server, {"n": 2})
+    assert d["status"] == "dead"
+    (attempt,) = d["attempts"]
+    assert "PostgreSQL 55000: ON CONFLICT does not support deferrable" in attempt["error"]
+    assert f'ALTER TABLE {table} DROP CONSTRAINT "{table}_d", ADD UNIQUE (delivery_id)' in attempt["error"]
+    d = await deliver(server, {"n": 3})
+    assert f"table {table} has a DEFERRABLE unique key on delivery_id" in d["attempts"][0]["error"]
+
+
+@pytest.mark.parametrize(
     ("columns", "message"),
     [
         ({"nope": "$event.account"}, 'PostgreSQL 42703: column "nope" of relation "{table}" does not exist'),

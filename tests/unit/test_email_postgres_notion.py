@@ -493,6 +493,17 @@ def _pg_error(cls: Any, message: str = "boom") -> Exception:
             True,
             "needs a unique index on delivery_id",
         ),
+        (_pg_error(asyncpg.exceptions.LockNotAvailableError), False, "55P03"),
+        (
+            _pg_error(
+                asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+                "ON CONFLICT does not support deferrable unique constraints/exclusion constraints "
+                "as arbiters",
+            ),
+            True,
+            "the unique index on delivery_id must be non-deferrable",
+        ),
+        (_pg_error(asyncpg.exceptions.ObjectNotInPrerequisiteStateError), False, "55000"),
         (ConnectionRefusedError(111, "Connect call failed"), False, "connection error"),
         (TimeoutError(), False, "timed out after 10s"),
         (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), False, "08003"),

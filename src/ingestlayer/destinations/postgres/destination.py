@@ -8,8 +8,9 @@ connection first checks its host against the private-address policy.
 Outcomes: a row inserted, or the delivery id already there (a retry or replay) → delivered;
 connection refused, too many connections, serialization failures, deadlocks, a server shutting
 down, timeouts → retried; a table or column that does not exist, permission denied, a bad DSN,
-failed authentication, values the column's type rejects → dead at once, with PostgreSQL's
-message. The DSN and its password never appear in an error.
+failed authentication, values the column's type rejects, a unique key on delivery_id that is
+DEFERRABLE → dead at once, with PostgreSQL's message. The DSN and its password never appear in
+an error.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from ingestlayer.delivery.egress import EgressDenied, EgressPolicy
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest
-from ingestlayer.destinations.postgres.config import DELIVERY_ID, PostgresConfig
+from ingestlayer.destinations.postgres.config import DELIVERY_ID, PostgresConfig, quote_identifier
 from ingestlayer.destinations.postgres.sql import (
     TABLE_INFO,
     TableInfo,
@@ -47,6 +48,9 @@ RETRY_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
 RETRY_CODES = frozenset({"25006"})  # read-only transaction: a failover in progress
 # Errors after which the table may have changed: look at it again next time.
 SCHEMA_CLASSES = frozenset({"42"})
+# "ON CONFLICT does not support deferrable unique constraints/exclusion constraints as arbiters":
+# class 55 (object not in prerequisite state) like a lock not available, but no retry can pass it.
+DEFERRABLE_ARBITER = "55000"
 
 
 class DsnError(ValueError):
@@ -130,6 +134,12 @@ def classify_error(exc: BaseException, cfg: PostgresConfig) -> Outcome:
                 f" ({cfg.table} needs a unique index on delivery_id: "
                 f"ALTER TABLE {cfg.table} ADD UNIQUE (delivery_id))"
             )
+        elif deferrable_arbiter(exc):
+            # The table changed after it was checked (the check refuses such a key up front).
+            name = getattr(exc, "constraint_name", None)
+            quoted = quote_identifier(name) if name else "<its name>"
+            message += f" ({cfg.table}: {_deferrable_fix(cfg, (quoted,), keep_one=False)})"
+            retry = False
         return Outcome(ok=False, error=message, permanent=not retry)
     if isinstance(exc, TimeoutError):
         return Outcome(ok=False, error=f"timed out after {cfg.timeout:g}s")
@@ -140,6 +150,28 @@ def classify_error(exc: BaseException, cfg: PostgresConfig) -> Outcome:
     if isinstance(exc, OSError):
         return Outcome(ok=False, error=f"connection error: {exc}")
     return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+def deferrable_arbiter(exc: BaseException) -> bool:
+    """Whether the insert failed because a unique key on delivery_id is DEFERRABLE."""
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and exc.sqlstate == DEFERRABLE_ARBITER
+        and "ON CONFLICT" in str(getattr(exc, "message", None) or exc)
+    )
+
+
+def _deferrable_fix(cfg: PostgresConfig, quoted_names: tuple[str, ...], *, keep_one: bool) -> str:
+    """How to replace deferrable unique keys on delivery_id (``keep_one``: a non-deferrable
+    unique index is already there, so dropping them is enough)."""
+    drops = ", ".join(f"DROP CONSTRAINT {n}" for n in quoted_names)
+    add = "" if keep_one else ", ADD UNIQUE (delivery_id)"
+    return (
+        "INSERT … ON CONFLICT (delivery_id) cannot use a DEFERRABLE unique key, and PostgreSQL "
+        "refuses every insert while one is on delivery_id, even beside a non-deferrable one: "
+        "the unique index on delivery_id must be non-deferrable, and no deferrable one may remain. "
+        f"Replace it: ALTER TABLE {cfg.table} {drops}{add}"
+    )
 
 
 def table_problem(cfg: PostgresConfig, info: TableInfo) -> str | None:
@@ -154,6 +186,13 @@ def table_problem(cfg: PostgresConfig, info: TableInfo) -> str | None:
         return (
             f"table {cfg.table} has no delivery_id column; {why}. Add one: "
             f"ALTER TABLE {cfg.table} ADD COLUMN delivery_id text UNIQUE"
+        )
+    if info.delivery_id_deferrable:
+        names = info.delivery_id_deferrable
+        return (
+            f"table {cfg.table} has a DEFERRABLE unique key on delivery_id "
+            f"({', '.join(names)}); {why}. "
+            + _deferrable_fix(cfg, tuple(map(quote_identifier, names)), keep_one=info.delivery_id_unique)
         )
     if not info.delivery_id_unique:
         return (
@@ -280,7 +319,9 @@ class Postgres:
                     status = await conn.execute(insert_sql(cfg, columns), values.decode())
         except Exception as exc:
             outcome = classify_error(exc, cfg)
-            if isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in SCHEMA_CLASSES:
+            if deferrable_arbiter(exc) or (
+                isinstance(exc, asyncpg.PostgresError) and str(exc.sqlstate or "")[:2] in SCHEMA_CLASSES
+            ):
                 self._info = None  # the user may fix the table and replay
             outcome.error = scrub(outcome.error, secrets)
             return outcome
@@ -297,6 +338,9 @@ async def _read_table_info(conn: Any, quoted_table: str) -> TableInfo:
     return TableInfo(
         columns=frozenset(r["name"] for r in rows),
         delivery_id_unique=any(r["name"] == DELIVERY_ID and r["is_unique"] for r in rows),
+        delivery_id_deferrable=next(
+            (tuple(r["deferrable_keys"]) for r in rows if r["name"] == DELIVERY_ID), ()
+        ),
     )
 
 

@@ -23,15 +23,26 @@ from ingestlayer.destinations.postgres.config import (
 )
 from ingestlayer.pipeline.templates import Template
 
-# Every column of the table, and whether it alone carries a unique index usable by ON CONFLICT
-# (not partial, not an expression, valid).
+# Every column of the table; whether it alone carries a unique index usable by ON CONFLICT (not
+# partial, not an expression, valid, checked immediately); and the names of the DEFERRABLE unique
+# or primary key constraints on it alone. ON CONFLICT (delivery_id) takes every unique index on
+# the column as an arbiter and refuses the whole insert (SQLSTATE 55000) if one of them is
+# deferrable, even when a non-deferrable one is there too: such a table can never be inserted into.
 TABLE_INFO = """
 SELECT a.attname::text AS name,
        EXISTS (
          SELECT 1 FROM pg_index i
-         WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid
+         WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid AND i.indimmediate
            AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL
-       ) AS is_unique
+       ) AS is_unique,
+       ARRAY(
+         SELECT c.conname::text FROM pg_index i
+         JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+         WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indisvalid AND NOT i.indimmediate
+           AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum AND i.indpred IS NULL
+           AND c.contype IN ('p', 'u')
+         ORDER BY c.conname
+       ) AS deferrable_keys
 FROM pg_attribute a
 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
@@ -42,6 +53,8 @@ ORDER BY a.attnum
 class TableInfo:
     columns: frozenset[str]
     delivery_id_unique: bool
+    # The DEFERRABLE unique keys on delivery_id alone, by constraint name.
+    delivery_id_deferrable: tuple[str, ...] = ()
 
 
 def create_table_sql(cfg: PostgresConfig) -> str:
