@@ -670,6 +670,11 @@ def test_telegram_a_quote_in_a_value_cannot_end_a_single_quoted_attribute() -> N
         ("<a href=https://app.acme.com/u>$event.x</a>", "attribute values must be in quotes"),
         ("<a href='https://a.b/c'x>$event.x</a>", "attribute values must be in quotes"),
         ("<span>$event.x</span>", '<span class="tg-spoiler">'),
+        # A placeholder in an unquoted value: what it brings (a URL) is refused unquoted.
+        ("<a href=$event.url>$event.x</a>", "$event.url is in the unquoted value of href= in <a>"),
+        ("<a href=https://app/u/${event.id}>x</a>", "${event.id} is in the unquoted value of href="),
+        ('<a title="t" HREF = $event.url >x</a>', 'put the value in quotes (HREF="…")'),
+        ("<tg-emoji emoji-id=$event.e>x</tg-emoji>", "$event.e is in the unquoted value of emoji-id="),
     ],
 )
 def test_telegram_template_must_be_telegram_html(template: str, message: str) -> None:
@@ -677,6 +682,22 @@ def test_telegram_template_must_be_telegram_html(template: str, message: str) ->
         parse_config(pipeline_doc([{"telegram": {"bot_token": "ref:t", "chat_id": 1, "template": template}}]))
     assert info.value.path == "pipelines[0].destinations[0].telegram.template"
     assert message in info.value.message
+
+
+def test_telegram_placeholder_in_a_quoted_attribute_is_accepted_and_unquoted_one_was_refused() -> None:
+    """With each placeholder checked as `x`, href=$event.url passed the check; the URL it brings
+    made every message "can't parse entities". In quotes (even with an `=` before it) it is fine."""
+    for template in (
+        '<a href="https://app/?u=$event.url">x</a>',
+        "<a href='$event.url'>x</a> <span class=tg-spoiler>$event.url</span>",
+    ):
+        config = TelegramConfig(bot_token="ref:t", chat_id=1, template=template)
+        text = build_text(event({"url": "https://a.b/c d"}), template=config.template, fields=None)
+        parse_html(text)
+    with pytest.raises(EntityError):
+        parse_html(
+            build_text(event({"url": "https://a.b/c"}), template="<a href=$event.url>x</a>", fields=None)
+        )
 
 
 @pytest.mark.parametrize(

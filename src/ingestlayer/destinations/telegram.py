@@ -51,6 +51,7 @@ from ingestlayer.destinations.chat import (
     post as post_json,
 )
 from ingestlayer.destinations.shared import check_reference
+from ingestlayer.pipeline.templates import first_placeholder
 
 DEFAULT_API_BASE = "https://api.telegram.org"
 API_BASE_ENV = "INGESTLAYER_TELEGRAM_API_URL"
@@ -91,6 +92,9 @@ _TAG = re.compile(r"^<(/?)([A-Za-z][A-Za-z0-9-]*)((?:\s[^<>]*)?)(/?)>$")
 # An attribute as Telegram's parser reads one: a value quoted either way, or unquoted of letters,
 # digits, '.' and '-' only (href=https://… is refused).
 _ATTR = re.compile(r"\s+([A-Za-z-]+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9.-]+))?")
+# An attribute of a template as written, placeholders and all: an unquoted value runs to the next
+# space or '>', as an HTML reader takes it.
+_TEMPLATE_ATTR = re.compile(r"\s+([A-Za-z-]+)(?:\s*=\s*(\"[^\"]*\"|'[^']*'|[^\s\"'>]+))?")
 
 
 def escape(text: str) -> str:
@@ -140,6 +144,31 @@ def check_html(markup: str) -> None:
             stack.append(name)
     if stack:
         raise ValueError(f"<{stack[-1]}> is never closed")
+
+
+def check_template_attributes(template: str) -> None:
+    """Raise ValueError when a placeholder is in an unquoted attribute value of ``template``.
+
+    The literal markup is checked with each placeholder as one letter, which an unquoted value
+    may hold; but what the placeholder brings (a URL's ':' and '/', a space) is not only letters,
+    digits, '.' and '-', and Telegram would refuse every such message (can't parse entities).
+    """
+    for m in re.finditer(r"<[^<>]*>", template):
+        tag = _TAG.match(m.group(0))
+        if tag is None or tag.group(1):
+            continue
+        attrs, at = tag.group(3), 0
+        while (attr := _TEMPLATE_ATTR.match(attrs, at)) is not None:
+            value = attr.group(2) or ""
+            placeholder = None if value[:1] in ("'", '"') else first_placeholder(value)
+            if placeholder is not None:
+                name = attr.group(1)
+                raise ValueError(
+                    f"{placeholder} is in the unquoted value of {name}= in <{tag.group(2)}>, "
+                    f"which Telegram refuses unless it is only letters, digits, '.' and '-': "
+                    f'put the value in quotes ({name}="…")'
+                )
+            at = attr.end()
 
 
 def _attributes(tag: str, attrs: str) -> dict[str, str]:
@@ -290,6 +319,7 @@ class TelegramConfig(BaseModel):
     def _template(cls, v: str | None) -> str | None:
         if v is not None:
             try:
+                check_template_attributes(v)
                 check_html(template_placeholders_only(v))
             except ValueError as exc:
                 raise ValueError(f"template is not valid Telegram HTML: {exc}") from None

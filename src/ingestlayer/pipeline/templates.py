@@ -99,6 +99,12 @@ def strip_placeholders(source: str, replacement: str = "x") -> str:
     return _PLACEHOLDER.sub(replacement, source)
 
 
+def first_placeholder(text: str) -> str | None:
+    """The first placeholder in ``text``, as written (``$event.url``, ``${event.id}``), or None."""
+    m = _PLACEHOLDER.search(text)
+    return m.group(0) if m else None
+
+
 def render_value(value: Any, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
     """Render templates inside a JSON-like value (strings anywhere in dicts and lists)."""
     if isinstance(value, str):
