@@ -299,6 +299,48 @@ def test_slack_api_answers(
 
 
 @pytest.mark.parametrize(
+    "code",
+    [
+        "msg_blocks_too_long",
+        "invalid_array_arg",
+        "invalid_metadata_format",
+        "invalid_metadata_schema",
+        "metadata_too_large",
+        "metadata_must_be_sent_from_app",
+        "cannot_reply_to_message",
+        "slack_connect_file_link_sharing_blocked",
+        "slack_connect_canvas_sharing_blocked",
+        "slack_connect_lists_sharing_blocked",
+        "attachment_payload_limit_exceeded",
+        "too_many_contact_cards",
+        "markdown_text_conflict",
+        "missing_file_data",
+        "restricted_action_thread_locked",
+        "messages_tab_disabled",
+        "accesslimited",
+        "team_not_found",
+    ],
+)
+def test_slack_api_codes_retrying_cannot_fix_are_dead_at_once(code: str) -> None:
+    """Documented chat.postMessage errors that the same message meets again every time: they were
+    retried for hours as "an error code ingestlayer does not know"."""
+    out = classify_api_reply(reply(200, {"ok": False, "error": code}), Redactor())
+    assert (out.ok, out.permanent) == (False, True)
+    assert out.error is not None and out.error.startswith(f"{code}: ")
+    assert "does not know" not in out.error
+
+
+def test_slack_message_limit_exceeded_is_retried_as_the_workspace_limit() -> None:
+    """A free workspace's high-volume message limit lifts when it sends less: retried, and said so."""
+    out = classify_api_reply(reply(200, {"ok": False, "error": "message_limit_exceeded"}), Redactor())
+    assert (out.ok, out.permanent) == (False, False)
+    assert out.error == (
+        "message_limit_exceeded: the workspace is sending too many messages "
+        "(Slack's free-plan limit; retryable)"
+    )
+
+
+@pytest.mark.parametrize(
     ("status", "text", "headers", "ok", "permanent", "retry_after"),
     [
         (200, "ok", {}, True, False, None),

@@ -5,8 +5,9 @@ How Slack's answers become outcomes:
 - bot token (Web API): HTTP 200 with ``{"ok": true}`` is delivered. ``{"ok": false, "error"}``:
   ``ratelimited`` retries after ``Retry-After``; errors retrying cannot fix (``channel_not_found``,
   ``not_in_channel``, ``invalid_auth``, ``token_revoked``, ``missing_scope``, ``is_archived``,
-  ``msg_too_long``, ``invalid_blocks``, …) are dead at once with Slack's code and a hint; Slack's
-  own failures (``internal_error``, ``fatal_error``, ``service_unavailable``) and unknown codes
+  ``msg_too_long``, ``msg_blocks_too_long``, ``invalid_blocks``, …) are dead at once with Slack's
+  code and a hint; Slack's own failures (``internal_error``, ``fatal_error``,
+  ``service_unavailable``), a free workspace's ``message_limit_exceeded`` and unknown codes
   retry. HTTP 429 retries after ``Retry-After``; 5xx retries.
 - incoming webhook: 200 ``ok`` is delivered; 400/403/404/410 (``invalid_payload``,
   ``no_service``, ``channel_not_found``, ``channel_is_archived``, ``action_prohibited``, …) are
@@ -75,10 +76,47 @@ PERMANENT_ERRORS: dict[str, str] = {
     "deprecated_endpoint": "the endpoint is deprecated",
     "access_denied": "access denied",
     "team_added_to_org": "the workspace joined an Enterprise org: reconnect Slack",
+    # The same message is refused again however often it is sent: its size, its shape.
+    "msg_blocks_too_long": "the message blocks are too long in total",
+    "attachment_payload_limit_exceeded": "the message's attachments are too large",
+    "too_many_contact_cards": "too many contact cards",
+    "markdown_text_conflict": "markdown_text cannot be sent with blocks or text",
+    "invalid_array_arg": "Slack rejected an argument passed as an array",
+    "missing_file_data": "a shared file's data is missing",
+    "invalid_metadata_format": "Slack rejected the message metadata's format",
+    "invalid_metadata_schema": "Slack rejected the message metadata's schema",
+    "metadata_too_large": "the message metadata is too large",
+    "metadata_must_be_sent_from_app": "message metadata must be posted with an app token",
+    # The channel, workspace or token cannot take it until someone changes a setting.
+    "cannot_reply_to_message": "this message type cannot have thread replies",
+    "restricted_action_thread_locked": "the thread was locked by admins",
+    "messages_tab_disabled": "the app's Messages tab is disabled",
+    "slack_connect_file_link_sharing_blocked": "admins blocked sharing Slack file links in Slack Connect "
+    "(the message links a file and the channel is shared with another organization)",
+    "slack_connect_canvas_sharing_blocked": "admins blocked sharing canvases in Slack Connect "
+    "(the message links a canvas and the channel is shared with another organization)",
+    "slack_connect_lists_sharing_blocked": "admins blocked sharing lists in Slack Connect "
+    "(the message links a list and the channel is shared with another organization)",
+    "accesslimited": "this method may not be called from ingestlayer's network (an IP allowlist?)",
+    "team_not_found": "with an org-wide token, the channel must be a channel ID, not a name",
 }
+# message_limit_exceeded is not there: Slack documents it as "members on this team are sending
+# too many messages", the high-volume message limit of free workspaces, which prevents sending
+# too many messages "in a short period of time". It lifts once the workspace sends less, as a
+# rate limit does, so it is retried on the schedule (Slack sends no Retry-After with it); a
+# delivery that still meets it when the schedule runs out goes dead with it.
+MESSAGE_LIMIT = "message_limit_exceeded"
 # Retried (as are codes we do not know): Slack's own trouble, and rate limits.
 TRANSIENT_ERRORS = frozenset(
-    {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+    {
+        "ratelimited",
+        "rate_limited",
+        MESSAGE_LIMIT,
+        "internal_error",
+        "fatal_error",
+        "service_unavailable",
+        "request_timeout",
+    }
 )
 # Incoming-webhook answers (HTTP status + a short text body) that retrying cannot fix.
 WEBHOOK_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413})
@@ -121,6 +159,9 @@ def classify_api_reply(reply: Reply, redact: Redactor) -> Outcome:
         return reply_outcome(
             reply, redact, ok=False, error=f"{code}: Slack rate limit", retry_after=retry_after
         )
+    if code == MESSAGE_LIMIT:
+        error = f"{code}: the workspace is sending too many messages (Slack's free-plan limit; retryable)"
+        return reply_outcome(reply, redact, ok=False, error=error, retry_after=retry_after)
     kind = "a Slack-side error" if code in TRANSIENT_ERRORS else "an error code ingestlayer does not know"
     return reply_outcome(reply, redact, ok=False, error=f"{code}: {kind} (retryable)")
 
