@@ -118,6 +118,20 @@ async def test_templates_substitute_values_escaped_in_html(server: RunningServer
     assert '<a href="https://x.test/&quot; onmouseover=&quot;steal()">open</a>' in html
 
 
+async def test_control_characters_in_event_values_do_not_go_out(
+    server: RunningServer, smtp: SmtpServer
+) -> None:
+    await server.apply(email_doc(smtp, tls="none", subject="Alert: $event.title", template="$event.detail"))
+    payload = {"title": "disk\u0000 full\u001b[2J\u007f", "detail": "line\u0000 one\u001b"}
+    _, body = await server.ingest("invoice.created", payload)
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered", d
+    (mail,) = smtp.messages
+    assert b"\x00" not in mail.data and b"\x7f" not in mail.data  # what the server received
+    assert mail.message["Subject"] == "Alert: disk full[2J"
+    assert mail.part("text/plain").strip() == "line one\x1b"  # a body may carry ESC, never NUL
+
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 async def test_starttls_with_auth_trusting_the_servers_certificate(
     server: RunningServer, mechanism: str

@@ -254,6 +254,29 @@ def test_message_structure_and_stable_message_id() -> None:
     assert "&lt;b&gt;hi&lt;/b&gt; &amp; bye" in html and "<b>hi</b>" not in html
 
 
+def test_control_characters_from_the_event_stay_out_of_headers_and_nul_out_of_the_body() -> None:
+    """A NUL or an ESC in a subject value went into the Subject header as is (only whitespace was
+    collapsed); the body carried NUL, which no message line may hold."""
+    payload = {"note": "red\x1b[31m\x00alert\x7f\tnow\x1fok\x08", "body": "a\x00b\x1bc"}
+    event = {**EVENT, "payload": payload}
+    cfg = email_cfg(subject="Note: $event.note", template="$event.body")
+    msg = build_message(cfg, request(event=event, event_id="evt_\x00\x1b01", event_type="t\x00"))
+    assert msg["Subject"] == "Note: red[31malert now ok"
+    assert msg["X-Ingestlayer-Event-Id"] == "evt_01" and msg["X-Ingestlayer-Event"] == "t"
+    raw = msg.as_bytes()
+    assert b"\x00" not in raw and b"\x7f" not in raw
+    headers = raw.split(b"\n\n", 1)[0]
+    assert not any(c < 0x20 and c not in b"\t\r\n" for c in headers), headers
+    text, html = (p.get_content() for p in msg.iter_parts())
+    assert text.strip() == "ab\x1bc"  # other controls are text a body may carry
+    assert "ab\x1bc" in html
+    # Nothing but controls: the subject falls back to the event type, cleaned the same way.
+    only = build_message(
+        email_cfg(subject="$event.x"), request(event={**EVENT, "payload": {"x": "\x00\x1b"}})
+    )
+    assert only["Subject"] == "invoice.paid"
+
+
 def test_default_text_caps_the_fields_and_message_id_is_safe() -> None:
     payload = {f"f{i}": i for i in range(30)}
     text = default_text({"type": "t", "id": "evt", "occurred_at": "now"}, payload)

@@ -25,6 +25,10 @@ MAX_SUBJECT_CHARS = 250
 MAX_KEY_FIELDS = 25
 MAX_FIELD_CHARS = 500
 _WS = re.compile(r"\s+")
+# The C0 controls and DEL that _WS does not turn into a space (it takes \t \n \v \f \r and
+# \x1c-\x1f): a header cannot carry them (RFC 5322), and a NUL or an ESC (a terminal escape
+# sequence) from an event reached the Subject as is.
+_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")
 _MSGID_SAFE = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]")
 
 
@@ -99,10 +103,22 @@ def html_from_text(text: str) -> str:
     )
 
 
+def header_text(text: str) -> str:
+    """A header value from event data: control characters dropped, whitespace runs (line breaks
+    too: no header injection) made one space."""
+    return _WS.sub(" ", _CONTROLS.sub("", text)).strip()
+
+
 def clean_subject(text: str) -> str:
-    """One line (a header cannot hold line breaks), at most 250 characters."""
-    text = _WS.sub(" ", text).strip()
+    """One line of header text, at most 250 characters."""
+    text = header_text(text)
     return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
+
+
+def without_nul(body: str) -> str:
+    """A body without NUL, which no line of a message may hold (RFC 5322); other controls are
+    allowed text there."""
+    return body.replace("\x00", "")
 
 
 def message_id(delivery_id: str, sender: str) -> str:
@@ -127,7 +143,9 @@ def build_message(cfg: EmailConfig, request: SendRequest, *, now: datetime | Non
         html_body = default_html(envelope, payload)
 
     msg = EmailMessage()
-    msg["Subject"] = clean_subject(Template(cfg.subject).render_text(envelope, payload)) or request.event_type
+    msg["Subject"] = clean_subject(Template(cfg.subject).render_text(envelope, payload)) or header_text(
+        request.event_type
+    )
     msg["From"] = cfg.from_
     msg["To"] = ", ".join(cfg.to)
     if cfg.cc:
@@ -140,9 +158,9 @@ def build_message(cfg: EmailConfig, request: SendRequest, *, now: datetime | Non
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Ingestlayer-Delivery"] = request.delivery_id
-    msg["X-Ingestlayer-Event"] = request.event_type
-    msg["X-Ingestlayer-Event-Id"] = request.event_id
+    msg["X-Ingestlayer-Event"] = header_text(request.event_type)
+    msg["X-Ingestlayer-Event-Id"] = header_text(request.event_id)
     msg["X-Ingestlayer-Attempt"] = str(request.attempt)
-    msg.set_content(text)
-    msg.add_alternative(html_body, subtype="html")
+    msg.set_content(without_nul(text))
+    msg.add_alternative(without_nul(html_body), subtype="html")
     return msg
