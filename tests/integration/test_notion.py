@@ -122,6 +122,17 @@ async def test_values_that_do_not_fit_become_empty(server: RunningServer, notion
     assert props["Notes"] == {"rich_text": []}
 
 
+async def test_a_url_past_notions_limit_is_sent_empty_not_cut(
+    server: RunningServer, notion: FakeNotion
+) -> None:
+    await setup(server, notion)
+    website = "https://acme.com/?ref=" + "r" * 2000
+    _, body = await server.ingest("user.signed_up", {"email": "a@b.co", "website": website})
+    d = await final_delivery(server, body["id"])
+    assert d["status"] == "delivered", d
+    assert notion.pages[0]["properties"]["Website"] == {"url": None}
+
+
 async def test_an_event_too_large_for_one_notion_request_is_cut_to_fit(
     server: RunningServer, notion: FakeNotion
 ) -> None:

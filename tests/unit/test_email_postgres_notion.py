@@ -630,6 +630,16 @@ def test_selects_checkboxes_and_shapes() -> None:
     assert property_value("url", "") == {"url": None}
 
 
+def test_url_and_email_past_notions_limits_are_sent_empty_never_cut() -> None:
+    """A URL past 2,000 characters was cut to 2,000 and sent: a link to somewhere else."""
+    url = "https://app.acme.com/report?q=" + "a" * 1970
+    assert len(url) == 2000 and property_value("url", f"  {url} ") == {"url": url}
+    assert property_value("url", url + "b") == {"url": None}
+    address = "x" * 191 + "@acme.com"
+    assert len(address) == 200 and property_value("email", address) == {"email": address}
+    assert property_value("email", "x" + address) == {"email": None}
+
+
 @pytest.mark.parametrize(
     ("kind", "value"),
     [
@@ -644,6 +654,7 @@ def test_selects_checkboxes_and_shapes() -> None:
         ("date", "bad"),
         ("checkbox", "yes"),
         ("url", "https://x.test"),
+        ("url", "https://x.test/" + "p" * 2500),
         ("email", None),
         ("email", "x" * 250 + "@acme.com"),
     ],

@@ -4,8 +4,9 @@ Each builder takes whatever the template produced (text, a number, a list, nullâ
 property value object; a value that does not fit the type becomes Notion's empty value (``null``,
 ``[]``, ``false``) instead of failing the delivery. Notion's limits are applied here: 2,000
 characters (UTF-16 code units) per text object, 100 text objects, select names without commas and
-at most 100 characters, 100 multi-select options, emails of at most 200 characters; numbers are
-sent as JSON can carry them (past 64 bits, as a float, as Notion stores every number).
+at most 100 characters, 100 multi-select options, URLs of at most 2,000 characters and emails of
+at most 200 (a longer one is sent empty, never cut: a cut URL or address is a wrong one); numbers
+are sent as JSON can carry them (past 64 bits, as a float, as Notion stores every number).
 """
 
 from __future__ import annotations
@@ -150,15 +151,21 @@ def to_checkbox(value: Any) -> bool:
     return as_text(value).strip().lower() in TRUE_WORDS
 
 
-def to_url(value: Any) -> str | None:
+def _whole(value: Any, limit: int) -> str | None:
+    """The text, or None when empty or past ``limit`` characters: a URL or an address cut to fit
+    would point somewhere else, so Notion's empty value is sent instead."""
     text = as_text(value).strip()
-    return text[:MAX_URL_CHARS] or None
+    return text if 0 < len(text) <= limit else None
+
+
+def to_url(value: Any) -> str | None:
+    """The URL, or None past Notion's 2,000 characters."""
+    return _whole(value, MAX_URL_CHARS)
 
 
 def to_email(value: Any) -> str | None:
-    """The address, or None past Notion's 200 characters (a cut address would be a wrong one)."""
-    text = as_text(value).strip()
-    return text if 0 < len(text) <= MAX_EMAIL_CHARS else None
+    """The address, or None past Notion's 200 characters."""
+    return _whole(value, MAX_EMAIL_CHARS)
 
 
 BUILDERS: dict[str, Callable[[Any], Any]] = {
