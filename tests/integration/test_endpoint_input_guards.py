@@ -47,7 +47,18 @@ async def refused(
 # ---- explicit nulls in a PATCH ---------------------------------------------------------------------------
 
 
-NOT_NULLABLE = ("url", "events", "auth", "secret", "signing", "format", "headers", "timeout", "enabled")
+NOT_NULLABLE = (
+    "url",
+    "events",
+    "auth",
+    "secret",
+    "signing",
+    "format",
+    "headers",
+    "secret_headers",
+    "timeout",
+    "enabled",
+)
 
 
 async def test_null_for_a_field_that_cannot_be_null_is_a_422_and_changes_nothing(

@@ -2,7 +2,9 @@
 
 An endpoint is a pipeline with one ``webhook.out`` destination and a list of event types. With
 ``auth: hmac`` and no secret given, a signing secret is generated, stored encrypted, and shown
-once in the create (or rotate) response.
+once in the create (or rotate) response. Headers whose values are credentials (an API key the
+receiver wants) go in ``secret_headers`` as references to stored secrets, as on ``webhook.out``:
+answers show the references, never the values.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.records import DestinationRow, PipelineRow
 from ingestlayer.runtime import Runtime
-from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret
+from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret, secret_endpoint
 from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
@@ -64,7 +66,14 @@ class EndpointIn(BaseModel):
     secret: str | None = Field(default=None, description="Write-only. Generated for hmac when omitted.")
     signing: Literal["ingestlayer", "standard"] = "ingestlayer"
     format: Literal["ingestlayer", "data"] = "ingestlayer"
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers, shown in answers as written."
+    )
+    secret_headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers whose values are credentials: `ref:NAME` (a secret set with "
+        "PUT /v1/secrets/{name}) or `env:VAR`, resolved at send; answers show the references only.",
+    )
     timeout: float = 10.0
     retry: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
@@ -92,6 +101,7 @@ class EndpointPatch(BaseModel):
     signing: Literal["ingestlayer", "standard"] | None = None
     format: Literal["ingestlayer", "data"] | None = None
     headers: dict[str, str] | None = None
+    secret_headers: dict[str, str] | None = None
     timeout: float | None = None
     retry: dict[str, Any] | None = None
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
@@ -219,6 +229,8 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = Tr
         "signing": settings.get("signing"),
         "format": settings.get("format"),
         "headers": settings.get("headers", {}),
+        # References (ref:NAME, env:VAR), never the values they resolve to.
+        "secret_headers": settings.get("secret_headers", {}),
         "timeout": settings.get("timeout"),
         # While a rotation lasts, requests carry a signature by each old secret too: until
         # rotation_ends_at, when the last of them stops; each stops at its own signs_until.
@@ -231,6 +243,29 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = Tr
         "created_at": iso(p.created_at),
         "updated_at": iso(p.updated_at),
     }
+
+
+async def _check_secret_headers(
+    rt: Runtime, project_id: str, endpoint_id: str, secret_headers: Mapping[str, str]
+) -> None:
+    """A secret header cannot name a secret an endpoint manages (``endpoint-<id>…``, its signing
+    secret or bearer token): the endpoint replaces and deletes those itself (a rotated-out one
+    when its time is up), which would leave the header naming a secret that is gone, and another
+    endpoint's signing key would go out in clear. The value belongs under a name of its own."""
+    names = {h: ref[4:] for h, ref in secret_headers.items() if ref.startswith("ref:")}
+    if not any(name.startswith("endpoint-") for name in names.values()):
+        return
+    cfg = await rt.store.load_project_config(project_id)
+    for header, name in sorted(names.items()):
+        owner = endpoint_id if is_endpoint_secret(name, endpoint_id) else secret_endpoint(name, cfg)
+        if owner is not None:
+            raise ApiError(
+                422,
+                f"secret_headers: {header} names ref:{name}, a secret endpoint {owner} manages itself "
+                "(it is replaced on rotation and deleted with the endpoint): store the value under "
+                "a name of your own with PUT /v1/secrets/{name}",
+                field="secret_headers",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +340,7 @@ async def _save(
             )
     settings = {
         k: spec[k]
-        for k in ("url", "auth", "signing", "format", "headers", "timeout")
+        for k in ("url", "auth", "signing", "format", "headers", "secret_headers", "timeout")
         if spec.get(k) is not None
     }
     if not _needs_secret(spec) or spec["auth"] == "bearer":
@@ -324,6 +359,7 @@ async def _save(
         dest = parse_endpoint_destination(entry)
     except ConfigError as exc:
         raise _config_error(exc) from None
+    await _check_secret_headers(rt, project_id, endpoint_id, spec.get("secret_headers") or {})
     pipeline_cfg = {
         "description": spec.get("description"),
         "source": {"match": spec["events"]},

@@ -182,10 +182,13 @@ class WebhookOutConfig(BaseModel):
     @model_validator(mode="after")
     def _no_header_twice(self) -> WebhookOutConfig:
         both = sorted({k.lower() for k in self.headers} & {k.lower() for k in self.secret_headers})
+        # Named at secret_headers, the field to fix, as the field's own checks are.
         if both:
-            raise ValueError(f"set in both headers and secret_headers: {', '.join(both)}")
+            raise FieldRule("secret_headers", f"set in both headers and secret_headers: {', '.join(both)}")
         if self.auth == "bearer" and "authorization" in {k.lower() for k in self.secret_headers}:
-            raise ValueError("auth: bearer sets Authorization; remove it from secret_headers")
+            raise FieldRule(
+                "secret_headers", "auth: bearer sets Authorization; remove it from secret_headers"
+            )
         return self
 
     @field_validator("secret")
