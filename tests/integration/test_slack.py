@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
 
+from ingestlayer.destinations.slack.oauth import STATE_CACHE_PREFIX, STATE_TTL_SECONDS, seal_state
 from ingestlayer.store.store import Store
+from tests.support.api import add_endpoint
 from tests.support.fake_slack import FakeSlack
+from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
 
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
@@ -327,6 +330,60 @@ async def test_oauth_failures_are_clear_400s(
     status, body = await server.request("GET", "/v1/connections/slack/authorize?name=slack-main")
     assert status == 400
     assert "INGESTLAYER_SLACK_CLIENT_ID" in body["error"]["message"]
+
+
+async def test_a_connection_cannot_take_the_name_of_an_endpoint_secret(
+    server: RunningServer, slack_app: FakeSlack, receiver: Receiver
+) -> None:
+    """The bot token is stored under the name the admin chose: one of an endpoint's own secrets
+    (``endpoint-<id>``, its signing secret) would have been replaced by it, as PUT
+    /v1/secrets/{name} refuses to do. Refused when the connection starts, and at the callback
+    (a state sealed before that check) before Slack's code is spent."""
+    ep = await add_endpoint(server, receiver, events=["invoice.created"])
+    managed = f"endpoint-{ep['id']}"
+    for name in (managed, f"{managed}.2"):
+        status, body = await server.request(
+            "GET", f"/v1/connections/slack/authorize?name={name}", headers={"Accept": "application/json"}
+        )
+        assert status == 409 and body["error"]["field"] == "name", body
+        assert ep["id"] in body["error"]["message"]
+        # As PUT /v1/secrets/{name} answers for the same name.
+        status, put = await server.request("PUT", f"/v1/secrets/{name}", json={"value": "x"})
+        assert status == 409, put
+
+    # A state for that name, sealed as the start step did before it checked: Slack consents and
+    # sends the browser back with a real code, and the callback refuses it without exchanging it.
+    _, started = await server.request(
+        "GET", "/v1/connections/slack/authorize?name=slack-main", headers={"Accept": "application/json"}
+    )
+    rt = server.runtime
+    sealed, state = seal_state(rt.box, server.project_id, managed, server.url + "/oauth/slack/callback")
+    await rt.store.cache_put(
+        server.project_id, STATE_CACHE_PREFIX + state.nonce, "pending", STATE_TTL_SECONDS
+    )
+    parts = urlsplit(started["authorize_url"])
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()} | {"state": sealed}
+    forged = f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query)}"
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(forged) as resp:
+            page = await resp.text()
+            assert resp.status == 409 and ep["id"] in page and "Nothing was stored" in page, page
+        assert not slack_app.tokens  # the code was never exchanged
+        async with browser.get(forged, headers={"Accept": "application/json"}) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == "used_state"
+
+    # The endpoint's secret is the one it was created with: it still signs.
+    _, listed = await server.request("GET", "/v1/secrets")
+    assert [s["name"] for s in listed["data"]] == [managed]
+    status, ev = await server.ingest("invoice.created", {"n": 1})
+    assert status == 202, ev
+
+    async def arrived() -> bool:
+        return any(r.headers.get("X-Ingestlayer-Event") == "invoice.created" for r in receiver.requests)
+
+    await wait_for(arrived)
+    (got,) = receiver.requests
+    assert got.verify(ep["secret"])["id"] == ev["id"]
 
 
 async def test_ratelimited_is_retried_after_retry_after(server: RunningServer, slack: FakeSlack) -> None:

@@ -8,7 +8,10 @@
   the page says which workspace was connected and never shows the token.
 
 Failures (Slack not configured, a bad, expired or reused state, Slack refusing the code) answer 400
-with a page saying what to do (JSON with ``Accept: application/json``); Slack unreachable, 502.
+with a page saying what to do (JSON with ``Accept: application/json``); Slack unreachable, 502. A
+``name`` that is one of an endpoint's managed secrets (``endpoint-<id>…``) is refused, as ``PUT
+/v1/secrets/{name}`` refuses it: a 409 naming ``name`` at the start, and a 409 page at the callback
+before Slack's code is spent.
 See :mod:`ingestlayer.destinations.slack.oauth` for the settings.
 """
 
@@ -39,6 +42,7 @@ from ingestlayer.destinations.slack.oauth import (
     seal_state,
 )
 from ingestlayer.runtime import Runtime
+from ingestlayer.secret_names import secret_endpoint
 from ingestlayer.store.store import Store
 from ingestlayer.timefmt import iso
 
@@ -99,6 +103,20 @@ def _failure(request: Request, exc: SlackOAuthError) -> Response:
     )
 
 
+async def _endpoint_owning(store: Store, project_id: str, name: str) -> str | None:
+    """The endpoint whose managed secret ``name`` is (its signing secret or bearer token), if
+    any: PUT /v1/secrets/{name} refuses such a name, and so does a connection, whose token
+    would otherwise replace the endpoint's secret."""
+    return secret_endpoint(name, await store.load_project_config(project_id))
+
+
+def _taken_message(name: str, owner: str) -> str:
+    return (
+        f"name: secret {name!r} belongs to endpoint {owner} (it signs or authenticates the "
+        "endpoint's requests): choose another name for the Slack connection"
+    )
+
+
 async def _claim(store: Store, state: OAuthState) -> None:
     """Mark the state used; raises when it was used already, expired, or never issued here.
     One statement decides, so two callbacks with the same state (a browser sending it twice,
@@ -119,6 +137,7 @@ async def _claim(store: Store, state: OAuthState) -> None:
         302: {"description": "Redirect to Slack's OAuth v2 authorize page"},
         200: {"description": "With `Accept: application/json`: `{authorize_url, name, expires_at}`"},
         400: {"description": "Slack is not configured on this server"},
+        409: {"description": "`name` is one of an endpoint's own secrets (`endpoint-<id>…`)"},
     },
 )
 async def authorize(
@@ -145,6 +164,9 @@ async def start(
         raise ApiError(
             422, "name: secret names use letters, digits, '-', '_' and '.' (at most 200)", field="name"
         )
+    owner = await _endpoint_owning(rt.store, principal.project_id, name)
+    if owner is not None:
+        raise ApiError(409, _taken_message(name, owner), field="name")
     try:
         app = SlackApp.from_env(rt.settings.public_url)
     except SlackOAuthError as exc:
@@ -193,6 +215,7 @@ def _check_browser(request: Request, state: OAuthState) -> None:
     response_class=HTMLResponse,
     responses={
         400: {"description": "Bad, expired or reused state, or Slack refused"},
+        409: {"description": "The state's name is one of an endpoint's own secrets: nothing stored"},
         502: {"description": "Slack could not be reached"},
     },
 )
@@ -229,6 +252,11 @@ async def _finish(
             )
         if not code:
             raise SlackOAuthError("the request has no code parameter", code="missing_code")
+        # Checked at the start too; again here, before Slack's code is spent, for a state sealed
+        # before that check (or by an older version).
+        owner = await _endpoint_owning(rt.store, opened.project_id, opened.name)
+        if owner is not None:
+            raise SlackOAuthError(_taken_message(opened.name, owner), status=409, code="conflict")
         app = SlackApp.from_env(rt.settings.public_url)
         installed = await exchange_code(app, code, opened.redirect_uri)
     except SlackOAuthError as exc:
