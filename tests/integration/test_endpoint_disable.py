@@ -164,6 +164,13 @@ async def test_an_attempt_failing_after_its_endpoint_went_away_ends_dead_at_once
     assert status == 201, ep
     receiver.plan = [Reply(status=500, delay=1.0)]
     held = await delivery_of(server, await send(server, "invoice.failed"), ("delivering",))
+
+    async def held_by_the_receiver() -> bool:
+        # Leased is not sent yet: on a loaded machine the change could land between the lease
+        # and the request, and the attempt would fail for the change, never reaching the receiver.
+        return bool(receiver.requests)
+
+    await wait_for(held_by_the_receiver)
     status, _ = await server.request(method, f"/v1/endpoints/{ep['id']}", json=change)
     assert status in (200, 204)
 
