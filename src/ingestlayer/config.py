@@ -144,6 +144,10 @@ class Settings:
     # a receiver that hangs never holds every slot; an eighth while the destination is slow
     # (an eighth of its attempts in the last minute took longer than slow_destination_seconds).
     delivery_concurrency_per_destination: int | None = None
+    # Attempts in flight at once for one project, all its destinations together (delivery/
+    # project_shares.py): by default three quarters of delivery_concurrency, so that a project's
+    # many destinations that hang never hold every slot.
+    delivery_concurrency_per_project: int | None = None
     slow_destination_concurrency: int | None = None
     slow_destination_seconds: float = 2.0
     # Longer than the longest destination timeout (60 s), so a lease never lapses mid-attempt.
@@ -197,6 +201,7 @@ class Settings:
             delivery_concurrency_per_destination=_opt_at_least(
                 "INGESTLAYER_DELIVERY_CONCURRENCY_PER_DESTINATION", 1
             ),
+            delivery_concurrency_per_project=_opt_at_least("INGESTLAYER_DELIVERY_CONCURRENCY_PER_PROJECT", 1),
             slow_destination_concurrency=_opt_at_least("INGESTLAYER_SLOW_DESTINATION_CONCURRENCY", 1),
             slow_destination_seconds=_at_least("INGESTLAYER_SLOW_DESTINATION_SECONDS", 0.01, 2.0),
             delivery_lease_seconds=_at_least("INGESTLAYER_DELIVERY_LEASE_SECONDS", 1.0, 90.0),
@@ -224,6 +229,12 @@ class Settings:
     def per_destination_concurrency(self) -> int:
         if self.delivery_concurrency_per_destination is not None:
             return max(1, self.delivery_concurrency_per_destination)
+        return max(1, self.delivery_concurrency * 3 // 4)
+
+    @property
+    def per_project_concurrency(self) -> int:
+        if self.delivery_concurrency_per_project is not None:
+            return max(1, self.delivery_concurrency_per_project)
         return max(1, self.delivery_concurrency * 3 // 4)
 
     @property

@@ -451,6 +451,55 @@ async def test_a_hanging_receiver_leaves_slots_to_other_destinations(
             await server.stop()
 
 
+async def test_a_project_whose_endpoints_hang_leaves_other_projects_room(
+    db_url: str, receiver: Receiver
+) -> None:
+    """Four destinations of one project that hang from their first request, each with a
+    backlog, held every slot of a process (a quarter each: 4 of 16) until their first attempts
+    timed out, and another project's deliveries waited behind them. A project now holds at most
+    three quarters of the slots, whatever its number of destinations."""
+    async with SlowReceiver() as stuck:
+        server = await start_server(db_url, delivery_concurrency=16)
+        try:
+            hanging = [
+                {
+                    "name": f"hang-{i}",
+                    "source": {"match": ["slow.*"]},
+                    "destinations": [{"webhook.out": {"url": stuck.url}, "retry": FAST}],
+                }
+                for i in range(4)
+            ]
+            await server.apply({"pipelines": hanging})
+            await ingest_batch(server, "slow.e", 10)  # 40 deliveries
+
+            async def hanging() -> bool:
+                return stuck.now >= 12
+
+            await wait_for(hanging)
+            _, other_ingest, other_admin = await server.runtime.store.create_project("other")
+            status, body = await server.request(
+                "POST",
+                "/v1/apply",
+                key=other_admin,
+                json={"document": two_destinations(receiver.url + "/unused", receiver.url + "/fine")},
+            )
+            assert status == 200, body
+            for i in range(5):
+                status, body = await server.request(
+                    "POST", "/v1/events", key=other_ingest, json={"type": "fine.e", "payload": {"i": i}}
+                )
+                assert status == 202, body
+
+            async def fine_delivered() -> bool:
+                return len(receiver.requests) == 5
+
+            # webhook.out gives up on a request after 10 s: these must arrive while the 12 hang.
+            await wait_for(fine_delivered, timeout=8)
+            assert (stuck.now, max(stuck.seen_at_arrival), stuck.answered) == (12, 12, 0)
+        finally:
+            await server.stop()
+
+
 async def in_flight_at_arrivals(
     db_url: str, receiver: Receiver, *, delay: float, events: int, slow_seconds: float, timeout: float
 ) -> list[int]:

@@ -329,3 +329,49 @@ def test_a_failure_that_is_not_a_rate_limit_does_not_raise_the_limit_back() -> N
     assert s.limit("dst_a") == 1
     assert s.start("dst_b", None)  # other destinations keep their share
     assert s.limit("dst_b") == 6
+
+
+def project_slots(per_project: int = 4) -> DestinationSlots:
+    return DestinationSlots(per_destination=6, slow_limit=2, slow_seconds=1.0, per_project=per_project)
+
+
+def test_a_project_is_held_to_its_share_whatever_its_number_of_destinations() -> None:
+    """Four destinations of one project that hang from their first request held every slot of
+    the process, at a quarter each: a project now holds at most its share, and another
+    project's deliveries find the rest."""
+    s = project_slots(per_project=4)
+    started = [s.start(did, None, "prj_a") for did in ("dst_1", "dst_2", "dst_3", "dst_4")]
+    assert all(started)
+    assert s.start("dst_5", None, "prj_a") is None  # a fifth destination of the same project
+    assert s.start("dst_1", None, "prj_a") is None  # nor more to one it has
+    assert s.start("dst_b", None, "prj_b")  # another project is not held back
+    room = s.room()
+    assert [room.of(d) for d in ("dst_1", "dst_4", "dst_5")] == [0, 0, 0]
+    assert room.of("dst_b") == 3 and room.of("dst_unknown") == 6  # its project has 3 left
+    # The router's fresh deliveries: the full project's wait, the other's start.
+    batch = [
+        NewDelivery("dlv_1", "prj_a", "evt_1", "a.b", "pip", "dst_6", "{}"),
+        NewDelivery("dlv_2", "prj_b", "evt_2", "a.b", "pip", "dst_c", "{}"),
+    ]
+    first, n = s.take(batch, 10)
+    assert n == 1 and first[0].project_id == "prj_b"
+
+
+def test_a_full_project_is_leased_for_again_once_an_eighth_of_its_share_is_free() -> None:
+    s = project_slots(per_project=16)
+    for i in range(16):
+        assert s.start(f"dst_{i % 8}", None, "prj_a")
+    assert s.start("dst_0", None, "prj_a") is None  # left out: wanted once there is room
+    assert s.finish("dst_1", 0.05) is False  # one free: not yet worth a lease
+    assert s.finish("dst_2", 0.05) is True  # two, an eighth of 16: lease again
+    assert s.room().of("dst_0") == 2
+
+
+def test_deliveries_handed_over_count_against_their_project_until_they_start() -> None:
+    s = project_slots(per_project=3)
+    handed = [LeasedDelivery(f"dlv_{i}", "prj_a", "evt", "a.b", "dst_a", 0, 0, "{}", "lse") for i in range(2)]
+    s.hold(handed, 1)
+    assert s.start("dst_other", None, "prj_a")
+    assert s.start("dst_other", None, "prj_a") is None  # 2 handed over + 1 in flight
+    s.hold(handed, -1)
+    assert s.start("dst_a", None, "prj_a") and s.start("dst_a", None, "prj_a")

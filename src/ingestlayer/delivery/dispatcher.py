@@ -270,6 +270,7 @@ class Dispatcher:
             slow_seconds=settings.slow_destination_seconds,
             fresh_limit=max(settings.slow_destination_limit, settings.delivery_concurrency // 4),
             slow_pool_limit=settings.delivery_concurrency // 2,
+            per_project=settings.per_project_concurrency,
         )
 
     async def _open(self) -> SendContext:
@@ -710,7 +711,7 @@ class Dispatcher:
             # A deleted destination's delivery is recorded as failed at once, without a slot.
             slot = None
             if dest is not None:
-                slot = self.slots.start(d.destination_id, dest.concurrency)
+                slot = self.slots.start(d.destination_id, dest.concurrency, d.project_id)
                 if slot is None:
                     over.append(d)
                     continue

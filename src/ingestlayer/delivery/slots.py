@@ -24,7 +24,9 @@ or every receiver after a restart, is fresh too, and healthy ones must not wait 
 that hang; a fresh one that hangs is slow after its first timeouts. An attempt counts against
 the pool if it started while its destination was slow (its ``Slot`` says so), whatever the
 destination has become when it ends; the pool's room is offered to the slow destinations in
-turn, so a lease never takes more for them than may start. A destination's own
+turn, so a lease never takes more for them than may start. A project's destinations together,
+fresh ones included, are held to its share of the slots (project_shares.py), so that one
+project's endpoints that hang from the start never hold another project's deliveries up. A destination's own
 ``concurrency: N`` (a project's setting) raises its share only while it is healthy: fresh or
 slow, it is held like any other, or one hanging destination with ``concurrency: 10000`` held
 every slot of the process.
@@ -42,6 +44,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ingestlayer.delivery.project_shares import ProjectShares
+from ingestlayer.delivery.project_shares import add_count as _add
 from ingestlayer.delivery.rate_limits import RateLimits
 from ingestlayer.records import LeasedDelivery, NewDelivery
 from ingestlayer.store.lease_window import Room
@@ -104,15 +108,6 @@ class _Recent:
         return self.done + self.done_before == 0
 
 
-def _add(counts: dict[str, int], did: str, n: int) -> int:
-    value = counts.get(did, 0) + n
-    if value > 0:
-        counts[did] = value
-    else:
-        counts.pop(did, None)
-    return value
-
-
 class DestinationSlots:
     def __init__(
         self,
@@ -122,6 +117,7 @@ class DestinationSlots:
         slow_seconds: float,
         fresh_limit: int | None = None,
         slow_pool_limit: int | None = None,
+        per_project: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.per_destination = max(1, per_destination)
@@ -145,6 +141,9 @@ class DestinationSlots:
         self._wanted: set[str] = set()
         # Destinations that answered "too many requests": paused, then limited (rate_limits.py).
         self.rate = RateLimits(clock)
+        # Each project's share of the slots, whatever its number of destinations (None: no limit
+        # beyond the destinations'; project_shares.py).
+        self.projects = None if per_project is None else ProjectShares(per_project)
 
     def in_flight(self, did: str) -> int:
         return self._busy.get(did, 0)
@@ -202,6 +201,8 @@ class DestinationSlots:
                 known[did] = known.get(did, self.limit(did)) - n
         if self.slow_pool_limit is not None:
             self._share_pool(known)
+        if self.projects is not None:
+            self.projects.cut(known, self.fresh_limit)
         # Any other destination has not been heard from lately: no more is leased for it than
         # may start (it was leased its whole share, and all but the fresh limit released again).
         return Room(known, self.fresh_limit)
@@ -211,17 +212,26 @@ class DestinationSlots:
         destination's up to its room. Returned first, then the rest, with how many are taken."""
         if free <= 0:
             return fresh, 0
+        if self.projects is not None:
+            for d in fresh:
+                self.projects.note(d.destination_id, d.project_id)
         room = self.room()
         left: dict[str, int] = {}
+        project_left: dict[str, int] = {}  # what each project has left, where it is limited
         first: list[NewDelivery] = []
         rest: list[NewDelivery] = []
         for d in fresh:
             n = left.get(d.destination_id)
             if n is None:
                 n = room.of(d.destination_id)
-            if n > 0 and len(first) < free:
+            p = project_left.get(d.project_id)
+            if p is None and self.projects is not None:
+                p = self.projects.left(d.destination_id)
+            if n > 0 and (p is None or p > 0) and len(first) < free:
                 first.append(d)
                 n -= 1
+                if p is not None:
+                    project_left[d.project_id] = p - 1
             else:
                 rest.append(d)
             left[d.destination_id] = n
@@ -231,10 +241,20 @@ class DestinationSlots:
         """Count deliveries handed over (``n`` = 1) until they start, or stop counting them (-1)."""
         for d in leased:
             _add(self._pending, d.destination_id, n)
+            if self.projects is not None:
+                self.projects.note(d.destination_id, d.project_id)
+                self.projects.add(d.destination_id, n)
 
-    def start(self, did: str, own_limit: int | None) -> Slot | None:
-        """Take a slot for an attempt to ``did``, to hand back to ``finish``; None when it has
-        none free."""
+    def start(self, did: str, own_limit: int | None, project_id: str | None = None) -> Slot | None:
+        """Take a slot for an attempt to ``did`` (of ``project_id``), to hand back to ``finish``;
+        None when it, or its project, has none free."""
+        if self.projects is not None:
+            if project_id is not None:
+                self.projects.note(did, project_id)
+            project_left = self.projects.left(did)
+            if project_left is not None and project_left <= 0:
+                self._wanted.add(did)  # leased for again once its project has room (finish)
+                return None
         if own_limit is not None:
             self._own[did] = own_limit
         else:
@@ -249,6 +269,8 @@ class DestinationSlots:
             self._slow_total += 1
             slot = POOLED_SLOT
         _add(self._busy, did, 1)
+        if self.projects is not None:
+            self.projects.add(did, 1)
         return slot
 
     def leased(self, room: Room, want: int, got: int) -> None:
@@ -280,12 +302,16 @@ class DestinationSlots:
         else:
             recent.streak = 0
         left = _add(self._busy, did, -1)
+        # Its project was full, and now has room again for what leases left out.
+        project_has_room = self.projects is not None and self.projects.add(did, -1)
         if delivered:
             self.rate.went_through(did, self._usual(did, self._state(did)))
         if slot.pooled:
             self._slow_total -= 1
             if any(w != did and self._state(w) == SLOW for w in self._wanted):
                 return True  # a slow destination left out of a lease for want of pool has room
+        if project_has_room:
+            return True
         if did not in self._wanted:
             return False
         limit = self.limit(did)
