@@ -383,7 +383,7 @@ def test_labels_as_the_recipe_cards_write_them() -> None:
         ({"field": "bad field"}, "field", "not a dotted field path"),
         ({"model": DROP}, "", "provider openai needs `model`"),
         ({"prompt": "  "}, "", "provider openai needs `prompt`"),
-        ({"rules": [{"label": "low", "any": ["x"]}]}, "", "rules applies only to provider keywords"),
+        ({"rules": [{"label": "low", "any": ["x"]}]}, "rules", "rules applies only to provider keywords"),
         ({"base_url": "ftp://x"}, "base_url", "http(s) URL"),
         ({"timeout": 61}, "timeout", "less than or equal to 60"),
         ({"timeout": 0}, "timeout", "greater than 0"),
@@ -407,7 +407,8 @@ def test_openai_config_is_validated(overrides: dict[str, Any], where: str, messa
     ("overrides", "message"),
     [
         ({"rules": []}, "needs `rules`"),
-        ({"default": None}, "needs `default`"),  # and no fallback
+        # and no fallback either
+        ({"default": None}, "needs `default` (or `fallback`): the label when no rule matches"),
         ({"default": "urgent"}, "'urgent' is not one of the labels"),
         ({"rules": [{"label": "urgent", "any": ["x"]}]}, "rules[0].label 'urgent' is not one of the labels"),
         ({"rules": [{"label": "low", "any": []}]}, "at least 1 item"),
@@ -421,6 +422,56 @@ def test_keywords_config_is_validated(overrides: dict[str, Any], message: str) -
     with pytest.raises(ValidationError) as info:
         ClassifyConfig.model_validate(raw)
     assert message in str(info.value)
+
+
+def test_keywords_fallback_alone_stands_for_default() -> None:
+    assert keywords_config(default=DROP, fallback="high").default is None  # the docs: either one
+
+
+@pytest.mark.parametrize(
+    ("provider_config", "extra", "where", "message"),
+    [
+        # Written by hand, a field of the other provider is refused even when empty: `rules: []`
+        # under openai would otherwise be accepted and silently do nothing.
+        (openai_config, {"rules": []}, "rules", "rules applies only to provider keywords, not openai"),
+        (openai_config, {"default": None}, "default", "default applies only to provider keywords"),
+        (
+            openai_config,
+            {"rules": [{"label": "low", "any": ["x"]}], "default": "low"},
+            "rules",
+            "rules, default apply only to provider keywords",
+        ),
+        (keywords_config, {"temperature": 0}, "temperature", "temperature applies only to provider openai"),
+        (keywords_config, {"extra_body": {}}, "extra_body", "extra_body applies only to provider openai"),
+        (keywords_config, {"model": "m"}, "model", "model applies only to provider openai, not keywords"),
+    ],
+)
+def test_other_provider_fields_are_refused_at_the_field(
+    provider_config: Any, extra: dict[str, Any], where: str, message: str
+) -> None:
+    # As written by hand: only the fields that differ from their defaults.
+    raw = {**provider_config().model_dump(mode="json", exclude_defaults=True), **extra}
+    with pytest.raises(ValidationError) as info:
+        ClassifyConfig.model_validate(raw)
+    err = info.value.errors()[0]
+    assert ".".join(str(p) for p in err["loc"]) == where
+    assert message in err["msg"]
+    from ingestlayer.pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError) as named:
+        parse_step("steps[0]", {"classify": raw})
+    assert str(named.value).startswith(f"steps[0].classify.{where}: {message}")
+
+
+@pytest.mark.parametrize("config", [openai_config(), keywords_config()])
+def test_the_stored_form_keeps_the_other_providers_fields_at_their_defaults(config: ClassifyConfig) -> None:
+    # What the server stores and GET shows carries every field; sent back (PUT) it is valid.
+    dumped = config.model_dump(mode="json")
+    assert ClassifyConfig.model_validate(dumped) == config
+    # And one of the other provider's fields set to something else is still refused.
+    other = {"rules": [{"label": "low", "any": ["x"]}]} if config.provider == "openai" else {"model": "m"}
+    with pytest.raises(ValidationError, match="applies only to provider"):
+        ClassifyConfig.model_validate({**dumped, **other})
 
 
 def test_apply_errors_name_the_path() -> None:

@@ -6,10 +6,20 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ingestlayer.destinations.shared import check_reference
 from ingestlayer.pipeline.event import StepConfig
+from ingestlayer.stored_config import reading_stored
 from ingestlayer.urlcheck import url_characters_problem
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -307,29 +317,52 @@ class ClassifyConfig(StepConfig):
             raise ValueError(f"extra_body may not set {', '.join(clash)}; the step sets those")
         return v
 
-    def _changed(self, names: tuple[str, ...]) -> list[str]:
+    def _other_provider_fields(self, names: tuple[str, ...]) -> list[str]:
+        """The fields of the other provider, ``names``, that this configuration sets.
+
+        Written by hand, any of them is a mistake, even an empty one (``rules: []`` under
+        ``provider: openai`` would silently change nothing). The form the server stores and
+        ``GET`` shows carries every field, the other provider's at their defaults, and must stay
+        valid (it is read again, and sent back with ``PUT``): there, and in a configuration read
+        back from the database, only values that differ from the defaults are refused.
+        """
         fields = type(self).model_fields
-        return [n for n in names if getattr(self, n) != fields[n].get_default(call_default_factory=True)]
+        changed = [n for n in names if getattr(self, n) != fields[n].get_default(call_default_factory=True)]
+        given = [n for n in names if n in self.model_fields_set]
+        if reading_stored() or len(given) == len(names):
+            return changed
+        return given
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ClassifyConfig:
-        # Fields of the other provider are refused when they differ from their defaults: the stored
-        # form of a config carries every field, so "equal to the default" must stay valid.
         if self.provider == "openai":
             if not self.model:
                 raise ValueError("provider openai needs `model`")
             if not self.prompt or not self.prompt.strip():
                 raise ValueError("provider openai needs `prompt` (the user message, with $event.* fields)")
-            other, owner = self._changed(KEYWORDS_FIELDS), "keywords"
+            other, owner = self._other_provider_fields(KEYWORDS_FIELDS), "keywords"
         else:
             if not self.rules:
                 raise ValueError("provider keywords needs `rules` (at least one)")
             if self.default is None and self.fallback is None:
-                raise ValueError("provider keywords needs `default`: the label when no rule matches")
-            other, owner = self._changed(OPENAI_FIELDS), "openai"
+                raise ValueError(
+                    "provider keywords needs `default` (or `fallback`): the label when no rule matches"
+                )
+            other, owner = self._other_provider_fields(OPENAI_FIELDS), "openai"
         if other:
+            # Reported at the (first) field, so the error's path points at the line to remove.
             verb = "applies" if len(other) == 1 else "apply"
-            raise ValueError(f"{', '.join(other)} {verb} only to provider {owner}, not {self.provider}")
+            message = f"{', '.join(other)} {verb} only to provider {owner}, not {self.provider}"
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("other_provider_field", message),
+                        loc=(other[0],),
+                        input=getattr(self, other[0]),
+                    )
+                ],
+            )
         return self
 
     def chat_url(self) -> str:
