@@ -369,13 +369,19 @@ def init(
 def apply(
     file: Annotated[Path, typer.Option("-f", "--file", help="YAML file with pipelines/destinations/sources")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff; change nothing")] = False,
-    prune: Annotated[bool, typer.Option(help="Delete pipelines and destinations not in the file")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete pipelines, destinations and sources not in the file; a deleted "
+            "source's ingress URL then refuses its sender's webhooks (404)"
+        ),
+    ] = False,
     database_url: DbOpt = None,
     project: ProjectOpt = None,
     url: UrlOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Create or update pipelines and destinations from a file, by name."""
+    """Create or update pipelines, destinations and sources from a file, by name."""
     document = _read_document(file)
     if document is None:
         if prune:
