@@ -680,7 +680,12 @@ def tail(
     last: Annotated[
         int,
         typer.Option(
-            "-n", "--last", min=0, max=500, help="First show the newest N events and N delivery outcomes"
+            "-n",
+            "--last",
+            min=0,
+            max=500,
+            help="First show the newest N events and the N latest delivery outcomes (by when each "
+            "happened, among the last 10,000 deliveries made)",
         ),
     ] = 0,
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between polls")] = 1.0,

@@ -13,6 +13,10 @@ Deliveries change after they appear. Each is remembered with the last outcome sh
 number), and a line is printed when that changes. A delivery still in flight when it falls below
 the floor, or already in flight when tail starts, is looked up by its event once it is due, until
 it finishes.
+
+``--last N`` shows the N latest outcomes by when they happened (``updated_at``), which for an older
+delivery retried late is not where its id lists it. Those shown are remembered as any other, so
+polling shows each again only when its outcome changes.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ EVENT_OVERLAP = 30.0  # seconds
 DELIVERY_OVERLAP = 60.0  # the routing lease: how late a delivery's row may commit after its id
 IN_FLIGHT_AT_START = 1000  # deliveries in flight at the start that are followed to their outcome
 LOOKUPS_PER_POLL = 50  # events whose in-flight deliveries (below the floor, due) are looked up
-MAX_PAGES = 20  # for --last and the in-flight deliveries at the start
+MAX_PAGES = 20  # for --last and the in-flight deliveries at the start (`tail --help` says 10,000)
 OUTCOMES = {"delivered": "delivered", "retrying": "failed", "dead": "dead"}
 IN_FLIGHT = ("pending", "delivering", "retrying")
 _COLOURS = {"delivered": "green", "failed": "yellow", "dead": "red"}
@@ -109,6 +113,28 @@ async def newest_rows(fetch: Fetch, n: int, keep: Callable[[Row], bool]) -> list
             break
         before = page[-1]["id"]
     return found[:n][::-1]
+
+
+async def latest_outcomes(fetch: Fetch, n: int, keep: Callable[[Row], bool]) -> list[Row]:
+    """The ``n`` rows that ``keep`` accepts with the latest outcomes (``updated_at``, then id),
+    among the newest MAX_PAGES pages of deliveries, oldest outcome first. Listings go by id, the
+    order deliveries were made in, and an older delivery's outcome may be the newer (a retry
+    that ran late, a replay): each of those pages is read, as no id tells where they stop."""
+    found: list[Row] = []
+    before: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await fetch(before, PAGE)
+        found += [r for r in page if keep(r)]
+        # Only the latest n are kept as pages are read.
+        found = sorted(found, key=_outcome_order, reverse=True)[:n]
+        if len(page) < PAGE:
+            break
+        before = page[-1]["id"]
+    return found[::-1]
+
+
+def _outcome_order(row: Row) -> tuple[str, str]:
+    return (row.get("updated_at") or "", row["id"])
 
 
 class Source:
@@ -199,7 +225,7 @@ class Tail:
             async def outcomes(before: str | None, limit: int) -> list[Row]:
                 return await self._deliveries(before, limit, statuses)
 
-            for row in await newest_rows(outcomes, n, lambda r: self.matches(r["event_type"])):
+            for row in await latest_outcomes(outcomes, n, lambda r: self.matches(r["event_type"])):
                 self._observe(row, quiet=False, again=True)
         self._flush()
 

@@ -360,3 +360,40 @@ async def test_deliveries_below_the_floor_are_followed_to_their_outcome() -> Non
     assert source.reads.count(source.rows[early]["event_id"]) == 1
     assert source.rows[later]["event_id"] not in source.reads
     assert early not in tail.deliveries and later in tail.deliveries  # finished: forgotten
+
+
+async def test_last_shows_the_latest_outcomes_by_when_they_happened_then_each_change_once() -> None:
+    source = FakeSource()
+    now_ms = int(time.time() * 1000)
+
+    def made(ago_ms: int, status: str, attempts: int, at: str, next_at: str | None = None) -> str:
+        did = source.delivery(now_ms - ago_ms, status, attempts, next_at)
+        source.rows[did]["updated_at"] = f"2026-01-01T00:{at}.000Z"
+        return did
+
+    # Made oldest, but its outcome is the latest: a retry that succeeded minutes after it was made.
+    late = made(300_000, "delivered", 3, "10:00")
+    retried = made(250_000, "retrying", 1, "08:00", next_at="2000-01-01T00:00:00Z")
+    made(200_000, "delivered", 1, "05:00")
+    made(100_000, "dead", 2, "06:00")
+    newest = made(0, "delivered", 1, "07:00")
+    lines: list[str] = []
+    tail = Tail(source, TailOptions(events=False, last=3), lines.append)  # type: ignore[arg-type]
+    await tail.start()
+    # The three latest outcomes, not the outcomes of the three deliveries made last; by time.
+    shown = [Text.from_markup(line).plain.split() for line in lines]
+    assert [(s[0], s[1], s[2]) for s in shown] == [
+        ("2026-01-01T00:07:00.000Z", "delivered", newest),
+        ("2026-01-01T00:08:00.000Z", "failed", retried),
+        ("2026-01-01T00:10:00.000Z", "delivered", late),
+    ], lines
+
+    # Polling shows none of them again, and the failed one's next outcome once.
+    await tail.poll()
+    assert len(lines) == 3, lines
+    source.rows[retried] |= {"status": "dead", "attempt_count": 2, "next_attempt_at": None}
+    source.rows[retried]["updated_at"] = "2026-01-01T00:11:00.000Z"
+    await tail.poll()
+    await tail.poll()
+    assert len(lines) == 4, lines
+    assert Text.from_markup(lines[3]).plain.split()[1:4] == ["dead", retried, "order.placed"]
