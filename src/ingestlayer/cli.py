@@ -25,6 +25,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from ingestlayer import __version__
 from ingestlayer.cli_backend import (
@@ -57,14 +58,35 @@ from ingestlayer.store.conditions import storage_condition
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
 
+
+def _flags_take_no_value(params: list[Any]) -> list[Any]:
+    """Typer's help shows each option's type where its value goes, a flag's too: `--dry-run
+    <bool>` read as if the flag took a value. A flag is given an empty metavar, shown as nothing."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:  # the help option too, made on first use
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_take_no_value(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="ingestlayer",
     help="Event pipelines and webhook delivery: ingest, route, deliver, replay.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
-secrets_app = typer.Typer(help="Encrypted secrets referenced as ref:NAME.", no_args_is_help=True)
+secrets_app = typer.Typer(help="Encrypted secrets referenced as ref:NAME.", no_args_is_help=True, cls=_Group)
 app.add_typer(secrets_app, name="secrets")
 # Piped into another program or a file, tables are not cut to a terminal's 80 columns (a cut id
 # cannot be copied into `replay`); COLUMNS still wins when set.
@@ -809,17 +831,19 @@ def _help_paragraphs(text: str) -> str:
     return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
 
 
-def _unwrap_help(typer_app: typer.Typer) -> None:
+def _finish_help(typer_app: typer.Typer) -> None:
     for command in typer_app.registered_commands:
         doc = command.help if isinstance(command.help, str) else inspect.getdoc(command.callback)
         if doc:
             command.help = _help_paragraphs(doc)
+        if command.cls in (None, TyperCommand):  # typer's own: flags shown without a value
+            command.cls = _Command
     for group in typer_app.registered_groups:
         if group.typer_instance is not None:
-            _unwrap_help(group.typer_instance)
+            _finish_help(group.typer_instance)
 
 
-_unwrap_help(app)
+_finish_help(app)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ in a subprocess): every effect of an option named, and nothing in the layout tha
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tests.support.cli import cli, ok
@@ -21,3 +22,19 @@ async def test_apply_help_says_sources_are_applied_and_pruned(tmp_path: Path) ->
     prune = next(line for line in text.splitlines() if "--prune" in line)
     assert "delete pipelines, destinations and sources not in the file" in prune, prune
     assert "ingress URL" in prune, prune
+
+
+async def test_flags_show_no_value(tmp_path: Path) -> None:
+    commands = [(), ("apply",), ("events",), ("tail",), ("secrets",), ("secrets", "set")]
+    texts = await asyncio.gather(*(help_text(*command, cwd=tmp_path) for command in commands))
+    for command, text in zip(commands, texts, strict=True):
+        # Typer wrote each flag's type where a value goes (`--dry-run <bool>`), as if it took one.
+        assert "<bool>" not in text, (command, text)
+        assert "--help" in text, (command, text)
+    top, apply, events, tail = texts[:4]
+    assert "--version" in top
+    dry_run = next(line for line in apply.splitlines() if "--dry-run" in line)
+    assert "Show the diff; change nothing" in dry_run and "<" not in dry_run, dry_run
+    assert "--json" in events and "--no-events" in tail
+    # Options that take a value still say what kind.
+    assert "<path>" in apply and "<int range>" in tail, (apply, tail)
