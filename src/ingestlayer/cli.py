@@ -118,6 +118,11 @@ def _port_option(help_text: str | None = None) -> Any:
     return typer.Option(min=MIN_PORT, max=MAX_PORT, help=help_text)
 
 
+# Where `serve` and `api` listen: both read the same settings.
+HttpHostOpt = Annotated[str | None, typer.Option(help="Default 127.0.0.1 or INGESTLAYER_HOST")]
+HttpPortOpt = Annotated[int | None, _port_option("Default 8000 or INGESTLAYER_PORT")]
+
+
 def _settings(database_url: str | None = None, **overrides: Any) -> Settings:
     settings = Settings.from_env().with_overrides(database_url=database_url, **overrides)
     scheme = urllib.parse.urlsplit(settings.database_url).scheme.split("+", 1)[0]
@@ -281,8 +286,8 @@ def _with_backend(
 @app.command()
 @cli_errors
 def serve(
-    host: Annotated[str | None, typer.Option(help="Default 127.0.0.1 or INGESTLAYER_HOST")] = None,
-    port: Annotated[int | None, _port_option("Default 8000 or INGESTLAYER_PORT")] = None,
+    host: HttpHostOpt = None,
+    port: HttpPortOpt = None,
     database_url: DbOpt = None,
 ) -> None:
     """Run the API, the worker and the dashboard in one process."""
@@ -302,8 +307,8 @@ def serve(
 @app.command()
 @cli_errors
 def api(
-    host: Annotated[str | None, typer.Option()] = None,
-    port: Annotated[int | None, _port_option()] = None,
+    host: HttpHostOpt = None,
+    port: HttpPortOpt = None,
     database_url: DbOpt = None,
 ) -> None:
     """Run only the HTTP API (scale it apart from workers)."""

@@ -38,3 +38,12 @@ async def test_flags_show_no_value(tmp_path: Path) -> None:
     assert "--json" in events and "--no-events" in tail
     # Options that take a value still say what kind.
     assert "<path>" in apply and "<int range>" in tail, (apply, tail)
+
+
+async def test_api_says_where_it_listens_by_default_as_serve_does(tmp_path: Path) -> None:
+    texts = await asyncio.gather(*(help_text(command, cwd=tmp_path) for command in ("serve", "api")))
+    for text in texts:
+        host = next(line for line in text.splitlines() if "--host" in line)
+        port = next(line for line in text.splitlines() if "--port" in line)
+        assert "Default 127.0.0.1 or INGESTLAYER_HOST" in host, text
+        assert "Default 8000 or INGESTLAYER_PORT" in port, text
