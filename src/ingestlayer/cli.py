@@ -582,7 +582,13 @@ def _check_statuses(status: list[str] | None, valid: frozenset[str]) -> None:
 @cli_errors
 def deliveries(
     status: Annotated[
-        list[str] | None, typer.Option("--status", help="pending|delivering|retrying|delivered|dead")
+        list[str] | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="Only deliveries with this status: pending, delivering, retrying, delivered or dead "
+            "(repeat --status for more)",
+        ),
     ] = None,
     destination: Annotated[
         str | None,
@@ -625,7 +631,13 @@ def replay(
         str | None, typer.Argument(help="One delivery id; omit to replay by filter")
     ] = None,
     status: Annotated[
-        list[str] | None, typer.Option("--status", help="pending|retrying|delivered|dead (default: dead)")
+        list[str] | None,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="Only deliveries with this status: pending, retrying, delivered or dead (repeat "
+            "--status for more; default: dead)",
+        ),
     ] = None,
     destination: Annotated[
         str | None, typer.Option("--destination", help="Name or id (an endpoint's: its ep_ id)")
@@ -698,7 +710,12 @@ def tail(
         str | None, typer.Option("--destination", help="Only deliveries to this destination (name or id)")
     ] = None,
     status: Annotated[
-        list[str] | None, typer.Option("--status", help="Delivery outcomes to show: delivered|failed|dead")
+        list[str] | None,
+        typer.Option(
+            "--status",
+            metavar="OUTCOME",
+            help="Only this delivery outcome: delivered, failed or dead (repeat --status for more)",
+        ),
     ] = None,
     show_events: Annotated[bool, typer.Option("--events/--no-events", help="Show new events")] = True,
     show_deliveries: Annotated[

@@ -4,6 +4,7 @@ in a subprocess): every effect of an option named, and nothing in the layout tha
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 from tests.support.cli import cli, ok
@@ -47,3 +48,27 @@ async def test_api_says_where_it_listens_by_default_as_serve_does(tmp_path: Path
         port = next(line for line in text.splitlines() if "--port" in line)
         assert "Default 127.0.0.1 or INGESTLAYER_HOST" in host, text
         assert "Default 8000 or INGESTLAYER_PORT" in port, text
+
+
+def option_block(text: str, option: str) -> str:
+    """The rows of ``option`` in the help's table, up to the next option's, as one string."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if f" {option} " in line)
+    # The next option's row starts at the left; a row of this one's help starts far right.
+    end = next(i for i in range(start + 1, len(lines)) if lines[i][1:12].strip())
+    return " ".join(" ".join(line.strip("│ ").split()) for line in lines[start:end])
+
+
+async def test_status_help_lists_every_status_at_80_columns(tmp_path: Path) -> None:
+    cases = {
+        "deliveries": ["pending", "delivering", "retrying", "delivered", "dead"],
+        "replay": ["pending", "retrying", "delivered", "dead", "default: dead"],
+        "tail": ["delivered", "failed", "dead"],
+    }
+    texts = await asyncio.gather(*(help_text(c, cwd=tmp_path, columns=80) for c in cases))
+    for (command, words), text in zip(cases.items(), texts, strict=True):
+        block = option_block(text, "--status")
+        # A|B|C was one word to the table, cut to `pending|delivering|retrying|…`.
+        assert "…" not in block, (command, block)
+        assert all(re.search(rf"\b{w}\b", block) for w in words), (command, block)
+        assert "repeat --status" in block, (command, block)
