@@ -110,7 +110,20 @@ ProjectOpt = Annotated[
 ]
 UrlOpt = Annotated[str | None, typer.Option("--url", help="Act on a remote server instead of the database")]
 KeyOpt = Annotated[
-    str | None, typer.Option("--key", envvar="INGESTLAYER_ADMIN_KEY", help="Admin key for --url")
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="INGESTLAYER_ADMIN_KEY",
+        help="Admin key (il_admin_…) for --url; only `send` also takes an ingest key",
+    ),
+]
+SendKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="INGESTLAYER_ADMIN_KEY",
+        help="Ingest key (il_ingest_…) or admin key (il_admin_…) for --url",
+    ),
 ]
 
 
@@ -258,11 +271,13 @@ def _with_backend(
     url: str | None,
     key: str | None,
     action: Callable[[Backend], Coroutine[Any, Any, T]],
+    *,
+    key_needed: str = "an admin key",
 ) -> T:
     backend: Backend
     if url:
         if not key:
-            raise CliError("--url needs an admin key: --key or INGESTLAYER_ADMIN_KEY")
+            raise CliError(f"--url needs {key_needed}: --key or INGESTLAYER_ADMIN_KEY")
         if project:
             # The admin key chooses the project on a server; acting on the key's project while the
             # command names another (an apply --prune, say) must not happen silently.
@@ -521,7 +536,7 @@ def send(
     database_url: DbOpt = None,
     project: ProjectOpt = None,
     url: UrlOpt = None,
-    key: KeyOpt = None,
+    key: SendKeyOpt = None,
 ) -> None:
     """Send one event."""
     from ingestlayer.pipeline.matching import is_valid_event_type
@@ -534,7 +549,14 @@ def send(
         # later send with an empty one.
         raise CliError("--idempotency-key must be 1 to 255 characters, without control characters")
     body = _read_payload(payload)
-    result = _with_backend(database_url, project, url, key, lambda b: b.send(type_, body, idempotency_key))
+    result = _with_backend(
+        database_url,
+        project,
+        url,
+        key,
+        lambda b: b.send(type_, body, idempotency_key),
+        key_needed="an ingest or admin key",
+    )
     out.print(f"{result['id']}" + (" (duplicate)" if result["duplicate"] else ""), highlight=False)
 
 

@@ -72,3 +72,18 @@ async def test_status_help_lists_every_status_at_80_columns(tmp_path: Path) -> N
         assert "…" not in block, (command, block)
         assert all(re.search(rf"\b{w}\b", block) for w in words), (command, block)
         assert "repeat --status" in block, (command, block)
+
+
+async def test_key_help_says_which_key_each_command_takes(tmp_path: Path) -> None:
+    commands = ("send", "apply", "events", "deliveries", "replay", "tail")
+    texts = await asyncio.gather(*(help_text(c, cwd=tmp_path) for c in commands))
+    keys = {c: option_block(text, "--key") for c, text in zip(commands, texts, strict=True)}
+    # `send --url … --key il_ingest_…` works: its help says so; the others need the admin key.
+    assert "Ingest key (il_ingest_…) or admin key (il_admin_…) for --url" in keys["send"], keys
+    for command in commands[1:]:
+        assert "Admin key (il_admin_…) for --url" in keys[command], (command, keys[command])
+    # Without a key, send asks for either.
+    run = await cli("send", "a.b", "--url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert run.rc == 1 and run.err.strip() == (
+        "error: --url needs an ingest or admin key: --key or INGESTLAYER_ADMIN_KEY"
+    ), run
