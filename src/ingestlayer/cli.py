@@ -508,7 +508,8 @@ def _read_payload(text: str) -> dict[str, Any]:
             f"payload is not valid JSON: {reason}" if reason else "payload is not valid JSON"
         ) from None
     if not isinstance(body, dict):
-        raise CliError("JSON must be a JSON object")
+        # The API's words, with the argument that holds the payload named and what it was.
+        raise CliError(f"payload must be a JSON object (the JSON argument), not {_json_kind(body)}")
     if nests_deeper(body, MAX_JSON_DEPTH):
         from ingestlayer.api.ingest import nesting_of
 
@@ -518,6 +519,16 @@ def _read_payload(text: str) -> dict[str, Any]:
     if (where := huge_int_path(json.loads(text))) is not None:
         raise CliError(number_out_of_range(where))
     return body
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else "a number"
 
 
 def _too_deep(how: str) -> CliError:

@@ -80,6 +80,18 @@ async def test_send_gives_the_parsers_reason_and_position_for_json_it_cannot_rea
     one_line_error(run, "payload is not valid JSON: trailing comma is not allowed: line 1 column 22")
 
 
+@pytest.mark.parametrize(
+    ("payload", "kind"), [("[1]", "an array"), ('"x"', "a string"), ("3", "a number"), ("null", "null")]
+)
+async def test_send_refuses_a_payload_that_is_not_an_object_in_the_apis_words(
+    payload: str, kind: str, tmp_path: Path
+) -> None:
+    # Refused before any database is opened; it said "JSON must be a JSON object", naming neither
+    # the payload (the API's word) nor the argument that holds it.
+    run = await cli("send", "a.b", payload, cwd=tmp_path)
+    assert one_line_error(run) == f"error: payload must be a JSON object (the JSON argument), not {kind}"
+
+
 async def test_send_keeps_the_64_bit_extremes_exactly(sqlite_url: str, tmp_path: Path) -> None:
     ok(await cli("init", "--name", "exact", cwd=tmp_path, db_url=sqlite_url))
     payload = '{"big": 18446744073709551615, "small": -9223372036854775808, "f": 1.5}'
