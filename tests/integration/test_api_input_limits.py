@@ -126,3 +126,44 @@ async def test_identify_and_group_spend_the_projects_ingest_allowance(db_url: st
         assert status == 429
     finally:
         await server.stop()
+
+
+async def test_list_lengths_and_yes_no_fields_are_refused_in_plain_words(srv: RunningServer) -> None:
+    # Pydantic's own words leaked: "List should have at least 1 item after validation, not 0",
+    # "Input should be a valid boolean, unable to interpret input".
+    pipeline = {"name": "p", "source": {"match": ["a.b"]}, "destinations": []}
+    cases = [
+        (
+            "/v1/endpoints",
+            {"url": "https://example.com/h", "events": []},
+            "events",
+            "must hold at least 1 item",
+        ),
+        ("/v1/entities/bulk", {"entities": []}, "entities", "must hold at least 1 item"),
+        (
+            "/v1/entities/bulk",
+            {"entities": [{"kind": "user", "id": "u"}] * 1001},
+            "entities",
+            "must hold at most 1000 items, not 1001",
+        ),
+        (
+            "/v1/apply",
+            {"document": {"pipelines": [pipeline]}},
+            "pipelines[0].destinations",
+            "must hold at least 1 item",
+        ),
+        ("/v1/apply", {"document": {}, "dry_run": "maybe"}, "dry_run", "must be true or false"),
+        ("/v1/apply", {"document": {}, "prune": [1]}, "prune", "must be true or false"),
+    ]
+    for path, sent, field, words in cases:
+        status, body = await srv.request("POST", path, json=sent)
+        assert status == 422, (path, body)
+        assert error_of(body)["field"] == field, (path, body)
+        assert error_of(body)["message"] == f"{field}: {words}", (path, body)
+    # The same mistake in the query string, as it was said there.
+    status, body = await srv.request("POST", "/v1/apply?dry_run=maybe", json={"document": {}})
+    assert status == 422 and error_of(body)["field"] == "dry_run", body
+    assert error_of(body)["message"].startswith("dry_run must be true or false"), body
+    # Nothing was applied meanwhile.
+    status, body = await srv.request("GET", "/v1/pipelines")
+    assert status == 200 and body["data"] == [], body

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ingestlayer.api.dashboard_views import mask_urls_in
+from ingestlayer.validation_messages import error_message
 
 
 def _finite(text: str) -> float:
@@ -124,6 +125,4 @@ def field_error(errors: dict[str, str], field: str | None, message: str) -> None
 def validation_errors(exc: ValidationError, errors: dict[str, str]) -> None:
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
-        field_error(
-            errors, loc[0] if loc else None, str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        )
+        field_error(errors, loc[0] if loc else None, error_message(err))

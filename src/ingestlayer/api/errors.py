@@ -25,6 +25,7 @@ from ingestlayer.json_depth import (
 from ingestlayer.store.conditions import DISK_FULL_RETRY_SECONDS, storage_condition
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE as DATABASE_UNAVAILABLE  # noqa: PLC0414
+from ingestlayer.validation_messages import error_message
 
 log = logging.getLogger("ingestlayer.api")
 
@@ -230,7 +231,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 media_type="application/json",
             )
         field = _loc_to_field(error_loc(err))
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        msg = error_message(err)
         message = f"{field}: {msg}" if field else msg
         return Response(
             error_body("validation_error", message, field or None), 422, media_type="application/json"

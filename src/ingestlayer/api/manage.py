@@ -25,6 +25,7 @@ from ingestlayer.records import ProjectConfig
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
 from ingestlayer.store.store import Conflict, NotFound, Store
 from ingestlayer.timefmt import iso
+from ingestlayer.validation_messages import error_message
 from ingestlayer.yaml_config import ALIAS_EXPANSION, AliasExpansionError, load_config_yaml, yaml_problem
 
 # Plans made again when another change commits between a plan and its apply.
@@ -195,8 +196,10 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
         try:
             req = ApplyRequest.model_validate(data)
         except ValidationError as exc:
-            loc = ".".join(str(x) for x in exc.errors()[0].get("loc", ()))
-            raise ApiError(422, f"{loc}: {exc.errors()[0].get('msg')}", field=loc or None) from None
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            message = error_message(first)
+            raise ApiError(422, f"{loc}: {message}" if loc else message, field=loc or None) from None
         # Asked for in the body or the query: either way it was asked for.
         document, dry_run, prune = req.document, dry_run or req.dry_run, prune or req.prune
     else:

@@ -20,6 +20,7 @@ from ingestlayer.json_depth import MAX_JSON_DEPTH, deeper_than, huge_int_path
 from ingestlayer.pipeline.expressions import ExpressionError, compile_expression
 from ingestlayer.pipeline.matching import is_valid_pattern
 from ingestlayer.pipeline.steps.registry import parse_step_config, step_class
+from ingestlayer.validation_messages import error_message
 
 META_KEYS = ("name", "when", "retry", "concurrency", "ref")
 # Attempts in flight at once for one destination, per worker process.
@@ -41,8 +42,7 @@ class ConfigError(ValueError):
 def _pydantic_message(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in error_loc(err))
-    msg = err["msg"].removeprefix("Value error, ")
-    return loc, msg
+    return loc, error_message(err)
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""A pydantic error's message in the project's words.
+
+Most of pydantic's messages read well after the field they follow ("events[0]: String should
+have at most 200 characters"); some do not, and are said here instead: a list's length ("List
+should have at least 1 item after validation, not 0") and a yes/no field ("Input should be a
+valid boolean, unable to interpret input", where a query parameter says "must be true or false").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def error_message(err: Mapping[str, Any]) -> str:
+    """The message for one of ``ValidationError.errors()``, without the field it is about."""
+    kind = err.get("type")
+    ctx = err.get("ctx") or {}
+    if kind == "too_short" and isinstance(ctx.get("min_length"), int):
+        return f"must hold at least {_items(ctx['min_length'])}"
+    if kind == "too_long" and isinstance(ctx.get("max_length"), int):
+        actual = ctx.get("actual_length")
+        return f"must hold at most {_items(ctx['max_length'])}" + (
+            f", not {actual}" if actual is not None else ""
+        )
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
+    return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+
+
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
