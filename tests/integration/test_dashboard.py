@@ -93,6 +93,21 @@ async def signed_in(browser: Browser, server: RunningServer) -> Browser:
 # ---- sign-in -----------------------------------------------------------------------------------
 
 
+def endpoint_form(ep: dict[str, Any], *, events: str, retry: str = "", description: str) -> dict[str, str]:
+    """The endpoint edit form of ``ep`` (auth none) as a user sends it back: its URL as the page
+    shows it, the other fields as given."""
+    return {
+        "url": ep["url"],
+        "events": events,
+        "auth": "none",
+        "signing": "ingestlayer",
+        "format": "ingestlayer",
+        "timeout": "10",
+        "retry": retry,
+        "description": description,
+    }
+
+
 async def test_sign_in_cookie_flags_and_sign_out(server: RunningServer, browser: Browser) -> None:
     page = await browser.get("/")
     assert page.status == 303 and page.location == "/login"
@@ -422,16 +437,7 @@ async def test_editing_an_endpoint_keeps_its_retry_policy_and_shows_a_new_secret
         # The form as the page shows it, with only the description changed.
         page = await browser.get(f"/webhooks/endpoints/{ep['id']}")
         shown = re.search(r'name="retry"[^>]*value="([^"]*)"', page.text)
-        form = {
-            "url": ep["url"],
-            "events": "a.b",
-            "auth": "none",
-            "signing": "ingestlayer",
-            "format": "ingestlayer",
-            "timeout": "10",
-            "retry": shown.group(1) if shown else "",
-            "description": "edited",
-        }
+        form = endpoint_form(ep, events="a.b", retry=shown.group(1) if shown else "", description="edited")
         assert (
             "Endpoint saved"
             in (await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}", form))).text

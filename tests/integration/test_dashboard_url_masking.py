@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_urls_in, scrub_text
-from tests.integration.test_dashboard import Browser, signed_in
+from tests.integration.test_dashboard import Browser, endpoint_form, signed_in
 from tests.integration.test_url_characters import store_as_an_earlier_version_did
 from tests.support.server import RunningServer
 
@@ -196,16 +196,7 @@ async def test_a_url_in_a_description_is_masked_and_saving_the_form_unchanged_ke
     field = DESCRIPTION_FIELD.search(page.text)
     assert field is not None and field.group(1) == shown
 
-    form = {
-        "url": ep["url"],
-        "events": "a.b",
-        "auth": "none",
-        "signing": "ingestlayer",
-        "format": "ingestlayer",
-        "timeout": "10",
-        "retry": "",
-        "description": shown,
-    }
+    form = endpoint_form(ep, events="a.b", description=shown)
     saved = await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}", form))
     assert "Endpoint saved" in saved.text
     _, got = await srv.request("GET", f"/v1/endpoints/{ep['id']}")

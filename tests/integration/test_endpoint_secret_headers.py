@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.integration.test_dashboard import Browser, signed_in
+from tests.integration.test_dashboard import Browser, endpoint_form, signed_in
 from tests.integration.test_endpoint_input_guards import deliver, refused
 from tests.support.api import add_endpoint
 from tests.support.receiver import Receiver, Reply
@@ -161,16 +161,9 @@ async def test_editing_an_endpoint_in_the_dashboard_keeps_its_secret_headers(
         # Shown as the reference, the value nowhere.
         assert "X-Api-Key: ref:acme-api-key" in page.text and API_KEY not in page.text
         shown = re.search(r'name="retry"[^>]*value="([^"]*)"', page.text)
-        form = {
-            "url": ep["url"],
-            "events": "invoice.*",
-            "auth": "none",
-            "signing": "ingestlayer",
-            "format": "ingestlayer",
-            "timeout": "10",
-            "retry": shown.group(1) if shown else "",
-            "description": "edited",
-        }
+        form = endpoint_form(
+            ep, events="invoice.*", retry=shown.group(1) if shown else "", description="edited"
+        )
         saved = await browser.follow(await browser.post(f"/webhooks/endpoints/{ep['id']}", form))
         assert "Endpoint saved" in saved.text
     finally:

@@ -196,10 +196,17 @@ async def test_table_without_unique_delivery_id_is_dead_then_fixed_and_replayed(
     assert "no unique index on it" in attempt["error"]
     assert f"ALTER TABLE {table} ADD UNIQUE (delivery_id)" in attempt["error"]
     await target.execute(f'ALTER TABLE "{table}" ADD UNIQUE (delivery_id)')
-    await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
+    await replayed_into_one_row(server, target, d["id"], table)
+
+
+async def replayed_into_one_row(
+    server: RunningServer, target: asyncpg.Connection, delivery_id: str, table: str
+) -> None:
+    """Replay the delivery once its table is fixed: delivered, into one row."""
+    await server.request("POST", f"/v1/deliveries/{delivery_id}/replay")
 
     async def delivered() -> bool:
-        _, again = await server.request("GET", f"/v1/deliveries/{d['id']}")
+        _, again = await server.request("GET", f"/v1/deliveries/{delivery_id}")
         return bool(again["status"] == "delivered")
 
     await wait_for(delivered)
@@ -234,14 +241,7 @@ async def test_deferrable_unique_delivery_id_is_dead_at_once_then_fixed_and_repl
     statement = f"ALTER TABLE {table} {fix.format(table=table)}"
     assert attempt["error"].endswith(f"Replace it: {statement}")
     await target.execute(statement)
-    await server.request("POST", f"/v1/deliveries/{d['id']}/replay")
-
-    async def delivered() -> bool:
-        _, again = await server.request("GET", f"/v1/deliveries/{d['id']}")
-        return bool(again["status"] == "delivered")
-
-    await wait_for(delivered)
-    assert await target.fetchval(f'SELECT count(*) FROM "{table}"') == 1
+    await replayed_into_one_row(server, target, d["id"], table)
 
 
 async def test_unique_key_made_deferrable_after_the_check_is_dead_not_retried(
