@@ -206,6 +206,30 @@ async def test_background_batching_delivers_every_event_exactly_once(
         await call(client, "ingest", "batch.item", {"n": -1})
 
 
+async def test_a_background_batch_over_5_mib_is_sent_in_parts_and_none_is_lost(
+    sqlite_server: RunningServer, kind: str
+) -> None:
+    """30 events of 200 KB make one batch of 6 MB, sent as two requests under the 5 MiB limit.
+    The async client lost the second part: sliced from the batch in hand after the first part had
+    left it, the slice came back empty."""
+    server = sqlite_server
+    errors: list[Any] = []
+    client = make(
+        kind,
+        server.ingest_key,
+        server.url,
+        background=True,
+        batch_size=100,
+        flush_interval=10,
+        on_error=lambda err, events: errors.append((err, events)),
+    )
+    for i in range(30):
+        await call(client, "ingest", "big.item", {"n": i, "pad": "x" * 200_000})
+    assert await call(client, "close") is True
+    assert sorted(e["payload"]["n"] for e in await events_of(server, "big.item")) == list(range(30))
+    assert errors == []
+
+
 async def test_a_rejected_event_goes_to_on_error_and_its_batch_is_still_delivered(
     sqlite_server: RunningServer, kind: str
 ) -> None:

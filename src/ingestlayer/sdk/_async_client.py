@@ -299,10 +299,13 @@ class AsyncClient(_Base):
                         except TimeoutError:
                             break
                 count = min(self.batch_size, len(self._pending))
-                self._inflight = [self._pending.popleft() for _ in range(count)]
+                batch = [self._pending.popleft() for _ in range(count)]
+                self._inflight = list(batch)
                 try:
-                    for part in chunks([len(e.raw) for e in self._inflight], self.batch_size):
-                        await self._deliver(self._inflight[part])
+                    # Sliced from the batch as taken: each part sent leaves _inflight (_settled),
+                    # and the next slice of a shrunk _inflight came back empty, losing its events.
+                    for part in chunks([len(e.raw) for e in batch], self.batch_size):
+                        await self._deliver(batch[part])
                 except Exception:  # never let the sender task die with events in hand
                     logger.exception("ingestlayer: unexpected error while sending a batch")
                 self._inflight = []
