@@ -368,6 +368,36 @@ async def test_a_source_secret_stored_under_another_master_key_is_a_503(
     assert "not configured on the server" in text and "github" not in text  # the secret's name
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+async def test_a_source_whose_secret_is_empty_refuses_every_webhook(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`secret: env:VAR` with VAR set but empty (docker-compose's ${VAR} when VAR is undefined):
+    a GitHub signature made with an empty key was taken, so anyone could send the source signed
+    events. Now a 503, as for a secret that is not set, and nothing stored."""
+    monkeypatch.setenv("AUDIT_EMPTY_SECRET", value)
+    server = await start_server(sqlite_url, env_secrets=("AUDIT_EMPTY_SECRET",))
+    try:
+        status, created = await server.request(
+            "POST", "/v1/sources", json={"name": "gh", "verify": "github", "secret": "env:AUDIT_EMPTY_SECRET"}
+        )
+        assert status == 201, created
+        body = b'{"forged": true}'
+        sig = "sha256=" + hmac.new(value.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "X-GitHub-Delivery": "forged-1"}
+        async with server.session.post(
+            server.url + created["ingress_path"], data=body, headers=headers
+        ) as resp:
+            text = await resp.text()
+            assert resp.status == 503, text
+            assert resp.headers["Retry-After"] == "60"
+        assert "unusable" in text and "empty" in text
+        _, listed = await server.request("GET", "/v1/events")
+        assert listed["data"] == []
+    finally:
+        await server.stop()
+
+
 async def test_an_ingest_key_cannot_take_a_signed_webhooks_idempotency_key_first(
     server: RunningServer, receiver: Receiver
 ) -> None:

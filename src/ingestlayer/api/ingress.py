@@ -174,6 +174,10 @@ async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> 
     for i, ref in enumerate(refs):
         try:
             secret = await rt.dispatcher.resolver(source.project_id, ref)
+            if not secret.strip():
+                # A signature by an empty key is one anyone can make: an env: variable set but
+                # left empty (docker-compose's ${VAR} when VAR is undefined) let forged webhooks in.
+                raise SourceSecretError("it is empty, and a signature by an empty key is one anyone can make")
             if cfg.verify == "standard-webhooks":
                 standard_key(secret)
         except (LookupError, SourceSecretError) as exc:
