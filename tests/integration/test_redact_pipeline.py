@@ -85,6 +85,61 @@ async def test_masked_for_chat_whole_for_warehouse(server: RunningServer, receiv
     assert status == 200 and stored["payload"] == payload
 
 
+async def test_steps_after_a_scoped_redaction_are_traced_per_copy_and_when_reads_that_copy(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """A step after `redact.pii: {destinations: [chat]}` runs again on chat's copy, which it reads
+    masked. That run was missing from the trace, and chat's `when` was decided on the other copy:
+    chat was sent a label that contradicted the condition that routed it."""
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "tickets",
+                    "source": {"match": ["ticket.opened"]},
+                    "steps": [
+                        {"redact.pii": {"detect": ["email"], "destinations": ["chat"]}},
+                        {
+                            "classify": {
+                                "field": "urgency",
+                                "labels": ["low", "high"],
+                                "provider": "keywords",
+                                "rules": [{"label": "high", "any": ["ada"]}],
+                                "default": "low",
+                            }
+                        },
+                    ],
+                    "destinations": [
+                        {"webhook.out": {"url": receiver.url + "/all", "name": "all"}, "retry": FAST},
+                        {
+                            "webhook.out": {"url": receiver.url + "/chat", "name": "chat"},
+                            "when": "urgency = high",
+                            "retry": FAST,
+                        },
+                        {
+                            "webhook.out": {"url": receiver.url + "/chat-low", "name": "chat-low"},
+                            "when": "urgency = low",
+                            "retry": FAST,
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    # chat-low has no copy of its own: it reads the event as the steps left it (high), and is
+    # passed over; chat's copy says low: passed over too, as what it would be sent says.
+    _, body = await server.ingest("ticket.opened", {"email": "ada@acme.com"})
+    (pipeline,) = await trace_of(server, body["id"])
+    classified = [s for s in pipeline["steps"] if s["step"] == "classify"]
+    assert [(s.get("destination"), s["notes"][0].split(" from")[0]) for s in classified] == [
+        (None, "label high"),
+        ("chat", "label low"),  # chat's copy reads a***@acme.com: no "ada" in it
+    ]
+    assert sorted(pipeline["destinations"]) == ["all"]
+    by_path = await received(receiver, 1)
+    assert by_path["/all"].json()["payload"]["urgency"] == "high"
+
+
 async def test_scan_all_strips_pii_from_a_ticket_body(server: RunningServer, receiver: Receiver) -> None:
     await server.apply(
         {

@@ -591,3 +591,14 @@ def test_a_bare_word_beyond_ascii_is_told_to_be_quoted(text: str, word: str) -> 
     assert f'a word beyond ASCII must be quoted: "{word}"' in str(err.value)
     quoted = text.replace(word, f'"{word}"')
     compile_expression(quoted)  # quoted, it is taken
+
+
+def test_an_integer_too_long_to_read_is_an_error_at_its_position() -> None:
+    """Python reads no integer of over 4,300 digits: int() raised a plain ValueError, which the
+    API answered 500. Now an error naming the position, as any other."""
+    with pytest.raises(
+        ExpressionError,
+        match=r"^at position 4: expected a number of at most 4300 digits, found an integer of 5000 digits$",
+    ):
+        compile_expression("n = " + "9" * 5000)
+    assert compile_expression("n = " + "9" * 4300) is not None

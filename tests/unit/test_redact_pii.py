@@ -212,6 +212,9 @@ def test_international_min_digits_holds_for_every_example_number() -> None:
         ("discover 6011111111111117", "6011111111111117"),
         ("visa19 4111111111111111003", "4111111111111111003"),
         ("4242 4242 4242 4242 12", "4242 4242 4242 4242"),
+        # After a comma or a dot that ends no number: a list without spaces, an abbreviation.
+        ("no.4242424242424242", "4242424242424242"),
+        ("cards:x,4242424242424242", "4242424242424242"),
     ],
 )
 def test_card_found(text: str, value: str) -> None:
@@ -233,6 +236,14 @@ def test_card_found(text: str, value: str) -> None:
 )
 def test_card_not_found(text: str) -> None:
     assert [t for t, _ in found(text) if t == "card"] == []
+
+
+def test_cards_in_a_list_without_spaces_are_each_found() -> None:
+    """A CSV field or a log line: the second card, right after a comma, was left in clear."""
+    assert found("card:4111111111111111,4242424242424242") == [
+        ("card", "4111111111111111"),
+        ("card", "4242424242424242"),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,8 @@ async def test_set_templates_read_the_payload_as_it_was_whatever_the_key_order(k
         ({"drop": ["bad path!"]}, "not a dotted field path"),
         ({"set": {"a": 1}, "sett": {}}, "Extra inputs are not permitted"),
         ({"set": {"a": 1}, "on_error": "explode"}, "on_error"),
+        # Two renames onto one field: the second overwrote the first, whose value was lost.
+        ({"rename": {"a": "c", "b": "c"}}, "rename: 'a' and 'b' both move to 'c'; one would be lost"),
     ],
 )
 def test_transform_config_errors(config: dict[str, Any], message: str) -> None:

@@ -83,6 +83,8 @@ MAX_NESTING = 100
 
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9_-]+")
 _BARE_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]*")
+# Python's limit on reading an integer from text (sys.get_int_max_str_digits()).
+MAX_INTEGER_DIGITS = 4300
 _NUMBER_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 _FLAGS_RE = re.compile(r"[A-Za-z]*")
@@ -455,6 +457,11 @@ class _Parser:
             self.pos = end
             token = match.group()
             is_float = "." in token or "e" in token or "E" in token
+            if not is_float and len(token.lstrip("-")) > MAX_INTEGER_DIGITS:
+                # Python reads no longer integer (and no event holds one beyond 64 bits): said
+                # here with its position, not as int()'s ValueError, a 500 from the API.
+                found = f"an integer of {len(token.lstrip('-'))} digits"
+                raise self.error(f"a number of at most {MAX_INTEGER_DIGITS} digits", start, found)
             return (float(token) if is_float else int(token)), start
         match = _BARE_WORD_RE.match(text, start)
         if match is None or match.group().lower() in _RESERVED:

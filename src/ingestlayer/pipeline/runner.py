@@ -238,6 +238,8 @@ async def route_event(
             event = result
             for name, variant in list(variants.items()):  # later steps apply to every variant too
                 vres, ventry = await _run_step(step, variant, ctx, attempt)
+                ventry["destination"] = name  # what it did to that copy is in the trace too
+                entry["steps"].append(ventry)
                 if isinstance(vres, Drop):
                     blocked[name] = ventry.get("reason") or f"{step.name} dropped this destination's copy"
                     variants.pop(name)
@@ -251,9 +253,15 @@ async def route_event(
         base_ctx = None
         for route in pipe.routes:
             if route.when is not None:
-                if base_ctx is None:
-                    base_ctx = event.eval_context()
-                if not route.when(base_ctx):
+                # Judged on what the destination would receive: its own copy, when a scoped step
+                # made one (a label the later steps gave that copy, not the other copies' label).
+                if route.destination in variants:
+                    judged = variants[route.destination].eval_context()
+                else:
+                    if base_ctx is None:
+                        base_ctx = event.eval_context()
+                    judged = base_ctx
+                if not route.when(judged):
                     continue
             if route.destination in blocked:
                 entry.setdefault("blocked", {})[route.destination] = blocked[route.destination]

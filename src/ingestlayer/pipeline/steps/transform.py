@@ -75,6 +75,13 @@ class TransformConfig(StepConfig):
                     raise ValueError(f"{label}: {p!r} is not a dotted field path")
         if not (self.set or self.rename or self.drop):
             raise ValueError("transform needs at least one of set, rename, drop")
+        sources: dict[str, str] = {}
+        for old, new in self.rename.items():
+            if new in sources:
+                # The second would overwrite the first, and its value be lost without a word.
+                first = sources[new]
+                raise ValueError(f"rename: {first!r} and {old!r} both move to {new!r}; one would be lost")
+            sources[new] = old
         return self
 
 

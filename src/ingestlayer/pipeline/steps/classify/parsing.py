@@ -9,7 +9,7 @@ first. :func:`parse_answer` accepts all of them and returns one of the configure
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,15 @@ class KeywordMatch:
     phrase: str | None
 
 
+# Typographic quotes (what phones and many editors type for ' and ") read as the plain ones, in
+# rules and in text alike: `can't log in` matched no "I can\u2019t log in".
+_PLAIN_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
+# Between two fields' texts: neither whitespace nor a word character, so no phrase spans two
+# fields (`data loss` in a subject ending "data" and a body starting "loss"), and a word at a
+# field's edge is still a whole word.
+_FIELD_JOIN = "\x00"
+
+
 class KeywordModel:
     """Ordered rules; the first rule with a phrase in its fields wins, else ``default``."""
 
@@ -160,7 +169,10 @@ class KeywordModel:
             (
                 rule,
                 re.compile(
-                    "|".join(_whole(p) for p in sorted(rule.any, key=len, reverse=True)), re.IGNORECASE
+                    "|".join(
+                        _whole(p.translate(_PLAIN_QUOTES)) for p in sorted(rule.any, key=len, reverse=True)
+                    ),
+                    re.IGNORECASE,
                 ),
             )
             for rule in rules
@@ -168,9 +180,12 @@ class KeywordModel:
 
     @staticmethod
     def text_of(fields: Sequence[str] | None, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+        texts: Iterable[str]
         if fields is None:
-            return "\n".join(_strings(payload))
-        return "\n".join(as_text(lookup(path, envelope, payload)) for path in fields)
+            texts = _strings(payload)
+        else:
+            texts = [as_text(lookup(path, envelope, payload)) for path in fields]
+        return _FIELD_JOIN.join(texts).translate(_PLAIN_QUOTES)
 
     def __call__(self, envelope: Mapping[str, Any], payload: Mapping[str, Any]) -> KeywordMatch:
         texts: dict[tuple[str, ...] | None, str] = {}

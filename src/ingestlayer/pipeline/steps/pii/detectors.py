@@ -101,8 +101,9 @@ _IBAN_START: Final = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}")
 
 # --- cards -------------------------------------------------------------------------------------
 # 13-19 digits, optionally grouped by single spaces or dashes; not part of a longer number, a
-# decimal or a `+` phone number.
-_CARD: Final = re.compile(r"(?<![0-9+.,])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+# decimal (`0.4111…`) or a `+` phone number. After a comma or a dot that ends no number it
+# starts a card: in a list without spaces (`4111…,4242…`, a CSV field) or after `no.`.
+_CARD: Final = re.compile(r"(?<![0-9+])(?<![0-9]\.)[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 _CARD_SEP: Final = re.compile(r"[ -]")
 CARD_MIN_DIGITS: Final = 13
 CARD_MAX_DIGITS: Final = 19
