@@ -20,7 +20,7 @@ process: on PostgreSQL each worker learns a destination's limit from its own ans
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 # The pause after a 429 that says nothing of when to come back.
 DEFAULT_PAUSE_SECONDS = 1.0
@@ -47,10 +47,10 @@ class RateLimits:
         cap = self._cap.get(did)
         return usual if cap is None else min(usual, cap)
 
-    def held_back(self) -> Iterator[str]:
-        """The destinations paused or limited now (each has room of its own, not the default)."""
-        yield from self._until
-        yield from self._cap
+    def held_back(self) -> list[str]:
+        """The destinations paused or limited now (each has room of its own, not the default).
+        A list: reading their limits drops the pauses that have ended from the map."""
+        return [*self._until, *self._cap]
 
     def answered_too_many(self, did: str, seconds: float | None, in_flight: int) -> float:
         """A rate-limited answer from ``did``, which had ``in_flight`` attempts running; returns
