@@ -49,7 +49,9 @@ class Runtime:
         self.settings = settings
         self.run_api = api
         self.run_worker = worker
-        self.store = Store.from_url(settings.database_url, settings.database_timeout)
+        self.store = Store.from_url(
+            settings.database_url, settings.database_timeout, settings.database_pool_size
+        )
         self.box = SecretBox.load(settings.secret_key, settings.secret_key_file)
         self.keys = KeyCache(self.store)
         self.stop = asyncio.Event()

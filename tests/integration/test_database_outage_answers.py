@@ -19,7 +19,7 @@ from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.group_commit import SHUTTING_DOWN
 from ingestlayer.store.store import Store
 from tests.support.api import error_of
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, start_server, wait_for
 
 
 def down(exc: BaseException) -> Any:
@@ -127,6 +127,101 @@ async def test_postgresqls_full_disk_is_the_outage_sqlites_is(pg_url: str) -> No
         await store.close()
 
 
+@pytest.mark.parametrize(
+    ("sqlstate", "what"),
+    [
+        ("53300", "too many connections"),
+        ("57014", "canceling statement due to statement timeout"),
+        ("25006", "cannot execute INSERT in a read-only transaction"),
+        ("55000", "database is not accepting connections"),
+        ("57P01", "terminating connection due to administrator command"),
+    ],
+)
+async def test_postgresql_that_cannot_serve_now_is_an_outage_not_a_bug(
+    pg_url: str, sqlstate: str, what: str
+) -> None:
+    """Too many connections, a statement timeout, a read-only failover, a database not taking
+    connections: SQLAlchemy raised each as a plain DBAPIError, so management routes answered 500,
+    ingest logged tracebacks, and the worker dropped the outcomes it could not record (and sent
+    those deliveries again). Raised for real by the server, through both of the store's paths."""
+    raise_it = f"DO $$ BEGIN RAISE EXCEPTION '{what}' USING ERRCODE = '{sqlstate}'; END $$"
+    store = Store.from_url(pg_url)
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
+            async with store.engines.write.connect() as conn:
+                await conn.exec_driver_sql(raise_it)
+        assert isinstance(raised.value, DATABASE_UNAVAILABLE)
+        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            with pytest.raises(asyncpg.PostgresError) as direct:
+                await conn.execute(raise_it)
+        finally:
+            await conn.close()
+        assert isinstance(direct.value, DATABASE_UNAVAILABLE)
+    finally:
+        await store.close()
+
+
+async def test_a_statement_timeout_under_a_lock_is_a_503(pg_url: str) -> None:
+    """An operator's statement_timeout, met while another session holds a lock on the table: the
+    listing was a plain-text 500."""
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+    server = await start_server(pg_url)
+    locker = await asyncpg.connect(plain)
+    try:
+        await locker.execute("BEGIN; LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        async with server.session.get(server.url + "/v1/deliveries", headers=server.auth()) as resp:
+            body = await resp.json(content_type=None)
+            assert resp.status == 503, body
+            assert resp.headers["Retry-After"]
+    finally:
+        await locker.close()
+        await server.stop()
+        await admin.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+        await admin.close()
+
+
+async def test_readyz_is_a_503_while_postgresql_takes_no_writes(pg_url: str) -> None:
+    """A database set read-only (a failover under way) answered /readyz 200 while every ingest
+    was a 503: a load balancer kept sending events to a process that could store none."""
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    database = await admin.fetchval("SELECT current_database()")
+    server = await start_server(pg_url)
+    try:
+        async with server.session.get(server.url + "/readyz") as resp:
+            assert resp.status == 200
+        await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        async with server.session.get(server.url + "/readyz") as resp:
+            assert resp.status == 503, await resp.text()
+        status, _, retry_after = await post(server, server.ingest_key, {"type": "a.b", "payload": {}})
+        assert status == 503 and retry_after
+        await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+
+        async def ready() -> bool:
+            async with server.session.get(server.url + "/readyz") as resp:
+                return resp.status == 200
+
+        await wait_for(ready)
+    finally:
+        await server.stop()
+        await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        await admin.close()
+
+
 async def test_a_full_disk_under_ingest_is_a_503_and_one_line_in_the_log(
     srv: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,3 +290,41 @@ async def test_requests_refused_for_the_database_are_counted_by_reason(srv: Runn
     async with srv.session.get(srv.url + "/metrics") as resp:
         text = await resp.text()
     assert 'ingestlayer_requests_unavailable_total{reason="disk_full"}' in text
+
+
+async def test_a_process_holds_no_more_connections_than_its_pool_size_allows(pg_url: str) -> None:
+    """Each process held up to 31 connections, with no setting to bound them: three or four busy
+    processes took all of PostgreSQL's 100, and a role's connection limit starved the worker.
+    INGESTLAYER_DATABASE_POOL_SIZE=2: at most 3 x 2 + 1 (LISTEN), however many requests at once."""
+    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    database = await admin.fetchval("SELECT current_database()")
+    server = await start_server(pg_url, database_pool_size=2)
+    try:
+        most = 0
+
+        async def count() -> None:
+            nonlocal most
+            while True:
+                n = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+                most = max(most, n)
+                await asyncio.sleep(0.01)
+
+        counting = asyncio.create_task(count())
+        try:
+            answers = await asyncio.gather(
+                *(post(server, server.ingest_key, {"type": "a.b", "payload": {"i": i}}) for i in range(30)),
+                *(server.request("GET", "/v1/deliveries") for _ in range(30)),
+                *(server.request("GET", "/v1/events") for _ in range(30)),
+            )
+        finally:
+            counting.cancel()
+        assert [a[0] for a in answers[:30]] == [202] * 30
+        assert {a[0] for a in answers[30:]} == {200}
+        assert 0 < most <= 7, most
+    finally:
+        await server.stop()
+        await admin.close()

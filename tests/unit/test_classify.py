@@ -258,7 +258,7 @@ def test_labels_keep_their_configured_spelling_and_multiword_labels_win_over_par
         # Nor two values of the payload (rule 2 reads them all).
         ({"subject": "hi", "body": "", "a": "I can't", "b": "log in"}, "low", "default"),
         # Typographic apostrophes, as phones type them, read as plain ones.
-        ({"subject": "hi", "body": "I can\u2019t log in"}, "high", "rule 2: \"can't log in\""),
+        ({"subject": "hi", "body": "I can\u2019t log in"}, "high", 'rule 2: "can\'t log in"'),
     ],
 )
 async def test_keyword_model(payload: dict[str, Any], label: str, note: str) -> None:

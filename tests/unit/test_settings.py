@@ -20,6 +20,7 @@ from ingestlayer.config import Settings
         ("INGESTLAYER_DELIVERY_CONCURRENCY", "-3", "must be at least 1, got -3"),
         ("INGESTLAYER_DELIVERY_CONCURRENCY_PER_DESTINATION", "0", "must be at least 1, got 0"),
         ("INGESTLAYER_DELIVERY_CONCURRENCY_PER_PROJECT", "0", "must be at least 1, got 0"),
+        ("INGESTLAYER_DATABASE_POOL_SIZE", "0", "must be at least 1, got 0"),
         ("INGESTLAYER_SLOW_DESTINATION_CONCURRENCY", "-1", "must be at least 1, got -1"),
         ("INGESTLAYER_HTTP_MAX_CONNECTIONS", "0", "must be at least 1, got 0"),
         ("INGESTLAYER_SLOW_DESTINATION_SECONDS", "0", "must be at least 0.01, got 0.0"),

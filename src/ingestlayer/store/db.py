@@ -24,6 +24,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.sqlite_loop import set_pragmas
+from ingestlayer.store.unavailable import is_unavailable_sqlstate
 from ingestlayer.urlmask import mask_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -100,6 +101,7 @@ class Engines:
     read: AsyncEngine
     dialect: str
     command_timeout: float | None = None  # PostgreSQL: how long one statement may take
+    pool_size: int = 10  # PostgreSQL: connections in each of the process's two pools
     # PostgreSQL: every driver connection the engine opened, for dispose() to close them itself.
     connections: weakref.WeakSet[asyncpg.Connection] = field(default_factory=weakref.WeakSet, repr=False)
 
@@ -147,7 +149,15 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
 DATABASE_TIMEOUT_SECONDS = 30.0
 
 
-def create_engines(url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) -> Engines:
+# Connections in each pool of a process on PostgreSQL (INGESTLAYER_DATABASE_POOL_SIZE): the
+# engine's (management, routing's reads) may open as many again for a burst, and the hot path's
+# (ingest, leases, attempts) as many, so a process holds at most 3 x this + 1 (LISTEN).
+DEFAULT_POOL_SIZE = 10
+
+
+def create_engines(
+    url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS, pool_size: int = DEFAULT_POOL_SIZE
+) -> Engines:
     aurl = async_url(url)
     if aurl.startswith("sqlite"):
         write = _sqlite_engine(aurl, immediate=True, pool_size=1)
@@ -155,32 +165,40 @@ def create_engines(url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) 
         return Engines(write=write, read=read, dialect="sqlite")
     engine = create_async_engine(
         aurl,
-        pool_size=10,
-        max_overflow=10,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=command_timeout,
         connect_args={"command_timeout": command_timeout, "timeout": command_timeout},
     )
-    engines = Engines(write=engine, read=engine, dialect="postgresql", command_timeout=command_timeout)
+    engines = Engines(
+        write=engine, read=engine, dialect="postgresql", command_timeout=command_timeout, pool_size=pool_size
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _track(_dbapi_conn: Any, record: Any) -> None:
         engines.connections.add(record.driver_connection)
 
-    event.listen(engine.sync_engine, "handle_error", full_disk_is_operational)
+    event.listen(engine.sync_engine, "handle_error", unavailable_is_operational)
     return engines
 
 
-def full_disk_is_operational(context: ExceptionContext) -> sqlalchemy.exc.DBAPIError | None:
-    """PostgreSQL's full disk (SQLSTATE 53100) as an OperationalError, as SQLite's is: SQLAlchemy
-    raises it as a plain DBAPIError, which every handler of an unreachable database passed over
-    (management routes answered 500, each ingest group logged a traceback)."""
+def unavailable_is_operational(context: ExceptionContext) -> sqlalchemy.exc.DBAPIError | None:
+    """A PostgreSQL that cannot serve now (a full disk, too many connections, a statement
+    timeout, a read-only failover, a database not accepting connections: unavailable.py's
+    SQLSTATEs) as an OperationalError, as SQLite's are: SQLAlchemy raises them as a plain
+    DBAPIError, which every handler of an unreachable database passed over (management routes
+    answered 500, the worker dropped the outcomes it could not record, each ingest group logged
+    a traceback)."""
     error = context.sqlalchemy_exception
     if (
         isinstance(error, sqlalchemy.exc.DBAPIError)
         and error.orig is not None
         and not isinstance(error, sqlalchemy.exc.OperationalError)
-        and storage_condition(error) == "disk_full"
+        and (
+            is_unavailable_sqlstate(getattr(error.orig, "sqlstate", None))
+            or storage_condition(error) == "disk_full"
+        )
     ):
         return sqlalchemy.exc.OperationalError(
             error.statement, error.params, error.orig, hide_parameters=True

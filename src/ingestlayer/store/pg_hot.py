@@ -300,9 +300,10 @@ def handed_out_ended(exc: asyncpg.InternalClientError) -> bool:
 
 
 class PgHotPath:
-    def __init__(self, dsn: str, command_timeout: float | None = None) -> None:
+    def __init__(self, dsn: str, command_timeout: float | None = None, pool_size: int = POOL_SIZE) -> None:
         self._dsn = dsn
         self._command_timeout = command_timeout
+        self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._releasing: set[asyncio.Task[None]] = set()
@@ -316,7 +317,7 @@ class PgHotPath:
                         # No floor: asyncpg keeps one by reconnecting in the background, and
                         # logs a traceback for each try while the database is away.
                         min_size=0,
-                        max_size=POOL_SIZE,
+                        max_size=self._pool_size,
                         command_timeout=self._command_timeout,
                         timeout=self._command_timeout or 60.0,
                         reset=keep_session,
@@ -356,12 +357,12 @@ class PgHotPath:
         hand the connection out, and asyncpg refuses to start any statement on it. Nothing was
         sent, so the statement runs again on another connection: an ingest is not answered 503
         because a session it never used had just been ended."""
-        for attempt in range(POOL_SIZE + 1):
+        for attempt in range(self._pool_size + 1):
             async with self.connection() as conn:
                 try:
                     rows = await conn.fetch(query, *args)
                 except asyncpg.InternalClientError as exc:
-                    if attempt == POOL_SIZE or not handed_out_ended(exc):
+                    if attempt == self._pool_size or not handed_out_ended(exc):
                         raise
                     conn.terminate()  # handed back, the pool opens a fresh one in its place
                     continue
@@ -375,6 +376,15 @@ class PgHotPath:
             await pool.release(conn)
         except Exception as exc:  # the pool has terminated such a connection already
             log.warning("a database connection was lost as it was handed back: %s", exc)
+
+    async def ping(self) -> None:
+        """Whether the hot path's own pool can write: a connection from it (the engine's pool may
+        have one while this one has none: a role's connection limit), on a server that takes
+        writes (not a standby, not a database set read-only during a failover)."""
+        query = "SELECT current_setting('transaction_read_only')"
+        async with self.ready_connection(query, ()) as (_, rows):
+            if rows[0][0] == "on":
+                raise asyncpg.exceptions.ReadOnlySQLTransactionError("the database takes no writes")
 
     async def sync_clock(self) -> float:
         """Measure the server's clock against this machine's (see :mod:`ingestlayer.clock`), on

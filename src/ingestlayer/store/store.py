@@ -41,7 +41,7 @@ from ingestlayer.records import (
 from ingestlayer.store.base import Conflict, NotFound
 from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.configuration import ConfigMixin
-from ingestlayer.store.db import DATABASE_TIMEOUT_SECONDS, Engines, create_engines
+from ingestlayer.store.db import DATABASE_TIMEOUT_SECONDS, DEFAULT_POOL_SIZE, Engines, create_engines
 from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, EndingMixin
 from ingestlayer.store.entities import EntitiesMixin
 from ingestlayer.store.lease_window import Room
@@ -153,7 +153,7 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
             self._hot = SqliteHotPath(url.database)
         else:
             dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._hot = PgHotPath(dsn, engines.command_timeout)
+            self._hot = PgHotPath(dsn, engines.command_timeout, engines.pool_size)
 
     def config_change_lock(self, project_id: str) -> asyncio.Lock:
         """Held by one change of the project's configuration at a time in this process (see
@@ -177,16 +177,23 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         return 0.0
 
     @classmethod
-    def from_url(cls, url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS) -> Store:
-        return cls(create_engines(url, command_timeout))
+    def from_url(
+        cls, url: str, command_timeout: float = DATABASE_TIMEOUT_SECONDS, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> Store:
+        return cls(create_engines(url, command_timeout, pool_size))
 
     async def close(self) -> None:
         await self._hot.close()
         await self.engines.dispose()
 
     async def ping(self) -> None:
+        """Both of the store's ways to the database answer (for /readyz): the engine's, and on
+        PostgreSQL the hot path's pool, which ingest and the dispatcher use, and which must be
+        able to write."""
         async with self.engines.read.connect() as conn:
             await conn.execute(select(1))
+        if isinstance(self._hot, PgHotPath):
+            await self._hot.ping()
 
     def durability_failure(self) -> str | None:
         """Why nothing can be stored durably until restart (SQLite: a failed sync of the log)."""

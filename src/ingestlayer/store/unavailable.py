@@ -20,9 +20,30 @@ DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
-    # PostgreSQL's full disk, raised as it is by the hot path's asyncpg pool (through SQLAlchemy
-    # it becomes an OperationalError: store/db.py).
-    asyncpg.exceptions.DiskFullError,
+    # PostgreSQL that cannot serve now, whatever it was sent (see UNAVAILABLE_SQLSTATES), raised
+    # as they are by the hot path's asyncpg pool; through SQLAlchemy they become an
+    # OperationalError (store/db.py). Class 53 holds the full disk, too many connections and
+    # out of memory; 57 a statement timeout and a shutdown; 55 a database not accepting
+    # connections and a lock not had in time.
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
     sqlite3.OperationalError,
     OSError,  # connection refused or reset, timeouts
 )
+
+# The SQLSTATE classes, and codes, of a PostgreSQL that cannot serve now, whatever it was sent:
+# a lost connection (08), insufficient resources (53: too many connections, a full disk), an
+# object not in the state needed (55: the database not accepting connections, a lock not
+# available), operator intervention (57: a statement timeout, a shutdown, cannot connect now),
+# and a read-only transaction (25006: a standby, a failover under way). Not the data's fault:
+# answered 503 with Retry-After, retried later, and logged as an outage, not as a bug.
+UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "55", "57"})
+UNAVAILABLE_SQLSTATES = frozenset({"25006"})
+
+
+def is_unavailable_sqlstate(sqlstate: object) -> bool:
+    return isinstance(sqlstate, str) and (
+        sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in UNAVAILABLE_SQLSTATES
+    )
