@@ -18,11 +18,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.ids import new_id
 from ingestlayer.records import AttemptResult, LeasedDelivery, NewDelivery, NewEvent
+from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import Store
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, wait_for
+from tests.support.server import test_settings as settings_for
 
 FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}
 
@@ -197,3 +200,32 @@ async def test_an_outcome_the_database_could_not_take_is_recorded_once_it_answer
     await wait_for(ended, timeout=10)
     lines = outage_lines()
     assert len(lines) == 2 and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+
+
+async def test_a_lease_handed_back_over_a_lost_connection_is_handed_back_again(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One dropped session (pg_terminate_backend, a failover) failed the only try to hand leases
+    back: the deliveries waited out their whole lease (90 s by default) before any worker took
+    them again. The release is tried again after a short pause."""
+    store = Store.from_url(db_url)
+    try:
+        _, leased = await one_leased(store)
+        real = store.release_leases
+        failures = [ConnectionResetError("the session was ended")]
+
+        async def once_lost(*args: Any) -> None:
+            if failures:
+                raise failures.pop()
+            await real(*args)
+
+        store.release_leases = once_lost  # type: ignore[method-assign]
+        dispatcher = Dispatcher(store, settings_for(db_url), SecretBox("k" * 32))
+        with caplog.at_level(logging.WARNING):
+            await dispatcher._release([leased])
+        assert failures == []  # it failed once, then went
+        assert not [r for r in caplog.records if "releasing" in r.getMessage()]
+        (again,) = await store.lease_deliveries(10, 60)  # due at once, not in 60 s
+        assert again.id == leased.id
+    finally:
+        await store.close()

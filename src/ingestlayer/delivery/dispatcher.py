@@ -61,6 +61,10 @@ HELD_OUTCOMES_POKE_SECONDS = 1.0
 CUT_SHORT_ERROR = "cut short: the worker shut down before the answer came"
 
 
+# Pauses before trying a lease's release again after a lost connection (then it expires).
+RELEASE_RETRY_DELAYS = (0.2, 1.0, 3.0)
+
+
 @dataclass
 class _Dest:
     updated_at: float
@@ -727,16 +731,24 @@ class Dispatcher:
             release.add_done_callback(self._starting.discard)
 
     async def _release(self, leased: list[LeasedDelivery]) -> None:
-        try:
-            await self.store.release_leases(leased)
-        except CONNECTION_LOST as exc:
-            log.warning(
-                "releasing %d leases failed: database unavailable: %s; they are retaken when they expire",
-                len(leased),
-                reason(exc),
-            )
-        except Exception:
-            log.exception("releasing %d leases failed; they are retaken when they expire", len(leased))
+        """Hand leases back, due at once. Tried again after a lost connection: one session ended
+        (pg_terminate_backend, a failover) had the deliveries wait out their whole lease."""
+        for delay in (*RELEASE_RETRY_DELAYS, None):
+            try:
+                await self.store.release_leases(leased)
+                return
+            except CONNECTION_LOST as exc:
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                log.warning(
+                    "releasing %d leases failed: database unavailable: %s; they are retaken when they expire",
+                    len(leased),
+                    reason(exc),
+                )
+            except Exception:
+                log.exception("releasing %d leases failed; they are retaken when they expire", len(leased))
+            return
 
     def _retire(self, instance: Any) -> None:
         """Close a replaced destination (its pools, connections) once its sends are done."""
