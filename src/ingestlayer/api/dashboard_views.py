@@ -529,8 +529,10 @@ class Bar:
 
 @dataclass
 class Line:
-    segments: list[str]  # "x,y x,y …" per run of buckets with data
-    dots: list[tuple[float, float, str]]
+    segments: list[str]  # "x,y x,y …" per run of two or more buckets with data
+    # (x, y, label, alone) per bucket with data; ``alone``: no neighbour has data, so no line
+    # passes through it and its dot is all there is to see (drawn always, not only on hover).
+    dots: list[tuple[float, float, str, bool]]
     css: str
     name: str
 
@@ -640,19 +642,24 @@ def _line(
 ) -> Line:
     n = len(values)
     segments: list[str] = []
-    dots: list[tuple[float, float, str]] = []
+    dots: list[tuple[float, float, str, bool]] = []
     run: list[str] = []
+
+    def close() -> None:
+        # A run of one point is no line (a polyline of one point draws nothing): its dot shows it.
+        if len(run) > 1:
+            segments.append(" ".join(run))
+        run.clear()
+
     for i, v in enumerate(values):
         if v is None:
-            if run:
-                segments.append(" ".join(run))
-            run = []
+            close()
             continue
         x, y = round(_x(i, n) + (PLOT_R - PLOT_L) / n / 2, 2), round(_y(v, lo, hi), 2)
         run.append(f"{x},{y}")
-        dots.append((x, y, f"{_span(series.points[i], series.width)}: {name} {unit(v)}"))
-    if run:
-        segments.append(" ".join(run))
+        alone = (i == 0 or values[i - 1] is None) and (i == n - 1 or values[i + 1] is None)
+        dots.append((x, y, f"{_span(series.points[i], series.width)}: {name} {unit(v)}", alone))
+    close()
     return Line(segments=segments, dots=dots, css=css, name=name)
 
 

@@ -1,0 +1,77 @@
+"""Fixes from the dashboard's second browser audit, each checked as a browser meets the page.
+
+1. A chart point with no neighbour (no line through it) is drawn as a visible dot.
+2. The endpoint form shows every invalid field's error at once, in sentences, each field marked.
+3. Dead letters filtered by destination count that destination's; "Replay all matching" asks first.
+5. An event's page says which destinations a ``when`` passed over, and names endpoints by URL.
+6. Latency percentiles never exceed the longest attempt of their bucket.
+7. A pipeline card's YAML shows a step whose options are all defaults as ``{}``.
+8. Bad query values (range, before, page) are said above the content.
+9. Whole-second timeouts read "10 s"; dead letters are sorted and headed by when they failed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_dashboard import Browser, signed_in
+from tests.support.receiver import Receiver
+from tests.support.server import RunningServer, wait_for
+
+
+@pytest.fixture
+async def lite(srv: RunningServer) -> AsyncIterator[Browser]:
+    """A browser on a SQLite-only server: for checks that do not depend on the database."""
+    b = Browser(srv.url)
+    yield b
+    await b.close()
+
+
+async def _endpoint(server: RunningServer, url: str, **extra: Any) -> dict[str, Any]:
+    status, ep = await server.request(
+        "POST", "/v1/endpoints", json={"url": url, "events": ["a.*"], "auth": "none", **extra}
+    )
+    assert status == 201, ep
+    return dict(ep)
+
+
+async def _settled(server: RunningServer, event_id: str, statuses: set[str]) -> list[dict[str, Any]]:
+    async def done() -> list[dict[str, Any]] | None:
+        status, body = await server.request("GET", f"/v1/events/{event_id}")
+        dels = body.get("deliveries") or [] if status == 200 else []
+        return dels if dels and all(d["status"] in statuses for d in dels) else None
+
+    found: list[dict[str, Any]] = await wait_for(done, timeout=20)
+    return found
+
+
+def _figure(html: str, chart: str) -> str:
+    start = html.index(f'id="chart-{chart}"')
+    return html[start : html.index("</figure>", start)]
+
+
+# ---- 1. a lone chart point is visible ------------------------------------------------------------
+
+
+async def test_a_point_with_no_neighbour_is_a_visible_dot(
+    srv: RunningServer, lite: Browser, receiver: Receiver
+) -> None:
+    await _endpoint(srv, receiver.url + "/one")
+    status, ev = await srv.ingest("a.b", {"n": 1})
+    assert status == 202
+    await _settled(srv, ev["id"], {"delivered"})
+    await signed_in(lite, srv)
+    page = await lite.get("/?range=1h")
+    assert page.status == 200
+    for chart in ("success", "latency"):
+        fig = _figure(page.text, chart)
+        # One bucket with attempts: no one-point polyline (it draws nothing), a dot drawn always.
+        assert "<polyline" not in fig, fig
+        assert re.search(r'<circle [^>]*class="alone"', fig), fig
+    css = await lite.get("/static/dashboard.css")
+    rule = re.search(r"([^{}]*circle\.alone[^{}]*)\{([^}]*)\}", css.text)
+    assert rule is not None and "opacity: 1" in rule.group(2), rule
