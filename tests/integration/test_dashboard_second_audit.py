@@ -17,10 +17,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlalchemy import insert
 
+from ingestlayer import clock as db_clock
+from ingestlayer.store.schema import attempts
+from ingestlayer.store.stats import DashboardStats
 from tests.integration.test_dashboard import Browser, signed_in
+from tests.integration.test_delivery_counts import add_deliveries
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, wait_for
+
+
+@pytest.fixture
+async def browser(server: RunningServer) -> AsyncIterator[Browser]:
+    b = Browser(server.url)
+    yield b
+    await b.close()
 
 
 @pytest.fixture
@@ -75,3 +87,37 @@ async def test_a_point_with_no_neighbour_is_a_visible_dot(
     css = await lite.get("/static/dashboard.css")
     rule = re.search(r"([^{}]*circle\.alone[^{}]*)\{([^}]*)\}", css.text)
     assert rule is not None and "opacity: 1" in rule.group(2), rule
+
+
+# ---- 6. percentiles capped at the longest attempt ------------------------------------------------
+
+
+async def test_latency_percentiles_never_exceed_the_longest_attempt(
+    server: RunningServer, browser: Browser
+) -> None:
+    """20 attempts of 10.015 s fall in the 10-15 s bin, where interpolation put p95 at 14.75 s."""
+    (dlv,) = await add_deliveries(server.runtime.store, server.project_id, {"dead": 1})
+    now = db_clock.now()
+    rows = [
+        {
+            "delivery_id": dlv,
+            "project_id": server.project_id,
+            "n": i + 1,
+            "started_at": now - 1 - i * 0.01,
+            "duration_ms": 10_015.0,
+            "status_code": None,
+            "error": "timed out after 10s",
+        }
+        for i in range(20)
+    ]
+    async with server.runtime.store.engines.write.begin() as conn:
+        await conn.execute(insert(attempts), rows)
+    series = await DashboardStats(server.runtime.store.engines).series(server.project_id, "1h")
+    assert series.p95 is not None and series.p50 is not None
+    assert series.p50 <= series.p95 <= 10_015.0, (series.p50, series.p95)
+    bucket_p95 = [p.p95 for p in series.points if p.p95 is not None]
+    assert bucket_p95 and max(bucket_p95) <= 10_015.0, bucket_p95
+    # The page's tile and data table likewise.
+    await signed_in(browser, server)
+    page = await browser.get("/?range=1h")
+    assert page.status == 200 and "14.7 s" not in page.text and "10.0 s" in page.text

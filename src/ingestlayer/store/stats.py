@@ -100,8 +100,10 @@ def bin_range(b: int) -> tuple[float, float]:
     return j * width, (j + 1) * width
 
 
-def percentile(hist: dict[int, int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of a latency histogram, interpolated within its bin."""
+def percentile(hist: dict[int, int], q: float, longest: float | None = None) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, interpolated within its bin, and no more
+    than ``longest``, the longest duration seen: interpolating in a wide bin (10-15 s) could
+    otherwise answer a p95 longer than every attempt measured."""
     total = sum(hist.values())
     if total == 0:
         return None
@@ -111,7 +113,8 @@ def percentile(hist: dict[int, int], q: float) -> float | None:
         count = hist[b]
         if count and cum + count >= target:
             lo, hi = bin_range(b)
-            return lo + (hi - lo) * max(0.0, target - cum) / count
+            value = lo + (hi - lo) * max(0.0, target - cum) / count
+            return value if longest is None else min(value, longest)
         cum += count
     return bin_range(max(hist))[1]  # pragma: no cover - cum reaches total above
 
@@ -122,11 +125,14 @@ class AttemptBucket:
     ok: int = 0  # attempts without an error; exact, or estimated when sampled
     hist: dict[int, int] = field(default_factory=dict)  # latency bin -> attempts (estimated if sampled)
     sample_every: int = 1
+    longest: float | None = None  # the longest duration read (of the sample, when sampled), ms
 
     def merge(self, other: AttemptBucket) -> None:
         self.attempts += other.attempts
         self.ok += other.ok
         self.sample_every = max(self.sample_every, other.sample_every)
+        if other.longest is not None:
+            self.longest = other.longest if self.longest is None else max(self.longest, other.longest)
         for b, n in other.hist.items():
             self.hist[b] = self.hist.get(b, 0) + n
 
@@ -285,8 +291,8 @@ class DashboardStats:
                     events=count,
                     attempts=bucket.attempts,
                     ok=bucket.ok,
-                    p50=percentile(bucket.hist, 0.5),
-                    p95=percentile(bucket.hist, 0.95),
+                    p50=percentile(bucket.hist, 0.5, bucket.longest),
+                    p95=percentile(bucket.hist, 0.95, bucket.longest),
                 )
             )
         return Series(
@@ -298,8 +304,8 @@ class DashboardStats:
             events=sum(p.events for p in points),
             attempts=total.attempts,
             ok=total.ok,
-            p50=percentile(total.hist, 0.5),
-            p95=percentile(total.hist, 0.95),
+            p50=percentile(total.hist, 0.5, total.longest),
+            p95=percentile(total.hist, 0.95, total.longest),
             sample_every=total.sample_every,
         )
 
@@ -354,16 +360,20 @@ class DashboardStats:
                 latency_bin.label("l"),
                 func.count().label("n"),
                 func.sum(ok).label("ok"),
+                # Free in the same pass: caps the percentiles interpolated in its bucket's bins.
+                func.max(d).label("longest"),
             )
             .where(*conds)
             .group_by("b", "l")
         )
         seen: dict[int, AttemptBucket] = {}
         async with self.engines.read.connect() as conn:
-            for b, lat, count, oks in await conn.execute(stmt):
+            for b, lat, count, oks, longest in await conn.execute(stmt):
                 slot = seen.setdefault(int(b), AttemptBucket())
                 slot.attempts += int(count)
                 slot.ok += int(oks or 0)
+                if longest is not None:
+                    slot.longest = max(float(longest), slot.longest or 0.0)
                 slot.hist[int(lat)] = slot.hist.get(int(lat), 0) + int(count) * every
         out: dict[int, AttemptBucket] = {}
         for i, exact in enumerate(counts):
@@ -376,6 +386,7 @@ class DashboardStats:
                 ok=exact if every == 1 and got.ok == exact else round(share * exact),
                 hist=got.hist,
                 sample_every=every,
+                longest=got.longest,
             )
         return out
 
