@@ -775,7 +775,7 @@ async def test_capped_delivery_counts_show_as_at_least(
     assert re.search(r'/webhooks/dead">.*?<span class="count">3\+</span>', overview.text)
 
     dead = await browser.get("/webhooks/dead")
-    assert dead.status == 200 and "3+ dead in total" in dead.text
+    assert dead.status == 200 and "3+ dead deliveries in total" in dead.text
 
     logs = await browser.get("/webhooks/logs")
     assert logs.status == 200 and "dead (3+)" in logs.text and "pending (1)" in logs.text

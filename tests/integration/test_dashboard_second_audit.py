@@ -24,7 +24,7 @@ from ingestlayer.store.schema import attempts
 from ingestlayer.store.stats import DashboardStats
 from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_delivery_counts import add_deliveries
-from tests.support.receiver import Receiver
+from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
 
 
@@ -44,9 +44,8 @@ async def lite(srv: RunningServer) -> AsyncIterator[Browser]:
 
 
 async def _endpoint(server: RunningServer, url: str, **extra: Any) -> dict[str, Any]:
-    status, ep = await server.request(
-        "POST", "/v1/endpoints", json={"url": url, "events": ["a.*"], "auth": "none", **extra}
-    )
+    body = {"url": url, "events": ["a.*"], "auth": "none", **extra}
+    status, ep = await server.request("POST", "/v1/endpoints", json=body)
     assert status == 201, ep
     return dict(ep)
 
@@ -121,3 +120,46 @@ async def test_latency_percentiles_never_exceed_the_longest_attempt(
     await signed_in(browser, server)
     page = await browser.get("/?range=1h")
     assert page.status == 200 and "14.7 s" not in page.text and "10.0 s" in page.text
+
+
+# ---- 3. dead letters by destination: counted so, replayed after a question ----------------------
+
+
+async def test_dead_letters_count_the_filtered_destination_and_replay_asks_first(
+    srv: RunningServer, lite: Browser, receiver: Receiver
+) -> None:
+    receiver.default = Reply(status=500)
+    fast_dead = {"schedule": [0], "jitter": 0}
+    a = await _endpoint(srv, receiver.url + "/a", events=["a.*"], retry=fast_dead)
+    b = await _endpoint(srv, receiver.url + "/b", events=["b.*"], retry=fast_dead)
+    sent = [(await srv.ingest(t, {"n": i}))[1]["id"] for i, t in enumerate(["a.x", "a.x", "a.x", "b.x"])]
+    for event_id in sent:
+        await _settled(srv, event_id, {"dead"})
+    await signed_in(lite, srv)
+
+    page = await lite.get(f"/webhooks/dead?destination={a['destination_id']}")
+    assert page.status == 200
+    text = re.sub(r"\s+", " ", page.text)
+    assert "3 dead deliveries to <strong" in text and "4 dead" not in text, text
+    # The first button only opens the question, which says how many; the form is inside it.
+    confirm = re.search(
+        r'<details class="danger"> <summary class="btn btn-primary">Replay all matching…</summary> '
+        r'<form method="post" action="/deliveries/replay" class="confirm">(.*?)</form> </details>',
+        text,
+    )
+    assert confirm is not None, text
+    assert "Replay 3 dead deliveries to" in confirm.group(1)
+    assert ">Replay 3 deliveries</button>" in confirm.group(1)
+    assert f'name="destination" value="{a["destination_id"]}"' in confirm.group(1)
+    # The logs' status filter counts the chosen destination's deliveries too.
+    logs = await lite.get(f"/webhooks/logs?destination={b['destination_id']}")
+    assert "dead (1)" in logs.text and "dead (4)" not in logs.text
+
+    everything = re.sub(r"\s+", " ", (await lite.get("/webhooks/dead")).text)
+    assert "4 dead deliveries in total, to every destination" in everything
+    assert ">Replay 4 deliveries</button>" in everything
+
+    done = await lite.follow(
+        await lite.post("/deliveries/replay", {"status": "dead", "destination": a["destination_id"]})
+    )
+    assert "Replaying 3 deliveries." in done.text

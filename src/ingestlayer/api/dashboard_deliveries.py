@@ -59,7 +59,10 @@ async def delivery_logs(
             before=cursor,
             limit=PAGE,
         )
-    counts = await runtime(request).store.delivery_counts(sess.project_id, statuses=UNSETTLED, zeros=True)
+    # Beside each status in the filter: of the chosen destination's deliveries, when one is.
+    counts = await runtime(request).store.delivery_counts(
+        sess.project_id, statuses=UNSETTLED, destination_id=destination or None, zeros=True
+    )
     return await page(
         request,
         sess,
@@ -129,7 +132,10 @@ async def dead_letters(request: Request, sess: SignedIn, destination: str = "", 
             before=before or None,
             limit=PAGE,
         )
-    counts = await rt.store.delivery_counts(sess.project_id, statuses=("dead",), zeros=True)
+    # What "Replay all matching" replays: the dead deliveries of the filter's destination.
+    counts = await rt.store.delivery_counts(
+        sess.project_id, statuses=("dead",), destination_id=destination or None, zeros=True
+    )
     return await page(
         request,
         sess,

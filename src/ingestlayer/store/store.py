@@ -391,11 +391,12 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         *,
         statuses: Sequence[str] = DELIVERY_STATUSES,
         since_id: str | None = None,
+        destination_id: str | None = None,
         cap: int | None = None,
         zeros: bool = False,
     ) -> dict[str, int]:
-        """Deliveries per status (those with an id >= ``since_id`` if given), each up to ``cap``
-        (:data:`DELIVERY_COUNT_CAP` by default).
+        """Deliveries per status (those with an id >= ``since_id``, and to ``destination_id``, if
+        given), each up to ``cap`` (:data:`DELIVERY_COUNT_CAP` by default).
 
         A count that reaches the cap is an :class:`AtLeast`: the project has that many or more.
         Each status is one range of ``ix_deliveries_project_status_id`` read no further than the
@@ -411,6 +412,8 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
             conds = [deliveries.c.project_id == project_id, deliveries.c.status == status]
             if since_id is not None:
                 conds.append(deliveries.c.id >= since_id)
+            if destination_id is not None:
+                conds.append(deliveries.c.destination_id == destination_id)
             upto = select(deliveries.c.id).where(*conds).limit(cap).subquery()
             return select(func.count()).select_from(upto).scalar_subquery()
 
