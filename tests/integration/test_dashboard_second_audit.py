@@ -163,3 +163,50 @@ async def test_dead_letters_count_the_filtered_destination_and_replay_asks_first
         await lite.post("/deliveries/replay", {"status": "dead", "destination": a["destination_id"]})
     )
     assert "Replaying 3 deliveries." in done.text
+
+
+# ---- 5. an event's page: destinations passed over, endpoints by URL ------------------------------
+
+
+async def test_event_page_says_what_a_when_passed_over_and_names_endpoints_by_url(
+    srv: RunningServer, lite: Browser, receiver: Receiver
+) -> None:
+    await srv.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "plans",
+                    "source": {"match": ["a.*"]},
+                    "destinations": [
+                        {"webhook.out": {"url": receiver.url + "/all"}, "name": "everyone"},
+                        {
+                            "webhook.out": {"url": receiver.url + "/pro"},
+                            "name": "pro-only",
+                            "when": 'plan = "pro"',
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    ep = await _endpoint(srv, receiver.url + "/hook?token=abcdef123456")
+    status, ev = await srv.ingest("a.b", {"plan": "free"})
+    assert status == 202
+    await _settled(srv, ev["id"], {"delivered"})
+
+    # The API's trace records it, with the condition as written.
+    _, got = await srv.request("GET", f"/v1/events/{ev['id']}")
+    (plans,) = [t for t in got["trace"] if t["pipeline"] == "plans"]
+    assert plans["destinations"] == ["everyone"]
+    assert plans["passed_over"] == {"pro-only": 'when plan = "pro" is false'}
+
+    await signed_in(lite, srv)
+    page = await lite.get(f"/events/{ev['id']}")
+    assert page.status == 200
+    assert "Passed over <code>pro-only</code>: when plan = &#34;pro&#34; is false" in page.text, page.text
+    # The endpoint's pipeline and destination read as its URL (masked), as on the pipelines page.
+    assert f"endpoint:{ep['id']}" not in page.text
+    masked = receiver.url + "/hook?token=••••••"
+    assert page.text.count(f"<code>{masked}</code>") >= 1
+    assert f'<code class="wrap">{masked}</code>' in page.text  # the trace entry's heading
+    assert "abcdef123456" not in page.text

@@ -134,6 +134,17 @@ async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Respo
         return await error_page(request, sess, 404, f"There is no event {event_id!r} in this project.")
     dels = await dashboard_stats(request).event_deliveries(sess.project_id, event_id)
     cfg = await project_config(request, sess.project_id)
+    names = destination_names(cfg)
+    # The trace names destinations and pipelines as stored: an endpoint's are "endpoint:ep_…",
+    # shown here, as on the pipelines page, by the endpoint's URL (masked).
+    dest_labels = {d.name: names.get(d.id, d.name) for d in cfg.destinations.values()}
+    pipeline_labels = {
+        p.id: names[r["destination_id"]]
+        for p in cfg.pipelines
+        if p.endpoint
+        for r in p.config.get("destinations", [])[:1]
+        if r["destination_id"] in names
+    }
     return await page(
         request,
         sess,
@@ -145,5 +156,7 @@ async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Respo
         payload=pretty_json(ev.payload_json),
         trace=trace_view(ev.trace),
         deliveries=dels,
-        names=destination_names(cfg),
+        names=names,
+        dest_labels=dest_labels,
+        pipeline_labels=pipeline_labels,
     )

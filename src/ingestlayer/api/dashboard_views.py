@@ -474,6 +474,7 @@ class TracePipeline:
     destinations: list[str]
     blocked: dict[str, str]
     steps: list[TraceStep]
+    passed_over: dict[str, str] = field(default_factory=dict)  # destination -> why (its when)
 
 
 def trace_view(trace: list[dict[str, Any]] | None) -> list[TracePipeline]:
@@ -507,6 +508,7 @@ def trace_view(trace: list[dict[str, Any]] | None) -> list[TracePipeline]:
                 destinations=[str(d) for d in entry.get("destinations", [])],
                 blocked={str(k): str(v) for k, v in (entry.get("blocked") or {}).items()},
                 steps=steps,
+                passed_over={str(k): str(v) for k, v in (entry.get("passed_over") or {}).items()},
             )
         )
     return out

@@ -45,6 +45,7 @@ class CompiledRoute:
     destination_id: str
     destination: str
     when: Expression | None
+    when_text: str | None = None  # the condition as written, for the trace
 
 
 @dataclass
@@ -114,6 +115,7 @@ def _compile_project(cfg: ProjectConfig) -> CompiledProject:
                     destination_id=r["destination_id"],
                     destination=r.get("destination") or r["destination_id"],
                     when=compile_expression(r["when"]) if r.get("when") else None,
+                    when_text=r.get("when") or None,
                 )
                 for r in p.config.get("destinations", [])
                 if r["destination_id"] in cfg.destinations and cfg.destinations[r["destination_id"]].enabled
@@ -262,6 +264,10 @@ async def route_event(
                         base_ctx = event.eval_context()
                     judged = base_ctx
                 if not route.when(judged):
+                    # Said in the trace: a destination left out shows why, not only who was sent it.
+                    entry.setdefault("passed_over", {})[route.destination] = (
+                        f"when {route.when_text} is false" if route.when_text else "its when is false"
+                    )
                     continue
             if route.destination in blocked:
                 entry.setdefault("blocked", {})[route.destination] = blocked[route.destination]
