@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import insert
 
 from ingestlayer import clock as db_clock
@@ -210,3 +212,35 @@ async def test_event_page_says_what_a_when_passed_over_and_names_endpoints_by_ur
     assert page.text.count(f"<code>{masked}</code>") >= 1
     assert f'<code class="wrap">{masked}</code>' in page.text  # the trace entry's heading
     assert "abcdef123456" not in page.text
+
+
+# ---- 7. a step with default options reads {} in the card's YAML, and round-trips -----------------
+
+
+async def test_a_step_with_default_options_shows_an_empty_mapping_that_applies_unchanged(
+    srv: RunningServer, lite: Browser
+) -> None:
+    document = {
+        "pipelines": [
+            {
+                "name": "people",
+                "source": {"match": ["a.*"]},
+                "steps": [{"enrich.entity": {}}, {"enrich.person": {}}],
+                "destinations": [{"webhook.out": {"url": "http://127.0.0.1:9/x"}}],
+            }
+        ]
+    }
+    await srv.apply(document)
+    await signed_in(lite, srv)
+    page = await lite.get("/pipelines")
+    found = re.search(r'<details class="yaml">.*?<pre><code>(.*?)</code></pre>', page.text, re.S)
+    assert found is not None, page.text
+    shown = html.unescape(found.group(1))
+    assert "- enrich.entity: {}" in shown and "- enrich.person: {}" in shown, shown
+    assert "null" not in shown
+    # The YAML as shown, applied again: nothing to change.
+    status, body = await srv.request(
+        "POST", "/v1/apply", json={"document": yaml.safe_load(shown), "dry_run": True}
+    )
+    assert status == 200, body
+    assert {c["action"] for c in body["changes"]} == {"unchanged"}, body

@@ -319,7 +319,8 @@ def _compact_step(name: str, config: dict[str, Any]) -> Any:
             return out[short]
     except Exception:
         out = mask(dict(config))
-    return out or None
+    # Every option at its default: an empty mapping, as a user writes it ({}), not null.
+    return out
 
 
 def _step_summary(name: str, config: dict[str, Any]) -> str:
