@@ -658,8 +658,11 @@ async def test_the_pipelines_page_shows_a_large_project_a_page_at_a_time(
         seen += names
         assert ('rel="next"' in shown.text) == (number < 3) and ('rel="prev"' in shown.text) == (number > 1)
     assert sorted(seen) == [f"p{i:03}" for i in range(120)]  # each once
-    for odd in ("0", "99", "x", "-1"):  # no such page: the nearest one, not an error
-        assert (await browser.get(f"/pipelines?page={odd}")).status == 200
+    for odd in ("0", "99", "x", "-1"):  # no such page: the nearest one, and a message saying so
+        page = await browser.get(f"/pipelines?page={odd}")
+        assert page.status == 200 and 'class="flash flash-error"' in page.text, odd
+        near = 3 if odd == "99" else 1
+        assert f"page {near} of 3." in page.text and f"Showing page {near}." in page.text, odd
 
 
 async def test_connect_slack_starts_the_oauth_flow(

@@ -244,3 +244,38 @@ async def test_a_step_with_default_options_shows_an_empty_mapping_that_applies_u
     )
     assert status == 200, body
     assert {c["action"] for c in body["changes"]} == {"unchanged"}, body
+
+
+# ---- 8. bad query values are said above the content ----------------------------------------------
+
+
+async def test_bad_query_values_are_said_not_silently_replaced(srv: RunningServer, lite: Browser) -> None:
+    status, ev = await srv.ingest("a.b", {"n": 1})
+    assert status == 202
+    await signed_in(lite, srv)
+
+    def alert(text: str) -> str:
+        found = re.search(r'<p class="flash flash-error" role="alert">(.*?)</p>', text)
+        assert found is not None, text[-3000:]
+        return html.unescape(found.group(1))
+
+    page = await lite.get("/?range=3y")
+    # The page shows the default window, and says so (200: what is shown is a page).
+    assert page.status == 200 and "'3y' is not a time window" in alert(page.text)
+    assert '<a href="/?range=24h" aria-current="true">' in page.text  # what is shown instead
+    assert "flash-error" not in (await lite.get("/?range=7d")).text
+
+    page = await lite.get("/events?before=xyz")
+    assert page.status == 422 and "'xyz' is not a page of these events" in alert(page.text)
+    assert ev["id"] not in page.text  # no rows under the error
+    ok = await lite.get(f"/events?before={ev['id'][:-1]}Z")
+    assert ok.status == 200 and "flash-error" not in ok.text
+
+    page = await lite.get("/pipelines?page=abc")
+    assert page.status == 200 and "'abc' is not a page number. Showing page 1." in alert(page.text)
+    page = await lite.get("/pipelines?page=999")
+    assert page.status == 200 and "There is no page 999: there is 1 page. Showing page 1." in alert(page.text)
+    assert "flash-error" not in (await lite.get("/pipelines?page=1")).text
+
+    page = await lite.get("/webhooks/dead?before=xyz")
+    assert page.status == 422 and "not a delivery id" in alert(page.text)

@@ -26,6 +26,7 @@ from ingestlayer.api.dashboard_pages import (
 from ingestlayer.api.dashboard_session import SignedIn, runtime, safe_next, seal, unseal
 from ingestlayer.api.dashboard_views import STATUSES, pretty_json
 from ingestlayer.api.errors import ApiError
+from ingestlayer.api.logs import DELIVERY_ID
 
 router = APIRouter(include_in_schema=False)
 
@@ -122,7 +123,8 @@ async def dead_letters(request: Request, sess: SignedIn, destination: str = "", 
     rows: list[dict[str, Any]] = []
     if error:
         destination = ""
-    elif not storable(before):
+    elif before and not DELIVERY_ID.fullmatch(before):
+        # Not only a NUL (a 500 on PostgreSQL): compared as text, any other value moved the page.
         error = "That is not a delivery id: “older →” links carry one. Start again from the newest."
     else:
         rows = await rt.store.list_deliveries(

@@ -21,6 +21,7 @@ from ingestlayer.api.dashboard_pages import (
 )
 from ingestlayer.api.dashboard_session import SignedIn, runtime
 from ingestlayer.api.dashboard_views import pretty_json, trace_view
+from ingestlayer.api.logs import EVENT_ID
 from ingestlayer.idempotency_keys import shown as shown_key
 from ingestlayer.timefmt import parse_time_filter
 
@@ -87,6 +88,13 @@ async def event_log(
     t_since, t_until = times["From"], times["Until"]
     if not storable(type) or not storable(before):
         errors.append("This search holds a NUL character, which no event type or id contains.")
+        status = max(status, 422)
+    elif before and not EVENT_ID.fullmatch(before):
+        # Compared as text, any other value moved the page silently (or listed everything).
+        errors.append(
+            f"{shown(before)} is not a page of these events: “older →” links carry one."
+            " Start from the newest."
+        )
         status = max(status, 422)
     if t_since is not None and t_until is not None and t_since > t_until:
         errors.append("“From” is later than “Until”: no event can match. Swap them?")

@@ -8,7 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ingestlayer.api.dashboard_pages import error_page, page, project_config, redirect, signed_in_post
+from ingestlayer.api.dashboard_pages import (
+    error_page,
+    page,
+    project_config,
+    redirect,
+    shown,
+    signed_in_post,
+)
 from ingestlayer.api.dashboard_session import SignedIn, runtime
 from ingestlayer.api.dashboard_views import pipeline_card
 from ingestlayer.api.errors import ApiError
@@ -48,9 +55,19 @@ async def pipelines(request: Request, sess: SignedIn) -> Response:
     ordered = [p for p in cfg.pipelines if not p.endpoint] + [p for p in cfg.pipelines if p.endpoint]
     pages = max(1, -(-len(ordered) // CARDS_PER_PAGE))
     asked = request.query_params.get("page", "1")
-    number = min(max(1, int(asked)), pages) if asked.isdigit() and len(asked) < 10 else 1
-    shown = ordered[(number - 1) * CARDS_PER_PAGE : number * CARDS_PER_PAGE]
-    cards = [pipeline_card(p, cfg, secret_names) for p in shown]
+    error = None
+    # ASCII digits only (str.isdigit() takes "²"). A page that is not one shows the nearest, and
+    # says so: shown in silence, page 1 passed for the page asked for.
+    number = int(asked) if asked.isascii() and asked.isdigit() and len(asked) < 10 else None
+    if number is None or number < 1:
+        error = f"{shown(asked)} is not a page number. Showing page 1."
+        number = 1
+    elif number > pages:
+        there = "is 1 page" if pages == 1 else f"are {pages} pages"
+        error = f"There is no page {number}: there {there}. Showing page {pages}."
+        number = pages
+    on_page = ordered[(number - 1) * CARDS_PER_PAGE : number * CARDS_PER_PAGE]
+    cards = [pipeline_card(p, cfg, secret_names) for p in on_page]
     sources = sorted(cfg.sources.values(), key=lambda s: s.name)
     return await page(
         request,
@@ -65,6 +82,7 @@ async def pipelines(request: Request, sess: SignedIn) -> Response:
         pages=pages,
         sources=sources,
         slack_connect=_slack_connect_available(request),
+        error=error,
     )
 
 

@@ -44,8 +44,9 @@ def _time(value: str | None, field: str) -> float | None:
 
 # An id as ingestlayer makes them: its kind, then a ULID (Crockford's base32).
 _ULID = "[0-9A-HJKMNP-TV-Z]{26}"
-_EVENT_ID = re.compile(f"evt_{_ULID}")
-_DELIVERY_ID = re.compile(f"dlv_{_ULID}")
+EVENT_ID = re.compile(f"evt_{_ULID}")
+DELIVERY_ID = re.compile(f"dlv_{_ULID}")
+_EVENT_ID, _DELIVERY_ID = EVENT_ID, DELIVERY_ID
 
 
 def _cursor(
