@@ -279,3 +279,90 @@ async def test_bad_query_values_are_said_not_silently_replaced(srv: RunningServe
 
     page = await lite.get("/webhooks/dead?before=xyz")
     assert page.status == 422 and "not a delivery id" in alert(page.text)
+
+
+# ---- 2. the endpoint form: every error at once, in sentences, every field marked -----------------
+
+
+def _field_errors(text: str) -> dict[str, str]:
+    return {
+        name: html.unescape(msg)
+        for name, msg in re.findall(r'<p class="field-error" id="err-(\w+)">(.*?)</p>', text)
+    }
+
+
+def _marked(text: str, name: str) -> bool:
+    """Whether a control of field ``name`` is aria-invalid and described by its error."""
+    for tag in re.findall(rf'<(?:input|select|textarea)[^>]*name="{name}"[^>]*>', text):
+        described = re.search(r'aria-describedby="([^"]*)"', tag)
+        if 'aria-invalid="true"' in tag and described and f"err-{name}" in described.group(1).split():
+            return True
+    return False
+
+
+async def test_the_endpoint_forms_show_every_error_at_once_in_sentences(
+    srv: RunningServer, lite: Browser, receiver: Receiver
+) -> None:
+    await signed_in(lite, srv)
+    await lite.get("/webhooks/endpoints/new")
+    # What the audit typed: each of five fields wrong, and the form showed one error at a time.
+    form = {
+        "url": "ftp://nope",
+        "events": "invoice..created, BAD TYPE",
+        "auth": "bearer",
+        "secret": "",
+        "signing": "ingestlayer",
+        "format": "ingestlayer",
+        "timeout": "-5",
+        "retry": "0, abc, 60",
+        "description": "",
+        "enabled": "1",
+    }
+    page = await lite.post("/webhooks/endpoints", form)
+    assert page.status == 422
+    errors = _field_errors(page.text)
+    assert set(errors) == {"url", "events", "secret", "timeout", "retry"}, errors
+    assert errors["url"] == "This URL must be an absolute http:// or https:// URL."
+    assert errors["events"].startswith("“invoice..created” is not an event type:")
+    assert errors["secret"] == "Bearer auth sends your token: type it here."
+    assert errors["timeout"] == "“-5” seconds cannot be a timeout: type more than 0 and at most 60."
+    assert errors["retry"].startswith("“abc” is not a number of seconds:")
+    for name in errors:
+        assert _marked(page.text, name), name
+    for message in errors.values():
+        assert "`" not in message and (message[0].isupper() or message[0] == "“") and message.endswith("."), (
+            message
+        )
+
+    # What the user typed is named, not a list position: "retry.schedule[0] … got -1.0".
+    page = await lite.post(
+        "/webhooks/endpoints",
+        {**form, "url": receiver.url, "events": "a.b", "auth": "none", "timeout": "10", "retry": "-1, 5"},
+    )
+    errors = _field_errors(page.text)
+    assert errors == {"retry": "“-1” is negative: a delay is 0 seconds (at once) or more."}, errors
+    _, listed = await srv.request("GET", "/v1/endpoints")
+    assert listed["data"] == []  # nothing was added by any of these
+
+    # The edit form: the fields that had no aria-invalid (Description, Body format, Signature
+    # headers) are marked too, with the others, all at once.
+    ep = await _endpoint(srv, receiver.url + "/edit")
+    await lite.get(f"/webhooks/endpoints/{ep['id']}")
+    edit = {
+        **form,
+        "url": ep["url"],
+        "events": "a.b",
+        "auth": "none",
+        "retry": "",
+        "format": "xml",
+        "signing": "other",
+        "description": "d" * 501,
+        "timeout": "x",
+    }
+    page = await lite.post(f"/webhooks/endpoints/{ep['id']}", edit)
+    assert page.status == 422
+    errors = _field_errors(page.text)
+    assert set(errors) == {"format", "signing", "description", "timeout"}, errors
+    assert errors["description"] == "At most 500 characters: this one has 501."
+    for name in errors:
+        assert _marked(page.text, name), name

@@ -85,7 +85,14 @@ async def endpoint_create(request: Request) -> Response:
     errors: dict[str, str] = {}
     values = form.values(errors)
     created: dict[str, Any] | None = None
-    if not errors:
+    if errors:
+        # The API's model too, for what the form's checks do not cover; the form's errors,
+        # written for the form, stay where both found one.
+        try:
+            endpoints_api.EndpointIn(**values)
+        except ValidationError as exc:
+            validation_errors(exc, errors)
+    else:
         try:
             body = endpoints_api.EndpointIn(**values)
             created = await endpoints_api.create_endpoint(body, sess.principal, runtime(request))
@@ -201,9 +208,9 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
     form = EndpointForm.from_form(raw)
     form.enabled = current["enabled"]  # enabling is its own button
     errors: dict[str, str] = {}
-    values = form.values(errors)
-    values.pop("enabled")
     shown = EndpointForm.from_endpoint(current)
+    values = form.values(errors, url_kept=form.url == shown.url, token_on_file=current["auth"] == "bearer")
+    values.pop("enabled")
     if form.description == shown.description:
         # The description as the page showed it, a URL's credentials in it masked: keep it.
         values["description"] = current.get("description")
@@ -211,10 +218,13 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
         # The retry field as the page showed it: keep the policy whole. The field shows only a
         # schedule's delays, so resending it would drop a jitter or a {max_attempts, base, …}.
         values["retry"] = current.get("retry")
-    if values["auth"] == "bearer" and current["auth"] != "bearer" and not form.secret:
-        errors["secret"] = "Bearer auth sends your token: enter it here."
     new_secret: str | None = None
-    if not errors:
+    if errors:  # as on create: the API's model too, the form's own errors kept
+        try:
+            endpoints_api.EndpointPatch(**values)
+        except ValidationError as exc:
+            validation_errors(exc, errors)
+    else:
         rt = runtime(request)
         try:
             updated = await endpoints_api.update_endpoint(
