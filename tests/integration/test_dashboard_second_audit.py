@@ -366,3 +366,51 @@ async def test_the_endpoint_forms_show_every_error_at_once_in_sentences(
     assert errors["description"] == "At most 500 characters: this one has 501."
     for name in errors:
         assert _marked(page.text, name), name
+
+
+# ---- 9. cosmetic: whole-second timeouts, the format select, dead letters' columns, contrast ----
+
+
+def _contrast(fg: str, bg: str) -> float:
+    def lum(hex_colour: str) -> float:
+        channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    hi, lo = sorted((lum(fg), lum(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+async def test_timeouts_format_select_dead_letter_columns_and_badge_contrast(
+    srv: RunningServer, lite: Browser, receiver: Receiver
+) -> None:
+    whole = await _endpoint(srv, receiver.url + "/w")
+    half = await _endpoint(srv, receiver.url + "/h", events=["b.*"], timeout=2.5)
+    await signed_in(lite, srv)
+    page = await lite.get(f"/webhooks/endpoints/{whole['id']}")
+    assert "<dt>Timeout</dt><dd>10 s</dd>" in page.text and "10.0 s" not in page.text
+    assert "<dt>Timeout</dt><dd>2.5 s</dd>" in (await lite.get(f"/webhooks/endpoints/{half['id']}")).text
+    # The format options are short enough for the half-width select; the shapes are the hint's.
+    options = re.findall(r'<option value="(?:ingestlayer|data)"[^>]*>([^<]*)</option>', page.text)
+    assert options[:2] == ["ingestlayer", "data"], options
+    assert 'aria-describedby="h-format"' in page.text and '"occurred_at"' in page.text
+
+    # Dead letters: listed by creation, and the first column is headed so; the failure time
+    # is in its own column with the last response.
+    receiver.default = Reply(status=500)
+    await _endpoint(srv, receiver.url + "/dead", events=["c.*"], retry={"schedule": [0], "jitter": 0})
+    _, ev = await srv.ingest("c.x", {})
+    (dead,) = await _settled(srv, ev["id"], {"dead"})
+    _, full = await srv.request("GET", f"/v1/deliveries/{dead['id']}")
+    text = (await lite.get("/webhooks/dead")).text
+    heads = re.findall(r'<th scope="col"[^>]*>([^<]*)<', text)
+    assert heads[:5] == ["Created", "Event", "Destination", "Attempts", "Failed"], heads
+    row = text[text.index("<tbody>") :]
+    first_time = re.search(r'<time datetime="([^"]+)"', row)
+    assert first_time is not None and first_time.group(1) == full["created_at"], (first_time, full)
+
+    css = (await lite.get("/static/dashboard.css")).text
+    rule = re.search(r"\.st-retrying[^{]*\{([^}]*)\}", css)
+    assert rule is not None
+    colour = re.search(r"color: (#[0-9a-f]{6})", rule.group(1))
+    assert colour is not None and _contrast(colour.group(1), "#fef3c7") >= 4.5, rule.group(1)
