@@ -314,5 +314,22 @@ async def test_a_provider_asking_to_wait_is_waited_for_before_the_event_is_route
             "enrich.person" in line and "answered HTTP 429" in line and line.endswith("routing again in 120s")
         )
         assert len(busy.requests) == 1
+
+        # While it waits, the event says why it has no deliveries yet (its trace was null). Stored
+        # as the job is put back, just after the line is logged.
+        async def waiting_trace() -> dict[str, Any] | None:
+            status, stored = await server.request("GET", f"/v1/events/{ev['id']}")
+            assert status == 200
+            return stored if stored["trace"] else None
+
+        stored = await wait_for(waiting_trace)
+        assert stored["deliveries"] == []
+        (waiting,) = stored["trace"]
+        assert waiting["outcome"] == "retrying"
+        (step,) = waiting["steps"]
+        assert (
+            "answered HTTP 429" in step["error"] and step["note"] == "attempt 1 failed; routed again in 120 s"
+        )
+        assert step["next_attempt_at"] > stored["received_at"]
     finally:
         await busy.stop()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ingestlayer import clock
 from ingestlayer.config import Settings
 from ingestlayer.delivery.held_routes import Held, HeldRoutes, Routed
 from ingestlayer.delivery.wakeup import wait_for_work
@@ -33,6 +34,7 @@ from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
+from ingestlayer.timefmt import iso
 
 log = logging.getLogger("ingestlayer.router")
 
@@ -58,6 +60,19 @@ def failed_trace(exc: BaseException, attempt: int) -> list[dict[str, Any]]:
         "note": f"gave up after {attempt} attempts; the event has no deliveries",
     }
     return [{"pipeline": "routing", "outcome": "failed", "steps": [step], "destinations": []}]
+
+
+def retrying_trace(exc: BaseException, attempt: int, delay: float) -> list[dict[str, Any]]:
+    """The trace of an event whose routing failed and waits to be tried again: stored while it
+    waits, so the event says why it has no deliveries yet (the routing's own trace replaces it)."""
+    step = {
+        "step": "routing",
+        "outcome": "retrying",
+        "error": f"{type(exc).__name__}: {exc}"[:TRACE_ERROR_CHARS],
+        "note": f"attempt {attempt} failed; routed again in {delay:g} s",
+        "next_attempt_at": iso(clock.now() + delay),
+    }
+    return [{"pipeline": "routing", "outcome": "retrying", "steps": [step], "destinations": []}]
 
 
 class Handoff(Protocol):
@@ -255,13 +270,14 @@ class Router:
             # A provider's Retry-After (a 429) is waited out, up to the schedule's longest wait.
             delay = max(retry_delay(attempt), min(exc.retry_after or 0.0, ROUTE_RETRY_DELAYS[-1]))
             log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, delay)
-            return Routed(retry_in=delay)
+            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
                 log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
                 return Routed(trace=failed_trace(exc, attempt))
             log.exception("routing event %s failed; it will be retried", ev.id)
-            return Routed(retry_in=retry_delay(attempt))
+            delay = retry_delay(attempt)
+            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
         return Routed(dels, trace or None)
 
     async def _store_finished(self) -> int:
@@ -296,7 +312,8 @@ class Router:
         deliveries and traces, and their jobs removed; those to retry are deferred."""
         failed = {eid: r.retry_in for eid, r in routed.items() if r.retry_in is not None}
         if failed:
-            await self.store.defer_route_jobs(lease, failed)
+            waiting = {eid: r.trace for eid, r in routed.items() if r.retry_in is not None and r.trace}
+            await self.store.defer_route_jobs(lease, failed, traces=waiting)
             lease = lease.subset([e for e in lease.events if e.id not in failed])
         if not lease.events:
             return

@@ -155,6 +155,7 @@ _DEFER_JOBS = """
 UPDATE route_jobs SET due_at = v.due, attempts = GREATEST(route_jobs.attempts - $4, 0)
 FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(id, token, due)
 WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
+RETURNING route_jobs.event_id
 """
 _RENEW_JOBS = """
 UPDATE route_jobs SET due_at = $1
@@ -524,15 +525,24 @@ class PgHotPath:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
         return len(mine), leased
 
-    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float], uncounted: bool) -> None:
+    async def defer_route_jobs(
+        self,
+        lease: RouteLease,
+        delays: dict[str, float],
+        uncounted: bool,
+        traces: dict[str, list[dict[str, Any]]],
+    ) -> None:
         now = clock.now()
         rows = [
             (eid, token, now + delays[eid])
             for token, ids in lease.by_token(list(delays)).items()
             for eid in ids
         ]
-        async with self.connection() as conn:
-            await conn.execute(_DEFER_JOBS, *_columns(rows, 3), int(uncounted))
+        async with self.connection() as conn, conn.transaction():
+            deferred = await conn.fetch(_DEFER_JOBS, *_columns(rows, 3), int(uncounted))
+            trace_rows = [(r[0], orjson.dumps(traces[r[0]]).decode()) for r in deferred if r[0] in traces]
+            if trace_rows:
+                await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))
 
     async def renew_route_leases(self, tokens: dict[str, float], new_token: float) -> list[str]:
         async with self.connection() as conn:

@@ -226,17 +226,24 @@ def _insert_deliveries(
 
 
 def defer_route_jobs(
-    conn: sqlite3.Connection, lease: RouteLease, delays: dict[str, float], uncounted: bool
+    conn: sqlite3.Connection,
+    lease: RouteLease,
+    delays: dict[str, float],
+    uncounted: bool,
+    traces: dict[str, list[dict[str, Any]]],
 ) -> None:
     now = clock.now()
-    conn.executemany(
-        "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0) WHERE event_id = ? AND due_at = ?",
-        [
-            (now + delays[eid], int(uncounted), eid, token)
-            for token, ids in lease.by_token(list(delays)).items()
-            for eid in ids
-        ],
-    )
+    for token, ids in lease.by_token(list(delays)).items():
+        for eid in ids:
+            deferred = conn.execute(
+                "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0)"
+                " WHERE event_id = ? AND due_at = ?",
+                (now + delays[eid], int(uncounted), eid, token),
+            ).rowcount
+            if deferred and eid in traces:
+                conn.execute(
+                    "UPDATE events SET trace = ? WHERE id = ?", (orjson.dumps(traces[eid]).decode(), eid)
+                )
 
 
 def renew_route_leases(conn: sqlite3.Connection, tokens: dict[str, float], new_token: float) -> list[str]:
@@ -406,8 +413,14 @@ class SqliteHotPath:
     ) -> tuple[int, list[LeasedDelivery]]:
         return await self.db.write(complete_routing, lease, new_deliveries, traces, prelease, lease_seconds)
 
-    async def defer_route_jobs(self, lease: RouteLease, delays: dict[str, float], uncounted: bool) -> None:
-        await self.db.write(defer_route_jobs, lease, delays, uncounted)
+    async def defer_route_jobs(
+        self,
+        lease: RouteLease,
+        delays: dict[str, float],
+        uncounted: bool,
+        traces: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        await self.db.write(defer_route_jobs, lease, delays, uncounted, traces)
 
     async def renew_route_leases(self, tokens: dict[str, float], new_token: float) -> list[str]:
         # Not synced: a renewal lost with the machine is a lease that ran out, as it would have.

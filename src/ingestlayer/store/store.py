@@ -272,12 +272,19 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         return await self._hot.complete_routing(lease, new_deliveries, traces, prelease, lease_seconds)
 
     async def defer_route_jobs(
-        self, lease: RouteLease, delays: dict[str, float], *, uncounted: bool = False
+        self,
+        lease: RouteLease,
+        delays: dict[str, float],
+        *,
+        uncounted: bool = False,
+        traces: dict[str, list[dict[str, Any]]] | None = None,
     ) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay.
         ``uncounted``: the routing was not attempted (put off, or cut short by a shutdown), so
-        the lease does not count as one of the event's routing attempts."""
-        await self._hot.defer_route_jobs(lease, delays, uncounted)
+        the lease does not count as one of the event's routing attempts. ``traces``: what to
+        show on events while they wait (why their routing failed), set where the job was still
+        this lease's."""
+        await self._hot.defer_route_jobs(lease, delays, uncounted, traces or {})
 
     async def renew_route_leases(self, tokens: dict[str, float], lease_seconds: float) -> dict[str, float]:
         """Extend the leases of jobs still being routed (event id → the token each is leased
