@@ -402,8 +402,79 @@ async def test_main_pages_with_realistic_data_and_screenshots(
         assert width <= 400, f"the overview scrolls sideways on a phone ({width}px)"
         if update:
             (tmp_path / "overview-phone.png").replace(SHOTS / "overview-phone.png")
+        await _check_layout(server, page, phone, tmp_path)
     finally:
         await server.stop()
         await chat.stop()
         await flaky.stop()
         await slack.stop()
+
+
+# ---- layout at phone and desktop width -------------------------------------------------------
+
+# Each element's box, left and right edge, relative to the viewport (its right edge included).
+_EDGES = """els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; })"""
+
+
+async def _sideways(page: Any) -> int:
+    """How far the document scrolls sideways (0: not at all)."""
+    return int(await page.evaluate("document.documentElement.scrollWidth - innerWidth"))
+
+
+async def _check_layout(server: RunningServer, desk: Any, phone: Any, tmp_path: Path) -> None:
+    """At 390px every column of the logs and dead letters is on screen without sideways scrolling
+    (each row a card) and the charts are whole, not cropped; at 1440px the logs table fits its box.
+    """
+    for rng in ("1h", "24h", "7d"):
+        await phone.goto(f"{server.url}/?range={rng}")
+        assert await _sideways(phone) == 0, f"/?range={rng} scrolls sideways on a phone"
+        for chart in ("throughput", "success", "latency"):
+            fig = phone.locator(f"#chart-{chart}")
+            if not await fig.locator("svg").count():
+                continue  # no data in this window
+            (fig_l, fig_r), (svg_l, svg_r) = await phone.locator(
+                f"#chart-{chart}, #chart-{chart} svg"
+            ).evaluate_all(_EDGES)
+            assert fig_l <= svg_l and svg_r <= fig_r <= 390, (rng, chart, fig_l, fig_r, svg_l, svg_r)
+            # The newest bucket, at the right, is drawn inside the figure: nothing is cropped.
+            box = await fig.locator("svg").evaluate(
+                "e => e.parentElement.scrollWidth - e.parentElement.clientWidth"
+            )
+            assert box <= 0, (rng, chart, f"the chart scrolls {box}px sideways in its box")
+    await phone.screenshot(path=str(tmp_path / "overview-7d-390.png"), full_page=True)
+    for path, table, cells in (
+        ("/webhooks/logs", "table.logs", ("Response", "Duration", "Delivery")),
+        ("/webhooks/dead", "table.dead", ("Failed", "Delivery")),
+    ):
+        await phone.goto(server.url + path)
+        assert await _sideways(phone) == 0, f"{path} scrolls sideways on a phone"
+        rows = phone.locator(f"{table} tbody tr")
+        assert await rows.count() > 0, path
+        heads = [" ".join(t.split()) for t in await phone.locator(f"{table} thead th").all_text_contents()]
+        for label in cells:
+            col = heads.index(label) + 1
+            tds = phone.locator(f"{table} tbody tr:nth-child(-n+5) td:nth-child({col})")
+            for left, right in await tds.evaluate_all(_EDGES):
+                assert left >= 0 and right <= 390, (path, label, left, right)
+            # The cell says which column it is (the header row is hidden on a phone).
+            before = await tds.first.evaluate("e => getComputedStyle(e, '::before').content")
+            assert label in before, (path, label, before)
+        # Still a table to a screen reader, its headers included.
+        assert await phone.get_by_role("columnheader", name=cells[0], exact=True).count() == 1, path
+        await phone.screenshot(path=str(tmp_path / f"{path.rsplit('/', 1)[1]}-390.png"), full_page=True)
+    await desk.set_viewport_size({"width": 1440, "height": 900})
+    for path, table in (("/webhooks/logs", "table.logs"), ("/webhooks/dead", "table.dead")):
+        await desk.goto(server.url + path)
+        wrap = desk.locator(".table-wrap").filter(has=desk.locator(table))
+        over = await wrap.evaluate("e => e.scrollWidth - e.clientWidth")
+        assert over <= 0, f"{path}: the table is {over}px wider than its box at 1440px"
+        heads = [" ".join(t.split()) for t in await desk.locator(f"{table} thead th").all_text_contents()]
+        dest = desk.locator(f"{table} thead th").nth(heads.index("Destination"))
+        width = (await dest.bounding_box())["width"]
+        assert width >= 160, f"{path}: the Destination column is {width:.0f}px wide at 1440px"
+        # Long error text is clamped: no row is more than a few lines high.
+        tallest = max(
+            await desk.locator(f"{table} tbody tr").evaluate_all("rs => rs.map(r => r.offsetHeight)")
+        )
+        assert tallest <= 120, f"{path}: a row is {tallest}px high at 1440px"
+        await desk.screenshot(path=str(tmp_path / f"{path.rsplit('/', 1)[1]}-1440.png"), full_page=True)
