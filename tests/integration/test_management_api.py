@@ -852,3 +852,24 @@ async def test_a_document_is_validated_off_the_event_loop(
     )
     assert status == 200
     assert threads and all(t is not loop_thread for t in threads), threads
+
+
+async def test_metrics_can_require_a_token(sqlite_url: str) -> None:
+    """/metrics needed no key: with INGESTLAYER_METRICS_TOKEN set, a scrape must bear it."""
+    server = await start_server(sqlite_url, metrics_token="scrape-token-1234")
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-token-1234"}):
+            async with server.session.get(server.url + "/metrics", headers=headers) as resp:
+                body = await resp.json(content_type=None)
+                assert resp.status == 401, body
+                assert resp.headers["WWW-Authenticate"] == "Bearer"
+                assert "INGESTLAYER_METRICS_TOKEN" in error_of(body)["message"]
+                assert "scrape-token-1234" not in str(body)
+        headers = {"Authorization": "Bearer scrape-token-1234"}
+        async with server.session.get(server.url + "/metrics", headers=headers) as resp:
+            assert resp.status == 200
+            assert "ingestlayer_events_ingested_total" in await resp.text()
+        async with server.session.get(server.url + "/healthz") as resp:
+            assert resp.status == 200  # probes stay open: a kubelet bears no token
+    finally:
+        await server.stop()

@@ -4,8 +4,9 @@ can store), ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingestlayer.api.deps import RuntimeDep
@@ -64,5 +65,17 @@ async def readyz(rt: RuntimeDep) -> dict[str, str]:
 
 
 @router.get("/metrics")
-async def prometheus() -> Response:
+async def prometheus(request: Request, rt: RuntimeDep) -> Response:
+    token = rt.settings.metrics_token
+    if token is not None:
+        # Prometheus sends it as `authorization: {credentials: …}` (or bearer_token) in the
+        # scrape config. Compared in constant time, as every key is.
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise ApiError(
+                401,
+                "/metrics needs the token set in INGESTLAYER_METRICS_TOKEN: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
