@@ -196,6 +196,46 @@ async def test_enrich_person_from_identify_company_and_provider(
         await people.stop()
 
 
+async def test_pipelines_calling_a_provider_with_different_keys_do_not_share_its_answers(
+    server: RunningServer, receiver: Receiver
+) -> None:
+    """The provider's answers were cached by URL, mapping and email only: a second pipeline of
+    the project, calling the same provider with another key (another account, another plan),
+    was given the first one's answer and never asked."""
+    people = Receiver()
+    await people.start()
+    try:
+        people.default = Reply(status=200, body=b'{"title": "from the provider"}')
+        await server.set_secret("key-a", "token-a")
+        await server.set_secret("key-b", "token-b")
+
+        def one(name: str, secret: str) -> dict[str, Any]:
+            provider = {
+                "url": people.url + "/lookup?email={email}",
+                "headers": {"Authorization": "Bearer $secret"},
+                "secret": f"ref:{secret}",
+                "mapping": {"role": "title"},
+            }
+            return {
+                "name": name,
+                "source": {"match": ["user.signed_up"]},
+                "steps": [{"enrich.person": {"from": "email", "provider": provider}}],
+                "destinations": [{"webhook.out": {"url": f"{receiver.url}/{name}"}, "retry": FAST}],
+            }
+
+        await server.apply({"pipelines": [one("a", "key-a"), one("b", "key-b")]})
+        await server.ingest("user.signed_up", {"user_id": "u9", "email": "eve@corp.io"})
+        await arrived(receiver, 2)
+        asked_with = sorted(r.headers["Authorization"] for r in people.requests)
+        assert asked_with == ["Bearer token-a", "Bearer token-b"]
+        # The same pipeline again is answered from its own cache.
+        await server.ingest("user.signed_up", {"user_id": "u10", "email": "eve@corp.io"})
+        await arrived(receiver, 4)
+        assert len(people.requests) == 2
+    finally:
+        await people.stop()
+
+
 async def test_enrich_person_keeps_the_company_a_user_was_identified_with(
     server: RunningServer, receiver: Receiver
 ) -> None:

@@ -225,10 +225,10 @@ class EnrichPerson:
     async def _fetch(self, email: str, domain: str, ctx: StepContext) -> dict[str, Any]:
         provider = self.config.provider
         assert provider is not None and ctx.services is not None
-        key = (
-            "enrich.person:"
-            + hashlib.sha256(orjson.dumps([provider.url, provider.mapping, email.lower()])).hexdigest()
-        )
+        # The provider as configured, headers and secret reference included: two pipelines that
+        # call it with different keys (accounts, plans) do not share each other's answers.
+        called_as = [provider.url, provider.mapping, sorted(provider.headers.items()), provider.secret]
+        key = "enrich.person:" + hashlib.sha256(orjson.dumps([*called_as, email.lower()])).hexdigest()
         if provider.cache_ttl:
             cached = await ctx.services.cache.get(ctx.project_id, key)
             if cached is not None:
