@@ -229,8 +229,10 @@ class Runtime:
     def _forget_changed(self, change: str) -> None:
         """Another process revoked a key or changed a project's secrets: drop this process's
         copies now rather than when they run out (10 s and 5 s)."""
-        if change == "keys":
+        if change == "keys":  # from a process of an earlier version: every project's
             self.keys.forget()
+        elif change.startswith("keys:"):
+            self.keys.forget(change.removeprefix("keys:"))
         elif change.startswith("secrets:"):
             self.dispatcher.resolver.forget(change.removeprefix("secrets:"))
 

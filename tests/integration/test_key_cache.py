@@ -72,3 +72,23 @@ async def test_a_flood_of_wrong_keys_does_not_evict_the_real_ones(
         assert principal is not None and principal.project_id == project_id
     finally:
         await store.close()
+
+
+async def test_a_revoked_key_drops_its_project_keys_only(sqlite_url: str) -> None:
+    """A key revoked in one project made every project's keys be looked up again (the cache
+    was emptied whole): now only that project's are, and the revoked one is refused at once."""
+    store = Store.from_url(sqlite_url)
+    try:
+        mine, my_key, _ = await store.create_project("mine")
+        other, other_key, _ = await store.create_project("other")
+        cache = KeyCache(store)
+        assert (await cache.lookup(my_key)) is not None and (await cache.lookup(other_key)) is not None
+        (listed,) = [k for k in await store.list_keys(mine) if k["kind"] == "ingest"]
+        await store.revoke_key(mine, listed["id"])
+        cache.forget(mine)
+        assert cache.cached(my_key) is None  # looked up again: refused
+        assert await cache.lookup(my_key) is None
+        still = cache.cached(other_key)  # the other project's, without a lookup
+        assert still is not None and still.project_id == other
+    finally:
+        await store.close()

@@ -74,9 +74,17 @@ class KeyCache:
         fut.set_result(principal)
         return principal
 
-    def forget(self) -> None:
-        self._known.clear()
-        self._unknown.clear()
+    def forget(self, project_id: str | None = None) -> None:
+        """Drop what is cached of ``project_id``'s keys (a key was revoked), or of every project's.
+        Only that project's keys are looked up again: the others' requests, busy ones included,
+        keep their cached keys. Lookups in flight are not cached when they end."""
+        if project_id is None:
+            self._known.clear()
+            self._unknown.clear()
+        else:
+            theirs = [k for k, (_, p) in self._known.items() if p is not None and p.project_id == project_id]
+            for key in theirs:
+                del self._known[key]
         self._pending.clear()
         self._generation += 1
 

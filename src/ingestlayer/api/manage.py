@@ -543,7 +543,7 @@ async def revoke_key(key_id: str, principal: Admin, rt: RuntimeDep) -> Response:
         await rt.store.revoke_key(principal.project_id, key_id)
     except NotFound as exc:
         raise ApiError(404, str(exc)) from None
-    rt.keys.forget()
+    rt.keys.forget(principal.project_id)
     return Response(status_code=204)
 
 

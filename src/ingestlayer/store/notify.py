@@ -50,7 +50,7 @@ class NotifyMixin(StoreBase):
 
     async def _announce(self, conn: AsyncConnection, change: str) -> None:
         """Tell every process on this PostgreSQL database, when ``conn``'s transaction commits,
-        to drop what it cached of ``change``: "keys", or "secrets:<project id>". Processes on
+        to drop what it cached of ``change``: "keys:<project id>", or "secrets:<project id>". Processes on
         one SQLite file wait out their caches instead (seconds; docs/configuration.md)."""
         if self.dialect == "postgresql":
             await conn.execute(select(func.pg_notify(CHANGES_CHANNEL, change)))

@@ -44,7 +44,7 @@ POOL_SIZE = 10
 # finding it at their next poll: a poll interval per hop would rule out a low p99.
 ROUTE_CHANNEL = "ingestlayer_route"
 DELIVER_CHANNEL = "ingestlayer_deliver"
-# What every process caches for a few seconds changed: "keys" (one was revoked) or
+# What every process caches for a few seconds changed: "keys:<project id>" (one was revoked) or
 # "secrets:<project id>" (one was set or deleted). Told at commit, so none waits out its cache.
 CHANGES_CHANNEL = "ingestlayer_changes"
 LISTEN_RETRY_SECONDS = 1.0

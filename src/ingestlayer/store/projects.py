@@ -110,7 +110,7 @@ class ProjectsMixin(NotifyMixin):
             )
             if res.rowcount == 0:
                 raise NotFound(f"no API key {key_id!r}")
-            await self._announce(conn, "keys")
+            await self._announce(conn, f"keys:{project_id}")
 
     async def sign_out(self, session_hash: str, expires_at: float) -> None:
         """Refuse a dashboard session from now until it would have expired. Sign-outs whose
