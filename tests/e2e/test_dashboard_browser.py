@@ -478,3 +478,56 @@ async def _check_layout(server: RunningServer, desk: Any, phone: Any, tmp_path: 
         )
         assert tallest <= 120, f"{path}: a row is {tallest}px high at 1440px"
         await desk.screenshot(path=str(tmp_path / f"{path.rsplit('/', 1)[1]}-1440.png"), full_page=True)
+    await _check_fit(server, desk, phone, tmp_path)
+
+
+# The wide tables, and the widths each must fit at without scrolling sideways inside its box: a
+# phone, either side of the cards' breakpoints (720/721 and 1199/1200px) and a desktop.
+_FIT_PAGES = (
+    ("/webhooks/endpoints", "table.endpoints"),
+    ("/webhooks/logs", "table.logs"),
+    ("/webhooks/dead", "table.dead"),
+)
+_FIT_WIDTHS = (390, 721, 800, 1024, 1200, 1440)
+
+
+async def _check_fit(server: RunningServer, desk: Any, phone: Any, tmp_path: Path) -> None:
+    """The endpoints, logs and dead letters fit at every width from a phone's to a desktop's: the
+    page does not scroll sideways, nor does the table inside its box (.table-wrap); at 390px the
+    endpoints are cards (every cell on screen, under its column's name) and still a table to a
+    screen reader. Every page is photographed at every width (``fit-<page>-<width>.png``, the top of the
+    page) before any of this is asserted, and every failure is reported, not only the first.
+    """
+    problems: list[str] = []
+    for width in _FIT_WIDTHS:
+        page = phone if width == 390 else desk
+        await page.set_viewport_size({"width": width, "height": 844 if width == 390 else 900})
+        for path, table in _FIT_PAGES:
+            await page.goto(server.url + path)
+            name = path.rsplit("/", 1)[1]
+            await page.screenshot(path=str(tmp_path / f"fit-{name}-{width}.png"))
+            assert await page.locator(f"{table} tbody tr").count() > 0, (path, "no rows to measure")
+            if side := await _sideways(page):
+                problems.append(f"{path} at {width}px: the page scrolls {side}px sideways")
+            wrap = page.locator(".table-wrap").filter(has=page.locator(table))
+            over = await wrap.evaluate("e => e.scrollWidth - e.clientWidth")
+            if over > 0:
+                problems.append(f"{path} at {width}px: the table is {over}px wider than its box")
+    # The endpoints on a phone: each row a card, every cell on screen and labelled.
+    await phone.set_viewport_size({"width": 390, "height": 844})
+    await phone.goto(server.url + "/webhooks/endpoints")
+    heads = [" ".join(t.split()) for t in await phone.locator("table.endpoints thead th").all_text_contents()]
+    assert heads[:2] == ["URL", "Events"], heads
+    for col, label in enumerate(heads, start=1):
+        tds = phone.locator(f"table.endpoints tbody tr td:nth-child({col})")
+        for left, right in await tds.evaluate_all(_EDGES):
+            if left < 0 or right > 390:
+                problems.append(f"endpoints at 390px: a {label} cell spans {left:.0f}..{right:.0f}px")
+        before = await tds.first.evaluate("e => getComputedStyle(e, '::before').content")
+        if label.lower() not in before.lower():
+            problems.append(f"endpoints at 390px: the {label} cell is not labelled ({before})")
+    # Still a table to a screen reader, its headers included.
+    for label in ("URL", "Events", "State"):
+        if await phone.get_by_role("columnheader", name=label, exact=True).count() != 1:
+            problems.append(f"endpoints at 390px: no column header {label!r} for a screen reader")
+    assert not problems, "\n".join(problems)
