@@ -18,6 +18,7 @@ from ingestlayer.api.dashboard_views import fmt_pct
 from ingestlayer.store import store as store_module
 from ingestlayer.store.stats import bin_range, id_bound, percentile
 from tests.integration.test_delivery_counts import add_deliveries
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.fake_slack import FakeSlack
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
@@ -26,68 +27,6 @@ HOSTILE = "<script>alert(1)</script>"
 HOOK_SECRET = "whsec_dashboard-test-secret-value-0123456789"
 BEARER_TOKEN = "tok_dashboard-bearer-token-value-9876543210"
 FAST_DEAD = {"schedule": [0], "jitter": 0}
-
-
-@dataclass
-class Page:
-    status: int
-    text: str
-    headers: Any
-    location: str | None
-
-
-class Browser:
-    """A cookie-keeping HTTP client that does not follow redirects (so tests can see them)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.csrf = ""
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    async def get(self, path: str) -> Page:
-        async with self.session.get(self.base + path, allow_redirects=False) as resp:
-            page = Page(resp.status, await resp.text(), resp.headers, resp.headers.get("Location"))
-        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        if found:
-            self.csrf = found.group(1)
-        return page
-
-    async def post(self, path: str, data: dict[str, str] | None = None, *, csrf: bool = True) -> Page:
-        form = dict(data or {})
-        if csrf:
-            form.setdefault("csrf", self.csrf)
-        async with self.session.post(self.base + path, data=form, allow_redirects=False) as resp:
-            page = Page(resp.status, await resp.text(), resp.headers, resp.headers.get("Location"))
-        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        if found:
-            self.csrf = found.group(1)
-        return page
-
-    async def follow(self, page: Page) -> Page:
-        assert page.status == 303, (page.status, page.text[:500])
-        assert page.location is not None
-        return await self.get(page.location)
-
-    async def login(self, key: str) -> Page:
-        await self.get("/login")
-        return await self.post("/login", {"key": key})
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
-
-
-async def signed_in(browser: Browser, server: RunningServer) -> Browser:
-    page = await browser.login(server.admin_key)
-    assert page.status == 303 and page.location == "/", (page.status, page.text[:300])
-    await browser.get("/")
-    return browser
 
 
 # ---- sign-in -----------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,26 +23,11 @@ import pytest
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_url, scrub_text
 from tests.e2e.test_dashboard_browser import new_page, sign_in
-from tests.integration.test_dashboard import Browser, signed_in
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
 
 SECRET_RE = re.compile(r'id="new-secret" class="secret-value" readonly value="([^"]+)"')
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
-
-
-@pytest.fixture
-async def lite(srv: RunningServer) -> AsyncIterator[Browser]:
-    """A browser on a SQLite-only server: for checks that do not depend on the database."""
-    b = Browser(srv.url)
-    yield b
-    await b.close()
 
 
 def _cookie(page: Any, name: str) -> str:

@@ -14,35 +14,18 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import yaml
 from sqlalchemy import insert
 
 from ingestlayer import clock as db_clock
 from ingestlayer.store.schema import attempts
 from ingestlayer.store.stats import DashboardStats
-from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_delivery_counts import add_deliveries
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
-
-
-@pytest.fixture
-async def lite(srv: RunningServer) -> AsyncIterator[Browser]:
-    """A browser on a SQLite-only server: for checks that do not depend on the database."""
-    b = Browser(srv.url)
-    yield b
-    await b.close()
 
 
 async def _endpoint(server: RunningServer, url: str, **extra: Any) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_urls_in, scrub_text
-from tests.integration.test_dashboard import Browser, endpoint_form, signed_in
+from tests.integration.test_dashboard import endpoint_form
 from tests.integration.test_url_characters import store_as_an_earlier_version_did
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.server import RunningServer
 
 APOSTROPHE_URL = "https://hooks.example.com/it's/in?token=APOSTROPHETOKEN1"

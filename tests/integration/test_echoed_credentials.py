@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from aiohttp import web
 
 from ingestlayer.urlmask import MASK
-from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_enrich_steps import trace_of
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver, Reply, serve_handler
 from tests.support.server import RunningServer, wait_for
 
@@ -59,13 +57,6 @@ def echo_url(receiver_url: str, path: str) -> str:
     return (
         receiver_url.replace("http://", f"http://{URL_USER}:{URL_PASSWORD}@") + f"{path}?token={QUERY_TOKEN}"
     )
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
 
 
 async def finished(server: RunningServer, event_id: str, n: int) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tests.integration.test_dashboard import Browser, endpoint_form, signed_in
+from tests.integration.test_dashboard import endpoint_form
 from tests.integration.test_endpoint_input_guards import deliver, refused
 from tests.support.api import add_endpoint
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer
 

@@ -4,22 +4,13 @@ year 9999) no longer turns every answer and page that shows it into a 500."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import insert
 
 from ingestlayer.ids import new_id
 from ingestlayer.store.schema import deliveries
-from tests.integration.test_dashboard import Browser, signed_in
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.server import RunningServer
-
-
-@pytest.fixture
-async def browser(server: RunningServer) -> AsyncIterator[Browser]:
-    b = Browser(server.url)
-    yield b
-    await b.close()
 
 
 async def test_a_retry_delay_over_thirty_days_is_refused_naming_it(server: RunningServer) -> None:

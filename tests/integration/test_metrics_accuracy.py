@@ -22,12 +22,10 @@ from ingestlayer.api.dashboard_views import success_chart, throughput_chart
 from ingestlayer.ids import new_id
 from ingestlayer.store.schema import attempts, deliveries, events
 from ingestlayer.store.stats import DashboardStats, id_bound
-from tests.integration.test_dashboard import Browser, browser, signed_in
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.processes import Cluster
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, wait_for
-
-__all__ = ["browser"]  # a fixture, used by name
 
 FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}  # three attempts, then dead
 

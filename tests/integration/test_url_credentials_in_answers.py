@@ -15,8 +15,8 @@ import re
 from typing import Any
 
 from ingestlayer.urlmask import MASK
-from tests.integration.test_dashboard import Browser, signed_in
 from tests.integration.test_echoed_credentials import finished
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer
 
