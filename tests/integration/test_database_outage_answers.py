@@ -127,6 +127,21 @@ async def test_postgresqls_full_disk_is_the_outage_sqlites_is(pg_url: str) -> No
         await store.close()
 
 
+async def database_admin(pg_url: str) -> tuple[asyncpg.Connection, str]:
+    """A connection of the test's own beside the server's, and the test database's name."""
+    admin = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    return admin, await admin.fetchval("SELECT current_database()")
+
+
+async def end_sessions(admin: asyncpg.Connection, database: str) -> None:
+    """End every other session on ``database`` (new ones take its settings)."""
+    await admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+        database,
+    )
+
+
 @pytest.mark.parametrize(
     ("sqlstate", "what"),
     [
@@ -165,12 +180,10 @@ async def test_postgresql_that_cannot_serve_now_is_an_outage_not_a_bug(
 async def test_a_statement_timeout_under_a_lock_is_a_503(pg_url: str) -> None:
     """An operator's statement_timeout, met while another session holds a lock on the table: the
     listing was a plain-text 500."""
-    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(plain)
-    database = await admin.fetchval("SELECT current_database()")
+    admin, database = await database_admin(pg_url)
     await admin.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
     server = await start_server(pg_url)
-    locker = await asyncpg.connect(plain)
+    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         await locker.execute("BEGIN; LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
         async with server.session.get(server.url + "/v1/deliveries", headers=server.auth()) as resp:
@@ -187,29 +200,19 @@ async def test_a_statement_timeout_under_a_lock_is_a_503(pg_url: str) -> None:
 async def test_readyz_is_a_503_while_postgresql_takes_no_writes(pg_url: str) -> None:
     """A database set read-only (a failover under way) answered /readyz 200 while every ingest
     was a 503: a load balancer kept sending events to a process that could store none."""
-    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(plain)
-    database = await admin.fetchval("SELECT current_database()")
+    admin, database = await database_admin(pg_url)
     server = await start_server(pg_url)
     try:
         async with server.session.get(server.url + "/readyz") as resp:
             assert resp.status == 200
         await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
+        await end_sessions(admin, database)
         async with server.session.get(server.url + "/readyz") as resp:
             assert resp.status == 503, await resp.text()
         status, _, retry_after = await post(server, server.ingest_key, {"type": "a.b", "payload": {}})
         assert status == 503 and retry_after
         await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
-        await admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
+        await end_sessions(admin, database)
 
         async def ready() -> bool:
             async with server.session.get(server.url + "/readyz") as resp:
@@ -296,9 +299,7 @@ async def test_a_process_holds_no_more_connections_than_its_pool_size_allows(pg_
     """Each process held up to 31 connections, with no setting to bound them: three or four busy
     processes took all of PostgreSQL's 100, and a role's connection limit starved the worker.
     INGESTLAYER_DATABASE_POOL_SIZE=2: at most 3 x 2 + 1 (LISTEN), however many requests at once."""
-    plain = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(plain)
-    database = await admin.fetchval("SELECT current_database()")
+    admin, database = await database_admin(pg_url)
     server = await start_server(pg_url, database_pool_size=2)
     try:
         most = 0
