@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import hmac
 import json
+import random
 import re
 import string
 import textwrap
@@ -29,6 +31,7 @@ from ingestlayer.pipeline.steps.pii.detectors import (
     Found,
     Scanner,
     iban_valid,
+    looks_random,
     luhn_valid,
 )
 from ingestlayer.pipeline.steps.pii.render import mask
@@ -324,6 +327,68 @@ def test_secret_found(text: str, value: str) -> None:
     ],
 )
 def test_secret_not_found(text: str) -> None:
+    assert found(text) == []
+
+
+AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        # Base64 with `+`, `/` and `=` padding: the whole token, not the part before the first `/`.
+        (f"AccountKey={AZURE_KEY}", AZURE_KEY),
+        (
+            f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={AZURE_KEY};EndpointSuffix=x",
+            AZURE_KEY,
+        ),
+        (f"blob {AZURE_KEY} end", AZURE_KEY),
+        ("k 7Fq+Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc/Q2w= .", "7Fq+Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc/Q2w="),
+        ("Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc==", "Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc=="),
+        # Percent-encoded in a query string (an Azure SAS signature).
+        (
+            "https://acme.blob.core.windows.net/c?sv=2021&sig=kx5H8%2FqF0U9%2BFnVuHE8cP3wRxDAq0cHh6hLnDzGbW1k%3D&se=1",
+            "kx5H8%2FqF0U9%2BFnVuHE8cP3wRxDAq0cHh6hLnDzGbW1k%3D",
+        ),
+        # A named credential: 16 characters of two classes are enough.
+        ("api_key=abcdef1234567890abcd", "abcdef1234567890abcd"),
+        ('{"password": "Summer2024Vacation"}', "Summer2024Vacation"),
+        ("X-Api-Key: aB3+dE6/gH9jK2mN5q==", "aB3+dE6/gH9jK2mN5q=="),
+        # A token in a URL path: the path's words around it stay.
+        ("https://x.com/reset/Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc/edit", "Zx9Lq2Wm8Rt4Yp6Uv1Ns3Kd7Hf5Jg0Bc"),
+    ],
+)
+def test_secret_with_base64_punctuation_found_whole(text: str, value: str) -> None:
+    assert found(text) == [("secret", value)]
+
+
+def test_base64_secret_masked_and_counted_once() -> None:
+    out, counts = step().redact({"conn": f"AccountName=acme;AccountKey={AZURE_KEY};x=1"})
+    assert out == {"conn": "AccountName=acme;AccountKey=Eby8***;x=1"}
+    assert counts == {"secret": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/usr/local/bin/python3",
+        "run /usr/local/bin/python3 -m ingestlayer",
+        "https://github.com/acme/ingestlayer/blob/main/src/ingestlayer/pipeline/steps/redact_pii.py",
+        "GET /api/v1/Users/GetAccountById/ABC/orders HTTP/1.1",
+        "/src/components/UserProfileCard/UserProfileCardHeader",
+        "C:/Users/Ada/AppData/Local/Programs/Python/Python311/python",
+        "on 2024/05/01, 05/01/2024",
+        "add 3/4 cup, 1/2 tsp, 22/7",
+        "a+b+c+d+e+f+g+h+i+j+k+l+m+n+o+p+q",
+        "key=uploads/2024/05/photo-of-ada.jpg",
+        "sort key=created_at_timestamp_desc",
+        "token=refresh",
+        "password=hunter2",
+        "signature=1234567890123456",
+        "monkey=AbCdEfGh12345678",
+    ],
+)
+def test_paths_dates_and_settings_are_not_secrets(text: str) -> None:
     assert found(text) == []
 
 
@@ -952,6 +1017,27 @@ def test_property_ibans_never_survive(value: str, before: str, after: str, mode:
 @given(phones(), WORDS, WORDS, MODES)
 def test_property_phones_never_survive(value: str, before: str, after: str, mode: str) -> None:
     assert_gone(value, before, after, mode)
+
+
+@st.composite
+def base64_keys(draw: st.DrawFn) -> str:
+    """A random key of 24-64 bytes, base64 (standard alphabet, padded): `+`, `/` and `=` included."""
+    rnd = random.Random(draw(st.integers(0, 2**64)))  # uniform bytes: hypothesis' own favour zeros
+    return base64.b64encode(rnd.randbytes(draw(st.integers(24, 64)))).decode()
+
+
+@PROPERTY
+@given(base64_keys(), WORDS, WORDS, MODES)
+def test_property_base64_secrets_found_whole(value: str, before: str, after: str, mode: str) -> None:
+    """A random base64 key that passes the generic test (mixed case, short pieces, entropy) is one
+    secret, whole, `+`, `/` and padding included; named (`AccountKey=`) it is one whatever it looks
+    like. One that begins with `/` and a word reads as a path there: the word may stay, the rest not."""
+    keyed = [(f.type, f.value) for f in SCANNER.scan(f"{before} AccountKey={value};{after}")]
+    assert keyed == [("secret", value)]
+    assume(looks_random(value))
+    if not value.startswith("/"):
+        assert found(f"{before} {value} {after}") == [("secret", value)]
+    assert_gone(value, before, after, mode, digits_too=False)
 
 
 @PROPERTY

@@ -5,8 +5,9 @@ cheap pre-check (an ``@`` for emails, enough digits for cards and phones, …), 
 short string (``"pro"``, ``"usr_8f3k2"``) costs a few string operations and no regex search.
 
 Detectors run in priority order and a later match that overlaps an earlier one is discarded:
-email → prefixed secrets (``Bearer …``, ``sk_live_…``, JWTs, …) → IBAN → card → IPv6 → IPv4 → generic
-high-entropy secret → phone. Checksums and validators keep false positives down: cards must
+email → prefixed secrets (``Bearer …``, ``sk_live_…``, JWTs, …) → IBAN → card → IPv6 → IPv4 → named
+secret (``AccountKey=…``, ``token=…``) → generic high-entropy secret (base64 with ``+/=`` whole,
+then runs of ``[A-Za-z0-9_-]``) → phone. Checksums and validators keep false positives down: cards must
 pass Luhn and carry a card-network prefix, IBANs the ISO 13616 mod-97 check and their country's
 length, IPs ``ipaddress``, and phones ``phonenumbers`` validity. Phone numbers are what
 ``phonenumbers.PhoneNumberMatcher`` finds, found in linear time by ``phones.PhoneFinder``.
@@ -83,6 +84,40 @@ _GENERIC: Final = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32,}(?![A-Za-z0-9
 _PIECE: Final = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 GENERIC_MAX_PIECE: Final = 3.2
 GENERIC_MIN_ENTROPY: Final = 3.5  # bits per character; random base62 at 32 characters: 4.5
+# Base64 (standard and URL-safe alphabets): `+`, `/` (also percent-encoded, as in a query string)
+# and `=` padding, which `_GENERIC` stops at. A run of these is one token, judged whole; path and
+# URL segments (words) at either end are not part of it, so `/usr/local/bin/python3` is a path.
+_B64_TOKEN: Final = r"(?:[A-Za-z0-9_+/-]|%2[BbFf])+(?:=|%3[Dd]){0,2}"
+_B64: Final = re.compile(rf"(?<![A-Za-z0-9_+/%-]){_B64_TOKEN}(?![A-Za-z0-9_+/=-])")
+# The cheap pre-check: no run of 32 such characters, no base64 token (nor a 32-character core).
+_B64_RUN: Final = re.compile(r"[A-Za-z0-9_+/%=-]{32,}")
+_B64_SEP: Final = re.compile(r"/|%2[Ff]")
+_B64_PAD: Final = re.compile(r"(?:=|%3[Dd])+$")
+# A path or URL segment: a word (`usr`, `python3`, `redact_pii`, `Users`), a number (`2024`), a
+# short code (`API`, `Q1`). Random base64 has few such segments between its rare `/`s.
+_WORD_SEGMENT: Final = re.compile(r"[A-Z]?[a-z0-9_-]*|[A-Z0-9]{1,3}")
+# Segments that are all such words, in one pass (atomic: a segment is a word one way or not at all).
+_SEGMENT_WORD: Final = r"(?>(?:[A-Z]?[a-z0-9_-]*|[A-Z0-9]{1,3})(?=/|%2[Ff]|\Z))"
+_PATH: Final = re.compile(rf"{_SEGMENT_WORD}(?:(?:/|%2[Ff]){_SEGMENT_WORD})*")
+# A value named as a credential: `AccountKey=…`, `api_key: …`, `X-Api-Key: …`, `token=…`,
+# `"password": "…"`, `sig=…`. The regex finds `name=value` (any name: cheaper than looking for
+# the names at every position); `_credential_name` then judges the name.
+_NAMED: Final = re.compile(
+    r"(?<![A-Za-z0-9_-])([A-Za-z][A-Za-z0-9_-]{0,63}+)[\"']?[ \t]*+[=:][ \t]*+[\"']?"
+    rf"({_B64_TOKEN})(?![A-Za-z0-9_+/=-])"
+)
+_CREDENTIAL_ENDINGS: Final = ("key", "secret", "token", "password", "passwd", "pwd", "sig", "signature")
+_NAME_PART: Final = re.compile(r"[_-]+|(?<=[a-z0-9])(?=[A-Z])")
+# Names (their last words, lower-cased and joined) whose value is a credential.
+CREDENTIAL_NAMES: Final = frozenset(
+    {
+        *("key", "accountkey", "sharedaccesskey", "apikey", "accesskey", "secretkey", "privatekey"),
+        *("clientkey", "signingkey", "encryptionkey", "secret", "clientsecret", "token"),
+        *("accesstoken", "refreshtoken", "authtoken", "idtoken", "sessiontoken", "apitoken"),
+        *("password", "passwd", "pwd", "sig", "signature"),
+    }
+)
+KEYED_MIN_LENGTH: Final = 16  # a named credential's value, padding aside
 
 # --- IBAN (ISO 13616): country → total length ----------------------------------------------------
 IBAN_LENGTHS: Final[dict[str, int]] = {
@@ -197,6 +232,66 @@ def looks_random(token: str) -> bool:
     return _entropy(token) >= GENERIC_MIN_ENTROPY
 
 
+def _token_core(text: str, start: int, end: int, trim: bool = True) -> tuple[int, int] | None:
+    """The span of ``text[start:end]`` (a base64-alphabet run) that can be a secret, or ``None``
+    for a path: segments between `/` that are all words (``/usr/local/bin/python3``,
+    ``2024/05/01``, ``uploads/2024/05/photo-of-ada``).
+
+    Where the run sits as a path does (it starts with `/`, or follows a host's `.` or a `:`), the
+    words at either end are the path's, not the token's: ``x.com/reset/<token>/edit``. A run of
+    them is left off if one has 3 characters or more: `com`, `reset` are words, while a random
+    token's 1- or 2-character segment between two `/` is chance. Not with ``trim=False``: a
+    value after its name (``AccountKey=/Kj6q/…``) is the credential whole."""
+    token = text[start:end]
+    if "/" not in token and "%2F" not in token and "%2f" not in token:
+        return start, end
+    pad = _B64_PAD.search(token)
+    body_end = pad.start() if pad else len(token)
+    if _PATH.fullmatch(token, 0, body_end):
+        return None
+    if not trim or not (token[0] == "/" or (start and text[start - 1] in ".:")):
+        return start, end
+    # Segments as (start, end) within the token; padding stays with the last one.
+    seps = _B64_SEP.finditer(token, 0, body_end)
+    bounds = [0, *(x for m in seps for x in (m.start(), m.end())), body_end]
+    segments = [(bounds[i], bounds[i + 1]) for i in range(0, len(bounds), 2)]
+    words = [_WORD_SEGMENT.fullmatch(token, a, b) is not None for a, b in segments]
+    first = words.index(False)
+    if not any(b - a >= 3 for a, b in segments[:first]):
+        first = 0
+    last = len(segments) - 1
+    if not pad:
+        while words[last]:
+            last -= 1
+        if not any(b - a >= 3 for a, b in segments[last + 1 :]):
+            last = len(segments) - 1
+    core_end = segments[last][1] if last < len(segments) - 1 else len(token)
+    return start + segments[first][0], start + core_end
+
+
+def _credential_name(name: str) -> bool:
+    """``AccountKey``, ``api_key``, ``X-Api-Key``, ``storage_account_key``, ``TOKEN``: the name, or
+    its last words, is one of ``CREDENTIAL_NAMES`` (``monkey`` is not ``key``)."""
+    if not name.lower().endswith(_CREDENTIAL_ENDINGS):
+        return False  # most names: `utm_source`, `https`
+    words = [w.lower() for w in _NAME_PART.split(name) if w]
+    return any("".join(words[i:]) in CREDENTIAL_NAMES for i in range(len(words)))
+
+
+def _keyed_secret(value: str) -> bool:
+    """A credential's value after its name (``token=…``): long enough, and letters and digits or
+    both cases (a word or a number is a setting: ``key=created_at``, ``token=1``)."""
+    pad = _B64_PAD.search(value)
+    if (pad.start() if pad else len(value)) < KEYED_MIN_LENGTH:
+        return False
+    classes = (
+        any(c.islower() for c in value),
+        any(c.isupper() for c in value),
+        any(c.isdigit() for c in value),
+    )
+    return sum(classes) >= 2
+
+
 class _Finds(list[Found]):
     """The finds so far, which never overlap one another, with their spans kept in order: whether
     a new one overlaps any is two bisections. Compared with every find, 20,000 emails in one
@@ -283,7 +378,7 @@ class Scanner:
                 self._ipv6(text, found)  # first: `::ffff:192.0.2.1` is one address
             if digits >= 4 and "." in text:
                 self._ipv4(text, found)
-        if self.secret and n >= 32:
+        if self.secret and n >= KEYED_MIN_LENGTH + 4:
             self._generic_secrets(text, found)
         if self.phone:
             if not text.isascii():
@@ -367,9 +462,31 @@ class Scanner:
                 found.append(Found(m.start(), m.end(), "secret", m.group(), m.group()))
 
     def _generic_secrets(self, text: str, found: _Finds) -> None:
+        if "=" in text or ":" in text:
+            for m in _NAMED.finditer(text):
+                if not _credential_name(m.group(1)):
+                    continue
+                span = _token_core(text, m.start(2), m.end(2), trim=False)
+                if span is not None and _keyed_secret(text[span[0] : span[1]]):
+                    self._secret(text, span[0], span[1], found)
+        if len(text) < 32:
+            return
+        if ("/" in text or "+" in text or "=" in text or "%" in text) and _B64_RUN.search(text):
+            for m in _B64.finditer(text):
+                token = m.group()
+                if "/" in token or "+" in token or "=" in token or "%" in token:
+                    span = _token_core(text, m.start(), m.end())
+                    if span is not None and span[1] - span[0] >= 32 and looks_random(text[span[0] : span[1]]):
+                        self._secret(text, span[0], span[1], found)
         for m in _GENERIC.finditer(text):
             if looks_random(m.group()) and not found.overlaps(m.start(), m.end()):
                 found.append(Found(m.start(), m.end(), "secret", m.group(), m.group()))
+
+    @staticmethod
+    def _secret(text: str, start: int, end: int, found: _Finds) -> None:
+        if not found.overlaps(start, end):
+            value = text[start:end]
+            found.append(Found(start, end, "secret", value, value))
 
     def _ibans(self, text: str, found: _Finds) -> None:
         n = len(text)
