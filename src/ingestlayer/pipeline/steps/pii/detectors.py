@@ -292,6 +292,17 @@ def _keyed_secret(value: str) -> bool:
     return sum(classes) >= 2
 
 
+def _letters_around_gap(value: str) -> bool:
+    """``X::Y`` with hex letters only: one group each side of the `::` and no digit. Valid IPv6
+    (``000a::000b``), but in text a scope (``a::b``, ``Cd::Ab``) or wordplay (``dead::beef``).
+    Addresses in use have a digit (``2001:db8::1``, ``fe80::``, ``::1``), or three groups or more
+    (``fe80::abcd:ef``); the forms that start or end with `::` (``::a``, ``abcd::``) stay too."""
+    if any(c.isdigit() for c in value) or value.startswith("::") or value.endswith("::"):
+        return False
+    head, gap, tail = value.partition("::")
+    return bool(gap) and ":" not in head and ":" not in tail
+
+
 class _Finds(list[Found]):
     """The finds so far, which never overlap one another, with their spans kept in order: whether
     a new one overlaps any is two bisections. Compared with every find, 20,000 emails in one
@@ -569,6 +580,8 @@ class Scanner:
             value = m.group()
             if value.strip(":") == "":
                 continue  # a bare `::` is punctuation far more often than an address
+            if _letters_around_gap(value):
+                continue  # `a::b`, `dead::beef`: a scope (`std::vector`) or wordplay
             try:
                 addr = ipaddress.IPv6Address(value)
             except ValueError:
