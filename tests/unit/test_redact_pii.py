@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import phonenumbers
 import pytest
@@ -103,6 +104,55 @@ def test_email_found(text: str, value: str) -> None:
 
 @pytest.mark.parametrize("text", ["user@localhost", "a@b", "meet @ noon", "@handle", "ada@acme."])
 def test_email_not_found(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "masked"),
+    [
+        ("https://x.com/?email=ada%40acme.com", "ada%40acme.com", "https://x.com/?email=a***%40acme.com"),
+        ("to=ada%40acme.com&cc=bob%40x.io", "ada%40acme.com", "to=a***%40acme.com&cc=b***%40x.io"),
+        # Encoded twice: a URL in a URL's query.
+        (
+            "next=https%3A%2F%2Fx.com%2F%3Femail%3Dada%2540acme.com%26x%3D1",
+            "ada%2540acme.com",
+            "next=https%3A%2F%2Fx.com%2F%3Femail%3Da***%2540acme.com%26x%3D1",
+        ),
+        (
+            "u=First.Last%2Btag%40sub.example.co.uk",
+            "First.Last%2Btag%40sub.example.co.uk",
+            "u=F***%40sub.example.co.uk",
+        ),
+        ("ADA%40ACME.COM", "ADA%40ACME.COM", "A***%40ACME.COM"),
+    ],
+)
+def test_percent_encoded_email_found_and_masked_encoded(text: str, value: str, masked: str) -> None:
+    assert found(text)[0] == ("email", value)
+    assert redact({"url": text}) == {"url": masked}
+
+
+def test_percent_encoded_email_hashes_as_the_plain_one() -> None:
+    plain = redact({"a": "ada+tag@acme.com"}, mode="hash")["a"]
+    for encoded in ("ada%2Btag%40acme.com", "ada%252Btag%2540acme.com", "ADA%2btag%40Acme.com"):
+        assert redact({"a": encoded}, mode="hash") == {"a": plain}
+    assert redact({"a": "?e=ada%40acme.com"}, mode="replace", replacement="type") == {"a": "?e=[EMAIL]"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "100%40 off",
+        "q=%40handle.com",  # `@handle.com`: no local part
+        "Hello%40World",
+        "a%20b%20c%2Fd%3Fe%3Df",
+        "save 50%25 today",
+        "name%40localhost",
+        "ada%40acme.",
+        "ada%4Facme.com",  # `%4F` is `O`
+        "ada%40%40acme.com",
+    ],
+)
+def test_percent_encoded_text_is_not_an_email(text: str) -> None:
     assert found(text) == []
 
 
@@ -998,6 +1048,28 @@ def test_property_emails_never_survive(value: str, before: str, after: str, mode
     # `*@a.ac` masks to `****@a.ac`, which contains it and reveals nothing: skip that one case.
     assume(not (mode == "mask" and set(value.rpartition("@")[0]) == {"*"}))
     assert_gone(value, before, after, mode, digits_too=False)
+
+
+@PROPERTY
+@given(
+    st.emails().filter(lambda e: re.fullmatch(r"[A-Za-z0-9._~+-]+", e.rpartition("@")[0]) is not None),
+    st.booleans(),
+    WORDS,
+    WORDS,
+    MODES,
+)
+def test_property_percent_encoded_emails_never_survive(
+    value: str, twice: bool, before: str, after: str, mode: str
+) -> None:
+    """An address percent-encoded as in a URL (`@` as `%40`, `+` as `%2B`), once or twice, is one
+    email, whole, hashed as the plain address is."""
+    encoded = quote(value, safe="")
+    if twice:
+        encoded = quote(encoded, safe="")
+    assert found(f"{before} ?e={encoded}&x {after}") == [("email", encoded)]
+    assert_gone(encoded, before, after, mode, digits_too=False)
+    if mode == "hash":
+        assert redact({"e": encoded}, mode="hash") == redact({"e": value}, mode="hash")
 
 
 @PROPERTY

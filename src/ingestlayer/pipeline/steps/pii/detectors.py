@@ -1,7 +1,7 @@
 """Find PII in text: email, IP, phone, card, IBAN and secrets, as non-overlapping spans.
 
 Every pattern is compiled once, at import. ``Scanner.scan`` runs each enabled detector behind a
-cheap pre-check (an ``@`` for emails, enough digits for cards and phones, …), so the common
+cheap pre-check (an ``@`` or ``%40`` for emails, enough digits for cards and phones, …), so the common
 short string (``"pro"``, ``"usr_8f3k2"``) costs a few string operations and no regex search.
 
 Detectors run in priority order and a later match that overlaps an earlier one is discarded:
@@ -61,6 +61,18 @@ _EMAIL: Final = re.compile(
     rf"(?=[\w!#$%&'*+/=?^`{{|}}~.-]{{1,64}}@)"
     rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+(?:[Xx][Nn]--[A-Za-z0-9-]{{1,59}}|[^\W\d_]{{2,63}})"
 )
+# Percent-encoded, as in a URL's query (`?email=ada%40acme.com`): `@` as `%40`, or `%2540` encoded
+# twice (a URL inside a URL), a `+` in the local part as `%2B` (`%252B`). The local part starts
+# after a character outside it or after a whole escape (`email%3Dada%2540…`: `ada`), never inside
+# an escape or a word.
+_PCT_ATOM = r"(?:[A-Za-z0-9_~+-]|%(?:25)?2[Bb])+"
+_PCT_EMAIL: Final = re.compile(
+    r"(?:(?<![A-Za-z0-9._~+%-])(?<!%[0-9A-Fa-f])|(?<=%[0-9A-Fa-f]{2}))"
+    rf"{_PCT_ATOM}(?:\.{_PCT_ATOM})*%(?:25)?40"
+    rf"(?:{_LABEL}\.)+(?:[Xx][Nn]--[A-Za-z0-9-]{{1,59}}|[^\W\d_]{{2,63}})"
+)
+PCT_AT: Final = re.compile(r"%(?:25)?40")  # the encoded `@` of a `_PCT_EMAIL` find
+_PCT_PLUS: Final = re.compile(r"%(?:25)?2[Bb]")
 
 # --- secrets -----------------------------------------------------------------------------------
 _BEARER: Final = re.compile(r"\b(?:[Bb]earer|BEARER)[ \t]+([A-Za-z0-9._~+/-]{6,}=*)")
@@ -376,7 +388,7 @@ class Scanner:
         if digits >= 8 and _ISO_TIMESTAMP.fullmatch(text):
             return []
         found = _Finds()
-        if self.email and "@" in text:
+        if self.email and ("@" in text or "%40" in text or "%2540" in text):
             self._emails(text, found)
         if self.secret and n >= 13:
             self._secrets(text, found)
@@ -440,10 +452,18 @@ class Scanner:
     # -- detectors: each appends what it finds that does not overlap an earlier find ------------
 
     def _emails(self, text: str, found: _Finds) -> None:
-        for m in _EMAIL.finditer(text):
-            if not found.overlaps(m.start(), m.end()):
-                v = m.group()
-                found.append(Found(m.start(), m.end(), "email", v, v.lower()))
+        if "@" in text:
+            for m in _EMAIL.finditer(text):
+                if not found.overlaps(m.start(), m.end()):
+                    v = m.group()
+                    found.append(Found(m.start(), m.end(), "email", v, v.lower()))
+        if "%40" in text or "%2540" in text:
+            for m in _PCT_EMAIL.finditer(text):
+                if not found.overlaps(m.start(), m.end()):
+                    # Canonical as written plain, so it hashes as `ada@acme.com` does.
+                    v = m.group()
+                    norm = _PCT_PLUS.sub("+", PCT_AT.sub("@", v)).lower()
+                    found.append(Found(m.start(), m.end(), "email", v, norm))
 
     def _secrets(self, text: str, found: _Finds) -> None:
         if "earer" in text or "EARER" in text:

@@ -11,7 +11,7 @@ import hmac
 import ipaddress
 from typing import Final, Literal
 
-from ingestlayer.pipeline.steps.pii.detectors import Found
+from ingestlayer.pipeline.steps.pii.detectors import PCT_AT, Found
 
 Mode = Literal["mask", "hash", "remove", "replace"]
 DEFAULT_REPLACEMENT: Final = "[REDACTED]"
@@ -31,8 +31,10 @@ def mask(found: Found) -> str:
     """The value with a hint kept, e.g. ``a***@acme.com`` or ``**** **** **** 4242``."""
     kind, value = found.type, found.value
     if kind == "email":
-        local, _, domain = value.rpartition("@")
-        return f"{local[:1]}***@{domain}"
+        local, at, domain = value.rpartition("@")
+        if not at and (m := PCT_AT.search(value)) is not None:  # `ada%40acme.com`: encoded it stays
+            local, at, domain = value[: m.start()], m.group(), value[m.end() :]
+        return f"{local[:1]}***{at}{domain}"
     if kind == "ip":
         if ":" not in found.norm:
             return found.norm.rsplit(".", 1)[0] + ".***"
