@@ -244,8 +244,6 @@ def field_error(errors: dict[str, str], field: str | None, message: str) -> None
         name = "retry" if "retry" in message else "form"
     # The API's message may quote what was sent; a URL in it is shown as everywhere else.
     message = mask_urls_in(message)
-    if name == "secret" and message.startswith("auth: bearer needs the token"):
-        message = "secret: Bearer auth sends your token: type it here."
     errors.setdefault(
         name, sentence(message.split(": ", 1)[1] if ": " in message and name != "form" else message)
     )
