@@ -103,28 +103,37 @@ _DISK_FULL = (
 )
 
 
+async def raised_both_ways(pg_url: str, statement: str) -> tuple[Exception, Exception]:
+    """What ``statement`` raises through the store's engine (SQLAlchemy) and on a plain asyncpg
+    connection (as the hot path's pool has it): the server raises it for real each time."""
+    store = Store.from_url(pg_url)
+    try:
+        with pytest.raises(Exception) as through_engine:
+            async with store.engines.write.connect() as conn:
+                await conn.exec_driver_sql(statement)
+    finally:
+        await store.close()
+    plain = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        with pytest.raises(Exception) as direct:
+            await plain.execute(statement)
+    finally:
+        await plain.close()
+    return through_engine.value, direct.value
+
+
 async def test_postgresqls_full_disk_is_the_outage_sqlites_is(pg_url: str) -> None:
     """SQLAlchemy raised PostgreSQL's full disk as a plain DBAPIError, which every handler of a
     database that cannot be used passed over: management routes answered 500, each ingest group
     logged a traceback. It is an OperationalError now, as SQLite's is, and the hot path's own
     asyncpg error is one of DATABASE_UNAVAILABLE."""
-    store = Store.from_url(pg_url)
-    try:
-        with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
-            async with store.engines.write.connect() as conn:
-                await conn.exec_driver_sql(_DISK_FULL)
-        assert isinstance(raised.value, DATABASE_UNAVAILABLE)
-        assert storage_condition(raised.value) == "disk_full"
-        assert unavailable_error(raised.value, "x").headers == {"Retry-After": "30"}
-        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            with pytest.raises(asyncpg.exceptions.DiskFullError) as direct:
-                await conn.execute(_DISK_FULL)
-        finally:
-            await conn.close()
-        assert isinstance(direct.value, DATABASE_UNAVAILABLE)
-    finally:
-        await store.close()
+    through_engine, direct = await raised_both_ways(pg_url, _DISK_FULL)
+    assert isinstance(through_engine, sqlalchemy.exc.OperationalError)
+    assert isinstance(through_engine, DATABASE_UNAVAILABLE)
+    assert storage_condition(through_engine) == "disk_full"
+    assert unavailable_error(through_engine, "x").headers == {"Retry-After": "30"}
+    assert isinstance(direct, asyncpg.exceptions.DiskFullError)
+    assert isinstance(direct, DATABASE_UNAVAILABLE)
 
 
 async def database_admin(pg_url: str) -> tuple[asyncpg.Connection, str]:
@@ -160,21 +169,11 @@ async def test_postgresql_that_cannot_serve_now_is_an_outage_not_a_bug(
     ingest logged tracebacks, and the worker dropped the outcomes it could not record (and sent
     those deliveries again). Raised for real by the server, through both of the store's paths."""
     raise_it = f"DO $$ BEGIN RAISE EXCEPTION '{what}' USING ERRCODE = '{sqlstate}'; END $$"
-    store = Store.from_url(pg_url)
-    try:
-        with pytest.raises(sqlalchemy.exc.OperationalError) as raised:
-            async with store.engines.write.connect() as conn:
-                await conn.exec_driver_sql(raise_it)
-        assert isinstance(raised.value, DATABASE_UNAVAILABLE)
-        conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            with pytest.raises(asyncpg.PostgresError) as direct:
-                await conn.execute(raise_it)
-        finally:
-            await conn.close()
-        assert isinstance(direct.value, DATABASE_UNAVAILABLE)
-    finally:
-        await store.close()
+    through_engine, direct = await raised_both_ways(pg_url, raise_it)
+    assert isinstance(through_engine, sqlalchemy.exc.OperationalError)
+    assert isinstance(through_engine, DATABASE_UNAVAILABLE)
+    assert isinstance(direct, asyncpg.PostgresError)
+    assert isinstance(direct, DATABASE_UNAVAILABLE)
 
 
 async def test_a_statement_timeout_under_a_lock_is_a_503(pg_url: str) -> None:
