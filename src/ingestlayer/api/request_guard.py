@@ -36,7 +36,9 @@ ALLOW_ANY_ORIGIN = (b"access-control-allow-origin", b"*")
 PREFLIGHT_HEADERS = [
     ALLOW_ANY_ORIGIN,
     (b"access-control-allow-methods", b"POST"),
-    (b"access-control-allow-headers", b"authorization, content-type, idempotency-key"),
+    # user-agent: the TypeScript SDK sets one; Firefox and Safari send it (Chromium drops it)
+    # and so ask for it in the preflight, which refused the SDK's every request there.
+    (b"access-control-allow-headers", b"authorization, content-type, idempotency-key, user-agent"),
     (b"access-control-max-age", b"86400"),
 ]
 CLOSE = (b"connection", b"close")
