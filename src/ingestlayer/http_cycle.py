@@ -19,8 +19,9 @@ since the last one: py-spy put 40 % of the event loop's time in those writes (64
 
 Left as uvicorn does: responses of unknown length (streamed, chunked) and empty ones send their
 head at once, so a client sees a stream begin before its first chunk; a response that closes
-the connection is written and closed at once, before uvicorn ends the response, so nothing
-pipelined behind it is run; flow control (a send waits for a paused transport before anything
+the connection is written and closed at once (half-closed, over a request body still
+arriving: see the protocol's ``close_after_answer``), before uvicorn ends the response, so
+nothing pipelined behind it is run; flow control (a send waits for a paused transport before anything
 is written). An application that fails between a held head and its body ends
 the connection, as under uvicorn; the client then receives nothing of that response instead of
 a head without its body.
@@ -175,7 +176,9 @@ class _Captured:
         writes, self.writes = self.writes, []
         if writes:
             self.transport.write(b"".join(writes))
-        self.transport.close()
+        # The server's protocol (http_protocol.py) lingers over a request body still arriving.
+        close = getattr(self.transport.get_protocol(), "close_after_answer", self.transport.close)
+        close()
 
 
 class OneWriteCycle(RequestResponseCycle):

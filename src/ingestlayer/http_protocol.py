@@ -417,6 +417,23 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             body,
         )
         self.transport.write(b"".join(content))
+        self._linger()
+
+    def close_after_answer(self) -> None:
+        """The application answered with ``connection: close`` (a 413 for a body over the limit,
+        a 405): over a body still arriving, lingered rather than closed. Closed at once, the
+        kernel answered the client's next bytes with a reset, and a client that sends its whole
+        body before it reads (Python's urllib and requests) got ``Connection reset by peer``
+        instead of the answer, and an SDK retried it."""
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and self._linger_until is None:
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close, and drop what the client still sends for LINGER_SECONDS (closed sooner
+        if the client closes its side)."""
         self._head_room = _DISCARD
         self._linger_until = self.loop.time() + LINGER_SECONDS
         self.flow.resume_reading()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -315,3 +317,42 @@ async def test_an_event_from_a_client_that_half_closes_after_sending_is_acknowle
     status, stored = await srv.request("GET", f"/v1/events/{event_id}")
     assert status == 200 and stored["payload"] == {"n": 7, "pad": ""}, stored
     writer.close()
+
+
+async def test_a_body_over_the_limit_is_answered_413_to_a_client_that_sends_it_all_first(
+    srv: RunningServer,
+) -> None:
+    """Python's urllib (and requests) send the whole body before they read the answer. Closed
+    at once over the rest of a 6 MiB body, the connection was reset, and such a client got
+    ``Connection reset by peer`` instead of the 413: now the server reads on and drops the rest
+    (half-closed), and the client reads the answer. Nothing is stored, and the next request is
+    served as usual."""
+    body = orjson.dumps([{"type": "http.limits", "payload": {"pad": "x" * 1000}}] * 6000)
+    assert len(body) > 5 * 1024 * 1024
+    request = urllib.request.Request(
+        srv.url + "/v1/events",
+        data=body,
+        headers={"Authorization": f"Bearer {srv.ingest_key}", "Content-Type": "application/json"},
+    )
+
+    def post() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(request, timeout=WAIT) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    for _ in range(3):
+        status, answer = await asyncio.to_thread(post)
+        assert status == 413, answer
+        assert orjson.loads(answer)["error"] == {
+            "code": "payload_too_large",
+            "message": "request body exceeds 5 MiB",
+        }
+    status, listed = await srv.request("GET", "/v1/events?type=http.limits")
+    assert status == 200 and listed["data"] == [], listed
+    reader, writer = await connect(srv)
+    try:
+        assert (await read_answer_to(reader, writer, post_event(srv, 1))).status == 202
+    finally:
+        writer.close()
