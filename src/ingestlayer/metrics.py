@@ -50,11 +50,11 @@ ATTEMPT_SECONDS = Histogram(
     registry=REGISTRY,
 )
 # Why a request was answered 503 without being served: the values of ``reason``.
-UNAVAILABLE_REASONS = ("database", "disk_full", "read_only", "sync_failed", "shutting_down")
+UNAVAILABLE_REASONS = ("database", "disk_full", "read_only", "sync_failed", "file_moved", "shutting_down")
 UNAVAILABLE = Counter(
     "ingestlayer_requests_unavailable_total",
     "Requests answered 503 because the database could not be used (unreachable, its disk full, its file "
-    "read-only, its log not synced) or the server was shutting down",
+    "read-only, its log not synced, its file removed) or the server was shutting down",
     ["reason"],
     registry=REGISTRY,
 )

@@ -287,6 +287,7 @@ async def test_requests_refused_for_the_database_are_counted_by_reason(srv: Runn
         "disk_full": 2,
         "read_only": 0,
         "sync_failed": 0,
+        "file_moved": 0,
         "shutting_down": 1,
     }
     async with srv.session.get(srv.url + "/metrics") as resp:

@@ -40,11 +40,12 @@ def unavailable_error(exc: BaseException, what: str) -> ApiError:
     named when it is the disk or the file's permissions."""
     condition = storage_condition(exc)
     metrics.UNAVAILABLE.labels(reason=condition or "database").inc()
-    retry_after = DISK_FULL_RETRY_SECONDS if condition in ("disk_full", "sync_failed") else 1
+    retry_after = DISK_FULL_RETRY_SECONDS if condition in ("disk_full", "sync_failed", "file_moved") else 1
     reason = {
         "disk_full": "the database's disk is full",
         "read_only": "the database file has become read-only",
         "sync_failed": "the database log could not be synced; nothing is stored until the server restarts",
+        "file_moved": "the database file was removed or replaced while the server ran",
         None: "database unavailable",
     }[condition]
     return ApiError(503, f"{what} ({reason}); retry shortly", headers={"Retry-After": str(retry_after)})

@@ -61,6 +61,10 @@ async def readyz(rt: RuntimeDep) -> dict[str, str]:
     failure = rt.store.durability_failure()
     if failure is not None:
         raise ApiError(503, _sync_failed(failure))
+    # Not /healthz: a restart would let go of the only copy of what the server stored.
+    moved = rt.store.moved_files()
+    if moved is not None:
+        raise ApiError(503, f"{moved}; nothing is stored until the server restarts with it in place")
     return {"status": "ready"}
 
 

@@ -1,5 +1,6 @@
 """The storage conditions a database error is named by, wherever one is reported: the disk is
-full, the file cannot be written, or SQLite's log could not be synced (until a restart). Told
+full, the file cannot be written, SQLite's log could not be synced (until a restart), or its
+files were removed or replaced under the server (until a restart). Told
 apart by the words (SQLite's "database or disk is full" and "attempt to write a readonly
 database", PostgreSQL's "No space left on device", our own for the log's sync), since neither
 driver gives them an error class of their own. Kept free of the database libraries: the CLI
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Condition = Literal["disk_full", "read_only", "sync_failed"]
+Condition = Literal["disk_full", "read_only", "sync_failed", "file_moved"]
 
 # A full disk does not clear in a second: clients are asked to wait this long before trying again.
 DISK_FULL_RETRY_SECONDS = 30
@@ -29,4 +30,7 @@ def storage_condition(exc: BaseException) -> Condition | None:
     # Ours (sqlite_durability.sync_failed): a failed fdatasync of SQLite's log, for good.
     if "could not sync the database log" in text:
         return "sync_failed"
+    # Ours too (sqlite_file_watch): the file SQLite writes to is no longer at its path.
+    if "the database file was removed or replaced" in text:
+        return "file_moved"
     return None

@@ -37,6 +37,7 @@ from ingestlayer.store.sqlite_durability import (
     Checkpointer,
     sync_failed_earlier,
 )
+from ingestlayer.store.sqlite_file_watch import FileWatch
 
 T = TypeVar("T")
 
@@ -108,6 +109,7 @@ class LoopSqlite:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self.wal = LogSyncProcess(path + "-wal")
         # Otherwise (a file system without WAL support) every COMMIT syncs, at FULL.
+        self.files = FileWatch(path)
 
     async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """Run ``fn`` in a write transaction. ``durable=False`` marks a write whose loss on power
@@ -116,6 +118,9 @@ class LoopSqlite:
         if durable and self.wal is not None and self.wal.failure is not None:
             # Not even committed: a write that could not be made durable is not made visible.
             raise sync_failed_earlier(self.wal.failure)
+        if self.files.problem is not None:
+            # Leases too: nothing is taken on that could not be recorded where it would last.
+            raise self.files.error()
         try:
             value = await self._with_lock(self._transaction, fn, args)
             if durable and self.wal is not None:
@@ -123,11 +128,17 @@ class LoopSqlite:
         finally:
             # After a failed write too: on a full disk, the log's size is still measured, and the
             # first checkpoint after space is freed does not wait for a write to succeed first.
-            now = time.monotonic()
-            if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS:
-                self._last_checkpoint = now
-                self._checkpointer.request()
+            self._look_again()
         return value
+
+    def _look_again(self) -> None:
+        """At most once per checkpoint interval: a checkpoint, and whether the files are still
+        where they were opened."""
+        now = time.monotonic()
+        if now - self._last_checkpoint >= CHECKPOINT_INTERVAL_SECONDS:
+            self._last_checkpoint = now
+            self._checkpointer.request()
+            self.files.check()
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` outside a transaction (each statement sees the latest commit)."""

@@ -57,6 +57,7 @@ from ingestlayer.store.retention import (
     RetentionMixin,
 )
 from ingestlayer.store.schema import deliveries, events, route_jobs
+from ingestlayer.store.sqlite_file_watch import refuse_engine_writes
 from ingestlayer.store.sqlite_hot import SqliteHotPath
 from ingestlayer.timefmt import iso
 
@@ -151,6 +152,7 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
             if not url.database or url.database == ":memory:":
                 raise ValueError("SQLite needs a database file (an in-memory database is one per connection)")
             self._hot = SqliteHotPath(url.database)
+            refuse_engine_writes(engines.write, self._hot.db.files)
         else:
             dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._hot = PgHotPath(dsn, engines.command_timeout, engines.pool_size)
@@ -199,6 +201,14 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         """Why nothing can be stored durably until restart (SQLite: a failed sync of the log)."""
         if isinstance(self._hot, SqliteHotPath) and self._hot.db.wal is not None:
             return self._hot.db.wal.failure
+        return None
+
+    def moved_files(self) -> str | None:
+        """Why nothing is stored while SQLite's files are not where they were opened (looked at
+        again now: two ``stat`` calls); None while they are."""
+        if isinstance(self._hot, SqliteHotPath):
+            self._hot.db.files.check()
+            return self._hot.db.files.problem
         return None
 
     async def check_writable(self) -> None:
