@@ -4,7 +4,9 @@ A background loop (the dispatcher's leases, the router's passes) retries about o
 while the database is away; a traceback each time came to over a thousand lines in ten seconds
 and buried everything else. :class:`OutageLog` logs one line with the reason when the failures
 start, then at most one every ``every`` seconds with how many failed since the last line, and
-one when the loop works again. Anything else a loop catches is a bug or a refusal and keeps its
+one when the loop works again. So that a database that fails on and off is not two lines per
+flap, an outage that begins less than ``every`` seconds after the last line is told by the first
+failure after that, if there is one. Anything else a loop catches is a bug or a refusal and keeps its
 traceback (``log.exception``).
 
     outage = OutageLog(log, "leasing deliveries")
@@ -64,9 +66,11 @@ class OutageLog:
         self._every = every
         self._monotonic = monotonic
         self._since: float | None = None  # when the failures began; None while it works
-        self._last_line = 0.0
+        self._last_line: float | None = None
+        self._announced = False  # whether this outage has had its first line
         self._total = 0
         self._unlogged = 0  # failures since the last line
+        self._unannounced = 0  # failures of outages over before they had a line
 
     @property
     def failing(self) -> bool:
@@ -77,21 +81,36 @@ class OutageLog:
         now = self._monotonic()
         self._total += 1
         if self._since is None:
-            self._since = self._last_line = now
+            self._since = now
+        if not self._announced:
+            # An outage that begins less than `every` after the last line waits for the next
+            # failure after that: a database that works now and then (a nearly full disk lets a
+            # write through after each checkpoint, twice a second) was a line as each outage
+            # began and one as it ended, four a second for as long as it lasted.
+            if self._last_line is not None and now - self._last_line < self._every:
+                self._unannounced += 1
+                return
+            self._announced, self._last_line = True, now
             self._log.warning(
-                "%s failed: database unavailable: %s; retrying%s",
+                "%s failed: database unavailable: %s; retrying%s%s",
                 self._what,
                 reason(exc),
                 f"; {detail}" if detail else "",
+                f" (and {self._unannounced} more failures, on and off, since the last line)"
+                if self._unannounced
+                else "",
             )
+            self._unannounced = 0
             return
         self._unlogged += 1
-        if now - self._last_line >= self._every:
+        last_line = self._last_line
+        assert last_line is not None  # the first line's
+        if now - last_line >= self._every:
             self._log.warning(
                 "%s still failing: %d failures in the last %.0fs, %.0fs since the first; latest: %s",
                 self._what,
                 self._unlogged,
-                now - self._last_line,
+                now - last_line,
                 now - self._since,
                 reason(exc),
             )
@@ -102,11 +121,11 @@ class OutageLog:
         """Called after each success: logs the recovery once, after failures."""
         if self._since is None:
             return
-        self._log.info(
-            "%s works again, after %d failures over %.1fs",
-            self._what,
-            self._total,
-            self._monotonic() - self._since,
-        )
-        self._since = None
+        now = self._monotonic()
+        if self._announced:
+            self._log.info(
+                "%s works again, after %d failures over %.1fs", self._what, self._total, now - self._since
+            )
+            self._last_line = now
+        self._since, self._announced = None, False
         self._total = self._unlogged = 0
