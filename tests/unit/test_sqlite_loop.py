@@ -397,3 +397,41 @@ async def test_a_full_disk_is_logged_once_and_still_checkpointed(
         assert _committed(db) == [1]
     finally:
         await store.close()
+
+
+async def test_a_checkpoint_connection_that_could_not_be_opened_is_opened_again(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint thread's connection failed to open once (the disk full or the file
+    unreadable for a moment): the thread ended with a traceback and no checkpoint ran again, so
+    the log grew with every write. Now the failure is logged and the next request opens it."""
+    monkeypatch.setattr(sqlite_loop, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    caplog.set_level(logging.INFO, logger="ingestlayer")
+    store = LoopSqlite(db)
+    real_connect = store._checkpointer._connect
+    tries: list[str] = []
+
+    def connect_once_failing() -> sqlite3.Connection:
+        if not tries:
+            tries.append("failed")
+            raise sqlite3.OperationalError("disk I/O error")
+        tries.append("opened")
+        return real_connect()
+
+    store._checkpointer._connect = connect_once_failing  # type: ignore[method-assign]
+    try:
+        before = _db_size(db)
+        for n in range(60):  # about 3 MB of log, a checkpoint asked for along the way
+            await store.write(_insert_blob, n, durable=False)
+            await asyncio.sleep(0.005)
+        for i in range(100):
+            await store.write(_insert, 1000 + i)
+            if _db_size(db) > before + 2_000_000:
+                break
+            await asyncio.sleep(0.05)
+        assert _db_size(db) > before + 2_000_000  # checkpointed after all
+        assert tries == ["failed", "opened"]
+        failed = [m for r in caplog.records if (m := r.getMessage()).startswith("WAL checkpoint failed")]
+        assert failed and "disk I/O error" in failed[0], failed
+    finally:
+        await store.close()

@@ -232,10 +232,21 @@ class Checkpointer:
         if self._thread is not None:
             self._thread.join()
 
-    def _main(self) -> None:
+    def _open(self) -> sqlite3.Connection:
         conn = self._connect()
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _main(self) -> None:
+        # Opened at the first request, and again at the next after a failure: a connection that
+        # could not be opened (the disk full, the file unreadable for a moment) ended the thread
+        # with a traceback, and the log was never checkpointed again: it grew with every write.
+        conn: sqlite3.Connection | None = None
         try:
             while True:
                 self._wanted.wait()
@@ -243,6 +254,8 @@ class Checkpointer:
                 if self._closed:
                     return
                 try:
+                    if conn is None:
+                        conn = self._open()
                     _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if frames >= self._restart_after:
                         with self._writer_lock:
@@ -256,7 +269,8 @@ class Checkpointer:
                 with contextlib.suppress(OSError):  # no log yet, or a read-only copy
                     metrics.SQLITE_WAL_BYTES.set(os.stat(self._wal_path).st_size)
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _restart_outcome(self, busy: bool, now: float) -> None:
         """Say so when the log cannot start over for long: a reader holding an old snapshot (a
