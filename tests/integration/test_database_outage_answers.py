@@ -19,6 +19,7 @@ from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.group_commit import SHUTTING_DOWN
 from ingestlayer.store.store import Store
 from tests.support.api import error_of
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.server import RunningServer, start_server, wait_for
 
 
@@ -329,3 +330,30 @@ async def test_a_process_holds_no_more_connections_than_its_pool_size_allows(pg_
     finally:
         await server.stop()
         await admin.close()
+
+
+async def test_a_browser_gets_a_page_not_json_while_the_database_is_down(srv: RunningServer) -> None:
+    """The dashboard's pages and forms answered the API's JSON 503 to a browser, shown as raw
+    text; now the dashboard's error page, with the same reason and Retry-After. API clients
+    keep the JSON."""
+    browser = await signed_in(Browser(srv.url), srv)
+    outage = sqlalchemy.exc.OperationalError(
+        "SELECT 1", (), sqlite3.OperationalError("database or disk is full")
+    )
+    srv.runtime.store.get_event = down(outage)  # type: ignore[method-assign]
+    srv.runtime.store.sign_out = down(outage)  # type: ignore[method-assign]
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    try:
+        async with browser.session.get(srv.url + "/events/evt_0", headers=html) as resp:
+            page = await resp.text()
+            assert resp.status == 503 and resp.headers["Retry-After"] == "30", page
+            assert resp.headers["Content-Type"].startswith("text/html")
+            assert "<h1>Unavailable</h1>" in page and "the database&#39;s disk is full" in page, page
+        form = {"csrf": browser.csrf}
+        async with browser.session.post(srv.url + "/logout", data=form, headers=html) as resp:
+            assert resp.status == 503 and resp.headers["Content-Type"].startswith("text/html")
+            assert "the database&#39;s disk is full" in await resp.text()
+        async with browser.session.get(srv.url + "/events/evt_0") as resp:  # no text/html: JSON
+            assert resp.status == 503 and resp.headers["Content-Type"].startswith("application/json")
+    finally:
+        await browser.close()

@@ -86,7 +86,14 @@ async def page(
 
 
 async def error_page(request: Request, sess: Session | None, status: int, message: str) -> HTMLResponse:
-    titles = {403: "Forbidden", 404: "Not found", 409: "Conflict", 413: "Too large", 422: "Invalid"}
+    titles = {
+        403: "Forbidden",
+        404: "Not found",
+        409: "Conflict",
+        413: "Too large",
+        422: "Invalid",
+        503: "Unavailable",
+    }
     return await page(
         request, sess, "error.html", http_status=status, title=titles.get(status, "Error"), message=message
     )

@@ -31,6 +31,7 @@ from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ingestlayer.api.auth import Principal
+from ingestlayer.api.errors import DATABASE_UNAVAILABLE
 from ingestlayer.runtime import Runtime
 from ingestlayer.secretbox import SecretDecryptError
 
@@ -232,6 +233,26 @@ def install_login_redirect(app: FastAPI) -> None:
         return await answer if inspect.isawaitable(answer) else answer
 
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+    # An unavailable database (the disk full, a file become read-only, PostgreSQL away): the
+    # API's 503 (logged and counted there), shown to a browser as a page, not as its JSON.
+    for error_class in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error_class, _unavailable_page(app.exception_handlers[error_class]))
+
+
+def _unavailable_page(json_handler: Any) -> Any:
+    async def handler(request: Request, exc: Exception) -> Response:
+        answer: Response = await json_handler(request, exc)
+        if not wants_page(request):
+            return answer
+        from ingestlayer.api.dashboard_pages import error_page  # (see http_error)
+
+        message = orjson.loads(answer.body)["error"]["message"]
+        page = await error_page(request, None, answer.status_code, message[:1].upper() + message[1:])
+        page.headers["Retry-After"] = answer.headers["retry-after"]
+        return page
+
+    return handler
 
 
 def to_login(request: Request) -> RedirectResponse:
