@@ -664,6 +664,26 @@ async def test_event_list_filters_and_keyset_pagination(server: RunningServer) -
     assert [e["id"] for e in page["data"]] == [sent[1][0], sent[0][0]]
 
 
+async def test_a_type_prefix_is_case_sensitive_on_both_databases(server: RunningServer) -> None:
+    # Event types are case-sensitive (an exact filter and source.match say so): a prefix filter
+    # listed Invoice.paid under invoice.* on SQLite, and nothing of it on PostgreSQL.
+    ids: dict[str, str] = {}
+    for t in ("invoice.paid", "Invoice.paid", "INVOICE.paid"):
+        status, body = await server.ingest(t, {})
+        assert status == 202, body
+        ids[t] = body["id"]
+    for query, expected in [
+        ("type=invoice.*", ["invoice.paid"]),
+        ("type=Invoice.*", ["Invoice.paid"]),
+        ("type=inv*", ["invoice.paid"]),
+        ("type=I*", ["INVOICE.paid", "Invoice.paid"]),
+    ]:
+        listed = await all_events(server, query)
+        assert sorted(e["type"] for e in listed) == expected, query
+        assert {e["id"] for e in listed} == {ids[t] for t in expected}, query
+    assert len(await all_events(server, "type=*")) == 3
+
+
 async def test_event_list_bad_query_is_422(srv: RunningServer) -> None:
     for query, field in [
         ("limit=0", "limit"),

@@ -15,6 +15,7 @@ from ingestlayer.store import rows as rowmap
 from ingestlayer.store.base import StoreBase
 from ingestlayer.store.retention import PURGE_PAUSE_SECONDS, REPLAY_BATCH
 from ingestlayer.store.schema import attempts, deliveries, events
+from ingestlayer.store.type_prefix import starts_with
 
 # The columns rows.stored_event reads, in its order.
 _EVENT_SELECT = [events.c[name] for name in rowmap.EVENT_COLUMNS.split(", ")]
@@ -45,7 +46,9 @@ class ListingsMixin(StoreBase):
         conds = [events.c.project_id == project_id]
         if type_:
             if type_.endswith("*"):
-                conds.append(events.c.type.startswith(type_[:-1], autoescape=True))
+                # Not LIKE: on SQLite it listed Invoice.paid under invoice.* (type_prefix).
+                if type_[:-1]:
+                    conds.extend(starts_with(self.dialect, events.c.type, type_[:-1]))
             else:
                 conds.append(events.c.type == type_)
         if before:

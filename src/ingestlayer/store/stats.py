@@ -34,6 +34,7 @@ from ulid import ULID
 from ingestlayer import clock as db_clock
 from ingestlayer.store.db import Engines
 from ingestlayer.store.schema import attempts, deliveries, events
+from ingestlayer.store.type_prefix import starts_with
 
 # Window name -> (bucket width in seconds, number of buckets).
 RANGES: dict[str, tuple[int, int]] = {"1h": (60, 60), "24h": (900, 96), "7d": (3600, 168)}
@@ -425,7 +426,7 @@ class DashboardStats:
             conds.append(events.c.id < before)
         async with self.engines.read.connect() as conn:
             if type_ and type_.endswith("*") and type_[:-1]:
-                prefix = self._prefix(events.c.type, type_[:-1])
+                prefix = starts_with(self.dialect, events.c.type, type_[:-1])
                 types = await self._distinct_types(conn, project_id, prefix)
                 if types is None:  # many types share the prefix: one range scan and a sort
                     return await self._events(conn, [*conds, *prefix], limit)
@@ -473,15 +474,6 @@ class DashboardStats:
             types.append(str(nxt))
             last = str(nxt)
         return None
-
-    def _prefix(self, column: Any, prefix: str) -> list[Any]:
-        if self.dialect == "sqlite":
-            # SQLite's LIKE is case-insensitive and skips the index; a range on the BINARY
-            # collation is exact and uses (project_id, type, id).
-            last = prefix[-1]
-            if ord(last) < 0x10FFFF:
-                return [column >= prefix, column < prefix[:-1] + chr(ord(last) + 1)]
-        return [column.startswith(prefix, autoescape=True)]
 
     async def delivery_statuses(self, project_id: str, event_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """For each event, how many of its deliveries are in each status."""
