@@ -9,6 +9,8 @@
 5. Long unbroken text wraps instead of stretching a table or a card; the visually hidden header
    of the dead letters stays inside its scroll box on a phone.
 6. A browser asking for an unknown page gets the dashboard's HTML 404; the API keeps its JSON.
+7. A message carried across a redirect fits in the cookie a browser keeps, however long the value
+   it quotes.
 """
 
 from __future__ import annotations
@@ -315,6 +317,24 @@ async def test_unknown_filters_are_messages_not_an_unfiltered_list(
         )
         assert ev["id"] not in page.text, path  # nothing listed
         assert "Replay all matching" not in page.text, path
+
+
+async def test_a_message_quoting_a_long_value_still_reaches_the_next_page(
+    srv: RunningServer, lite: Browser
+) -> None:
+    """The error quoted the whole destination sent with "Replay all matching": 20,000 characters
+    made a 27 KB cookie, which browsers drop (over 4096 bytes) and proxies refuse, so the page
+    the redirect led to said nothing."""
+    await signed_in(lite, srv)
+    await lite.get("/webhooks/dead")
+    for name in ("d" * 20_000, "é" * 5_000, "\x01" * 5_000):
+        page = await lite.post("/deliveries/replay", {"status": "dead", "destination": name})
+        assert page.status == 303, (page.status, page.text[:300])
+        cookie = _cookie(page, "il_flash")
+        assert len(cookie) < 4096, len(cookie)
+        shown = await lite.follow(page)
+        assert "flash-error" in shown.text and "no destination" in shown.text, shown.text[:500]
+        assert "…" in shown.text
 
 
 async def test_logs_pages_carry_no_count_of_other_projects(

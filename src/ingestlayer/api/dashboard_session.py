@@ -266,7 +266,16 @@ def to_login(request: Request) -> RedirectResponse:
     return response
 
 
+# A message quoting what was sent (an API error naming a 20,000-character destination) sealed
+# into a cookie of 27 KB: browsers keep no cookie over 4096 bytes, so the page after the redirect
+# showed no message, and HTTP clients and proxies refuse a header that large (aiohttp over 8 KiB,
+# nginx's default buffer answers 502). Sealed, this many characters stay under 4096 bytes.
+FLASH_MAX_CHARS = 300
+
+
 def set_flash(request: Request, response: Response, message: str, kind: str = "ok") -> None:
+    if len(message) > FLASH_MAX_CHARS:
+        message = message[: FLASH_MAX_CHARS - 1] + "…"
     _set_cookie(request, response, FLASH_COOKIE, seal(runtime(request), {"m": message, "k": kind}), 60)
 
 
