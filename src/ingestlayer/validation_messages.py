@@ -2,8 +2,9 @@
 
 Most of pydantic's messages read well after the field they follow ("events[0]: String should
 have at most 200 characters"); some do not, and are said here instead: a list's length ("List
-should have at least 1 item after validation, not 0") and a yes/no field ("Input should be a
-valid boolean, unable to interpret input", where a query parameter says "must be true or false").
+should have at least 1 item after validation, not 0"), a yes/no field ("Input should be a
+valid boolean, unable to interpret input", where a query parameter says "must be true or false")
+and a nested object ("Input should be a valid dictionary or instance of _SourceModel").
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def error_message(err: Mapping[str, Any]) -> str:
         )
     if kind in ("bool_parsing", "bool_type"):
         return "must be true or false"
+    if kind in ("model_type", "model_attributes_type"):
+        # Pydantic's words name our classes ("or instance of _PipelineModel") or its own workings
+        # ("or object to extract fields from"): said as for any other mapping.
+        return "Input should be a valid dictionary"
     return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
 
 

@@ -297,6 +297,27 @@ async def test_apply_request_errors(srv: RunningServer) -> None:
     ), body
 
 
+async def test_a_value_that_is_no_object_is_said_without_naming_our_classes(srv: RunningServer) -> None:
+    # Pydantic's message named the model behind the field: "Input should be a valid dictionary or
+    # instance of _PipelineModel" (or ApplyRequest, for the whole body).
+    for raw in (b"null", b"[]", b'"document"'):
+        status, body, _ = await raw_request(srv, "POST", "/v1/apply", raw, "application/json")
+        assert status == 422, (raw, body)
+        assert error_of(body)["message"] == "the request body must be a JSON object", (raw, body)
+    cases: list[tuple[str, str, Any, str]] = [
+        ("/v1/apply", "POST", {"document": {"pipelines": [[]]}}, "pipelines[0]"),
+        ("/v1/apply", "POST", {"document": {"sources": [5]}}, "sources[0]"),
+        ("/v1/pipelines", "POST", {"name": "p", "source": None, "destinations": [{"ref": "d"}]}, "source"),
+        ("/v1/entities/bulk", "POST", {"entities": [None]}, "entities[0]"),
+    ]
+    for path, method, sent, field in cases:
+        status, body = await srv.request(method, path, json=sent)
+        assert status == 422, (sent, body)
+        err = error_of(body)
+        assert err["field"] == field, (sent, err)
+        assert err["message"] == f"{field}: Input should be a valid dictionary", (sent, err)
+
+
 async def test_a_rule_between_fields_names_the_field_it_is_about(srv: RunningServer) -> None:
     """`verify: stripe` without a secret named no field on /v1/sources, and `sources[0]` on
     /v1/apply: the secret is what is missing."""

@@ -193,6 +193,8 @@ async def apply_document(request: Request, principal: Admin, rt: RuntimeDep) -> 
             data = await request.json()
         except json.JSONDecodeError as exc:
             raise unreadable_json_error(exc, "the request body", await request.body()) from None
+        if not isinstance(data, dict):  # as every JSON route says it
+            raise ApiError(422, "the request body must be a JSON object")
         try:
             req = ApplyRequest.model_validate(data)
         except ValidationError as exc:
