@@ -404,6 +404,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         text, and the connection closed at once, over what the client may still be sending)."""
         self._answer("invalid")
 
+    def _answering_head(self) -> bool:
+        """Whether the request answered is a HEAD, whose answer is its head alone (RFC 9110
+        9.3.2): the error's body after a 414 to a HEAD was taken by clients for the start of
+        another answer (aiohttp: "Data after `Connection: close`")."""
+        # The parser has read the method once the target began (uvicorn resets the url as each
+        # request begins); before that, its method is the last request's, or none.
+        return bool(getattr(self, "url", b"")) and self.parser.get_method() == b"HEAD"
+
     def _answer(self, which: str) -> None:
         """Answer, half-close, and drop what the client still sends, for LINGER_SECONDS."""
         status, body, extra = self.answers[which]
@@ -414,8 +422,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             extra,
             b"connection: close\r\n\r\n",
-            body,
         )
+        if not self._answering_head():
+            content.append(body)
         self.transport.write(b"".join(content))
         self._linger()
 

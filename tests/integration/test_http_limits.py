@@ -146,6 +146,29 @@ async def test_a_request_target_past_the_limit_is_answered_414(srv: RunningServe
         writer.close()
 
 
+async def test_the_answers_to_a_head_request_past_the_limits_have_no_body(srv: RunningServer) -> None:
+    """A HEAD's answer is headers alone: the JSON error sent after them was read by clients as
+    the start of another answer (aiohttp refused the response: "Data after `Connection: close`")."""
+    for request, status in [
+        (f"HEAD /v1/events?q={'a' * (HEAD_LIMIT + 10_000)} HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (f"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * (HEAD_LIMIT + 10_000)}\r\n\r\n", 431),
+    ]:
+        reader, writer = await connect(srv)
+        try:
+            writer.write(request.encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+            assert Answer(head).status == status
+            assert await asyncio.wait_for(reader.read(), WAIT) == b"", status  # and then nothing
+        finally:
+            writer.close()
+    # A client meets it as an answer like any other.
+    async with srv.session.head(srv.url + "/v1/events?q=" + "a" * (HEAD_LIMIT + 10_000)) as resp:
+        assert resp.status == 414 and await resp.read() == b""
+    # A GET's answer keeps its body.
+    async with srv.session.get(srv.url + "/v1/events?q=" + "a" * (HEAD_LIMIT + 10_000)) as resp:
+        assert resp.status == 414 and (await resp.json())["error"]["code"] == "uri_too_long"
+
+
 async def test_a_silent_connection_is_closed_after_the_header_timeout(quick: RunningServer) -> None:
     reader, writer = await connect(quick)
     try:
