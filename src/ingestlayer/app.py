@@ -20,6 +20,7 @@ from ingestlayer import __version__
 from ingestlayer.api import dashboard, endpoints, entities, health, ingress, logs, manage, slack_oauth
 from ingestlayer.api.dashboard_session import install_login_redirect
 from ingestlayer.api.errors import error_body, install_error_handlers
+from ingestlayer.api.head_requests import HeadAsGet
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
 from ingestlayer.api.openapi_errors import document_errors, error_response
 from ingestlayer.api.ratelimit import RateLimiter, SharedRateLimiter
@@ -158,7 +159,7 @@ class IngestLayerApp:
         proxy: Any = ProxyHeadersMiddleware(
             cast(Any, self.api), trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
         )
-        self.behind_proxy: Callable[[Scope, Receive, Send], Awaitable[None]] = proxy
+        self.behind_proxy: Callable[[Scope, Receive, Send], Awaitable[None]] = HeadAsGet(proxy)
         s = rt.settings
         # One bucket per project for every way events come in; on PostgreSQL, for every api
         # process too. (Several processes on one SQLite file are not how it is deployed, and

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
 
 from ingestlayer.api import health
 from ingestlayer.api.errors import install_error_handlers
+from ingestlayer.api.head_requests import HeadAsGet
 from ingestlayer.runtime import Runtime
 
 
@@ -55,7 +57,7 @@ async def serve_probes(rt: Runtime, sock: socket.socket | None) -> AsyncIterator
         return
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        probes_app(rt),
+        HeadAsGet(cast(Any, probes_app(rt))),
         host=host,
         port=port,
         loop="none",

@@ -47,6 +47,8 @@ async def test_a_worker_serves_its_probes_and_counters(
 
         async with http.get(base + "/healthz") as resp:
             assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        async with http.head(base + "/healthz") as resp:  # what uptime monitors send
+            assert resp.status == 200 and await resp.read() == b""
         async with http.get(base + "/readyz") as resp:
             assert resp.status == 200 and await resp.json() == {"status": "ready"}
         async with http.get(base + "/metrics") as resp:

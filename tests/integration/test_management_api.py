@@ -593,6 +593,35 @@ async def test_health_ready_and_metrics(srv: RunningServer) -> None:
     assert await metric("ingestlayer_events_duplicate") == dupes + 1
 
 
+async def test_head_is_answered_as_get_without_the_body(srv: RunningServer) -> None:
+    """Uptime monitors send HEAD (RFC 9110: a server must support GET and HEAD); every route
+    answered it 405, /healthz included."""
+    for path, key in [
+        ("/healthz", None),
+        ("/readyz", None),
+        ("/metrics", None),
+        ("/openapi.json", None),
+        ("/login", None),
+        ("/", None),  # the dashboard sends a browser without a session to sign in
+        ("/v1/keys", srv.admin_key),
+        ("/v1/events?limit=1", srv.admin_key),
+        ("/v1/events?limit=1", None),
+        ("/v1/keys/key_nope", srv.admin_key),  # DELETE only: HEAD is no more allowed than GET
+    ]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with srv.session.get(srv.url + path, headers=headers, allow_redirects=False) as got:
+            await got.read()
+        async with srv.session.head(srv.url + path, headers=headers, allow_redirects=False) as head:
+            assert head.status == got.status, (path, head.status, got.status)
+            assert head.headers.get("Content-Type") == got.headers.get("Content-Type"), path
+            assert await head.read() == b"", path
+    # The head says how long the GET's body is.
+    async with srv.session.get(srv.url + "/healthz") as got:
+        length = len(await got.read())
+    async with srv.session.head(srv.url + "/healthz") as head:
+        assert head.headers["Content-Length"] == str(length)
+
+
 async def test_openapi_documents_ingest_and_management(srv: RunningServer) -> None:
     async with srv.session.get(srv.url + "/openapi.json") as resp:
         assert resp.status == 200
