@@ -357,6 +357,34 @@ async def test_body_that_is_not_json_is_400(srv: RunningServer) -> None:
     assert await all_events(srv) == []
 
 
+async def test_a_body_that_is_not_utf8_is_refused_saying_where(srv: RunningServer) -> None:
+    # A client writing Latin-1 was told "str is not valid UTF-8: surrogates not allowed: line 1
+    # column 1 (char 0)", of a body whose first character was fine.
+    latin1 = '{"type": "a.b",\n "payload": {"city": "Montréal"}}'.encode("latin-1")
+    status, body = await post_events(srv, latin1)
+    assert status == 400, body
+    assert error_of(body) == {
+        "code": "invalid_json",
+        "message": "the request body is not valid UTF-8: byte 0xe9 at line 2 column 28 (byte 43); "
+        "send JSON as UTF-8",
+    }
+    # Every route reads its body alike: the management API (which said "the request body is
+    # empty: send a JSON object") and signed ingress too.
+    as_json = {"Content-Type": "application/json"}
+    for path, raw, where in [
+        ("/v1/apply", b'{"document": {"pipelines": "\xff"}}', "byte 0xff at line 1 column 29 (byte 28)"),
+        ("/v1/keys", b'{"kind": "ingest", "name": "\xe9"}', "byte 0xe9 at line 1 column 29 (byte 28)"),
+    ]:
+        status, body = await srv.request("POST", path, data=raw, headers=as_json)
+        assert status == 400, body
+        assert error_of(body)["message"].endswith(f"not valid UTF-8: {where}; send JSON as UTF-8"), body
+    status, source = await srv.request("POST", "/v1/sources", json={"name": "open", "verify": "none"})
+    assert status == 201, source
+    status, body = await srv.request("POST", source["ingress_path"], data=latin1)
+    assert status == 400 and "the webhook body is not valid UTF-8: byte 0xe9" in str(body), body
+    assert await all_events(srv) == []
+
+
 WRONG_SHAPES: list[tuple[Any, str]] = [
     ({"payload": {"a": 1}}, "type"),
     ({"type": "", "payload": {}}, "type"),

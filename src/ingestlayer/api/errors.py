@@ -121,6 +121,20 @@ def number_out_of_range_error(what: str = "", field: str | None = None) -> ApiEr
     return ApiError(422, prefix + NUMBERS_TOO_LARGE, field=field, code="number_out_of_range")
 
 
+def first_byte_not_utf8(raw: bytes) -> str | None:
+    """Where ``raw`` stops being UTF-8, or None. orjson says "str is not valid UTF-8: surrogates
+    not allowed: line 1 column 1 (char 0)" of any such byte, wherever it is: a Latin-1 "é" deep
+    in a payload read like a problem with the body's first character."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = exc.start
+        line_start = raw.rfind(b"\n", 0, at) + 1
+        line, column = raw.count(b"\n", 0, at) + 1, at - line_start + 1
+        return f"byte 0x{raw[at]:02x} at line {line} column {column} (byte {at})"
+    return None
+
+
 def unreadable_json_error(exc: ValueError, what: str, raw: bytes | str | None = None) -> ApiError:
     """Why orjson could not read ``what`` (\"the request body\", whose text is ``raw``): nested
     too deep, or a number beyond a double's range, are JSON all the same and refused as such
@@ -132,6 +146,12 @@ def unreadable_json_error(exc: ValueError, what: str, raw: bytes | str | None = 
         return number_out_of_range_error(f"{what}: {where}" if where else what, where)
     if raw is not None and not raw.strip():
         return ApiError(400, f"{what} is empty: send a JSON object", code="invalid_json")
+    if isinstance(raw, bytes) and "not valid UTF-8" in str(exc):
+        where = first_byte_not_utf8(raw)
+        if where is not None:
+            return ApiError(
+                400, f"{what} is not valid UTF-8: {where}; send JSON as UTF-8", code="invalid_json"
+            )
     # The parser's reason and where (orjson: "unexpected character: line 1 column 9 (char 8)"):
     # a BOM, UTF-16, a stray NaN or a trailing comma each read alike without it.
     reason = str(exc).strip()

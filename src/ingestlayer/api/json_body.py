@@ -25,7 +25,15 @@ class JsonBodyRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            value = orjson.loads(body)  # an orjson.JSONDecodeError is a json.JSONDecodeError
+            try:
+                value = orjson.loads(body)  # an orjson.JSONDecodeError is a json.JSONDecodeError
+            except orjson.JSONDecodeError as exc:
+                if not exc.doc:
+                    # orjson gives no text for a body that is not UTF-8, and FastAPI hands the
+                    # error's text on to the error handler, which then said "the request body is
+                    # empty": it reads the bytes instead, and says where they stop being UTF-8.
+                    exc.doc = body  # type: ignore[assignment]
+                raise
             if may_hold_huge_int(body):
                 # Deeper than the json module reads is deeper than the routes take: they refuse it.
                 with contextlib.suppress(RecursionError):
