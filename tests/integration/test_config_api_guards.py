@@ -173,3 +173,17 @@ async def test_a_route_given_by_id_must_be_a_string(server: RunningServer) -> No
         body = {"name": "uh", "source": {"match": ["x.*"]}, "destinations": [{"id": bad}]}
         status, err = await server.request("POST", "/v1/pipelines", json=body)
         assert status == 422 and error_of(err)["field"] == "destinations[0].id", err
+
+
+async def test_a_bad_retry_value_is_named_once_down_to_its_place(server: RunningServer) -> None:
+    """An endpoint's retry policy with a negative delay was refused as field "retry" with the
+    message "retry: retry.schedule[0]: ...": the field now goes down to the value."""
+    status, body = await server.request(
+        "POST", "/v1/endpoints", json={"url": HOOK, "events": ["a.b"], "retry": {"schedule": [0, -1]}}
+    )
+    assert status == 422, body
+    assert error_of(body) == {
+        "code": "validation_error",
+        "message": "retry.schedule[1]: must not be negative, got -1",
+        "field": "retry.schedule[1]",
+    }

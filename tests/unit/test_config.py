@@ -247,8 +247,8 @@ def test_second_pipeline_errors_name_index_one() -> None:
         ),
         (
             one_pipeline(destinations=[{"webhook.out": {"url": HOOK}, "retry": {"schedule": "soon"}}]),
-            "pipelines[0].destinations[0].retry",
-            ["schedule"],
+            "pipelines[0].destinations[0].retry.schedule",
+            ["a list of delays"],
         ),
         (
             one_pipeline(destinations=[{"webhook.out": {"url": HOOK}, "slack": {}}]),

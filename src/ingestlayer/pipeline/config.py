@@ -155,6 +155,11 @@ def _check_retry(path: str, retry: Any) -> dict[str, Any] | None:
     try:
         RetryPolicy.from_config(retry)
     except ValueError as exc:
+        # RetryPolicy names the value within the policy ("retry.schedule[0]: must not be
+        # negative"): the error's path goes down to it, and the message is not "retry: retry...".
+        inner, sep, message = str(exc).partition(": ")
+        if sep and inner.startswith("retry.") and " " not in inner:
+            raise ConfigError(path + inner.removeprefix("retry"), message) from None
         raise ConfigError(path, str(exc)) from None
     return retry
 
