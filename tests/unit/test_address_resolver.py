@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingestlayer.delivery.egress import AddressResolver, EgressDenied, EgressPolicy
+from ingestlayer.delivery.egress import MAX_CACHED_NAMES, AddressResolver, EgressDenied, EgressPolicy
 
 
 async def test_a_name_resolving_only_to_private_addresses_is_refused() -> None:
@@ -52,6 +52,16 @@ async def test_literal_public_addresses_need_no_lookup(literal: str) -> None:
 async def test_unknown_names_fail_with_an_os_error() -> None:
     with pytest.raises(OSError):
         await AddressResolver(EgressPolicy(allow_private=True))("no-such-host.invalid", 80)
+
+
+async def test_answers_kept_are_bounded_however_many_hosts_were_delivered_to() -> None:
+    """One answer was kept for every host and port ever resolved, for the life of the process:
+    a worker whose endpoints came and went held them all. Each lookup here is a real one."""
+    resolve = AddressResolver(EgressPolicy(allow_private=True))
+    for port in range(1, MAX_CACHED_NAMES + 1001):
+        assert await resolve("localhost", port)
+    assert len(resolve._cache) <= MAX_CACHED_NAMES
+    assert await resolve("localhost", 80)  # answers are still kept and served
 
 
 @pytest.mark.parametrize("url", ["http://hooks.example.com/in", "http://93.184.216.34/in"])

@@ -113,9 +113,15 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+# Names (with their ports) whose answers are kept at once: a process that has delivered to a host
+# once must not keep its answer after it stopped (endpoints come and go for as long as it runs).
+MAX_CACHED_NAMES = 4096
+
+
 class AddressResolver:
     """Host name → addresses for the delivery HTTP client, with the policy applied to every
-    answer (literal addresses included) and answers kept for ``ttl`` seconds."""
+    answer (literal addresses included) and answers kept for ``ttl`` seconds, at most
+    ``MAX_CACHED_NAMES`` of them."""
 
     def __init__(self, policy: EgressPolicy, ttl: float = 60.0) -> None:
         self._policy = policy
@@ -136,7 +142,14 @@ class AddressResolver:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         found = list(dict.fromkeys(str(info[4][0]) for info in infos))
         allowed = self._policy.allowed(host, found)
-        self._cache[(host, port)] = (loop.time() + self._ttl, allowed)
+        now = loop.time()
+        if len(self._cache) >= MAX_CACHED_NAMES:
+            # Expired answers are only replaced when their name is resolved again: those of hosts
+            # no longer delivered to stayed for the life of the process, one per host ever seen.
+            self._cache = {key: hit for key, hit in self._cache.items() if hit[0] > now}
+            if len(self._cache) >= MAX_CACHED_NAMES:
+                self._cache.clear()
+        self._cache[(host, port)] = (now + self._ttl, allowed)
         return allowed
 
 
