@@ -317,15 +317,15 @@ def pg_available() -> str | None:
 
 
 @contextlib.contextmanager
-def database(backend: str, workdir: Path) -> Iterator[str]:
+def database(backend: str, workdir: Path, pg_prefix: str = "il_bench_") -> Iterator[str]:
     """A fresh, empty database URL: a SQLite file in ``workdir``, or a new PostgreSQL database
-    that is dropped afterwards."""
+    (named ``pg_prefix`` and a random suffix) that is dropped afterwards."""
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'bench.db'}"
         return
     if backend != "postgres":
         raise ValueError(backend)
-    name = f"il_bench_{uuid.uuid4().hex[:10]}"
+    name = f"{pg_prefix}{uuid.uuid4().hex[:10]}"
     _pg(f'CREATE DATABASE "{name}"')
     try:
         yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
@@ -347,6 +347,8 @@ class Deployment:
     pipeline_yaml: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=server_cmd)  # how the server roles are started
+    pg_prefix: str = "il_bench_"  # the start of a PostgreSQL database's name
+    port: int = 0  # the server's port; 0: any free one
     url: str = ""
     db_url: str = ""
     db_name: str | None = None  # the PostgreSQL database, for CPU accounting
@@ -386,7 +388,7 @@ class Deployment:
 
     @contextlib.contextmanager
     def run(self) -> Iterator[Deployment]:
-        with database(self.backend, self.workdir) as db_url:
+        with database(self.backend, self.workdir, self.pg_prefix) as db_url:
             self.db_url = db_url
             self.db_name = db_url.rsplit("/", 1)[1] if self.backend == "postgres" else None
             env = self.env(db_url)
@@ -398,7 +400,7 @@ class Deployment:
                 path = self.workdir / "pipelines.yaml"
                 path.write_text(self.pipeline_yaml)
                 self._cli(env, "apply", "-f", str(path))
-            port = free_port()
+            port = self.port or free_port()
             self.url = f"http://127.0.0.1:{port}"
             env["INGESTLAYER_PORT"] = str(port)
             try:
