@@ -375,3 +375,17 @@ def test_deliveries_handed_over_count_against_their_project_until_they_start() -
     assert s.start("dst_other", None, "prj_a") is None  # 2 handed over + 1 in flight
     s.hold(handed, -1)
     assert s.start("dst_a", None, "prj_a") and s.start("dst_a", None, "prj_a")
+
+
+def test_destinations_of_a_project_with_nothing_in_flight_are_not_kept() -> None:
+    """A process kept the project of every destination it had ever delivered to, deleted ones
+    too, for its whole life: now only those of projects with attempts in flight or handed
+    over, and the share holds as before."""
+    s = project_slots(per_project=4)
+    for i in range(1000):
+        assert s.start(f"dst_{i}", None, "prj_a")
+        s.finish(f"dst_{i}", 0.05)
+    assert s.projects is not None and s.projects._of == {} and s.projects._destinations == {}
+    assert all(s.start(did, None, "prj_a") for did in ("dst_1", "dst_2", "dst_3", "dst_4"))
+    assert s.start("dst_5", None, "prj_a") is None
+    assert set(s.projects._of) == {"dst_1", "dst_2", "dst_3", "dst_4", "dst_5"}

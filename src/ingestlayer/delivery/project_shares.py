@@ -47,6 +47,12 @@ class ProjectShares:
         if project is None:
             return False
         used = add_count(self._used, project, n)
+        if used <= 0:
+            # Nothing of the project in flight or handed over: its destinations are forgotten
+            # (noted again as their deliveries come), or a process kept every destination it had
+            # ever delivered to, deleted ones too, for its whole life.
+            for forgotten in self._destinations.pop(project, ()):
+                self._of.pop(forgotten, None)
         return n < 0 and self.limit - used == max(1, self.limit // 8)
 
     def cut(self, known: dict[str, int], default: int) -> None:
