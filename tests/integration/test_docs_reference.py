@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer.main
+import yaml
+from pydantic import BaseModel
 
 from ingestlayer.cli import app
 from ingestlayer.config import Settings
+from ingestlayer.destinations.registry import DESTINATIONS
+from ingestlayer.pipeline import config as pipeline_config
+from ingestlayer.pipeline.steps.registry import STEPS
+from ingestlayer.sources.config import SourceConfig
 from tests.support.server import RunningServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +223,100 @@ async def test_every_route_of_the_openapi_is_in_docs_api_md_and_back(server: Run
     assert ("POST", "/v1/events") in served and ("DELETE", "/v1/entities/{}/{}") in documented
     assert not sorted(served - documented), f"served, not in docs/api.md: {sorted(served - documented)}"
     assert not sorted(documented - served), f"in docs/api.md, not served: {sorted(documented - served)}"
+
+
+# --- YAML keys of steps and destinations ------------------------------------------------------------
+
+# Where each step and destination kind is documented: its own page, else docs/pipelines.md.
+KIND_PAGES = {
+    **{name: DOCS / "steps" / f"{name.replace('.', '-')}.md" for name in STEPS.names()},
+    **{name: DOCS / "destinations" / f"{name}.md" for name in DESTINATIONS.names()},
+}
+
+
+def nested_models(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's value is (``Provider``, ``Provider | None``); not those in a list."""
+    if typing.get_origin(annotation) in (list, dict):
+        return []
+    options = typing.get_args(annotation) or (annotation,)
+    return [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def list_item_models(annotation: Any) -> list[type[BaseModel]]:
+    if typing.get_origin(annotation) is not list:
+        return []
+    return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def model_keys(model: type[BaseModel]) -> dict[str, Any]:
+    """YAML key → default (REQUIRED when it has none) of ``model`` and of the models nested in it
+    as a value (enrich.person's `provider: {url, …}`)."""
+    keys: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        keys[f.alias or name] = REQUIRED if f.is_required() else f.get_default(call_default_factory=True)
+        for sub in nested_models(f.annotation):
+            keys.update(model_keys(sub))
+    return keys
+
+
+REQUIRED = object()
+
+
+def key_tables(text: str) -> dict[str, list[str]]:
+    """The rows of the page's key tables (headed `| field | default |` or `| setting | default |`):
+    each key → its row's cells (key, default, meaning)."""
+    rows: dict[str, list[str]] = {}
+    in_keys = False
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            in_keys = False
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if len(cells) >= 2 and cells[0] in ("field", "setting") and cells[1] == "default":
+            in_keys = True
+        elif in_keys and not re.fullmatch(r"[-|: ]+", line.strip()):
+            for key in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[key] = cells
+    return rows
+
+
+def kind_model(name: str) -> type[BaseModel]:
+    registry = STEPS if name in STEPS else DESTINATIONS
+    model: type[BaseModel] = registry.get(name).config_model
+    return model
+
+
+def test_every_yaml_key_of_steps_and_destinations_is_documented_with_its_default() -> None:
+    code_spans = re.findall(r"`([^`]*)`", read(DOCS / "pipelines.md"))
+    for name, page in KIND_PAGES.items():
+        keys = model_keys(kind_model(name))
+        if not page.exists():  # documented in pipelines.md, in prose
+            missing = [k for k in keys if not any(re.search(rf"\b{k}\b", span) for span in code_spans)]
+            assert not missing, f"{name}: keys not in docs/pipelines.md: {missing}"
+            continue
+        rows = key_tables(read(page))
+        # The keys of a list's items (classify's `rules: [{label, any, fields}]`) are described in
+        # the list's row.
+        for field_name, f in kind_model(name).model_fields.items():
+            for item in list_item_models(f.annotation):
+                row = " ".join(rows.get(f.alias or field_name, []))
+                for key in model_keys(item):
+                    assert re.search(rf"\b{key}\b", row), f"{name}: {key} of {field_name} not in {row!r}"
+        undocumented, unknown = sorted(set(keys) - set(rows)), sorted(set(rows) - set(keys))
+        assert not undocumented, f"{name}: keys not in {page.name}'s table: {undocumented}"
+        assert not unknown, f"{name}: {page.name} lists keys the parser refuses: {unknown}"
+        for key, cells in rows.items():
+            default, cell = keys[key], cells[1]
+            literal = re.match(r"`([^`]*)`", cell)
+            if default is REQUIRED:
+                assert cell.startswith("required"), (name, key, cell)
+            elif literal and default is not None:
+                assert yaml.safe_load(literal.group(1)) == default, (name, key, cell, default)
+
+
+def test_every_key_of_a_pipeline_and_of_its_destinations_is_documented() -> None:
+    code_spans = re.findall(r"`([^`]*)`", read(DOCS / "pipelines.md"))
+    keys = [*pipeline_config._PipelineModel.model_fields, *pipeline_config.META_KEYS]
+    keys += list(SourceConfig.model_fields)
+    missing = [k for k in keys if not any(re.search(rf"(?<![\w.]){k}\b", span) for span in code_spans)]
+    assert not missing, f"keys the parser takes that docs/pipelines.md does not name: {missing}"
