@@ -53,7 +53,7 @@ from ingestlayer.json_depth import (
     out_of_range_path,
 )
 from ingestlayer.logsetup import configure
-from ingestlayer.pipeline.matching import TYPE_FILTER, TYPE_FILTER_RULE
+from ingestlayer.pipeline.matching import TYPE_FILTER_RULE, is_type_filter
 from ingestlayer.store.conditions import storage_condition
 from ingestlayer.urlmask import mask_url
 from ingestlayer.yaml_config import AliasExpansionError, load_config_yaml, yaml_problem
@@ -587,7 +587,7 @@ def events(
     key: KeyOpt = None,
 ) -> None:
     """List recent events."""
-    if type_ and not TYPE_FILTER.fullmatch(type_):  # as the API refuses it
+    if type_ and not is_type_filter(type_):  # as the API refuses it
         raise CliError(f"--type: {TYPE_FILTER_RULE}, not {type_[:80]!r}")
     match = EventFilter(type_, time_filter(since, "--since"), time_filter(until, "--until"))
     rows = _with_backend(database_url, project, url, key, lambda b: b.events(match, limit))

@@ -816,3 +816,15 @@ async def test_a_refused_batch_does_not_hold_back_smaller_requests_the_bucket_ca
         assert statuses == [202] * 20, statuses
     finally:
         await server.stop()
+
+
+async def test_a_type_filter_no_event_type_can_match_is_a_422(server: RunningServer) -> None:
+    """``type=a..b`` (a typo of ``a.b``) was taken and listed nothing; docs/api.md says any
+    filter that is not a type or a prefix ending in ``*`` is a 422 naming ``type``."""
+    for bad in ("a..b", ".a", "a.", "a b"):
+        status, body = await server.request("GET", "/v1/events?" + urlencode({"type": bad}))
+        assert status == 422 and error_of(body)["field"] == "type", (bad, body)
+        assert error_of(body)["message"].startswith("type must be an event type or a prefix"), body
+    for good in ("a.b", "a.*", "a*", "*", "a.b-c_d"):
+        status, body = await server.request("GET", "/v1/events?" + urlencode({"type": good}))
+        assert status == 200, (good, body)

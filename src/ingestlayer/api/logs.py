@@ -16,7 +16,7 @@ from ingestlayer.api.errors import ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.ids import new_id
-from ingestlayer.pipeline.matching import TYPE_FILTER, TYPE_FILTER_RULE
+from ingestlayer.pipeline.matching import TYPE_FILTER_RULE, is_type_filter
 from ingestlayer.records import NewEvent, ProjectConfig
 from ingestlayer.replay_scope import (
     ReplayRefused,
@@ -84,7 +84,7 @@ async def list_events(
     before: str | None = Query(default=None, description="Return events older than this event id"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> dict[str, Any]:
-    if type and not TYPE_FILTER.fullmatch(type):  # empty: no filter, as before
+    if type and not is_type_filter(type):  # empty: no filter, as before
         raise ApiError(
             422,
             f"{TYPE_FILTER_RULE}, not {type[:80]!r}",

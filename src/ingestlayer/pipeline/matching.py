@@ -73,5 +73,11 @@ class TypeMatcher:
 
 # A listing's type filter: an event type, or a prefix of one ending in * ("invoice.*", "inv*",
 # "*"); the API and the CLI's `events` take the same.
-TYPE_FILTER = re.compile(r"[A-Za-z0-9_\-.]{1,200}|[A-Za-z0-9_\-.]{0,200}\*")
+_TYPE_PREFIX = re.compile(r"[A-Za-z0-9_\-.]{0,200}\*")
 TYPE_FILTER_RULE = "type must be an event type or a prefix of one ending in * (invoice.*)"
+
+
+def is_type_filter(value: str) -> bool:
+    """Whether ``value`` is a listing's type filter. Not a type that no event can have
+    (``a..b``, ``.a``): it listed nothing, where a typo deserves to be told."""
+    return is_valid_event_type(value) or bool(_TYPE_PREFIX.fullmatch(value))
