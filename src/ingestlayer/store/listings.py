@@ -15,7 +15,13 @@ from ingestlayer.store import rows as rowmap
 from ingestlayer.store.base import StoreBase
 from ingestlayer.store.retention import PURGE_PAUSE_SECONDS, REPLAY_BATCH
 from ingestlayer.store.schema import attempts, deliveries, events
+from ingestlayer.store.stats import id_bound
 from ingestlayer.store.type_prefix import starts_with
+
+# How far an event's id may be from when it was received: ids are made a moment after the time
+# is read, and held back by an earlier id when the clock steps back. Kept wide; only the
+# events received this close outside a since/until window are read and left out.
+ID_TIME_MARGIN_SECONDS = 300.0
 
 # The columns rows.stored_event reads, in its order.
 _EVENT_SELECT = [events.c[name] for name in rowmap.EVENT_COLUMNS.split(", ")]
@@ -53,10 +59,14 @@ class ListingsMixin(StoreBase):
                 conds.append(events.c.type == type_)
         if before:
             conds.append(events.c.id < before)
+        # received_at has no index: bounded by the id too (evt_ + ULID of when it was received),
+        # a window is a range of (project_id, id), not a walk of every event after it.
         if since is not None:
             conds.append(events.c.received_at >= since)
+            conds.append(events.c.id >= id_bound("evt", since - ID_TIME_MARGIN_SECONDS))
         if until is not None:
             conds.append(events.c.received_at < until)
+            conds.append(events.c.id < id_bound("evt", until + ID_TIME_MARGIN_SECONDS))
         async with self.engines.read.connect() as conn:
             rows = await conn.execute(
                 select(*_EVENT_SELECT).where(*conds).order_by(events.c.id.desc()).limit(limit)
