@@ -6,8 +6,9 @@ from __future__ import annotations
 import secrets
 import time
 
-from ingestlayer.ids import encode_ulid
-from ingestlayer.records import NewEvent
+from ingestlayer.ids import encode_ulid, new_id
+from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
+from ingestlayer.store.stats import DashboardStats
 from ingestlayer.store.store import Store
 from tests.support.query_plans import pg_rows_read, sqlite_plan, statements_sent
 
@@ -51,3 +52,75 @@ async def test_an_event_time_window_reads_only_its_stretch_of_the_project(db_url
             assert await pg_rows_read(store.engines.read, old) <= 100
     finally:
         await store.close()
+
+
+async def test_the_delivery_logs_filtered_to_a_few_deliveries_read_their_attempts_only(db_url: str) -> None:
+    # Dashboard → Webhooks → Logs filtered to "pending" (or "delivering", or a destination's
+    # dead letters) walked the project's attempt log newest first, looking for attempts of such
+    # deliveries: with none or few among them, every attempt the project keeps was read.
+    store = Store.from_url(db_url)
+    stats = DashboardStats(store.engines)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+        await store.apply_config(pid, [{"id": "dst_x", "name": "x", **webhook}], [])
+        start = time.time() - 3 * 86400
+        history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
+        for i in range(0, HISTORY, 500):
+            await _deliver(store, history[i : i + 500], "delivered" if i else "retrying")
+        # Pending, never attempted: a tenth of the deliveries, so that a planner that counts
+        # on their attempts being spread through the log expects a page within a few hundred.
+        await _route(store, [_event_at(pid, time.time()) for _ in range(300)])
+        if store.dialect == "postgresql":
+            # As autovacuum keeps a real history: statistics, and no index entries left behind
+            # by the updates that took the others from pending to delivered.
+            async with store.engines.write.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.exec_driver_sql("VACUUM ANALYZE")
+
+        with statements_sent(store.engines.read) as sent:
+            assert await stats.list_attempts(pid, status=["pending"]) == []
+            retrying = await stats.list_attempts(pid, status=["retrying"], limit=600)
+        assert sorted(a.delivery_id for a in retrying) == sorted(
+            d["id"] for d in await store.list_deliveries(pid, status=["retrying"], limit=600)
+        )
+        assert [(a.started_at, a.id) for a in retrying] == sorted(
+            ((a.started_at, a.id) for a in retrying), reverse=True
+        )
+        pending, _ = [s for s in sent if "FROM attempts JOIN deliveries" in s[0]]
+        if store.dialect == "sqlite":
+            plan = await sqlite_plan(store.engines.read, pending)
+            assert not any("ix_attempts_project_started" in step for step in plan), plan
+            assert any("ix_attempts_delivery_id_n (delivery_id=?)" in step for step in plan), plan
+        else:
+            # The 300 pending deliveries (twice: index, then table), not the 3,000 attempts.
+            assert await pg_rows_read(store.engines.read, pending) <= 1000
+        # Unfiltered, newest first as before.
+        assert len(await stats.list_attempts(pid)) == 50
+    finally:
+        await store.close()
+
+
+async def _route(store: Store, batch: list[NewEvent]) -> list[str]:
+    await store.insert_events(batch)
+    lease = await store.lease_route_jobs(len(batch), 60)
+    deliveries = [
+        NewDelivery(new_id("dlv"), e.project_id, e.id, e.type, "pip_x", "dst_x", "{}") for e in batch
+    ]
+    await store.complete_routing(lease, deliveries, {})
+    return [d.id for d in deliveries]
+
+
+async def _deliver(store: Store, batch: list[NewEvent], status: str) -> None:
+    """Route the events to a delivery each and record one attempt each, ending in ``status``."""
+    await _route(store, batch)
+    leased = await store.lease_deliveries(len(batch), 60)
+    assert len(leased) == len(batch)
+    retry_at = time.time() + 3600 if status == "retrying" else None
+    now = time.time()
+    await store.record_attempts(
+        [
+            AttemptResult(d.id, d.project_id, d.lease_token, 1, now, 3.0, 500, "x", None, status, retry_at)
+            for d in leased
+        ]
+    )

@@ -48,6 +48,8 @@ PREVIEW_CHARS = 160
 # Success and latency are computed from at most about this many attempts per query; beyond it,
 # from an even sample (every k-th attempt by id). Counts are always exact.
 SAMPLE_TARGET = 50_000
+# The delivery logs filtered to at most this many deliveries read their attempts by delivery.
+FEW_DELIVERIES = 10_000
 # A type prefix matching at most this many distinct types is searched type by type.
 MAX_PREFIX_TYPES = 24
 
@@ -515,8 +517,15 @@ class DashboardStats:
         """Every attempt, newest first, with its delivery; filters apply to the delivery.
 
         Keyset pagination on (started_at, id): ``before`` is the id of the last attempt shown.
+
+        Unfiltered, or filtered to many deliveries, the attempts are walked newest first on
+        (project_id, started_at) until a page matches. Filtered to at most
+        :data:`FEW_DELIVERIES` (the pending, those in flight, one quiet destination's dead),
+        matches may be none or a handful among millions, and that walk read the project's whole
+        attempt log: the attempts are then found from those deliveries instead (by delivery id)
+        and sorted, however far back they are.
         """
-        conds = [attempts.c.project_id == project_id, deliveries.c.project_id == project_id]
+        conds = [deliveries.c.project_id == project_id]
         if status:
             conds.append(deliveries.c.status.in_(list(status)))
         if destination_id:
@@ -542,6 +551,19 @@ class DashboardStats:
             .limit(limit)
         )
         async with self.engines.read.connect() as conn:
+            few: list[str] | None = None
+            if status or destination_id:
+                # Read no further than the bound: a range of the deliveries' index.
+                upto = select(deliveries.c.id).where(*conds).limit(FEW_DELIVERIES + 1)
+                few = list((await conn.execute(upto)).scalars())
+                if not few:
+                    return []
+            if few is not None and len(few) <= FEW_DELIVERIES:
+                # By their ids, and not by project: no plan can then walk (project_id,
+                # started_at), nor (PostgreSQL) hash the whole attempt log against them.
+                conds.append(attempts.c.delivery_id.in_(few))
+            else:
+                conds.append(attempts.c.project_id == project_id)
             if before is not None:
                 at = await conn.scalar(
                     select(attempts.c.started_at).where(
