@@ -124,3 +124,40 @@ async def _deliver(store: Store, batch: list[NewEvent], status: str) -> None:
             for d in leased
         ]
     )
+
+
+async def test_a_type_prefix_listing_walks_each_type_newest_first_on_sqlite(sqlite_url: str) -> None:
+    # GET /v1/events?type=user.* (and `ingestlayer events --type 'user.*'`) read every event of
+    # every matching type on SQLite and sorted them all for one page: a third of a project.
+    store = Store.from_url(sqlite_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        start = time.time() - 3 * 86400
+        kinds = ["user.signed_up", "page.viewed", "user.logged_in", "User.upper", "user_x"]
+        history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
+        for i, e in enumerate(history):
+            e.type = kinds[i % len(kinds)]
+        for i in range(0, HISTORY, 500):
+            await store.insert_events(history[i : i + 500])
+        users = [e.id for e in reversed(history) if e.type.startswith("user.")]
+
+        with statements_sent(store.engines.read) as sent:
+            first = await store.list_events(pid, type_="user.*", limit=40)
+        assert [e.id for e in first] == users[:40]
+        for statement in sent:
+            plan = await sqlite_plan(store.engines.read, statement)
+            sorted_range = any("type>? AND type<?" in step for step in plan) and any(
+                "TEMP B-TREE" in step for step in plan
+            )
+            assert not sorted_range, plan
+        # Paged, and with a time window, as before.
+        second = await store.list_events(pid, type_="user.*", before=first[-1].id, limit=40)
+        assert [e.id for e in second] == users[40:80]
+        since = history[1000].received_at
+        window = await store.list_events(pid, type_="user.*", since=since, until=since + 600, limit=500)
+        assert [e.id for e in window] == [
+            e.id for e in reversed(history[1000:1010]) if e.type.startswith("user.")
+        ]
+        assert await store.list_events(pid, type_="nothing.*") == []
+    finally:
+        await store.close()

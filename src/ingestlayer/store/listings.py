@@ -15,7 +15,7 @@ from ingestlayer.store import rows as rowmap
 from ingestlayer.store.base import StoreBase
 from ingestlayer.store.retention import PURGE_PAUSE_SECONDS, REPLAY_BATCH
 from ingestlayer.store.schema import attempts, deliveries, events
-from ingestlayer.store.stats import id_bound
+from ingestlayer.store.stats import distinct_types, id_bound
 from ingestlayer.store.type_prefix import starts_with
 
 # How far an event's id may be from when it was received: ids are made a moment after the time
@@ -50,11 +50,12 @@ class ListingsMixin(StoreBase):
         limit: int = 50,
     ) -> list[StoredEvent]:
         conds = [events.c.project_id == project_id]
+        prefix: list[Any] = []
         if type_:
             if type_.endswith("*"):
                 # Not LIKE: on SQLite it listed Invoice.paid under invoice.* (type_prefix).
                 if type_[:-1]:
-                    conds.extend(starts_with(self.dialect, events.c.type, type_[:-1]))
+                    prefix = starts_with(self.dialect, events.c.type, type_[:-1])
             else:
                 conds.append(events.c.type == type_)
         if before:
@@ -68,8 +69,23 @@ class ListingsMixin(StoreBase):
             conds.append(events.c.received_at < until)
             conds.append(events.c.id < id_bound("evt", until + ID_TIME_MARGIN_SECONDS))
         async with self.engines.read.connect() as conn:
+            if prefix and self.dialect == "sqlite":
+                # The prefix is a range of types there, but not of ids: listed by it, every event
+                # of every matching type was read and sorted (a third of a project, for user.*).
+                # A few types are each an ordered walk of (project_id, type, id), merged.
+                # (PostgreSQL's prefix is a LIKE, and its types sort by its collation, which no
+                # range bounds: it walks (project_id, id) newest first and stops at a page.)
+                types = await distinct_types(conn, project_id, prefix)
+                if types is not None:
+                    newest: list[str] = []
+                    for t in types:
+                        query = select(events.c.id).where(*conds, events.c.type == t)
+                        query = query.order_by(events.c.id.desc()).limit(limit)
+                        newest += (await conn.execute(query)).scalars()
+                    conds.append(events.c.id.in_(sorted(newest, reverse=True)[:limit]))
+                    prefix = []
             rows = await conn.execute(
-                select(*_EVENT_SELECT).where(*conds).order_by(events.c.id.desc()).limit(limit)
+                select(*_EVENT_SELECT).where(*conds, *prefix).order_by(events.c.id.desc()).limit(limit)
             )
             return [rowmap.stored_event(r) for r in rows]
 

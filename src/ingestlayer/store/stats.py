@@ -122,6 +122,27 @@ def percentile(hist: dict[int, int], q: float, longest: float | None = None) -> 
     return bin_range(max(hist))[1]  # pragma: no cover - cum reaches total above
 
 
+async def distinct_types(conn: Any, project_id: str, prefix: list[Any]) -> list[str] | None:
+    """The project's distinct event types matching ``prefix`` (type_prefix.starts_with): a loose
+    index scan of (project_id, type, id), one seek per type.
+
+    None when there are more than :data:`MAX_PREFIX_TYPES` of them.
+    """
+    types: list[str] = []
+    last: str | None = None
+    while len(types) <= MAX_PREFIX_TYPES:
+        conds = [events.c.project_id == project_id, *prefix]
+        if last is not None:
+            conds.append(events.c.type > last)
+        # ORDER BY … LIMIT 1 walks the index and stops; min() with a range scans it.
+        nxt = await conn.scalar(select(events.c.type).where(*conds).order_by(events.c.type).limit(1))
+        if nxt is None:
+            return types
+        types.append(str(nxt))
+        last = str(nxt)
+    return None
+
+
 @dataclass(slots=True)
 class AttemptBucket:
     attempts: int = 0  # exact
@@ -429,7 +450,7 @@ class DashboardStats:
         async with self.engines.read.connect() as conn:
             if type_ and type_.endswith("*") and type_[:-1]:
                 prefix = starts_with(self.dialect, events.c.type, type_[:-1])
-                types = await self._distinct_types(conn, project_id, prefix)
+                types = await distinct_types(conn, project_id, prefix)
                 if types is None:  # many types share the prefix: one range scan and a sort
                     return await self._events(conn, [*conds, *prefix], limit)
                 # A few types: each is an ordered walk of (project_id, type, id); merge them.
@@ -457,25 +478,6 @@ class DashboardStats:
         )
         rows = await conn.execute(stmt)
         return [EventRow(r.id, r.type, r.source, r.occurred_at, r.received_at, r.preview or "") for r in rows]
-
-    async def _distinct_types(self, conn: Any, project_id: str, prefix: list[Any]) -> list[str] | None:
-        """The distinct types matching ``prefix``: a loose index scan, one seek per type.
-
-        None when there are more than :data:`MAX_PREFIX_TYPES` of them.
-        """
-        types: list[str] = []
-        last: str | None = None
-        while len(types) <= MAX_PREFIX_TYPES:
-            conds = [events.c.project_id == project_id, *prefix]
-            if last is not None:
-                conds.append(events.c.type > last)
-            # ORDER BY … LIMIT 1 walks the index and stops; min() with a range scans it.
-            nxt = await conn.scalar(select(events.c.type).where(*conds).order_by(events.c.type).limit(1))
-            if nxt is None:
-                return types
-            types.append(str(nxt))
-            last = str(nxt)
-        return None
 
     async def delivery_statuses(self, project_id: str, event_ids: Sequence[str]) -> dict[str, dict[str, int]]:
         """For each event, how many of its deliveries are in each status."""
