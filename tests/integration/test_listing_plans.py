@@ -10,7 +10,7 @@ from ingestlayer.ids import encode_ulid, new_id
 from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
 from ingestlayer.store.stats import DashboardStats
 from ingestlayer.store.store import Store
-from tests.support.query_plans import pg_rows_read, sqlite_plan, statements_sent
+from tests.support.query_plans import pg_rows_read, pg_rows_read_generic, sqlite_plan, statements_sent
 
 HISTORY = 3000  # events, one a minute: two days of history
 
@@ -159,5 +159,34 @@ async def test_a_type_prefix_listing_walks_each_type_newest_first_on_sqlite(sqli
             e.id for e in reversed(history[1000:1010]) if e.type.startswith("user.")
         ]
         assert await store.list_events(pid, type_="nothing.*") == []
+    finally:
+        await store.close()
+
+
+async def test_delivery_counts_read_an_index_range_per_status_on_a_reused_plan(pg_url: str) -> None:
+    # The counts beside GET /v1/deliveries, the overview and the logs' and dead letters' filters:
+    # on PostgreSQL, a prepared statement runs on one plan for any parameters from its sixth
+    # execution on, and for "some status of some project" that plan read the whole deliveries
+    # table, once per status counted (300 ms a page at 300,000 deliveries).
+    store = Store.from_url(pg_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+        await store.apply_config(pid, [{"id": "dst_x", "name": "x", **webhook}], [])
+        start = time.time() - 3 * 86400
+        history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
+        for i in range(0, HISTORY, 500):
+            await _deliver(store, history[i : i + 500], "delivered")
+        await _route(store, [_event_at(pid, time.time()) for _ in range(20)])
+        async with store.engines.write.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql("VACUUM ANALYZE")
+
+        with statements_sent(store.engines.read) as sent:
+            counts = await store.delivery_counts(pid, statuses=("pending", "dead"), destination_id="dst_x")
+        assert counts == {"pending": 20}
+        (counting,) = [s for s in sent if "count(*)" in s[0]]
+        # The 20 pending (twice: index, then table), not the 3,020 deliveries.
+        assert await pg_rows_read_generic(store.engines.read, counting) <= 100
     finally:
         await store.close()

@@ -62,3 +62,28 @@ def _read(node: dict[str, Any]) -> int:
         loops = int(node.get("Actual Loops", 1))
         n += int(node.get("Actual Rows", 0)) * loops + int(node.get("Rows Removed by Filter", 0))
     return n + sum(_read(child) for child in node.get("Plans", []))
+
+
+async def pg_rows_read_generic(engine: AsyncEngine, sent: Sent) -> int:
+    """The same, on the plan PostgreSQL makes once for any parameters: the one a prepared
+    statement (asyncpg keeps every statement prepared) runs with from its sixth execution on,
+    when that plan looks no costlier than planning each time."""
+    statement, params = sent
+    values = ", ".join(_sql_literal(p) for p in params)
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.exec_driver_sql("PREPARE probed AS " + statement)
+        rows = await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probed({values})")
+        plan = rows.scalar_one()
+        await conn.rollback()
+        await conn.exec_driver_sql("DEALLOCATE probed")
+    doc = json.loads(plan) if isinstance(plan, str) else plan
+    return _read(doc[0]["Plan"])
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "NULL"}[value]
+    return repr(value)
