@@ -19,6 +19,16 @@ PURGE_PAUSE_SECONDS = 0.01
 REPLAY_BATCH = 1000
 
 
+def next_batch_size(size: int, held: float, most: int, target_seconds: float) -> int:
+    """The next batch's size after a transaction that held the writer ``held`` seconds: halved
+    over the target (down to one), doubled under half of it (up to ``most``)."""
+    if held > target_seconds:
+        return max(1, size // 2)
+    if held < target_seconds / 2:
+        return min(most, size * 2)
+    return size
+
+
 class RetentionMixin(StoreBase):
     """The retention purge, in short transactions beside ingest."""
 
@@ -98,8 +108,5 @@ class RetentionMixin(StoreBase):
             if len(ids) < size:
                 return removed
             after = ids[-1]
-            if held > target_seconds:
-                size = max(1, size // 2)
-            elif held < target_seconds / 2:
-                size = min(batch, size * 2)
+            size = next_batch_size(size, held, batch, target_seconds)
             await asyncio.sleep(max(pause, held))
