@@ -75,9 +75,9 @@ class GroupCommitter:
                     continue
                 group = self._take_group()
                 if self._max_inflight == 1:
-                    await self._commit(group)
+                    await self._commit_guarded(group)
                 else:
-                    task = asyncio.create_task(self._commit(group))
+                    task = asyncio.create_task(self._commit_guarded(group))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
             if self._closing and not self._queue:
@@ -93,6 +93,24 @@ class GroupCommitter:
             group.append((items, fut))
             size += len(items)
         return group
+
+    async def _commit_guarded(
+        self, group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]
+    ) -> None:
+        """Commit ``group``, whatever goes wrong: an error nobody expected (a bug) ended the
+        writer task with nothing in the log, and every request after it waited for an answer
+        forever while /readyz said ready. Its requests get the error (a 503), the next group is
+        written as usual."""
+        try:
+            await self._commit(group)
+        except Exception as exc:
+            log.exception(
+                "an ingest group of %d requests met an unexpected error; those not answered get a 503",
+                len(group),
+            )
+            for _, fut in group:
+                if not fut.done():
+                    fut.set_exception(exc)
 
     async def _commit(self, group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]) -> None:
         flat = [ev for items, _ in group for ev in items]
@@ -127,13 +145,14 @@ class GroupCommitter:
                     fut.set_exception(exc)
             return
         self._outage.succeeded()
-        if self._on_commit is not None:
-            self._on_commit(results)
         pos = 0
         for items, fut in group:
             if not fut.done():
                 fut.set_result(results[pos : pos + len(items)])
             pos += len(items)
+        # After the answers: they are committed, whatever counting them does.
+        if self._on_commit is not None:
+            self._on_commit(results)
 
     async def close(self, timeout: float | None = None) -> bool:
         """Commit what is queued, then stop. Past ``timeout`` (a database that does not answer)
