@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
 from ingestlayer.records import IngestResult
-from tests.support.server import RunningServer
+from tests.support.receiver import Receiver
+from tests.support.server import RunningServer, start_server, wait_for
 
 
 async def test_ingest_answers_after_the_group_commit_meets_an_unexpected_error(
@@ -45,3 +47,42 @@ async def test_ingest_answers_after_the_group_commit_meets_an_unexpected_error(
     for sent in (first, second):
         status, _ = await server.request("GET", f"/v1/events/{sent['id']}")
         assert status == 200
+
+
+async def delivered(server: RunningServer, event_id: str) -> bool:
+    _, ev = await server.request("GET", f"/v1/events/{event_id}")
+    return bool(ev["deliveries"]) and ev["deliveries"][0]["status"] == "delivered"
+
+
+async def test_attempts_are_recorded_after_the_attempt_writer_meets_an_unexpected_error(
+    db_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(db_url, delivery_lease_seconds=2)
+    try:
+        dispatcher = server.runtime.dispatcher
+        real = dispatcher._record
+        calls: list[int] = []
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("injected: a bug in recording attempts")
+            return await real(*args, **kwargs)
+
+        dispatcher._record = failing_once  # type: ignore[method-assign]
+        caplog.set_level(logging.ERROR, logger="ingestlayer")
+        status, _ = await server.request(
+            "POST", "/v1/endpoints", json={"url": receiver.url + "/hook", "events": ["order.*"]}
+        )
+        assert status == 201
+
+        _, first = await server.ingest("order.placed", {"n": 1})
+        await wait_for(lambda: asyncio.sleep(0, bool(calls)), timeout=10)
+        assert any(r.exc_info and "injected" in str(r.exc_info[1]) for r in caplog.records)
+        # The writer is still there: a later event's attempt is recorded, and the one whose
+        # outcome was lost is sent again once its lease expires, and recorded then.
+        _, second = await server.ingest("order.placed", {"n": 2})
+        await wait_for(lambda: delivered(server, second["id"]), timeout=10)
+        await wait_for(lambda: delivered(server, first["id"]), timeout=15)
+    finally:
+        await asyncio.wait_for(server.stop(), 20)

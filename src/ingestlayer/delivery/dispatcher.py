@@ -475,11 +475,22 @@ class Dispatcher:
                 self._recording_again, self._recording = again, batch
                 try:
                     recorded, kept = await self._record(batch, again, final)
+                    if self._on_finished is not None:
+                        for r in recorded:
+                            self._on_finished(r)
+                except Exception:
+                    # A bug, not the database: it ended the writer with nothing in the log, and
+                    # every later attempt was sent and never recorded (sent again each time its
+                    # lease ran out). These few are retaken when their leases expire.
+                    log.exception(
+                        "recording %d attempts failed unexpectedly: their deliveries are attempted "
+                        "again when their leases expire; the first: %s",
+                        len(batch),
+                        ", ".join(r.delivery_id for r in batch[:10]),
+                    )
+                    recorded, kept = [], []
                 finally:
                     self._recording_again, self._recording = False, []
-                if self._on_finished is not None:
-                    for r in recorded:
-                        self._on_finished(r)
                 if kept:
                     if final:
                         self._give_up(kept)
