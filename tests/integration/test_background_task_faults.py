@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from ingestlayer.records import IngestResult
+from tests.integration.test_routing_in_background import API_KEY, configure, recipe, send
+from tests.support.chat_server import ChatServer
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -84,5 +87,43 @@ async def test_attempts_are_recorded_after_the_attempt_writer_meets_an_unexpecte
         _, second = await server.ingest("order.placed", {"n": 2})
         await wait_for(lambda: delivered(server, second["id"]), timeout=10)
         await wait_for(lambda: delivered(server, first["id"]), timeout=15)
+    finally:
+        await asyncio.wait_for(server.stop(), 20)
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[ChatServer]:
+    server = await ChatServer(api_key=API_KEY, answer=lambda _body: "critical").start()
+    yield server
+    await server.stop()
+
+
+async def test_an_event_routed_in_the_background_is_routed_after_an_unexpected_error(
+    db_url: str, receiver: Receiver, model: ChatServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its pipeline waits on a model, so it is routed in a task of its own (held_routes)."""
+    server = await start_server(db_url, route_lease_seconds=1.0)
+    try:
+        router = server.runtime.router
+        real = router._route
+        calls: list[int] = []
+
+        async def failing_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("injected: a bug past routing's own error handling")
+            return await real(*args, **kwargs)
+
+        router._route = failing_once  # type: ignore[method-assign]
+        caplog.set_level(logging.ERROR, logger="ingestlayer")
+        await configure(server, server.admin_key, recipe(model.url, receiver.url + "/hook"))
+
+        event_id = await send(server, server.ingest_key, "Checkout is down")
+        # Not held (and its lease renewed) forever: routed again once the lease runs out.
+        hooked = lambda: asyncio.sleep(0, any(r.path == "/hook" for r in receiver.requests))  # noqa: E731
+        await wait_for(hooked, timeout=15)
+        assert [r.json()["id"] for r in receiver.requests] == [event_id]
+        assert len(calls) == 2
+        assert any(r.exc_info and "injected" in str(r.exc_info[1]) for r in caplog.records)
     finally:
         await asyncio.wait_for(server.stop(), 20)

@@ -21,6 +21,7 @@ backlog that comes due all at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,8 @@ from typing import Any
 
 from ingestlayer import metrics
 from ingestlayer.records import NewDelivery, RouteLease, StoredEvent
+
+log = logging.getLogger("ingestlayer.router")
 
 # Events one project may have routing in the background on one worker, and run at once.
 PROJECT_HELD = 256
@@ -130,9 +133,21 @@ class HeldRoutes:
             slot = self._slots[event.project_id] = asyncio.Semaphore(PROJECT_CONCURRENCY)
 
         async def run() -> None:
-            async with slot:
-                held.started_at = time.monotonic()
-                held.result = await route()
+            try:
+                async with slot:
+                    held.started_at = time.monotonic()
+                    held.result = await route()
+            except Exception:
+                # route() turns routing's own errors into a retry; one past it (a bug) ended
+                # this task unseen, and the event stayed held, its lease renewed, never routed.
+                # Let go of it: it is leased and routed again once its lease runs out.
+                log.exception(
+                    "routing event %s failed unexpectedly; it is routed again when its lease expires",
+                    event.id,
+                )
+                held.task = None  # this task: nothing to cancel
+                self._drop(held)
+                return
             self._finished_one(held)
             on_finished()
 
