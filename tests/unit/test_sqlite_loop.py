@@ -399,6 +399,21 @@ async def test_a_full_disk_is_logged_once_and_still_checkpointed(
         await store.close()
 
 
+async def _checkpointed_after_writes(store: LoopSqlite, db: str) -> bool:
+    """Whether about 3 MB of log, written with checkpoints asked for along the way, reaches the
+    database file within a few seconds of writes."""
+    before = _db_size(db)
+    for n in range(60):
+        await store.write(_insert_blob, n, durable=False)
+        await asyncio.sleep(0.005)
+    for i in range(100):
+        await store.write(_insert, 1000 + i)
+        if _db_size(db) > before + 2_000_000:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_a_checkpoint_connection_that_could_not_be_opened_is_opened_again(
     db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -420,18 +435,68 @@ async def test_a_checkpoint_connection_that_could_not_be_opened_is_opened_again(
 
     store._checkpointer._connect = connect_once_failing  # type: ignore[method-assign]
     try:
-        before = _db_size(db)
-        for n in range(60):  # about 3 MB of log, a checkpoint asked for along the way
-            await store.write(_insert_blob, n, durable=False)
-            await asyncio.sleep(0.005)
-        for i in range(100):
-            await store.write(_insert, 1000 + i)
-            if _db_size(db) > before + 2_000_000:
-                break
-            await asyncio.sleep(0.05)
-        assert _db_size(db) > before + 2_000_000  # checkpointed after all
+        assert await _checkpointed_after_writes(store, db)
         assert tries == ["failed", "opened"]
         failed = [m for r in caplog.records if (m := r.getMessage()).startswith("WAL checkpoint failed")]
         assert failed and "disk I/O error" in failed[0], failed
+    finally:
+        await store.close()
+
+
+async def test_an_unexpected_error_in_a_sync_fails_its_waiters_and_the_next_sync_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is not the disk's answer (a bug) ended the sync thread with its waiters
+    unsettled: that commit, and every one after, waited for good."""
+    path = tmp_path / "log"
+    path.write_bytes(b"x")
+    calls: list[int] = []
+
+    def fails_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise ValueError("not the disk")
+        os.fdatasync(fd)
+
+    sync = WalSync(str(path), fsync=fails_once)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="could not sync the database log"):
+            await asyncio.wait_for(sync.wait(), 10)
+        await asyncio.wait_for(sync.wait(), 10)  # the next commit is synced
+        assert sync.syncs == 1 and sync.failure is None
+        assert any("syncing" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        await asyncio.to_thread(sync.close)
+
+
+class _BrokenOnce:
+    """The checkpoint thread's connection, whose first checkpoint meets an error that is not
+    SQLite's."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.broken = True
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "wal_checkpoint" in sql and self.broken:
+            self.broken = False
+            raise TypeError("not SQLite's")
+        return self.conn.execute(sql, *args)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def test_an_unexpected_error_in_a_checkpoint_leaves_the_thread_checkpointing(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error that is not SQLite's ended the checkpoint thread, and the log grew for good."""
+    monkeypatch.setattr(sqlite_loop, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    store = LoopSqlite(db)
+    real_connect = store._checkpointer._connect
+    store._checkpointer._connect = lambda: _BrokenOnce(real_connect())  # type: ignore[assignment,return-value]
+    try:
+        assert await _checkpointed_after_writes(store, db)
+        assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
     finally:
         await store.close()

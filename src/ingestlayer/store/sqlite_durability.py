@@ -139,28 +139,40 @@ class WalSync:
                     stop = True
                     break
                 waiters.append(item)
-            error: BaseException | None = None
-            if self.failure is not None:
-                error = sync_failed_earlier(self.failure)
-            else:
-                try:
-                    if self._fd is None:
-                        # The log exists once the first transaction has committed into it, and
-                        # stays while this process keeps its connection open.
-                        self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-                except OSError as exc:  # no sync was made, nothing was dropped: try again next time
-                    log.error("could not open %s to sync it: %s", self._path, exc)
-                    error = sqlite3.OperationalError(f"could not sync the database log: {exc}")
-                else:
-                    try:
-                        self._fsync(self._fd)
-                        self.syncs += 1
-                    except OSError as exc:
-                        self.failure = exc.strerror or str(exc)
-                        error = sync_failed(self._path, self.failure)
-            settle_on_loops(waiters, error)
+            try:
+                error = self._sync()
+            except Exception as exc:
+                # Not the disk's answer (a bug): it ended the thread with its waiters unsettled,
+                # and every commit after waited for good. Theirs fail as not synced; the next
+                # sync is tried as usual.
+                log.exception("syncing %s failed unexpectedly", self._path)
+                error = sqlite3.OperationalError(f"could not sync the database log: {exc!r}")
+            try:
+                settle_on_loops(waiters, error)
+            except Exception:
+                log.exception("could not hand the database log's sync to its waiters")
             if stop:
                 return
+
+    def _sync(self) -> BaseException | None:
+        """One ``fdatasync`` of the log: None once made, else the error for its waiters."""
+        if self.failure is not None:
+            return sync_failed_earlier(self.failure)
+        try:
+            if self._fd is None:
+                # The log exists once the first transaction has committed into it, and stays
+                # while this process keeps its connection open.
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:  # no sync was made, nothing was dropped: try again next time
+            log.error("could not open %s to sync it: %s", self._path, exc)
+            return sqlite3.OperationalError(f"could not sync the database log: {exc}")
+        try:
+            self._fsync(self._fd)
+            self.syncs += 1
+        except OSError as exc:
+            self.failure = exc.strerror or str(exc)
+            return sync_failed(self._path, self.failure)
+        return None
 
 
 # How often a writer asks for a checkpoint, at most.
@@ -266,6 +278,9 @@ class Checkpointer:
                     self._outage.succeeded()
                 except sqlite3.Error as exc:  # locked, or the disk is full: the next request tries again
                     self._outage.failed(exc)
+                except Exception:
+                    # A bug: it ended the thread, and the log was never checkpointed again.
+                    log.exception("the WAL checkpoint failed unexpectedly; the next request tries again")
                 with contextlib.suppress(OSError):  # no log yet, or a read-only copy
                     metrics.SQLITE_WAL_BYTES.set(os.stat(self._wal_path).st_size)
         finally:
