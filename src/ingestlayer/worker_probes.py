@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
@@ -21,6 +22,8 @@ from ingestlayer.api import health
 from ingestlayer.api.errors import install_error_handlers
 from ingestlayer.api.head_requests import HeadAsGet
 from ingestlayer.runtime import Runtime
+
+log = logging.getLogger("ingestlayer")
 
 
 class _ProbeServer(uvicorn.Server):
@@ -75,8 +78,19 @@ async def serve_probes(rt: Runtime, sock: socket.socket | None) -> AsyncIterator
     if task.done():
         task.result()  # re-raise what ended it
         raise OSError(f"the worker's probes stopped before listening on {host}:{port}")
+    # An error that ends the server's task while the worker runs (a bug in uvicorn's loop) was
+    # seen by nobody until the shutdown, which then ended in that traceback: exit status 1 after
+    # a clean drain. It is logged when it happens instead; the probes' socket stays open and
+    # answered (the task's end does not close it).
+    task.add_done_callback(_say_why_it_stopped)
     try:
         yield
     finally:
         server.should_exit = True
-        await task
+        with contextlib.suppress(Exception):  # logged when it ended
+            await task
+
+
+def _say_why_it_stopped(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the worker's probe server failed", exc_info=task.exception())

@@ -13,13 +13,19 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+import uvicorn
 
+from ingestlayer.listen import listening_socket
 from ingestlayer.records import IngestResult
+from ingestlayer.runtime import Runtime
+from ingestlayer.worker_probes import _ProbeServer, serve_probes
 from tests.integration.test_routing_in_background import API_KEY, configure, recipe, send
 from tests.support.chat_server import ChatServer
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer, start_server, wait_for
+from tests.support.server import test_settings as settings_for
 
 
 async def test_ingest_answers_after_the_group_commit_meets_an_unexpected_error(
@@ -127,3 +133,28 @@ async def test_an_event_routed_in_the_background_is_routed_after_an_unexpected_e
         assert any(r.exc_info and "injected" in str(r.exc_info[1]) for r in caplog.records)
     finally:
         await asyncio.wait_for(server.stop(), 20)
+
+
+async def test_a_worker_whose_probe_server_fails_says_so_at_once_and_still_stops_cleanly(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.ERROR, logger="ingestlayer")
+    rt = Runtime(settings_for(sqlite_url), api=False, worker=True)
+    sock = listening_socket("127.0.0.1", 0)
+    readyz = f"http://127.0.0.1:{sock.getsockname()[1]}/readyz"
+
+    async def failing_tick(self: uvicorn.Server, counter: int) -> bool:
+        raise RuntimeError("injected: a bug in the probe server's loop")
+
+    async def said() -> int:
+        return sum(bool(r.exc_info and "injected" in str(r.exc_info[1])) for r in caplog.records)
+
+    # Leaving the block is the worker's exit: it raised that error again, after the drain.
+    async with serve_probes(rt, sock), aiohttp.ClientSession() as http:
+        await rt.start()
+        monkeypatch.setattr(_ProbeServer, "on_tick", failing_tick)  # its task ends at the next tick
+        await wait_for(said, timeout=5)  # in the log while the worker runs, not at its exit
+        async with http.get(readyz) as resp:  # and the probes still answer
+            assert resp.status == 200
+        await rt.shutdown()
+    assert await said() == 1
