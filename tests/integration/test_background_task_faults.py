@@ -158,3 +158,37 @@ async def test_a_worker_whose_probe_server_fails_says_so_at_once_and_still_stops
             assert resp.status == 200
         await rt.shutdown()
     assert await said() == 1
+
+
+async def test_an_attempt_that_fails_unexpectedly_is_said_at_once_and_made_again(
+    db_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error past send_one's own handling ended the attempt's task, said only as "Task
+    exception was never retrieved" whenever the task was collected, with no delivery named."""
+    server = await start_server(db_url, delivery_lease_seconds=2)
+    try:
+        dispatcher = server.runtime.dispatcher
+        real = dispatcher.send_one
+        calls: list[str] = []
+
+        async def failing_once(d: Any, dest: Any) -> Any:
+            calls.append(d.id)
+            if len(calls) == 1:
+                raise RuntimeError("injected: a bug outside the destination")
+            return await real(d, dest)
+
+        dispatcher.send_one = failing_once  # type: ignore[method-assign]
+        caplog.set_level(logging.ERROR, logger="ingestlayer")
+        status, _ = await server.request(
+            "POST", "/v1/endpoints", json={"url": receiver.url + "/hook", "events": ["order.*"]}
+        )
+        assert status == 201
+        _, sent = await server.ingest("order.placed", {"n": 1})
+        await wait_for(lambda: asyncio.sleep(0, bool(calls)), timeout=10)
+        await wait_for(
+            lambda: asyncio.sleep(0, any(r.exc_info and calls[0] in r.getMessage() for r in caplog.records)),
+            timeout=5,
+        )
+        await wait_for(lambda: delivered(server, sent["id"]), timeout=15)  # once its lease expired
+    finally:
+        await asyncio.wait_for(server.stop(), 20)

@@ -791,8 +791,17 @@ class Dispatcher:
         self._dests.clear()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task, None)
+        d = self._inflight.pop(task, None)
         self._began.pop(task, None)
+        if d is not None and not task.cancelled() and (exc := task.exception()) is not None:
+            # Past send_one's own handling (a bug): said now, with the delivery, not as "Task
+            # exception was never retrieved" whenever the task is collected. Its lease is kept:
+            # the delivery is attempted again once the lease expires.
+            log.error(
+                "the attempt at delivery %s failed unexpectedly; attempted again when its lease expires",
+                d.id,
+                exc_info=exc,
+            )
         if self._backlogged:
             # The last lease was cut short by a lack of free slots (or was full): more may be
             # due. Otherwise the table has nothing due that a poll or a wake would not bring.
