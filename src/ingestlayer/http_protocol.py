@@ -442,7 +442,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _linger(self) -> None:
         """Half-close, and drop what the client still sends for LINGER_SECONDS (closed sooner
-        if the client closes its side)."""
+        if the client closes its side). Requests pipelined behind the answer are dropped too:
+        the transport is not closing, and uvicorn would run the next one, whose effects would
+        stand and whose answer would go nowhere (the client, told ``connection: close``, sends
+        it again)."""
+        self.pipeline.clear()
         self._head_room = _DISCARD
         self._linger_until = self.loop.time() + LINGER_SECONDS
         self.flow.resume_reading()

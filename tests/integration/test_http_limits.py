@@ -379,3 +379,24 @@ async def test_a_body_over_the_limit_is_answered_413_to_a_client_that_sends_it_a
         assert (await read_answer_to(reader, writer, post_event(srv, 1))).status == 202
     finally:
         writer.close()
+
+
+async def test_requests_pipelined_behind_an_answer_that_closes_are_not_run(srv: RunningServer) -> None:
+    """An answer that closes the connection (here a 400: Authorization sent twice) ends it for
+    the requests pipelined behind it too: they are not run (an event stored, its answer lost,
+    and the client, told ``connection: close``, sending it again), whatever still arrives."""
+    first = post_event(srv, 1).replace(
+        b"Authorization: ", b"Authorization: Bearer il_ingest_x\r\nAuthorization: ", 1
+    )
+    partial = post_event(srv, 3, pad=50_000)[:-20_000]
+    reader, writer = await connect(srv)
+    try:
+        writer.write(first + post_event(srv, 2) + partial)
+        answer = await read_answer(reader)
+        assert answer.status == 400 and answer.headers["connection"] == "close", answer.body
+        assert await closed(reader)  # nothing more: no answer to the pipelined requests
+    finally:
+        writer.close()
+    await asyncio.sleep(0.2)
+    status, listed = await srv.request("GET", "/v1/events?type=http.limits")
+    assert status == 200 and listed["data"] == [], listed
