@@ -828,3 +828,8 @@ async def test_a_type_filter_no_event_type_can_match_is_a_422(server: RunningSer
     for good in ("a.b", "a.*", "a*", "*", "a.b-c_d"):
         status, body = await server.request("GET", "/v1/events?" + urlencode({"type": good}))
         assert status == 200, (good, body)
+
+
+async def test_an_event_type_ending_in_a_newline_is_refused(server: RunningServer) -> None:
+    status, body = await server.ingest("user.signed_up\n", {})
+    assert status == 422 and error_of(body)["field"] == "type", body

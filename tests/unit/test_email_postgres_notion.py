@@ -160,6 +160,8 @@ def email_cfg(**overrides: Any) -> EmailConfig:
         ({"from": "a@x.com, b@x.com"}, "holds 2 addresses"),
         ({"from": "a@b.com\r\nBcc: x@y.com"}, "line breaks"),
         ({"host": "smtp://smtp.example.com"}, "host name or IP address"),
+        # A value ending in a newline passed checks that ended in "$" (the HELO line's too).
+        ({"helo_name": "mail.example.com\n"}, "must be a host name"),
         ({"ca_cert": "not a pem"}, "PEM"),
         ({"tls": "none", "ca_cert": "ref:ca"}, "no use with tls: none"),
         ({"port": 0}, "greater than or equal to 1"),

@@ -220,3 +220,19 @@ def test_wildcards_match_as_the_regex_they_mean(pattern: str, event_type: str) -
 def test_a_pattern_that_made_the_regex_backtrack_matches_as_it_should() -> None:
     match = TypeMatcher(["*a*a*a*a*b"])
     assert not match("a" * 188 + "c") and match("a" * 188 + "b") and not match("aaab")
+
+
+def test_a_value_ending_in_a_newline_is_no_type_pattern_table_or_field() -> None:
+    """The checks ended in "$" and used match(), which takes a final newline: an event type
+    ``user.a\\n`` was accepted and stored, and so were such table names and field paths."""
+    from ingestlayer.destinations.postgres.config import check_identifier
+    from ingestlayer.pipeline.matching import is_type_filter, is_valid_event_type, is_valid_pattern
+    from ingestlayer.pipeline.steps.classify.config import PATH_RE
+
+    assert not is_valid_event_type("user.a\n") and is_valid_event_type("user.a")
+    assert not is_valid_pattern("user.*\n") and is_valid_pattern("user.*")
+    assert not is_type_filter("user.a\n")
+    with pytest.raises(ValueError, match="not a plain SQL identifier"):
+        check_identifier("events\n", "table")
+    assert check_identifier("events", "table") == "events"
+    assert PATH_RE.fullmatch("triage.urgency") and not PATH_RE.fullmatch("triage.urgency\n")

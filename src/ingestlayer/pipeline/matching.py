@@ -7,17 +7,18 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-_TYPE_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
-_PATTERN_RE = re.compile(r"^(\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*)$")
+# Whole values (fullmatch): "$" with match() let a type ending in a newline through.
+_TYPE_RE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+_PATTERN_RE = re.compile(r"\*|[A-Za-z0-9_\-*]+(\.[A-Za-z0-9_\-*]+)*")
 
 
 @functools.lru_cache(maxsize=4096)  # the same few types arrive again and again
 def is_valid_event_type(value: str) -> bool:
-    return len(value) <= 200 and bool(_TYPE_RE.match(value))
+    return len(value) <= 200 and bool(_TYPE_RE.fullmatch(value))
 
 
 def is_valid_pattern(value: str) -> bool:
-    return len(value) <= 200 and bool(_PATTERN_RE.match(value))
+    return len(value) <= 200 and bool(_PATTERN_RE.fullmatch(value))
 
 
 # Types remembered per project at most: event types are many only in a flood.

@@ -51,7 +51,7 @@ def check_address(value: str) -> str:
         or not local
         or not ascii_domain
         or any(c.isspace() for c in addr)
-        or not _DOMAIN.match(ascii_domain)
+        or not _DOMAIN.fullmatch(ascii_domain)
     ):
         raise ValueError(f"{value!r} is not an email address (user@example.com or Name <user@example.com>)")
     if ascii_domain != domain:
@@ -155,7 +155,7 @@ class EmailConfig(BaseModel):
     @classmethod
     def _host(cls, v: str) -> str:
         v = v.strip()
-        if "://" in v or not _HOST.match(v):
+        if "://" in v or not _HOST.fullmatch(v):
             raise ValueError(
                 "must be a host name or IP address, such as smtp.example.com (no scheme or port)"
             )
@@ -169,7 +169,7 @@ class EmailConfig(BaseModel):
     @field_validator("helo_name")
     @classmethod
     def _helo(cls, v: str | None) -> str | None:
-        if v is not None and not _DOMAIN.match(v):
+        if v is not None and not _DOMAIN.fullmatch(v):
             raise ValueError("must be a host name such as mail.example.com")
         return v
 

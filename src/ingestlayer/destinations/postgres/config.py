@@ -38,7 +38,7 @@ ColumnType = Literal[
 
 
 def check_identifier(value: str, what: str) -> str:
-    if not IDENTIFIER.match(value):
+    if not IDENTIFIER.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} is not a plain SQL identifier (letters, digits and _, not starting "
             "with a digit, at most 63 characters)"

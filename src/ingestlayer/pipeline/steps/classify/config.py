@@ -100,7 +100,7 @@ class KeywordRule(BaseModel):
             if not v:
                 raise ValueError("fields must name at least one field (or be left out: the whole payload)")
             for p in v:
-                if not PATH_RE.match(p):
+                if not PATH_RE.fullmatch(p):
                     raise ValueError(f"{p!r} is not a dotted field path")
         return v
 
@@ -238,7 +238,7 @@ class ClassifyConfig(StepConfig):
     @field_validator("field")
     @classmethod
     def _field(cls, v: str) -> str:
-        if not PATH_RE.match(v):
+        if not PATH_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a dotted field path (e.g. urgency or triage.urgency)")
         return v
 
