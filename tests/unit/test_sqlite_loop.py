@@ -500,3 +500,40 @@ async def test_an_unexpected_error_in_a_checkpoint_leaves_the_thread_checkpointi
         assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
     finally:
         await store.close()
+
+
+async def test_a_database_named_through_a_symbolic_link_is_written_durably(tmp_path: Path) -> None:
+    """SQLite keeps its log beside the file a link names: the log was synced at the link's side,
+    where there is none, and every durable write failed ("could not sync the database log")."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    conn = sqlite3.connect(volume / "ingestlayer.db")
+    conn.execute("PRAGMA journal_mode = WAL")  # as migrations leave every database
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    conn.close()
+    link = tmp_path / "ingestlayer.db"
+    link.symlink_to(volume / "ingestlayer.db")
+    store = LoopSqlite(str(link))
+    try:
+        assert await asyncio.wait_for(store.write(_insert, 1), 10) == 1  # waits for the log's sync
+        assert await asyncio.wait_for(store.write(_insert, 2), 10) == 2
+        store.files.check()
+        assert store.files.problem is None
+    finally:
+        await store.close()
+    assert _committed(str(volume / "ingestlayer.db")) == [1, 2]
+
+
+def test_a_path_that_cannot_be_looked_at_is_not_taken_for_a_removed_file(tmp_path: Path) -> None:
+    """Only a path that names nothing (ENOENT, ENOTDIR) is a removed file; any other error of
+    stat() (a directory without search permission for a moment, a network file system's error)
+    refused every write until a restart."""
+    from ingestlayer.store.sqlite_file_watch import UNKNOWN, _identity
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert _identity(str(tmp_path / "missing")) is None
+    assert _identity(str(tmp_path / "file" / "under")) is None  # ENOTDIR
+    assert _identity(str(tmp_path / "a")) == UNKNOWN  # ELOOP
+    assert _identity(str(tmp_path / "file")) not in (None, UNKNOWN)

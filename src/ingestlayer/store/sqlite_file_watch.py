@@ -19,6 +19,7 @@ what they hold.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -29,15 +30,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("ingestlayer.store")
 
+UNKNOWN = (-1, -1)  # _identity's answer when the path could not be looked at
+
 # The words storage_condition (store/conditions.py) names this condition by.
 FILE_MOVED_WORDS = "the database file was removed or replaced"
 
 
+# What os.stat raises for a path that names nothing: removed (or its directory with it).
+_GONE = (errno.ENOENT, errno.ENOTDIR)
+
+
 def _identity(path: str) -> tuple[int, int] | None:
+    """The file ``path`` names now (None: no file), or :data:`UNKNOWN` when it cannot be told (a
+    directory without search permission for a moment, a network file system's error): writes are
+    not refused for that, only for a path that names another file or none."""
     try:
         st = os.stat(path)
-    except OSError:  # removed (or its directory with it)
-        return None
+    except OSError as exc:
+        return None if exc.errno in _GONE else UNKNOWN
     return st.st_dev, st.st_ino
 
 
@@ -57,11 +67,11 @@ class FileWatch:
     """The database file and its log, as opened: ``check()`` looks whether the paths still name
     them (two ``stat`` calls)."""
 
-    def __init__(self, path: str) -> None:
-        self._paths = [path, path + "-wal"]
+    def __init__(self, path: str, wal_path: str | None = None) -> None:
+        self._paths = [path, wal_path or path + "-wal"]
         # The log exists by now: the connection has read the file in WAL mode. Without one (a
         # file system without WAL) only the file is watched.
-        self._opened = [(p, i) for p in self._paths if (i := _identity(p)) is not None]
+        self._opened = [(p, i) for p in self._paths if (i := _identity(p)) not in (None, UNKNOWN)]
         self.problem: str | None = None  # why writes are refused, once a file was not at its path
 
     def check(self) -> None:
@@ -69,7 +79,7 @@ class FileWatch:
         if self.problem is not None:
             return
         now_named = [(p, opened, _identity(p)) for p, opened in self._opened]
-        moved = [(p, now) for p, opened, now in now_named if now != opened]
+        moved = [(p, now) for p, opened, now in now_named if now not in (opened, UNKNOWN)]
         if not moved:
             return
         held = _held_open()

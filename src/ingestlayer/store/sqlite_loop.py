@@ -24,6 +24,7 @@ dispatcher's attempt log), and the fsync is shared between everything committed 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -96,9 +97,12 @@ class LoopSqlite:
         self._lock = threading.Lock()
         self._closed = False
         self._last_checkpoint = 0.0
+        # SQLite keeps its log beside the file a symbolic link names, not beside the link: synced
+        # at the link's side, every durable write failed ("could not sync the database log").
+        wal_path = os.path.realpath(path) + "-wal"
         self._checkpointer = Checkpointer(
             lambda: connect(path),
-            path + "-wal",
+            wal_path,
             writer_lock=self._lock,
             restart_after_frames=restart_wal_after_frames,
         )
@@ -107,9 +111,9 @@ class LoopSqlite:
         if mode == "wal":
             # Commits append to the log without syncing it; durable writes wait for its sync.
             self._conn.execute("PRAGMA synchronous = NORMAL")
-            self.wal = LogSyncProcess(path + "-wal")
+            self.wal = LogSyncProcess(wal_path)
         # Otherwise (a file system without WAL support) every COMMIT syncs, at FULL.
-        self.files = FileWatch(path)
+        self.files = FileWatch(path, wal_path)
 
     async def write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
         """Run ``fn`` in a write transaction. ``durable=False`` marks a write whose loss on power
