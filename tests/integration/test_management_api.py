@@ -615,6 +615,11 @@ async def test_head_is_answered_as_get_without_the_body(srv: RunningServer) -> N
             assert head.status == got.status, (path, head.status, got.status)
             assert head.headers.get("Content-Type") == got.headers.get("Content-Type"), path
             assert await head.read() == b"", path
+    # Not where a GET changes something: Slack's OAuth start makes a state, its callback uses
+    # one up; a link checker's HEAD must do neither.
+    for path in ("/oauth/slack/callback?code=c&state=s", "/v1/connections/slack/authorize?name=x"):
+        async with srv.session.head(srv.url + path, headers=srv.auth(), allow_redirects=False) as head:
+            assert head.status == 405, (path, head.status)
     # The head says how long the GET's body is.
     async with srv.session.get(srv.url + "/healthz") as got:
         length = len(await got.read())

@@ -16,6 +16,11 @@ from ingestlayer.api.ingest import Receive, Scope, Send
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# GETs that change something: Slack's OAuth start (a state made and kept) and its callback (the
+# code exchanged, the state used up). A link checker's HEAD must not do either: 405 there.
+GETS_WITH_EFFECTS = ("/oauth/", "/v1/connections/")
+
+
 class HeadAsGet:
     """``app``, with a HEAD request handed to it as the GET it asks about."""
 
@@ -23,6 +28,10 @@ class HeadAsGet:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "HEAD":
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "HEAD"
+            and not scope["path"].startswith(GETS_WITH_EFFECTS)
+        ):
             scope = {**scope, "method": "GET"}  # a copy: the server's keeps HEAD
         await self.app(scope, receive, send)
