@@ -15,6 +15,7 @@ import pytest
 
 from ingestlayer import metrics
 from ingestlayer.store import sqlite_durability, sqlite_loop
+from ingestlayer.store.conditions import storage_condition
 from ingestlayer.store.log_sync_process import LogSyncProcess
 from ingestlayer.store.sqlite_durability import WalSync
 from ingestlayer.store.sqlite_loop import LoopSqlite
@@ -460,8 +461,10 @@ async def test_an_unexpected_error_in_a_sync_fails_its_waiters_and_the_next_sync
 
     sync = WalSync(str(path), fsync=fails_once)
     try:
-        with pytest.raises(sqlite3.OperationalError, match="could not sync the database log"):
+        with pytest.raises(sqlite3.OperationalError, match="sync failed unexpectedly") as failed:
             await asyncio.wait_for(sync.wait(), 10)
+        # A 503 to retry shortly, not "nothing is stored until the server restarts".
+        assert storage_condition(failed.value) is None
         await asyncio.wait_for(sync.wait(), 10)  # the next commit is synced
         assert sync.syncs == 1 and sync.failure is None
         assert any("syncing" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -146,7 +146,9 @@ class WalSync:
                 # and every commit after waited for good. Theirs fail as not synced; the next
                 # sync is tried as usual.
                 log.exception("syncing %s failed unexpectedly", self._path)
-                error = sqlite3.OperationalError(f"could not sync the database log: {exc!r}")
+                # Not "could not sync the database log": that names a failed fdatasync, final
+                # until a restart (conditions.py), and this one is not.
+                error = sqlite3.OperationalError(f"the database log's sync failed unexpectedly: {exc!r}")
             try:
                 settle_on_loops(waiters, error)
             except Exception:
@@ -165,7 +167,7 @@ class WalSync:
                 self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:  # no sync was made, nothing was dropped: try again next time
             log.error("could not open %s to sync it: %s", self._path, exc)
-            return sqlite3.OperationalError(f"could not sync the database log: {exc}")
+            return sqlite3.OperationalError(f"could not open the database log to sync it: {exc}")
         try:
             self._fsync(self._fd)
             self.syncs += 1
