@@ -192,3 +192,31 @@ async def test_an_attempt_that_fails_unexpectedly_is_said_at_once_and_made_again
         await wait_for(lambda: delivered(server, sent["id"]), timeout=15)  # once its lease expired
     finally:
         await asyncio.wait_for(server.stop(), 20)
+
+
+async def test_an_error_after_attempts_are_recorded_does_not_say_they_were_not(
+    db_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(db_url)
+    try:
+        dispatcher = server.runtime.dispatcher
+        finished: list[str] = []
+
+        def failing(result: Any) -> None:
+            finished.append(result.delivery_id)
+            raise RuntimeError("injected: a bug after recording")
+
+        dispatcher._on_finished = failing
+        caplog.set_level(logging.ERROR, logger="ingestlayer")
+        status, _ = await server.request(
+            "POST", "/v1/endpoints", json={"url": receiver.url + "/hook", "events": ["order.*"]}
+        )
+        assert status == 201
+        _, sent = await server.ingest("order.placed", {"n": 1})
+        await wait_for(lambda: delivered(server, sent["id"]), timeout=10)
+        await wait_for(lambda: asyncio.sleep(0, bool(finished)), timeout=5)
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(line == f"after recording delivery {finished[0]}" for line in lines), lines
+        assert not any("failed unexpectedly" in line for line in lines), lines
+    finally:
+        await asyncio.wait_for(server.stop(), 20)

@@ -475,9 +475,6 @@ class Dispatcher:
                 self._recording_again, self._recording = again, batch
                 try:
                     recorded, kept = await self._record(batch, again, final)
-                    if self._on_finished is not None:
-                        for r in recorded:
-                            self._on_finished(r)
                 except Exception:
                     # A bug, not the database: it ended the writer with nothing in the log, and
                     # every later attempt was sent and never recorded (sent again each time its
@@ -491,6 +488,12 @@ class Dispatcher:
                     recorded, kept = [], []
                 finally:
                     self._recording_again, self._recording = False, []
+                if self._on_finished is not None:
+                    for r in recorded:
+                        try:
+                            self._on_finished(r)
+                        except Exception:  # recorded all the same: not said to be lost
+                            log.exception("after recording delivery %s", r.delivery_id)
                 if kept:
                     if final:
                         self._give_up(kept)
