@@ -20,7 +20,7 @@ from ingestlayer.store.retention import (
     next_batch_size,
 )
 from ingestlayer.store.schema import attempts, deliveries, events
-from ingestlayer.store.stats import distinct_types, id_bound
+from ingestlayer.store.stats import id_bound, newest_of_prefix
 from ingestlayer.store.type_prefix import starts_with
 
 # How far an event's id may be from when it was received: ids are made a moment after the time
@@ -80,14 +80,9 @@ class ListingsMixin(StoreBase):
                 # A few types are each an ordered walk of (project_id, type, id), merged.
                 # (PostgreSQL's prefix is a LIKE, and its types sort by its collation, which no
                 # range bounds: it walks (project_id, id) newest first and stops at a page.)
-                types = await distinct_types(conn, project_id, prefix)
-                if types is not None:
-                    newest: list[str] = []
-                    for t in types:
-                        query = select(events.c.id).where(*conds, events.c.type == t)
-                        query = query.order_by(events.c.id.desc()).limit(limit)
-                        newest += (await conn.execute(query)).scalars()
-                    conds.append(events.c.id.in_(sorted(newest, reverse=True)[:limit]))
+                ids = await newest_of_prefix(conn, project_id, conds, prefix, limit)
+                if ids is not None:
+                    conds.append(events.c.id.in_(ids))
                     prefix = []
             rows = await conn.execute(
                 select(*_EVENT_SELECT).where(*conds, *prefix).order_by(events.c.id.desc()).limit(limit)

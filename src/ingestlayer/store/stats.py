@@ -143,6 +143,23 @@ async def distinct_types(conn: Any, project_id: str, prefix: list[Any]) -> list[
     return None
 
 
+async def newest_of_prefix(
+    conn: Any, project_id: str, conds: list[Any], prefix: list[Any], limit: int
+) -> list[str] | None:
+    """The ids of the ``limit`` newest events meeting ``conds`` whose type matches ``prefix``,
+    newest first, found type by type (each an ordered walk of (project_id, type, id)) and
+    merged; None when more than :data:`MAX_PREFIX_TYPES` types match, where one range scan and
+    a sort costs less."""
+    types = await distinct_types(conn, project_id, prefix)
+    if types is None:
+        return None
+    newest: list[str] = []
+    for t in types:
+        query = select(events.c.id).where(*conds, events.c.type == t).order_by(events.c.id.desc())
+        newest += (await conn.execute(query.limit(limit))).scalars()
+    return sorted(newest, reverse=True)[:limit]
+
+
 @dataclass(slots=True)
 class AttemptBucket:
     attempts: int = 0  # exact
@@ -450,14 +467,10 @@ class DashboardStats:
         async with self.engines.read.connect() as conn:
             if type_ and type_.endswith("*") and type_[:-1]:
                 prefix = starts_with(self.dialect, events.c.type, type_[:-1])
-                types = await distinct_types(conn, project_id, prefix)
-                if types is None:  # many types share the prefix: one range scan and a sort
+                ids = await newest_of_prefix(conn, project_id, conds, prefix, limit)
+                if ids is None:  # many types share the prefix: one range scan and a sort
                     return await self._events(conn, [*conds, *prefix], limit)
-                # A few types: each is an ordered walk of (project_id, type, id); merge them.
-                found: list[EventRow] = []
-                for t in types:
-                    found.extend(await self._events(conn, [*conds, events.c.type == t], limit))
-                return sorted(found, key=lambda e: e.id, reverse=True)[:limit]
+                return await self._events(conn, [*conds, events.c.id.in_(ids)], limit)
             if type_ and not type_.endswith("*"):
                 conds.append(events.c.type == type_)
             return await self._events(conn, conds, limit)
