@@ -13,6 +13,9 @@ from typing import Literal
 
 Condition = Literal["disk_full", "read_only", "sync_failed", "file_moved"]
 
+# The words sqlite_file_watch's refusals begin with, by which they are told apart here.
+FILE_MOVED_WORDS = "the database file was removed or replaced"
+
 # A full disk does not clear in a second: clients are asked to wait this long before trying again.
 DISK_FULL_RETRY_SECONDS = 30
 
@@ -31,6 +34,6 @@ def storage_condition(exc: BaseException) -> Condition | None:
     if "could not sync the database log" in text:
         return "sync_failed"
     # Ours too (sqlite_file_watch): the file SQLite writes to is no longer at its path.
-    if "the database file was removed or replaced" in text:
+    if FILE_MOVED_WORDS in text:
         return "file_moved"
     return None

@@ -28,12 +28,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ingestlayer.store.conditions import FILE_MOVED_WORDS
+
 log = logging.getLogger("ingestlayer.store")
 
 UNKNOWN = (-1, -1)  # _identity's answer when the path could not be looked at
-
-# The words storage_condition (store/conditions.py) names this condition by.
-FILE_MOVED_WORDS = "the database file was removed or replaced"
 
 
 # What os.stat raises for a path that names nothing: removed (or its directory with it).
@@ -68,10 +67,10 @@ class FileWatch:
     them (two ``stat`` calls)."""
 
     def __init__(self, path: str, wal_path: str | None = None) -> None:
-        self._paths = [path, wal_path or path + "-wal"]
         # The log exists by now: the connection has read the file in WAL mode. Without one (a
         # file system without WAL) only the file is watched.
-        self._opened = [(p, i) for p in self._paths if (i := _identity(p)) not in (None, UNKNOWN)]
+        paths = [path, wal_path or path + "-wal"]
+        self._opened = [(p, i) for p in paths if (i := _identity(p)) not in (None, UNKNOWN)]
         self.problem: str | None = None  # why writes are refused, once a file was not at its path
 
     def check(self) -> None:
