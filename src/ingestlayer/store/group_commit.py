@@ -108,18 +108,14 @@ class GroupCommitter:
                 "an ingest group of %d requests met an unexpected error; those not answered get a 503",
                 len(group),
             )
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_exception(exc)
+            _fail(group, exc)
 
     async def _commit(self, group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]) -> None:
         flat = [ev for items, _ in group for ev in items]
         try:
             results = await self._insert(flat)
         except asyncio.CancelledError:  # a shutdown that could wait no longer (close)
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_exception(RuntimeError(SHUTTING_DOWN))
+            _fail(group, RuntimeError(SHUTTING_DOWN))
             raise
         except Exception as exc:
             if len(group) > 1 and not isinstance(exc, DATABASE_UNAVAILABLE):
@@ -140,9 +136,7 @@ class GroupCommitter:
                 self._outage.failed(exc, "requests are answered 503 with Retry-After")
             else:
                 log.exception("ingest transaction failed for %d events", len(flat))
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_exception(exc)
+            _fail(group, exc)
             return
         self._outage.succeeded()
         pos = 0
@@ -170,8 +164,13 @@ class GroupCommitter:
         for inflight in list(self._inflight):
             inflight.cancel()
         await asyncio.gather(task, *self._inflight, return_exceptions=True)
-        for _, fut in self._queue:
-            if not fut.done():
-                fut.set_exception(RuntimeError(SHUTTING_DOWN))
+        _fail(self._queue, RuntimeError(SHUTTING_DOWN))
         self._queue.clear()
         return True
+
+
+def _fail(group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]], exc: BaseException) -> None:
+    """Answer each request of ``group`` not answered yet with ``exc``."""
+    for _, fut in group:
+        if not fut.done():
+            fut.set_exception(exc)
