@@ -61,13 +61,7 @@ async def test_the_delivery_logs_filtered_to_a_few_deliveries_read_their_attempt
     store = Store.from_url(db_url)
     stats = DashboardStats(store.engines)
     try:
-        pid, _, _ = await store.create_project("acme")
-        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
-        await store.apply_config(pid, [{"id": "dst_x", "name": "x", **webhook}], [])
-        start = time.time() - 3 * 86400
-        history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
-        for i in range(0, HISTORY, 500):
-            await _deliver(store, history[i : i + 500], "delivered" if i else "retrying")
+        pid = await _project_with_history(store, first_status="retrying")
         # Pending, never attempted: a tenth of the deliveries, so that a planner that counts
         # on their attempts being spread through the log expects a page within a few hundred.
         await _route(store, [_event_at(pid, time.time()) for _ in range(300)])
@@ -126,6 +120,19 @@ async def _deliver(store: Store, batch: list[NewEvent], status: str) -> None:
     )
 
 
+async def _project_with_history(store: Store, first_status: str = "delivered") -> str:
+    """A project with destination ``dst_x`` and HISTORY events a minute apart, three days back,
+    each delivered once (the first 500 ending ``first_status``); its id."""
+    pid, _, _ = await store.create_project("acme")
+    webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+    await store.apply_config(pid, [{"id": "dst_x", "name": "x", **webhook}], [])
+    start = time.time() - 3 * 86400
+    history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
+    for i in range(0, HISTORY, 500):
+        await _deliver(store, history[i : i + 500], "delivered" if i else first_status)
+    return pid
+
+
 async def test_a_type_prefix_listing_walks_each_type_newest_first_on_sqlite(sqlite_url: str) -> None:
     # GET /v1/events?type=user.* (and `ingestlayer events --type 'user.*'`) read every event of
     # every matching type on SQLite and sorted them all for one page: a third of a project.
@@ -170,13 +177,7 @@ async def test_delivery_counts_read_an_index_range_per_status_on_a_reused_plan(p
     # table, once per status counted (300 ms a page at 300,000 deliveries).
     store = Store.from_url(pg_url)
     try:
-        pid, _, _ = await store.create_project("acme")
-        webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
-        await store.apply_config(pid, [{"id": "dst_x", "name": "x", **webhook}], [])
-        start = time.time() - 3 * 86400
-        history = [_event_at(pid, start + 60 * i) for i in range(HISTORY)]
-        for i in range(0, HISTORY, 500):
-            await _deliver(store, history[i : i + 500], "delivered")
+        pid = await _project_with_history(store)
         await _route(store, [_event_at(pid, time.time()) for _ in range(20)])
         async with store.engines.write.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
