@@ -22,6 +22,7 @@ from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLeas
 from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from ingestlayer.store.db import connections_dropped
 from ingestlayer.store.group_commit import GroupCommitter
+from ingestlayer.store.notify import EVERYTHING_CHANGED
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
@@ -229,7 +230,10 @@ class Runtime:
     def _forget_changed(self, change: str) -> None:
         """Another process revoked a key or changed a project's secrets: drop this process's
         copies now rather than when they run out (10 s and 5 s)."""
-        if change == "keys":  # from a process of an earlier version: every project's
+        if change == EVERYTHING_CHANGED:  # this process may have missed some: all of them
+            self.keys.forget()
+            self.dispatcher.resolver.forget()
+        elif change == "keys":  # from a process of an earlier version: every project's
             self.keys.forget()
         elif change.startswith("keys:"):
             self.keys.forget(change.removeprefix("keys:"))

@@ -70,3 +70,19 @@ async def test_a_cancelled_send_does_not_cancel_the_shared_read() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert store.reads == 1
+
+
+async def test_forget_of_every_project_drops_cached_and_in_flight_reads() -> None:
+    """What a process does when it may have missed notifications (its listener reconnected)."""
+    resolver, store = _resolver()
+    store.values[("prj_2", "hook")] = "whsec_2a"
+    assert await resolver("prj_1", "ref:hook") == "whsec_one"  # cached
+    in_flight = asyncio.ensure_future(resolver("prj_2", "ref:hook"))
+    await asyncio.sleep(0.01)  # prj_2's read is under way
+    store.values[("prj_1", "hook")] = "whsec_two"
+    store.values[("prj_2", "hook")] = "whsec_2b"
+    resolver.forget()
+    assert await resolver("prj_1", "ref:hook") == "whsec_two"
+    assert await resolver("prj_2", "ref:hook") == "whsec_2b"
+    await in_flight
+    assert await resolver("prj_2", "ref:hook") == "whsec_2b"  # the old read did not win the cache

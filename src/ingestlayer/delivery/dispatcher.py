@@ -207,13 +207,16 @@ class SecretResolver:
             self._cache[key] = (time.monotonic() + SECRET_CACHE_SECONDS, value)
         return value
 
-    def forget(self, project_id: str) -> None:
-        """Drop a project's cached secrets, so the next send reads them afresh."""
-        for key in [k for k in self._cache if k[0] == project_id]:
+    def forget(self, project_id: str | None = None) -> None:
+        """Drop a project's cached secrets (or every project's), so the next send reads them
+        afresh."""
+        projects = {k[0] for k in (*self._cache, *self._loading)} if project_id is None else {project_id}
+        for key in [k for k in self._cache if k[0] in projects]:
             del self._cache[key]
-        for key in [k for k in self._loading if k[0] == project_id]:
+        for key in [k for k in self._loading if k[0] in projects]:
             del self._loading[key]  # a read begun before the change must not be shared after it
-        self._generation[project_id] = self._generation.get(project_id, 0) + 1
+        for pid in projects:
+            self._generation[pid] = self._generation.get(pid, 0) + 1
 
 
 class Dispatcher:

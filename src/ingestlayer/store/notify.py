@@ -12,6 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ingestlayer.store.base import StoreBase
 from ingestlayer.store.pg_hot import CHANGES_CHANNEL, DELIVER_CHANNEL, ROUTE_CHANNEL, PgHotPath
 
+# What ``on_change`` is told when changes may have been missed: drop every cached key and secret.
+EVERYTHING_CHANGED = "*"
+
 
 class NotifyMixin(StoreBase):
     """LISTEN/NOTIFY on PostgreSQL; on SQLite, watching other connections' commits."""
@@ -39,7 +42,18 @@ class NotifyMixin(StoreBase):
                 channels[DELIVER_CHANNEL] = lambda _payload: on_deliver()
             if on_change is not None:
                 channels[CHANGES_CHANNEL] = on_change
-            await self._hot.listen(channels, stop)
+
+            def missed() -> None:
+                # Listening again after a gap: work committed meanwhile is looked for now rather
+                # than at the next poll, and every cached key and secret is read afresh, since a
+                # revocation told during the gap was not heard.
+                for callback in (on_route, on_deliver):
+                    if callback is not None:
+                        callback()
+                if on_change is not None:
+                    on_change(EVERYTHING_CHANGED)
+
+            await self._hot.listen(channels, stop, on_reconnect=missed)
         elif watch_commits and on_route is not None and on_deliver is not None:
 
             def wake() -> None:

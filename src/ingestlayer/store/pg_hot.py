@@ -410,12 +410,21 @@ class PgHotPath:
         except TimeoutError:
             count_dropped(size)
 
-    async def listen(self, wake: dict[str, Callable[[str], None]], stop: asyncio.Event) -> None:
+    async def listen(
+        self,
+        wake: dict[str, Callable[[str], None]],
+        stop: asyncio.Event,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
         """Call ``wake[channel](payload)`` on each notification until ``stop``; reconnect when
-        the connection drops (the callers' polls and cache lifetimes cover the gap)."""
+        the connection drops, and call ``on_reconnect`` once listening again: what was notified
+        meanwhile was missed (the callers' polls and cache lifetimes covered the gap)."""
         # An outage is a line when it starts, one every few seconds, and one when it is over,
-        # not one a second (a retry each LISTEN_RETRY_SECONDS).
+        # not one a second (a retry each LISTEN_RETRY_SECONDS). A connection the server ended
+        # counts as a failure too: it was reconnected without a word, and a listener that lost
+        # its connection every few seconds (a proxy's idle timeout) went unnoticed.
         outage = OutageLog(log, "listening for new work")
+        listened = False
         while not stop.is_set():
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
@@ -429,11 +438,16 @@ class PgHotPath:
                 for channel, callback in wake.items():
                     await conn.add_listener(channel, lambda _c, _p, _ch, payload, cb=callback: cb(payload))
                 outage.succeeded()
+                if listened and on_reconnect is not None:
+                    on_reconnect()
+                listened = True
                 stopping = asyncio.ensure_future(stop.wait())
                 dropped = asyncio.ensure_future(lost.wait())
                 await asyncio.wait({stopping, dropped}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
                 dropped.cancel()
+                if lost.is_set() and not stop.is_set():
+                    outage.failed(ConnectionError("the server closed the connection"), "polling meanwhile")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 outage.failed(exc, "polling meanwhile")
             finally:
