@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 
 def error_message(err: Mapping[str, Any]) -> str:
     """The message for one of ``ValidationError.errors()``, without the field it is about."""
@@ -35,3 +37,12 @@ def error_message(err: Mapping[str, Any]) -> str:
 
 def _items(n: int) -> str:
     return f"{n} item" if n == 1 else f"{n} items"
+
+
+def configuration_problem(exc: Exception) -> str:
+    """Why a stored configuration could not be used, as the log and an answer say it: a pydantic
+    error field by field, without the input pydantic's own text quotes (a header's value or a
+    step's setting may be a credential)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return f"{type(exc).__name__}: {exc}"

@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from pydantic import ValidationError
 
 from ingestlayer import __version__, clock, metrics
 from ingestlayer.config import Settings
@@ -43,6 +42,7 @@ from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog, reason
 from ingestlayer.store.store import DELETED_DESTINATION_ERROR, DISABLED_DESTINATION_ERROR, Store
 from ingestlayer.stored_config import stored_configuration
+from ingestlayer.validation_messages import configuration_problem
 
 log = logging.getLogger("ingestlayer.delivery")
 
@@ -95,10 +95,9 @@ def _build(row: DestinationRow) -> _Dest:
         with stored_configuration():
             instance = build_destination(row.kind, row.config["settings"])
     except Exception as exc:
-        log.warning("destination %s has a configuration that cannot be used: %s", row.id, _problem(exc))
-        return _Dest(
-            row.updated_at, row.enabled, None, policy, broken=f"invalid configuration: {_problem(exc)}"
-        )
+        problem = configuration_problem(exc)
+        log.warning("destination %s has a configuration that cannot be used: %s", row.id, problem)
+        return _Dest(row.updated_at, row.enabled, None, policy, broken=f"invalid configuration: {problem}")
     return _Dest(row.updated_at, row.enabled, instance, policy, row.config.get("concurrency"))
 
 
@@ -113,13 +112,6 @@ def _log_failure(what: str, exc: Exception) -> None:
 
 def _kept(n: int) -> str:
     return f"{n} unrecorded outcome{'' if n == 1 else 's'} kept until it answers"
-
-
-def _problem(exc: Exception) -> str:
-    # Pydantic's own text quotes the input, and a header value may be a credential.
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return f"{type(exc).__name__}: {exc}"
 
 
 def env_readable(name: str, allowed: Sequence[str]) -> bool:
