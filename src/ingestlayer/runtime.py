@@ -85,7 +85,7 @@ class Runtime:
             self.router.wake.set()  # their jobs wait in the table
             return results
         token = self.store.route_token(self.settings.route_lease_seconds)
-        routing = await self.router.plan_ingest(batch)
+        routing = await self._plan(batch)
         results, routing = await self._insert_planned(batch, routing, token)
         stored = list(batch)
         if any(r.duplicate for r in results):
@@ -98,6 +98,16 @@ class Runtime:
         if events:
             self.router.accept(RouteLease(token, events, {e.id: 1 for e in events}))
         return results
+
+    async def _plan(self, batch: Sequence[NewEvent]) -> IngestRouting | None:
+        """What ingest routes of ``batch`` itself. Only a shortcut: if planning it fails (a bug,
+        one project's configuration), the router routes every event of it, rather than the
+        request and every other request of its group commit failing with it."""
+        try:
+            return await self.router.plan_ingest(batch)
+        except Exception:
+            log.exception("routing %d events at ingest failed; the router routes them", len(batch))
+            return None
 
     async def _insert_planned(
         self, batch: Sequence[NewEvent], routing: IngestRouting | None, route_token: float | None = None
@@ -125,7 +135,7 @@ class Runtime:
         the rest to the workers as route jobs. No router runs here to compile configurations
         as a side effect, so ingest compiles those it found missing or stale, after the insert
         and off the request's path."""
-        routing = await self.router.plan_ingest(batch)
+        routing = await self._plan(batch)
         results, routing = await self._insert_planned(batch, routing)
         if routing is not None:
             self.router.ingested(routing)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
+import sqlalchemy.exc
 
 from ingestlayer import clock
 from ingestlayer.config import Settings
@@ -30,11 +31,13 @@ from ingestlayer.pipeline.runner import (
     route_event,
 )
 from ingestlayer.records import IngestRouting, LeasedDelivery, NewDelivery, NewEvent, RouteLease, StoredEvent
+from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 from ingestlayer.timefmt import iso
+from ingestlayer.validation_messages import configuration_problem
 
 log = logging.getLogger("ingestlayer.router")
 
@@ -45,6 +48,15 @@ ROUTE_RETRY_DELAYS = (1.0, 5.0, 30.0, 120.0, 600.0, 1800.0)
 # the database refuses what it produced) ends with the error in its trace and no deliveries: it
 # was routed again every half hour for ever. As many as a step with on_error: retry gets.
 MAX_ROUTE_ATTEMPTS = MAX_STEP_RETRIES
+
+
+# What reading a configuration raises when the fault is the database's, not the configuration's.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, *CONNECTION_LOST)
+
+
+class UnreadableConfiguration(Exception):
+    """An event's project's configuration has a pipeline that takes it and that this version
+    cannot compile (or cannot be read at all): the event waits until it is fixed."""
 
 
 def retry_delay(attempt: int) -> float:
@@ -97,6 +109,10 @@ class ConfigCache:
     async def get_many(
         self, project_ids: set[str], versions: dict[str, int] | None = None
     ) -> dict[str, CompiledProject]:
+        """The projects' compiled configurations (none for a project that no longer exists). A
+        configuration that cannot be read or compiled is one whose events wait (see
+        :meth:`CompiledProject.unusable`): it used to fail the whole call, and with it the
+        router's pass, every project's events in it leased again and again with the one."""
         if versions is None:
             versions = await self._store.config_versions(project_ids)
         out: dict[str, CompiledProject] = {}
@@ -106,16 +122,34 @@ class ConfigCache:
                 continue
             cached = self._compiled.get(pid)
             if cached is None or cached.version != version:
-                cfg = await self._store.load_project_config(pid)
-                if len(cfg.pipelines) > COMPILE_ON_LOOP_PIPELINES:
-                    # 2,000 pipelines took 0.7-1.0 s to compile: on the event loop, every
-                    # project's requests waited that long after each change of this one.
-                    cached = await asyncio.to_thread(compile_project, cfg)
-                else:
-                    cached = compile_project(cfg)
-                self._compiled[pid] = cached
+                fresh = await self._compile(pid, version)
+                if fresh is None:
+                    continue
+                cached = self._compiled[pid] = fresh
             out[pid] = cached
         return out
+
+    async def _compile(self, project_id: str, version: int) -> CompiledProject | None:
+        try:
+            cfg = await self._store.load_project_config(project_id)
+        except NotFound:  # deleted since its version was read
+            return None
+        except DATABASE_ERRORS:
+            raise  # the database's, not the configuration's: nothing to remember for this version
+        except Exception as exc:  # a stored row this version cannot read (its JSON, by hand)
+            problem = f"its configuration cannot be read: {configuration_problem(exc)}"
+            log.exception("project %s: %s; its events wait until it is fixed", project_id, problem)
+            return CompiledProject.unusable(project_id, version, problem)
+        try:
+            if len(cfg.pipelines) > COMPILE_ON_LOOP_PIPELINES:
+                # 2,000 pipelines took 0.7-1.0 s to compile: on the event loop, every
+                # project's requests waited that long after each change of this one.
+                return await asyncio.to_thread(compile_project, cfg)
+            return compile_project(cfg)
+        except Exception as exc:  # past the pipelines compile_project marks unreadable: a bug
+            problem = f"its configuration cannot be compiled: {configuration_problem(exc)}"
+            log.exception("project %s: %s; its events wait until it is fixed", project_id, problem)
+            return CompiledProject.unusable(project_id, cfg.version, problem)
 
 
 # Projects with more pipelines than this are compiled on a thread of their own (a few ms and
@@ -162,17 +196,19 @@ class Router:
             if not compiled.takes(ev.type):
                 routing = routing or IngestRouting()
                 routing.untaken.add(ev.id)
-            elif compiled.performs_io:
-                # Left to the router; the version still goes to the insert's check, so that a
-                # configuration that changed since is noticed (and compiled again) by ingest.
+            elif compiled.left_to_router:
+                # Left to the router (a pipeline that may wait, or one that cannot be compiled);
+                # the version still goes to the insert's check, so that a configuration that
+                # changed since is noticed (and compiled again) by ingest.
                 routing = routing or IngestRouting()
             else:
                 try:
                     dels, trace = await route_event(compiled, stored_from_new(ev), self.services)
+                    text = orjson.dumps(trace).decode()
                 except Exception:  # StepRetry or a bug: the router retries and logs it
                     continue
                 routing = routing or IngestRouting()
-                routing.traces[ev.id] = orjson.dumps(trace).decode()
+                routing.traces[ev.id] = text
                 routing.deliveries.extend(dels)
             routing.versions[ev.project_id] = compiled.version
         if routing is not None and routing.deliveries:
@@ -213,11 +249,28 @@ class Router:
         lease = await self._take()
         if lease is None:
             return finished
+        try:
+            await self._route_lease(lease)
+        except CONNECTION_LOST:
+            raise
+        except Exception as exc:
+            # Past routing's own handling of each event (a bug, or a database that refused
+            # something other than the pass's deliveries): the pass failed, its events stayed
+            # leased and were leased again with the one that failed it, every other project's
+            # included, for ever. Routed one at a time, that one is the only one held back.
+            log.exception("routing a pass of %d events failed; routing them one at a time", len(lease.events))
+            await self._route_alone(lease, exc)
+        return len(lease.events) + finished
+
+    async def _route_lease(self, lease: RouteLease) -> None:
         projects = await self.configs.get_many({e.project_id for e in lease.events}, lease.versions)
         routed: dict[str, Routed] = {}
+        events = lease.events
+        if any(compiled.unreadable for compiled in projects.values()):
+            events = self._wait_for_configuration(lease, projects, routed)
         surplus: dict[str, list[str]] = {}  # by project: events it has no room for
         started: set[str] = set()
-        for ev in lease.events:
+        for ev in events:
             compiled = projects.get(ev.project_id)
             if compiled is None or not compiled.takes(ev.type):  # project deleted, or no pipeline
                 continue
@@ -243,7 +296,63 @@ class Router:
             await self.store.defer_route_jobs(lease, put_off, uncounted=True)
         now = [e for e in lease.events if e.id not in put_off and e.id not in started]
         await self._store(lease.subset(now), routed)
-        return len(lease.events) + finished
+
+    def _wait_for_configuration(
+        self, lease: RouteLease, projects: dict[str, CompiledProject], routed: dict[str, Routed]
+    ) -> list[StoredEvent]:
+        """Set aside the events taken by a pipeline that cannot be compiled, as events whose
+        routing failed: each says why in its trace, and is routed again after the usual back-off
+        (by the configuration fixed meanwhile, if it is), until its last attempt. Returns the
+        events to route now. Said in the log once per project, not once per event."""
+        to_route: list[StoredEvent] = []
+        waiting: dict[str, tuple[list[str], list[int]]] = {}  # project: problems, [waiting, ended]
+        for ev in lease.events:
+            compiled = projects.get(ev.project_id)
+            problems = compiled.waiting_on(ev.type) if compiled is not None and compiled.unreadable else []
+            if not problems:
+                to_route.append(ev)
+                continue
+            exc = UnreadableConfiguration("; ".join(problems))
+            attempt = lease.attempts.get(ev.id, 1)
+            _, counts = waiting.setdefault(ev.project_id, (problems, [0, 0]))
+            if attempt >= MAX_ROUTE_ATTEMPTS:
+                routed[ev.id] = Routed(trace=failed_trace(exc, attempt))
+                counts[1] += 1
+            else:
+                delay = retry_delay(attempt)
+                routed[ev.id] = Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
+                counts[0] += 1
+        for project_id, (problems, (n, ended)) in waiting.items():
+            log.warning(
+                "project %s: %s; events waiting until its configuration is fixed: %d%s",
+                project_id,
+                "; ".join(problems),
+                n,
+                f"; given up on after {MAX_ROUTE_ATTEMPTS} attempts: {ended}" if ended else "",
+            )
+        return to_route
+
+    async def _route_alone(self, lease: RouteLease, failure: Exception) -> None:
+        """Route each of the lease's events on its own (``failure``: what routing them together
+        raised). One whose routing still fails is routed again after the usual back-off, and at
+        its last attempt ends with the error in its trace."""
+        for ev in lease.events:
+            alone = lease.only(ev)
+            exc = failure
+            if len(lease.events) > 1:
+                try:
+                    await self._route_lease(alone)
+                    continue
+                except CONNECTION_LOST:
+                    raise
+                except Exception as again:
+                    exc = again
+            try:
+                await self._unroutable(alone, exc)
+            except CONNECTION_LOST:
+                raise
+            except Exception:  # its job stays leased, and is retaken when the lease expires
+                log.exception("could not put event %s back in the queue", ev.id)
 
     async def _take(self) -> RouteLease | None:
         """The next events to route: those ingest in this process handed over, or due jobs."""
@@ -398,6 +507,22 @@ class Router:
             type(exc).__name__,
             exc,
         )
+        await self.store.complete_routing(alone, [], {ev.id: failed_trace(exc, attempt)})
+
+    async def _unroutable(self, alone: RouteLease, exc: Exception) -> None:
+        """An event whose routing failed past routing's own handling of it: routed again later,
+        the error in its trace meanwhile, and at its last attempt ended with it."""
+        ev = alone.events[0]
+        attempt = alone.attempts.get(ev.id, 1)
+        error = f"{type(exc).__name__}: {exc}"
+        if attempt < MAX_ROUTE_ATTEMPTS:
+            delay = retry_delay(attempt)
+            log.error("routing event %s failed (%s); routing it again in %.0fs", ev.id, error, delay)
+            await self.store.defer_route_jobs(
+                alone, {ev.id: delay}, traces={ev.id: retrying_trace(exc, attempt, delay)}
+            )
+            return
+        log.error("routing event %s failed %d times (%s); giving up on it", ev.id, attempt, error)
         await self.store.complete_routing(alone, [], {ev.id: failed_trace(exc, attempt)})
 
     async def run(self, stop: asyncio.Event) -> None:

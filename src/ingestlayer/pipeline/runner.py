@@ -25,6 +25,7 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import NewDelivery, ProjectConfig, StoredEvent
 from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
+from ingestlayer.validation_messages import configuration_problem
 
 log = logging.getLogger("ingestlayer.router")
 
@@ -55,6 +56,11 @@ class CompiledPipeline:
     matcher: TypeMatcher
     steps: list[Any]
     routes: list[CompiledRoute]
+    # Why this version cannot route by the pipeline's stored configuration (None: it can). Such
+    # a pipeline keeps its matcher (one that takes every type, when its source cannot be read
+    # either): the events it would take wait until the configuration is fixed, rather than being
+    # routed without it. See Router._wait_for_configuration.
+    unreadable: str | None = None
     # Per step, the destinations it is scoped to (None: the whole event). Read once here: a
     # missing attribute on a step's pydantic config raises inside getattr, for every event.
     scopes: list[list[str] | None] = field(init=False, repr=False, compare=False)
@@ -92,6 +98,28 @@ class CompiledProject:
         """Whether routing an event may wait (an enrichment or classification step)."""
         return any(getattr(step, "performs_io", False) for p in self.pipelines for step in p.steps)
 
+    @functools.cached_property
+    def left_to_router(self) -> bool:
+        """Whether ingest leaves the events this configuration takes to the router: their
+        pipelines may wait, or one cannot be compiled (the router decides what waits for it)."""
+        return self.performs_io or bool(self.unreadable)
+
+    @functools.cached_property
+    def unreadable(self) -> tuple[CompiledPipeline, ...]:
+        """The pipelines this version cannot route by (see :attr:`CompiledPipeline.unreadable`)."""
+        return tuple(p for p in self.pipelines if p.unreadable is not None)
+
+    def waiting_on(self, event_type: str) -> list[str]:
+        """Why an event of this type cannot be routed now: the problems of the pipelines that
+        would take it and cannot be compiled (none: it can be routed)."""
+        return [p.unreadable for p in self.matching(event_type) if p.unreadable is not None]
+
+    @classmethod
+    def unusable(cls, project_id: str, version: int, problem: str) -> CompiledProject:
+        """A configuration that could not be read or compiled at all: every event waits."""
+        whole = CompiledPipeline("", "", TypeMatcher(["*"]), [], [], unreadable=problem)
+        return cls(project_id, version, [whole])
+
 
 def compile_project(cfg: ProjectConfig) -> CompiledProject:
     # Stored configurations were checked when applied, possibly by an earlier version with
@@ -105,7 +133,9 @@ def _compile_project(cfg: ProjectConfig) -> CompiledProject:
     for p in cfg.pipelines:
         if not p.enabled:
             continue
+        matcher: TypeMatcher | None = None
         try:
+            matcher = TypeMatcher(_patterns(p.config.get("source")))
             steps = []
             for s in p.config.get("steps", []):
                 cls = step_class(s["name"])
@@ -120,21 +150,33 @@ def _compile_project(cfg: ProjectConfig) -> CompiledProject:
                 for r in p.config.get("destinations", [])
                 if r["destination_id"] in cfg.destinations and cfg.destinations[r["destination_id"]].enabled
             ]
-        except Exception:
-            # Stored config was validated on apply; a failure here means a newer server wrote
-            # something this one cannot read. Skip the pipeline loudly rather than crash routing.
-            log.exception("pipeline %s (%s) could not be compiled; skipping it", p.name, p.id)
-            continue
-        compiled.append(
-            CompiledPipeline(
-                id=p.id,
-                name=p.name,
-                matcher=TypeMatcher(p.config["source"]["match"]),
-                steps=steps,
-                routes=routes,
+        except Exception as exc:
+            # Stored config was validated on apply; a failure here means that a newer server
+            # wrote something this one cannot read, or a hand edited the row. The pipeline was
+            # skipped: the events it takes were routed without it (to nothing, if it was their
+            # only one), never to be delivered. Now they wait for the configuration to be fixed,
+            # and routing the project's other events, and other projects', goes on.
+            problem = f"pipeline {p.name!r} cannot be compiled: {configuration_problem(exc)}"
+            log.exception(
+                "project %s: %s; the events it takes wait until its configuration is fixed",
+                cfg.project_id,
+                problem,
             )
-        )
+            # A source that cannot be read may take any event: all the project's wait.
+            everything = TypeMatcher(["*"])
+            compiled.append(CompiledPipeline(p.id, p.name, matcher or everything, [], [], unreadable=problem))
+            continue
+        compiled.append(CompiledPipeline(id=p.id, name=p.name, matcher=matcher, steps=steps, routes=routes))
     return CompiledProject(cfg.project_id, cfg.version, compiled)
+
+
+def _patterns(source: Any) -> list[str]:
+    """A stored ``source``'s list of types. Anything else cannot be routed by: a string (by
+    hand) was taken one character at a time, its ``*`` matching every type."""
+    match = source.get("match") if isinstance(source, dict) else None
+    if not isinstance(match, list) or not all(isinstance(p, str) for p in match):
+        raise ValueError("source.match must be a list of event types")
+    return match
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[str]]:
