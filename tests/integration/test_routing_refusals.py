@@ -4,9 +4,11 @@ be routed after MAX_ROUTE_ATTEMPTS ends with the error in its trace."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from ingestlayer.api.manage import run_apply
@@ -16,8 +18,9 @@ from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
 from ingestlayer.store.schema import route_jobs
 from ingestlayer.store.store import Store
-from tests.support.refusals import refuse_inserts
-from tests.support.server import TEST_SECRET_KEY
+from tests.support.receiver import Receiver, Reply
+from tests.support.refusals import refuse_inserts, refuse_updates
+from tests.support.server import TEST_SECRET_KEY, RunningServer, wait_for
 
 
 def _pipeline(steps: list[Any] | None = None) -> dict[str, Any]:
@@ -107,3 +110,61 @@ async def test_an_event_whose_routing_keeps_failing_ends_with_the_error_in_its_t
         assert f"{MAX_ROUTE_ATTEMPTS} attempts" in entry["steps"][0]["note"]
     finally:
         await store.close()
+
+
+async def test_a_waiting_events_routing_the_database_refuses_does_not_stop_the_router(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event routed in a task of its own (its pipeline waits on a lookup) is stored by a
+    later pass, before that pass takes anything. When the database refused what it produced
+    outside the per-event handling (here: the trace saying it waits for its retry), every pass
+    failed there: the worker routed nothing more, for any project, until it was restarted."""
+    caplog.set_level(logging.ERROR, logger="ingestlayer.router")
+    lookup = Receiver()
+    await lookup.start()
+    try:
+        lookup.default = Reply(status=500)
+        provider = {"url": lookup.url + "/x?e={email}", "mapping": {"role": "title"}, "cache_ttl": 0}
+        person = [{"enrich.person": {"provider": provider, "on_error": "retry"}}]
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "people",
+                        "source": {"match": ["user.*"]},
+                        "steps": person,
+                        "destinations": [{"webhook.out": {"url": f"{receiver.url}/people"}}],
+                    },
+                    {
+                        "name": "orders",
+                        "source": {"match": ["order.*"]},
+                        "destinations": [{"webhook.out": {"url": f"{receiver.url}/orders"}}],
+                    },
+                ]
+            }
+        )
+        store = server.runtime.store
+        await refuse_updates(store, "events", """NEW.trace LIKE '%"outcome":"retrying"%'""")
+        _, waiting = await server.ingest("user.signed_up", {"email": "ann@corp.io"})
+
+        async def refused() -> bool:  # the lookup failed, and storing its retry was refused
+            return any(r.name == "ingestlayer.router" for r in caplog.records)
+
+        await wait_for(refused, timeout=15)
+        _, order = await server.ingest("order.placed", {"n": 1})
+
+        async def paths() -> list[str]:
+            return sorted(r.path for r in receiver.requests)
+
+        await wait_for(lambda: _has(paths, "/orders"), timeout=15)
+        assert await store.pending_route_jobs() == 1  # the refused one waits, not lost
+        # Once the lookup answers, it is routed (its trace no longer one the database refuses).
+        lookup.default = Reply(status=200, body=b'{"title": "CFO"}')
+        await wait_for(lambda: _has(paths, "/people"), timeout=20)
+        assert [r.json()["id"] for r in receiver.requests] == [order["id"], waiting["id"]]
+    finally:
+        await lookup.stop()
+
+
+async def _has(paths: Any, path: str) -> bool:
+    return path in await paths()

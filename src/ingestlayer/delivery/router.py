@@ -347,12 +347,15 @@ class Router:
                     raise
                 except Exception as again:
                     exc = again
-            try:
-                await self._unroutable(alone, exc)
-            except CONNECTION_LOST:
-                raise
-            except Exception:  # its job stays leased, and is retaken when the lease expires
-                log.exception("could not put event %s back in the queue", ev.id)
+            await self._put_back(alone, exc)
+
+    async def _put_back(self, alone: RouteLease, exc: Exception) -> None:
+        try:
+            await self._unroutable(alone, exc)
+        except CONNECTION_LOST:
+            raise
+        except Exception:  # its job stays leased, and is retaken when the lease expires
+            log.exception("could not put event %s back in the queue", alone.events[0].id)
 
     async def _take(self) -> RouteLease | None:
         """The next events to route: those ingest in this process handed over, or due jobs."""
@@ -394,8 +397,29 @@ class Router:
         finished = self._held.finished()
         if not finished:
             return 0
-        # Held until stored: if storing fails, the next pass tries again, their leases renewed.
-        await self._store_held(finished)
+        # Held until stored: if the database is out of reach, the next pass tries again, their
+        # leases renewed.
+        try:
+            await self._store_held(finished)
+        except CONNECTION_LOST:
+            raise
+        except Exception as exc:
+            # Anything else (a bug, a row the database refused outside the per-event handling):
+            # they stayed held, and every pass failed here before it took any other event, so
+            # the worker routed nothing more, for any project. Stored one by one, what still
+            # fails is put back in the queue, like an event whose routing failed.
+            log.exception("storing the routing of %d events failed; storing it event by event", len(finished))
+            for held in finished:
+                lease, again = self._held.lease([held]), exc
+                if len(finished) > 1:
+                    try:
+                        await self._store_held([held])
+                        continue
+                    except CONNECTION_LOST:
+                        raise
+                    except Exception as alone:
+                        again = alone
+                await self._put_back(lease, again)
         self._held.forget(finished)
         return len(finished)
 
@@ -518,9 +542,14 @@ class Router:
         if attempt < MAX_ROUTE_ATTEMPTS:
             delay = retry_delay(attempt)
             log.error("routing event %s failed (%s); routing it again in %.0fs", ev.id, error, delay)
-            await self.store.defer_route_jobs(
-                alone, {ev.id: delay}, traces={ev.id: retrying_trace(exc, attempt, delay)}
-            )
+            try:
+                await self.store.defer_route_jobs(
+                    alone, {ev.id: delay}, traces={ev.id: retrying_trace(exc, attempt, delay)}
+                )
+            except CONNECTION_LOST:
+                raise
+            except Exception:  # what failed may be storing its trace: it waits without one
+                await self.store.defer_route_jobs(alone, {ev.id: delay})
             return
         log.error("routing event %s failed %d times (%s); giving up on it", ev.id, attempt, error)
         await self.store.complete_routing(alone, [], {ev.id: failed_trace(exc, attempt)})
