@@ -160,6 +160,9 @@ class Settings:
     # How long in-flight attempts may run on shutdown before their leases are released.
     shutdown_grace_seconds: float = 15.0
     database_timeout: float = 30.0
+    # /healthz answers 503 once a background loop (router, dispatcher, ingest committer) has gone
+    # this long without a pass (liveness.py): longer than any wait of theirs on the database.
+    liveness_seconds: float = 120.0
     # When set, /metrics answers only requests bearing it (Authorization: Bearer <token>).
     metrics_token: str | None = None
     # PostgreSQL: connections in each of a process's two pools (store/db.py DEFAULT_POOL_SIZE).
@@ -213,6 +216,7 @@ class Settings:
             route_lease_seconds=_at_least("INGESTLAYER_ROUTE_LEASE_SECONDS", 1.0, 15.0),
             shutdown_grace_seconds=_at_least("INGESTLAYER_SHUTDOWN_GRACE_SECONDS", 0.0, 15.0),
             database_timeout=_at_least("INGESTLAYER_DATABASE_TIMEOUT", 0.1, 30.0),
+            liveness_seconds=_at_least("INGESTLAYER_LIVENESS_SECONDS", 1.0, 120.0),
             metrics_token=os.environ.get("INGESTLAYER_METRICS_TOKEN") or None,
             database_pool_size=_at_least("INGESTLAYER_DATABASE_POOL_SIZE", 1, 10),
             ingest_rate_limit=_at_least("INGESTLAYER_INGEST_RATE_LIMIT", 0.0, 0.0),

@@ -83,3 +83,12 @@ ROUTING_PUT_OFF = Counter(
     "Events given back, uncounted, because their project already held all it may on this process",
     registry=REGISTRY,
 )
+# Seconds since each background loop of this process last went round (liveness.py): /healthz
+# answers 503 past INGESTLAYER_LIVENESS_SECONDS. Set when scraped, not as the loops go round.
+LOOP_SILENCE = Gauge(
+    "ingestlayer_loop_silence_seconds",
+    "Seconds since each background loop of this process last went round (0 while it waits for work "
+    "with none to do)",
+    ["loop"],
+    registry=REGISTRY,
+)

@@ -18,6 +18,7 @@ from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
 from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
+from ingestlayer.liveness import Heartbeat, Liveness
 from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
 from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from ingestlayer.store.db import connections_dropped
@@ -25,6 +26,7 @@ from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.notify import EVERYTHING_CHANGED
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
+from ingestlayer.store.sqlite_loop import LOCK_WAIT_SECONDS
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
 
@@ -75,6 +77,27 @@ class Runtime:
         self._background: set[asyncio.Task[None]] = set()
         self._stop_by: float | None = None  # the loop's time by which shutdown() ends its waits
         self._compile_outage = OutageLog(log, "compiling project configurations")
+        # The loops this process runs, for /healthz (those it starts are watched in start()).
+        self.liveness = Liveness(settings.liveness_seconds, self.stop)
+        self._clock_beat = Heartbeat("clock", "the database clock's sync", pause=clock.SYNC_INTERVAL_SECONDS)
+        self._retention_beat = Heartbeat("retention", "the retention purge", pause=RETENTION_INTERVAL_SECONDS)
+        self._warn_if_liveness_is_short()
+
+    def _warn_if_liveness_is_short(self) -> None:
+        """A bound shorter than a loop's longest wait on a database that stops answering would
+        have a supervisor restart every process in an outage that a restart does not end."""
+        s = self.settings
+        if self.store.dialect == "sqlite":
+            longest, what = 2 * LOCK_WAIT_SECONDS, f"twice SQLite's lock wait ({LOCK_WAIT_SECONDS:.0f} s)"
+        else:
+            longest, what = 2 * s.database_timeout, "twice INGESTLAYER_DATABASE_TIMEOUT"
+        if s.liveness_seconds < longest:
+            log.warning(
+                "INGESTLAYER_LIVENESS_SECONDS=%g is shorter than %s, the longest a loop may wait "
+                "on the database: /healthz may answer 503 while the database does not answer",
+                s.liveness_seconds,
+                what,
+            )
 
     async def _insert_and_hand_over(self, batch: Sequence[NewEvent]) -> list[IngestResult]:
         """Store events with their route jobs leased to this process's router, and hand them
@@ -213,12 +236,14 @@ class Runtime:
             # Before any lease or due time is stamped: the first ones must be on the database's
             # clock too, or a worker on a fast machine takes over its peers' leases at once.
             await self._sync_clock()
-            self.supervise("clock", self._keep_clock_in_sync)
+            self.supervise("clock", self._keep_clock_in_sync, self._clock_beat)
         if self.run_api:
             self.committer.start()
+            self.liveness.watch(self.committer.heartbeat)
         if self.run_worker:
-            self.supervise("router", lambda: self.router.run(self.stop))
-            self.supervise("dispatcher", lambda: self.dispatcher.run(self.stop))
+            self.supervise("router", lambda: self.router.run(self.stop), self.router.heartbeat)
+            self.supervise("dispatcher", lambda: self.dispatcher.run(self.stop), self.dispatcher.heartbeat)
+            self.liveness.watch(self.dispatcher.writer_heartbeat)
         if self.run_worker or self.store.dialect != "sqlite":
             self.supervise(
                 "listen",
@@ -232,7 +257,7 @@ class Runtime:
                 ),
             )
         if self.run_worker and self.settings.retention_days > 0:
-            self.supervise("retention", self._retention)
+            self.supervise("retention", self._retention, self._retention_beat)
         log.info(
             "ingestlayer started (api=%s worker=%s, %s)", self.run_api, self.run_worker, self.store.dialect
         )
@@ -250,12 +275,13 @@ class Runtime:
         elif change.startswith("secrets:"):
             self.dispatcher.resolver.forget(change.removeprefix("secrets:"))
 
-    def supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+    def supervise(self, name: str, run: Callable[[], Awaitable[None]], beat: Heartbeat | None = None) -> None:
         """Run a worker loop until it returns, starting it again whenever it fails.
 
         Each loop handles the errors it expects, but one that escaped (a database call outside
         its try, found when PostgreSQL restarted under load) used to end the loop for good:
-        deliveries stopped with nothing in the log until the process was restarted."""
+        deliveries stopped with nothing in the log until the process was restarted. ``beat``:
+        the loop's heartbeat, which /healthz watches (with the task, should it end)."""
 
         async def supervised() -> None:
             while True:
@@ -276,7 +302,11 @@ class Runtime:
                 if self.stop.is_set():
                     return
 
-        self._tasks.append(asyncio.create_task(supervised(), name=name))
+        task = asyncio.create_task(supervised(), name=name)
+        self._tasks.append(task)
+        if beat is not None:
+            beat.task = task
+            self.liveness.watch(beat)
 
     async def _sync_clock(self) -> None:
         try:
@@ -291,6 +321,7 @@ class Runtime:
         """Measure the database's clock again now and then: machines' clocks drift and are
         stepped by NTP (see :mod:`ingestlayer.clock`)."""
         while not self.stop.is_set():
+            self._clock_beat.beat()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), clock.SYNC_INTERVAL_SECONDS)
             if not self.stop.is_set():
@@ -301,9 +332,10 @@ class Runtime:
         # A database that is away is a line, not a traceback (as every other loop's outage).
         outage = OutageLog(log, "retention purge", every=RETENTION_INTERVAL_SECONDS)
         while not self.stop.is_set():
+            self._retention_beat.beat()
             cutoff = clock.now() - self.settings.retention_days * 86400
             try:
-                removed = await self.store.purge_older_than(cutoff)
+                removed = await self.store.purge_older_than(cutoff, progress=self._retention_beat.beat)
                 if removed:
                     log.info(
                         "retention purged %d events older than %g days",

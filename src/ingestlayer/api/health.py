@@ -1,5 +1,5 @@
-"""``/healthz`` (the process answers and needs no restart), ``/readyz`` (the database answers and
-can store), ``/metrics``."""
+"""``/healthz`` (the process answers, its loops go round, and it needs no restart), ``/readyz``
+(the database answers and can store), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ async def healthz(rt: RuntimeDep) -> dict[str, str]:
     failure = rt.store.durability_failure()
     if failure is not None:
         raise ApiError(503, _sync_failed(failure))
+    # A loop that hangs or has ended holds up every event behind it (unrouted, undelivered) while
+    # the process answers: a restart takes them up again, since they are stored.
+    stalled = rt.liveness.problems()
+    if stalled:
+        raise ApiError(503, "; ".join(stalled) + "; a restart is needed (stored events wait for it)")
     return {"status": "ok"}
 
 

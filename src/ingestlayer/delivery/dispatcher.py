@@ -37,6 +37,7 @@ from ingestlayer.destinations.base import (
     SendRequest,
 )
 from ingestlayer.destinations.registry import build_destination
+from ingestlayer.liveness import Heartbeat
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog, reason
@@ -254,6 +255,13 @@ class Dispatcher:
         self._record_outage = OutageLog(log, "recording attempts")
         self._results_ready = asyncio.Event()
         self._on_finished = on_finished
+        # For /healthz. The lease loop wakes every poll interval (sends run in tasks of their
+        # own, so a slow destination never holds it); the writer waits for outcomes for as long
+        # as none come, and pauses between tries when the database does not take them.
+        self.heartbeat = Heartbeat("dispatcher", "the dispatcher's lease loop", pause=settings.poll_interval)
+        self.writer_heartbeat = Heartbeat(
+            "attempt_writer", "the dispatcher's attempt writer", pause=RECORD_RETRY_DELAYS[-1]
+        )
         self._session: aiohttp.ClientSession | None = None
         self._http: HttpClient | None = None
         self._ctx: SendContext | None = None
@@ -459,8 +467,12 @@ class Dispatcher:
         the attempt (the request was made) but leaves the newer state alone (the lease token no
         longer matches)."""
         failures = 0
+        beat = self.writer_heartbeat
         while True:
+            beat.idle = True
             await self._results_ready.wait()
+            beat.idle = False
+            beat.last = time.monotonic()
             self._results_ready.clear()
             if self._results or self._unrecorded:
                 final = done.is_set() and not self._inflight
@@ -576,6 +588,7 @@ class Dispatcher:
         recorded: list[AttemptResult] = []
         refused: list[str] = []
         for i, r in enumerate(batch):
+            self.writer_heartbeat.beat()  # a transaction each: a batch held through an outage is long
             try:
                 await self.store.record_attempts([r], again=again)
             except CONNECTION_LOST as exc:
@@ -599,12 +612,15 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         done = asyncio.Event()
         writer = asyncio.create_task(self._writer(done), name="attempt-writer")
+        self.writer_heartbeat.task = writer
+        beat = self.heartbeat
         limit = self.settings.delivery_concurrency
         # Lease when a few slots are free, not every time one frees up: fewer, larger transactions.
         threshold = max(1, limit // 8)
         self._accepting = True
         try:
             while not stop.is_set():
+                beat.last = time.monotonic()
                 self.wake.clear()
                 if self._holding_outcomes():
                     await wait_for_work(self.wake, stop, HELD_OUTCOMES_POLL_SECONDS)
@@ -652,7 +668,9 @@ class Dispatcher:
                         _log_failure(
                             f"reading the destinations of {len(leased)} leased deliveries failed", exc
                         )
-                        await self._release(leased)
+                        # Handed back beside the loop: its tries on a database that stopped
+                        # answering may take minutes, and the loop must go on meanwhile.
+                        self._release_later(leased)
                         await asyncio.sleep(1.0)
                         continue
                     self._spawn(leased, dests)
@@ -669,6 +687,7 @@ class Dispatcher:
                 done.set()
                 self._results_ready.set()
                 await writer
+                self.writer_heartbeat.task = None  # ended with the loop; a new run starts another
             except asyncio.CancelledError:
                 # The shutdown's time ran out (a database that stopped answering): what the writer
                 # still held is said now, or it would go unsaid.
@@ -735,9 +754,13 @@ class Dispatcher:
         if over:
             # Leased in one batch beyond a destination's limit: due again at once, and left out of
             # leases while the destination is full, so they wait in the table, not here.
-            release = asyncio.create_task(self._release(over))
-            self._starting.add(release)
-            release.add_done_callback(self._starting.discard)
+            self._release_later(over)
+
+    def _release_later(self, leased: list[LeasedDelivery]) -> None:
+        """:meth:`_release` in a task of its own (awaited at shutdown with those starting)."""
+        release = asyncio.create_task(self._release(leased))
+        self._starting.add(release)
+        release.add_done_callback(self._starting.discard)
 
     async def _release(self, leased: list[LeasedDelivery]) -> None:
         """Hand leases back, due at once. Tried again after a lost connection: one session ended

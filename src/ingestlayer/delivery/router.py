@@ -21,6 +21,7 @@ from ingestlayer import clock
 from ingestlayer.config import Settings
 from ingestlayer.delivery.held_routes import Held, HeldRoutes, Routed
 from ingestlayer.delivery.wakeup import wait_for_work
+from ingestlayer.liveness import Heartbeat
 from ingestlayer.pipeline.event import StepServices
 from ingestlayer.pipeline.runner import (
     MAX_STEP_RETRIES,
@@ -178,6 +179,8 @@ class Router:
         self._last_table_lease = 0.0
         self._outage = OutageLog(log, "routing")
         self._held = HeldRoutes(settings.route_lease_seconds)
+        # Stamped each pass, idle ones included (they wake every poll interval): /healthz.
+        self.heartbeat = Heartbeat("router", "the router", pause=settings.poll_interval)
 
     # ---- ingest in this process ----------------------------------------------------------------
 
@@ -555,7 +558,9 @@ class Router:
         await self.store.complete_routing(alone, [], {ev.id: failed_trace(exc, attempt)})
 
     async def run(self, stop: asyncio.Event) -> None:
+        beat = self.heartbeat
         while not stop.is_set():
+            beat.last = time.monotonic()
             self.wake.clear()
             try:
                 took = await self.run_once()

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from ingestlayer.liveness import Heartbeat
 from ingestlayer.records import IngestResult, NewEvent
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
@@ -50,11 +52,15 @@ class GroupCommitter:
         # Each request that fails for the database's absence is already answered 503 with
         # Retry-After: a traceback each (one a request, 55 lines long) flooded the log.
         self._outage = OutageLog(log, "storing ingested events")
+        # For /healthz: idle while it waits for requests with no transaction in flight, which may
+        # last for ever; otherwise stamped as groups are taken and transactions end.
+        self.heartbeat = Heartbeat("ingest", "the ingest group committer")
 
     def start(self) -> None:
         if self._task is None:
             self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="ingest-group-commit")
+            self.heartbeat.task = self._task
 
     async def submit(self, items: list[NewEvent]) -> list[IngestResult]:
         """Store ``items`` durably; return once their transaction has committed."""
@@ -66,10 +72,14 @@ class GroupCommitter:
         return await fut
 
     async def _run(self) -> None:
+        beat = self.heartbeat
         while True:
+            beat.idle = not self._inflight  # else the transactions in flight stamp it as they end
             await self._wake.wait()
+            beat.idle = False
             self._wake.clear()
             while self._queue:
+                beat.last = time.monotonic()
                 if len(self._inflight) >= self._max_inflight:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -79,11 +89,19 @@ class GroupCommitter:
                 else:
                     task = asyncio.create_task(self._commit_guarded(group))
                     self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    task.add_done_callback(self._ended)
             if self._closing and not self._queue:
                 if self._inflight:
                     await asyncio.gather(*self._inflight)
                 return
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A transaction in flight ended: the committer went on; with nothing left to do it
+        waits for requests."""
+        self._inflight.discard(task)
+        self.heartbeat.beat()
+        if not self._inflight and not self._queue:
+            self.heartbeat.idle = True
 
     def _take_group(self) -> list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]]:
         group: list[tuple[list[NewEvent], asyncio.Future[list[IngestResult]]]] = []
@@ -128,6 +146,7 @@ class GroupCommitter:
                     len(group),
                 )
                 for one in group:
+                    self.heartbeat.beat()  # one transaction each: a group's worth may take a while
                     await self._commit([one])
                 return
             # Nothing was committed: every request in the group gets the error (a 503), and

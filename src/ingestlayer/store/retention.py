@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from sqlalchemy import delete, exists, select
 
@@ -39,6 +40,7 @@ class RetentionMixin(StoreBase):
         *,
         target_seconds: float = PURGE_TARGET_SECONDS,
         pause: float = PURGE_PAUSE_SECONDS,
+        progress: Callable[[], None] | None = None,
     ) -> int:
         """Retention: delete finished deliveries, their attempts and events older than ``cutoff``.
 
@@ -51,6 +53,7 @@ class RetentionMixin(StoreBase):
         connection, a transaction that took longer than ``target_seconds`` halves the next
         batch (events with many deliveries and attempts cost more), and the writer is left to
         others for ``pause`` (or as long as the transaction took, if longer) between batches.
+        ``progress`` is called after each batch (the purge of a long backlog goes on for minutes).
         """
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -103,6 +106,8 @@ class RetentionMixin(StoreBase):
                     # Another process's purge may have taken some since they were read.
                     removed += res.rowcount
             held = time.monotonic() - started
+            if progress is not None:
+                progress()
             # A short batch was the last of the old events; otherwise go on after it (past the
             # kept ones too: they stay, and the cursor still moves, so the walk ends).
             if len(ids) < size:
