@@ -208,6 +208,9 @@ class DestinationRow:
     config: dict[str, Any]
     enabled: bool
     updated_at: float
+    # Why the stored configuration cannot be read (not JSON, or not an object), on the rows the
+    # dispatcher reads; ``config`` is empty then. One such row must not fail the others read with it.
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)

@@ -38,6 +38,7 @@ from ingestlayer.destinations.base import (
 )
 from ingestlayer.destinations.registry import build_destination
 from ingestlayer.liveness import Heartbeat
+from ingestlayer.pipeline.config import ConfigError, check_concurrency
 from ingestlayer.records import AttemptResult, DestinationRow, LeasedDelivery, NewDelivery
 from ingestlayer.secretbox import SecretBox, SecretDecryptError
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog, reason
@@ -86,20 +87,38 @@ IDLE_DESTINATION_SECONDS = 600.0
 
 
 def _build(row: DestinationRow) -> _Dest:
-    """A stored destination, ready to send; one whose configuration no longer passes its checks
-    is marked broken instead of failing the whole lease it came with."""
+    """A stored destination, ready to send; one whose configuration cannot be read or no longer
+    passes its checks is marked broken instead of failing the whole lease it came with."""
+    if row.unreadable is not None:
+        # Its retry schedule is unreadable too: the default one bounds its attempts.
+        broken = f"the destination's stored configuration cannot be read ({row.unreadable})"
+        log.warning("destination %s: %s", row.id, broken)
+        return _Dest(row.updated_at, row.enabled, None, RetryPolicy(), broken=broken)
     try:
         policy = RetryPolicy.from_config(row.config.get("retry"))
     except ValueError:
         policy = RetryPolicy.from_config(None)
     try:
+        # Checked as the configuration's own check does: a stored value that is not a number
+        # failed the lease loop itself (comparing it with the attempts in flight), every lease.
+        concurrency = check_concurrency("concurrency", row.config.get("concurrency"))
         with stored_configuration():
             instance = build_destination(row.kind, row.config["settings"])
     except Exception as exc:
-        problem = configuration_problem(exc)
+        # A ConfigError names its field itself.
+        problem = str(exc) if isinstance(exc, ConfigError) else configuration_problem(exc)
         log.warning("destination %s has a configuration that cannot be used: %s", row.id, problem)
         return _Dest(row.updated_at, row.enabled, None, policy, broken=f"invalid configuration: {problem}")
-    return _Dest(row.updated_at, row.enabled, instance, policy, row.config.get("concurrency"))
+    return _Dest(row.updated_at, row.enabled, instance, policy, concurrency)
+
+
+def _event(body: str) -> dict[str, Any] | str:
+    """The event a delivery's stored body holds, or why it holds none."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    return event if isinstance(event, dict) else f"a JSON {type(event).__name__}, not an event object"
 
 
 def _log_failure(what: str, exc: Exception) -> None:
@@ -365,9 +384,12 @@ class Dispatcher:
             outcome = Outcome(ok=False, error=DISABLED_DESTINATION_ERROR, permanent=True)
         elif dest.broken is not None:
             outcome = Outcome(ok=False, error=dest.broken)
+        elif isinstance(event := _event(d.body), str):
+            # Retried on the schedule like any failure (a body put right in time still delivers),
+            # not raised: the delivery stayed leased, and was taken again each time the lease ran out.
+            outcome = Outcome(ok=False, error=f"the delivery's stored body cannot be read ({event})")
         else:
             ctx = await self._open()
-            event = orjson.loads(d.body)
             request = SendRequest(
                 delivery_id=d.id,
                 project_id=d.project_id,

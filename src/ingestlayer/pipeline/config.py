@@ -164,7 +164,7 @@ def _check_retry(path: str, retry: Any) -> dict[str, Any] | None:
     return retry
 
 
-def _check_concurrency(path: str, value: Any) -> int | None:
+def check_concurrency(path: str, value: Any) -> int | None:
     if value is None:
         return None
     if type(value) is not int or not 1 <= value <= MAX_CONCURRENCY:
@@ -234,7 +234,7 @@ def parse_destination_entry(
         loc, msg = _pydantic_message(exc)
         raise ConfigError(f"{path}.{kind}.{loc}" if loc else f"{path}.{kind}", msg) from None
     retry = _check_retry(f"{path}.retry", meta.get("retry"))
-    concurrency = _check_concurrency(f"{path}.concurrency", meta.get("concurrency"))
+    concurrency = check_concurrency(f"{path}.concurrency", meta.get("concurrency"))
     when = _check_when(f"{path}.when", meta.get("when"))
     spec = DestinationSpec(name=str(name), kind=kind, settings=settings, retry=retry, concurrency=concurrency)
     return spec, RouteSpec(destination=spec.name, when=when), when

@@ -102,14 +102,26 @@ def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
 
 
 def destination(r: Sequence[Any]) -> DestinationRow:
+    """A destination as the dispatcher reads it. A stored configuration that cannot be read is
+    said in ``unreadable``, not raised: raised, it failed the reading of every destination a lease
+    needed, and no delivery leased with one of its own went out."""
+    unreadable = None
+    try:
+        config = orjson.loads(r[4])
+    except orjson.JSONDecodeError as exc:
+        config, unreadable = {}, f"not JSON: {exc}"
+    else:
+        if not isinstance(config, dict):
+            config, unreadable = {}, f"a JSON {type(config).__name__}, not an object"
     return DestinationRow(
         id=r[0],
         project_id=r[1],
         name=r[2],
         kind=r[3],
-        config=orjson.loads(r[4]),
+        config=config,
         enabled=bool(r[5]),
         updated_at=r[6],
+        unreadable=unreadable,
     )
 
 
