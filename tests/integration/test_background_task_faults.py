@@ -164,8 +164,10 @@ async def test_an_attempt_that_fails_unexpectedly_is_said_at_once_and_made_again
     db_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An error past send_one's own handling ended the attempt's task, said only as "Task
-    exception was never retrieved" whenever the task was collected, with no delivery named."""
-    server = await start_server(db_url, delivery_lease_seconds=2)
+    exception was never retrieved" whenever the task was collected, with no delivery named; then
+    the delivery was kept leased, with nothing in its attempt log, and made again each time its
+    lease ran out. It is a failed attempt now, made again on the destination's schedule."""
+    server = await start_server(db_url)
     try:
         dispatcher = server.runtime.dispatcher
         real = dispatcher.send_one
@@ -180,7 +182,13 @@ async def test_an_attempt_that_fails_unexpectedly_is_said_at_once_and_made_again
         dispatcher.send_one = failing_once  # type: ignore[method-assign]
         caplog.set_level(logging.ERROR, logger="ingestlayer")
         status, _ = await server.request(
-            "POST", "/v1/endpoints", json={"url": receiver.url + "/hook", "events": ["order.*"]}
+            "POST",
+            "/v1/endpoints",
+            json={
+                "url": receiver.url + "/hook",
+                "events": ["order.*"],
+                "retry": {"schedule": [0, 0.05], "jitter": 0},
+            },
         )
         assert status == 201
         _, sent = await server.ingest("order.placed", {"n": 1})
@@ -189,7 +197,10 @@ async def test_an_attempt_that_fails_unexpectedly_is_said_at_once_and_made_again
             lambda: asyncio.sleep(0, any(r.exc_info and calls[0] in r.getMessage() for r in caplog.records)),
             timeout=5,
         )
-        await wait_for(lambda: delivered(server, sent["id"]), timeout=15)  # once its lease expired
+        await wait_for(lambda: delivered(server, sent["id"]), timeout=10)
+        status, d = await server.request("GET", f"/v1/deliveries/{calls[0]}")
+        assert status == 200, d
+        assert [a["error"] for a in d["attempts"]] == ["internal error: RuntimeError", None], d
     finally:
         await asyncio.wait_for(server.stop(), 20)
 

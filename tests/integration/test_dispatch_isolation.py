@@ -84,8 +84,10 @@ async def _destination_ids(server: RunningServer) -> dict[str, str]:
     return {d["name"]: d["id"] for d in listed["data"]}
 
 
-async def _add_deliveries(server: RunningServer, rows: list[tuple[str, str, float]]) -> list[str]:
-    """Deliveries due now as the router leaves them: (destination id, body, due_at) each."""
+async def _add_deliveries(
+    server: RunningServer, rows: list[tuple[str, str, float]], retry_base: int = 0
+) -> list[str]:
+    """Deliveries due as the router leaves them: (destination id, body, due_at) each."""
     made = []
     now = time.time()
     async with server.runtime.store.engines.write.begin() as conn:
@@ -101,7 +103,7 @@ async def _add_deliveries(server: RunningServer, rows: list[tuple[str, str, floa
                     destination_id=destination_id,
                     status="pending",
                     attempts=0,
-                    retry_base=0,
+                    retry_base=retry_base,
                     body=body,
                     due_at=due_at,
                     created_at=now,
@@ -275,3 +277,97 @@ async def test_a_secret_the_master_key_cannot_decrypt_is_never_sent_and_dies_on_
 async def _delivered(server: RunningServer, delivery_id: str) -> bool:
     _, d = await server.request("GET", f"/v1/deliveries/{delivery_id}")
     return bool(d["status"] == "delivered")
+
+
+async def test_a_destination_that_raises_logs_one_line_an_attempt_and_its_traceback_once(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A destination's bug (here: bodies without the fields its format needs) failed each attempt
+    with a traceback of its own beside the attempt's line: a flood for a busy destination."""
+    caplog.set_level(logging.INFO, logger="ingestlayer.delivery")
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "data",
+                    "source": {"match": ["order.*"]},
+                    "destinations": [
+                        {
+                            "name": "data",
+                            "webhook.out": {"url": receiver.url + "/data", "format": "data"},
+                            "retry": FAST,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    destination = (await _destination_ids(server))["data"]
+    now = time.time()
+    stuck = await _add_deliveries(server, [(destination, '{"id": "evt_1"}', now)] * 3)
+    server.runtime.dispatcher.wake.set()
+
+    async def dead(delivery_id: str) -> dict[str, Any] | None:
+        found = await server.runtime.store.get_delivery(server.project_id, delivery_id)
+        return found if found is not None and found["status"] == "dead" else None
+
+    for delivery_id in stuck:
+        ended = await wait_for(lambda d=delivery_id: dead(d))
+        assert [a["error"] for a in ended["attempt_log"]] == ["internal error: KeyError"] * 2, ended
+    lines = [r for r in caplog.records if any(d in r.getMessage() for d in stuck)]
+    assert len(lines) == 2 * len(stuck), [r.getMessage() for r in lines]
+    assert len([r for r in caplog.records if r.exc_info]) == 1, caplog.text
+    assert receiver.requests == []
+
+
+async def test_an_error_past_the_attempts_handling_is_recorded_and_ends_the_delivery(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery row the retry schedule cannot be applied to (its retry base past its attempts,
+    as no version writes) raised past the attempt once its receiver failed: left leased, with
+    nothing in its attempt log, it was sent again each time the lease ran out, for ever, with a
+    traceback each time."""
+    caplog.set_level(logging.INFO, logger="ingestlayer.delivery")
+    failing = await Receiver().start()
+    try:
+        failing.fail_times(1)
+        await server.apply(
+            {
+                "pipelines": [
+                    {
+                        "name": "p",
+                        "source": {"match": ["order.*"]},
+                        "destinations": [
+                            {"name": "p", "webhook.out": {"url": failing.url + "/p"}, "retry": FAST},
+                            {"name": "q", "webhook.out": {"url": receiver.url + "/q"}, "retry": FAST},
+                        ],
+                    }
+                ]
+            }
+        )
+        ids = await _destination_ids(server)
+        body = orjson.dumps({"id": "evt_1", "type": "order.paid", "payload": {"n": 1}}).decode()
+        now = time.time()
+        [stuck] = await _add_deliveries(server, [(ids["p"], body, now)], retry_base=5)
+        [fine] = await _add_deliveries(server, [(ids["q"], body, now)])
+        server.runtime.dispatcher.wake.set()
+
+        async def ended(delivery_id: str) -> dict[str, Any] | None:
+            found = await server.runtime.store.get_delivery(server.project_id, delivery_id)
+            return found if found is not None and found["status"] in ("delivered", "dead") else None
+
+        assert (await wait_for(lambda: ended(fine)))["status"] == "delivered"
+        dead = await wait_for(lambda: ended(stuck))
+        assert dead["status"] == "dead", dead
+        assert [a["error"] for a in dead["attempt_log"]] == ["internal error: ValueError"], dead
+        lines = [r for r in caplog.records if stuck in r.getMessage()]
+        assert len(lines) == 1 and "failed unexpectedly" in lines[0].getMessage(), caplog.text
+        assert len(failing.requests) == 1
+
+        # Replayed, with its receiver answering now, it goes out.
+        status, replayed = await server.request("POST", f"/v1/deliveries/{stuck}/replay")
+        assert status == 200, replayed
+        assert (await wait_for(lambda: ended(stuck)))["status"] == "delivered"
+        assert len(failing.requests) == 2
+    finally:
+        await failing.stop()

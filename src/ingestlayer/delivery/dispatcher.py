@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -78,6 +78,9 @@ class _Dest:
     # with this and retries, so fixing the configuration delivers; other destinations go on.
     broken: str | None = None
     used_at: float = 0.0  # time.monotonic() of the last lease that needed it
+    # The errors it raised whose traceback is in the log already: one per kind, not one per
+    # attempt (each attempt has its line, saying the error).
+    raised: set[str] = field(default_factory=set)
 
 
 # A destination no lease has needed for this long is dropped from the cache (and its pools and
@@ -263,6 +266,7 @@ class Dispatcher:
         self._next_idle_sweep = 0.0
         self._inflight: dict[asyncio.Task[None], LeasedDelivery] = {}  # attempt → its delivery
         self._began: dict[asyncio.Task[None], tuple[float, float]] = {}  # clock.now(), perf_counter()
+        self._unexpected: set[str] = set()  # where attempts failed past their handling (logged once)
         self._results: list[AttemptResult] = []
         self._unrecorded: list[AttemptResult] = []  # the database was out of reach when recorded
         self._recording_again = False  # the writer is trying such outcomes again
@@ -378,6 +382,7 @@ class Dispatcher:
         n = d.attempts + 1
         started = clock.now()
         t0 = time.perf_counter()
+        raised: Exception | None = None  # by the destination, its traceback not yet in the log
         if dest is None:
             outcome = Outcome(ok=False, error=DELETED_DESTINATION_ERROR, permanent=True)
         elif not dest.enabled:
@@ -402,8 +407,11 @@ class Dispatcher:
             try:
                 outcome = await self._send(dest, request, ctx)
             except Exception as exc:  # a destination bug must not strand the delivery
-                log.exception("destination %s raised on delivery %s", d.destination_id, d.id)
-                outcome = Outcome(ok=False, error=f"internal error: {type(exc).__name__}")
+                name = type(exc).__name__
+                if name not in dest.raised:
+                    dest.raised.add(name)
+                    raised = exc
+                outcome = Outcome(ok=False, error=f"internal error: {name}")
         duration_ms = (time.perf_counter() - t0) * 1000
         too_many = outcome.status_code == 429 or outcome.retry_after is not None
         if dest is not None and not outcome.ok and too_many:
@@ -437,9 +445,10 @@ class Dispatcher:
         self._count_attempts(status)
         metrics.ATTEMPT_SECONDS.observe(duration_ms / 1000)
         # Every attempt is in the attempt log (the database); the process log repeats the ones an
-        # operator acts on. A line per success cost about a tenth of the dispatcher's CPU.
+        # operator acts on. A line per success cost about a tenth of the dispatcher's CPU. A
+        # destination's bug has its traceback on the line of the first attempt it failed.
         log.log(
-            logging.DEBUG if status == "delivered" else logging.INFO,
+            logging.DEBUG if status == "delivered" else logging.INFO if raised is None else logging.ERROR,
             "attempt delivery=%s event=%s destination=%s n=%d status=%s code=%s duration_ms=%.1f error=%s",
             d.id,
             d.event_id,
@@ -449,6 +458,7 @@ class Dispatcher:
             outcome.status_code,
             duration_ms,
             outcome.error,
+            exc_info=raised,
         )
         return result
 
@@ -471,6 +481,8 @@ class Dispatcher:
         try:
             result = await self.send_one(d, dest)
             delivered = result.status == "delivered"
+        except Exception as exc:
+            result = self._failed_unexpectedly(d, dest, exc)
         finally:
             if slot is not None and self.slots.finish(
                 d.destination_id, time.monotonic() - t0, slot, delivered=delivered
@@ -478,6 +490,53 @@ class Dispatcher:
                 self.wake.set()  # it was left out of leases for want of room: it has some again
         self._results.append(result)
         self._results_ready.set()
+
+    def _failed_unexpectedly(self, d: LeasedDelivery, dest: _Dest | None, exc: Exception) -> AttemptResult:
+        """The attempt at ``d`` failed by an error past send_one's own handling (a bug): recorded
+        as failed, retried on the destination's schedule and dead after it, like any failure.
+        Left leased instead, it was taken again each time its lease ran out, for ever, with a
+        traceback each time and nothing in its attempt log."""
+        task = asyncio.current_task()
+        began = self._began.get(task) if task is not None else None
+        started, t0 = began or (clock.now(), time.perf_counter())
+        n = d.attempts + 1
+        status, next_at = "dead", None
+        if dest is not None:
+            try:
+                delay = dest.policy.next_delay(n - d.retry_base)
+            except Exception:  # the stored row may be what it failed on: it ends, replayable
+                delay = None
+            if delay is not None:
+                status, next_at = "retrying", clock.now() + delay
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        key = f"{type(exc).__name__}@{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+        first = key not in self._unexpected
+        self._unexpected.add(key)
+        log.error(
+            "the attempt at delivery %s failed unexpectedly (%s: %s); recorded as failed, status=%s",
+            d.id,
+            type(exc).__name__,
+            exc,
+            status,
+            exc_info=exc if first else None,  # the traceback once per place, not once per attempt
+        )
+        self._count_attempts(status)
+        return AttemptResult(
+            delivery_id=d.id,
+            project_id=d.project_id,
+            lease_token=d.lease_token,
+            n=n,
+            started_at=started,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            status_code=None,
+            error=f"internal error: {type(exc).__name__}",
+            response_excerpt=None,
+            status=status,
+            next_retry_at=next_at,
+            worker=self.store.worker_id,
+        )
 
     async def _writer(self, done: asyncio.Event) -> None:
         """Record finished attempts in batches; ends once ``done`` (the lease loop has ended)
@@ -837,9 +896,9 @@ class Dispatcher:
         d = self._inflight.pop(task, None)
         self._began.pop(task, None)
         if d is not None and not task.cancelled() and (exc := task.exception()) is not None:
-            # Past send_one's own handling (a bug): said now, with the delivery, not as "Task
-            # exception was never retrieved" whenever the task is collected. Its lease is kept:
-            # the delivery is attempted again once the lease expires.
+            # Past even _failed_unexpectedly (a bug in it): said now, with the delivery, not as
+            # "Task exception was never retrieved" whenever the task is collected. Its lease is
+            # kept: the delivery is attempted again once the lease expires.
             log.error(
                 "the attempt at delivery %s failed unexpectedly; attempted again when its lease expires",
                 d.id,
