@@ -371,3 +371,41 @@ async def test_an_error_past_the_attempts_handling_is_recorded_and_ends_the_deli
         assert len(failing.requests) == 2
     finally:
         await failing.stop()
+
+
+async def test_a_secret_set_empty_in_the_environment_is_never_sent(
+    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PARTNER_TOKEN=`` in an env file: the request went out with an empty credential."""
+    monkeypatch.setenv("IL_TEST_PARTNER_TOKEN", "")
+    await server.apply(
+        {
+            "pipelines": [
+                {
+                    "name": "partner",
+                    "source": {"match": ["order.*"]},
+                    "destinations": [
+                        {
+                            "name": "partner",
+                            "webhook.out": {
+                                "url": receiver.url + "/partner",
+                                "secret_headers": {"X-Partner-Token": "env:IL_TEST_PARTNER_TOKEN"},
+                            },
+                            "retry": FAST,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    status, ev = await server.ingest("order.paid", {"n": 1})
+    assert status == 202, ev
+
+    async def dead() -> dict[str, Any] | None:
+        _, got = await server.request("GET", f"/v1/events/{ev['id']}")
+        found = [d for d in got["deliveries"] if d["status"] == "dead"]
+        return found[0] if found else None
+
+    ended = await wait_for(dead)
+    assert ended["last_error"] == "secret env:IL_TEST_PARTNER_TOKEN is empty in the worker's environment"
+    assert receiver.requests == []

@@ -179,6 +179,9 @@ class SecretResolver:
             value = os.environ.get(name)
             if value is None:
                 raise LookupError(f"secret {ref} is not set in the worker's environment")
+            if not value:
+                # Set but empty (``NAME=`` in an env file): sent, it was an empty credential.
+                raise LookupError(f"secret {ref} is empty in the worker's environment")
             return value
         if ref.startswith("ref:"):
             key = (project_id, ref[4:])
