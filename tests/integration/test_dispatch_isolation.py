@@ -78,6 +78,16 @@ CASES = {
 }
 
 
+async def _apply(server: RunningServer, **urls: str) -> dict[str, str]:
+    """A pipeline sending to a webhook.out at each URL (named by its keyword), retried on FAST:
+    the destinations' ids, by name."""
+    destinations = [{"name": name, "webhook.out": {"url": url}, "retry": FAST} for name, url in urls.items()]
+    await server.apply(
+        {"pipelines": [{"name": "p", "source": {"match": ["order.*"]}, "destinations": destinations}]}
+    )
+    return await _destination_ids(server)
+
+
 async def _destination_ids(server: RunningServer) -> dict[str, str]:
     status, listed = await server.request("GET", "/v1/destinations")
     assert status == 200, listed
@@ -135,27 +145,7 @@ async def test_a_row_that_cannot_be_used_fails_its_own_attempts_and_holds_up_not
 ) -> None:
     broken = CASES[case]
     caplog.set_level(logging.INFO, logger="ingestlayer.delivery")
-    await server.apply(
-        {
-            "pipelines": [
-                {
-                    "name": "good",
-                    "source": {"match": ["order.*"]},
-                    "destinations": [
-                        {"name": "good", "webhook.out": {"url": receiver.url + "/good"}, "retry": FAST}
-                    ],
-                },
-                {
-                    "name": "bad",
-                    "source": {"match": ["order.*"]},
-                    "destinations": [
-                        {"name": "bad", "webhook.out": {"url": receiver.url + "/bad"}, "retry": FAST}
-                    ],
-                },
-            ]
-        }
-    )
-    ids = await _destination_ids(server)
+    ids = await _apply(server, good=receiver.url + "/good", bad=receiver.url + "/bad")
     good, bad = ids["good"], ids["bad"]
     stored = await _stored_destination(server, bad)
     if broken.destination is not None:
@@ -331,21 +321,7 @@ async def test_an_error_past_the_attempts_handling_is_recorded_and_ends_the_deli
     failing = await Receiver().start()
     try:
         failing.fail_times(1)
-        await server.apply(
-            {
-                "pipelines": [
-                    {
-                        "name": "p",
-                        "source": {"match": ["order.*"]},
-                        "destinations": [
-                            {"name": "p", "webhook.out": {"url": failing.url + "/p"}, "retry": FAST},
-                            {"name": "q", "webhook.out": {"url": receiver.url + "/q"}, "retry": FAST},
-                        ],
-                    }
-                ]
-            }
-        )
-        ids = await _destination_ids(server)
+        ids = await _apply(server, p=failing.url + "/p", q=receiver.url + "/q")
         body = orjson.dumps({"id": "evt_1", "type": "order.paid", "payload": {"n": 1}}).decode()
         now = time.time()
         [stuck] = await _add_deliveries(server, [(ids["p"], body, now)], retry_base=5)
@@ -409,3 +385,26 @@ async def test_a_secret_set_empty_in_the_environment_is_never_sent(
     ended = await wait_for(dead)
     assert ended["last_error"] == "secret env:IL_TEST_PARTNER_TOKEN is empty in the worker's environment"
     assert receiver.requests == []
+
+
+async def test_a_stored_retry_schedule_that_cannot_be_used_is_said(
+    server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its deliveries go on the default schedule; that used to happen without a word."""
+    destination = (await _apply(server, p=receiver.url + "/p"))["p"]
+    stored = orjson.loads((await _stored_destination(server, destination))["config"])
+    await _set_destination(
+        server, destination, {"config": orjson.dumps({**stored, "retry": {"schedule": "soon"}}).decode()}
+    )
+    body = orjson.dumps({"id": "evt_1", "type": "order.paid", "payload": {"n": 1}}).decode()
+    [sent] = await _add_deliveries(server, [(destination, body, time.time())])
+    server.runtime.dispatcher.wake.set()
+
+    async def delivered() -> bool:
+        found = await server.runtime.store.get_delivery(server.project_id, sent)
+        return found is not None and found["status"] == "delivered"
+
+    await wait_for(delivered)
+    said = [r.getMessage() for r in caplog.records if destination in r.getMessage()]
+    assert len(said) == 1 and "retry schedule that cannot be used" in said[0], said
+    assert "the default applies" in said[0]

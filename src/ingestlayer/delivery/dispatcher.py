@@ -99,8 +99,11 @@ def _build(row: DestinationRow) -> _Dest:
         return _Dest(row.updated_at, row.enabled, None, RetryPolicy(), broken=broken)
     try:
         policy = RetryPolicy.from_config(row.config.get("retry"))
-    except ValueError:
-        policy = RetryPolicy.from_config(None)
+    except Exception as exc:  # said, or its deliveries would end on a schedule nobody wrote
+        log.warning(
+            "destination %s has a retry schedule that cannot be used (%s): the default applies", row.id, exc
+        )
+        policy = RetryPolicy()
     try:
         # Checked as the configuration's own check does: a stored value that is not a number
         # failed the lease loop itself (comparing it with the attempts in flight), every lease.
