@@ -550,10 +550,10 @@ def send(
     key: SendKeyOpt = None,
 ) -> None:
     """Send one event."""
-    from ingestlayer.pipeline.matching import is_valid_event_type
+    from ingestlayer.pipeline.matching import invalid_type_message, is_valid_event_type
 
     if not is_valid_event_type(type_):
-        raise CliError(f"{type_!r} is not a valid event type (dotted name such as feature.used)")
+        raise CliError(invalid_type_message(type_))  # in the API's words, as for the payload
     if idempotency_key is not None and not _storable_key(idempotency_key):
         # The API's rule, checked here for both modes: the database alone took a key the server
         # refuses (SQLite any length, PostgreSQL up to 255), and an empty one matched every

@@ -92,6 +92,25 @@ async def test_send_refuses_a_payload_that_is_not_an_object_in_the_apis_words(
     assert one_line_error(run) == f"error: payload must be a JSON object (the JSON argument), not {kind}"
 
 
+async def test_send_refuses_an_invalid_type_in_the_apis_words(sqlite_url: str, tmp_path: Path) -> None:
+    # It said "'bad type!' is not a valid event type (dotted name such as feature.used)" where the
+    # API says "type 'bad type!' is not a valid event name (...)": the docs promise the same words.
+    server = await start(sqlite_url)
+    try:
+        status, body = await server.request(
+            "POST", "/v1/events", key=server.ingest_key, data=b'{"type": "bad type!", "payload": {}}'
+        )
+        assert status == 422 and body["error"]["field"] == "type", body
+        said_by_api = body["error"]["message"]
+        local = ("--project", server.project_id)
+        remote = ("--url", server.url, "--key", server.ingest_key)
+        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
+            run = await cli("send", "bad type!", "{}", *mode, cwd=tmp_path, **where)
+            assert one_line_error(run) == f"error: {said_by_api}"
+    finally:
+        await server.stop()
+
+
 async def test_send_keeps_the_64_bit_extremes_exactly(sqlite_url: str, tmp_path: Path) -> None:
     ok(await cli("init", "--name", "exact", cwd=tmp_path, db_url=sqlite_url))
     payload = '{"big": 18446744073709551615, "small": -9223372036854775808, "f": 1.5}'

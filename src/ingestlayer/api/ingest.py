@@ -47,7 +47,7 @@ from ingestlayer.json_depth import (
     is_write_depth_error,
     json_depth,
 )
-from ingestlayer.pipeline.matching import is_valid_event_type
+from ingestlayer.pipeline.matching import invalid_type_message, is_valid_event_type
 from ingestlayer.records import IngestResult, NewEvent
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, parse_iso
@@ -313,12 +313,7 @@ class IngestHandler:
                     f"{prefix}type is required: a dotted event name such as feature.used",
                     field=f"{prefix}type",
                 )
-            raise ApiError(
-                422,
-                f"{prefix}type {etype[:80]!r} is not a valid event name (letters, digits, _ and -, "
-                "separated by dots)",
-                field=f"{prefix}type",
-            )
+            raise ApiError(422, f"{prefix}{invalid_type_message(etype)}", field=f"{prefix}type")
         payload = item.get("payload")
         payload_json: bytes | memoryview
         if payload is None and "payload" not in item:

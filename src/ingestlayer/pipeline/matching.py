@@ -17,6 +17,11 @@ def is_valid_event_type(value: str) -> bool:
     return len(value) <= 200 and bool(_TYPE_RE.fullmatch(value))
 
 
+def invalid_type_message(value: str) -> str:
+    """Why an event's type is refused: the same words from the API and from ``ingestlayer send``."""
+    return f"type {value[:80]!r} is not a valid event name (letters, digits, _ and -, separated by dots)"
+
+
 def is_valid_pattern(value: str) -> bool:
     return len(value) <= 200 and bool(_PATTERN_RE.fullmatch(value))
 
