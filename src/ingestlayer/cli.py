@@ -847,8 +847,22 @@ def secrets_set(
     if not value:
         raise CliError("the secret value is empty")
     secret = value
-    replaced = _with_backend(database_url, project, url, key, lambda b: b.set_secret(name, secret))
+
+    async def store(b: Backend) -> tuple[bool, Path | None]:
+        return await b.set_secret(name, secret), b.created_key_file
+
+    replaced, created = _with_backend(database_url, project, url, key, store)
     out.print(f"secret {name} {'replaced' if replaced else 'stored'}", highlight=False)
+    if created is not None:
+        # With no secret stored yet nothing shows the key differs from the server's (run from
+        # another directory, against PostgreSQL): said now, or the servers refuse to start later.
+        err.print(
+            f"note: there was no master key at {created}: this command created one and "
+            "encrypted the secret with it; every server process must use this key (start it here, "
+            "or set INGESTLAYER_SECRET_KEY_FILE to this file)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -193,6 +194,8 @@ class LocalBackend:
         migrate_database(settings)
         self.store: Store = Store.from_url(settings.database_url)
         self._project_id: str | None = None
+        # The master key file `set_secret` created for want of one, for the command to tell.
+        self.created_key_file: Path | None = None
 
     async def close(self) -> None:
         await self.store.close()
@@ -332,7 +335,9 @@ class LocalBackend:
                 "this master key is not the one the database's secrets were stored with "
                 "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
             )
-        return await self.store.set_secret(pid, name, box.encrypt(value))
+        replaced = await self.store.set_secret(pid, name, box.encrypt(value))
+        self.created_key_file = box.created_key_file
+        return replaced
 
 
 def _time_params(since: float | None, until: float | None) -> list[tuple[str, str]]:
@@ -342,6 +347,8 @@ def _time_params(since: float | None, until: float | None) -> list[tuple[str, st
 
 class RemoteBackend:
     """Talks to a running server with an admin key."""
+
+    created_key_file: Path | None = None  # the server encrypts with its own key
 
     def __init__(self, url: str, key: str) -> None:
         parts = urllib.parse.urlsplit(url.strip())

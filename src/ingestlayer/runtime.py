@@ -224,7 +224,7 @@ class Runtime:
         elif s.secret_key:
             source = "it is INGESTLAYER_SECRET_KEY"
         else:
-            source = f"it is read from {s.secret_key_file}"
+            source = f"it is read from {self.box.key_file or s.secret_key_file}"
         raise MasterKeyMismatch(
             f"the master key is not the one the database's secrets were stored with ({source}); "
             "start with that key: INGESTLAYER_SECRET_KEY, or INGESTLAYER_SECRET_KEY_FILE naming "

@@ -37,14 +37,16 @@ def _fernet_key(material: str) -> bytes:
 class SecretBox:
     def __init__(self, key_material: str) -> None:
         self._fernet = Fernet(_fernet_key(key_material))
-        # The key file this process created because there was none, if it did.
+        # The key file it was read from, absolute (the default, ./ingestlayer.key, does not say
+        # which directory's file it is), and the one this process created for want of one.
+        self.key_file: Path | None = None
         self.created_key_file: Path | None = None
 
     @classmethod
     def load(cls, secret_key: str | None, key_file: str) -> SecretBox:
         if secret_key:
             return cls(secret_key)
-        path = Path(key_file)
+        path = Path(key_file).absolute()
         created = not path.exists()
         if created:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +54,7 @@ class SecretBox:
             with os.fdopen(fd, "w") as fh:
                 fh.write(Fernet.generate_key().decode())
         box = cls(path.read_text())
+        box.key_file = path
         box.created_key_file = path if created else None
         return box
 

@@ -121,3 +121,32 @@ async def test_secrets_set_refused_for_a_missing_key_file_leaves_no_key_file(tmp
     refused(run, "master key is not the one")
     assert not (elsewhere / "ingestlayer.key").exists()
     assert (tmp_path / "ingestlayer.key").exists()  # the right one stays
+
+
+async def test_secrets_set_says_when_it_made_the_master_key_the_secret_is_encrypted_with(
+    db_url: str, tmp_path: Path
+) -> None:
+    """With no secret stored yet nothing shows a key differs: `secrets set` run in another
+    directory than the server's (natural against PostgreSQL) made a new key file, said only
+    "stored", and the server then refused to start, naming `./ingestlayer.key` without saying
+    which directory's. The command now says it made the key; the server names its file whole."""
+    server_dir, elsewhere = tmp_path / "server", tmp_path / "elsewhere"
+    server_dir.mkdir()
+    elsewhere.mkdir()
+    (server_dir / "ingestlayer.key").write_text("bm90LXRoZS1zYW1lLWtleS1hdC1hbGwtMzItYnl0ZXM=")
+    ok(await cli("init", "--name", "acme", cwd=server_dir, db_url=db_url, secret_key=None))
+
+    run = ok(await cli("secrets", "set", "tok", cwd=elsewhere, db_url=db_url, secret_key=None, stdin=b"v"))
+    assert run.out.strip() == "secret tok stored"
+    made = elsewhere / "ingestlayer.key"
+    assert made.exists()
+    note = " ".join(run.err.split())  # one line however the terminal would wrap it
+    assert note.startswith(f"note: there was no master key at {made}: this command created one"), run.err
+    assert "INGESTLAYER_SECRET_KEY_FILE" in note
+
+    # Told again by nothing when the key file was there.
+    run = ok(await cli("secrets", "set", "tok", cwd=elsewhere, db_url=db_url, secret_key=None, stdin=b"w"))
+    assert run.out.strip() == "secret tok replaced" and run.err == ""
+
+    run = await cli("worker", cwd=server_dir, db_url=db_url, secret_key=None)
+    refused(run, MISMATCH, f"it is read from {server_dir / 'ingestlayer.key'}")
