@@ -107,10 +107,9 @@ async def _checked(rt: Runtime) -> None:
 
 def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], None] | None = None) -> None:
     """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM.
-    ``on_listening`` is called once the port is bound, before anything else starts."""
+    ``on_listening`` is called once the port is bound and the database and master key have
+    passed their checks: a server refused at start never said it was serving."""
     sock = listening_socket(settings.host, settings.port)
-    if on_listening is not None:
-        on_listening()
     try:
         migrate_database(settings)
     except BaseException:
@@ -121,6 +120,8 @@ def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], Non
     async def main() -> None:
         rt = Runtime(settings, api=True, worker=worker)
         await _checked(rt)
+        if on_listening is not None:
+            on_listening()
         rt_holder["rt"] = rt
         config = uvicorn.Config(
             create_app(rt),

@@ -15,6 +15,7 @@ import pytest
 from ingestlayer.runtime import Runtime
 from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from tests.support.cli import Run, cli, ok
+from tests.support.processes import free_port
 from tests.support.server import test_settings as server_settings
 
 MISMATCH = "the master key is not the one the database's secrets were stored with"
@@ -148,5 +149,8 @@ async def test_secrets_set_says_when_it_made_the_master_key_the_secret_is_encryp
     run = ok(await cli("secrets", "set", "tok", cwd=elsewhere, db_url=db_url, secret_key=None, stdin=b"w"))
     assert run.out.strip() == "secret tok replaced" and run.err == ""
 
-    run = await cli("worker", cwd=server_dir, db_url=db_url, secret_key=None)
-    refused(run, MISMATCH, f"it is read from {server_dir / 'ingestlayer.key'}")
+    for role in ("worker", "serve"):
+        run = await cli(role, "--port", str(free_port()), cwd=server_dir, db_url=db_url, secret_key=None)
+        refused(run, MISMATCH, f"it is read from {server_dir / 'ingestlayer.key'}")
+        # It said "serving on http://…" first, then that it would not.
+        assert "serving on" not in run.out + run.err
