@@ -618,6 +618,21 @@ async def test_connection_refused_is_an_oserror(client: HttpClient) -> None:
     assert isinstance(info.value, OSError)
 
 
+async def test_a_name_that_does_not_resolve_is_said_so_naming_the_host() -> None:
+    # The delivery's error read "connection error: [Errno -2] Name or service not known".
+    async def not_found(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    c = HttpClient(resolve=not_found)
+    try:
+        with pytest.raises(HttpConnectError) as info:
+            await c.post(yarl.URL("https://api.acme.invalid/hooks"), b"1", {}, timeout=2)
+    finally:
+        await c.close()
+    assert str(info.value) == "cannot resolve api.acme.invalid: Name or service not known"
+    assert isinstance(info.value, OSError)  # retried like any connection error
+
+
 async def test_addresses_are_tried_in_order() -> None:
     seen: list[tuple[str, int]] = []
 

@@ -589,7 +589,12 @@ class HttpClient:
             if ssl_context is None:
                 ssl_context = self._ssl_context = ssl.create_default_context()
         async with asyncio.timeout_at(deadline):
-            addresses = await self._resolve(host, port)
+            try:
+                addresses = await self._resolve(host, port)
+            except socket.gaierror as exc:
+                # Said as a name not found, not "[Errno -2] Name or service not known" bare: the
+                # delivery's error then names the host whose name did not resolve.
+                raise HttpConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
             if not addresses:
                 raise HttpConnectError(f"cannot connect to {host}:{port}: no addresses to connect to")
             errors: list[str] = []
