@@ -560,6 +560,13 @@ async def test_keys_create_list_revoke(srv: RunningServer) -> None:
         status, body = await srv.request("POST", "/v1/keys", json=bad)
         assert status == 422, (bad, body)
         error_of(body)
+    # It said "kind: String should match pattern '^(ingest|admin)$'".
+    status, body = await srv.request("POST", "/v1/keys", json={"kind": "root"})
+    assert error_of(body) == {
+        "code": "validation_error",
+        "message": "kind: Input should be 'ingest' or 'admin'",
+        "field": "kind",
+    }
 
 
 # ---- health, metrics, OpenAPI ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from fastapi import APIRouter, Request, Response
@@ -512,7 +512,8 @@ async def delete_secret(name: str, principal: Admin, rt: RuntimeDep) -> Response
 
 class KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(pattern="^(ingest|admin)$")
+    # A Literal, not a pattern: its 422 names the two kinds, not the regular expression.
+    kind: Literal["ingest", "admin"]
     name: str | None = Field(default=None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
