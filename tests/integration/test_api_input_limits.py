@@ -167,3 +167,40 @@ async def test_list_lengths_and_yes_no_fields_are_refused_in_plain_words(srv: Ru
     # Nothing was applied meanwhile.
     status, body = await srv.request("GET", "/v1/pipelines")
     assert status == 200 and body["data"] == [], body
+
+
+async def test_fields_held_to_a_pattern_are_refused_in_words_not_as_the_pattern(srv: RunningServer) -> None:
+    # Pydantic's words leaked the regular expressions: "String should match pattern
+    # '^[a-z][a-z0-9_\-]{0,63}$'", "… pattern '^[^\x00-\x1f\x7f]*$'".
+    kind_rule = "must be 1 to 64 lower-case letters, digits, _ or -, starting with a letter"
+    cases = [
+        (
+            "POST",
+            "/v1/entities/bulk",
+            {"entities": [{"kind": "Bad Kind!", "id": "x", "traits": {}}]},
+            "entities[0].kind",
+            f"entities[0].kind: {kind_rule}",
+        ),
+        ("PUT", "/v1/entities/Bad%20Kind/x", {"traits": {}}, "kind", f"kind {kind_rule}"),
+        (
+            "POST",
+            "/v1/keys",
+            {"kind": "ingest", "name": "a\x01b"},
+            "name",
+            "name: must not contain control characters",
+        ),
+    ]
+    for method, path, sent, field, message in cases:
+        status, body = await srv.request(method, path, json=sent)
+        assert status == 422, (path, body)
+        assert error_of(body)["field"] == field, (path, body)
+        assert error_of(body)["message"] == message, (path, body)
+        assert "pattern" not in error_of(body)["message"]
+    # What the rules allow is still taken.
+    one = {"entities": [{"kind": "user_2", "id": "x", "traits": {}}]}
+    status, _ = await srv.request("POST", "/v1/entities/bulk", json=one)
+    assert status == 200
+    status, _ = await srv.request("POST", "/v1/keys", json={"kind": "ingest", "name": "backend\tjobs"})
+    assert status == 422  # a tab is a control character too
+    status, _ = await srv.request("POST", "/v1/keys", json={"kind": "ingest", "name": "backend jobs"})
+    assert status == 201
