@@ -91,8 +91,18 @@ app.add_typer(secrets_app, name="secrets")
 # Piped into another program or a file, tables are not cut to a terminal's 80 columns (a cut id
 # cannot be copied into `replay`); COLUMNS still wins when set.
 PIPED_WIDTH = 200
-out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
-err = Console(stderr=True)
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own answer is SystemExit(1), which passed `cli_errors` by: a table into
+        # `| head -1` ended with status 1 and no word, where --json ended 141 (a closed pipe).
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
+err = _Console(stderr=True)
 
 
 def _id_column(name: str) -> Column:
@@ -185,7 +195,11 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            # What is still buffered meets a closed pipe here, where it is status 141, not in
+            # Python's flush at exit ("Exception ignored … BrokenPipeError", status 120).
+            sys.stdout.flush()
+            return result
         except (typer.Exit, typer.Abort):  # Abort: Ctrl-C at a prompt, which main() reports
             raise
         except BrokenPipeError:  # whoever read the output stopped reading: nothing to say
