@@ -310,7 +310,7 @@ async def test_errors_are_one_line_with_exit_code_1(tmp_path: Path, sqlite_url: 
         (("events", "--project", "nope"), db, ("no project 'nope'",)),
         (("events",), db, ("several projects", "alpha", "beta", "--project")),
         (("send", "a.b", "{x", "--project", "alpha"), db, ("JSON",)),
-        (("send", "not a type", "{}", "--project", "alpha"), db, ("not a valid event type",)),
+        (("send", "not a type", "{}", "--project", "alpha"), db, ("is not a valid event name",)),
         (("secrets", "set", "x", "--project", "alpha"), db, ("empty",)),  # stdin is empty
         (("events", "--url", closed, "--key", "il_admin_x"), {"cwd": tmp_path}, ("cannot reach", closed)),
         # A worker started while its database is down names the database, never its password:
