@@ -68,7 +68,9 @@ def test_0004_keeps_events_and_route_jobs_and_key_uniqueness_both_ways(tmp_path:
     assert "WHERE idempotency_key IS NOT NULL" in schema["ux_events_project_idempotency"]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT * FROM route_jobs ORDER BY event_id").fetchall() == [
+        assert conn.execute(
+            "SELECT event_id, project_id, due_at, attempts FROM route_jobs ORDER BY event_id"
+        ).fetchall() == [
             ("e1", "p1", 10.0, 0),
             ("e2", "p1", 20.0, 3),
         ]
@@ -270,3 +272,31 @@ def test_the_head_read_from_file_names_is_alembics(tmp_path: Path) -> None:
     upgrade(url)
     assert sqlite_schema_is_current(url)
     assert not sqlite_schema_is_current(f"postgresql://postgres@127.0.0.1/{tmp_path.name}")
+
+
+def test_0011_marks_no_job_waiting_and_keeps_route_jobs_without_rowid_both_ways(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    url = f"sqlite:///{path}"
+    upgrade(url, "0010")
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO route_jobs VALUES ('e1', 'p1', 10, 2)")
+    conn.commit()
+    conn.close()
+
+    upgrade(url, "0011")
+    assert "WITHOUT ROWID" in _schema(path)["route_jobs"]
+    conn = sqlite3.connect(path)
+    try:
+        # A job deferred before waits out its back-off, as it would have.
+        assert conn.execute("SELECT * FROM route_jobs").fetchall() == [("e1", "p1", 10.0, 2, 0)]
+    finally:
+        conn.close()
+
+    command.downgrade(alembic_config(url), "0010")
+    schema = _schema(path)
+    assert "WITHOUT ROWID" in schema["route_jobs"] and "ix_route_jobs_waiting" not in schema
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT * FROM route_jobs").fetchall() == [("e1", "p1", 10.0, 2)]
+    finally:
+        conn.close()

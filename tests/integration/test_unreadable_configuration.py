@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from ingestlayer.api.manage import run_apply
 from ingestlayer.config import Settings
@@ -313,8 +313,7 @@ async def test_serve_keeps_delivering_other_projects_and_answers_202_for_the_bro
     status, body = await server.request(
         "POST", "/v1/apply", key=broken_admin, json={"document": _config(url)}
     )
-    assert status == 200, body
-    await _due_now(store, waiting)
+    assert status == 200, body  # routed at once, not after their back-off
 
     async def all_delivered() -> bool:
         return {r.json()["id"] for r in receiver.requests} >= set(others + waiting)
@@ -419,3 +418,61 @@ async def test_api_and_worker_processes(db_url: str) -> None:
 async def _both_compiled(api: Runtime, good: str, broken: str) -> bool:
     configs = api.router.configs
     return configs.current(good) is not None and configs.current(broken) is not None
+
+
+async def _job(store: Store, event_id: str) -> Any:
+    async with store.engines.read.connect() as conn:
+        return (await conn.execute(select(route_jobs).where(route_jobs.c.event_id == event_id))).first()
+
+
+async def _set_a_secret(store: Store, project_id: str) -> None:
+    await store.set_secret(project_id, "unused", b"ciphertext")
+
+
+async def _apply_the_fix(store: Store, project_id: str) -> None:
+    await run_apply(store, project_id, _config(), dry_run=False, prune=False)
+
+
+@pytest.mark.parametrize("change", [_apply_the_fix, _set_a_secret], ids=["apply", "secret"])
+async def test_a_change_of_the_configuration_routes_the_waiting_events_at_once(
+    db_url: str, change: Callable[[Store, str], Any]
+) -> None:
+    """Events waiting on a routing back-off (up to half an hour) are due as soon as their
+    project's configuration changes, which may be the fix: they waited out the back-off. A job
+    leased by a router at that moment is left to it; another project's waiting jobs wait on."""
+    store = Store.from_url(db_url)
+    try:
+        broken = await _project(store, "broken")
+        other = await _project(store, "other")
+        await _break(store, broken, _step_unknown)
+        await _break(store, other, _step_unknown)
+        waiting = [_event(broken, "feature.used") for _ in range(2)]
+        leased = _event(broken, "feature.used")
+        elsewhere = _event(other, "feature.used")
+        await store.insert_events([*waiting, elsewhere])
+        router = _router(store)
+        # Their fifth attempt fails: routed again in ten minutes.
+        await _due_now(store, [*(e.id for e in waiting), elsewhere.id], attempts=4)
+        assert await router.run_once() == 3
+        (entry,) = await _trace(store, broken, waiting[0].id)
+        assert entry["steps"][0]["note"] == f"attempt 5 failed; routed again in {ROUTE_RETRY_DELAYS[4]:g} s"
+        assert await router.run_once() == 0  # nothing due
+        await store.insert_events([leased])
+        lease = await store.lease_route_jobs(10, 60.0)
+        assert [e.id for e in lease.events] == [leased.id]
+
+        await change(store, broken)
+        assert (await _job(store, leased.id)).due_at == lease.token  # still the router's
+        assert await router.run_once() == 2  # the waiting ones, not the leased one, nor the other's
+        (entry,) = await _trace(store, broken, waiting[0].id)
+        if change is _apply_the_fix:
+            assert await _delivered_events(store, broken) == {e.id for e in waiting}
+            assert entry["outcome"] == "routed"
+        else:  # not the fix: they wait again
+            assert entry["steps"][0]["note"].startswith("attempt 6 failed")
+        assert (await _job(store, elsewhere.id)).due_at > time.time() + ROUTE_RETRY_DELAYS[3]
+        # The router that holds the lease stores its routing.
+        await store.complete_routing(lease, [], {})
+        assert await _job(store, leased.id) is None
+    finally:
+        await store.close()

@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock
@@ -14,7 +14,8 @@ from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, Sour
 from ingestlayer.store.base import Conflict, NotFound
 from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, EndingMixin
 from ingestlayer.store.notify import NotifyMixin
-from ingestlayer.store.schema import destinations, pipelines, projects, secrets, sources
+from ingestlayer.store.pg_hot import ROUTE_CHANNEL
+from ingestlayer.store.schema import destinations, pipelines, projects, route_jobs, secrets, sources
 
 
 def _pipeline_from_row(row: Any) -> PipelineRow:
@@ -96,6 +97,21 @@ class ConfigMixin(NotifyMixin, EndingMixin):
         )
         if expect_version is not None and res.rowcount == 0:
             raise Conflict("the configuration changed while this change was planned")
+        await self._wake_waiting_routes(conn, project_id)
+
+    async def _wake_waiting_routes(self, conn: AsyncConnection, project_id: str) -> None:
+        """Make the project's route jobs that wait on a routing back-off due now, with the change
+        that is committed with them: it may be the fix (a pipeline that could not be compiled, a
+        step's credentials), and the back-off up to half an hour. Jobs leased by a router are not
+        marked waiting (their due_at is the lease's token) and are left alone."""
+        res = await conn.execute(
+            update(route_jobs)
+            # As the partial index ix_route_jobs_waiting is written, for both databases to use it.
+            .where(route_jobs.c.project_id == project_id, text("waiting"))
+            .values(due_at=clock.now(), waiting=False)
+        )
+        if res.rowcount > 0 and self.dialect == "postgresql":
+            await conn.execute(select(func.pg_notify(ROUTE_CHANNEL, "")))
 
     async def apply_config(
         self,

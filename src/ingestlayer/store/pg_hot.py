@@ -126,7 +126,7 @@ _EXISTING_KEYS = """
 SELECT idempotency_key, id FROM events WHERE project_id = $1 AND idempotency_key = ANY($2::text[])
 """
 _LEASE_JOBS = """
-UPDATE route_jobs SET due_at = $1, attempts = attempts + 1
+UPDATE route_jobs SET due_at = $1, attempts = attempts + 1, waiting = false
 WHERE event_id IN (
     SELECT event_id FROM route_jobs WHERE due_at <= $2 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED
 )
@@ -152,7 +152,7 @@ _SET_TRACES = """
 UPDATE events SET trace = v.trace FROM unnest($1::text[], $2::text[]) AS v(id, trace) WHERE events.id = v.id
 """
 _DEFER_JOBS = """
-UPDATE route_jobs SET due_at = v.due, attempts = GREATEST(route_jobs.attempts - $4, 0)
+UPDATE route_jobs SET due_at = v.due, attempts = GREATEST(route_jobs.attempts - $4, 0), waiting = $4 = 0
 FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(id, token, due)
 WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
 RETURNING route_jobs.event_id

@@ -94,7 +94,19 @@ route_jobs = Table(
     Column("project_id", String(40), nullable=False),
     Column("due_at", Time, nullable=False),  # when it may next be leased
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # Put back after a failed routing attempt, due again after its back-off (not leased: a lease
+    # clears it). A change of its project's configuration makes it due at once: the change may
+    # be the fix, and its back-off may be half an hour.
+    Column("waiting", Boolean, nullable=False, server_default=text("false")),
     Index("ix_route_jobs_due_at", "due_at"),
+    # A project's waiting jobs, found in a few seeks by that change: the due_at index would walk
+    # every job not yet due, every project's, leased or waiting.
+    Index(
+        "ix_route_jobs_waiting",
+        "project_id",
+        sqlite_where=text("waiting"),
+        postgresql_where=text("waiting"),
+    ),
     # On SQLite the primary key is the table itself: one B-tree fewer to write per event.
     sqlite_with_rowid=False,
 )

@@ -148,7 +148,7 @@ def _insert_keyed(conn: sqlite3.Connection, plan: InsertPlan) -> tuple[set[str],
 def lease_route_jobs(conn: sqlite3.Connection, limit: int, now: float, token: float) -> RouteLease:
     attempts = dict(
         conn.execute(
-            "UPDATE route_jobs SET due_at = ?, attempts = attempts + 1 WHERE event_id IN"
+            "UPDATE route_jobs SET due_at = ?, attempts = attempts + 1, waiting = 0 WHERE event_id IN"
             " (SELECT event_id FROM route_jobs WHERE due_at <= ? ORDER BY due_at LIMIT ?)"
             " RETURNING event_id, attempts",
             (token, now, limit),
@@ -236,9 +236,9 @@ def defer_route_jobs(
     for token, ids in lease.by_token(list(delays)).items():
         for eid in ids:
             deferred = conn.execute(
-                "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0)"
+                "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0), waiting = ?"
                 " WHERE event_id = ? AND due_at = ?",
-                (now + delays[eid], int(uncounted), eid, token),
+                (now + delays[eid], int(uncounted), int(not uncounted), eid, token),
             ).rowcount
             if deferred and eid in traces:
                 conn.execute(

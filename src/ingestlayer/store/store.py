@@ -293,7 +293,8 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         ``uncounted``: the routing was not attempted (put off, or cut short by a shutdown), so
         the lease does not count as one of the event's routing attempts. ``traces``: what to
         show on events while they wait (why their routing failed), set where the job was still
-        this lease's."""
+        this lease's. A counted deferral marks the job waiting: a change of its project's
+        configuration makes it due at once (ConfigMixin._wake_waiting_routes)."""
         await self._hot.defer_route_jobs(lease, delays, uncounted, traces or {})
 
     async def renew_route_leases(self, tokens: dict[str, float], lease_seconds: float) -> dict[str, float]:
