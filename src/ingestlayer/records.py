@@ -208,8 +208,8 @@ class DestinationRow:
     config: dict[str, Any]
     enabled: bool
     updated_at: float
-    # Why the stored configuration cannot be read (not JSON, or not an object), on the rows the
-    # dispatcher reads; ``config`` is empty then. One such row must not fail the others read with it.
+    # Why its stored configuration cannot be read (not JSON, not UTF-8: edited by hand), its
+    # config then empty (see rows.stored_config); None when it can.
     unreadable: str | None = None
 
 
@@ -223,6 +223,9 @@ class PipelineRow:
     enabled: bool
     created_at: float
     updated_at: float
+    # Why its stored configuration cannot be read (not JSON, not UTF-8: edited by hand), its
+    # config then empty (see rows.stored_config); None when it can.
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)
@@ -233,6 +236,9 @@ class SourceRow:
     config: dict[str, Any]
     enabled: bool
     updated_at: float
+    # Why its stored configuration cannot be read (not JSON, not UTF-8: edited by hand), its
+    # config then empty (see rows.stored_config); None when it can.
+    unreadable: str | None = None
 
 
 @dataclass(slots=True)

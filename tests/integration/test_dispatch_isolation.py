@@ -48,13 +48,13 @@ CASES = {
     "configuration not JSON": Broken(
         lambda cfg: {"config": orjson.dumps(cfg).decode()[:-7]},
         None,
-        "the destination's stored configuration cannot be read (not JSON:",
+        "its stored configuration cannot be read:",
         own_schedule=False,
     ),
     "configuration not an object": Broken(
         lambda cfg: {"config": '["webhook.out"]'},
         None,
-        "the destination's stored configuration cannot be read (a JSON list, not an object)",
+        "its stored configuration is not a JSON object",
         own_schedule=False,
     ),
     "concurrency not a number": Broken(

@@ -275,6 +275,18 @@ class _Loaded:
     version: int  # the project's config_version it was read at
     stored: list[str]  # the names of the endpoint's stored secrets (read after the configuration)
 
+    def readable(self) -> None:
+        """409 for a change made from the stored configuration (a patch, a rotation), when that
+        cannot be read (see rows.stored_config): it would be made from an empty one."""
+        unreadable = self.pipeline.unreadable or (self.destination.unreadable if self.destination else None)
+        if unreadable is not None:
+            endpoint_id = self.pipeline.id
+            raise ApiError(
+                409,
+                f"endpoint {endpoint_id}: {unreadable}; delete it (DELETE /v1/endpoints/{endpoint_id}) "
+                "and add it again",
+            )
+
     @property
     def settings(self) -> dict[str, Any]:
         return self.destination.config.get("settings", {}) if self.destination else {}
@@ -301,6 +313,8 @@ async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> _Loaded:
         if p.endpoint and p.id == endpoint_id:
             routes = p.config.get("destinations", [])
             d = cfg.destinations.get(routes[0]["destination_id"]) if routes else None
+            if p.unreadable is not None:  # its route unknown: its destination is found by name
+                d = next((d for d in cfg.destinations.values() if d.name == f"endpoint:{endpoint_id}"), None)
             stored = [
                 s["name"]
                 for s in await rt.store.list_secrets(project_id)
@@ -453,6 +467,7 @@ async def update_endpoint(
     # commits in between (a rotation, another patch): neither is lost, nor its secrets.
     async def change() -> tuple[dict[str, Any], str | None, str]:
         found = await _load(rt, project_id, endpoint_id)
+        found.readable()
         current = _endpoint_json(found.pipeline, found.destination, shown=False)
         # A rotation goes on through a patch: the old secrets still sign, each until its end.
         previous = [(ref, end) for ref, end, _ in _previous(found.settings, clock.now())]
@@ -526,6 +541,7 @@ async def rotate_secret(
 
     async def change() -> str:
         found = await _load(rt, project_id, endpoint_id)
+        found.readable()
         current = _endpoint_json(found.pipeline, found.destination, shown=False)
         if current["auth"] == "bearer":
             raise ApiError(409, "bearer endpoints carry your token: set a new one with PATCH {secret}")

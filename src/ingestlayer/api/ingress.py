@@ -211,6 +211,9 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     source = await rt.store.get_source(source_id)
     if source is None or not source.enabled:
         raise ApiError(404, f"no source {source_id!r}")
+    if source.unreadable is not None:
+        # Edited by hand: the sender retries (a 5xx) until the source is applied again.
+        raise ApiError(503, f"source {source.name!r}: {source.unreadable}", headers={"Retry-After": "60"})
     with stored_configuration():  # checked when it was applied, maybe by an earlier version
         cfg = SourceConfig.model_validate(source.config)
     body = await read_body(request, rt.settings.max_request_bytes)

@@ -94,7 +94,7 @@ def _build(row: DestinationRow) -> _Dest:
     passes its checks is marked broken instead of failing the whole lease it came with."""
     if row.unreadable is not None:
         # Its retry schedule is unreadable too: the default one bounds its attempts.
-        broken = f"the destination's stored configuration cannot be read ({row.unreadable})"
+        broken = f"destination {row.name!r}: {row.unreadable}"
         log.warning("destination %s: %s", row.id, broken)
         return _Dest(row.updated_at, row.enabled, None, RetryPolicy(), broken=broken)
     try:

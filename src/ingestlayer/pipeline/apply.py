@@ -73,6 +73,16 @@ def _diff(name: str, old: Any, new: Any) -> str:
     return diff
 
 
+def _stored_diff(name: str, unreadable: str | None, old: Any, new: Any) -> str:
+    """:func:`_diff` from a stored row, which may be one whose configuration cannot be read (see
+    rows.stored_config): its empty stand-in is not shown as what it held; the diff says so,
+    and what the change does with it."""
+    if unreadable is None:
+        return _diff(name, old, new)
+    done = "replaced" if new is not None else "deleted"
+    return f"# stored/{name}: {unreadable}; {done}\n" + _diff(name, None, new)
+
+
 def _pipeline_view(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """A stored pipeline as its diff shows it: routes by destination name. A destination's id is
     made when it is created, so a dry run could only show ids that the apply would not use."""
@@ -120,12 +130,14 @@ def _plan_against(current: ProjectConfig, project_id: str, cfg: ConfigFile, prun
         dest_ids[spec.name] = did
         if old is None:
             action: Action = "create"
-        elif old.kind == spec.kind and old.config == new_cfg:
+        elif old.kind == spec.kind and old.config == new_cfg and old.unreadable is None:
             action = "unchanged"
         else:
             action = "update"
         old_view = {"kind": old.kind, **old.config} if old else None
-        diff = _diff(spec.name, old_view, {"kind": spec.kind, **new_cfg}) if action != "unchanged" else ""
+        unreadable = old.unreadable if old else None
+        new_view = {"kind": spec.kind, **new_cfg}
+        diff = _stored_diff(spec.name, unreadable, old_view, new_view) if action != "unchanged" else ""
         out.changes.append(Change(action, "destination", spec.name, did, diff))
         if action != "unchanged":
             out.destination_rows.append({"id": did, "name": spec.name, "kind": spec.kind, "config": new_cfg})
@@ -149,12 +161,22 @@ def _plan_against(current: ProjectConfig, project_id: str, cfg: ConfigFile, prun
         pid = old_p.id if old_p else random_id("pip")
         if old_p is None:
             action = "create"
-        elif old_p.config == new_cfg and old_p.enabled == p.enabled and not old_p.endpoint:
+        elif (
+            old_p.config == new_cfg
+            and old_p.enabled == p.enabled
+            and not old_p.endpoint
+            and old_p.unreadable is None
+        ):
             action = "unchanged"
         else:
             action = "update"
         old_view = _pipeline_view(old_p.config if old_p else None)
-        diff = _diff(p.name, old_view, _pipeline_view(new_cfg)) if action != "unchanged" else ""
+        unreadable = old_p.unreadable if old_p else None
+        diff = (
+            _stored_diff(p.name, unreadable, old_view, _pipeline_view(new_cfg))
+            if action != "unchanged"
+            else ""
+        )
         out.changes.append(Change(action, "pipeline", p.name, pid, diff))
         if action != "unchanged":
             out.pipeline_rows.append({"id": pid, "name": p.name, "config": new_cfg, "enabled": p.enabled})
@@ -166,12 +188,14 @@ def _plan_against(current: ProjectConfig, project_id: str, cfg: ConfigFile, prun
         sid = old_s.id if old_s else random_id("src")
         if old_s is None:
             action = "create"
-        elif _set_fields(old_s.config) == _set_fields(src):
+        elif _set_fields(old_s.config) == _set_fields(src) and old_s.unreadable is None:
             action = "unchanged"
         else:
             action = "update"
         old_view = _set_fields(old_s.config) if old_s else None
-        diff = _diff(src["name"], old_view, _set_fields(src)) if action != "unchanged" else ""
+        unreadable = old_s.unreadable if old_s else None
+        new_view = _set_fields(src)
+        diff = _stored_diff(src["name"], unreadable, old_view, new_view) if action != "unchanged" else ""
         out.changes.append(Change(action, "source", src["name"], sid, diff))
         if action != "unchanged":
             out.source_rows.append({"id": sid, "name": src["name"], "config": src, "enabled": src["enabled"]})
@@ -181,13 +205,19 @@ def _plan_against(current: ProjectConfig, project_id: str, cfg: ConfigFile, prun
         for old_s in current.sources.values():
             if old_s.name not in keep_s:
                 out.changes.append(
-                    Change("delete", "source", old_s.name, old_s.id, _diff(old_s.name, old_s.config, None))
+                    Change(
+                        "delete",
+                        "source",
+                        old_s.name,
+                        old_s.id,
+                        _stored_diff(old_s.name, old_s.unreadable, old_s.config, None),
+                    )
                 )
                 out.delete_source_ids.append(old_s.id)
         keep_p = {p.name for p in cfg.pipelines}
         for old_p in current.pipelines:
             if old_p.name not in keep_p and not old_p.endpoint:
-                diff = _diff(old_p.name, _pipeline_view(old_p.config), None)
+                diff = _stored_diff(old_p.name, old_p.unreadable, _pipeline_view(old_p.config), None)
                 out.changes.append(Change("delete", "pipeline", old_p.name, old_p.id, diff))
                 out.delete_pipeline_ids.append(old_p.id)
         # Kept: the document's destinations, those its pipelines route to by `ref`, and endpoints'.
@@ -195,7 +225,13 @@ def _plan_against(current: ProjectConfig, project_id: str, cfg: ConfigFile, prun
         for d in current.destinations.values():
             if d.name not in keep_d and d.id not in endpoint_of:
                 out.changes.append(
-                    Change("delete", "destination", d.name, d.id, _diff(d.name, d.config, None))
+                    Change(
+                        "delete",
+                        "destination",
+                        d.name,
+                        d.id,
+                        _stored_diff(d.name, d.unreadable, d.config, None),
+                    )
                 )
                 out.delete_destination_ids.append(d.id)
     return out

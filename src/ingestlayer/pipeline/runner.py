@@ -135,6 +135,8 @@ def _compile_project(cfg: ProjectConfig) -> CompiledProject:
             continue
         matcher: TypeMatcher | None = None
         try:
+            if p.unreadable is not None:  # which events it takes is unknown too
+                raise ValueError(p.unreadable)
             matcher = TypeMatcher(_patterns(p.config.get("source")))
             steps = []
             for s in p.config.get("steps", []):

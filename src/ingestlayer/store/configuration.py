@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, SourceRow
+from ingestlayer.store import rows as rowmap
 from ingestlayer.store.base import Conflict, NotFound
 from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, EndingMixin
 from ingestlayer.store.notify import NotifyMixin
@@ -19,38 +20,44 @@ from ingestlayer.store.schema import destinations, pipelines, projects, route_jo
 
 
 def _pipeline_from_row(row: Any) -> PipelineRow:
+    config, unreadable = rowmap.stored_config(row.config, rowmap.empty_pipeline)
     return PipelineRow(
         id=row.id,
         project_id=row.project_id,
         name=row.name,
-        config=orjson.loads(row.config),
+        config=config,
         endpoint=bool(row.endpoint),
         enabled=bool(row.enabled),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        unreadable=unreadable,
     )
 
 
 def _source_from_row(row: Any) -> SourceRow:
+    config, unreadable = rowmap.stored_config(row.config, rowmap.empty_source)
     return SourceRow(
         id=row.id,
         project_id=row.project_id,
         name=row.name,
-        config=orjson.loads(row.config),
+        config=config,
         enabled=bool(row.enabled),
         updated_at=row.updated_at,
+        unreadable=unreadable,
     )
 
 
 def _destination_from_row(row: Any) -> DestinationRow:
+    config, unreadable = rowmap.stored_config(row.config, rowmap.empty_destination)
     return DestinationRow(
         id=row.id,
         project_id=row.project_id,
         name=row.name,
         kind=row.kind,
-        config=orjson.loads(row.config),
+        config=config,
         enabled=bool(row.enabled),
         updated_at=row.updated_at,
+        unreadable=unreadable,
     )
 
 

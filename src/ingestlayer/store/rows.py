@@ -6,7 +6,7 @@ Rows arrive as plain tuples (``sqlite3`` rows, asyncpg records), columns in the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -25,6 +25,34 @@ from ingestlayer.records import (
 EVENT_COLUMNS = "id, project_id, type, payload, idempotency_key, source, occurred_at, received_at, trace"
 DELIVERY_COLUMNS = "id, project_id, event_id, event_type, destination_id, attempts, retry_base, body"
 DESTINATION_COLUMNS = "id, project_id, name, kind, config, enabled, updated_at"
+
+
+def empty_pipeline() -> dict[str, Any]:
+    return {"source": {"match": []}, "steps": [], "destinations": []}
+
+
+def empty_destination() -> dict[str, Any]:
+    return {"settings": {}}
+
+
+def empty_source() -> dict[str, Any]:
+    return {}
+
+
+def stored_config(raw: str | bytes, empty: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """A configuration row's JSON, and why it cannot be read (None: it can). A row edited by hand
+    may hold text that is not JSON, or (SQLite, whose rows are read as bytes: see
+    ``CONFIG_BYTES``) not even UTF-8. It is taken as ``empty()``, the shape every reader expects,
+    holding nothing: reading it used to fail the read of the whole project's configuration, and
+    with it the apply or API request that would replace or delete it. What cannot run without
+    it (routing, delivery) looks at the reason and waits."""
+    try:
+        config = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return empty(), f"its stored configuration cannot be read: {exc}"
+    if not isinstance(config, dict):
+        return empty(), "its stored configuration is not a JSON object"
+    return config, None
 
 
 def stored_event(r: Sequence[Any]) -> StoredEvent:
@@ -102,17 +130,7 @@ def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
 
 
 def destination(r: Sequence[Any]) -> DestinationRow:
-    """A destination as the dispatcher reads it. A stored configuration that cannot be read is
-    said in ``unreadable``, not raised: raised, it failed the reading of every destination a lease
-    needed, and no delivery leased with one of its own went out."""
-    unreadable = None
-    try:
-        config = orjson.loads(r[4])
-    except orjson.JSONDecodeError as exc:
-        config, unreadable = {}, f"not JSON: {exc}"
-    else:
-        if not isinstance(config, dict):
-            config, unreadable = {}, f"a JSON {type(config).__name__}, not an object"
+    config, unreadable = stored_config(r[4], empty_destination)
     return DestinationRow(
         id=r[0],
         project_id=r[1],
