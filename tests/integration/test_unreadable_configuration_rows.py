@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import LargeBinary, Table, Text, cast, literal, update
 
 from ingestlayer.api.manage import run_apply
 from ingestlayer.config import Settings
@@ -213,3 +213,122 @@ async def test_deliveries_to_a_destination_that_is_not_json_are_retried_saying_w
     assert delivery["last_error"].startswith(
         "invalid configuration: ValueError: its stored configuration cannot"
     )
+
+
+# ---- text that is not UTF-8 (SQLite only: PostgreSQL refuses to store it) ---------------------
+
+
+async def _spoil_bytes(store: Store, table: Table, project_id: str, name: str) -> None:
+    """A row whose configuration is not UTF-8 (a hand, in another encoding): SQLite's driver
+    raises an OperationalError reading it as text, the class a database outage raises."""
+    not_utf8 = '{"source": {"match": ["caf\xe9.*"]}}'.encode("latin-1")
+    async with store.engines.write.begin() as conn:
+        res = await conn.execute(
+            update(table)
+            .where(table.c.project_id == project_id, table.c.name == name)
+            .values(config=cast(literal(not_utf8, LargeBinary), Text))
+        )
+        assert res.rowcount == 1
+
+
+async def test_a_row_that_is_not_utf8_holds_back_its_own_project_only(sqlite_url: str) -> None:
+    """Every router pass used to fail as if the database were down: every project's events
+    stalled. Now the broken project's wait, its trace saying why, and apply fixes it."""
+    store = Store.from_url(sqlite_url)
+    try:
+        good, _, _ = await store.create_project("good")
+        broken, _, _ = await store.create_project("broken")
+        for project_id in (good, broken):
+            await run_apply(store, project_id, _document("feature"), dry_run=False, prune=False)
+        await _spoil_bytes(store, pipelines, broken, "feature")
+        others = [_event(good, "feature.used") for _ in range(2)]
+        waiting = _event(broken, "feature.used")
+        await store.insert_events([others[0], waiting, others[1]])
+        router = Router(store, Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY))
+
+        assert await router.run_once() == 3
+        assert {d["event_id"] for d in await store.list_deliveries(good, limit=10)} == {e.id for e in others}
+        stored = await store.get_event(broken, waiting.id)
+        assert stored is not None and stored.trace is not None
+        (entry,) = stored.trace
+        assert entry["outcome"] == "retrying"
+        error = entry["steps"][0]["error"]
+        assert "pipeline 'feature' cannot be compiled" in error and "not valid UTF-8" in error
+
+        result = await run_apply(store, broken, _document("feature"), dry_run=False, prune=False)
+        (change,) = [c for c in result["changes"] if c["kind"] == "pipeline"]
+        assert change["action"] == "update" and "not valid UTF-8" in change["diff"]
+        assert await router.run_once() == 1  # made due by the change
+        assert [d["event_id"] for d in await store.list_deliveries(broken, limit=10)] == [waiting.id]
+    finally:
+        await store.close()
+
+
+async def test_rows_that_are_not_utf8_are_read_replaced_and_deleted_through_the_api(
+    srv: RunningServer,
+) -> None:
+    store = srv.runtime.store
+    await srv.apply(_document("feature", "order"))
+    await _spoil_bytes(store, pipelines, srv.project_id, "order")
+    await _spoil_bytes(store, destinations, srv.project_id, "audit")
+    status, body = await srv.request("GET", "/v1/pipelines")
+    assert status == 200, body
+    status, body = await srv.request("PUT", "/v1/destinations/audit", json={"webhook.out": {"url": HOOK}})
+    assert status == 200, body
+    status, body = await srv.request("DELETE", "/v1/pipelines/order")
+    assert status == 204, body
+    cfg = await store.load_project_config(srv.project_id)
+    assert [p.name for p in cfg.pipelines] == ["feature"]
+    assert [d.unreadable for d in cfg.destinations.values()] == [None]
+
+
+async def test_deliveries_to_a_destination_that_is_not_utf8_are_retried_saying_why(
+    srv: RunningServer,
+) -> None:
+    """The dispatcher reads destinations on the hot path, outside SQLAlchemy: its lease failed
+    as if the database were down, every destination's deliveries with it."""
+    await srv.apply(_document("feature"))
+    await _spoil_bytes(srv.runtime.store, destinations, srv.project_id, "audit")
+    status, body = await srv.request(
+        "POST", "/v1/events", key=srv.ingest_key, json={"type": "feature.used", "payload": {}}
+    )
+    assert status == 202, body
+
+    async def failed() -> dict[str, Any] | None:
+        listed = await srv.runtime.store.list_deliveries(srv.project_id, limit=10)
+        return next((d for d in listed if d.get("last_error")), None)
+
+    delivery = await wait_for(failed, timeout=15)
+    assert delivery["status"] == "retrying" and "not valid UTF-8" in delivery["last_error"]
+
+
+async def test_a_name_that_is_not_utf8_holds_back_its_own_project_only(sqlite_url: str) -> None:
+    """Told apart from an outage by the driver's words: the project's events wait (the words
+    quote the row, so the trace does not); the other projects' are routed."""
+    store = Store.from_url(sqlite_url)
+    try:
+        good, _, _ = await store.create_project("good")
+        broken, _, _ = await store.create_project("broken")
+        for project_id in (good, broken):
+            await run_apply(store, project_id, _document("feature"), dry_run=False, prune=False)
+        async with store.engines.write.begin() as conn:
+            await conn.execute(
+                update(pipelines)
+                .where(pipelines.c.project_id == broken)
+                .values(name=cast(literal(b"caf\xe9", LargeBinary), Text))
+            )
+        ok, waiting = _event(good, "feature.used"), _event(broken, "feature.used")
+        await store.insert_events([waiting, ok])
+        router = Router(store, Settings.from_env().with_overrides(secret_key=TEST_SECRET_KEY))
+
+        assert await router.run_once() == 2
+        assert [d["event_id"] for d in await store.list_deliveries(good, limit=10)] == [ok.id]
+        stored = await store.get_event(broken, waiting.id)
+        assert stored is not None and stored.trace is not None
+        (entry,) = stored.trace
+        assert entry["outcome"] == "retrying"
+        assert entry["steps"][0]["error"].endswith(
+            "its configuration cannot be read: a stored row holds text that is not UTF-8"
+        )
+    finally:
+        await store.close()

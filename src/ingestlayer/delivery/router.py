@@ -36,7 +36,7 @@ from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
-from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE
+from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE, not_utf8
 from ingestlayer.timefmt import iso
 from ingestlayer.validation_messages import configuration_problem
 
@@ -135,9 +135,17 @@ class ConfigCache:
             cfg = await self._store.load_project_config(project_id)
         except NotFound:  # deleted since its version was read
             return None
-        except DATABASE_ERRORS:
-            raise  # the database's, not the configuration's: nothing to remember for this version
-        except Exception as exc:  # a stored row this version cannot read (its JSON, by hand)
+        except DATABASE_ERRORS as exc:
+            if not not_utf8(exc):
+                raise  # the database's, not the configuration's: nothing to remember for this version
+            # A row's name (say) that is not UTF-8: its configurations are read as bytes (see
+            # rows.stored_config), the rest as text. Every router pass failed as if the database
+            # were down, every project's events held back with this one's.
+            # Not the driver's words: they quote the row's text, which may hold a credential.
+            problem = "its configuration cannot be read: a stored row holds text that is not UTF-8"
+            log.error("project %s: %s; its events wait until it is fixed", project_id, problem)
+            return CompiledProject.unusable(project_id, version, problem)
+        except Exception as exc:  # a stored row this version cannot read (by hand)
             problem = f"its configuration cannot be read: {configuration_problem(exc)}"
             log.exception("project %s: %s; its events wait until it is fixed", project_id, problem)
             return CompiledProject.unusable(project_id, version, problem)

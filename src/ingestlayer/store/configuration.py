@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import LargeBinary, Select, Table, bindparam, cast, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock
@@ -67,16 +67,26 @@ class ConfigMixin(NotifyMixin, EndingMixin):
     async def config_versions(self, project_ids: Iterable[str]) -> dict[str, int]:
         return await self._hot.config_versions(list(project_ids))
 
+    def _rows(self, table: Table) -> Select[Any]:
+        """A SELECT of ``table``'s rows, their ``config`` read as bytes on SQLite and decoded by
+        rows.stored_config. As text, a row edited by hand into bytes that are not UTF-8 made the
+        driver raise an OperationalError, the class of an outage, for the whole read: every
+        router pass failed as if the database were down, every project's events held with it,
+        and the API answered 503 to what would fix it. PostgreSQL stores valid text only."""
+        if self.dialect != "sqlite":
+            return select(table)
+        return select(*(cast(c, LargeBinary).label(c.name) if c.name == "config" else c for c in table.c))
+
     async def load_project_config(self, project_id: str) -> ProjectConfig:
         async with self.engines.read.begin() as conn:
             version = await conn.scalar(select(projects.c.config_version).where(projects.c.id == project_id))
             if version is None:
                 raise NotFound(f"no project {project_id!r}")
             prow = await conn.execute(
-                select(pipelines).where(pipelines.c.project_id == project_id).order_by(pipelines.c.name)
+                self._rows(pipelines).where(pipelines.c.project_id == project_id).order_by(pipelines.c.name)
             )
-            drow = await conn.execute(select(destinations).where(destinations.c.project_id == project_id))
-            srow = await conn.execute(select(sources).where(sources.c.project_id == project_id))
+            drow = await conn.execute(self._rows(destinations).where(destinations.c.project_id == project_id))
+            srow = await conn.execute(self._rows(sources).where(sources.c.project_id == project_id))
             return ProjectConfig(
                 project_id=project_id,
                 version=int(version),
@@ -88,7 +98,7 @@ class ConfigMixin(NotifyMixin, EndingMixin):
     async def get_source(self, source_id: str) -> SourceRow | None:
         """A source by its global id (the ingress URL carries no key)."""
         async with self.engines.read.connect() as conn:
-            row = (await conn.execute(select(sources).where(sources.c.id == source_id))).first()
+            row = (await conn.execute(self._rows(sources).where(sources.c.id == source_id))).first()
             return _source_from_row(row) if row else None
 
     async def _bump_config(

@@ -48,7 +48,7 @@ def stored_config(raw: str | bytes, empty: Callable[[], dict[str, Any]]) -> tupl
     it (routing, delivery) looks at the reason and waits."""
     try:
         config = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+    except orjson.JSONDecodeError as exc:  # orjson says so of bytes that are not UTF-8, too
         return empty(), f"its stored configuration cannot be read: {exc}"
     if not isinstance(config, dict):
         return empty(), "its stored configuration is not a JSON object"

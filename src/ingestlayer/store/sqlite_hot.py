@@ -347,9 +347,14 @@ def release_leases(conn: sqlite3.Connection, leased: Sequence[LeasedDelivery]) -
     )
 
 
+# Each configuration as bytes, decoded by rows.stored_config: as text, one edited by hand into
+# bytes that are not UTF-8 raised an OperationalError (an outage's class) for the whole lease.
+_DESTINATION_COLUMNS = rowmap.DESTINATION_COLUMNS.replace("config", "CAST(config AS BLOB)")
+
+
 def get_destinations(conn: sqlite3.Connection, ids: list[str]) -> dict[str, DestinationRow]:
     rows = conn.execute(
-        f"SELECT {rowmap.DESTINATION_COLUMNS} FROM destinations WHERE id IN (SELECT value FROM json_each(?))",
+        f"SELECT {_DESTINATION_COLUMNS} FROM destinations WHERE id IN (SELECT value FROM json_each(?))",
         (_ids_json(ids),),
     )
     return {r[0]: rowmap.destination(r) for r in rows}

@@ -47,3 +47,14 @@ def is_unavailable_sqlstate(sqlstate: object) -> bool:
     return isinstance(sqlstate, str) and (
         sqlstate[:2] in UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in UNAVAILABLE_SQLSTATES
     )
+
+
+# The words of SQLite's driver reading a text column that holds bytes that are not UTF-8 (a row
+# edited by hand). Raised as an OperationalError, an outage's class, though it is the row's.
+NOT_UTF8_WORDS = "could not decode to utf-8 column"
+
+
+def not_utf8(exc: BaseException) -> bool:
+    """``exc`` (or the driver's error SQLAlchemy wraps in it) is a row's text that is not UTF-8,
+    not the database failing: the row's reader, not every reader, is held back by it."""
+    return NOT_UTF8_WORDS in str(getattr(exc, "orig", None) or exc).lower()
