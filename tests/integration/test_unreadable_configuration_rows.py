@@ -19,6 +19,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.records import NewEvent
 from ingestlayer.store.schema import destinations, pipelines, sources
 from ingestlayer.store.store import Store
+from tests.support.dashboard_client import Browser, signed_in
 from tests.support.server import TEST_SECRET_KEY, RunningServer, wait_for
 
 HOOK = "http://127.0.0.1:9/hooks"  # never called: the dispatcher does not run here
@@ -332,3 +333,39 @@ async def test_a_name_that_is_not_utf8_holds_back_its_own_project_only(sqlite_ur
         )
     finally:
         await store.close()
+
+
+async def test_the_dashboards_pages_show_a_project_with_rows_that_are_not_json(
+    server: RunningServer, browser: Browser
+) -> None:
+    """Its pages show them, empty (an endpoint's page answered 500); saving an endpoint's form,
+    which starts from what is stored, says what to do instead."""
+    await server.apply(_document("feature"))
+    status, body = await server.request(
+        "POST", "/v1/endpoints", json={"url": HOOK, "events": ["order.*"], "auth": "none"}
+    )
+    assert status == 201, body
+    endpoint_id = body["id"]
+    store = server.runtime.store
+    await _spoil(store, pipelines, server.project_id, "feature")
+    await _spoil(store, destinations, server.project_id, "audit")
+    async with store.engines.write.begin() as conn:
+        await conn.execute(update(pipelines).where(pipelines.c.id == endpoint_id).values(config=NOT_JSON))
+    await signed_in(browser, server)
+    for path in ("/", "/pipelines", "/events", "/webhooks/endpoints", f"/webhooks/endpoints/{endpoint_id}"):
+        page = await browser.get(path)
+        assert page.status == 200, (path, page.text[:300])
+    form = {
+        "url": HOOK,
+        "events": "order.*",
+        "auth": "none",
+        "signing": "ingestlayer",
+        "format": "ingestlayer",
+        "timeout": "10",
+        "retry": "",
+        "description": "",
+    }
+    page = await browser.post(f"/webhooks/endpoints/{endpoint_id}", form)
+    assert page.status == 422, (page.status, page.text[:300])  # the form's errors, shown on it
+    assert "its stored configuration cannot be read" in page.text
+    assert f"delete it (DELETE /v1/endpoints/{endpoint_id}) and add it again" in page.text

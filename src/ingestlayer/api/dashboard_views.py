@@ -138,7 +138,7 @@ def env() -> Environment:
             ms=fmt_ms,
             num=fmt_num,
             pct=fmt_pct,
-            masked_url=mask_url,
+            masked_url=_masked_url,
             masked_text=mask_urls_in,
         )
         e.globals.update(
@@ -717,3 +717,9 @@ def _decade(exp: int) -> str:
     if ms >= 1000:
         return f"{ms / 1000:g} s"
     return f"{ms:g} ms"
+
+
+def _masked_url(url: str | None) -> str:
+    """An endpoint's URL as pages show it; none for one whose stored configuration cannot be
+    read (see rows.stored_config), whose page must still show, to delete it."""
+    return mask_url(url) if isinstance(url, str) else ""

@@ -31,7 +31,7 @@ from ingestlayer.destinations.webhook_out import header_value_problem, rotating_
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.config import ConfigError, parse_endpoint_destination
 from ingestlayer.pipeline.matching import is_valid_pattern
-from ingestlayer.records import DestinationRow, PipelineRow
+from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.runtime import Runtime
 from ingestlayer.secret_names import endpoint_secret_name, is_endpoint_secret, secret_endpoint
 from ingestlayer.store.base import NotFound
@@ -307,14 +307,20 @@ class _Loaded:
         return _new_name(self.pipeline.id, set(self.stored) | named)
 
 
+def _destination_of(p: PipelineRow, cfg: ProjectConfig) -> DestinationRow | None:
+    """An endpoint's destination: its pipeline's only route's; for a pipeline whose stored
+    configuration cannot be read (see rows.stored_config), the one named after the endpoint."""
+    if p.unreadable is not None:
+        return next((d for d in cfg.destinations.values() if d.name == f"endpoint:{p.id}"), None)
+    routes = p.config.get("destinations", [])
+    return cfg.destinations.get(routes[0]["destination_id"]) if routes else None
+
+
 async def _load(rt: Runtime, project_id: str, endpoint_id: str) -> _Loaded:
     cfg = await rt.store.load_project_config(project_id)
     for p in cfg.pipelines:
         if p.endpoint and p.id == endpoint_id:
-            routes = p.config.get("destinations", [])
-            d = cfg.destinations.get(routes[0]["destination_id"]) if routes else None
-            if p.unreadable is not None:  # its route unknown: its destination is found by name
-                d = next((d for d in cfg.destinations.values() if d.name == f"endpoint:{endpoint_id}"), None)
+            d = _destination_of(p, cfg)
             stored = [
                 s["name"]
                 for s in await rt.store.list_secrets(project_id)
@@ -443,10 +449,7 @@ async def list_endpoints(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     out = []
     for p in cfg.pipelines:
         if p.endpoint:
-            routes = p.config.get("destinations", [])
-            out.append(
-                _endpoint_json(p, cfg.destinations.get(routes[0]["destination_id"]) if routes else None)
-            )
+            out.append(_endpoint_json(p, _destination_of(p, cfg)))
     return {"data": out}
 
 
