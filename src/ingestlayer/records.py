@@ -261,6 +261,12 @@ class ProjectConfig:
 
     def endpoint_destinations(self) -> dict[str, str]:
         """Each endpoint's destination id, to the endpoint's id (its pipeline's)."""
-        return {
+        out = {
             r["destination_id"]: p.id for p in self.pipelines if p.endpoint for r in p.config["destinations"]
         }
+        # A pipeline whose stored configuration cannot be read has no route to tell: its
+        # destination is the one named after it (else `apply --prune` deleted it as no one's).
+        unread = {f"endpoint:{p.id}": p.id for p in self.pipelines if p.endpoint and p.unreadable is not None}
+        if unread:
+            out.update({d.id: unread[d.name] for d in self.destinations.values() if d.name in unread})
+        return out

@@ -369,3 +369,23 @@ async def test_the_dashboards_pages_show_a_project_with_rows_that_are_not_json(
     assert page.status == 422, (page.status, page.text[:300])  # the form's errors, shown on it
     assert "its stored configuration cannot be read" in page.text
     assert f"delete it (DELETE /v1/endpoints/{endpoint_id}) and add it again" in page.text
+
+
+async def test_apply_prune_leaves_the_destination_of_an_endpoint_that_is_not_json(
+    server: RunningServer,
+) -> None:
+    """Its pipeline no longer says which destination is its own: found by its name, it is still
+    the endpoint's, not a destination the document left out."""
+    status, body = await server.request("POST", "/v1/endpoints", json={"url": HOOK, "events": ["order.*"]})
+    assert status == 201, body
+    endpoint_id, destination_id = body["id"], body["destination_id"]
+    store = server.runtime.store
+    async with store.engines.write.begin() as conn:
+        await conn.execute(update(pipelines).where(pipelines.c.id == endpoint_id).values(config=NOT_JSON))
+    status, body = await server.request(
+        "POST", "/v1/apply?prune=true", json={"document": _document("feature")}
+    )
+    assert status == 200, body
+    assert not [c for c in body["changes"] if c["action"] == "delete"]
+    cfg = await store.load_project_config(server.project_id)
+    assert destination_id in cfg.destinations

@@ -95,7 +95,7 @@ def _build(row: DestinationRow) -> _Dest:
     if row.unreadable is not None:
         # Its retry schedule is unreadable too: the default one bounds its attempts.
         broken = f"destination {row.name!r}: {row.unreadable}"
-        log.warning("destination %s: %s", row.id, broken)
+        log.warning("destination %s (%s): %s", row.name, row.id, row.unreadable)
         return _Dest(row.updated_at, row.enabled, None, RetryPolicy(), broken=broken)
     try:
         policy = RetryPolicy.from_config(row.config.get("retry"))

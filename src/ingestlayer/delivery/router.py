@@ -138,10 +138,10 @@ class ConfigCache:
         except DATABASE_ERRORS as exc:
             if not not_utf8(exc):
                 raise  # the database's, not the configuration's: nothing to remember for this version
-            # A row's name (say) that is not UTF-8: its configurations are read as bytes (see
-            # rows.stored_config), the rest as text. Every router pass failed as if the database
-            # were down, every project's events held back with this one's.
-            # Not the driver's words: they quote the row's text, which may hold a credential.
+            # A row's name (say) that is not UTF-8 (configurations are read as bytes: see
+            # rows.stored_config). Every router pass failed as if the database were down, every
+            # project's events held back with this one's. Said without the driver's words: they
+            # quote the row's text, which may hold a credential.
             problem = "its configuration cannot be read: a stored row holds text that is not UTF-8"
             log.error("project %s: %s; its events wait until it is fixed", project_id, problem)
             return CompiledProject.unusable(project_id, version, problem)
