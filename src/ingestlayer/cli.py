@@ -38,7 +38,7 @@ from ingestlayer.cli_backend import (
     check_secret_name,
     migrate_database,
     number_out_of_range,
-    time_filter,
+    time_range,
     without_credentials,
 )
 from ingestlayer.config import MAX_PORT, MIN_PORT, Settings
@@ -603,7 +603,7 @@ def events(
     """List recent events."""
     if type_ and not is_type_filter(type_):  # as the API refuses it
         raise CliError(f"--type: {TYPE_FILTER_RULE}, not {type_[:80]!r}")
-    match = EventFilter(type_, time_filter(since, "--since"), time_filter(until, "--until"))
+    match = EventFilter(type_, *time_range(since, until))
     rows = _with_backend(database_url, project, url, key, lambda b: b.events(match, limit))
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -713,9 +713,7 @@ def replay(
         _with_backend(database_url, project, url, key, lambda b: b.replay_one(delivery_id))
         out.print("replayed 1 delivery")
         return
-    match = ReplayFilter(
-        status or ["dead"], destination, time_filter(since, "--since"), time_filter(until, "--until")
-    )
+    match = ReplayFilter(status or ["dead"], destination, *time_range(since, until))
     count = _with_backend(database_url, project, url, key, lambda b: _replay_pages(b, match, limit))
     out.print(f"replayed {count} {'delivery' if count == 1 else 'deliveries'}")
 

@@ -72,6 +72,15 @@ def time_filter(value: str | None, option: str) -> float | None:
         raise CliError(f"{option} must be an ISO 8601 timestamp or epoch seconds, not {value!r}") from None
 
 
+def time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``--since`` and ``--until`` as epoch seconds; the wrong way round is an error, not an
+    empty table (or a replay of nothing) that reads as "there is none"."""
+    start, end = time_filter(since, "--since"), time_filter(until, "--until")
+    if start is not None and end is not None and start > end:
+        raise CliError(f"--since ({since}) is later than --until ({until}): nothing can match; swap them?")
+    return start, end
+
+
 def without_credentials(url: str) -> str:
     """A server's address without any user or password: what is called, and shown."""
     parts = urllib.parse.urlsplit(url)

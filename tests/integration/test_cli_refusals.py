@@ -382,6 +382,12 @@ async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
                 await cli("replay", "--since", "yesterday", *mode, cwd=tmp_path, **where),
                 "--since must be an ISO 8601 timestamp or epoch seconds",
             )
+            for command in ("replay", "events"):
+                window = ("--since", str(before + 60), "--until", str(before))
+                one_line_error(
+                    await cli(command, *window, *mode, cwd=tmp_path, **where),
+                    f"--since ({before + 60}) is later than --until ({before}): nothing can match",
+                )
             one_line_error(
                 await cli("replay", "dlv_x", "--destination", ep["id"], *mode, cwd=tmp_path, **where),
                 "one delivery id or filters, not both",

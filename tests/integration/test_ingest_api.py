@@ -727,6 +727,21 @@ async def test_event_list_bad_query_is_422(srv: RunningServer) -> None:
         assert error_of(body)["field"] == field
 
 
+async def test_event_list_with_since_after_until_is_422_not_an_empty_page(srv: RunningServer) -> None:
+    later, earlier, long_ago = "2030-01-02T00:00:00Z", "2030-01-01T00:00:00Z", "2000-01-01T00:00:00Z"
+    status, body = await srv.ingest("order.paid", {})
+    assert status == 202, body
+    status, body = await srv.request("GET", f"/v1/events?since={later}&until={earlier}")
+    assert status == 422, body
+    assert error_of(body)["field"] == "since"
+    assert "later than until" in error_of(body)["message"]
+    status, body = await srv.request("GET", f"/v1/events?since={long_ago}&until={later}")
+    assert status == 200 and len(body["data"]) == 1, body
+    status, body = await srv.request("POST", "/v1/deliveries/replay", json={"since": later, "until": earlier})
+    assert status == 422, body
+    assert error_of(body)["field"] == "since"
+
+
 async def test_unknown_event_is_404(srv: RunningServer) -> None:
     status, body = await srv.request("GET", "/v1/events/evt_01ARZ3NDEKTSV4RRFFQ69G5FAV")
     assert status == 404

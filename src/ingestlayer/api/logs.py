@@ -42,6 +42,19 @@ def _time(value: str | None, field: str) -> float | None:
         raise ApiError(422, f"{field} must be an ISO 8601 timestamp or epoch seconds", field=field) from None
 
 
+def _time_range(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    """``since`` and ``until`` as times; bounds the wrong way round are a 422, not an empty answer
+    (or a bulk replay of nothing) that reads as "there is none"."""
+    start, end = _time(since, "since"), _time(until, "until")
+    if start is not None and end is not None and start > end:
+        raise ApiError(
+            422,
+            f"since ({since}) is later than until ({until}): nothing can match; swap them?",
+            field="since",
+        )
+    return start, end
+
+
 # An id as ingestlayer makes them: its kind, then a ULID (Crockford's base32).
 _ULID = "[0-9A-HJKMNP-TV-Z]{26}"
 EVENT_ID = re.compile(f"evt_{_ULID}")
@@ -90,12 +103,13 @@ async def list_events(
             f"{TYPE_FILTER_RULE}, not {type[:80]!r}",
             field="type",
         )
+    start, end = _time_range(since, until)
     items = await rt.store.list_events(
         principal.project_id,
         type_=type,
         before=_cursor(before, _EVENT_ID, "an event"),
-        since=_time(since, "since"),
-        until=_time(until, "until"),
+        since=start,
+        until=end,
         limit=limit,
     )
     return {
@@ -214,6 +228,7 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
     if "delivering" in body.status:
         raise ApiError(422, "deliveries being attempted cannot be replayed", field="status")
     after = _cursor(body.after, _DELIVERY_ID, "a delivery", "after", "the last answer's next_after")
+    since, until = _time_range(body.since, body.until)
     cfg = await _config(rt, principal.project_id)
     try:
         destination_ids = await replayable_destinations(rt.store, cfg, body.destination)
@@ -225,8 +240,8 @@ async def replay_bulk(body: BulkReplay, principal: Admin, rt: RuntimeDep) -> dic
         principal.project_id,
         status=body.status,
         destination_ids=destination_ids,
-        since=_time(body.since, "since"),
-        until=_time(body.until, "until"),
+        since=since,
+        until=until,
         after=after,
         limit=body.limit,
     )
