@@ -200,8 +200,8 @@ def cli_errors(fn: Callable[..., T]) -> Callable[..., T]:
             # Python's flush at exit ("Exception ignored … BrokenPipeError", status 120).
             sys.stdout.flush()
             return result
-        except (typer.Exit, typer.Abort):  # Abort: Ctrl-C at a prompt, which main() reports
-            raise
+        except (typer.Exit, typer.Abort, typer.TyperException):  # main() reports Abort (Ctrl-C) and
+            raise  # usage errors
         except BrokenPipeError:  # whoever read the output stopped reading: nothing to say
             _quiet_stdout()
             raise typer.Exit(141) from None
@@ -619,15 +619,22 @@ DELIVERY_STATUSES = frozenset({"pending", "delivering", "retrying", "delivered",
 REPLAYABLE_STATUSES = DELIVERY_STATUSES - {"delivering"}
 
 
-def _check_statuses(status: list[str] | None, valid: frozenset[str]) -> None:
+def _usage(ctx: typer.Context, option: str, message: str) -> typer.BadParameter:
+    """A value an option cannot take, said as click says its own (a --limit out of range): a
+    usage error, exit 2, pointing to the command's --help."""
+    return typer.BadParameter(message, ctx=ctx, param_hint=option)
+
+
+def _check_statuses(ctx: typer.Context, status: list[str] | None, valid: frozenset[str]) -> None:
     for s in status or []:
         if s not in valid:
-            raise CliError(f"--status {s!r} is not one of {', '.join(sorted(valid))}")
+            raise _usage(ctx, "--status", f"{s!r} is not one of {', '.join(sorted(valid))}")
 
 
 @app.command()
 @cli_errors
 def deliveries(
+    ctx: typer.Context,
     status: Annotated[
         list[str] | None,
         typer.Option(
@@ -651,7 +658,7 @@ def deliveries(
     key: KeyOpt = None,
 ) -> None:
     """List recent deliveries."""
-    _check_statuses(status, DELIVERY_STATUSES)
+    _check_statuses(ctx, status, DELIVERY_STATUSES)
     rows = _with_backend(database_url, project, url, key, lambda b: b.deliveries(status, destination, limit))
     if as_json:
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -674,6 +681,7 @@ def deliveries(
 @app.command()
 @cli_errors
 def replay(
+    ctx: typer.Context,
     delivery_id: Annotated[
         str | None, typer.Argument(help="One delivery id; omit to replay by filter")
     ] = None,
@@ -706,7 +714,7 @@ def replay(
     Deliveries to a disabled or deleted destination are left as they are: they would fail at
     once. Matches are replayed in pages of 10,000, each page after the last one's ids, so a
     delivery that fails again meanwhile is not taken twice."""
-    _check_statuses(status, REPLAYABLE_STATUSES)
+    _check_statuses(ctx, status, REPLAYABLE_STATUSES)
     if delivery_id and (destination or since or until or status or limit):
         raise CliError("replay takes one delivery id or filters, not both")
     if delivery_id:
@@ -748,6 +756,7 @@ async def _replay_pages(backend: Backend, match: ReplayFilter, limit: int | None
 @app.command()
 @cli_errors
 def tail(
+    ctx: typer.Context,
     type_: Annotated[
         str | None, typer.Option("--type", help="Only this event type or pattern (* matches any run)")
     ] = None,
@@ -803,9 +812,9 @@ def tail(
     outcomes = list(OUTCOMES.values())
     for s in status or []:
         if s not in outcomes:
-            raise CliError(f"--status {s!r} is not one of {', '.join(outcomes)}")
+            raise _usage(ctx, "--status", f"{s!r} is not one of {', '.join(outcomes)}")
     if not (show_events or show_deliveries):
-        raise CliError("--no-events and --no-deliveries leave nothing to show")
+        raise _usage(ctx, "--no-events, --no-deliveries", "together they leave nothing to show")
     options = TailOptions(
         type_pattern=type_,
         destination=destination,

@@ -348,6 +348,11 @@ async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> Non
         (("send",), ("Missing argument 'TYPE'", "ingestlayer send --help")),
         (("nosuch",), ("No such command 'nosuch'", "ingestlayer --help")),
         (("events", "--limit", "0"), ("--limit", "ingestlayer events --help")),
+        (
+            ("deliveries", "--status", "bogus"),
+            ("--status: 'bogus' is not one of", "ingestlayer deliveries --help"),
+        ),
+        (("replay", "--status", "delivering"), ("--status: 'delivering'", "ingestlayer replay --help")),
         (("apply",), ("--file",)),
     ]
     for args, words in cases:

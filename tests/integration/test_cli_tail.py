@@ -223,10 +223,11 @@ async def test_tail_errors_are_one_line(tmp_path: Path, srv: RunningServer) -> N
     one_line_error(bad_key, "401")
     one_line_error(ingest_key, "403")
     one_line_error(closed, "cannot reach", CLOSED)
-    one_line_error(bad_status, "--status 'retrying'", "delivered, failed, dead")
+    # Values an option cannot take are usage errors, as click's own (exit 2, the command's --help).
+    one_line_error(bad_status, "--status: 'retrying'", "delivered, failed, dead", "tail --help", rc=2)
     one_line_error(bad_type, "--type 'not a type'")
     one_line_error(no_dest, "404", "no destination 'nope'")
-    one_line_error(nothing, "nothing to show")
+    one_line_error(nothing, "nothing to show", "tail --help", rc=2)
     for run in (bad_key, ingest_key):
         assert "il_admin_not-a-real-key" not in run.err and srv.ingest_key not in run.err
         assert run.out == ""
