@@ -6,20 +6,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import (
-    LargeBinary,
-    Select,
-    Table,
-    bindparam,
-    case,
-    cast,
-    delete,
-    func,
-    insert,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import LargeBinary, Select, Table, bindparam, cast, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock
@@ -133,17 +120,12 @@ class ConfigMixin(NotifyMixin, EndingMixin):
         """Make the project's route jobs that wait on a routing back-off due now, with the change
         that is committed with them: it may be the fix (a pipeline that could not be compiled, a
         step's credentials), and the back-off up to half an hour. Jobs leased by a router are not
-        marked waiting (their due_at is the lease's token) and are left alone.
-
-        The attempt made then is not counted, the back-off's own are: a user changing the
-        configuration a few times on the way to the fix would otherwise use up the event's
-        attempts (MAX_ROUTE_ATTEMPTS) in minutes, and it would end without deliveries."""
-        attempts = route_jobs.c.attempts
+        marked waiting (their due_at is the lease's token) and are left alone."""
         res = await conn.execute(
             update(route_jobs)
             # As the partial index ix_route_jobs_waiting is written, for both databases to use it.
             .where(route_jobs.c.project_id == project_id, text("waiting"))
-            .values(due_at=clock.now(), waiting=False, attempts=case((attempts > 0, attempts - 1), else_=0))
+            .values(due_at=clock.now(), waiting=False)
         )
         if res.rowcount > 0 and self.dialect == "postgresql":
             await conn.execute(select(func.pg_notify(ROUTE_CHANNEL, "")))
