@@ -182,6 +182,15 @@ async def test_fields_held_to_a_pattern_are_refused_in_words_not_as_the_pattern(
             f"entities[0].kind: {kind_rule}",
         ),
         ("PUT", "/v1/entities/Bad%20Kind/x", {"traits": {}}, "kind", f"kind {kind_rule}"),
+        # A trailing newline passed a `^…$` rule read with re.match (`$` matches before it).
+        (
+            "POST",
+            "/v1/entities/bulk",
+            {"entities": [{"kind": "user\n", "id": "x", "traits": {}}]},
+            "entities[0].kind",
+            f"entities[0].kind: {kind_rule}",
+        ),
+        ("PUT", "/v1/entities/user%0A/x", {"traits": {}}, "kind", f"kind {kind_rule}"),
         (
             "POST",
             "/v1/keys",

@@ -154,3 +154,10 @@ async def test_text_quoting_fields_step_after_step_stops_at_the_size_limit() -> 
     small = Transform(TransformConfig.model_validate({"set": {"note": "hello $event.type"}}))
     out = await small(PipelineEvent("evt_2", "a.b", 0.0, 0.0, "api", {}), StepContext("prj", "p"))
     assert isinstance(out, PipelineEvent) and out.payload == {"note": "hello a.b"}
+
+
+@pytest.mark.parametrize("path", ["a.b\n", "a..b", "", "a b"])
+def test_a_transform_path_that_is_not_dotted_names_is_refused(path: str) -> None:
+    # "a.b\n" passed a `^…$` rule read with re.match, whose `$` matches before a final newline.
+    with pytest.raises(ValueError, match="is not a dotted field path"):
+        TransformConfig(drop=[path])

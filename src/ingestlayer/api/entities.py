@@ -63,7 +63,7 @@ class BulkEntity(BaseModel):
     @classmethod
     def _kind(cls, kind: str) -> str:
         # Said as the single-entity routes say it, not as pydantic's "should match pattern '^…$'".
-        if not re.match(KIND_PATTERN, kind):
+        if not re.fullmatch(KIND_PATTERN, kind):
             raise ValueError(KIND_RULE)
         return kind
 
@@ -74,7 +74,7 @@ class BulkIn(BaseModel):
 
 
 def _check_kind(kind: str) -> None:
-    if not re.match(KIND_PATTERN, kind):
+    if not re.fullmatch(KIND_PATTERN, kind):
         raise ApiError(422, f"kind {KIND_RULE}", field="kind")
 
 

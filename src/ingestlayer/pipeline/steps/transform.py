@@ -71,7 +71,7 @@ class TransformConfig(StepConfig):
             ("drop", self.drop),
         ):
             for p in paths:
-                if not re.match(PATH, p):
+                if not re.fullmatch(PATH, p):
                     raise ValueError(f"{label}: {p!r} is not a dotted field path")
         if not (self.set or self.rename or self.drop):
             raise ValueError("transform needs at least one of set, rename, drop")
