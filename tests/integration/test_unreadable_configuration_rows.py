@@ -301,6 +301,38 @@ async def test_deliveries_to_a_destination_that_is_not_utf8_are_retried_saying_w
     assert delivery["status"] == "retrying" and "not valid UTF-8" in delivery["last_error"]
 
 
+async def test_deliveries_to_a_destination_whose_name_is_not_utf8_are_retried_saying_why(
+    srv: RunningServer,
+) -> None:
+    """Its name, read as text on the dispatcher's hot path, failed every lease as an outage: no
+    project's deliveries went out while the row was there."""
+    document = _document("feature")
+    document["destinations"][0]["retry"] = {"schedule": [0] + [0.2] * 20, "jitter": 0}
+    await srv.apply(document)
+    status, body = await srv.request(
+        "POST", "/v1/events", key=srv.ingest_key, json={"type": "feature.used", "payload": {}}
+    )
+    assert status == 202, body
+
+    async def last_error() -> str | None:
+        listed = await srv.runtime.store.list_deliveries(srv.project_id, limit=10)
+        return next((d["last_error"] for d in listed if d.get("last_error")), None)
+
+    assert "connection" in await wait_for(last_error, timeout=15)  # HOOK refuses it, retried
+    async with srv.runtime.store.engines.write.begin() as conn:
+        await conn.execute(
+            update(destinations)
+            .where(destinations.c.project_id == srv.project_id, destinations.c.name == "audit")
+            .values(name=cast(literal(b"caf\xe9", LargeBinary), Text), updated_at=time.time())
+        )
+
+    async def told() -> str | None:
+        error = await last_error()
+        return error if error is not None and "UTF-8" in error else None
+
+    assert await wait_for(told, timeout=15) == "destination 'caf\ufffd': its stored name is not UTF-8"
+
+
 async def test_a_name_that_is_not_utf8_holds_back_its_own_project_only(sqlite_url: str) -> None:
     """Told apart from an outage by the driver's words: the project's events wait (the words
     quote the row, so the trace does not); the other projects' are routed."""

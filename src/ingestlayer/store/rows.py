@@ -129,17 +129,30 @@ def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
     return LeasedDelivery(d.id, d.project_id, d.event_id, d.event_type, d.destination_id, 0, 0, d.body, token)
 
 
+def _text(value: str | bytes, what: str) -> tuple[str, str | None]:
+    """A text column read as bytes (SQLite: see sqlite_hot.get_destinations), and why it cannot
+    be used when it is not UTF-8."""
+    if isinstance(value, str):
+        return value, None
+    try:
+        return value.decode(), None
+    except UnicodeDecodeError:
+        return value.decode(errors="replace"), f"its stored {what} is not UTF-8"
+
+
 def destination(r: Sequence[Any]) -> DestinationRow:
     config, unreadable = stored_config(r[4], empty_destination)
+    name, bad_name = _text(r[2], "name")
+    kind, bad_kind = _text(r[3], "kind")
     return DestinationRow(
         id=r[0],
         project_id=r[1],
-        name=r[2],
-        kind=r[3],
+        name=name,
+        kind=kind,
         config=config,
         enabled=bool(r[5]),
         updated_at=r[6],
-        unreadable=unreadable,
+        unreadable=bad_name or bad_kind or unreadable,
     )
 
 

@@ -347,9 +347,14 @@ def release_leases(conn: sqlite3.Connection, leased: Sequence[LeasedDelivery]) -
     )
 
 
-# Each configuration as bytes, decoded by rows.stored_config: as text, one edited by hand into
-# bytes that are not UTF-8 raised an OperationalError (an outage's class) for the whole lease.
-_DESTINATION_COLUMNS = rowmap.DESTINATION_COLUMNS.replace("config", "CAST(config AS BLOB)")
+# The hand-editable columns as bytes, decoded by rows.destination: as text, one edited by hand
+# into bytes that are not UTF-8 raised an OperationalError (an outage's class) for the whole
+# lease, handed back and taken again every second, and no project's deliveries went out.
+_DESTINATION_COLUMNS = (
+    rowmap.DESTINATION_COLUMNS.replace("config", "CAST(config AS BLOB)")
+    .replace("name", "CAST(name AS BLOB)")
+    .replace("kind", "CAST(kind AS BLOB)")
+)
 
 
 def get_destinations(conn: sqlite3.Connection, ids: list[str]) -> dict[str, DestinationRow]:
