@@ -22,6 +22,7 @@ from ingestlayer.api.ingest import may_hold_huge_int, storable_json
 from ingestlayer.api.json_body import JsonBodyRoute
 from ingestlayer.api.manage import apply_one, named_in_path
 from ingestlayer.api.ratelimit import spend_ingest_allowance
+from ingestlayer.delivery.dispatcher import EmptySecret
 from ingestlayer.idempotency_keys import ingress_key
 from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
@@ -173,7 +174,10 @@ async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> 
     secrets: list[str] = []
     for i, ref in enumerate(refs):
         try:
-            secret = await rt.dispatcher.resolver(source.project_id, ref)
+            try:
+                secret = await rt.dispatcher.resolver(source.project_id, ref)
+            except EmptySecret:
+                secret = ""
             if not secret.strip():
                 # A signature by an empty key is one anyone can make: an env: variable set but
                 # left empty (docker-compose's ${VAR} when VAR is undefined) let forged webhooks in.

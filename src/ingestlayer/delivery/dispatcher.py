@@ -153,6 +153,10 @@ def env_readable(name: str, allowed: Sequence[str]) -> bool:
 LEASE_MARGIN_SECONDS = 5.0
 
 
+class EmptySecret(LookupError):
+    """An ``env:`` secret whose variable is set to nothing."""
+
+
 class SecretResolver:
     """Resolves ``env:VAR`` and ``ref:NAME`` at send time; stored secrets are cached briefly.
 
@@ -184,7 +188,7 @@ class SecretResolver:
                 raise LookupError(f"secret {ref} is not set in the worker's environment")
             if not value:
                 # Set but empty (``NAME=`` in an env file): sent, it was an empty credential.
-                raise LookupError(f"secret {ref} is empty in the worker's environment")
+                raise EmptySecret(f"secret {ref} is empty in the worker's environment")
             return value
         if ref.startswith("ref:"):
             key = (project_id, ref[4:])
