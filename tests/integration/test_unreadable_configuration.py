@@ -264,6 +264,48 @@ async def test_an_error_past_routings_own_handling_holds_back_only_its_events(
         await store.close()
 
 
+async def _send_both(
+    server: RunningServer, receiver: Receiver, broken_ingest: str
+) -> tuple[list[str], list[str]]:
+    """Three events to the broken project and three to the server's own, sent together so that
+    the group commit and the router's passes mix the two; every one is answered 202. Returns the
+    broken project's event ids and the others', once the others are delivered."""
+
+    async def send(key: str, n: int) -> tuple[int, Any]:
+        body = {"type": "feature.used", "payload": {"plan": "free", "n": n}}
+        return await server.request("POST", "/v1/events", key=key, json=body)
+
+    answers = await asyncio.gather(
+        *(send(key, n) for n in range(3) for key in (broken_ingest, server.ingest_key))
+    )
+    assert [status for status, _ in answers] == [202] * 6
+    waiting = [body["id"] for _, body in answers[0::2]]
+    others = [body["id"] for _, body in answers[1::2]]
+
+    async def delivered() -> bool:
+        return {r.json()["id"] for r in receiver.requests} >= set(others)
+
+    await wait_for(delivered, timeout=15)
+    return waiting, others
+
+
+async def _retrying_traces(
+    server: RunningServer, admin_key: str, event_ids: list[str]
+) -> list[dict[str, Any]]:
+    """Each event's one trace entry, once it says its routing waits to be tried again."""
+
+    async def retrying(event_id: str) -> Any:
+        _, ev = await server.request("GET", f"/v1/events/{event_id}", key=admin_key)
+        trace = ev["trace"]
+        return trace if trace and trace[0]["outcome"] == "retrying" else None
+
+    entries = []
+    for event_id in event_ids:
+        (entry,) = await wait_for(lambda event_id=event_id: retrying(event_id), timeout=15)
+        entries.append(entry)
+    return entries
+
+
 async def _admin(server: RunningServer, name: str) -> tuple[str, str, str]:
     """Another project on the server: its id, ingest key and admin key."""
     return await server.runtime.store.create_project(name)
@@ -283,30 +325,8 @@ async def test_serve_keeps_delivering_other_projects_and_answers_202_for_the_bro
     await run_apply(store, broken, _config(url), dry_run=False, prune=False)
     await _break(store, broken, _source_unreadable)
 
-    async def send(key: str, n: int) -> tuple[int, Any]:
-        body = {"type": "feature.used", "payload": {"plan": "free", "n": n}}
-        return await server.request("POST", "/v1/events", key=key, json=body)
-
-    # Sent together, so that the group commit and the router's passes mix the two projects.
-    answers = await asyncio.gather(
-        *(send(key, n) for n in range(3) for key in (broken_ingest, server.ingest_key))
-    )
-    assert [status for status, _ in answers] == [202] * 6
-    waiting = [body["id"] for status, body in answers[0::2]]
-    others = [body["id"] for status, body in answers[1::2]]
-
-    async def delivered() -> bool:
-        return {r.json()["id"] for r in receiver.requests} >= set(others)
-
-    await wait_for(delivered, timeout=15)
-
-    async def retrying(event_id: str) -> Any:
-        _, ev = await server.request("GET", f"/v1/events/{event_id}", key=broken_admin)
-        trace = ev["trace"]
-        return trace if trace and trace[0]["outcome"] == "retrying" else None
-
-    for event_id in waiting:
-        (entry,) = await wait_for(lambda event_id=event_id: retrying(event_id), timeout=15)
+    waiting, others = await _send_both(server, receiver, broken_ingest)
+    for entry in await _retrying_traces(server, broken_admin, waiting):
         assert "source.match must be a list of event types" in entry["steps"][0]["error"]
     assert not _naming(caplog, "router pass failed") and not _naming(caplog, "routing a pass")
 
@@ -342,29 +362,8 @@ async def test_serve_answers_202_and_delivers_the_rest_when_one_projects_routing
 
     monkeypatch.setattr(compiled, "takes", takes)
 
-    async def send(key: str, n: int) -> tuple[int, Any]:
-        body = {"type": "feature.used", "payload": {"plan": "free", "n": n}}
-        return await server.request("POST", "/v1/events", key=key, json=body)
-
-    answers = await asyncio.gather(
-        *(send(key, n) for n in range(3) for key in (broken_ingest, server.ingest_key))
-    )
-    assert [status for status, _ in answers] == [202] * 6
-    waiting = [body["id"] for _, body in answers[0::2]]
-    others = [body["id"] for _, body in answers[1::2]]
-
-    async def delivered() -> bool:
-        return {r.json()["id"] for r in receiver.requests} >= set(others)
-
-    await wait_for(delivered, timeout=15)
-
-    async def retrying(event_id: str) -> Any:
-        _, ev = await server.request("GET", f"/v1/events/{event_id}", key=broken_admin)
-        trace = ev["trace"]
-        return trace if trace and trace[0]["outcome"] == "retrying" else None
-
-    for event_id in waiting:
-        (entry,) = await wait_for(lambda event_id=event_id: retrying(event_id), timeout=15)
+    waiting, _ = await _send_both(server, receiver, broken_ingest)
+    for entry in await _retrying_traces(server, broken_admin, waiting):
         assert "injected" in entry["steps"][0]["error"]
 
 
