@@ -886,6 +886,21 @@ def secrets_set(
         )
 
 
+@secrets_app.command("delete")
+@cli_errors
+def secrets_delete(
+    name: Annotated[str, typer.Argument(help="The secret's name (as in ref:NAME)")],
+    database_url: DbOpt = None,
+    project: ProjectOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Delete a secret. Needs no master key: it also removes a secret stored under another key."""
+    check_secret_name(name)
+    _with_backend(database_url, project, url, key, lambda b: b.delete_secret(name))
+    out.print(f"secret {name} deleted", highlight=False)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from ingestlayer import __version__, clock
+from ingestlayer import __version__, clock, master_key
 from ingestlayer.api.render import delivery_json, event_json
 from ingestlayer.config import Settings
 from ingestlayer.ids import new_id
@@ -35,7 +35,7 @@ from ingestlayer.replay_scope import (
     why_not_replayable,
 )
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
-from ingestlayer.secretbox import SecretBox
+from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
 from ingestlayer.store.migrate import current_head, sqlite_schema_is_current, upgrade
 from ingestlayer.timefmt import parse_time_filter
 from ingestlayer.urlmask import mask_url
@@ -332,21 +332,40 @@ class LocalBackend:
         if owner is not None:
             raise CliError(f"secret {name!r} belongs to endpoint {owner}: rotate it through the endpoint")
         # A secret stored under another master key than the server's cannot be read when it is
-        # used: refuse it now, while the mistake is one command old, if the secrets stored last
-        # (in any project: this one may have none yet) show the key differs.
-        stored = await self.store.newest_secrets()
-        if stored and not box.readable(stored):
-            if box.created_key_file is not None:
-                # Made by this command for want of the file: not left to be read as "the" key
-                # by the next command or server started here (as the servers do too).
-                box.created_key_file.unlink(missing_ok=True)
-            raise CliError(
-                "this master key is not the one the database's secrets were stored with "
-                "(INGESTLAYER_SECRET_KEY or INGESTLAYER_SECRET_KEY_FILE); nothing was stored"
-            )
+        # used: refuse it now, before a key file is made here for want of one, if the database's
+        # check value (or, before it has one, the secrets stored last) shows the key differs.
+        try:
+            await master_key.settle(self.store, box)
+        except MasterKeyMismatch as exc:
+            raise CliError(f"{exc}; nothing was stored") from None
         replaced = await self.store.set_secret(pid, name, box.encrypt(value))
         self.created_key_file = box.created_key_file
         return replaced
+
+    async def delete_secret(self, name: str) -> None:
+        # No master key: deleting decrypts nothing, and a secret stored under a stray key (that
+        # keeps the servers from starting) is deleted this way while none runs. The server's
+        # refusals hold: an endpoint's secret, and one still referenced.
+        from ingestlayer.api.manage import secret_users
+        from ingestlayer.store.base import NotFound
+
+        pid = await self.project_id()
+        cfg = await self.store.load_project_config(pid)
+        if await self.store.get_secret(pid, name) is None:
+            raise CliError(f"no secret named {name!r}")
+        owner = secret_endpoint(name, cfg)
+        if owner is not None:
+            raise CliError(
+                f"secret {name!r} belongs to endpoint {owner}: rotate it through the endpoint; "
+                "it is deleted with the endpoint"
+            )
+        users = secret_users(name, cfg)
+        if users:
+            raise CliError(f"secret {name!r} is in use by {', '.join(users)}: remove those references first")
+        try:
+            await self.store.delete_secret(pid, name)
+        except NotFound as exc:
+            raise CliError(str(exc.args[0])) from None
 
 
 def _time_params(since: float | None, until: float | None) -> list[tuple[str, str]]:
@@ -458,6 +477,9 @@ class RemoteBackend:
     async def set_secret(self, name: str, value: str) -> bool:
         path = f"/v1/secrets/{urllib.parse.quote(name, safe='')}"
         return bool((await self.fetch("PUT", path, "replaced", body={"value": value}))["replaced"])
+
+    async def delete_secret(self, name: str) -> None:
+        await self.call("DELETE", f"/v1/secrets/{urllib.parse.quote(name, safe='')}")
 
 
 Backend = LocalBackend | RemoteBackend

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from ingestlayer import clock, metrics
+from ingestlayer import clock, master_key, metrics
 from ingestlayer.api.auth import KeyCache
 from ingestlayer.config import Settings
 from ingestlayer.delivery.dispatcher import Dispatcher
@@ -20,7 +20,7 @@ from ingestlayer.delivery.router import Router
 from ingestlayer.delivery.step_services import build_services
 from ingestlayer.liveness import Heartbeat, Liveness
 from ingestlayer.records import IngestResult, IngestRouting, NewEvent, RouteLease
-from ingestlayer.secretbox import MasterKeyMismatch, SecretBox
+from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.db import connections_dropped
 from ingestlayer.store.group_commit import GroupCommitter
 from ingestlayer.store.notify import EVERYTHING_CHANGED
@@ -55,7 +55,10 @@ class Runtime:
         self.store = Store.from_url(
             settings.database_url, settings.database_timeout, settings.database_pool_size
         )
+        # A key file that is missing is not written here: only once the database has shown it has
+        # no other key (check_master_key, use_master_key).
         self.box = SecretBox.load(settings.secret_key, settings.secret_key_file)
+        self._key_settled = False
         self.keys = KeyCache(self.store)
         self.stop = asyncio.Event()
         self.dispatcher = Dispatcher(self.store, settings, self.box)
@@ -194,42 +197,35 @@ class Runtime:
         if created > handed_over:  # some wait in the table for the dispatcher to lease them
             self.dispatcher.wake.set()
 
-    async def check_master_key(self) -> None:
-        """Refuse to start with a master key that cannot read any of the secrets stored last.
+    async def use_master_key(self) -> None:
+        """Check the key against the database's (writing the check value on a new database) once
+        in this process, before a secret is first encrypted here: servers do it as they start;
+        a process that did not (an embedded app) does it at its first secret."""
+        if not self._key_settled:
+            await master_key.settle(self.store, self.box)
+            self._key_settled = True
 
-        Started with another key (a key file missing from this directory, created anew; another
+    async def check_master_key(self) -> None:
+        """Refuse to start with a master key that is not the database's (:mod:`ingestlayer.master_key`).
+
+        Started with another key (a key file missing from this directory; another
         INGESTLAYER_SECRET_KEY), a worker failed every delivery that needs a secret through its
         retries until it was dead, and a secret stored through this process could not be read
-        by the others. One secret stored under a stray key (by a command run elsewhere) must not
-        keep the right key out, so the key passes if it reads any of them; those it cannot read
-        are named in the log."""
-        tokens = await self.store.newest_secrets()
-        if not tokens:
-            return
-        unreadable = len(tokens) - self.box.readable(tokens)
-        if unreadable < len(tokens):
-            if unreadable:
-                log.warning(
-                    "%d of the %d secrets stored last cannot be decrypted with this master key: "
-                    "their deliveries fail until they are set again",
-                    unreadable,
-                    len(tokens),
-                )
-            return
-        s = self.settings
-        created = self.box.created_key_file
-        if created is not None:
-            source = f"the key file {created} did not exist and was created just now"
-            created.unlink(missing_ok=True)  # not left to be read as "the" key next time
-        elif s.secret_key:
-            source = "it is INGESTLAYER_SECRET_KEY"
-        else:
-            source = f"it is read from {self.box.key_file or s.secret_key_file}"
-        raise MasterKeyMismatch(
-            f"the master key is not the one the database's secrets were stored with ({source}); "
-            "start with that key: INGESTLAYER_SECRET_KEY, or INGESTLAYER_SECRET_KEY_FILE naming "
-            "its file"
-        )
+        by the others. A database without a check value yet (from an earlier version) passes a key
+        that reads any of the secrets stored last: one secret stored under a stray key (by a
+        command run elsewhere) must not keep the right key out. Those it cannot read are named in
+        the log."""
+        await self.use_master_key()
+        stored = await self.store.newest_secrets()
+        unreadable = master_key.unreadable_secrets(self.box, stored)
+        if unreadable:
+            log.warning(
+                "%d of the %d secrets stored last cannot be decrypted with this master key "
+                "(%s): their deliveries fail until they are set again",
+                len(unreadable),
+                len(stored),
+                ", ".join(f"{s.name!r} in project {s.project}" for s in unreadable),
+            )
 
     async def start(self) -> None:
         if self.store.dialect != "sqlite":

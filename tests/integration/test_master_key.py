@@ -43,12 +43,12 @@ async def test_serve_api_and_worker_refuse_a_master_key_the_secrets_were_not_sto
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for role in ("serve", "api", "worker"):
-        # No key file here: one is created, and the stored secret does not open with it.
+        # No key file here: none is made, the database having a key already.
         missing = elsewhere / f"{role}.key"
         run = await cli(
             role, cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(missing)
         )
-        refused(run, MISMATCH, f"the key file {missing} did not exist and was created just now")
+        refused(run, MISMATCH, f"there is no key file at {missing}, and none was made")
         assert not missing.exists()  # not left behind to be taken for the key next time
         # Another key in the environment.
         run = await cli(role, cwd=elsewhere, db_url=db, secret_key="another-master-key")

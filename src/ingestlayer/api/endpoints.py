@@ -25,7 +25,7 @@ from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.editable import restored
 from ingestlayer.api.errors import DATABASE_UNAVAILABLE, ApiError
 from ingestlayer.api.json_body import JsonBodyRoute
-from ingestlayer.api.manage import until_unchanged
+from ingestlayer.api.manage import master_key_in_use, until_unchanged
 from ingestlayer.delivery.signing import generate_secret, validate_standard_secret
 from ingestlayer.destinations.webhook_out import header_value_problem, rotating_out
 from ingestlayer.ids import new_id
@@ -353,6 +353,8 @@ async def _save(
     secret it signs with (``new_secret`` its value, when new); ``previous`` are the old secrets
     that still sign, (ref, ISO end). The endpoint's other stored secrets are deleted: those whose
     time is up, and ``current`` too with ``drop_current`` (a bearer token no longer sent)."""
+    if new_secret is not None:
+        await master_key_in_use(rt)
     for i, pattern in enumerate(spec["events"]):
         if not is_valid_pattern(pattern):
             raise ApiError(

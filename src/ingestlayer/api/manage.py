@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from fastapi import APIRouter, Request, Response
@@ -23,10 +23,14 @@ from ingestlayer.pipeline.apply import Plan, apply_plan, plan
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from ingestlayer.records import ProjectConfig
 from ingestlayer.secret_names import SECRET_NAME, SECRET_NAME_RULE, secret_endpoint
+from ingestlayer.secretbox import MasterKeyMismatch
 from ingestlayer.store.store import Conflict, NotFound, Store
 from ingestlayer.timefmt import iso
 from ingestlayer.validation_messages import error_message
 from ingestlayer.yaml_config import ALIAS_EXPANSION, AliasExpansionError, load_config_yaml, yaml_problem
+
+if TYPE_CHECKING:
+    from ingestlayer.runtime import Runtime
 
 # Plans made again when another change commits between a plan and its apply.
 APPLY_ATTEMPTS = 5
@@ -422,6 +426,7 @@ async def set_secret(name: str, body: SecretBody, principal: Admin, rt: RuntimeD
             f"secret {name!r} belongs to endpoint {owner}: set it with PATCH /v1/endpoints/{owner} "
             f'{{"secret": …}} or POST /v1/endpoints/{owner}/rotate-secret',
         )
+    await master_key_in_use(rt)
     replaced = await rt.store.set_secret(principal.project_id, name, rt.box.encrypt(body.value))
     rt.dispatcher.resolver.forget(principal.project_id)  # this process's worker sees it at once
     return {"name": name, "replaced": replaced}
@@ -447,6 +452,15 @@ def _refs(value: Any) -> Iterator[str]:
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _refs(v)
+
+
+async def master_key_in_use(rt: Runtime) -> None:
+    """Before a secret is encrypted: the process's key must be the database's (a 503 naming where
+    the key comes from, should it not be; a server checks it as it starts)."""
+    try:
+        await rt.use_master_key()
+    except MasterKeyMismatch as exc:
+        raise ApiError(503, str(exc)) from None
 
 
 def secret_users(name: str, cfg: ProjectConfig) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import LargeBinary, Select, Table, bindparam, cast, delete, func, insert, select, text, update
@@ -16,7 +16,23 @@ from ingestlayer.store.base import Conflict, NotFound
 from ingestlayer.store.ending import DELETED_DESTINATION_ERROR, EndingMixin
 from ingestlayer.store.notify import NotifyMixin
 from ingestlayer.store.pg_hot import ROUTE_CHANNEL
-from ingestlayer.store.schema import destinations, pipelines, projects, route_jobs, secrets, sources
+from ingestlayer.store.schema import (
+    destinations,
+    master_key_check,
+    pipelines,
+    projects,
+    route_jobs,
+    secrets,
+    sources,
+)
+
+
+class StoredSecret(NamedTuple):
+    """A secret as the master key check sees it: where it is, and its ciphertext."""
+
+    project: str  # the project's name
+    name: str
+    ciphertext: bytes
 
 
 def _pipeline_from_row(row: Any) -> PipelineRow:
@@ -240,13 +256,38 @@ class ConfigMixin(NotifyMixin, EndingMixin):
             )
             return bytes(value) if value is not None else None
 
-    async def newest_secrets(self, limit: int = 20) -> list[bytes]:
-        """The ciphertexts of the secrets stored last, in any project, newest first."""
+    async def newest_secrets(self, limit: int = 20) -> list[StoredSecret]:
+        """The secrets stored last, in any project, newest first."""
         async with self.engines.read.connect() as conn:
             rows = await conn.execute(
-                select(secrets.c.ciphertext).order_by(secrets.c.updated_at.desc()).limit(limit)
+                select(projects.c.name.label("project"), secrets.c.name, secrets.c.ciphertext)
+                .join(projects, projects.c.id == secrets.c.project_id)
+                .order_by(secrets.c.updated_at.desc())
+                .limit(limit)
             )
-            return [bytes(value) for value in rows.scalars()]
+            return [StoredSecret(r.project, r.name, bytes(r.ciphertext)) for r in rows]
+
+    async def master_key_check(self) -> bytes | None:
+        """The token the database's master key was checked with (see :mod:`ingestlayer.secretbox`),
+        or None before a process first used a key with it."""
+        async with self.engines.read.connect() as conn:
+            value = await conn.scalar(select(master_key_check.c.token).where(master_key_check.c.id == 1))
+            return bytes(value) if value is not None else None
+
+    async def keep_master_key_check(self, token: bytes) -> bytes:
+        """Store ``token`` unless a check value is stored already, and return the one stored.
+
+        Insert-if-absent, then read back in the same transaction: of two processes starting at
+        once on a new database with different keys, one writes and both read the same value
+        (PostgreSQL's ON CONFLICT waits for the other's insert to commit; SQLite's writes take
+        turns), so the second finds its key is not the database's rather than writing its own."""
+        t = master_key_check
+        async with self.engines.write.begin() as conn:
+            first = self._insert(t).values(id=1, token=token, created_at=clock.now())
+            await conn.execute(first.on_conflict_do_nothing())
+            stored = await conn.scalar(select(t.c.token).where(t.c.id == 1))
+            assert stored is not None  # inserted, or there already
+            return bytes(stored)
 
     async def list_secrets(self, project_id: str) -> list[dict[str, Any]]:
         async with self.engines.read.connect() as conn:

@@ -267,3 +267,14 @@ rate_buckets = Table(
     Column("tokens", Time, nullable=False),
     Column("updated_at", Time, nullable=False),
 )
+
+# One row (id 1): a token encrypted with the master key the database's secrets are encrypted with,
+# written by the first process that uses a key with this database, so that every other process
+# can tell it holds another key before it stores or reads a secret (secretbox.py).
+master_key_check = Table(
+    "master_key_check",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("token", LargeBinary, nullable=False),
+    Column("created_at", Time, nullable=False),
+)
