@@ -246,3 +246,20 @@ async def test_remote_secrets_delete_deletes_on_the_server(sqlite_url: str, tmp_
         assert not (tmp_path / "ingestlayer.key").exists()
     finally:
         await server.stop()
+
+
+async def test_a_secret_set_through_the_api_records_the_servers_key(db_url: str, tmp_path: Path) -> None:
+    """A process that did not check its key as it started (an embedded server) checks it, and
+    records it on a new database, at the first secret it encrypts: a command with another key is
+    refused from then on."""
+    server = await start_server(db_url)
+    try:
+        assert await server.runtime.store.master_key_check() is None
+        status, _ = await server.request("PUT", "/v1/secrets/tok", json={"value": "v"})
+        assert status == 200
+        check = await server.runtime.store.master_key_check()
+        assert check is not None and server.runtime.box.opens(check)
+    finally:
+        await server.stop()
+    run = await cli("secrets", "set", "x", "--value", "v", cwd=tmp_path, db_url=db_url, secret_key="other")
+    one_line_error(run, MISMATCH, "it is INGESTLAYER_SECRET_KEY", "nothing was stored")
