@@ -442,10 +442,14 @@ async def test_bulk_replay_replays_dead_deliveries_and_narrows_by_destination(
             "no destination 'nope'",
         )
         # A status that does not exist, or deliveries being attempted, are refused, not "0 replayed".
-        one_line_error(await cli("replay", "--status", "bogus", *remote, cwd=tmp_path, **where), "'bogus'")
-        one_line_error(
-            await cli("replay", "--status", "delivering", *remote, cwd=tmp_path, **where), "'delivering'"
-        )
+        # (Usage errors: exit 2, naming the command's --help.)
+        for status in ("bogus", "delivering"):
+            one_line_error(
+                await cli("replay", "--status", status, *remote, cwd=tmp_path, **where),
+                f"'{status}'",
+                "replay --help",
+                rc=2,
+            )
         assert len(receiver.requests) == 10
     finally:
         await server.stop()
