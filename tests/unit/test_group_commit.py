@@ -98,3 +98,26 @@ async def test_a_failed_transaction_fails_only_its_own_requests() -> None:
         await first
     assert (await second)[0].id == "evt_2"
     await committer.close()
+
+
+async def test_requests_that_arrive_over_the_next_turns_share_the_group() -> None:
+    """A group is left open for GATHER_TURNS turns of the loop: the requests that the answers of
+    the last group bring back arrive over those turns, and taken at once a group held only what
+    happened to be queued (a transaction, a log sync, for a few events each)."""
+    store = SlowStore()
+    store.release.set()
+    committer = GroupCommitter(store.insert)
+    committer.start()
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[list[IngestResult]]] = []
+
+    def arrive(n: int) -> None:
+        tasks.append(asyncio.create_task(committer.submit([_event(n)])))
+
+    arrive(0)
+    loop.call_soon(arrive, 1)  # next turn
+    loop.call_soon(lambda: loop.call_soon(arrive, 2))  # the turn after
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    assert store.groups == [["evt_0", "evt_1", "evt_2"]]
+    await committer.close()
