@@ -204,6 +204,25 @@ async def test_a_row_that_cannot_be_used_fails_its_own_attempts_and_holds_up_not
     assert [a["error"] is not None for a in shown["attempts"]] == [True] * len(attempts) + [False], shown
 
 
+def _partner_pipeline(receiver: Receiver, token: str) -> dict[str, Any]:
+    """A pipeline to the receiver's /partner whose header X-Partner-Token is the secret ``token``
+    names, retried on the FAST schedule."""
+    return {
+        "name": "partner",
+        "source": {"match": ["order.*"]},
+        "destinations": [
+            {
+                "name": "partner",
+                "webhook.out": {
+                    "url": receiver.url + "/partner",
+                    "secret_headers": {"X-Partner-Token": token},
+                },
+                "retry": FAST,
+            }
+        ],
+    }
+
+
 async def test_a_secret_the_master_key_cannot_decrypt_is_never_sent_and_dies_on_schedule(
     server: RunningServer, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,20 +239,7 @@ async def test_a_secret_the_master_key_cannot_decrypt_is_never_sent_and_dies_on_
     await server.apply(
         {
             "pipelines": [
-                {
-                    "name": "partner",
-                    "source": {"match": ["order.*"]},
-                    "destinations": [
-                        {
-                            "name": "partner",
-                            "webhook.out": {
-                                "url": receiver.url + "/partner",
-                                "secret_headers": {"X-Partner-Token": "ref:partner"},
-                            },
-                            "retry": FAST,
-                        }
-                    ],
-                },
+                _partner_pipeline(receiver, "ref:partner"),
                 {
                     "name": "other",
                     "source": {"match": ["order.*"]},
@@ -357,26 +363,7 @@ async def test_a_secret_set_empty_in_the_environment_is_never_sent(
 ) -> None:
     """``PARTNER_TOKEN=`` in an env file: the request went out with an empty credential."""
     monkeypatch.setenv("IL_TEST_PARTNER_TOKEN", "")
-    await server.apply(
-        {
-            "pipelines": [
-                {
-                    "name": "partner",
-                    "source": {"match": ["order.*"]},
-                    "destinations": [
-                        {
-                            "name": "partner",
-                            "webhook.out": {
-                                "url": receiver.url + "/partner",
-                                "secret_headers": {"X-Partner-Token": "env:IL_TEST_PARTNER_TOKEN"},
-                            },
-                            "retry": FAST,
-                        }
-                    ],
-                }
-            ]
-        }
-    )
+    await server.apply({"pipelines": [_partner_pipeline(receiver, "env:IL_TEST_PARTNER_TOKEN")]})
     status, ev = await server.ingest("order.paid", {"n": 1})
     assert status == 202, ev
 

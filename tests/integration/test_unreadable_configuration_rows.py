@@ -192,14 +192,8 @@ async def test_a_source_that_is_not_json_answers_503_until_it_is_applied_again(s
         assert resp.status == 202, await resp.text()
 
 
-async def test_deliveries_to_a_destination_that_is_not_json_are_retried_saying_why(
-    server: RunningServer,
-) -> None:
-    """Routed as usual (the pipeline can be read); each attempt fails with the reason, and is
-    retried on the destination's schedule, as for a destination whose settings fail their checks.
-    Other destinations' deliveries go on."""
-    await server.apply(_document("feature"))
-    await _spoil(server.runtime.store, destinations, server.project_id, "audit")
+async def _first_failed_delivery(server: RunningServer) -> dict[str, Any]:
+    """Send a feature.used event; its delivery, once an attempt has failed."""
     status, body = await server.request(
         "POST", "/v1/events", key=server.ingest_key, json={"type": "feature.used", "payload": {}}
     )
@@ -209,7 +203,19 @@ async def test_deliveries_to_a_destination_that_is_not_json_are_retried_saying_w
         listed = await server.runtime.store.list_deliveries(server.project_id, limit=10)
         return next((d for d in listed if d.get("last_error")), None)
 
-    delivery = await wait_for(failed, timeout=15)
+    found: dict[str, Any] = await wait_for(failed, timeout=15)
+    return found
+
+
+async def test_deliveries_to_a_destination_that_is_not_json_are_retried_saying_why(
+    server: RunningServer,
+) -> None:
+    """Routed as usual (the pipeline can be read); each attempt fails with the reason, and is
+    retried on the destination's schedule, as for a destination whose settings fail their checks.
+    Other destinations' deliveries go on."""
+    await server.apply(_document("feature"))
+    await _spoil(server.runtime.store, destinations, server.project_id, "audit")
+    delivery = await _first_failed_delivery(server)
     assert delivery["status"] == "retrying"
     assert delivery["last_error"].startswith("destination 'audit': its stored configuration cannot be read: ")
 
@@ -288,16 +294,7 @@ async def test_deliveries_to_a_destination_that_is_not_utf8_are_retried_saying_w
     as if the database were down, every destination's deliveries with it."""
     await srv.apply(_document("feature"))
     await _spoil_bytes(srv.runtime.store, destinations, srv.project_id, "audit")
-    status, body = await srv.request(
-        "POST", "/v1/events", key=srv.ingest_key, json={"type": "feature.used", "payload": {}}
-    )
-    assert status == 202, body
-
-    async def failed() -> dict[str, Any] | None:
-        listed = await srv.runtime.store.list_deliveries(srv.project_id, limit=10)
-        return next((d for d in listed if d.get("last_error")), None)
-
-    delivery = await wait_for(failed, timeout=15)
+    delivery = await _first_failed_delivery(srv)
     assert delivery["status"] == "retrying" and "not valid UTF-8" in delivery["last_error"]
 
 
