@@ -11,8 +11,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import sqlalchemy.exc
@@ -41,6 +41,8 @@ from ingestlayer.timefmt import iso
 from ingestlayer.validation_messages import configuration_problem
 
 log = logging.getLogger("ingestlayer.router")
+
+_Item = TypeVar("_Item")  # what a pass routes or stores: an event, or an event routed apart
 
 # Back-off for an event whose routing failed (a step with on_error: retry, or a bug): it stays
 # queued and is tried again after these delays, by routing attempt.
@@ -347,18 +349,31 @@ class Router:
         """Route each of the lease's events on its own (``failure``: what routing them together
         raised). One whose routing still fails is routed again after the usual back-off, and at
         its last attempt ends with the error in its trace."""
-        for ev in lease.events:
-            alone = lease.only(ev)
+        await self._one_by_one(
+            lease.events, failure, lambda ev: self._route_lease(lease.only(ev)), lease.only
+        )
+
+    async def _one_by_one(
+        self,
+        items: Sequence[_Item],
+        failure: Exception,
+        again: Callable[[_Item], Awaitable[None]],
+        lease_of: Callable[[_Item], RouteLease],
+    ) -> None:
+        """``failure`` was raised for ``items`` together: try each ``again`` on its own, and put
+        back in the queue (see :meth:`_put_back`) each one that still fails (a lone item, at
+        once). A database out of reach is raised: nothing is put back then."""
+        for item in items:
             exc = failure
-            if len(lease.events) > 1:
+            if len(items) > 1:
                 try:
-                    await self._route_lease(alone)
+                    await again(item)
                     continue
                 except CONNECTION_LOST:
                     raise
-                except Exception as again:
-                    exc = again
-            await self._put_back(alone, exc)
+                except Exception as alone:
+                    exc = alone
+            await self._put_back(lease_of(item), exc)
 
     async def _put_back(self, alone: RouteLease, exc: Exception) -> None:
         try:
@@ -420,17 +435,9 @@ class Router:
             # the worker routed nothing more, for any project. Stored one by one, what still
             # fails is put back in the queue, like an event whose routing failed.
             log.exception("storing the routing of %d events failed; storing it event by event", len(finished))
-            for held in finished:
-                lease, again = self._held.lease([held]), exc
-                if len(finished) > 1:
-                    try:
-                        await self._store_held([held])
-                        continue
-                    except CONNECTION_LOST:
-                        raise
-                    except Exception as alone:
-                        again = alone
-                await self._put_back(lease, again)
+            await self._one_by_one(
+                finished, exc, lambda held: self._store_held([held]), lambda held: self._held.lease([held])
+            )
         self._held.forget(finished)
         return len(finished)
 
