@@ -506,9 +506,6 @@ class Dispatcher:
         as failed, retried on the destination's schedule and dead after it, like any failure.
         Left leased instead, it was taken again each time its lease ran out, for ever, with a
         traceback each time and nothing in its attempt log."""
-        task = asyncio.current_task()
-        began = self._began.get(task) if task is not None else None
-        started, t0 = began or (clock.now(), time.perf_counter())
         n = d.attempts + 1
         status, next_at = "dead", None
         if dest is not None:
@@ -533,15 +530,30 @@ class Dispatcher:
             exc_info=exc if first else None,  # the traceback once per place, not once per attempt
         )
         self._count_attempts(status)
+        return self._unanswered(
+            d, asyncio.current_task(), f"internal error: {type(exc).__name__}", status, next_at
+        )
+
+    def _unanswered(
+        self,
+        d: LeasedDelivery,
+        task: asyncio.Task[Any] | None,
+        error: str,
+        status: str,
+        next_at: float | None,
+    ) -> AttemptResult:
+        """The attempt ``task`` made at ``d``, ended now without an answer."""
+        began = self._began.get(task) if task is not None else None
+        started, t0 = began or (clock.now(), time.perf_counter())
         return AttemptResult(
             delivery_id=d.id,
             project_id=d.project_id,
             lease_token=d.lease_token,
-            n=n,
+            n=d.attempts + 1,
             started_at=started,
             duration_ms=(time.perf_counter() - t0) * 1000,
             status_code=None,
-            error=f"internal error: {type(exc).__name__}",
+            error=error,
             response_excerpt=None,
             status=status,
             next_retry_at=next_at,
@@ -937,21 +949,7 @@ class Dispatcher:
     def _cut_short(self, task: asyncio.Task[None]) -> tuple[LeasedDelivery, AttemptResult]:
         """The attempt ``task`` makes, as cut short now: no answer, due again at once."""
         d = self._inflight[task]
-        started, t0 = self._began.get(task, (clock.now(), time.perf_counter()))
-        return d, AttemptResult(
-            delivery_id=d.id,
-            project_id=d.project_id,
-            lease_token=d.lease_token,
-            n=d.attempts + 1,
-            started_at=started,
-            duration_ms=(time.perf_counter() - t0) * 1000,
-            status_code=None,
-            error=CUT_SHORT_ERROR,
-            response_excerpt=None,
-            status="retrying",
-            next_retry_at=clock.now(),
-            worker=self.store.worker_id,
-        )
+        return d, self._unanswered(d, task, CUT_SHORT_ERROR, "retrying", clock.now())
 
     async def _release_cut_short(self, cut_short: list[tuple[LeasedDelivery, AttemptResult]]) -> None:
         """Hand back deliveries whose attempts outlasted the grace period, due at once, for
