@@ -18,6 +18,29 @@ class _HasProject(Protocol):
 _Routable = TypeVar("_Routable", bound=_HasProject)
 
 
+class RoutableEvent(Protocol):
+    """What routing reads of an event: a stored one, or one just accepted (ingest routes those
+    itself, without making a StoredEvent of each)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def payload_json(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def occurred_at(self) -> float: ...
+
+    @property
+    def received_at(self) -> float: ...
+
+
 @dataclass(slots=True)
 class NewEvent:
     """An event accepted by the API, not yet stored."""

@@ -34,7 +34,6 @@ from ingestlayer.pipeline.runner import (
 from ingestlayer.records import IngestRouting, LeasedDelivery, NewDelivery, NewEvent, RouteLease, StoredEvent
 from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
-from ingestlayer.store.rows import stored_from_new
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE, not_utf8
 from ingestlayer.timefmt import iso
@@ -216,7 +215,7 @@ class Router:
                 routing = routing or IngestRouting()
             else:
                 try:
-                    dels, trace = await route_event(compiled, stored_from_new(ev), self.services)
+                    dels, trace = await route_event(compiled, ev, self.services)
                     text = orjson.dumps(trace).decode()
                 except Exception:  # StepRetry or a bug: the router retries and logs it
                     continue

@@ -139,9 +139,13 @@ class ExpressionError(ValueError):
         return (type(self), (self.expression, self.position, self.expected, self.found))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EvalContext:
-    """What a predicate is evaluated against: the (possibly enriched) payload and the event envelope."""
+    """What a predicate is evaluated against: the (possibly enriched) payload and the event envelope.
+
+    Not frozen: one is made for every event a pipeline filters or routes by ``when``, and a
+    frozen dataclass's constructor (``object.__setattr__`` per field) cost as much as evaluating
+    a simple expression. Predicates only read it."""
 
     payload: Mapping[str, Any]
     event: Mapping[str, Any]

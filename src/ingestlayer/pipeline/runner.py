@@ -22,7 +22,7 @@ from ingestlayer.pipeline.event import Drop, PipelineEvent, RetryLater, StepCont
 from ingestlayer.pipeline.expressions import Expression, compile_expression
 from ingestlayer.pipeline.matching import TypeMatcher, remembered
 from ingestlayer.pipeline.steps.registry import step_class
-from ingestlayer.records import NewDelivery, ProjectConfig, StoredEvent
+from ingestlayer.records import NewDelivery, ProjectConfig, RoutableEvent
 from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
 from ingestlayer.validation_messages import configuration_problem
@@ -195,7 +195,8 @@ async def _run_step(
     """Run one step under its on_error policy; return the result and its trace entry."""
     before = event.payload
     event.payload = dict(before)  # each step starts from its own shallow copy
-    ctx.notes = []
+    if ctx.notes:  # the last step's, already in its trace entry (most steps add none)
+        ctx.notes = []
     entry: dict[str, Any] = {"step": step.name}
     try:
         result = await step(event, ctx)
@@ -234,7 +235,7 @@ async def _run_step(
 
 async def route_event(
     project: CompiledProject,
-    stored: StoredEvent,
+    stored: RoutableEvent,
     services: StepServices | None = None,
     attempt: int = 1,
 ) -> tuple[list[NewDelivery], list[dict[str, Any]]]:
@@ -255,7 +256,7 @@ async def route_event(
         )
         entry: dict[str, Any] = {"pipeline": pipe.name, "pipeline_id": pipe.id, "steps": []}
         trace.append(entry)
-        ctx = StepContext(project_id=project.project_id, pipeline=pipe.name, services=services)
+        ctx = StepContext(project.project_id, pipe.name, services)
         variants: dict[str, PipelineEvent] = {}  # destination name → its own copy of the event
         # Destinations whose own copy failed a scoped step: they receive nothing, because what
         # they would get is the event without, say, its redaction.

@@ -30,11 +30,14 @@ class FilterMatch:
     def __init__(self, config: FilterMatchConfig) -> None:
         self.config = config
         self.expression: Expression = compile_expression(config.expression)
+        # Made once: the reason is the same for every event, and formatting it for each one
+        # cost as much as evaluating the expression (Drop is frozen, so it is shared safely).
+        self._dropped = Drop(f"filter.match: {config.expression!r} did not hold")
 
     async def __call__(self, event: PipelineEvent, ctx: StepContext) -> PipelineEvent | Drop:
         if self.expression(event.eval_context()):
             return event
-        return Drop(f"filter.match: {self.config.expression!r} did not hold")
+        return self._dropped
 
     def summary(self) -> str:
         return self.config.expression
