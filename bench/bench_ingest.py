@@ -21,7 +21,9 @@ generator shares the machine's cores with the server, and the report says how mu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import statistics
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -93,6 +95,7 @@ def run(
     backend: str = "sqlite", mode: str = "serve", quick: bool = False, batch: int = 100, routed: bool = False
 ) -> dict[str, Any]:
     duration, warmup = (3.0, 1.0) if quick else (8.0, 2.0)
+    alternating_rounds, alternating_window = (3, 2.0) if quick else (6, 3.0)
     single_body = orjson.dumps(SMALL_EVENT)
     batch_body = orjson.dumps({"batch": [SMALL_EVENT] * batch})
     out: dict[str, Any] = {
@@ -132,55 +135,93 @@ def run(
             rows[str(conns)] = _row(f"{name}, single, {conns} connections", res, 1)
         return rows
 
-    def bare(wd: Any, stack: str) -> dict[str, Any]:
-        """The bare endpoint's single events (at each of SWEEP_CONNECTIONS) and batches."""
+    def alternate(
+        targets: dict[str, tuple[str, dict[str, int], dict[str, str]]], postgres_db: str | None
+    ) -> dict[str, Any]:
+        """Single events at 64 connections to each server in turn, round after round, the order
+        turned each round. The VM's speed drifts within a minute (docs/performance.md, Noise):
+        the windows above, one server after the other, compare phases as much as servers;
+        these compare each round's windows, taken seconds apart."""
+        rounds: list[dict[str, float]] = []
+        sides = list(targets)
+        for i in range(alternating_rounds):
+            this_round: dict[str, float] = {}
+            for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+                url_, watch, headers = targets[side]
+                res = run_load(
+                    url_,
+                    single_body,
+                    headers=headers,
+                    connections=SINGLE_CONNECTIONS,
+                    duration=alternating_window,
+                    warmup=0.5,
+                    watch=watch,
+                    postgres_db=postgres_db if side == "ingest" else None,
+                )
+                this_round[side] = res.rps
+            rounds.append(this_round)
+            log(
+                f"alternating round {i + 1}: "
+                + ", ".join(f"{side} {rps:,.0f} req/s" for side, rps in this_round.items())
+                + f" (ingest/bare {this_round['ingest'] / this_round['bare']:.0%}, "
+                f"ingest/bare ours {this_round['ingest'] / this_round['bare_ours']:.0%})"
+            )
+        return {"window": alternating_window, "rounds": rounds}
+
+    def start_bare(stack: str, stack_: contextlib.ExitStack, wd: Any) -> tuple[str, Proc]:
         port = free_port()
         cmd = [PYTHON, "bench/bare_asgi.py", "--port", str(port), "--stack", stack]
         proc = Proc(f"bare_asgi_{stack}", cmd, env=None, cwd=ROOT, logdir=wd)
+        stack_.callback(proc.stop)
+        url = f"http://127.0.0.1:{port}/v1/events"
+        wait_http(url, proc)
+        return url, proc
+
+    def bare(url: str, proc: Proc, stack: str) -> dict[str, Any]:
+        """The bare endpoint's single events (at each of SWEEP_CONNECTIONS) and batches."""
         name = f"bare ASGI ({stack} protocol)"
         rows: dict[str, Any] = {}
-        try:
-            url = f"http://127.0.0.1:{port}/v1/events"
-            wait_http(url, proc)
-            watch = {"server": proc.pid}
-            rows["single"] = _row(
-                f"{name}, single",
-                run_load(
-                    url,
-                    single_body,
-                    headers={},
-                    connections=SINGLE_CONNECTIONS,
-                    duration=duration,
-                    warmup=warmup,
-                    watch=watch,
-                ),
-                1,
-            )
-            rows["sweep"] = sweep(name, url, {}, watch, rows["single"])
-            rows["batch"] = _row(
-                f"{name}, batch of {batch}",
-                run_load(
-                    url,
-                    batch_body,
-                    headers={},
-                    connections=BATCH_CONNECTIONS,
-                    duration=duration,
-                    warmup=warmup,
-                    watch=watch,
-                ),
-                batch,
-            )
-        finally:
-            proc.stop()
+        watch = {"server": proc.pid}
+        rows["single"] = _row(
+            f"{name}, single",
+            run_load(
+                url,
+                single_body,
+                headers={},
+                connections=SINGLE_CONNECTIONS,
+                duration=duration,
+                warmup=warmup,
+                watch=watch,
+            ),
+            1,
+        )
+        rows["sweep"] = sweep(name, url, {}, watch, rows["single"])
+        rows["batch"] = _row(
+            f"{name}, batch of {batch}",
+            run_load(
+                url,
+                batch_body,
+                headers={},
+                connections=BATCH_CONNECTIONS,
+                duration=duration,
+                warmup=warmup,
+                watch=watch,
+            ),
+            batch,
+        )
         return rows
 
-    with workdir() as wd:
+    with workdir() as wd, contextlib.ExitStack() as servers:
         # The baseline: uvicorn's own protocol, the stack as it comes. The same endpoint on
         # the protocol ingestlayer serves with (its limits, and its responses written in one
         # write at the end of the loop's turn) is measured beside it, and the ratios against
-        # both are reported.
-        for side, stack in (("bare", "uvicorn"), ("bare_ours", "ingestlayer")):
-            for what, row in bare(wd, stack).items():
+        # both are reported. Both stay up (idle) for the alternating runs at the end.
+        bare_servers = {
+            side: (stack, *start_bare(stack, servers, wd))
+            for side, stack in (("bare", "uvicorn"), ("bare_ours", "ingestlayer"))
+        }
+        for side, (stack, url, proc) in bare_servers.items():
+            for what, row in bare(url, proc, stack).items():
                 out[f"{side}_{what}"] = row
 
         dep = Deployment(
@@ -228,6 +269,14 @@ def run(
                     f"server counted {stored:.0f} stored events, fewer than {measured} 2xx answers"
                 )
             out["events_stored"] = stored
+            out["alternating"] = alternate(
+                {side: (url_, {"server": proc.pid}, {}) for side, (_, url_, proc) in bare_servers.items()}
+                | {"ingest": (url, dep.server_pids, auth)},
+                dep.db_name,
+            )
+    for side in ("bare", "bare_ours"):
+        ratios = [r["ingest"] / r[side] for r in out["alternating"]["rounds"] if r[side]]
+        out["alternating"][f"ratio_vs_{side}"] = statistics.median(ratios) if ratios else 0.0
     out["ratio_single_vs_bare"] = out["ingest_single"]["rps"] / out["bare_single"]["rps"]
     out["ratio_single_vs_bare_ours"] = out["ingest_single"]["rps"] / out["bare_ours_single"]["rps"]
     for side in ("bare", "bare_ours", "ingest"):
@@ -247,7 +296,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--routed", action="store_true", help="a pipeline takes (and filters out) every event")
     args = p.parse_args()
-    with deadline(150 if args.quick else 240, "the ingest benchmark"):
+    with deadline(180 if args.quick else 320, "the ingest benchmark"):
         result = run(args.backend, args.mode, args.quick, args.batch, args.routed)
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -158,6 +159,18 @@ def rows_for(result: dict[str, Any]) -> list[list[str]]:
                 result["ratio_single_vs_bare_ours"],
                 s,
             )
+        alt = result.get("alternating")
+        if alt:
+            for side, label in (("bare", "bare"), ("bare_ours", "bare, our protocol")):
+                base_rates = [r[side] for r in alt["rounds"]]
+                single(
+                    f"ingest{how}, 1 event/request, 64 conn., alternating",
+                    f"{statistics.median(r['ingest'] for r in alt['rounds']):,.0f} ev/s (median)",
+                    f"{statistics.median(base_rates):,.0f} req/s ({label}); median of "
+                    f"{len(base_rates)} rounds' ratios",
+                    alt[f"ratio_vs_{side}"],
+                    s,
+                )
         cap = result.get("ingest_capacity")
         for side, label, ratio in (
             ("bare", "bare", "ratio_single_capacity"),
