@@ -7,7 +7,9 @@ CI=true PostgreSQL must be there: no skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -320,6 +322,76 @@ async def test_connection_refused_is_retried_and_unknown_database_is_dead(
     assert d["status"] == "dead" and len(d["attempts"]) == 1  # permanent
     assert 'PostgreSQL 3D000: database "il_no_such_db" does not exist' in d["attempts"][0]["error"]
     assert PASSWORD not in str(d) and "postgresql://" not in str(d)
+
+
+class PasswordTaker:
+    """A PostgreSQL server that asks every client for its password in clear (as any server may),
+    notes what it is sent, and refuses it."""
+
+    def __init__(self) -> None:
+        self.passwords: list[str] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> PasswordTaker:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            length, code = struct.unpack("!ii", await reader.readexactly(8))
+            if code == 80877103:  # SSLRequest: no TLS here, go on in clear
+                writer.write(b"N")
+                length, code = struct.unpack("!ii", await reader.readexactly(8))
+            await reader.readexactly(length - 8)  # the startup message's parameters
+            writer.write(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
+            kind = await reader.readexactly(1)
+            (size,) = struct.unpack("!i", await reader.readexactly(4))
+            body = await reader.readexactly(size - 4)
+            if kind == b"p":
+                self.passwords.append(body.rstrip(b"\0").decode())
+            fields = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0"
+            writer.write(b"E" + struct.pack("!i", len(fields) + 4) + fields)
+            await writer.drain()
+        writer.close()
+
+
+async def test_a_dsn_without_a_password_is_never_sent_the_workers_own(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A project's DSN names a host of its choosing. Without a password in it, the driver took the
+    worker's PGPASSWORD, or a line of its password file, and sent it to that host on request: the
+    password of the server's own database, say, which holds every project's data."""
+    monkeypatch.setenv("PGPASSWORD", "workers-pgpassword")
+    passfile = tmp_path / "pgpass"
+    passfile.write_text("*:*:*:*:workers-pgpass-line\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    taker = await PasswordTaker().start()
+    once = {"schedule": [0], "jitter": 0}
+    try:
+        for user in ("tenant", "tenant2"):
+            if user == "tenant2":
+                monkeypatch.delenv("PGPASSWORD")  # the password file's turn
+            await server.set_secret("warehouse", f"postgresql://{user}@127.0.0.1:{taker.port}/db")
+            await server.apply(pg_doc(table_name(), retry=once))
+            d = await deliver(server, {"account": "acme"})
+            assert d["status"] == "dead" and "28P01" in d["attempts"][0]["error"], d
+        # A password the project gives in its DSN is the one sent.
+        await server.set_secret("warehouse", f"postgresql://tenant:tenants-own@127.0.0.1:{taker.port}/db")
+        await server.apply(pg_doc(table_name(), retry=once))
+        d = await deliver(server, {"account": "acme"})
+        assert d["status"] == "dead"
+    finally:
+        await taker.stop()
+    assert taker.passwords[-1] == "tenants-own"
+    assert not {"workers-pgpassword", "workers-pgpass-line"} & set(taker.passwords), taker.passwords
 
 
 async def test_inline_dsn_is_rejected_naming_the_field(server: RunningServer, target_db: str) -> None:

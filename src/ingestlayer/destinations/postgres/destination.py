@@ -95,6 +95,21 @@ def dsn_hosts(dsn: str) -> list[tuple[str, int]]:
     return out
 
 
+def dsn_password(dsn: str) -> str:
+    """The password the DSN itself gives (as the driver reads it: the userinfo's, else the
+    ``password`` query option), or "" for none.
+
+    Passed to the driver explicitly: given none, it takes the worker's own (PGPASSWORD, a line of
+    ~/.pgpass or PGPASSFILE, a pg_service.conf entry), and would send it to whatever host the
+    project's DSN names: the password of the server's own database, say."""
+    parts = urlsplit(dsn)
+    userinfo = parts.netloc.rpartition("@")[0]
+    given = unquote(userinfo.partition(":")[2])
+    if given:
+        return given
+    return (parse_qs(parts.query).get("password") or [""])[-1]
+
+
 def dsn_secrets(dsn: str) -> list[str]:
     """What must never be shown: the DSN, and its password as written and decoded."""
     out = [dsn]
@@ -235,6 +250,7 @@ class Postgres:
                 return self._pool
             hosts = dsn_hosts(dsn)
             pin = not egress.allow_private and not verifies_hostname(dsn)
+            password = dsn_password(dsn)
 
             async def connect(*args: Any, **kwargs: Any) -> Any:
                 # Every new connection, not just the first: a name may resolve elsewhere later.
@@ -247,7 +263,7 @@ class Postgres:
                 if pin:
                     kwargs["host"] = [address for address, _ in pinned]
                     kwargs["port"] = [port for _, port in pinned]
-                return await asyncpg.connect(*args, **kwargs)
+                return await asyncpg.connect(*args, password=password, **kwargs)
 
             old = self._pool
             self._pool = await asyncpg.create_pool(
