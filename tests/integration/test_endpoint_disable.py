@@ -13,7 +13,7 @@ import pytest
 from ingestlayer import metrics
 from ingestlayer.ids import new_id
 from ingestlayer.records import AttemptResult, NewDelivery, NewEvent
-from ingestlayer.store.store import Store
+from ingestlayer.store.store import DISABLED_DESTINATION_ERROR, Store
 from ingestlayer.timefmt import parse_iso
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
@@ -208,5 +208,44 @@ async def test_recording_a_retry_for_a_live_destination_takes_no_write_transacti
         assert log.seen == []
         stored = await store.get_delivery(pid, leased.id)
         assert stored is not None and stored["status"] == "retrying", stored
+    finally:
+        await store.close()
+
+
+async def _waiting_delivery(store: Store, pid: str, dest: dict[str, Any]) -> str:
+    """A delivery to ``dest`` that waits for its first attempt (pending)."""
+    now = time.time()
+    event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
+    await store.insert_events([event])
+    lease = await store.lease_route_jobs(10, 60)
+    new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", dest["id"], "{}")
+    await store.complete_routing(lease, [new], {})
+    return new.id
+
+
+async def test_a_disable_undone_before_its_waiting_deliveries_are_ended_leaves_them_waiting(
+    db_url: str,
+) -> None:
+    """The request that disables an endpoint ends its waiting deliveries after the change has
+    committed. Another request (or process) may enable it again in between: the deliveries of an
+    enabled endpoint must go on waiting for their attempt, not end "destination is disabled"."""
+    store = Store.from_url(db_url)
+    try:
+        pid, _, _ = await store.create_project("acme")
+        dest = {
+            "id": "dst_a",
+            "name": "a",
+            "kind": "webhook.out",
+            "config": {"settings": {"url": "https://example.com/h"}},
+        }
+        await store.apply_config(pid, [dest], [])
+        waiting = await _waiting_delivery(store, pid, dest)
+        await store.apply_config(pid, [{**dest, "enabled": False}], [])  # the disabling request
+        await store.apply_config(pid, [dest], [])  # enabled again, by another request
+        # The disabling request goes on, past its commit.
+        assert await store.end_waiting_deliveries(pid, "dst_a", DISABLED_DESTINATION_ERROR) == []
+        stored = await store.get_delivery(pid, waiting)
+        assert stored is not None and stored["status"] == "pending", stored
+        assert stored["attempt_log"] == []
     finally:
         await store.close()

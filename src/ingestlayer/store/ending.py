@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestlayer import clock, metrics
@@ -16,6 +16,14 @@ from ingestlayer.store.schema import attempts, deliveries, destinations
 # dispatcher's words too).
 DELETED_DESTINATION_ERROR = "destination was deleted"
 DISABLED_DESTINATION_ERROR = "destination is disabled"
+
+
+def _destination_off() -> ColumnElement[bool]:
+    """The delivery's destination is deleted or disabled, as its row is now. Checked by the
+    statements that end deliveries, not only read before them: the change that called for it
+    (a disable, a delete) committed earlier, in a transaction of its own, and another may have
+    undone it since (enabled again): its deliveries then wait for their attempts as before."""
+    return ~exists().where(destinations.c.id == deliveries.c.destination_id, destinations.c.enabled)
 
 
 class EndingMixin(StoreBase):
@@ -44,6 +52,7 @@ class EndingMixin(StoreBase):
                         deliveries.c.project_id == project_id,
                         deliveries.c.destination_id == destination_id,
                         deliveries.c.status.in_(waiting),
+                        _destination_off(),
                     )
                     .order_by(deliveries.c.id)
                     .limit(batch)
@@ -106,10 +115,15 @@ class EndingMixin(StoreBase):
         set, finished. Returns the ids ended."""
         now = clock.now()
         # The status is checked again by the update: a delivery leased meanwhile (PostgreSQL
-        # re-reads a row another transaction changed) is left to its attempt.
+        # re-reads a row another transaction changed) is left to its attempt. So is the
+        # destination: one enabled again since it was read is left to go on.
         res = await conn.execute(
             update(deliveries)
-            .where(deliveries.c.id.in_(list(ids)), deliveries.c.status.in_(list(statuses)))
+            .where(
+                deliveries.c.id.in_(list(ids)),
+                deliveries.c.status.in_(list(statuses)),
+                _destination_off(),
+            )
             .values(
                 status="dead",
                 attempts=deliveries.c.attempts + 1,
