@@ -201,6 +201,7 @@ class LeasedDelivery:
     retry_base: int
     body: str
     lease_token: str
+    lease_until: float  # clock.now() when the lease ends and another worker may retake it
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.records import AttemptResult, LeasedDelivery, NewDelivery, NewEvent
 from ingestlayer.secretbox import SecretBox
 from ingestlayer.store.store import Store
-from tests.support.receiver import Receiver
+from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, wait_for
 from tests.support.server import test_settings as settings_for
 
@@ -228,4 +228,49 @@ async def test_a_lease_handed_back_over_a_lost_connection_is_handed_back_again(
         (again,) = await store.lease_deliveries(10, 60)  # due at once, not in 60 s
         assert again.id == leased.id
     finally:
+        await store.close()
+
+
+async def test_an_attempt_begun_late_in_its_lease_ends_with_the_lease(
+    db_url: str, receiver: Receiver
+) -> None:
+    """With a lease shorter than a destination's timeout, attempts are cut short at the end of
+    their lease, so that none still runs when another worker may retake the delivery. The cut
+    was timed from the send, which begins a moment after the lease (the destination is read
+    first; a delivery routed here waits for its insert): slow, that moment ran the attempt past
+    the lease, and the delivery was retaken and sent beside it."""
+    store = Store.from_url(db_url)
+    dispatcher = Dispatcher(store, settings_for(db_url, delivery_lease_seconds=2.0), SecretBox("k" * 32))
+    try:
+        pid, _, _ = await store.create_project("acme")
+        webhook = {"settings": {"url": receiver.url + "/slow", "timeout": 40}}
+        await store.apply_config(
+            pid, [{"id": "dst_a", "name": "a", "kind": "webhook.out", "config": webhook}], []
+        )
+        now = time.time()
+        event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
+        await store.insert_events([event])
+        lease = await store.lease_route_jobs(10, 60)
+        new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_a", "{}")
+        await store.complete_routing(lease, [new], {})
+        receiver.plan = [Reply(status=200, delay=5.0)]  # the receiver holds the request
+
+        (leased,) = await store.lease_deliveries(1, 2.0)
+        ends = time.time() + 2.0  # the lease's end, or a moment after it
+        await asyncio.sleep(1.0)  # the moment between the lease and the send, slow
+        dests = await dispatcher._destinations({"dst_a"})
+        attempt = asyncio.create_task(dispatcher.send_one(leased, dests["dst_a"]))
+        await asyncio.sleep(ends - time.time() + 0.05)
+        # The lease has run out: another worker retakes the delivery and sends it.
+        (retaken,) = await store.lease_deliveries(1, 2.0)
+        assert retaken.id == leased.id
+        assert attempt.done(), "the first attempt still runs beside the second"
+        result = attempt.result()
+        assert result.status == "retrying" and "at the end of the delivery's lease" in (result.error or "")
+        assert len(receiver.requests) == 1
+    finally:
+        await dispatcher._close_all()
+        for client in (dispatcher._session, dispatcher._http):
+            if client is not None:
+                await client.close()
         await store.close()

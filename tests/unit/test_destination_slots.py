@@ -27,7 +27,7 @@ def fresh(*destinations: str) -> list[NewDelivery]:
 
 
 def leased(did: str) -> LeasedDelivery:
-    return LeasedDelivery("dlv", "prj", "evt", "a.b", did, 0, 0, "{}", "lse")
+    return LeasedDelivery("dlv", "prj", "evt", "a.b", did, 0, 0, "{}", "lse", 0.0)
 
 
 def test_a_destination_gets_its_share_then_none() -> None:
@@ -369,7 +369,9 @@ def test_a_full_project_is_leased_for_again_once_an_eighth_of_its_share_is_free(
 
 def test_deliveries_handed_over_count_against_their_project_until_they_start() -> None:
     s = project_slots(per_project=3)
-    handed = [LeasedDelivery(f"dlv_{i}", "prj_a", "evt", "a.b", "dst_a", 0, 0, "{}", "lse") for i in range(2)]
+    handed = [
+        LeasedDelivery(f"dlv_{i}", "prj_a", "evt", "a.b", "dst_a", 0, 0, "{}", "lse", 0.0) for i in range(2)
+    ]
     s.hold(handed, 1)
     assert s.start("dst_other", None, "prj_a")
     assert s.start("dst_other", None, "prj_a") is None  # 2 handed over + 1 in flight

@@ -256,11 +256,14 @@ class Dispatcher:
         self.store = store
         self.settings = settings
         # A lease shorter than an attempt may take: past its lease, an attempt still running would
-        # be retaken and sent again beside itself. Such attempts are cut short at their lease.
+        # be retaken and sent again beside itself. Such attempts are cut short at their lease
+        # (less a margin, for recording the outcome).
         self._attempt_limit: float | None = None
+        self._lease_margin = 0.0
         if settings.delivery_lease_seconds < MAX_TIMEOUT_SECONDS + LEASE_MARGIN_SECONDS:
             lease = settings.delivery_lease_seconds
-            self._attempt_limit = lease - min(LEASE_MARGIN_SECONDS, lease / 4)
+            self._lease_margin = min(LEASE_MARGIN_SECONDS, lease / 4)
+            self._attempt_limit = lease - self._lease_margin
             log.warning(
                 "INGESTLAYER_DELIVERY_LEASE_SECONDS=%g is shorter than a destination's longest timeout "
                 "(%d s) and a margin: attempts are cut short after %g s, as a timeout, so that none "
@@ -373,17 +376,23 @@ class Dispatcher:
         for did in idle:
             self._retire(self._dests.pop(did).instance)
 
-    async def _send(self, dest: _Dest, request: SendRequest, ctx: SendContext) -> Outcome:
+    async def _send(self, d: LeasedDelivery, dest: _Dest, request: SendRequest, ctx: SendContext) -> Outcome:
         instance: Destination = dest.instance
         if self._attempt_limit is None:
             return await instance.send(request, ctx)
+        # Timed from the lease, not from the send: what came between (reading the destination,
+        # the insert of a delivery routed here) would otherwise run the attempt past its lease,
+        # and another worker retook it and sent it beside it.
+        given = min(self._attempt_limit, d.lease_until - self._lease_margin - clock.now())
         try:
-            async with asyncio.timeout(self._attempt_limit):
+            if given <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(given):
                 return await instance.send(request, ctx)
         except TimeoutError:
             return Outcome(
                 ok=False,
-                error=f"timeout: cut short after {self._attempt_limit:g} s, at the end of the delivery's "
+                error=f"timeout: cut short after {max(given, 0.0):.1f} s, at the end of the delivery's "
                 "lease (INGESTLAYER_DELIVERY_LEASE_SECONDS)",
             )
 
@@ -415,7 +424,7 @@ class Dispatcher:
                 body_json=d.body,
             )
             try:
-                outcome = await self._send(dest, request, ctx)
+                outcome = await self._send(d, dest, request, ctx)
             except Exception as exc:  # a destination bug must not strand the delivery
                 name = type(exc).__name__
                 if name not in dest.raised:

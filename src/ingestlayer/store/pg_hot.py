@@ -574,16 +574,15 @@ class PgHotPath:
     ) -> list[LeasedDelivery]:
         now = clock.now()
         token = new_id("lse")
+        until = now + lease_seconds
         async with self.connection() as conn:
             if room is None or not room.may_cut(limit):
-                rows = await conn.fetch(_LEASE_DELIVERIES, now + lease_seconds, token, now, limit)
-                return [rowmap.leased_delivery(r, token) for r in rows]
+                rows = await conn.fetch(_LEASE_DELIVERIES, until, token, now, limit)
+                return [rowmap.leased_delivery(r, token, until) for r in rows]
             size = limit + LEASE_WINDOW
             ids, rooms = list(room.known), list(room.known.values())
-            rows = await conn.fetch(
-                _LEASE_WINDOW, now + lease_seconds, token, now, limit, size, ids, rooms, room.default
-            )
-            leased = [rowmap.leased_delivery(r, token) for r in rows if r[0] is not None]
+            rows = await conn.fetch(_LEASE_WINDOW, until, token, now, limit, size, ids, rooms, room.default)
+            leased = [rowmap.leased_delivery(r, token, until) for r in rows if r[0] is not None]
             if len(leased) >= limit or rows[0][-1] < size:
                 return leased
             # The window was full and left the lease short: look past it, destination by
@@ -591,7 +590,7 @@ class PgHotPath:
             left = room.after(leased)
             more = await conn.fetch(
                 _LEASE_PER_DESTINATION,
-                now + lease_seconds,
+                until,
                 token,
                 now,
                 limit - len(leased),
@@ -599,7 +598,7 @@ class PgHotPath:
                 list(left.known.values()),
                 left.default,
             )
-        return leased + [rowmap.leased_delivery(r, token) for r in more]
+        return leased + [rowmap.leased_delivery(r, token, until) for r in more]
 
     async def record_attempts(
         self, results: Sequence[AttemptResult], *, again: bool = False, counted: bool = True

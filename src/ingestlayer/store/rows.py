@@ -83,7 +83,7 @@ def stored_from_new(ev: NewEvent) -> StoredEvent:
     )
 
 
-def leased_delivery(r: Sequence[Any], token: str) -> LeasedDelivery:
+def leased_delivery(r: Sequence[Any], token: str, lease_until: float) -> LeasedDelivery:
     return LeasedDelivery(
         id=r[0],
         project_id=r[1],
@@ -94,6 +94,7 @@ def leased_delivery(r: Sequence[Any], token: str) -> LeasedDelivery:
         retry_base=r[6],
         body=r[7],
         lease_token=token,
+        lease_until=lease_until,
     )
 
 
@@ -121,12 +122,14 @@ def new_delivery_rows(
         )
         for i, d in enumerate(deliveries)
     ]
-    return rows, [leased_new(d, token) for d in deliveries[:prelease]], now
+    return rows, [leased_new(d, token, lease_until) for d in deliveries[:prelease]], now
 
 
-def leased_new(d: NewDelivery, token: str) -> LeasedDelivery:
+def leased_new(d: NewDelivery, token: str, lease_until: float) -> LeasedDelivery:
     """A delivery inserted already leased (handed to this process's dispatcher)."""
-    return LeasedDelivery(d.id, d.project_id, d.event_id, d.event_type, d.destination_id, 0, 0, d.body, token)
+    return LeasedDelivery(
+        d.id, d.project_id, d.event_id, d.event_type, d.destination_id, 0, 0, d.body, token, lease_until
+    )
 
 
 def _text(value: str | bytes, what: str) -> tuple[str, str | None]:

@@ -288,12 +288,13 @@ def lease_deliveries(
 ) -> list[LeasedDelivery]:
     now = clock.now()
     token = new_id("lse")
+    until = now + lease_seconds
     update = "UPDATE deliveries SET status = 'delivering', due_at = ?, lease_token = ?, updated_at = ?"
     if room is None or not room.may_cut(limit):
         rows = conn.execute(
             f"{update} WHERE id IN (SELECT id FROM deliveries WHERE {DUE} AND due_at <= ?"
             f" ORDER BY due_at LIMIT ?) RETURNING {rowmap.DELIVERY_COLUMNS}",
-            (now + lease_seconds, token, now, now, limit),
+            (until, token, now, now, limit),
         ).fetchall()
     else:
         ids = _due_ids(conn, now, limit, room)
@@ -301,9 +302,9 @@ def lease_deliveries(
             return []
         rows = conn.execute(
             f"{update} WHERE id IN (SELECT value FROM json_each(?)) RETURNING {rowmap.DELIVERY_COLUMNS}",
-            (now + lease_seconds, token, now, _ids_json(ids)),
+            (until, token, now, _ids_json(ids)),
         ).fetchall()
-    return [rowmap.leased_delivery(r, token) for r in rows]
+    return [rowmap.leased_delivery(r, token, until) for r in rows]
 
 
 _INSERT_ATTEMPT = (
