@@ -475,3 +475,37 @@ async def test_a_change_of_the_configuration_routes_the_waiting_events_at_once(
         assert await _job(store, leased.id) is None
     finally:
         await store.close()
+
+
+async def test_a_fix_applied_while_a_router_routes_by_the_broken_configuration_routes_the_event_at_once(
+    db_url: str,
+) -> None:
+    """The fix may come while another process's router is routing an event by the broken
+    configuration: the change leaves a leased job to its router, which then put it back on its
+    back-off (ten minutes here) though the configuration it failed by was already replaced. It is
+    due at once instead, and routed by the fix."""
+    store = Store.from_url(db_url)
+    try:
+        broken = await _project(store, "broken")
+        await _break(store, broken, _step_unknown)
+        event = _event(broken, "feature.used")
+        await store.insert_events([event])
+        await _due_now(store, [event.id], attempts=4)  # its fifth attempt: ten minutes after it
+        router = _router(store)
+        real = store.defer_route_jobs
+
+        async def fixed_meanwhile(*args: Any, **kwargs: Any) -> None:
+            await _apply_the_fix(store, broken)  # by another process, after the router compiled
+            await real(*args, **kwargs)
+
+        store.defer_route_jobs = fixed_meanwhile  # type: ignore[method-assign]
+        assert await router.run_once() == 1
+        store.defer_route_jobs = real  # type: ignore[method-assign]
+        assert await _delivered_events(store, broken) == set()
+
+        assert await router.run_once() == 1  # due at once, not in ten minutes
+        assert await _delivered_events(store, broken) == {event.id}
+        (entry,) = await _trace(store, broken, event.id)
+        assert entry["outcome"] == "routed"
+    finally:
+        await store.close()

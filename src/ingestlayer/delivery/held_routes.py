@@ -57,6 +57,7 @@ class Routed:
     deliveries: list[NewDelivery] = field(default_factory=list)
     trace: list[dict[str, Any]] | None = None
     retry_in: float | None = None
+    version: int | None = None  # of the project's configuration it failed by, when tried again
 
 
 @dataclass(slots=True)

@@ -321,7 +321,7 @@ class Router:
         for ev in lease.events:
             compiled = projects.get(ev.project_id)
             problems = compiled.waiting_on(ev.type) if compiled is not None and compiled.unreadable else []
-            if not problems:
+            if compiled is None or not problems:
                 to_route.append(ev)
                 continue
             exc = UnreadableConfiguration("; ".join(problems))
@@ -332,7 +332,8 @@ class Router:
                 counts[1] += 1
             else:
                 delay = retry_delay(attempt)
-                routed[ev.id] = Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
+                trace = retrying_trace(exc, attempt, delay)
+                routed[ev.id] = Routed(retry_in=delay, trace=trace, version=compiled.version)
                 counts[0] += 1
         for project_id, (problems, (n, ended)) in waiting.items():
             log.warning(
@@ -407,14 +408,14 @@ class Router:
             # A provider's Retry-After (a 429) is waited out, up to the schedule's longest wait.
             delay = max(retry_delay(attempt), min(exc.retry_after or 0.0, ROUTE_RETRY_DELAYS[-1]))
             log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, delay)
-            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
+            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=compiled.version)
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
                 log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
                 return Routed(trace=failed_trace(exc, attempt))
             log.exception("routing event %s failed; it will be retried", ev.id)
             delay = retry_delay(attempt)
-            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay))
+            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=compiled.version)
         return Routed(dels, trace or None)
 
     async def _store_finished(self) -> int:
@@ -463,7 +464,8 @@ class Router:
         failed = {eid: r.retry_in for eid, r in routed.items() if r.retry_in is not None}
         if failed:
             waiting = {eid: r.trace for eid, r in routed.items() if r.retry_in is not None and r.trace}
-            await self.store.defer_route_jobs(lease, failed, traces=waiting)
+            by = {eid: r.version for eid, r in routed.items() if r.version is not None}
+            await self.store.defer_route_jobs(lease, failed, traces=waiting, routed_by=by)
             lease = lease.subset([e for e in lease.events if e.id not in failed])
         if not lease.events:
             return

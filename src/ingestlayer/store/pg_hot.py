@@ -151,9 +151,15 @@ FROM json_to_recordset($1::json)
 _SET_TRACES = """
 UPDATE events SET trace = v.trace FROM unnest($1::text[], $2::text[]) AS v(id, trace) WHERE events.id = v.id
 """
-_DEFER_JOBS = """
-UPDATE route_jobs SET due_at = v.due, attempts = GREATEST(route_jobs.attempts - $4, 0), waiting = $4 = 0
-FROM unnest($1::text[], $2::float8[], $3::float8[]) AS v(id, token, due)
+# $5: the configuration version each event's routing failed by (NULL: not known); where its
+# project's has moved on since, the job is due now ($6) rather than waiting (Store.defer_route_jobs).
+_MOVED = "v.version IS DISTINCT FROM (SELECT config_version FROM projects WHERE id = route_jobs.project_id)"
+_DEFER_JOBS = f"""
+UPDATE route_jobs
+SET due_at = CASE WHEN v.version IS NOT NULL AND {_MOVED} THEN $6 ELSE v.due END,
+    attempts = GREATEST(route_jobs.attempts - $4, 0),
+    waiting = $4 = 0 AND (v.version IS NULL OR NOT {_MOVED})
+FROM unnest($1::text[], $2::float8[], $3::float8[], $5::int[]) AS v(id, token, due, version)
 WHERE route_jobs.event_id = v.id AND route_jobs.due_at = v.token
 RETURNING route_jobs.event_id
 """
@@ -545,15 +551,17 @@ class PgHotPath:
         delays: dict[str, float],
         uncounted: bool,
         traces: dict[str, list[dict[str, Any]]],
+        routed_by: dict[str, int],
     ) -> None:
         now = clock.now()
         rows = [
-            (eid, token, now + delays[eid])
+            (eid, token, now + delays[eid], routed_by.get(eid))
             for token, ids in lease.by_token(list(delays)).items()
             for eid in ids
         ]
+        ids, tokens, due, versions = _columns(rows, 4)
         async with self.connection() as conn, conn.transaction():
-            deferred = await conn.fetch(_DEFER_JOBS, *_columns(rows, 3), int(uncounted))
+            deferred = await conn.fetch(_DEFER_JOBS, ids, tokens, due, int(uncounted), versions, now)
             trace_rows = [(r[0], orjson.dumps(traces[r[0]]).decode()) for r in deferred if r[0] in traces]
             if trace_rows:
                 await conn.execute(_SET_TRACES, *_columns(trace_rows, 2))

@@ -225,20 +225,40 @@ def _insert_deliveries(
     return leased
 
 
+# Where the project's configuration has moved on from the version the routing failed by, the job
+# is due now rather than waiting (Store.defer_route_jobs).
+_MOVED = (
+    "(:version IS NOT NULL"
+    " AND :version IS NOT (SELECT config_version FROM projects WHERE id = route_jobs.project_id))"
+)
+_DEFER_JOB = (
+    f"UPDATE route_jobs SET due_at = CASE WHEN {_MOVED} THEN :now ELSE :due END,"
+    f" attempts = max(attempts - :uncounted, 0), waiting = :uncounted = 0 AND NOT {_MOVED}"
+    " WHERE event_id = :id AND due_at = :token"
+)
+
+
 def defer_route_jobs(
     conn: sqlite3.Connection,
     lease: RouteLease,
     delays: dict[str, float],
     uncounted: bool,
     traces: dict[str, list[dict[str, Any]]],
+    routed_by: dict[str, int],
 ) -> None:
     now = clock.now()
     for token, ids in lease.by_token(list(delays)).items():
         for eid in ids:
             deferred = conn.execute(
-                "UPDATE route_jobs SET due_at = ?, attempts = max(attempts - ?, 0), waiting = ?"
-                " WHERE event_id = ? AND due_at = ?",
-                (now + delays[eid], int(uncounted), int(not uncounted), eid, token),
+                _DEFER_JOB,
+                {
+                    "due": now + delays[eid],
+                    "now": now,
+                    "uncounted": int(uncounted),
+                    "version": routed_by.get(eid),
+                    "id": eid,
+                    "token": token,
+                },
             ).rowcount
             if deferred and eid in traces:
                 conn.execute(
@@ -430,8 +450,9 @@ class SqliteHotPath:
         delays: dict[str, float],
         uncounted: bool,
         traces: dict[str, list[dict[str, Any]]],
+        routed_by: dict[str, int],
     ) -> None:
-        await self.db.write(defer_route_jobs, lease, delays, uncounted, traces)
+        await self.db.write(defer_route_jobs, lease, delays, uncounted, traces, routed_by)
 
     async def renew_route_leases(self, tokens: dict[str, float], new_token: float) -> list[str]:
         # Not synced: a renewal lost with the machine is a lease that ran out, as it would have.

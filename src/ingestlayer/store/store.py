@@ -288,14 +288,18 @@ class Store(ProjectsMixin, ConfigMixin, EndingMixin, ListingsMixin, RetentionMix
         *,
         uncounted: bool = False,
         traces: dict[str, list[dict[str, Any]]] | None = None,
+        routed_by: dict[str, int] | None = None,
     ) -> None:
         """Give leased jobs back to the queue after a failure, each due again after its delay.
         ``uncounted``: the routing was not attempted (put off, or cut short by a shutdown), so
         the lease does not count as one of the event's routing attempts. ``traces``: what to
         show on events while they wait (why their routing failed), set where the job was still
         this lease's. A counted deferral marks the job waiting: a change of its project's
-        configuration makes it due at once (ConfigMixin._wake_waiting_routes)."""
-        await self._hot.defer_route_jobs(lease, delays, uncounted, traces or {})
+        configuration makes it due at once (ConfigMixin._wake_waiting_routes). ``routed_by``:
+        the configuration version each event's routing failed by; one whose project's has moved
+        on since is due at once instead: the change came while it was routed (that wake leaves
+        leased jobs to their router), and may be the fix."""
+        await self._hot.defer_route_jobs(lease, delays, uncounted, traces or {}, routed_by or {})
 
     async def renew_route_leases(self, tokens: dict[str, float], lease_seconds: float) -> dict[str, float]:
         """Extend the leases of jobs still being routed (event id → the token each is leased
