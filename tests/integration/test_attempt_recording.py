@@ -30,9 +30,11 @@ from tests.support.server import test_settings as settings_for
 FAST = {"schedule": [0, 0.05, 0.05], "jitter": 0}
 
 
-async def one_leased(store: Store, lease_seconds: float = 60) -> tuple[str, LeasedDelivery]:
+async def one_leased(
+    store: Store, lease_seconds: float = 60, url: str = "https://example.com/h"
+) -> tuple[str, LeasedDelivery]:
     pid, _, _ = await store.create_project("acme")
-    webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
+    webhook = {"kind": "webhook.out", "config": {"settings": {"url": url}}}
     await store.apply_config(pid, [{"id": "dst_a", "name": "a", **webhook}], [])
     now = time.time()
     event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
@@ -242,20 +244,8 @@ async def test_an_attempt_begun_late_in_its_lease_ends_with_the_lease(
     store = Store.from_url(db_url)
     dispatcher = Dispatcher(store, settings_for(db_url, delivery_lease_seconds=2.0), SecretBox("k" * 32))
     try:
-        pid, _, _ = await store.create_project("acme")
-        webhook = {"settings": {"url": receiver.url + "/slow", "timeout": 40}}
-        await store.apply_config(
-            pid, [{"id": "dst_a", "name": "a", "kind": "webhook.out", "config": webhook}], []
-        )
-        now = time.time()
-        event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
-        await store.insert_events([event])
-        lease = await store.lease_route_jobs(10, 60)
-        new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_a", "{}")
-        await store.complete_routing(lease, [new], {})
         receiver.plan = [Reply(status=200, delay=5.0)]  # the receiver holds the request
-
-        (leased,) = await store.lease_deliveries(1, 2.0)
+        _, leased = await one_leased(store, 2.0, receiver.url + "/slow")
         ends = time.time() + 2.0  # the lease's end, or a moment after it
         await asyncio.sleep(1.0)  # the moment between the lease and the send, slow
         dests = await dispatcher._destinations({"dst_a"})

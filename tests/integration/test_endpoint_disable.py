@@ -183,6 +183,17 @@ async def test_an_attempt_failing_after_its_endpoint_went_away_ends_dead_at_once
     assert len(receiver.requests) == 1
 
 
+async def _waiting_delivery(store: Store, pid: str, destination_id: str) -> str:
+    """A delivery to the destination that waits for its first attempt (pending)."""
+    now = time.time()
+    event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
+    await store.insert_events([event])
+    lease = await store.lease_route_jobs(10, 60)
+    new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", destination_id, "{}")
+    await store.complete_routing(lease, [new], {})
+    return new.id
+
+
 async def test_recording_a_retry_for_a_live_destination_takes_no_write_transaction_of_its_own(
     db_url: str,
 ) -> None:
@@ -193,12 +204,8 @@ async def test_recording_a_retry_for_a_live_destination_takes_no_write_transacti
         pid, _, _ = await store.create_project("acme")
         webhook = {"kind": "webhook.out", "config": {"settings": {"url": "https://example.com/h"}}}
         await store.apply_config(pid, [{"id": "dst_live", "name": "live", **webhook}], [])
+        await _waiting_delivery(store, pid, "dst_live")
         now = time.time()
-        event = NewEvent(new_id("evt"), pid, "invoice.failed", "{}", None, "api", now, now)
-        await store.insert_events([event])
-        lease = await store.lease_route_jobs(10, 60)
-        new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", "dst_live", "{}")
-        await store.complete_routing(lease, [new], {})
         (leased,) = await store.lease_deliveries(10, 60)
         log = WriteLog(store, lambda: asyncio.sleep(0))
         failed = AttemptResult(
@@ -210,17 +217,6 @@ async def test_recording_a_retry_for_a_live_destination_takes_no_write_transacti
         assert stored is not None and stored["status"] == "retrying", stored
     finally:
         await store.close()
-
-
-async def _waiting_delivery(store: Store, pid: str, dest: dict[str, Any]) -> str:
-    """A delivery to ``dest`` that waits for its first attempt (pending)."""
-    now = time.time()
-    event = NewEvent(new_id("evt"), pid, "invoice.paid", "{}", None, "api", now, now)
-    await store.insert_events([event])
-    lease = await store.lease_route_jobs(10, 60)
-    new = NewDelivery(new_id("dlv"), pid, event.id, event.type, "pip_x", dest["id"], "{}")
-    await store.complete_routing(lease, [new], {})
-    return new.id
 
 
 async def test_a_disable_undone_before_its_waiting_deliveries_are_ended_leaves_them_waiting(
@@ -239,7 +235,7 @@ async def test_a_disable_undone_before_its_waiting_deliveries_are_ended_leaves_t
             "config": {"settings": {"url": "https://example.com/h"}},
         }
         await store.apply_config(pid, [dest], [])
-        waiting = await _waiting_delivery(store, pid, dest)
+        waiting = await _waiting_delivery(store, pid, "dst_a")
         await store.apply_config(pid, [{**dest, "enabled": False}], [])  # the disabling request
         await store.apply_config(pid, [dest], [])  # enabled again, by another request
         # The disabling request goes on, past its commit.
