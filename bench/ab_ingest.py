@@ -8,7 +8,7 @@ gives each run and the medians.
     git archive HEAD~1 src | tar -x -C /tmp/old
     .venv/bin/python bench/ab_ingest.py \\
         --a "env PYTHONPATH=/tmp/old/src .venv/bin/python -m ingestlayer.cli" [--b COMMAND] \\
-        [--backend sqlite|postgres] [--rounds 6] [--duration 4] [--connections 64]
+        [--backend sqlite|postgres] [--rounds 6] [--duration 4] [--connections 64] [--routed]
 
 Without ``--b`` the B side is the checkout's ``ingestlayer``. Like the other benchmarks it
 asserts nothing about times; it exits non-zero only when a server could not run.
@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from bench_ingest import ROUTED_PIPELINE
 from harness import INGESTLAYER, SMALL_EVENT, BenchError, Deployment, log, run_load, workdir
 
 
@@ -37,6 +38,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--routed", action="store_true", help="a pipeline takes (and filters out) every event")
     args = p.parse_args()
     body = orjson.dumps(SMALL_EVENT)
     runs: dict[str, list[float]] = {"a": [], "b": []}
@@ -46,7 +48,11 @@ def main() -> int:
             for side, command in (("a", args.a), ("b", args.b)):
                 (wd / side).mkdir()
                 dep = Deployment(
-                    backend=args.backend, mode="serve", workdir=wd / side, command=shlex.split(command)
+                    backend=args.backend,
+                    mode="serve",
+                    workdir=wd / side,
+                    command=shlex.split(command),
+                    pipeline_yaml=ROUTED_PIPELINE if args.routed else None,
                 )
                 sides[side] = stack.enter_context(dep.run())
             for i in range(args.rounds):
