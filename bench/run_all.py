@@ -1,7 +1,7 @@
 """Run every benchmark and print one table of results, baselines, ratios and targets.
 
-    .venv/bin/python bench/run_all.py            # full: about 12 minutes on 2 cores
-    .venv/bin/python bench/run_all.py --quick    # shorter windows: about 2 minutes
+    .venv/bin/python bench/run_all.py            # full: about 20 minutes on 2 cores
+    .venv/bin/python bench/run_all.py --quick    # shorter windows: about 3 minutes
     .venv/bin/python bench/run_all.py --backend sqlite --only ingest --json out.json
 
 Benchmarks (each bounded to about a minute, everything on 127.0.0.1, stopping by itself):
@@ -374,7 +374,9 @@ def main() -> None:
             wait_until_idle(args.wait_idle)
         log(f"running {kind} on {be} ({mode})")
         try:
-            with deadline(120 if args.quick else 180, f"{kind} on {be} ({mode})"):
+            ingest = kind.startswith("ingest")
+            limit = bench_ingest.time_limit(args.quick) if ingest else (120 if args.quick else 180)
+            with deadline(limit, f"{kind} on {be} ({mode})"):
                 if kind.startswith("ingest"):
                     results.append(bench_ingest.run(be, mode, args.quick, routed=kind == "ingest-routed"))
                 else:
