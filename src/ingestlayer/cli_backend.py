@@ -373,6 +373,20 @@ def _time_params(since: float | None, until: float | None) -> list[tuple[str, st
     return [(name, repr(at)) for name, at in (("since", since), ("until", until)) if at is not None]
 
 
+def usable_key(key: str) -> str:
+    """``key`` as sent, without the spaces and line break around it (a key read from a file or a
+    secret store often ends in one; the server drops them too); one holding any other character
+    no key has is refused in words that never quote it. Sent as it was, HTTP refused it, and the
+    message quoted the whole ``Authorization`` header, key and all."""
+    key = key.strip()
+    if not (key.isascii() and key.isprintable()) or " " in key:
+        raise CliError(
+            "the key (--key or INGESTLAYER_ADMIN_KEY) holds a space, a line break or a control "
+            "character, which no key has: copy it again"
+        )
+    return key
+
+
 class RemoteBackend:
     """Talks to a running server with an admin key."""
 
@@ -385,7 +399,7 @@ class RemoteBackend:
         # The key is the credential; a user and password in the URL are neither sent (the key
         # takes the Authorization header) nor shown in a message.
         self.url = without_credentials(url.strip()).rstrip("/")
-        self.key = key
+        self.key = usable_key(key)
 
     async def close(self) -> None:
         return None

@@ -86,6 +86,24 @@ async def test_a_password_in_the_url_is_never_shown(tmp_path: Path, sqlite_url: 
         await server.stop()
 
 
+async def test_a_key_with_a_line_break_is_used_or_refused_never_shown(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    server = await start(sqlite_url)
+    try:
+        key = server.admin_key
+        # Read from a file or a secret store, with the line break it ends in: used as the key.
+        ok(await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=key + "\n"))
+        ok(await cli("send", "a.b", "{}", "--url", server.url, "--key", f" {key}\r\n", cwd=tmp_path))
+        # A line break or a control character inside it: refused, without quoting the key.
+        for broken in (f"{key[:12]}\n{key[12:]}", f"{key}\x1b", f"{key[:12]} {key[12:]}"):
+            run = await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=broken)
+            one_line_error(run, "the key (--key or INGESTLAYER_ADMIN_KEY) holds a space, a line break")
+            assert key[12:] not in run.out + run.err, run
+    finally:
+        await server.stop()
+
+
 async def test_an_address_without_http_says_what_one_looks_like(tmp_path: Path) -> None:
     for url in ("127.0.0.1:8000", "ftp://example.com"):
         run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
