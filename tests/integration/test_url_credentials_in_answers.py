@@ -16,6 +16,7 @@ from typing import Any
 
 from ingestlayer.urlmask import MASK
 from tests.integration.test_echoed_credentials import finished
+from tests.integration.test_url_characters import CLASSIFY
 from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver
 from tests.support.server import RunningServer
@@ -118,6 +119,28 @@ async def test_a_destination_and_a_pipeline_fetched_and_sent_back_keep_their_url
     status, refused = await server.request("POST", "/v1/apply", json={"document": masked_doc})
     assert status == 422 and refused["error"]["field"].endswith("webhook.out.url"), refused
     await delivered_to(server, receiver, 3)
+
+
+async def test_a_url_refused_as_no_http_url_is_not_repeated_in_the_refusal(server: RunningServer) -> None:
+    for url in (
+        f"htps://ops:{PASSWORD}@llm.example.com/v1",  # a scheme mistyped
+        f"llm.example.com/v1?key={TOKEN}",  # none at all
+    ):
+        step = {"classify": {**CLASSIFY, "base_url": url}}
+        doc = {
+            "pipelines": [
+                {
+                    "name": "triage",
+                    "source": {"match": ["ticket"]},
+                    "steps": [step],
+                    "destinations": [{"webhook.out": {"url": "https://hooks.example.com/in"}}],
+                }
+            ]
+        }
+        status, refused = await server.request("POST", "/v1/apply", json={"document": doc})
+        assert status == 422 and refused["error"]["field"].endswith("classify.base_url"), refused
+        assert leaks(refused) == [], refused
+        assert "must be an absolute http:// or https:// URL" in refused["error"]["message"], refused
 
 
 async def test_an_endpoint_shows_its_url_masked_and_keeps_it_through_a_patch(

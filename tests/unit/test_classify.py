@@ -390,7 +390,7 @@ def test_labels_as_the_recipe_cards_write_them() -> None:
         ({"model": DROP}, "", "provider openai needs `model`"),
         ({"prompt": "  "}, "", "provider openai needs `prompt`"),
         ({"rules": [{"label": "low", "any": ["x"]}]}, "rules", "rules applies only to provider keywords"),
-        ({"base_url": "ftp://x"}, "base_url", "http(s) URL"),
+        ({"base_url": "ftp://x"}, "base_url", "http:// or https:// URL, such as https://api.openai.com/v1"),
         ({"timeout": 61}, "timeout", "less than or equal to 60"),
         ({"timeout": 0}, "timeout", "greater than 0"),
         ({"cache_ttl": -1}, "cache_ttl", "greater than or equal to 0"),

@@ -20,7 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ingestlayer.destinations.shared import check_reference
 from ingestlayer.pipeline.event import StepConfig
 from ingestlayer.stored_config import reading_stored
-from ingestlayer.urlcheck import url_characters_problem
+from ingestlayer.urlcheck import HTTP_URL_REQUIRED, http_url_problem
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MAX_TOKENS = 32
@@ -292,12 +292,14 @@ class ClassifyConfig(StepConfig):
     @classmethod
     def _base_url(cls, v: str) -> str:
         url = v.strip()  # the spaces around it are dropped; those inside are refused below
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {v!r}")
-        problem = url_characters_problem(url)
+        # Checked as every URL ingestlayer calls is, in words that never quote it: a base_url may
+        # carry a password (sent as Authorization: Basic), which a 422 repeated.
+        problem = http_url_problem(url)
+        if problem == HTTP_URL_REQUIRED:
+            problem += f", such as {DEFAULT_BASE_URL}"
         if problem:
             raise ValueError(f"base_url {problem}")
+        parts = urlsplit(url)
         if parts.query or parts.fragment:
             raise ValueError("base_url must not carry a query or fragment")
         return url.rstrip("/")
