@@ -46,3 +46,17 @@ def configuration_problem(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
     return f"{type(exc).__name__}: {exc}"
+
+
+def problem_traceback(exc: BaseException) -> BaseException | None:
+    """The error whose traceback the log may show beside :func:`configuration_problem`'s line,
+    or None: none where pydantic's error is in it (raised, or the cause of what was), since its
+    text, the traceback's last line, quotes the input it refused (``input_value='sk-…'``), a
+    credential written where a reference belongs. Its line names the field already; a traceback
+    is for what is not a setting's fault."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ValidationError):
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return exc

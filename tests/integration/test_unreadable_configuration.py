@@ -509,3 +509,36 @@ async def test_a_fix_applied_while_a_router_routes_by_the_broken_configuration_r
         assert entry["outcome"] == "routed"
     finally:
         await store.close()
+
+
+LITERAL_KEY = "sk-LITERAL-STEP-KEY-8842"
+
+
+def _literal_key(config: dict[str, Any]) -> dict[str, Any]:
+    """A step holding a key itself where a reference belongs (a hand, or a version before the
+    check): the step's settings fail their checks."""
+    provider = {"url": "https://people.example.com/lookup?email={email}", "secret": LITERAL_KEY}
+    step = {"name": "enrich.person", "config": {"provider": {**provider, "mapping": {"company": "c"}}}}
+    return {**config, "steps": [step]}
+
+
+async def test_a_setting_that_fails_its_checks_is_named_in_the_log_never_quoted(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ingestlayer")
+    store = Store.from_url(db_url)
+    try:
+        broken = await _project(store, "broken")
+        await _break(store, broken, _literal_key)
+        event = _event(broken, "feature.used")
+        await store.insert_events([event])
+        assert await _router(store).run_once() == 1
+        (entry,) = await _trace(store, broken, event.id)
+        # The trace and the log name the setting and say what is wrong with it, never the key.
+        refused = "provider.secret: Value error, secret must be a secret reference"
+        assert refused in entry["steps"][0]["error"]
+        (said,) = [r for r in _naming(caplog, "cannot be compiled") if r.levelno == logging.ERROR]
+        assert refused in said.message
+        assert LITERAL_KEY not in caplog.text and LITERAL_KEY not in str(entry)
+    finally:
+        await store.close()

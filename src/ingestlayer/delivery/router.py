@@ -37,7 +37,7 @@ from ingestlayer.store.outage_log import CONNECTION_LOST, OutageLog
 from ingestlayer.store.store import Store
 from ingestlayer.store.unavailable import DATABASE_UNAVAILABLE, not_utf8
 from ingestlayer.timefmt import iso
-from ingestlayer.validation_messages import configuration_problem
+from ingestlayer.validation_messages import configuration_problem, problem_traceback
 
 log = logging.getLogger("ingestlayer.router")
 
@@ -148,7 +148,12 @@ class ConfigCache:
             return CompiledProject.unusable(project_id, version, problem)
         except Exception as exc:  # a stored row this version cannot read (by hand)
             problem = f"its configuration cannot be read: {configuration_problem(exc)}"
-            log.exception("project %s: %s; its events wait until it is fixed", project_id, problem)
+            log.error(
+                "project %s: %s; its events wait until it is fixed",
+                project_id,
+                problem,
+                exc_info=problem_traceback(exc),
+            )
             return CompiledProject.unusable(project_id, version, problem)
         try:
             if len(cfg.pipelines) > COMPILE_ON_LOOP_PIPELINES:
@@ -158,7 +163,12 @@ class ConfigCache:
             return compile_project(cfg)
         except Exception as exc:  # past the pipelines compile_project marks unreadable: a bug
             problem = f"its configuration cannot be compiled: {configuration_problem(exc)}"
-            log.exception("project %s: %s; its events wait until it is fixed", project_id, problem)
+            log.error(
+                "project %s: %s; its events wait until it is fixed",
+                project_id,
+                problem,
+                exc_info=problem_traceback(exc),
+            )
             return CompiledProject.unusable(project_id, cfg.version, problem)
 
 

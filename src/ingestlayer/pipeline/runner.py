@@ -25,7 +25,7 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import NewDelivery, ProjectConfig, RoutableEvent
 from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
-from ingestlayer.validation_messages import configuration_problem
+from ingestlayer.validation_messages import configuration_problem, problem_traceback
 
 log = logging.getLogger("ingestlayer.router")
 
@@ -159,10 +159,11 @@ def _compile_project(cfg: ProjectConfig) -> CompiledProject:
             # only one), never to be delivered. Now they wait for the configuration to be fixed,
             # and routing the project's other events, and other projects', goes on.
             problem = f"pipeline {p.name!r} cannot be compiled: {configuration_problem(exc)}"
-            log.exception(
+            log.error(
                 "project %s: %s; the events it takes wait until its configuration is fixed",
                 cfg.project_id,
                 problem,
+                exc_info=problem_traceback(exc),
             )
             # A source that cannot be read may take any event: all the project's wait.
             everything = TypeMatcher(["*"])
