@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from markupsafe import escape
 
 from ingestlayer.api.dashboard_views import MASK, mask, mask_url, scrub_text
 from tests.e2e.test_dashboard_browser import new_page, sign_in
@@ -534,3 +535,21 @@ async def test_unknown_paths_get_the_dashboards_404_page(srv: RunningServer, lit
     assert page.status == 404 and "Not found" in page.text
     page = await browser.get("/logout")
     assert page.status == 405
+
+
+async def test_an_unknown_id_gets_a_404_page_naming_it(srv: RunningServer, lite: Browser) -> None:
+    """Each page of one event, delivery or endpoint, and each form posted to one, answers an id
+    this project has none of with the same 404 page, naming what was asked for."""
+    await signed_in(lite, srv)
+    for method, path, what, key in [
+        ("GET", "/events/evt_nope", "event", "evt_nope"),
+        ("GET", "/deliveries/dlv_nope", "delivery", "dlv_nope"),
+        ("POST", "/deliveries/dlv_nope/replay", "delivery", "dlv_nope"),
+        ("POST", "/deliveries/dlv_%00/replay", "delivery", "dlv_\x00"),
+        ("GET", "/webhooks/endpoints/ep_nope", "endpoint", "ep_nope"),
+        ("POST", "/webhooks/endpoints/ep_nope", "endpoint", "ep_nope"),
+        ("POST", "/webhooks/endpoints/ep_nope/test", "endpoint", "ep_nope"),
+    ]:
+        page = await (lite.get(path) if method == "GET" else lite.post(path))
+        assert page.status == 404, (method, path)
+        assert f"There is no {what} {escape(repr(key))} in this project." in page.text, (method, path)

@@ -16,6 +16,7 @@ from ingestlayer.api.dashboard_pages import (
     endpoint_urls,
     error_page,
     filters,
+    not_found_page,
     page,
     project_config,
     redirect,
@@ -162,7 +163,7 @@ async def delivery_detail(request: Request, sess: SignedIn, delivery_id: str) ->
     rt = runtime(request)
     d = await rt.store.get_delivery(sess.project_id, delivery_id) if storable(delivery_id) else None
     if d is None:
-        return await error_page(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
+        return await not_found_page(request, sess, "delivery", delivery_id)
     cfg = await project_config(request, sess.project_id)
     return await page(
         request,
@@ -186,14 +187,12 @@ async def replay_one(request: Request, delivery_id: str) -> Response:
     sess, form = got
     target = safe_next(form.get("next") or f"/deliveries/{delivery_id}")
     if not storable(delivery_id):
-        return await error_page(request, sess, 404, f"There is no delivery {delivery_id!r} in this project.")
+        return await not_found_page(request, sess, "delivery", delivery_id)
     try:
         await logs_api.replay_one(delivery_id, sess.principal, runtime(request))
     except ApiError as exc:
         if exc.status == 404:
-            return await error_page(
-                request, sess, 404, f"There is no delivery {delivery_id!r} in this project."
-            )
+            return await not_found_page(request, sess, "delivery", delivery_id)
         return redirect(request, target, exc.message, "error")
     return redirect(request, target, f"Replaying {delivery_id}: a new attempt is on its way.")
 

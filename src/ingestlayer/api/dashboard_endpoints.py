@@ -13,7 +13,14 @@ from pydantic import ValidationError
 from ingestlayer.api import endpoints as endpoints_api
 from ingestlayer.api import logs as logs_api
 from ingestlayer.api.dashboard_endpoint_form import EndpointForm, field_error, validation_errors
-from ingestlayer.api.dashboard_pages import error_page, page, redirect, signed_in_post, storable
+from ingestlayer.api.dashboard_pages import (
+    error_page,
+    not_found_page,
+    page,
+    redirect,
+    signed_in_post,
+    storable,
+)
 from ingestlayer.api.dashboard_session import (
     Session,
     SignedIn,
@@ -150,7 +157,7 @@ async def _endpoint_page(
 ) -> Response:
     ep = await _endpoint(request, sess, endpoint_id)
     if ep is None:
-        return await error_page(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+        return await not_found_page(request, sess, "endpoint", endpoint_id)
     rt = runtime(request)
     recent = (
         await rt.store.list_deliveries(sess.project_id, destination_id=ep["destination_id"], limit=10)
@@ -204,7 +211,7 @@ async def endpoint_update(request: Request, endpoint_id: str) -> Response:
     sess, raw = got
     current = await _endpoint(request, sess, endpoint_id)
     if current is None:
-        return await error_page(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+        return await not_found_page(request, sess, "endpoint", endpoint_id)
     form = EndpointForm.from_form(raw)
     form.enabled = current["enabled"]  # enabling is its own button
     errors: dict[str, str] = {}
@@ -298,7 +305,7 @@ async def endpoint_test(request: Request, endpoint_id: str) -> Response:
     sess, _ = got
     ep = await _endpoint(request, sess, endpoint_id)
     if ep is None or not ep["destination_id"]:
-        return await error_page(request, sess, 404, f"There is no endpoint {endpoint_id!r} in this project.")
+        return await not_found_page(request, sess, "endpoint", endpoint_id)
     # The API's test send: stores a test event and waits briefly for the worker's first attempt.
     result = await logs_api.test_destination(ep["destination_id"], sess.principal, runtime(request))
     return RedirectResponse(

@@ -12,8 +12,8 @@ from ingestlayer.api.dashboard_pages import (
     PAGE,
     dashboard_stats,
     destination_names,
-    error_page,
     filters,
+    not_found_page,
     page,
     project_config,
     shown,
@@ -139,7 +139,7 @@ async def event_detail(request: Request, sess: SignedIn, event_id: str) -> Respo
     rt = runtime(request)
     ev = await rt.store.get_event(sess.project_id, event_id) if storable(event_id) else None
     if ev is None:
-        return await error_page(request, sess, 404, f"There is no event {event_id!r} in this project.")
+        return await not_found_page(request, sess, "event", event_id)
     dels = await dashboard_stats(request).event_deliveries(sess.project_id, event_id)
     cfg = await project_config(request, sess.project_id)
     names = destination_names(cfg)

@@ -99,6 +99,11 @@ async def error_page(request: Request, sess: Session | None, status: int, messag
     )
 
 
+async def not_found_page(request: Request, sess: Session, what: str, key: str) -> HTMLResponse:
+    """The 404 page of a ``what`` (an event, a delivery, an endpoint) this project has no ``key`` of."""
+    return await error_page(request, sess, 404, f"There is no {what} {key!r} in this project.")
+
+
 def redirect(request: Request, target: str, message: str | None = None, kind: str = "ok") -> Response:
     response = RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
     if message:
