@@ -67,19 +67,27 @@ async def endpoint_list(request: Request, sess: SignedIn) -> Response:
     )
 
 
-@router.get("/webhooks/endpoints/new")
-async def endpoint_new(request: Request, sess: SignedIn) -> Response:
+async def _add_form(
+    request: Request, sess: Session, form: EndpointForm, errors: dict[str, str], status: int = 200
+) -> Response:
+    """The Add endpoint form: empty, or as posted with what is wrong in it."""
     return await page(
         request,
         sess,
         "endpoint_form.html",
+        http_status=status,
         section="webhooks",
         sub="endpoints",
         title="Add endpoint",
-        form=EndpointForm(),
-        errors={},
+        form=form,
+        errors=errors,
         endpoint=None,
     )
+
+
+@router.get("/webhooks/endpoints/new")
+async def endpoint_new(request: Request, sess: SignedIn) -> Response:
+    return await _add_form(request, sess, EndpointForm(), {})
 
 
 @router.post("/webhooks/endpoints")
@@ -109,18 +117,7 @@ async def endpoint_create(request: Request) -> Response:
             field_error(errors, exc.field, exc.message)
     if created is None:
         form.secret = ""  # never echoed back
-        return await page(
-            request,
-            sess,
-            "endpoint_form.html",
-            http_status=422,
-            section="webhooks",
-            sub="endpoints",
-            title="Add endpoint",
-            form=form,
-            errors=errors,
-            endpoint=None,
-        )
+        return await _add_form(request, sess, form, errors, 422)
     return _after_endpoint_change(request, sess, created["id"], created.get("secret"), "Endpoint added.")
 
 
