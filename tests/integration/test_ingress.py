@@ -349,6 +349,28 @@ async def test_a_source_is_replaced_by_put_on_its_name_or_id(sqlite_url: str) ->
         await server.stop()
 
 
+async def test_a_source_is_found_by_its_name_or_id_and_an_unknown_one_is_named_in_a_404(
+    sqlite_url: str,
+) -> None:
+    server = await start_server(sqlite_url)
+    try:
+        created = {"name": "billing", "verify": "hmac-sha256", "secret": "env:BILLING_SECRET"}
+        status, made = await server.request("POST", "/v1/sources", json=created)
+        assert status == 201, made
+        for key in ("billing", made["id"]):
+            status, one = await server.request("GET", f"/v1/sources/{key}")
+            assert status == 200 and one["id"] == made["id"], one
+        for method in ("GET", "DELETE"):
+            status, err = await server.request(method, "/v1/sources/nope")
+            assert status == 404 and err["error"]["message"] == "no source 'nope'", (method, err)
+        status, _ = await server.request("DELETE", "/v1/sources/billing")
+        assert status == 204
+        status, err = await server.request("GET", f"/v1/sources/{made['id']}")
+        assert status == 404 and err["error"]["message"] == f"no source {made['id']!r}", err
+    finally:
+        await server.stop()
+
+
 async def test_a_source_secret_stored_under_another_master_key_is_a_503(
     server: RunningServer, receiver: Receiver
 ) -> None:

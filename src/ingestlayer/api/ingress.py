@@ -20,7 +20,7 @@ from ingestlayer.api.deps import Admin, RuntimeDep
 from ingestlayer.api.errors import ApiError, not_stored_error, unreadable_json_error
 from ingestlayer.api.ingest import may_hold_huge_int, storable_json
 from ingestlayer.api.json_body import JsonBodyRoute
-from ingestlayer.api.manage import apply_one, named_in_path
+from ingestlayer.api.manage import apply_one, find_by_id_or_name, named_in_path
 from ingestlayer.api.ratelimit import spend_ingest_allowance
 from ingestlayer.delivery.dispatcher import EmptySecret
 from ingestlayer.idempotency_keys import ingress_key
@@ -274,10 +274,8 @@ async def list_sources(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
 
 async def _find(rt: Runtime, project_id: str, key: str) -> SourceRow:
     cfg = await rt.store.load_project_config(project_id)
-    for s in cfg.sources.values():
-        if key in (s.id, s.name):
-            return s
-    raise ApiError(404, f"no source {key!r}")
+    found: SourceRow = find_by_id_or_name(cfg.sources.values(), key, "source")
+    return found
 
 
 @router.get("/v1/sources/{source}")

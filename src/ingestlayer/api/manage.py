@@ -238,7 +238,8 @@ def _find_by_name(items: Any, name: str, what: str) -> Any:
     raise ApiError(404, f"no {what} {name!r}")
 
 
-def _find(items: Any, key: str, what: str) -> Any:
+def find_by_id_or_name(items: Any, key: str, what: str) -> Any:
+    """By id or by name; else the API's 404, ``no <what> '<key>'``."""
     for item in items:
         if key in (item.id, item.name):
             return item
@@ -248,7 +249,7 @@ def _find(items: Any, key: str, what: str) -> Any:
 @router.get("/pipelines/{pipeline:path}")
 async def get_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    return pipeline_json(_find(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
+    return pipeline_json(find_by_id_or_name(cfg.pipelines, pipeline, "pipeline"), cfg.destinations)
 
 
 async def apply_one(rt: Any, project_id: str, kind: str, body: Any, response: Response) -> str:
@@ -283,7 +284,7 @@ async def put_pipeline(
     cfg = await rt.store.load_project_config(principal.project_id)
     name = await apply_one(rt, principal.project_id, "pipeline", pipeline_input(body, cfg), response)
     cfg = await rt.store.load_project_config(principal.project_id)
-    return pipeline_json(_find(cfg.pipelines, name, "pipeline"), cfg.destinations)
+    return pipeline_json(find_by_id_or_name(cfg.pipelines, name, "pipeline"), cfg.destinations)
 
 
 def _not_an_endpoint(p: Any) -> None:
@@ -320,7 +321,7 @@ async def replace_pipeline(
 async def delete_pipeline(pipeline: str, principal: Admin, rt: RuntimeDep) -> Response:
     async def delete() -> None:
         cfg = await rt.store.load_project_config(principal.project_id)
-        found = _find(cfg.pipelines, pipeline, "pipeline")
+        found = find_by_id_or_name(cfg.pipelines, pipeline, "pipeline")
         _not_an_endpoint(found)
         # Its inline destinations (named "<pipeline>/<kind>") go with it, unless another pipeline
         # uses them.
@@ -357,7 +358,7 @@ async def list_destinations(principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
 @router.get("/destinations/{destination:path}")
 async def get_destination(destination: str, principal: Admin, rt: RuntimeDep) -> dict[str, Any]:
     cfg = await rt.store.load_project_config(principal.project_id)
-    return destination_json(_find(cfg.destinations.values(), destination, "destination"))
+    return destination_json(find_by_id_or_name(cfg.destinations.values(), destination, "destination"))
 
 
 @router.post(
@@ -393,7 +394,7 @@ async def replace_destination(
 async def delete_destination(destination: str, principal: Admin, rt: RuntimeDep) -> Response:
     async def delete() -> None:
         cfg = await rt.store.load_project_config(principal.project_id)
-        found = _find(cfg.destinations.values(), destination, "destination")
+        found = find_by_id_or_name(cfg.destinations.values(), destination, "destination")
         users = [
             p.name
             for p in cfg.pipelines
