@@ -6,6 +6,7 @@ limits, Discord's embed limits, Telegram's HTML parser), so "fits" means "the se
 
 from __future__ import annotations
 
+import asyncio
 import re
 import textwrap
 from pathlib import Path
@@ -33,6 +34,7 @@ from ingestlayer.secretbox import SecretBox
 from tests.support.fake_discord import validate_message
 from tests.support.fake_slack import validate_blocks
 from tests.support.fake_telegram import EntityError, parse_html
+from tests.support.processes import free_port
 
 EVENT: dict[str, Any] = {
     "id": "evt_01JTEST",
@@ -925,6 +927,41 @@ async def test_discord_and_slack_webhook_urls_never_appear_in_errors() -> None:
         out = await dest.send(request, ctx)
         assert out.error is not None and "VerySecret" not in out.error, out.error
     assert session.urls[0].endswith("?wait=true")
+
+
+async def test_a_chat_webhook_that_cannot_be_reached_or_does_not_answer_is_retried() -> None:
+    """Nothing listening is a connection error that names no part of the webhook URL; a server
+    that never answers, a timeout: both may pass, so neither is permanent."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # holds the connection open until the client gives up
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    ports = {"closed": free_port(), "silent": listener.sockets[0].getsockname()[1]}
+    outcomes = {}
+    request = SendRequest("dlv_1", "prj_1", "evt_1", "x.y", 1, EVENT, "{}")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for name, port in ports.items():
+                url = f"http://127.0.0.1:{port}/api/webhooks/123456789012345678/VerySecretWebhookToken_abcdef"
+
+                async def resolve(_project: str, _ref: str, url: str = url) -> str:
+                    return url
+
+                ctx = SendContext(
+                    session=session, resolve_secret=resolve, egress=EgressPolicy(True), user_agent="t"
+                )
+                dest = Discord(DiscordConfig(webhook_url="ref:d", timeout=0.3))
+                outcomes[name] = await dest.send(request, ctx)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    closed, quiet = outcomes["closed"], outcomes["silent"]
+    assert not closed.ok and not closed.permanent, closed
+    assert (closed.error or "").startswith("connection error: ") and "VerySecret" not in (
+        closed.error or ""
+    ), closed
+    assert not quiet.ok and not quiet.permanent and quiet.error == "timed out after 0.3s", quiet
 
 
 # ============================================================================================== docs

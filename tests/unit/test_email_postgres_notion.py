@@ -47,6 +47,7 @@ from ingestlayer.destinations.registry import build_destination, destination_cla
 from ingestlayer.destinations.shared import check_host, check_reference, connect_checked, scrub
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from tests.support.fake_notion import check_value
+from tests.support.processes import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "destinations"
 EVENT = {
@@ -798,6 +799,41 @@ async def test_notion_private_api_base_is_refused() -> None:
     )
     outcome = await send_with(Notion(cfg), allow_private=False)
     assert outcome.permanent and "private" in (outcome.error or "")
+
+
+async def test_notion_that_cannot_be_reached_or_does_not_answer_is_retried() -> None:
+    """Nothing listening is a connection error; a server that never answers, a timeout: both
+    may pass, so neither is permanent."""
+
+    async def token(project_id: str, ref: str) -> str:
+        return "secret_notion_token"
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # holds the connection open until the client gives up
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    quiet_port = listener.sockets[0].getsockname()[1]
+    closed_port = free_port()
+    outcomes = {}
+    try:
+        for name, port in (("closed", closed_port), ("silent", quiet_port)):
+            cfg = NotionConfig.model_validate(
+                {
+                    "token": "ref:t",
+                    "database_id": "0" * 32,
+                    "properties": {"N": {"type": "title", "value": "x"}},
+                    "api_base": f"http://127.0.0.1:{port}",
+                    "timeout": 0.3,
+                }
+            )
+            outcomes[name] = await send_with(Notion(cfg), allow_private=True, resolver=token)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    closed, quiet = outcomes["closed"], outcomes["silent"]
+    assert not closed.ok and not closed.permanent, closed
+    assert (closed.error or "").startswith("connection error: "), closed
+    assert not quiet.ok and not quiet.permanent and quiet.error == "timed out after 0.3s", quiet
 
 
 # ----------------------------------------------------------------------------------------- docs

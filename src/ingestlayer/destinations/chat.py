@@ -331,6 +331,24 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_B
     return b"".join(chunks)[:limit]
 
 
+# What a POST with aiohttp raises when it gets no answer to classify (post_failure's cases).
+POST_FAILURES = (TimeoutError, EgressDenied, aiohttp.ClientError, OSError, ValueError)
+
+
+def post_failure(exc: Exception, timeout: float, redact: Callable[[str], str] = str) -> Outcome:
+    """The failed Outcome of a POST that raised ``exc`` (one of ``POST_FAILURES``): a refusal
+    by the egress policy is permanent, the rest may pass. Every message goes through ``redact``."""
+    if isinstance(exc, TimeoutError):
+        return Outcome(ok=False, error=f"timed out after {timeout:g}s")
+    if isinstance(exc, EgressDenied):
+        return Outcome(ok=False, error=redact(str(exc)), permanent=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, EgressDenied):
+            return Outcome(ok=False, error=redact(str(exc.os_error)), permanent=True)
+        return Outcome(ok=False, error=redact(f"connection error: {exc.os_error or exc}"))
+    return Outcome(ok=False, error=redact(f"{type(exc).__name__}: {exc}"))
+
+
 async def post(
     ctx: SendContext,
     url: str,
@@ -363,16 +381,8 @@ async def post(
             allow_redirects=False,
         ) as resp:
             return Reply(resp.status, dict(resp.headers), await read_bounded(resp))
-    except TimeoutError:
-        return Outcome(ok=False, error=f"timed out after {timeout:g}s")
-    except EgressDenied as exc:
-        return Outcome(ok=False, error=redact(str(exc)), permanent=True)
-    except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, EgressDenied):
-            return Outcome(ok=False, error=redact(str(exc.os_error)), permanent=True)
-        return Outcome(ok=False, error=redact(f"connection error: {exc.os_error or exc}"))
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return Outcome(ok=False, error=redact(f"{type(exc).__name__}: {exc}"))
+    except POST_FAILURES as exc:
+        return post_failure(exc, timeout, redact)
 
 
 def reply_outcome(

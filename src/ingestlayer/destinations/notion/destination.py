@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from ingestlayer.delivery.egress import EgressDenied
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.base import Outcome, SendContext, SendRequest, excerpt
-from ingestlayer.destinations.chat import read_bounded
+from ingestlayer.destinations.chat import POST_FAILURES, post_failure, read_bounded
 from ingestlayer.destinations.notion.config import NotionConfig
 from ingestlayer.destinations.notion.properties import property_value
 from ingestlayer.destinations.shared import credential_forms, scrub_forms, url_credentials
@@ -235,13 +235,5 @@ class Notion:
                         ok=True, status_code=resp.status, response_excerpt=raw.decode("utf-8", "replace")
                     )
                 return classify_response(resp.status, raw, resp.headers.get("Retry-After"))
-        except TimeoutError:
-            return Outcome(ok=False, error=f"timed out after {timeout:g}s")
-        except EgressDenied as exc:
-            return Outcome(ok=False, error=str(exc), permanent=True)
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, EgressDenied):
-                return Outcome(ok=False, error=str(exc.os_error), permanent=True)
-            return Outcome(ok=False, error=f"connection error: {exc.os_error or exc}")
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return Outcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+        except POST_FAILURES as exc:
+            return post_failure(exc, timeout)
