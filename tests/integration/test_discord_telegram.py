@@ -10,7 +10,7 @@ import pytest
 from ingestlayer.timefmt import parse_iso
 from tests.support.fake_discord import FakeDiscord
 from tests.support.fake_telegram import FakeTelegram
-from tests.support.server import RunningServer, wait_for
+from tests.support.server import RunningServer, final_delivery
 
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
 NASTY = '<script>alert("pwned")</script> & "quotes" > 1'
@@ -27,18 +27,6 @@ def pipeline(kind: str, **settings: Any) -> dict[str, Any]:
             }
         ]
     }
-
-
-async def final_delivery(server: RunningServer, event_id: str, timeout: float = 10) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        status, event = await server.request("GET", f"/v1/events/{event_id}")
-        if status != 200 or not event["deliveries"]:
-            return None
-        _, d = await server.request("GET", f"/v1/deliveries/{event['deliveries'][0]['id']}")
-        return d if d["status"] in ("delivered", "dead") else None
-
-    result: dict[str, Any] = await wait_for(done, timeout)
-    return result
 
 
 async def raw_get(server: RunningServer, path: str) -> str:

@@ -19,7 +19,7 @@ from ingestlayer.store.store import Store
 from tests.support.api import add_endpoint
 from tests.support.fake_slack import FakeSlack
 from tests.support.receiver import Receiver
-from tests.support.server import RunningServer, start_server, wait_for
+from tests.support.server import RunningServer, final_delivery, start_server, wait_for
 
 FAST = {"schedule": [0, 0.05, 0.05, 0.05], "jitter": 0}
 
@@ -55,18 +55,6 @@ def slack_pipeline(steps: list[Any] | None = None, **settings: Any) -> dict[str,
             }
         ]
     }
-
-
-async def final_delivery(server: RunningServer, event_id: str, timeout: float = 10) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        status, event = await server.request("GET", f"/v1/events/{event_id}")
-        if status != 200 or not event["deliveries"]:
-            return None
-        _, d = await server.request("GET", f"/v1/deliveries/{event['deliveries'][0]['id']}")
-        return d if d["status"] in ("delivered", "dead") else None
-
-    result: dict[str, Any] = await wait_for(done, timeout)
-    return result
 
 
 async def test_feature_usage_recipe_posts_the_default_titled_block(

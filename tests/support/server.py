@@ -134,3 +134,17 @@ async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, i
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def final_delivery(server: RunningServer, event_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The first delivery of ``event_id`` once it is delivered or dead (polled as a user would)."""
+
+    async def done() -> dict[str, Any] | None:
+        status, event = await server.request("GET", f"/v1/events/{event_id}")
+        if status != 200 or not event["deliveries"]:
+            return None
+        _, d = await server.request("GET", f"/v1/deliveries/{event['deliveries'][0]['id']}")
+        return d if d["status"] in ("delivered", "dead") else None
+
+    result: dict[str, Any] = await wait_for(done, timeout)
+    return result
