@@ -27,13 +27,6 @@ REPLY_DELAY = 1.0
 RETRY = {"schedule": [0, 0.2, 0.5, 1, 1, 1, 1, 1, 1, 1], "jitter": 0}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A fresh migrated database on each backend (``pg_url`` fails under CI=true without one)."""
-    url: str = request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
-    return url
-
-
 def pipeline(receiver_url: str) -> dict[str, Any]:
     return {
         "pipelines": [

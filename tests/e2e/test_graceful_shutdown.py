@@ -26,12 +26,6 @@ GRACE_SECONDS = 8.0
 REPLY_DELAY = 2.0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    url: str = request.getfixturevalue({"sqlite": "sqlite_url", "postgres": "pg_url"}[request.param])
-    return url
-
-
 def pipeline(receiver_url: str) -> dict[str, Any]:
     return {
         "pipelines": [
