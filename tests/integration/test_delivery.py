@@ -11,7 +11,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from ingestlayer.sdk.webhooks import WebhookVerificationError
-from tests.support.receiver import Receiver, Reply, serve_handler
+from tests.support.receiver import Receiver, Reply, serve_app, serve_handler
 from tests.support.refusals import refuse_inserts
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -382,11 +382,8 @@ class SlowReceiver:
     async def __aenter__(self) -> SlowReceiver:
         app = web.Application()
         app.router.add_post("/slow", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/slow"  # type: ignore[union-attr]
+        base, self._runner = await serve_app(app)
+        self.url = base + "/slow"
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -548,11 +545,7 @@ async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(serve
 
     app = web.Application()
     app.router.add_post("/echo", echo)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base, runner = await serve_app(app)
     token, api_key = "tok-SUPER-SECRET-123456", "key-ALSO-SECRET-654321"
     try:
         await server.set_secret("echo-token", token)
@@ -566,7 +559,7 @@ async def test_a_receiver_echoing_credentials_does_not_put_them_in_the_log(serve
                         "destinations": [
                             {
                                 "webhook.out": {
-                                    "url": f"http://127.0.0.1:{port}/echo",
+                                    "url": base + "/echo",
                                     "auth": "bearer",
                                     "secret": "ref:echo-token",
                                     "secret_headers": {"X-Api-Key": "ref:echo-api-key"},

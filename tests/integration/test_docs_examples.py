@@ -46,6 +46,7 @@ from ingestlayer.delivery.signing import (
 from ingestlayer.pipeline.config import ConfigError, parse_config
 from tests.e2e.test_sdk_typescript import SDK_DIR, build_typescript_sdk
 from tests.support.cli import CLI, cli_env
+from tests.support.receiver import serve_app
 from tests.support.server import RunningServer, start_server, wait_for
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -432,11 +433,7 @@ async def fake_ingestlayer() -> AsyncIterator[FakeIngestlayer]:
     fake = FakeIngestlayer()
     app = web.Application()
     app.router.add_post("/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    fake.url, runner = await serve_app(app)
     yield fake
     await runner.cleanup()
 

@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support.receiver import serve_app
+
 Answer = Callable[[dict[str, Any]], str | Awaitable[str | None] | None]
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 FORMATS = frozenset({"text", "json_object", "json_schema"})
@@ -232,12 +234,8 @@ class ChatServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/v1"
+        base, self._runner = await serve_app(app, shutdown_timeout=1.0)
+        self.url = base + "/v1"
         return self
 
     async def stop(self) -> None:

@@ -30,6 +30,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support.receiver import serve_app
+
 
 @dataclass
 class Executed:
@@ -118,12 +120,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_post("/api/webhooks/{id}/{token}", self._execute)
         app.router.add_post(r"/api/v{version:\d+}/webhooks/{id}/{token}", self._execute)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url, self._runner = await serve_app(app, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:

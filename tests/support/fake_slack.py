@@ -31,6 +31,8 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
+from tests.support.receiver import serve_app
+
 BLOCK_TYPES = frozenset({"header", "section", "context", "divider", "actions", "image", "rich_text", "input"})
 TEXT_TYPES = frozenset({"plain_text", "mrkdwn"})
 
@@ -290,12 +292,7 @@ class FakeSlack:
         app.router.add_post("/api/oauth.v2.access", self._oauth_access)
         app.router.add_post("/api/chat.postMessage", self._post_message)
         app.router.add_post("/services/{tail:.*}", self._webhook)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url, self._runner = await serve_app(app, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:

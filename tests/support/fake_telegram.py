@@ -29,6 +29,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.support.receiver import serve_app
+
 TOKEN_FORMAT = re.compile(r"^\d+:[A-Za-z0-9_-]{35}$")
 TAGS = frozenset(
     {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "tg-emoji"}
@@ -190,12 +192,7 @@ class FakeTelegram:
     async def start(self) -> FakeTelegram:
         app = web.Application()
         app.router.add_post("/bot{token}/sendMessage", self._send_message)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url, self._runner = await serve_app(app, shutdown_timeout=1.0)
         return self
 
     async def stop(self) -> None:

@@ -106,12 +106,7 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url, self._runner = await serve_app(app)
         return self
 
     async def stop(self) -> None:
@@ -125,6 +120,17 @@ class Receiver:
         return out
 
 
+async def serve_app(app: web.Application, shutdown_timeout: float = 60.0) -> tuple[str, web.AppRunner]:
+    """``app`` on a free port of 127.0.0.1: its base URL, and the runner to clean up (which waits
+    up to ``shutdown_timeout`` seconds for requests still open: aiohttp's default, 60)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}", runner
+
+
 async def serve_handler(
     handler: Callable[[web.Request], Awaitable[web.Response]],
 ) -> tuple[str, web.AppRunner]:
@@ -132,9 +138,4 @@ async def serve_handler(
     clean up."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return f"http://127.0.0.1:{port}", runner
+    return await serve_app(app)
