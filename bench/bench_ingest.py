@@ -149,9 +149,14 @@ def run(
         these compare each round's windows, taken seconds apart."""
         rounds: list[dict[str, float]] = []
         sides = list(targets)
+        # Each side in each place, then the same orders reversed: over 6 rounds every server
+        # follows each other one as often (a window may pay for what the one before it left
+        # behind, such as the server's checkpoint after its load).
+        turned = [sides[k:] + sides[:k] for k in range(len(sides))]
+        orders = turned + [order[::-1] for order in turned]
         for i in range(alternating_rounds):
             this_round: dict[str, float] = {}
-            for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            for side in orders[i % len(orders)]:
                 url_, watch, headers = targets[side]
                 res = run_load(
                     url_,
