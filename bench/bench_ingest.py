@@ -173,8 +173,8 @@ def run(
             log(
                 f"alternating round {i + 1}: "
                 + ", ".join(f"{side} {rps:,.0f} req/s" for side, rps in this_round.items())
-                + f" (ingest/bare {this_round['ingest'] / this_round['bare']:.0%}, "
-                f"ingest/bare ours {this_round['ingest'] / this_round['bare_ours']:.0%})"
+                + f" (ingest/bare {this_round['ingest'] / max(this_round['bare'], 1):.0%}, "
+                f"ingest/bare ours {this_round['ingest'] / max(this_round['bare_ours'], 1):.0%})"
             )
         return {"window": alternating_window, "rounds": rounds}
 

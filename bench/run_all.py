@@ -4,7 +4,7 @@
     .venv/bin/python bench/run_all.py --quick    # shorter windows: about 3 minutes
     .venv/bin/python bench/run_all.py --backend sqlite --only ingest --json out.json
 
-Benchmarks (each bounded to about a minute, everything on 127.0.0.1, stopping by itself):
+Benchmarks (each bounded to a few minutes, everything on 127.0.0.1, stopping by itself):
 
 * ``bench_ingest.py``: ``POST /v1/events`` single and batched, beside a bare ASGI endpoint on the
   same HTTP stack (uvicorn + httptools + uvloop, one process); single events from 16, 64 and

@@ -379,10 +379,12 @@ def usable_key(key: str) -> str:
     no key has is refused in words that never quote it. Sent as it was, HTTP refused it, and the
     message quoted the whole ``Authorization`` header, key and all."""
     key = key.strip()
+    if not key:
+        raise CliError("--url needs a key: --key or INGESTLAYER_ADMIN_KEY is blank")
     if not (key.isascii() and key.isprintable()) or " " in key:
         raise CliError(
-            "the key (--key or INGESTLAYER_ADMIN_KEY) holds a space, a line break or a control "
-            "character, which no key has: copy it again"
+            "the key (--key or INGESTLAYER_ADMIN_KEY) holds a character no key has (a space, a line "
+            "break, a control or non-ASCII character): copy it again"
         )
     return key
 

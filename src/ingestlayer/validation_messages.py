@@ -54,9 +54,11 @@ def problem_traceback(exc: BaseException) -> BaseException | None:
     text, the traceback's last line, quotes the input it refused (``input_value='sk-…'``), a
     credential written where a reference belongs. Its line names the field already; a traceback
     is for what is not a setting's fault."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ValidationError):
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:  # a chain may loop (raise e from e)
+        if isinstance(link, ValidationError):
             return None
-        seen = seen.__cause__ or seen.__context__
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
     return exc

@@ -233,6 +233,34 @@ async def test_a_lease_handed_back_over_a_lost_connection_is_handed_back_again(
         await store.close()
 
 
+async def close_both(dispatcher: Dispatcher, store: Store) -> None:
+    """Close a dispatcher made without starting it (its destinations and HTTP clients), then
+    its store."""
+    await dispatcher._close_all()
+    for client in (dispatcher._session, dispatcher._http):
+        if client is not None:
+            await client.close()
+    await store.close()
+
+
+async def test_an_attempt_begun_after_its_lease_sends_nothing_and_says_so(
+    db_url: str, receiver: Receiver
+) -> None:
+    """Begun once its lease (less the margin for recording it) has run out, an attempt sends
+    nothing; its log said "cut short after 0.0 s", a timeout that never happened."""
+    store = Store.from_url(db_url)
+    dispatcher = Dispatcher(store, settings_for(db_url, delivery_lease_seconds=2.0), SecretBox("k" * 32))
+    try:
+        _, leased = await one_leased(store, 0.3, receiver.url + "/late")  # within the 0.5 s margin
+        dests = await dispatcher._destinations({"dst_a"})
+        result = await dispatcher.send_one(leased, dests["dst_a"])
+        assert result.status == "retrying", result
+        assert (result.error or "").startswith("not sent: the delivery's lease"), result
+        assert receiver.requests == []
+    finally:
+        await close_both(dispatcher, store)
+
+
 async def test_an_attempt_begun_late_in_its_lease_ends_with_the_lease(
     db_url: str, receiver: Receiver
 ) -> None:
@@ -259,8 +287,4 @@ async def test_an_attempt_begun_late_in_its_lease_ends_with_the_lease(
         assert result.status == "retrying" and "at the end of the delivery's lease" in (result.error or "")
         assert len(receiver.requests) == 1
     finally:
-        await dispatcher._close_all()
-        for client in (dispatcher._session, dispatcher._http):
-            if client is not None:
-                await client.close()
-        await store.close()
+        await close_both(dispatcher, store)

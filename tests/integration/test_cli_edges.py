@@ -96,10 +96,13 @@ async def test_a_key_with_a_line_break_is_used_or_refused_never_shown(
         ok(await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=key + "\n"))
         ok(await cli("send", "a.b", "{}", "--url", server.url, "--key", f" {key}\r\n", cwd=tmp_path))
         # A line break or a control character inside it: refused, without quoting the key.
-        for broken in (f"{key[:12]}\n{key[12:]}", f"{key}\x1b", f"{key[:12]} {key[12:]}"):
+        for broken in (f"{key[:12]}\n{key[12:]}", f"{key}\x1b", f"{key[:12]} {key[12:]}", f"{key}\u200b"):
             run = await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=broken)
-            one_line_error(run, "the key (--key or INGESTLAYER_ADMIN_KEY) holds a space, a line break")
+            one_line_error(run, "the key (--key or INGESTLAYER_ADMIN_KEY) holds a character no key has")
             assert key[12:] not in run.out + run.err, run
+        # Blank once its spaces and line breaks are gone: no key at all, not a 401.
+        run = await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=" \n")
+        one_line_error(run, "--url needs a key: --key or INGESTLAYER_ADMIN_KEY is blank")
     finally:
         await server.stop()
 

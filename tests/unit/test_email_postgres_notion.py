@@ -468,7 +468,16 @@ def test_dsn_hosts(dsn: str, hosts: list[tuple[str, int]]) -> None:
 
 
 @pytest.mark.parametrize(
-    "dsn", ["mysql://u:p@h/x", "u:p@h/x", "postgresql://u:p@h:abc/x", "postgresql://u:p@h:99999/x"]
+    "dsn",
+    [
+        "mysql://u:p@h/x",
+        "u:p@h/x",
+        "postgresql://u:p@h:abc/x",
+        "postgresql://u:p@h:99999/x",
+        # Options that read the worker's own files (a service's host, user and certificate).
+        "postgresql://u:p@h/x?service=prod",
+        "postgresql://u:p@h/x?passfile=/root/.pgpass",
+    ],
 )
 def test_bad_dsns_never_echo_the_dsn(dsn: str) -> None:
     with pytest.raises(ValueError) as info:

@@ -3,13 +3,26 @@ trace says what each step did, and each matching destination gets one delivery."
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
 
-from ingestlayer.pipeline.runner import MAX_STEP_RETRIES, StepRetry, compile_project, route_event
+from ingestlayer.config import Settings
+from ingestlayer.delivery.router import Router
+from ingestlayer.pipeline.event import RetryLater
+from ingestlayer.pipeline.matching import TypeMatcher
+from ingestlayer.pipeline.runner import (
+    MAX_STEP_RETRIES,
+    CompiledPipeline,
+    CompiledProject,
+    StepRetry,
+    compile_project,
+    route_event,
+)
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig, StoredEvent
+from ingestlayer.store.store import Store
 
 OCCURRED = 1_764_000_000.25  # 2025-11-24T16:00:00.250Z
 
@@ -121,3 +134,31 @@ async def test_a_stored_pipeline_with_a_pattern_now_refused_still_routes(
     assert [d.destination_id for d in deliveries] == ["hook_a"], trace
     deliveries, trace = await route_event(project, _event({"code": "aab", "tag": "xxx!"}))
     assert deliveries == [] and trace[0]["outcome"] == "dropped"
+
+
+class _Limited:
+    """A step whose provider answered 429, with or without a Retry-After."""
+
+    name = "enrich.limited"
+    config = SimpleNamespace(on_error="retry")
+
+    def __init__(self, retry_after: float | None) -> None:
+        self.retry_after = retry_after
+
+    async def __call__(self, event: Any, ctx: Any) -> Any:
+        raise RetryLater("429 Too Many Requests", self.retry_after)
+
+
+@pytest.mark.parametrize(("retry_after", "version"), [(120.0, None), (None, 4)])
+async def test_a_retry_the_provider_timed_is_not_brought_forward_by_a_configuration_change(
+    retry_after: float | None, version: int | None
+) -> None:
+    """A routing failure remembers the configuration it failed by, so that a change since (the
+    fix, perhaps) makes the event due at once; not one whose provider said when to come back:
+    any change to the project (an endpoint edited) had it called again within its Retry-After."""
+    pipeline = CompiledPipeline("pl_1", "usage", TypeMatcher(["*"]), [_Limited(retry_after)], [])
+    compiled = CompiledProject("prj_1", 4, [pipeline])
+    router = Router(cast(Store, None), Settings.from_env().with_overrides(secret_key="k" * 32))
+    routed = await router._route(_event({"n": 1}), compiled, attempt=1)
+    assert routed.retry_in is not None and routed.retry_in >= (retry_after or 0)
+    assert routed.version == version

@@ -384,9 +384,13 @@ class Dispatcher:
         # the insert of a delivery routed here) would otherwise run the attempt past its lease,
         # and another worker retook it and sent it beside it.
         given = min(self._attempt_limit, d.lease_until - self._lease_margin - clock.now())
+        if given <= 0:
+            return Outcome(
+                ok=False,
+                error="not sent: the delivery's lease (INGESTLAYER_DELIVERY_LEASE_SECONDS) ran out "
+                "before the attempt could begin",
+            )
         try:
-            if given <= 0:
-                raise TimeoutError
             async with asyncio.timeout(given):
                 return await instance.send(request, ctx)
         except TimeoutError:

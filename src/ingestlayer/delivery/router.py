@@ -418,7 +418,10 @@ class Router:
             # A provider's Retry-After (a 429) is waited out, up to the schedule's longest wait.
             delay = max(retry_delay(attempt), min(exc.retry_after or 0.0, ROUTE_RETRY_DELAYS[-1]))
             log.warning("event %s: %s; routing again in %.0fs", ev.id, exc, delay)
-            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=compiled.version)
+            # Not due again at a configuration change (version=None) when the provider said when:
+            # any change (an endpoint edited) would have it called again within its Retry-After.
+            version = None if exc.retry_after else compiled.version
+            return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=version)
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
                 log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)

@@ -64,6 +64,11 @@ def verifies_hostname(dsn: str) -> bool:
     return mode == "verify-full"
 
 
+# DSN options that read files on the worker: a service's entry (host, user, client
+# certificate), a password file.
+WORKER_FILE_OPTIONS = ("service", "passfile")
+
+
 def dsn_hosts(dsn: str) -> list[tuple[str, int]]:
     """The (host, port) pairs a DSN names; ``("", 5432)`` for the driver's local default."""
     parts = urlsplit(dsn)
@@ -71,6 +76,11 @@ def dsn_hosts(dsn: str) -> list[tuple[str, int]]:
         raise DsnError("it must be a URI starting with postgresql:// (postgresql://user:password@host/db)")
     hostlist = parts.netloc.rpartition("@")[2]
     query = parse_qs(parts.query)
+    for option in WORKER_FILE_OPTIONS:
+        if option in query:
+            # They name files on the worker, its own connection settings and credentials among
+            # them, for a host the project chooses.
+            raise DsnError(f"the option {option}= is not taken: it reads the worker's own files")
     items = [h for h in hostlist.split(",") if h]
     for extra in query.get("host", []):
         items += [h for h in extra.split(",") if h]
