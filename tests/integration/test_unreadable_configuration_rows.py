@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+import pytest
 from sqlalchemy import LargeBinary, Table, Text, cast, literal, update
 
 from ingestlayer.api.manage import run_apply
@@ -189,6 +191,31 @@ async def test_a_source_that_is_not_json_answers_503_until_it_is_applied_again(s
 
     await server.apply(document)
     async with server.session.post(server.url + path, data=body) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def test_a_source_this_version_refuses_answers_503_and_never_repeats_its_secret(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON, but not a source this version takes (edited by hand: a secret written inline, an
+    unknown scheme; or written by another version): a bare 500 whose logged traceback quoted the
+    secret, at the request of anyone who knows the URL."""
+    document = {"sources": [{"name": "open", "verify": "none"}]}
+    result = await server.apply(document)
+    (path,) = [c["ingress_path"] for c in result["changes"] if c["kind"] == "source"]
+    inline = '{"name": "open", "verify": "stripe", "secret": "whsec_written_inline_by_hand"}'
+    for stored, field in ((inline, "secret"), ('{"name": "open", "verify": "bogus"}', "verify")):
+        await _spoil(server.runtime.store, sources, server.project_id, "open", stored)
+        async with server.session.post(server.url + path, data=b'{"type": "form.submitted"}') as resp:
+            text = await resp.text()
+            assert resp.status == 503, text
+            assert resp.headers["Retry-After"] == "60"
+        message = orjson.loads(text)["error"]["message"]
+        assert message.startswith(f"source 'open': its stored configuration cannot be used: {field}: ")
+        assert "whsec_written_inline_by_hand" not in text + caplog.text
+
+    await server.apply(document)
+    async with server.session.post(server.url + path, data=b'{"type": "form.submitted"}') as resp:
         assert resp.status == 202, await resp.text()
 
 

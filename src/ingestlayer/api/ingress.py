@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
 
 from ingestlayer import clock
 from ingestlayer.api.deps import Admin, RuntimeDep
@@ -42,6 +43,7 @@ from ingestlayer.sources.verify import (
 )
 from ingestlayer.stored_config import stored_configuration
 from ingestlayer.timefmt import iso
+from ingestlayer.validation_messages import configuration_problem
 
 log = logging.getLogger("ingestlayer.ingress")
 
@@ -210,16 +212,27 @@ async def resolve_secrets(rt: Runtime, source: SourceRow, cfg: SourceConfig) -> 
 _WARNED_PREVIOUS: set[tuple[str, str]] = set()
 
 
+def stored_source_config(source: SourceRow) -> SourceConfig:
+    """The source's configuration as stored, or a 503 saying why it cannot be used: the sender
+    retries (a 5xx) until the source is applied again. A row edited by hand, or written by
+    another version, may be JSON this version refuses: that was a bare 500, and the log's
+    traceback quoted the refused input (a secret written inline), at any stranger's request."""
+    problem = source.unreadable
+    if problem is None:
+        try:
+            with stored_configuration():  # checked when it was applied, maybe by an earlier version
+                return SourceConfig.model_validate(source.config)
+        except ValidationError as exc:
+            problem = f"its stored configuration cannot be used: {configuration_problem(exc)}"
+    raise ApiError(503, f"source {source.name!r}: {problem}", headers={"Retry-After": "60"})
+
+
 @router.post("/v1/ingress/{source_id}", status_code=202, summary="Receive a signed webhook from a source")
 async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     source = await rt.store.get_source(source_id)
     if source is None or not source.enabled:
         raise ApiError(404, f"no source {source_id!r}")
-    if source.unreadable is not None:
-        # Edited by hand: the sender retries (a 5xx) until the source is applied again.
-        raise ApiError(503, f"source {source.name!r}: {source.unreadable}", headers={"Retry-After": "60"})
-    with stored_configuration():  # checked when it was applied, maybe by an earlier version
-        cfg = SourceConfig.model_validate(source.config)
+    cfg = stored_source_config(source)
     body = await read_body(request, rt.settings.max_request_bytes)
     headers = dict(request.headers)
     if cfg.verify == "standard-webhooks":
