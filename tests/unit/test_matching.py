@@ -188,9 +188,10 @@ def test_a_project_gives_its_matching_pipelines_in_order() -> None:
 def test_a_flood_of_new_event_types_holds_little_memory() -> None:
     """Anyone with an ingest key chooses the event types. Each wildcard pipeline remembered up
     to 10,000 of them on its own: 10,000 types against 333 such pipelines held 70 MB, in one
-    project. The project now remembers them once, for all its pipelines."""
+    project. The project now remembers them once, for all its pipelines. 100 pipelines are
+    enough to tell (each remembering its own would hold about 21 MB) at a third of the time."""
     pipes = [
-        CompiledPipeline(f"pip_{i}", f"p{i}", TypeMatcher([f"t{i}.*", f"*.x{i}"]), [], []) for i in range(300)
+        CompiledPipeline(f"pip_{i}", f"p{i}", TypeMatcher([f"t{i}.*", f"*.x{i}"]), [], []) for i in range(100)
     ]
     project = CompiledProject("prj_1", 1, pipes)
     assert project.takes("t7.created")
