@@ -396,7 +396,7 @@ class Dispatcher:
         except TimeoutError:
             return Outcome(
                 ok=False,
-                error=f"timeout: cut short after {max(given, 0.0):.1f} s, at the end of the delivery's "
+                error=f"timeout: cut short after {given:.1f} s, at the end of the delivery's "
                 "lease (INGESTLAYER_DELIVERY_LEASE_SECONDS)",
             )
 
