@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck check bench clean setup
 
+# Some machines set PYTHONDONTWRITEBYTECODE: then every process compiles every module it imports
+# again, and the tests start hundreds of processes (and pytest's three workers each rewrite every
+# test module: collection took 9.3 s a worker against 3.3 s with the cache written).
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

@@ -13,7 +13,6 @@ from types import FrameType
 
 import uvicorn
 
-from ingestlayer.app import create_app
 from ingestlayer.cli_backend import migrate_database
 from ingestlayer.config import Settings
 from ingestlayer.http_protocol import http_protocol
@@ -109,6 +108,10 @@ def run_http(settings: Settings, *, worker: bool, on_listening: Callable[[], Non
     """Serve HTTP (and, with ``worker``, route and deliver) until SIGINT/SIGTERM.
     ``on_listening`` is called once the port is bound and the database and master key have
     passed their checks: a server refused at start never said it was serving."""
+    # Imported here, not at the top: the worker role needs none of the API and its dashboard,
+    # whose imports were two thirds of a worker's start-up time.
+    from ingestlayer.app import create_app
+
     sock = listening_socket(settings.host, settings.port)
     try:
         migrate_database(settings)
