@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ingestlayer.destinations.base import EXCERPT_BYTES
 from ingestlayer.destinations.email import destination as email_destination
 from tests.integration.test_delivery import final_delivery
 from tests.support.server import RunningServer
@@ -280,3 +281,36 @@ async def test_inline_password_is_rejected_naming_the_field(server: RunningServe
     assert body["error"]["field"] == "pipelines[0].destinations[0].email.password"
     assert "ref:NAME" in body["error"]["message"]
     assert "hunter2-inline" not in str(body)
+
+
+async def test_a_note_cut_at_the_excerpt_limit_keeps_no_part_of_the_password(server: RunningServer) -> None:
+    """A server that echoes the password in a refusal: the note of a partly refused message is
+    scrubbed before it is cut to the excerpt's length. Scrubbed after, a password the cut split in
+    two was left there in part."""
+    async with SmtpServer(tls="starttls", auth={"alerts": PASSWORD}) as smtp:
+        assert smtp.cert is not None
+        await server.set_secret("smtp-password", PASSWORD)
+        await server.apply(
+            email_doc(
+                smtp,
+                to=["ops@acme.com", "gone@acme.com"],
+                username="alerts",
+                password="ref:smtp-password",
+                ca_cert=smtp.cert.cert_pem,
+            )
+        )
+        # Where the refusal's text starts in the note, then a refusal that puts the password
+        # across the excerpt's end.
+        smtp.reject["gone@acme.com"] = (550, "5.1.1 MARK")
+        _, body = await server.ingest("feature.used", {"feature": "export"})
+        first = (await final_delivery(server, body["id"]))["attempts"][0]["response_excerpt"]
+        start = first.index("MARK")
+        pad = "x" * (EXCERPT_BYTES - start - len(PASSWORD) // 2)
+        smtp.reject["gone@acme.com"] = (550, f"5.1.1 {pad}{PASSWORD} was the password")
+        _, body = await server.ingest("feature.used", {"feature": "export"})
+        d = await final_delivery(server, body["id"])
+        assert d["status"] == "delivered"
+        note = d["attempts"][0]["response_excerpt"]
+        assert note.startswith("250 ") and pad[:100] in note
+        assert len(note.encode()) <= EXCERPT_BYTES
+        assert PASSWORD[: len(PASSWORD) // 2] not in note, note[-60:]

@@ -229,4 +229,5 @@ class Email:
                 f"{rcpt}: {code} {reply_text(msg)}" for rcpt, (code, msg) in errors.items()
             )
             note = f"{note} (refused: {refused_list})"
-        return Outcome(ok=True, status_code=250, response_excerpt=scrub(excerpt(note), secrets))
+        # Scrubbed, then cut: cut first, a password the cut split would be left there in part.
+        return Outcome(ok=True, status_code=250, response_excerpt=excerpt(scrub(note, secrets)))
