@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import sys
 import threading
@@ -429,3 +430,30 @@ async def test_async_exit_with_the_server_down_keeps_to_shutdown_timeout(server:
     reported, exit_seconds = out.splitlines()
     assert float(exit_seconds) < 4, exit_seconds  # shutdown_timeout=1
     assert reported == str([f"key-{i}" for i in range(5)])
+
+
+@pytest.mark.parametrize(
+    ("base_url", "says"),
+    [
+        ("ftp://events.example.com?token=sekrit-token", "must be an http:// or https:// URL with a host"),
+        (
+            "https://events.example.com/?token=sekrit-token",
+            "must not carry a query or fragment (host events.example.com)",
+        ),
+        ("https://events.example.com/#sekrit-token", "must not carry a query or fragment"),
+        ("https://ingest:sekrit-token@events.example.com", "must not carry a user name or password"),
+        ("https://sekrit-token@events.example.com", "must not carry a user name or password"),
+        ("https://ingest:sekrit-token/v1", "must have a port from 0 to 65535"),
+        ("sekrit-token", "must be an http:// or https:// URL"),
+    ],
+)
+@pytest.mark.parametrize("kind", [Client, AsyncClient])
+def test_a_refused_base_url_is_not_repeated_in_the_error(
+    base_url: str, says: str, kind: type[Client] | type[AsyncClient]
+) -> None:
+    """Errors end up in logs, and a base_url may hold a credential: the error names the problem
+    (and the host at most). A user name and password used to be dropped without a word, so the
+    credential the caller meant to send was never sent."""
+    with pytest.raises(ValueError, match=re.escape(says)) as refused:
+        kind("il_ingest_k", base_url=base_url)
+    assert "sekrit" not in str(refused.value)

@@ -30,6 +30,8 @@ import {
 export const VERSION = "0.1.0";
 export const DEFAULT_BASE_URL = "http://127.0.0.1:8000";
 const USER_AGENT = `ingestlayer-node/${VERSION}`;
+// A refused baseUrl is never quoted in its error: see the constructor.
+const UNQUOTED = "(not repeated here: it may hold a credential)";
 
 /** A JSON object: what an event payload or a set of traits is. */
 // `any`, not `unknown`: an `interface`-typed value is assignable to Record<string, any> only.
@@ -180,14 +182,25 @@ export class Client<E extends object = AnyEvents> {
     }
     this.#apiKey = apiKey.trim();
     const base = options.baseUrl ?? env("INGESTLAYER_BASE_URL") ?? DEFAULT_BASE_URL;
+    // Errors name the host at most, never the URL: it may hold a credential (a password, a
+    // token in the query), and errors end up in logs.
     let url: URL;
     try {
       url = new URL(base);
     } catch {
-      throw new TypeError(`baseUrl must be an http(s) URL, got ${JSON.stringify(base)}`);
+      throw new TypeError(`baseUrl must be an http(s) URL with a host ${UNQUOTED}`);
     }
-    if ((url.protocol !== "http:" && url.protocol !== "https:") || url.search || url.hash) {
-      throw new TypeError(`baseUrl must be an http(s) URL without query or fragment, got ${JSON.stringify(base)}`);
+    if ((url.protocol !== "http:" && url.protocol !== "https:") || !url.hostname) {
+      throw new TypeError(`baseUrl must be an http(s) URL with a host ${UNQUOTED}`);
+    }
+    if (url.username || url.password) {
+      // Dropped, it would be a credential the caller thinks is sent and is not.
+      throw new TypeError(
+        `baseUrl must not carry a user name or password (host ${url.hostname}): the API key authenticates`,
+      );
+    }
+    if (url.search || url.hash) {
+      throw new TypeError(`baseUrl must not carry a query or fragment (host ${url.hostname})`);
     }
     this.baseUrl = `${url.origin}${url.pathname.replace(/\/+$/, "")}`;
     this.timeoutMs = positive("timeoutMs", options.timeoutMs, 10_000, 1);

@@ -302,3 +302,30 @@ describe("values JSON.stringify would silently change", () => {
     assert.equal(fake.requests.length, 1);
   });
 });
+
+describe("a refused baseUrl", () => {
+  // Errors end up in logs, and a baseUrl may hold a credential: the error names the problem (and
+  // the host at most). A user name and password used to be dropped without a word.
+  const cases: Array<[string, string]> = [
+    ["ftp://events.example.com?token=sekrit-token", "must be an http(s) URL with a host"],
+    ["https://events.example.com/?token=sekrit-token", "must not carry a query or fragment (host events.example.com)"],
+    ["https://events.example.com/#sekrit-token", "must not carry a query or fragment"],
+    ["https://ingest:sekrit-token@events.example.com", "must not carry a user name or password"],
+    ["https://sekrit-token@events.example.com", "must not carry a user name or password"],
+    ["https://ingest:sekrit-token/v1", "must be an http(s) URL with a host"],
+    ["sekrit-token", "must be an http(s) URL with a host"],
+  ];
+  for (const [baseUrl, says] of cases) {
+    test(`is not repeated in its error: ${says}`, () => {
+      assert.throws(
+        () => createClient({ apiKey: "il_ingest_k", baseUrl }),
+        (err: Error) => {
+          assert.ok(err instanceof TypeError, String(err));
+          assert.ok(err.message.includes(says), err.message);
+          assert.ok(!err.message.includes("sekrit"), err.message);
+          return true;
+        },
+      );
+    });
+  }
+});

@@ -80,6 +80,10 @@ def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
 
+# base_url is never quoted in an error: see Endpoint.parse.
+_UNQUOTED = "(not repeated here: it may hold a credential)"
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A parsed ``base_url``: scheme, host, port and an optional path prefix (a reverse proxy's)."""
@@ -91,13 +95,24 @@ class Endpoint:
 
     @classmethod
     def parse(cls, base_url: str) -> Endpoint:
+        """Errors name the host at most, never the URL: it may hold a credential (a password,
+        a token in the query), and errors end up in logs."""
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+            raise ValueError(f"base_url must be an http:// or https:// URL with a host {_UNQUOTED}")
+        host = parts.hostname
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # urllib's message quotes what stood in the port's place
+            raise ValueError(f"base_url must have a port from 0 to 65535, if any {_UNQUOTED}") from None
+        if parts.username is not None or parts.password is not None:
+            # Dropped, it would have been a credential the caller thinks is sent and is not.
+            raise ValueError(
+                f"base_url must not carry a user name or password (host {host}): the API key authenticates"
+            )
         if parts.query or parts.fragment:
-            raise ValueError(f"base_url must not carry a query or fragment, got {base_url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+            raise ValueError(f"base_url must not carry a query or fragment (host {host})")
+        return cls(parts.scheme, host, port, parts.path.rstrip("/"))
 
     @property
     def url(self) -> str:
