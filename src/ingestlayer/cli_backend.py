@@ -398,6 +398,12 @@ class RemoteBackend:
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise CliError(f"--url {mask_url(url)!r} is not a server address such as http://HOST:8000")
+        if parts.query or parts.fragment:
+            # Commands add their own paths after it, and a query's values (often a token) would
+            # be in every message that names the server.
+            raise CliError(
+                f"--url must not carry a query or fragment (host {parts.hostname}): use http://HOST:8000"
+            )
         # The key is the credential; a user and password in the URL are neither sent (the key
         # takes the Authorization header) nor shown in a message.
         self.url = without_credentials(url.strip()).rstrip("/")
