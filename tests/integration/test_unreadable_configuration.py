@@ -542,3 +542,52 @@ async def test_a_setting_that_fails_its_checks_is_named_in_the_log_never_quoted(
         assert LITERAL_KEY not in caplog.text and LITERAL_KEY not in str(entry)
     finally:
         await store.close()
+
+
+async def test_a_fix_applied_during_the_last_attempt_routes_the_event_instead_of_ending_it(
+    db_url: str,
+) -> None:
+    """The fix may land while a router makes an event's last attempt by the broken configuration
+    (a slow step, another process): the event used to end then with no deliveries, the fix come
+    too late for it. It is tried again at once, by the fix; without a change it still ends."""
+    store = Store.from_url(db_url)
+    try:
+        broken = await _project(store, "broken")
+        await _break(store, broken, _step_unknown)
+        fixed_in_time, left_broken = _event(broken, "feature.used"), _event(broken, "feature.used")
+        await store.insert_events([fixed_in_time])
+        router = _router(store)
+        real = router.configs.get_many
+
+        async def fixed_once_compiled(*args: Any, **kwargs: Any) -> Any:
+            compiled = await real(*args, **kwargs)
+            await _apply_the_fix(store, broken)  # by another process, after the router compiled
+            return compiled
+
+        # Its last attempt, by the broken configuration, while the fix is applied.
+        await _due_now(store, [fixed_in_time.id], attempts=MAX_ROUTE_ATTEMPTS - 1)
+        router.configs.get_many = fixed_once_compiled  # type: ignore[method-assign]
+        assert await router.run_once() == 1
+        router.configs.get_many = real  # type: ignore[method-assign]
+        assert await _delivered_events(store, broken) == set()
+        (entry,) = await _trace(store, broken, fixed_in_time.id)
+        assert entry["outcome"] == "retrying", entry  # not given up on
+        assert await router.run_once() == 1  # due at once
+        assert await _delivered_events(store, broken) == {fixed_in_time.id}
+        (entry,) = await _trace(store, broken, fixed_in_time.id)
+        assert entry["outcome"] == "routed"
+
+        # With no change during its last attempt, an event still ends there.
+        await _break(store, broken, _step_unknown)
+        await store.insert_events([left_broken])
+        await _due_now(store, [left_broken.id], attempts=MAX_ROUTE_ATTEMPTS - 1)
+        assert await router.run_once() == 1
+        (entry,) = await _trace(store, broken, left_broken.id)
+        assert entry["outcome"] == "failed"
+        assert (
+            entry["steps"][0]["note"]
+            == f"gave up after {MAX_ROUTE_ATTEMPTS} attempts; the event has no deliveries"
+        )
+        assert await _job(store, left_broken.id) is None
+    finally:
+        await store.close()

@@ -58,6 +58,9 @@ class Routed:
     trace: list[dict[str, Any]] | None = None
     retry_in: float | None = None
     version: int | None = None  # of the project's configuration it failed by, when tried again
+    # Given up on (its last attempt failed): the trace it is stored with instead, due again at
+    # once, if the project's configuration has changed since (the change may be the fix).
+    unless_changed: list[dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)

@@ -76,6 +76,13 @@ def failed_trace(exc: BaseException, attempt: int) -> list[dict[str, Any]]:
     return [{"pipeline": "routing", "outcome": "failed", "steps": [step], "destinations": []}]
 
 
+def _given_up(exc: BaseException, attempt: int, version: int) -> Routed:
+    """An event whose last routing attempt failed, by the configuration at ``version``."""
+    return Routed(
+        trace=failed_trace(exc, attempt), version=version, unless_changed=retrying_trace(exc, attempt, 0.0)
+    )
+
+
 def retrying_trace(exc: BaseException, attempt: int, delay: float) -> list[dict[str, Any]]:
     """The trace of an event whose routing failed and waits to be tried again: stored while it
     waits, so the event says why it has no deliveries yet (the routing's own trace replaces it)."""
@@ -338,7 +345,7 @@ class Router:
             attempt = lease.attempts.get(ev.id, 1)
             _, counts = waiting.setdefault(ev.project_id, (problems, [0, 0]))
             if attempt >= MAX_ROUTE_ATTEMPTS:
-                routed[ev.id] = Routed(trace=failed_trace(exc, attempt))
+                routed[ev.id] = _given_up(exc, attempt, compiled.version)
                 counts[1] += 1
             else:
                 delay = retry_delay(attempt)
@@ -425,7 +432,7 @@ class Router:
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
                 log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
-                return Routed(trace=failed_trace(exc, attempt))
+                return _given_up(exc, attempt, compiled.version)
             log.exception("routing event %s failed; it will be retried", ev.id)
             delay = retry_delay(attempt)
             return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=compiled.version)
@@ -471,9 +478,25 @@ class Router:
                 lost,
             )
 
+    async def _try_again_if_changed(self, lease: RouteLease, routed: dict[str, Routed]) -> None:
+        """Events given up on by a configuration since changed are tried again at once instead:
+        a fix applied during an event's last attempt (a slow step's, or another process's) used
+        to end it with nothing. Read just before the outcome is stored; a change made between
+        the two still ends it."""
+        given_up = {eid: r for eid, r in routed.items() if r.unless_changed is not None}
+        if not given_up:
+            return
+        project_of = {ev.id: ev.project_id for ev in lease.events if ev.id in given_up}
+        now = await self.store.config_versions(set(project_of.values()))
+        for eid, r in given_up.items():
+            if now.get(project_of[eid], r.version) != r.version:
+                log.info("event %s: its configuration changed during its last attempt; routing it again", eid)
+                routed[eid] = Routed(retry_in=0.0, trace=r.unless_changed)
+
     async def _store(self, lease: RouteLease, routed: dict[str, Routed]) -> None:
         """Store the routing of the lease's events (those without an entry need none): their
         deliveries and traces, and their jobs removed; those to retry are deferred."""
+        await self._try_again_if_changed(lease, routed)
         failed = {eid: r.retry_in for eid, r in routed.items() if r.retry_in is not None}
         if failed:
             waiting = {eid: r.trace for eid, r in routed.items() if r.retry_in is not None and r.trace}
