@@ -29,7 +29,7 @@ from ingestlayer.ids import new_id
 from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.records import NewEvent, SourceRow
 from ingestlayer.runtime import Runtime
-from ingestlayer.sources.config import SourceConfig, locate
+from ingestlayer.sources.config import SourceConfig, dotted_type, locate
 from ingestlayer.sources.verify import (
     HmacOptions,
     IngressAuthError,
@@ -249,7 +249,7 @@ async def ingress(source_id: str, request: Request, rt: RuntimeDep) -> Response:
     raw_type = locate(cfg.type_locator(), headers, doc)
     if not isinstance(raw_type, str) or not raw_type:
         raise ApiError(422, f"no event type at {cfg.type_locator()}", field=cfg.type_locator())
-    etype = cfg.type_prefix + raw_type
+    etype = cfg.type_prefix + dotted_type(raw_type)
     if not is_valid_event_type(etype):
         raise ApiError(422, f"{etype[:80]!r} is not a valid event type", field=cfg.type_locator())
     # After the signature: unsigned traffic must not spend the project's allowance.

@@ -52,6 +52,18 @@ DEFAULT_KEY: dict[str, str | None] = {
 }
 
 
+# Senders whose event types are not dotted names: Shopify's topics (`orders/create`), Zendesk's
+# (`zen:event-type:ticket.created`). Refused as they are (422), the sender retries and in the end
+# stops sending; their separators become dots, so `source.match` takes `orders.*` as it would
+# any other event.
+_TYPE_SEPARATORS = str.maketrans({"/": ".", ":": "."})
+
+
+def dotted_type(raw: str) -> str:
+    """A sender's event type as an event name: ``/`` and ``:`` become ``.``."""
+    return raw.translate(_TYPE_SEPARATORS)
+
+
 def _check_locator(
     value: str | None, field: str, kinds: tuple[str, ...] = ("body", "header", "const")
 ) -> str | None:
