@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,15 @@ class Receiver:
         # Requests being answered right now, and the most seen at once, per path.
         self.inflight: dict[str, int] = {}
         self.max_inflight: dict[str, int] = {}
+        # Set by release_held(): the replies held at that moment go out at once.
+        self._release = asyncio.Event()
+
+    def release_held(self) -> None:
+        """Answer every request held by a ``delay`` now, instead of when its delay ends; later
+        requests are held for their full delay again. For a test whose held replies have done
+        their part (a reply that outlasts a process, say): ``stop`` waits for them otherwise."""
+        self._release.set()
+        self._release = asyncio.Event()
 
     def fail_times(self, n: int, status: int = 500) -> None:
         self.plan = [Reply(status=status) for _ in range(n)]
@@ -92,7 +102,8 @@ class Receiver:
         self.max_inflight[path] = max(self.max_inflight.get(path, 0), self.inflight[path])
         try:
             if reply.delay:
-                await asyncio.sleep(reply.delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._release.wait(), reply.delay)
         finally:
             self.inflight[path] -= 1
             received.answered_at = time.time()
