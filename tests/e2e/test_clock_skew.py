@@ -24,7 +24,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(120)]
 
 SKEW_SECONDS = 120.0  # the second worker's machine is two minutes ahead
 LEASE_SECONDS = 30.0
-HOLD_SECONDS = 8.0  # how long the receiver takes to answer the first worker's attempt
+# The receiver holds the first worker's attempt until the fast worker has polled for this long
+# (it polls every 0.02 s, and used to retake a held delivery on its first poll); at most 15 s,
+# within the destination's timeout, should the test fail before it lets the reply go.
+POLLING_SECONDS = 2.0
+HOLD_SECONDS = 15.0
 
 SKEWED_CLOCK = """\
 import os
@@ -70,6 +74,9 @@ async def test_a_worker_with_a_fast_clock_leaves_held_deliveries_alone(
             "worker", PYTHONPATH=str(skewed), TEST_CLOCK_SKEW_SECONDS=str(SKEW_SECONDS)
         )
         # The fast worker polls for due deliveries while the first attempt is still held.
+        await asyncio.sleep(POLLING_SECONDS)
+        assert receiver.requests[0].answered_at is None, "the first attempt was answered too soon"
+        receiver.release_held()
         await cluster.wait_for_counts(api, keys.admin, {"delivered": 1}, timeout=30)
         await asyncio.sleep(1.0)
 
