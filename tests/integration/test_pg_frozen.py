@@ -8,6 +8,7 @@ come back once the database does.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import urlsplit
 
@@ -47,12 +48,14 @@ async def test_a_frozen_database_is_a_503_in_time_then_recovers(pg_url: str) -> 
         assert status == 202
         proxy.flowing.clear()
 
-        for method, path, key in (
+        asked = (
             ("GET", "/v1/deliveries", server.admin_key),
             ("POST", "/v1/events", server.ingest_key),
             ("GET", "/readyz", server.admin_key),
-        ):
-            status, text, _ = await request(server, method, path, key, bounded)
+        )
+        # At once, as clients of a frozen server would send them: each waits out its own timeout.
+        answers = await asyncio.gather(*(request(server, m, path, key, bounded) for m, path, key in asked))
+        for (method, path, _), (status, text, _) in zip(asked, answers, strict=True):
             assert status == 503, (path, text)
             if method == "POST":
                 # Its INSERT may be held in the frozen connection and commit once it thaws: the
