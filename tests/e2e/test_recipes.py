@@ -29,23 +29,38 @@ async def set_secret(cluster: Cluster, name: str, value: str) -> None:
     await cluster.run("secrets", "set", name, "--value", value)
 
 
-async def apply_recipe(cluster: Cluster, name: str, replacements: dict[str, str]) -> str:
+def write_recipe(cluster: Cluster, name: str, replacements: dict[str, str]) -> Path:
     text = (RECIPES / name).read_text()
     for old, new in replacements.items():
         assert old in text, f"{name} no longer mentions {old}"
         text = text.replace(old, new)
     path = cluster.workdir / name
     path.write_text(text)
+    return path
+
+
+async def dry_run(cluster: Cluster, path: Path) -> None:
     dry = await cluster.run("apply", "-f", str(path), "--dry-run")
     assert "dry run:" in dry and "create" in dry
-    return await cluster.run("apply", "-f", str(path))
 
 
-async def start(cluster: Cluster) -> tuple[Keys, Proc]:
+async def start(
+    cluster: Cluster, recipes: dict[str, dict[str, str]], secrets: dict[str, str]
+) -> tuple[Keys, Proc]:
+    """`init`, the secrets the recipes name set, each recipe (file name: its URLs replaced)
+    dry-run then applied, and `serve` started and ready."""
     keys = await cluster.init_project()
-    await set_secret(cluster, "acme-hooks", HOOK_SECRET)
-    await set_secret(cluster, "billing-hooks", HOOK_SECRET)
-    return keys, await cluster.start("serve", ready=False)
+    # Each command is a process of its own, a second or more on a loaded machine: only the
+    # secrets these recipes name are set.
+    for name, value in secrets.items():
+        await set_secret(cluster, name, value)
+    proc = await cluster.start("serve", ready=False)  # it starts while the files are applied
+    for name, replacements in recipes.items():
+        path = write_recipe(cluster, name, replacements)
+        await dry_run(cluster, path)
+        await cluster.run("apply", "-f", str(path))
+    await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
+    return keys, proc
 
 
 async def emit(
@@ -81,11 +96,11 @@ async def cluster(tmp_path: Path, sqlite_url: str) -> Any:
 
 
 async def test_feature_usage_to_webhook(cluster: Cluster, receiver: Receiver) -> None:
-    keys, proc = await start(cluster)
-    await apply_recipe(
-        cluster, "feature-usage-to-webhook.yaml", {"https://api.acme.com/hooks": receiver.url + "/hooks"}
+    keys, proc = await start(
+        cluster,
+        {"feature-usage-to-webhook.yaml": {"https://api.acme.com/hooks": receiver.url + "/hooks"}},
+        {"acme-hooks": HOOK_SECRET},
     )
-    await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
     await cluster.request(
         proc,
         "POST",
@@ -128,10 +143,9 @@ async def test_feature_usage_to_slack(tmp_path: Path, sqlite_url: str) -> None:
     slack = await FakeSlack().start()
     try:
         async with Cluster(tmp_path, sqlite_url, INGESTLAYER_SLACK_API_URL=slack.api_url) as cluster:
-            keys, proc = await start(cluster)
-            await set_secret(cluster, "slack-main", slack.issue_token())
-            await apply_recipe(cluster, "feature-usage-to-slack.yaml", {})
-            await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
+            keys, proc = await start(
+                cluster, {"feature-usage-to-slack.yaml": {}}, {"slack-main": slack.issue_token()}
+            )
             for user, plan in (("u_free", "free"), ("u_pro", "pro")):
                 await cluster.request(
                     proc,
@@ -165,11 +179,11 @@ async def test_feature_usage_to_slack(tmp_path: Path, sqlite_url: str) -> None:
 
 
 async def test_user_signups_to_webhook(cluster: Cluster, receiver: Receiver) -> None:
-    keys, proc = await start(cluster)
-    await apply_recipe(
-        cluster, "user-signups-to-webhook.yaml", {"https://api.acme.com/hooks": receiver.url + "/hooks"}
+    keys, proc = await start(
+        cluster,
+        {"user-signups-to-webhook.yaml": {"https://api.acme.com/hooks": receiver.url + "/hooks"}},
+        {"acme-hooks": HOOK_SECRET},
     )
-    await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
     await cluster.request(
         proc,
         "PUT",
@@ -222,17 +236,16 @@ async def test_support_escalations_to_webhook(cluster: Cluster, receiver: Receiv
     )
     await chat.start()
     try:
-        keys, proc = await start(cluster)
-        await set_secret(cluster, "openai", CHAT_KEY)
-        await apply_recipe(
+        keys, proc = await start(
             cluster,
-            "support-escalations-to-webhook.yaml",
             {
-                "https://api.acme.com/hooks": receiver.url + "/hooks",
-                "https://api.openai.com/v1": chat.url,
+                "support-escalations-to-webhook.yaml": {
+                    "https://api.acme.com/hooks": receiver.url + "/hooks",
+                    "https://api.openai.com/v1": chat.url,
+                }
             },
+            {"acme-hooks": HOOK_SECRET, "openai": CHAT_KEY},
         )
-        await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
         outage = {
             "ticket_id": "t_1",
             "subject": "Production outage",
@@ -278,18 +291,18 @@ async def test_support_escalations_to_webhook(cluster: Cluster, receiver: Receiv
 
 
 async def test_failed_payments_and_billing_events(cluster: Cluster, receiver: Receiver) -> None:
-    keys, proc = await start(cluster)
-    await apply_recipe(
+    keys, proc = await start(
         cluster,
-        "failed-payments-to-webhook.yaml",
-        {"https://api.yourapp.com/usageflow/webhook": receiver.url + "/failed"},
+        {
+            "failed-payments-to-webhook.yaml": {
+                "https://api.yourapp.com/usageflow/webhook": receiver.url + "/failed"
+            },
+            "billing-events-to-endpoint.yaml": {
+                "https://api.yourapp.com/usageflow/webhook": receiver.url + "/usageflow/webhook"
+            },
+        },
+        {"billing-hooks": HOOK_SECRET},
     )
-    await apply_recipe(
-        cluster,
-        "billing-events-to-endpoint.yaml",
-        {"https://api.yourapp.com/usageflow/webhook": receiver.url + "/usageflow/webhook"},
-    )
-    await proc.wait_ready(cluster.session)  # type: ignore[arg-type]
     invoice = {
         "invoiceId": "inv_123",
         "amount": 120,
