@@ -272,7 +272,9 @@ async def test_an_attempt_begun_late_in_its_lease_ends_with_the_lease(
     store = Store.from_url(db_url)
     dispatcher = Dispatcher(store, settings_for(db_url, delivery_lease_seconds=2.0), SecretBox("k" * 32))
     try:
-        receiver.plan = [Reply(status=200, delay=5.0)]  # the receiver holds the request
+        # The receiver holds the request past the lease's end (it arrives a second or more
+        # after the lease began), but not much longer: its teardown waits for the answer.
+        receiver.plan = [Reply(status=200, delay=2.0)]
         _, leased = await one_leased(store, 2.0, receiver.url + "/slow")
         ends = time.time() + 2.0  # the lease's end, or a moment after it
         await asyncio.sleep(1.0)  # the moment between the lease and the send, slow
