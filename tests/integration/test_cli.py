@@ -48,7 +48,7 @@ pipelines:
 
 
 async def test_init_refuses_a_name_that_is_not_one_line_of_text(tmp_path: Path) -> None:
-    for name, expected in (
+    cases = (
         ("", "--name must not be empty"),
         ("   ", "--name must not be empty"),
         (" acme", "--name must not start or end with spaces"),
@@ -56,8 +56,12 @@ async def test_init_refuses_a_name_that_is_not_one_line_of_text(tmp_path: Path) 
         ("a\x1b[31mred", "U+001B"),
         ("two\u2028lines", "U+2028"),
         ("x" * 101, "is 101 characters; at most 100"),
-    ):
-        one_line_error(await cli("init", "--name", name, cwd=tmp_path), expected)
+    )
+    # All at once: each is refused before it opens (or makes) the database, so none can see
+    # another; one that did make it would still leave the file checked for below.
+    runs = await asyncio.gather(*(cli("init", "--name", name, cwd=tmp_path) for name, _ in cases))
+    for (_, expected), run in zip(cases, runs, strict=True):
+        one_line_error(run, expected)
     # Refused before anything was created; a good name then works.
     assert not (tmp_path / "ingestlayer.db").exists()
     run = ok(await cli("init", "--name", "Acme Inc. (staging)", cwd=tmp_path))
@@ -355,28 +359,34 @@ async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> Non
         (("replay", "--status", "delivering"), ("--status: 'delivering'", "ingestlayer replay --help")),
         (("apply",), ("--file",)),
     ]
-    for args, words in cases:
-        run = await cli(*args, cwd=tmp_path)
+    # Independent of each other (usage errors touch no file): all at once, help among them.
+    *runs, help_run = await asyncio.gather(
+        *(cli(*args, cwd=tmp_path) for args, _ in cases), cli("send", "--help", cwd=tmp_path)
+    )
+    for (_, words), run in zip(cases, runs, strict=True):
         assert run.rc == 2, run
         lines = run.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), run.err
         assert all(w in lines[0] for w in words), (words, lines[0])
         assert run.out == "" and "Traceback" not in run.err
     # Help is still help, on stdout, exit 0.
-    run = await cli("send", "--help", cwd=tmp_path)
-    assert run.rc == 0 and "Usage" in run.out and run.err == ""
+    assert help_run.rc == 0 and "Usage" in help_run.out and help_run.err == "", help_run
 
 
 async def test_help_paragraphs_wrap_to_the_terminal_not_to_the_source(tmp_path: Path) -> None:
     # Wide: each paragraph on one line. The source wraps its docstrings at 110 columns; those
     # breaks used to come out as they were, mid-sentence, at any width.
-    wide = ok(await cli("replay", "--help", cwd=tmp_path, COLUMNS="300"))
+    wide, narrow = await asyncio.gather(
+        cli("replay", "--help", cwd=tmp_path, COLUMNS="300"),
+        cli("tail", "--help", cwd=tmp_path, COLUMNS="60"),
+    )
+    ok(wide)
     assert (
         " Deliveries to a disabled or deleted destination are left as they are: they would fail at "
         "once. Matches are replayed in pages of 10,000"
     ) in wide.out, wide.out
     # Narrow: wrapped to 60 columns, no line shorter than it need be but the paragraph's last.
-    narrow = ok(await cli("tail", "--help", cwd=tmp_path, COLUMNS="60"))
+    ok(narrow)
     lines = narrow.out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("One line per event"))
     para = lines[start : next(i for i in range(start, len(lines)) if not lines[i].strip())]
