@@ -14,9 +14,11 @@ The CLI runs as users run it: the installed entry point, in a subprocess.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,8 +54,10 @@ async def test_send_refuses_integers_beyond_64_bits_in_both_modes(
     try:
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.ingest_key)
-        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
-            run = await cli("send", "n.x", payload, *mode, cwd=tmp_path, **where)
+        for run in await asyncio.gather(
+            cli("send", "n.x", payload, *local, cwd=tmp_path, db_url=sqlite_url),
+            cli("send", "n.x", payload, *remote, cwd=tmp_path),
+        ):
             one_line_error(run, f"{field}: {OUT_OF_RANGE}")
         # The API's words for the same payload.
         status, body = await server.request(
@@ -104,8 +108,10 @@ async def test_send_refuses_an_invalid_type_in_the_apis_words(sqlite_url: str, t
         said_by_api = body["error"]["message"]
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.ingest_key)
-        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
-            run = await cli("send", "bad type!", "{}", *mode, cwd=tmp_path, **where)
+        for run in await asyncio.gather(
+            cli("send", "bad type!", "{}", *local, cwd=tmp_path, db_url=sqlite_url),
+            cli("send", "bad type!", "{}", *remote, cwd=tmp_path),
+        ):
             assert one_line_error(run) == f"error: {said_by_api}"
     finally:
         await server.stop()
@@ -128,13 +134,18 @@ async def test_send_says_json_nested_past_what_can_be_read_is_too_deep(
         deep = '{"a": ' * 1100 + "1" + "}" * 1100
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.ingest_key)
-        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
-            run = await cli("send", "x.y", deep, *mode, cwd=tmp_path, **where)
-            line = one_line_error(run, "payload is nested more than 1024 levels deep", "at most 64 levels")
-            assert "valid JSON" not in line, line
         # Past the API's limit but readable: the depth is named, in the API's words.
-        deep = '{"a": ' * 70 + "1" + "}" * 70
-        run = await cli("send", "x.y", deep, *local, cwd=tmp_path, db_url=sqlite_url)
+        readable = '{"a": ' * 70 + "1" + "}" * 70
+        *runs, run = await asyncio.gather(
+            cli("send", "x.y", deep, *local, cwd=tmp_path, db_url=sqlite_url),
+            cli("send", "x.y", deep, *remote, cwd=tmp_path),
+            cli("send", "x.y", readable, *local, cwd=tmp_path, db_url=sqlite_url),
+        )
+        for too_deep in runs:
+            line = one_line_error(
+                too_deep, "payload is nested more than 1024 levels deep", "at most 64 levels"
+            )
+            assert "valid JSON" not in line, line
         one_line_error(run, "payload is nested 70 levels deep; JSON may nest at most 64 levels")
     finally:
         await server.stop()
@@ -195,27 +206,23 @@ async def test_apply_says_whose_setting_keeps_an_env_reference_unread(
     server = await start(sqlite_url, env_secrets=("OTHER_*",))  # the server reads no ACME_ variable
     try:
         local = ("--project", server.project_id)
-        run = ok(await cli("apply", "-f", "hooks.yaml", "--dry-run", *local, cwd=tmp_path, db_url=sqlite_url))
+        remote = ("--url", server.url, "--key", server.admin_key)
+        dry = ("apply", "-f", "hooks.yaml", "--dry-run")
+        # Dry runs change nothing: all three at once.
+        run, allowed, remote_run = await asyncio.gather(
+            cli(*dry, *local, cwd=tmp_path, db_url=sqlite_url),
+            cli(*dry, *local, cwd=tmp_path, db_url=sqlite_url, INGESTLAYER_ENV_SECRETS="ACME_*"),
+            cli(*dry, *remote, cwd=tmp_path),
+        )
+        ok(run)
         assert (
             "note: INGESTLAYER_ENV_SECRETS here does not let pipelines read ACME_HOOKS (env:)" in run.err
         ), run
         assert "unless the server's INGESTLAYER_ENV_SECRETS lists it" in run.err, run
-        run = ok(
-            await cli(
-                "apply",
-                "-f",
-                "hooks.yaml",
-                "--dry-run",
-                *local,
-                cwd=tmp_path,
-                db_url=sqlite_url,
-                INGESTLAYER_ENV_SECRETS="ACME_*",
-            )
+        assert "note:" not in ok(allowed).err, allowed
+        assert "note: the server does not let pipelines read ACME_HOOKS (env:)" in ok(remote_run).err, (
+            remote_run
         )
-        assert "note:" not in run.err, run
-        remote = ("--url", server.url, "--key", server.admin_key)
-        run = ok(await cli("apply", "-f", "hooks.yaml", "--dry-run", *remote, cwd=tmp_path))
-        assert "note: the server does not let pipelines read ACME_HOOKS (env:)" in run.err, run
     finally:
         await server.stop()
 
@@ -254,9 +261,11 @@ async def test_a_command_without_a_database_creates_none(command: tuple[str, ...
 
 async def test_a_database_url_naming_a_missing_file_creates_none(tmp_path: Path) -> None:
     missing = tmp_path / "elsewhere.db"
-    for where in ({"db_url": f"sqlite:///{missing}"}, {}):
-        args = () if where else ("--database-url", f"sqlite:///{missing}")
-        one_line_error(await cli("events", *args, cwd=tmp_path, **where), f"no database at {missing}")
+    for run in await asyncio.gather(
+        cli("events", cwd=tmp_path, db_url=f"sqlite:///{missing}"),
+        cli("events", "--database-url", f"sqlite:///{missing}", cwd=tmp_path),
+    ):
+        one_line_error(run, f"no database at {missing}")
     assert files_in(tmp_path) == []
     # Once initialised there, the same commands work.
     ok(await cli("init", "--database-url", f"sqlite:///{missing}", cwd=tmp_path))
@@ -327,14 +336,15 @@ async def test_a_port_option_out_of_range_is_a_usage_error(
 
 
 async def test_version_option_prints_what_the_version_command_does(tmp_path: Path) -> None:
-    by_option = ok(await cli("--version", cwd=tmp_path))
-    assert by_option.out == ok(await cli("version", cwd=tmp_path)).out == f"{__version__}\n"
+    by_option, by_command = await asyncio.gather(cli("--version", cwd=tmp_path), cli("version", cwd=tmp_path))
+    assert ok(by_option).out == ok(by_command).out == f"{__version__}\n"
     assert by_option.err == ""
 
 
 async def test_no_command_prints_the_help_without_an_empty_error_line(tmp_path: Path) -> None:
-    for args, command in (((), "serve"), (("secrets",), "set")):
-        run = await cli(*args, cwd=tmp_path)
+    cases = (((), "serve"), (("secrets",), "set"))
+    runs = await asyncio.gather(*(cli(*args, cwd=tmp_path) for args, _ in cases))
+    for (_, command), run in zip(cases, runs, strict=True):
         assert run.rc == 2, run  # a usage error, as click has it
         shown = run.out + run.err
         assert "Commands" in shown and f" {command} " in shown, run
@@ -370,28 +380,53 @@ async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
         await wait_for(dead)
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.admin_key)
-        for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
-            window = ("--destination", ep["id"], "--until", str(before))
-            run = ok(await cli("replay", *window, *mode, cwd=tmp_path, **where))
-            assert "replayed 0 deliveries" in run.out, run  # it was made after --until
-            window = ("--destination", ep["id"], "--since", str(before))
-            run = ok(await cli("replay", *window, *mode, cwd=tmp_path, **where))
-            assert "replayed 1 delivery" in run.out, run
+        modes: tuple[tuple[tuple[str, ...], dict[str, str]], ...] = (
+            (local, {"db_url": sqlite_url}),
+            (remote, {}),
+        )
+        for mode, where in modes:
+            # The window before the delivery was made matches nothing, so replays nothing
+            # whenever it runs: at once with the one that matches it.
+            until, since = await asyncio.gather(
+                cli(
+                    "replay", "--destination", ep["id"], "--until", str(before), *mode, cwd=tmp_path, **where
+                ),
+                cli(
+                    "replay", "--destination", ep["id"], "--since", str(before), *mode, cwd=tmp_path, **where
+                ),
+            )
+            assert "replayed 0 deliveries" in ok(until).out, until  # it was made after --until
+            assert "replayed 1 delivery" in ok(since).out, since
             await wait_for(dead)
-            one_line_error(
-                await cli("replay", "--since", "yesterday", *mode, cwd=tmp_path, **where),
-                "--since must be an ISO 8601 timestamp or epoch seconds",
+        # Refusals, in both modes, all at once: none replays anything.
+        refusals: list[tuple[Any, str]] = []
+        for mode, where in modes:
+            refusals.append(
+                (
+                    cli("replay", "--since", "yesterday", *mode, cwd=tmp_path, **where),
+                    "--since must be an ISO 8601 timestamp or epoch seconds",
+                )
             )
             for command in ("replay", "events"):
                 window = ("--since", str(before + 60), "--until", str(before))
-                one_line_error(
-                    await cli(command, *window, *mode, cwd=tmp_path, **where),
-                    f"--since ({before + 60}) is later than --until ({before}): nothing can match",
+                refusals.append(
+                    (
+                        cli(command, *window, *mode, cwd=tmp_path, **where),
+                        f"--since ({before + 60}) is later than --until ({before}): nothing can match",
+                    )
                 )
-            one_line_error(
-                await cli("replay", "dlv_x", "--destination", ep["id"], *mode, cwd=tmp_path, **where),
-                "one delivery id or filters, not both",
+            refusals.append(
+                (
+                    cli("replay", "dlv_x", "--destination", ep["id"], *mode, cwd=tmp_path, **where),
+                    "one delivery id or filters, not both",
+                )
             )
+        runs = await asyncio.gather(*(run for run, _ in refusals))
+        for (_, words), run in zip(refusals, runs, strict=True):
+            one_line_error(run, words)
+        # Nothing was replayed by them: the one delivery is still dead, after its three attempts.
+        _, page = await server.request("GET", f"/v1/deliveries?status=dead&destination={ep['id']}")
+        assert [d["attempt_count"] for d in page["data"]] == [3], page
     finally:
         await server.stop()
 
