@@ -79,13 +79,16 @@ async def test_secrets_set_from_another_directory_is_refused_before_it_makes_a_k
     assert "serving on" in await serve_once(a, db_url, tmp_path / "serve1.log")
     assert (a / "ingestlayer.key").exists()
 
-    run = await cli("secrets", "set", "x", cwd=b, db_url=db_url, secret_key=None, stdin=b"v")
+    # No key file, and (at once: both are refused, storing nothing) another key in the
+    # environment, refused as well, naming the variable.
+    run, other = await asyncio.gather(
+        cli("secrets", "set", "x", cwd=b, db_url=db_url, secret_key=None, stdin=b"v"),
+        cli("secrets", "set", "x", cwd=b, db_url=db_url, secret_key="another-key", stdin=b"v"),
+    )
     one_line_error(run, MISMATCH, f"there is no key file at {b / 'ingestlayer.key'}", "nothing was stored")
     assert "INGESTLAYER_SECRET_KEY_FILE" in run.err
     assert not (b / "ingestlayer.key").exists()
-    # Another key in the environment: refused as well, naming the variable.
-    run = await cli("secrets", "set", "x", cwd=b, db_url=db_url, secret_key="another-key", stdin=b"v")
-    one_line_error(run, MISMATCH, "it is INGESTLAYER_SECRET_KEY", "nothing was stored")
+    one_line_error(other, MISMATCH, "it is INGESTLAYER_SECRET_KEY", "nothing was stored")
 
     assert "serving on" in await serve_once(a, db_url, tmp_path / "serve2.log")
     # Pointed at A's key file, the command from B stores the secret.
@@ -215,8 +218,13 @@ async def test_secrets_delete_gets_a_stuck_database_going_again(db_url: str, tmp
     run = ok(await cli("secrets", "delete", "x", cwd=b, db_url=db_url, secret_key=None))
     assert run.out.strip() == "secret x deleted"
     assert not (b / "ingestlayer.key").exists()
-    one_line_error(await cli("secrets", "delete", "x", cwd=b, db_url=db_url), "no secret named 'x'")
-    assert "serving on" in await serve_once(a, db_url, tmp_path / "going.log")
+    # Both only after the delete, and neither changes what the other sees: at once.
+    again, printed = await asyncio.gather(
+        cli("secrets", "delete", "x", cwd=b, db_url=db_url),
+        serve_once(a, db_url, tmp_path / "going.log"),
+    )
+    one_line_error(again, "no secret named 'x'")
+    assert "serving on" in printed
 
 
 async def test_secrets_delete_holds_to_the_apis_refusals(db_url: str, tmp_path: Path) -> None:
@@ -228,9 +236,12 @@ async def test_secrets_delete_holds_to_the_apis_refusals(db_url: str, tmp_path: 
         "      auth: hmac\n      secret: ref:tok\n"
     )
     ok(await cli("apply", "-f", "il.yaml", cwd=tmp_path, db_url=db_url))
-    run = await cli("secrets", "delete", "tok", cwd=tmp_path, db_url=db_url)
-    one_line_error(run, "secret 'tok' is in use by destination 'hooks'")
-    one_line_error(await cli("secrets", "delete", "no/such", cwd=tmp_path, db_url=db_url))
+    in_use, no_such = await asyncio.gather(
+        cli("secrets", "delete", "tok", cwd=tmp_path, db_url=db_url),
+        cli("secrets", "delete", "no/such", cwd=tmp_path, db_url=db_url),
+    )
+    one_line_error(in_use, "secret 'tok' is in use by destination 'hooks'")
+    one_line_error(no_such)
 
 
 async def test_remote_secrets_delete_deletes_on_the_server(sqlite_url: str, tmp_path: Path) -> None:
