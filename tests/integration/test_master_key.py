@@ -8,6 +8,7 @@ other processes. Now ``serve``, ``api`` and ``worker`` say so in one line and ex
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -42,25 +43,29 @@ async def test_serve_api_and_worker_refuse_a_master_key_the_secrets_were_not_sto
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for role in ("serve", "api", "worker"):
-        # No key file here: none is made, the database having a key already.
-        missing = elsewhere / f"{role}.key"
-        run = await cli(
-            role, cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(missing)
-        )
-        refused(run, MISMATCH, f"there is no key file at {missing}, and none was made")
-        assert not missing.exists()  # not left behind to be taken for the key next time
-        # Another key in the environment.
-        run = await cli(role, cwd=elsewhere, db_url=db, secret_key="another-master-key")
-        refused(run, MISMATCH, "it is INGESTLAYER_SECRET_KEY")
-
+    roles = ("serve", "api", "worker")
     # A key file that exists but holds another key.
     other = tmp_path / "other.key"
     other.write_text("bm90LXRoZS1zYW1lLWtleS1hdC1hbGwtMzItYnl0ZXM=")
-    run = await cli(
-        "worker", cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(other)
+    # Every one is refused before it changes anything (each missing key file is its own): all
+    # at once.
+    *no_file, from_file = await asyncio.gather(
+        *(
+            cli(role, cwd=elsewhere, db_url=db, secret_key=None, INGESTLAYER_SECRET_KEY_FILE=str(key_file))
+            for role, key_file in [*((role, elsewhere / f"{role}.key") for role in roles), ("worker", other)]
+        )
     )
-    refused(run, MISMATCH, f"it is read from {other}")
+    in_env = await asyncio.gather(
+        *(cli(role, cwd=elsewhere, db_url=db, secret_key="another-master-key") for role in roles)
+    )
+    for role, run, env_run in zip(roles, no_file, in_env, strict=True):
+        # No key file here: none is made, the database having a key already.
+        missing = elsewhere / f"{role}.key"
+        refused(run, MISMATCH, f"there is no key file at {missing}, and none was made")
+        assert not missing.exists()  # not left behind to be taken for the key next time
+        # Another key in the environment.
+        refused(env_run, MISMATCH, "it is INGESTLAYER_SECRET_KEY")
+    refused(from_file, MISMATCH, f"it is read from {other}")
 
 
 async def test_one_secret_under_a_stray_key_does_not_keep_the_right_key_out(
@@ -149,8 +154,14 @@ async def test_secrets_set_says_when_it_made_the_master_key_the_secret_is_encryp
     run = ok(await cli("secrets", "set", "tok", cwd=elsewhere, db_url=db_url, secret_key=None, stdin=b"w"))
     assert run.out.strip() == "secret tok replaced" and run.err == ""
 
-    for role in ("worker", "serve"):
-        run = await cli(role, "--port", str(free_port()), cwd=server_dir, db_url=db_url, secret_key=None)
+    roles = ("worker", "serve")
+    runs = await asyncio.gather(
+        *(
+            cli(role, "--port", str(free_port()), cwd=server_dir, db_url=db_url, secret_key=None)
+            for role in roles
+        )
+    )
+    for run in runs:
         refused(run, MISMATCH, f"it is read from {server_dir / 'ingestlayer.key'}")
         # It said "serving on http://…" first, then that it would not.
         assert "serving on" not in run.out + run.err
