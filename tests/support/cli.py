@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,9 @@ from tests.support.server import TEST_SECRET_KEY
 
 CLI = str(Path(sys.executable).with_name("ingestlayer"))
 CLI_TIMEOUT = 60.0
+# Commands run together by `at_once`: more would gain nothing on 2 cores (where CI runs 3 test
+# workers besides) and only stretch each command towards CLI_TIMEOUT.
+AT_ONCE = 4
 
 
 @dataclass
@@ -73,6 +76,18 @@ async def cli(
         raise AssertionError(f"`ingestlayer {' '.join(args)}` took over {CLI_TIMEOUT}s") from None
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def at_once(*runs: Awaitable[Run], limit: int = AT_ONCE) -> list[Run]:
+    """Independent commands (``cli(...)`` not yet awaited) run together, at most ``limit`` at a
+    time; their results in the order given."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(run: Awaitable[Run]) -> Run:
+        async with gate:
+            return await run
+
+    return list(await asyncio.gather(*(one(run) for run in runs)))
 
 
 def ok(run: Run) -> Run:
