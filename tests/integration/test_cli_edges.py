@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ingestlayer.urlmask import MASK
 from tests.integration.test_cli import start
-from tests.support.cli import CLI, cli, cli_env, ok, one_line_error
+from tests.support.cli import CLI, at_once, cli, cli_env, ok, one_line_error
 
 
 def free_port() -> int:
@@ -67,19 +67,21 @@ async def http_stub(status: int, content_type: str, body: bytes) -> AsyncIterato
 
 async def test_a_password_in_the_url_is_never_shown(tmp_path: Path, sqlite_url: str) -> None:
     dead = f"http://ops:hunter2@127.0.0.1:{free_port()}"
-    run = await cli("events", "--url", dead, "--key", "il_admin_x", cwd=tmp_path)
-    line = one_line_error(run, "cannot reach http://127.0.0.1:")
-    assert "hunter2" not in run.err + run.out, line
-    # And against a live server the user part is ignored, not taken for the host.
     server = await start(sqlite_url)
     try:
         live = server.url.replace("http://", "http://ops:hunter2@")
-        ok(await cli("events", "--url", live, "--key", server.admin_key, cwd=tmp_path))
-        # A source's ingress address is printed on the server's address, without the password.
         (tmp_path / "sources.yaml").write_text("sources:\n  - { name: open, verify: none }\n")
-        run = ok(
-            await cli("apply", "-f", "sources.yaml", "--url", live, "--key", server.admin_key, cwd=tmp_path)
+        unreached, listed, run = await at_once(
+            cli("events", "--url", dead, "--key", "il_admin_x", cwd=tmp_path),
+            cli("events", "--url", live, "--key", server.admin_key, cwd=tmp_path),
+            cli("apply", "-f", "sources.yaml", "--url", live, "--key", server.admin_key, cwd=tmp_path),
         )
+        line = one_line_error(unreached, "cannot reach http://127.0.0.1:")
+        assert "hunter2" not in unreached.err + unreached.out, line
+        # And against a live server the user part is ignored, not taken for the host.
+        ok(listed)
+        # A source's ingress address is printed on the server's address, without the password.
+        ok(run)
         assert f"ingress: {server.url}/v1/ingress/src_" in run.out, run
         assert "hunter2" not in run.out + run.err, run
     finally:
@@ -92,39 +94,54 @@ async def test_a_key_with_a_line_break_is_used_or_refused_never_shown(
     server = await start(sqlite_url)
     try:
         key = server.admin_key
-        # Read from a file or a secret store, with the line break it ends in: used as the key.
-        ok(await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=key + "\n"))
-        ok(await cli("send", "a.b", "{}", "--url", server.url, "--key", f" {key}\r\n", cwd=tmp_path))
+        broken = (f"{key[:12]}\n{key[12:]}", f"{key}\x1b", f"{key[:12]} {key[12:]}", f"{key}\u200b")
+        listed, sent, *refused, blank = await at_once(
+            # Read from a file or a secret store, with the line break it ends in: used as the key.
+            cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=key + "\n"),
+            cli("send", "a.b", "{}", "--url", server.url, "--key", f" {key}\r\n", cwd=tmp_path),
+            *(cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=b) for b in broken),
+            cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=" \n"),
+        )
+        ok(listed)
+        ok(sent)
         # A line break or a control character inside it: refused, without quoting the key.
-        for broken in (f"{key[:12]}\n{key[12:]}", f"{key}\x1b", f"{key[:12]} {key[12:]}", f"{key}\u200b"):
-            run = await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=broken)
+        for run in refused:
             one_line_error(run, "the key (--key or INGESTLAYER_ADMIN_KEY) holds a character no key has")
             assert key[12:] not in run.out + run.err, run
         # Blank once its spaces and line breaks are gone: no key at all, not a 401.
-        run = await cli("events", "--url", server.url, cwd=tmp_path, INGESTLAYER_ADMIN_KEY=" \n")
-        one_line_error(run, "--url needs a key: --key or INGESTLAYER_ADMIN_KEY is blank")
+        one_line_error(blank, "--url needs a key: --key or INGESTLAYER_ADMIN_KEY is blank")
     finally:
         await server.stop()
 
 
 async def test_an_address_without_http_says_what_one_looks_like(tmp_path: Path) -> None:
-    for url in ("127.0.0.1:8000", "ftp://example.com"):
-        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+    for run in await at_once(
+        *(
+            cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
+            for url in ("127.0.0.1:8000", "ftp://example.com")
+        )
+    ):
         one_line_error(run, "is not a server address such as http://")
 
 
 async def test_a_server_that_is_not_ingestlayer_is_one_clear_line(tmp_path: Path) -> None:
     html = b"<html><body><h1>Welcome to nginx</h1></body></html>"
-    async with http_stub(200, "text/html", html) as url:
-        for args in (("events",), ("deliveries",), ("send", "a.b", "{}"), ("replay",)):
-            run = await cli(*args, "--url", url, "--key", "il_admin_x", cwd=tmp_path)
-            one_line_error(run, url, "did not answer as an ingestlayer server")
-    async with http_stub(200, "application/json", b'{"hello": "world"}') as url:
-        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
-        one_line_error(run, url, "did not answer as an ingestlayer server")
-    async with http_stub(502, "text/html", html) as url:
-        run = await cli("events", "--url", url, "--key", "il_admin_x", cwd=tmp_path)
-        one_line_error(run, f"{url} answered 502")
+    async with (
+        http_stub(200, "text/html", html) as page,
+        http_stub(200, "application/json", b'{"hello": "world"}') as json_url,
+        http_stub(502, "text/html", html) as bad_gateway,
+    ):
+        cases = [
+            (args, page, "did not answer as an ingestlayer server")
+            for args in (("events",), ("deliveries",), ("send", "a.b", "{}"), ("replay",))
+        ]
+        cases.append((("events",), json_url, "did not answer as an ingestlayer server"))
+        cases.append((("events",), bad_gateway, f"{bad_gateway} answered 502"))
+        runs = await at_once(
+            *(cli(*args, "--url", url, "--key", "il_admin_x", cwd=tmp_path) for args, url, _ in cases)
+        )
+    for (_, url, words), run in zip(cases, runs, strict=True):
+        one_line_error(run, url, words)
 
 
 async def test_ctrl_c_while_a_server_does_not_answer_exits_130_at_once(tmp_path: Path) -> None:
@@ -242,19 +259,32 @@ async def test_apply_refuses_and_accepts_the_same_files_in_both_modes(
             "database": ("--project", server.project_id),
             "server": ("--url", server.url, "--key", server.admin_key),
         }
-        for mode, args in modes.items():
-            local_db = sqlite_url if mode == "database" else None
-            run = ok(await cli("apply", "-f", "empty.yaml", *args, cwd=tmp_path, db_url=local_db))
-            assert run.out.strip() == "applied: nothing to do", (mode, run)
+        # Nothing here changes the (empty) configuration: every command at once.
+        runs = {
+            mode: await at_once(
+                *(
+                    cli("apply", "-f", *file, *args, cwd=tmp_path, db_url=local_db)
+                    for file in (
+                        ("empty.yaml",),
+                        ("empty.yaml", "--prune"),
+                        ("list.yaml",),
+                        ("latin1.yaml",),
+                        ("missing.yaml",),
+                    )
+                )
+            )
+            for mode, args, local_db in (
+                ("database", modes["database"], sqlite_url),
+                ("server", modes["server"], None),
+            )
+        }
+        for mode, (empty, prune, listed, latin1, missing) in runs.items():
+            assert ok(empty).out.strip() == "applied: nothing to do", (mode, empty)
             # ... but pruning to an empty file would delete everything: refused, as the API does.
-            run = await cli("apply", "-f", "empty.yaml", "--prune", *args, cwd=tmp_path, db_url=local_db)
-            one_line_error(run, "empty.yaml is empty: with --prune that would delete every pipeline")
-            run = await cli("apply", "-f", "list.yaml", *args, cwd=tmp_path, db_url=local_db)
-            one_line_error(run, "list.yaml: the file must be a mapping")
-            run = await cli("apply", "-f", "latin1.yaml", *args, cwd=tmp_path, db_url=local_db)
-            one_line_error(run, "latin1.yaml: not UTF-8 text")
-            run = await cli("apply", "-f", "missing.yaml", *args, cwd=tmp_path, db_url=local_db)
-            assert one_line_error(run) == "error: missing.yaml: No such file or directory", mode
+            one_line_error(prune, "empty.yaml is empty: with --prune that would delete every pipeline")
+            one_line_error(listed, "list.yaml: the file must be a mapping")
+            one_line_error(latin1, "latin1.yaml: not UTF-8 text")
+            assert one_line_error(missing) == "error: missing.yaml: No such file or directory", mode
     finally:
         await server.stop()
 
@@ -264,21 +294,28 @@ async def test_secrets_set_refuses_the_same_names_in_both_modes(tmp_path: Path, 
     try:
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.admin_key)
-        for name in ("bad name!", "a/b"):
-            run = await cli("secrets", "set", name, *local, cwd=tmp_path, db_url=sqlite_url, stdin=b"v")
-            one_line_error(run, "secret names are 1 to 200 ASCII letters")
-            run = await cli("secrets", "set", name, *remote, cwd=tmp_path, stdin=b"v")
-            one_line_error(run, "secret names are 1 to 200 ASCII letters")
         # An endpoint's signing secret is the endpoint's, on the database as on the server.
         status, endpoint = await server.request(
             "POST", "/v1/endpoints", json={"url": "https://hooks.example.com/x", "events": ["a.b"]}
         )
         assert status == 201, endpoint
         owned = f"endpoint-{endpoint['id']}"
-        run = await cli("secrets", "set", owned, *local, cwd=tmp_path, db_url=sqlite_url, stdin=b"v")
-        one_line_error(run, f"belongs to endpoint {endpoint['id']}")
-        run = await cli("secrets", "set", owned, *remote, cwd=tmp_path, stdin=b"v")
-        one_line_error(run, f"belongs to endpoint {endpoint['id']}")
+        cases = [(name, "secret names are 1 to 200 ASCII letters") for name in ("bad name!", "a/b")]
+        cases.append((owned, f"belongs to endpoint {endpoint['id']}"))
+        # All refused, none stored: at once.
+        runs = await at_once(
+            *(
+                run
+                for name, _ in cases
+                for run in (
+                    cli("secrets", "set", name, *local, cwd=tmp_path, db_url=sqlite_url, stdin=b"v"),
+                    cli("secrets", "set", name, *remote, cwd=tmp_path, stdin=b"v"),
+                )
+            )
+        )
+        for (_, words), local_run, remote_run in zip(cases, runs[::2], runs[1::2], strict=True):
+            one_line_error(local_run, words)
+            one_line_error(remote_run, words)
     finally:
         await server.stop()
 
@@ -289,29 +326,35 @@ async def test_secrets_set_refuses_the_same_names_in_both_modes(tmp_path: Path, 
 async def test_a_database_that_cannot_be_reached_is_named_without_its_password(tmp_path: Path) -> None:
     unreachable = f"postgresql://postgres:sekrit@127.0.0.1:{free_port()}/x"
     missing = "postgresql://postgres:sekrit@127.0.0.1:5432/ingestlayer_no_such_database"
-    for url, problem in ((unreachable, "Connect call failed"), (missing, "does not exist")):
-        # The management commands and the server's roles (which migrate as they start) alike.
-        for command in (("events",), ("init",), ("migrate",), ("worker",), ("api",)):
-            run = await cli(*command, "--database-url", url, cwd=tmp_path)
-            line = one_line_error(
-                run, f"cannot open the database at postgresql://postgres:{MASK}@127.0.0.1:", problem
-            )
-            assert "sekrit" not in run.err + run.out and "sqlalche.me" not in line, line
+    # The management commands and the server's roles (which migrate as they start) alike.
+    cases = [
+        (command, url, problem)
+        for url, problem in ((unreachable, "Connect call failed"), (missing, "does not exist"))
+        for command in (("events",), ("init",), ("migrate",), ("worker",), ("api",))
+    ]
+    runs = await at_once(*(cli(*command, "--database-url", url, cwd=tmp_path) for command, url, _ in cases))
+    for (_, _, problem), run in zip(cases, runs, strict=True):
+        line = one_line_error(
+            run, f"cannot open the database at postgresql://postgres:{MASK}@127.0.0.1:", problem
+        )
+        assert "sekrit" not in run.err + run.out and "sqlalche.me" not in line, line
 
 
 async def test_a_database_url_that_cannot_be_read_is_named_without_its_password(tmp_path: Path) -> None:
     # SQLAlchemy reads the port as 's3cr3t@127.0.0.1' and says so: a piece of the password.
     url = "postgresql://postgres:p@ss:s3cr3t@127.0.0.1/x"
-    for command in (("migrate",), ("worker",)):
-        run = await cli(*command, "--database-url", url, cwd=tmp_path)
+    for run in await at_once(
+        *(cli(command, "--database-url", url, cwd=tmp_path) for command in ("migrate", "worker"))
+    ):
         one_line_error(run, f"postgresql://postgres:{MASK}@127.0.0.1/x is not a URL that can be read")
         assert "s3cr3t" not in run.err + run.out and "p@ss" not in run.err + run.out, run
 
 
 async def test_a_sqlite_file_in_a_missing_directory_is_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/no/such/dir/ingestlayer.db"
-    for command in (("events",), ("init",), ("migrate",)):
-        run = await cli(*command, "--database-url", url, cwd=tmp_path)
+    for run in await at_once(
+        *(cli(command, "--database-url", url, cwd=tmp_path) for command in ("events", "init", "migrate"))
+    ):
         one_line_error(run, "cannot open the database", f"no directory {tmp_path}/no/such/dir")
 
 
@@ -335,10 +378,20 @@ async def test_send_refuses_the_same_idempotency_keys_in_both_modes(tmp_path: Pa
         local = ("--project", server.project_id)
         remote = ("--url", server.url, "--key", server.ingest_key)
         rule = "--idempotency-key must be 1 to 255 characters, without control characters"
-        for bad in ("", "k" * 256, "tab\there"):
-            for mode, where in ((local, {"db_url": sqlite_url}), (remote, {})):
-                run = await cli("send", "a.b", "{}", "--idempotency-key", bad, *mode, cwd=tmp_path, **where)
-                one_line_error(run, rule)
+        # All refused, none stored: at once.
+        for run in await at_once(
+            *(
+                run
+                for bad in ("", "k" * 256, "tab\there")
+                for run in (
+                    cli(
+                        "send", "a.b", "{}", "--idempotency-key", bad, *local, cwd=tmp_path, db_url=sqlite_url
+                    ),
+                    cli("send", "a.b", "{}", "--idempotency-key", bad, *remote, cwd=tmp_path),
+                )
+            )
+        ):
+            one_line_error(run, rule)
         # A good key still deduplicates, across the two modes.
         key = ("--idempotency-key", "k" * 255)
         first = ok(await cli("send", "a.b", "{}", *key, *local, cwd=tmp_path, db_url=sqlite_url)).out
