@@ -15,7 +15,7 @@ from typing import Any
 
 from ingestlayer.store.store import Store
 from ingestlayer.urlmask import MASK
-from tests.support.cli import Run, cli, ok, one_line_error
+from tests.support.cli import Run, at_once, cli, ok, one_line_error
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -59,7 +59,7 @@ async def test_init_refuses_a_name_that_is_not_one_line_of_text(tmp_path: Path) 
     )
     # All at once: each is refused before it opens (or makes) the database, so none can see
     # another; one that did make it would still leave the file checked for below.
-    runs = await asyncio.gather(*(cli("init", "--name", name, cwd=tmp_path) for name, _ in cases))
+    runs = await at_once(*(cli("init", "--name", name, cwd=tmp_path) for name, _ in cases))
     for (_, expected), run in zip(cases, runs, strict=True):
         one_line_error(run, expected)
     # Refused before anything was created; a good name then works.
@@ -360,7 +360,7 @@ async def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> Non
         (("apply",), ("--file",)),
     ]
     # Independent of each other (usage errors touch no file): all at once, help among them.
-    *runs, help_run = await asyncio.gather(
+    *runs, help_run = await at_once(
         *(cli(*args, cwd=tmp_path) for args, _ in cases), cli("send", "--help", cwd=tmp_path)
     )
     for (_, words), run in zip(cases, runs, strict=True):

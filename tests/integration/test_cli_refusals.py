@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ingestlayer import __version__
 from tests.integration.test_cli import start
-from tests.support.cli import cli, ok, one_line_error
+from tests.support.cli import Run, at_once, cli, ok, one_line_error
 from tests.support.server import wait_for
 
 OUT_OF_RANGE = "numbers must fit in 64 bits; send larger ones as strings"
@@ -399,7 +399,7 @@ async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
             assert "replayed 1 delivery" in ok(since).out, since
             await wait_for(dead)
         # Refusals, in both modes, all at once: none replays anything.
-        refusals: list[tuple[Any, str]] = []
+        refusals: list[tuple[Awaitable[Run], str]] = []
         for mode, where in modes:
             refusals.append(
                 (
@@ -421,7 +421,7 @@ async def test_replay_takes_an_endpoints_id_and_a_time_window_in_both_modes(
                     "one delivery id or filters, not both",
                 )
             )
-        runs = await asyncio.gather(*(run for run, _ in refusals))
+        runs = await at_once(*(run for run, _ in refusals))
         for (_, words), run in zip(refusals, runs, strict=True):
             one_line_error(run, words)
         # Nothing was replayed by them: the one delivery is still dead, after its three attempts.
