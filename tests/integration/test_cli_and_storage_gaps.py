@@ -37,7 +37,7 @@ from ingestlayer.store.migrate import current_head
 from ingestlayer.store.schema import metadata
 from ingestlayer.store.store import Store
 from ingestlayer.urlmask import MASK
-from tests.support.cli import CLI, cli, cli_env, ok, one_line_error
+from tests.support.cli import CLI, at_once, cli, cli_env, ok, one_line_error
 from tests.support.databases import PG_URL, require_pg
 from tests.support.processes import free_port
 from tests.support.receiver import Receiver
@@ -435,21 +435,21 @@ async def test_bulk_replay_replays_dead_deliveries_and_narrows_by_destination(
         paths = sorted(r.path for r in receiver.requests)
         assert paths == ["/orders-a"] * 5 + ["/orders-b"] * 5, paths
 
-        run = ok(await cli("replay", *remote, cwd=tmp_path, **where))
-        assert "replayed 0 deliveries" in run.out, run.out
-        one_line_error(
-            await cli("replay", "--destination", "nope", *remote, cwd=tmp_path, **where),
-            "no destination 'nope'",
+        # None of these replays anything (checked by the receiver's count below): at once.
+        run, nope, *bad_status = await at_once(
+            cli("replay", *remote, cwd=tmp_path, **where),
+            cli("replay", "--destination", "nope", *remote, cwd=tmp_path, **where),
+            *(
+                cli("replay", "--status", status, *remote, cwd=tmp_path, **where)
+                for status in ("bogus", "delivering")
+            ),
         )
+        assert "replayed 0 deliveries" in ok(run).out, run.out
+        one_line_error(nope, "no destination 'nope'")
         # A status that does not exist, or deliveries being attempted, are refused, not "0 replayed".
         # (Usage errors: exit 2, naming the command's --help.)
-        for status in ("bogus", "delivering"):
-            one_line_error(
-                await cli("replay", "--status", status, *remote, cwd=tmp_path, **where),
-                f"'{status}'",
-                "replay --help",
-                rc=2,
-            )
+        for status, refused in zip(("bogus", "delivering"), bad_status, strict=True):
+            one_line_error(refused, f"'{status}'", "replay --help", rc=2)
         assert len(receiver.requests) == 10
     finally:
         await server.stop()
@@ -533,9 +533,12 @@ async def test_replaying_a_delivery_being_attempted_says_so(sqlite_url: str, tmp
         (leased,) = await store.lease_deliveries(10, 60.0)  # a worker is attempting it now
     finally:
         await store.close()
-    run = await cli("replay", leased.id, cwd=tmp_path, db_url=sqlite_url)
+    run, nope = await at_once(
+        cli("replay", leased.id, cwd=tmp_path, db_url=sqlite_url),
+        cli("replay", "dlv_nope", cwd=tmp_path, db_url=sqlite_url),
+    )
     one_line_error(run, "being attempted right now")
-    one_line_error(await cli("replay", "dlv_nope", cwd=tmp_path, db_url=sqlite_url), "no delivery 'dlv_nope'")
+    one_line_error(nope, "no delivery 'dlv_nope'")
 
 
 async def test_secrets_set_refuses_a_master_key_the_projects_secrets_were_not_stored_with(
@@ -560,5 +563,9 @@ async def test_cli_send_refuses_a_payload_nested_too_deeply(sqlite_url: str, tmp
     """The local `send` writes to the database itself: it holds to the API's limit too."""
     ok(await cli("init", "--name", "deep", cwd=tmp_path, db_url=sqlite_url))
     deep = '{"a": ' * 70 + "1" + "}" * 70
-    one_line_error(await cli("send", "x.y", deep, cwd=tmp_path, db_url=sqlite_url), "nested 70 levels deep")
-    ok(await cli("send", "x.y", '{"a": {"b": 1}}', cwd=tmp_path, db_url=sqlite_url))
+    refused, sent = await at_once(
+        cli("send", "x.y", deep, cwd=tmp_path, db_url=sqlite_url),
+        cli("send", "x.y", '{"a": {"b": 1}}', cwd=tmp_path, db_url=sqlite_url),
+    )
+    one_line_error(refused, "nested 70 levels deep")
+    ok(sent)
