@@ -16,7 +16,7 @@ import pytest
 from ingestlayer import cli as cli_module
 from ingestlayer.cli_backend import RemoteBackend, ReplayFilter
 from ingestlayer.timefmt import parse_iso
-from tests.support.cli import cli, ok
+from tests.support.cli import at_once, cli, ok
 from tests.support.receiver import Receiver, Reply
 from tests.support.server import RunningServer, start_server, wait_for
 
@@ -163,32 +163,46 @@ async def test_the_cli_lists_by_destination_and_events_by_time(
     window = ("--since", repr(received - 1), "--until", repr(received + 1))
     on_db: dict[str, Any] = {"db_url": server.runtime.settings.database_url}
     remote = ("--url", server.url, "--key", server.admin_key)
-    for where, kw in (((), on_db), (remote, {})):
-        run = ok(
-            await cli(
-                "deliveries", "--destination", gone["destination_id"], "--json", *where, cwd=tmp_path, **kw
-            )
-        )
-        assert [d["id"] for d in run.json()] == [by_dest[gone["destination_id"]]], (where, run.out)
-        run = ok(await cli("events", *window, "--json", *where, cwd=tmp_path, **kw))
-        assert [e["id"] for e in run.json()] == [ev["id"]], run.out
-    run = ok(await cli("deliveries", "--destination", keep["id"], "--json", cwd=tmp_path, **on_db))
-    assert [d["id"] for d in run.json()] == [by_dest[keep["destination_id"]]], run.out
-    missing = await cli("deliveries", "--destination", "nope", cwd=tmp_path, **on_db)
-    assert missing.rc == 1 and "no destination 'nope'" in missing.err, missing
-    run = ok(await cli("events", "--since", repr(received + 1), "--json", cwd=tmp_path, **on_db))
-    assert run.json() == [], run.out
-    # tail reads --destination as the rest do (it took only current names and ids on the database).
-    for ref, wanted in (
+    tails = (
         (keep["id"], keep["destination_id"]),
         (gone["destination_id"], gone["destination_id"]),
-    ):
-        run = ok(
-            await cli(
-                "tail", "--destination", ref, "-n", "5", "--for", "0", "--no-events", cwd=tmp_path, **on_db
+    )
+    # Every command only reads: all at once, a few at a time.
+    runs = await at_once(
+        *(
+            run
+            for where, kw in (((), on_db), (remote, {}))
+            for run in (
+                cli(
+                    "deliveries",
+                    "--destination",
+                    gone["destination_id"],
+                    "--json",
+                    *where,
+                    cwd=tmp_path,
+                    **kw,
+                ),
+                cli("events", *window, "--json", *where, cwd=tmp_path, **kw),
             )
-        )
-        assert by_dest[wanted] in run.out, (ref, run.out)
-    # A type filter the API refuses is refused on the database too (it listed nothing, exit 0).
-    bad = await cli("events", "--type", "*.created", cwd=tmp_path, **on_db)
+        ),
+        cli("deliveries", "--destination", keep["id"], "--json", cwd=tmp_path, **on_db),
+        cli("deliveries", "--destination", "nope", cwd=tmp_path, **on_db),
+        cli("events", "--since", repr(received + 1), "--json", cwd=tmp_path, **on_db),
+        # tail reads --destination as the rest do (it took only current names and ids on the database).
+        *(
+            cli("tail", "--destination", ref, "-n", "5", "--for", "0", "--no-events", cwd=tmp_path, **on_db)
+            for ref, _ in tails
+        ),
+        # A type filter the API refuses is refused on the database too (it listed nothing, exit 0).
+        cli("events", "--type", "*.created", cwd=tmp_path, **on_db),
+    )
+    *by_mode, keep_run, missing, later, tail_keep, tail_gone, bad = runs
+    for where, (dels, evs) in zip(("database", "server"), (by_mode[:2], by_mode[2:]), strict=True):
+        assert [d["id"] for d in ok(dels).json()] == [by_dest[gone["destination_id"]]], (where, dels.out)
+        assert [e["id"] for e in ok(evs).json()] == [ev["id"]], (where, evs.out)
+    assert [d["id"] for d in ok(keep_run).json()] == [by_dest[keep["destination_id"]]], keep_run.out
+    assert missing.rc == 1 and "no destination 'nope'" in missing.err, missing
+    assert ok(later).json() == [], later.out
+    for (ref, wanted), run in zip(tails, (tail_keep, tail_gone), strict=True):
+        assert by_dest[wanted] in ok(run).out, (ref, run.out)
     assert bad.rc == 1 and "type must be an event type or a prefix of one ending in *" in bad.err, bad
