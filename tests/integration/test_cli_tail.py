@@ -34,15 +34,16 @@ DELIVERY_LINE = re.compile(
 )
 
 
-def document(receiver: Receiver) -> dict[str, Any]:
-    """order.* goes to a receiver that answers 200; alert.* to a closed port, tried twice, 1 s apart."""
+def document(receiver: Receiver, retry_after: float = 1) -> dict[str, Any]:
+    """order.* goes to a receiver that answers 200; alert.* to a closed port, tried twice,
+    ``retry_after`` seconds apart (a tail following them needs the time to see the failed one)."""
     return {
         "destinations": [
             {"name": "good-hook", "webhook.out": {"url": receiver.url + "/good", "auth": "none"}},
             {
                 "name": "down-hook",
                 "webhook.out": {"url": CLOSED + "/down", "auth": "none"},
-                "retry": {"schedule": [0, 1], "jitter": 0},
+                "retry": {"schedule": [0, retry_after], "jitter": 0},
             },
         ],
         "pipelines": [
@@ -238,7 +239,8 @@ async def test_tail_on_the_database_with_last_and_filters(
 ) -> None:
     server = await start(db_url, poll_interval=0.05)
     try:
-        await server.apply(document(receiver))
+        # Tail starts once they are all finished: nothing to see between the alert's two attempts.
+        await server.apply(document(receiver, retry_after=0.05))
         first, alert, second = [await ingest(server, t) for t in ("order.a", "alert.a", "order.b")]
         await finished(server, first, alert, second)
     finally:
