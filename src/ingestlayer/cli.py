@@ -320,9 +320,10 @@ def serve(
     database_url: DbOpt = None,
 ) -> None:
     """Run the API, the worker and the dashboard in one process."""
+    settings = _settings(database_url, host=host, port=port)
+    # Imported once the settings have passed: a bad one is refused before a second of imports.
     from ingestlayer.server import run_http
 
-    settings = _settings(database_url, host=host, port=port)
     configure(settings.log_level)
     run_http(
         settings,
@@ -341,9 +342,9 @@ def api(
     database_url: DbOpt = None,
 ) -> None:
     """Run only the HTTP API (scale it apart from workers)."""
+    settings = _settings(database_url, host=host, port=port)
     from ingestlayer.server import run_http
 
-    settings = _settings(database_url, host=host, port=port)
     configure(settings.log_level)
     run_http(settings, worker=False)
 
@@ -358,9 +359,9 @@ def worker(
     database_url: DbOpt = None,
 ) -> None:
     """Run only the router and dispatcher."""
+    settings = _settings(database_url, host=host, worker_port=port)
     from ingestlayer.server import run_worker
 
-    settings = _settings(database_url, host=host, worker_port=port)
     configure(settings.log_level)
     run_worker(settings)
 
