@@ -10,7 +10,9 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.server import ServerState
 
 from ingestlayer.config import Settings
@@ -305,3 +307,62 @@ async def test_a_client_that_half_closes_mid_request_or_between_requests_is_clos
     proto.data_received(request())
     await turns()
     assert proto.eof_received() is None  # answered: nothing more to send
+
+
+# ---- heads built once for headers given as the same tuple ----------------------------------------
+
+TUPLE_HEADERS = ((b"content-type", b"application/json"), (b"content-length", b"11"))
+
+
+def tuple_app(status: int = 202, headers: Any = TUPLE_HEADERS) -> App:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"ok":true}'})
+
+    return app
+
+
+async def answers(app: App, state: ServerState, extra: bytes = b"") -> tuple[bytes, Transport]:
+    proto, transport = serve(app, state)
+    proto.data_received(request(extra=extra))
+    await turns()
+    [written] = transport.writes()
+    return written, transport
+
+
+async def test_a_head_reused_for_the_same_header_tuple_is_the_one_uvicorn_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[int] = []
+    build = RequestResponseCycle.send
+
+    async def counted(self: RequestResponseCycle, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            built.append(message["status"])
+        await build(self, message)
+
+    monkeypatch.setattr(RequestResponseCycle, "send", counted)
+    state = ServerState()
+    state.default_headers = [(b"date", b"Sat, 28 Nov 2026 10:00:00 GMT"), (b"server", b"uvicorn")]
+    first, _ = await answers(tuple_app(), state)
+    again, _ = await answers(tuple_app(), state)
+    assert built == [202]  # the second head was not built again
+    # Built by uvicorn from the same headers given as a list: byte for byte the same response.
+    as_list, _ = await answers(tuple_app(headers=list(TUPLE_HEADERS)), state)
+    assert first == again == as_list
+    assert first.startswith(b"HTTP/1.1 202 Accepted\r\ndate: Sat, 28 Nov 2026 10:00:00 GMT\r\n")
+
+    # The date moves on every second (a new list of default headers): the head follows it.
+    state.default_headers = [(b"date", b"Sat, 28 Nov 2026 10:00:01 GMT"), (b"server", b"uvicorn")]
+    later, _ = await answers(tuple_app(), state)
+    assert b"10:00:01 GMT" in later and b"10:00:00" not in later
+
+    # Another status is another head; a client that asked to close gets "connection: close" and
+    # the connection closed, then a kept-alive one gets neither.
+    other, _ = await answers(tuple_app(status=200), state)
+    assert other.startswith(b"HTTP/1.1 200 OK\r\n")
+    closing, transport = await answers(tuple_app(), state, b"Connection: close\r\n")
+    assert b"connection: close\r\n" in closing and transport.closed
+    kept, transport = await answers(tuple_app(), state)
+    assert b"connection: close" not in kept and not transport.closed
+    assert kept.startswith(b"HTTP/1.1 202 Accepted\r\n")

@@ -106,8 +106,10 @@ def storable_json(value: Any, what: str, field: str | None) -> memoryview:
     return raw
 
 
-# The response headers by body length: answers to single events all have the same length.
-_HEADERS_BY_LENGTH: dict[int, list[tuple[bytes, bytes]]] = {}
+# The response headers by body length: answers to single events all have the same length. A
+# tuple, the same object each time: the protocol builds the response's head once for it
+# (http_cycle.OneWriteCycle).
+_HEADERS_BY_LENGTH: dict[int, tuple[tuple[bytes, bytes], ...]] = {}
 
 
 async def send_json(
@@ -115,7 +117,7 @@ async def send_json(
 ) -> None:
     base = _HEADERS_BY_LENGTH.get(len(body))
     if base is None:
-        base = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        base = (*JSON_HEADERS, (b"content-length", str(len(body)).encode()))
         if len(_HEADERS_BY_LENGTH) < 4096:
             _HEADERS_BY_LENGTH[len(body)] = base
     await send(
