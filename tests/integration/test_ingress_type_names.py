@@ -78,3 +78,17 @@ async def test_a_shopify_topic_becomes_a_dotted_event_type_that_pipelines_match(
 
 async def _arrived(receiver: Receiver) -> bool:
     return len(receiver.requests) >= 1
+
+
+async def test_a_type_prefix_no_event_name_can_start_with_is_refused_naming_it(server: RunningServer) -> None:
+    """Put before every type, such a prefix made every request to the source a 422."""
+    for prefix in ("shopify/", "shop ify.", "shopify..", "ünï."):
+        source = {"name": "shopify", "verify": "none", "type_prefix": prefix}
+        status, body = await server.request("POST", "/v1/sources", json=source)
+        assert status == 422, body
+        assert body["error"]["field"] == "type_prefix", body
+        assert "letters, digits, _ and -, separated by dots" in body["error"]["message"], body
+    for prefix in ("shopify.", "shopify", "acme-shop.", ""):
+        source = {"name": "shop", "verify": "none", "type_prefix": prefix}
+        status, body = await server.request("PUT", "/v1/sources/shop", json=source)
+        assert status in (200, 201), body

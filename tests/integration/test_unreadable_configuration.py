@@ -589,5 +589,25 @@ async def test_a_fix_applied_during_the_last_attempt_routes_the_event_instead_of
             == f"gave up after {MAX_ROUTE_ATTEMPTS} attempts; the event has no deliveries"
         )
         assert await _job(store, left_broken.id) is None
+
+        # One more try, not one per change: a configuration that changes during every pass (and
+        # stays broken) does not keep an event past the try after its last attempt.
+        changing = _event(broken, "feature.used")
+        await store.insert_events([changing])
+        await _due_now(store, [changing.id], attempts=MAX_ROUTE_ATTEMPTS - 1)
+
+        async def changed_once_compiled(*args: Any, **kwargs: Any) -> Any:
+            compiled = await real(*args, **kwargs)
+            await _set_a_secret(store, broken)  # a change, not the fix
+            return compiled
+
+        router.configs.get_many = changed_once_compiled  # type: ignore[method-assign]
+        assert await router.run_once() == 1
+        assert (await _trace(store, broken, changing.id))[0]["outcome"] == "retrying"
+        assert await router.run_once() == 1  # the one more try, during which it changes again
+        router.configs.get_many = real  # type: ignore[method-assign]
+        (entry,) = await _trace(store, broken, changing.id)
+        assert entry["outcome"] == "failed", entry
+        assert await _job(store, changing.id) is None
     finally:
         await store.close()

@@ -77,10 +77,11 @@ def failed_trace(exc: BaseException, attempt: int) -> list[dict[str, Any]]:
 
 
 def _given_up(exc: BaseException, attempt: int, version: int) -> Routed:
-    """An event whose last routing attempt failed, by the configuration at ``version``."""
-    return Routed(
-        trace=failed_trace(exc, attempt), version=version, unless_changed=retrying_trace(exc, attempt, 0.0)
-    )
+    """An event whose last routing attempt failed, by the configuration at ``version``. Tried
+    once more if that configuration changed meanwhile (only after the last attempt of the
+    schedule: a project whose configuration changes all the time must not keep it for ever)."""
+    again = retrying_trace(exc, attempt, 0.0) if attempt == MAX_ROUTE_ATTEMPTS else None
+    return Routed(trace=failed_trace(exc, attempt), version=version, unless_changed=again)
 
 
 def retrying_trace(exc: BaseException, attempt: int, delay: float) -> list[dict[str, Any]]:
@@ -358,7 +359,10 @@ class Router:
                 project_id,
                 "; ".join(problems),
                 n,
-                f"; given up on after {MAX_ROUTE_ATTEMPTS} attempts: {ended}" if ended else "",
+                f"; given up on after {MAX_ROUTE_ATTEMPTS} attempts (unless the configuration changed "
+                f"meanwhile): {ended}"
+                if ended
+                else "",
             )
         return to_route
 
@@ -431,7 +435,11 @@ class Router:
             return Routed(retry_in=delay, trace=retrying_trace(exc, attempt, delay), version=version)
         except Exception as exc:
             if attempt >= MAX_ROUTE_ATTEMPTS:
-                log.exception("routing event %s failed %d times; giving up on it", ev.id, attempt)
+                log.exception(
+                    "routing event %s failed %d times; giving up on it (unless its configuration changed)",
+                    ev.id,
+                    attempt,
+                )
                 return _given_up(exc, attempt, compiled.version)
             log.exception("routing event %s failed; it will be retried", ev.id)
             delay = retry_delay(attempt)

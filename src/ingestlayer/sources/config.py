@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ingestlayer.destinations.shared import check_reference
 from ingestlayer.field_rule import FieldRule
 from ingestlayer.pipeline.config import NAME_RE
+from ingestlayer.pipeline.matching import is_valid_event_type
 from ingestlayer.stored_config import reading_stored
 
 Scheme = Literal["stripe", "github", "standard-webhooks", "hmac-sha256", "none"]
@@ -100,6 +101,14 @@ class SourceConfig(BaseModel):
     )
     type_prefix: str = Field(default="", max_length=50, description="Prepended to the type, e.g. 'github.'.")
     enabled: bool = True
+
+    @field_validator("type_prefix")
+    @classmethod
+    def _type_prefix(cls, v: str) -> str:
+        # Put before every type: one that no event name may start with made every request a 422.
+        if v and not reading_stored() and not is_valid_event_type(v + "x"):
+            raise ValueError("must be letters, digits, _ and -, separated by dots, such as shopify.")
+        return v
 
     @field_validator("secret", "previous_secret")
     @classmethod
