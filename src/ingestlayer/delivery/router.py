@@ -359,8 +359,8 @@ class Router:
                 project_id,
                 "; ".join(problems),
                 n,
-                f"; given up on after {MAX_ROUTE_ATTEMPTS} attempts (unless the configuration changed "
-                f"meanwhile): {ended}"
+                f"; given up on after {MAX_ROUTE_ATTEMPTS} attempts: {ended} (unless the configuration "
+                "changed meanwhile)"
                 if ended
                 else "",
             )
