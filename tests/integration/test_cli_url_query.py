@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.cli import cli, one_line_error
+from tests.support.cli import at_once, cli, one_line_error
 from tests.support.processes import free_port
 
 
 async def test_a_query_or_fragment_in_the_url_is_refused_without_repeating_it(tmp_path: Path) -> None:
     port = free_port()
-    for url in (f"http://127.0.0.1:{port}/?token=sekrit-token", f"http://127.0.0.1:{port}#sekrit-token"):
-        for args in (("events",), ("send", "a.b", "{}")):
-            run = await cli(*args, "--url", url, "--key", "il_admin_x", cwd=tmp_path)
-            one_line_error(run, "--url must not carry a query or fragment (host 127.0.0.1)")
-            assert "sekrit" not in run.out + run.err, run
+    urls = (f"http://127.0.0.1:{port}/?token=sekrit-token", f"http://127.0.0.1:{port}#sekrit-token")
+    commands = (("events",), ("send", "a.b", "{}"))
+    runs = await at_once(
+        *(cli(*args, "--url", url, "--key", "il_admin_x", cwd=tmp_path) for url in urls for args in commands)
+    )
+    for run in runs:
+        one_line_error(run, "--url must not carry a query or fragment (host 127.0.0.1)")
+        assert "sekrit" not in run.out + run.err, run
