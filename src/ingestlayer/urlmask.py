@@ -1,5 +1,8 @@
 """A URL fit to show, with its credentials hidden: the one rule for every message and page.
 
+Inline header values are hidden by one rule too (:func:`mask_headers`), in the API's answers and
+on the dashboard alike.
+
 The CLI's and the server's messages (a database that cannot be opened, a server address) and the
 dashboard (destinations, endpoints, URLs inside free text) all show URLs through :func:`mask_url`.
 What it hides is, by the same rule, what :func:`url_secrets` lists: the values a destination
@@ -98,11 +101,35 @@ def is_url_key(key: str) -> bool:
     return bool(_URL_KEY.search(key.replace("-", "_")))
 
 
+def is_reference(value: Any) -> bool:
+    """Whether ``value`` names a secret (``ref:NAME``) or an environment variable (``env:VAR``)
+    instead of holding a value: fit to show."""
+    return isinstance(value, str) and value.startswith(("ref:", "env:"))
+
+
+def is_headers_key(key: str) -> bool:
+    """Whether ``key`` names a mapping of inline header values (``headers``; not ``secret_headers``,
+    which holds references only)."""
+    return key.lower().replace("-", "_") == "headers"
+
+
+def mask_headers(headers: dict[Any, Any]) -> dict[Any, Any]:
+    """Header names as they are, each value :data:`MASK` unless it is a reference or empty.
+
+    Header values are often credentials whatever their names (``X-Auth``, ``X-Api-Key``…), so no
+    name is trusted to hold none: every answer and page shows the names only.
+    """
+    return {k: v if is_reference(v) or v in (None, "") else MASK for k, v in headers.items()}
+
+
 def mask_url_settings(value: Any, key: str = "") -> Any:
     """A configuration as answers show it: each URL setting (:func:`is_url_key`) written inline
-    masked as :func:`mask_url` does, everything else as it is (references name a secret without
-    holding it). The dashboard masks more (:func:`ingestlayer.api.dashboard_views.mask`)."""
+    masked as :func:`mask_url` does, and each inline header value (:func:`mask_headers`);
+    everything else as it is (references name a secret without holding it). The dashboard masks
+    more (:func:`ingestlayer.api.dashboard_views.mask`)."""
     if isinstance(value, dict):
+        if key and is_headers_key(key):
+            return mask_headers(value)
         return {k: mask_url_settings(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_url_settings(v, key) for v in value]

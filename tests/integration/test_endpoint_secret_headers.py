@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ingestlayer.urlmask import MASK
 from tests.integration.test_dashboard import endpoint_form
 from tests.integration.test_endpoint_input_guards import deliver, refused
 from tests.support.api import add_endpoint
@@ -38,7 +39,7 @@ async def test_a_secret_header_goes_out_resolved_and_answers_show_the_reference(
         secret_headers={"X-Api-Key": "ref:acme-api-key"},
     )
     assert ep["secret_headers"] == {"X-Api-Key": "ref:acme-api-key"}
-    assert ep["headers"] == {"X-Team": "billing"}
+    assert ep["headers"] == {"X-Team": MASK}  # inline values are shown masked; sent as written below
 
     got = await deliver(server, receiver)
     assert got.headers["X-Api-Key"] == API_KEY and got.headers["X-Team"] == "billing"

@@ -18,6 +18,7 @@ import pytest
 
 from ingestlayer.api import manage
 from ingestlayer.pipeline.config import ConfigError
+from ingestlayer.urlmask import MASK
 from tests.integration.test_cli import start
 from tests.support.api import error_of
 from tests.support.cli import cli, one_line_error
@@ -182,7 +183,10 @@ async def test_reused_blocks_apply_as_the_document_written_out(srv: RunningServe
     assert again["summary"] == {"unchanged": 7}, again
     assert await configuration(srv) == reused
     by_name = {d["name"]: d for d in reused[1]}
-    assert by_name["payments-audit/webhook.out"]["config"]["headers"] == {"X-Team": "audit"}
+    assert by_name["payments-audit/webhook.out"]["config"]["headers"] == {"X-Team": MASK}  # shown masked
+    cfg = await srv.runtime.store.load_project_config(srv.project_id)
+    stored = {d.name: d.config["settings"] for d in cfg.destinations.values()}
+    assert stored["payments-audit/webhook.out"]["headers"] == {"X-Team": "audit"}
     assert by_name["invoices/webhook.out"]["config"]["url"] == "https://hooks.acme.example/invoices"
 
 

@@ -26,7 +26,14 @@ from ingestlayer.pipeline.steps.registry import step_class
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
 from ingestlayer.store.stats import Series, SeriesPoint
 from ingestlayer.timefmt import MAX_TIMESTAMP, MIN_TIMESTAMP, iso
-from ingestlayer.urlmask import MASK, SENSITIVE_NAME, STARTS_WITH_SCHEME, is_url_key
+from ingestlayer.urlmask import (
+    MASK,
+    SENSITIVE_NAME,
+    STARTS_WITH_SCHEME,
+    is_reference,
+    is_url_key,
+    mask_headers,
+)
 from ingestlayer.urlmask import mask_url as mask_url  # noqa: PLC0414 - re-exported for the routes
 from ingestlayer.yaml_config import YAML_DUMPER
 
@@ -158,10 +165,6 @@ def render(template: str, **context: Any) -> str:
 # ---- masking ---------------------------------------------------------------------------------
 
 
-def is_reference(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("ref:", "env:"))
-
-
 # An absolute URL inside free text (a target such as "discord webhook (https://…)", a summary).
 # It runs to the next whitespace: a URL may hold ' " ` < > (a path such as /it's/, or a query value
 # that holds one), and ending it at such a character would leave the query after it unmasked.
@@ -215,9 +218,8 @@ def mask(value: Any, key: str = "") -> Any:
     """
     if isinstance(value, dict):
         if key and _is_headers(key):
-            # Header values are often credentials whatever their names (X-Auth, X-Token…):
-            # show the names only.
-            return {k: v if is_reference(v) or v in (None, "") else MASK for k, v in value.items()}
+            # The names only, as the API shows them (secret_headers hold references, kept).
+            return mask_headers(value)
         return {k: mask(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [mask(v, key) for v in value]

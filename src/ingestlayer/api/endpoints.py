@@ -38,7 +38,7 @@ from ingestlayer.store.base import NotFound
 from ingestlayer.store.outage_log import OutageLog
 from ingestlayer.store.store import DISABLED_DESTINATION_ERROR
 from ingestlayer.timefmt import iso, parse_iso
-from ingestlayer.urlmask import mask_url_settings
+from ingestlayer.urlmask import mask_headers, mask_url_settings
 
 log = logging.getLogger("ingestlayer.api")
 
@@ -216,8 +216,8 @@ def _check_standard(secret: str, field: str | None, fix: str) -> None:
 
 
 def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = True) -> dict[str, Any]:
-    """The endpoint as answers show it (its URL's credentials masked), or with ``shown=False``
-    whole, as a change starts from."""
+    """The endpoint as answers show it (its URL's credentials and inline header values masked), or
+    with ``shown=False`` whole, as a change starts from."""
     settings = d.config.get("settings", {}) if d else {}
     previous = _previous(settings, clock.now())
     url = settings.get("url")
@@ -228,7 +228,8 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = Tr
         "auth": settings.get("auth"),
         "signing": settings.get("signing"),
         "format": settings.get("format"),
-        "headers": settings.get("headers", {}),
+        # Inline header values are often credentials whatever their names: shown masked.
+        "headers": mask_headers(settings.get("headers", {})) if shown else settings.get("headers", {}),
         # References (ref:NAME, env:VAR), never the values they resolve to.
         "secret_headers": settings.get("secret_headers", {}),
         "timeout": settings.get("timeout"),
