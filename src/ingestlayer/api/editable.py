@@ -7,8 +7,8 @@ must be its own) and dropped, and a route written as ``{id, name, kind, when}`` 
 ``{ref: NAME, when}``: the destination it names, unchanged.
 
 Answers show a URL written inline with its credentials masked
-(:func:`~ingestlayer.urlmask.mask_url_settings`); such a URL sent back as it was shown is the
-stored one (:func:`restored`).
+(:func:`~ingestlayer.urlmask.mask_url_settings`), and each inline header value as MASK; such a
+URL or header value sent back as it was shown is the stored one (:func:`restored`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from ingestlayer.api.errors import ApiError
 from ingestlayer.records import DestinationRow, PipelineRow, ProjectConfig
-from ingestlayer.urlmask import MASK, is_url_key, mask_url
+from ingestlayer.urlmask import MASK, is_headers_key, is_url_key, mask_url
 
 TIMES = ("created_at", "updated_at")
 ROUTE_READ_FIELDS = frozenset({"id", "name", "kind", "when"})
@@ -25,10 +25,13 @@ ROUTE_READ_FIELDS = frozenset({"id", "name", "kind", "when"})
 
 def restored(given: Any, stored: Any, path: str = "") -> Any:
     """``given`` with each URL setting that is a stored URL as answers show it (masked) replaced by
-    that stored URL. A masked URL that is not the stored one's masked form (its host or path
+    that stored URL, and each header value sent as MASK by the stored header's value
+    (:func:`_restored_header`). A masked URL that is not the stored one's masked form (its host or path
     edited, or nothing stored there) is refused: stored, it would be a URL no one can call."""
     if isinstance(given, dict):
         inner = stored if isinstance(stored, dict) else {}
+        if is_headers_key(path.rpartition(".")[2]):
+            return {k: _restored_header(str(k), v, inner, f"{path}.{k}") for k, v in given.items()}
         return {k: restored(v, inner.get(k), f"{path}.{k}" if path else str(k)) for k, v in given.items()}
     if isinstance(given, list):
         items = stored if isinstance(stored, list) else []
@@ -45,6 +48,26 @@ def restored(given: Any, stored: Any, path: str = "") -> Any:
             field=path,
         )
     return given
+
+
+def _restored_header(name: str, given: Any, stored: dict[Any, Any], path: str) -> Any:
+    """A header value sent back as answers show it (:data:`MASK`) is the stored value of that
+    header: of the same name, else of the one stored under that name in another case (HTTP
+    header names are compared case-insensitively). With no such header stored, it would be sent
+    as the mask itself: refused."""
+    if given != MASK:
+        return given  # a new value, written whole, replaces the stored one
+    if name in stored:
+        return stored[name]
+    same = [v for k, v in stored.items() if str(k).lower() == name.lower()]
+    if len(same) == 1:
+        return same[0]
+    raise ApiError(
+        422,
+        f"{path} is {MASK}, the masked form in which answers show a stored header's value, but no "
+        f"header {name} is stored here: send its value",
+        field=path,
+    )
 
 
 def _read_only(field: str, given: Any, stored: Any, what: str) -> None:
