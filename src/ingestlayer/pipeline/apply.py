@@ -64,13 +64,40 @@ def _dump(obj: Any) -> list[str]:
 
 
 def _diff(name: str, old: Any, new: Any) -> str:
-    """What changes, as answers show configurations: URLs' credentials masked on both sides (a
-    change to them alone shows as such, not as the credentials)."""
-    before, after = _dump(mask_url_settings(old)), _dump(mask_url_settings(new))
+    """What changes, as answers show configurations: URLs' credentials and inline header values
+    masked on both sides. A change to them, which the masked lines cannot show, is named on a
+    line of its own (``# settings.headers.X-Auth changes (shown masked)``), never its value."""
+    shown_old, shown_new = mask_url_settings(old), mask_url_settings(new)
+    before, after = _dump(shown_old), _dump(shown_new)
     diff = "".join(difflib.unified_diff(before, after, f"stored/{name}", f"file/{name}"))
-    if not diff and _dump(old) != _dump(new):
-        diff = f"--- stored/{name}\n+++ file/{name}\n# a URL's credentials change (shown masked)\n"
+    hidden = _hidden_changes(old, new, shown_old, shown_new, "")
+    if hidden:
+        diff = diff or f"--- stored/{name}\n+++ file/{name}\n"
+        diff += "".join(f"# {path} changes (shown masked)\n" for path in hidden)
+    elif not diff and _dump(old) != _dump(new):
+        diff = f"--- stored/{name}\n+++ file/{name}\n# a value changes (shown masked)\n"
     return diff
+
+
+def _hidden_changes(old: Any, new: Any, shown_old: Any, shown_new: Any, path: str) -> list[str]:
+    """Where ``old`` and ``new`` differ in a value whose masked forms are the same: settings of
+    both sides' shape, walked with their masked forms (masking keeps the shape, replaces values)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            found
+            for k in old
+            if k in new
+            for found in _hidden_changes(
+                old[k], new[k], shown_old[k], shown_new[k], f"{path}.{k}" if path else str(k)
+            )
+        ]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [
+            found
+            for i, (o, n) in enumerate(zip(old, new, strict=True))
+            for found in _hidden_changes(o, n, shown_old[i], shown_new[i], f"{path}[{i}]")
+        ]
+    return [path] if old != new and shown_old == shown_new else []
 
 
 def _stored_diff(name: str, unreadable: str | None, old: Any, new: Any) -> str:
