@@ -511,3 +511,25 @@ def test_a_masked_url_is_refused_when_written_and_sent_as_it_was_when_stored() -
         WebhookOutConfig.model_validate({"url": masked})
     with stored_configuration():
         assert WebhookOutConfig.model_validate({"url": masked}).url == masked
+
+
+def test_an_enrich_person_header_the_http_client_would_refuse_is_refused_naming_it() -> None:
+    """Refused at apply, naming the field, rather than failing every lookup: a line break, a
+    character beyond latin-1 (the masked form answers show, sent back) or a bad name."""
+    base = {"url": "https://people.example.com/v1/{email}", "mapping": {"role": "title"}}
+    for headers, why in [
+        ({"X-Auth": "a\r\nX-Injected: 1"}, "the value of X-Auth contains a line break"),
+        ({"X-Auth": "\u2022\u2022\u2022\u2022\u2022\u2022"}, "the value of X-Auth contains U+2022"),
+        ({"X Auth": "t"}, "'X Auth' is not a valid header name"),
+    ]:
+        step = {"enrich.person": {"attach": ["role"], "provider": {**base, "headers": headers}}}
+        err = config_error(one_pipeline(steps=[step]))
+        assert why in err.message, err.message
+        assert "provider.headers" in err.path, err
+    ok = {
+        "enrich.person": {
+            "attach": ["role"],
+            "provider": {**base, "headers": {"Authorization": "Bearer $secret"}},
+        }
+    }
+    assert parse_config(one_pipeline(steps=[ok])).pipelines[0].steps

@@ -107,6 +107,14 @@ def header_value_problem(value: str, *, tab: bool = True) -> str | None:
     return None
 
 
+def header_problem(name: str, value: str | None) -> str | None:
+    """Why a header cannot be sent (its name, or its value unless None), or None."""
+    problem = header_name_problem(name)
+    if problem is None and value is not None and (found := header_value_problem(value)):
+        problem = f"the value of {name} {found}"
+    return problem
+
+
 class WebhookOutConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -163,11 +171,8 @@ class WebhookOutConfig(BaseModel):
     def _sendable(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         # Refused here, with the field to fix, instead of failing every delivery at send time.
         for name, value in v.items():
-            problem = header_name_problem(name)
             # A secret header's value is a reference (checked below), resolved at send.
-            if problem is None and info.field_name == "headers":
-                found = header_value_problem(value)
-                problem = f"the value of {name} {found}" if found else None
+            problem = header_problem(name, value if info.field_name == "headers" else None)
             if problem:
                 raise ValueError(problem)
         return v

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ingestlayer.delivery.egress import EgressPolicy
 from ingestlayer.delivery.retry import parse_retry_after
 from ingestlayer.destinations.shared import check_reference, credential_forms, scrub_forms, url_credentials
+from ingestlayer.destinations.webhook_out import header_problem
 from ingestlayer.pipeline.event import Drop, PipelineEvent, RetryLater, StepConfig, StepContext
 from ingestlayer.pipeline.paths import get_path, set_path
 from ingestlayer.pipeline.steps.capped_body import AnswerTooLarge, read_capped
@@ -118,6 +119,20 @@ class ProviderConfig(BaseModel):
         problem = None if reading_stored() else http_url_problem(v)
         if problem:
             raise ValueError(problem)
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable(cls, v: dict[str, str]) -> dict[str, str]:
+        # Refused here, naming the field, instead of failing every lookup (the HTTP client
+        # refuses such a header); a masked value, as answers show one, would fail the same way.
+        # Stored ones predate this check and fail their lookups as they did.
+        if reading_stored():
+            return v
+        for name, value in v.items():
+            problem = header_problem(name, value)
+            if problem:
+                raise ValueError(problem)
         return v
 
     @field_validator("secret")
