@@ -24,6 +24,7 @@ from ingestlayer.api.head_requests import HeadAsGet
 from ingestlayer.api.ingest import IngestHandler, Receive, Scope, Send, send_json
 from ingestlayer.api.openapi_errors import document_errors, error_response
 from ingestlayer.api.ratelimit import RateLimiter, SharedRateLimiter
+from ingestlayer.api.reference_pages import ReferencePageHeaders
 from ingestlayer.api.request_guard import guarded
 from ingestlayer.runtime import Runtime
 
@@ -157,7 +158,8 @@ class IngestLayerApp:
         # uvicorn with proxy_headers=False and the middleware sits here instead.
         # (Typed against uvicorn's own ASGI types, which FastAPI's are not.)
         proxy: Any = ProxyHeadersMiddleware(
-            cast(Any, self.api), trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+            cast(Any, ReferencePageHeaders(self.api)),
+            trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"),
         )
         self.behind_proxy: Callable[[Scope, Receive, Send], Awaitable[None]] = HeadAsGet(proxy)
         s = rt.settings

@@ -42,3 +42,17 @@ async def test_reference_describes_the_routes(server: RunningServer) -> None:
     assert status == 200
     assert "post" in body["paths"]["/v1/events"]
     assert "/static/api-docs/{path}" not in body["paths"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc", "/docs/oauth2-redirect"])
+async def test_reference_pages_cannot_be_framed_by_another_site(server: RunningServer, page: str) -> None:
+    """Swagger UI holds the admin key a reader types into "Try it out": framed by another site,
+    the page could be dressed over (clickjacking). The dashboard's pages already refused it."""
+    async with server.session.get(server.url + page) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    # Only those pages: an API answer is not given a page's headers.
+    async with server.session.get(server.url + "/openapi.json") as resp:
+        assert "X-Frame-Options" not in resp.headers
