@@ -212,15 +212,15 @@ class OneWriteCycle(RequestResponseCycle):
         self._head = cached[2]
         return True
 
-    def _keep_head(self, message: Any, keep_alive: bool) -> None:
-        """After uvicorn built a head that is held: kept, if the next one may be the same."""
+    def _keep_head(self, message: Any, keep_alive: bool, head: bytes) -> None:
+        """After uvicorn built ``head``, which is held: kept, if the next one may be the same."""
         headers = message.get("headers")
         # One entry per status and keep-alive: bounded by the statuses there are.
-        if type(headers) is tuple and keep_alive == self.keep_alive and self._head is not None:
+        if type(headers) is tuple and keep_alive == self.keep_alive:
             _HEADS[(message["status"], keep_alive)] = (
                 self.default_headers,
                 headers,
-                self._head,
+                head,
                 self.expected_content_length,
             )
 
@@ -248,6 +248,6 @@ class OneWriteCycle(RequestResponseCycle):
             transport.hold(data)
         elif start and self.chunked_encoding is False and self.expected_content_length > 0:
             self._head = data
-            self._keep_head(message, keep_alive)
+            self._keep_head(message, keep_alive, data)
         else:
             transport.write(data)

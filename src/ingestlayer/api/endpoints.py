@@ -221,6 +221,7 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = Tr
     settings = d.config.get("settings", {}) if d else {}
     previous = _previous(settings, clock.now())
     url = settings.get("url")
+    headers = settings.get("headers", {})
     return {
         "id": p.id,
         "url": mask_url_settings(url, "url") if shown else url,
@@ -229,7 +230,7 @@ def _endpoint_json(p: PipelineRow, d: DestinationRow | None, *, shown: bool = Tr
         "signing": settings.get("signing"),
         "format": settings.get("format"),
         # Inline header values are often credentials whatever their names: shown masked.
-        "headers": mask_headers(settings.get("headers", {})) if shown else settings.get("headers", {}),
+        "headers": mask_headers(headers) if shown else headers,
         # References (ref:NAME, env:VAR), never the values they resolve to.
         "secret_headers": settings.get("secret_headers", {}),
         "timeout": settings.get("timeout"),
