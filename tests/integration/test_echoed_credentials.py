@@ -22,7 +22,7 @@ from aiohttp import web
 from ingestlayer.urlmask import MASK
 from tests.integration.test_enrich_steps import trace_of
 from tests.support.dashboard_client import Browser, signed_in
-from tests.support.receiver import Receiver, Reply, serve_handler
+from tests.support.receiver import Received, Receiver, Reply, serve_handler
 from tests.support.server import RunningServer, wait_for
 
 URL_USER = "apiuser"
@@ -68,6 +68,16 @@ async def finished(server: RunningServer, event_id: str, n: int) -> list[dict[st
 
     result: list[dict[str, Any]] = await wait_for(done)
     return result
+
+
+async def delivered(server: RunningServer, receiver: Receiver, n: int) -> Received:
+    """An ``order.paid`` event numbered ``n`` reaches the receiver; the request it got."""
+    _, ev = await server.ingest("order.paid", {"n": n})
+    (delivery,) = await finished(server, ev["id"], 1)
+    assert delivery["status"] == "delivered", delivery
+    got = receiver.requests[-1]
+    assert got.json()["payload"]["n"] == n
+    return got
 
 
 async def test_an_echoing_receiver_leaves_no_credential_in_excerpts_pages_or_test_results(

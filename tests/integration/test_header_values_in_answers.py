@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ingestlayer.urlmask import MASK
-from tests.integration.test_echoed_credentials import finished
+from tests.integration.test_echoed_credentials import delivered
 from tests.support.cli import cli, ok
-from tests.support.receiver import Received, Receiver
+from tests.support.receiver import Receiver
 from tests.support.server import RunningServer
 
 DEST_KEY = "dest-header-credential-4e1a"
@@ -56,16 +56,6 @@ def document(receiver: Receiver, dest_key: str = DEST_KEY) -> dict[str, Any]:
             }
         ],
     }
-
-
-async def delivered(server: RunningServer, receiver: Receiver, n: int) -> Received:
-    """Event ``n`` reaches the receiver; the request it got."""
-    _, ev = await server.ingest("order.paid", {"n": n})
-    (delivery,) = await finished(server, ev["id"], 1)
-    assert delivery["status"] == "delivered", delivery
-    got = receiver.requests[-1]
-    assert got.json()["payload"]["n"] == n
-    return got
 
 
 async def stored(server: RunningServer) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from ingestlayer.urlmask import MASK
-from tests.integration.test_echoed_credentials import finished
+from tests.integration.test_echoed_credentials import delivered
 from tests.integration.test_url_characters import CLASSIFY
 from tests.support.dashboard_client import Browser, signed_in
 from tests.support.receiver import Receiver
@@ -57,11 +57,7 @@ def document(url: str, step_url: str) -> dict[str, Any]:
 
 async def delivered_to(server: RunningServer, receiver: Receiver, n: int) -> None:
     """Event ``n`` reaches the receiver at the stored URL: its path, token and Basic credentials."""
-    _, ev = await server.ingest("order.paid", {"n": n})
-    (delivery,) = await finished(server, ev["id"], 1)
-    assert delivery["status"] == "delivered", delivery
-    got = receiver.requests[-1]
-    assert got.json()["payload"]["n"] == n
+    got = await delivered(server, receiver, n)
     assert got.path == "/hook"
     assert got.headers["Authorization"] == "Basic " + base64.b64encode(f"ops:{PASSWORD}".encode()).decode()
 
